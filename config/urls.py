@@ -1,0 +1,34 @@
+"""URL map. Each domain app's api/urls.py offers three lists, mounted here:
+
+- ``tenant_urlpatterns`` under /api/t/<tenant>/ (token auth, members only);
+- ``public_urlpatterns`` under /api/public/<tenant>/ (no auth);
+- ``urlpatterns`` at the root (webhooks, public pages not tied to a tenant slug).
+"""
+
+from importlib import import_module
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+DOMAIN_APPS = ["core", "bookings", "proposals", "promos", "profiles"]
+
+admin.site.site_header = "Lockstep"
+admin.site.site_title = "Lockstep admin"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]
+
+for app in DOMAIN_APPS:
+    routes = import_module(f"{app}.api.urls")
+    urlpatterns += [
+        path("api/t/<slug:tenant>/", include((routes.tenant_urlpatterns, app), namespace=f"{app}-tenant")),
+        path("api/public/<slug:tenant>/", include((routes.public_urlpatterns, app), namespace=f"{app}-public")),
+        path("", include((routes.urlpatterns, app), namespace=app)),
+    ]
+
+handler404 = "core.api.errors.json_404"
+handler500 = "core.api.errors.json_500"

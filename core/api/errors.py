@@ -1,0 +1,109 @@
+"""The one place where any error becomes an HTTP answer.
+
+Every error body is ``{"error": {"code": "<stable_code>", "message": "<localized>"}}``;
+validation errors add ``"fields"`` with the per-field details.
+"""
+
+import logging
+
+import psycopg.errors
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError, DataError, OperationalError
+from django.http import Http404, JsonResponse
+from django.views import defaults
+from django.utils.translation import gettext as _
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from core.db import is_lock_error
+from core.exceptions import DomainError, LockContended
+
+logger = logging.getLogger(__name__)
+
+_DRF_CODES = {
+    drf.NotAuthenticated: "not_authenticated",
+    drf.AuthenticationFailed: "authentication_failed",
+    drf.PermissionDenied: "permission_denied",
+    drf.NotFound: "not_found",
+    drf.MethodNotAllowed: "method_not_allowed",
+    drf.NotAcceptable: "not_acceptable",
+    drf.UnsupportedMediaType: "unsupported_media_type",
+    drf.Throttled: "throttled",
+    drf.ParseError: "malformed_request",
+    drf.ValidationError: "invalid_input",
+}
+
+
+def error_body(code, message, **extra):
+    return {"error": {"code": code, "message": str(message), **extra}}
+
+
+def _domain_response(exc: DomainError):
+    headers = {}
+    if isinstance(exc, LockContended):
+        headers["Retry-After"] = str(exc.retry_after)
+    return Response(error_body(exc.code, exc.render()), status=exc.status_code, headers=headers)
+
+
+def _cause_is(exc, error_class):
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, error_class):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def exception_handler(exc, context):
+    """DRF EXCEPTION_HANDLER: render every error in the one envelope, never a 500 for bad input."""
+    if isinstance(exc, DomainError):
+        return _domain_response(exc)
+    if isinstance(exc, Http404):
+        return Response(error_body("not_found", _("Not found.")), status=404)
+    if isinstance(exc, DjangoPermissionDenied):
+        exc = drf.PermissionDenied()
+    if isinstance(exc, drf.APIException):
+        code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), None) or exc.default_code
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        if isinstance(exc, drf.ValidationError):
+            return Response(
+                error_body(code, _("The request is not valid."), fields=exc.detail), status=exc.status_code
+            )
+        return Response(error_body(code, exc.detail), status=exc.status_code, headers=headers)
+    if isinstance(exc, OperationalError) and is_lock_error(exc):
+        return _domain_response(LockContended())
+    if isinstance(exc, DataError):
+        return Response(error_body("invalid_input", _("The request is not valid.")), status=400)
+    if isinstance(exc, DatabaseError):
+        if _cause_is(exc, psycopg.errors.QueryCanceled):
+            logger.warning("statement timeout: %s", exc)
+            return Response(
+                error_body("database_timeout", _("The database took too long to answer. Try again.")),
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        if isinstance(exc, OperationalError):
+            logger.warning("database unavailable: %s", exc)
+            return Response(
+                error_body("database_unavailable", _("The database is unavailable. Try again shortly.")),
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+    return None  # a bug: let Django answer 500 and log it
+
+
+def json_404(request, exception=None):
+    """handler404: the JSON envelope under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("not_found", _("Not found.")), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def json_500(request):
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("server_error", _("Something went wrong on our side.")), status=500)
+    return defaults.server_error(request)

@@ -1,0 +1,123 @@
+"""``Idempotency-Key`` support for POST handlers.
+
+Decorate a handler with ``@idempotent()``. With the header present:
+
+- same key + same body replays the first answer (``Idempotent-Replayed: true``);
+- same key + another body or path: 422 ``idempotency_key_reused``;
+- same key while the first request runs: 409 ``idempotency_key_in_progress``.
+
+Default mode runs the handler inside the transaction that claims the key and
+stores the answer, so the record and the work commit together or not at all.
+``two_phase=True`` is for handlers that must commit before calling out (a payment
+provider): the claim commits first as "in progress", the handler runs with its own
+transactions, and the answer is stored afterwards; should the process die in
+between, the key is reclaimable after IDEMPOTENCY_IN_PROGRESS_TIMEOUT and the
+domain guards make the retry safe.
+
+Answers are not stored for 5xx or for lock contention (``Retry-After``): those
+are worth retrying, so the key stays free.
+"""
+
+import hashlib
+import json
+from functools import wraps
+
+from django.db import transaction
+from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
+
+from core.db import lock_errors_as_conflicts
+from core.exceptions import IdempotencyKeyInvalid
+from core.models import IdempotencyKey
+
+HEADER = "Idempotency-Key"
+
+
+def _principal(request):
+    user = getattr(request, "user", None)
+    return f"user:{user.pk}" if user is not None and user.is_authenticated else "anonymous"
+
+
+def _fingerprint(request):
+    body = json.dumps(request.data, sort_keys=True, cls=JSONEncoder)
+    return hashlib.sha256(f"{request.method}\n{request.path}\n{body}".encode()).hexdigest()
+
+
+def _valid_key(key):
+    return 0 < len(key) <= 255 and key.isprintable()
+
+
+def _as_json(data):
+    return json.loads(json.dumps(data, cls=JSONEncoder))
+
+
+def _replay(record):
+    return Response(record.response_body, status=record.response_status, headers={"Idempotent-Replayed": "true"})
+
+
+def _storable(response):
+    return response.status_code < 500 and not response.has_header("Retry-After")
+
+
+def _run(view, handler, request, args, kwargs):
+    """Run the handler; turn a handled exception into its Response, re-raise bugs."""
+    try:
+        with transaction.atomic():  # a savepoint, so a failed handler leaves the claim usable
+            return handler(view, request, *args, **kwargs)
+    except Exception as exc:
+        return view.handle_exception(exc)
+
+
+def idempotent(two_phase=False):
+    def decorator(handler):
+        @wraps(handler)
+        def wrapper(view, request, *args, **kwargs):
+            key = request.headers.get(HEADER)
+            if key is None:
+                return handler(view, request, *args, **kwargs)
+            if not _valid_key(key):
+                raise IdempotencyKeyInvalid()
+            claim = dict(
+                principal=_principal(request),
+                key=key,
+                method=request.method,
+                path=request.path,
+                fingerprint=_fingerprint(request),
+            )
+            if two_phase:
+                return _two_phase(view, handler, request, args, kwargs, claim)
+            with lock_errors_as_conflicts(), transaction.atomic():
+                record, replay = IdempotencyKey.objects.claim(**claim)
+                if replay:
+                    return _replay(record)
+                response = _run(view, handler, request, args, kwargs)
+                if _storable(response):
+                    IdempotencyKey.objects.complete(record, status=response.status_code, body=_as_json(response.data))
+                else:
+                    transaction.set_rollback(True)
+                return response
+
+        return wrapper
+
+    return decorator
+
+
+def _two_phase(view, handler, request, args, kwargs, claim):
+    with lock_errors_as_conflicts(), transaction.atomic():
+        record, replay = IdempotencyKey.objects.claim(**claim)
+    if replay:
+        return _replay(record)
+    try:
+        response = handler(view, request, *args, **kwargs)
+    except Exception as exc:
+        try:
+            response = view.handle_exception(exc)
+        except Exception:
+            IdempotencyKey.objects.filter(pk=record.pk).delete()
+            raise
+    with transaction.atomic():
+        if _storable(response):
+            IdempotencyKey.objects.complete(record, status=response.status_code, body=_as_json(response.data))
+        else:
+            IdempotencyKey.objects.filter(pk=record.pk).delete()
+    return response

@@ -1,0 +1,50 @@
+"""Tenant resolution for /api/t/<tenant>/... (members only) and /api/public/<tenant>/...
+
+A non-member and an unknown tenant get the same 404: the API never says which
+tenants exist.
+"""
+
+from functools import cached_property
+
+from rest_framework.permissions import AllowAny, IsAuthenticated
+
+from core.exceptions import TenantNotFound
+from core.models import Tenant
+
+
+class TenantScopedMixin:
+    """For views under /api/t/<tenant>/: the authenticated user must be a member."""
+
+    permission_classes = [IsAuthenticated]
+    tenant_url_kwarg = "tenant"
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self.tenant  # resolve now, so a non-member gets 404 before any work
+
+    @cached_property
+    def tenant(self):
+        slug = self.kwargs.get(self.tenant_url_kwarg)
+        tenant = Tenant.objects.for_member(self.request.user).filter(slug=slug).first()
+        if tenant is None:
+            raise TenantNotFound()
+        return tenant
+
+
+class PublicTenantMixin:
+    """For views under /api/public/<tenant>/: no authentication, tenant by slug."""
+
+    permission_classes = [AllowAny]
+    authentication_classes = []
+    tenant_url_kwarg = "tenant"
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self.tenant
+
+    @cached_property
+    def tenant(self):
+        tenant = Tenant.objects.filter(slug=self.kwargs.get(self.tenant_url_kwarg)).first()
+        if tenant is None:
+            raise TenantNotFound()
+        return tenant

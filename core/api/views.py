@@ -1,0 +1,22 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api.tenancy import TenantScopedMixin
+from core.models import Membership
+
+
+class TenantSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    role = serializers.CharField()
+
+
+class TenantDetailView(TenantScopedMixin, APIView):
+    """The tenant this token works in, and the caller's role there."""
+
+    @extend_schema(responses=TenantSerializer)
+    def get(self, request, tenant):
+        role = Membership.objects.filter(tenant=self.tenant, user=request.user).values_list("role", flat=True).first()
+        return Response(TenantSerializer({"slug": self.tenant.slug, "name": self.tenant.name, "role": role}).data)

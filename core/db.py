@@ -1,0 +1,122 @@
+"""Transaction-scoped advisory locks and lock-error translation.
+
+Advisory lock keys are computed by PostgreSQL itself:
+``hashtextextended('<namespace>:<key>', 0)``, a stable 64-bit hash, so any
+process (a psql session, pgbench, another service) can take the same lock.
+Locks are always ``pg_advisory_xact_lock`` - released at commit or rollback,
+never leaked through a transaction-pooling bouncer.
+"""
+
+import enum
+from contextlib import contextmanager
+from functools import wraps
+
+import psycopg.errors
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
+
+from core.exceptions import LockContended
+
+
+class LockNamespace(enum.Enum):
+    """Registry of advisory-lock namespaces. Never rename a value: it is part of the key."""
+
+    BOOKING_DATE = "bookings.date"
+    AUDIT_UNDO = "profiles.audit_undo"
+    IDEMPOTENCY_KEY = "core.idempotency_key"
+    TEST = "core.test"
+
+
+def _require_atomic(using):
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise RuntimeError("Advisory locks are transaction-scoped: call this inside transaction.atomic().")
+    return connection
+
+
+def lock_key(namespace: LockNamespace, *parts) -> str:
+    return ":".join([namespace.value, *(str(part) for part in parts)])
+
+
+def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS):
+    """Wait for the advisory lock on (namespace, parts) until the transaction ends.
+
+    The wait is bounded by the connection's lock_timeout; expiry raises
+    OperationalError (SQLSTATE 55P03), which ``lock_errors_as_conflicts`` turns
+    into LockContended.
+    """
+    connection = _require_atomic(using)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
+
+
+def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
+    """Take several advisory locks in one statement, in sorted hash order (no deadlocks).
+
+    ``keys`` is an iterable of (namespace, *parts) tuples.
+    """
+    connection = _require_atomic(using)
+    texts = sorted({lock_key(key[0], *key[1:]) for key in keys})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM "
+            "(SELECT hashtextextended(t, 0) AS k FROM unnest(%s::text[]) AS t ORDER BY 1) AS ordered",
+            [texts],
+        )
+
+
+def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS) -> bool:
+    """Take the advisory lock if it is free; return False at once if another transaction holds it."""
+    connection = _require_atomic(using)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
+        return cursor.fetchone()[0]
+
+
+def set_local_lock_timeout(milliseconds: int, using=DEFAULT_DB_ALIAS):
+    """Tighten lock_timeout for the rest of this transaction only (SET LOCAL cannot leak)."""
+    connection = _require_atomic(using)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(milliseconds)}ms"])
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """True for SQLSTATE 55P03: NOWAIT refused, or lock_timeout expired."""
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, psycopg.errors.LockNotAvailable):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+@contextmanager
+def lock_errors_as_conflicts(message=None, **params):
+    """Turn a lock conflict raised by the block into LockContended.
+
+    Wrap it *around* transaction.atomic(), never inside it: the failed atomic
+    block must finish rolling back before the error is translated.
+    """
+    try:
+        yield
+    except OperationalError as exc:
+        if is_lock_error(exc):
+            raise LockContended(message, **params) from exc
+        raise
+
+
+def translates_lock_errors(func):
+    """Decorator form of ``lock_errors_as_conflicts`` for manager methods."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        with lock_errors_as_conflicts():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def database_now(using=DEFAULT_DB_ALIAS):
+    """Return the database's clock (transaction start time inside a transaction)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]

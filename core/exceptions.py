@@ -1,0 +1,83 @@
+"""The kinds of domain error every app builds on.
+
+Each leaf error names its stable ``code`` and a translatable ``message``; the API
+(core.api.errors), the admin and the management commands all render the same
+text, localized to the active language. Parameters are interpolated lazily, so a
+message raised under one language can be rendered in another.
+"""
+
+from django.utils.translation import gettext_lazy as _
+
+
+class DomainError(Exception):
+    """A refusal the caller can act on; never a bug."""
+
+    code = "domain_error"
+    status_code = 400
+    message = _("The request was refused.")
+
+    def __init__(self, message=None, **params):
+        if message is not None:
+            self.message = message
+        self.params = params
+        super().__init__(self.code)
+
+    def render(self):
+        """Return the message in the active language, parameters filled in."""
+        params = {key: str(value) for key, value in self.params.items()}
+        return str(self.message) % params if params else str(self.message)
+
+    def __str__(self):
+        return f"{self.code}: {self.render()}"
+
+
+class InvalidInput(DomainError):
+    code = "invalid_input"
+    status_code = 400
+    message = _("The request is not valid.")
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    status_code = 404
+    message = _("Not found.")
+
+
+class Conflict(DomainError):
+    code = "conflict"
+    status_code = 409
+    message = _("The request conflicts with the current state.")
+
+
+class LockContended(Conflict):
+    """Another transaction holds the lock this operation needs; retry shortly."""
+
+    code = "resource_locked"
+    message = _("This resource is being changed by another request. Try again shortly.")
+
+    def __init__(self, message=None, *, retry_after=None, **params):
+        from django.conf import settings
+
+        self.retry_after = retry_after or settings.LOCK_RETRY_AFTER_SECONDS
+        super().__init__(message, **params)
+
+
+class TenantNotFound(NotFound):
+    code = "not_found"
+    message = _("Not found.")
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+    status_code = 422
+    message = _("This Idempotency-Key was already used with a different request.")
+
+
+class IdempotencyKeyInProgress(Conflict):
+    code = "idempotency_key_in_progress"
+    message = _("A request with this Idempotency-Key is still being processed.")
+
+
+class IdempotencyKeyInvalid(InvalidInput):
+    code = "idempotency_key_invalid"
+    message = _("The Idempotency-Key header must be 1 to 255 printable characters.")

@@ -1,0 +1,67 @@
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models.functions import Now
+
+from core.db import LockNamespace, try_advisory_xact_lock
+from core.exceptions import IdempotencyKeyInProgress, IdempotencyKeyReused
+
+
+class TenantQuerySet(models.QuerySet):
+    def for_member(self, user):
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        return self.filter(memberships__user=user)
+
+
+class IdempotencyKeyManager(models.Manager):
+    def claim(self, *, principal, key, method, path, fingerprint):
+        """Claim ``key`` for this request, or return the completed record to replay.
+
+        Must run inside the transaction that does the work, so the record and the
+        work commit (or vanish) together. A transaction-scoped advisory try-lock on
+        (principal, key) decides between concurrent requests with the same key: the
+        loser gets IdempotencyKeyInProgress at once instead of waiting. Raises
+        IdempotencyKeyReused when the key was used for a different request.
+        Returns ``(record, replay)``: replay is True when the record holds an answer.
+        """
+        if not try_advisory_xact_lock(LockNamespace.IDEMPOTENCY_KEY, principal, key, using=self.db):
+            raise IdempotencyKeyInProgress()
+        record = self.filter(principal=principal, key=key, expires_at__gt=Now()).first()
+        if record is not None:
+            if record.fingerprint != fingerprint:
+                raise IdempotencyKeyReused()
+            if record.state == record.State.COMPLETED:
+                return record, True
+            # In progress and committed: a two-phase request is calling out, or crashed.
+            if not self.filter(pk=record.pk, created_at__lt=Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT).exists():
+                raise IdempotencyKeyInProgress()
+            self.filter(pk=record.pk).update(created_at=Now(), expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL)
+            return record, False
+        self.filter(principal=principal, key=key).delete()  # an expired record frees its key
+        record = self.create(
+            principal=principal,
+            key=key,
+            method=method,
+            path=path,
+            fingerprint=fingerprint,
+            created_at=Now(),
+            expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL,
+        )
+        return record, False
+
+    claim.alters_data = True
+
+    def complete(self, record, *, status, body):
+        """Store the answer to replay; part of the caller's transaction."""
+        self.filter(pk=record.pk).update(state=self.model.State.COMPLETED, response_status=status, response_body=body)
+        record.state, record.response_status, record.response_body = self.model.State.COMPLETED, status, body
+
+    complete.alters_data = True
+
+    def prune(self):
+        """Delete expired records; return how many went."""
+        with transaction.atomic(using=self.db):
+            deleted, _ = self.filter(expires_at__lte=Now()).delete()
+        return deleted
+
+    prune.alters_data = True

@@ -1,0 +1,3 @@
+tenant_urlpatterns = []
+public_urlpatterns = []
+urlpatterns = []

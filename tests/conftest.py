@@ -1,0 +1,49 @@
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+
+@pytest.fixture
+def tenant(db):
+    return TenantFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_tenant(db):
+    return TenantFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def member(tenant):
+    return MembershipFactory(tenant=tenant, user=UserFactory(username="member")).user
+
+
+@pytest.fixture
+def outsider(other_tenant):
+    """A user who belongs to another tenant only."""
+    return MembershipFactory(tenant=other_tenant, user=UserFactory(username="outsider")).user
+
+
+def token_client(user):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
+
+
+@pytest.fixture
+def api_client(member):
+    """An API client authenticated as a member of ``tenant``."""
+    return token_client(member)
+
+
+@pytest.fixture
+def outsider_client(outsider):
+    """An API client authenticated as a user who is not a member of ``tenant``."""
+    return token_client(outsider)
+
+
+@pytest.fixture
+def anon_client():
+    return APIClient()

@@ -1,0 +1,213 @@
+import threading
+
+import pytest
+from django.db import connections, transaction
+from django.utils import translation
+
+from core.exceptions import Conflict, DomainError
+from core.models import IdempotencyKey, Tenant
+from tests.conftest import token_client
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.races import run_concurrently, tally
+
+pytestmark = pytest.mark.urls("tests.core.urls")
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+# --- tenancy ---------------------------------------------------------------
+
+
+def test_member_sees_its_tenant(api_client, tenant):
+    response = api_client.get("/api/t/acme/")
+    assert response.status_code == 200
+    assert response.json() == {"slug": "acme", "name": "Acme", "role": "staff"}
+
+
+def test_non_member_and_unknown_tenant_get_the_same_404(outsider_client, tenant, api_client):
+    assert_error(outsider_client.get("/api/t/acme/"), 404, "not_found")
+    assert_error(api_client.get("/api/t/no-such-tenant/"), 404, "not_found")
+
+
+def test_anonymous_gets_401(anon_client, tenant):
+    assert_error(anon_client.get("/api/t/acme/"), 401, "not_authenticated")
+
+
+def test_bad_token_gets_401(anon_client, tenant):
+    anon_client.credentials(HTTP_AUTHORIZATION="Token nope")
+    assert_error(anon_client.get("/api/t/acme/"), 401, "authentication_failed")
+
+
+def test_unknown_api_path_is_json_404(api_client):
+    assert_error(api_client.get("/api/nothing-here/"), 404, "not_found")
+
+
+def test_malformed_json_is_400(api_client, tenant):
+    response = api_client.post("/api/t/acme/test-bump", data="{not json", content_type="application/json")
+    assert_error(response, 400, "malformed_request")
+
+
+def test_wrong_method_is_405(api_client, tenant):
+    assert_error(api_client.delete("/api/t/acme/"), 405, "method_not_allowed")
+
+
+def test_domain_error_message_is_localized(api_client, tenant):
+    english = assert_error(api_client.post("/api/t/acme/test-bump", {"fail": "conflict"}, format="json"), 409, "conflict")
+    arabic = assert_error(
+        api_client.post("/api/t/acme/test-bump", {"fail": "conflict"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"),
+        409,
+        "conflict",
+    )
+    assert english["message"] != arabic["message"]
+    with translation.override("ar"):
+        assert arabic["message"] == str(Conflict.message)
+
+
+def test_lock_contended_is_409_with_retry_after(api_client, tenant):
+    response = api_client.post("/api/t/acme/test-bump", {"fail": "locked"}, format="json")
+    assert_error(response, 409, "resource_locked")
+    assert int(response["Retry-After"]) >= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_real_nowait_conflict_is_409_resource_locked():
+    """The tenant row held FOR UPDATE by another connection: NOWAIT is refused, the API says resource_locked."""
+    tenant = TenantFactory(slug="acme")
+    client = token_client(MembershipFactory(tenant=tenant).user)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_row():
+        try:
+            with transaction.atomic():
+                Tenant.objects.select_for_update().get(pk=tenant.pk)
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_row)
+    holder.start()
+    assert held.wait(5)
+    try:
+        response = client.post("/api/t/acme/test-lock-nowait", {}, format="json")
+        assert_error(response, 409, "resource_locked")
+        assert int(response["Retry-After"]) >= 1
+    finally:
+        release.set()
+        holder.join(5)
+    assert client.post("/api/t/acme/test-lock-nowait", {}, format="json").status_code == 200
+
+
+# --- idempotency -----------------------------------------------------------
+
+
+def bump(client, body=None, key="key-1", path="/api/t/acme/test-bump", **extra):
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    return client.post(path, body or {}, format="json", **headers, **extra)
+
+
+def test_same_key_same_body_replays_without_redoing_work(api_client, tenant):
+    first = bump(api_client)
+    second = bump(api_client)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json() == {"name": "Acme+"}
+    assert second["Idempotent-Replayed"] == "true"
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
+
+
+def test_same_key_different_body_is_422(api_client, tenant):
+    bump(api_client, {"a": 1})
+    assert_error(bump(api_client, {"a": 2}), 422, "idempotency_key_reused")
+
+
+def test_same_key_other_path_is_422(api_client, tenant):
+    bump(api_client)
+    assert_error(bump(api_client, path="/api/t/acme/test-bump-two-phase"), 422, "idempotency_key_reused")
+
+
+def test_keys_are_per_principal(api_client, tenant):
+    other_member = token_client(MembershipFactory(tenant=tenant, user=UserFactory(username="second")).user)
+    bump(api_client)
+    response = bump(other_member)
+    assert response.status_code == 201
+    assert "Idempotent-Replayed" not in response
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"
+
+
+def test_without_key_every_post_does_work(api_client, tenant):
+    bump(api_client, key=None)
+    bump(api_client, key=None)
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"
+
+
+def test_refusals_replay_but_lock_contention_does_not_stick(api_client, tenant):
+    assert_error(bump(api_client, {"fail": "conflict"}, key="k-conflict"), 409, "conflict")
+    replay = bump(api_client, {"fail": "conflict"}, key="k-conflict")
+    assert replay["Idempotent-Replayed"] == "true"
+    bump(api_client, {"fail": "locked"}, key="k-locked")
+    assert not IdempotencyKey.objects.filter(key="k-locked").exists()
+
+
+def test_invalid_key_is_400(api_client, tenant):
+    assert_error(bump(api_client, key="x" * 300), 400, "idempotency_key_invalid")
+
+
+def test_expired_records_are_pruned_and_free_their_key(api_client, tenant):
+    from django.core.management import call_command
+    from django.db.models.functions import Now
+
+    bump(api_client)
+    IdempotencyKey.objects.update(expires_at=Now())
+    call_command("prune_idempotency_keys")
+    assert not IdempotencyKey.objects.exists()
+    assert bump(api_client).status_code == 201
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/api/t/acme/test-bump", "/api/t/acme/test-bump-two-phase"])
+def test_twenty_concurrent_same_key_posts_do_the_work_once(path):
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    clients = [token_client(user) for _ in range(20)]
+
+    outcomes = run_concurrently(lambda i: bump(clients[i], {"sleep": 0.2}, key="storm", path=path), 20)
+
+    responses = [outcome.value for outcome in outcomes]
+    assert all(outcome.ok for outcome in outcomes), tally(outcomes)
+    statuses = sorted(r.status_code for r in responses)
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"  # the work ran exactly once
+    assert set(statuses) <= {201, 409}
+    originals = [r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r]
+    assert len(originals) == 1
+    for r in responses:
+        if r.status_code == 409:
+            assert r.json()["error"]["code"] == "idempotency_key_in_progress"
+        else:
+            assert r.json() == {"name": "Acme+"}
+    # after the storm, the key replays
+    replay = bump(clients[0], {"sleep": 0.2}, key="storm", path=path)
+    assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_and_work_commit_together():
+    """A handler that crashes leaves neither work nor a replayable record."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    client = token_client(MembershipFactory(tenant=tenant).user)
+    client.raise_request_exception = False
+    response = bump(client, {"sleep": "not-a-number"})
+    assert response.status_code == 500
+    assert not IdempotencyKey.objects.exists()
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme"
+
+
+def test_domain_error_str_is_readable():
+    assert str(DomainError()).startswith("domain_error: ")
