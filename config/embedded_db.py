@@ -44,9 +44,9 @@ def _exclusive(lock_path: Path):
 
 def embedded_database(var_dir: Path) -> dict:
     """Return Django connection settings for the embedded server, starting it if needed."""
-    var_dir.mkdir(parents=True, exist_ok=True)
     pgdata = var_dir / "pgdata"
     try:
+        var_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(var_dir / "pgserver.lock"):
             with warnings.catch_warnings():  # it warns that XDG_RUNTIME_DIR is unset; harmless
                 warnings.simplefilter("ignore")
