@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import environ
 
@@ -68,6 +69,8 @@ TEMPLATES = [
 # DATABASE_URL unset: start (or reuse) the private PostgreSQL under var/.
 if env.str("DATABASE_URL", default=""):
     _database = env.db("DATABASE_URL")
+    # A Unix-socket directory may be given percent-encoded as the host: postgres://u@%2Frun%2Fpostgresql/db
+    _database["HOST"] = unquote(_database.get("HOST") or "")
 else:
     from config.embedded_db import embedded_database
 
@@ -138,6 +141,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.api.schema.add_error_responses",
+    ],
 }
 
 # --- Lockstep -------------------------------------------------------------

@@ -47,3 +47,9 @@ def outsider_client(outsider):
 @pytest.fixture
 def anon_client():
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Real hashing is deliberately slow; tests do not need it."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
