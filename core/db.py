@@ -22,6 +22,7 @@ class LockNamespace(enum.Enum):
 
     BOOKING_DATE = "bookings.date"
     AUDIT_UNDO = "profiles.audit_undo"
+    PROFILE_TREE = "profiles.tree"  # per tenant: serializes parent-edge changes (cycle check)
     IDEMPOTENCY_KEY = "core.idempotency_key"
     TEST = "core.test"
 

@@ -10,8 +10,8 @@ import psycopg.errors
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, DataError, OperationalError
 from django.http import Http404, JsonResponse
-from django.views import defaults
 from django.utils.translation import gettext as _
+from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -70,9 +70,7 @@ def exception_handler(exc, context):
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
         if isinstance(exc, drf.ValidationError):
-            return Response(
-                error_body(code, _("The request is not valid."), fields=exc.detail), status=exc.status_code
-            )
+            return Response(error_body(code, _("The request is not valid."), fields=exc.detail), status=exc.status_code)
         return Response(error_body(code, exc.detail), status=exc.status_code, headers=headers)
     if isinstance(exc, OperationalError) and is_lock_error(exc):
         return _domain_response(LockContended())

@@ -20,7 +20,7 @@ class TenantScopedMixin:
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        self.tenant  # resolve now, so a non-member gets 404 before any work
+        _ = self.tenant  # resolve now, so a non-member gets 404 before any work
 
     @cached_property
     def tenant(self):
@@ -40,7 +40,7 @@ class PublicTenantMixin:
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        self.tenant
+        _ = self.tenant
 
     @cached_property
     def tenant(self):

@@ -59,7 +59,9 @@ def test_wrong_method_is_405(api_client, tenant):
 
 
 def test_domain_error_message_is_localized(api_client, tenant):
-    english = assert_error(api_client.post("/api/t/acme/test-bump", {"fail": "conflict"}, format="json"), 409, "conflict")
+    english = assert_error(
+        api_client.post("/api/t/acme/test-bump", {"fail": "conflict"}, format="json"), 409, "conflict"
+    )
     arabic = assert_error(
         api_client.post("/api/t/acme/test-bump", {"fail": "conflict"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"),
         409,

@@ -28,7 +28,9 @@ print(json.dumps({"host": db["HOST"], "started": pid}))
 def test_two_processes_starting_at_once_share_one_server(tmp_path):
     var = tmp_path / "var"
     procs = [
-        subprocess.Popen([sys.executable, "-c", START, str(var)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", START, str(var)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         for _ in range(2)
     ]
     try:
