@@ -1,5 +1,25 @@
 """Demo data for this app, called by ``manage.py seed_demo`` inside its transaction. Must be idempotent."""
 
+from datetime import timedelta
+
+from bookings.models import Package
+from core.db import database_now
+from proposals.models import Proposal
+
+DEMO_SESSION = "demo-chat-session"
+
 
 def seed_demo(tenant, *, admin, api_user):
-    pass
+    """Ensure tenant ``demo`` has one live pending proposal in the demo chat session."""
+    package = Package.objects.filter(tenant=tenant, active=True).order_by("-daily_capacity", "pk").first()
+    if package is None or Proposal.objects.filter(tenant=tenant, session_id=DEMO_SESSION).live().exists():
+        return
+    Proposal.objects.propose(
+        tenant=tenant,
+        session_id=DEMO_SESSION,
+        package=package,
+        date=(database_now() + timedelta(days=30)).date(),
+        customer_name="Demo Customer",
+        customer_email="customer@example.com",
+        expires_in=timedelta(days=7),
+    )

@@ -1,0 +1,120 @@
+"""Operator screens. State changes only through actions that call the managers and services."""
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.db.models.functions import Now, TruncDate
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from bookings.models import Booking, Checkout, Package, PaymentEvent
+from bookings.services import cancel_booking, retry_refund
+from core.exceptions import DomainError
+
+
+@admin.register(Package)
+class PackageAdmin(admin.ModelAdmin):
+    list_display = ["name", "tenant", "price", "currency", "daily_capacity", "active", "upcoming_load"]
+    list_filter = ["active", "tenant", "currency"]
+    search_fields = ["name", "tenant__slug"]
+    list_select_related = ["tenant"]
+
+    def get_queryset(self, request):
+        live = Q(bookings__status="confirmed") | Q(bookings__status="held", bookings__hold_expires_at__gt=Now())
+        return super().get_queryset(request).annotate(
+            upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now())))
+        )
+
+    @admin.display(description=_("upcoming bookings"), ordering="upcoming")
+    def upcoming_load(self, package):
+        return package.upcoming
+
+
+class CheckoutInline(admin.StackedInline):
+    model = Checkout
+    extra = 0
+    can_delete = False
+    fields = ["provider", "state", "provider_checkout_id", "url", "provider_payment_id", "refund_state",
+              "provider_refund_id", "refund_attempts", "refund_error", "error"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+def _run_per_row(modeladmin, request, queryset, operation, done_message):
+    done = 0
+    for booking in queryset.order_by("pk"):
+        try:
+            if operation(booking) is False:
+                modeladmin.message_user(
+                    request, _("Booking #%(id)s: nothing to do.") % {"id": booking.pk}, messages.WARNING
+                )
+                continue
+            done += 1
+        except DomainError as exc:
+            modeladmin.message_user(
+                request, _("Booking #%(id)s: %(error)s") % {"id": booking.pk, "error": exc.render()}, messages.ERROR
+            )
+    if done:
+        modeladmin.message_user(request, done_message(done), messages.SUCCESS)
+
+
+@admin.register(Booking)
+class BookingAdmin(admin.ModelAdmin):
+    list_display = ["id", "date", "package", "customer_name", "customer_email", "status", "hold_expires_at",
+                    "amount", "currency", "tenant"]
+    list_filter = ["status", "date", "package", "tenant"]
+    search_fields = ["customer_name", "customer_email", "=id"]
+    date_hierarchy = "date"
+    list_select_related = ["package", "tenant"]
+    readonly_fields = ["tenant", "package", "date", "status", "hold_expires_at", "amount", "currency", "created_at",
+                       "confirmed_at", "cancelled_at", "refunded_at"]
+    fields = ["tenant", "package", "date", "customer_name", "customer_email", *readonly_fields[3:]]
+    inlines = [CheckoutInline]
+    actions = ["cancel_selected", "release_hold_selected", "retry_refund_selected"]
+
+    def has_add_permission(self, request):
+        return False  # bookings are made through checkout, which holds the date under its lock
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
+    def cancel_selected(self, request, queryset):
+        _run_per_row(
+            self, request, queryset, lambda b: cancel_booking(b.pk),
+            lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
+        )
+
+    @admin.action(description=_("Release selected holds"), permissions=["change"])
+    def release_hold_selected(self, request, queryset):
+        _run_per_row(
+            self, request, queryset, lambda b: Booking.objects.release(b.pk),
+            lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
+        )
+
+    @admin.action(description=_("Retry failed refunds"), permissions=["change"])
+    def retry_refund_selected(self, request, queryset):
+        _run_per_row(
+            self, request, queryset, lambda b: retry_refund(b.pk),
+            lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
+        )
+
+
+@admin.register(PaymentEvent)
+class PaymentEventAdmin(admin.ModelAdmin):
+    list_display = ["event_id", "type", "provider", "result", "booking", "deliveries", "received_at", "processed_at"]
+    list_filter = ["type", "result", "provider"]
+    search_fields = ["event_id", "=booking__id"]
+    date_hierarchy = "received_at"
+    readonly_fields = ["provider", "event_id", "type", "payload", "received_at", "processed_at", "result", "booking",
+                       "deliveries"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

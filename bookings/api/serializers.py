@@ -1,0 +1,115 @@
+from rest_framework import serializers
+
+from bookings.models import Booking, Checkout, Package
+
+MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=12, decimal_places=2)
+
+
+class PackageSerializer(serializers.ModelSerializer):
+    """A package as staff manage it."""
+
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
+    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, default="USD")
+    daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
+
+    class Meta:
+        model = Package
+        fields = ["id", "name", "price", "currency", "daily_capacity", "active", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class PublicPackageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Package
+        fields = ["id", "name", "price", "currency", "daily_capacity"]
+
+
+class CustomerSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    email = serializers.EmailField(max_length=254)
+
+
+class StrictDateField(serializers.DateField):
+    """ISO dates only; a bad date (2026-02-30) is a 400, never a 500."""
+
+    def __init__(self, **kwargs):
+        super().__init__(input_formats=["iso-8601"], **kwargs)
+
+
+class CheckoutCreateInputSerializer(serializers.Serializer):
+    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    date = StrictDateField()
+    customer = CustomerSerializer()
+
+
+class BookingSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Booking
+        fields = ["id", "status", "hold_expires_at"]
+
+
+class CheckoutSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="provider_checkout_id")
+
+    class Meta:
+        model = Checkout
+        fields = ["id", "url"]
+
+
+class CheckoutCreatedSerializer(serializers.Serializer):
+    booking = BookingSummarySerializer()
+    checkout = CheckoutSerializer()
+
+
+class AvailabilityQueryInputSerializer(serializers.Serializer):
+    start = StrictDateField()
+    end = StrictDateField()
+    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
+
+
+class AvailabilitySerializer(serializers.Serializer):
+    date = serializers.DateField()
+    remaining = serializers.IntegerField()
+
+
+class BookingCheckoutSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="provider_checkout_id")
+
+    class Meta:
+        model = Checkout
+        fields = ["id", "url", "provider", "state", "refund_state", "provider_refund_id"]
+
+
+class BookingSerializer(serializers.ModelSerializer):
+    """A booking as staff see it."""
+
+    checkout = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Booking
+        fields = [
+            "id",
+            "package",
+            "date",
+            "customer_name",
+            "customer_email",
+            "status",
+            "hold_expires_at",
+            "amount",
+            "currency",
+            "created_at",
+            "confirmed_at",
+            "cancelled_at",
+            "refunded_at",
+            "checkout",
+        ]
+
+    def get_checkout(self, booking) -> BookingCheckoutSerializer(allow_null=True):
+        checkout = getattr(booking, "checkout", None)  # the reverse accessor raises an AttributeError subclass
+        return BookingCheckoutSerializer(checkout).data if checkout else None
+
+
+class BookingListQueryInputSerializer(serializers.Serializer):
+    date = StrictDateField(required=False)
+    status = serializers.ChoiceField(choices=Booking.Status.choices, required=False)
+    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)

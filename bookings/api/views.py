@@ -1,0 +1,208 @@
+from datetime import timedelta
+
+from django.db.models import Count, ProtectedError
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from bookings.api.serializers import (
+    AvailabilityQueryInputSerializer,
+    AvailabilitySerializer,
+    BookingListQueryInputSerializer,
+    BookingSerializer,
+    CheckoutCreatedSerializer,
+    CheckoutCreateInputSerializer,
+    PackageSerializer,
+    PublicPackageSerializer,
+)
+from bookings.exceptions import (
+    BookingNotFound,
+    DateRangeInvalid,
+    MalformedEvent,
+    PackageInUse,
+    PackageNotFound,
+)
+from bookings.managers import active_q
+from bookings.models import Booking, Package
+from bookings.services import cancel_booking, receive_payment_event, start_checkout
+from core.api.idempotency import idempotent
+from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
+from core.db import database_now
+
+MAX_AVAILABILITY_DAYS = 366
+MAX_ID = 2**63 - 1
+
+
+# --- public -----------------------------------------------------------------
+
+
+class PublicPackageListView(PublicTenantMixin, generics.ListAPIView):
+    """Active packages a customer can book."""
+
+    serializer_class = PublicPackageSerializer
+    pagination_class = None
+
+    def get_queryset(self):
+        return Package.objects.for_tenant(self.tenant).active().order_by("name", "pk")
+
+
+class AvailabilityView(PublicTenantMixin, APIView):
+    """Places left per date (confirmed bookings and live holds count; expired holds do not)."""
+
+    @extend_schema(
+        parameters=[AvailabilityQueryInputSerializer],
+        responses=AvailabilitySerializer(many=True),
+    )
+    def get(self, request, tenant):
+        query = AvailabilityQueryInputSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        start, end = query.validated_data["start"], query.validated_data["end"]
+        if end < start or (end - start).days + 1 > MAX_AVAILABILITY_DAYS:
+            raise DateRangeInvalid(days=MAX_AVAILABILITY_DAYS)
+        packages = Package.objects.for_tenant(self.tenant).active()
+        if "package" in query.validated_data:
+            packages = packages.filter(pk=query.validated_data["package"])
+            if not packages.exists():
+                raise PackageNotFound()
+        capacities = dict(packages.values_list("pk", "daily_capacity"))
+        taken = {}
+        rows = (
+            Booking.objects.filter(package_id__in=list(capacities), date__range=(start, end))
+            .filter(active_q())
+            .values("date", "package_id")
+            .annotate(n=Count("pk"))
+        )
+        for row in rows:
+            taken[(row["date"], row["package_id"])] = row["n"]
+        today = database_now().date()
+        days = []
+        for offset in range((end - start).days + 1):
+            day = start + timedelta(days=offset)
+            remaining = 0
+            if day >= today:
+                remaining = sum(max(cap - taken.get((day, pk), 0), 0) for pk, cap in capacities.items())
+            days.append({"date": day, "remaining": remaining})
+        return Response(AvailabilitySerializer(days, many=True).data)
+
+
+class CheckoutCreateView(PublicTenantMixin, APIView):
+    """Hold a date and open a payment checkout for it."""
+
+    @extend_schema(request=CheckoutCreateInputSerializer, responses={201: CheckoutCreatedSerializer})
+    @idempotent(two_phase=True)
+    def post(self, request, tenant):
+        data = CheckoutCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        booking = start_checkout(
+            tenant=self.tenant,
+            package_id=data.validated_data["package"],
+            date=data.validated_data["date"],
+            customer_name=data.validated_data["customer"]["name"],
+            customer_email=data.validated_data["customer"]["email"],
+        )
+        body = CheckoutCreatedSerializer({"booking": booking, "checkout": booking.checkout}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class PaymentWebhookView(APIView):
+    """Provider events, Stripe-shaped and Stripe-signed. 200 for processed and duplicate events."""
+
+    authentication_classes = []
+    permission_classes = []
+
+    @extend_schema(request=None, responses={200: None})
+    def post(self, request):
+        try:
+            payload = request.body
+        except Exception:  # noqa: BLE001 - an unreadable body is a malformed event, not a 500
+            raise MalformedEvent()
+        result = receive_payment_event(payload, request.headers.get("Stripe-Signature"))
+        return Response(
+            {"received": True, "event": result.event_id, "duplicate": result.duplicate, "result": result.result}
+        )
+
+
+# --- staff ------------------------------------------------------------------
+
+
+class IdLookupMixin:
+    def get_object(self):
+        pk = self.kwargs["pk"]
+        if pk > MAX_ID:
+            raise self.not_found()
+        obj = self.get_queryset().filter(pk=pk).first()
+        if obj is None:
+            raise self.not_found()
+        return obj
+
+
+class PackageListCreateView(TenantScopedMixin, generics.ListCreateAPIView):
+    serializer_class = PackageSerializer
+
+    def get_queryset(self):
+        return Package.objects.for_tenant(self.tenant).order_by("name", "pk")
+
+    def perform_create(self, serializer):
+        serializer.save(tenant=self.tenant)
+
+    @extend_schema(request=PackageSerializer, responses={201: PackageSerializer})
+    @idempotent()
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = PackageSerializer
+
+    def not_found(self):
+        return PackageNotFound()
+
+    def get_queryset(self):
+        return Package.objects.for_tenant(self.tenant)
+
+    def perform_destroy(self, instance):
+        try:
+            instance.delete()
+        except ProtectedError:
+            raise PackageInUse()
+
+
+class BookingListView(TenantScopedMixin, generics.ListAPIView):
+    serializer_class = BookingSerializer
+
+    @extend_schema(parameters=[BookingListQueryInputSerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        query = BookingListQueryInputSerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        bookings = Booking.objects.for_tenant(self.tenant).select_related("checkout").order_by("date", "pk")
+        filters = {key: value for key, value in query.validated_data.items()}
+        if "package" in filters:
+            filters["package_id"] = filters.pop("package")
+        return bookings.filter(**filters)
+
+
+class BookingDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIView):
+    serializer_class = BookingSerializer
+
+    def not_found(self):
+        return BookingNotFound()
+
+    def get_queryset(self):
+        return Booking.objects.for_tenant(self.tenant).select_related("checkout")
+
+
+class BookingCancelView(TenantScopedMixin, APIView):
+    """Cancel a held or confirmed booking; a paid one is refunded."""
+
+    @extend_schema(request=None, responses=BookingSerializer)
+    @idempotent(two_phase=True)
+    def post(self, request, tenant, pk):
+        if pk > MAX_ID:
+            raise BookingNotFound()
+        booking = cancel_booking(pk, tenant=self.tenant)
+        booking = Booking.objects.select_related("checkout").get(pk=booking.pk)
+        return Response(BookingSerializer(booking).data)

@@ -1,0 +1,18 @@
+from django.core.management.base import BaseCommand
+
+from bookings.models import Checkout
+from bookings.services import retry_refund
+
+
+class Command(BaseCommand):
+    help = "Retry every refund the payment provider failed to make."
+
+    def handle(self, *args, **options):
+        booking_ids = list(
+            Checkout.objects.filter(refund_state=Checkout.RefundState.FAILED)
+            .order_by("pk")
+            .values_list("booking_id", flat=True)
+        )
+        refunded = sum(1 for booking_id in booking_ids if retry_refund(booking_id))
+        self.stdout.write(f"Refunds retried: {len(booking_ids)}, refunded: {refunded}, still failing: "
+                          f"{len(booking_ids) - refunded}")

@@ -1,0 +1,46 @@
+"""The sandbox provider's hosted checkout page: Pay or Cancel sends a signed webhook event.
+
+The buttons POST here (a same-origin form with a CSRF token); the event is built,
+signed with PAYMENT_WEBHOOK_SECRET and handed to the same verify-and-process
+function the webhook endpoint uses, in-process, so a single-threaded dev server
+never has to call itself.
+"""
+
+from django.http import Http404
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from bookings.models import Checkout
+from bookings.services import COMPLETED, EXPIRED, sandbox_deliver
+
+ACTIONS = {"pay": COMPLETED, "cancel": EXPIRED}
+
+
+def _checkout(checkout_id):
+    checkout = (
+        Checkout.objects.select_related("booking__package", "booking__tenant")
+        .filter(provider_checkout_id=checkout_id, provider_checkout_id__startswith="cs_sandbox_")
+        .first()
+    )
+    if checkout is None:
+        raise Http404("No such sandbox checkout.")
+    return checkout
+
+
+@require_GET
+def checkout_page(request, checkout_id):
+    return render(request, "bookings/sandbox_checkout.html", {"checkout": _checkout(checkout_id), "result": None})
+
+
+@require_POST
+def checkout_action(request, checkout_id, action):
+    if action not in ACTIONS:
+        raise Http404("No such action.")
+    checkout = _checkout(checkout_id)
+    result = sandbox_deliver(checkout, ACTIONS[action])
+    checkout = _checkout(checkout_id)
+    return render(
+        request,
+        "bookings/sandbox_checkout.html",
+        {"checkout": checkout, "result": result, "action": action},
+    )

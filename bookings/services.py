@@ -1,0 +1,179 @@
+"""Booking work that calls out to the payment provider: commit first, then call, then record.
+
+No lock is ever held while the provider is called: ``start_checkout`` commits the
+hold and the checkout intent (state ``creating``) before ``create_provider_checkout``
+talks to the provider, and a second short transaction stores its answer. Should the
+process die in between, the hold simply expires, and a payment that still arrives
+is matched through ``client_reference_id`` and settled by the webhook.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from bookings.exceptions import BookingNotFound, PackageNotFound, PaymentProviderUnavailable
+from bookings.models import Booking, Checkout, Package, PaymentEvent
+from bookings.payments import ProviderError, get_provider, provider_for
+from bookings.payments.base import parse_event, verify_signature
+from core.db import lock_errors_as_conflicts
+
+logger = logging.getLogger(__name__)
+
+COMPLETED = "checkout.session.completed"
+EXPIRED = "checkout.session.expired"
+
+
+def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email):
+    """Hold a place and record the checkout intent, inside the caller's transaction.
+
+    Raises PackageNotFound (unknown, inactive or another tenant's package),
+    DateInPast or DateUnavailable. Returns the held booking with ``.checkout``.
+    """
+    package = Package.objects.for_tenant(tenant).active().filter(pk=package_id).first()
+    if package is None:
+        raise PackageNotFound()
+    booking = Booking.objects.hold(package, date, customer_name=customer_name, customer_email=customer_email)
+    booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
+    return booking
+
+
+def create_provider_checkout(booking):
+    """Call the provider for a committed hold, then store its checkout id and URL.
+
+    Call outside any transaction. On a provider failure the hold is released and
+    the checkout marked failed, then PaymentProviderUnavailable is raised.
+    """
+    checkout = booking.checkout
+    provider = get_provider()
+    try:
+        created = provider.create_checkout(booking, checkout)
+    except ProviderError as exc:
+        logger.warning("payment provider failed for booking %s: %s", booking.pk, exc)
+        with transaction.atomic():
+            Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
+            Booking.objects.release_if_held(booking.pk)
+        raise PaymentProviderUnavailable()
+    Checkout.objects.open(checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id)
+    checkout.state, checkout.provider_checkout_id, checkout.url = Checkout.State.OPEN, created.id, created.url
+    return checkout
+
+
+def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
+    """Hold the date (transaction 1, committed), then create the provider checkout. Returns the booking."""
+    with lock_errors_as_conflicts(), transaction.atomic():
+        booking = hold_in_transaction(
+            tenant=tenant,
+            package_id=package_id,
+            date=date,
+            customer_name=customer_name,
+            customer_email=customer_email,
+        )
+    create_provider_checkout(booking)
+    return booking
+
+
+def cancel_booking(booking_id, *, tenant=None):
+    """Cancel a booking; a paid one is refunded after the cancellation commits."""
+    with lock_errors_as_conflicts():
+        booking = Booking.objects.cancel(booking_id, tenant=tenant)
+    if booking.status == Booking.Status.REFUND_PENDING:
+        checkout = Checkout.objects.filter(booking_id=booking.pk).first()
+        if checkout is not None:
+            with transaction.atomic():
+                Checkout.objects.request_refund(checkout.pk)
+            refund_booking(booking.pk)
+        booking.refresh_from_db()
+    return booking
+
+
+def refund_booking(booking_id):
+    """Ask the provider for the refund already recorded as pending; mark it refunded or failed.
+
+    Call outside any transaction. Returns True when the booking is now refunded.
+    A failure leaves the checkout's refund ``failed`` for ``retry_refunds``.
+    """
+    checkout = Checkout.objects.select_related("booking__package").filter(booking_id=booking_id).first()
+    if checkout is None:
+        raise BookingNotFound()
+    try:
+        refund_id = provider_for(checkout.provider).refund(checkout)
+    except ProviderError as exc:
+        logger.warning("refund failed for booking %s: %s", booking_id, exc)
+        Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
+        return False
+    with transaction.atomic():
+        Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id)
+        Booking.objects.complete_refund(booking_id)
+    return True
+
+
+def retry_refund(booking_id):
+    """Retry a failed refund once; the claim makes concurrent retriers call the provider at most once."""
+    checkout = Checkout.objects.filter(booking_id=booking_id).first()
+    if checkout is None or not Checkout.objects.claim_refund_retry(checkout.pk):
+        return False
+    return refund_booking(booking_id)
+
+
+@dataclass
+class WebhookResult:
+    event_id: str
+    duplicate: bool
+    result: str
+    booking_id: int | None = None
+
+
+def _find_checkout(event):
+    checkout = Checkout.objects.filter(provider_checkout_id=event.checkout_id).first()
+    if checkout is None and event.client_reference_id.isdigit() and len(event.client_reference_id) < 19:
+        checkout = Checkout.objects.filter(pk=int(event.client_reference_id)).first()
+    return checkout
+
+
+def receive_payment_event(payload: bytes, signature: str | None, *, provider_name=None):
+    """Verify, store once and process once a provider event; refund after commit if owed.
+
+    The event row is inserted (or, for a repeat, locked) first; processing takes
+    BOOKING_DATE(package, date) and the booking row through the Booking manager.
+    Raises InvalidSignature or MalformedEvent before anything is stored.
+    """
+    verify_signature(payload, signature)
+    event = parse_event(payload)
+    refund_owed = None
+    with lock_errors_as_conflicts(), transaction.atomic():
+        event_pk, processed = PaymentEvent.objects.receive(
+            provider=provider_name or get_provider().name, event_id=event.id, type=event.type, payload=event.payload
+        )
+        if processed:
+            stored = PaymentEvent.objects.filter(pk=event_pk).values("result", "booking_id").get()
+            return WebhookResult(event.id, True, stored["result"], stored["booking_id"])
+        checkout = _find_checkout(event) if event.type in (COMPLETED, EXPIRED) else None
+        booking_id = checkout.booking_id if checkout else None
+        if event.type not in (COMPLETED, EXPIRED):
+            result = "ignored_type"
+        elif checkout is None:
+            result = "ignored_unknown_checkout"
+        elif event.type == COMPLETED:
+            _booking, result = Booking.objects.confirm_payment(checkout.booking_id)
+            Checkout.objects.mark_completed(
+                checkout.pk, provider_checkout_id=event.checkout_id, payment_id=event.payment_id
+            )
+            if result == Booking.Status.REFUND_PENDING:
+                Checkout.objects.request_refund(checkout.pk)
+                refund_owed = checkout.booking_id
+        else:
+            Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)
+            result = "released" if Booking.objects.release_if_held(checkout.booking_id) else "unchanged"
+        PaymentEvent.objects.mark_processed(event_pk, result=result, booking_id=booking_id)
+    if refund_owed is not None:
+        refund_booking(refund_owed)
+    return WebhookResult(event.id, False, result, booking_id)
+
+
+def sandbox_deliver(checkout, event_type):
+    """Build, sign and deliver a sandbox event through the same path as the webhook endpoint."""
+    from bookings.payments.sandbox import build_event
+
+    payload, signature = build_event(checkout, event_type)
+    return receive_payment_event(payload, signature, provider_name="sandbox")

@@ -1,0 +1,57 @@
+"""Confirming a proposal books through the bookings domain: proposal and hold in one transaction.
+
+Lock order: the proposal row (the filtered UPDATE in ``confirm``), then the
+bookings advisory lock BOOKING_DATE(package, date) taken by ``Booking.objects.hold``.
+The provider checkout is created after commit, exactly as for the public checkout.
+"""
+
+from django.db import transaction
+
+from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound
+from bookings.services import create_provider_checkout, hold_in_transaction
+from core.db import lock_errors_as_conflicts
+from proposals.models import Proposal
+
+# Refusals that end the proposal as ``failed``; anything else (a lock timeout,
+# a database error) rolls the whole confirmation back and leaves it pending.
+BOOKING_REFUSALS = (DateUnavailable, PackageNotFound, DateInPast)
+
+
+def confirm_proposal(proposal_id, *, tenant, session_id):
+    """Confirm the proposal and execute its booking exactly once; then open the provider checkout.
+
+    One transaction: the filtered UPDATE pending -> confirmed decides the winner,
+    then the booking hold (capacity honoured under the date's advisory lock) runs in
+    a savepoint. A booking refusal is caught outside that savepoint: the proposal
+    becomes ``failed`` with the refusal's code, that commits, and the refusal is
+    re-raised (``date_unavailable`` -> 409). On success the proposal is ``executed``
+    with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
+    """
+    refusal = None
+    with lock_errors_as_conflicts(), transaction.atomic():
+        proposal = Proposal.objects.confirm(proposal_id, tenant=tenant, session_id=session_id)
+        try:
+            with transaction.atomic():
+                booking = hold_in_transaction(
+                    tenant=tenant,
+                    package_id=proposal.package_id,
+                    date=proposal.date,
+                    customer_name=proposal.customer_name,
+                    customer_email=proposal.customer_email,
+                )
+        except BOOKING_REFUSALS as exc:
+            Proposal.objects.fail(proposal.pk, code=exc.code)
+            refusal = exc
+        else:
+            Proposal.objects.execute(proposal.pk, booking=booking)
+    if refusal is not None:
+        raise refusal
+    create_provider_checkout(booking)
+    proposal.status, proposal.booking = Proposal.Status.EXECUTED, booking
+    return proposal, booking
+
+
+def reject_proposal(proposal_id, *, tenant, session_id):
+    """Reject the proposal exactly once (no call-out: a thin wrapper kept for symmetry with confirm)."""
+    with lock_errors_as_conflicts():
+        return Proposal.objects.reject(proposal_id, tenant=tenant, session_id=session_id)

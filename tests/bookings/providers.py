@@ -1,0 +1,62 @@
+"""Test payment providers, chosen with settings.PAYMENT_PROVIDER = "tests.bookings.providers.<Name>"."""
+
+import threading
+import time
+
+from bookings.payments import ProviderError
+from bookings.payments.sandbox import SandboxProvider
+
+
+class RecordingProvider(SandboxProvider):
+    """The sandbox provider, counting calls (class-level, shared by every instance and thread)."""
+
+    name = "recording"
+    checkouts = []
+    refunds = []
+    lock = threading.Lock()
+
+    @classmethod
+    def reset(cls):
+        cls.checkouts, cls.refunds = [], []
+
+    def create_checkout(self, booking, checkout):
+        with self.lock:
+            self.checkouts.append(booking.pk)
+        return super().create_checkout(booking, checkout)
+
+    def refund(self, checkout):
+        with self.lock:
+            self.refunds.append(checkout.booking_id)
+        return super().refund(checkout)
+
+
+class SlowProvider(SandboxProvider):
+    """create_checkout blocks 2 s for dates in ``slow_dates``; ``entered`` is set when it starts blocking."""
+
+    name = "slow"
+    slow_dates = set()
+    entered = threading.Event()
+
+    def create_checkout(self, booking, checkout):
+        if booking.date in self.slow_dates:
+            self.entered.set()
+            time.sleep(2)
+        return super().create_checkout(booking, checkout)
+
+
+class DownProvider(SandboxProvider):
+    """The provider is unreachable."""
+
+    name = "down"
+
+    def create_checkout(self, booking, checkout):
+        raise ProviderError("connection refused")
+
+
+class RefundDownProvider(SandboxProvider):
+    """Checkouts work, refunds fail."""
+
+    name = "refund-down"
+
+    def refund(self, checkout):
+        raise ProviderError("refunds are down")

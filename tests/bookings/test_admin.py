@@ -1,0 +1,87 @@
+from datetime import timedelta
+
+import pytest
+from django.db.models.functions import Now
+
+from bookings.models import Booking, Checkout, PaymentEvent
+from bookings.services import start_checkout
+from tests.bookings.factories import PackageFactory, future
+from tests.bookings.test_webhooks import completed_event, deliver
+
+
+def book(package, days=30):
+    return start_checkout(tenant=package.tenant, package_id=package.pk, date=future(days), customer_name="Zed Q",
+                          customer_email="zed@example.com")
+
+
+def act(admin_client, action, *bookings):
+    return admin_client.post(
+        "/admin/bookings/booking/",
+        {"action": action, "_selected_action": [b.pk for b in bookings]},
+        follow=True,
+    )
+
+
+def messages_of(response):
+    return [str(m) for m in response.context["messages"]]
+
+
+@pytest.fixture
+def package(tenant):
+    return PackageFactory(tenant=tenant, daily_capacity=3)
+
+
+def test_booking_changelist_filters_and_search(admin_client, package):
+    booking = book(package)
+    response = admin_client.get("/admin/bookings/booking/?q=zed&status__exact=held")
+    assert response.status_code == 200 and f">{booking.pk}<" in response.content.decode()
+    assert admin_client.get("/admin/bookings/booking/?q=nobody").context["cl"].result_count == 0
+    assert admin_client.get(f"/admin/bookings/booking/{booking.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/bookings/booking/add/").status_code == 403
+
+
+def test_cancel_action_reports_per_row(admin_client, package, client):
+    held, paid, gone = book(package), book(package, 31), book(package, 32)
+    deliver(client, completed_event(paid.checkout.provider_checkout_id))
+    Booking.objects.release(gone.pk)
+    response = act(admin_client, "cancel_selected", held, paid, gone)
+    msgs = messages_of(response)
+    assert any("2 bookings cancelled" in m for m in msgs), msgs
+    assert any(f"Booking #{gone.pk}" in m and "expired" in m for m in msgs), msgs
+    assert Booking.objects.get(pk=held.pk).status == "cancelled"
+    assert Booking.objects.get(pk=paid.pk).status == "refunded"
+
+
+def test_release_hold_action(admin_client, package):
+    held, other = book(package), book(package, 31)
+    Booking.objects.cancel(other.pk)
+    msgs = messages_of(act(admin_client, "release_hold_selected", held, other))
+    assert any("1 hold released" in m for m in msgs) and any(f"Booking #{other.pk}" in m for m in msgs), msgs
+    assert Booking.objects.get(pk=held.pk).status == "expired"
+
+
+def test_retry_refund_action(admin_client, package, client, settings):
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RefundDownProvider"
+    late = book(PackageFactory(tenant=package.tenant, daily_capacity=1))
+    Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    book(late.package)
+    deliver(client, completed_event(late.checkout.provider_checkout_id))
+    assert Checkout.objects.get(booking=late).refund_state == "failed"
+    settings.PAYMENT_PROVIDER = "sandbox"
+    msgs = messages_of(act(admin_client, "retry_refund_selected", late, book(package)))
+    assert any("1 refund completed" in m for m in msgs) and any("nothing to do" in m for m in msgs), msgs
+    assert Booking.objects.get(pk=late.pk).status == "refunded"
+
+
+def test_package_admin_shows_upcoming_load_and_event_inbox_is_read_only(admin_client, package, client):
+    booking = book(package)
+    book(package)
+    page = admin_client.get("/admin/bookings/package/")
+    assert page.status_code == 200
+    assert [p.upcoming for p in page.context["cl"].result_list] == [2]
+    deliver(client, completed_event(booking.checkout.provider_checkout_id))
+    event = PaymentEvent.objects.get()
+    assert admin_client.get("/admin/bookings/paymentevent/").status_code == 200
+    detail = admin_client.get(f"/admin/bookings/paymentevent/{event.pk}/change/")
+    assert detail.status_code == 200 and "confirmed" in detail.content.decode()
+    assert admin_client.post(f"/admin/bookings/paymentevent/{event.pk}/change/", {"result": "x"}).status_code == 403

@@ -1,0 +1,251 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models.functions import Now
+
+from bookings.models import Booking, Package
+from tests.bookings.factories import PackageFactory, future
+from tests.bookings.test_webhooks import completed_event, deliver
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return body["error"]
+
+
+def checkout_body(package_, day=None, **overrides):
+    body = {"package": package_.pk, "date": (day or future()).isoformat(),
+            "customer": {"name": "Ann", "email": "ann@example.com"}}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def package(tenant):
+    return PackageFactory(tenant=tenant, name="Cruise", price=Decimal("450.00"), daily_capacity=1)
+
+
+# --- public ------------------------------------------------------------------
+
+
+def test_public_packages_lists_active_packages_only(anon_client, package, tenant, other_tenant):
+    PackageFactory(tenant=tenant, active=False)
+    PackageFactory(tenant=other_tenant)
+    response = anon_client.get("/api/public/acme/packages")
+    assert response.status_code == 200
+    assert response.json() == [
+        {"id": package.pk, "name": "Cruise", "price": "450.00", "currency": "USD", "daily_capacity": 1}]
+    assert_error(anon_client.get("/api/public/nobody/packages"), 404, "not_found")
+
+
+def test_checkout_holds_the_date_and_opens_a_sandbox_checkout(anon_client, package):
+    response = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    booking = Booking.objects.get()
+    assert body["booking"]["id"] == booking.pk and body["booking"]["status"] == "held"
+    assert body["booking"]["hold_expires_at"]
+    assert body["checkout"]["id"].startswith("cs_sandbox_")
+    assert body["checkout"]["url"] == f"http://127.0.0.1:8000/sandbox/checkout/{body['checkout']['id']}"
+
+
+def test_full_date_is_409_date_unavailable(anon_client, package):
+    assert anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json").status_code == 201
+    error = assert_error(
+        anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"), 409, "date_unavailable")
+    assert "fully booked" in error["message"]
+
+
+def test_checkout_with_idempotency_key_replays_the_first_answer(anon_client, package):
+    first = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
+                             HTTP_IDEMPOTENCY_KEY="k1")
+    second = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
+                              HTTP_IDEMPOTENCY_KEY="k1")
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json() and second["Idempotent-Replayed"] == "true"
+    assert Booking.objects.count() == 1
+
+
+def test_provider_down_is_503_and_the_date_stays_free(anon_client, package, settings):
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+    assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
+                 503, "payment_provider_unavailable")
+    assert Booking.objects.get().status == "expired"
+    settings.PAYMENT_PROVIDER = "sandbox"
+    assert anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "overrides, status, code",
+    [
+        ({"date": "2026-02-30"}, 400, "invalid_input"),
+        ({"date": "30/12/2026"}, 400, "invalid_input"),
+        ({"date": "2020-01-01"}, 400, "date_in_past"),
+        ({"date": None}, 400, "invalid_input"),
+        ({"package": "abc"}, 400, "invalid_input"),
+        ({"package": 10**30}, 400, "invalid_input"),
+        ({"package": -1}, 400, "invalid_input"),
+        ({"package": 999999}, 404, "package_not_found"),
+        ({"customer": {"name": "A", "email": "not-an-email"}}, 400, "invalid_input"),
+        ({"customer": "Ann"}, 400, "invalid_input"),
+        ({"customer": {"name": "", "email": "a@example.com"}}, 400, "invalid_input"),
+    ],
+)
+def test_checkout_bad_input_is_a_stable_400_or_404(anon_client, package, overrides, status, code):
+    response = anon_client.post("/api/public/acme/checkouts", checkout_body(package, **overrides), format="json")
+    assert_error(response, status, code)
+    assert not Booking.objects.exists()
+
+
+def test_checkout_for_inactive_or_other_tenants_package_is_404(anon_client, tenant, other_tenant):
+    for package in (PackageFactory(tenant=tenant, active=False), PackageFactory(tenant=other_tenant)):
+        assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
+                     404, "package_not_found")
+
+
+def test_availability_counts_confirmed_and_live_holds_only(anon_client, tenant):
+    cruise = PackageFactory(tenant=tenant, daily_capacity=1)
+    safari = PackageFactory(tenant=tenant, daily_capacity=3)
+    day = future()
+    for package in (cruise, safari, safari):
+        anon_client.post("/api/public/acme/checkouts", checkout_body(package, day), format="json")
+    stale = Booking.objects.filter(package=safari).first()
+    Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    url = f"/api/public/acme/availability?start={day.isoformat()}&end={(day + timedelta(days=1)).isoformat()}"
+    assert anon_client.get(url).json() == [
+        {"date": day.isoformat(), "remaining": 2},
+        {"date": (day + timedelta(days=1)).isoformat(), "remaining": 4},
+    ]
+    assert anon_client.get(url + f"&package={safari.pk}").json()[0] == {"date": day.isoformat(), "remaining": 2}
+    assert anon_client.get(url + f"&package={cruise.pk}").json()[0] == {"date": day.isoformat(), "remaining": 0}
+
+
+def test_availability_of_past_dates_is_zero(anon_client, package):
+    yesterday = future(-1).isoformat()
+    assert anon_client.get(f"/api/public/acme/availability?start={yesterday}&end={yesterday}").json() == [
+        {"date": yesterday, "remaining": 0}]
+
+
+@pytest.mark.parametrize(
+    "query, status, code",
+    [
+        ("start=2027-01-01&end=2028-01-02", 400, "date_range_invalid"),
+        ("start=2027-01-02&end=2027-01-01", 400, "date_range_invalid"),
+        ("start=2027-02-30&end=2027-03-01", 400, "invalid_input"),
+        ("start=2027-01-01", 400, "invalid_input"),
+        ("", 400, "invalid_input"),
+        ("start=2027-01-01&end=2027-01-02&package=abc", 400, "invalid_input"),
+        ("start=2027-01-01&end=2027-01-02&package=99999999999999999999999", 400, "invalid_input"),
+        ("start=2027-01-01&end=2027-01-02&package=999999", 404, "package_not_found"),
+    ],
+)
+def test_availability_bad_input(anon_client, package, query, status, code):
+    assert_error(anon_client.get(f"/api/public/acme/availability?{query}"), status, code)
+
+
+def test_availability_allows_366_days(anon_client, package):
+    response = anon_client.get("/api/public/acme/availability?start=2027-01-01&end=2028-01-01")
+    assert response.status_code == 200 and len(response.json()) == 366
+
+
+# --- staff -------------------------------------------------------------------
+
+
+def test_package_crud(api_client, tenant):
+    created = api_client.post("/api/t/acme/packages",
+                              {"name": "Boat", "price": "99.90", "currency": "EUR", "daily_capacity": 3}, format="json")
+    assert created.status_code == 201, created.content
+    pk = created.json()["id"]
+    assert created.json()["active"] is True and created.json()["price"] == "99.90"
+    assert api_client.get("/api/t/acme/packages").json()["results"][0]["name"] == "Boat"
+    patched = api_client.patch(f"/api/t/acme/packages/{pk}", {"active": False}, format="json")
+    assert patched.status_code == 200 and patched.json()["active"] is False
+    assert api_client.delete(f"/api/t/acme/packages/{pk}").status_code == 204
+    assert_error(api_client.get(f"/api/t/acme/packages/{pk}"), 404, "package_not_found")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "X", "price": "NaN"},
+        {"name": "X", "price": "Infinity"},
+        {"name": "X", "price": "1e20"},
+        {"name": "X", "price": "-1"},
+        {"name": "X", "price": "1.001"},
+        {"name": "X", "price": "10", "daily_capacity": 0},
+        {"name": "X", "price": "10", "daily_capacity": 10**12},
+        {"name": "X", "price": "10", "currency": "usd"},
+        {"name": "", "price": "10"},
+        {"price": "10"},
+    ],
+)
+def test_package_bad_input_is_400(api_client, tenant, body):
+    assert_error(api_client.post("/api/t/acme/packages", body, format="json"), 400, "invalid_input")
+    assert not Package.objects.exists()
+
+
+def test_package_with_bookings_cannot_be_deleted(api_client, anon_client, package):
+    anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
+    assert_error(api_client.delete(f"/api/t/acme/packages/{package.pk}"), 409, "package_in_use")
+
+
+def test_staff_endpoints_are_404_for_outsiders_and_401_for_anonymous(outsider_client, anon_client, package):
+    assert_error(outsider_client.get("/api/t/acme/packages"), 404, "not_found")
+    assert_error(outsider_client.get("/api/t/acme/bookings"), 404, "not_found")
+    assert_error(anon_client.get("/api/t/acme/bookings"), 401, "not_authenticated")
+
+
+def test_booking_list_filters_detail_and_cancel(api_client, anon_client, client, tenant, package):
+    other = PackageFactory(tenant=tenant, daily_capacity=2)
+    day = future()
+    held = anon_client.post("/api/public/acme/checkouts", checkout_body(package, day), format="json").json()
+    paid = anon_client.post("/api/public/acme/checkouts", checkout_body(other, future(31)), format="json").json()
+    deliver(client, completed_event(paid["checkout"]["id"]))
+
+    listing = api_client.get(f"/api/t/acme/bookings?date={day.isoformat()}").json()
+    assert [b["id"] for b in listing["results"]] == [held["booking"]["id"]]
+    assert [b["id"] for b in api_client.get("/api/t/acme/bookings?status=confirmed").json()["results"]] == [
+        paid["booking"]["id"]]
+    assert api_client.get(f"/api/t/acme/bookings?package={other.pk}").json()["count"] == 1
+    assert_error(api_client.get("/api/t/acme/bookings?status=bogus"), 400, "invalid_input")
+    assert_error(api_client.get("/api/t/acme/bookings?date=2026-13-01"), 400, "invalid_input")
+
+    detail = api_client.get(f"/api/t/acme/bookings/{paid['booking']['id']}").json()
+    assert detail["status"] == "confirmed" and detail["checkout"]["state"] == "completed"
+
+    cancelled = api_client.post(f"/api/t/acme/bookings/{held['booking']['id']}/cancel", format="json")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert_error(api_client.post(f"/api/t/acme/bookings/{held['booking']['id']}/cancel", format="json"),
+                 409, "booking_not_cancellable")
+    refunded = api_client.post(f"/api/t/acme/bookings/{paid['booking']['id']}/cancel", format="json").json()
+    assert refunded["status"] == "refunded" and refunded["checkout"]["refund_state"] == "succeeded"
+
+
+def test_booking_ids_of_other_tenants_unknown_and_malformed(api_client, other_tenant, tenant):
+    foreign = PackageFactory(tenant=other_tenant)
+    from bookings.services import start_checkout
+
+    booking = start_checkout(tenant=other_tenant, package_id=foreign.pk, date=future(), customer_name="X",
+                             customer_email="x@example.com")
+    assert_error(api_client.get(f"/api/t/acme/bookings/{booking.pk}"), 404, "booking_not_found")
+    assert_error(api_client.post(f"/api/t/acme/bookings/{booking.pk}/cancel"), 404, "booking_not_found")
+    assert_error(api_client.get("/api/t/acme/bookings/99999999999999999999999"), 404, "booking_not_found")
+    assert_error(api_client.get("/api/t/acme/bookings/abc"), 404, "not_found")
+    assert Booking.objects.get(pk=booking.pk).status == "held"
+
+
+def test_schema_describes_the_booking_endpoints(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").content.decode()
+    for path in ["/api/public/{tenant}/checkouts", "/api/public/{tenant}/availability", "/api/webhooks/payments",
+                 "/api/t/{tenant}/bookings/{id}/cancel", "/api/t/{tenant}/packages/{id}"]:
+        assert path in schema
+
+
+def test_refusals_speak_arabic_when_asked(anon_client, package):
+    anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
+    error = assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
+                                          HTTP_ACCEPT_LANGUAGE="ar"), 409, "date_unavailable")
+    assert error["message"] == "هذا التاريخ محجوز بالكامل لهذه الباقة."

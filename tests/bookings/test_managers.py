@@ -1,0 +1,196 @@
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
+
+from bookings.exceptions import (
+    BookingNotCancellable,
+    BookingNotFound,
+    BookingNotHeld,
+    DateInPast,
+    DateUnavailable,
+    PackageNotFound,
+)
+from bookings.models import Booking, Checkout
+from bookings.services import hold_in_transaction, start_checkout
+from tests.bookings.factories import PackageFactory, future
+
+
+def hold(package, day=None, name="Ann"):
+    with transaction.atomic():
+        return Booking.objects.hold(package, day or future(), customer_name=name, customer_email="ann@example.com")
+
+
+def checkout(tenant, package, day=None):
+    return start_checkout(
+        tenant=tenant, package_id=package.pk, date=day or future(), customer_name="Ann", customer_email="a@example.com"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hold_refuses_outside_a_transaction():
+    package = PackageFactory()
+    with pytest.raises(RuntimeError, match="transaction"):
+        Booking.objects.hold(package, future(), customer_name="A", customer_email="a@example.com")
+
+
+def test_hold_fills_capacity_then_refuses(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    first, second = hold(package), hold(package)
+    assert first.status == second.status == Booking.Status.HELD
+    assert first.amount == package.price and first.exclusive is False
+    assert first.hold_expires_at - first.created_at == timedelta(minutes=15)
+    with pytest.raises(DateUnavailable):
+        hold(package)
+    assert hold(package, future(31)).status == Booking.Status.HELD  # another date is free
+
+
+def test_expired_hold_never_counts_even_before_the_sweep(tenant):
+    package = PackageFactory(tenant=tenant)
+    stale = hold(package)
+    Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    assert Booking.objects.get(pk=stale.pk).status == Booking.Status.HELD  # not swept
+    assert hold(package).status == Booking.Status.HELD
+
+
+def test_released_cancelled_and_refunded_bookings_free_the_date(tenant):
+    package = PackageFactory(tenant=tenant)
+    booking = hold(package)
+    Booking.objects.release(booking.pk)
+    second = hold(package)
+    Booking.objects.cancel(second.pk)
+    assert hold(package).status == Booking.Status.HELD
+
+
+def test_past_date_is_refused(tenant):
+    package = PackageFactory(tenant=tenant)
+    with pytest.raises(DateInPast):
+        hold(package, future(-1))
+
+
+def test_capacity_one_packages_hold_exclusive_bookings(tenant):
+    assert hold(PackageFactory(tenant=tenant, daily_capacity=1)).exclusive is True
+
+
+def test_hold_in_transaction_refuses_inactive_and_foreign_packages(tenant, other_tenant):
+    inactive = PackageFactory(tenant=tenant, active=False)
+    foreign = PackageFactory(tenant=other_tenant)
+    for package_id in (inactive.pk, foreign.pk, 10**12):
+        with pytest.raises(PackageNotFound), transaction.atomic():
+            hold_in_transaction(
+                tenant=tenant, package_id=package_id, date=future(), customer_name="A", customer_email="a@example.com"
+            )
+    assert not Booking.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_successful_checkout_round_trips(recording_provider):
+    """8 round trips: BEGIN, package read, advisory lock, count, insert booking, insert checkout, COMMIT;
+
+    then the provider call (no lock, no query) and one autocommitted UPDATE storing its answer.
+    """
+    package = PackageFactory()
+    with CaptureQueriesContext(connection) as queries:
+        booking = checkout(package.tenant, package)
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert booking.checkout.state == Checkout.State.OPEN
+    assert sql == [
+        "BEGIN",
+        sql[1],
+        sql[2],
+        sql[3],
+        sql[4],
+        sql[5],
+        "COMMIT",
+        sql[7],
+    ], sql
+    assert sql[1].startswith('SELECT "bookings_package"')
+    assert sql[2].startswith("SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:")
+    assert sql[3].startswith("SELECT count(*) FILTER")
+    assert sql[4].startswith('INSERT INTO "bookings_booking"')
+    assert sql[5].startswith('INSERT INTO "bookings_checkout"')
+    assert sql[7].startswith('UPDATE "bookings_checkout"')  # after the provider answered, autocommit
+    assert recording_provider.checkouts == [booking.pk]
+
+
+def test_provider_failure_releases_the_hold(tenant, settings):
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+    package = PackageFactory(tenant=tenant)
+    from bookings.exceptions import PaymentProviderUnavailable
+
+    with pytest.raises(PaymentProviderUnavailable):
+        checkout(tenant, package)
+    booking = Booking.objects.get()
+    assert booking.status == Booking.Status.EXPIRED
+    assert booking.checkout.state == Checkout.State.FAILED and "connection refused" in booking.checkout.error
+    settings.PAYMENT_PROVIDER = "sandbox"
+    assert checkout(tenant, package).status == Booking.Status.HELD  # the date is free again
+
+
+def test_confirm_payment_outcomes(tenant):
+    package = PackageFactory(tenant=tenant)
+    booking = hold(package)
+    with transaction.atomic():
+        settled, outcome = Booking.objects.confirm_payment(booking.pk)
+    assert outcome == "confirmed" and settled.confirmed_at is not None
+    with transaction.atomic():
+        assert Booking.objects.confirm_payment(booking.pk)[1] == "unchanged"
+    with pytest.raises(BookingNotFound), transaction.atomic():
+        Booking.objects.confirm_payment(10**12)
+
+
+def test_confirm_payment_of_an_expired_hold_whose_date_was_taken_goes_to_refund(tenant):
+    package = PackageFactory(tenant=tenant)
+    late = hold(package)
+    Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    hold(package)  # someone else took the freed date
+    with transaction.atomic():
+        booking, outcome = Booking.objects.confirm_payment(late.pk)
+    assert outcome == booking.status == Booking.Status.REFUND_PENDING
+
+
+def test_cancel_and_release_refusals(tenant, other_tenant):
+    package = PackageFactory(tenant=tenant)
+    booking = hold(package)
+    with pytest.raises(BookingNotFound):
+        Booking.objects.cancel(booking.pk, tenant=other_tenant)
+    assert Booking.objects.cancel(booking.pk, tenant=tenant).status == Booking.Status.CANCELLED
+    with pytest.raises(BookingNotCancellable):
+        Booking.objects.cancel(booking.pk)
+    with pytest.raises(BookingNotHeld):
+        Booking.objects.release(booking.pk)
+    with pytest.raises(BookingNotFound):
+        Booking.objects.release(10**12)
+
+
+def test_cancel_of_a_confirmed_booking_awaits_refund(tenant):
+    booking = hold(PackageFactory(tenant=tenant))
+    with transaction.atomic():
+        Booking.objects.confirm_payment(booking.pk)
+    assert Booking.objects.cancel(booking.pk).status == Booking.Status.REFUND_PENDING
+
+
+def test_expire_holds_sweeps_only_expired_holds(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=3)
+    stale, live = hold(package), hold(package)
+    Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    assert Booking.objects.expire_holds() == 1
+    assert Booking.objects.get(pk=stale.pk).status == Booking.Status.EXPIRED
+    assert Booking.objects.get(pk=live.pk).status == Booking.Status.HELD
+
+
+def test_constraint_backstop_one_confirmed_booking_per_exclusive_date(tenant):
+    from django.db import IntegrityError
+
+    package = PackageFactory(tenant=tenant)
+    first = hold(package)
+    Booking.objects.filter(pk=first.pk).update(status="confirmed", confirmed_at=Now())
+    # A second booking made around the guard (as a bug would): the partial unique index refuses to confirm it.
+    second = Booking.objects.create(
+        tenant=tenant, package=package, date=first.date, customer_name="Bob", customer_email="b@example.com",
+        hold_expires_at=first.hold_expires_at, amount=1, currency="USD", exclusive=True, created_at=Now(),
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())

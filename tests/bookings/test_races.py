@@ -1,0 +1,167 @@
+"""Concurrent checkouts and webhook deliveries, each on its own connection, lined up on a barrier."""
+
+import threading
+import time
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections, transaction
+from django.db.models.functions import Now
+from django.test import Client
+
+from bookings.exceptions import DateUnavailable
+from bookings.managers import active_q
+from bookings.models import Booking, PaymentEvent
+from bookings.payments.base import sign
+from bookings.services import start_checkout
+from tests.bookings.factories import PackageFactory, future
+from tests.bookings.test_webhooks import completed_event
+from tests.races import run_concurrently, tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def checkout_attempt(package, day):
+    def attempt(i):
+        return start_checkout(
+            tenant=package.tenant,
+            package_id=package.pk,
+            date=day,
+            customer_name=f"Customer {i}",
+            customer_email=f"c{i}@example.com",
+        ).pk
+
+    return attempt
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_30_concurrent_checkouts_fill_exactly_the_capacity(capacity, recording_provider):
+    package, day = PackageFactory(daily_capacity=capacity), future()
+    outcomes = run_concurrently(checkout_attempt(package, day), 30)
+    assert tally(outcomes) == {"ok": capacity, "date_unavailable": 30 - capacity}
+    assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() == capacity
+    assert Booking.objects.count() == capacity  # losers left nothing behind
+    assert sorted(recording_provider.checkouts) == sorted(o.value for o in outcomes if o.ok)
+
+
+def naive_checkout(package, day, i):
+    """Check-then-insert without the lock: the window between them is where the race lives."""
+    with transaction.atomic():
+        taken = Booking.objects.filter(package=package, date=day).filter(active_q()).count()
+        if taken >= package.daily_capacity:
+            raise DateUnavailable()
+        time.sleep(0.05)
+        return Booking.objects.create(
+            tenant=package.tenant, package=package, date=day, customer_name=f"C{i}", customer_email="c@example.com",
+            hold_expires_at=Now() + django_settings.BOOKING_HOLD_TTL, amount=package.price, currency=package.currency,
+            created_at=Now(),
+        ).pk
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_control_naive_check_then_insert_overbooks(capacity):
+    package, day = PackageFactory(daily_capacity=capacity), future()
+    outcomes = run_concurrently(lambda i: naive_checkout(package, day, i), 30)
+    assert tally(outcomes)["ok"] > capacity
+    assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() > capacity
+
+
+def test_no_lock_is_held_during_the_provider_call(settings):
+    from tests.bookings.providers import SlowProvider
+
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.SlowProvider"
+    package, slow_day, other_day = PackageFactory(daily_capacity=1), future(40), future(41)
+    SlowProvider.slow_dates, SlowProvider.entered = {slow_day}, threading.Event()
+    first = {}
+
+    def first_customer():
+        try:
+            first["booking"] = start_checkout(
+                tenant=package.tenant, package_id=package.pk, date=slow_day, customer_name="A",
+                customer_email="a@example.com",
+            )
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first_customer)
+    thread.start()
+    try:
+        assert SlowProvider.entered.wait(5)  # the first customer's hold is committed and the provider is blocked
+        started = time.monotonic()
+        other = start_checkout(
+            tenant=package.tenant, package_id=package.pk, date=other_day, customer_name="B",
+            customer_email="b@example.com",
+        )
+        other_took = time.monotonic() - started
+        assert other.status == Booking.Status.HELD and other.checkout.url
+        assert thread.is_alive()  # the first is still inside the provider call
+
+        started = time.monotonic()
+        with pytest.raises(DateUnavailable):
+            start_checkout(
+                tenant=package.tenant, package_id=package.pk, date=slow_day, customer_name="C",
+                customer_email="c@example.com",
+            )
+        refused_in = time.monotonic() - started
+        assert thread.is_alive()
+    finally:
+        thread.join(10)
+    print(f"other date {other_took * 1000:.0f} ms, full date refused in {refused_in * 1000:.0f} ms")
+    assert other_took < 0.5 and refused_in < 0.5, (other_took, refused_in)
+    assert first["booking"].checkout.state == "open"
+
+
+def test_20_concurrent_deliveries_of_one_event_make_one_transition(recording_provider):
+    package = PackageFactory()
+    booking = start_checkout(
+        tenant=package.tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
+    )
+    payload = completed_event(booking.checkout.provider_checkout_id, event_id="evt_storm")
+
+    def deliver(i):
+        response = Client().post(
+            "/api/webhooks/payments", data=payload, content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=sign(payload),
+        )
+        return response.status_code, response.json()["duplicate"]
+
+    outcomes = run_concurrently(deliver, 20)
+    assert tally(outcomes) == {"ok": 20}
+    assert sorted(o.value for o in outcomes) == [(200, False)] + [(200, True)] * 19
+    event = PaymentEvent.objects.get()
+    assert (event.deliveries, event.result, event.booking_id) == (20, "confirmed", booking.pk)
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.CONFIRMED
+    assert recording_provider.refunds == []
+
+
+def test_late_payment_racing_a_new_checkout_for_the_freed_date(recording_provider):
+    """An expired hold's payment and a new customer race for the same place: exactly one gets it, every time."""
+    from datetime import timedelta
+
+    package = PackageFactory(daily_capacity=1)
+    days = [future(60 + n) for n in range(25)]
+    late = [start_checkout(tenant=package.tenant, package_id=package.pk, date=day, customer_name="Late",
+                           customer_email="late@example.com") for day in days]
+    Booking.objects.update(hold_expires_at=Now() - timedelta(seconds=1))
+    payloads = [completed_event(b.checkout.provider_checkout_id) for b in late]
+
+    def attempt(i):
+        n = i // 2
+        if i % 2:
+            return start_checkout(tenant=package.tenant, package_id=package.pk, date=days[n], customer_name="New",
+                                  customer_email="new@example.com").pk
+        response = Client().post("/api/webhooks/payments", data=payloads[n], content_type="application/json",
+                                 HTTP_STRIPE_SIGNATURE=sign(payloads[n]))
+        return response.json()["result"]
+
+    outcomes = run_concurrently(attempt, 50)
+    for n, day in enumerate(days):
+        payment, newcomer = outcomes[2 * n], outcomes[2 * n + 1]
+        assert payment.ok
+        assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() == 1
+        if payment.value == "confirmed":
+            assert newcomer.code == "date_unavailable"
+        else:
+            assert payment.value == "refund_pending" and newcomer.ok
+            assert Booking.objects.get(pk=late[n].pk).status == Booking.Status.REFUNDED
+    assert len(recording_provider.refunds) == sum(1 for o in outcomes[::2] if o.value == "refund_pending")

@@ -1,0 +1,60 @@
+"""End to end through the sandbox provider's page, CSRF enforced like a browser."""
+
+import re
+
+import pytest
+from django.test import Client
+
+from bookings.models import Booking, PaymentEvent
+from tests.bookings.factories import PackageFactory, future
+
+
+@pytest.fixture
+def browser():
+    return Client(enforce_csrf_checks=True)
+
+
+def start(anon_client, tenant):
+    package = PackageFactory(tenant=tenant)
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@example.com"}}
+    return anon_client.post("/api/public/acme/checkouts", body, format="json").json()
+
+
+def press(browser, page, button):
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    action = re.search(rf'<form method="post" action="([^"]+/{button})"', page).group(1)
+    return browser.post(action, {"csrfmiddlewaretoken": token})
+
+
+def test_checkout_then_pay_confirms_the_booking(anon_client, browser, tenant):
+    created = start(anon_client, tenant)
+    page = browser.get(created["checkout"]["url"].removeprefix("http://127.0.0.1:8000"))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Pay" in html and "Cancel" in html and "Held" in html.title()
+    result = press(browser, html, "pay")
+    assert result.status_code == 200
+    assert "confirmed" in result.content.decode()
+    booking = Booking.objects.get(pk=created["booking"]["id"])
+    assert booking.status == Booking.Status.CONFIRMED
+    assert PaymentEvent.objects.get().result == "confirmed"
+    assert 'action="' not in result.content.decode().split("<dl>")[1]  # no buttons once paid
+
+
+def test_cancel_releases_the_hold(anon_client, browser, tenant):
+    created = start(anon_client, tenant)
+    html = browser.get(created["checkout"]["url"].removeprefix("http://127.0.0.1:8000")).content.decode()
+    assert press(browser, html, "cancel").status_code == 200
+    assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.EXPIRED
+
+
+def test_post_without_csrf_token_is_refused(anon_client, browser, tenant):
+    created = start(anon_client, tenant)
+    path = created["checkout"]["url"].removeprefix("http://127.0.0.1:8000")
+    assert browser.post(path + "/pay").status_code == 403
+    assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.HELD
+
+
+def test_unknown_checkout_and_action_are_404(browser, db):
+    assert browser.get("/sandbox/checkout/cs_sandbox_nope").status_code == 404
+    assert Client().post("/sandbox/checkout/cs_sandbox_nope/explode").status_code == 404

@@ -1,0 +1,200 @@
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.db.models.functions import Now
+
+from bookings.models import Booking, Checkout, PaymentEvent
+from bookings.payments.base import sign
+from bookings.services import start_checkout
+from tests.bookings.factories import PackageFactory, future
+
+URL = "/api/webhooks/payments"
+
+
+def event(event_type, checkout_id, *, event_id=None, reference="", payment_intent="pi_123"):
+    return json.dumps(
+        {
+            "id": event_id or f"evt_{time.monotonic_ns()}",
+            "object": "event",
+            "type": event_type,
+            "data": {
+                "object": {
+                    "id": checkout_id,
+                    "object": "checkout.session",
+                    "client_reference_id": reference,
+                    "payment_intent": payment_intent,
+                }
+            },
+        }
+    ).encode()
+
+
+def completed_event(checkout_id, **kwargs):
+    return event("checkout.session.completed", checkout_id, **kwargs)
+
+
+def expired_event(checkout_id, **kwargs):
+    return event("checkout.session.expired", checkout_id, payment_intent=None, **kwargs)
+
+
+def deliver(client, payload, signature=None):
+    return client.post(URL, data=payload, content_type="application/json",
+                       HTTP_STRIPE_SIGNATURE=sign(payload) if signature is None else signature)
+
+
+def book(package, day=None):
+    return start_checkout(tenant=package.tenant, package_id=package.pk, date=day or future(),
+                          customer_name="Ann", customer_email="ann@example.com")
+
+
+def expire_hold(booking):
+    Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+
+
+@pytest.fixture
+def package(tenant):
+    return PackageFactory(tenant=tenant)
+
+
+def status_of(booking):
+    return Booking.objects.get(pk=booking.pk).status
+
+
+def test_completed_confirms_a_held_booking_and_a_repeat_is_a_harmless_200(client, package, recording_provider):
+    booking = book(package)
+    payload = completed_event(booking.checkout.provider_checkout_id, event_id="evt_1")
+    first = deliver(client, payload)
+    assert first.status_code == 200 and first.json() == {
+        "received": True, "event": "evt_1", "duplicate": False, "result": "confirmed"}
+    assert status_of(booking) == Booking.Status.CONFIRMED
+    checkout = Checkout.objects.get(pk=booking.checkout.pk)
+    assert (checkout.state, checkout.provider_payment_id) == ("completed", "pi_123")
+    again = deliver(client, payload)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert PaymentEvent.objects.get().deliveries == 2
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["", "t=1,v1=deadbeef", "garbage", "v1=abc", None],
+    ids=["missing", "wrong", "garbage", "no-timestamp", "stale"],
+)
+def test_bad_signature_is_400_and_nothing_is_stored(client, package, signature):
+    booking = book(package)
+    payload = completed_event(booking.checkout.provider_checkout_id)
+    if signature is None:
+        signature = sign(payload, timestamp=time.time() - 301)
+    response = deliver(client, payload, signature)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert not PaymentEvent.objects.exists()
+    assert status_of(booking) == Booking.Status.HELD
+
+
+def test_signature_with_another_secret_is_refused_but_a_rotated_pair_is_accepted(client, package):
+    booking = book(package)
+    payload = completed_event(booking.checkout.provider_checkout_id)
+    old = sign(payload, secret="whsec_old").split(",v1=")[1]
+    assert deliver(client, payload, sign(payload, secret="whsec_old")).status_code == 400
+    assert deliver(client, payload, sign(payload) + f",v1={old}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b"[]", b"{}", b'{"id": "evt_1", "type": "checkout.session.completed"}',
+     b'{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {"id": 5}}}',
+     b'{"id": 7, "type": "x", "data": {"object": {"id": "cs"}}}', b"\xff\xfe"],
+)
+def test_malformed_payload_is_400(client, db, payload):
+    response = deliver(client, payload)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_event"
+    assert not PaymentEvent.objects.exists()
+
+
+def test_unknown_checkout_and_other_event_types_are_stored_and_acknowledged(client, db):
+    assert deliver(client, completed_event("cs_nobody")).json()["result"] == "ignored_unknown_checkout"
+    assert deliver(client, event("payment_intent.created", "pi_1")).json()["result"] == "ignored_type"
+    assert PaymentEvent.objects.filter(processed_at__isnull=False).count() == 2
+
+
+def test_completed_after_the_hold_expired_with_the_date_still_free_confirms(client, package, recording_provider):
+    booking = book(package)
+    expire_hold(booking)
+    assert deliver(client, completed_event(booking.checkout.provider_checkout_id)).json()["result"] == "confirmed"
+    assert status_of(booking) == Booking.Status.CONFIRMED
+    assert recording_provider.refunds == []
+
+
+def test_completed_after_the_date_was_taken_refunds_once(client, package, recording_provider):
+    late = book(package)
+    expire_hold(late)
+    winner = book(package, late.date)  # the freed date went to someone else
+    payload = completed_event(late.checkout.provider_checkout_id)
+    assert deliver(client, payload).json()["result"] == "refund_pending"
+    assert deliver(client, payload).json()["duplicate"] is True
+    assert status_of(late) == Booking.Status.REFUNDED
+    assert status_of(winner) == Booking.Status.HELD
+    assert recording_provider.refunds == [late.pk]  # requested exactly once
+    checkout = Checkout.objects.get(booking=late)
+    assert checkout.refund_state == "succeeded" and checkout.provider_refund_id.startswith("re_sandbox_")
+
+
+def test_expired_then_completed_confirms_when_free(client, package):
+    booking = book(package)
+    checkout_id = booking.checkout.provider_checkout_id
+    assert deliver(client, expired_event(checkout_id)).json()["result"] == "released"
+    assert status_of(booking) == Booking.Status.EXPIRED
+    assert deliver(client, completed_event(checkout_id)).json()["result"] == "confirmed"
+    assert status_of(booking) == Booking.Status.CONFIRMED
+    assert Checkout.objects.get(booking=booking).state == "completed"
+
+
+def test_expired_then_completed_refunds_when_the_date_was_taken(client, package, recording_provider):
+    booking = book(package)
+    checkout_id = booking.checkout.provider_checkout_id
+    deliver(client, expired_event(checkout_id))
+    book(package, booking.date)
+    assert deliver(client, completed_event(checkout_id)).json()["result"] == "refund_pending"
+    assert status_of(booking) == Booking.Status.REFUNDED
+    assert recording_provider.refunds == [booking.pk]
+
+
+def test_completed_then_expired_stays_confirmed(client, package):
+    booking = book(package)
+    checkout_id = booking.checkout.provider_checkout_id
+    deliver(client, completed_event(checkout_id))
+    assert deliver(client, expired_event(checkout_id)).json()["result"] == "unchanged"
+    assert status_of(booking) == Booking.Status.CONFIRMED
+    assert Checkout.objects.get(booking=booking).state == "completed"
+
+
+def test_payment_for_a_checkout_whose_provider_answer_was_lost_is_matched_by_reference(client, package):
+    booking = book(package)
+    Checkout.objects.filter(pk=booking.checkout.pk).update(state="creating", provider_checkout_id=None)
+    payload = completed_event("cs_lost", reference=str(booking.checkout.pk))
+    assert deliver(client, payload).json()["result"] == "confirmed"
+    assert status_of(booking) == Booking.Status.CONFIRMED
+
+
+def test_failed_refund_is_retried_by_the_command(client, package, settings):
+    from django.core.management import call_command
+
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RefundDownProvider"
+    late = book(package)
+    expire_hold(late)
+    book(package, late.date)
+    deliver(client, completed_event(late.checkout.provider_checkout_id))
+    checkout = Checkout.objects.get(booking=late)
+    assert status_of(late) == Booking.Status.REFUND_PENDING
+    assert (checkout.refund_state, checkout.refund_attempts, checkout.refund_error) == ("failed", 1, "refunds are down")
+    settings.PAYMENT_PROVIDER = "sandbox"
+    from io import StringIO
+
+    out = StringIO()
+    call_command("retry_refunds", stdout=out)
+    assert "refunded: 1" in out.getvalue()
+    assert status_of(late) == Booking.Status.REFUNDED
+    assert Checkout.objects.get(booking=late).refund_attempts == 2

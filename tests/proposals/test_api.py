@@ -1,0 +1,142 @@
+from datetime import timedelta
+
+import pytest
+from django.db.models.functions import Now
+
+from bookings.models import Booking
+from proposals.models import Proposal
+from tests.bookings.factories import PackageFactory, future
+from tests.bookings.test_api import assert_error
+from tests.proposals.factories import make_proposal
+
+
+@pytest.fixture
+def package(tenant):
+    return PackageFactory(tenant=tenant, daily_capacity=1)
+
+
+def propose_body(package_, **overrides):
+    body = {"session_id": "chat-1", "package": package_.pk, "date": future().isoformat(),
+            "customer": {"name": "Ann", "email": "ann@example.com"}}
+    body.update(overrides)
+    return body
+
+
+def test_propose_then_confirm(api_client, package):
+    created = api_client.post("/api/t/acme/proposals", propose_body(package, expires_in=60), format="json")
+    assert created.status_code == 201, created.content
+    proposal = created.json()
+    assert proposal["status"] == "pending" and proposal["customer"] == {"name": "Ann", "email": "ann@example.com"}
+    assert api_client.get(f"/api/t/acme/proposals/{proposal['id']}").json()["status"] == "pending"
+
+    confirmed = api_client.post(f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"},
+                                format="json")
+    assert confirmed.status_code == 200, confirmed.content
+    body = confirmed.json()
+    booking = Booking.objects.get()
+    assert body["proposal"]["status"] == "executed" and body["proposal"]["booking"] == booking.pk
+    assert (body["booking"]["id"], body["booking"]["status"]) == (booking.pk, "held")
+    assert body["booking"]["hold_expires_at"]
+    assert body["checkout"]["id"].startswith("cs_sandbox_") and body["checkout"]["url"]
+    assert_error(api_client.post(f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"},
+                                 format="json"), 409, "proposal_already_processed")
+
+
+def test_confirm_with_the_same_idempotency_key_replays_the_first_answer(api_client, tenant, package):
+    proposal = make_proposal(tenant, package=package)
+    url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
+    first = api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="confirm-1")
+    again = api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="confirm-1")
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json() and again["Idempotent-Replayed"] == "true"
+    assert Booking.objects.count() == 1
+    assert_error(api_client.post(url, {"session_id": "chat-2"}, format="json", HTTP_IDEMPOTENCY_KEY="confirm-1"),
+                 422, "idempotency_key_reused")
+
+
+def test_confirm_of_a_full_date_is_409_and_the_proposal_fails(api_client, tenant, package):
+    day = future()
+    make_proposal(tenant, package=package, day=day, session_id="s-a")
+    first = Proposal.objects.get()
+    second = make_proposal(tenant, package=package, day=day, session_id="s-b")
+    api_client.post(f"/api/t/acme/proposals/{first.pk}/confirm", {"session_id": "s-a"}, format="json")
+    assert_error(api_client.post(f"/api/t/acme/proposals/{second.pk}/confirm", {"session_id": "s-b"}, format="json"),
+                 409, "date_unavailable")
+    detail = api_client.get(f"/api/t/acme/proposals/{second.pk}").json()
+    assert (detail["status"], detail["failure_code"], detail["booking"]) == ("failed", "date_unavailable", None)
+
+
+def test_reject_and_expired(api_client, tenant, package):
+    proposal = make_proposal(tenant, package=package)
+    rejected = api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"}, format="json")
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert_error(api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"},
+                                 format="json"), 409, "proposal_already_processed")
+    lapsed = make_proposal(tenant, package=package)
+    Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
+    assert api_client.get(f"/api/t/acme/proposals/{lapsed.pk}").json()["status"] == "expired"  # lazy expiry
+    assert_error(api_client.post(f"/api/t/acme/proposals/{lapsed.pk}/confirm", {"session_id": "chat-1"},
+                                 format="json"), 409, "proposal_expired")
+
+
+def test_list_by_session(api_client, tenant, package):
+    mine = make_proposal(tenant, package=package, session_id="chat-1")
+    make_proposal(tenant, package=package, session_id="chat-2")
+    listing = api_client.get("/api/t/acme/proposals?session_id=chat-1").json()
+    assert [p["id"] for p in listing["results"]] == [mine.pk]
+    assert_error(api_client.get("/api/t/acme/proposals"), 400, "invalid_input")
+
+
+def test_wrong_tenant_session_unknown_and_malformed_ids(api_client, outsider_client, tenant, other_tenant, package):
+    proposal = make_proposal(tenant, package=package)
+    foreign = make_proposal(other_tenant)
+    confirm = "/api/t/acme/proposals/{}/confirm"
+    assert_error(api_client.post(confirm.format(proposal.pk), {"session_id": "other"}, format="json"),
+                 404, "proposal_not_found")
+    assert_error(api_client.post(confirm.format(foreign.pk), {"session_id": "chat-1"}, format="json"),
+                 404, "proposal_not_found")
+    assert_error(api_client.get(f"/api/t/acme/proposals/{foreign.pk}"), 404, "proposal_not_found")
+    assert_error(api_client.post(confirm.format(10**9), {"session_id": "chat-1"}, format="json"),
+                 404, "proposal_not_found")
+    assert_error(api_client.post(confirm.format(10**25), {"session_id": "chat-1"}, format="json"),
+                 404, "proposal_not_found")
+    assert_error(api_client.post(confirm.format("abc"), {"session_id": "chat-1"}, format="json"), 404, "not_found")
+    assert_error(outsider_client.post(confirm.format(proposal.pk), {"session_id": "chat-1"}, format="json"),
+                 404, "not_found")
+    for body in ({}, {"session_id": ""}, {"session_id": 5 * "x" * 100}, {"session_id": ["a"]}):
+        assert_error(api_client.post(confirm.format(proposal.pk), body, format="json"), 400, "invalid_input")
+    assert Proposal.objects.get(pk=proposal.pk).status == "pending"
+
+
+@pytest.mark.parametrize(
+    "overrides, status, code",
+    [
+        ({"date": "2026-02-30"}, 400, "invalid_input"),
+        ({"package": "x"}, 400, "invalid_input"),
+        ({"package": 99999999}, 404, "package_not_found"),
+        ({"expires_in": 0}, 400, "invalid_input"),
+        ({"expires_in": 10**20}, 400, "invalid_input"),
+        ({"expires_in": "NaN"}, 400, "invalid_input"),
+        ({"customer": {"name": "A", "email": "nope"}}, 400, "invalid_input"),
+        ({"session_id": ""}, 400, "invalid_input"),
+    ],
+)
+def test_propose_bad_input(api_client, package, overrides, status, code):
+    assert_error(api_client.post("/api/t/acme/proposals", propose_body(package, **overrides), format="json"),
+                 status, code)
+    assert not Proposal.objects.exists()
+
+
+def test_schema_describes_the_proposal_endpoints(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").content.decode()
+    for path in ["/api/t/{tenant}/proposals", "/api/t/{tenant}/proposals/{id}/confirm",
+                 "/api/t/{tenant}/proposals/{id}/reject"]:
+        assert path in schema
+
+
+def test_refusals_speak_arabic_when_asked(api_client, tenant, package):
+    proposal = make_proposal(tenant, package=package)
+    api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"}, format="json")
+    error = assert_error(api_client.post(f"/api/t/acme/proposals/{proposal.pk}/confirm", {"session_id": "chat-1"},
+                                         format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "proposal_already_processed")
+    assert error["message"] == "عولج هذا المقترح من قبل."

@@ -1,0 +1,144 @@
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
+
+from bookings.exceptions import DateUnavailable
+from bookings.models import Booking
+from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
+from proposals.models import Proposal
+from proposals.services import confirm_proposal, reject_proposal
+from tests.bookings.factories import PackageFactory
+from tests.proposals.factories import make_proposal
+
+
+def lapse(proposal):
+    Proposal.objects.filter(pk=proposal.pk).update(expires_at=Now() - timedelta(seconds=1))
+
+
+def test_confirm_executes_the_booking_once(tenant, recording_provider):
+    proposal = make_proposal(tenant)
+    confirmed, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (stored.status, stored.booking_id) == ("executed", booking.pk)
+    assert stored.confirmed_at and stored.executed_at
+    assert booking.status == "held" and booking.checkout.state == "open"
+    assert recording_provider.checkouts == [booking.pk]
+    with pytest.raises(ProposalAlreadyProcessed):
+        confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    assert Booking.objects.count() == 1
+
+
+def test_confirm_refusals_name_the_reason(tenant, other_tenant):
+    proposal = make_proposal(tenant)
+    for kwargs in ({"tenant": other_tenant, "session_id": "chat-1"}, {"tenant": tenant, "session_id": "chat-2"}):
+        with pytest.raises(ProposalNotFound):
+            Proposal.objects.confirm(proposal.pk, **kwargs)
+    with pytest.raises(ProposalNotFound):
+        Proposal.objects.confirm(10**12, tenant=tenant, session_id="chat-1")
+    lapse(proposal)
+    with pytest.raises(ProposalExpired):
+        Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
+    assert Proposal.objects.get(pk=proposal.pk).status == "pending"  # refusals change nothing
+    Proposal.objects.expire_due()
+    with pytest.raises(ProposalExpired):
+        Proposal.objects.reject(proposal.pk, tenant=tenant, session_id="chat-1")
+
+
+def test_reject_then_confirm_is_already_processed(tenant):
+    proposal = make_proposal(tenant)
+    assert reject_proposal(proposal.pk, tenant=tenant, session_id="chat-1").status == "rejected"
+    with pytest.raises(ProposalAlreadyProcessed):
+        confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    assert not Booking.objects.exists()
+
+
+def test_full_date_fails_the_proposal_and_commits_that(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    first, second = make_proposal(tenant, package=package), make_proposal(tenant, package=package, session_id="chat-2")
+    confirm_proposal(first.pk, tenant=tenant, session_id="chat-1")
+    with pytest.raises(DateUnavailable):
+        confirm_proposal(second.pk, tenant=tenant, session_id="chat-2")
+    failed = Proposal.objects.get(pk=second.pk)
+    assert (failed.status, failed.failure_code, failed.booking_id) == ("failed", "date_unavailable", None)
+    assert Booking.objects.count() == 1
+
+
+def test_inactive_package_fails_with_its_code(tenant):
+    proposal = make_proposal(tenant)
+    proposal.package.__class__.objects.filter(pk=proposal.package_id).update(active=False)
+    with pytest.raises(Exception) as raised:
+        confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    assert raised.value.code == "package_not_found"
+    assert Proposal.objects.get(pk=proposal.pk).failure_code == "package_not_found"
+
+
+def test_lazy_expiry_and_the_sweep(tenant):
+    live, lapsed = make_proposal(tenant), make_proposal(tenant)
+    lapse(lapsed)
+    statuses = dict(Proposal.objects.with_effective_status().values_list("pk", "effective_status"))
+    assert statuses == {live.pk: "pending", lapsed.pk: "expired"}
+    assert Proposal.objects.expire_due() == 1
+    assert Proposal.objects.get(pk=lapsed.pk).status == "expired"
+
+
+def test_operator_expire(tenant):
+    proposal = make_proposal(tenant)
+    Proposal.objects.expire(proposal.pk)
+    assert Proposal.objects.get(pk=proposal.pk).status == "expired"
+    with pytest.raises(ProposalAlreadyProcessed):
+        Proposal.objects.expire(proposal.pk)
+    with pytest.raises(ProposalNotFound):
+        Proposal.objects.expire(10**12)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_winning_confirm_is_one_update_and_a_refusal_is_the_update_plus_one_read():
+    from tests.factories import TenantFactory
+
+    tenant = TenantFactory(slug="acme")
+    proposal = make_proposal(tenant)
+    with CaptureQueriesContext(connection) as won:
+        Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
+    statements = [q["sql"] for q in won.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert len(statements) == 2, statements
+    assert statements[0].startswith('UPDATE "proposals_proposal" SET "status" = \'confirmed\'')
+    assert "\"expires_at\" > (STATEMENT_TIMESTAMP())" in statements[0] and '"session_id" = ' in statements[0]
+    assert statements[1].startswith("SELECT")  # the winner returns the fresh row
+
+    with CaptureQueriesContext(connection) as refused, pytest.raises(ProposalAlreadyProcessed):
+        Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
+    statements = [q["sql"] for q in refused.captured_queries if q["sql"] not in ("BEGIN", "ROLLBACK", "COMMIT")]
+    assert len(statements) == 2, statements
+    assert statements[0].startswith('UPDATE "proposals_proposal"') and statements[1].startswith("SELECT")
+
+
+def test_constraints_executed_needs_a_booking_and_a_booking_serves_one_proposal(tenant, recording_provider):
+    proposal = make_proposal(tenant)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Proposal.objects.filter(pk=proposal.pk).update(status="executed", executed_at=Now(), confirmed_at=Now())
+    _, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    other = make_proposal(tenant, session_id="chat-2")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Proposal.objects.filter(pk=other.pk).update(
+            status="executed", executed_at=Now(), confirmed_at=Now(), booking=booking)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_confirm_proposal_round_trips(recording_provider):
+    """The whole confirmation: one transaction (update, read, savepoint + hold, execute), then the provider."""
+    from tests.factories import TenantFactory
+
+    tenant = TenantFactory(slug="acme")
+    proposal = make_proposal(tenant)
+    with CaptureQueriesContext(connection) as queries:
+        confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    sql = [q["sql"] for q in queries.captured_queries]
+    kinds = [s.split()[0] for s in sql]
+    # confirm() keeps its own atomic (a savepoint when nested); the hold runs in the explicit savepoint
+    # whose refusal is caught outside it; execute() joins the transaction.
+    assert kinds == ["BEGIN", "SAVEPOINT", "UPDATE", "SELECT", "RELEASE", "SAVEPOINT", "SELECT", "SELECT", "SELECT",
+                     "INSERT", "INSERT", "RELEASE", "UPDATE", "COMMIT", "UPDATE"], sql
+    assert sum(1 for s in sql if s.startswith('UPDATE "proposals_proposal"')) == 2  # confirm, then execute
