@@ -1,0 +1,91 @@
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from profiles.models import Profile, ProfileAuditLog
+
+MAX_ID = 2**63 - 1
+MAX_VERSION = 2**31 - 1
+
+
+class ProfileIdField(serializers.IntegerField):
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=MAX_ID, allow_null=True, required=False, **kwargs)
+
+
+class _ProfileFieldsSerializer(serializers.Serializer):
+    first_name = serializers.CharField(max_length=100)
+    last_name = serializers.CharField(max_length=100, allow_blank=True, required=False)
+    sex = serializers.ChoiceField(choices=Profile.Sex.choices)
+    birth_date = serializers.DateField(allow_null=True, required=False)
+    death_date = serializers.DateField(allow_null=True, required=False)
+    father = ProfileIdField(help_text=_("id of the father's profile (male, same family tree)"))
+    mother = ProfileIdField(help_text=_("id of the mother's profile (female, same family tree)"))
+
+
+class ProfileCreateInputSerializer(_ProfileFieldsSerializer):
+    pass
+
+
+class ProfileUpdateInputSerializer(_ProfileFieldsSerializer):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, help_text=_("the version you read"))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            if name != "version":
+                field.required = False
+
+
+class ProfileDeleteQuerySerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
+
+
+class ProfileRestoreInputSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
+
+
+class ProfileListQuerySerializer(serializers.Serializer):
+    deleted = serializers.ChoiceField(choices=["false", "true", "all"], required=False, default="false")
+    search = serializers.CharField(max_length=100, required=False)
+
+
+class TreeQuerySerializer(serializers.Serializer):
+    max_depth = serializers.IntegerField(min_value=1, max_value=100, required=False, default=100)
+
+
+class ProfileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Profile
+        fields = [
+            "id", "first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother",
+            "version", "deleted_at", "created_at",
+        ]
+
+
+class TreeNodeSerializer(ProfileSerializer):
+    depth = serializers.IntegerField()
+
+    class Meta(ProfileSerializer.Meta):
+        fields = [*ProfileSerializer.Meta.fields, "depth"]
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    undone_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ProfileAuditLog
+        fields = [
+            "id", "profile", "action", "old_data", "new_data", "actor", "created_at",
+            "undone_at", "undone_by", "undo_reason", "undo_entry",
+        ]
+
+
+class UndoInputSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, help_text=_("why the change is undone"))
+
+
+class UndoResultSerializer(serializers.Serializer):
+    undone = AuditEntrySerializer()
+    undo_entry = AuditEntrySerializer()
+    profile = ProfileSerializer()

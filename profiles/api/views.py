@@ -1,0 +1,151 @@
+"""Thin views: validate input, call the manager verb, render the result."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api.idempotency import idempotent
+from core.api.tenancy import TenantScopedMixin
+from profiles.api import serializers as s
+from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
+from profiles.models import Profile, ProfileAuditLog
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Replays the first answer for the same key and body.",
+)
+
+
+def _query(serializer_class, request):
+    serializer = serializer_class(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _body(serializer_class, request):
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
+    """Profiles of this family tree (live by default); create one."""
+
+    serializer_class = s.ProfileSerializer
+
+    @extend_schema(parameters=[s.ProfileListQuerySerializer], responses=s.ProfileSerializer(many=True))
+    def get(self, request, tenant):
+        query = _query(s.ProfileListQuerySerializer, request)
+        profiles = Profile.objects.for_tenant(self.tenant)
+        if query["deleted"] == "false":
+            profiles = profiles.live()
+        elif query["deleted"] == "true":
+            profiles = profiles.deleted()
+        if query.get("search"):
+            profiles = profiles.filter(first_name__icontains=query["search"]) | profiles.filter(
+                last_name__icontains=query["search"]
+            )
+        page = self.paginate_queryset(profiles.order_by("id"))
+        return self.get_paginated_response(s.ProfileSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=s.ProfileCreateInputSerializer, responses={201: s.ProfileSerializer}, parameters=[IDEMPOTENCY_HEADER]
+    )
+    @idempotent()
+    def post(self, request, tenant):
+        data = _body(s.ProfileCreateInputSerializer, request)
+        profile = Profile.objects.create_profile(tenant=self.tenant, actor=request.user, **data)
+        return Response(s.ProfileSerializer(profile).data, status=status.HTTP_201_CREATED)
+
+
+class ProfileDetailView(TenantScopedMixin, APIView):
+    """One profile; PATCH with the version you read; DELETE (soft) with ?version=N."""
+
+    @extend_schema(responses=s.ProfileSerializer)
+    def get(self, request, tenant, pk):
+        profile = Profile.objects.for_tenant(self.tenant).filter(pk=pk).first()
+        if profile is None:
+            raise ProfileNotFound()
+        return Response(s.ProfileSerializer(profile).data)
+
+    @extend_schema(request=s.ProfileUpdateInputSerializer, responses=s.ProfileSerializer)
+    def patch(self, request, tenant, pk):
+        data = dict(_body(s.ProfileUpdateInputSerializer, request))
+        version = data.pop("version")
+        profile = Profile.objects.update_profile(pk, tenant=self.tenant, version=version, actor=request.user, **data)
+        return Response(s.ProfileSerializer(profile).data)
+
+    @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses=s.ProfileSerializer)
+    def delete(self, request, tenant, pk):
+        version = _query(s.ProfileDeleteQuerySerializer, request)["version"]
+        profile = Profile.objects.soft_delete(pk, tenant=self.tenant, version=version, actor=request.user)
+        return Response(s.ProfileSerializer(profile).data)
+
+
+class ProfileRestoreView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request=s.ProfileRestoreInputSerializer, responses=s.ProfileSerializer, parameters=[IDEMPOTENCY_HEADER]
+    )
+    @idempotent()
+    def post(self, request, tenant, pk):
+        version = _body(s.ProfileRestoreInputSerializer, request).get("version")
+        profile = Profile.objects.restore(pk, tenant=self.tenant, version=version, actor=request.user)
+        return Response(s.ProfileSerializer(profile).data)
+
+
+class ProfileHistoryView(TenantScopedMixin, APIView):
+    """Audit entries of one profile, oldest first."""
+
+    @extend_schema(responses=s.AuditEntrySerializer(many=True))
+    def get(self, request, tenant, pk):
+        if not Profile.objects.for_tenant(self.tenant).filter(pk=pk).exists():
+            raise ProfileNotFound()
+        entries = ProfileAuditLog.objects.filter(profile_id=pk).select_related("actor", "undone_by").order_by("id")
+        return Response(s.AuditEntrySerializer(entries, many=True).data)
+
+
+class _TreeView(TenantScopedMixin, APIView):
+    up = True
+
+    @extend_schema(parameters=[s.TreeQuerySerializer], responses=s.TreeNodeSerializer(many=True))
+    def get(self, request, tenant, pk):
+        max_depth = _query(s.TreeQuerySerializer, request)["max_depth"]
+        walk = Profile.objects.ancestors if self.up else Profile.objects.descendants
+        return Response(s.TreeNodeSerializer(walk(pk, tenant=self.tenant, max_depth=max_depth), many=True).data)
+
+
+class ProfileAncestorsView(_TreeView):
+    """Live ancestors, nearest first (depth 1 = parents)."""
+
+    up = True
+
+
+class ProfileDescendantsView(_TreeView):
+    """Live descendants, nearest first (depth 1 = children)."""
+
+    up = False
+
+
+class AuditEntryDetailView(TenantScopedMixin, APIView):
+    @extend_schema(responses=s.AuditEntrySerializer)
+    def get(self, request, tenant, pk):
+        entry = ProfileAuditLog.objects.for_tenant(self.tenant).select_related("actor", "undone_by").filter(pk=pk)
+        entry = entry.first()
+        if entry is None:
+            raise AuditEntryNotFound()
+        return Response(s.AuditEntrySerializer(entry).data)
+
+
+class AuditEntryUndoView(TenantScopedMixin, APIView):
+    """Undo one audit entry (update, delete or restore) exactly once."""
+
+    @extend_schema(request=s.UndoInputSerializer, responses=s.UndoResultSerializer, parameters=[IDEMPOTENCY_HEADER])
+    @idempotent()
+    def post(self, request, tenant, pk):
+        reason = _body(s.UndoInputSerializer, request)["reason"]
+        entry = ProfileAuditLog.objects.undo(pk, tenant=self.tenant, actor=request.user, reason=reason)
+        result = {"undone": entry, "undo_entry": entry.undo_entry, "profile": entry.profile}
+        return Response(s.UndoResultSerializer(result).data)

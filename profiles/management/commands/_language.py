@@ -1,0 +1,31 @@
+"""Shared option handling for the profiles commands: output language and exit codes."""
+
+import os
+import sys
+
+from django.conf import settings
+from django.utils import translation
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def add_language_argument(parser):
+    parser.add_argument(
+        "--language",
+        choices=[code for code, _name in settings.LANGUAGES],
+        help="Language of the messages (default: $DJANGO_LANGUAGE, else LANGUAGE_CODE).",
+    )
+
+
+def chosen_language(options):
+    language = options.get("language") or os.environ.get("DJANGO_LANGUAGE") or settings.LANGUAGE_CODE
+    return language if language in dict(settings.LANGUAGES) else settings.LANGUAGE_CODE
+
+
+def fail(command, message, code):
+    """Print the (already localized) message on stderr and exit with ``code``."""
+    command.stderr.write(str(message))
+    sys.exit(code)
+
+
+override = translation.override

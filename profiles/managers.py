@@ -1,0 +1,460 @@
+"""Guarded operations on family-tree profiles and their audit log (tier 1, see STYLE.md).
+
+Every write is one ``transaction.atomic`` that locks what it reads, re-validates,
+writes the profile, bumps ``version`` and inserts its ``ProfileAuditLog`` entry.
+
+Global lock order (each operation takes a subset, always in this order):
+
+1. advisory ``AUDIT_UNDO:<entry id>``        undo only; try-lock, busy -> operation_locked
+2. the audit entry row, FOR UPDATE NOWAIT     undo only; busy -> operation_locked
+3. advisory ``PROFILE_TREE:<tenant id>``      only when a write sets a non-null father/mother;
+                                              waits at most lock_timeout -> resource_locked
+4. the subject profile row, FOR UPDATE NOWAIT busy -> resource_locked
+5. the parent rows it (re)references, FOR UPDATE NOWAIT with deleted_at IS NULL,
+   ascending id, one statement per row so the refusal names father or mother
+   busy -> parent_locked, gone -> parent_deleted
+
+After that only unlocked reads run (live children, the ancestor CTE). Row locks
+are all NOWAIT and the only waiting lock (3) is taken before any profile row, so
+these operations cannot deadlock with each other.
+
+Every profile row lock is FOR UPDATE (not FOR NO KEY UPDATE): a parent is locked
+by the child's writer and by its own delete/sex change alike, and the strongest
+mode makes any two of those conflict, whichever kind each one is.
+"""
+
+from contextlib import contextmanager
+from datetime import date, datetime
+
+from django.db import OperationalError, connections, models, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from core.db import LockNamespace, advisory_xact_lock, is_lock_error, try_advisory_xact_lock
+from core.exceptions import LockContended
+from profiles.exceptions import (
+    AlreadyUndone,
+    AuditEntryNotFound,
+    InvalidDates,
+    InvalidProfileData,
+    OperationLocked,
+    ParentDeleted,
+    ParentLocked,
+    ParentNotFound,
+    ParentWrongSex,
+    ProfileDeleted,
+    ProfileHasChildren,
+    ProfileNotDeleted,
+    ProfileNotFound,
+    SexChangeConflict,
+    StaleVersion,
+    UndoNotSupported,
+    UndoReasonRequired,
+    UnknownField,
+    VersionConflict,
+    WouldCreateCycle,
+)
+
+PROFILE_FIELDS = ("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")
+PARENT_SEX = {"father": "male", "mother": "female"}
+DATE_FIELDS = ("birth_date", "death_date")
+MAX_TREE_DEPTH = 100
+
+
+def _attname(field):
+    return f"{field}_id" if field in PARENT_SEX else field
+
+
+def _current(profile, field):
+    return getattr(profile, _attname(field))
+
+
+def _as_json(value):
+    return value.isoformat() if isinstance(value, date | datetime) else value
+
+
+def _normalize(changes):
+    """Python values for profile fields: ids for parents, ``date`` for dates (ISO strings accepted)."""
+    out = {}
+    for field, value in changes.items():
+        if field not in PROFILE_FIELDS:
+            raise UnknownField(field=field)
+        if field in PARENT_SEX and isinstance(value, models.Model):
+            value = value.pk
+        elif field in DATE_FIELDS and isinstance(value, str):
+            try:
+                value = date.fromisoformat(value)
+            except ValueError:
+                raise InvalidDates()
+        elif field == "last_name" and value is None:
+            value = ""
+        out[field] = value
+    return out
+
+
+class _LockSteps:
+    """Remember which lock the transaction is taking, to name a 55P03 refusal after rollback.
+
+    ``translate()`` wraps *around* ``transaction.atomic()``: the failed block has
+    rolled back by the time the lock error is turned into a domain error.
+    """
+
+    def __init__(self, *, profile=LockContended, entry=OperationLocked):
+        self.errors = {
+            "tree": LockContended,
+            "profile": profile,
+            "entry": entry,
+            "father": lambda: ParentLocked(parent="father"),
+            "mother": lambda: ParentLocked(parent="mother"),
+        }
+        self.current = None
+
+    def at(self, step):
+        self.current = step
+
+    @contextmanager
+    def translate(self):
+        try:
+            yield self
+        except OperationalError as exc:
+            if not is_lock_error(exc):
+                raise
+            raise self.errors.get(self.current, LockContended)() from exc
+
+
+class ProfileQuerySet(models.QuerySet):
+    def for_tenant(self, tenant):
+        return self.filter(tenant=tenant)
+
+    def live(self):
+        return self.filter(deleted_at__isnull=True)
+
+    def deleted(self):
+        return self.filter(deleted_at__isnull=False)
+
+    def children_of(self, profile_id):
+        return self.filter(Q(father_id=profile_id) | Q(mother_id=profile_id))
+
+    def locked(self):
+        """Rows FOR UPDATE NOWAIT (see the module docstring for why not FOR NO KEY UPDATE)."""
+        return self.select_for_update(nowait=True, no_key=False, of=("self",))
+
+
+class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
+    # --- guarded operations -------------------------------------------------
+
+    def create_profile(self, *, tenant, actor=None, **fields):
+        """Create a profile and its ``create`` audit entry.
+
+        Locks each parent FOR UPDATE NOWAIT (live, same tenant, right sex). A new
+        profile has no descendants, so no cycle check and no tree lock are needed.
+        Raises InvalidProfileData, InvalidDates, ParentNotFound, ParentWrongSex,
+        ParentDeleted, ParentLocked, UnknownField.
+        """
+        data = {"last_name": "", "birth_date": None, "death_date": None, "father": None, "mother": None}
+        data.update(_normalize(fields))
+        if "first_name" not in data or "sex" not in data:
+            raise InvalidProfileData()
+        steps = _LockSteps()
+        with steps.translate(), transaction.atomic(using=self.db):
+            profile = self.model(tenant=tenant, version=1)
+            self._check(profile, data, steps=steps, tenant=tenant)
+            profile = self.create(tenant=tenant, version=1, **{_attname(f): v for f, v in data.items()})
+            self._record(profile, "create", old={}, new={f: _as_json(v) for f, v in data.items()}, actor=actor)
+        return profile
+
+    create_profile.alters_data = True
+
+    def update_profile(self, profile_id, *, tenant, version, actor=None, **changes):
+        """Change fields of a live profile the caller read at ``version``; write an ``update`` entry.
+
+        Takes the tenant tree lock when a father/mother is set, then the profile
+        FOR UPDATE NOWAIT, then the newly referenced parents FOR UPDATE NOWAIT;
+        checks dates, sex against living children, and cycles (recursive CTE).
+        Unchanged values are dropped; with nothing left the profile is returned as is.
+        Raises ProfileNotFound, VersionConflict, ProfileDeleted, SexChangeConflict,
+        WouldCreateCycle, the parent errors, InvalidDates, LockContended.
+        """
+        wanted = _normalize(changes)
+        steps = _LockSteps()
+        with steps.translate(), transaction.atomic(using=self.db):
+            if any(wanted.get(role) is not None for role in PARENT_SEX):
+                self._lock_tree(tenant, steps)
+            profile = self._lock_subject(profile_id, tenant, steps)
+            if profile.version != version:
+                raise VersionConflict(current=profile.version)
+            if profile.is_deleted:
+                raise ProfileDeleted()
+            delta = {f: v for f, v in wanted.items() if _current(profile, f) != v}
+            if delta:
+                self._check(profile, delta, steps=steps, tenant=tenant)
+                self._apply(profile, delta, action="update", actor=actor)
+        return profile
+
+    update_profile.alters_data = True
+
+    def soft_delete(self, profile_id, *, tenant, version, actor=None):
+        """Mark a profile deleted (``deleted_at = now()``) and write a ``delete`` entry.
+
+        Locks the profile FOR UPDATE NOWAIT, then refuses ProfileHasChildren while
+        any live profile names it as father or mother: a child's writer locks this
+        row FOR UPDATE NOWAIT before pointing at it, so the two cannot interleave.
+        Raises ProfileNotFound, VersionConflict, ProfileDeleted, ProfileHasChildren, LockContended.
+        """
+        steps = _LockSteps()
+        with steps.translate(), transaction.atomic(using=self.db):
+            profile = self._lock_subject(profile_id, tenant, steps)
+            if profile.version != version:
+                raise VersionConflict(current=profile.version)
+            if profile.is_deleted:
+                raise ProfileDeleted()
+            self._refuse_if_parent_of_living(profile)
+            self._apply(profile, {"deleted_at": profile.db_now}, action="delete", actor=actor)
+        return profile
+
+    soft_delete.alters_data = True
+
+    def restore(self, profile_id, *, tenant, version=None, actor=None):
+        """Bring a soft-deleted profile back and write a ``restore`` entry.
+
+        Locks the profile, then its father and mother FOR UPDATE NOWAIT with
+        deleted_at IS NULL: a profile is never restored pointing at a deleted parent.
+        ``version`` is checked when given. Raises ProfileNotFound, VersionConflict,
+        ProfileNotDeleted, ParentDeleted, ParentLocked, ParentWrongSex, LockContended.
+        """
+        steps = _LockSteps()
+        with steps.translate(), transaction.atomic(using=self.db):
+            profile = self._lock_subject(profile_id, tenant, steps)
+            if version is not None and profile.version != version:
+                raise VersionConflict(current=profile.version)
+            if not profile.is_deleted:
+                raise ProfileNotDeleted()
+            self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
+            self._apply(profile, {"deleted_at": None}, action="restore", actor=actor)
+        return profile
+
+    restore.alters_data = True
+
+    # --- reads --------------------------------------------------------------
+
+    def ancestors(self, profile_id, *, tenant, max_depth=MAX_TREE_DEPTH):
+        """Live ancestors of a profile, nearest first, each with ``depth`` (1 = parent)."""
+        return self._walk(profile_id, tenant=tenant, up=True, max_depth=max_depth)
+
+    def descendants(self, profile_id, *, tenant, max_depth=MAX_TREE_DEPTH):
+        """Live descendants of a profile, nearest first, each with ``depth`` (1 = child)."""
+        return self._walk(profile_id, tenant=tenant, up=False, max_depth=max_depth)
+
+    def _walk(self, profile_id, *, tenant, up, max_depth):
+        if not self.filter(pk=profile_id, tenant=tenant).exists():
+            raise ProfileNotFound()
+        table = self.model._meta.db_table
+        if up:
+            step = (
+                f"SELECT v.pid, t.depth + 1 FROM tree t JOIN {table} p ON p.id = t.id "
+                "CROSS JOIN LATERAL (VALUES (p.father_id), (p.mother_id)) AS v(pid) "
+                "WHERE v.pid IS NOT NULL AND t.depth < %s"
+            )
+        else:
+            step = (
+                f"SELECT c.id, t.depth + 1 FROM tree t JOIN {table} c ON c.father_id = t.id OR c.mother_id = t.id "
+                "WHERE t.depth < %s"
+            )
+        sql = (
+            # UNION (not ALL): a pedigree reaching one person by many paths stays bounded by people x depth.
+            f"WITH RECURSIVE tree(id, depth) AS (SELECT %s::bigint, 0 UNION {step}) "
+            "SELECT id, MIN(depth) FROM tree WHERE depth > 0 GROUP BY id"
+        )
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(sql, [profile_id, max_depth])
+            depths = dict(cursor.fetchall())
+        found = list(self.live().filter(tenant=tenant, pk__in=depths))
+        for profile in found:
+            profile.depth = depths[profile.pk]
+        return sorted(found, key=lambda p: (p.depth, p.pk))
+
+    # --- building blocks (call only inside the caller's atomic block) -------
+
+    def _lock_tree(self, tenant, steps):
+        steps.at("tree")
+        advisory_xact_lock(LockNamespace.PROFILE_TREE, getattr(tenant, "pk", tenant), using=self.db)
+
+    def _lock_subject(self, profile_id, tenant, steps):
+        """The profile row FOR UPDATE NOWAIT, with the transaction's now() as ``db_now``."""
+        steps.at("profile")
+        profile = self.locked().annotate(db_now=Now()).filter(pk=profile_id, tenant=tenant).first()
+        if profile is None:
+            raise ProfileNotFound()
+        return profile
+
+    @staticmethod
+    def _parents_of(profile):
+        return {role: _current(profile, role) for role in PARENT_SEX if _current(profile, role) is not None}
+
+    def _lock_parents(self, parents, *, tenant, subject_id, steps):
+        """Lock each parent FOR UPDATE NOWAIT with deleted_at IS NULL, ascending id; name any refusal."""
+        for role, parent_id in parents.items():
+            if subject_id is not None and parent_id == subject_id:
+                raise WouldCreateCycle(parent=role)
+        for role, parent_id in sorted(parents.items(), key=lambda item: (item[1], item[0])):
+            steps.at(role)
+            row = self.locked().filter(pk=parent_id, tenant=tenant, deleted_at__isnull=True).values("sex").first()
+            if row is None:
+                # Not locked: only tells "deleted" from "never existed here".
+                if self.filter(pk=parent_id, tenant=tenant).exists():
+                    raise ParentDeleted(parent=role)
+                raise ParentNotFound(parent=role)
+            if row["sex"] != PARENT_SEX[role]:
+                raise ParentWrongSex(parent=role)
+
+    def _cycle_role(self, subject_id, parents):
+        """The role whose new parent has ``subject_id`` among its ancestors-or-self, else None."""
+        table = self.model._meta.db_table
+        roles, ids = zip(*sorted(parents.items()), strict=True)
+        sql = (
+            "WITH RECURSIVE anc(role, id) AS ("
+            " SELECT r.role, r.id FROM unnest(%s::text[], %s::bigint[]) AS r(role, id)"
+            " UNION"  # UNION (not ALL) also ends the walk should a cycle ever exist
+            f" SELECT anc.role, v.pid FROM anc JOIN {table} p ON p.id = anc.id"
+            " CROSS JOIN LATERAL (VALUES (p.father_id), (p.mother_id)) AS v(pid)"
+            " WHERE v.pid IS NOT NULL"
+            ") SELECT role FROM anc WHERE id = %s ORDER BY role LIMIT 1"
+        )
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(sql, [list(roles), list(ids), subject_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def _refuse_if_parent_of_living(self, profile):
+        count = self.live().children_of(profile.pk).count()
+        if count:
+            raise ProfileHasChildren(count=count)
+
+    def _check(self, profile, delta, *, steps, tenant, parents=None):
+        """Validate the state ``profile`` would have after ``delta``; lock the parents it references.
+
+        ``parents`` defaults to the father/mother that ``delta`` newly sets.
+        """
+        final = {f: delta[f] if f in delta else _current(profile, f) for f in PROFILE_FIELDS}
+        if not final["first_name"] or final["sex"] not in PARENT_SEX.values():
+            raise InvalidProfileData()
+        for field in DATE_FIELDS:
+            if final[field] is not None and not isinstance(final[field], date):
+                raise InvalidDates()
+        if final["birth_date"] and final["death_date"] and final["death_date"] < final["birth_date"]:
+            raise InvalidDates()
+        if "sex" in delta and profile.pk is not None and self.live().children_of(profile.pk).exists():
+            raise SexChangeConflict()
+        if parents is None:
+            parents = {role: delta[role] for role in PARENT_SEX if delta.get(role) is not None}
+        if not parents:
+            return
+        self._lock_parents(parents, tenant=tenant, subject_id=profile.pk, steps=steps)
+        new_edges = {role: pid for role, pid in parents.items() if role in delta}
+        if profile.pk is not None and new_edges:
+            role = self._cycle_role(profile.pk, new_edges)
+            if role is not None:
+                raise WouldCreateCycle(parent=role)
+
+    def _apply(self, profile, delta, *, action, actor):
+        """Write ``delta`` to the locked profile, bump its version, insert the audit entry."""
+        old = {f: _as_json(_current(profile, f)) for f in delta}
+        version = profile.version + 1  # the row is locked: no lost update
+        self.filter(pk=profile.pk).update(version=version, **{_attname(f): v for f, v in delta.items()})
+        for field, value in delta.items():
+            setattr(profile, _attname(field), value)
+        profile.version = version
+        return self._record(profile, action, old=old, new={f: _as_json(v) for f, v in delta.items()}, actor=actor)
+
+    def _record(self, profile, action, *, old, new, actor):
+        audit_model = self.model.history.field.model
+        return audit_model.objects.create(
+            tenant_id=profile.tenant_id, profile=profile, action=action, old_data=old, new_data=new, actor=actor
+        )
+
+    def _undo(self, entry, *, steps, actor):
+        """Reverse ``entry`` on its locked profile (steps 3-5 of the undo); return (profile, undo entry)."""
+        tenant_id = entry.tenant_id
+        if entry.action == "update" and any(entry.old_data.get(role) is not None for role in PARENT_SEX):
+            self._lock_tree(tenant_id, steps)
+        profile = self._lock_subject(entry.profile_id, tenant_id, steps)
+        if entry.action == "update":
+            if profile.is_deleted:
+                raise ProfileDeleted()
+            fields = [f for f in PROFILE_FIELDS if f in entry.new_data]
+            stale = [f for f in fields if _as_json(_current(profile, f)) != entry.new_data[f]]
+            if stale:
+                raise StaleVersion(fields=", ".join(stale))
+            delta = _normalize({f: entry.old_data.get(f) for f in fields})
+            self._check(profile, delta, steps=steps, tenant=tenant_id)
+        elif entry.action == "delete":  # undo = restore
+            if _as_json(profile.deleted_at) != entry.new_data.get("deleted_at"):
+                raise StaleVersion(fields="deleted_at")
+            delta = {"deleted_at": None}
+            self._check(profile, delta, steps=steps, tenant=tenant_id, parents=self._parents_of(profile))
+        else:  # "restore": undo = soft delete
+            if profile.is_deleted:
+                raise StaleVersion(fields="deleted_at")
+            self._refuse_if_parent_of_living(profile)
+            delta = {"deleted_at": profile.db_now}
+        return profile, self._apply(profile, delta, action="undo", actor=actor)
+
+
+class ProfileAuditLogQuerySet(models.QuerySet):
+    def for_tenant(self, tenant):
+        return self.filter(tenant=tenant)
+
+    def undone(self):
+        return self.filter(undone_at__isnull=False)
+
+    def not_undone(self):
+        return self.filter(undone_at__isnull=True)
+
+
+class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
+    UNDOABLE = ("update", "delete", "restore")
+
+    def undo(self, entry_id, *, tenant, actor, reason):
+        """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
+
+        1. try-lock advisory AUDIT_UNDO:<entry>: busy -> OperationLocked at once;
+        2. the entry FOR UPDATE NOWAIT (busy -> OperationLocked; done -> AlreadyUndone;
+           create/undo entries -> UndoNotSupported);
+        3. the profile FOR UPDATE NOWAIT (busy -> resource_locked); StaleVersion naming
+           every field this entry wrote that no longer holds its value;
+        4. each parent it restores FOR UPDATE NOWAIT, deleted_at IS NULL: ParentLocked /
+           ParentDeleted naming father or mother; WouldCreateCycle if now a descendant;
+        5. apply, bump version, insert the ``undo`` entry, mark this one undone.
+        Returns the original entry (now undone; ``undo_entry`` and ``profile`` loaded).
+        """
+        reason = (reason or "").strip()
+        if not reason:
+            raise UndoReasonRequired()
+        steps = _LockSteps()
+        with steps.translate(), transaction.atomic(using=self.db):
+            if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
+                raise OperationLocked()
+            steps.at("entry")
+            entry = (
+                self.select_for_update(nowait=True, no_key=False, of=("self",))
+                .filter(pk=entry_id, tenant=tenant)
+                .first()
+            )
+            if entry is None:
+                raise AuditEntryNotFound()
+            if entry.undone_at is not None:
+                raise AlreadyUndone()
+            if entry.action not in self.UNDOABLE:
+                raise UndoNotSupported(action=entry.get_action_display())
+            profile_model = self.model.profile.field.related_model
+            profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
+            # db_now is Now() (statement_timestamp()) read by the profile lock: the database's
+            # clock, and the same instant the undo entry's profile change is stamped with.
+            self.filter(pk=entry.pk).update(
+                undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
+            )
+            entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
+            entry.undo_entry, entry.profile = undo_entry, profile
+        return entry
+
+    undo.alters_data = True

@@ -1,0 +1,119 @@
+"""An operator and a customer in a real browser (headless Chromium) against a live server."""
+
+import json
+import urllib.request
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import translation
+
+from bookings.models import Booking, Package
+from core.db import database_now
+from profiles.exceptions import ParentDeleted
+from profiles.models import Profile, ProfileAuditLog
+from tests.browser.conftest import screenshot
+from tests.factories import TenantFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "operator-password"
+
+
+@pytest.fixture
+def operator():
+    return get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
+
+
+def log_in(page, live_server):
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#site-name")
+
+
+def test_operator_undoes_a_profile_update_and_reads_the_results_in_arabic(
+    browser_page, live_server, operator
+):
+    tenant = TenantFactory(slug="family")
+    old_father = Profile.objects.create_profile(tenant=tenant, first_name="Karim", sex="male")
+    new_father = Profile.objects.create_profile(tenant=tenant, first_name="Sami", sex="male")
+    child = Profile.objects.create_profile(tenant=tenant, first_name="Nour", sex="female", father=old_father)
+    child = Profile.objects.update_profile(child.pk, tenant=tenant, version=child.version, father=new_father)
+    renamed = Profile.objects.update_profile(child.pk, tenant=tenant, version=child.version, last_name="Haddad")
+    father_change = ProfileAuditLog.objects.get(profile=child, action="update", new_data__has_key="father")
+    rename = ProfileAuditLog.objects.get(profile=child, action="update", new_data__has_key="last_name")
+    # The father the first undo would restore is deleted meanwhile: that undo must be refused.
+    Profile.objects.soft_delete(old_father.pk, tenant=tenant, version=old_father.version)
+    assert renamed.last_name == "Haddad"
+
+    page = browser_page(locale="ar")
+    log_in(page, live_server)
+    assert page.locator("html").get_attribute("dir") == "rtl"
+    page.goto(f"{live_server.url}/admin/profiles/profileauditlog/")
+    page.check(f"input[name=_selected_action][value='{father_change.pk}']")
+    page.check(f"input[name=_selected_action][value='{rename.pk}']")
+    page.select_option("select[name=action]", "undo_selected")
+    page.click("button[name=index]")
+    page.fill("textarea[name=reason]", "طلب العائلة")
+    screenshot(page, "admin-undo-reason-ar")
+    page.click("input[type=submit]")
+    page.wait_for_selector("ul.messagelist")
+    screenshot(page, "admin-undo-result-ar")
+
+    messages = page.inner_text("ul.messagelist")
+    with translation.override("ar"):
+        refused = ParentDeleted(parent="father").render()
+    assert refused in messages
+    assert f"#{rename.pk}" in messages
+    rename.refresh_from_db()
+    father_change.refresh_from_db()
+    assert rename.undone_at is not None and rename.undo_reason == "طلب العائلة"
+    assert father_change.undone_at is None
+    child.refresh_from_db()
+    assert child.father_id == new_father.pk and child.last_name == ""
+
+
+def _post_json(url, body):
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_customer_pays_on_the_sandbox_page_and_the_admin_shows_the_booking_confirmed(
+    browser_page, live_server, operator, settings
+):
+    settings.PUBLIC_BASE_URL = live_server.url
+    tenant = TenantFactory(slug="events")
+    package = Package.objects.create(tenant=tenant, name="Garden wedding", price=Decimal("1500.00"), daily_capacity=1)
+    date = database_now().date() + timedelta(days=45)
+
+    status, created = _post_json(
+        f"{live_server.url}/api/public/events/checkouts",
+        {"package": package.pk, "date": date.isoformat(), "customer": {"name": "Maya", "email": "maya@example.com"}},
+    )
+    assert status == 201
+    assert created["booking"]["status"] == "held"
+
+    customer = browser_page(locale="en")
+    customer.goto(created["checkout"]["url"])
+    assert "Garden wedding" in customer.inner_text("body")
+    screenshot(customer, "sandbox-checkout")
+    customer.click("button[name=pay]")
+    customer.wait_for_selector("#result")
+    screenshot(customer, "sandbox-paid")
+
+    booking = Booking.objects.get(pk=created["booking"]["id"])
+    assert booking.status == Booking.Status.CONFIRMED
+
+    page = browser_page(locale="en")
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/admin/bookings/booking/?status__exact=confirmed")
+    row = page.locator("#result_list tbody tr").filter(has_text="Maya")
+    assert row.count() == 1
+    assert "confirmed" in row.inner_text().lower()
+    screenshot(page, "admin-booking-confirmed")

@@ -1,0 +1,167 @@
+"""Operator screens through Django's test client (admin_client: a superuser)."""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from profiles.models import Profile, ProfileAuditLog
+from tests.profiles.factories import ProfileFactory, fresh
+
+pytestmark = pytest.mark.django_db
+
+AUDIT_LIST = reverse("admin:profiles_profileauditlog_changelist")
+PROFILE_LIST = reverse("admin:profiles_profile_changelist")
+
+
+def texts(response):
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def moved_entry(tree):
+    kid = tree["kid"]
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, father=ProfileFactory(tenant=kid.tenant).pk)
+    return ProfileAuditLog.objects.get(profile=kid, action="update")
+
+
+def test_undo_selected_asks_for_a_reason_then_reports_each_result(admin_client, admin_user, tree):
+    good = moved_entry(tree)
+    other = tree["mum"]
+    Profile.objects.update_profile(other.pk, tenant=other.tenant, version=1, first_name="Mother")
+    Profile.objects.update_profile(other.pk, tenant=other.tenant, version=2, first_name="Mama")
+    stale = ProfileAuditLog.objects.filter(profile=other, action="update").order_by("id").first()
+    selected = {"action": "undo_selected", "_selected_action": [good.pk, stale.pk]}
+
+    confirm = admin_client.post(AUDIT_LIST, selected)
+    assert confirm.status_code == 200
+    assert b'name="reason"' in confirm.content and b'name="apply"' in confirm.content
+    assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0  # nothing done yet
+
+    response = admin_client.post(AUDIT_LIST, {**selected, "apply": "1", "reason": "operator fix"}, follow=True)
+    assert response.status_code == 200
+    messages = texts(response)
+    assert f"#{good.pk}: undone." in messages
+    assert any(m.startswith(f"#{stale.pk}: stale_version:") and "first_name" in m for m in messages), messages
+    good.refresh_from_db()
+    assert good.undone_by == admin_user and good.undo_reason == "operator fix"
+    assert fresh(tree["kid"]).father_id == tree["dad"].pk
+    assert ProfileAuditLog.objects.get(pk=stale.pk).undone_at is None
+
+
+def test_undo_selected_reports_refusals_in_arabic(admin_client, tree):
+    entry = moved_entry(tree)
+    Profile.objects.soft_delete(tree["dad"].pk, tenant=tree["dad"].tenant, version=1)
+    response = admin_client.post(
+        AUDIT_LIST,
+        {"action": "undo_selected", "_selected_action": [entry.pk], "apply": "1", "reason": "r"},
+        follow=True,
+        HTTP_ACCEPT_LANGUAGE="ar",
+    )
+    assert texts(response) == [f"#{entry.pk}: parent_deleted: الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً."]
+
+
+def test_undo_selected_without_reason_shows_the_form_again(admin_client, tree):
+    entry = moved_entry(tree)
+    response = admin_client.post(
+        AUDIT_LIST, {"action": "undo_selected", "_selected_action": [entry.pk], "apply": "1", "reason": ""}
+    )
+    assert response.status_code == 200 and b"errorlist" in response.content
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+
+
+def test_staff_without_undo_permission_has_no_undo_action(client, tree, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_profileauditlog"))
+    client.force_login(staff)
+    entry = moved_entry(tree)
+    page = client.get(AUDIT_LIST)
+    assert page.status_code == 200 and b"undo_selected" not in page.content
+    client.post(AUDIT_LIST, {"action": "undo_selected", "_selected_action": [entry.pk], "apply": "1",
+                             "reason": "r"})
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+
+
+def test_audit_list_filters_and_search(admin_client, tree):
+    entry = moved_entry(tree)
+    ProfileAuditLog.objects.undo(entry.pk, tenant=entry.tenant, actor=None, reason="r")
+    for query in ["?action__exact=update", "?undone=yes", "?undone=no", "?q=Kid", "?action__exact=undo&undone=no"]:
+        response = admin_client.get(AUDIT_LIST + query)
+        assert response.status_code == 200, query
+    assert response.context["cl"].result_count == 1
+    assert admin_client.get(AUDIT_LIST + "?undone=yes").context["cl"].result_count == 1
+    detail = admin_client.get(reverse("admin:profiles_profileauditlog_change", args=[entry.pk]))
+    assert detail.status_code == 200
+
+
+def test_profile_list_search_filter_and_history_inline(admin_client, tree):
+    Profile.objects.soft_delete(tree["kid"].pk, tenant=tree["kid"].tenant, version=1)
+    assert admin_client.get(PROFILE_LIST + "?deleted=yes").context["cl"].result_count == 1
+    assert admin_client.get(PROFILE_LIST + "?deleted=no").context["cl"].result_count == 4
+    assert admin_client.get(PROFILE_LIST + "?q=Grandma").context["cl"].result_count == 1
+    page = admin_client.get(reverse("admin:profiles_profile_change", args=[tree["kid"].pk]))
+    assert page.status_code == 200
+    assert b"history" in page.content.lower() and b"delete" in page.content
+
+
+def form_data(profile, **overrides):
+    data = {
+        "first_name": profile.first_name, "last_name": profile.last_name, "sex": profile.sex,
+        "birth_date": "", "death_date": "", "father": profile.father_id or "", "mother": profile.mother_id or "",
+        "expected_version": profile.version,
+        "history-TOTAL_FORMS": "0", "history-INITIAL_FORMS": "0", "history-MIN_NUM_FORMS": "0",
+        "history-MAX_NUM_FORMS": "0",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_admin_add_and_change_go_through_the_manager(admin_client, admin_user, tree):
+    tenant = tree["kid"].tenant
+    response = admin_client.post(
+        reverse("admin:profiles_profile_add"),
+        {**form_data(Profile(first_name="New", sex="male", version=1), father=tree["dad"].pk), "tenant": tenant.pk},
+    )
+    assert response.status_code == 302, response.content
+    new = Profile.objects.get(first_name="New")
+    assert new.father_id == tree["dad"].pk and new.history.get().action == "create"
+    assert new.history.get().actor == admin_user
+
+    change = reverse("admin:profiles_profile_change", args=[new.pk])
+    response = admin_client.post(change, form_data(new, first_name="Renamed"))
+    assert response.status_code == 302
+    new = fresh(new)
+    assert new.first_name == "Renamed" and new.version == 2
+    assert new.history.order_by("-id").first().new_data == {"first_name": "Renamed"}
+
+
+def test_admin_change_refusals_are_reported_not_saved(admin_client, tree):
+    kid = tree["kid"]
+    change = reverse("admin:profiles_profile_change", args=[kid.pk])
+    stale = form_data(kid, first_name="Stale")
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="Someone else")
+    response = admin_client.post(change, stale, follow=True)
+    assert any(m.startswith("version_conflict:") for m in texts(response)), texts(response)
+    assert fresh(kid).first_name == "Someone else"
+
+    response = admin_client.post(change, form_data(fresh(kid), father=tree["mum"].pk), follow=True,
+                                 HTTP_ACCEPT_LANGUAGE="ar")
+    assert texts(response) == ["parent_wrong_sex: يجب أن يكون الأب ذكراً."]
+    assert fresh(kid).father_id == tree["dad"].pk
+
+
+def test_admin_cannot_hard_delete_and_soft_delete_action_reports_each(admin_client, tree):
+    assert admin_client.get(reverse("admin:profiles_profile_delete", args=[tree["kid"].pk])).status_code == 403
+    response = admin_client.post(
+        PROFILE_LIST,
+        {"action": "soft_delete_selected", "_selected_action": [tree["kid"].pk, tree["dad"].pk]},
+        follow=True,
+    )
+    messages = texts(response)
+    assert any("deleted" in m and f"#{tree['kid'].pk}" in m for m in messages), messages
+    assert any("profile_has_children" in m and f"#{tree['dad'].pk}" in m for m in messages), messages
+    assert fresh(tree["kid"]).deleted_at is not None and fresh(tree["dad"]).deleted_at is None
+    response = admin_client.post(
+        PROFILE_LIST, {"action": "restore_selected", "_selected_action": [tree["kid"].pk]}, follow=True
+    )
+    assert fresh(tree["kid"]).deleted_at is None

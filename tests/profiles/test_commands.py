@@ -1,0 +1,137 @@
+"""The commands through their command-line path: argument parser, exit codes, stdout/stderr.
+
+``run`` does what ``BaseCommand.run_from_argv`` does (parse argv with a command-line
+parser, so usage errors exit 2; execute; SystemExit carries the code) except closing
+the database connections at the end, so most tests can run in the test transaction.
+One test goes through the real ``run_from_argv``.
+"""
+
+from importlib import import_module
+
+import pytest
+
+from profiles.models import Profile, ProfileAuditLog
+from tests.factories import TenantFactory, UserFactory
+from tests.profiles.factories import ProfileFactory, fresh
+
+pytestmark = pytest.mark.django_db
+
+
+def run(name, *args, capsys):
+    command = import_module(f"profiles.management.commands.{name}").Command()
+    command._called_from_command_line = True  # parser errors exit 2, as from manage.py
+    try:
+        options = vars(command.create_parser("manage.py", name).parse_args([str(a) for a in args]))
+        command.execute(*options.pop("args", ()), **{**options, "skip_checks": True})
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def moved():
+    tenant = TenantFactory(slug="acme")
+    dad = ProfileFactory(tenant=tenant, first_name="Dad")
+    other = ProfileFactory(tenant=tenant, first_name="Other")
+    kid = ProfileFactory(tenant=tenant, first_name="Kid", father=dad)
+    Profile.objects.update_profile(kid.pk, tenant=tenant, version=1, father=other.pk)
+    return {"dad": dad, "kid": kid, "entry": ProfileAuditLog.objects.get(profile=kid, action="update")}
+
+
+def test_undo_succeeds_with_exit_0(moved, capsys):
+    operator = UserFactory(username="operator")
+    code, out, err = run("undo_profile_update", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator",
+                         capsys=capsys)
+    assert code == 0, err
+    assert f"Undone entry {moved['entry'].pk}" in out and "profile version 3" in out
+    entry = ProfileAuditLog.objects.get(pk=moved["entry"].pk)
+    assert entry.undone_by == operator and entry.undo_reason == "wrong father" and entry.undo_entry.actor == operator
+    assert fresh(moved["kid"]).father_id == moved["dad"].pk
+
+
+def test_refusals_exit_1_with_the_message_in_english_and_arabic(moved, capsys, monkeypatch):
+    entry = moved["entry"]
+    Profile.objects.soft_delete(moved["dad"].pk, tenant=moved["dad"].tenant, version=1)
+    code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    assert (code, out) == (1, "")
+    assert err.strip() == "parent_deleted: The father's profile is deleted. Restore the father first."
+    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
+    assert code == 1
+    assert err.strip() == "parent_deleted: الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً."
+    monkeypatch.setenv("DJANGO_LANGUAGE", "ar")
+    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    assert code == 1 and "الأب" in err
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+
+
+def test_already_undone_and_unknown_entry_exit_1(moved, capsys):
+    entry = moved["entry"]
+    assert run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
+    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    assert code == 1 and err.strip() == "already_undone: This change has already been undone."
+    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
+    assert code == 1 and err.strip() == "already_undone: تم التراجع عن هذا التغيير مسبقاً."
+    code, _out, err = run("undo_profile_update", 999999, "--reason", "r", capsys=capsys)
+    assert code == 1 and err.strip() == "audit_entry_not_found: Audit entry not found."
+    code, _out, err = run("undo_profile_update", 999999, "--reason", "r", "--language", "ar", capsys=capsys)
+    assert code == 1 and err.strip() == "audit_entry_not_found: قيد السجل غير موجود."
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["abc", "--reason", "r"],
+        [str(10**30), "--reason", "r"],
+        ["1"],  # --reason is required
+        ["1", "--reason", "r", "--actor", "nobody"],
+        ["1", "--reason", "r", "--language", "xx"],
+        [],
+    ],
+)
+def test_bad_usage_exits_2(moved, capsys, args):
+    code, out, err = run("undo_profile_update", *args, capsys=capsys)
+    assert code == 2 and out == "" and err
+    assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
+
+
+def test_bad_usage_message_is_localized(moved, capsys):
+    code, _out, err = run("undo_profile_update", "abc", "--reason", "r", "--language", "ar", capsys=capsys)
+    assert code == 2 and err.strip() == "يجب أن يكون معرّف قيد السجل عدداً صحيحاً."
+    code, _out, err = run("undo_profile_update", "1", "--reason", "r", "--actor", "ghost", capsys=capsys)
+    assert code == 2 and err.strip() == "No user named ghost."
+
+
+def test_show_history_of_a_profile_and_of_one_entry(moved, capsys):
+    kid, entry = moved["kid"], moved["entry"]
+    run("undo_profile_update", entry.pk, "--reason", "back", capsys=capsys)
+    code, out, _err = run("show_profile_history", kid.pk, capsys=capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and [line.split()[3] for line in lines] == ["create", "update", "undo"]
+    assert "undone at" in lines[1] and "back" in lines[1]
+    code, out, _err = run("show_profile_history", "--entry", entry.pk, "--language", "ar", capsys=capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 1 and "تم التراجع عنه" in out
+
+
+def test_show_history_refusals(moved, capsys):
+    assert run("show_profile_history", 999999, capsys=capsys)[:3:2] == (1, "Profile not found.\n")
+    assert run("show_profile_history", "--entry", 999999, capsys=capsys)[0] == 1
+    assert run("show_profile_history", capsys=capsys)[0] == 2
+    assert run("show_profile_history", "x", capsys=capsys)[0] == 2
+    assert run("show_profile_history", "1", "--entry", "2", capsys=capsys)[0] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_real_command_line_entry_point(moved, capsys):
+    from profiles.management.commands.undo_profile_update import Command
+
+    entry = moved["entry"]
+    with pytest.raises(SystemExit) as exit_:
+        Command().run_from_argv(["manage.py", "undo_profile_update", "x", "--reason", "r"])
+    assert exit_.value.code == 2
+    Command().run_from_argv(["manage.py", "undo_profile_update", str(entry.pk), "--reason", "r"])  # no exit: 0
+    with pytest.raises(SystemExit) as exit_:
+        Command().run_from_argv(["manage.py", "undo_profile_update", str(entry.pk), "--reason", "r"])
+    assert exit_.value.code == 1
+    assert "already_undone" in capsys.readouterr().err

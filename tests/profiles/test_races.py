@@ -1,0 +1,385 @@
+"""Real concurrent attempts on separate connections, lined up on a barrier (tests/races.py).
+
+Some attempts run the guarded operation inside an outer transaction and keep it open
+for a moment afterwards ("hold"): that is how a caller composing the operation into a
+larger transaction behaves, and it widens the race window so a missing guard shows.
+"""
+
+import threading
+import time
+
+import pytest
+from django.db import connections, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from profiles.models import Profile, ProfileAuditLog
+from tests.factories import TenantFactory
+from tests.profiles.factories import ProfileFactory, fresh
+from tests.races import run_concurrently, tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def held(operation, seconds):
+    """Run ``operation`` in an outer transaction that stays open ``seconds`` after it returns."""
+    with transaction.atomic():
+        result = operation()
+        time.sleep(seconds)
+    return result
+
+
+def live_children_of_deleted_parents(tenant):
+    return Profile.objects.for_tenant(tenant).live().filter(
+        Q(father__deleted_at__isnull=False) | Q(mother__deleted_at__isnull=False)
+    ).count()
+
+
+def profiles_in_a_cycle(tenant):
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "WITH RECURSIVE anc(start, id) AS ("
+            " SELECT p.id, v.pid FROM profiles_profile p"
+            " CROSS JOIN LATERAL (VALUES (p.father_id), (p.mother_id)) AS v(pid)"
+            " WHERE p.tenant_id = %s AND v.pid IS NOT NULL"
+            " UNION SELECT anc.start, v.pid FROM anc JOIN profiles_profile p ON p.id = anc.id"
+            " CROSS JOIN LATERAL (VALUES (p.father_id), (p.mother_id)) AS v(pid) WHERE v.pid IS NOT NULL"
+            ") SELECT count(DISTINCT start) FROM anc WHERE start = id",
+            [tenant.pk],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def acme():
+    return TenantFactory(slug="acme")
+
+
+def moved_child(tenant):
+    """dad <- kid, then kid moved to another father: returns (dad, kid, the update entry to undo)."""
+    dad = ProfileFactory(tenant=tenant, first_name="Dad")
+    other = ProfileFactory(tenant=tenant, first_name="Other")
+    kid = ProfileFactory(tenant=tenant, first_name="Kid", father=dad)
+    Profile.objects.update_profile(kid.pk, tenant=tenant, version=1, father=other.pk)
+    entry = ProfileAuditLog.objects.filter(profile=kid, action="update").get()
+    return dad, kid, entry
+
+
+# --- 20 concurrent undos of one entry ---------------------------------------
+
+
+def test_20_concurrent_undos_apply_exactly_once(acme):
+    dad, kid, entry = moved_child(acme)
+
+    def attempt(i):
+        return held(lambda: ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason=f"r{i}"), 0.05)
+
+    outcomes = run_concurrently(attempt, 20)
+    counts = tally(outcomes)
+    assert counts["ok"] == 1, counts
+    assert set(counts) <= {"ok", "already_undone", "operation_locked"}, counts
+    entry.refresh_from_db()
+    assert entry.undone_at is not None and entry.undo_entry is not None
+    assert ProfileAuditLog.objects.filter(profile=kid, action="undo").count() == 1
+    kid = fresh(kid)
+    assert kid.father_id == dad.pk and kid.version == 3
+
+
+def naive_undo(entry_id):
+    """Check-then-act without locks: the bug the guarded undo closes."""
+    entry = ProfileAuditLog.objects.get(pk=entry_id)
+    if entry.undone_at is not None:
+        return "already_undone"
+    time.sleep(0.1)
+    with transaction.atomic():
+        Profile.objects.filter(pk=entry.profile_id).update(father_id=entry.old_data["father"], version=F("version") + 1)
+        undo = ProfileAuditLog.objects.create(
+            tenant_id=entry.tenant_id, profile_id=entry.profile_id, action="undo",
+            old_data=entry.new_data, new_data=entry.old_data,
+        )
+        ProfileAuditLog.objects.filter(pk=entry_id).update(undone_at=Now(), undo_entry=undo)
+    return "ok"
+
+
+def test_control_naive_undo_applies_many_times(acme):
+    _dad, kid, entry = moved_child(acme)
+    outcomes = run_concurrently(lambda i: naive_undo(entry.pk), 20)
+    assert [o.value for o in outcomes].count("ok") > 1
+    assert ProfileAuditLog.objects.filter(profile=kid, action="undo").count() > 1
+
+
+# --- undo vs soft delete of the parent it restores --------------------------
+
+
+@pytest.mark.parametrize("hold", ["none", "undo", "delete"])
+def test_undo_vs_parent_delete_never_leaves_a_live_child_on_a_deleted_parent(acme, hold):
+    for _round in range(5):
+        dad, kid, entry = moved_child(acme)
+
+        def undo(entry=entry):
+            return ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="race")
+
+        def delete(dad=dad):
+            return Profile.objects.soft_delete(dad.pk, tenant=acme, version=fresh(dad).version)
+
+        def attempt(i, undo=undo, delete=delete):
+            operation = undo if i == 0 else delete
+            return held(operation, 0.1) if hold == ("undo" if i == 0 else "delete") else operation()
+
+        undo_outcome, delete_outcome = run_concurrently(attempt, 2)
+        pair = (undo_outcome.code, delete_outcome.code)
+        assert pair in {
+            ("ok", "profile_has_children"),
+            ("ok", "resource_locked"),
+            ("parent_deleted", "ok"),
+            ("parent_locked", "ok"),
+        }, pair
+        assert live_children_of_deleted_parents(acme) == 0
+        kid = fresh(kid)
+        assert (kid.father_id == dad.pk) == (undo_outcome.code == "ok")
+
+
+def naive_undo_father(entry_id):
+    entry = ProfileAuditLog.objects.get(pk=entry_id)
+    father_id = entry.old_data["father"]
+    if not Profile.objects.filter(pk=father_id, deleted_at__isnull=True).exists():
+        return "parent_deleted"
+    time.sleep(0.3)  # the race window of the original bug
+    Profile.objects.filter(pk=entry.profile_id).update(father_id=father_id)
+    return "ok"
+
+
+def naive_delete(profile_id, *, after=0.0):
+    time.sleep(after)
+    if Profile.objects.live().children_of(profile_id).exists():
+        return "profile_has_children"
+    Profile.objects.filter(pk=profile_id).update(deleted_at=Now())
+    return "ok"
+
+
+def test_control_naive_undo_points_a_child_at_a_deleted_parent(acme):
+    dad, _kid, entry = moved_child(acme)
+    outcomes = run_concurrently(lambda i: naive_undo_father(entry.pk) if i == 0 else naive_delete(dad.pk, after=0.1), 2)
+    assert [o.value for o in outcomes] == ["ok", "ok"]
+    assert live_children_of_deleted_parents(acme) == 1
+
+
+# --- scenario 3 of the original fix: a parent row held by another transaction --
+
+
+@pytest.mark.parametrize("role", ["father", "mother"])
+def test_scenario_3_parent_held_for_update_is_parent_locked_at_once(acme, role):
+    sex = "male" if role == "father" else "female"
+    parent = ProfileFactory(tenant=acme, sex=sex)
+    other = ProfileFactory(tenant=acme, sex=sex)
+    kid = ProfileFactory(tenant=acme, **{role: parent})
+    Profile.objects.update_profile(kid.pk, tenant=acme, version=1, **{role: other.pk})
+    entry = ProfileAuditLog.objects.get(profile=kid, action="update")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_parent():
+        try:
+            with transaction.atomic():
+                list(Profile.objects.select_for_update().filter(pk=parent.pk))
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_parent)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception) as info:
+            ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(10)
+    assert info.value.code == "parent_locked" and info.value.parent == role
+    assert elapsed < 0.5, elapsed  # NOWAIT, not the 2 s lock_timeout
+    assert fresh(kid).version == 2 and ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+    ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")  # free again: it applies
+    assert getattr(fresh(kid), f"{role}_id") == parent.pk
+
+
+# --- other guarded writes ---------------------------------------------------
+
+
+def test_20_concurrent_updates_with_the_same_version_one_wins(acme):
+    kid = ProfileFactory(tenant=acme)
+    def attempt(i):
+        time.sleep((i % 5) * 0.03)  # some arrive while the winner holds the row, some after it committed
+        return Profile.objects.update_profile(kid.pk, tenant=acme, version=1, first_name=f"N{i}")
+
+    outcomes = run_concurrently(attempt, 20)
+    counts = tally(outcomes)
+    assert counts["ok"] == 1 and set(counts) <= {"ok", "version_conflict", "resource_locked"}, counts
+    winner = next(o.value for o in outcomes if o.ok)
+    assert fresh(kid).version == 2 and fresh(kid).first_name == winner.first_name
+    assert ProfileAuditLog.objects.filter(profile=kid, action="update").count() == 1
+
+
+def naive_update(profile_id, version, name):
+    current = Profile.objects.get(pk=profile_id)
+    if current.version != version:
+        return "version_conflict"
+    time.sleep(0.1)
+    Profile.objects.filter(pk=profile_id).update(first_name=name, version=F("version") + 1)
+    return "ok"
+
+
+def test_control_naive_version_check_loses_updates(acme):
+    kid = ProfileFactory(tenant=acme)
+    outcomes = run_concurrently(lambda i: naive_update(kid.pk, 1, f"N{i}"), 20)
+    assert [o.value for o in outcomes].count("ok") > 1
+    assert fresh(kid).version > 2
+
+
+@pytest.mark.parametrize("hold", ["attach", "delete"])
+def test_attach_child_vs_delete_parent(acme, hold):
+    for _round in range(4):
+        parent = ProfileFactory(tenant=acme)
+        child = ProfileFactory(tenant=acme)
+
+        def attach(parent=parent, child=child):
+            return Profile.objects.update_profile(child.pk, tenant=acme, version=1, father=parent.pk)
+
+        def delete(parent=parent):
+            return Profile.objects.soft_delete(parent.pk, tenant=acme, version=1)
+
+        def attempt(i, attach=attach, delete=delete):
+            operation = attach if i == 0 else delete
+            return held(operation, 0.1) if hold == ("attach" if i == 0 else "delete") else operation()
+
+        pair = tuple(o.code for o in run_concurrently(attempt, 2))
+        assert pair in {
+            ("ok", "profile_has_children"), ("ok", "resource_locked"),
+            ("parent_deleted", "ok"), ("parent_locked", "ok"),
+        }, pair
+        assert live_children_of_deleted_parents(acme) == 0
+
+
+def test_concurrent_reparenting_cannot_close_a_cycle(acme):
+    """Two edits whose row locks do not overlap would close C->D->E->A->B->C; the tree lock orders them."""
+    for _round in range(3):
+        c = ProfileFactory(tenant=acme, first_name="C")
+        b = ProfileFactory(tenant=acme, first_name="B", father=c)
+        a = ProfileFactory(tenant=acme, first_name="A", father=b)
+        e = ProfileFactory(tenant=acme, first_name="E")
+        d = ProfileFactory(tenant=acme, first_name="D", father=e)
+        edits = [
+            lambda c=c, d=d: Profile.objects.update_profile(c.pk, tenant=acme, version=1, father=d.pk),
+            lambda e=e, a=a: Profile.objects.update_profile(e.pk, tenant=acme, version=1, father=a.pk),
+        ]
+        counts = tally(run_concurrently(lambda i, edits=edits: held(edits[i], 0.1), 2))
+        assert counts == {"ok": 1, "would_create_cycle": 1}, counts
+        assert profiles_in_a_cycle(acme) == 0
+
+
+def naive_reparent(subject_id, parent_id):
+    ancestors = {parent_id}
+    frontier = [parent_id]
+    while frontier:
+        row = Profile.objects.filter(pk=frontier.pop()).values("father_id", "mother_id").first() or {}
+        for pid in row.values():
+            if pid and pid not in ancestors:
+                ancestors.add(pid)
+                frontier.append(pid)
+    if subject_id in ancestors:
+        return "would_create_cycle"
+    time.sleep(0.1)
+    Profile.objects.filter(pk=subject_id).update(father_id=parent_id)
+    return "ok"
+
+
+def test_control_naive_cycle_check_closes_a_cycle(acme):
+    c = ProfileFactory(tenant=acme)
+    b = ProfileFactory(tenant=acme, father=c)
+    a = ProfileFactory(tenant=acme, father=b)
+    e = ProfileFactory(tenant=acme)
+    d = ProfileFactory(tenant=acme, father=e)
+    outcomes = run_concurrently(lambda i: naive_reparent(c.pk, d.pk) if i == 0 else naive_reparent(e.pk, a.pk), 2)
+    assert [o.value for o in outcomes] == ["ok", "ok"]
+    assert profiles_in_a_cycle(acme) == 5
+
+
+def in_flight(operation):
+    """Start ``operation`` in a thread inside a transaction kept open until ``release`` is set."""
+    started, release, result = threading.Event(), threading.Event(), {}
+
+    def run():
+        try:
+            with transaction.atomic():
+                result["value"] = operation()
+                started.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            result["error"] = exc
+            started.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(5)
+    assert "error" not in result, result
+
+    def finish():
+        release.set()
+        thread.join(10)
+
+    return finish
+
+
+def test_undo_while_the_parents_delete_is_in_flight_then_after_it_commits(acme):
+    dad, kid, entry = moved_child(acme)
+    finish = in_flight(lambda: Profile.objects.soft_delete(dad.pk, tenant=acme, version=1))
+    try:
+        with pytest.raises(Exception) as info:
+            ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+        assert info.value.code == "parent_locked"
+    finally:
+        finish()
+    with pytest.raises(Exception) as info:
+        ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+    assert info.value.code == "parent_deleted"
+    assert fresh(kid).father_id != dad.pk and live_children_of_deleted_parents(acme) == 0
+
+
+def test_parent_delete_while_the_undo_is_in_flight_then_after_it_commits(acme):
+    dad, kid, entry = moved_child(acme)
+    finish = in_flight(lambda: ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r"))
+    try:
+        with pytest.raises(Exception) as info:
+            Profile.objects.soft_delete(dad.pk, tenant=acme, version=1)
+        assert info.value.code == "resource_locked"
+    finally:
+        finish()
+    with pytest.raises(Exception) as info:
+        Profile.objects.soft_delete(dad.pk, tenant=acme, version=1)
+    assert info.value.code == "profile_has_children"
+    assert fresh(kid).father_id == dad.pk and live_children_of_deleted_parents(acme) == 0
+
+
+def test_api_undo_with_the_father_held_is_409_parent_locked_with_retry_after(acme):
+    from tests.conftest import token_client
+    from tests.factories import MembershipFactory
+
+    client = token_client(MembershipFactory(tenant=acme).user)
+    dad, kid, entry = moved_child(acme)
+    finish = in_flight(lambda: list(Profile.objects.select_for_update().filter(pk=dad.pk)))
+    try:
+        response = client.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
+                               HTTP_IDEMPOTENCY_KEY="k1", HTTP_ACCEPT_LANGUAGE="ar")
+    finally:
+        finish()
+    assert response.status_code == 409 and response.json()["error"] == {
+        "code": "parent_locked", "message": "الملف الشخصي للأب قيد التعديل. يرجى المحاولة لاحقاً."
+    }
+    assert int(response["Retry-After"]) >= 1
+    # Lock contention is not stored against the key: the same key retried now applies the undo.
+    retry = client.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
+                        HTTP_IDEMPOTENCY_KEY="k1")
+    assert retry.status_code == 200 and retry.json()["profile"]["father"] == dad.pk
