@@ -53,3 +53,12 @@ def anon_client():
 def fast_password_hashing(settings):
     """Real hashing is deliberately slow; tests do not need it."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Tests need no durability across a crash of the test server: skip the fsync wait on commit."""
+    from django.conf import settings
+
+    options = settings.DATABASES["default"].setdefault("OPTIONS", {})
+    options["options"] = options.get("options", "") + " -c synchronous_commit=off"

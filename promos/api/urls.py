@@ -1,3 +1,44 @@
-tenant_urlpatterns = []
+from django.urls import path
+
+from promos.api import views
+
+tenant_urlpatterns = [
+    path("promo-codes", views.PromoCodeListView.as_view(), name="promo-code-list"),
+    path("promo-codes/validate", views.PromoCodeValidateView.as_view(), name="promo-code-validate"),
+    path("promo-codes/redeem", views.PromoCodeRedeemView.as_view(), name="promo-code-redeem"),
+    path("promo-codes/<str:pk>", views.PromoCodeDetailView.as_view(), name="promo-code-detail"),
+    path("promo-codes/<str:pk>/deactivate", views.PromoCodeDeactivateView.as_view(), name="promo-code-deactivate"),
+    path("promo-codes/<str:pk>/activate", views.PromoCodeActivateView.as_view(), name="promo-code-activate"),
+    path("promo-usages", views.PromoUsageListView.as_view(), name="promo-usage-list"),
+    path("promo-usages/<str:pk>/void", views.PromoUsageVoidView.as_view(), name="promo-usage-void"),
+    path("redemption-sessions", views.RedemptionSessionListView.as_view(), name="redemption-session-list"),
+    path(
+        "redemption-sessions/<str:session_id>",
+        views.RedemptionSessionDetailView.as_view(),
+        name="redemption-session-detail",
+    ),
+    path(
+        "redemption-sessions/<str:session_id>/consume",
+        views.RedemptionSessionConsumeView.as_view(),
+        name="redemption-session-consume",
+    ),
+    path(
+        "redemption-sessions/<str:session_id>/cancel",
+        views.RedemptionSessionCancelView.as_view(),
+        name="redemption-session-cancel",
+    ),
+]
 public_urlpatterns = []
-urlpatterns = []
+# Not under a tenant slug: the session id (and the secret) identify the shop's session.
+urlpatterns = [
+    path(
+        "api/public/redemption-sessions/<str:session_id>/approve",
+        views.RedemptionSessionApproveView.as_view(),
+        name="redemption-session-approve",
+    ),
+    path(
+        "api/public/redemption-sessions/<str:session_id>/reject",
+        views.RedemptionSessionRejectView.as_view(),
+        name="redemption-session-reject",
+    ),
+]

@@ -1,0 +1,239 @@
+"""Operator screens. State changes only through actions that call the managers."""
+
+from django.contrib import admin, messages
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+from core.exceptions import DomainError
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+
+
+def _report(modeladmin, request, done, failures, done_message):
+    if done:
+        modeladmin.message_user(request, done_message % {"count": done}, messages.SUCCESS)
+    for obj, error in failures:
+        modeladmin.message_user(request, f"{obj}: {error.render()} ({error.code})", messages.WARNING)
+
+
+class PromoStateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("live", _("live")),
+            ("inactive", _("inactive")),
+            ("not_started", _("not started")),
+            ("expired", _("expired")),
+            ("exhausted", _("exhausted")),
+        ]
+
+    def queryset(self, request, queryset):
+        match self.value():
+            case "live":
+                return queryset.live()
+            case "inactive":
+                return queryset.filter(is_active=False)
+            case "not_started":
+                return queryset.not_started()
+            case "expired":
+                return queryset.expired()
+            case "exhausted":
+                return queryset.exhausted()
+        return queryset
+
+
+@admin.register(PromoCode)
+class PromoCodeAdmin(admin.ModelAdmin):
+    list_display = [
+        "code",
+        "tenant",
+        "bonus_type",
+        "bonus_value",
+        "max_bonus",
+        "usage",
+        "per_customer_limit",
+        "is_active",
+        "starts_at",
+        "ends_at",
+    ]
+    list_filter = ["is_active", PromoStateFilter, "bonus_type", "tenant"]
+    search_fields = ["code", "tenant__slug"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["times_used", "is_active", "created_at", "updated_at"]
+    list_select_related = ["tenant"]
+    actions = ["deactivate_selected", "activate_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "tenant"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        """Write through the manager: only the changed fields, under the row lock.
+
+        A plain ``obj.save()`` would write back the ``times_used`` this form
+        loaded, undoing every redeem made while the operator was editing.
+        """
+        try:
+            if change:
+                fields = {name: form.cleaned_data[name] for name in form.changed_data if name != "tenant"}
+                saved = PromoCode.objects.update_code(obj.pk, tenant=obj.tenant, **fields)
+            else:
+                fields = {name: value for name, value in form.cleaned_data.items() if name != "tenant"}
+                saved = PromoCode.objects.create_code(tenant=form.cleaned_data["tenant"], **fields)
+        except DomainError as error:
+            self.message_user(request, f"{obj}: {error.render()} ({error.code})", messages.ERROR)
+            return
+        obj.pk, obj.times_used, obj.is_active = saved.pk, saved.times_used, saved.is_active
+
+    @admin.display(description=_("used / limit"), ordering="times_used")
+    def usage(self, promo):
+        return promo.usage_display
+
+    def _set_active(self, request, queryset, active):
+        done, failures = 0, []
+        for promo in queryset.order_by("pk"):
+            try:
+                PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=active)
+                done += 1
+            except DomainError as error:
+                failures.append((promo, error))
+        return done, failures
+
+    @admin.action(description=_("Deactivate selected promo codes"), permissions=["change"])
+    def deactivate_selected(self, request, queryset):
+        done, failures = self._set_active(request, queryset, active=False)
+        _report(self, request, done, failures, _("Deactivated %(count)d promo code(s)."))
+
+    @admin.action(description=_("Activate selected promo codes"), permissions=["change"])
+    def activate_selected(self, request, queryset):
+        done, failures = self._set_active(request, queryset, active=True)
+        _report(self, request, done, failures, _("Activated %(count)d promo code(s)."))
+
+
+class VoidedFilter(admin.SimpleListFilter):
+    title = _("voided")
+    parameter_name = "voided"
+
+    def lookups(self, request, model_admin):
+        return [("no", _("live")), ("yes", _("voided"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.voided()
+        if self.value() == "no":
+            return queryset.live()
+        return queryset
+
+
+@admin.register(PromoUsage)
+class PromoUsageAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "promo",
+        "tenant",
+        "customer",
+        "base_amount",
+        "bonus_amount",
+        "reference",
+        "created_at",
+        "voided_at",
+    ]
+    list_filter = [VoidedFilter, "tenant"]
+    search_fields = ["customer", "reference", "promo__code"]
+    date_hierarchy = "created_at"
+    list_select_related = ["promo", "tenant"]
+    readonly_fields = [
+        "tenant",
+        "promo",
+        "customer",
+        "base_amount",
+        "bonus_amount",
+        "reference",
+        "created_at",
+        "voided_at",
+    ]
+    actions = ["void_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description=_("Void selected usages (give the use back)"), permissions=["change"])
+    def void_selected(self, request, queryset):
+        done, failures = 0, []
+        for usage in queryset.order_by("pk"):
+            try:
+                PromoUsage.objects.void(usage.pk, tenant=usage.tenant)
+                done += 1
+            except DomainError as error:
+                failures.append((usage, error))
+        _report(self, request, done, failures, _("Voided %(count)d usage(s)."))
+
+
+class SessionLiveFilter(admin.SimpleListFilter):
+    title = _("expiry")
+    parameter_name = "expiry"
+
+    def lookups(self, request, model_admin):
+        return [("open", _("open (not expired)")), ("overdue", _("past expiry, not swept yet"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "open":
+            return queryset.open()
+        if self.value() == "overdue":
+            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=Now())
+        return queryset
+
+
+@admin.register(RedemptionSession)
+class RedemptionSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "session_id",
+        "tenant",
+        "customer",
+        "max_amount",
+        "status",
+        "expires_at",
+        "approved_at",
+        "used_at",
+        "used_amount",
+    ]
+    list_filter = ["status", SessionLiveFilter, "tenant"]
+    search_fields = ["customer", "=session_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+    readonly_fields = [
+        "session_id",
+        "tenant",
+        "customer",
+        "max_amount",
+        "status",
+        "created_at",
+        "expires_at",
+        "approved_at",
+        "rejected_at",
+        "cancelled_at",
+        "used_at",
+        "used_amount",
+    ]
+    exclude = ["secret_hash"]
+    actions = ["cancel_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
+    def cancel_selected(self, request, queryset):
+        done, failures = 0, []
+        for session in queryset.order_by("pk"):
+            try:
+                RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant)
+                done += 1
+            except DomainError as error:
+                failures.append((session, error))
+        _report(self, request, done, failures, _("Cancelled %(count)d session(s)."))

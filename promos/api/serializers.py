@@ -1,0 +1,179 @@
+"""Input and output shapes of the promos API: one input and one output serializer per operation."""
+
+from datetime import timedelta
+
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from promos.money import MAX_AMOUNT, parse_amount
+
+CUSTOMER_MAX = 255
+CODE_MAX = 64
+
+
+# Rendered as a string like DRF's DecimalField ("12.50"); numbers are accepted on input too.
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": r"^\d{1,7}(\.\d{1,2})?$", "example": "12.50"})
+class AmountField(serializers.Field):
+    """A money amount: finite, > 0, at most 2 decimal places, at most 1,000,000.00 (else 400 invalid_input)."""
+
+    def to_internal_value(self, data):
+        try:
+            return parse_amount(data)
+        except ValueError:
+            message = _("Enter a positive amount with at most two decimal places, up to %(maximum)s.")
+            raise serializers.ValidationError(str(message) % {"maximum": MAX_AMOUNT}, code="invalid")
+
+    def to_representation(self, value):
+        return None if value is None else f"{value:.2f}"
+
+
+class CustomerField(serializers.CharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", CUSTOMER_MAX)
+        kwargs.setdefault("help_text", "The shop's identifier of the customer (id, e-mail, wallet address).")
+        super().__init__(**kwargs)
+
+
+# --- promo codes -------------------------------------------------------------------------------
+
+
+class PromoCodeSerializer(serializers.ModelSerializer):
+    """A promo code as the shop sees it; ``times_used`` is read-only."""
+
+    bonus_value = AmountField()
+    max_bonus = AmountField(required=False, allow_null=True)
+
+    class Meta:
+        model = PromoCode
+        fields = [
+            "id",
+            "code",
+            "bonus_type",
+            "bonus_value",
+            "max_bonus",
+            "starts_at",
+            "ends_at",
+            "total_usage_limit",
+            "per_customer_limit",
+            "times_used",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "times_used", "created_at", "updated_at"]
+
+
+class PromoCodeInputSerializer(serializers.Serializer):
+    code = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=CODE_MAX)
+    bonus_type = serializers.ChoiceField(choices=PromoCode.BonusType.choices)
+    bonus_value = AmountField()
+    max_bonus = AmountField(required=False, allow_null=True)
+    starts_at = serializers.DateTimeField(required=False, allow_null=True)
+    ends_at = serializers.DateTimeField(required=False, allow_null=True)
+    total_usage_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    per_customer_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    is_active = serializers.BooleanField(required=False, default=True)
+
+    def validate(self, attrs):
+        merged = {**self._current(), **attrs}
+        if merged.get("bonus_type") == "percentage" and merged.get("bonus_value") and merged["bonus_value"] > 100:
+            raise serializers.ValidationError({"bonus_value": _("A percentage cannot exceed 100.")})
+        starts, ends = merged.get("starts_at"), merged.get("ends_at")
+        if starts and ends and ends <= starts:
+            raise serializers.ValidationError({"ends_at": _("The end must be after the start.")})
+        return attrs
+
+    def _current(self):
+        instance = self.instance
+        if instance is None:
+            return {}
+        return {name: getattr(instance, name) for name in ("bonus_type", "bonus_value", "starts_at", "ends_at")}
+
+
+class PromoCodeCheckInputSerializer(serializers.Serializer):
+    code = serializers.CharField(max_length=CODE_MAX, trim_whitespace=True)
+    customer = CustomerField()
+    amount = AmountField()
+
+
+class PromoCodeRedeemInputSerializer(PromoCodeCheckInputSerializer):
+    reference = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+class PromoRefusalSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class PromoCodeValidationSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    bonus_amount = AmountField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+    reason = PromoRefusalSerializer(allow_null=True)
+
+
+class PromoUsageSerializer(serializers.ModelSerializer):
+    usage_id = serializers.IntegerField(source="pk")
+    code = serializers.CharField(source="promo.code")
+    base_amount = AmountField()
+    bonus_amount = AmountField()
+
+    class Meta:
+        model = PromoUsage
+        fields = ["usage_id", "code", "customer", "base_amount", "bonus_amount", "reference", "created_at", "voided_at"]
+
+
+# --- redemption sessions -----------------------------------------------------------------------
+
+
+class RedemptionSessionCreateInputSerializer(serializers.Serializer):
+    customer = CustomerField()
+    max_amount = AmountField()
+    expires_in = serializers.IntegerField(
+        required=False, min_value=1, max_value=7 * 24 * 3600, help_text="Seconds until expiry (default 900)."
+    )
+
+    def validate_expires_in(self, value):
+        return timedelta(seconds=value)
+
+
+class RedemptionSessionSerializer(serializers.ModelSerializer):
+    max_amount = AmountField()
+    used_amount = AmountField(allow_null=True)
+
+    class Meta:
+        model = RedemptionSession
+        fields = [
+            "session_id",
+            "customer",
+            "max_amount",
+            "status",
+            "created_at",
+            "expires_at",
+            "approved_at",
+            "used_at",
+            "used_amount",
+        ]
+
+
+class RedemptionSessionCreatedSerializer(RedemptionSessionSerializer):
+    approval_secret = serializers.CharField(help_text="Shown once; give it to the customer to approve or reject.")
+
+    class Meta(RedemptionSessionSerializer.Meta):
+        fields = [*RedemptionSessionSerializer.Meta.fields, "approval_secret"]
+
+
+class RedemptionSessionAnswerInputSerializer(serializers.Serializer):
+    approval_secret = serializers.CharField(max_length=200)
+
+
+class RedemptionSessionConsumeInputSerializer(serializers.Serializer):
+    amount = AmountField()
+
+
+class RedemptionSessionConsumedSerializer(serializers.Serializer):
+    session_id = serializers.UUIDField()
+    status = serializers.CharField()
+    used_amount = AmountField()

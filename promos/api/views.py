@@ -1,0 +1,248 @@
+"""Thin views: parse with an input serializer, call the manager, answer with an output serializer."""
+
+import uuid
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api.idempotency import idempotent
+from core.api.tenancy import TenantScopedMixin
+from core.exceptions import DomainError
+from promos import exceptions as errors
+from promos.api import serializers as s
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+
+ERROR = OpenApiResponse(description='{"error": {"code": "<stable_code>", "message": "..."}}')
+
+
+def _session_uuid(raw):
+    """Parse a session id from the path; a malformed one is simply not found."""
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise errors.SessionNotFound()
+
+
+def _pk(raw, not_found):
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise not_found()
+    if not 0 < value < 2**63:
+        raise not_found()
+    return value
+
+
+# --- promo codes -------------------------------------------------------------------------------
+
+
+class PromoCodeListView(TenantScopedMixin, ListAPIView):
+    serializer_class = s.PromoCodeSerializer
+
+    def get_queryset(self):
+        return PromoCode.objects.for_tenant(self.tenant).order_by("code", "pk")
+
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    def post(self, request, tenant):
+        data = s.PromoCodeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        promo = PromoCode.objects.create_code(tenant=self.tenant, **data.validated_data)
+        return Response(s.PromoCodeSerializer(promo).data, status=status.HTTP_201_CREATED)
+
+
+class PromoCodeDetailView(TenantScopedMixin, APIView):
+    def _get(self, pk):
+        promo = PromoCode.objects.for_tenant(self.tenant).filter(pk=_pk(pk, errors.PromoNotFound)).first()
+        if promo is None:
+            raise errors.PromoNotFound()
+        return promo
+
+    @extend_schema(responses={200: s.PromoCodeSerializer, 404: ERROR})
+    def get(self, request, tenant, pk):
+        return Response(s.PromoCodeSerializer(self._get(pk)).data)
+
+    def _update(self, request, pk, partial):
+        current = self._get(pk)
+        data = s.PromoCodeInputSerializer(current, data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, **data.validated_data)
+        return Response(s.PromoCodeSerializer(promo).data)
+
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    def put(self, request, tenant, pk):
+        return self._update(request, pk, partial=False)
+
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    def patch(self, request, tenant, pk):
+        return self._update(request, pk, partial=True)
+
+    @extend_schema(responses={204: None, 404: ERROR, 409: ERROR})
+    def delete(self, request, tenant, pk):
+        PromoCode.objects.delete_code(_pk(pk, errors.PromoNotFound), tenant=self.tenant)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PromoCodeValidateView(TenantScopedMixin, APIView):
+    """Preview: read-only, reserves nothing; refusals use the codes redeem would answer with."""
+
+    @extend_schema(
+        request=s.PromoCodeCheckInputSerializer, responses={200: s.PromoCodeValidationSerializer, 400: ERROR}
+    )
+    def post(self, request, tenant):
+        data = s.PromoCodeCheckInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            promo, bonus = PromoCode.objects.validate(tenant=self.tenant, **data.validated_data)
+        except DomainError as refusal:
+            if refusal.status_code == status.HTTP_400_BAD_REQUEST:
+                raise
+            reason = {"code": refusal.code, "message": refusal.render()}
+            body = {"valid": False, "bonus_amount": None, "code": None, "reason": reason}
+            return Response(s.PromoCodeValidationSerializer(body).data)
+        body = {"valid": True, "bonus_amount": bonus, "code": promo.code, "reason": None}
+        return Response(s.PromoCodeValidationSerializer(body).data)
+
+
+class PromoCodeRedeemView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request=s.PromoCodeRedeemInputSerializer,
+        responses={201: s.PromoUsageSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+    )
+    @idempotent()
+    def post(self, request, tenant):
+        data = s.PromoCodeRedeemInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        usage = PromoCode.objects.redeem(tenant=self.tenant, **data.validated_data)
+        return Response(s.PromoUsageSerializer(usage).data, status=status.HTTP_201_CREATED)
+
+
+class PromoCodeActivationView(TenantScopedMixin, APIView):
+    active = False
+
+    @extend_schema(request=None, responses={200: s.PromoCodeSerializer, 404: ERROR, 409: ERROR})
+    @idempotent()
+    def post(self, request, tenant, pk):
+        promo = PromoCode.objects.set_active(_pk(pk, errors.PromoNotFound), tenant=self.tenant, active=self.active)
+        return Response(s.PromoCodeSerializer(promo).data)
+
+
+class PromoCodeDeactivateView(PromoCodeActivationView):
+    """Deactivate: every reserve not committed when this commits is refused promo_inactive."""
+
+    active = False
+
+
+class PromoCodeActivateView(PromoCodeActivationView):
+    active = True
+
+
+# --- usages ------------------------------------------------------------------------------------
+
+
+class PromoUsageListView(TenantScopedMixin, ListAPIView):
+    serializer_class = s.PromoUsageSerializer
+
+    def get_queryset(self):
+        queryset = PromoUsage.objects.for_tenant(self.tenant).select_related("promo")
+        if code := self.request.query_params.get("code"):
+            queryset = queryset.filter(promo__code__iexact=code[:100])
+        if customer := self.request.query_params.get("customer"):
+            queryset = queryset.filter(customer=customer[:300])
+        return queryset
+
+
+class PromoUsageVoidView(TenantScopedMixin, APIView):
+    @extend_schema(request=None, responses={200: s.PromoUsageSerializer, 404: ERROR, 409: ERROR})
+    @idempotent()
+    def post(self, request, tenant, pk):
+        usage = PromoUsage.objects.void(_pk(pk, errors.UsageNotFound), tenant=self.tenant)
+        return Response(s.PromoUsageSerializer(usage).data)
+
+
+# --- redemption sessions -----------------------------------------------------------------------
+
+
+class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
+    serializer_class = s.RedemptionSessionSerializer
+
+    def get_queryset(self):
+        queryset = RedemptionSession.objects.for_tenant(self.tenant)
+        if wanted := self.request.query_params.get("status"):
+            queryset = queryset.filter(status=wanted[:20])
+        return queryset
+
+    @extend_schema(
+        request=s.RedemptionSessionCreateInputSerializer,
+        responses={201: s.RedemptionSessionCreatedSerializer, 400: ERROR},
+    )
+    @idempotent()
+    def post(self, request, tenant):
+        data = s.RedemptionSessionCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session, secret = RedemptionSession.objects.create_session(tenant=self.tenant, **data.validated_data)
+        session.approval_secret = secret
+        return Response(s.RedemptionSessionCreatedSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class RedemptionSessionDetailView(TenantScopedMixin, APIView):
+    @extend_schema(responses={200: s.RedemptionSessionSerializer, 404: ERROR})
+    def get(self, request, tenant, session_id):
+        session = RedemptionSession.objects.for_tenant(self.tenant).filter(session_id=_session_uuid(session_id)).first()
+        if session is None:
+            raise errors.SessionNotFound()
+        return Response(s.RedemptionSessionSerializer(session).data)
+
+
+class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request=s.RedemptionSessionConsumeInputSerializer,
+        responses={200: s.RedemptionSessionConsumedSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+    )
+    @idempotent()
+    def post(self, request, tenant, session_id):
+        session_uuid = _session_uuid(session_id)
+        data = s.RedemptionSessionConsumeInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data.validated_data)
+        body = {"session_id": session_uuid, "status": RedemptionSession.Status.USED, "used_amount": amount}
+        return Response(s.RedemptionSessionConsumedSerializer(body).data)
+
+
+class RedemptionSessionCancelView(TenantScopedMixin, APIView):
+    @extend_schema(request=None, responses={200: s.RedemptionSessionSerializer, 404: ERROR, 409: ERROR})
+    @idempotent()
+    def post(self, request, tenant, session_id):
+        session = RedemptionSession.objects.cancel(_session_uuid(session_id), tenant=self.tenant)
+        return Response(s.RedemptionSessionSerializer(session).data)
+
+
+class RedemptionSessionAnswerView(APIView):
+    """Public: the customer approves or rejects with the secret shown at creation."""
+
+    permission_classes = []
+    authentication_classes = []
+    approve = True
+
+    @extend_schema(
+        request=s.RedemptionSessionAnswerInputSerializer,
+        responses={200: s.RedemptionSessionSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+    )
+    @idempotent()
+    def post(self, request, session_id):
+        session_uuid = _session_uuid(session_id)
+        data = s.RedemptionSessionAnswerInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject
+        session = answer(session_uuid, secret=data.validated_data["approval_secret"])
+        return Response(s.RedemptionSessionSerializer(session).data)
+
+
+class RedemptionSessionApproveView(RedemptionSessionAnswerView):
+    approve = True
+
+
+class RedemptionSessionRejectView(RedemptionSessionAnswerView):
+    approve = False

@@ -1,0 +1,57 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import factory
+from django.db.models import Value
+
+from promos.managers import ClockTimestamp, hash_secret
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.factories import TenantFactory
+
+
+class PromoCodeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = PromoCode
+
+    tenant = factory.SubFactory(TenantFactory)
+    code = factory.Sequence(lambda n: f"CODE{n}")
+    bonus_type = PromoCode.BonusType.FIXED
+    bonus_value = Decimal("10.00")
+
+
+class PromoUsageFactory(factory.django.DjangoModelFactory):
+    """A usage made through the manager, so ``times_used`` stays in step."""
+
+    class Meta:
+        model = PromoUsage
+
+    @classmethod
+    def _create(cls, model_class, *, promo, customer="alice", amount=Decimal("100.00"), reference=""):
+        return PromoCode.objects.redeem(
+            promo.code, tenant=promo.tenant, customer=customer, amount=amount, reference=reference
+        )
+
+
+SECRET = "the-customer-secret"
+
+
+class RedemptionSessionFactory(factory.django.DjangoModelFactory):
+    """A session whose approval secret is ``SECRET``; ``expires_in`` counts from the database clock."""
+
+    class Meta:
+        model = RedemptionSession
+
+    tenant = factory.SubFactory(TenantFactory)
+    customer = "alice"
+    max_amount = Decimal("100.00")
+    status = RedemptionSession.Status.PENDING
+    secret_hash = hash_secret(SECRET)
+
+    @classmethod
+    def _create(cls, model_class, *args, expires_in=timedelta(minutes=15), **kwargs):
+        kwargs.setdefault("expires_at", ClockTimestamp() + Value(expires_in))
+        if kwargs.get("status") == RedemptionSession.Status.APPROVED:
+            kwargs.setdefault("approved_at", ClockTimestamp())
+        session = super()._create(model_class, *args, **kwargs)
+        session.refresh_from_db()
+        return session

@@ -1,0 +1,115 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from core.db import database_now
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
+from tests.promos.helpers import assert_invariant
+
+pytestmark = pytest.mark.django_db
+
+
+def action(admin_client, model, name, objects):
+    url = reverse(f"admin:promos_{model}_changelist")
+    return admin_client.post(url, {"action": name, "_selected_action": [str(o.pk) for o in objects]}, follow=True)
+
+
+def texts(response):
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_code_list_shows_live_usage_and_filters(admin_client, tenant):
+    now = database_now()
+    live = PromoCodeFactory(tenant=tenant, code="LIVE", total_usage_limit=4)
+    PromoCode.objects.redeem("LIVE", tenant=tenant, customer="a", amount="10")
+    exhausted = PromoCodeFactory(tenant=tenant, code="FULL", total_usage_limit=1)
+    PromoCode.objects.redeem("FULL", tenant=tenant, customer="a", amount="10")
+    expired = PromoCodeFactory(tenant=tenant, code="OLD", starts_at=now - timedelta(days=2), ends_at=now)
+    url = reverse("admin:promos_promocode_changelist")
+    page = admin_client.get(url)
+    assert page.status_code == 200
+    assert "1 / 4" in page.content.decode()
+    for state, expected in [("live", live), ("exhausted", exhausted), ("expired", expired)]:
+        listed = admin_client.get(url, {"state": state}).context["cl"].result_list
+        assert list(listed) == [expected], state
+    assert list(admin_client.get(url, {"q": "ful"}).context["cl"].result_list) == [exhausted]
+    assert admin_client.get(url, {"is_active__exact": "0"}).status_code == 200
+
+
+def test_deactivate_and_activate_actions_use_the_manager(admin_client, tenant):
+    codes = [PromoCodeFactory(tenant=tenant, code=c) for c in ("A", "B")]
+    response = action(admin_client, "promocode", "deactivate_selected", codes)
+    assert "Deactivated 2 promo code(s)." in texts(response)
+    assert not PromoCode.objects.filter(is_active=True).exists()
+    response = action(admin_client, "promocode", "activate_selected", codes[:1])
+    assert "Activated 1 promo code(s)." in texts(response)
+    assert PromoCode.objects.get(pk=codes[0].pk).is_active
+
+
+def test_add_code_form_refuses_a_duplicate_in_other_case(admin_client, tenant):
+    PromoCodeFactory(tenant=tenant, code="Summer")
+    response = admin_client.post(
+        reverse("admin:promos_promocode_add"),
+        {"tenant": tenant.pk, "code": "SUMMER", "bonus_type": "fixed", "bonus_value": "5"},
+    )
+    assert response.status_code == 200  # the form comes back with the error
+    assert PromoCode.objects.count() == 1
+    change = admin_client.get(reverse("admin:promos_promocode_change", args=[PromoCode.objects.get().pk]))
+    assert change.status_code == 200
+
+
+def test_void_action_reports_each_row(admin_client, tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="V")
+    first = PromoCode.objects.redeem("V", tenant=tenant, customer="a", amount=Decimal("10"))
+    second = PromoCode.objects.redeem("V", tenant=tenant, customer="b", amount=Decimal("10"))
+    PromoUsage.objects.void(second.pk, tenant=tenant)
+    response = action(admin_client, "promousage", "void_selected", [first, second])
+    messages = texts(response)
+    assert "Voided 1 usage(s)." in messages
+    assert any("usage_already_voided" in m for m in messages)
+    assert assert_invariant(promo) == 0
+    page = admin_client.get(reverse("admin:promos_promousage_changelist"), {"voided": "yes", "q": "v"})
+    assert len(page.context["cl"].result_list) == 2
+
+
+def test_session_list_filters_and_cancel_action(admin_client, tenant):
+    pending = RedemptionSessionFactory(tenant=tenant, customer="alice")
+    used = RedemptionSessionFactory(tenant=tenant, status="approved", customer="bob")
+    RedemptionSession.objects.consume(used.session_id, tenant=tenant, amount="1")
+    url = reverse("admin:promos_redemptionsession_changelist")
+    assert list(admin_client.get(url, {"status__exact": "pending"}).context["cl"].result_list) == [pending]
+    assert list(admin_client.get(url, {"expiry": "open"}).context["cl"].result_list) == [pending]
+    assert list(admin_client.get(url, {"q": "alice"}).context["cl"].result_list) == [pending]
+    response = action(admin_client, "redemptionsession", "cancel_selected", [pending, used])
+    messages = texts(response)
+    assert "Cancelled 1 session(s)." in messages
+    assert any("session_already_used" in m for m in messages)
+    assert RedemptionSession.objects.get(pk=pending.pk).status == "cancelled"
+    detail = admin_client.get(reverse("admin:promos_redemptionsession_change", args=[pending.pk]))
+    assert detail.status_code == 200 and "secret_hash" not in detail.content.decode()
+
+
+def test_editing_a_code_in_the_admin_never_rewinds_times_used(admin_client, tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="EDIT", total_usage_limit=10)
+    url = reverse("admin:promos_promocode_change", args=[promo.pk])
+    admin_client.get(url)  # the operator opens the form...
+    PromoCode.objects.redeem("EDIT", tenant=tenant, customer="a", amount="10")  # ...a customer redeems meanwhile
+    form = {"tenant": tenant.pk, "code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 10}
+    response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content
+    promo.refresh_from_db()
+    assert promo.bonus_value == Decimal("7.00")
+    assert assert_invariant(promo) == 1
+
+
+def test_admin_add_creates_through_the_manager(admin_client, tenant):
+    response = admin_client.post(
+        reverse("admin:promos_promocode_add"),
+        {"tenant": tenant.pk, "code": "NEW", "bonus_type": "percentage", "bonus_value": "12.5"},
+    )
+    assert response.status_code == 302, response.content
+    assert PromoCode.objects.get(code="NEW").bonus_value == Decimal("12.50")

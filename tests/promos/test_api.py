@@ -1,0 +1,431 @@
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from core.db import database_now
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
+from tests.promos.helpers import assert_error, assert_invariant
+
+pytestmark = pytest.mark.django_db
+
+BASE = "/api/t/acme"
+
+
+def post(client, path, body=None, **headers):
+    return client.post(f"{BASE}/{path}", body or {}, format="json", **headers)
+
+
+def raw_post(client, path, text):
+    return client.post(f"{BASE}/{path}", data=text, content_type="application/json")
+
+
+@pytest.fixture
+def promo(tenant):
+    return PromoCodeFactory(
+        tenant=tenant,
+        code="SPRING15",
+        bonus_type="percentage",
+        bonus_value=Decimal("15"),
+        max_bonus=Decimal("50"),
+        total_usage_limit=3,
+        per_customer_limit=1,
+    )
+
+
+# --- promo codes CRUD ----------------------------------------------------------------------------
+
+
+def test_create_list_get_update_delete_code(api_client, tenant):
+    created = post(api_client, "promo-codes", {"code": "Welcome10", "bonus_type": "fixed", "bonus_value": "10"})
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["code"] == "Welcome10" and body["bonus_value"] == "10.00" and body["times_used"] == 0
+    assert body["is_active"] is True
+    listed = api_client.get(f"{BASE}/promo-codes").json()
+    assert [c["code"] for c in listed["results"]] == ["Welcome10"]
+    pk = body["id"]
+    assert api_client.get(f"{BASE}/promo-codes/{pk}").json()["code"] == "Welcome10"
+    patched = api_client.patch(f"{BASE}/promo-codes/{pk}", {"max_bonus": "5.50", "times_used": 99}, format="json")
+    assert patched.status_code == 200, patched.content
+    assert patched.json()["max_bonus"] == "5.50" and patched.json()["times_used"] == 0
+    assert api_client.delete(f"{BASE}/promo-codes/{pk}").status_code == 204
+    assert_error(api_client.get(f"{BASE}/promo-codes/{pk}"), 404, "promo_not_found")
+
+
+def test_duplicate_code_any_case_is_409(api_client, promo):
+    response = post(api_client, "promo-codes", {"code": "spring15", "bonus_type": "fixed", "bonus_value": "1"})
+    assert_error(response, 409, "promo_code_taken")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "P", "bonus_type": "percentage", "bonus_value": "100.01"},
+        {"code": "P", "bonus_type": "fixed", "bonus_value": "-1"},
+        {"code": "P", "bonus_type": "fixed", "bonus_value": "NaN"},
+        {"code": "P", "bonus_type": "free", "bonus_value": "1"},
+        {"code": "has space", "bonus_type": "fixed", "bonus_value": "1"},
+        {"code": "X" * 65, "bonus_type": "fixed", "bonus_value": "1"},
+        {"code": "P", "bonus_type": "fixed", "bonus_value": "1", "total_usage_limit": 0},
+        {"code": "P", "bonus_type": "fixed", "bonus_value": "1", "per_customer_limit": 10**20},
+        {
+            "code": "P",
+            "bonus_type": "fixed",
+            "bonus_value": "1",
+            "starts_at": "2030-01-02T00:00:00Z",
+            "ends_at": "2030-01-01T00:00:00Z",
+        },
+        {"code": "P", "bonus_type": "fixed", "bonus_value": "1", "starts_at": "not a date"},
+    ],
+)
+def test_bad_definitions_are_400(api_client, tenant, body):
+    assert_error(post(api_client, "promo-codes", body), 400, "invalid_input")
+    assert not PromoCode.objects.exists()
+
+
+def test_lowering_limit_below_uses_is_409(api_client, promo):
+    PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="a", amount="10")
+    PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="b", amount="10")
+    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"total_usage_limit": 1}, format="json")
+    assert_error(response, 409, "promo_limit_below_usage")
+    assert_error(api_client.delete(f"{BASE}/promo-codes/{promo.pk}"), 409, "promo_in_use")
+
+
+def test_codes_of_another_tenant_and_non_members_are_404(api_client, outsider_client, other_tenant, promo):
+    theirs = PromoCodeFactory(tenant=other_tenant)
+    assert_error(api_client.get(f"{BASE}/promo-codes/{theirs.pk}"), 404, "promo_not_found")
+    assert_error(post(api_client, f"promo-codes/{theirs.pk}/deactivate"), 404, "promo_not_found")
+    assert_error(outsider_client.get(f"{BASE}/promo-codes"), 404, "not_found")
+    assert_error(
+        post(outsider_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "1"}),
+        404,
+        "not_found",
+    )
+
+
+def test_malformed_code_ids_are_404(api_client, tenant):
+    for pk in ["abc", "0", "-1", "99999999999999999999999", "1.5"]:
+        assert_error(api_client.get(f"{BASE}/promo-codes/{pk}"), 404, "promo_not_found")
+        assert_error(post(api_client, f"promo-codes/{pk}/deactivate"), 404, "promo_not_found")
+        assert_error(post(api_client, f"promo-usages/{pk}/void"), 404, "usage_not_found")
+
+
+# --- validate / redeem ---------------------------------------------------------------------------
+
+
+def test_validate_previews_without_reserving(api_client, promo):
+    response = post(api_client, "promo-codes/validate", {"code": "spring15", "customer": "alice", "amount": "33.33"})
+    assert response.status_code == 200
+    assert response.json() == {"valid": True, "bonus_amount": "5.00", "code": "SPRING15", "reason": None}
+    assert assert_invariant(promo) == 0
+
+
+def test_validate_answers_with_the_redeem_error_codes(api_client, promo):
+    body = {"code": "SPRING15", "customer": "alice", "amount": "10"}
+    assert post(api_client, "promo-codes/redeem", body).status_code == 201
+    preview = post(api_client, "promo-codes/validate", body).json()
+    assert preview["valid"] is False and preview["bonus_amount"] is None
+    assert preview["reason"]["code"] == "promo_customer_limit" and preview["reason"]["message"]
+    assert_error(post(api_client, "promo-codes/redeem", body), 409, "promo_customer_limit")
+    unknown = post(api_client, "promo-codes/validate", {**body, "code": "NOPE"}).json()
+    assert unknown["reason"]["code"] == "promo_not_found"
+
+
+def test_redeem_returns_201_with_usage_and_is_idempotent(api_client, promo):
+    body = {"code": "SPRING15", "customer": "alice", "amount": "400", "reference": "order-7"}
+    first = post(api_client, "promo-codes/redeem", body, HTTP_IDEMPOTENCY_KEY="k1")
+    assert first.status_code == 201, first.content
+    data = first.json()
+    assert data["bonus_amount"] == "50.00" and data["base_amount"] == "400.00" and data["code"] == "SPRING15"
+    assert data["reference"] == "order-7" and data["usage_id"]
+    again = post(api_client, "promo-codes/redeem", body, HTTP_IDEMPOTENCY_KEY="k1")
+    assert again.status_code == 201 and again.json() == data and again["Idempotent-Replayed"] == "true"
+    assert_error(
+        post(api_client, "promo-codes/redeem", {**body, "amount": "5"}, HTTP_IDEMPOTENCY_KEY="k1"),
+        422,
+        "idempotency_key_reused",
+    )
+    assert assert_invariant(promo) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "status", "code"),
+    [
+        (dict(is_active=False), 409, "promo_inactive"),
+        (dict(starts_at=timedelta(days=1)), 409, "promo_not_started"),
+        (dict(ends_at=timedelta(seconds=-1)), 409, "promo_expired"),
+    ],
+)
+def test_redeem_refusals(api_client, tenant, setup, status, code):
+    now = database_now()
+    fields = {k: (now + v if isinstance(v, timedelta) else v) for k, v in setup.items()}
+    if "ends_at" in fields:
+        fields["starts_at"] = now - timedelta(days=2)
+    PromoCodeFactory(tenant=tenant, code="C", **fields)
+    assert_error(post(api_client, "promo-codes/redeem", {"code": "C", "customer": "a", "amount": "5"}), status, code)
+
+
+def test_exhausted_and_not_found(api_client, promo, other_tenant):
+    for customer in ["a", "b", "c"]:
+        assert (
+            post(
+                api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": customer, "amount": "5"}
+            ).status_code
+            == 201
+        )
+    assert_error(
+        post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "d", "amount": "5"}),
+        409,
+        "promo_exhausted",
+    )
+    PromoCodeFactory(tenant=other_tenant, code="GLOBEX")
+    assert_error(
+        post(api_client, "promo-codes/redeem", {"code": "GLOBEX", "customer": "d", "amount": "5"}),
+        404,
+        "promo_not_found",
+    )
+
+
+BAD_AMOUNTS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-5",
+    "0",
+    "12.345",
+    "abc",
+    "",
+    None,
+    True,
+    [],
+    {"a": 1},
+    "1000000.01",
+    "9" * 100,
+]
+
+
+@pytest.mark.parametrize("path", ["promo-codes/validate", "promo-codes/redeem"])
+def test_bad_amounts_are_400(api_client, promo, path):
+    for amount in BAD_AMOUNTS:
+        response = post(api_client, path, {"code": "SPRING15", "customer": "alice", "amount": amount})
+        error = assert_error(response, 400, "invalid_input")
+        assert "amount" in error["fields"], amount
+    assert assert_invariant(promo) == 0
+
+
+def test_non_standard_json_numbers_are_400(api_client, promo):
+    for literal in ["NaN", "Infinity", "-Infinity", "1e400", "1E+999999"]:
+        text = f'{{"code": "SPRING15", "customer": "a", "amount": {literal}}}'
+        response = raw_post(api_client, "promo-codes/redeem", text)
+        assert response.status_code == 400, (literal, response.content)
+        assert response.json()["error"]["code"] in {"malformed_request", "invalid_input"}
+    assert assert_invariant(promo) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "X" * 5000, "customer": "a", "amount": "5"},
+        {"code": "SPRING15", "customer": "c" * 300, "amount": "5"},
+        {"code": ["SPRING15"], "customer": "a", "amount": "5"},
+        {"code": "SPRING15", "customer": {"id": 1}, "amount": "5"},
+        {"code": "SPRING15", "amount": "5"},
+        {"code": "SPRING15", "customer": "a", "amount": "5", "reference": "r" * 300},
+    ],
+)
+def test_bad_redeem_bodies_are_400(api_client, promo, body):
+    assert_error(post(api_client, "promo-codes/redeem", body), 400, "invalid_input")
+
+
+def test_numeric_code_is_read_as_text(api_client, promo):
+    response = post(api_client, "promo-codes/redeem", {"code": 12, "customer": "a", "amount": "5"})
+    assert_error(response, 404, "promo_not_found")
+
+
+def test_non_object_body_is_400(api_client, promo):
+    assert raw_post(api_client, "promo-codes/redeem", "[1, 2]").status_code == 400
+    assert_error(raw_post(api_client, "promo-codes/redeem", "{nope"), 400, "malformed_request")
+
+
+# --- deactivate / void ---------------------------------------------------------------------------
+
+
+def test_deactivate_then_redeem_is_refused_and_activate_restores(api_client, promo):
+    response = post(api_client, f"promo-codes/{promo.pk}/deactivate")
+    assert response.status_code == 200 and response.json()["is_active"] is False
+    body = {"code": "SPRING15", "customer": "a", "amount": "5"}
+    assert_error(post(api_client, "promo-codes/redeem", body), 409, "promo_inactive")
+    assert post(api_client, f"promo-codes/{promo.pk}/activate").json()["is_active"] is True
+    assert post(api_client, "promo-codes/redeem", body).status_code == 201
+
+
+def test_void_once_then_409_and_list_usages(api_client, promo):
+    usage_id = post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}).json()[
+        "usage_id"
+    ]
+    listed = api_client.get(f"{BASE}/promo-usages?code=spring15").json()["results"]
+    assert [u["usage_id"] for u in listed] == [usage_id]
+    voided = post(api_client, f"promo-usages/{usage_id}/void", HTTP_IDEMPOTENCY_KEY="v1")
+    assert voided.status_code == 200 and voided.json()["voided_at"]
+    replay = post(api_client, f"promo-usages/{usage_id}/void", HTTP_IDEMPOTENCY_KEY="v1")
+    assert replay.status_code == 200 and replay["Idempotent-Replayed"] == "true"
+    assert_error(post(api_client, f"promo-usages/{usage_id}/void"), 409, "usage_already_voided")
+    assert_error(post(api_client, f"promo-usages/{usage_id + 1000}/void"), 404, "usage_not_found")
+    assert assert_invariant(promo) == 0
+
+
+def test_void_of_another_tenants_usage_is_404(api_client, other_tenant):
+    theirs = PromoCodeFactory(tenant=other_tenant)
+    usage = PromoCode.objects.redeem(theirs.code, tenant=other_tenant, customer="a", amount="5")
+    assert_error(post(api_client, f"promo-usages/{usage.pk}/void"), 404, "usage_not_found")
+    assert PromoUsage.objects.get(pk=usage.pk).voided_at is None
+
+
+# --- redemption sessions ---------------------------------------------------------------------------
+
+
+def public(client, session_id, verb, body):
+    return client.post(f"/api/public/redemption-sessions/{session_id}/{verb}", body, format="json")
+
+
+def test_session_lifecycle_over_the_api(api_client, anon_client, tenant):
+    created = post(api_client, "redemption-sessions", {"customer": "alice", "max_amount": "80", "expires_in": 600})
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["status"] == "pending" and body["max_amount"] == "80.00" and body["approval_secret"]
+    session_id, secret = body["session_id"], body["approval_secret"]
+    stored = RedemptionSession.objects.get(session_id=session_id)
+    assert secret not in stored.secret_hash
+    listed = api_client.get(f"{BASE}/redemption-sessions").json()["results"]
+    assert "approval_secret" not in listed[0] and "secret_hash" not in listed[0]
+
+    assert_error(
+        post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "10"}), 409, "session_not_approved"
+    )
+    assert_error(public(anon_client, session_id, "approve", {"approval_secret": "wrong"}), 404, "session_not_found")
+    approved = public(anon_client, session_id, "approve", {"approval_secret": secret})
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    assert_error(public(anon_client, session_id, "reject", {"approval_secret": secret}), 409, "session_not_pending")
+
+    assert_error(
+        post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "80.01"}), 409, "amount_exceeds_limit"
+    )
+    consumed = post(
+        api_client, f"redemption-sessions/{session_id}/consume", {"amount": "80"}, HTTP_IDEMPOTENCY_KEY="c1"
+    )
+    assert consumed.status_code == 200
+    assert consumed.json() == {"session_id": session_id, "status": "used", "used_amount": "80.00"}
+    replay = post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "80"}, HTTP_IDEMPOTENCY_KEY="c1")
+    assert replay.json() == consumed.json() and replay["Idempotent-Replayed"] == "true"
+    assert_error(
+        post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "1"}), 409, "session_already_used"
+    )
+    detail = api_client.get(f"{BASE}/redemption-sessions/{session_id}").json()
+    assert detail["status"] == "used" and detail["used_amount"] == "80.00"
+
+
+def test_reject_and_cancel_over_the_api(api_client, anon_client, tenant):
+    pending = RedemptionSessionFactory(tenant=tenant)
+    assert public(anon_client, pending.session_id, "reject", {"approval_secret": SECRET}).json()["status"] == "rejected"
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved")
+    cancelled = post(api_client, f"redemption-sessions/{approved.session_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert_error(post(api_client, f"redemption-sessions/{approved.session_id}/cancel"), 409, "session_not_cancellable")
+    assert_error(
+        post(api_client, f"redemption-sessions/{approved.session_id}/consume", {"amount": "1"}),
+        409,
+        "session_not_approved",
+    )
+
+
+def test_expired_session_is_409(api_client, anon_client, tenant):
+    pending = RedemptionSessionFactory(tenant=tenant, expires_in=timedelta(seconds=-1))
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved", expires_in=timedelta(seconds=-1))
+    assert_error(
+        public(anon_client, pending.session_id, "approve", {"approval_secret": SECRET}), 409, "session_expired"
+    )
+    assert_error(
+        post(api_client, f"redemption-sessions/{approved.session_id}/consume", {"amount": "1"}), 409, "session_expired"
+    )
+
+
+def test_other_tenants_session_is_404(api_client, other_tenant):
+    theirs = RedemptionSessionFactory(tenant=other_tenant, status="approved")
+    assert_error(
+        post(api_client, f"redemption-sessions/{theirs.session_id}/consume", {"amount": "1"}), 404, "session_not_found"
+    )
+    assert_error(post(api_client, f"redemption-sessions/{theirs.session_id}/cancel"), 404, "session_not_found")
+    assert_error(api_client.get(f"{BASE}/redemption-sessions/{theirs.session_id}"), 404, "session_not_found")
+    assert RedemptionSession.objects.get(pk=theirs.pk).status == "approved"
+
+
+def test_malformed_session_ids_are_404(api_client, anon_client, tenant):
+    for session_id in ["not-a-uuid", "123", "0" * 40, "%00", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"]:
+        consume = post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "1"})
+        assert_error(consume, 404, "session_not_found")
+        assert_error(post(api_client, f"redemption-sessions/{session_id}/cancel"), 404, "session_not_found")
+        assert_error(api_client.get(f"{BASE}/redemption-sessions/{session_id}"), 404, "session_not_found")
+        assert_error(public(anon_client, session_id, "approve", {"approval_secret": "x"}), 404, "session_not_found")
+        assert_error(public(anon_client, session_id, "reject", {"approval_secret": "x"}), 404, "session_not_found")
+
+
+def test_unknown_session_is_404(api_client, anon_client, tenant):
+    assert_error(public(anon_client, uuid.uuid4(), "approve", {"approval_secret": "x"}), 404, "session_not_found")
+    assert_error(
+        post(api_client, f"redemption-sessions/{uuid.uuid4()}/consume", {"amount": "1"}), 404, "session_not_found"
+    )
+
+
+def test_bad_session_amounts_are_400(api_client, tenant):
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    for amount in BAD_AMOUNTS:
+        created = post(api_client, "redemption-sessions", {"customer": "a", "max_amount": amount})
+        assert_error(created, 400, "invalid_input")
+        consumed = post(api_client, f"redemption-sessions/{session.session_id}/consume", {"amount": amount})
+        assert_error(consumed, 400, "invalid_input")
+    assert RedemptionSession.objects.get(pk=session.pk).status == "approved"
+    assert RedemptionSession.objects.count() == 1
+
+
+def test_messages_follow_accept_language(api_client, promo):
+    body = {"code": "NOPE", "customer": "a", "amount": "5"}
+    english = assert_error(post(api_client, "promo-codes/redeem", body), 404, "promo_not_found")
+    arabic = assert_error(
+        post(api_client, "promo-codes/redeem", body, HTTP_ACCEPT_LANGUAGE="ar"), 404, "promo_not_found"
+    )
+    assert english["message"] == "This promo code does not exist."
+    assert arabic["message"] == "رمز الخصم هذا غير موجود."
+
+
+def test_bad_session_ttl_is_400(api_client, tenant):
+    for expires_in in [0, -5, 10**9, "soon", 1.5, None]:
+        body = {"customer": "a", "max_amount": "5", "expires_in": expires_in}
+        assert_error(post(api_client, "redemption-sessions", body), 400, "invalid_input")
+
+
+def test_bad_secret_bodies_are_400(anon_client, tenant):
+    session = RedemptionSessionFactory(tenant=tenant)
+    for body in [{}, {"approval_secret": ""}, {"approval_secret": "s" * 500}, {"approval_secret": ["x"]}]:
+        assert_error(public(anon_client, session.session_id, "approve", body), 400, "invalid_input")
+
+
+def test_schema_describes_the_promo_endpoints(api_client):
+    response = api_client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    paths = response.json()["paths"] if response["Content-Type"].startswith("application/json") else None
+    if paths is None:
+        import yaml
+
+        paths = yaml.safe_load(response.content)["paths"]
+    for path in [
+        "/api/t/{tenant}/promo-codes/redeem",
+        "/api/t/{tenant}/promo-codes/validate",
+        "/api/t/{tenant}/promo-usages/{id}/void",
+        "/api/t/{tenant}/redemption-sessions/{session_id}/consume",
+        "/api/public/redemption-sessions/{session_id}/approve",
+    ]:
+        assert path in paths, sorted(paths)

@@ -1,0 +1,361 @@
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from core.db import database_now
+from core.exceptions import InvalidInput
+from promos import exceptions as errors
+from promos.managers import hash_secret
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.promos.factories import SECRET, PromoCodeFactory, PromoUsageFactory, RedemptionSessionFactory
+from tests.promos.helpers import assert_invariant, statements
+
+pytestmark = pytest.mark.django_db
+
+
+def redeem(promo, customer="alice", amount="100.00", **kwargs):
+    return PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=customer, amount=amount, **kwargs)
+
+
+# --- redeem --------------------------------------------------------------------------------------
+
+
+def test_redeem_inserts_usage_and_counts_it(tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="Spring15", bonus_type="percentage", bonus_value=Decimal("15"))
+    usage = PromoCode.objects.redeem("sPRING15", tenant=tenant, customer="alice", amount="33.33", reference="order-1")
+    assert usage.bonus_amount == Decimal("5.00")
+    assert usage.base_amount == Decimal("33.33")
+    assert (usage.customer, usage.reference, usage.tenant_id) == ("alice", "order-1", tenant.pk)
+    assert usage.created_at is not None
+    assert assert_invariant(promo) == 1
+
+
+def test_redeem_query_count_and_lock_sql(tenant):
+    promo = PromoCodeFactory(tenant=tenant, per_customer_limit=3, total_usage_limit=10)
+    with CaptureQueriesContext(connection) as queries:
+        redeem(promo)
+    sql = statements(queries)
+    # SET LOCAL lock_timeout, lock the row, re-read (clock + customer's uses), INSERT usage, UPDATE times_used
+    assert len(sql) == 5, sql
+    assert "set_config('lock_timeout'" in sql[0]
+    assert sql[1].endswith("FOR NO KEY UPDATE")
+    assert "clock_timestamp()" in sql[2]
+    assert sql[3].startswith("INSERT INTO")
+    assert sql[4].startswith("UPDATE") and '"times_used" + 1' in sql[4]
+
+
+def test_redeem_nowait_mode_locks_with_nowait(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    with CaptureQueriesContext(connection) as queries:
+        redeem(promo, nowait=True)
+    sql = statements(queries)
+    assert len(sql) == 4 and sql[0].endswith("FOR NO KEY UPDATE NOWAIT"), sql
+
+
+def test_unknown_code_and_other_tenants_code_are_not_found(tenant, other_tenant):
+    PromoCodeFactory(tenant=other_tenant, code="THEIRS")
+    for code in ["THEIRS", "nope", "x" * 500, ""]:
+        with pytest.raises(errors.PromoNotFound):
+            PromoCode.objects.redeem(code, tenant=tenant, customer="alice", amount="10")
+    assert PromoUsage.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (dict(is_active=False), errors.PromoInactive),
+        (dict(starts_at_offset=timedelta(hours=1)), errors.PromoNotStarted),
+        (dict(ends_at_offset=timedelta(seconds=-1)), errors.PromoExpired),
+    ],
+)
+def test_redeem_refusals_by_state(tenant, fields, error):
+    now = database_now()
+    if offset := fields.pop("starts_at_offset", None):
+        fields["starts_at"] = now + offset
+    if offset := fields.pop("ends_at_offset", None):
+        fields["ends_at"] = now + offset
+        fields["starts_at"] = now - timedelta(days=1)
+    promo = PromoCodeFactory(tenant=tenant, **fields)
+    with pytest.raises(error):
+        redeem(promo)
+    with pytest.raises(error):
+        PromoCode.objects.validate(promo.code, tenant=tenant, customer="alice", amount="1")
+    assert assert_invariant(promo) == 0
+
+
+def test_total_limit_and_per_customer_limit(tenant):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=3, per_customer_limit=2)
+    redeem(promo, "alice")
+    redeem(promo, "alice")
+    with pytest.raises(errors.PromoCustomerLimit):
+        redeem(promo, "alice")
+    redeem(promo, "bob")
+    with pytest.raises(errors.PromoExhausted):
+        redeem(promo, "carol")
+    assert assert_invariant(promo) == 3
+
+
+def test_voided_usage_frees_both_limits(tenant):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=1, per_customer_limit=1)
+    usage = redeem(promo)
+    with pytest.raises(errors.PromoExhausted):
+        redeem(promo)
+    PromoUsage.objects.void(usage.pk, tenant=tenant)
+    redeem(promo)
+    assert assert_invariant(promo) == 1
+
+
+def test_redeem_refuses_bad_amounts_without_writing(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    for amount in ["NaN", "Infinity", "1e400", "-5", "0", "1.005", "abc", None, "1000000.01"]:
+        with pytest.raises(InvalidInput):
+            redeem(promo, amount=amount)
+    assert assert_invariant(promo) == 0
+
+
+# --- validate (preview) -------------------------------------------------------------------------
+
+
+def test_validate_is_one_read_without_lock_or_write(tenant):
+    promo = PromoCodeFactory(tenant=tenant, bonus_type="percentage", bonus_value=Decimal("15"), per_customer_limit=1)
+    with CaptureQueriesContext(connection) as queries:
+        found, bonus = PromoCode.objects.validate("code" + promo.code[4:], tenant=tenant, customer="a", amount="33.33")
+    assert (found.pk, bonus) == (promo.pk, Decimal("5.00"))
+    sql = statements(queries)
+    assert len(sql) == 1
+    assert sql[0].startswith("SELECT") and "FOR " not in sql[0]
+    assert assert_invariant(promo) == 0
+
+
+def test_validate_reports_customer_limit_and_exhaustion(tenant):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=2, per_customer_limit=1)
+    redeem(promo, "alice")
+    with pytest.raises(errors.PromoCustomerLimit):
+        PromoCode.objects.validate(promo.code, tenant=tenant, customer="alice", amount="5")
+    redeem(promo, "bob")
+    with pytest.raises(errors.PromoExhausted):
+        PromoCode.objects.validate(promo.code, tenant=tenant, customer="carol", amount="5")
+
+
+def test_preview_then_deactivate_then_redeem_is_refused(tenant):
+    """Seed 004: a preview said valid, the shop deactivated, the submit must be refused."""
+    promo = PromoCodeFactory(tenant=tenant)
+    PromoCode.objects.validate(promo.code, tenant=tenant, customer="alice", amount="20")
+    PromoCode.objects.deactivate(promo.pk, tenant=tenant)
+    with pytest.raises(errors.PromoInactive):
+        redeem(promo)
+    PromoCode.objects.activate(promo.pk, tenant=tenant)
+    redeem(promo)
+    assert assert_invariant(promo) == 1
+
+
+def test_deactivate_other_tenants_code_is_not_found(tenant, other_tenant):
+    promo = PromoCodeFactory(tenant=other_tenant)
+    with pytest.raises(errors.PromoNotFound):
+        PromoCode.objects.deactivate(promo.pk, tenant=tenant)
+    assert PromoCode.objects.get(pk=promo.pk).is_active
+
+
+def test_deactivate_takes_the_row_lock(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    with CaptureQueriesContext(connection) as queries:
+        PromoCode.objects.deactivate(promo.pk, tenant=tenant)
+    assert any(sql.endswith("FOR NO KEY UPDATE") for sql in statements(queries))
+    assert not PromoCode.objects.get(pk=promo.pk).is_active
+
+
+# --- definitions ---------------------------------------------------------------------------------
+
+
+def test_codes_are_unique_per_tenant_case_insensitively(tenant, other_tenant):
+    PromoCode.objects.create_code(tenant=tenant, code="Summer", bonus_type="fixed", bonus_value=Decimal("5"))
+    with pytest.raises(errors.PromoCodeTaken):
+        PromoCode.objects.create_code(tenant=tenant, code="SUMMER", bonus_type="fixed", bonus_value=Decimal("5"))
+    PromoCode.objects.create_code(tenant=other_tenant, code="SUMMER", bonus_type="fixed", bonus_value=Decimal("5"))
+    other = PromoCode.objects.create_code(tenant=tenant, code="Winter", bonus_type="fixed", bonus_value=Decimal("5"))
+    with pytest.raises(errors.PromoCodeTaken):
+        PromoCode.objects.update_code(other.pk, tenant=tenant, code="summer")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(bonus_type="percentage", bonus_value=Decimal("100.01")),
+        dict(bonus_type="fixed", bonus_value=Decimal("0")),
+        dict(bonus_type="fixed", bonus_value=Decimal("1"), max_bonus=Decimal("0")),
+        dict(bonus_type="fixed", bonus_value=Decimal("1"), total_usage_limit=0),
+    ],
+)
+def test_database_checks_refuse_bad_definitions(tenant, fields):
+    with pytest.raises(errors.PromoInvalid):
+        PromoCode.objects.create_code(tenant=tenant, code="BAD", **fields)
+
+
+def test_window_must_end_after_start(tenant):
+    now = database_now()
+    with pytest.raises(errors.PromoInvalid):
+        PromoCode.objects.create_code(
+            tenant=tenant, code="W", bonus_type="fixed", bonus_value=Decimal("1"), starts_at=now, ends_at=now
+        )
+
+
+def test_limit_cannot_drop_below_uses(tenant):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=5)
+    redeem(promo, "a")
+    redeem(promo, "b")
+    with pytest.raises(errors.PromoLimitBelowUsage):
+        PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=1)
+    assert PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=2).total_usage_limit == 2
+
+
+def test_used_code_cannot_be_deleted(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    redeem(promo)
+    with pytest.raises(errors.PromoInUse):
+        PromoCode.objects.delete_code(promo.pk, tenant=tenant)
+    unused = PromoCodeFactory(tenant=tenant)
+    PromoCode.objects.delete_code(unused.pk, tenant=tenant)
+    assert not PromoCode.objects.filter(pk=unused.pk).exists()
+
+
+# --- void ----------------------------------------------------------------------------------------
+
+
+def test_void_gives_the_use_back_exactly_once(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    usage = PromoUsageFactory(promo=promo)
+    with CaptureQueriesContext(connection) as queries:
+        voided = PromoUsage.objects.void(usage.pk, tenant=tenant)
+    assert voided.voided_at is not None
+    assert len(statements(queries)) == 3  # UPDATE usage (filtered), UPDATE code, read back
+    assert assert_invariant(promo) == 0
+    with pytest.raises(errors.UsageAlreadyVoided):
+        PromoUsage.objects.void(usage.pk, tenant=tenant)
+    assert assert_invariant(promo) == 0
+
+
+def test_void_of_unknown_or_other_tenants_usage(tenant, other_tenant):
+    usage = PromoUsageFactory(promo=PromoCodeFactory(tenant=other_tenant))
+    for pk in [usage.pk, 10**12]:
+        with pytest.raises(errors.UsageNotFound):
+            PromoUsage.objects.void(pk, tenant=tenant)
+    assert PromoUsage.objects.get(pk=usage.pk).voided_at is None
+
+
+# --- redemption sessions ------------------------------------------------------------------------
+
+
+def test_create_session_keeps_only_the_secret_hash(tenant):
+    session, secret = RedemptionSession.objects.create_session(tenant=tenant, customer="alice", max_amount="50")
+    assert len(secret) >= 40
+    assert session.secret_hash == hash_secret(secret) != secret
+    assert session.status == "pending"
+    assert timedelta(minutes=14) < session.expires_at - session.created_at <= timedelta(minutes=15, seconds=1)
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(days=8)])
+def test_create_session_refuses_silly_ttls(tenant, ttl):
+    with pytest.raises(InvalidInput):
+        RedemptionSession.objects.create_session(tenant=tenant, customer="a", max_amount="5", expires_in=ttl)
+
+
+def test_approve_with_secret_then_consume_once(tenant):
+    session = RedemptionSessionFactory(tenant=tenant)
+    with pytest.raises(errors.SessionNotApproved):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
+    with pytest.raises(errors.SessionNotFound):
+        RedemptionSession.objects.approve(session.session_id, secret="wrong")
+    approved = RedemptionSession.objects.approve(session.session_id, secret=SECRET)
+    assert approved.status == "approved" and approved.approved_at is not None
+    with pytest.raises(errors.SessionNotPending):
+        RedemptionSession.objects.reject(session.session_id, secret=SECRET)
+    with pytest.raises(errors.AmountExceedsLimit):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="100.01")
+    assert RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="100") == Decimal("100.00")
+    with pytest.raises(errors.SessionAlreadyUsed):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="1")
+    used = RedemptionSession.objects.get(pk=session.pk)
+    assert (used.status, used.used_amount) == ("used", Decimal("100.00"))
+    assert used.approved_at <= used.used_at < used.expires_at
+
+
+def test_consume_success_is_one_update(tenant):
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    with CaptureQueriesContext(connection) as queries:
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
+    sql = statements(queries)
+    assert len(sql) == 1, sql
+    sql = sql[0]
+    assert sql.startswith("UPDATE")
+    for condition in [
+        '"tenant_id" =',
+        "\"status\" = 'approved'",
+        '"expires_at" > (clock_timestamp())',
+        '"used_at" IS NULL',
+        '"max_amount" >=',
+    ]:
+        assert condition in sql, (condition, sql)
+
+
+def test_consume_refusal_is_named_by_one_read(tenant):
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    with CaptureQueriesContext(connection) as queries:
+        with pytest.raises(errors.AmountExceedsLimit):
+            RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="1000")
+    assert len(statements(queries)) == 2
+
+
+def test_consume_unknown_or_other_tenants_session(tenant, other_tenant):
+    theirs = RedemptionSessionFactory(tenant=other_tenant, status="approved")
+    for session_id in [theirs.session_id, uuid.uuid4()]:
+        with pytest.raises(errors.SessionNotFound):
+            RedemptionSession.objects.consume(session_id, tenant=tenant, amount="1")
+    assert RedemptionSession.objects.get(pk=theirs.pk).status == "approved"
+
+
+def test_expired_session_cannot_be_answered_or_consumed(tenant):
+    pending = RedemptionSessionFactory(tenant=tenant, expires_in=timedelta(seconds=-1))
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved", expires_in=timedelta(seconds=-1))
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.approve(pending.session_id, secret=SECRET)
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="1")
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.cancel(approved.session_id, tenant=tenant)
+    assert RedemptionSession.objects.expire_due() == 2
+    assert RedemptionSession.objects.expire_due() == 0
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="1")
+    assert set(RedemptionSession.objects.values_list("status", flat=True)) == {"expired"}
+
+
+def test_reject_and_cancel(tenant):
+    rejected = RedemptionSessionFactory(tenant=tenant)
+    RedemptionSession.objects.reject(rejected.session_id, secret=SECRET)
+    with pytest.raises(errors.SessionNotApproved):
+        RedemptionSession.objects.consume(rejected.session_id, tenant=tenant, amount="1")
+    with pytest.raises(errors.SessionNotCancellable):
+        RedemptionSession.objects.cancel(rejected.session_id, tenant=tenant)
+
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved")
+    cancelled = RedemptionSession.objects.cancel(approved.session_id, tenant=tenant)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    with pytest.raises(errors.SessionNotApproved):
+        RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="1")
+    with pytest.raises(errors.SessionNotPending):
+        RedemptionSession.objects.approve(approved.session_id, secret=SECRET)
+
+    used = RedemptionSessionFactory(tenant=tenant, status="approved")
+    RedemptionSession.objects.consume(used.session_id, tenant=tenant, amount="1")
+    with pytest.raises(errors.SessionAlreadyUsed):
+        RedemptionSession.objects.cancel(used.session_id, tenant=tenant)
+
+
+def test_cancel_other_tenants_session_is_not_found(tenant, other_tenant):
+    theirs = RedemptionSessionFactory(tenant=other_tenant)
+    with pytest.raises(errors.SessionNotFound):
+        RedemptionSession.objects.cancel(theirs.session_id, tenant=tenant)

@@ -1,0 +1,435 @@
+"""Real concurrent attempts on separate connections, lined up on a barrier.
+
+Each storm asserts the exact winners, every loser's code and, for promo codes,
+the invariant ``times_used == count(non-voided usages) <= total_usage_limit``.
+The controls run the same storm against a naive check-then-act written here and
+show it goes wrong on this database.
+"""
+
+import random
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, connections, transaction
+from django.db.models import Value
+
+from core.exceptions import LockContended
+from promos import managers
+from promos.managers import ClockTimestamp
+from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.factories import TenantFactory
+from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
+from tests.promos.helpers import assert_invariant
+from tests.races import run_concurrently, tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def clock():
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+retried = Counter()
+
+
+def retrying(call, *, attempts=6):
+    """What a client does with 409 resource_locked + Retry-After: back off briefly, try again.
+
+    On an idle machine the storms below never need it (the lock_timeout absorbs
+    the queue); when the machine is saturated a waiter can run out of lock
+    timeout, and the exact-outcome assertions are about the final answers.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except LockContended:
+            if attempt == attempts - 1:
+                raise
+            retried["resource_locked"] += 1
+            time.sleep(0.05 + random.random() * 0.1)
+
+
+def redeemer(promo, customers, *, retry=True, **kwargs):
+    def attempt(i):
+        def call():
+            return PromoCode.objects.redeem(
+                promo.code, tenant=promo.tenant, customer=customers(i), amount=Decimal("40.00"), **kwargs
+            )
+
+        return retrying(call) if retry else call()
+
+    return attempt
+
+
+def naive_redeem(promo, customer, *, window=0.3):
+    """The bug of seed 003/004: check in Python, then act, no lock."""
+    with transaction.atomic():
+        current = PromoCode.objects.get(pk=promo.pk)
+        uses = PromoUsage.objects.filter(promo=current, customer=customer, voided_at__isnull=True).count()
+        if not current.is_active:
+            raise RuntimeError("inactive")
+        if current.total_usage_limit is not None and current.times_used >= current.total_usage_limit:
+            raise RuntimeError("exhausted")
+        if current.per_customer_limit is not None and uses >= current.per_customer_limit:
+            raise RuntimeError("customer limit")
+        time.sleep(window)  # the app does other work between its check and its write
+        usage = PromoUsage.objects.create(
+            tenant=current.tenant, promo=current, customer=customer, base_amount=Decimal("40"), bonus_amount=Decimal(10)
+        )
+        current.times_used += 1
+        current.save(update_fields=["times_used"])
+        return usage
+
+
+# --- promo codes ---------------------------------------------------------------------------------
+
+
+def test_60_redeems_20_customers_limit_5_exactly_5_winners():
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=5, per_customer_limit=1)
+    retried.clear()
+    started = time.monotonic()
+    outcomes = run_concurrently(redeemer(promo, lambda i: f"customer-{i % 20}"), 60)
+    elapsed = time.monotonic() - started
+    codes = tally(outcomes)
+    print(f"60-redeem storm: {dict(codes)}, {retried['resource_locked']} retries, {elapsed * 1000:.0f} ms")
+    assert codes["ok"] == 5, codes
+    assert set(codes) <= {"ok", "promo_exhausted", "promo_customer_limit"}, codes
+    winners = {outcome.value.customer for outcome in outcomes if outcome.ok}
+    assert len(winners) == 5
+    assert assert_invariant(promo) == 5
+    assert elapsed < 10
+
+
+def test_control_naive_redeem_over_redeems():
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=5, per_customer_limit=1)
+    outcomes = run_concurrently(lambda i: naive_redeem(promo, f"customer-{i % 20}"), 60)
+    winners = sum(outcome.ok for outcome in outcomes)
+    print(f"naive 60-redeem storm: {dict(tally(outcomes))}")
+    assert winners > 5, tally(outcomes)
+    promo.refresh_from_db()
+    assert PromoUsage.objects.filter(promo=promo).count() > promo.total_usage_limit
+    assert promo.times_used != PromoUsage.objects.filter(promo=promo).count()  # lost updates too
+
+
+def test_one_customer_20_redeems_per_customer_limit_2():
+    promo = PromoCodeFactory(tenant=TenantFactory(), per_customer_limit=2)
+    outcomes = run_concurrently(redeemer(promo, lambda i: "alice"), 20)
+    assert tally(outcomes) == {"ok": 2, "promo_customer_limit": 18}
+    assert assert_invariant(promo) == 2
+
+
+def test_deactivation_during_a_storm():
+    """No redeem that started after the deactivation committed creates a usage; every usage is counted.
+
+    Threads 0-29 are staggered around the deactivation (some get in before it,
+    some queue behind its lock); threads 30-39 start only once it has committed.
+    """
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    n, early = 40, 30
+    started = [None] * n
+    committed = {}
+    deactivated = threading.Event()
+
+    def attempt(i):
+        if i == n:
+            time.sleep(0.05)
+            try:
+                retrying(lambda: PromoCode.objects.deactivate(promo.pk, tenant=promo.tenant))
+                committed["at"] = clock()  # read after commit: an upper bound of the commit instant
+            finally:
+                deactivated.set()
+            return "deactivated"
+        if i < early:
+            time.sleep(i * 0.004)
+        else:
+            assert deactivated.wait(10)
+        started[i] = clock()
+        return retrying(
+            lambda: PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"c{i}", amount="10")
+        )
+
+    outcomes = run_concurrently(attempt, n + 1)
+    assert outcomes[n].value == "deactivated"
+    redeems = outcomes[:n]
+    codes = tally(redeems)
+    assert set(codes) == {"ok", "promo_inactive"}, codes  # both sides of the switch happened
+    late = [o for o, start in zip(redeems, started, strict=True) if start > committed["at"]]
+    assert len(late) >= n - early
+    assert all(o.code == "promo_inactive" for o in late)
+    usages = PromoUsage.objects.filter(promo=promo)
+    assert usages.count() == codes["ok"]
+    assert all(u.created_at < committed["at"] for u in usages)
+    assert assert_invariant(promo) == codes["ok"]
+
+
+def _hold(target, ready, release, **kwargs):
+    try:
+        with transaction.atomic():
+            target(**kwargs)
+            ready.set()
+            release.wait(5)
+    finally:
+        connections.close_all()
+
+
+def test_reserve_waiting_on_a_deactivation_is_refused_when_it_commits():
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    ready, release = threading.Event(), threading.Event()
+    holder = threading.Thread(
+        target=_hold,
+        args=(PromoCode.objects.deactivate, ready, release),
+        kwargs=dict(promo_id=promo.pk, tenant=promo.tenant),
+    )
+    holder.start()
+    assert ready.wait(5)
+    threading.Timer(0.3, release.set).start()  # deactivation commits while the reserve waits
+    outcome = run_concurrently(redeemer(promo, lambda i: "alice"), 1)[0]
+    holder.join(5)
+    assert outcome.code == "promo_inactive"
+    assert assert_invariant(promo) == 0
+
+
+def test_deactivation_waits_for_a_reserve_holding_the_lock_and_counts_it():
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    ready, release = threading.Event(), threading.Event()
+
+    def reserve():
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10")
+
+    holder = threading.Thread(target=_hold, args=(reserve, ready, release))
+    holder.start()
+    assert ready.wait(5)
+    threading.Timer(0.3, release.set).start()
+    outcome = run_concurrently(lambda i: PromoCode.objects.deactivate(promo.pk, tenant=promo.tenant), 1)[0]
+    holder.join(5)
+    assert outcome.ok
+    assert assert_invariant(promo) == 1
+    assert run_concurrently(redeemer(promo, lambda i: "bob"), 1)[0].code == "promo_inactive"
+
+
+def test_held_code_row_refuses_with_resource_locked_after_the_timeout(monkeypatch):
+    monkeypatch.setattr(managers, "REDEEM_LOCK_TIMEOUT_MS", 100)
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    ready, release = threading.Event(), threading.Event()
+
+    def hold_row():
+        PromoCode.objects.select_for_update().get(pk=promo.pk)
+
+    holder = threading.Thread(target=_hold, args=(hold_row, ready, release))
+    holder.start()
+    assert ready.wait(5)
+    try:
+        waited = run_concurrently(redeemer(promo, lambda i: "alice", retry=False), 1)[0]
+        refused = run_concurrently(redeemer(promo, lambda i: "alice", retry=False, nowait=True), 1)[0]
+    finally:
+        release.set()
+        holder.join(5)
+    assert (waited.code, refused.code) == ("resource_locked", "resource_locked")
+    assert assert_invariant(promo) == 0
+
+
+def test_20_concurrent_voids_give_the_use_back_once():
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=3)
+    usages = [
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=c, amount="10") for c in ("a", "b", "c")
+    ]
+    outcomes = run_concurrently(lambda i: PromoUsage.objects.void(usages[0].pk, tenant=promo.tenant), 20)
+    assert tally(outcomes) == {"ok": 1, "usage_already_voided": 19}
+    assert assert_invariant(promo) == 2
+
+
+def test_voids_racing_redeems_keep_the_invariant():
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=10)
+    usages = [
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"old{i}", amount="10") for i in range(10)
+    ]
+
+    def attempt(i):
+        if i % 2:
+            return retrying(lambda: PromoUsage.objects.void(usages[i // 2].pk, tenant=promo.tenant))
+        return retrying(
+            lambda: PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"new{i}", amount="10")
+        )
+
+    outcomes = run_concurrently(attempt, 20)
+    codes = tally(outcomes)
+    assert set(codes) <= {"ok", "promo_exhausted"}
+    assert all(o.ok for o in outcomes[1::2])  # every void wins
+    assert assert_invariant(promo) == 10 - 10 + sum(o.ok for o in outcomes[0::2])
+
+
+# --- redemption sessions ---------------------------------------------------------------------------
+
+
+def consume(session, amount="25.00"):
+    return lambda i: RedemptionSession.objects.consume(session.session_id, tenant=session.tenant, amount=amount)
+
+
+def naive_consume(session, *, window=0.2):
+    """Seed 003 before the fix: read, check, do other work, then mark used."""
+    current = RedemptionSession.objects.get(pk=session.pk)
+    if current.status != "approved" or current.expires_at <= clock() or current.used_at is not None:
+        raise RuntimeError("not consumable")
+    time.sleep(window)
+    RedemptionSession.objects.filter(pk=session.pk).update(
+        status="used", used_at=ClockTimestamp(), used_amount=Decimal("25")
+    )
+    return "used"
+
+
+def test_30_concurrent_consumes_exactly_one_used():
+    session = RedemptionSessionFactory(tenant=TenantFactory(), status="approved")
+    outcomes = run_concurrently(consume(session), 30)
+    assert tally(outcomes) == {"ok": 1, "session_already_used": 29}
+    session.refresh_from_db()
+    assert (session.status, session.used_amount) == ("used", Decimal("25.00"))
+    assert session.used_at < session.expires_at
+
+
+def test_control_naive_consume_is_used_many_times():
+    session = RedemptionSessionFactory(tenant=TenantFactory(), status="approved")
+    outcomes = run_concurrently(lambda i: naive_consume(session), 30)
+    print(f"naive 30-consume storm: {dict(tally(outcomes))}")
+    assert sum(o.ok for o in outcomes) > 1, tally(outcomes)
+
+
+@pytest.mark.parametrize("with_sweep", [False, True], ids=["clock_only", "with_sweep"])
+def test_consume_racing_expiry_never_uses_after_expiry(with_sweep):
+    """30 sessions expire together while consumes arrive every 20 ms; optionally the sweep runs all along."""
+    tenant = TenantFactory()
+    n = 30
+    sessions = [RedemptionSessionFactory(tenant=tenant, status="approved") for _ in range(n)]
+    attempted = [None] * n
+    armed = threading.Event()
+    expiry = {}
+
+    def attempt(i):
+        if i == n:  # arm the clock once every thread is connected, then (maybe) sweep
+            mine = RedemptionSession.objects.filter(tenant=tenant)
+            mine.update(expires_at=ClockTimestamp() + Value(timedelta(milliseconds=300)))
+            expiry["at"] = mine.values_list("expires_at", flat=True).first()
+            armed.set()
+            swept = 0
+            deadline = time.monotonic() + 0.8
+            while with_sweep and time.monotonic() < deadline:
+                swept += RedemptionSession.objects.expire_due(tenant=tenant)
+                time.sleep(0.01)
+            return swept
+        assert armed.wait(10)
+        time.sleep(i * 0.02 + random.random() * 0.005)
+        attempted[i] = clock()
+        return RedemptionSession.objects.consume(sessions[i].session_id, tenant=tenant, amount="10")
+
+    outcomes = run_concurrently(attempt, n + 1)
+    expires_at = expiry["at"]
+    consumes = outcomes[:n]
+    codes = tally(consumes)
+    assert set(codes) == {"ok", "session_expired"}, codes
+    for outcome, started in zip(consumes, attempted, strict=True):
+        if outcome.ok:
+            assert started < expires_at
+    used = RedemptionSession.objects.filter(tenant=tenant, status="used")
+    assert used.count() == codes["ok"]
+    assert all(s.used_at < s.expires_at for s in used)
+    if with_sweep:
+        assert outcomes[n].value == n - codes["ok"]  # the sweep expired exactly the others
+        statuses = set(RedemptionSession.objects.filter(tenant=tenant).values_list("status", flat=True))
+        assert statuses == {"used", "expired"}
+
+
+def test_control_naive_consume_writes_after_expiry():
+    """The naive check passes before expiry, the write lands after it; only the CHECK backstop refuses."""
+    session = RedemptionSessionFactory(
+        tenant=TenantFactory(), status="approved", expires_in=timedelta(milliseconds=150)
+    )
+    with pytest.raises(IntegrityError, match="redemption_used_before_expiry"):
+        naive_consume(session, window=0.4)
+    session.refresh_from_db()
+    assert session.status == "approved" and session.expires_at < clock()
+
+
+def test_approve_racing_cancel_one_wins():
+    tenant = TenantFactory()
+    sessions = [RedemptionSessionFactory(tenant=tenant) for _ in range(20)]
+
+    def attempt(i):
+        session = sessions[i // 2]
+        time.sleep(random.random() * 0.01)
+        if i % 2:
+            return RedemptionSession.objects.cancel(session.session_id, tenant=tenant)
+        return RedemptionSession.objects.approve(session.session_id, secret=SECRET)
+
+    outcomes = run_concurrently(attempt, 40)
+    assert all(o.ok for o in outcomes[1::2])  # the shop may cancel pending or approved: cancel always lands
+    approvals = Counter(o.code for o in outcomes[0::2])
+    assert set(approvals) <= {"ok", "session_not_pending"}
+    for approve, session in zip(outcomes[0::2], sessions, strict=True):
+        session.refresh_from_db()
+        assert session.status == "cancelled"
+        if approve.ok:  # approve won the row first, then was cancelled
+            assert session.approved_at < session.cancelled_at
+        else:  # cancel won: approve never lands afterwards
+            assert session.approved_at is None
+
+
+def test_consume_racing_cancel_exactly_one_wins():
+    tenant = TenantFactory()
+    sessions = [RedemptionSessionFactory(tenant=tenant, status="approved") for _ in range(20)]
+
+    def attempt(i):
+        session = sessions[i // 2]
+        time.sleep(random.random() * 0.01)
+        if i % 2:
+            return RedemptionSession.objects.cancel(session.session_id, tenant=tenant)
+        return RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
+
+    outcomes = run_concurrently(attempt, 40)
+    for k, session in enumerate(sessions):
+        consumed, cancelled = outcomes[2 * k], outcomes[2 * k + 1]
+        assert consumed.ok != cancelled.ok, (consumed.code, cancelled.code)
+        session.refresh_from_db()
+        if consumed.ok:
+            assert (session.status, cancelled.code) == ("used", "session_already_used")
+        else:
+            assert (session.status, consumed.code) == ("cancelled", "session_not_approved")
+
+
+# --- the lock-mode measurement (docs/promos.md) ----------------------------------------------------
+
+
+def _measure_storm(*, nowait, limit):
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=limit, per_customer_limit=1)
+    spans = [None] * 60
+    customers = 20 if limit == 5 else 60
+
+    def attempt(i):
+        begun = time.monotonic()
+        try:
+            return PromoCode.objects.redeem(
+                promo.code, tenant=promo.tenant, customer=f"customer-{i % customers}", amount="40", nowait=nowait
+            )
+        finally:
+            spans[i] = (begun, time.monotonic())
+
+    outcomes = run_concurrently(attempt, 60)
+    storm_ms = (max(end for _, end in spans) - min(begun for begun, _ in spans)) * 1000
+    slowest_ms = max(end - begun for begun, end in spans) * 1000
+    codes = tally(outcomes)
+    assert set(codes) <= {"ok", "promo_exhausted", "promo_customer_limit", "resource_locked"}
+    assert assert_invariant(promo) == codes["ok"]
+    assert 1 <= codes["ok"] <= limit  # raw numbers, no retries: a saturated machine may time some waiters out
+    mode = "NOWAIT" if nowait else f"lock_timeout={managers.REDEEM_LOCK_TIMEOUT_MS}ms"
+    return f"[promos {mode} limit={limit}] {dict(codes)} storm {storm_ms:.0f} ms, slowest {slowest_ms:.0f} ms"
+
+
+def test_lock_mode_storm_measurement(capsys):
+    """60 redeems at once under each lock mode; prints the numbers quoted in docs/promos.md."""
+    lines = [_measure_storm(nowait=nowait, limit=limit) for nowait in (False, True) for limit in (5, 60)]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))

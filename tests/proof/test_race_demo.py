@@ -1,0 +1,64 @@
+"""race_demo and check_invariants, as an operator runs them."""
+
+import io
+import re
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from promos.models import PromoCode
+from tests.factories import TenantFactory
+
+ROW = re.compile(r"^(?P<name>[a-z ]+?)\s+(?P<attempts>\d+)\s+(?P<winners>\d+)\s+(?P<expected>\d+)\s+(?P<held>\S+)")
+
+
+def run(*args):
+    out = io.StringIO()
+    call_command("race_demo", *args, stdout=out)
+    rows = {m["name"]: m.groupdict() for m in map(ROW.match, out.getvalue().splitlines()) if m}
+    return rows, out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_race_demo_shows_exact_winners_for_every_guarded_operation():
+    rows, output = run()
+    assert set(rows) == {"date checkout hold", "proposal confirm", "promo redeem", "session consume", "profile undo"}
+    for name, row in rows.items():
+        assert row["winners"] == row["expected"], output
+        assert row["held"] == "held", output
+    call_command("check_invariants", stdout=io.StringIO())  # the whole database is still clean
+
+
+@pytest.mark.django_db(transaction=True)
+def test_race_demo_naive_shows_what_breaks():
+    rows, output = run("--naive")
+    for name in ("promo redeem", "session consume", "proposal confirm"):
+        assert int(rows[name]["winners"]) > int(rows[name]["expected"]), output
+    assert rows["promo redeem"]["held"] == "BROKEN"
+    with pytest.raises(CommandError) as drift:
+        call_command("check_invariants", stdout=io.StringIO())
+    assert drift.value.returncode == 1
+
+
+@pytest.mark.django_db
+def test_check_invariants_names_the_drift_and_exits_1():
+    tenant = TenantFactory(slug="audit")
+    code = PromoCode.objects.create_code(tenant=tenant, code="DRIFT", bonus_type="fixed", bonus_value="5.00")
+    out = io.StringIO()
+    call_command("check_invariants", stdout=out)
+    assert "All" in out.getvalue() and "FAIL" not in out.getvalue()
+
+    PromoCode.objects.filter(pk=code.pk).update(times_used=3)  # counter without usages: drift
+    out = io.StringIO()
+    with pytest.raises(CommandError) as drift:
+        call_command("check_invariants", "--tenant", "audit", stdout=out)
+    assert drift.value.returncode == 1
+    assert "code 'DRIFT': times_used=3, live usages=0" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_check_invariants_unknown_tenant_is_bad_usage():
+    with pytest.raises(CommandError) as bad:
+        call_command("check_invariants", "--tenant", "nope", stdout=io.StringIO())
+    assert bad.value.returncode == 2
