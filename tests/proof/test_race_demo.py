@@ -24,7 +24,7 @@ def run(*args):
 def test_race_demo_shows_exact_winners_for_every_guarded_operation():
     rows, output = run()
     assert set(rows) == {"date checkout hold", "proposal confirm", "promo redeem", "session consume", "profile undo"}
-    for name, row in rows.items():
+    for row in rows.values():
         assert row["winners"] == row["expected"], output
         assert row["held"] == "held", output
     call_command("check_invariants", stdout=io.StringIO())  # the whole database is still clean
