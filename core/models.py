@@ -18,6 +18,7 @@ class Tenant(models.Model):
     class Meta:
         ordering = ["slug"]
         verbose_name = _("tenant")
+        verbose_name_plural = _("tenants")
 
     def __str__(self):
         return self.name
@@ -35,6 +36,8 @@ class Membership(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_user_per_tenant")]
 
     def __str__(self):
@@ -62,6 +65,8 @@ class IdempotencyKey(models.Model):
     objects = IdempotencyKeyManager()
 
     class Meta:
+        verbose_name = _("idempotency key")
+        verbose_name_plural = _("idempotency keys")
         constraints = [
             models.UniqueConstraint(fields=["principal", "key"], name="idempotency_key_unique_per_principal"),
         ]
