@@ -3,13 +3,13 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from core.db import lock_errors_as_conflicts
 from core.exceptions import DomainError
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
@@ -51,6 +51,10 @@ class UndoneFilter(admin.SimpleListFilter):
         return queryset
 
 
+# The form field a refusal is about (parent errors name theirs via ``exc.parent``); others go on top.
+REFUSAL_FIELDS = {"invalid_dates": "death_date", "sex_change_conflict": "sex"}
+
+
 class ProfileAdminForm(forms.ModelForm):
     # The version the operator read: the manager refuses the save if someone changed the profile since.
     expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
@@ -64,9 +68,15 @@ class ProfileAdminForm(forms.ModelForm):
         if self.instance.pk:
             self.fields["expected_version"].initial = self.instance.version
 
+    # Set (on a per-request subclass, see ProfileAdmin.get_form) when the manager refused the save:
+    # the form is shown again, bound to the operator's input, with the refusal on the field it concerns.
+    refusal = None
+
     def _post_clean(self):
         # Model.full_clean would compare against the unsaved instance; the manager validates instead.
-        pass
+        if self.refusal is not None:
+            field = REFUSAL_FIELDS.get(self.refusal.code) or getattr(self.refusal, "parent", None)
+            self.add_error(field if field in self.fields else None, self.refusal.render())
 
 
 class ProfileAuditLogInline(admin.TabularInline):
@@ -144,12 +154,22 @@ class ProfileAdmin(admin.ModelAdmin):
         for field in Profile._meta.concrete_fields:  # the admin logs and redirects using ``obj``
             setattr(obj, field.attname, getattr(saved, field.attname))
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        refusal = getattr(request, "_profile_refusal", None)
+        return type(form.__name__, (form,), {"refusal": refusal}) if refusal is not None else form
+
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
+            # The admin's own atomic block commits after the manager returned: a lock error at that
+            # COMMIT (deferred foreign-key checks) is outside the manager's translation, so map it here.
+            with lock_errors_as_conflicts():
+                return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as exc:  # raised by the manager in save_model; the admin's transaction rolled back
-            self.message_user(request, f"{exc.code}: {exc.render()}", messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
+            # Render the same POST again: the form is invalid this time (the refusal is its error),
+            # so the operator keeps what they typed and sees the localized reason; nothing is saved.
+            request._profile_refusal = exc
+            return super().changeform_view(request, object_id, form_url, extra_context)
 
     def has_delete_permission(self, request, obj=None):
         return False  # hard deletes would bypass the audit log; use the soft-delete action

@@ -116,9 +116,38 @@ class OperationLocked(LockContended):
     message = _("This change is being undone by another request. Try again shortly.")
 
 
+# The labels of the model's fields (same msgids as the verbose names), for messages that name fields.
+FIELD_LABELS = {
+    "first_name": _("first name"),
+    "last_name": _("last name"),
+    "sex": _("sex"),
+    "birth_date": _("date of birth"),
+    "death_date": _("date of death"),
+    "father": _("father"),
+    "mother": _("mother"),
+    "deleted_at": _("deleted at"),
+}
+
+
+class _FieldList:
+    """Field names rendered as their labels in the language active when the message is rendered."""
+
+    def __init__(self, fields):
+        self.fields = tuple(fields)
+
+    def __str__(self):
+        return str(_(", ")).join(str(FIELD_LABELS.get(field, field)) for field in self.fields)
+
+
 class StaleVersion(Conflict):
+    """``fields`` keeps the field keys (e.g. ``("first_name",)``); the message names their labels."""
+
     code = "stale_version"
     message = _("The profile changed after this entry; these fields no longer hold the values it wrote: %(fields)s.")
+
+    def __init__(self, *, fields):
+        self.fields = tuple(fields)
+        super().__init__(fields=_FieldList(self.fields))
 
 
 class UndoNotSupported(Conflict):

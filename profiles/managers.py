@@ -306,6 +306,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
                 raise ParentNotFound(parent=role)
             if row["sex"] != PARENT_SEX[role]:
                 raise ParentWrongSex(parent=role)
+        # The parents are held: a lock error from here on (e.g. the audit INSERT's foreign-key
+        # check waiting on a tenant or user row) is not about a parent, so it must not be named one.
+        steps.at(None)
 
     def _cycle_role(self, subject_id, parents):
         """The role whose new parent has ``subject_id`` among its ancestors-or-self, else None."""
@@ -384,17 +387,17 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
             fields = [f for f in PROFILE_FIELDS if f in entry.new_data]
             stale = [f for f in fields if _as_json(_current(profile, f)) != entry.new_data[f]]
             if stale:
-                raise StaleVersion(fields=", ".join(stale))
+                raise StaleVersion(fields=stale)
             delta = _normalize({f: entry.old_data.get(f) for f in fields})
             self._check(profile, delta, steps=steps, tenant=tenant_id)
         elif entry.action == "delete":  # undo = restore
             if _as_json(profile.deleted_at) != entry.new_data.get("deleted_at"):
-                raise StaleVersion(fields="deleted_at")
+                raise StaleVersion(fields=["deleted_at"])
             delta = {"deleted_at": None}
             self._check(profile, delta, steps=steps, tenant=tenant_id, parents=self._parents_of(profile))
         else:  # "restore": undo = soft delete
             if profile.is_deleted:
-                raise StaleVersion(fields="deleted_at")
+                raise StaleVersion(fields=["deleted_at"])
             self._refuse_if_parent_of_living(profile)
             delta = {"deleted_at": profile.db_now}
         return profile, self._apply(profile, delta, action="undo", actor=actor)
@@ -445,7 +448,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
             if entry.undone_at is not None:
                 raise AlreadyUndone()
             if entry.action not in self.UNDOABLE:
-                raise UndoNotSupported(action=entry.get_action_display())
+                raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
             profile_model = self.model.profile.field.related_model
             profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
             # db_now is Now() (statement_timestamp()) read by the profile lock: the database's

@@ -62,3 +62,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 
     options = settings.DATABASES["default"].setdefault("OPTIONS", {})
     options["options"] = options.get("options", "") + " -c synchronous_commit=off"
+
+
+@pytest.fixture(autouse=True)
+def invariants_hold_after_races(request):
+    """After every transactional (race, fault) test, every invariant must hold on the whole database.
+
+    Controls run the naive check-then-act on purpose and are exempt: breaking
+    the invariants is what they demonstrate.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    checked = marker is not None and marker.kwargs.get("transaction", False)
+    if checked:
+        request.getfixturevalue("transactional_db")  # so the flush happens after this check
+    yield
+    name = request.node.name
+    if checked and "control" not in name and "naive" not in name:
+        from core.invariants import assert_invariants
+
+        assert_invariants()

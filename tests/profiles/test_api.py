@@ -113,10 +113,16 @@ def test_undo_stale_and_unsupported(api_client, tree):
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=2, first_name="C")
     error = assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"),
                          409, "stale_version")
-    assert "first_name" in error["message"]
+    assert error["message"].endswith(": first name.")
+    arabic = assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
+                                          HTTP_ACCEPT_LANGUAGE="ar"), 409, "stale_version")
+    assert arabic["message"].endswith(": الاسم الأول.")  # the field is named in Arabic too
     create_entry = ProfileAuditLog.objects.get(profile=kid, action="create")
     assert_error(api_client.post(f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"}, format="json"),
                  409, "undo_not_supported")
+    arabic = assert_error(api_client.post(f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"},
+                                          format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "undo_not_supported")
+    assert arabic["message"] == "لا يمكن التراجع عن قيود من هذا النوع (إنشاء)."
 
 
 def test_other_tenants_entry_and_profile_are_404(api_client, outsider_client, tree, other_tenant):

@@ -87,6 +87,7 @@ def test_already_undone_and_unknown_entry_exit_1(moved, capsys):
         ["1"],  # --reason is required
         ["1", "--reason", "r", "--actor", "nobody"],
         ["1", "--reason", "r", "--language", "xx"],
+        ["1", "--reason", "   "],  # a blank reason is bad usage (it used to exit 1)
         [],
     ],
 )
@@ -101,6 +102,13 @@ def test_bad_usage_message_is_localized(moved, capsys):
     assert code == 2 and err.strip() == "يجب أن يكون معرّف قيد السجل عدداً صحيحاً."
     code, _out, err = run("undo_profile_update", "1", "--reason", "r", "--actor", "ghost", capsys=capsys)
     assert code == 2 and err.strip() == "No user named ghost."
+
+
+def test_blank_reason_exits_2_with_the_localized_message_even_for_a_real_entry(moved, capsys):
+    entry = moved["entry"]
+    code, out, err = run("undo_profile_update", entry.pk, "--reason", " ", "--language", "ar", capsys=capsys)
+    assert (code, out, err.strip()) == (2, "", "undo_reason_required: اذكر سبب التراجع.")
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
 def test_show_history_of_a_profile_and_of_one_entry(moved, capsys):

@@ -213,7 +213,11 @@ def test_undo_refuses_stale_fields_but_not_later_edits_of_other_fields(tree):
     update(kid, birth_date=date(2001, 1, 1))  # another field: does not block
     update(kid, last_name="Three")  # a field the entry wrote: blocks
     error = refused("stale_version", ProfileAuditLog.objects.undo, entry.pk, tenant=tenant, actor=None, reason="r")
-    assert "last_name" in error.render() and "first_name" not in error.render()
+    assert error.fields == ("last_name",)
+    assert error.render().endswith(": last name.")
+    with translation.override("ar"):  # field names are translated too, whatever language raised the error
+        label = translation.gettext("last name")  # whichever installed catalog translates it first
+        assert label != "last name" and error.render().endswith(f": {label}.")
     update(kid, last_name="Two")
     ProfileAuditLog.objects.undo(entry.pk, tenant=tenant, actor=None, reason="r")
     kid = fresh(kid)
@@ -278,8 +282,20 @@ def test_undo_of_delete_restores_and_undo_of_restore_deletes(tree):
     restore_entry = last_entry(kid)
     ProfileAuditLog.objects.undo(restore_entry.pk, tenant=tenant, actor=None, reason="keep it deleted")
     assert fresh(kid).deleted_at is not None
-    # The first delete entry is undone already; a later delete makes an old restore's undo stale.
+    # The first delete entry is undone already.
     refused("already_undone", ProfileAuditLog.objects.undo, delete_entry.pk, tenant=tenant, actor=None, reason="r")
+
+
+def test_undo_of_delete_is_stale_once_the_profile_was_restored_and_deleted_again(tree):
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    first_delete = last_entry(kid)
+    Profile.objects.restore(kid.pk, tenant=tenant)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    error = refused("stale_version", ProfileAuditLog.objects.undo, first_delete.pk, tenant=tenant, actor=None,
+                    reason="r")
+    assert error.fields == ("deleted_at",) and error.render().endswith(": deleted at.")
+    assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
 
 
 def test_undo_of_restore_refused_while_children_live(tree):

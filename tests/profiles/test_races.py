@@ -383,3 +383,52 @@ def test_api_undo_with_the_father_held_is_409_parent_locked_with_retry_after(acm
     retry = client.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
                         HTTP_IDEMPOTENCY_KEY="k1")
     assert retry.status_code == 200 and retry.json()["profile"]["father"] == dad.pk
+
+
+def test_a_lock_wait_after_the_parents_are_held_is_not_named_after_a_parent(acme):
+    """Regression: a lock timeout in the writes after the parent locks was reported as ``parent_locked``.
+
+    Here the audit INSERT's foreign-key check (Django's FKs are DEFERRABLE INITIALLY DEFERRED,
+    so it runs at COMMIT) waits on the tenant row another transaction holds FOR UPDATE; the
+    mother is free, so the answer is the generic ``resource_locked``.
+    """
+    from core.models import Tenant
+
+    kid = ProfileFactory(tenant=acme, first_name="Kid")
+    mum = ProfileFactory(tenant=acme, first_name="Mum", sex="female")
+    finish = in_flight(lambda: list(Tenant.objects.select_for_update().filter(pk=acme.pk)))
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")  # session-wide: the manager's own COMMIT must see it
+        with pytest.raises(Exception) as info:
+            Profile.objects.update_profile(kid.pk, tenant=acme, version=1, mother=mum.pk)
+    finally:
+        finish()
+        connections["default"].close()  # drop the session setting
+    assert getattr(info.value, "code", None) == "resource_locked", repr(info.value)
+    assert fresh(kid).mother_id is None and fresh(kid).version == 1
+
+
+def test_undo_steps_2_and_3_refuse_at_once_when_the_entry_or_the_profile_row_is_held(acme):
+    """Step 2: the entry row held elsewhere -> operation_locked; step 3: the profile row -> resource_locked.
+
+    (The advisory lock of step 1 is free in both cases: these are the NOWAIT row locks biting.)
+    """
+    dad, kid, entry = moved_child(acme)
+    for held_row, code in [
+        (lambda: list(ProfileAuditLog.objects.select_for_update().filter(pk=entry.pk)), "operation_locked"),
+        (lambda: list(Profile.objects.select_for_update().filter(pk=kid.pk)), "resource_locked"),
+    ]:
+        finish = in_flight(held_row)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Exception) as info:
+                ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+            elapsed = time.monotonic() - started
+        finally:
+            finish()
+        assert getattr(info.value, "code", None) == code, repr(info.value)
+        assert elapsed < 0.5, elapsed  # NOWAIT, not the 2 s lock_timeout
+        assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(kid).version == 2
+    ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+    assert fresh(kid).father_id == dad.pk

@@ -6,12 +6,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
 
-from core.db import LockNamespace, try_advisory_xact_lock
-from core.models import Tenant
+from bookings.models import Booking, Package
+from core.db import database_now, lock_errors_as_conflicts, set_local_lock_timeout
+from core.exceptions import LockContended
+from core.invariants import assert_invariants
+from promos.models import PromoCode, PromoUsage
+from tests.factories import TenantFactory
 from tests.proof.processes import (
     TemporaryPostgres,
     database_url,
@@ -21,39 +27,80 @@ from tests.proof.processes import (
     wait_for_line,
 )
 
-HOLD_LOCKS_THEN_HANG = """
+# Each child opens a transaction, runs a real guarded operation inside it (so the
+# guard's locks are taken and its rows written), announces READY and hangs before
+# COMMIT until it is killed.
+CHILD = """
 import time
+from decimal import Decimal
+from datetime import date
 from django.db import transaction
-from core.db import LockNamespace, advisory_xact_lock
-from core.models import Tenant
+{imports}
 with transaction.atomic():
-    advisory_xact_lock(LockNamespace.TEST, "fault")
-    Tenant.objects.create(slug="half-made", name="never committed")
+    {operation}
     print("READY", flush=True)
     time.sleep(120)
 """
 
+GUARDS = {
+    "booking hold (advisory lock)": (
+        "from bookings.models import Booking, Package",
+        "Booking.objects.hold(Package.objects.get(pk={package}), date.fromisoformat('{date}'), "
+        "customer_name='Killed', customer_email='killed@example.com')",
+    ),
+    "promo redeem (row lock)": (
+        "from core.models import Tenant\nfrom promos.models import PromoCode",
+        "PromoCode.objects.redeem('KILL1', tenant=Tenant.objects.get(pk={tenant}), customer='killed', "
+        "amount=Decimal('10.00'))",
+    ),
+}
 
-def _lock_is_free():
-    with transaction.atomic():
-        return try_advisory_xact_lock(LockNamespace.TEST, "fault")
+
+def _attempt(guard, tenant, package, day):
+    """The same guarded operation from this (the surviving) process, committed."""
+    if guard.startswith("booking"):
+        with transaction.atomic():
+            return Booking.objects.hold(package, day, customer_name="Next", customer_email="next@example.com")
+    return PromoCode.objects.redeem("KILL1", tenant=tenant, customer="next", amount=Decimal("10.00"))
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sigkill_mid_transaction_leaves_nothing_and_frees_the_lock():
-    child = start_django_child(HOLD_LOCKS_THEN_HANG, database_url(connection.settings_dict))
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_sigkill_mid_transaction_leaves_nothing_and_frees_the_locks(guard):
+    tenant = TenantFactory(slug="faults")
+    package = Package.objects.create(tenant=tenant, name="Hall", price=Decimal("10.00"), daily_capacity=1)
+    PromoCode.objects.create_code(
+        tenant=tenant, code="KILL1", bonus_type="fixed", bonus_value=Decimal("1.00"), total_usage_limit=1
+    )
+    day = database_now().date() + timedelta(days=10)
+    imports, operation = GUARDS[guard]
+    code = CHILD.format(imports=imports, operation=operation.format(package=package.pk, date=day, tenant=tenant.pk))
+    child = start_django_child(code, database_url(connection.settings_dict))
     try:
         wait_for_line(child, "READY")
-        assert not _lock_is_free()
-        assert not Tenant.objects.filter(slug="half-made").exists()
+        # While the child holds the guard, nothing it wrote is visible and the guard refuses us.
+        assert not Booking.objects.filter(customer_name="Killed").exists()
+        assert not PromoUsage.objects.filter(customer="killed").exists()
+        with pytest.raises(LockContended):
+            with lock_errors_as_conflicts(), transaction.atomic():
+                set_local_lock_timeout(200)
+                _attempt(guard, tenant, package, day)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
+    # PostgreSQL notices the dead client, rolls its transaction back and frees its locks.
     deadline = time.monotonic() + 10
-    while not _lock_is_free():
-        assert time.monotonic() < deadline, "the dead process's lock was never released"
-        time.sleep(0.05)
-    assert not Tenant.objects.filter(slug="half-made").exists()
+    while True:
+        try:
+            won = _attempt(guard, tenant, package, day)
+            break
+        except LockContended:
+            assert time.monotonic() < deadline, "the killed process's locks were never released"
+            time.sleep(0.05)
+    assert won is not None
+    assert not Booking.objects.filter(customer_name="Killed").exists()
+    assert not PromoUsage.objects.filter(customer="killed").exists()
+    assert_invariants()
 
 
 def _get(url, token):

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand
 from django.utils.translation import gettext as _
 
 from core.exceptions import DomainError
-from profiles.exceptions import AuditEntryNotFound
+from profiles.exceptions import UndoReasonRequired
 from profiles.management.commands._language import (
     EXIT_REFUSED,
     EXIT_USAGE,
@@ -43,12 +43,14 @@ class Command(BaseCommand):
             actor = get_user_model().objects.filter(username=options["actor"]).first()
             if actor is None:
                 fail(self, _("No user named %(username)s.") % {"username": options["actor"]}, EXIT_USAGE)
-        # The shell operator is trusted across tenants: the entry names its own tenant.
+        # The shell operator is trusted across tenants: the entry names its own tenant. An unknown
+        # entry gives tenant None, which matches nothing: the manager answers audit_entry_not_found
+        # (after its own usage check of the reason).
         tenant_id = ProfileAuditLog.objects.filter(pk=entry_id).values_list("tenant_id", flat=True).first()
         try:
-            if tenant_id is None:
-                raise AuditEntryNotFound()
             entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
+        except UndoReasonRequired as exc:  # a blank --reason is bad usage, not a refusal by the data
+            fail(self, f"{exc.code}: {exc.render()}", EXIT_USAGE)
         except DomainError as exc:
             fail(self, f"{exc.code}: {exc.render()}", EXIT_REFUSED)
         self.stdout.write(
