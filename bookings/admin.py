@@ -8,6 +8,7 @@ from django.utils.translation import ngettext
 
 from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.services import cancel_booking, retry_refund
+from core.db import lock_errors_as_conflicts
 from core.exceptions import DomainError
 
 
@@ -45,7 +46,9 @@ def _run_per_row(modeladmin, request, queryset, operation, done_message):
     done = 0
     for booking in queryset.order_by("pk"):
         try:
-            if operation(booking) is False:
+            with lock_errors_as_conflicts():  # a row busy past lock_timeout is this row's refusal, not a 500
+                outcome = operation(booking)
+            if outcome is False:
                 modeladmin.message_user(
                     request, _("Booking #%(id)s: nothing to do.") % {"id": booking.pk}, messages.WARNING
                 )

@@ -1,11 +1,12 @@
 """Guarded operations on packages, bookings, checkouts and the provider-event inbox.
 
 Lock order, everywhere: payment-event row (webhook only) -> advisory lock
-BOOKING_DATE(package, date) -> booking row. No method here talks to anything but
-the database.
+BOOKING_DATE(package, date) -> booking row -> checkout row. No method here talks
+to anything but the database.
 """
 
 import json
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, models, transaction
@@ -207,7 +208,23 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return wrong_state(status=self.model.Status(status).label)
 
 
-class CheckoutManager(models.Manager):
+# A refund left ``pending`` this long was claimed by a caller that died before the
+# provider answered (or before its answer was stored): ``retry_refunds`` may claim it
+# again. Longer than any provider call; the provider's idempotency key
+# (``lockstep-refund-<checkout>``) makes a repeated request harmless anyway.
+REFUND_STALE_AFTER = timedelta(minutes=10)
+
+
+class CheckoutQuerySet(models.QuerySet):
+    def refunds_to_retry(self):
+        """Refunds owed but not in flight: failed, or pending and stale (the caller died mid-refund)."""
+        State = self.model.RefundState
+        return self.filter(
+            Q(refund_state=State.FAILED) | Q(refund_state=State.PENDING, updated_at__lte=Now() - REFUND_STALE_AFTER)
+        )
+
+
+class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     def record(self, booking, *, provider):
         """Record the intent to create a provider checkout (state ``creating``) in the caller's transaction."""
         _require_atomic(self.db)
@@ -292,10 +309,14 @@ class CheckoutManager(models.Manager):
     request_refund.alters_data = True
 
     def claim_refund_retry(self, checkout_id):
-        """Claim a failed refund for one retry (``failed`` -> ``pending``); the filtered UPDATE picks one retrier."""
+        """Claim a refund for one retry: ``failed`` or stale ``pending`` -> ``pending`` (fresh).
+
+        The filtered UPDATE picks one retrier; a refund in flight (pending, recent) is
+        left alone, a stale one (its caller died) is claimed again.
+        """
         with transaction.atomic(using=self.db):
             return bool(
-                self.filter(pk=checkout_id, refund_state=self.model.RefundState.FAILED).update(
+                self.refunds_to_retry().filter(pk=checkout_id).update(
                     refund_state=self.model.RefundState.PENDING, updated_at=Now()
                 )
             )

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from bookings.models import Checkout
 from bookings.services import COMPLETED, EXPIRED, sandbox_deliver
+from core.exceptions import DomainError
 
 ACTIONS = {"pay": COMPLETED, "cancel": EXPIRED}
 
@@ -37,10 +38,14 @@ def checkout_action(request, checkout_id, action):
     if action not in ACTIONS:
         raise Http404("No such action.")
     checkout = _checkout(checkout_id)
-    result = sandbox_deliver(checkout, ACTIONS[action])
+    try:
+        result, error, status = sandbox_deliver(checkout, ACTIONS[action]), None, 200
+    except DomainError as exc:  # e.g. resource_locked: show it and let the customer press again, not a 500
+        result, error, status = None, exc.render(), exc.status_code
     checkout = _checkout(checkout_id)
     return render(
         request,
         "bookings/sandbox_checkout.html",
-        {"checkout": checkout, "result": result, "action": action},
+        {"checkout": checkout, "result": result, "error": error, "action": action},
+        status=status,
     )

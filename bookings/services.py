@@ -8,6 +8,7 @@ is matched through ``client_reference_id`` and settled by the webhook.
 """
 
 import logging
+import re
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -50,9 +51,9 @@ def create_provider_checkout(booking):
         created = provider.create_checkout(booking, checkout)
     except ProviderError as exc:
         logger.warning("payment provider failed for booking %s: %s", booking.pk, exc)
-        with transaction.atomic():
-            Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
+        with transaction.atomic():  # booking row, then checkout row: the lock order of every path
             Booking.objects.release_if_held(booking.pk)
+            Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
         raise PaymentProviderUnavailable()
     Checkout.objects.open(checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id)
     checkout.state, checkout.provider_checkout_id, checkout.url = Checkout.State.OPEN, created.id, created.url
@@ -74,15 +75,20 @@ def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
 
 
 def cancel_booking(booking_id, *, tenant=None):
-    """Cancel a booking; a paid one is refunded after the cancellation commits."""
-    with lock_errors_as_conflicts():
+    """Cancel a booking; a paid one is refunded after the cancellation commits.
+
+    The cancellation and the refund owed (checkout refund ``pending``) commit in one
+    transaction, so a crash before the provider call leaves a refund that
+    ``retry_refunds`` finds, never a ``refund_pending`` booking nobody will refund.
+    """
+    with lock_errors_as_conflicts(), transaction.atomic():
         booking = Booking.objects.cancel(booking_id, tenant=tenant)
+        if booking.status == Booking.Status.REFUND_PENDING:
+            checkout_pk = Checkout.objects.filter(booking_id=booking.pk).values_list("pk", flat=True).first()
+            if checkout_pk is not None:
+                Checkout.objects.request_refund(checkout_pk)
     if booking.status == Booking.Status.REFUND_PENDING:
-        checkout = Checkout.objects.filter(booking_id=booking.pk).first()
-        if checkout is not None:
-            with transaction.atomic():
-                Checkout.objects.request_refund(checkout.pk)
-            refund_booking(booking.pk)
+        refund_booking(booking.pk)
         booking.refresh_from_db()
     return booking
 
@@ -96,6 +102,8 @@ def refund_booking(booking_id):
     checkout = Checkout.objects.select_related("booking__package").filter(booking_id=booking_id).first()
     if checkout is None:
         raise BookingNotFound()
+    if checkout.refund_state != Checkout.RefundState.PENDING:
+        return False  # no refund claimed for this caller: never ask the provider unasked
     try:
         refund_id = provider_for(checkout.provider).refund(checkout)
     except ProviderError as exc:
@@ -103,8 +111,8 @@ def refund_booking(booking_id):
         Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
         return False
     with transaction.atomic():
-        Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id)
-        Booking.objects.complete_refund(booking_id)
+        if Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id):
+            Booking.objects.complete_refund(booking_id)
     return True
 
 
@@ -126,7 +134,7 @@ class WebhookResult:
 
 def _find_checkout(event):
     checkout = Checkout.objects.filter(provider_checkout_id=event.checkout_id).first()
-    if checkout is None and event.client_reference_id.isdigit() and len(event.client_reference_id) < 19:
+    if checkout is None and re.fullmatch(r"[0-9]{1,18}", event.client_reference_id):
         checkout = Checkout.objects.filter(pk=int(event.client_reference_id)).first()
     return checkout
 
@@ -162,9 +170,9 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
             if result == Booking.Status.REFUND_PENDING:
                 Checkout.objects.request_refund(checkout.pk)
                 refund_owed = checkout.booking_id
-        else:
-            Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)
+        else:  # booking row before checkout row, as in confirm_payment and cancel (no deadlock)
             result = "released" if Booking.objects.release_if_held(checkout.booking_id) else "unchanged"
+            Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)
         PaymentEvent.objects.mark_processed(event_pk, result=result, booking_id=booking_id)
     if refund_owed is not None:
         refund_booking(refund_owed)

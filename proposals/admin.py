@@ -6,6 +6,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from core.db import lock_errors_as_conflicts
 from core.exceptions import DomainError
 from proposals.models import Proposal
 
@@ -41,7 +42,8 @@ class ProposalAdmin(admin.ModelAdmin):
         done = 0
         for proposal in queryset.order_by("pk"):
             try:
-                Proposal.objects.expire(proposal.pk)
+                with lock_errors_as_conflicts():  # a row busy past lock_timeout is this row's refusal, not a 500
+                    Proposal.objects.expire(proposal.pk)
                 done += 1
             except DomainError as exc:
                 self.message_user(

@@ -4,6 +4,9 @@ from django.db import connections, models, transaction
 from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 
+from bookings.exceptions import DateInPast
+from bookings.models import Booking, Checkout
+from core.db import database_now
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 
 
@@ -41,8 +44,13 @@ class ProposalQuerySet(models.QuerySet):
 
 class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
     def propose(self, *, tenant, session_id, package, date, customer_name, customer_email, expires_in):
-        """Create a pending proposal expiring ``expires_in`` (a timedelta) after the database's now."""
+        """Create a pending proposal expiring ``expires_in`` (a timedelta) after the database's now.
+
+        Raises DateInPast for a date before the database's today (it could never be booked).
+        """
         with transaction.atomic(using=self.db):
+            if date < database_now(using=self.db).date():
+                raise DateInPast(date=date.isoformat())
             proposal = self.create(
                 tenant=tenant,
                 session_id=session_id,
@@ -113,6 +121,43 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
             raise ProposalAlreadyProcessed()
 
     execute.alters_data = True
+
+    def reopen(self, proposal_id, *, booking_id):
+        """Undo an execution whose payment checkout could not be opened: ``executed`` -> ``pending``.
+
+        The provider refused after commit and the booking's hold was released, so
+        nothing was charged; unlinking that booking lets the customer confirm again.
+        One filtered UPDATE (status and this booking in its WHERE); returns whether it matched.
+        """
+        with transaction.atomic(using=self.db):
+            return bool(
+                self.filter(pk=proposal_id, status=self.model.Status.EXECUTED, booking_id=booking_id).update(
+                    status=self.model.Status.PENDING, booking=None, confirmed_at=None, executed_at=None
+                )
+            )
+
+    reopen.alters_data = True
+
+    def reopen_stranded(self):
+        """Sweep: reopen executed proposals whose checkout never opened and whose hold is gone.
+
+        The confirming process died between its commit and the provider's answer (or
+        before storing a refusal's reopen): the customer never got a checkout URL and the
+        hold has lapsed, so nothing can be paid. One UPDATE (executed -> pending,
+        booking unlinked); returns how many.
+        """
+        lapsed = Q(booking__status=Booking.Status.EXPIRED) | Q(
+            booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=Now()
+        )
+        with transaction.atomic(using=self.db):
+            return (
+                self.filter(status=self.model.Status.EXECUTED,
+                            booking__checkout__state__in=[Checkout.State.CREATING, Checkout.State.FAILED])
+                .filter(lapsed)
+                .update(status=self.model.Status.PENDING, booking=None, confirmed_at=None, executed_at=None)
+            )
+
+    reopen_stranded.alters_data = True
 
     def fail(self, proposal_id, *, code):
         """A confirmed proposal could not be booked: ``confirmed`` -> ``failed`` with the refusal's code.

@@ -7,7 +7,7 @@ The provider checkout is created after commit, exactly as for the public checkou
 
 from django.db import transaction
 
-from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound
+from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound, PaymentProviderUnavailable
 from bookings.services import create_provider_checkout, hold_in_transaction
 from core.db import lock_errors_as_conflicts
 from proposals.models import Proposal
@@ -26,6 +26,8 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     becomes ``failed`` with the refusal's code, that commits, and the refusal is
     re-raised (``date_unavailable`` -> 409). On success the proposal is ``executed``
     with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
+    Should the provider then refuse (503 ``payment_provider_unavailable``), the hold is
+    released and the proposal reopened (``pending``, no booking), so a retry can succeed.
     """
     refusal = None
     with lock_errors_as_conflicts(), transaction.atomic():
@@ -46,7 +48,13 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
             Proposal.objects.execute(proposal.pk, booking=booking)
     if refusal is not None:
         raise refusal
-    create_provider_checkout(booking)
+    try:
+        create_provider_checkout(booking)
+    except PaymentProviderUnavailable:
+        # The hold is released and nothing was charged: the proposal goes back to
+        # pending so "try again" (the 503's advice) can work.
+        Proposal.objects.reopen(proposal.pk, booking_id=booking.pk)
+        raise
     proposal.status, proposal.booking = Proposal.Status.EXECUTED, booking
     return proposal, booking
 

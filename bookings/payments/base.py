@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -69,7 +70,8 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
             timestamp = value
         elif key == "v1":
             candidates.append(value)
-    if timestamp is None or not timestamp.isdigit() or not candidates:
+    # ASCII digits, bounded: str.isdigit() accepts "²", which int() refuses (a 500).
+    if timestamp is None or not re.fullmatch(r"[0-9]{1,12}", timestamp) or not candidates:
         raise InvalidSignature()
     if abs(time.time() - int(timestamp)) > tolerance:
         raise InvalidSignature()

@@ -60,3 +60,12 @@ class RefundDownProvider(SandboxProvider):
 
     def refund(self, checkout):
         raise ProviderError("refunds are down")
+
+
+class CrashingRefundProvider(SandboxProvider):
+    """The process dies inside the refund call (not a ProviderError: nothing gets recorded)."""
+
+    name = "crashing-refund"
+
+    def refund(self, checkout):
+        raise RuntimeError("process died mid-refund")

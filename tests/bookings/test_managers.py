@@ -129,6 +129,17 @@ def test_provider_failure_releases_the_hold(tenant, settings):
     assert checkout(tenant, package).status == Booking.Status.HELD  # the date is free again
 
 
+def test_provider_failure_locks_the_booking_row_before_the_checkout_row(tenant, settings):
+    """Regression: the failure path updated checkout then booking, the reverse of cancel and the webhook."""
+    from bookings.exceptions import PaymentProviderUnavailable
+
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+    with CaptureQueriesContext(connection) as queries, pytest.raises(PaymentProviderUnavailable):
+        checkout(tenant, PackageFactory(tenant=tenant))
+    updates = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert updates == ["bookings_booking", "bookings_checkout"], updates
+
+
 def test_confirm_payment_outcomes(tenant):
     package = PackageFactory(tenant=tenant)
     booking = hold(package)

@@ -58,3 +58,21 @@ def test_post_without_csrf_token_is_refused(anon_client, browser, tenant):
 def test_unknown_checkout_and_action_are_404(browser, db):
     assert browser.get("/sandbox/checkout/cs_sandbox_nope").status_code == 404
     assert Client().post("/sandbox/checkout/cs_sandbox_nope/explode").status_code == 404
+
+
+def test_a_refused_delivery_is_shown_on_the_page_not_a_500(anon_client, browser, tenant, monkeypatch):
+    """Regression: a LockContended from the webhook path escaped the sandbox view as a 500."""
+    from bookings import sandbox_views
+    from core.exceptions import LockContended
+
+    def busy(checkout, event_type):
+        raise LockContended()
+
+    created = start(anon_client, tenant)
+    html = browser.get(created["checkout"]["url"].removeprefix("http://127.0.0.1:8000")).content.decode()
+    monkeypatch.setattr(sandbox_views, "sandbox_deliver", busy)
+    response = press(browser, html, "pay")
+    assert response.status_code == 409
+    assert "being changed by another request" in response.content.decode()
+    assert 'name="pay"' in response.content.decode()  # still open: the customer can press again
+    assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.HELD

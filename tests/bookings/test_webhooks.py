@@ -198,3 +198,80 @@ def test_failed_refund_is_retried_by_the_command(client, package, settings):
     assert "refunded: 1" in out.getvalue()
     assert status_of(late) == Booking.Status.REFUNDED
     assert Checkout.objects.get(booking=late).refund_attempts == 2
+
+
+@pytest.mark.parametrize("timestamp", ["²", "١٢٣", "9" * 5000, "-5", " 1"])
+def test_signature_timestamp_must_be_ascii_digits_never_a_500(client, db, timestamp):
+    """Regression: ``t=²`` passed str.isdigit() and crashed int() (a 500 for an unauthenticated caller)."""
+    response = deliver(client, b"{}", f"t={timestamp},v1=abc")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_signature"
+
+
+def test_non_ascii_digit_client_reference_is_an_unknown_checkout(client, db):
+    """Regression: a signed event with client_reference_id "²" crashed int() after passing isdigit()."""
+    response = deliver(client, completed_event("cs_nobody", reference="²"))
+    assert response.status_code == 200 and response.json()["result"] == "ignored_unknown_checkout"
+
+
+def test_expired_event_locks_the_booking_row_before_the_checkout_row(client, package):
+    """Regression: booking -> checkout is the lock order of confirm_payment and cancel; the reverse could deadlock."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    booking = book(package)
+    with CaptureQueriesContext(connection) as queries:
+        assert deliver(client, expired_event(booking.checkout.provider_checkout_id)).json()["result"] == "released"
+    updates = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert updates.index("bookings_booking") < updates.index("bookings_checkout"), updates
+
+
+def test_refund_left_pending_by_a_dead_process_is_retried_once_stale(client, package, settings):
+    """Regression: a crash between committing ``pending`` and the provider's answer stranded the refund.
+
+    ``retry_refunds`` only looked at ``failed``; now it also claims a ``pending`` refund
+    older than REFUND_STALE_AFTER, and leaves a fresh (in-flight) one alone.
+    """
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from bookings.managers import REFUND_STALE_AFTER
+
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.CrashingRefundProvider"
+    booking = book(package)
+    deliver(client, completed_event(booking.checkout.provider_checkout_id))
+    with pytest.raises(RuntimeError):
+        from bookings.services import cancel_booking
+
+        cancel_booking(booking.pk)  # the process "dies" inside the provider call
+    assert status_of(booking) == Booking.Status.REFUND_PENDING
+    assert Checkout.objects.get(booking=booking).refund_state == "pending"
+    settings.PAYMENT_PROVIDER = "sandbox"
+    out = StringIO()
+    call_command("retry_refunds", stdout=out)
+    assert "Refunds retried: 0" in out.getvalue()  # in flight: not touched
+    Checkout.objects.filter(booking=booking).update(updated_at=Now() - REFUND_STALE_AFTER - timedelta(seconds=1))
+    out = StringIO()
+    call_command("retry_refunds", stdout=out)
+    assert "Refunds retried: 1, refunded: 1" in out.getvalue()
+    assert status_of(booking) == Booking.Status.REFUNDED
+    assert Checkout.objects.get(booking=booking).refund_state == "succeeded"
+
+
+def test_cancel_and_the_refund_it_owes_commit_together(client, package, monkeypatch):
+    """Regression: the cancel committed before the refund was recorded; a crash in between left a
+    ``refund_pending`` booking with no refund owed on its checkout, invisible to ``retry_refunds``."""
+    from bookings.managers import CheckoutManager
+    from bookings.services import cancel_booking
+
+    booking = book(package)
+    deliver(client, completed_event(booking.checkout.provider_checkout_id))
+
+    def crash(self, checkout_id):
+        raise RuntimeError("process died")
+
+    monkeypatch.setattr(CheckoutManager, "request_refund", crash)
+    with pytest.raises(RuntimeError):
+        cancel_booking(booking.pk)
+    assert status_of(booking) == Booking.Status.CONFIRMED  # all or nothing
+    assert Checkout.objects.get(booking=booking).refund_state == ""

@@ -140,3 +140,30 @@ def test_refusals_speak_arabic_when_asked(api_client, tenant, package):
     error = assert_error(api_client.post(f"/api/t/acme/proposals/{proposal.pk}/confirm", {"session_id": "chat-1"},
                                          format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "proposal_already_processed")
     assert error["message"] == "عولج هذا المقترح من قبل."
+
+
+def test_provider_down_at_confirm_reopens_the_proposal_so_a_retry_succeeds(api_client, tenant, package, settings):
+    """Regression: a 503 said "try again", but the proposal stayed executed with a released booking and no
+    checkout, so every retry got proposal_already_processed."""
+    proposal = make_proposal(tenant, package=package)
+    url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+    assert_error(api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1"),
+                 503, "payment_provider_unavailable")
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (stored.status, stored.booking_id, stored.confirmed_at, stored.executed_at) == ("pending", None, None, None)
+    assert Booking.objects.get().status == "expired"  # the hold was released: the date is free
+    settings.PAYMENT_PROVIDER = "sandbox"
+    retried = api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1")
+    assert retried.status_code == 200, retried.content
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert stored.status == "executed" and stored.booking_id == retried.json()["booking"]["id"]
+    assert Booking.objects.get(pk=stored.booking_id).status == "held"
+
+
+def test_propose_for_a_past_date_is_400_date_in_past(api_client, package):
+    """Regression: a proposal for yesterday was accepted (201) although it could never be booked."""
+    yesterday = (future() - timedelta(days=60)).isoformat()
+    assert_error(api_client.post("/api/t/acme/proposals", propose_body(package, date=yesterday), format="json"),
+                 400, "date_in_past")
+    assert not Proposal.objects.exists()

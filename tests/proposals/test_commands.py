@@ -1,9 +1,11 @@
 from datetime import timedelta
 from io import StringIO
 
+import pytest
 from django.core.management import call_command
 from django.db.models.functions import Now
 
+from bookings.payments.sandbox import SandboxProvider
 from proposals.models import Proposal
 from proposals.seed import DEMO_SESSION, seed_demo
 from tests.bookings.factories import PackageFactory
@@ -15,7 +17,7 @@ def test_expire_proposals_command(tenant):
     Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
     out = StringIO()
     call_command("expire_proposals", stdout=out)
-    assert out.getvalue().strip() == "Expired proposals: 1"
+    assert out.getvalue().splitlines() == ["Reopened stranded proposals: 0", "Expired proposals: 1"]
     assert Proposal.objects.get(pk=live.pk).status == "pending"
 
 
@@ -25,3 +27,36 @@ def test_seed_adds_one_pending_proposal_idempotently(tenant):
     seed_demo(tenant, admin=None, api_user=None)
     proposal = Proposal.objects.get()
     assert (proposal.session_id, proposal.status) == (DEMO_SESSION, "pending")
+
+
+def test_a_proposal_stranded_by_a_crash_before_the_provider_answered_is_reopened(tenant, settings, recording_provider):
+    """Regression: a process dying between the confirm commit and the provider call left the proposal
+    ``executed`` with a booking whose checkout never opened; every retry said proposal_already_processed."""
+    from bookings.models import Booking
+    from proposals.services import confirm_proposal
+
+    proposal = make_proposal(tenant)
+    settings.PAYMENT_PROVIDER = "tests.proposals.test_commands.DyingProvider"
+    with pytest.raises(RuntimeError):
+        confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    stranded = Proposal.objects.get(pk=proposal.pk)
+    assert stranded.status == "executed" and stranded.booking.checkout.state == "creating"
+    out = StringIO()
+    call_command("expire_proposals", stdout=out)
+    assert "Reopened stranded proposals: 0" in out.getvalue()  # the hold is live: the caller may still answer
+    Booking.objects.filter(pk=stranded.booking_id).update(hold_expires_at=Now() - timedelta(seconds=1))
+    out = StringIO()
+    call_command("expire_proposals", stdout=out)
+    assert "Reopened stranded proposals: 1" in out.getvalue()
+    reopened = Proposal.objects.get(pk=proposal.pk)
+    assert (reopened.status, reopened.booking_id) == ("pending", None)
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RecordingProvider"
+    _, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    assert booking.checkout.state == "open" and Proposal.objects.get(pk=proposal.pk).booking_id == booking.pk
+
+
+class DyingProvider(SandboxProvider):
+    """The process dies inside create_checkout (not a ProviderError: nothing is recorded)."""
+
+    def create_checkout(self, booking, checkout):
+        raise RuntimeError("process died")

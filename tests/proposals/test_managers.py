@@ -5,7 +5,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
-from bookings.exceptions import DateUnavailable
+from bookings.exceptions import DateUnavailable, PackageNotFound
 from bookings.models import Booking
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 from proposals.models import Proposal
@@ -69,9 +69,8 @@ def test_full_date_fails_the_proposal_and_commits_that(tenant):
 def test_inactive_package_fails_with_its_code(tenant):
     proposal = make_proposal(tenant)
     proposal.package.__class__.objects.filter(pk=proposal.package_id).update(active=False)
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(PackageNotFound):
         confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
-    assert raised.value.code == "package_not_found"
     assert Proposal.objects.get(pk=proposal.pk).failure_code == "package_not_found"
 
 

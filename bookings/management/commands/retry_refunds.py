@@ -5,14 +5,11 @@ from bookings.services import retry_refund
 
 
 class Command(BaseCommand):
-    help = "Retry every refund the payment provider failed to make."
+    help = ("Retry every refund the payment provider failed to make, and every refund left pending by a "
+            "process that died before the provider answered.")
 
     def handle(self, *args, **options):
-        booking_ids = list(
-            Checkout.objects.filter(refund_state=Checkout.RefundState.FAILED)
-            .order_by("pk")
-            .values_list("booking_id", flat=True)
-        )
+        booking_ids = list(Checkout.objects.refunds_to_retry().order_by("pk").values_list("booking_id", flat=True))
         refunded = sum(1 for booking_id in booking_ids if retry_refund(booking_id))
         self.stdout.write(f"Refunds retried: {len(booking_ids)}, refunded: {refunded}, still failing: "
                           f"{len(booking_ids) - refunded}")
