@@ -1,7 +1,10 @@
 """Operator screens. State changes only through actions that call the managers."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models.functions import Now
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import DomainError
@@ -43,8 +46,40 @@ class PromoStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+# The form field a manager refusal concerns (others are shown above the form).
+REFUSAL_FIELDS = {"promo_code_taken": "code", "promo_limit_below_usage": "total_usage_limit"}
+
+
+class PromoCodeAdminForm(forms.ModelForm):
+    # Set (on a per-request subclass, see PromoCodeAdmin.get_form) when the manager refused the save:
+    # the form is shown again, bound to the operator's input, with the refusal as its error.
+    refusal = None
+
+    class Meta:
+        model = PromoCode
+        fields = [
+            "tenant",
+            "code",
+            "bonus_type",
+            "bonus_value",
+            "max_bonus",
+            "starts_at",
+            "ends_at",
+            "total_usage_limit",
+            "per_customer_limit",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.refusal is not None:
+            field = REFUSAL_FIELDS.get(self.refusal.code)
+            self.add_error(field if field in self.fields else None, self.refusal.render())
+        return cleaned
+
+
 @admin.register(PromoCode)
 class PromoCodeAdmin(admin.ModelAdmin):
+    form = PromoCodeAdminForm
     list_display = [
         "code",
         "tenant",
@@ -72,18 +107,47 @@ class PromoCodeAdmin(admin.ModelAdmin):
 
         A plain ``obj.save()`` would write back the ``times_used`` this form
         loaded, undoing every redeem made while the operator was editing.
+        A refusal (DomainError) propagates to ``changeform_view``.
         """
+        if change:
+            fields = {name: form.cleaned_data[name] for name in form.changed_data if name != "tenant"}
+            saved = PromoCode.objects.update_code(obj.pk, tenant=obj.tenant, **fields)
+        else:
+            fields = {name: value for name, value in form.cleaned_data.items() if name != "tenant"}
+            saved = PromoCode.objects.create_code(tenant=form.cleaned_data["tenant"], **fields)
+        for field in PromoCode._meta.concrete_fields:  # the admin logs and redirects using ``obj``
+            setattr(obj, field.attname, getattr(saved, field.attname))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        refusal = getattr(request, "_promo_refusal", None)
+        return type(form.__name__, (form,), {"refusal": refusal}) if refusal is not None else form
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
-            if change:
-                fields = {name: form.cleaned_data[name] for name in form.changed_data if name != "tenant"}
-                saved = PromoCode.objects.update_code(obj.pk, tenant=obj.tenant, **fields)
-            else:
-                fields = {name: value for name, value in form.cleaned_data.items() if name != "tenant"}
-                saved = PromoCode.objects.create_code(tenant=form.cleaned_data["tenant"], **fields)
-        except DomainError as error:
-            self.message_user(request, f"{obj}: {error.render()} ({error.code})", messages.ERROR)
-            return
-        obj.pk, obj.times_used, obj.is_active = saved.pk, saved.times_used, saved.is_active
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as error:  # raised by the manager in save_model; the admin's transaction rolled back
+            # Render the same POST again, invalid this time (the refusal is its error): the operator
+            # keeps what they typed, sees the localized reason, and no "changed successfully" follows.
+            request._promo_refusal = error
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_actions(self, request):
+        # The bulk delete is a plain queryset.delete(): no row lock, so a usage committed meanwhile
+        # failed the deferred foreign key at COMMIT. Delete one code at a time (delete_code below).
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_model(self, request, obj):
+        PromoCode.objects.delete_code(obj.pk, tenant=obj.tenant)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as error:  # promo_in_use (a usage just arrived), resource_locked, promo_not_found
+            self.message_user(request, f"{error.render()} ({error.code})", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:promos_promocode_changelist"))
 
     @admin.display(description=_("used / limit"), ordering="times_used")
     def usage(self, promo):
@@ -157,6 +221,11 @@ class PromoUsageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # Actions need the change permission; the detail page stays view-only, because its Save
+        # is a full-row save() that would write back a status or voided_at read a moment earlier.
+        return obj is None and super().has_change_permission(request)
+
     def has_delete_permission(self, request, obj=None):
         return False
 
@@ -223,6 +292,11 @@ class RedemptionSessionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        # Actions need the change permission; the detail page stays view-only, because its Save
+        # is a full-row save() that would write back a status or voided_at read a moment earlier.
+        return obj is None and super().has_change_permission(request)
 
     def has_delete_permission(self, request, obj=None):
         return False

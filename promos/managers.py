@@ -58,9 +58,13 @@ _CONSTRAINT_ERRORS = {
 }
 
 
+def _constraint_name(exc):
+    return getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+
+
 def _constraint_error(exc):
     """Map an IntegrityError of a promo code write to its domain error (400 for a CHECK, 409 for a clash)."""
-    name = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+    name = _constraint_name(exc)
     if name in _CONSTRAINT_ERRORS:
         return _CONSTRAINT_ERRORS[name]()
     if name and name.startswith("promo"):
@@ -79,9 +83,13 @@ class PromoCodeQuerySet(models.QuerySet):
         """Case-insensitive lookup that can use the UNIQUE (lower(code), tenant) index."""
         return self.alias(code_lower=Lower("code")).filter(tenant=tenant, code_lower=Lower(Value(str(code).strip())))
 
-    def locked(self, *, nowait=False):
-        """Row lock for a re-validate-then-change: FOR NO KEY UPDATE (usages' FK checks still pass)."""
-        return self.select_for_update(no_key=True, nowait=nowait)
+    def locked(self, *, nowait=False, no_key=True):
+        """Row lock for a re-validate-then-change: FOR NO KEY UPDATE (usages' FK checks still pass).
+
+        ``OF self`` and primary-key order: the default ordering (tenant, code) joins core_tenant,
+        and an unqualified lock would also lock the tenant row, serialising every code of the shop.
+        """
+        return self.select_for_update(no_key=no_key, nowait=nowait, of=("self",)).order_by("pk")
 
     def live(self):
         """Active, inside the window (database clock), not exhausted."""
@@ -267,20 +275,27 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
     update_code.alters_data = True
 
+    @translates_lock_errors
     def delete_code(self, promo_id, *, tenant):
-        """Delete a code that was never used; PromoInUse when usages exist (void keeps history)."""
+        """Delete a code that was never used; PromoInUse when usages exist (void keeps history).
+
+        Locks the code row ``FOR UPDATE`` first (short lock timeout): a redeem
+        must hold that row's lock to insert a usage, so once we hold it no usage
+        can appear, and the usages check (a statement issued after the lock)
+        sees every usage committed while we waited. Without the lock, a usage
+        committed after the check failed the deferred foreign key at COMMIT (500).
+        Raises PromoNotFound, PromoInUse, LockContended.
+        """
         with transaction.atomic(using=self.db):
-            promo = self.for_tenant(tenant).filter(pk=promo_id).first()
+            set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
+            promo = self.for_tenant(tenant).locked(no_key=False).filter(pk=promo_id).first()
             if promo is None:
                 raise errors.PromoNotFound()
             if promo.usages.exists():
                 raise errors.PromoInUse()
             try:
-                with transaction.atomic(using=self.db):
-                    promo.delete()
+                promo.delete()
             except models.ProtectedError:
-                raise errors.PromoInUse()
-            except IntegrityError:  # a usage inserted concurrently
                 raise errors.PromoInUse()
 
     delete_code.alters_data = True
@@ -367,6 +382,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
 
     create_session.alters_data = True
 
+    @translates_lock_errors
     def _answer(self, session_id, *, secret, to_status, stamp):
         """Move a pending, unexpired session whose secret matches to ``to_status`` (one filtered UPDATE)."""
         with transaction.atomic(using=self.db):
@@ -401,6 +417,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
 
     reject.alters_data = True
 
+    @translates_lock_errors
     def consume(self, session_id, *, tenant, amount):
         """Use an approved session once for ``amount``; return ``amount``.
 
@@ -409,20 +426,28 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         ``max_amount >= amount``. On 0 rows one read names the refusal:
         SessionNotFound (also another tenant's), SessionAlreadyUsed,
         SessionExpired, SessionNotApproved, AmountExceedsLimit.
+        LockContended if the row stays locked past the lock timeout.
         """
         amount = _require_amount(amount)
-        with transaction.atomic(using=self.db):
-            won = self.filter(
-                session_id=session_id,
-                tenant=tenant,
-                status="approved",
-                expires_at__gt=ClockTimestamp(),
-                used_at__isnull=True,
-                max_amount__gte=amount,
-            ).update(status="used", used_at=ClockTimestamp(), used_amount=amount)
-            if won:
-                return amount
-            raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
+        try:
+            with transaction.atomic(using=self.db):
+                won = self.filter(
+                    session_id=session_id,
+                    tenant=tenant,
+                    status="approved",
+                    expires_at__gt=ClockTimestamp(),
+                    used_at__isnull=True,
+                    max_amount__gte=amount,
+                ).update(status="used", used_at=ClockTimestamp(), used_amount=amount)
+                if won:
+                    return amount
+                raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
+        except IntegrityError as exc:
+            # clock_timestamp() is read once for the WHERE and again for the SET: when expiry falls
+            # between the two reads, the CHECK used_at < expires_at refuses the write. It was too late.
+            if _constraint_name(exc) == "redemption_used_before_expiry":
+                raise errors.SessionExpired() from exc
+            raise
 
     consume.alters_data = True
 
@@ -441,11 +466,12 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         # Approved between our UPDATE and this read: it was not approved when we tried.
         return errors.SessionNotApproved()
 
+    @translates_lock_errors
     def cancel(self, session_id, *, tenant):
         """Shop cancels a pending or approved, unexpired session (one filtered UPDATE).
 
         Raises SessionNotFound, SessionAlreadyUsed, SessionExpired,
-        SessionNotCancellable (rejected or already cancelled).
+        SessionNotCancellable (rejected or already cancelled), LockContended.
         """
         with transaction.atomic(using=self.db):
             won = self.filter(
@@ -467,11 +493,13 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
 
     cancel.alters_data = True
 
+    @translates_lock_errors
     def expire_due(self, *, tenant=None):
         """Mark every pending/approved session past ``expires_at`` as expired; return how many.
 
         One UPDATE; a consume racing it re-checks its WHERE on the row the sweep
-        wrote (status expired) and matches nothing, and vice versa.
+        wrote (status expired) and matches nothing, and vice versa. LockContended
+        when a row stays locked past the lock timeout (run the sweep again).
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
         with transaction.atomic(using=self.db):

@@ -67,7 +67,11 @@ class PromoCodeSerializer(serializers.ModelSerializer):
 
 class PromoCodeInputSerializer(serializers.Serializer):
     code = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=CODE_MAX)
-    bonus_type = serializers.ChoiceField(choices=PromoCode.BonusType.choices)
+    # DRF's default message quotes the input back; a lone surrogate in it cannot be encoded (500).
+    bonus_type = serializers.ChoiceField(
+        choices=PromoCode.BonusType.choices,
+        error_messages={"invalid_choice": _("The bonus type must be fixed or percentage.")},
+    )
     bonus_value = AmountField()
     max_bonus = AmountField(required=False, allow_null=True)
     starts_at = serializers.DateTimeField(required=False, allow_null=True)

@@ -6,9 +6,11 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from core.db import database_now
+from promos import managers
 from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.factories import TenantFactory
 from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
-from tests.promos.helpers import assert_invariant
+from tests.promos.helpers import assert_invariant, rows_locked, short_lock_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -113,3 +115,84 @@ def test_admin_add_creates_through_the_manager(admin_client, tenant):
     )
     assert response.status_code == 302, response.content
     assert PromoCode.objects.get(code="NEW").bonus_value == Decimal("12.50")
+
+
+def test_refused_change_keeps_the_form_and_claims_no_success(admin_client, tenant):
+    """Regression: a manager refusal was shown *and* followed by "changed successfully" and a redirect."""
+    promo = PromoCodeFactory(tenant=tenant, code="EDIT", total_usage_limit=10)
+    for customer in ("a", "b"):
+        PromoCode.objects.redeem("EDIT", tenant=tenant, customer=customer, amount="10")
+    url = reverse("admin:promos_promocode_change", args=[promo.pk])
+    form = {"tenant": tenant.pk, "code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 1}
+    response = admin_client.post(url, form)
+    assert response.status_code == 200  # the form again, not a redirect
+    errors = response.context["adminform"].form.errors
+    assert "total_usage_limit" in errors and "cannot be lower" in str(errors["total_usage_limit"])
+    assert 'value="7.00"' in response.content.decode()  # the operator's input is kept
+    assert not any("successfully" in m for m in texts(response))
+    promo.refresh_from_db()
+    assert (promo.bonus_value, promo.total_usage_limit) == (Decimal("10.00"), 10)
+    assert assert_invariant(promo) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_action_reports_a_locked_row_instead_of_failing(admin_client):
+    """Regression: a session row locked past lock_timeout made the cancel action a 500."""
+    tenant = TenantFactory()
+    locked = RedemptionSessionFactory(tenant=tenant, customer="locked")
+    free = RedemptionSessionFactory(tenant=tenant, customer="free")
+    with rows_locked(RedemptionSession.objects.filter(pk=locked.pk)), short_lock_timeout():
+        response = action(admin_client, "redemptionsession", "cancel_selected", [locked, free])
+    assert response.status_code == 200
+    messages = texts(response)
+    assert "Cancelled 1 session(s)." in messages
+    assert any(m.startswith(str(locked)) and "resource_locked" in m for m in messages), messages
+    statuses = dict(RedemptionSession.objects.values_list("customer", "status"))
+    assert statuses == {"locked": "pending", "free": "cancelled"}
+
+
+def test_usage_and_session_pages_are_view_only(admin_client, tenant):
+    """Regression: their Save button was a full-row save() outside the managers, able to write back a
+    voided_at or status read a moment earlier (un-voiding a usage, un-using a session)."""
+    promo = PromoCodeFactory(tenant=tenant, code="V")
+    usage = PromoCode.objects.redeem("V", tenant=tenant, customer="a", amount="10")
+    session = RedemptionSessionFactory(tenant=tenant)
+    for model, pk in [("promousage", usage.pk), ("redemptionsession", session.pk)]:
+        url = reverse(f"admin:promos_{model}_change", args=[pk])
+        page = admin_client.get(url)
+        assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+        assert admin_client.post(url, {}).status_code == 403
+    assert assert_invariant(promo) == 1
+
+
+def test_code_delete_goes_through_the_manager(admin_client, tenant):
+    unused, used = PromoCodeFactory(tenant=tenant, code="UNUSED"), PromoCodeFactory(tenant=tenant, code="USED")
+    PromoCode.objects.redeem("USED", tenant=tenant, customer="a", amount="10")
+    changelist = admin_client.get(reverse("admin:promos_promocode_changelist"))
+    assert "delete_selected" not in changelist.content.decode()  # the unlocked bulk delete is gone
+    response = admin_client.post(reverse("admin:promos_promocode_delete", args=[unused.pk]), {"post": "yes"})
+    assert response.status_code == 302 and not PromoCode.objects.filter(pk=unused.pk).exists()
+    page = admin_client.get(reverse("admin:promos_promocode_delete", args=[used.pk]))
+    assert page.status_code == 200 and "Cannot delete" in page.content.decode()  # Django lists the usages
+    assert PromoCode.objects.filter(pk=used.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monkeypatch):
+    """Deactivate action, change form and delete on a code whose row another transaction holds."""
+    monkeypatch.setattr(managers, "REDEEM_LOCK_TIMEOUT_MS", 100)
+    tenant = TenantFactory()
+    locked, free = PromoCodeFactory(tenant=tenant, code="LOCKED"), PromoCodeFactory(tenant=tenant, code="FREE")
+    change_url = reverse("admin:promos_promocode_change", args=[locked.pk])
+    form = {"tenant": tenant.pk, "code": "LOCKED", "bonus_type": "fixed", "bonus_value": "7.00"}
+    with rows_locked(PromoCode.objects.filter(pk=locked.pk)):
+        deactivated = texts(action(admin_client, "promocode", "deactivate_selected", [locked, free]))
+        changed = admin_client.post(change_url, form)
+        deleted = admin_client.post(reverse("admin:promos_promocode_delete", args=[locked.pk]), {"post": "yes"})
+    assert "Deactivated 1 promo code(s)." in deactivated
+    assert any(m.startswith("LOCKED") and "resource_locked" in m for m in deactivated), deactivated
+    assert changed.status_code == 200 and changed.context["adminform"].form.non_field_errors()
+    assert deleted.status_code == 302 and any("resource_locked" in m for m in texts(deleted))
+    locked.refresh_from_db()
+    assert (locked.is_active, locked.bonus_value) == (True, Decimal("10.00"))
+    assert not PromoCode.objects.get(pk=free.pk).is_active

@@ -1,3 +1,4 @@
+import json
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -67,6 +68,7 @@ def test_duplicate_code_any_case_is_409(api_client, promo):
         {"code": "P", "bonus_type": "fixed", "bonus_value": "-1"},
         {"code": "P", "bonus_type": "fixed", "bonus_value": "NaN"},
         {"code": "P", "bonus_type": "free", "bonus_value": "1"},
+        {"code": "P", "bonus_type": "\ud800", "bonus_value": "1"},  # regression: echoed in the error, 500
         {"code": "has space", "bonus_type": "fixed", "bonus_value": "1"},
         {"code": "X" * 65, "bonus_type": "fixed", "bonus_value": "1"},
         {"code": "P", "bonus_type": "fixed", "bonus_value": "1", "total_usage_limit": 0},
@@ -82,7 +84,7 @@ def test_duplicate_code_any_case_is_409(api_client, promo):
     ],
 )
 def test_bad_definitions_are_400(api_client, tenant, body):
-    assert_error(post(api_client, "promo-codes", body), 400, "invalid_input")
+    assert_error(raw_post(api_client, "promo-codes", json.dumps(body)), 400, "invalid_input")
     assert not PromoCode.objects.exists()
 
 
@@ -429,3 +431,50 @@ def test_schema_describes_the_promo_endpoints(api_client):
         "/api/public/redemption-sessions/{session_id}/approve",
     ]:
         assert path in paths, sorted(paths)
+
+
+ODD_VALUES = [None, [], {}, [1], True, -1, 10**30, 1.5, "", "\x00", "a\x00b", "\ud800", "é" * 70, "x" * 5000, "٣٣"]
+
+
+def test_odd_values_in_any_field_are_never_a_500(api_client, anon_client, tenant):
+    """Every field of every promo POST, one odd JSON value at a time: 2xx/400/404/409, never 500."""
+    api_client.raise_request_exception = anon_client.raise_request_exception = False
+    session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("1000000"))
+    pending = RedemptionSessionFactory(tenant=tenant)
+    PromoCodeFactory(tenant=tenant, code="SPRING15")
+    targets = [
+        (api_client, f"{BASE}/promo-codes/validate", {"code": "SPRING15", "customer": "a", "amount": "5"}),
+        (
+            api_client,
+            f"{BASE}/promo-codes/redeem",
+            {"code": "SPRING15", "customer": "a", "amount": "5", "reference": ""},
+        ),
+        (
+            api_client,
+            f"{BASE}/promo-codes",
+            {
+                "code": "NEW",
+                "bonus_type": "fixed",
+                "bonus_value": "5",
+                "max_bonus": "3",
+                "starts_at": "2020-01-01T00:00:00Z",
+                "ends_at": "2030-01-01T00:00:00Z",
+                "total_usage_limit": 5,
+                "per_customer_limit": 1,
+                "is_active": True,
+            },
+        ),
+        (api_client, f"{BASE}/redemption-sessions", {"customer": "a", "max_amount": "5", "expires_in": 60}),
+        (api_client, f"{BASE}/redemption-sessions/{session.session_id}/consume", {"amount": "1"}),
+        (anon_client, f"/api/public/redemption-sessions/{pending.session_id}/reject", {"approval_secret": "x"}),
+    ]
+    failures = []
+    for client, path, good in targets:
+        for field in good:
+            for value in ODD_VALUES:
+                text = json.dumps({**good, field: value})  # ASCII escapes: a lone surrogate survives
+                response = client.post(path, data=text, content_type="application/json")
+                if response.status_code not in (200, 201, 400, 404, 409):
+                    failures.append((path, field, repr(value)[:20], response.status_code))
+                PromoCode.objects.filter(code="NEW").delete()
+    assert not failures, failures

@@ -6,7 +6,9 @@ from django.core.management import CommandError, call_command
 
 from core.models import Tenant
 from promos.models import PromoCode, RedemptionSession
+from tests.factories import TenantFactory
 from tests.promos.factories import RedemptionSessionFactory
+from tests.promos.helpers import rows_locked, short_lock_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -42,3 +44,14 @@ def test_seed_demo_adds_codes_and_a_session_idempotently():
     codes = dict(PromoCode.objects.for_tenant(demo).values_list("code", "bonus_type"))
     assert codes == {"WELCOME10": "fixed", "SPRING15": "percentage"}
     assert RedemptionSession.objects.for_tenant(demo).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_expire_redemption_sessions_reports_a_locked_row():
+    """Regression: a due row locked past lock_timeout ended the command with an OperationalError traceback."""
+    due = RedemptionSessionFactory(tenant=TenantFactory(), expires_in=timedelta(seconds=-1))
+    with rows_locked(RedemptionSession.objects.filter(pk=due.pk)), short_lock_timeout():
+        with pytest.raises(CommandError, match="resource_locked"):
+            run("expire_redemption_sessions")
+    assert RedemptionSession.objects.get(pk=due.pk).status == "pending"
+    assert run("expire_redemption_sessions") == "Expired 1 redemption session(s).\n"

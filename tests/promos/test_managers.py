@@ -16,6 +16,8 @@ from tests.promos.helpers import assert_invariant, statements
 
 pytestmark = pytest.mark.django_db
 
+LOCK_SELF = 'FOR NO KEY UPDATE OF "promos_promocode"'
+
 
 def redeem(promo, customer="alice", amount="100.00", **kwargs):
     return PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=customer, amount=amount, **kwargs)
@@ -42,7 +44,7 @@ def test_redeem_query_count_and_lock_sql(tenant):
     # SET LOCAL lock_timeout, lock the row, re-read (clock + customer's uses), INSERT usage, UPDATE times_used
     assert len(sql) == 5, sql
     assert "set_config('lock_timeout'" in sql[0]
-    assert sql[1].endswith("FOR NO KEY UPDATE")
+    assert sql[1].endswith(LOCK_SELF) and "JOIN" not in sql[1], sql[1]  # the code row only, never the tenant's
     assert "clock_timestamp()" in sql[2]
     assert sql[3].startswith("INSERT INTO")
     assert sql[4].startswith("UPDATE") and '"times_used" + 1' in sql[4]
@@ -53,7 +55,7 @@ def test_redeem_nowait_mode_locks_with_nowait(tenant):
     with CaptureQueriesContext(connection) as queries:
         redeem(promo, nowait=True)
     sql = statements(queries)
-    assert len(sql) == 4 and sql[0].endswith("FOR NO KEY UPDATE NOWAIT"), sql
+    assert len(sql) == 4 and sql[0].endswith(f"{LOCK_SELF} NOWAIT") and "JOIN" not in sql[0], sql
 
 
 def test_unknown_code_and_other_tenants_code_are_not_found(tenant, other_tenant):
@@ -164,7 +166,8 @@ def test_deactivate_takes_the_row_lock(tenant):
     promo = PromoCodeFactory(tenant=tenant)
     with CaptureQueriesContext(connection) as queries:
         PromoCode.objects.deactivate(promo.pk, tenant=tenant)
-    assert any(sql.endswith("FOR NO KEY UPDATE") for sql in statements(queries))
+    locks = [sql for sql in statements(queries) if "FOR NO KEY UPDATE" in sql]
+    assert len(locks) == 1 and locks[0].endswith(LOCK_SELF) and "JOIN" not in locks[0], locks
     assert not PromoCode.objects.get(pk=promo.pk).is_active
 
 
@@ -359,3 +362,36 @@ def test_cancel_other_tenants_session_is_not_found(tenant, other_tenant):
     theirs = RedemptionSessionFactory(tenant=other_tenant)
     with pytest.raises(errors.SessionNotFound):
         RedemptionSession.objects.cancel(theirs.session_id, tenant=tenant)
+
+
+def test_consume_when_expiry_falls_between_where_and_set_is_session_expired(tenant):
+    """Regression: WHERE and SET each read clock_timestamp(); expiry between the two reads made the
+    CHECK used_at < expires_at fail, an IntegrityError (500). It is session_expired, nothing written.
+
+    The trigger stands in for that microsecond: it moves the SET's timestamp onto expires_at.
+    """
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION pg_temp.late_clock() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.used_at := NEW.expires_at; RETURN NEW; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER late_clock BEFORE UPDATE ON promos_redemptionsession FOR EACH ROW "
+            "WHEN (NEW.status = 'used') EXECUTE FUNCTION pg_temp.late_clock()"
+        )
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
+    session.refresh_from_db()
+    assert (session.status, session.used_at, session.used_amount) == ("approved", None, None)
+
+
+def test_delete_code_locks_the_row_before_looking_for_usages(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    with CaptureQueriesContext(connection) as queries:
+        PromoCode.objects.delete_code(promo.pk, tenant=tenant)
+    sql = statements(queries)
+    assert "set_config('lock_timeout'" in sql[0]
+    assert sql[1].endswith('FOR UPDATE OF "promos_promocode"') and "JOIN" not in sql[1], sql[1]
+    assert "promos_promousage" in sql[2]  # the usages check, issued after the lock is held
+    assert not PromoCode.objects.filter(pk=promo.pk).exists()

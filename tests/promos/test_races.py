@@ -23,7 +23,7 @@ from promos.managers import ClockTimestamp
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.factories import TenantFactory
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
-from tests.promos.helpers import assert_invariant
+from tests.promos.helpers import assert_invariant, rows_locked, short_lock_timeout
 from tests.races import run_concurrently, tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -433,3 +433,95 @@ def test_lock_mode_storm_measurement(capsys):
     lines = [_measure_storm(nowait=nowait, limit=limit) for nowait in (False, True) for limit in (5, 60)]
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+def test_delete_racing_an_uncommitted_redeem_is_refused_in_use():
+    """Regression: delete checked for usages before a waiting redeem committed one; the deferred
+    foreign key then failed at COMMIT (IntegrityError, a 500). Now delete locks the row first."""
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    ready, release = threading.Event(), threading.Event()
+
+    def reserve():
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10")
+
+    holder = threading.Thread(target=_hold, args=(reserve, ready, release))
+    holder.start()
+    assert ready.wait(5)
+    threading.Timer(0.3, release.set).start()  # the redeem commits while the delete waits for the row
+    outcome = run_concurrently(lambda i: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant), 1)[0]
+    holder.join(5)
+    assert outcome.code == "promo_in_use", repr(outcome.error)
+    assert assert_invariant(promo) == 1
+
+
+def test_redeem_waiting_on_a_delete_is_not_found():
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    ready, release = threading.Event(), threading.Event()
+    holder = threading.Thread(
+        target=_hold,
+        args=(PromoCode.objects.delete_code, ready, release),
+        kwargs=dict(promo_id=promo.pk, tenant=promo.tenant),
+    )
+    holder.start()
+    assert ready.wait(5)
+    threading.Timer(0.3, release.set).start()
+    outcome = run_concurrently(redeemer(promo, lambda i: "alice", retry=False), 1)[0]
+    holder.join(5)
+    assert outcome.code == "promo_not_found"
+    assert not PromoCode.objects.filter(pk=promo.pk).exists()
+    assert not PromoUsage.objects.exists()
+
+
+def test_session_operations_on_a_locked_row_answer_resource_locked():
+    """Regression: cancel, consume, approve and the sweep let 55P03 escape as OperationalError
+    (a 500 in the admin cancel action, a traceback in the command)."""
+    tenant = TenantFactory()
+    pending = RedemptionSessionFactory(tenant=tenant)
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved")
+    RedemptionSessionFactory(tenant=tenant, expires_in=timedelta(seconds=-1))  # due for the sweep
+    attempts = [
+        lambda: RedemptionSession.objects.cancel(pending.session_id, tenant=tenant),
+        lambda: RedemptionSession.objects.approve(pending.session_id, secret=SECRET),
+        lambda: RedemptionSession.objects.reject(pending.session_id, secret=SECRET),
+        lambda: RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="1"),
+        lambda: RedemptionSession.objects.expire_due(tenant=tenant),
+    ]
+
+    def attempt(i):
+        with short_lock_timeout():
+            return attempts[i]()
+
+    with rows_locked(RedemptionSession.objects.filter(tenant=tenant)):
+        outcomes = run_concurrently(attempt, len(attempts))
+    assert [o.code for o in outcomes] == ["resource_locked"] * len(attempts), [repr(o.error) for o in outcomes]
+    assert set(RedemptionSession.objects.values_list("status", flat=True)) == {"pending", "approved"}
+
+
+def test_a_busy_code_does_not_block_another_code_of_the_same_shop():
+    """Regression: the lock statement joined core_tenant (default ordering) without OF, so it locked the
+    tenant row too: a redeem or deactivation in flight on one code blocked every code of the shop."""
+    tenant = TenantFactory()
+    busy, other = PromoCodeFactory(tenant=tenant), PromoCodeFactory(tenant=tenant)
+    for hold_busy_code in [
+        lambda: PromoCode.objects.redeem(busy.code, tenant=tenant, customer="alice", amount="10"),
+        lambda: PromoCode.objects.deactivate(busy.pk, tenant=tenant),
+        lambda: PromoCode.objects.update_code(busy.pk, tenant=tenant, bonus_value=Decimal("3.00")),
+    ]:
+        ready, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=_hold, args=(hold_busy_code, ready, release))
+        holder.start()
+        assert ready.wait(5)
+        try:
+            redeem = redeemer(other, lambda i: f"customer-{i}", retry=False, nowait=True)
+            changes = [
+                redeem,
+                lambda i: PromoCode.objects.deactivate(other.pk, tenant=tenant),
+                lambda i: PromoCode.objects.activate(other.pk, tenant=tenant),
+            ]
+            outcomes = [run_concurrently(change, 1)[0] for change in changes]
+        finally:
+            release.set()
+            holder.join(5)
+        assert [o.code for o in outcomes] == ["ok", "ok", "ok"], [repr(o.error) for o in outcomes]
+    assert assert_invariant(busy) == 1
+    assert assert_invariant(other) == 3

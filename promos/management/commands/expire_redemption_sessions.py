@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.exceptions import DomainError
 from core.models import Tenant
 from promos.models import RedemptionSession
 
@@ -16,5 +17,8 @@ class Command(BaseCommand):
             scope = Tenant.objects.filter(slug=tenant).first()
             if scope is None:
                 raise CommandError(f"No tenant with slug {tenant!r}.")
-        count = RedemptionSession.objects.expire_due(tenant=scope)
+        try:
+            count = RedemptionSession.objects.expire_due(tenant=scope)
+        except DomainError as error:  # resource_locked: a row stayed locked; nothing was changed
+            raise CommandError(f"{error.render()} ({error.code})")
         self.stdout.write(f"Expired {count} redemption session(s).")
