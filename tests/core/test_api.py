@@ -213,3 +213,16 @@ def test_record_and_work_commit_together():
 
 def test_domain_error_str_is_readable():
     assert str(DomainError()).startswith("domain_error: ")
+
+
+def test_a_lone_surrogate_echoed_in_an_error_is_never_a_500(api_client, tenant):
+    """A choice error quotes the input back; a lone surrogate must not break the JSON encoder."""
+    from core.api.renderers import SafeJSONRenderer
+
+    body = SafeJSONRenderer().render({"error": {"code": "invalid_input", "message": '"\ud800" is not a valid choice.'}})
+    assert b"\\ud800" in body
+    assert SafeJSONRenderer().render({"message": "مرحبا"}) == '{"message":"مرحبا"}'.encode()
+    raw = '{"first_name": "A", "sex": "\\ud800"}'  # a lone surrogate, escaped as JSON allows
+    response = api_client.post("/api/t/acme/profiles", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
