@@ -174,5 +174,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+    # Refusals (4xx) are answers, not incidents: log only server errors per request.
+    "loggers": {"django.request": {"level": "ERROR"}},
 }
 DEMO_ADMIN_PASSWORD = env.str("DEMO_ADMIN_PASSWORD", default="lockstep-demo")

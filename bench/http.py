@@ -1,0 +1,191 @@
+"""Lockstep over HTTP: gunicorn (gthread, several workers) and a small Python load generator.
+
+The load generator is ``multiprocessing`` x threads, each thread holding one
+keep-alive ``http.client`` connection and timing every request. It needs nothing
+beyond the standard library, so ``make bench`` runs on a fresh machine (wrk, hey
+or locust are not installed there), and it picks targets from the same shared
+counter as the other variants, so HOT and SPREAD mean the same thing everywhere.
+"""
+
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from urllib.parse import quote
+
+from bench.runner import WON, target_of
+
+CTX = multiprocessing.get_context("fork")
+
+
+def database_url(db):
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    host = quote(db["HOST"] or "localhost", safe="")
+    return f"postgres://{quote(db['USER'] or 'postgres', safe='')}{password}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """gunicorn serving config.wsgi against the benchmark database."""
+
+    def __init__(self, db, *, workers, threads, log, pool=False):
+        self.port = free_port()
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "DATABASE_URL": database_url(db), "DEBUG": "false", "LOG_LEVEL": "ERROR"}
+        if pool:
+            env.update(DJANGO_SETTINGS_MODULE="bench.pool_settings", BENCH_POOL_SIZE=str(threads))
+        command = [
+            os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+            "config.wsgi",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "-k",
+            "gthread",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--keep-alive",
+            "30",
+            "--log-level",
+            "warning",
+        ]
+        self.process = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("gunicorn exited during start-up")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/api/public/none/packages")
+                conn.getresponse().read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("gunicorn did not answer")
+
+    def warm_up(self, path, token, *, requests=64, threads=8):
+        """Send a few authenticated GETs so every worker has imported the app and opened its connection."""
+
+        def client():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            for _ in range(requests // threads):
+                conn.request("GET", path, headers={"Authorization": f"Token {token}"})
+                conn.getresponse().read()
+            conn.close()
+
+        pool = [threading.Thread(target=client) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def _code(status, body):
+    if 200 <= status < 300:
+        return WON
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return f"error:http_{status}"
+
+
+def _process(operation, port, token, counter, barrier, queue, threads, *, clients, case, duration, targets):
+    results = []
+
+    def client():
+        latencies, codes, first, last = [], Counter(), None, None
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        barrier.wait()
+        deadline = time.perf_counter() + duration
+        while True:
+            with counter.get_lock():
+                k = counter.value
+                counter.value += 1
+            t = target_of(k, case=case, clients=clients)
+            start = time.perf_counter()
+            if t >= targets or start >= deadline:
+                break
+            path, body, auth = operation.http(t, k)
+            headers = {"Content-Type": "application/json"}
+            if auth:
+                headers["Authorization"] = f"Token {token}"
+            try:
+                conn.request("POST", path, body=json.dumps(body), headers=headers)
+                response = conn.getresponse()
+                code = _code(response.status, response.read())
+            except (OSError, http.client.HTTPException) as exc:
+                code = f"error:{type(exc).__name__}"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            end = time.perf_counter()
+            first = start if first is None else first
+            last = end
+            latencies.append(end - start)
+            codes[code] += 1
+        conn.close()
+        results.append((latencies, codes, first, last))
+
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    queue.put(results)
+
+
+def run(operation, server, token, *, clients, case, duration, targets):
+    """Drive ``clients`` concurrent keep-alive clients; return (latencies, codes, span)."""
+    processes = min(clients, 2)  # two cores: more generator processes would only steal from the server
+    counter = CTX.Value("q", 0)
+    barrier = CTX.Barrier(clients)
+    queue = CTX.Queue()
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    workers = [
+        CTX.Process(
+            target=_process,
+            args=(operation, server.port, token, counter, barrier, queue, share),
+            kwargs=dict(clients=clients, case=case, duration=duration, targets=targets),
+        )
+        for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    gathered = []
+    for _ in workers:
+        gathered += queue.get(timeout=duration + 300)
+    for worker in workers:
+        worker.join()
+    latencies, codes = [], Counter()
+    for lat, cod, _first, _last in gathered:
+        latencies += lat
+        codes += cod
+    starts = [g[2] for g in gathered if g[2] is not None]
+    ends = [g[3] for g in gathered if g[3] is not None]
+    return latencies, codes, (max(ends) - min(starts)) if starts else 0.0

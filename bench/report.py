@@ -1,0 +1,115 @@
+"""Render a results JSON as the Markdown tables of docs/performance.md: ``python -m bench.report FILE``."""
+
+import json
+import sys
+
+LABELS = {
+    "sql": "raw SQL (pgbench)",
+    "lockstep": "Lockstep call",
+    "http": "Lockstep HTTP",
+    "naive": "naive check-then-act",
+    "serializable": "SERIALIZABLE + retry",
+}
+ORDER = list(LABELS)
+
+
+def _n(value, digits=1):
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _cpu(cell):
+    return " / ".join(_n(cell.get(f"{side}_cpu_ms"), 2) for side in ("client", "server", "db"))
+
+
+def render(data):
+    cells = data["cells"]
+    index = {(c["operation"], c["variant"], c["case"], c["clients"]): c for c in cells}
+    out = []
+    operations = list(dict.fromkeys(c["operation"] for c in cells))
+    for operation in operations:
+        out.append(f"\n### {operation}\n")
+        out.append(
+            "| variant | case | clients | TPS | p50 ms | p99 ms | wins | anomalies | retries "
+            "| CPU ms/attempt client / server / db | refusals / errors |"
+        )
+        out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+        mine = sorted(
+            (c for c in cells if c["operation"] == operation),
+            key=lambda c: (ORDER.index(c["variant"]), c["case"], c["clients"]),
+        )
+        for c in mine:
+            refusals = ", ".join(f"{k} {v}" for k, v in sorted(c["refusals"].items()))
+            errors = ", ".join(f"{k} {v}" for k, v in sorted(c["errors"].items()))
+            extra = "; ".join(x for x in (refusals, errors and f"**errors** {errors}", c.get("note")) if x)
+            out.append(
+                f"| {LABELS[c['variant']]} | {c['case']} | {c['clients']} | {_n(c['tps'])} | {_n(c['p50_ms'], 2)} "
+                f"| {_n(c['p99_ms'], 2)} | {c['wins']} | {c['anomalies']} | {c['retries']} | {_cpu(c)} | {extra} |"
+            )
+    out.append("\n### Ratios of TPS: Lockstep call / raw SQL and Lockstep call / SERIALIZABLE + retry\n")
+    out.append("| operation | case | 1 | 4 | 16 | 64 |")
+    out.append("|---|---|--:|--:|--:|--:|")
+    clients = sorted({c["clients"] for c in cells})
+    for operation in operations:
+        for case in ("hot", "spread"):
+            row = []
+            for n in clients:
+                mine = index.get((operation, "lockstep", case, n))
+                sql = index.get((operation, "sql", case, n))
+                ser = index.get((operation, "serializable", case, n))
+                a = f"{mine['tps'] / sql['tps']:.2f}" if mine and sql and sql["tps"] else "–"
+                b = f"{mine['tps'] / ser['tps']:.2f}" if mine and ser and ser["tps"] else "–"
+                row.append(f"{a} / {b}")
+            out.append(f"| {operation} | {case} | " + " | ".join(row) + " |")
+    out.append(targets(cells, index, clients))
+    return "\n".join(out) + "\n"
+
+
+def _mark(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def targets(cells, index, clients):
+    """Issue 7's targets, per operation: each cell compared, met only if every client count meets it."""
+    out = ["\n### Targets (ratios of TPS in the same run)\n"]
+    out.append(
+        "| operation | HOT: call ≥ 0.5 × raw SQL | HOT: call ≥ 2 × SERIALIZABLE | HOT: 0 anomalies "
+        "| SPREAD: call ≥ 0.25 × raw SQL | HTTP HOT 64: p99 < 50 ms, only 409s |"
+    )
+    out.append("|---|---|---|---|---|---|")
+    for operation in dict.fromkeys(c["operation"] for c in cells):
+
+        def ratio(variant, case, n, operation=operation):
+            mine, base = index.get((operation, "lockstep", case, n)), index.get((operation, variant, case, n))
+            return mine["tps"] / base["tps"] if mine and base and base["tps"] else None
+
+        def column(variant, case, floor):
+            values = [ratio(variant, case, n) for n in clients]
+            shown = " / ".join("–" if v is None else f"{v:.2f}" for v in values)
+            return f"{_mark(all(v is not None and v >= floor for v in values))} ({shown})"
+
+        anomalies = sum(
+            c["anomalies"]
+            for c in cells
+            if c["operation"] == operation and c["variant"] in ("lockstep", "http") and c["case"] == "hot"
+        )
+        http = index.get((operation, "http", "hot", 64))
+        if http:
+            status_ok = not http["errors"]
+            http_cell = f"{_mark(http['p99_ms'] < 50 and status_ok)} (p99 {http['p99_ms']:,.0f} ms"
+            http_cell += ", no errors)" if status_ok else f", errors {http['errors']})"
+        else:
+            http_cell = "–"
+        out.append(
+            f"| {operation} | {column('sql', 'hot', 0.5)} | {column('serializable', 'hot', 2)} "
+            f"| {_mark(anomalies == 0)} ({anomalies}) | {column('sql', 'spread', 0.25)} | {http_cell} |"
+        )
+    out.append(
+        "\nRatios in brackets are for 1 / 4 / 16 / 64 clients; a target counts as met only\n"
+        "when every client count meets it."
+    )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as handle:
+        sys.stdout.write(render(json.load(handle)))
