@@ -1,0 +1,66 @@
+"""The one exception handler: every kind of error in the one envelope, with its status and headers."""
+
+import psycopg.errors
+import pytest
+from django.db import DataError, OperationalError
+from django.http import Http404
+from rest_framework import exceptions as drf
+
+from core.api.errors import exception_handler
+from core.exceptions import Conflict, InvalidInput, LockContended, NotFound
+
+
+def _caused_by(error, cause):
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (InvalidInput(), 400, "invalid_input"),
+        (NotFound(), 404, "not_found"),
+        (Conflict(), 409, "conflict"),
+        (LockContended(), 409, "resource_locked"),
+        (Http404(), 404, "not_found"),
+        (drf.NotAuthenticated(), 401, "not_authenticated"),
+        (drf.AuthenticationFailed(), 401, "authentication_failed"),
+        (drf.PermissionDenied(), 403, "permission_denied"),
+        (drf.MethodNotAllowed("PUT"), 405, "method_not_allowed"),
+        (drf.UnsupportedMediaType("text/plain"), 415, "unsupported_media_type"),
+        (drf.ParseError(), 400, "malformed_request"),
+        (drf.Throttled(wait=3), 429, "throttled"),
+        (drf.ValidationError({"amount": ["A valid number is required."]}), 400, "invalid_input"),
+        (DataError("integer out of range"), 400, "invalid_input"),
+        (_caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()), 409, "resource_locked"),
+        (_caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()), 503, "database_timeout"),
+        (OperationalError("connection refused"), 503, "database_unavailable"),
+    ],
+)
+def test_every_error_kind_renders_in_the_envelope(exc, status, code):
+    response = exception_handler(exc, {})
+    assert response.status_code == status
+    assert response.data["error"]["code"] == code
+    assert response.data["error"]["message"]
+
+
+def test_validation_errors_carry_field_details():
+    response = exception_handler(drf.ValidationError({"amount": ["A valid number is required."]}), {})
+    assert response.data["error"]["fields"] == {"amount": ["A valid number is required."]}
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        LockContended(),
+        drf.Throttled(wait=3),
+        _caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()),
+        OperationalError("connection refused"),
+    ],
+)
+def test_retryable_errors_say_when_to_retry(exc):
+    assert int(exception_handler(exc, {})["Retry-After"]) >= 1
+
+
+def test_a_bug_is_left_to_django_as_a_500():
+    assert exception_handler(ZeroDivisionError(), {}) is None
