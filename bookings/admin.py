@@ -1,6 +1,6 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import Count, Q
 from django.db.models.functions import Now, TruncDate
 from django.utils.translation import gettext_lazy as _
@@ -8,8 +8,7 @@ from django.utils.translation import ngettext
 
 from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.services import cancel_booking, retry_refund
-from core.db import lock_errors_as_conflicts
-from core.exceptions import DomainError
+from core.admin_actions import NOTHING_TO_DO, apply_to_each
 
 
 @admin.register(Package)
@@ -42,24 +41,16 @@ class CheckoutInline(admin.StackedInline):
         return False
 
 
-def _run_per_row(modeladmin, request, queryset, operation, done_message):
-    done = 0
-    for booking in queryset.order_by("pk"):
-        try:
-            with lock_errors_as_conflicts():  # a row busy past lock_timeout is this row's refusal, not a 500
-                outcome = operation(booking)
-            if outcome is False:
-                modeladmin.message_user(
-                    request, _("Booking #%(id)s: nothing to do.") % {"id": booking.pk}, messages.WARNING
-                )
-                continue
-            done += 1
-        except DomainError as exc:
-            modeladmin.message_user(
-                request, _("Booking #%(id)s: %(error)s") % {"id": booking.pk, "error": exc.render()}, messages.ERROR
-            )
-    if done:
-        modeladmin.message_user(request, done_message(done), messages.SUCCESS)
+def _per_booking(modeladmin, request, queryset, operation, done_message):
+    apply_to_each(
+        modeladmin,
+        request,
+        queryset.order_by("pk"),
+        lambda booking: NOTHING_TO_DO if operation(booking) is False else None,
+        describe=lambda booking: _("Booking #%(id)s") % {"id": booking.pk},
+        done_message=done_message,
+        nothing_to_do=_("nothing to do."),
+    )
 
 
 @admin.register(Booking)
@@ -84,21 +75,21 @@ class BookingAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
     def cancel_selected(self, request, queryset):
-        _run_per_row(
+        _per_booking(
             self, request, queryset, lambda b: cancel_booking(b.pk),
             lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
         )
 
     @admin.action(description=_("Release selected holds"), permissions=["change"])
     def release_hold_selected(self, request, queryset):
-        _run_per_row(
+        _per_booking(
             self, request, queryset, lambda b: Booking.objects.release(b.pk),
             lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
         )
 
     @admin.action(description=_("Retry failed refunds"), permissions=["change"])
     def retry_refund_selected(self, request, queryset):
-        _run_per_row(
+        _per_booking(
             self, request, queryset, lambda b: retry_refund(b.pk),
             lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
         )

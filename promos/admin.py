@@ -7,15 +7,9 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
+from core.admin_actions import apply_to_each
 from core.exceptions import DomainError
 from promos.models import PromoCode, PromoUsage, RedemptionSession
-
-
-def _report(modeladmin, request, done, failures, done_message):
-    if done:
-        modeladmin.message_user(request, done_message % {"count": done}, messages.SUCCESS)
-    for obj, error in failures:
-        modeladmin.message_user(request, f"{obj}: {error.render()} ({error.code})", messages.WARNING)
 
 
 class PromoStateFilter(admin.SimpleListFilter):
@@ -153,25 +147,23 @@ class PromoCodeAdmin(admin.ModelAdmin):
     def usage(self, promo):
         return promo.usage_display
 
-    def _set_active(self, request, queryset, active):
-        done, failures = 0, []
-        for promo in queryset.order_by("pk"):
-            try:
-                PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=active)
-                done += 1
-            except DomainError as error:
-                failures.append((promo, error))
-        return done, failures
+    def _set_active(self, request, queryset, *, active, done_message):
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=active),
+            describe=str,
+            done_message=lambda count: done_message % {"count": count},
+        )
 
     @admin.action(description=_("Deactivate selected promo codes"), permissions=["change"])
     def deactivate_selected(self, request, queryset):
-        done, failures = self._set_active(request, queryset, active=False)
-        _report(self, request, done, failures, _("Deactivated %(count)d promo code(s)."))
+        self._set_active(request, queryset, active=False, done_message=_("Deactivated %(count)d promo code(s)."))
 
     @admin.action(description=_("Activate selected promo codes"), permissions=["change"])
     def activate_selected(self, request, queryset):
-        done, failures = self._set_active(request, queryset, active=True)
-        _report(self, request, done, failures, _("Activated %(count)d promo code(s)."))
+        self._set_active(request, queryset, active=True, done_message=_("Activated %(count)d promo code(s)."))
 
 
 class VoidedFilter(admin.SimpleListFilter):
@@ -231,14 +223,14 @@ class PromoUsageAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Void selected usages (give the use back)"), permissions=["change"])
     def void_selected(self, request, queryset):
-        done, failures = 0, []
-        for usage in queryset.order_by("pk"):
-            try:
-                PromoUsage.objects.void(usage.pk, tenant=usage.tenant)
-                done += 1
-            except DomainError as error:
-                failures.append((usage, error))
-        _report(self, request, done, failures, _("Voided %(count)d usage(s)."))
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
+            describe=str,
+            done_message=lambda count: _("Voided %(count)d usage(s).") % {"count": count},
+        )
 
 
 class SessionLiveFilter(admin.SimpleListFilter):
@@ -303,11 +295,11 @@ class RedemptionSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
     def cancel_selected(self, request, queryset):
-        done, failures = 0, []
-        for session in queryset.order_by("pk"):
-            try:
-                RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant)
-                done += 1
-            except DomainError as error:
-                failures.append((session, error))
-        _report(self, request, done, failures, _("Cancelled %(count)d session(s)."))
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
+            describe=str,
+            done_message=lambda count: _("Cancelled %(count)d session(s).") % {"count": count},
+        )

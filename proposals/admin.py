@@ -1,13 +1,12 @@
 """Operator screen for proposals: state changes only through the manager (the expire action)."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.db import lock_errors_as_conflicts
-from core.exceptions import DomainError
+from core.admin_actions import apply_to_each
 from proposals.models import Proposal
 
 
@@ -39,21 +38,11 @@ class ProposalAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Expire selected pending proposals"), permissions=["change"])
     def expire_selected(self, request, queryset):
-        done = 0
-        for proposal in queryset.order_by("pk"):
-            try:
-                with lock_errors_as_conflicts():  # a row busy past lock_timeout is this row's refusal, not a 500
-                    Proposal.objects.expire(proposal.pk)
-                done += 1
-            except DomainError as exc:
-                self.message_user(
-                    request,
-                    _("Proposal #%(id)s: %(error)s") % {"id": proposal.pk, "error": exc.render()},
-                    messages.ERROR,
-                )
-        if done:
-            self.message_user(
-                request,
-                ngettext("%(n)d proposal expired.", "%(n)d proposals expired.", done) % {"n": done},
-                messages.SUCCESS,
-            )
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda proposal: Proposal.objects.expire(proposal.pk),
+            describe=lambda proposal: _("Proposal #%(id)s") % {"id": proposal.pk},
+            done_message=lambda n: ngettext("%(n)d proposal expired.", "%(n)d proposals expired.", n) % {"n": n},
+        )
