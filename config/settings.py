@@ -12,6 +12,7 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)  # optional local overrides
 
 DEBUG = env.bool("DEBUG", default=True)
+# With DEBUG off, this public key fails `check --deploy` and warns everywhere else (core/checks.py).
 SECRET_KEY = env.str("SECRET_KEY", default="lockstep-insecure-development-key-change-me-in-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -83,9 +84,15 @@ else:
 LOCK_TIMEOUT_MS = env.int("LOCK_TIMEOUT_MS", default=2000)
 STATEMENT_TIMEOUT_MS = env.int("STATEMENT_TIMEOUT_MS", default=15000)
 _database.setdefault("OPTIONS", {})
-_database["OPTIONS"]["options"] = (
-    f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
-    " -c idle_in_transaction_session_timeout=60000"
+_database["OPTIONS"]["options"] = " ".join(
+    filter(
+        None,
+        [
+            _database["OPTIONS"].get("options", ""),  # DATABASE_URL's own ?options= (search_path, ...) are kept
+            f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            " -c idle_in_transaction_session_timeout=60000",
+        ],
+    )
 )
 _database["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 _database["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

@@ -30,5 +30,6 @@ for app in DOMAIN_APPS:
         path("", include((routes.urlpatterns, app), namespace=app)),
     ]
 
+handler400 = "core.api.errors.json_400"
 handler404 = "core.api.errors.json_404"
 handler500 = "core.api.errors.json_500"

@@ -51,7 +51,7 @@ class IdempotencyKey(models.Model):
         IN_PROGRESS = "in_progress", _("in progress")
         COMPLETED = "completed", _("completed")
 
-    principal = models.CharField(max_length=100)  # "user:<id>" or "anonymous"
+    principal = models.CharField(max_length=100)  # "user:<id>" or "anonymous:<sha256 of the path>"
     key = models.CharField(max_length=255)
     method = models.CharField(max_length=10)
     path = models.CharField(max_length=500)

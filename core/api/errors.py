@@ -8,12 +8,14 @@ import logging
 
 import psycopg.errors
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, DataError, OperationalError
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from core.db import is_lock_error
 from core.exceptions import DomainError, LockContended
@@ -62,6 +64,9 @@ def exception_handler(exc, context):
         return Response(error_body("not_found", _("Not found.")), status=404)
     if isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
+    if isinstance(exc, DjangoValidationError):
+        # The ORM raises it for a value its field cannot take (a malformed UUID in a lookup).
+        exc = drf.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     if isinstance(exc, drf.APIException):
         code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), None) or exc.default_code
         headers = {}
@@ -70,7 +75,10 @@ def exception_handler(exc, context):
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
         if isinstance(exc, drf.ValidationError):
-            return Response(error_body(code, _("The request is not valid."), fields=exc.detail), status=exc.status_code)
+            fields = exc.detail
+            if not isinstance(fields, dict):  # "fields" is always an object, as the schema says
+                fields = {api_settings.NON_FIELD_ERRORS_KEY: fields}
+            return Response(error_body(code, _("The request is not valid."), fields=fields), status=exc.status_code)
         return Response(error_body(code, exc.detail), status=exc.status_code, headers=headers)
     if isinstance(exc, OperationalError) and is_lock_error(exc):
         return _domain_response(LockContended())
@@ -99,6 +107,13 @@ def json_404(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("not_found", _("Not found.")), status=404)
     return defaults.page_not_found(request, exception)
+
+
+def json_400(request, exception=None):
+    """handler400 (a SuspiciousOperation such as a disallowed Host): the JSON envelope under /api/."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("bad_request", _("The request is not valid.")), status=400)
+    return defaults.bad_request(request, exception)
 
 
 def json_500(request):

@@ -34,8 +34,16 @@ HEADER = "Idempotency-Key"
 
 
 def _principal(request):
+    """Scope keys to the user; anonymous callers share no namespace beyond one path.
+
+    Anonymous callers cannot be told apart, so their keys are scoped to the path
+    (tenant and resource included): two storefronts that happen to pick the same
+    key for different tenants or resources neither collide nor learn of each other.
+    """
     user = getattr(request, "user", None)
-    return f"user:{user.pk}" if user is not None and user.is_authenticated else "anonymous"
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"anonymous:{hashlib.sha256(request.path.encode()).hexdigest()}"
 
 
 def _fingerprint(request):
@@ -48,7 +56,23 @@ def _valid_key(key):
 
 
 def _as_json(data):
-    return json.loads(json.dumps(data, cls=JSONEncoder))
+    """The answer as plain JSON that PostgreSQL's jsonb accepts.
+
+    jsonb refuses NUL and lone surrogates, which a validation message may quote
+    back from the client's input; they are stored as U+FFFD / "?" so storing the
+    answer can never fail (and leave the key stuck, or turn the answer into another).
+    """
+    return _jsonb_safe(json.loads(json.dumps(data, cls=JSONEncoder)))
+
+
+def _jsonb_safe(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode().replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_jsonb_safe(key): _jsonb_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_safe(item) for item in value]
+    return value
 
 
 def _replay(record):

@@ -226,3 +226,45 @@ def test_a_lone_surrogate_echoed_in_an_error_is_never_a_500(api_client, tenant):
     response = api_client.post("/api/t/acme/profiles", data=raw, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_input"
+
+
+def test_anonymous_keys_are_scoped_to_the_path(anon_client, tenant, other_tenant):
+    """Two anonymous storefronts that pick the same key for different tenants neither collide nor replay."""
+    acme = bump(anon_client, key="order-1", path="/api/public/acme/test-bump")
+    globex = bump(anon_client, key="order-1", path="/api/public/globex/test-bump")
+    assert acme.status_code == globex.status_code == 201
+    assert "Idempotent-Replayed" not in globex
+    assert globex.json() == {"name": "Globex+"}
+    replay = bump(anon_client, key="order-1", path="/api/public/acme/test-bump")
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == {"name": "Acme+"}
+    assert_error(bump(anon_client, {"a": 1}, key="order-1", path="/api/public/acme/test-bump"), 422,
+                 "idempotency_key_reused")
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
+    assert IdempotencyKey.objects.filter(key="order-1").values("principal").distinct().count() == 2
+
+
+def test_a_value_the_orm_rejects_is_400_not_500(api_client, tenant):
+    """The ORM raises Django's ValidationError for a value its field cannot take (a malformed date or UUID)."""
+    response = api_client.post("/api/t/acme/test-bump", {"fail": "bad-value"}, format="json")
+    error = assert_error(response, 400, "invalid_input")
+    assert error["fields"]
+
+
+def test_a_disallowed_host_under_api_is_the_json_envelope(api_client, tenant):
+    assert_error(api_client.get("/api/t/acme/", HTTP_HOST="evil.example"), 400, "bad_request")
+
+
+def test_development_secret_key_is_refused_when_debug_is_off(settings):
+    from django.core.checks import run_checks
+
+    def issues(deploy):
+        return sorted(m.id for m in run_checks(include_deployment_checks=deploy) if m.id.startswith("lockstep."))
+
+    settings.DEBUG = False
+    assert issues(deploy=False) == ["lockstep.W001"]
+    assert issues(deploy=True) == ["lockstep.E001", "lockstep.W001"]
+    settings.SECRET_KEY = "a-real-production-secret-" + "x" * 40
+    assert issues(deploy=True) == []
+    settings.DEBUG = True
+    settings.SECRET_KEY = "lockstep-insecure-development-key-change-me-in-production"
+    assert issues(deploy=True) == []

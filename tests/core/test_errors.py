@@ -62,5 +62,20 @@ def test_retryable_errors_say_when_to_retry(exc):
     assert int(exception_handler(exc, {})["Retry-After"]) >= 1
 
 
+def test_django_validation_error_is_400_with_fields():
+    from django.core.exceptions import ValidationError
+
+    response = exception_handler(ValidationError("“x” is not a valid UUID."), {})
+    assert response.status_code == 400 and response.data["error"]["code"] == "invalid_input"
+    assert response.data["error"]["fields"] == {"non_field_errors": ["“x” is not a valid UUID."]}
+    response = exception_handler(ValidationError({"session_id": ["Not a UUID."]}), {})
+    assert response.data["error"]["fields"] == {"session_id": ["Not a UUID."]}
+
+
+def test_fields_is_always_an_object_as_the_schema_says():
+    response = exception_handler(drf.ValidationError("Pick a date in the future."), {})
+    assert response.data["error"]["fields"] == {"non_field_errors": ["Pick a date in the future."]}
+
+
 def test_a_bug_is_left_to_django_as_a_500():
     assert exception_handler(ZeroDivisionError(), {}) is None

@@ -113,3 +113,74 @@ def test_every_connection_has_timeouts():
         statement_timeout = cursor.fetchone()[0]
     assert lock_timeout not in ("0", "0ms")
     assert statement_timeout not in ("0", "0ms")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
+    """Deadlock freedom: with the lowest-hash key held elsewhere, a caller asking for (highest, lowest)
+    waits holding nothing, because it asks for the lowest first."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t ORDER BY hashtextextended(t, 0)",
+            [[f"{LockNamespace.TEST.value}:{name}" for name in ("a", "b")]],
+        )
+        lowest, highest = (row[0].rsplit(":", 1)[1] for row in cursor.fetchall())
+    holder = _Holder(LockNamespace.TEST, lowest)
+    holder.start()
+    assert holder.held.wait(5)
+    waiter_pid, done = [], threading.Event()
+
+    def wait_for_both():
+        try:
+            with transaction.atomic():
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT pg_backend_pid()")
+                    waiter_pid.append(cursor.fetchone()[0])
+                advisory_xact_locks([(LockNamespace.TEST, highest), (LockNamespace.TEST, lowest)])
+            done.set()
+        finally:
+            connections.close_all()
+
+    waiter = threading.Thread(target=wait_for_both, daemon=True)
+    waiter.start()
+    try:
+        with connections["default"].cursor() as cursor:
+            deadline = time.monotonic() + 5
+            waiting = False
+            while not waiting and time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT count(*) FILTER (WHERE NOT granted), count(*) FILTER (WHERE granted) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid = %s",
+                    [waiter_pid[0] if waiter_pid else 0],
+                )
+                blocked, granted = cursor.fetchone()
+                waiting = blocked == 1
+                time.sleep(0.01)
+            assert waiting, "the second caller never queued for the held lock"
+            assert granted == 0, "it took the highest-hash key before the lowest: input order, not hash order"
+    finally:
+        holder.release.set()
+        holder.join(5)
+        waiter.join(5)
+    assert done.is_set()
+
+
+def test_database_url_options_are_kept_beside_the_timeouts():
+    """A ?options= in DATABASE_URL (a search_path, say) must not be dropped; the timeouts come last and win."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgres://u@127.0.0.1:5432/db?options=-c%20search_path%3Dlockstep&sslmode=disable",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    script = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])"
+    options = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert options.startswith("-c search_path=lockstep -c lock_timeout=")
+    assert "-c statement_timeout=" in options
