@@ -8,6 +8,7 @@ docs/performance.md for what is measured and how to read the table.
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ["DEBUG"] = "false"  # DEBUG keeps every query in memory: not what production runs
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # production-like, and gunicorn inherits it
 
 import django  # noqa: E402
 
