@@ -97,8 +97,14 @@ def free_port():
 
 
 @contextmanager
-def gunicorn(database, workers=2):
+def gunicorn(database, log_path, workers=2):
+    """Serve the app with gunicorn; its output goes to ``log_path``.
+
+    Never to an unread pipe: once the pipe's buffer is full, every worker blocks
+    on its next log line and requests hang.
+    """
     port = free_port()
+    log = open(log_path, "w")  # noqa: SIM115 - closed when the server stops
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -114,13 +120,12 @@ def gunicorn(database, workers=2):
         ],
         cwd=ROOT,
         env=child_env(database),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_listening(port, proc)
+        _wait_until_listening(port, proc, log_path)
         yield base
     finally:
         proc.terminate()
@@ -128,13 +133,14 @@ def gunicorn(database, workers=2):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
-def _wait_until_listening(port, proc, timeout=60):
+def _wait_until_listening(port, proc, log_path, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {proc.stderr.read()}")
+            raise AssertionError(f"gunicorn exited: {Path(log_path).read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return

@@ -123,7 +123,7 @@ def test_database_restart_under_load_answers_503_then_recovers(tmp_path):
         manage("migrate", "--noinput", database=postgres.url)
         seeded = manage("seed_demo", database=postgres.url)
         token = next(line.split(": ", 1)[1] for line in seeded.splitlines() if line.startswith("API token: "))
-        with gunicorn(postgres.url) as base:
+        with gunicorn(postgres.url, tmp_path / "gunicorn.log") as base:
             read_url, redeem_url = f"{base}/api/t/demo/", f"{base}/api/t/demo/promo-codes/redeem"
             assert _call(read_url, token)[0] == 200
             reads, writes, stop = [], [], threading.Event()
@@ -152,7 +152,7 @@ def test_database_restart_under_load_answers_503_then_recovers(tmp_path):
 
             read_statuses = [status for status, _ in reads]
             write_statuses = [status for status, _ in writes]
-            assert set(read_statuses) <= {200, 503}, set(read_statuses)
+            assert set(read_statuses) <= {200, 503}, [a for a in reads if a[0] not in (200, 503)][:3]
             # A redeem either commits (201), is refused by the code's limits (409), or meets the outage (503).
             assert set(write_statuses) <= {201, 409, 503}, set(write_statuses)
             assert 201 in write_statuses, "no redeem committed around the restart"
