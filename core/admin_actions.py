@@ -32,3 +32,20 @@ def apply_to_each(modeladmin, request, rows, operation, *, describe, done_messag
     if done:
         modeladmin.message_user(request, done_message(done), messages.SUCCESS)
     return done
+
+
+class ActionsOnlyMixin:
+    """For a ModelAdmin whose rows change only through its actions (which call the managers).
+
+    The detail page stays view-only: its Save is a full-row save() that would write
+    back a status read a moment earlier. Actions still need the change permission.
+    """
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -7,7 +7,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from core.admin_actions import apply_to_each
+from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.exceptions import DomainError
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
@@ -182,7 +182,7 @@ class VoidedFilter(admin.SimpleListFilter):
 
 
 @admin.register(PromoUsage)
-class PromoUsageAdmin(admin.ModelAdmin):
+class PromoUsageAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "promo",
@@ -209,17 +209,6 @@ class PromoUsageAdmin(admin.ModelAdmin):
         "voided_at",
     ]
     actions = ["void_selected"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # Actions need the change permission; the detail page stays view-only, because its Save
-        # is a full-row save() that would write back a status or voided_at read a moment earlier.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.action(description=_("Void selected usages (give the use back)"), permissions=["change"])
     def void_selected(self, request, queryset):
@@ -249,7 +238,7 @@ class SessionLiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(RedemptionSession)
-class RedemptionSessionAdmin(admin.ModelAdmin):
+class RedemptionSessionAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     list_display = [
         "session_id",
         "tenant",
@@ -281,17 +270,6 @@ class RedemptionSessionAdmin(admin.ModelAdmin):
     ]
     exclude = ["secret_hash"]
     actions = ["cancel_selected"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # Actions need the change permission; the detail page stays view-only, because its Save
-        # is a full-row save() that would write back a status or voided_at read a moment earlier.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
     def cancel_selected(self, request, queryset):
