@@ -75,7 +75,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             )
             return cursor.fetchone()
 
-    def hold(self, package, date, *, customer_name, customer_email):
+    def hold(self, package, date, *, customer_name, customer_email, origin_proposal_id=None):
         """Hold one place on ``date`` for this customer, or refuse.
 
         Must run inside the caller's transaction (the checkout record joins it).
@@ -102,6 +102,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             amount=package.price,
             currency=package.currency,
             exclusive=package.daily_capacity == 1,
+            origin_proposal_id=origin_proposal_id,
             created_at=now,
         )
 

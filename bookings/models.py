@@ -54,6 +54,10 @@ class Booking(models.Model):
     # Copied from the package when the hold is taken: confirmed bookings of a
     # capacity-1 package are unique per date (the constraint below is the backstop).
     exclusive = models.BooleanField(default=False, editable=False)
+    # The proposal this booking executes, if any (set once at the hold). A plain id, not a
+    # foreign key: proposals depend on bookings. check_invariants matches it against
+    # Proposal.booking, so a proposal unlinked from a live booking is detected.
+    origin_proposal_id = models.BigIntegerField(null=True, blank=True, editable=False, db_index=True)
     created_at = models.DateTimeField(_("created at"))
     confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)

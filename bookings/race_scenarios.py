@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 from bookings.exceptions import DateUnavailable
 from bookings.models import Booking, Package
 from bookings.services import hold_in_transaction
-from core.db import database_now
+from core.guards import database_clock
 from core.race_demo import naive_pause, scenario
 
 
@@ -26,7 +26,7 @@ class DateCheckoutHold:
         self.package = Package.objects.create(
             tenant=tenant, name="Race demo hall", price=Decimal("100.00"), currency="USD", daily_capacity=3
         )
-        self.date = database_now().date() + timedelta(days=30)
+        self.date = database_clock().date() + timedelta(days=30)
 
     def guarded(self, i):
         with transaction.atomic():

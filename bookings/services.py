@@ -17,7 +17,7 @@ from bookings.exceptions import BookingNotFound, PackageNotFound, PaymentProvide
 from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.payments import ProviderError, get_provider, provider_for
 from bookings.payments.base import parse_event, verify_signature
-from core.db import lock_errors_as_conflicts
+from core.guards import database_refusals
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ COMPLETED = "checkout.session.completed"
 EXPIRED = "checkout.session.expired"
 
 
-def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email):
+def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None):
     """Hold a place and record the checkout intent, inside the caller's transaction.
 
     Raises PackageNotFound (unknown, inactive or another tenant's package),
@@ -34,7 +34,9 @@ def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_ema
     package = Package.objects.for_tenant(tenant).active().filter(pk=package_id).first()
     if package is None:
         raise PackageNotFound()
-    booking = Booking.objects.hold(package, date, customer_name=customer_name, customer_email=customer_email)
+    booking = Booking.objects.hold(
+        package, date, customer_name=customer_name, customer_email=customer_email, origin_proposal_id=origin_proposal_id
+    )
     booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
     return booking
 
@@ -62,7 +64,7 @@ def create_provider_checkout(booking):
 
 def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
     """Hold the date (transaction 1, committed), then create the provider checkout. Returns the booking."""
-    with lock_errors_as_conflicts(), transaction.atomic():
+    with database_refusals(), transaction.atomic():
         booking = hold_in_transaction(
             tenant=tenant,
             package_id=package_id,
@@ -81,7 +83,7 @@ def cancel_booking(booking_id, *, tenant=None):
     transaction, so a crash before the provider call leaves a refund that
     ``retry_refunds`` finds, never a ``refund_pending`` booking nobody will refund.
     """
-    with lock_errors_as_conflicts(), transaction.atomic():
+    with database_refusals(), transaction.atomic():
         booking = Booking.objects.cancel(booking_id, tenant=tenant)
         if booking.status == Booking.Status.REFUND_PENDING:
             checkout_pk = Checkout.objects.filter(booking_id=booking.pk).values_list("pk", flat=True).first()
@@ -149,7 +151,7 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     verify_signature(payload, signature)
     event = parse_event(payload)
     refund_owed = None
-    with lock_errors_as_conflicts(), transaction.atomic():
+    with database_refusals(), transaction.atomic():
         event_pk, processed = PaymentEvent.objects.receive(
             provider=provider_name or get_provider().name, event_id=event.id, type=event.type, payload=event.payload
         )

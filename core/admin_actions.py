@@ -2,8 +2,8 @@
 
 from django.contrib import messages
 
-from core.db import lock_errors_as_conflicts
 from core.exceptions import DomainError
+from core.guards import database_refusals
 
 NOTHING_TO_DO = object()
 
@@ -20,7 +20,7 @@ def apply_to_each(modeladmin, request, rows, operation, *, describe, done_messag
     done = 0
     for row in rows:
         try:
-            with lock_errors_as_conflicts():
+            with database_refusals():
                 outcome = operation(row)
         except DomainError as refusal:
             modeladmin.message_user(request, f"{describe(row)}: {refusal.render()} ({refusal.code})", messages.WARNING)

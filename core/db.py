@@ -8,13 +8,10 @@ never leaked through a transaction-pooling bouncer.
 """
 
 import enum
-from contextlib import contextmanager
-from functools import wraps
 
-import psycopg.errors
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
+from django.db import DEFAULT_DB_ALIAS, connections
 
-from core.exceptions import LockContended
+from core.guards import require_atomic
 
 
 class LockNamespace(enum.Enum):
@@ -28,10 +25,9 @@ class LockNamespace(enum.Enum):
 
 
 def _require_atomic(using):
-    connection = connections[using]
-    if not connection.in_atomic_block:
+    if not connections[using].in_atomic_block:
         raise RuntimeError("Advisory locks are transaction-scoped: call this inside transaction.atomic().")
-    return connection
+    return require_atomic(using)
 
 
 def lock_key(namespace: LockNamespace, *parts) -> str:
@@ -42,7 +38,7 @@ def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS)
     """Wait for the advisory lock on (namespace, parts) until the transaction ends.
 
     The wait is bounded by the connection's lock_timeout; expiry raises
-    OperationalError (SQLSTATE 55P03), which ``lock_errors_as_conflicts`` turns
+    OperationalError (SQLSTATE 55P03), which ``core.guards.database_refusals`` turns
     into LockContended.
     """
     connection = _require_atomic(using)
@@ -78,46 +74,3 @@ def set_local_lock_timeout(milliseconds: int, using=DEFAULT_DB_ALIAS):
     connection = _require_atomic(using)
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(milliseconds)}ms"])
-
-
-def is_lock_error(exc: BaseException) -> bool:
-    """True for SQLSTATE 55P03: NOWAIT refused, or lock_timeout expired."""
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, psycopg.errors.LockNotAvailable):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-@contextmanager
-def lock_errors_as_conflicts(message=None, **params):
-    """Turn a lock conflict raised by the block into LockContended.
-
-    Wrap it *around* transaction.atomic(), never inside it: the failed atomic
-    block must finish rolling back before the error is translated.
-    """
-    try:
-        yield
-    except OperationalError as exc:
-        if is_lock_error(exc):
-            raise LockContended(message, **params) from exc
-        raise
-
-
-def translates_lock_errors(func):
-    """Decorator form of ``lock_errors_as_conflicts`` for manager methods."""
-
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        with lock_errors_as_conflicts():
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def database_now(using=DEFAULT_DB_ALIAS):
-    """Return the database's clock (transaction start time inside a transaction)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT now()")
-        return cursor.fetchone()[0]

@@ -81,3 +81,21 @@ class IdempotencyKeyInProgress(Conflict):
 class IdempotencyKeyInvalid(InvalidInput):
     code = "idempotency_key_invalid"
     message = _("The Idempotency-Key header must be 1 to 255 printable characters.")
+
+
+class VersionConflict(Conflict):
+    """An edit carried a version the row no longer has: someone changed it since it was read."""
+
+    code = "version_conflict"
+    message = _("This record was changed by someone else (now version %(current)s). Reload it and try again.")
+
+
+class TransitionRefused(Conflict):
+    """The database's state-machine trigger refused a change of state (a bug or a lost race upstream)."""
+
+    code = "invalid_transition"
+    message = _("This change is not allowed from the current state (%(old)s → %(new)s).")
+
+
+class GuardedWriteError(RuntimeError):
+    """A programming error: a plain save() tried to write a column only guarded operations may write."""

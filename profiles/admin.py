@@ -9,8 +9,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from core.db import lock_errors_as_conflicts
 from core.exceptions import DomainError
+from core.guards import database_refusals
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
 
@@ -163,7 +163,7 @@ class ProfileAdmin(admin.ModelAdmin):
         try:
             # The admin's own atomic block commits after the manager returned: a lock error at that
             # COMMIT (deferred foreign-key checks) is outside the manager's translation, so map it here.
-            with lock_errors_as_conflicts():
+            with database_refusals():
                 return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as exc:  # raised by the manager in save_model; the admin's transaction rolled back
             # Render the same POST again: the form is invalid this time (the refusal is its error),

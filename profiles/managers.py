@@ -30,8 +30,9 @@ from django.db import OperationalError, connections, models, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from core.db import LockNamespace, advisory_xact_lock, is_lock_error, try_advisory_xact_lock
+from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended
+from core.guards import is_lock_error
 from profiles.exceptions import (
     AlreadyUndone,
     AuditEntryNotFound,

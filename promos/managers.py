@@ -15,10 +15,11 @@ from datetime import timedelta
 from django.apps import apps
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Value
+from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
-from core.db import set_local_lock_timeout, translates_lock_errors
+from core.db import set_local_lock_timeout
+from core.guards import ClockNow, database_refusals
 from promos import exceptions as errors
 from promos.money import compute_bonus, parse_amount
 
@@ -28,13 +29,6 @@ from promos.money import compute_bonus, parse_amount
 REDEEM_LOCK_TIMEOUT_MS = getattr(settings, "PROMO_REDEEM_LOCK_TIMEOUT_MS", 1000)
 DEFAULT_SESSION_TTL = timedelta(minutes=15)
 MAX_SESSION_TTL = timedelta(days=7)
-
-
-class ClockTimestamp(Func):
-    """PostgreSQL ``clock_timestamp()``: the database clock at the moment of evaluation."""
-
-    template = "clock_timestamp()"
-    output_field = DateTimeField()
 
 
 def _model(name):
@@ -70,6 +64,17 @@ def _constraint_error(exc):
     if name and name.startswith("promo"):
         return errors.PromoInvalid()
     return None
+
+
+def translates_lock_errors(func):  # TODO(guard contract): replace with core.guards.guarded
+    from functools import wraps
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        with database_refusals():
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 # --- promo codes -------------------------------------------------------------
@@ -135,7 +140,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
             .annotate(n=Count("pk"))
             .values("n")
         )
-        return queryset.annotate(checked_at=ClockTimestamp(), customer_uses=Coalesce(Subquery(live_uses), Value(0)))
+        return queryset.annotate(checked_at=ClockNow(), customer_uses=Coalesce(Subquery(live_uses), Value(0)))
 
     def validate(self, code, *, tenant, customer, amount):
         """Preview a redeem: one plain read, no lock, no write.
@@ -326,7 +331,7 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
         read names UsageNotFound (also another tenant's) or UsageAlreadyVoided.
         """
         with transaction.atomic(using=self.db):
-            won = self.filter(pk=usage_id, tenant=tenant, voided_at__isnull=True).update(voided_at=ClockTimestamp())
+            won = self.filter(pk=usage_id, tenant=tenant, voided_at__isnull=True).update(voided_at=ClockNow())
             if not won:
                 if self.filter(pk=usage_id, tenant=tenant).exists():
                     raise errors.UsageAlreadyVoided()
@@ -352,7 +357,7 @@ class RedemptionSessionQuerySet(models.QuerySet):
 
     def with_clock_expiry(self):
         return self.annotate(
-            clock_expired=ExpressionWrapper(Q(expires_at__lte=ClockTimestamp()), output_field=models.BooleanField())
+            clock_expired=ExpressionWrapper(Q(expires_at__lte=ClockNow()), output_field=models.BooleanField())
         )
 
 
@@ -375,7 +380,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
                 customer=str(customer),
                 max_amount=max_amount,
                 secret_hash=hash_secret(secret),
-                expires_at=ClockTimestamp() + Value(ttl),
+                expires_at=ClockNow() + Value(ttl),
             )
             session.refresh_from_db(fields=["expires_at", "created_at"])
         return session, secret
@@ -390,8 +395,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
                 session_id=session_id,
                 secret_hash=hash_secret(secret),
                 status="pending",
-                expires_at__gt=ClockTimestamp(),
-            ).update(status=to_status, **{stamp: ClockTimestamp()})
+                expires_at__gt=ClockNow(),
+            ).update(status=to_status, **{stamp: ClockNow()})
             if won:
                 return self.get(session_id=session_id)
             session = self.with_clock_expiry().filter(session_id=session_id).first()
@@ -435,10 +440,10 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
                     session_id=session_id,
                     tenant=tenant,
                     status="approved",
-                    expires_at__gt=ClockTimestamp(),
+                    expires_at__gt=ClockNow(),
                     used_at__isnull=True,
                     max_amount__gte=amount,
-                ).update(status="used", used_at=ClockTimestamp(), used_amount=amount)
+                ).update(status="used", used_at=ClockNow(), used_amount=amount)
                 if won:
                     return amount
                 raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
@@ -478,8 +483,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
                 session_id=session_id,
                 tenant=tenant,
                 status__in=["pending", "approved"],
-                expires_at__gt=ClockTimestamp(),
-            ).update(status="cancelled", cancelled_at=ClockTimestamp())
+                expires_at__gt=ClockNow(),
+            ).update(status="cancelled", cancelled_at=ClockNow())
             if won:
                 return self.get(session_id=session_id)
             session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
@@ -503,7 +508,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
         with transaction.atomic(using=self.db):
-            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockTimestamp()).update(
+            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(
                 status="expired"
             )
 

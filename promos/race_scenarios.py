@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django.db.models.functions import Now
 
-from core.db import database_now
+from core.guards import database_clock
 from core.race_demo import naive_pause, scenario
 from promos.exceptions import PromoExhausted, SessionAlreadyUsed, SessionExpired, SessionNotApproved
 from promos.models import PromoCode, PromoUsage, RedemptionSession
@@ -67,7 +67,7 @@ class SessionConsume:
             raise SessionAlreadyUsed()
         if session.status != RedemptionSession.Status.APPROVED:
             raise SessionNotApproved()
-        if session.expires_at <= database_now():
+        if session.expires_at <= database_clock():
             raise SessionExpired()
         naive_pause()
         RedemptionSession.objects.filter(pk=session.pk).update(

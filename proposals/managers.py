@@ -6,7 +6,7 @@ from django.db.models.functions import Now
 
 from bookings.exceptions import DateInPast
 from bookings.models import Booking, Checkout
-from core.db import database_now
+from core.guards import database_clock
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 
 
@@ -49,7 +49,7 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         Raises DateInPast for a date before the database's today (it could never be booked).
         """
         with transaction.atomic(using=self.db):
-            if date < database_now(using=self.db).date():
+            if date < database_clock(using=self.db).date():
                 raise DateInPast(date=date.isoformat())
             proposal = self.create(
                 tenant=tenant,

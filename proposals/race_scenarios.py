@@ -8,7 +8,7 @@ from django.db.models.functions import Now
 
 from bookings.models import Package
 from bookings.services import hold_in_transaction
-from core.db import database_now
+from core.guards import database_clock
 from core.race_demo import naive_pause, scenario
 from proposals.exceptions import ProposalAlreadyProcessed
 from proposals.models import Proposal
@@ -33,7 +33,7 @@ class ProposalConfirm:
             tenant=tenant,
             session_id=CHAT,
             package=package,
-            date=database_now().date() + timedelta(days=20),
+            date=database_clock().date() + timedelta(days=20),
             customer_name="Chat customer",
             customer_email="chat@example.com",
             expires_in=timedelta(minutes=10),

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from bookings.models import Package
-from core.db import database_now
+from core.guards import database_clock
 from proposals.models import Proposal
 
 DEMO_SESSION = "demo-chat-session"
@@ -18,7 +18,7 @@ def seed_demo(tenant, *, admin, api_user):
         tenant=tenant,
         session_id=DEMO_SESSION,
         package=package,
-        date=(database_now() + timedelta(days=30)).date(),
+        date=(database_clock() + timedelta(days=30)).date(),
         customer_name="Demo Customer",
         customer_email="customer@example.com",
         expires_in=timedelta(days=7),

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound, PaymentProviderUnavailable
 from bookings.services import create_provider_checkout, hold_in_transaction
-from core.db import lock_errors_as_conflicts
+from core.guards import database_refusals
 from proposals.models import Proposal
 
 # Refusals that end the proposal as ``failed``; anything else (a lock timeout,
@@ -30,7 +30,7 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     released and the proposal reopened (``pending``, no booking), so a retry can succeed.
     """
     refusal = None
-    with lock_errors_as_conflicts(), transaction.atomic():
+    with database_refusals(), transaction.atomic():
         proposal = Proposal.objects.confirm(proposal_id, tenant=tenant, session_id=session_id)
         try:
             with transaction.atomic():
@@ -40,6 +40,7 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
                     date=proposal.date,
                     customer_name=proposal.customer_name,
                     customer_email=proposal.customer_email,
+                    origin_proposal_id=proposal.pk,
                 )
         except BOOKING_REFUSALS as exc:
             Proposal.objects.fail(proposal.pk, code=exc.code)
@@ -61,5 +62,5 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
 
 def reject_proposal(proposal_id, *, tenant, session_id):
     """Reject the proposal exactly once (no call-out: a thin wrapper kept for symmetry with confirm)."""
-    with lock_errors_as_conflicts():
+    with database_refusals():
         return Proposal.objects.reject(proposal_id, tenant=tenant, session_id=session_id)

@@ -28,7 +28,7 @@ from bookings.models import Booking, Package
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
-from core.db import database_now
+from core.guards import database_clock
 
 MAX_AVAILABILITY_DAYS = 366
 MAX_ID = 2**63 - 1
@@ -75,7 +75,7 @@ class AvailabilityView(PublicTenantMixin, APIView):
         )
         for row in rows:
             taken[(row["date"], row["package_id"])] = row["n"]
-        today = database_now().date()
+        today = database_clock().date()
         days = []
         for offset in range((end - start).days + 1):
             day = start + timedelta(days=offset)

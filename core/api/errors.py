@@ -9,7 +9,7 @@ import logging
 import psycopg.errors
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError, DataError, OperationalError
+from django.db import DatabaseError, DataError, IntegrityError, OperationalError
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from django.views import defaults
@@ -17,8 +17,8 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from core.db import is_lock_error
 from core.exceptions import DomainError, LockContended
+from core.guards import refusal_for
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,14 @@ def exception_handler(exc, context):
                 fields = {api_settings.NON_FIELD_ERRORS_KEY: fields}
             return Response(error_body(code, _("The request is not valid."), fields=fields), status=exc.status_code)
         return Response(error_body(code, exc.detail), status=exc.status_code, headers=headers)
-    if isinstance(exc, OperationalError) and is_lock_error(exc):
-        return _domain_response(LockContended())
+    refusal = refusal_for(exc) if isinstance(exc, DatabaseError) else None
+    if refusal is not None:  # a lock, a state-machine trigger or a named constraint refused the write
+        return _domain_response(refusal)
+    if isinstance(exc, IntegrityError):
+        # A constraint no guard names: the database refused a write a guard should have refused first.
+        # Nothing was written; answer 409, and log it as the bug it is.
+        logger.error("unmapped integrity error: %s", exc)
+        return Response(error_body("conflict", _("The request conflicts with the current state.")), status=409)
     if isinstance(exc, DataError):
         return Response(error_body("invalid_input", _("The request is not valid.")), status=400)
     if isinstance(exc, DatabaseError):

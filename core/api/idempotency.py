@@ -26,8 +26,8 @@ from django.db import transaction
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
-from core.db import lock_errors_as_conflicts
 from core.exceptions import IdempotencyKeyInvalid
+from core.guards import database_refusals
 from core.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -110,7 +110,7 @@ def idempotent(two_phase=False):
             )
             if two_phase:
                 return _two_phase(view, handler, request, args, kwargs, claim)
-            with lock_errors_as_conflicts(), transaction.atomic():
+            with database_refusals(), transaction.atomic():
                 record, replay = IdempotencyKey.objects.claim(**claim)
                 if replay:
                     return _replay(record)
@@ -127,7 +127,7 @@ def idempotent(two_phase=False):
 
 
 def _two_phase(view, handler, request, args, kwargs, claim):
-    with lock_errors_as_conflicts(), transaction.atomic():
+    with database_refusals(), transaction.atomic():
         record, replay = IdempotencyKey.objects.claim(**claim)
     if replay:
         return _replay(record)

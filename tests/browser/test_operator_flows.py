@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.utils import translation
 
 from bookings.models import Booking, Package
-from core.db import database_now
+from core.guards import database_clock
 from profiles.exceptions import ParentDeleted
 from profiles.models import Profile, ProfileAuditLog
 from tests.browser.conftest import screenshot
@@ -90,7 +90,7 @@ def test_customer_pays_on_the_sandbox_page_and_the_admin_shows_the_booking_confi
     settings.PUBLIC_BASE_URL = live_server.url
     tenant = TenantFactory(slug="events")
     package = Package.objects.create(tenant=tenant, name="Garden wedding", price=Decimal("1500.00"), daily_capacity=1)
-    date = database_now().date() + timedelta(days=45)
+    date = database_clock().date() + timedelta(days=45)
 
     status, created = _post_json(
         f"{live_server.url}/api/public/events/checkouts",

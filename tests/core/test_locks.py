@@ -8,11 +8,11 @@ from core.db import (
     LockNamespace,
     advisory_xact_lock,
     advisory_xact_locks,
-    lock_errors_as_conflicts,
     set_local_lock_timeout,
     try_advisory_xact_lock,
 )
 from core.exceptions import LockContended
+from core.guards import database_refusals
 
 
 @pytest.mark.django_db(transaction=True)
@@ -82,7 +82,7 @@ def test_lock_timeout_becomes_lock_contended():
     try:
         started = time.monotonic()
         with pytest.raises(LockContended) as refused:
-            with lock_errors_as_conflicts(), transaction.atomic():
+            with database_refusals(), transaction.atomic():
                 set_local_lock_timeout(100)
                 advisory_xact_lock(LockNamespace.TEST, "busy")
         assert time.monotonic() - started < 1.0

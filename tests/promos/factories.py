@@ -4,7 +4,8 @@ from decimal import Decimal
 import factory
 from django.db.models import Value
 
-from promos.managers import ClockTimestamp, hash_secret
+from core.guards import ClockNow
+from promos.managers import hash_secret
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.factories import TenantFactory
 
@@ -49,9 +50,9 @@ class RedemptionSessionFactory(factory.django.DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class, *args, expires_in=timedelta(minutes=15), **kwargs):
-        kwargs.setdefault("expires_at", ClockTimestamp() + Value(expires_in))
+        kwargs.setdefault("expires_at", ClockNow() + Value(expires_in))
         if kwargs.get("status") == RedemptionSession.Status.APPROVED:
-            kwargs.setdefault("approved_at", ClockTimestamp())
+            kwargs.setdefault("approved_at", ClockNow())
         session = super()._create(model_class, *args, **kwargs)
         session.refresh_from_db()
         return session

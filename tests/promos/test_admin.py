@@ -5,7 +5,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from core.db import database_now
+from core.guards import database_clock
 from promos import managers
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.factories import TenantFactory
@@ -25,7 +25,7 @@ def texts(response):
 
 
 def test_code_list_shows_live_usage_and_filters(admin_client, tenant):
-    now = database_now()
+    now = database_clock()
     live = PromoCodeFactory(tenant=tenant, code="LIVE", total_usage_limit=4)
     PromoCode.objects.redeem("LIVE", tenant=tenant, customer="a", amount="10")
     exhausted = PromoCodeFactory(tenant=tenant, code="FULL", total_usage_limit=1)

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from core.db import database_now
+from core.guards import database_clock
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_error, assert_invariant
@@ -162,7 +162,7 @@ def test_redeem_returns_201_with_usage_and_is_idempotent(api_client, promo):
     ],
 )
 def test_redeem_refusals(api_client, tenant, setup, status, code):
-    now = database_now()
+    now = database_clock()
     fields = {k: (now + v if isinstance(v, timedelta) else v) for k, v in setup.items()}
     if "ends_at" in fields:
         fields["starts_at"] = now - timedelta(days=2)

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from core.db import database_now
 from core.exceptions import InvalidInput
+from core.guards import database_clock
 from promos import exceptions as errors
 from promos.managers import hash_secret
 from promos.models import PromoCode, PromoUsage, RedemptionSession
@@ -75,7 +75,7 @@ def test_unknown_code_and_other_tenants_code_are_not_found(tenant, other_tenant)
     ],
 )
 def test_redeem_refusals_by_state(tenant, fields, error):
-    now = database_now()
+    now = database_clock()
     if offset := fields.pop("starts_at_offset", None):
         fields["starts_at"] = now + offset
     if offset := fields.pop("ends_at_offset", None):
@@ -199,7 +199,7 @@ def test_database_checks_refuse_bad_definitions(tenant, fields):
 
 
 def test_window_must_end_after_start(tenant):
-    now = database_now()
+    now = database_clock()
     with pytest.raises(errors.PromoInvalid):
         PromoCode.objects.create_code(
             tenant=tenant, code="W", bonus_type="fixed", bonus_value=Decimal("1"), starts_at=now, ends_at=now

@@ -18,8 +18,8 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import Value
 
 from core.exceptions import LockContended
+from core.guards import ClockNow
 from promos import managers
-from promos.managers import ClockTimestamp
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.factories import TenantFactory
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
@@ -278,7 +278,7 @@ def naive_consume(session, *, window=0.2):
         raise RuntimeError("not consumable")
     time.sleep(window)
     RedemptionSession.objects.filter(pk=session.pk).update(
-        status="used", used_at=ClockTimestamp(), used_amount=Decimal("25")
+        status="used", used_at=ClockNow(), used_amount=Decimal("25")
     )
     return "used"
 
@@ -312,7 +312,7 @@ def test_consume_racing_expiry_never_uses_after_expiry(with_sweep):
     def attempt(i):
         if i == n:  # arm the clock once every thread is connected, then (maybe) sweep
             mine = RedemptionSession.objects.filter(tenant=tenant)
-            mine.update(expires_at=ClockTimestamp() + Value(timedelta(milliseconds=300)))
+            mine.update(expires_at=ClockNow() + Value(timedelta(milliseconds=300)))
             expiry["at"] = mine.values_list("expires_at", flat=True).first()
             armed.set()
             swept = 0

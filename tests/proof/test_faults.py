@@ -13,8 +13,9 @@ import pytest
 from django.db import connection, transaction
 
 from bookings.models import Booking, Package
-from core.db import database_now, lock_errors_as_conflicts, set_local_lock_timeout
+from core.db import set_local_lock_timeout
 from core.exceptions import LockContended
+from core.guards import database_clock, database_refusals
 from core.invariants import assert_invariants
 from promos.models import PromoCode, PromoUsage
 from tests.factories import TenantFactory
@@ -72,7 +73,7 @@ def test_sigkill_mid_transaction_leaves_nothing_and_frees_the_locks(guard):
     PromoCode.objects.create_code(
         tenant=tenant, code="KILL1", bonus_type="fixed", bonus_value=Decimal("1.00"), total_usage_limit=1
     )
-    day = database_now().date() + timedelta(days=10)
+    day = database_clock().date() + timedelta(days=10)
     imports, operation = GUARDS[guard]
     code = CHILD.format(imports=imports, operation=operation.format(package=package.pk, date=day, tenant=tenant.pk))
     child = start_django_child(code, database_url(connection.settings_dict))
@@ -82,7 +83,7 @@ def test_sigkill_mid_transaction_leaves_nothing_and_frees_the_locks(guard):
         assert not Booking.objects.filter(customer_name="Killed").exists()
         assert not PromoUsage.objects.filter(customer="killed").exists()
         with pytest.raises(LockContended):
-            with lock_errors_as_conflicts(), transaction.atomic():
+            with database_refusals(), transaction.atomic():
                 set_local_lock_timeout(200)
                 _attempt(guard, tenant, package, day)
     finally:

@@ -1,0 +1,93 @@
+"""Admin change forms that write only what the operator changed, through the manager, with the version read.
+
+Django admin's default ``save_model`` is ``obj.save()``: every column written back as
+it was read when the POST arrived, undoing a payment, a confirmation or a redeem that
+committed meanwhile. ``GuardedChangeFormMixin`` replaces it:
+
+- the form carries the row's ``version`` as it was when the page was opened
+  (a hidden ``expected_version`` field);
+- Save sends only ``form.changed_data`` to the model admin's ``guarded_edit`` (a manager
+  method that locks the row, checks the version and writes those columns);
+- a refusal (VersionConflict, a capacity below occupancy, a lock held elsewhere…)
+  re-renders the same POST with the localized message and the operator's input, and
+  nothing is written.
+"""
+
+from django import forms
+
+from core.exceptions import DomainError, VersionConflict
+from core.guards import database_refusals
+
+VERSION_FIELD = "expected_version"
+
+
+class GuardedChangeFormMixin:
+    """Mix into a ModelAdmin whose model has ``version``; implement ``guarded_edit`` (and ``guarded_create``)."""
+
+    # error code -> the form field the message belongs on (others go above the form)
+    refusal_fields: dict = {}
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        """Write ``changes`` (field -> cleaned value) to ``obj`` through its manager; return the saved row."""
+        raise NotImplementedError
+
+    def guarded_create(self, request, form):
+        """Create the row through its manager; return it."""
+        raise NotImplementedError
+
+    def editable_changes(self, form):
+        return {name: form.cleaned_data[name] for name in form.changed_data if name != VERSION_FIELD}
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            changes = self.editable_changes(form)
+            version = form.cleaned_data.get(VERSION_FIELD)
+            if version is None:  # a form without the version it was read at cannot prove it is current
+                raise VersionConflict(current=obj.version)
+            saved = self.guarded_edit(request, obj, changes, version=version) if changes else obj
+        else:
+            saved = self.guarded_create(request, form)
+        for field in type(obj)._meta.concrete_fields:  # the admin logs and redirects using ``obj``
+            setattr(obj, field.attname, getattr(saved, field.attname))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        refusal = getattr(request, "_guarded_refusal", None)
+        refusal_fields = self.refusal_fields
+
+        class GuardedForm(form):
+            expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                if self.instance.pk is not None:
+                    self.fields[VERSION_FIELD].initial = self.instance.version
+
+            def _post_clean(self):
+                super()._post_clean()
+                if refusal is not None:
+                    field = refusal_fields.get(refusal.code) or getattr(refusal, "field", None)
+                    self.add_error(field if field in self.fields else None, refusal.render())
+
+        GuardedForm.__name__ = form.__name__
+        return GuardedForm
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or any(VERSION_FIELD in options.get("fields", ()) for _name, options in fieldsets):
+            return fieldsets
+        (name, options), *rest = fieldsets
+        return [(name, {**options, "fields": [*options["fields"], VERSION_FIELD]}), *rest]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            # The admin's own atomic block commits after the manager returned: a refusal at that
+            # COMMIT (a deferred foreign key) is outside the manager's translation, so map it here.
+            with database_refusals():
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as refusal:  # the admin's transaction rolled back: nothing was written
+            # Render the same POST again, invalid this time: the operator keeps what they typed and
+            # sees the localized reason; no "changed successfully" follows.
+            request._guarded_refusal = refusal
+            return super().changeform_view(request, object_id, form_url, extra_context)
+

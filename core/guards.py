@@ -1,0 +1,157 @@
+"""The guard contract every app follows (docs/architecture.md, "The guard contract").
+
+1. **Who opens the transaction.** A guarded manager method is decorated ``@guarded``:
+   it runs inside ``transaction.atomic(using=self.db)`` (a savepoint when the caller
+   already has one), and every database refusal it meets is translated, *outside*
+   the failed block, into a domain error. ``@guarded(joins=True)`` marks a method
+   that must join the caller's transaction (a service composes several of them):
+   it asserts one is open and leaves translation to the caller's ``@guarded`` or
+   ``database_refusals()``.
+2. **One translator.** ``database_refusals()`` turns SQLSTATE 55P03 (NOWAIT refused,
+   lock_timeout expired) into ``LockContended`` (409 ``resource_locked`` with
+   Retry-After), a state-machine trigger's refusal into ``TransitionRefused`` (409
+   ``invalid_transition``) and a named constraint into the domain error its app
+   registered with ``constraint_errors``. The API, the admin and the commands all
+   see a DomainError, never a traceback.
+3. **One clock.** ``ClockNow()`` is ``clock_timestamp()``: the database clock at the
+   moment the expression is evaluated. Django's ``Now()`` is
+   ``STATEMENT_TIMESTAMP()``, fixed before the statement waits for a row lock, so a
+   guard that judges expiry with it can act after the deadline. ``database_clock()``
+   reads the same clock in Python.
+"""
+
+from contextlib import contextmanager
+from functools import wraps
+
+import psycopg.errors
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connections, transaction
+from django.db.models import DateTimeField, Func
+
+from core.exceptions import LockContended, TransitionRefused
+
+# --- transactions --------------------------------------------------------------
+
+
+def require_atomic(using=DEFAULT_DB_ALIAS):
+    """Raise RuntimeError unless a transaction is open on ``using``: the caller owns it."""
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise RuntimeError("This operation must run inside the caller's transaction.atomic().")
+    return connection
+
+
+# --- the clock -------------------------------------------------------------------
+
+
+class ClockNow(Func):
+    """``clock_timestamp()``: the database clock when evaluated (after any lock wait)."""
+
+    template = "clock_timestamp()"
+    output_field = DateTimeField()
+
+    def __init__(self):
+        super().__init__()
+
+
+def database_clock(using=DEFAULT_DB_ALIAS):
+    """The database clock, now (``clock_timestamp()``, not the transaction start)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+# --- refusals from the database --------------------------------------------------
+
+# Constraint (or trigger) name -> the domain error a violation of it means.
+_CONSTRAINT_ERRORS = {}
+
+# SQLSTATE a state-machine trigger raises, with the trigger's name as the constraint.
+TRANSITION_SQLSTATE = "23514"  # check_violation
+
+
+def constraint_errors(mapping):
+    """Register ``{constraint_name: DomainError subclass or factory}`` for ``database_refusals``."""
+    _CONSTRAINT_ERRORS.update(mapping)
+
+
+def _cause(exc, error_class):
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, error_class):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
+def is_lock_error(exc):
+    """True for SQLSTATE 55P03: NOWAIT refused, or lock_timeout expired."""
+    return _cause(exc, psycopg.errors.LockNotAvailable) is not None
+
+
+def constraint_name(exc):
+    """The name of the constraint (or transition trigger) an IntegrityError violated, if any."""
+    diag = getattr(_cause(exc, psycopg.Error), "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+def refusal_for(exc):
+    """The DomainError a database error means, or None when it is not a refusal (a bug, an outage)."""
+    if isinstance(exc, OperationalError) and is_lock_error(exc):
+        return LockContended()
+    if isinstance(exc, IntegrityError):
+        name = constraint_name(exc)
+        if name is not None and name.endswith("_transition"):
+            detail = getattr(getattr(_cause(exc, psycopg.Error), "diag", None), "message_detail", None) or ""
+            old, _sep, new = detail.partition("->")
+            return TransitionRefused(old=old or "?", new=new or "?")
+        mapped = _CONSTRAINT_ERRORS.get(name)
+        if mapped is not None:
+            return mapped()
+    return None
+
+
+@contextmanager
+def database_refusals():
+    """Translate a database refusal raised by the block into its domain error.
+
+    Wrap it *around* ``transaction.atomic()``, never inside: the failed block must
+    finish rolling back before the error is translated.
+    """
+    try:
+        yield
+    except (OperationalError, IntegrityError) as exc:
+        refusal = refusal_for(exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
+
+
+def guarded(method=None, *, joins=False):
+    """Mark a manager method as a guarded operation (see the module docstring).
+
+    ``@guarded``: open ``transaction.atomic(using=self.db)`` and translate database
+    refusals outside it. ``@guarded(joins=True)``: assert the caller's transaction.
+    Either way the method gets ``alters_data = True`` and ``guard`` ("opens" or "joins"),
+    which ``tests/core/test_guard_contract.py`` checks on every manager.
+    """
+
+    def decorate(function):
+        if joins:
+
+            @wraps(function)
+            def wrapper(self, *args, **kwargs):
+                require_atomic(self.db)
+                return function(self, *args, **kwargs)
+
+        else:
+
+            @wraps(function)
+            def wrapper(self, *args, **kwargs):
+                with database_refusals(), transaction.atomic(using=self.db):
+                    return function(self, *args, **kwargs)
+
+        wrapper.alters_data = True
+        wrapper.guard = "joins" if joins else "opens"
+        return wrapper
+
+    return decorate(method) if method is not None else decorate

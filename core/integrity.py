@@ -1,0 +1,140 @@
+"""Guarded rows: what a plain save() may not write, and what the database itself refuses.
+
+A guarded row has many writers (API, admin form and actions, commands, sweeps,
+webhooks). Three layers keep "exactly once" a property of the row, not of one path:
+
+- ``GuardedModel``: a ``save()`` of an existing row that would write one of its
+  ``guarded_fields`` raises GuardedWriteError (a programming error the tests catch):
+  a full-row save writes back what was read, undoing whatever committed meanwhile.
+  Guarded columns change only through the manager's guarded operations (``.update()``
+  with the rule in its WHERE).
+- ``StateMachine``: a trigger (django-pgtrigger) refusing every change of the state
+  column not in the documented machine, and every insert in a non-initial state.
+  It raises SQLSTATE 23514 with the trigger's name as the constraint, which
+  ``core.guards.database_refusals`` turns into TransitionRefused (409).
+- ``BumpVersion``: a trigger that increments ``version`` whenever a column an
+  operator or API client edits changes, whoever the writer, so an edit carrying the
+  version it read is refused (VersionConflict) when someone changed those fields since.
+
+Why django-pgtrigger (pinned in requirements.txt): triggers are declared in the
+model's ``Meta.triggers`` beside its constraints and reach the database through
+ordinary migrations (makemigrations writes them), so the machine in the code and the
+one in the database cannot drift. Its own ``FSM`` trigger raises a generic P0001
+error with free text; ours raises a check violation that names itself, so a refusal
+maps to a stable error code.
+"""
+
+import pgtrigger
+from django.db import models
+
+from core.exceptions import GuardedWriteError
+
+
+class GuardedModel(models.Model):
+    """A model whose ``guarded_fields`` only guarded manager operations may write."""
+
+    guarded_fields: tuple = ()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, update_fields=None, **kwargs):
+        if not self._state.adding and self.guarded_fields:
+            written = set(self.guarded_fields) if update_fields is None else set(update_fields)
+            touched = sorted(written & set(self.guarded_fields))
+            if touched:
+                raise GuardedWriteError(
+                    f"{type(self).__name__}.save() would write guarded columns {touched}: "
+                    "change them through the manager's guarded operations, and other fields with "
+                    "save(update_fields=[...]) or the manager's edit."
+                )
+        super().save(*args, update_fields=update_fields, **kwargs)
+
+
+def _refuse(constraint, detail_sql, message_sql):
+    return (
+        f"RAISE EXCEPTION USING ERRCODE = 'check_violation', CONSTRAINT = '{constraint}', "
+        f"MESSAGE = {message_sql}, DETAIL = {detail_sql};"
+    )
+
+
+class StateMachine(pgtrigger.Trigger):
+    """Refuse, in the database, every state change not in ``transitions`` and every insert not in ``initial``.
+
+    ``name`` must end in ``_transition`` (it is the constraint name refusals carry).
+    Rows whose state does not change pass untouched.
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert | pgtrigger.Update
+
+    def __init__(self, *, name, field, transitions, initial):
+        if not name.endswith("_transition"):
+            raise ValueError("A StateMachine trigger's name ends in _transition")
+        for value in [*initial, *(state for pair in transitions for state in pair)]:
+            if not value.replace("_", "").isalnum():
+                raise ValueError(f"State {value!r} must be a plain identifier")
+        self.field = field
+        self.transitions = sorted(set(transitions))
+        self.initial = sorted(set(initial))
+        super().__init__(name=name)
+
+    def get_func(self, model):
+        column = model._meta.get_field(self.field).column
+        old, new = f'OLD."{column}"', f'NEW."{column}"'
+        allowed = "{" + ",".join(f"{a}->{b}" for a, b in self.transitions) + "}"
+        initial = "{" + ",".join(self.initial) + "}"
+        refuse_insert = _refuse(
+            self.name, f"'->' || {new}", f"format('%s: a new row cannot start as %s', TG_TABLE_NAME, {new})"
+        )
+        refuse_update = _refuse(
+            self.name,
+            f"{old} || '->' || {new}",
+            f"format('%s: %s may not go from %s to %s', TG_TABLE_NAME, '{self.field}', {old}, {new})",
+        )
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'INSERT' THEN
+                IF NOT ({new} = ANY('{initial}'::text[])) THEN {refuse_insert} END IF;
+            ELSIF {old} IS DISTINCT FROM {new} AND NOT (({old} || '->' || {new}) = ANY('{allowed}'::text[])) THEN
+                {refuse_update}
+            END IF;
+            RETURN NEW;
+            """
+        )
+
+    def allows(self, old, new):
+        return old == new or (old, new) in self.transitions
+
+
+class BumpVersion(pgtrigger.Trigger):
+    """``version := version + 1`` when any of ``fields`` changes and the writer did not bump it itself."""
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+
+    def __init__(self, *, name, fields, version_field="version"):
+        self.fields = tuple(fields)
+        self.version_field = version_field
+        super().__init__(name=name)
+
+    def get_func(self, model):
+        meta = model._meta
+        version = meta.get_field(self.version_field).column
+        changed = " OR ".join(
+            f'OLD."{meta.get_field(name).column}" IS DISTINCT FROM NEW."{meta.get_field(name).column}"'
+            for name in self.fields
+        )
+        return self.format_sql(
+            f"""
+            IF ({changed}) AND NEW."{version}" = OLD."{version}" THEN
+                NEW."{version}" := OLD."{version}" + 1;
+            END IF;
+            RETURN NEW;
+            """
+        )
+
+
+def state_machines(model):
+    """The StateMachine triggers declared on ``model`` (for docs and the exhaustive transition tests)."""
+    return [trigger for trigger in getattr(model._meta, "triggers", []) if isinstance(trigger, StateMachine)]

@@ -1,0 +1,27 @@
+"""Commands over guarded operations: a refusal is a message and an exit code, never a traceback."""
+
+import sys
+
+from django.core.management.base import BaseCommand
+
+from core.exceptions import DomainError, LockContended
+from core.guards import database_refusals
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class GuardedCommand(BaseCommand):
+    """A command whose ``handle`` calls guarded operations.
+
+    A domain refusal prints ``<code>: <message>`` on stderr and exits 1; a lock held
+    past lock_timeout (resource_locked) exits 3, so cron can tell "run again shortly"
+    from "refused".
+    """
+
+    def execute(self, *args, **options):
+        try:
+            with database_refusals():
+                return super().execute(*args, **options)
+        except DomainError as refusal:
+            self.stderr.write(f"{refusal.code}: {refusal.render()}")
+            sys.exit(EXIT_LOCKED if isinstance(refusal, LockContended) else EXIT_REFUSED)

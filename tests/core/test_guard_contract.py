@@ -1,0 +1,91 @@
+"""The guard contract (core/guards.py) holds on every manager of every domain app."""
+
+import inspect
+
+import pytest
+from django.apps import apps
+from django.db import connection, transaction
+
+from core.guards import guarded
+from core.integrity import StateMachine, state_machines
+from core.invariants import DOMAIN_APPS
+
+
+def _manager_classes():
+    seen = set()
+    for app in DOMAIN_APPS:
+        for model in apps.get_app_config(app).get_models():
+            for manager in model._meta.managers:
+                cls = type(manager)
+                if cls not in seen:
+                    seen.add(cls)
+                    yield model, cls
+
+
+def _altering_methods():
+    for model, cls in _manager_classes():
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") or not callable(member):
+                continue
+            if getattr(member, "alters_data", False) and member.__module__ not in ("django.db.models.query",
+                                                                                    "django.db.models.manager"):
+                yield model, name, member
+
+
+ALTERING = sorted(((m._meta.label, n), f) for m, n, f in _altering_methods())
+
+
+def test_there_are_guarded_operations_to_check():
+    assert len(ALTERING) >= 20
+
+
+@pytest.mark.parametrize("label,name", [key for key, _f in ALTERING])
+def test_every_altering_manager_method_follows_the_contract(label, name):
+    method = dict(ALTERING)[(label, name)]
+    assert getattr(method, "guard", None) in ("opens", "joins"), f"{label}.{name} is not decorated with @guarded"
+    doc = inspect.getdoc(method) or ""
+    assert doc.strip(), f"{label}.{name} has no docstring stating its locks and refusals"
+
+
+class _Probe:
+    db = "default"
+
+    @guarded(joins=True)
+    def joins(self):
+        return connection.in_atomic_block
+
+    @guarded
+    def opens(self):
+        return connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_joining_operation_needs_the_callers_transaction_and_an_opening_one_opens_its_own():
+    with pytest.raises(RuntimeError, match="caller's transaction"):
+        _Probe().joins()
+    with transaction.atomic():
+        assert _Probe().joins() is True
+    assert _Probe().opens() is True
+    assert _Probe.joins.guard == "joins" and _Probe.opens.guard == "opens"
+    assert _Probe.joins.alters_data and _Probe.opens.alters_data
+
+
+def test_every_state_machine_is_named_for_its_refusals():
+    machines = [(model, trigger) for model in apps.get_models() for trigger in state_machines(model)]
+    assert machines, "no state machine declared"
+    for model, trigger in machines:
+        assert isinstance(trigger, StateMachine)
+        assert trigger.name.endswith("_transition")
+        choices = {value for value, _label in model._meta.get_field(trigger.field).choices}
+        states = set(trigger.initial) | {s for pair in trigger.transitions for s in pair}
+        assert states <= choices, f"{model._meta.label}: states outside the field's choices: {states - choices}"
+
+
+@pytest.mark.django_db
+def test_every_state_machine_trigger_is_installed_in_the_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        installed = {row[0] for row in cursor.fetchall()}
+    for model in apps.get_models():
+        for trigger in getattr(model._meta, "triggers", []):
+            assert trigger.get_pgid(model) in installed, f"{model._meta.label}: {trigger.name} not installed"
