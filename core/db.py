@@ -18,6 +18,8 @@ class LockNamespace(enum.Enum):
     """Registry of advisory-lock namespaces. Never rename a value: it is part of the key."""
 
     BOOKING_DATE = "bookings.date"
+    # per package: checkouts and payments take it shared, package edits and deletes exclusive
+    BOOKING_PACKAGE = "bookings.package"
     AUDIT_UNDO = "profiles.audit_undo"
     PROFILE_TREE = "profiles.tree"  # per tenant: serializes parent-edge changes (cycle check)
     IDEMPOTENCY_KEY = "core.idempotency_key"
@@ -44,6 +46,17 @@ def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS)
     connection = _require_atomic(using)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
+
+
+def advisory_xact_lock_shared(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS):
+    """Wait for the advisory lock on (namespace, parts) in shared mode until the transaction ends.
+
+    Shared holders do not block each other; they block (and wait for) an exclusive
+    ``advisory_xact_lock`` on the same key. Bounded by lock_timeout like the exclusive form.
+    """
+    connection = _require_atomic(using)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
 
 
 def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):

@@ -72,8 +72,8 @@ class StateMachine(pgtrigger.Trigger):
         if not name.endswith("_transition"):
             raise ValueError("A StateMachine trigger's name ends in _transition")
         for value in [*initial, *(state for pair in transitions for state in pair)]:
-            if not value.replace("_", "").isalnum():
-                raise ValueError(f"State {value!r} must be a plain identifier")
+            if value and not value.replace("_", "").isalnum():
+                raise ValueError(f"State {value!r} must be a plain identifier (or empty)")
         self.field = field
         self.transitions = sorted(set(transitions))
         self.initial = sorted(set(initial))
@@ -82,8 +82,8 @@ class StateMachine(pgtrigger.Trigger):
     def get_func(self, model):
         column = model._meta.get_field(self.field).column
         old, new = f'OLD."{column}"', f'NEW."{column}"'
-        allowed = "{" + ",".join(f"{a}->{b}" for a, b in self.transitions) + "}"
-        initial = "{" + ",".join(self.initial) + "}"
+        allowed = "ARRAY[" + ",".join(f"'{a}->{b}'" for a, b in self.transitions) + "]::text[]"
+        initial = "ARRAY[" + ",".join(f"'{state}'" for state in self.initial) + "]::text[]"
         refuse_insert = _refuse(
             self.name, f"'->' || {new}", f"format('%s: a new row cannot start as %s', TG_TABLE_NAME, {new})"
         )
@@ -95,8 +95,8 @@ class StateMachine(pgtrigger.Trigger):
         return self.format_sql(
             f"""
             IF TG_OP = 'INSERT' THEN
-                IF NOT ({new} = ANY('{initial}'::text[])) THEN {refuse_insert} END IF;
-            ELSIF {old} IS DISTINCT FROM {new} AND NOT (({old} || '->' || {new}) = ANY('{allowed}'::text[])) THEN
+                IF NOT ({new} = ANY({initial})) THEN {refuse_insert} END IF;
+            ELSIF {old} IS DISTINCT FROM {new} AND NOT (({old} || '->' || {new}) = ANY({allowed})) THEN
                 {refuse_update}
             END IF;
             RETURN NEW;
