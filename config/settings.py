@@ -84,6 +84,9 @@ else:
 # with SET LOCAL, which ends with the transaction and cannot leak.
 LOCK_TIMEOUT_MS = env.int("LOCK_TIMEOUT_MS", default=2000)
 STATEMENT_TIMEOUT_MS = env.int("STATEMENT_TIMEOUT_MS", default=15000)
+# A transaction left open by a crashed or stuck worker would hold its row and advisory locks
+# forever; PostgreSQL ends such a session after this long idle inside a transaction.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60000)
 _database.setdefault("OPTIONS", {})
 _database["OPTIONS"]["options"] = " ".join(
     filter(
@@ -91,7 +94,7 @@ _database["OPTIONS"]["options"] = " ".join(
         [
             _database["OPTIONS"].get("options", ""),  # DATABASE_URL's own ?options= (search_path, ...) are kept
             f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
-            " -c idle_in_transaction_session_timeout=60000",
+            f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
         ],
     )
 )

@@ -89,3 +89,12 @@ def test_every_state_machine_trigger_is_installed_in_the_database():
     for model in apps.get_models():
         for trigger in getattr(model._meta, "triggers", []):
             assert trigger.get_pgid(model) in installed, f"{model._meta.label}: {trigger.name} not installed"
+
+
+def test_the_state_machine_page_matches_the_triggers():
+    from pathlib import Path
+
+    from core.management.commands.state_machines import render
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
+    assert page.read_text() == render(), "run: manage.py state_machines > docs/state-machines.md"
