@@ -250,6 +250,14 @@ def test_a_value_the_orm_rejects_is_400_not_500(api_client, tenant):
     assert error["fields"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_constraint_no_guard_names_is_409_conflict_not_500_and_nothing_is_written(api_client, tenant):
+    response = api_client.post("/api/t/acme/test-bump", {"fail": "duplicate"}, format="json")
+    assert_error(response, 409, "conflict")
+    tenant.refresh_from_db()
+    assert tenant.name == "Acme"
+
+
 def test_a_disallowed_host_under_api_is_the_json_envelope(api_client, tenant):
     assert_error(api_client.get("/api/t/acme/", HTTP_HOST="evil.example"), 400, "bad_request")
 

@@ -28,6 +28,8 @@ class CounterBumpView(TenantScopedMixin, APIView):
             raise Conflict()
         if request.data.get("fail") == "locked":
             raise LockContended()
+        if request.data.get("fail") == "duplicate":  # a constraint no guard names
+            Tenant.objects.create(name="dup", slug=self.tenant.slug)
         if request.data.get("fail") == "bad-value":  # the ORM raises Django's ValidationError
             Tenant.objects.filter(created_at="not-a-date").exists()
         Tenant.objects.filter(pk=self.tenant.pk).update(name=Concat(F("name"), Value("+")))
