@@ -90,4 +90,3 @@ class GuardedChangeFormMixin:
             # sees the localized reason; no "changed successfully" follows.
             request._guarded_refusal = refusal
             return super().changeform_view(request, object_id, form_url, extra_context)
-

@@ -27,8 +27,10 @@ def _altering_methods():
         for name, member in inspect.getmembers(cls):
             if name.startswith("_") or not callable(member):
                 continue
-            if getattr(member, "alters_data", False) and member.__module__ not in ("django.db.models.query",
-                                                                                    "django.db.models.manager"):
+            if getattr(member, "alters_data", False) and member.__module__ not in (
+                "django.db.models.query",
+                "django.db.models.manager",
+            ):
                 yield model, name, member
 
 

@@ -106,9 +106,7 @@ class _Refusing(GuardedCommand):
         raise self.error
 
 
-@pytest.mark.parametrize(
-    "error,exit_code", [(WidgetRefused("nope"), EXIT_REFUSED), (LockContended(), EXIT_LOCKED)]
-)
+@pytest.mark.parametrize("error,exit_code", [(WidgetRefused("nope"), EXIT_REFUSED), (LockContended(), EXIT_LOCKED)])
 def test_a_command_answers_a_refusal_with_a_message_and_an_exit_code(error, exit_code):
     command, stderr = _Refusing(), io.StringIO()
     command.error = error

@@ -45,8 +45,6 @@ def test_a_transaction_idle_past_the_timeout_is_ended_and_its_locks_freed():
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "IDLE_IN_TRANSACTION_TIMEOUT_MS": "300",
     }
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     # PostgreSQL ended the session (SQLSTATE 25P03), so its locks went with it.
     assert "ENDED" in done.stdout, done.stdout + done.stderr
-
