@@ -1,7 +1,9 @@
 """The one place where any error becomes an HTTP answer.
 
 Every error body is ``{"error": {"code": "<stable_code>", "message": "<localized>"}}``;
-validation errors add ``"fields"`` with the per-field details.
+validation errors add ``"fields"`` with the per-field details; a domain error with
+parameters adds ``"details"`` (``{"current": 7}`` for version_conflict, ``{"parent":
+"father"}`` for parent_locked, ``{"old": …, "new": …}`` for invalid_transition).
 """
 
 import logging
@@ -40,11 +42,17 @@ def error_body(code, message, **extra):
     return {"error": {"code": code, "message": str(message), **extra}}
 
 
+def _detail(value):
+    return value if isinstance(value, bool | int | float | str) or value is None else str(value)
+
+
 def _domain_response(exc: DomainError):
     headers = {}
     if isinstance(exc, LockContended):
         headers["Retry-After"] = str(exc.retry_after)
-    return Response(error_body(exc.code, exc.render()), status=exc.status_code, headers=headers)
+    details = {key: _detail(value) for key, value in exc.params.items()}
+    body = error_body(exc.code, exc.render(), **({"details": details} if details else {}))
+    return Response(body, status=exc.status_code, headers=headers)
 
 
 def _cause_is(exc, error_class):

@@ -9,6 +9,10 @@ ERROR_SCHEMA = {
                 "code": {"type": "string", "description": "Stable, machine-readable error code."},
                 "message": {"type": "string", "description": "Human-readable message in the request's language."},
                 "fields": {"type": "object", "description": "Per-field details of a validation error."},
+                "details": {
+                    "type": "object",
+                    "description": "The error's parameters (e.g. `current` for version_conflict).",
+                },
             },
             "required": ["code", "message"],
         }

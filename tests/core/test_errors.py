@@ -44,6 +44,20 @@ def test_every_error_kind_renders_in_the_envelope(exc, status, code):
     assert response.data["error"]["message"]
 
 
+def test_domain_errors_carry_their_parameters_as_details():
+    from core.exceptions import TransitionRefused, VersionConflict
+
+    response = exception_handler(VersionConflict(current=7), {})
+    assert response.status_code == 409
+    assert response.data["error"]["details"] == {"current": 7}
+    assert "7" in response.data["error"]["message"]
+    assert exception_handler(TransitionRefused(old="held", new="held2"), {}).data["error"]["details"] == {
+        "old": "held",
+        "new": "held2",
+    }
+    assert "details" not in exception_handler(Conflict(), {}).data["error"]
+
+
 def test_validation_errors_carry_field_details():
     response = exception_handler(drf.ValidationError({"amount": ["A valid number is required."]}), {})
     assert response.data["error"]["fields"] == {"amount": ["A valid number is required."]}
