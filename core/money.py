@@ -1,0 +1,90 @@
+"""Currencies and amounts: ISO 4217 codes with their own minor units, Decimal end to end.
+
+Why py-moneyed (pinned in requirements.txt): it ships the ISO 4217 table with each
+currency's minor unit (``sub_unit``: 100 for USD, 1 for JPY, 1000 for KWD) and
+nothing else we do not need; Babel's CLDR digits differ from ISO 4217 for several
+currencies (cash rounding), which is not what a card processor charges in.
+"""
+
+from decimal import Decimal, InvalidOperation
+
+import moneyed
+
+from core.exceptions import InvalidInput
+
+# ISO 4217 codes that are not money a customer pays in: testing, no currency,
+# precious metals, SDR and bond-market units.
+NOT_PAYABLE = frozenset({"XXX", "XTS", "XAU", "XAG", "XPD", "XPT", "XDR", "XBA", "XBB", "XBC", "XBD", "XSU", "XUA"})
+
+# Stripe: three-decimal currencies are sent in thousandths, and the last digit must be 0.
+STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+class UnknownCurrency(InvalidInput):
+    code = "unknown_currency"
+
+    def __init__(self, currency):
+        from django.utils.translation import gettext_lazy as _
+
+        super().__init__(_("%(currency)s is not an ISO 4217 currency code."), currency=currency)
+
+
+class TooManyDecimals(InvalidInput):
+    code = "amount_precision"
+
+    def __init__(self, currency, places):
+        from django.utils.translation import gettext_lazy as _
+
+        super().__init__(
+            _("Amounts in %(currency)s have at most %(places)s decimal places."), currency=currency, places=places
+        )
+
+
+def currency(code):
+    """The py-moneyed Currency for an ISO 4217 code a customer can pay in, or UnknownCurrency."""
+    if not isinstance(code, str) or len(code) != 3 or not code.isascii() or not code.isupper():
+        raise UnknownCurrency(str(code)[:8])
+    if code in NOT_PAYABLE:
+        raise UnknownCurrency(code)
+    try:
+        return moneyed.get_currency(code)
+    except moneyed.CurrencyDoesNotExist:
+        raise UnknownCurrency(code)
+
+
+def exponent(code):
+    """Decimal places of the currency's minor unit: 2 for USD, 0 for JPY, 3 for KWD."""
+    sub_unit = currency(code).sub_unit
+    return len(str(sub_unit)) - 1
+
+
+def check_precision(amount, code):
+    """Return ``amount`` as a Decimal with exactly the currency's places; refuse more precision."""
+    try:
+        amount = Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError):
+        raise InvalidInput()
+    places = exponent(code)
+    quantum = Decimal(1).scaleb(-places)
+    if amount != amount.quantize(quantum):
+        raise TooManyDecimals(code, places)
+    return amount.quantize(quantum)
+
+
+def to_minor_units(amount, code):
+    """The integer a card processor (Stripe's convention) is sent: amount × 10^exponent.
+
+    Refuses an amount with more decimals than the currency has, and, for Stripe's
+    three-decimal currencies, one whose last (thousandth) digit is not 0.
+    """
+    amount = check_precision(amount, code)
+    minor = int(amount.scaleb(exponent(code)))
+    if code in STRIPE_THREE_DECIMAL and minor % 10:
+        raise TooManyDecimals(code, 2)
+    return minor
+
+
+def from_minor_units(minor, code):
+    """The Decimal amount for a provider's integer amount in the currency's minor unit."""
+    places = exponent(code)
+    return (Decimal(int(minor)).scaleb(-places)).quantize(Decimal(1).scaleb(-places))

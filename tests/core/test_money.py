@@ -1,0 +1,50 @@
+from decimal import Decimal
+
+import pytest
+
+from core.money import (
+    TooManyDecimals,
+    UnknownCurrency,
+    check_precision,
+    exponent,
+    from_minor_units,
+    to_minor_units,
+)
+
+
+@pytest.mark.parametrize(("code", "places"), [("USD", 2), ("EUR", 2), ("JPY", 0), ("KRW", 0), ("KWD", 3), ("BHD", 3)])
+def test_each_currency_has_its_own_minor_unit(code, places):
+    assert exponent(code) == places
+
+
+@pytest.mark.parametrize("code", ["ABC", "usd", "US", "USDX", "", "XXX", "XAU", None, 840])
+def test_only_payable_iso_4217_codes_are_currencies(code):
+    with pytest.raises(UnknownCurrency):
+        exponent(code)
+
+
+@pytest.mark.parametrize(
+    ("amount", "code", "minor"),
+    [
+        ("120.00", "USD", 12000),
+        ("0.01", "USD", 1),
+        ("1500", "JPY", 1500),
+        ("12.340", "KWD", 12340),
+        ("1.5", "KWD", 1500),
+        ("99999999.99", "USD", 9999999999),
+    ],
+)
+def test_provider_amounts_follow_the_exponent(amount, code, minor):
+    assert to_minor_units(Decimal(amount), code) == minor
+    assert from_minor_units(minor, code) == Decimal(amount)
+
+
+@pytest.mark.parametrize(("amount", "code"), [("1.001", "USD"), ("1500.5", "JPY"), ("1.2345", "KWD"), ("1.234", "KWD")])
+def test_more_precision_than_the_currency_or_the_provider_allows_is_refused(amount, code):
+    with pytest.raises(TooManyDecimals):
+        to_minor_units(Decimal(amount), code)
+
+
+def test_precision_check_normalizes_places():
+    assert str(check_precision(Decimal("5"), "USD")) == "5.00"
+    assert str(check_precision(Decimal("5.000"), "JPY")) == "5"
