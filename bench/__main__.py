@@ -17,6 +17,8 @@ from pathlib import Path
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ["DEBUG"] = "false"  # DEBUG keeps every query in memory: not what production runs
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # production-like, and gunicorn inherits it
+os.environ.setdefault("PAYMENT_WEBHOOK_SECRET", "whsec_" + secrets.token_urlsafe(24))
+os.environ.setdefault("PAYMENT_SANDBOX_ALLOWED", "true")  # the benchmark pays through the sandbox
 
 import django  # noqa: E402
 

@@ -171,8 +171,11 @@ IDEMPOTENCY_IN_PROGRESS_TIMEOUT = timedelta(seconds=env.int("IDEMPOTENCY_IN_PROG
 LOCK_RETRY_AFTER_SECONDS = env.int("LOCK_RETRY_AFTER_SECONDS", default=1)
 BOOKING_HOLD_TTL = timedelta(minutes=env.int("BOOKING_HOLD_TTL_MINUTES", default=15))
 PAYMENT_PROVIDER = env.str("PAYMENT_PROVIDER", default="")  # "" = stripe when STRIPE_API_KEY is set, else sandbox
-PAYMENT_WEBHOOK_SECRET = env.str("PAYMENT_WEBHOOK_SECRET", default="whsec_lockstep_sandbox_secret")
+DEVELOPMENT_WEBHOOK_SECRET = "whsec_lockstep_sandbox_secret"  # public: refused with DEBUG off (core/checks.py)
+PAYMENT_WEBHOOK_SECRET = env.str("PAYMENT_WEBHOOK_SECRET", default=DEVELOPMENT_WEBHOOK_SECRET)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+# The sandbox's "Pay" page confirms bookings without money: with DEBUG off it must be allowed explicitly.
+PAYMENT_SANDBOX_ALLOWED = env.bool("PAYMENT_SANDBOX_ALLOWED", default=DEBUG)
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 
 if not DEBUG:

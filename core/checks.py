@@ -1,27 +1,77 @@
 """System checks that keep a production deployment from running with development values.
 
-``manage.py check --deploy`` fails (lockstep.E001); every other command that runs
-checks (``migrate`` in ``make serve``, ``runserver``, the cron commands) warns
-(lockstep.W001) without stopping.
+With DEBUG off, ``manage.py check --deploy`` fails on each of them (lockstep.E00x),
+every other command that runs checks (``migrate`` in ``make serve``, ``runserver``,
+the cron commands) warns (lockstep.W00x), and the served app refuses to start
+(``config/wsgi.py`` calls ``refuse_unsafe_production``).
+
+- E001 the public development SECRET_KEY (anyone could forge sessions);
+- E002 the public development PAYMENT_WEBHOOK_SECRET (anyone could sign "paid" events);
+- E003 the sandbox payment provider, whose "Pay" page confirms bookings without money,
+  unless PAYMENT_SANDBOX_ALLOWED is set (a staging site);
+- E004 the Stripe provider without STRIPE_API_KEY (every checkout would fail).
 """
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 DEVELOPMENT_SECRET_KEY_PREFIX = "lockstep-insecure-"
-MESSAGE = "DEBUG is off but SECRET_KEY is the public development key."
-HINT = "Set SECRET_KEY to a long random value (anyone could forge sessions and reset links with this one)."
+
+PROBLEMS = {
+    "001": (
+        "DEBUG is off but SECRET_KEY is the public development key.",
+        "Set SECRET_KEY to a long random value (anyone could forge sessions and reset links with this one).",
+    ),
+    "002": (
+        "DEBUG is off but PAYMENT_WEBHOOK_SECRET is the public development secret.",
+        "Set PAYMENT_WEBHOOK_SECRET to the provider's signing secret (whsec_…): anyone could sign a payment.",
+    ),
+    "003": (
+        "DEBUG is off and the sandbox payment provider is configured: its Pay page confirms bookings unpaid.",
+        "Set STRIPE_API_KEY (or PAYMENT_PROVIDER), or PAYMENT_SANDBOX_ALLOWED=true for a staging site.",
+    ),
+    "004": (
+        "The Stripe payment provider is configured without STRIPE_API_KEY.",
+        "Set STRIPE_API_KEY to the account's secret key.",
+    ),
+}
 
 
-def _development_key_in_production():
-    return not settings.DEBUG and settings.SECRET_KEY.startswith(DEVELOPMENT_SECRET_KEY_PREFIX)
+def _payment_provider():
+    return settings.PAYMENT_PROVIDER or ("stripe" if settings.STRIPE_API_KEY else "sandbox")
+
+
+def production_problems():
+    """The numbers of the PROBLEMS this configuration has (none while DEBUG is on)."""
+    if settings.DEBUG:
+        return []
+    found = []
+    if settings.SECRET_KEY.startswith(DEVELOPMENT_SECRET_KEY_PREFIX):
+        found.append("001")
+    if settings.PAYMENT_WEBHOOK_SECRET == settings.DEVELOPMENT_WEBHOOK_SECRET:
+        found.append("002")
+    provider = _payment_provider()
+    if provider == "sandbox" and not settings.PAYMENT_SANDBOX_ALLOWED:
+        found.append("003")
+    if provider == "stripe" and not settings.STRIPE_API_KEY:
+        found.append("004")
+    return found
 
 
 @register(Tags.security)
-def warn_development_secret_key(app_configs, **kwargs):
-    return [Warning(MESSAGE, hint=HINT, id="lockstep.W001")] if _development_key_in_production() else []
+def warn_development_values(app_configs, **kwargs):
+    return [Warning(PROBLEMS[n][0], hint=PROBLEMS[n][1], id=f"lockstep.W{n}") for n in production_problems()]
 
 
 @register(Tags.security, deploy=True)
-def refuse_development_secret_key(app_configs, **kwargs):
-    return [Error(MESSAGE, hint=HINT, id="lockstep.E001")] if _development_key_in_production() else []
+def refuse_development_values(app_configs, **kwargs):
+    return [Error(PROBLEMS[n][0], hint=PROBLEMS[n][1], id=f"lockstep.E{n}") for n in production_problems()]
+
+
+def refuse_unsafe_production():
+    """Called by the served app at startup: refuse to serve with any of the problems above."""
+    found = production_problems()
+    if found:
+        lines = [f"lockstep.E{n}: {PROBLEMS[n][0]} {PROBLEMS[n][1]}" for n in found]
+        raise ImproperlyConfigured("Refusing to serve:\n" + "\n".join(lines))

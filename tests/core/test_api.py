@@ -262,17 +262,51 @@ def test_a_disallowed_host_under_api_is_the_json_envelope(api_client, tenant):
     assert_error(api_client.get("/api/t/acme/", HTTP_HOST="evil.example"), 400, "bad_request")
 
 
-def test_development_secret_key_is_refused_when_debug_is_off(settings):
+def _lockstep_issues(deploy):
     from django.core.checks import run_checks
 
-    def issues(deploy):
-        return sorted(m.id for m in run_checks(include_deployment_checks=deploy) if m.id.startswith("lockstep."))
+    return sorted(m.id for m in run_checks(include_deployment_checks=deploy) if m.id.startswith("lockstep."))
 
+
+@pytest.fixture
+def production(settings):
+    """DEBUG off with every production value set properly: no lockstep issue."""
     settings.DEBUG = False
-    assert issues(deploy=False) == ["lockstep.W001"]
-    assert issues(deploy=True) == ["lockstep.E001", "lockstep.W001"]
     settings.SECRET_KEY = "a-real-production-secret-" + "x" * 40
-    assert issues(deploy=True) == []
-    settings.DEBUG = True
-    settings.SECRET_KEY = "lockstep-insecure-development-key-change-me-in-production"
-    assert issues(deploy=True) == []
+    settings.PAYMENT_WEBHOOK_SECRET = "whsec_real_signing_secret"
+    settings.PAYMENT_PROVIDER, settings.STRIPE_API_KEY = "", "sk_live_x"
+    settings.PAYMENT_SANDBOX_ALLOWED = False
+    return settings
+
+
+@pytest.mark.parametrize(
+    ("change", "number"),
+    [
+        ({"SECRET_KEY": "lockstep-insecure-development-key-change-me-in-production"}, "001"),
+        ({"PAYMENT_WEBHOOK_SECRET": "whsec_lockstep_sandbox_secret"}, "002"),
+        ({"STRIPE_API_KEY": ""}, "003"),  # no key: the sandbox provider is configured
+        ({"PAYMENT_PROVIDER": "sandbox"}, "003"),
+        ({"PAYMENT_PROVIDER": "stripe", "STRIPE_API_KEY": ""}, "004"),
+    ],
+)
+def test_development_values_are_refused_when_debug_is_off(production, change, number):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from core.checks import refuse_unsafe_production
+
+    assert _lockstep_issues(deploy=True) == []
+    refuse_unsafe_production()  # serves
+    for name, value in change.items():
+        setattr(production, name, value)
+    assert _lockstep_issues(deploy=False) == [f"lockstep.W{number}"]
+    assert _lockstep_issues(deploy=True) == [f"lockstep.E{number}", f"lockstep.W{number}"]
+    with pytest.raises(ImproperlyConfigured, match=f"lockstep.E{number}"):
+        refuse_unsafe_production()
+    production.DEBUG = True
+    assert _lockstep_issues(deploy=True) == []
+
+
+def test_a_staging_site_may_allow_the_sandbox(production):
+    production.STRIPE_API_KEY = ""
+    production.PAYMENT_SANDBOX_ALLOWED = True
+    assert _lockstep_issues(deploy=True) == []
