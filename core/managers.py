@@ -1,9 +1,10 @@
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.db.models.functions import Now
 
 from core.db import LockNamespace, try_advisory_xact_lock
 from core.exceptions import IdempotencyKeyInProgress, IdempotencyKeyReused
+from core.guards import guarded
 
 
 class TenantQuerySet(models.QuerySet):
@@ -14,6 +15,7 @@ class TenantQuerySet(models.QuerySet):
 
 
 class IdempotencyKeyManager(models.Manager):
+    @guarded(joins=True)
     def claim(self, *, principal, key, method, path, fingerprint):
         """Claim ``key`` for this request, or return the completed record to replay.
 
@@ -49,19 +51,14 @@ class IdempotencyKeyManager(models.Manager):
         )
         return record, False
 
-    claim.alters_data = True
-
+    @guarded(joins=True)
     def complete(self, record, *, status, body):
         """Store the answer to replay; part of the caller's transaction."""
         self.filter(pk=record.pk).update(state=self.model.State.COMPLETED, response_status=status, response_body=body)
         record.state, record.response_status, record.response_body = self.model.State.COMPLETED, status, body
 
-    complete.alters_data = True
-
+    @guarded
     def prune(self):
         """Delete expired records; return how many went."""
-        with transaction.atomic(using=self.db):
-            deleted, _ = self.filter(expires_at__lte=Now()).delete()
+        deleted, _ = self.filter(expires_at__lte=Now()).delete()
         return deleted
-
-    prune.alters_data = True

@@ -13,7 +13,7 @@ from core.invariants import DOMAIN_APPS
 
 def _manager_classes():
     seen = set()
-    for app in DOMAIN_APPS:
+    for app in ["core", *DOMAIN_APPS]:
         for model in apps.get_app_config(app).get_models():
             for manager in model._meta.managers:
                 cls = type(manager)
