@@ -1,22 +1,42 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.db.models.functions import Now, TruncDate
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from bookings.models import Booking, Checkout, Package, PaymentEvent
+from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import NOTHING_TO_DO, apply_to_each
+from core.admin_forms import GuardedChangeFormMixin
+from core.exceptions import DomainError
+from core.guards import database_refusals
+
+
+class VersionedAdminForm(forms.ModelForm):
+    """Declares the mixin's hidden ``expected_version`` on the base form, so the admin's
+    ``modelform_factory`` accepts it in the fieldsets (it is not a model field)."""
+
+    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
 
 @admin.register(Package)
-class PackageAdmin(admin.ModelAdmin):
+class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+    """Packages: the change form writes only the changed fields through ``edit_package`` (the package
+    lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
+
     list_display = ["name", "tenant", "price", "currency", "daily_capacity", "active", "upcoming_load"]
     list_filter = ["active", "tenant", "currency"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
+    form = VersionedAdminForm
+    fields = ["tenant", *PACKAGE_EDITABLE]
+    actions = ["delete_selected_packages"]
+    refusal_fields = {"capacity_below_occupancy": "daily_capacity", "package_invalid": None}
 
     def get_queryset(self, request):
         live = Q(bookings__status="confirmed") | Q(bookings__status="held", bookings__hold_expires_at__gt=Now())
@@ -24,9 +44,46 @@ class PackageAdmin(admin.ModelAdmin):
             upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now())))
         )
 
+    def get_readonly_fields(self, request, obj=None):
+        return ["tenant"] if obj is not None else []  # a package never moves to another tenant
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # the bulk delete skips the package lock: per row instead
+        return actions
+
     @admin.display(description=_("upcoming bookings"), ordering="upcoming")
     def upcoming_load(self, package):
         return package.upcoming
+
+    def guarded_create(self, request, form):
+        data = form.cleaned_data
+        return Package.objects.create_package(tenant=data["tenant"], **{name: data[name] for name in PACKAGE_EDITABLE})
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        return Package.objects.edit_package(obj.pk, tenant=None, version=version, **changes)
+
+    def delete_model(self, request, obj):
+        Package.objects.delete_package(obj.pk, tenant=None)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            with database_refusals():
+                return super().delete_view(request, object_id, extra_context)
+        except DomainError as refusal:  # nothing was deleted: say why on the package's page
+            self.message_user(request, f"{refusal.render()} ({refusal.code})", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:bookings_package_change", args=[object_id]))
+
+    @admin.action(description=_("Delete selected packages (only those nothing refers to)"), permissions=["delete"])
+    def delete_selected_packages(self, request, queryset):
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda package: Package.objects.delete_package(package.pk, tenant=None),
+            describe=lambda package: _("Package %(name)s") % {"name": package.name},
+            done_message=lambda n: ngettext("%(n)d package deleted.", "%(n)d packages deleted.", n) % {"n": n},
+        )
 
 
 class CheckoutInline(admin.StackedInline):
@@ -54,7 +111,10 @@ def _per_booking(modeladmin, request, queryset, operation, done_message):
 
 
 @admin.register(Booking)
-class BookingAdmin(admin.ModelAdmin):
+class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+    """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
+    form was opened at); every state change through an action calling the managers and services."""
+
     list_display = ["id", "date", "package", "customer_name", "customer_email", "status", "hold_expires_at",
                     "amount", "currency", "tenant"]
     list_filter = ["status", "date", "package", "tenant"]
@@ -63,8 +123,9 @@ class BookingAdmin(admin.ModelAdmin):
     list_select_related = ["package", "tenant"]
     readonly_fields = ["tenant", "package", "date", "status", "hold_expires_at", "amount", "currency", "created_at",
                        "confirmed_at", "cancelled_at", "refunded_at"]
-    fields = ["tenant", "package", "date", "customer_name", "customer_email", *readonly_fields[3:]]
+    fields = ["tenant", "package", "date", *BOOKING_EDITABLE, *readonly_fields[3:]]
     inlines = [CheckoutInline]
+    form = VersionedAdminForm
     actions = ["cancel_selected", "release_hold_selected", "retry_refund_selected"]
 
     def has_add_permission(self, request):
@@ -72,6 +133,9 @@ class BookingAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        return Booking.objects.edit_contact(obj.pk, version=version, **changes)
 
     @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
     def cancel_selected(self, request, queryset):

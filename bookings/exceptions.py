@@ -3,6 +3,7 @@
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import Conflict, DomainError, InvalidInput, NotFound
+from core.guards import constraint_errors
 
 
 class PackageNotFound(NotFound):
@@ -68,4 +69,42 @@ class MalformedEvent(InvalidInput):
 
 class PackageInUse(Conflict):
     code = "package_in_use"
-    message = _("This package has bookings; deactivate it instead of deleting it.")
+    message = _("This package has bookings or proposals; deactivate it instead of deleting it.")
+
+
+class CapacityBelowOccupancy(Conflict):
+    """A lower daily capacity would leave dates holding more bookings than it allows; nothing was written."""
+
+    code = "capacity_below_occupancy"
+    message = _("A daily capacity of %(capacity)s is below the bookings already on %(count)s date(s): %(dates)s.")
+
+
+class PackageInvalid(InvalidInput):
+    code = "package_invalid"
+    message = _("A package needs a price of at least 0, a daily capacity of at least 1 and a 3-letter currency code.")
+
+
+class BookingStateInvalid(Conflict):
+    """A write the booking or checkout rules refuse (a bug upstream, refused by the database)."""
+
+    code = "booking_state_invalid"
+    message = _("This change would leave the booking or its payment in an invalid state; nothing was written.")
+
+
+# Every constraint of the bookings tables, as the refusal it means (core.guards.database_refusals).
+constraint_errors(
+    {
+        "package_price_not_negative": PackageInvalid,
+        "package_capacity_positive": PackageInvalid,
+        "package_currency_iso": PackageInvalid,
+        "booking_one_confirmed_per_exclusive_date": DateUnavailable,
+        "booking_amount_not_negative": BookingStateInvalid,
+        "booking_held_has_expiry": BookingStateInvalid,
+        "booking_confirmed_has_time": BookingStateInvalid,
+        "booking_status_valid": BookingStateInvalid,
+        "checkout_amount_not_negative": BookingStateInvalid,
+        "checkout_open_has_provider_id": BookingStateInvalid,
+        "checkout_state_valid": BookingStateInvalid,
+        "checkout_refund_state_valid": BookingStateInvalid,
+    }
+)

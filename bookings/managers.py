@@ -1,15 +1,27 @@
 """Guarded operations on packages, bookings, checkouts and the provider-event inbox.
 
-Lock order, everywhere: payment-event row (webhook only) -> advisory lock
-BOOKING_DATE(package, date) -> booking row -> checkout row. No method here talks
-to anything but the database.
+Lock order, everywhere (docs/bookings.md):
+
+    payment-event row (webhook only)
+    -> advisory lock BOOKING_PACKAGE(package): shared for holds and payments, exclusive for
+       package edits and deletes
+    -> advisory lock BOOKING_DATE(package, date)
+    -> booking row -> checkout row
+
+A method that needs a later lock never takes an earlier one after it. Capacity,
+``active``, price and currency are read in a statement issued after the package and
+date locks are held, so a hold or a payment never counts against a capacity an edit
+has changed meanwhile. Every expiry is judged with ``ClockNow()`` (``clock_timestamp()``),
+the clock at the moment the statement acts, never the statement's start. No method
+here talks to anything but the database.
 """
 
 import json
+from collections import namedtuple
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connections, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Now
 
@@ -18,15 +30,57 @@ from bookings.exceptions import (
     BookingNotFound,
     BookingNotHeld,
     BookingNotRefundPending,
+    CapacityBelowOccupancy,
     DateInPast,
     DateUnavailable,
+    PackageInUse,
+    PackageNotFound,
 )
-from core.db import LockNamespace, advisory_xact_lock
+from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
+from core.exceptions import DomainError, VersionConflict
+from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
+
+# The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
+EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
+# Statuses whose ``exclusive`` flag must follow the package's capacity (they can still be confirmed
+# or are): edit_package recomputes them when the capacity crosses 1, check_invariants checks them.
+LIVE_STATUSES = ("held", "confirmed")
+# How many dates a capacity refusal names.
+DATES_NAMED = 5
 
 
-def _require_atomic(using):
-    if not connections[using].in_atomic_block:
-        raise RuntimeError("This operation must run inside the caller's transaction.atomic().")
+# Apps that create bookings may veto placing a paid one: ``veto(booking) -> bool`` runs in
+# confirm_payment after the booking row is locked. Proposals registers one (proposals/apps.py):
+# a booking its proposal no longer links was orphaned by a reopen, so its late payment is
+# refunded, never confirmed beside the proposal's new booking.
+_placement_vetoes = []
+
+
+def register_placement_veto(veto):
+    _placement_vetoes.append(veto)
+
+
+def lock_package_shared(package_id, *, using):
+    """BOOKING_PACKAGE(package) shared: holds and payments do not wait for each other, only for an edit."""
+    advisory_xact_lock_shared(LockNamespace.BOOKING_PACKAGE, package_id, using=using)
+
+
+def lock_package_exclusive(package_id, *, using):
+    """BOOKING_PACKAGE(package) exclusive: waits for every running hold and payment of the package."""
+    advisory_xact_lock(LockNamespace.BOOKING_PACKAGE, package_id, using=using)
+
+
+def lock_date(package_id, date, *, using):
+    advisory_xact_lock(LockNamespace.BOOKING_DATE, package_id, date.isoformat(), using=using)
+
+
+def active_q(prefix=""):
+    """Bookings that take a place on their date: confirmed, or held with a live hold (the database clock now)."""
+    held = Q(**{f"{prefix}status": "held", f"{prefix}hold_expires_at__gt": ClockNow()})
+    return Q(**{f"{prefix}status": "confirmed"}) | held
+
+
+# --- packages ----------------------------------------------------------------------
 
 
 class PackageQuerySet(models.QuerySet):
@@ -37,10 +91,147 @@ class PackageQuerySet(models.QuerySet):
         return self.filter(active=True)
 
 
-def active_q(prefix=""):
-    """Bookings that take a place on their date: confirmed, or held with a live hold (database clock)."""
-    held = Q(**{f"{prefix}status": "held", f"{prefix}hold_expires_at__gt": Now()})
-    return Q(**{f"{prefix}status": "confirmed"}) | held
+class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
+    def _editable(self, fields):
+        from bookings.models import PACKAGE_EDITABLE
+
+        unknown = sorted(set(fields) - set(PACKAGE_EDITABLE))
+        if unknown:  # a programming error: tenant, version and the rest are not edited this way
+            raise ValueError(f"Package fields {unknown} cannot be written by a package edit")
+
+    @guarded
+    def create_package(self, *, tenant, **fields):
+        """Create a package of ``tenant`` from the editable fields (name, price, currency, active, daily_capacity).
+
+        Nothing can race it: no hold or payment can name a package before it exists.
+        A value the database's CHECKs refuse raises PackageInvalid.
+        """
+        self._editable(fields)
+        return self.create(tenant=tenant, **fields)
+
+    def _locked_for_edit(self, package_id, *, tenant, version):
+        """Take BOOKING_PACKAGE exclusive, then read the row; check ``version`` when the caller sent one."""
+        lock_package_exclusive(package_id, using=self.db)
+        scope = self.filter(pk=package_id) if tenant is None else self.filter(pk=package_id, tenant=tenant)
+        package = scope.first()
+        if package is None:
+            raise PackageNotFound()
+        if version is not None and version != package.version:
+            raise VersionConflict(current=package.version)
+        return package
+
+    @guarded
+    def edit_package(self, package_id, *, tenant, version=None, **changes):
+        """Write only ``changes`` to the package, under its lock taken exclusive; return the package.
+
+        Takes BOOKING_PACKAGE(package) exclusive: it waits for every hold and payment
+        of the package running now (they hold it shared) and new ones wait for it, so
+        the occupancy it checks cannot grow before it commits. Then:
+
+        - ``version`` (optional over the API, required by the admin form): refused with
+          VersionConflict when the package changed since the caller read it;
+        - a lower ``daily_capacity`` is refused with CapacityBelowOccupancy (naming the
+          first dates) if any date from today on holds more confirmed bookings and live
+          holds than the new capacity; nothing is written;
+        - when the capacity crosses 1 (1 -> n or n -> 1), ``exclusive`` of the package's
+          held and confirmed bookings from today on is recomputed in the same transaction,
+          so the one-confirmed-per-exclusive-date index agrees with the capacity.
+
+        ``tenant=None`` (the admin) edits any tenant's package. Raises PackageNotFound,
+        VersionConflict, CapacityBelowOccupancy, PackageInvalid (a CHECK refused a value).
+        """
+        self._editable(changes)
+        package = self._locked_for_edit(package_id, tenant=tenant, version=version)
+        capacity = changes.get("daily_capacity", package.daily_capacity)
+        if capacity < package.daily_capacity:
+            self._refuse_below_occupancy(package.pk, capacity)
+        if changes:
+            self.filter(pk=package.pk).update(**changes)
+        if (capacity == 1) != (package.daily_capacity == 1):
+            from bookings.models import Booking
+
+            Booking.objects.filter(package_id=package.pk, status__in=LIVE_STATUSES, date__gte=CurrentDate()).exclude(
+                exclusive=capacity == 1
+            ).update(exclusive=capacity == 1)
+        return self.get(pk=package.pk)
+
+    def _refuse_below_occupancy(self, package_id, capacity):
+        from bookings.models import Booking
+
+        crowded = list(
+            Booking.objects.filter(active_q(), package_id=package_id, date__gte=CurrentDate())
+            .values("date")
+            .annotate(taken=models.Count("pk"))
+            .filter(taken__gt=capacity)
+            .order_by("date")
+            .values_list("date", "taken")
+        )
+        if crowded:
+            named = ", ".join(f"{day.isoformat()} ({taken})" for day, taken in crowded[:DATES_NAMED])
+            more = len(crowded) - DATES_NAMED
+            raise CapacityBelowOccupancy(
+                capacity=capacity, dates=named + (f" (+{more})" if more > 0 else ""), count=len(crowded)
+            )
+
+    @guarded
+    def delete_package(self, package_id, *, tenant, version=None):
+        """Delete a package nothing refers to, under its lock taken exclusive.
+
+        BOOKING_PACKAGE(package) exclusive waits for every running hold and payment of
+        the package; a hold that waited behind the delete then finds no package
+        (PackageNotFound, 404). A package with bookings or proposals is refused with
+        PackageInUse (409): deactivate it instead. Foreign keys are checked before this
+        method returns (``SET CONSTRAINTS ALL IMMEDIATE``), never at a COMMIT outside
+        it. Raises PackageNotFound, VersionConflict, PackageInUse.
+        """
+        package = self._locked_for_edit(package_id, tenant=tenant, version=version)
+        for relation in self.model._meta.related_objects:  # bookings and proposals (PROTECT), found generically
+            if relation.on_delete is models.PROTECT:
+                referring = relation.related_model._base_manager.using(self.db)
+                if referring.filter(**{relation.field.name: package.pk}).exists():
+                    raise PackageInUse()
+        try:
+            with transaction.atomic(using=self.db):
+                self.filter(pk=package.pk)._raw_delete(self.db)
+                self._check_references_now()
+        except IntegrityError as exc:  # a row the package lock does not cover (a proposal) refers to it
+            raise PackageInUse() from exc
+        return package
+
+    def _check_references_now(self):
+        """Run the deferred foreign-key checks of the rows referring to packages now, not at COMMIT.
+
+        Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: a delete racing an insert
+        that refers to the package would fail at COMMIT, outside this method's translation
+        (the old HTTP 500). SET CONSTRAINTS ... IMMEDIATE fires the pending checks of
+        exactly those constraints here; ... DEFERRED gives them back their initial mode.
+        """
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(
+                "SELECT string_agg(format('%%I.%%I', n.nspname, c.conname), ', ') FROM pg_constraint c "
+                "JOIN pg_namespace n ON n.oid = c.connamespace "
+                "WHERE c.contype = 'f' AND c.condeferrable AND c.confrelid = %s::regclass",
+                [self.model._meta.db_table],
+            )
+            (names,) = cursor.fetchone()
+            if names:
+                cursor.execute(f"SET CONSTRAINTS {names} IMMEDIATE")
+                cursor.execute(f"SET CONSTRAINTS {names} DEFERRED")
+
+
+class CurrentDate(models.Func):
+    """The database's ``current_date`` (the day a capacity check starts from)."""
+
+    template = "current_date"
+    output_field = models.DateField()
+
+    def __init__(self):
+        super().__init__()
+
+
+# --- bookings ----------------------------------------------------------------------
+
+Place = namedtuple("Place", "tenant_id active capacity price currency taken today now")
 
 
 class BookingQuerySet(models.QuerySet):
@@ -52,155 +243,230 @@ class BookingQuerySet(models.QuerySet):
         return self.filter(active_q())
 
     def expired_holds(self):
-        return self.filter(status=self.model.Status.HELD, hold_expires_at__lte=Now())
+        """Holds past their expiry by the database clock now (``clock_timestamp()``)."""
+        return self.filter(status=self.model.Status.HELD, hold_expires_at__lte=ClockNow())
 
 
 class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
-    def _lock_date(self, package_id, date):
-        advisory_xact_lock(LockNamespace.BOOKING_DATE, package_id, date.isoformat(), using=self.db)
-
     def _taken(self, package_id, date, *, exclude_pk=None):
-        """Count the places taken on the date, plus the database's date and clock, in one statement.
+        """Read the package's terms and count the places taken on the date, in one statement.
 
-        Issued only after the advisory lock is held, so under READ COMMITTED its
-        snapshot includes every booking committed by the lock's previous holder.
+        Returns a Place (tenant, active, capacity, price, currency, places taken, the
+        database's date and clock) or None when the package does not exist. Issued only
+        after BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED
+        its snapshot includes every edit and every booking committed by their previous
+        holders; a hold's expiry is judged by ``clock_timestamp()``, the clock now.
         """
-        table = self.model._meta.db_table
+        booking, package = self.model._meta.db_table, self.model._meta.get_field("package").related_model
         with connections[self.db].cursor() as cursor:
             cursor.execute(
-                f"SELECT count(*) FILTER (WHERE (status = 'confirmed' OR (status = 'held' "  # noqa: S608
-                f"AND hold_expires_at > statement_timestamp())) AND id IS DISTINCT FROM %s), "
-                f"current_date, statement_timestamp() FROM {table} WHERE package_id = %s AND date = %s",
-                [exclude_pk, package_id, date],
+                f"SELECT p.tenant_id, p.active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
+                f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
+                f"AND (b.status = 'confirmed' OR (b.status = 'held' AND b.hold_expires_at > clock_timestamp())) "
+                f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
+                f"FROM {package._meta.db_table} p WHERE p.id = %s",
+                [date, exclude_pk, package_id],
             )
-            return cursor.fetchone()
+            row = cursor.fetchone()
+        return Place(*row) if row is not None else None
 
-    def hold(self, package, date, *, customer_name, customer_email, origin_proposal_id=None):
+    @guarded(joins=True)
+    def hold(self, package, date, *, customer_name, customer_email, origin_proposal_id=None, tenant=None):
         """Hold one place on ``date`` for this customer, or refuse.
 
-        Must run inside the caller's transaction (the checkout record joins it).
-        Takes the advisory lock BOOKING_DATE(package, date) until commit, then
-        counts confirmed bookings and unexpired holds against the package's
-        daily capacity in a statement issued after the lock is held.
-        Raises DateInPast or DateUnavailable; returns the new ``held`` booking.
+        ``package`` is a Package or its id. Joins the caller's transaction (the checkout
+        record joins it too). Takes BOOKING_PACKAGE(package) shared, then
+        BOOKING_DATE(package, date), both until commit; then, in one statement issued
+        after both are held, reads the package's capacity, ``active``, price and currency
+        and counts confirmed bookings and unexpired holds on the date. Raises
+        PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
+        DateInPast or DateUnavailable; returns the new ``held`` booking.
         """
-        _require_atomic(self.db)
-        self._lock_date(package.pk, date)
-        taken, today, now = self._taken(package.pk, date)
-        if date < today:
+        package_id = getattr(package, "pk", package)
+        lock_package_shared(package_id, using=self.db)
+        lock_date(package_id, date, using=self.db)
+        place = self._taken(package_id, date)
+        if place is None or not place.active or (tenant is not None and place.tenant_id != tenant.pk):
+            raise PackageNotFound()
+        if date < place.today:
             raise DateInPast(date=date.isoformat())
-        if taken >= package.daily_capacity:
+        if place.taken >= place.capacity:
             raise DateUnavailable()
         return self.create(
-            tenant_id=package.tenant_id,
-            package=package,
+            tenant_id=place.tenant_id,
+            package_id=package_id,
             date=date,
             customer_name=customer_name,
             customer_email=customer_email,
             status=self.model.Status.HELD,
-            hold_expires_at=now + settings.BOOKING_HOLD_TTL,
-            amount=package.price,
-            currency=package.currency,
-            exclusive=package.daily_capacity == 1,
+            hold_expires_at=place.now + settings.BOOKING_HOLD_TTL,
+            amount=place.price,
+            currency=place.currency,
+            exclusive=place.capacity == 1,
             origin_proposal_id=origin_proposal_id,
-            created_at=now,
+            created_at=place.now,
         )
 
-    hold.alters_data = True
-
+    @guarded(joins=True)
     def confirm_payment(self, booking_id):
         """Settle a paid booking: ``confirmed`` if its place is still free, else ``refund_pending``.
 
-        Must run inside the caller's transaction (the webhook marks its event
-        processed in it). Takes BOOKING_DATE(package, date), then the booking row
-        FOR NO KEY UPDATE, then re-counts the date without this booking. A live
-        hold, or an expired or released hold whose date is still free, becomes
-        confirmed; a cancelled booking or a date taken meanwhile becomes
-        refund_pending. Already settled bookings are returned unchanged.
-        Returns (booking, outcome) with outcome one of confirmed, refund_pending, unchanged.
+        Joins the caller's transaction (the webhook marks its event processed in it).
+        Takes BOOKING_PACKAGE(package) shared, BOOKING_DATE(package, date), then the
+        booking row FOR NO KEY UPDATE (a cancel or a release committing meanwhile is
+        seen, never overwritten), then reads the capacity and re-counts the date without
+        this booking. A live hold, or an expired or released hold whose date is still
+        free, becomes confirmed (``exclusive`` following the capacity read now); a
+        cancelled booking, a date taken meanwhile, a capacity lowered meanwhile or a
+        registered placement veto (an orphaned proposal booking) makes it refund_pending, and so does the one-confirmed-per-exclusive-date index should
+        it refuse (caught in a savepoint): a paid booking is never left unplaced and
+        unrefunded, and a redelivery never meets a 500. Already settled bookings are
+        returned unchanged. Returns (booking, outcome), outcome one of confirmed,
+        refund_pending, unchanged. Raises BookingNotFound.
         """
-        _require_atomic(self.db)
+        # package and date of a booking never change (guarded columns no operation writes)
         key = self.filter(pk=booking_id).values("package_id", "date").first()
         if key is None:
             raise BookingNotFound()
-        self._lock_date(key["package_id"], key["date"])
-        booking = self.select_related("package").select_for_update(no_key=True, of=("self",)).get(pk=booking_id)
+        lock_package_shared(key["package_id"], using=self.db)
+        lock_date(key["package_id"], key["date"], using=self.db)
+        booking = self.select_for_update(no_key=True).get(pk=booking_id)
         Status = self.model.Status
         if booking.status in (Status.CONFIRMED, Status.REFUND_PENDING, Status.REFUNDED):
             return booking, "unchanged"
-        taken, _today, now = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
-        if booking.status != Status.CANCELLED and taken < booking.package.daily_capacity:
-            booking.status, booking.confirmed_at = Status.CONFIRMED, now
+        place = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
+        scope = self.filter(pk=booking.pk)
+        outcome = Status.REFUND_PENDING
+        vetoed = any(veto(booking) for veto in _placement_vetoes)
+        if booking.status != Status.CANCELLED and place.taken < place.capacity and not vetoed:
+            try:
+                with transaction.atomic(using=self.db):
+                    scope.update(status=Status.CONFIRMED, confirmed_at=place.now, exclusive=place.capacity == 1)
+                outcome = Status.CONFIRMED
+            except IntegrityError as exc:  # the index's answer is the date's: taken, so refund
+                if constraint_name(exc) != EXCLUSIVE_INDEX:
+                    raise
+        if outcome == Status.REFUND_PENDING:
+            scope.update(status=Status.REFUND_PENDING)
         else:
-            booking.status = Status.REFUND_PENDING
-        self.filter(pk=booking.pk).update(status=booking.status, confirmed_at=booking.confirmed_at)
-        return booking, booking.status
+            booking.confirmed_at, booking.exclusive = place.now, place.capacity == 1
+        booking.status = outcome
+        return booking, outcome
 
-    confirm_payment.alters_data = True
-
+    @guarded
     def release(self, booking_id, *, tenant=None):
         """Release a hold (``held`` -> ``expired``) so its place is free at once.
 
-        One filtered UPDATE decides; raises BookingNotFound or BookingNotHeld.
+        One filtered UPDATE decides (it waits for the booking row lock of a payment
+        settling it, then re-checks ``held`` on the row). Raises BookingNotFound or
+        BookingNotHeld.
         """
-        with transaction.atomic(using=self.db):
-            scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-            if scope.filter(status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED):
-                return True
-            raise self._refusal(scope, BookingNotHeld)
+        scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
+        if scope.filter(status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED):
+            return True
+        raise self._refusal(scope, BookingNotHeld)
 
-    release.alters_data = True
-
+    @guarded
     def release_if_held(self, booking_id):
-        """Release the hold if the booking is still held; return whether it was (no error otherwise)."""
-        with transaction.atomic(using=self.db):
-            return bool(
-                self.filter(pk=booking_id, status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED)
-            )
+        """Release the hold if the booking is still held; return whether it was (no error otherwise).
 
-    release_if_held.alters_data = True
+        One filtered UPDATE on the booking row (``status = 'held'`` re-checked after any wait).
+        """
+        return bool(self.filter(pk=booking_id, status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED))
 
+    @guarded
     def cancel(self, booking_id, *, tenant=None):
         """Cancel a held or confirmed booking; a confirmed (paid) one goes to ``refund_pending``.
 
-        One filtered UPDATE decides (a CASE picks the new status); on 0 rows one
-        read names the refusal: BookingNotFound or BookingNotCancellable.
+        One filtered UPDATE decides (a CASE picks the new status; it waits for the row
+        lock of a payment settling the booking and re-checks the status on the row); on
+        0 rows one read names the refusal: BookingNotFound or BookingNotCancellable.
         Returns the booking; its status tells the caller whether to refund.
         """
         Status = self.model.Status
-        with transaction.atomic(using=self.db):
-            scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-            won = scope.filter(status__in=[Status.HELD, Status.CONFIRMED]).update(
-                status=Case(
-                    When(status=Status.HELD, then=Value(Status.CANCELLED)),
-                    default=Value(Status.REFUND_PENDING),
-                ),
-                cancelled_at=Now(),
-            )
-            if not won:
-                raise self._refusal(scope, BookingNotCancellable)
-            return scope.select_related("package").get()
+        scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
+        won = scope.filter(status__in=[Status.HELD, Status.CONFIRMED]).update(
+            status=Case(
+                When(status=Status.HELD, then=Value(Status.CANCELLED)),
+                default=Value(Status.REFUND_PENDING),
+            ),
+            cancelled_at=Now(),
+        )
+        if not won:
+            raise self._refusal(scope, BookingNotCancellable)
+        return scope.select_related("package").get()
 
-    cancel.alters_data = True
+    @guarded
+    def edit_contact(self, booking_id, *, version, tenant=None, **changes):
+        """Write only the changed contact fields (customer_name, customer_email) of a booking.
 
+        Locks the booking row FOR NO KEY UPDATE (no package or date lock: contact
+        fields do not touch capacity; the row lock is the only one taken, so the order
+        package -> date -> booking -> checkout holds), then refuses with VersionConflict
+        when ``version`` is not the row's: a payment, a cancel, an expiry or another
+        edit committed since the caller read it bumps the version. The version trigger
+        bumps it again for this edit. Raises BookingNotFound, VersionConflict.
+        """
+        from bookings.models import BOOKING_EDITABLE
+
+        unknown = sorted(set(changes) - set(BOOKING_EDITABLE))
+        if unknown:
+            raise ValueError(f"Booking fields {unknown} cannot be written by a contact edit")
+        scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
+        current = scope.select_for_update(no_key=True).values_list("version", flat=True).first()
+        if current is None:
+            raise BookingNotFound()
+        if version != current:
+            raise VersionConflict(current=current)
+        if changes:
+            scope.update(**changes)
+        return scope.get()
+
+    @guarded
     def complete_refund(self, booking_id):
-        """Move ``refund_pending`` -> ``refunded`` (the provider confirmed the refund)."""
-        with transaction.atomic(using=self.db):
-            scope = self.filter(pk=booking_id)
-            if scope.filter(status=self.model.Status.REFUND_PENDING).update(
-                status=self.model.Status.REFUNDED, refunded_at=Now()
-            ):
-                return True
-            raise self._refusal(scope, BookingNotRefundPending)
+        """Move ``refund_pending`` -> ``refunded`` (the provider confirmed the refund).
 
-    complete_refund.alters_data = True
+        One filtered UPDATE (status in its WHERE); raises BookingNotFound or
+        BookingNotRefundPending, so a refunded booking is never stamped twice.
+        """
+        scope = self.filter(pk=booking_id)
+        if scope.filter(status=self.model.Status.REFUND_PENDING).update(
+            status=self.model.Status.REFUNDED, refunded_at=Now()
+        ):
+            return True
+        raise self._refusal(scope, BookingNotRefundPending)
 
+    @guarded
+    def expire_hold(self, booking_id):
+        """Mark one hold ``expired`` if it is still held and past its expiry now; return whether it was.
+
+        One filtered UPDATE whose WHERE holds every condition on the row it changes
+        (``held``, ``hold_expires_at <= clock_timestamp()``): a payment or a cancel holding
+        the row is waited for, then the newest row version is judged with the clock at
+        that moment. Locks: the booking row only. A row busy past lock_timeout raises
+        LockContended.
+        """
+        return bool(self.expired_holds().filter(pk=booking_id).update(status=self.model.Status.EXPIRED))
+
+    @sweep
     def expire_holds(self):
-        """Sweep: mark every hold past its expiry ``expired``; return how many. Purely cosmetic for capacity."""
-        with transaction.atomic(using=self.db):
-            return self.expired_holds().update(status=self.model.Status.EXPIRED)
+        """Sweep: mark every hold past its expiry ``expired``, one row per transaction; return a SweepResult.
 
-    expire_holds.alters_data = True
+        The candidates are read once (stale by design) and each is judged again by
+        ``expire_hold`` on its own row, so the sweep never holds one booking's lock while
+        waiting for another's (a multi-row UPDATE could deadlock against a capacity edit
+        recomputing ``exclusive``). A row busy past lock_timeout is left for the next run
+        (in ``skipped`` with its refusal). Purely cosmetic for capacity: an expired hold
+        never counts, swept or not.
+        """
+        result = SweepResult()
+        for booking_id in self.expired_holds().order_by("pk").values_list("pk", flat=True):
+            try:
+                if self.expire_hold(booking_id):
+                    result.done += 1
+            except DomainError as refusal:
+                result.skipped.append((booking_id, refusal))
+        return result
 
     def _refusal(self, scope, wrong_state):
         status = scope.values_list("status", flat=True).first()
@@ -221,14 +487,15 @@ class CheckoutQuerySet(models.QuerySet):
         """Refunds owed but not in flight: failed, or pending and stale (the caller died mid-refund)."""
         State = self.model.RefundState
         return self.filter(
-            Q(refund_state=State.FAILED) | Q(refund_state=State.PENDING, updated_at__lte=Now() - REFUND_STALE_AFTER)
+            Q(refund_state=State.FAILED)
+            | Q(refund_state=State.PENDING, updated_at__lte=ClockNow() - REFUND_STALE_AFTER)
         )
 
 
 class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
+    @guarded(joins=True)
     def record(self, booking, *, provider):
         """Record the intent to create a provider checkout (state ``creating``) in the caller's transaction."""
-        _require_atomic(self.db)
         return self.create(
             booking=booking,
             provider=provider,
@@ -238,12 +505,12 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             updated_at=Now(),
         )
 
-    record.alters_data = True
-
+    @guarded
     def open(self, checkout_id, *, provider_checkout_id, url, payment_id=""):
-        """Store the provider's checkout id and URL: ``creating`` -> ``open``.
+        """Store the provider's checkout id and URL: ``creating`` -> ``open``; return whether it did.
 
-        One filtered UPDATE, atomic on its own (no BEGIN/COMMIT round trips needed).
+        One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
+        expiry, or the provider failure path) that settled it first is never undone.
         """
         return bool(
             self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
@@ -255,25 +522,22 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             )
         )
 
-    open.alters_data = True
-
+    @guarded
     def fail(self, checkout_id, *, error):
-        """The provider refused or was unreachable: ``creating`` -> ``failed``."""
-        with transaction.atomic(using=self.db):
-            return bool(
-                self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
-                    state=self.model.State.FAILED, error=error[:500], updated_at=Now()
-                )
+        """The provider refused or was unreachable: ``creating`` -> ``failed`` (one filtered UPDATE)."""
+        return bool(
+            self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
+                state=self.model.State.FAILED, error=error[:500], updated_at=Now()
             )
+        )
 
-    fail.alters_data = True
-
+    @guarded(joins=True)
     def mark_completed(self, checkout_id, *, provider_checkout_id, payment_id=""):
         """The customer paid (any earlier state, so late or out-of-order events still settle).
 
-        A checkout whose provider answer was lost learns its provider id here.
+        A checkout whose provider answer was lost learns its provider id here. Joins the
+        caller's transaction, after the booking row (lock order booking -> checkout).
         """
-        _require_atomic(self.db)
         changes = dict(
             state=self.model.State.COMPLETED,
             provider_checkout_id=Coalesce(F("provider_checkout_id"), Value(provider_checkout_id)),
@@ -283,11 +547,9 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             changes["provider_payment_id"] = payment_id
         return bool(self.filter(pk=checkout_id).exclude(state=self.model.State.COMPLETED).update(**changes))
 
-    mark_completed.alters_data = True
-
+    @guarded(joins=True)
     def mark_expired(self, checkout_id, *, provider_checkout_id):
-        """The provider session expired: only an unpaid checkout becomes ``expired``."""
-        _require_atomic(self.db)
+        """The provider session expired: only an unpaid checkout (``creating``/``open``) becomes ``expired``."""
         return bool(
             self.filter(pk=checkout_id, state__in=[self.model.State.CREATING, self.model.State.OPEN]).update(
                 state=self.model.State.EXPIRED,
@@ -296,36 +558,40 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             )
         )
 
-    mark_expired.alters_data = True
-
+    @guarded(joins=True)
     def request_refund(self, checkout_id):
-        """Record that a refund is owed (before calling the provider, after this commits)."""
-        _require_atomic(self.db)
+        """Claim the refund owed (``''`` -> ``pending``); return whether this caller claimed it.
+
+        One filtered UPDATE: only a checkout with no refund yet is claimed, so of two
+        paths owing the same refund exactly one gets True and calls the provider (after
+        its transaction commits); a refund in flight, failed or done is left alone.
+        """
         return bool(
             self.filter(pk=checkout_id, refund_state=self.model.RefundState.NONE).update(
                 refund_state=self.model.RefundState.PENDING, updated_at=Now()
             )
         )
 
-    request_refund.alters_data = True
-
+    @guarded
     def claim_refund_retry(self, checkout_id):
         """Claim a refund for one retry: ``failed`` or stale ``pending`` -> ``pending`` (fresh).
 
-        The filtered UPDATE picks one retrier; a refund in flight (pending, recent) is
-        left alone, a stale one (its caller died) is claimed again.
+        The filtered UPDATE picks one retrier; a refund in flight (pending, recent by the
+        database clock now) is left alone, a stale one (its caller died) is claimed again.
         """
-        with transaction.atomic(using=self.db):
-            return bool(
-                self.refunds_to_retry().filter(pk=checkout_id).update(
-                    refund_state=self.model.RefundState.PENDING, updated_at=Now()
-                )
-            )
+        return bool(
+            self.refunds_to_retry()
+            .filter(pk=checkout_id)
+            .update(refund_state=self.model.RefundState.PENDING, updated_at=Now())
+        )
 
-    claim_refund_retry.alters_data = True
-
+    @guarded(joins=True)
     def refund_succeeded(self, checkout_id, *, refund_id):
-        _require_atomic(self.db)
+        """Record the provider's refund: ``pending`` -> ``succeeded``; return whether it did.
+
+        One filtered UPDATE: a refund not pending (never claimed, failed, already
+        recorded) is left alone, so a second answer never overwrites the first refund id.
+        """
         return bool(
             self.filter(pk=checkout_id, refund_state=self.model.RefundState.PENDING).update(
                 refund_state=self.model.RefundState.SUCCEEDED,
@@ -336,23 +602,21 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             )
         )
 
-    refund_succeeded.alters_data = True
-
+    @guarded
     def refund_failed(self, checkout_id, *, error):
-        with transaction.atomic(using=self.db):
-            return bool(
-                self.filter(pk=checkout_id, refund_state=self.model.RefundState.PENDING).update(
-                    refund_state=self.model.RefundState.FAILED,
-                    refund_attempts=F("refund_attempts") + 1,
-                    refund_error=error[:500],
-                    updated_at=Now(),
-                )
+        """Record the provider's refusal: ``pending`` -> ``failed`` (to retry); one filtered UPDATE."""
+        return bool(
+            self.filter(pk=checkout_id, refund_state=self.model.RefundState.PENDING).update(
+                refund_state=self.model.RefundState.FAILED,
+                refund_attempts=F("refund_attempts") + 1,
+                refund_error=error[:500],
+                updated_at=Now(),
             )
-
-    refund_failed.alters_data = True
+        )
 
 
 class PaymentEventManager(models.Manager):
+    @guarded(joins=True)
     def receive(self, *, provider, event_id, type, payload):
         """Store the event once and lock its row; return (event_pk, already_processed).
 
@@ -360,7 +624,6 @@ class PaymentEventManager(models.Manager):
         for the first delivery's transaction, then locks the stored row and
         counts the delivery. Must run inside the transaction that processes it.
         """
-        _require_atomic(self.db)
         table = self.model._meta.db_table
         with connections[self.db].cursor() as cursor:
             cursor.execute(
@@ -372,12 +635,9 @@ class PaymentEventManager(models.Manager):
             )
             return cursor.fetchone()
 
-    receive.alters_data = True
-
+    @guarded(joins=True)
     def mark_processed(self, event_pk, *, result, booking_id=None):
-        _require_atomic(self.db)
+        """Mark the event (locked by ``receive`` in this transaction) processed with its result, once."""
         self.filter(pk=event_pk, processed_at__isnull=True).update(
             processed_at=Now(), result=result, booking_id=booking_id
         )
-
-    mark_processed.alters_data = True

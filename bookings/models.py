@@ -2,11 +2,56 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from bookings.managers import BookingManager, CheckoutManager, PackageQuerySet, PaymentEventManager
+from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
+from core.integrity import BumpVersion, GuardedModel, StateMachine
 
 
-class Package(models.Model):
-    """Something a customer books for one date; ``daily_capacity`` bookings fit on a date."""
+def _within(field, choices, name):
+    """A CHECK that ``field`` holds one of ``choices`` (the state machine's trigger guards the moves)."""
+    return models.CheckConstraint(condition=Q(**{f"{field}__in": [value for value, _label in choices]}), name=name)
+
+
+# What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
+PACKAGE_EDITABLE = ("name", "price", "currency", "active", "daily_capacity")
+# The contact fields operators edit (edit_contact), and the status they saw: a form read before a
+# payment, a cancel or an expiry committed is stale (version_conflict), never written over it.
+BOOKING_EDITABLE = ("customer_name", "customer_email")
+BOOKING_VERSIONED = (*BOOKING_EDITABLE, "status")
+
+
+class BookingStatus(models.TextChoices):
+    HELD = "held", _("held")
+    CONFIRMED = "confirmed", _("confirmed")
+    CANCELLED = "cancelled", _("cancelled")
+    EXPIRED = "expired", _("expired")
+    REFUND_PENDING = "refund_pending", _("refund pending")
+    REFUNDED = "refunded", _("refunded")
+
+
+class CheckoutState(models.TextChoices):
+    CREATING = "creating", _("creating")  # recorded, provider not yet answered
+    OPEN = "open", _("open")
+    COMPLETED = "completed", _("completed")
+    EXPIRED = "expired", _("expired")
+    FAILED = "failed", _("provider failed")
+
+
+class CheckoutRefundState(models.TextChoices):
+    NONE = "", _("none")
+    PENDING = "pending", _("pending")
+    SUCCEEDED = "succeeded", _("succeeded")
+    FAILED = "failed", _("failed, to retry")
+
+
+class Package(GuardedModel):
+    """Something a customer books for one date; ``daily_capacity`` bookings fit on a date.
+
+    Capacity, price, currency and ``active`` are what checkouts count and charge
+    against: they change only through ``Package.objects.edit_package`` (the package
+    lock exclusive, which every hold and payment takes shared).
+    """
+
+    guarded_fields = ("daily_capacity", "active", "currency", "price", "tenant")
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="packages")
     name = models.CharField(_("name"), max_length=200)
@@ -14,9 +59,10 @@ class Package(models.Model):
     currency = models.CharField(_("currency"), max_length=3, default="USD")
     active = models.BooleanField(_("active"), default=True)
     daily_capacity = models.PositiveIntegerField(_("daily capacity"), default=1)
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = PackageQuerySet.as_manager()
+    objects = PackageManager()
 
     class Meta:
         ordering = ["tenant", "name", "pk"]
@@ -26,21 +72,26 @@ class Package(models.Model):
             models.CheckConstraint(condition=Q(daily_capacity__gte=1), name="package_capacity_positive"),
             models.CheckConstraint(condition=Q(currency__regex=r"^[A-Z]{3}$"), name="package_currency_iso"),
         ]
+        triggers = [BumpVersion(name="package_version", fields=PACKAGE_EDITABLE)]
 
     def __str__(self):
         return self.name
 
 
-class Booking(models.Model):
-    """One customer's claim on one date of one package."""
+class Booking(GuardedModel):
+    """One customer's claim on one date of one package.
 
-    class Status(models.TextChoices):
-        HELD = "held", _("held")
-        CONFIRMED = "confirmed", _("confirmed")
-        CANCELLED = "cancelled", _("cancelled")
-        EXPIRED = "expired", _("expired")
-        REFUND_PENDING = "refund_pending", _("refund pending")
-        REFUNDED = "refunded", _("refunded")
+    Status and everything a payment or the capacity depends on change only through
+    the manager's guarded operations; the database refuses any status change outside
+    the machine below (``booking_status_transition``), whoever the writer.
+    """
+
+    guarded_fields = (
+        "status", "hold_expires_at", "confirmed_at", "cancelled_at", "refunded_at", "amount", "currency",
+        "exclusive", "package", "date", "tenant", "origin_proposal_id",
+    )  # fmt: skip
+
+    Status = BookingStatus
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="bookings")
     package = models.ForeignKey(Package, on_delete=models.PROTECT, related_name="bookings")
@@ -62,6 +113,7 @@ class Booking(models.Model):
     confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)
     refunded_at = models.DateTimeField(_("refunded at"), null=True, blank=True)
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
 
     objects = BookingManager()
 
@@ -82,27 +134,47 @@ class Booking(models.Model):
                 condition=Q(status="confirmed", exclusive=True),
                 name="booking_one_confirmed_per_exclusive_date",
             ),
+            _within("status", BookingStatus.choices, "booking_status_valid"),
+        ]
+        triggers = [
+            StateMachine(
+                name="booking_status_transition",
+                field="status",
+                initial=["held"],
+                transitions=[
+                    ("held", "confirmed"),  # paid in time (confirm_payment)
+                    ("expired", "confirmed"),  # paid late, the place still free (confirm_payment)
+                    ("held", "refund_pending"),  # paid, the place gone (confirm_payment)
+                    ("expired", "refund_pending"),  # paid late, the place gone (confirm_payment)
+                    ("cancelled", "refund_pending"),  # paid after the customer cancelled (confirm_payment)
+                    ("held", "expired"),  # released, or past its expiry (release, expire_holds)
+                    ("held", "cancelled"),  # cancel before payment
+                    ("confirmed", "refund_pending"),  # cancel after payment
+                    ("refund_pending", "refunded"),  # the provider refunded (complete_refund)
+                ],
+            ),
+            BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
         ]
 
     def __str__(self):
         return f"#{self.pk} {self.package} {self.date} ({self.status})"
 
 
-class Checkout(models.Model):
-    """The payment side of a booking: intent recorded before the provider is called."""
+class Checkout(GuardedModel):
+    """The payment side of a booking: intent recorded before the provider is called.
 
-    class State(models.TextChoices):
-        CREATING = "creating", _("creating")  # recorded, provider not yet answered
-        OPEN = "open", _("open")
-        COMPLETED = "completed", _("completed")
-        EXPIRED = "expired", _("expired")
-        FAILED = "failed", _("provider failed")
+    Two machines, each enforced by a trigger: ``state`` (the provider checkout) and
+    ``refund_state`` (the refund owed after a cancellation or a payment that could not
+    be placed; a refund is ``pending`` from the moment one caller claimed it).
+    """
 
-    class RefundState(models.TextChoices):
-        NONE = "", _("none")
-        PENDING = "pending", _("pending")
-        SUCCEEDED = "succeeded", _("succeeded")
-        FAILED = "failed", _("failed, to retry")
+    guarded_fields = (
+        "state", "provider_checkout_id", "provider_payment_id", "url", "refund_state", "provider_refund_id",
+        "refund_attempts", "refund_error", "amount", "currency", "booking",
+    )  # fmt: skip
+
+    State = CheckoutState
+    RefundState = CheckoutRefundState
 
     booking = models.OneToOneField(Booking, on_delete=models.CASCADE, related_name="checkout")
     provider = models.CharField(_("provider"), max_length=32)
@@ -129,6 +201,37 @@ class Checkout(models.Model):
             models.CheckConstraint(
                 condition=Q(state="creating") | Q(state="failed") | Q(provider_checkout_id__isnull=False),
                 name="checkout_open_has_provider_id",
+            ),
+            _within("state", CheckoutState.choices, "checkout_state_valid"),
+            _within("refund_state", CheckoutRefundState.choices, "checkout_refund_state_valid"),
+        ]
+        triggers = [
+            StateMachine(
+                name="checkout_state_transition",
+                field="state",
+                initial=["creating"],
+                transitions=[
+                    ("creating", "open"),  # the provider answered (open)
+                    ("creating", "failed"),  # the provider refused (fail)
+                    ("creating", "expired"),  # (mark_expired)
+                    ("open", "expired"),  # the session expired unpaid (mark_expired)
+                    # paid: from any unpaid state, so late and out-of-order events still settle (mark_completed)
+                    ("creating", "completed"),
+                    ("open", "completed"),
+                    ("expired", "completed"),
+                    ("failed", "completed"),
+                ],
+            ),
+            StateMachine(
+                name="checkout_refund_state_transition",
+                field="refund_state",
+                initial=[""],
+                transitions=[
+                    ("", "pending"),  # a refund is owed and claimed (request_refund)
+                    ("pending", "succeeded"),  # the provider refunded (refund_succeeded)
+                    ("pending", "failed"),  # the provider refused (refund_failed)
+                    ("failed", "pending"),  # claimed again by a retry (claim_refund_retry)
+                ],
             ),
         ]
 

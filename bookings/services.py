@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from bookings.exceptions import BookingNotFound, PackageNotFound, PaymentProviderUnavailable
-from bookings.models import Booking, Checkout, Package, PaymentEvent
+from bookings.exceptions import BookingNotFound, PaymentProviderUnavailable
+from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments import ProviderError, get_provider, provider_for
 from bookings.payments.base import parse_event, verify_signature
 from core.guards import database_refusals
@@ -28,14 +28,18 @@ EXPIRED = "checkout.session.expired"
 def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None):
     """Hold a place and record the checkout intent, inside the caller's transaction.
 
-    Raises PackageNotFound (unknown, inactive or another tenant's package),
-    DateInPast or DateUnavailable. Returns the held booking with ``.checkout``.
+    Locks as ``Booking.objects.hold``: BOOKING_PACKAGE(package) shared, BOOKING_DATE,
+    then the package's terms read after both. Raises PackageNotFound (unknown, inactive,
+    deleted meanwhile or another tenant's package), DateInPast or DateUnavailable.
+    Returns the held booking with ``.checkout``.
     """
-    package = Package.objects.for_tenant(tenant).active().filter(pk=package_id).first()
-    if package is None:
-        raise PackageNotFound()
     booking = Booking.objects.hold(
-        package, date, customer_name=customer_name, customer_email=customer_email, origin_proposal_id=origin_proposal_id
+        package_id,
+        date,
+        tenant=tenant,
+        customer_name=customer_name,
+        customer_email=customer_email,
+        origin_proposal_id=origin_proposal_id,
     )
     booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
     return booking
@@ -83,13 +87,14 @@ def cancel_booking(booking_id, *, tenant=None):
     transaction, so a crash before the provider call leaves a refund that
     ``retry_refunds`` finds, never a ``refund_pending`` booking nobody will refund.
     """
+    claimed = False
     with database_refusals(), transaction.atomic():
         booking = Booking.objects.cancel(booking_id, tenant=tenant)
         if booking.status == Booking.Status.REFUND_PENDING:
             checkout_pk = Checkout.objects.filter(booking_id=booking.pk).values_list("pk", flat=True).first()
             if checkout_pk is not None:
-                Checkout.objects.request_refund(checkout_pk)
-    if booking.status == Booking.Status.REFUND_PENDING:
+                claimed = Checkout.objects.request_refund(checkout_pk)
+    if claimed:  # only the caller whose transaction claimed the refund asks the provider
         refund_booking(booking.pk)
         booking.refresh_from_db()
     return booking
@@ -98,8 +103,11 @@ def cancel_booking(booking_id, *, tenant=None):
 def refund_booking(booking_id):
     """Ask the provider for the refund already recorded as pending; mark it refunded or failed.
 
-    Call outside any transaction. Returns True when the booking is now refunded.
-    A failure leaves the checkout's refund ``failed`` for ``retry_refunds``.
+    Call outside any transaction, only after this caller's own committed claim
+    (``request_refund`` or ``claim_refund_retry`` returned True). A refund that is not
+    ``pending`` (never claimed, failed, done) is not this caller's to make: the provider
+    is not asked. Returns True when the booking is now refunded. A failure leaves the
+    checkout's refund ``failed`` for ``retry_refunds``.
     """
     checkout = Checkout.objects.select_related("booking__package").filter(booking_id=booking_id).first()
     if checkout is None:
@@ -145,7 +153,9 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     """Verify, store once and process once a provider event; refund after commit if owed.
 
     The event row is inserted (or, for a repeat, locked) first; processing takes
-    BOOKING_DATE(package, date) and the booking row through the Booking manager.
+    BOOKING_PACKAGE (shared), BOOKING_DATE(package, date), the booking row and then
+    the checkout row through the managers. A paid booking that cannot be placed
+    becomes ``refund_pending`` with its refund claimed in the same transaction.
     Raises InvalidSignature or MalformedEvent before anything is stored.
     """
     verify_signature(payload, signature)
@@ -169,9 +179,8 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
             Checkout.objects.mark_completed(
                 checkout.pk, provider_checkout_id=event.checkout_id, payment_id=event.payment_id
             )
-            if result == Booking.Status.REFUND_PENDING:
-                Checkout.objects.request_refund(checkout.pk)
-                refund_owed = checkout.booking_id
+            if result == Booking.Status.REFUND_PENDING and Checkout.objects.request_refund(checkout.pk):
+                refund_owed = checkout.booking_id  # claimed by this delivery: asked for after commit
         else:  # booking row before checkout row, as in confirm_payment and cancel (no deadlock)
             result = "released" if Booking.objects.release_if_held(checkout.booking_id) else "unchanged"
             Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)

@@ -51,11 +51,13 @@ class GuardedChangeFormMixin:
             setattr(obj, field.attname, getattr(saved, field.attname))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change, **kwargs)
+        # The version field is declared on the base form handed to the admin's factory, so the
+        # fieldsets may name it like any other field.
+        base = kwargs.pop("form", None) or self.form
         refusal = getattr(request, "_guarded_refusal", None)
         refusal_fields = self.refusal_fields
 
-        class GuardedForm(form):
+        class GuardedForm(base):
             expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
             def __init__(self, *args, **kwargs):
@@ -69,8 +71,8 @@ class GuardedChangeFormMixin:
                     field = refusal_fields.get(refusal.code) or getattr(refusal, "field", None)
                     self.add_error(field if field in self.fields else None, refusal.render())
 
-        GuardedForm.__name__ = form.__name__
-        return GuardedForm
+        GuardedForm.__name__ = base.__name__
+        return super().get_form(request, obj, change, form=GuardedForm, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)

@@ -18,9 +18,14 @@
    ``STATEMENT_TIMESTAMP()``, fixed before the statement waits for a row lock, so a
    guard that judges expiry with it can act after the deadline. ``database_clock()``
    reads the same clock in Python.
+4. **Sweeps run row by row.** ``@sweep`` marks a method that changes many rows, each
+   through a ``@guarded`` operation in its own transaction: a sweep never holds one
+   row's locks while waiting for the next row's (that would take the global lock
+   order backwards). It returns a ``SweepResult``.
 """
 
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import wraps
 
 import psycopg.errors
@@ -155,3 +160,28 @@ def guarded(method=None, *, joins=False):
         return wrapper
 
     return decorate(method) if method is not None else decorate
+
+
+@dataclass
+class SweepResult:
+    """How a sweep went: rows changed, and rows left for the next run with the refusal that stopped each."""
+
+    done: int = 0
+    skipped: list = field(default_factory=list)  # [(row id, DomainError)]
+
+
+def sweep(method):
+    """Mark a sweep: one ``@guarded`` operation per row, each its own transaction (see the module docstring).
+
+    No transaction is opened around the loop; a refusal raised outside the per-row
+    operations is still translated. Sets ``alters_data`` and ``guard = "sweep"``.
+    """
+
+    @wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with database_refusals():
+            return method(self, *args, **kwargs)
+
+    wrapper.alters_data = True
+    wrapper.guard = "sweep"
+    return wrapper

@@ -51,7 +51,8 @@ class GuardedModel(models.Model):
         super().save(*args, update_fields=update_fields, **kwargs)
 
 
-def _refuse(constraint, detail_sql, message_sql):
+def refusal_sql(constraint, detail_sql, message_sql):
+    """PL/pgSQL that refuses the write as a check violation named ``constraint`` (mapped by core.guards)."""
     return (
         f"RAISE EXCEPTION USING ERRCODE = 'check_violation', CONSTRAINT = '{constraint}', "
         f"MESSAGE = {message_sql}, DETAIL = {detail_sql};"
@@ -84,10 +85,10 @@ class StateMachine(pgtrigger.Trigger):
         old, new = f'OLD."{column}"', f'NEW."{column}"'
         allowed = "ARRAY[" + ",".join(f"'{a}->{b}'" for a, b in self.transitions) + "]::text[]"
         initial = "ARRAY[" + ",".join(f"'{state}'" for state in self.initial) + "]::text[]"
-        refuse_insert = _refuse(
+        refuse_insert = refusal_sql(
             self.name, f"'->' || {new}", f"format('%s: a new row cannot start as %s', TG_TABLE_NAME, {new})"
         )
-        refuse_update = _refuse(
+        refuse_update = refusal_sql(
             self.name,
             f"{old} || '->' || {new}",
             f"format('%s: %s may not go from %s to %s', TG_TABLE_NAME, '{self.field}', {old}, {new})",
@@ -138,3 +139,6 @@ class BumpVersion(pgtrigger.Trigger):
 def state_machines(model):
     """The StateMachine triggers declared on ``model`` (for docs and the exhaustive transition tests)."""
     return [trigger for trigger in getattr(model._meta, "triggers", []) if isinstance(trigger, StateMachine)]
+
+
+_refuse = refusal_sql  # transitional name

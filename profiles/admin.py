@@ -9,8 +9,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from core.admin_forms import GuardedChangeFormMixin
 from core.exceptions import DomainError
-from core.guards import database_refusals
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
 
@@ -51,32 +51,28 @@ class UndoneFilter(admin.SimpleListFilter):
         return queryset
 
 
-# The form field a refusal is about (parent errors name theirs via ``exc.parent``); others go on top.
+# The form field a refusal is about (parent errors name theirs: ``exc.field`` is father or mother);
+# others go on top.
 REFUSAL_FIELDS = {"invalid_dates": "death_date", "sex_change_conflict": "sex"}
 
 
 class ProfileAdminForm(forms.ModelForm):
-    # The version the operator read: the manager refuses the save if someone changed the profile since.
+    """Profile fields; GuardedChangeFormMixin sets the hidden ``expected_version`` and adds the refusal.
+
+    ``expected_version`` is declared here too so the admin's modelform_factory accepts it in
+    the fieldsets (it is not a model field).
+    """
+
     expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = Profile
         fields = ["tenant", *PROFILE_FIELDS]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            self.fields["expected_version"].initial = self.instance.version
-
-    # Set (on a per-request subclass, see ProfileAdmin.get_form) when the manager refused the save:
-    # the form is shown again, bound to the operator's input, with the refusal on the field it concerns.
-    refusal = None
-
     def _post_clean(self):
-        # Model.full_clean would compare against the unsaved instance; the manager validates instead.
-        if self.refusal is not None:
-            field = REFUSAL_FIELDS.get(self.refusal.code) or getattr(self.refusal, "parent", None)
-            self.add_error(field if field in self.fields else None, self.refusal.render())
+        # Neither construct_instance nor Model.full_clean: the instance stays as read (the mixin sends
+        # only the changed fields to the manager), and the manager validates against the locked row.
+        pass
 
 
 class ProfileAuditLogInline(admin.TabularInline):
@@ -105,8 +101,17 @@ class ProfileAuditLogInline(admin.TabularInline):
 
 
 @admin.register(Profile)
-class ProfileAdmin(admin.ModelAdmin):
+class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+    """Add and change go through the manager: only the changed fields, with the version the form was opened at.
+
+    A stale form (someone changed the profile since it was opened), a missing version, a
+    parent rule or a held lock comes back with the operator's input and the localized
+    refusal (on the father/mother, date of death or sex field when it concerns one);
+    nothing is written.
+    """
+
     form = ProfileAdminForm
+    refusal_fields = REFUSAL_FIELDS
     list_display = ["id", "full_name", "sex", "birth_date", "death_date", "father_link", "mother_link",
                     "tenant", "version", "deleted_at"]
     list_display_links = ["id", "full_name"]
@@ -140,36 +145,16 @@ class ProfileAdmin(admin.ModelAdmin):
     def mother_link(self, profile):
         return _profile_link(profile.mother_id, profile.mother)
 
-    def save_model(self, request, obj, form, change):
-        """Create or update through the manager, so version, audit and parent rules hold."""
+    def guarded_create(self, request, form):
+        """Create through the manager (parents locked and checked, ``create`` entry written)."""
         data = {field: form.cleaned_data.get(field) for field in PROFILE_FIELDS}
-        if not change:
-            saved = Profile.objects.create_profile(tenant=form.cleaned_data["tenant"], actor=request.user, **data)
-        else:
-            changed = {field: data[field] for field in PROFILE_FIELDS if field in form.changed_data}
-            version = form.cleaned_data.get("expected_version") or obj.version
-            saved = Profile.objects.update_profile(
-                obj.pk, tenant=obj.tenant_id, version=version, actor=request.user, **changed
-            )
-        for field in Profile._meta.concrete_fields:  # the admin logs and redirects using ``obj``
-            setattr(obj, field.attname, getattr(saved, field.attname))
+        return Profile.objects.create_profile(tenant=form.cleaned_data["tenant"], actor=request.user, **data)
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change, **kwargs)
-        refusal = getattr(request, "_profile_refusal", None)
-        return type(form.__name__, (form,), {"refusal": refusal}) if refusal is not None else form
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            # The admin's own atomic block commits after the manager returned: a lock error at that
-            # COMMIT (deferred foreign-key checks) is outside the manager's translation, so map it here.
-            with database_refusals():
-                return super().changeform_view(request, object_id, form_url, extra_context)
-        except DomainError as exc:  # raised by the manager in save_model; the admin's transaction rolled back
-            # Render the same POST again: the form is invalid this time (the refusal is its error),
-            # so the operator keeps what they typed and sees the localized reason; nothing is saved.
-            request._profile_refusal = exc
-            return super().changeform_view(request, object_id, form_url, extra_context)
+    def guarded_edit(self, request, obj, changes, *, version):
+        """Write only the changed fields, refused (version_conflict) unless the profile is still at ``version``."""
+        fields = {field: value for field, value in changes.items() if field in PROFILE_FIELDS}
+        return Profile.objects.update_profile(obj.pk, tenant=obj.tenant_id, version=version, actor=request.user,
+                                              **fields)
 
     def has_delete_permission(self, request, obj=None):
         return False  # hard deletes would bypass the audit log; use the soft-delete action

@@ -9,6 +9,7 @@ instead of splicing a translated noun into a sentence.
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import Conflict, InvalidInput, LockContended, NotFound
+from core.exceptions import VersionConflict as VersionConflict  # one class for every app; re-exported
 
 
 class _ParentRoleError:
@@ -19,6 +20,7 @@ class _ParentRoleError:
     def __init__(self, *, parent, **params):
         super().__init__(self.messages[parent], parent=parent, **params)
         self.parent = parent
+        self.field = parent  # the admin form puts the message on this field (core.admin_forms)
 
 
 class ProfileNotFound(NotFound):
@@ -29,11 +31,6 @@ class ProfileNotFound(NotFound):
 class AuditEntryNotFound(NotFound):
     code = "audit_entry_not_found"
     message = _("Audit entry not found.")
-
-
-class VersionConflict(Conflict):
-    code = "version_conflict"
-    message = _("The profile was changed by someone else (now version %(current)s). Reload it and try again.")
 
 
 class ProfileDeleted(Conflict):

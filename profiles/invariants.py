@@ -1,7 +1,7 @@
 """What must hold for family trees, recomputed from the rows (manage.py check_invariants)."""
 
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 
 from core.invariants import invariant
 from profiles.models import Profile, ProfileAuditLog
@@ -44,13 +44,33 @@ def no_cycles(tenant):
         return [f"profile {row[0]} is its own ancestor" for row in cursor.fetchall()]
 
 
-@invariant("an audit entry is undone at most once, and exactly when it links to its undo entry")
+@invariant(
+    "an audit entry is undone exactly when it links its undo entry, which is an undo of the same profile; "
+    "every undo entry undid exactly one entry"
+)
 def undo_links_are_consistent(tenant):
     entries = _scoped(ProfileAuditLog.objects.all(), tenant)
     broken = entries.filter(
         Q(undone_at__isnull=True, undo_entry__isnull=False)
         | Q(undone_at__isnull=False, undo_entry__isnull=True)
         | Q(undo_entry__isnull=False) & ~Q(undo_entry__action=ProfileAuditLog.Action.UNDO)
+        | Q(undo_entry__isnull=False) & ~Q(undo_entry__profile_id=F("profile_id"))
         | Q(action=ProfileAuditLog.Action.UNDO, undoes__isnull=True)  # an undo that undid nothing
     )
     return [f"audit entry {pk}" for pk in broken.values_list("pk", flat=True)]
+
+
+@invariant(
+    "a profile has exactly one create entry, and its version is 1 + the number of its other audit entries "
+    "(every change is audited: update, delete, restore and undo each bump the version by one)"
+)
+def versions_match_the_audit_log(tenant):
+    profiles = _scoped(Profile.objects.all(), tenant)
+    creates = Count("history", filter=Q(history__action=ProfileAuditLog.Action.CREATE))
+    broken = profiles.annotate(creates=creates, changes=Count("history") - creates).exclude(
+        creates=1, version=F("changes") + 1
+    )
+    return [
+        f"profile {pk}: version {version}, {creates} create and {changes} other entries"
+        for pk, version, creates, changes in broken.values_list("pk", "version", "creates", "changes")
+    ]

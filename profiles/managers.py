@@ -1,7 +1,13 @@
 """Guarded operations on family-tree profiles and their audit log (tier 1, see STYLE.md).
 
-Every write is one ``transaction.atomic`` that locks what it reads, re-validates,
-writes the profile, bumps ``version`` and inserts its ``ProfileAuditLog`` entry.
+Every write is one guarded operation (``core.guards``: ``@guarded`` via ``guarded_steps``)
+that opens its ``transaction.atomic``, locks what it reads, re-validates, writes the
+profile, bumps ``version`` and inserts its ``ProfileAuditLog`` entry. So a profile's
+version is always 1 + the number of its audit entries after ``create`` (an invariant).
+The database backs the locks up (triggers in profiles/models.py): entries are
+append-only, versions only increase, a live row never takes a deleted parent and a
+profile with live children is never deleted; plain ``save()`` cannot write the guarded
+columns (``GuardedModel``).
 
 Global lock order (each operation takes a subset, always in this order):
 
@@ -14,9 +20,10 @@ Global lock order (each operation takes a subset, always in this order):
    ascending id, one statement per row so the refusal names father or mother
    busy -> parent_locked, gone -> parent_deleted
 
-After that only unlocked reads run (live children, the ancestor CTE). Row locks
-are all NOWAIT and the only waiting lock (3) is taken before any profile row, so
-these operations cannot deadlock with each other.
+After that only unlocked reads run (live children, the ancestor CTE, and the
+backstop triggers' reads of parent and child rows). Row locks are all NOWAIT and
+the only waiting lock (3) is taken before any profile row, so these operations
+cannot deadlock with each other.
 
 Every profile row lock is FOR UPDATE (not FOR NO KEY UPDATE): a parent is locked
 by the child's writer and by its own delete/sex change alike, and the strongest
@@ -25,14 +32,14 @@ mode makes any two of those conflict, whichever kind each one is.
 
 from contextlib import contextmanager
 from datetime import date, datetime
+from functools import wraps
 
-from django.db import OperationalError, connections, models, transaction
+from django.db import OperationalError, connections, models
 from django.db.models import Q
-from django.db.models.functions import Now
 
 from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
-from core.exceptions import LockContended
-from core.guards import is_lock_error
+from core.exceptions import LockContended, VersionConflict
+from core.guards import ClockNow, guarded, is_lock_error
 from profiles.exceptions import (
     AlreadyUndone,
     AuditEntryNotFound,
@@ -52,7 +59,6 @@ from profiles.exceptions import (
     UndoNotSupported,
     UndoReasonRequired,
     UnknownField,
-    VersionConflict,
     WouldCreateCycle,
 )
 
@@ -96,8 +102,9 @@ def _normalize(changes):
 class _LockSteps:
     """Remember which lock the transaction is taking, to name a 55P03 refusal after rollback.
 
-    ``translate()`` wraps *around* ``transaction.atomic()``: the failed block has
-    rolled back by the time the lock error is turned into a domain error.
+    ``translate()`` wraps *around* the atomic block (see ``guarded_steps``): the failed
+    block has rolled back, and ``core.guards``' translator has turned the lock error
+    into a plain LockContended, by the time it is renamed after the step that failed.
     """
 
     def __init__(self, *, profile=LockContended, entry=OperationLocked):
@@ -117,10 +124,35 @@ class _LockSteps:
     def translate(self):
         try:
             yield self
-        except OperationalError as exc:
-            if not is_lock_error(exc):
+        except (OperationalError, LockContended) as exc:
+            # Only a lock error the database raised is renamed; a LockContended the code raised
+            # on purpose (OperationLocked, ParentLocked...) already names its refusal.
+            if type(exc) not in (OperationalError, LockContended) or not is_lock_error(exc):
                 raise
-            raise self.errors.get(self.current, LockContended)() from exc
+            cause = exc if isinstance(exc, OperationalError) else exc.__cause__
+            raise self.errors.get(self.current, LockContended)() from cause
+
+
+def guarded_steps(method):
+    """``@guarded`` (core.guards), with a lock refusal named after the lock that failed.
+
+    ``guarded`` opens ``transaction.atomic(using=self.db)`` and, outside it, turns a
+    55P03 into LockContended; ``_LockSteps.translate()`` wraps that, also outside the
+    block, and names the refusal after the step the transaction was at:
+    operation_locked (the audit entry), parent_locked (father or mother) or
+    resource_locked. The method gets the ``steps`` keyword to mark its steps with.
+    """
+    opened = guarded(method)
+
+    @wraps(method)
+    def wrapper(self, *args, **kwargs):
+        steps = _LockSteps()
+        with steps.translate():
+            return opened(self, *args, steps=steps, **kwargs)
+
+    wrapper.alters_data = True
+    wrapper.guard = opened.guard
+    return wrapper
 
 
 class ProfileQuerySet(models.QuerySet):
@@ -144,7 +176,8 @@ class ProfileQuerySet(models.QuerySet):
 class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     # --- guarded operations -------------------------------------------------
 
-    def create_profile(self, *, tenant, actor=None, **fields):
+    @guarded_steps
+    def create_profile(self, *, tenant, actor=None, steps, **fields):
         """Create a profile and its ``create`` audit entry.
 
         Locks each parent FOR UPDATE NOWAIT (live, same tenant, right sex). A new
@@ -156,17 +189,14 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         data.update(_normalize(fields))
         if "first_name" not in data or "sex" not in data:
             raise InvalidProfileData()
-        steps = _LockSteps()
-        with steps.translate(), transaction.atomic(using=self.db):
-            profile = self.model(tenant=tenant, version=1)
-            self._check(profile, data, steps=steps, tenant=tenant)
-            profile = self.create(tenant=tenant, version=1, **{_attname(f): v for f, v in data.items()})
-            self._record(profile, "create", old={}, new={f: _as_json(v) for f, v in data.items()}, actor=actor)
+        profile = self.model(tenant=tenant, version=1)
+        self._check(profile, data, steps=steps, tenant=tenant)
+        profile = self.create(tenant=tenant, version=1, **{_attname(f): v for f, v in data.items()})
+        self._record(profile, "create", old={}, new={f: _as_json(v) for f, v in data.items()}, actor=actor)
         return profile
 
-    create_profile.alters_data = True
-
-    def update_profile(self, profile_id, *, tenant, version, actor=None, **changes):
+    @guarded_steps
+    def update_profile(self, profile_id, *, tenant, version, actor=None, steps, **changes):
         """Change fields of a live profile the caller read at ``version``; write an ``update`` entry.
 
         Takes the tenant tree lock when a father/mother is set, then the profile
@@ -177,45 +207,39 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         WouldCreateCycle, the parent errors, InvalidDates, LockContended.
         """
         wanted = _normalize(changes)
-        steps = _LockSteps()
-        with steps.translate(), transaction.atomic(using=self.db):
-            if any(wanted.get(role) is not None for role in PARENT_SEX):
-                self._lock_tree(tenant, steps)
-            profile = self._lock_subject(profile_id, tenant, steps)
-            if profile.version != version:
-                raise VersionConflict(current=profile.version)
-            if profile.is_deleted:
-                raise ProfileDeleted()
-            delta = {f: v for f, v in wanted.items() if _current(profile, f) != v}
-            if delta:
-                self._check(profile, delta, steps=steps, tenant=tenant)
-                self._apply(profile, delta, action="update", actor=actor)
+        if any(wanted.get(role) is not None for role in PARENT_SEX):
+            self._lock_tree(tenant, steps)
+        profile = self._lock_subject(profile_id, tenant, steps)
+        if profile.version != version:
+            raise VersionConflict(current=profile.version)
+        if profile.is_deleted:
+            raise ProfileDeleted()
+        delta = {f: v for f, v in wanted.items() if _current(profile, f) != v}
+        if delta:
+            self._check(profile, delta, steps=steps, tenant=tenant)
+            self._apply(profile, delta, action="update", actor=actor)
         return profile
 
-    update_profile.alters_data = True
-
-    def soft_delete(self, profile_id, *, tenant, version, actor=None):
-        """Mark a profile deleted (``deleted_at = now()``) and write a ``delete`` entry.
+    @guarded_steps
+    def soft_delete(self, profile_id, *, tenant, version, actor=None, steps):
+        """Mark a profile deleted (``deleted_at = clock_timestamp()``) and write a ``delete`` entry.
 
         Locks the profile FOR UPDATE NOWAIT, then refuses ProfileHasChildren while
         any live profile names it as father or mother: a child's writer locks this
         row FOR UPDATE NOWAIT before pointing at it, so the two cannot interleave.
         Raises ProfileNotFound, VersionConflict, ProfileDeleted, ProfileHasChildren, LockContended.
         """
-        steps = _LockSteps()
-        with steps.translate(), transaction.atomic(using=self.db):
-            profile = self._lock_subject(profile_id, tenant, steps)
-            if profile.version != version:
-                raise VersionConflict(current=profile.version)
-            if profile.is_deleted:
-                raise ProfileDeleted()
-            self._refuse_if_parent_of_living(profile)
-            self._apply(profile, {"deleted_at": profile.db_now}, action="delete", actor=actor)
+        profile = self._lock_subject(profile_id, tenant, steps)
+        if profile.version != version:
+            raise VersionConflict(current=profile.version)
+        if profile.is_deleted:
+            raise ProfileDeleted()
+        self._refuse_if_parent_of_living(profile)
+        self._apply(profile, {"deleted_at": profile.db_now}, action="delete", actor=actor)
         return profile
 
-    soft_delete.alters_data = True
-
-    def restore(self, profile_id, *, tenant, version=None, actor=None):
+    @guarded_steps
+    def restore(self, profile_id, *, tenant, version=None, actor=None, steps):
         """Bring a soft-deleted profile back and write a ``restore`` entry.
 
         Locks the profile, then its father and mother FOR UPDATE NOWAIT with
@@ -223,18 +247,14 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         ``version`` is checked when given. Raises ProfileNotFound, VersionConflict,
         ProfileNotDeleted, ParentDeleted, ParentLocked, ParentWrongSex, LockContended.
         """
-        steps = _LockSteps()
-        with steps.translate(), transaction.atomic(using=self.db):
-            profile = self._lock_subject(profile_id, tenant, steps)
-            if version is not None and profile.version != version:
-                raise VersionConflict(current=profile.version)
-            if not profile.is_deleted:
-                raise ProfileNotDeleted()
-            self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
-            self._apply(profile, {"deleted_at": None}, action="restore", actor=actor)
+        profile = self._lock_subject(profile_id, tenant, steps)
+        if version is not None and profile.version != version:
+            raise VersionConflict(current=profile.version)
+        if not profile.is_deleted:
+            raise ProfileNotDeleted()
+        self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
+        self._apply(profile, {"deleted_at": None}, action="restore", actor=actor)
         return profile
-
-    restore.alters_data = True
 
     # --- reads --------------------------------------------------------------
 
@@ -281,9 +301,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         advisory_xact_lock(LockNamespace.PROFILE_TREE, getattr(tenant, "pk", tenant), using=self.db)
 
     def _lock_subject(self, profile_id, tenant, steps):
-        """The profile row FOR UPDATE NOWAIT, with the transaction's now() as ``db_now``."""
+        """The profile row FOR UPDATE NOWAIT, with the database clock (clock_timestamp()) as ``db_now``."""
         steps.at("profile")
-        profile = self.locked().annotate(db_now=Now()).filter(pk=profile_id, tenant=tenant).first()
+        profile = self.locked().annotate(db_now=ClockNow()).filter(pk=profile_id, tenant=tenant).first()
         if profile is None:
             raise ProfileNotFound()
         return profile
@@ -377,7 +397,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         )
 
     def _undo(self, entry, *, steps, actor):
-        """Reverse ``entry`` on its locked profile (steps 3-5 of the undo); return (profile, undo entry)."""
+        """Reverse ``entry`` on its locked profile (steps 3-6 of the undo); return (profile, undo entry)."""
         tenant_id = entry.tenant_id
         if entry.action == "update" and any(entry.old_data.get(role) is not None for role in PARENT_SEX):
             self._lock_tree(tenant_id, steps)
@@ -418,47 +438,48 @@ class ProfileAuditLogQuerySet(models.QuerySet):
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
     UNDOABLE = ("update", "delete", "restore")
 
-    def undo(self, entry_id, *, tenant, actor, reason):
+    @guarded_steps
+    def undo(self, entry_id, *, tenant, actor, reason, steps):
         """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
 
         1. try-lock advisory AUDIT_UNDO:<entry>: busy -> OperationLocked at once;
         2. the entry FOR UPDATE NOWAIT (busy -> OperationLocked; done -> AlreadyUndone;
            create/undo entries -> UndoNotSupported);
-        3. the profile FOR UPDATE NOWAIT (busy -> resource_locked); StaleVersion naming
+        3. when it restores a father/mother: the tenant's PROFILE_TREE advisory lock
+           (waits at most lock_timeout -> resource_locked), so no concurrent re-parenting
+           can close a cycle the check below does not see;
+        4. the profile FOR UPDATE NOWAIT (busy -> resource_locked); StaleVersion naming
            every field this entry wrote that no longer holds its value;
-        4. each parent it restores FOR UPDATE NOWAIT, deleted_at IS NULL: ParentLocked /
+        5. each parent it restores FOR UPDATE NOWAIT, deleted_at IS NULL: ParentLocked /
            ParentDeleted naming father or mother; WouldCreateCycle if now a descendant;
-        5. apply, bump version, insert the ``undo`` entry, mark this one undone.
+        6. apply, bump version, insert the ``undo`` entry, mark this one undone.
         Returns the original entry (now undone; ``undo_entry`` and ``profile`` loaded).
         """
         reason = (reason or "").strip()
         if not reason:
             raise UndoReasonRequired()
-        steps = _LockSteps()
-        with steps.translate(), transaction.atomic(using=self.db):
-            if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
-                raise OperationLocked()
-            steps.at("entry")
-            entry = (
-                self.select_for_update(nowait=True, no_key=False, of=("self",))
-                .filter(pk=entry_id, tenant=tenant)
-                .first()
-            )
-            if entry is None:
-                raise AuditEntryNotFound()
-            if entry.undone_at is not None:
-                raise AlreadyUndone()
-            if entry.action not in self.UNDOABLE:
-                raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
-            profile_model = self.model.profile.field.related_model
-            profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
-            # db_now is Now() (statement_timestamp()) read by the profile lock: the database's
-            # clock, and the same instant the undo entry's profile change is stamped with.
-            self.filter(pk=entry.pk).update(
-                undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
-            )
-            entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
-            entry.undo_entry, entry.profile = undo_entry, profile
+        if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
+            raise OperationLocked()
+        steps.at("entry")
+        entry = (
+            self.select_for_update(nowait=True, no_key=False, of=("self",))
+            .filter(pk=entry_id, tenant=tenant)
+            .first()
+        )
+        if entry is None:
+            raise AuditEntryNotFound()
+        if entry.undone_at is not None:
+            raise AlreadyUndone()
+        if entry.action not in self.UNDOABLE:
+            raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
+        profile_model = self.model.profile.field.related_model
+        profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
+        # db_now is clock_timestamp() read by the profile lock: the database's clock, and the
+        # same instant the undo entry's profile change is stamped with.
+        self.filter(pk=entry.pk).update(
+            undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
+        )
+        entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
+        entry.undo_entry, entry.profile = undo_entry, profile
         return entry
 
-    undo.alters_data = True

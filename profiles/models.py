@@ -1,15 +1,127 @@
+import pgtrigger
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from core.integrity import BumpVersion, GuardedModel, _refuse
 from core.models import Tenant
 from profiles.managers import ProfileAuditLogManager, ProfileManager
 
+# The columns an operator or API client edits (through ``update_profile``).
+PROFILE_EDITABLE = ("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")
 
-class Profile(models.Model):
-    """A person in a tenant's family tree. Written only through ``Profile.objects`` verbs."""
+
+class ProfileVersionOnlyIncreases(pgtrigger.Trigger):
+    """Refuse, in the database, an UPDATE that lowers a profile's ``version``.
+
+    Optimistic checks (API PATCH, the admin form, soft delete) compare the version a
+    client read with the row's: a version that went back would let a stale edit pass.
+    Raises SQLSTATE 23514 named ``profile_version_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition('NEW."version" < OLD."version"')
+
+    def get_func(self, model):
+        refuse = _refuse(
+            self.name,
+            "OLD.\"version\"::text || '->' || NEW.\"version\"::text",
+            "format('%s: version of profile %s may not go down from %s to %s', "
+            "TG_TABLE_NAME, OLD.\"id\", OLD.\"version\", NEW.\"version\")",
+        )
+        return self.format_sql(f"{refuse} RETURN NEW;")
+
+
+class ProfileParentsLive(pgtrigger.Trigger):
+    """Refuse a live profile that starts pointing at a soft-deleted (or missing) father or mother.
+
+    Fires when a row is inserted, when its father or mother changes, or when it is
+    restored (``deleted_at`` back to NULL), for rows that are live afterwards. A backstop
+    behind the manager's locks, not the guard: the manager locks each parent FOR UPDATE
+    NOWAIT with ``deleted_at IS NULL`` first and names the refusal (parent_deleted,
+    father or mother); this unlocked read only makes a writer that skipped the manager
+    fail loudly. Raises SQLSTATE 23514 named ``profile_parent_transition``.
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert | pgtrigger.Update
+    declare = [("v_role", "text")]
+
+    def get_func(self, model):
+        table = model._meta.db_table
+        refuse = _refuse(
+            self.name,
+            "'live->' || v_role || ' deleted'",
+            "format('%s: profile %s may not point at a deleted or missing %s', TG_TABLE_NAME, NEW.\"id\", v_role)",
+        )
+        dead = (
+            'NEW."{col}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "' + table + '" p '
+            'WHERE p."id" = NEW."{col}" AND p."deleted_at" IS NULL)'
+        )
+        return self.format_sql(
+            f"""
+            IF NEW."deleted_at" IS NOT NULL THEN RETURN NEW; END IF;
+            IF TG_OP = 'UPDATE' AND OLD."deleted_at" IS NOT DISTINCT FROM NEW."deleted_at"
+               AND OLD."father_id" IS NOT DISTINCT FROM NEW."father_id"
+               AND OLD."mother_id" IS NOT DISTINCT FROM NEW."mother_id" THEN
+                RETURN NEW;
+            END IF;
+            IF (TG_OP = 'INSERT' OR OLD."father_id" IS DISTINCT FROM NEW."father_id"
+                OR OLD."deleted_at" IS NOT NULL) AND {dead.format(col="father_id")} THEN
+                v_role := 'father';
+            ELSIF (TG_OP = 'INSERT' OR OLD."mother_id" IS DISTINCT FROM NEW."mother_id"
+                OR OLD."deleted_at" IS NOT NULL) AND {dead.format(col="mother_id")} THEN
+                v_role := 'mother';
+            END IF;
+            IF v_role IS NOT NULL THEN {refuse} END IF;
+            RETURN NEW;
+            """
+        )
+
+
+class ProfileChildrenLive(pgtrigger.Trigger):
+    """Refuse soft-deleting a profile that a live profile names as father or mother.
+
+    A backstop behind the manager's locks: ``soft_delete`` locks the profile FOR UPDATE
+    NOWAIT and counts live children (profile_has_children), and every child's writer
+    locks this row before pointing at it. Raises SQLSTATE 23514 named
+    ``profile_children_transition``.
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition('OLD."deleted_at" IS NULL AND NEW."deleted_at" IS NOT NULL')
+
+    def get_func(self, model):
+        table = model._meta.db_table
+        refuse = _refuse(
+            self.name,
+            "'live->deleted with live children'",
+            "format('%s: profile %s is the father or mother of live profiles; it cannot be deleted', "
+            "TG_TABLE_NAME, OLD.\"id\")",
+        )
+        return self.format_sql(
+            f"""
+            IF EXISTS (SELECT 1 FROM "{table}" c WHERE c."deleted_at" IS NULL
+                       AND (c."father_id" = OLD."id" OR c."mother_id" = OLD."id")) THEN
+                {refuse}
+            END IF;
+            RETURN NEW;
+            """
+        )
+
+
+class Profile(GuardedModel):
+    """A person in a tenant's family tree. Written only through ``Profile.objects`` verbs.
+
+    Guarded columns (parents, ``deleted_at``, ``version``, ``tenant``, ``sex`` - a parent's
+    sex has rules) change only through the manager: ``save()`` refuses to write them.
+    """
+
+    guarded_fields = ("father", "mother", "deleted_at", "version", "tenant", "sex")
 
     class Sex(models.TextChoices):
         MALE = "male", _("male")
@@ -40,6 +152,14 @@ class Profile(models.Model):
         verbose_name = _("profile")
         verbose_name_plural = _("profiles")
         indexes = [models.Index(fields=["tenant", "last_name", "first_name"], name="profile_tenant_name_idx")]
+        triggers = [
+            ProfileVersionOnlyIncreases(name="profile_version_transition"),
+            # A writer that changes an edited column without bumping the version still bumps it,
+            # so an edit carrying the version it read cannot overwrite that change.
+            BumpVersion(name="profile_version_bump", fields=[*PROFILE_EDITABLE, "deleted_at"]),
+            ProfileParentsLive(name="profile_parent_transition"),
+            ProfileChildrenLive(name="profile_children_transition"),
+        ]
         constraints = [
             # Backstops for rules the manager enforces (and names) first.
             models.CheckConstraint(condition=Q(sex__in=["male", "female"]), name="profile_sex_valid"),
@@ -64,8 +184,91 @@ class Profile(models.Model):
         return self.deleted_at is not None
 
 
-class ProfileAuditLog(models.Model):
-    """One change of one profile: what it was, what it became, who did it, and whether it was undone."""
+class AuditAppendOnly(pgtrigger.Trigger):
+    """Keep the audit log append-only, in the database.
+
+    - no DELETE; an INSERT is never already undone;
+    - what was recorded (tenant, profile, action, old_data, new_data, created_at, actor)
+      never changes; ``actor`` may only become NULL (its user was deleted: SET_NULL);
+    - the undo columns are set once: while an entry is not undone, ``undone_by`` and
+      ``undo_reason`` change only together with ``undone_at``; once undone, ``undone_at``,
+      ``undo_reason`` and ``undo_entry`` never change again (nor are cleared) and
+      ``undone_by`` may only become NULL (user deleted).
+    That ``undone_at`` and ``undo_entry`` are set together is the CHECK
+    ``audit_undone_has_undo_entry``. Only ``ProfileAuditLog.objects.undo`` marks entries.
+    Raises SQLSTATE 23514 named ``audit_append_only_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update | pgtrigger.Delete
+    declare = [("v_change", "text")]
+
+    RECORDED = ("tenant", "profile", "action", "old_data", "new_data", "created_at")
+    SET_ONCE = ("undone_at", "undo_reason", "undo_entry")
+    USERS = ("actor", "undone_by")
+
+    def get_func(self, model):
+        column = {field: model._meta.get_field(field).column for field in (*self.RECORDED, *self.SET_ONCE, *self.USERS)}
+
+        def changed(field):
+            return f'NEW."{column[field]}" IS DISTINCT FROM OLD."{column[field]}"'
+
+        def reassigned(field):  # changed to another user (becoming NULL is a user deletion)
+            return f'({changed(field)} AND NEW."{column[field]}" IS NOT NULL)'
+
+        refuse = _refuse(
+            self.name,
+            "v_change",
+            "format('%s: audit entry %s is append-only (%s)', TG_TABLE_NAME, OLD.\"id\", v_change)",
+        )
+        undone = f'OLD."{column["undone_at"]}" IS NOT NULL'
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'DELETE' THEN
+                v_change := 'recorded->deleted';
+            ELSIF {" OR ".join(changed(f) for f in self.RECORDED)} OR {reassigned("actor")} THEN
+                v_change := 'recorded->rewritten';
+            ELSIF {undone} AND ({" OR ".join(changed(f) for f in self.SET_ONCE)} OR {reassigned("undone_by")}) THEN
+                v_change := 'undone->changed';
+            ELSIF NOT {undone} AND NEW."{column["undone_at"]}" IS NULL
+                  AND ({changed("undo_reason")} OR {changed("undone_by")}) THEN
+                v_change := 'not undone->undo details without undone_at';
+            END IF;
+            IF v_change IS NOT NULL THEN {refuse} END IF;
+            IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+            RETURN NEW;
+            """
+        )
+
+
+class AuditInsertedNotUndone(pgtrigger.Trigger):
+    """Refuse inserting an audit entry that is already undone: only ``undo`` marks an entry undone.
+
+    Raises SQLSTATE 23514 named ``audit_insert_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert
+    condition = pgtrigger.Condition('NEW."undone_at" IS NOT NULL OR NEW."undo_entry_id" IS NOT NULL')
+
+    def get_func(self, model):
+        refuse = _refuse(
+            self.name, "'->undone'", "format('%s: a new audit entry cannot be already undone', TG_TABLE_NAME)"
+        )
+        return self.format_sql(f"{refuse} RETURN NEW;")
+
+
+class ProfileAuditLog(GuardedModel):
+    """One change of one profile: what it was, what it became, who did it, and whether it was undone.
+
+    Entries are written by the managers only: ``save()`` of an existing entry is refused
+    (every column is guarded) and the database keeps the log append-only.
+    """
+
+    guarded_fields = (
+        "tenant", "profile", "action", "old_data", "new_data", "actor", "created_at",
+        "undone_at", "undone_by", "undo_reason", "undo_entry",
+    )
 
     class Action(models.TextChoices):
         CREATE = "create", _("create")
@@ -101,6 +304,10 @@ class ProfileAuditLog(models.Model):
         verbose_name = _("audit entry")
         verbose_name_plural = _("audit log")
         permissions = [("undo_profileauditlog", "Can undo audit entries")]
+        triggers = [
+            AuditAppendOnly(name="audit_append_only_transition"),
+            AuditInsertedNotUndone(name="audit_insert_transition"),
+        ]
         indexes = [
             models.Index(fields=["profile", "id"], name="audit_profile_idx"),
             models.Index(fields=["tenant", "action"], name="audit_tenant_action_idx"),

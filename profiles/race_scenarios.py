@@ -1,5 +1,6 @@
 """race_demo: twenty operators undo the same audit entry at once."""
 
+import pgtrigger
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
@@ -29,6 +30,12 @@ class ProfileUndo:
         return ProfileAuditLog.objects.undo(self.entry.pk, tenant=self.tenant, actor=None, reason=f"race demo {i}")
 
     def naive(self, i):
+        # The database's append-only trigger would refuse marking the entry undone twice:
+        # switched off for this connection, to show what the check-then-act alone does.
+        with pgtrigger.ignore("profiles.ProfileAuditLog:audit_append_only_transition"):
+            return self._naive(i)
+
+    def _naive(self, i):
         entry = ProfileAuditLog.objects.get(pk=self.entry.pk)
         if entry.undone_at is not None:
             raise AlreadyUndone()

@@ -1,5 +1,12 @@
-"""Operator screen for proposals: state changes only through the manager (the expire action)."""
+"""Operator screen for proposals: state changes only through the manager.
 
+The change form writes only the contact fields the operator changed, through
+``Proposal.objects.edit_contact`` with the version the form was opened at; status,
+booking and timestamps are read-only and never written by the form. The expire action
+calls ``Proposal.objects.expire`` per row.
+"""
+
+from django import forms
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
@@ -7,20 +14,29 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from core.admin_actions import apply_to_each
-from proposals.models import Proposal
+from core.admin_forms import GuardedChangeFormMixin
+from proposals.models import PROPOSAL_EDITABLE, Proposal
+
+
+class ProposalAdminForm(forms.ModelForm):
+    """Declares the mixin's hidden ``expected_version`` on the base form, so the admin's
+    ``modelform_factory`` accepts it in the fieldsets (it is not a model field)."""
+
+    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
 
 @admin.register(Proposal)
-class ProposalAdmin(admin.ModelAdmin):
+class ProposalAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     list_display = ["id", "session_id", "package", "date", "customer_name", "status", "expires_at",
                     "booking_link", "failure_code", "tenant"]
     list_filter = ["status", "date", "tenant", "package"]
     search_fields = ["session_id", "customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant", "booking"]
+    form = ProposalAdminForm
     readonly_fields = ["tenant", "session_id", "package", "date", "status", "expires_at", "created_at",
-                       "confirmed_at", "executed_at", "rejected_at", "failure_code", "booking_link"]
-    fields = [*readonly_fields[:4], "customer_name", "customer_email", *readonly_fields[4:]]
+                       "confirmed_at", "executed_at", "rejected_at", "failure_code", "booking_link", "version"]
+    fields = [*readonly_fields[:4], *PROPOSAL_EDITABLE, *readonly_fields[4:]]
     actions = ["expire_selected"]
 
     def has_add_permission(self, request):
@@ -28,6 +44,10 @@ class ProposalAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        # Only contact fields are editable in the form; anything else would be a bug, refused by edit_contact.
+        return Proposal.objects.edit_contact(obj.pk, version=version, **changes)
 
     @admin.display(description=_("booking"), ordering="booking")
     def booking_link(self, proposal):

@@ -1,18 +1,38 @@
-"""Guarded operations on proposals: every state change is one filtered UPDATE."""
+"""Guarded operations on proposals (the guard contract: core/guards.py).
 
-from django.db import connections, models, transaction
+Lock order, everywhere (the global order of docs/architecture.md):
+
+    proposal row
+    -> BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date)   (taken by Booking.objects.hold)
+    -> booking row -> checkout row
+
+Nothing here takes a booking or checkout row lock and then a proposal row lock; the
+sweeps handle one proposal per transaction, so a sweep never holds one proposal's
+booking while waiting for another proposal. Every guard judging expiry uses
+``ClockNow()`` (``clock_timestamp()``: the clock when the row is judged, after any lock
+wait), never ``Now()`` (``STATEMENT_TIMESTAMP()``, fixed before the wait). Recorded
+timestamps (``confirmed_at``…) keep the statement's time: they are facts, not guards.
+"""
+
+import logging
+
+from django.db import connections, models
 from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 
-from bookings.exceptions import DateInPast
-from bookings.models import Booking, Checkout
-from core.guards import database_clock
+from bookings.exceptions import DateInPast, PackageNotFound
+from bookings.managers import lock_package_shared
+from bookings.models import Booking, Checkout, Package
+from core.exceptions import DomainError, VersionConflict
+from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 
+logger = logging.getLogger(__name__)
 
-def _require_atomic(using):
-    if not connections[using].in_atomic_block:
-        raise RuntimeError("This operation must run inside the caller's transaction.atomic().")
+# What a reopen unlinks: the proposal is pending again, as if never confirmed.
+REOPENED = dict(status="pending", booking=None, confirmed_at=None, executed_at=None)
+# A stranded proposal's checkout never reached the customer: nothing can be paid through it.
+UNOPENED_CHECKOUT = ("creating", "failed")
 
 
 class ProposalQuerySet(models.QuerySet):
@@ -24,18 +44,31 @@ class ProposalQuerySet(models.QuerySet):
 
     def live(self):
         """Pending and not yet expired by the database clock: the only proposals that can be decided."""
-        return self.pending().filter(expires_at__gt=Now())
+        return self.pending().filter(expires_at__gt=ClockNow())
 
     def lapsed(self):
         """Pending but past expiry: expired in all but name until the sweep runs."""
-        return self.pending().filter(expires_at__lte=Now())
+        return self.pending().filter(expires_at__lte=ClockNow())
+
+    def stranded(self):
+        """Candidates for ``reopen_stranded``: executed, checkout never opened, hold gone.
+
+        A plain read, stale the moment it returns: each candidate is judged again on its
+        locked rows by ``reopen_if_stranded`` before anything is written.
+        """
+        return self.filter(
+            status=self.model.Status.EXECUTED, booking__checkout__state__in=UNOPENED_CHECKOUT
+        ).filter(
+            Q(booking__status=Booking.Status.EXPIRED)
+            | Q(booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=ClockNow())
+        )
 
     def with_effective_status(self):
         """Annotate ``effective_status``: a lapsed pending proposal reads as expired (lazy expiry)."""
         Status = self.model.Status
         return self.annotate(
             effective_status=Case(
-                When(status=Status.PENDING, expires_at__lte=Now(), then=Value(Status.EXPIRED)),
+                When(status=Status.PENDING, expires_at__lte=ClockNow(), then=Value(Status.EXPIRED)),
                 default=F("status"),
                 output_field=models.CharField(),
             )
@@ -43,156 +76,253 @@ class ProposalQuerySet(models.QuerySet):
 
 
 class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
+    @guarded
     def propose(self, *, tenant, session_id, package, date, customer_name, customer_email, expires_in):
         """Create a pending proposal expiring ``expires_in`` (a timedelta) after the database's now.
 
-        Raises DateInPast for a date before the database's today (it could never be booked).
-        """
-        with transaction.atomic(using=self.db):
-            if date < database_clock(using=self.db).date():
-                raise DateInPast(date=date.isoformat())
-            proposal = self.create(
-                tenant=tenant,
-                session_id=session_id,
-                package=package,
-                date=date,
-                customer_name=customer_name,
-                customer_email=customer_email,
-                status=self.model.Status.PENDING,
-                expires_at=Now() + expires_in,
-                created_at=Now(),
-            )
-            proposal.refresh_from_db(fields=["expires_at", "created_at"])
-            return proposal
+        Locks: BOOKING_PACKAGE(package) shared, then the package is read again: a package
+        delete or deactivation waits for this insert, or this sees it and refuses (never a
+        foreign key failing at commit).
 
-    propose.alters_data = True
+        Raises PackageNotFound (gone, inactive or another tenant's), DateInPast for a date
+        before the database's today (it could never be booked).
+        """
+        lock_package_shared(package.pk, using=self.db)
+        if not Package.objects.using(self.db).for_tenant(tenant).active().filter(pk=package.pk).exists():
+            raise PackageNotFound()
+        if date < database_clock(using=self.db).date():
+            raise DateInPast(date=date.isoformat())
+        proposal = self.create(
+            tenant=tenant,
+            session_id=session_id,
+            package=package,
+            date=date,
+            customer_name=customer_name,
+            customer_email=customer_email,
+            status=self.model.Status.PENDING,
+            expires_at=Now() + expires_in,
+            created_at=Now(),
+        )
+        proposal.refresh_from_db(fields=["expires_at", "created_at", "version"])
+        return proposal
 
     def _decide(self, proposal_id, *, tenant, session_id, **changes):
+        # ClockNow, not Now: the UPDATE may wait for the row lock of a concurrent decision;
+        # READ COMMITTED then re-evaluates this WHERE on the newest row version, and expiry
+        # must be judged with the clock at that moment, not at the statement's start.
         won = self.filter(
             pk=proposal_id,
             tenant=tenant,
             session_id=session_id,
             status=self.model.Status.PENDING,
-            expires_at__gt=Now(),
+            expires_at__gt=ClockNow(),
         ).update(**changes)
         if not won:
             raise self._refusal(proposal_id, tenant=tenant, session_id=session_id)
 
+    @guarded
     def confirm(self, proposal_id, *, tenant, session_id):
         """Move a pending proposal to confirmed, exactly once.
 
-        One filtered UPDATE decides the race (status, owner, session and expiry
-        by the database clock are all in its WHERE); its row lock makes a
-        concurrent confirm or reject wait and then match 0 rows. On 0 rows, one
-        read names the refusal: ProposalNotFound, ProposalExpired or
+        Locks: proposal row (FOR UPDATE, by the filtered UPDATE; waits up to lock_timeout).
+
+        One filtered UPDATE decides the race (status, owner, session and expiry by
+        the database clock *after any lock wait* are all in its WHERE); its row lock
+        makes a concurrent confirm or reject wait and then match 0 rows. On 0 rows,
+        one read names the refusal: ProposalNotFound, ProposalExpired or
         ProposalAlreadyProcessed.
         """
-        with transaction.atomic(using=self.db):
-            self._decide(
-                proposal_id, tenant=tenant, session_id=session_id,
-                status=self.model.Status.CONFIRMED, confirmed_at=Now(),
-            )
-            return self.select_related("package").get(pk=proposal_id)
+        self._decide(
+            proposal_id, tenant=tenant, session_id=session_id,
+            status=self.model.Status.CONFIRMED, confirmed_at=Now(),
+        )
+        return self.select_related("package").get(pk=proposal_id)
 
-    confirm.alters_data = True
-
+    @guarded
     def reject(self, proposal_id, *, tenant, session_id):
-        """Move a pending proposal to rejected, exactly once; refusals as for ``confirm``."""
-        with transaction.atomic(using=self.db):
-            self._decide(
-                proposal_id, tenant=tenant, session_id=session_id,
-                status=self.model.Status.REJECTED, rejected_at=Now(),
-            )
-            return self.get(pk=proposal_id)
+        """Move a pending proposal to rejected, exactly once; refusals as for ``confirm``.
 
-    reject.alters_data = True
+        Locks: proposal row (the filtered UPDATE).
+        """
+        self._decide(
+            proposal_id, tenant=tenant, session_id=session_id,
+            status=self.model.Status.REJECTED, rejected_at=Now(),
+        )
+        return self.get(pk=proposal_id)
 
+    @guarded(joins=True)
     def execute(self, proposal_id, *, booking):
         """Record the booking a confirmed proposal produced: ``confirmed`` -> ``executed``.
 
-        Must run inside the confirming transaction (asserted), so the decision,
-        the booking and this link commit together. A proposal that is not
-        ``confirmed`` raises ProposalAlreadyProcessed (the filtered UPDATE matched nothing).
+        Locks: proposal row (already held by the confirming transaction's UPDATE).
+
+        Joins the confirming transaction (asserted), so the decision, the booking and
+        this link commit together. A proposal that is not ``confirmed`` raises
+        ProposalAlreadyProcessed (the filtered UPDATE matched nothing).
         """
-        _require_atomic(self.db)
         if not self.filter(pk=proposal_id, status=self.model.Status.CONFIRMED).update(
             status=self.model.Status.EXECUTED, booking=booking, executed_at=Now()
         ):
             raise ProposalAlreadyProcessed()
 
-    execute.alters_data = True
-
-    def reopen(self, proposal_id, *, booking_id):
-        """Undo an execution whose payment checkout could not be opened: ``executed`` -> ``pending``.
-
-        The provider refused after commit and the booking's hold was released, so
-        nothing was charged; unlinking that booking lets the customer confirm again.
-        One filtered UPDATE (status and this booking in its WHERE); returns whether it matched.
-        """
-        with transaction.atomic(using=self.db):
-            return bool(
-                self.filter(pk=proposal_id, status=self.model.Status.EXECUTED, booking_id=booking_id).update(
-                    status=self.model.Status.PENDING, booking=None, confirmed_at=None, executed_at=None
-                )
-            )
-
-    reopen.alters_data = True
-
-    def reopen_stranded(self):
-        """Sweep: reopen executed proposals whose checkout never opened and whose hold is gone.
-
-        The confirming process died between its commit and the provider's answer (or
-        before storing a refusal's reopen): the customer never got a checkout URL and the
-        hold has lapsed, so nothing can be paid. One UPDATE (executed -> pending,
-        booking unlinked); returns how many.
-        """
-        lapsed = Q(booking__status=Booking.Status.EXPIRED) | Q(
-            booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=Now()
-        )
-        with transaction.atomic(using=self.db):
-            return (
-                self.filter(status=self.model.Status.EXECUTED,
-                            booking__checkout__state__in=[Checkout.State.CREATING, Checkout.State.FAILED])
-                .filter(lapsed)
-                .update(status=self.model.Status.PENDING, booking=None, confirmed_at=None, executed_at=None)
-            )
-
-    reopen_stranded.alters_data = True
-
+    @guarded(joins=True)
     def fail(self, proposal_id, *, code):
         """A confirmed proposal could not be booked: ``confirmed`` -> ``failed`` with the refusal's code.
 
-        Must run inside the confirming transaction (asserted).
+        Locks: proposal row (already held by the confirming transaction's UPDATE).
+
+        Joins the confirming transaction (asserted); ProposalAlreadyProcessed if not confirmed.
         """
-        _require_atomic(self.db)
         if not self.filter(pk=proposal_id, status=self.model.Status.CONFIRMED).update(
             status=self.model.Status.FAILED, failure_code=code
         ):
             raise ProposalAlreadyProcessed()
 
-    fail.alters_data = True
+    @guarded
+    def reopen(self, proposal_id, *, booking_id):
+        """Undo an execution whose payment checkout could not be opened: ``executed`` -> ``pending``.
 
+        Locks: proposal row (the filtered UPDATE), then the booking row and its checkout
+        row FOR SHARE (the proposal_booking_unlink_transition trigger).
+
+        The provider refused after commit and the booking's hold was released, so
+        nothing was charged; unlinking that booking lets the customer confirm again.
+        One filtered UPDATE: status *and this booking* in its WHERE, so a late reopen
+        never unlinks a booking a re-confirmation made meanwhile (it matches 0 rows).
+        The database refuses to unlink a booking that is live or paid (TransitionRefused).
+        Returns whether it matched.
+        """
+        return bool(
+            self.filter(pk=proposal_id, status=self.model.Status.EXECUTED, booking_id=booking_id).update(**REOPENED)
+        )
+
+    @guarded
+    def reopen_if_stranded(self, proposal_id, *, booking_id):
+        """Reopen one executed proposal whose checkout never opened and whose hold is gone; return whether it did.
+
+        Locks: proposal row FOR NO KEY UPDATE, then its booking row FOR SHARE, then that
+        booking's checkout row FOR SHARE (the global order), each waiting up to lock_timeout.
+
+        Every condition is judged on the locked rows, after the locks are held, with the
+        clock at that moment: the proposal is still ``executed`` and still linked to
+        ``booking_id`` (the candidate the sweep saw: a re-confirmation meanwhile linked
+        another booking, which is left alone); the booking is ``expired``, or ``held``
+        with a lapsed hold; the checkout is still ``creating`` or ``failed`` (no customer
+        ever got a URL to pay). Then the same UPDATE as ``reopen``. A lock held past
+        lock_timeout raises LockContended.
+        """
+        Status = self.model.Status
+        proposal = (
+            self.select_for_update(no_key=True)
+            .filter(pk=proposal_id)
+            .values("status", "booking_id")
+            .first()
+        )
+        if proposal is None or proposal["status"] != Status.EXECUTED or proposal["booking_id"] != booking_id:
+            return False
+        gone = (
+            Booking.objects.using(self.db)
+            .filter(pk=booking_id)
+            .annotate(
+                gone=ExpressionWrapper(
+                    Q(status=Booking.Status.EXPIRED)
+                    | Q(status=Booking.Status.HELD, hold_expires_at__lte=ClockNow()),
+                    output_field=BooleanField(),
+                )
+            )
+        )
+        booking_gone = _first_for_share(gone, "gone")
+        if not booking_gone:
+            return False
+        checkout_state = _first_for_share(Checkout.objects.using(self.db).filter(booking_id=booking_id), "state")
+        if checkout_state not in UNOPENED_CHECKOUT:
+            return False
+        # The proposal row is locked and was judged above (executed, this booking): no condition to repeat.
+        return bool(self.filter(pk=proposal_id).update(**REOPENED))
+
+    @sweep
+    def reopen_stranded(self):
+        """Sweep: reopen executed proposals whose checkout never opened and whose hold is gone.
+
+        Locks: per proposal, in its own transaction, what ``reopen_if_stranded`` takes
+        (proposal row -> booking row -> checkout row); never two proposals' locks at once.
+
+        The confirming process died between its commit and the provider's answer (or
+        before storing a refusal's reopen): the customer never got a checkout URL and the
+        hold has lapsed, so nothing can be paid. The candidates are read once (stale by
+        design); each is judged again on its locked rows (no ``UPDATE … WHERE id IN
+        (subquery)`` whose stale answer would be applied to a newer row version). A row
+        busy past lock_timeout (or otherwise refused) is left for the next run.
+        Returns a SweepResult (how many reopened, which were skipped and why).
+        """
+        result = SweepResult()
+        candidates = list(self.stranded().order_by("pk").values_list("pk", "booking_id"))
+        for proposal_id, booking_id in candidates:
+            try:
+                if self.reopen_if_stranded(proposal_id, booking_id=booking_id):
+                    result.done += 1
+            except DomainError as refusal:
+                logger.warning("reopen_stranded: proposal %s left for the next run: %s", proposal_id, refusal)
+                result.skipped.append((proposal_id, refusal))
+        return result
+
+    @guarded
     def expire(self, proposal_id):
-        """Operator action: expire a pending proposal now (whatever its expiry); refusals as for ``confirm``."""
-        with transaction.atomic(using=self.db):
-            if not self.filter(pk=proposal_id, status=self.model.Status.PENDING).update(
-                status=self.model.Status.EXPIRED, expires_at=Now()
-            ):
-                raise ProposalNotFound() if not self.filter(pk=proposal_id).exists() else ProposalAlreadyProcessed()
+        """Operator action: expire a pending proposal now (whatever its expiry); refusals as for ``confirm``.
 
-    expire.alters_data = True
+        Locks: proposal row (the filtered UPDATE).
+        """
+        if not self.filter(pk=proposal_id, status=self.model.Status.PENDING).update(
+            status=self.model.Status.EXPIRED, expires_at=Now()
+        ):
+            raise ProposalNotFound() if not self.filter(pk=proposal_id).exists() else ProposalAlreadyProcessed()
 
+    @guarded
     def expire_due(self):
-        """Sweep: mark pending proposals past their expiry ``expired``; return how many."""
-        with transaction.atomic(using=self.db):
-            return self.lapsed().update(status=self.model.Status.EXPIRED)
+        """Sweep: mark pending proposals past their expiry ``expired``; return how many.
 
-    expire_due.alters_data = True
+        Locks: each matching proposal row (one filtered UPDATE; no other lock, so no
+        order to keep).
+
+        Both conditions are on the row being changed: a row a confirm
+        holds is re-judged after that confirm commits (no longer pending: left alone), and
+        expiry is judged with the clock at that moment. A row busy past lock_timeout
+        raises LockContended (nothing expired; run again shortly).
+        """
+        return self.lapsed().update(status=self.model.Status.EXPIRED)
+
+    @guarded
+    def edit_contact(self, proposal_id, *, version, **changes):
+        """Write only the changed contact fields (customer_name, customer_email) of a proposal.
+
+        Locks: proposal row FOR NO KEY UPDATE (waits up to lock_timeout; no other lock).
+
+        Refuses with VersionConflict when ``version`` is not the row's: a confirm, a
+        reject, an expiry, a reopen or another edit that committed since the caller read
+        the proposal bumped it (proposal_bump_version), so a form read before a
+        confirmation is refused rather than editing details the booking was already made
+        from. Status, booking and timestamps are never written here. Raises
+        ProposalNotFound, VersionConflict; ValueError for a field that is not a contact field.
+        """
+        from proposals.models import PROPOSAL_EDITABLE
+
+        unknown = sorted(set(changes) - set(PROPOSAL_EDITABLE))
+        if unknown:
+            raise ValueError(f"Proposal fields {unknown} cannot be written by a contact edit")
+        scope = self.filter(pk=proposal_id)
+        current = scope.select_for_update(no_key=True).values_list("version", flat=True).first()
+        if current is None:
+            raise ProposalNotFound()
+        if version != current:
+            raise VersionConflict(current=current)
+        if changes:
+            scope.update(**changes)
+        return scope.get()
 
     def _refusal(self, proposal_id, *, tenant, session_id):
         row = (
             self.filter(pk=proposal_id, tenant=tenant, session_id=session_id)
-            .annotate(lapsed=ExpressionWrapper(Q(expires_at__lte=Now()), output_field=BooleanField()))
+            .annotate(lapsed=ExpressionWrapper(Q(expires_at__lte=ClockNow()), output_field=BooleanField()))
             .values_list("status", "lapsed")
             .first()
         )
@@ -203,3 +333,16 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
             return ProposalExpired()
         return ProposalAlreadyProcessed()
 
+
+def _first_for_share(queryset, column):
+    """``column`` of the first row of ``queryset``, that row locked FOR SHARE (None when there is none).
+
+    Django's select_for_update offers FOR UPDATE and FOR NO KEY UPDATE only; reading a
+    booking or checkout to judge it needs no more than FOR SHARE (it conflicts with
+    every writer of that row, and not with other readers or the foreign-key checks).
+    """
+    sql, params = queryset.values_list(column, flat=True)[:1].query.sql_with_params()
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(f"{sql} FOR SHARE", params)
+        row = cursor.fetchone()
+    return None if row is None else row[0]

@@ -1,20 +1,106 @@
+import pgtrigger
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from core.integrity import BumpVersion, GuardedModel, StateMachine, _refuse
 from proposals.managers import ProposalManager
 
+# What operators edit (Proposal.objects.edit_contact, the admin form).
+PROPOSAL_EDITABLE = ("customer_name", "customer_email")
+# A change of any of these bumps ``version``, whoever writes it: an admin form opened before a
+# confirm, a reject or an expiry committed is stale (version_conflict) instead of editing a
+# proposal whose booking was already made from the contact details the operator saw.
+PROPOSAL_VERSIONED = (*PROPOSAL_EDITABLE, "status", "booking")
 
-class Proposal(models.Model):
-    """A booking an assistant proposed in a chat session; confirmed (and executed) at most once."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", _("pending")
-        CONFIRMED = "confirmed", _("confirmed")  # decided, booking under way in the same transaction
-        EXECUTED = "executed", _("executed")
-        FAILED = "failed", _("failed")
-        REJECTED = "rejected", _("rejected")
-        EXPIRED = "expired", _("expired")
+class ProposalStatus(models.TextChoices):
+    PENDING = "pending", _("pending")
+    CONFIRMED = "confirmed", _("confirmed")  # decided, booking under way in the same transaction
+    EXECUTED = "executed", _("executed")
+    FAILED = "failed", _("failed")
+    REJECTED = "rejected", _("rejected")
+    EXPIRED = "expired", _("expired")
+
+
+# The documented machine (docs/proposals.md); the database enforces it (proposal_status_transition).
+PROPOSAL_TRANSITIONS = [
+    ("pending", "confirmed"),  # confirm (the filtered UPDATE that decides the race)
+    ("pending", "rejected"),  # reject
+    ("pending", "expired"),  # operator expire, expiry sweep
+    ("confirmed", "executed"),  # the booking was held, in the confirming transaction
+    ("confirmed", "failed"),  # the booking was refused, in the confirming transaction
+    ("executed", "pending"),  # reopen: the checkout never opened and nothing can be paid
+]
+
+
+class ProposalBookingUnlink(pgtrigger.Trigger):
+    """Refuse, in the database, unlinking a proposal from a booking that is live or was paid.
+
+    A proposal leaves its booking only by a reopen (``executed -> pending``), which is
+    legitimate only when nothing can be paid any more: the booking is ``expired``,
+    ``cancelled`` or a ``held`` booking whose hold has lapsed (by ``clock_timestamp()``),
+    and its checkout never opened (``creating``, ``failed``, ``expired``) with no refund
+    under way. A confirmed, refund_pending or refunded booking, a live hold, or an open
+    or completed checkout keeps the link: unlinking it would let the proposal be
+    confirmed again while the first booking can still be (or was) paid.
+
+    The booking row, then the checkout row, are locked FOR SHARE (after the proposal row
+    the UPDATE holds: the global lock order), so a payment settling that booking either
+    committed before (and is seen) or waits until this transaction ends.
+    Raises SQLSTATE 23514 with this trigger's name (ends in ``_transition``):
+    core.guards maps it to TransitionRefused (409 ``invalid_transition``).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition(
+        'OLD."booking_id" IS NOT NULL AND NEW."booking_id" IS DISTINCT FROM OLD."booking_id"'
+    )
+    declare = [("v_booking_status", "text"), ("v_hold_expires", "timestamptz"), ("v_checkout_state", "text"),
+               ("v_refund_state", "text")]
+
+    def get_func(self, model):
+        from bookings.models import Booking, Checkout
+
+        refuse = _refuse(
+            self.name,
+            "format('%s with booking %s %s/%s->%s', OLD.\"status\", OLD.\"booking_id\", v_booking_status, "
+            "coalesce(v_checkout_state, 'no checkout'), NEW.\"status\")",
+            "format('%s: proposal %s may not leave booking %s (%s, checkout %s): it is live or was paid', "
+            "TG_TABLE_NAME, OLD.\"id\", OLD.\"booking_id\", v_booking_status, coalesce(v_checkout_state, 'none'))",
+        )
+        return self.format_sql(
+            f"""
+            SELECT "status", "hold_expires_at" INTO v_booking_status, v_hold_expires
+              FROM "{Booking._meta.db_table}" WHERE "id" = OLD."booking_id" FOR SHARE;
+            SELECT "state", "refund_state" INTO v_checkout_state, v_refund_state
+              FROM "{Checkout._meta.db_table}" WHERE "booking_id" = OLD."booking_id" FOR SHARE;
+            IF v_booking_status IN ('confirmed', 'refund_pending', 'refunded')
+               OR (v_booking_status = 'held' AND v_hold_expires > clock_timestamp())
+               OR coalesce(v_checkout_state IN ('open', 'completed'), false)
+               OR coalesce(v_refund_state <> '', false) THEN
+                {refuse}
+            END IF;
+            RETURN NEW;
+            """
+        )
+
+
+class Proposal(GuardedModel):
+    """A booking an assistant proposed in a chat session; confirmed (and executed) at most once.
+
+    Status, the booking link, the decision timestamps, expiry and what was proposed
+    (tenant, session, package, date) change only through the manager's guarded
+    operations; the customer's contact details through ``edit_contact`` (version-checked).
+    """
+
+    Status = ProposalStatus
+
+    guarded_fields = (
+        "status", "booking", "booking_id", "confirmed_at", "executed_at", "rejected_at", "expires_at",
+        "failure_code", "package", "package_id", "date", "session_id", "tenant", "tenant_id", "version",
+    )
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="proposals")
     session_id = models.CharField(_("chat session"), max_length=128)
@@ -32,6 +118,7 @@ class Proposal(models.Model):
     booking = models.OneToOneField(
         "bookings.Booking", on_delete=models.PROTECT, null=True, blank=True, related_name="proposal"
     )
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
 
     objects = ProposalManager()
 
@@ -55,6 +142,20 @@ class Proposal(models.Model):
                 | Q(confirmed_at__isnull=False),
                 name="proposal_decided_has_confirmed_at",
             ),
+            models.CheckConstraint(
+                condition=Q(status__in=[value for value, _label in ProposalStatus.choices]),
+                name="proposal_status_valid",
+            ),
+        ]
+        triggers = [
+            StateMachine(
+                name="proposal_status_transition",
+                field="status",
+                transitions=PROPOSAL_TRANSITIONS,
+                initial=["pending"],
+            ),
+            ProposalBookingUnlink(name="proposal_booking_unlink_transition"),
+            BumpVersion(name="proposal_bump_version", fields=PROPOSAL_VERSIONED),
         ]
 
     def __str__(self):

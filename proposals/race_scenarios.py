@@ -3,6 +3,7 @@
 from datetime import timedelta
 from decimal import Decimal
 
+import pgtrigger
 from django.db import transaction
 from django.db.models.functions import Now
 
@@ -15,6 +16,10 @@ from proposals.models import Proposal
 from proposals.services import confirm_proposal
 
 CHAT = "race-demo-chat"
+NAIVE_IGNORES = (
+    "proposals.Proposal:proposal_status_transition",
+    "proposals.Proposal:proposal_booking_unlink_transition",
+)
 
 
 @scenario
@@ -43,6 +48,12 @@ class ProposalConfirm:
         return confirm_proposal(self.proposal.pk, tenant=self.tenant, session_id=CHAT)
 
     def naive(self, i):
+        # The database's own guards (the state machine and the unlink trigger) would refuse the
+        # second execution: switched off for this connection, to show what the check-then-act does.
+        with pgtrigger.ignore(*NAIVE_IGNORES):
+            return self._naive(i)
+
+    def _naive(self, i):
         proposal = Proposal.objects.get(pk=self.proposal.pk)
         if proposal.status != Proposal.Status.PENDING:
             raise ProposalAlreadyProcessed()

@@ -1,8 +1,9 @@
 """Confirming a proposal books through the bookings domain: proposal and hold in one transaction.
 
-Lock order: the proposal row (the filtered UPDATE in ``confirm``), then the
-bookings advisory lock BOOKING_DATE(package, date) taken by ``Booking.objects.hold``.
-The provider checkout is created after commit, exactly as for the public checkout.
+Lock order (the global one): the proposal row (the filtered UPDATE in ``confirm``), then
+BOOKING_PACKAGE(package) shared and BOOKING_DATE(package, date), taken by
+``Booking.objects.hold``, then the new booking and checkout rows. The provider checkout
+is created after commit, exactly as for the public checkout.
 """
 
 from django.db import transaction
@@ -28,6 +29,12 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
     Should the provider then refuse (503 ``payment_provider_unavailable``), the hold is
     released and the proposal reopened (``pending``, no booking), so a retry can succeed.
+    The reopen is scoped to *this* booking: should a sweep have reopened the proposal and
+    a new confirmation have executed it meanwhile, the late reopen matches nothing.
+
+    Locks: proposal row -> BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date)
+    (the hold) -> new booking and checkout rows; after commit, on a provider refusal:
+    booking row -> checkout row (release), then proposal row -> booking row -> checkout row (reopen).
     """
     refusal = None
     with database_refusals(), transaction.atomic():
@@ -61,6 +68,9 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
 
 
 def reject_proposal(proposal_id, *, tenant, session_id):
-    """Reject the proposal exactly once (no call-out: a thin wrapper kept for symmetry with confirm)."""
+    """Reject the proposal exactly once (no call-out: a thin wrapper kept for symmetry with confirm).
+
+    Locks: proposal row.
+    """
     with database_refusals():
         return Proposal.objects.reject(proposal_id, tenant=tenant, session_id=session_id)

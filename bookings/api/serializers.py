@@ -6,16 +6,41 @@ MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=12, decimal_places=2)
 
 
 class PackageSerializer(serializers.ModelSerializer):
-    """A package as staff manage it."""
-
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
-    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, default="USD")
-    daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
+    """A package as staff see it (output); ``version`` is what an edit may carry back."""
 
     class Meta:
         model = Package
-        fields = ["id", "name", "price", "currency", "daily_capacity", "active", "created_at"]
-        read_only_fields = ["id", "created_at"]
+        fields = ["id", "name", "price", "currency", "daily_capacity", "active", "version", "created_at"]
+        read_only_fields = fields
+
+
+class PackageCreateInputSerializer(serializers.Serializer):
+    """A new package. The defaults belong here, to create, and nowhere else."""
+
+    name = serializers.CharField(max_length=200)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
+    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, default="USD")
+    daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
+    active = serializers.BooleanField(default=True)
+
+
+class PackageUpdateInputSerializer(serializers.Serializer):
+    """An edit: only the fields sent are written (no defaults, so PUT never resets an omitted field).
+
+    PUT still needs ``name`` and ``price`` (as it always did); PATCH needs nothing.
+    ``version``, when sent, must be the package's current one (409 ``version_conflict``).
+    """
+
+    name = serializers.CharField(max_length=200)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
+    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, required=False)
+    daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    active = serializers.BooleanField(required=False)
+    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+
+
+class PackageDeleteQueryInputSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
 
 
 class PublicPackageSerializer(serializers.ModelSerializer):

@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from django.db.models import Count, ProtectedError
+from django.db.models import Count
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
@@ -13,14 +13,16 @@ from bookings.api.serializers import (
     BookingSerializer,
     CheckoutCreatedSerializer,
     CheckoutCreateInputSerializer,
+    PackageCreateInputSerializer,
+    PackageDeleteQueryInputSerializer,
     PackageSerializer,
+    PackageUpdateInputSerializer,
     PublicPackageSerializer,
 )
 from bookings.exceptions import (
     BookingNotFound,
     DateRangeInvalid,
     MalformedEvent,
-    PackageInUse,
     PackageNotFound,
 )
 from bookings.managers import active_q
@@ -137,22 +139,29 @@ class IdLookupMixin:
         return obj
 
 
-class PackageListCreateView(TenantScopedMixin, generics.ListCreateAPIView):
+class PackageListCreateView(TenantScopedMixin, generics.ListAPIView):
     serializer_class = PackageSerializer
 
     def get_queryset(self):
         return Package.objects.for_tenant(self.tenant).order_by("name", "pk")
 
-    def perform_create(self, serializer):
-        serializer.save(tenant=self.tenant)
-
-    @extend_schema(request=PackageSerializer, responses={201: PackageSerializer})
+    @extend_schema(request=PackageCreateInputSerializer, responses={201: PackageSerializer})
     @idempotent()
     def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
+        data = PackageCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        package = Package.objects.create_package(tenant=self.tenant, **data.validated_data)
+        return Response(PackageSerializer(package).data, status=status.HTTP_201_CREATED)
 
 
-class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveUpdateDestroyAPIView):
+class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIView):
+    """One package; PUT and PATCH write only the fields sent, DELETE refuses a package in use.
+
+    Edits and deletes take the package lock exclusive (Package.objects.edit_package /
+    delete_package): 409 ``capacity_below_occupancy``, ``package_in_use``,
+    ``version_conflict`` (when the body's ``version`` is stale), ``resource_locked``.
+    """
+
     serializer_class = PackageSerializer
 
     def not_found(self):
@@ -161,11 +170,32 @@ class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveUpdat
     def get_queryset(self):
         return Package.objects.for_tenant(self.tenant)
 
-    def perform_destroy(self, instance):
-        try:
-            instance.delete()
-        except ProtectedError:
-            raise PackageInUse()
+    def _edit(self, request, pk, *, partial):
+        if pk > MAX_ID:
+            raise PackageNotFound()
+        data = PackageUpdateInputSerializer(data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        changes = dict(data.validated_data)
+        version = changes.pop("version", None)
+        package = Package.objects.edit_package(pk, tenant=self.tenant, version=version, **changes)
+        return Response(PackageSerializer(package).data)
+
+    @extend_schema(request=PackageUpdateInputSerializer, responses=PackageSerializer)
+    def put(self, request, tenant, pk):
+        return self._edit(request, pk, partial=False)
+
+    @extend_schema(request=PackageUpdateInputSerializer, responses=PackageSerializer)
+    def patch(self, request, tenant, pk):
+        return self._edit(request, pk, partial=True)
+
+    @extend_schema(parameters=[PackageDeleteQueryInputSerializer], responses={204: None})
+    def delete(self, request, tenant, pk):
+        if pk > MAX_ID:
+            raise PackageNotFound()
+        query = PackageDeleteQueryInputSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        Package.objects.delete_package(pk, tenant=self.tenant, version=query.validated_data.get("version"))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class BookingListView(TenantScopedMixin, generics.ListAPIView):

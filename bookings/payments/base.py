@@ -73,6 +73,10 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
     # ASCII digits, bounded: str.isdigit() accepts "²", which int() refuses (a 500).
     if timestamp is None or not re.fullmatch(r"[0-9]{1,12}", timestamp) or not candidates:
         raise InvalidSignature()
+    # Both directions are bounded. Stripe's own verifier accepts any future timestamp; we refuse one
+    # more than ``tolerance`` ahead too: a signature dated in the future would stay replayable for as
+    # long as it is ahead (a leaked or mis-clocked signer's event kept for later), and a provider whose
+    # clock is that far off is a fault to surface, not to absorb. Within the tolerance, skew is fine.
     if abs(time.time() - int(timestamp)) > tolerance:
         raise InvalidSignature()
     expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()

@@ -87,31 +87,27 @@ def test_hold_in_transaction_refuses_inactive_and_foreign_packages(tenant, other
 
 @pytest.mark.django_db(transaction=True)
 def test_successful_checkout_round_trips(recording_provider):
-    """8 round trips: BEGIN, package read, advisory lock, count, insert booking, insert checkout, COMMIT;
+    """10 round trips: BEGIN, package lock (shared), date lock, one read of the package's terms and the
+    date's count, insert booking, insert checkout, COMMIT; then the provider call (no lock, no query) and
+    BEGIN, one filtered UPDATE storing its answer, COMMIT.
 
-    then the provider call (no lock, no query) and one autocommitted UPDATE storing its answer.
+    Was 8: the package lock is new (capacity edits take it exclusive) but the package read joined the
+    count, which now reads the capacity after both locks; the provider's answer is stored by a guarded
+    operation, which opens its own transaction like every other (core.guards: +BEGIN/COMMIT).
     """
     package = PackageFactory()
     with CaptureQueriesContext(connection) as queries:
         booking = checkout(package.tenant, package)
     sql = [q["sql"] for q in queries.captured_queries]
     assert booking.checkout.state == Checkout.State.OPEN
-    assert sql == [
-        "BEGIN",
-        sql[1],
-        sql[2],
-        sql[3],
-        sql[4],
-        sql[5],
-        "COMMIT",
-        sql[7],
-    ], sql
-    assert sql[1].startswith('SELECT "bookings_package"')
-    assert sql[2].startswith("SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:")
-    assert sql[3].startswith("SELECT count(*) FILTER")
+    assert sql == ["BEGIN", *sql[1:6], "COMMIT", "BEGIN", sql[8], "COMMIT"], sql
+    assert sql[1] == f"SELECT pg_advisory_xact_lock_shared(hashtextextended('bookings.package:{package.pk}', 0))"
+    assert sql[2].startswith(f"SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:{package.pk}:")
+    assert sql[3].startswith("SELECT p.tenant_id, p.active, p.daily_capacity")
+    assert "clock_timestamp()" in sql[3] and "statement_timestamp" not in sql[3]
     assert sql[4].startswith('INSERT INTO "bookings_booking"')
     assert sql[5].startswith('INSERT INTO "bookings_checkout"')
-    assert sql[7].startswith('UPDATE "bookings_checkout"')  # after the provider answered, autocommit
+    assert sql[8].startswith('UPDATE "bookings_checkout"')  # after the provider answered
     assert recording_provider.checkouts == [booking.pk]
 
 
@@ -187,7 +183,7 @@ def test_expire_holds_sweeps_only_expired_holds(tenant):
     package = PackageFactory(tenant=tenant, daily_capacity=3)
     stale, live = hold(package), hold(package)
     Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
-    assert Booking.objects.expire_holds() == 1
+    assert Booking.objects.expire_holds().done == 1
     assert Booking.objects.get(pk=stale.pk).status == Booking.Status.EXPIRED
     assert Booking.objects.get(pk=live.pk).status == Booking.Status.HELD
 

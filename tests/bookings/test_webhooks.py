@@ -172,8 +172,14 @@ def test_completed_then_expired_stays_confirmed(client, package):
 
 
 def test_payment_for_a_checkout_whose_provider_answer_was_lost_is_matched_by_reference(client, package):
-    booking = book(package)
-    Checkout.objects.filter(pk=booking.checkout.pk).update(state="creating", provider_checkout_id=None)
+    from django.db import transaction
+
+    from bookings.services import hold_in_transaction
+
+    with transaction.atomic():  # the hold and the intent committed; the provider's answer never stored
+        booking = hold_in_transaction(tenant=package.tenant, package_id=package.pk, date=future(),
+                                      customer_name="Ann", customer_email="ann@example.com")
+    assert Checkout.objects.get(pk=booking.checkout.pk).state == "creating"
     payload = completed_event("cs_lost", reference=str(booking.checkout.pk))
     assert deliver(client, payload).json()["result"] == "confirmed"
     assert status_of(booking) == Booking.Status.CONFIRMED

@@ -151,7 +151,7 @@ def test_admin_change_refusals_come_back_with_the_input_and_the_localized_error(
     form = response.context["adminform"].form
     assert form["first_name"].value() == "Stale" and form["last_name"].value() == "Typed by the operator"
     assert form.non_field_errors() == [
-        "The profile was changed by someone else (now version 2). Reload it and try again."
+        "This record was changed by someone else (now version 2). Reload it and try again."
     ]
     assert b'value="Typed by the operator"' in response.content and b"now version 2" in response.content
     assert fresh(kid).first_name == "Someone else" and fresh(kid).version == 2
@@ -239,3 +239,45 @@ def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(a
     form = response.context["adminform"].form
     assert form.non_field_errors() == ["This resource is being changed by another request. Try again shortly."]
     assert form["first_name"].value() == "Typed" and fresh(kid).first_name == "Kid"
+
+
+def test_the_change_form_carries_the_version_it_was_opened_at(admin_client, tree):
+    kid = tree["kid"]
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="Kiddo")
+    page = admin_client.get(reverse("admin:profiles_profile_change", args=[kid.pk]))
+    assert b'<input type="hidden" name="expected_version" value="2"' in page.content
+
+
+def test_a_change_form_without_its_version_is_refused_with_the_input_kept(admin_client, tree):
+    """Regression: a form without expected_version was checked against the version at POST time."""
+    kid = tree["kid"]
+    body = form_data(kid, first_name="Typed")
+    del body["expected_version"]
+    response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]), body)
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert form.non_field_errors() == [
+        "This record was changed by someone else (now version 1). Reload it and try again."
+    ]
+    assert form["first_name"].value() == "Typed"
+    assert fresh(kid).first_name == "Kid" and fresh(kid).version == 1
+    assert ProfileAuditLog.objects.filter(profile=kid).count() == 1
+
+
+def test_the_change_form_writes_only_the_fields_the_operator_changed(admin_client, tree):
+    kid = tree["kid"]
+    response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]),
+                                 form_data(kid, last_name="Changed"))
+    assert response.status_code == 302
+    assert ProfileAuditLog.objects.filter(profile=kid).latest("pk").new_data == {"last_name": "Changed"}
+    kid = fresh(kid)
+    assert (kid.first_name, kid.father_id, kid.mother_id, kid.version) == ("Kid", tree["dad"].pk, tree["mum"].pk, 2)
+
+
+def test_a_mother_refusal_goes_on_the_mother_field(admin_client, tree):
+    kid = tree["kid"]
+    response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]),
+                                 form_data(kid, mother=tree["dad"].pk))
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"mother": ["The mother must be female."]}
+    assert fresh(kid).mother_id == tree["mum"].pk

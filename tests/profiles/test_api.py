@@ -256,3 +256,47 @@ def test_history_round_trips_do_not_grow_with_entries(api_client, tree):
     with CaptureQueriesContext(connection) as many:
         assert len(api_client.get(url).json()) == 6
     assert len(many) == len(few) <= 5, [q["sql"] for q in many.captured_queries]
+
+
+# --- writes carry the version and never reset what they omit ------------------------
+
+
+def test_put_is_not_offered_so_no_omitted_field_can_be_reset(api_client, tree):
+    kid = tree["kid"]
+    response = api_client.put(f"{BASE}/profiles/{kid.pk}", {"version": 1, "first_name": "Only"}, format="json")
+    assert response.status_code == 405
+    kid = fresh(kid)
+    assert (kid.first_name, kid.father_id, kid.mother_id, kid.version) == ("Kid", tree["dad"].pk, tree["mum"].pk, 1)
+
+
+def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree):
+    kid = tree["kid"]
+    assert_error(api_client.patch(f"{BASE}/profiles/{kid.pk}", {"first_name": "X"}, format="json"),
+                 400, "invalid_input")
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, birth_date="2001-02-03")
+    response = api_client.patch(
+        f"{BASE}/profiles/{kid.pk}",
+        # read-only columns in the body are not written: only the guarded verbs change them
+        {"version": 2, "last_name": "Renamed", "deleted_at": "2020-01-01T00:00:00Z", "tenant": 999},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert set(body) == {"id", "first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother",
+                         "version", "deleted_at", "created_at"}
+    assert (body["first_name"], body["last_name"], body["birth_date"], body["father"], body["mother"]) == (
+        "Kid", "Renamed", "2001-02-03", tree["dad"].pk, tree["mum"].pk
+    )
+    assert body["version"] == 3 and body["deleted_at"] is None
+    assert ProfileAuditLog.objects.filter(profile=kid).latest("pk").new_data == {"last_name": "Renamed"}
+
+
+def test_a_stale_patch_is_409_version_conflict_in_arabic_with_the_current_version(api_client, tree):
+    kid = tree["kid"]
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="Moved on")
+    response = api_client.patch(f"{BASE}/profiles/{kid.pk}", {"version": 1, "first_name": "Stale"}, format="json",
+                                HTTP_ACCEPT_LANGUAGE="ar")
+    error = assert_error(response, 409, "version_conflict")
+    assert error["message"] == "عدّل شخص آخر هذا السجل (النسخة الآن 2). أعد تحميله ثم حاول مرة أخرى."
+    assert error["details"] == {"current": 2}
+    assert fresh(kid).first_name == "Moved on"

@@ -143,3 +143,71 @@ def test_the_real_command_line_entry_point(moved, capsys):
         Command().run_from_argv(["manage.py", "undo_profile_update", str(entry.pk), "--reason", "r"])
     assert exit_.value.code == 1
     assert "already_undone" in capsys.readouterr().err
+
+
+# --- a lock held elsewhere: a message and exit 3, never a traceback ---------------
+
+
+def _hold(what, moved):
+    from core.db import LockNamespace, advisory_xact_lock
+
+    entry = moved["entry"]
+    if what == "tree":
+        return lambda: advisory_xact_lock(LockNamespace.PROFILE_TREE, entry.tenant_id)
+    rows = {
+        "entry": ProfileAuditLog.objects.filter(pk=entry.pk),
+        "profile": Profile.objects.filter(pk=moved["kid"].pk),
+        "father": Profile.objects.filter(pk=moved["dad"].pk),
+    }[what]
+    return lambda: list(rows.select_for_update())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "held,expected",
+    [
+        ("entry", "operation_locked: This change is being undone by another request. Try again shortly."),
+        ("profile", "resource_locked: This resource is being changed by another request. Try again shortly."),
+        ("father", "parent_locked: The father's profile is being edited. Try again shortly."),
+        # the one lock that waits: lock_timeout expires (shortened here to 300 ms)
+        ("tree", "resource_locked: This resource is being changed by another request. Try again shortly."),
+    ],
+)
+def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, expected):
+    from django.db import connections
+
+    from tests.profiles.concurrency import in_flight, set_session_lock_timeout
+
+    entry = moved["entry"]
+    finish = in_flight(_hold(held, moved))
+    try:
+        set_session_lock_timeout(300)
+        code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    finally:
+        finish()
+        connections["default"].close()  # drop the session setting
+    assert (code, out, err.strip()) == (3, "", expected)
+    assert "Traceback" not in err
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(moved["kid"]).version == 2
+    # Released: the same command applies it.
+    assert run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_held_lock_through_the_real_entry_point_is_localized(moved, capsys):
+    from profiles.management.commands.undo_profile_update import Command
+    from tests.profiles.concurrency import in_flight
+
+    finish = in_flight(_hold("profile", moved))
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            Command().run_from_argv(
+                ["manage.py", "undo_profile_update", str(moved["entry"].pk), "--reason", "r", "--language", "ar"]
+            )
+    finally:
+        finish()
+    assert exit_.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after any system-check warnings
+    assert last == "resource_locked: يتم تعديل هذا المورد بواسطة طلب آخر. حاول مرة أخرى بعد قليل."

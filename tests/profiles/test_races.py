@@ -8,15 +8,24 @@ larger transaction behaves, and it widens the race window so a missing guard sho
 import threading
 import time
 
+import pgtrigger
 import pytest
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from core.guards import constraint_name
 from profiles.models import Profile, ProfileAuditLog
 from tests.factories import TenantFactory
+from tests.profiles.concurrency import five_for_a_cycle, paused_at_commit
 from tests.profiles.factories import ProfileFactory, fresh
 from tests.races import run_concurrently, tally
+
+# The database's backstops (profiles/models.py), switched off per connection where a control
+# shows what the naive check-then-act does without them.
+AUDIT_APPEND_ONLY = "profiles.ProfileAuditLog:audit_append_only_transition"
+PARENT_LIVE = "profiles.Profile:profile_parent_transition"
+CHILDREN_LIVE = "profiles.Profile:profile_children_transition"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,9 +112,28 @@ def naive_undo(entry_id):
 
 def test_control_naive_undo_applies_many_times(acme):
     _dad, kid, entry = moved_child(acme)
-    outcomes = run_concurrently(lambda i: naive_undo(entry.pk), 20)
+
+    def attempt(i):
+        with pgtrigger.ignore(AUDIT_APPEND_ONLY):
+            return naive_undo(entry.pk)
+
+    outcomes = run_concurrently(attempt, 20)
     assert [o.value for o in outcomes].count("ok") > 1
     assert ProfileAuditLog.objects.filter(profile=kid, action="undo").count() > 1
+
+
+def test_the_append_only_trigger_alone_refuses_the_naive_double_undo(acme):
+    """Without the manager's locks, the database still marks the entry undone once: the other
+    naive undos fail at the second mark and roll back (their undo entry and profile write too)."""
+    _dad, kid, entry = moved_child(acme)
+    outcomes = run_concurrently(lambda i: naive_undo(entry.pk), 20)
+    assert [o.value for o in outcomes].count("ok") == 1
+    refused = [o.error for o in outcomes if not o.ok]
+    assert refused and all(
+        isinstance(e, IntegrityError) and constraint_name(e) == "audit_append_only_transition" for e in refused
+    ), refused
+    assert ProfileAuditLog.objects.filter(profile=kid, action="undo").count() == 1
+    assert fresh(kid).version == 3
 
 
 # --- undo vs soft delete of the parent it restores --------------------------
@@ -159,9 +187,26 @@ def naive_delete(profile_id, *, after=0.0):
 
 def test_control_naive_undo_points_a_child_at_a_deleted_parent(acme):
     dad, _kid, entry = moved_child(acme)
-    outcomes = run_concurrently(lambda i: naive_undo_father(entry.pk) if i == 0 else naive_delete(dad.pk, after=0.1), 2)
+
+    def attempt(i):
+        with pgtrigger.ignore(PARENT_LIVE, CHILDREN_LIVE):
+            return naive_undo_father(entry.pk) if i == 0 else naive_delete(dad.pk, after=0.1)
+
+    outcomes = run_concurrently(attempt, 2)
     assert [o.value for o in outcomes] == ["ok", "ok"]
     assert live_children_of_deleted_parents(acme) == 1
+
+
+def test_the_parent_trigger_alone_refuses_the_naive_undo_onto_a_deleted_parent(acme):
+    """The same naive pair with the backstop triggers on: the undo's write to the now-deleted
+    father is refused by the database (profile_parent_transition), never committed."""
+    dad, kid, entry = moved_child(acme)
+    undo, delete = run_concurrently(
+        lambda i: naive_undo_father(entry.pk) if i == 0 else naive_delete(dad.pk, after=0.1), 2
+    )
+    assert delete.value == "ok"
+    assert isinstance(undo.error, IntegrityError) and constraint_name(undo.error) == "profile_parent_transition"
+    assert fresh(kid).father_id != dad.pk and live_children_of_deleted_parents(acme) == 0
 
 
 # --- scenario 3 of the original fix: a parent row held by another transaction --
@@ -376,7 +421,8 @@ def test_api_undo_with_the_father_held_is_409_parent_locked_with_retry_after(acm
     finally:
         finish()
     assert response.status_code == 409 and response.json()["error"] == {
-        "code": "parent_locked", "message": "الملف الشخصي للأب قيد التعديل. يرجى المحاولة لاحقاً."
+        "code": "parent_locked", "message": "الملف الشخصي للأب قيد التعديل. يرجى المحاولة لاحقاً.",
+        "details": {"parent": "father"},
     }
     assert int(response["Retry-After"]) >= 1
     # Lock contention is not stored against the key: the same key retried now applies the undo.
@@ -432,3 +478,52 @@ def test_undo_steps_2_and_3_refuse_at_once_when_the_entry_or_the_profile_row_is_
         assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(kid).version == 2
     ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
     assert fresh(kid).father_id == dad.pk
+
+
+# --- the tree lock, proven by behaviour: an undo racing a re-parenting ----------------
+
+
+def _undo(cycle, actor):
+    return lambda: ProfileAuditLog.objects.undo(cycle["undo_me"].pk, tenant=cycle["undo_me"].tenant_id,
+                                                actor=actor, reason="restore E's father")
+
+
+def _reparent(cycle, actor):
+    return lambda: Profile.objects.update_profile(cycle["c"].pk, tenant=cycle["c"].tenant_id, version=1,
+                                                  actor=actor, father=cycle["d"].pk)
+
+
+@pytest.mark.parametrize("paused", ["undo", "reparent"])
+def test_an_undo_and_a_reparenting_cannot_close_a_cycle_of_five(acme, paused):
+    """Without the PROFILE_TREE lock (in either path) this closes C->D->E->A->B->C.
+
+    Their row locks do not overlap (the undo locks its entry, E and A; the re-parenting C
+    and D), so only the tree lock orders them. Deterministic: the first path runs its cycle
+    check and its writes, then waits at COMMIT (its actor's row is held elsewhere, see
+    ``paused_at_commit``) with its locks held; the second starts then. With the tree lock the
+    second waits for the first to commit, and its cycle check, run after the wait, sees the
+    first's edge: would_create_cycle.
+    """
+    from tests.factories import UserFactory
+
+    cycle = five_for_a_cycle(acme, ProfileFactory)
+    first_actor, second_actor = UserFactory(username="first"), UserFactory(username="second")
+    if paused == "undo":
+        first, second = paused_at_commit(_undo(cycle, first_actor), _reparent(cycle, second_actor), user=first_actor)
+    else:
+        first, second = paused_at_commit(_reparent(cycle, first_actor), _undo(cycle, second_actor), user=first_actor)
+    assert (first.code, second.code) == ("ok", "would_create_cycle"), (first.error, second.error)
+    assert profiles_in_a_cycle(acme) == 0
+    undone = ProfileAuditLog.objects.get(pk=cycle["undo_me"].pk).undone_at is not None
+    assert undone == (paused == "undo")
+    assert (fresh(cycle["c"]).father_id == cycle["d"].pk) == (paused == "reparent")
+
+
+def test_a_storm_of_undos_and_reparentings_never_closes_a_cycle(acme):
+    """The same race under a barrier, both paths held open a moment after their work, many rounds."""
+    for _round in range(6):
+        cycle = five_for_a_cycle(acme, ProfileFactory)
+        paths = [_undo(cycle, None), _reparent(cycle, None)]
+        counts = tally(run_concurrently(lambda i, paths=paths: held(paths[i], 0.05), 2))
+        assert counts == {"ok": 1, "would_create_cycle": 1}, counts
+        assert profiles_in_a_cycle(acme) == 0

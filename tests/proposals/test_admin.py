@@ -33,9 +33,11 @@ def test_expire_selected_reports_per_row(admin_client, tenant):
 def test_status_is_read_only_in_the_form(admin_client, tenant):
     proposal = make_proposal(tenant)
     admin_client.post(f"/admin/proposals/proposal/{proposal.pk}/change/",
-                      {"customer_name": "Bea", "customer_email": "bea@example.com", "status": "executed"})
+                      {"customer_name": "Bea", "customer_email": "bea@example.com", "status": "executed",
+                       "expected_version": proposal.version})
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.customer_name, stored.status) == ("Bea", "pending")
+    assert stored.version == proposal.version + 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,9 +5,11 @@ import pytest
 from django.core.management import call_command
 from django.db.models.functions import Now
 
+from bookings.models import Booking
 from bookings.payments.sandbox import SandboxProvider
 from proposals.models import Proposal
 from proposals.seed import DEMO_SESSION, seed_demo
+from proposals.services import confirm_proposal
 from tests.bookings.factories import PackageFactory
 from tests.proposals.factories import make_proposal
 
@@ -60,3 +62,50 @@ class DyingProvider(SandboxProvider):
 
     def create_checkout(self, booking, checkout):
         raise RuntimeError("process died")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stranded_proposal_busy_past_lock_timeout_is_left_for_the_next_run_with_exit_3(settings):
+    """The sweep does every other row, reports the busy one and exits 3 (run again shortly), never a traceback."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from tests.factories import TenantFactory
+
+    tenant = TenantFactory(slug="acme")
+    settings.PAYMENT_PROVIDER = "tests.proposals.providers.DyingProvider"
+    stranded = []
+    for session in ("chat-1", "chat-2"):
+        proposal = make_proposal(tenant, session_id=session)
+        with pytest.raises(RuntimeError):
+            confirm_proposal(proposal.pk, tenant=tenant, session_id=session)
+        stranded.append(Proposal.objects.get(pk=proposal.pk))
+    Booking.objects.update(hold_expires_at=Now() - timedelta(seconds=1))
+    busy, free = stranded
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_row():
+        try:
+            with transaction.atomic():
+                Proposal.objects.select_for_update().filter(pk=busy.pk).first()
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold_row)
+    thread.start()
+    out, err = StringIO(), StringIO()
+    try:
+        assert locked.wait(5)
+        with pytest.raises(SystemExit) as exited:
+            call_command("expire_proposals", stdout=out, stderr=err)
+    finally:
+        release.set()
+        thread.join(10)
+    assert exited.value.code == 3
+    assert "Reopened stranded proposals: 1" in out.getvalue()
+    assert f"Proposal #{busy.pk} left for the next run: resource_locked" in err.getvalue()
+    assert Proposal.objects.get(pk=free.pk).status == "pending"
+    assert Proposal.objects.get(pk=busy.pk).status == "executed"

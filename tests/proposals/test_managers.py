@@ -104,7 +104,8 @@ def test_winning_confirm_is_one_update_and_a_refusal_is_the_update_plus_one_read
     statements = [q["sql"] for q in won.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
     assert len(statements) == 2, statements
     assert statements[0].startswith('UPDATE "proposals_proposal" SET "status" = \'confirmed\'')
-    assert "\"expires_at\" > (STATEMENT_TIMESTAMP())" in statements[0] and '"session_id" = ' in statements[0]
+    # Expiry judged with the clock when the row is judged (after any lock wait), not the statement's start.
+    assert '"expires_at" > (clock_timestamp())' in statements[0] and '"session_id" = ' in statements[0]
     assert statements[1].startswith("SELECT")  # the winner returns the fresh row
 
     with CaptureQueriesContext(connection) as refused, pytest.raises(ProposalAlreadyProcessed):
@@ -138,6 +139,7 @@ def test_confirm_proposal_round_trips(recording_provider):
     kinds = [s.split()[0] for s in sql]
     # confirm() keeps its own atomic (a savepoint when nested); the hold runs in the explicit savepoint
     # whose refusal is caught outside it; execute() joins the transaction.
+    # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT).
     assert kinds == ["BEGIN", "SAVEPOINT", "UPDATE", "SELECT", "RELEASE", "SAVEPOINT", "SELECT", "SELECT", "SELECT",
-                     "INSERT", "INSERT", "RELEASE", "UPDATE", "COMMIT", "UPDATE"], sql
+                     "INSERT", "INSERT", "RELEASE", "UPDATE", "COMMIT", "BEGIN", "UPDATE", "COMMIT"], sql
     assert sum(1 for s in sql if s.startswith('UPDATE "proposals_proposal"')) == 2  # confirm, then execute

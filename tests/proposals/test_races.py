@@ -5,11 +5,13 @@ import threading
 import time
 from datetime import timedelta
 
+import pgtrigger
 import pytest
 from django.db import transaction
 from django.db.models.functions import Now
 
 from bookings.models import Booking
+from core.guards import constraint_name
 from proposals.exceptions import ProposalAlreadyProcessed
 from proposals.models import Proposal
 from proposals.services import confirm_proposal, reject_proposal
@@ -40,14 +42,25 @@ def test_50_concurrent_confirms_execute_exactly_once(tenant, recording_provider)
     assert recording_provider.checkouts == [winner]
 
 
-def naive_confirm(proposal_id, tenant):
-    """Read, check in Python, then act: every request that read ``pending`` executes."""
+# The database's own guards on the proposal row, switched off for the control only.
+DATABASE_GUARDS = ("proposals.Proposal:proposal_status_transition",
+                   "proposals.Proposal:proposal_booking_unlink_transition")
+
+
+def naive_confirm(proposal_id, tenant, *, through_confirmed=False):
+    """Read, check in Python, then act: every request that read ``pending`` executes.
+
+    ``through_confirmed`` walks the machine's own path (pending -> confirmed -> executed),
+    so only the state machine, not a skipped state, can refuse the second execution.
+    """
     proposal = Proposal.objects.get(pk=proposal_id, tenant=tenant)
     if proposal.status != Proposal.Status.PENDING:
         raise ProposalAlreadyProcessed()
     time.sleep(0.05)
     with transaction.atomic():
         booking = Booking.objects.hold(proposal.package, proposal.date, customer_name="A", customer_email="a@x.com")
+        if through_confirmed:
+            Proposal.objects.filter(pk=proposal_id).update(status="confirmed", confirmed_at=Now())
         Proposal.objects.filter(pk=proposal_id).update(
             status="executed", confirmed_at=Now(), executed_at=Now(), booking=booking
         )
@@ -57,9 +70,29 @@ def naive_confirm(proposal_id, tenant):
 def test_control_naive_read_check_update_executes_more_than_once(tenant):
     package = PackageFactory(tenant=tenant, daily_capacity=50)
     proposal = make_proposal(tenant, package=package)
-    outcomes = run_concurrently(lambda i: naive_confirm(proposal.pk, tenant), 50)
+
+    def attempt(i):
+        with pgtrigger.ignore(*DATABASE_GUARDS):
+            return naive_confirm(proposal.pk, tenant)
+
+    outcomes = run_concurrently(attempt, 50)
     assert tally(outcomes)["ok"] > 1, [repr(o.error) for o in outcomes][:2]
     assert Booking.objects.count() > 1  # one proposal, several bookings: the race is real
+
+
+def test_the_state_machine_alone_refuses_the_naive_double_execution(tenant):
+    """The same naive storm with the database's state machine on: one execution, every other one refused."""
+    package = PackageFactory(tenant=tenant, daily_capacity=50)
+    proposal = make_proposal(tenant, package=package)
+    outcomes = run_concurrently(lambda i: naive_confirm(proposal.pk, tenant, through_confirmed=True), 50)
+    codes = tally(outcomes)
+    assert codes["ok"] == 1, codes
+    refused = [o.error for o in outcomes if not o.ok and o.code != "proposal_already_processed"]
+    assert refused, codes  # the storm did reach the database with a stale "pending"
+    assert all(constraint_name(error) == "proposal_status_transition" for error in refused), refused[:1]
+    assert Proposal.objects.get(pk=proposal.pk).booking_id == next(o.value for o in outcomes if o.ok)
+    # The losers' holds rolled back with their transactions: only the winner's booking exists.
+    assert list(Booking.objects.values_list("pk", flat=True)) == [next(o.value for o in outcomes if o.ok)]
 
 
 def test_confirm_and_reject_racing_exactly_one_wins(tenant, recording_provider):

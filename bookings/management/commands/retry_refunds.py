@@ -1,15 +1,18 @@
-from django.core.management.base import BaseCommand
-
 from bookings.models import Checkout
 from bookings.services import retry_refund
+from core.management.base import GuardedCommand
 
 
-class Command(BaseCommand):
-    help = ("Retry every refund the payment provider failed to make, and every refund left pending by a "
-            "process that died before the provider answered.")
+class Command(GuardedCommand):
+    help = (
+        "Retry every refund the payment provider failed to make, and every refund left pending by a "
+        "process that died before the provider answered. Each refund is claimed by one filtered UPDATE "
+        "first, so a retry racing another retrier or the payment webhook asks the provider at most once."
+    )
 
     def handle(self, *args, **options):
         booking_ids = list(Checkout.objects.refunds_to_retry().order_by("pk").values_list("booking_id", flat=True))
         refunded = sum(1 for booking_id in booking_ids if retry_refund(booking_id))
-        self.stdout.write(f"Refunds retried: {len(booking_ids)}, refunded: {refunded}, still failing: "
-                          f"{len(booking_ids) - refunded}")
+        self.stdout.write(
+            f"Refunds retried: {len(booking_ids)}, refunded: {refunded}, still failing: {len(booking_ids) - refunded}"
+        )

@@ -6,7 +6,9 @@ import sys
 from django.conf import settings
 from django.utils import translation
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+# Exit codes (core.management.base): 0 done, 1 refused by the data, 2 bad usage,
+# 3 a lock was held by another transaction (nothing written; run it again shortly).
+from core.management.base import EXIT_LOCKED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE  # noqa: F401
 
 
 def add_language_argument(parser):

@@ -1,8 +1,8 @@
 import json
 
-from django.core.management.base import BaseCommand
 from django.utils.translation import gettext as _
 
+from core.management.base import GuardedCommand
 from profiles.management.commands._language import (
     EXIT_REFUSED,
     add_language_argument,
@@ -13,7 +13,7 @@ from profiles.management.commands._language import (
 from profiles.models import Profile, ProfileAuditLog
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = "Print the audit history of a profile, or one audit entry with --entry. Exit 1 if not found."
 
     def add_arguments(self, parser):

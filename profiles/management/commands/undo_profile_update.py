@@ -1,10 +1,11 @@
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
 from django.utils.translation import gettext as _
 
-from core.exceptions import DomainError
+from core.exceptions import DomainError, LockContended
+from core.management.base import GuardedCommand
 from profiles.exceptions import UndoReasonRequired
 from profiles.management.commands._language import (
+    EXIT_LOCKED,
     EXIT_REFUSED,
     EXIT_USAGE,
     add_language_argument,
@@ -15,10 +16,11 @@ from profiles.management.commands._language import (
 from profiles.models import ProfileAuditLog
 
 
-class Command(BaseCommand):
+class Command(GuardedCommand):
     help = (
         "Undo one profile audit entry (update, delete or restore). "
-        "Exit 0 on success, 1 when refused (message on stderr), 2 on bad usage."
+        "Exit 0 on success, 1 when refused (message on stderr), 2 on bad usage, "
+        "3 when a lock it needs is held by another transaction (run it again shortly)."
     )
 
     def add_arguments(self, parser):
@@ -51,6 +53,8 @@ class Command(BaseCommand):
             entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
         except UndoReasonRequired as exc:  # a blank --reason is bad usage, not a refusal by the data
             fail(self, f"{exc.code}: {exc.render()}", EXIT_USAGE)
+        except LockContended as exc:  # NOWAIT refused or lock_timeout expired: nothing was written
+            fail(self, f"{exc.code}: {exc.render()}", EXIT_LOCKED)
         except DomainError as exc:
             fail(self, f"{exc.code}: {exc.render()}", EXIT_REFUSED)
         self.stdout.write(

@@ -1,0 +1,264 @@
+"""The database's own guards on bookings rows: state machines, CHECKs, guarded columns, versions, invariants."""
+
+import itertools
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Now
+
+from bookings import invariants
+from bookings.exceptions import BookingStateInvalid
+from bookings.models import Booking, Checkout, Package
+from bookings.services import hold_in_transaction, start_checkout
+from core.exceptions import GuardedWriteError, TransitionRefused
+from core.guards import database_refusals
+from core.integrity import state_machines
+from tests.bookings.factories import PackageFactory, future
+
+
+def machine(model, field):
+    (trigger,) = [m for m in state_machines(model) if m.field == field]
+    return trigger
+
+
+MACHINES = [(Booking, "status"), (Checkout, "state"), (Checkout, "refund_state")]
+
+
+def all_pairs(model, field):
+    states = [value for value, _label in model._meta.get_field(field).choices]
+    return [(model, field, old, new) for old, new in itertools.product(states, states)]
+
+
+PAIRS = [pair for model, field in MACHINES for pair in all_pairs(model, field)]
+
+
+def sql(statement, params=()):
+    with connection.cursor() as cursor:
+        if statement.startswith("ALTER TABLE"):  # ALTER refuses while deferred FK checks are pending
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(statement, params)
+
+
+def force_state(model, pk, field, value):
+    """Put a row in ``value`` past its machine (the trigger disabled inside the test's transaction)."""
+    trigger = machine(model, field).get_pgid(model)
+    table = model._meta.db_table
+    sql(f'ALTER TABLE {table} DISABLE TRIGGER "{trigger}"')
+    model.objects.filter(pk=pk).update(**{field: value})
+    sql(f'ALTER TABLE {table} ENABLE TRIGGER "{trigger}"')
+
+
+@pytest.fixture
+def checkout_row(tenant):
+    """A booking and its checkout, with every column a state's CHECK asks for already filled."""
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    booking = start_checkout(
+        tenant=tenant, package_id=package.pk, date=future(), customer_name="Ann", customer_email="ann@example.com"
+    )
+    Booking.objects.filter(pk=booking.pk).update(confirmed_at=Now())
+    return Checkout.objects.get(booking=booking)
+
+
+@pytest.mark.parametrize(
+    "model,field,old,new", PAIRS, ids=[f"{m.__name__}.{f}:{o or 'none'}->{n or 'none'}" for m, f, o, n in PAIRS]
+)
+def test_every_transition_of_every_machine_is_allowed_or_refused_exactly_as_declared(
+    checkout_row, model, field, old, new
+):
+    pk = checkout_row.booking_id if model is Booking else checkout_row.pk
+    force_state(model, pk, field, old)
+    allowed = machine(model, field).allows(old, new)
+    try:
+        with database_refusals(), transaction.atomic():
+            model.objects.filter(pk=pk).update(**{field: new})
+    except TransitionRefused as refused:
+        assert not allowed, f"{old!r} -> {new!r} is in the machine but was refused"
+        assert refused.code == "invalid_transition" and refused.params == {"old": old or "?", "new": new or "?"}
+        assert getattr(model.objects.get(pk=pk), field) == old
+    else:
+        assert allowed, f"{old!r} -> {new!r} is not in the machine but was written"
+        assert getattr(model.objects.get(pk=pk), field) == new
+
+
+def test_the_machines_are_the_documented_ones():
+    assert machine(Booking, "status").transitions == sorted(
+        [
+            ("held", "confirmed"),
+            ("expired", "confirmed"),
+            ("held", "refund_pending"),
+            ("expired", "refund_pending"),
+            ("cancelled", "refund_pending"),
+            ("held", "expired"),
+            ("held", "cancelled"),
+            ("confirmed", "refund_pending"),
+            ("refund_pending", "refunded"),
+        ]
+    )
+    assert machine(Booking, "status").initial == ["held"]
+    assert machine(Checkout, "state").initial == ["creating"]
+    assert machine(Checkout, "refund_state").initial == [""]
+    assert machine(Checkout, "refund_state").transitions == sorted(
+        [("", "pending"), ("pending", "succeeded"), ("pending", "failed"), ("failed", "pending")]
+    )
+
+
+def test_a_row_cannot_be_inserted_in_a_later_state(tenant):
+    package = PackageFactory(tenant=tenant)
+    with pytest.raises(TransitionRefused), database_refusals(), transaction.atomic():
+        Booking.objects.create(
+            tenant=tenant,
+            package=package,
+            date=future(),
+            customer_name="A",
+            customer_email="a@example.com",
+            status="confirmed",
+            confirmed_at=Now(),
+            amount=1,
+            currency="USD",
+            created_at=Now(),
+        )
+
+
+@pytest.mark.parametrize("model,field", MACHINES)
+def test_a_value_outside_the_choices_is_refused_by_a_check(checkout_row, model, field):
+    pk = checkout_row.booking_id if model is Booking else checkout_row.pk
+    trigger = machine(model, field).get_pgid(model)
+    sql(f'ALTER TABLE {model._meta.db_table} DISABLE TRIGGER "{trigger}"')  # the CHECK alone
+    with pytest.raises(BookingStateInvalid), database_refusals(), transaction.atomic():
+        model.objects.filter(pk=pk).update(**{field: "bogus"})
+
+
+# --- guarded columns -------------------------------------------------------------
+
+
+def test_a_full_save_of_a_guarded_row_fails_loudly_and_writes_nothing(checkout_row):
+    booking = Booking.objects.get(pk=checkout_row.booking_id)
+    for row in (booking, booking.package, checkout_row):
+        with pytest.raises(GuardedWriteError):
+            row.save()
+    for row, fields in [(booking, ["status"]), (booking.package, ["daily_capacity"]), (checkout_row, ["state"])]:
+        with pytest.raises(GuardedWriteError):
+            row.save(update_fields=fields)
+
+
+def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit(checkout_row):
+    booking = Booking.objects.get(pk=checkout_row.booking_id)
+    assert booking.version == 1
+    booking.customer_email = "new@example.com"
+    booking.save(update_fields=["customer_email"])
+    assert Booking.objects.get(pk=booking.pk).version == 2
+    Booking.objects.filter(pk=booking.pk).update(customer_name="Same")  # changed: bumped
+    Booking.objects.filter(pk=booking.pk).update(customer_name="Same")  # unchanged: not bumped
+    assert Booking.objects.get(pk=booking.pk).version == 3
+    with transaction.atomic():
+        Booking.objects.confirm_payment(booking.pk)  # a status change makes an open form stale
+    assert Booking.objects.get(pk=booking.pk).version == 4
+    Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now())  # not an edited column
+    assert Booking.objects.get(pk=booking.pk).version == 4
+
+    package = Package.objects.get(pk=booking.package_id)
+    for change in [{"name": "N"}, {"price": 5}, {"currency": "EUR"}, {"active": False}, {"daily_capacity": 4}]:
+        before = Package.objects.get(pk=package.pk).version
+        Package.objects.filter(pk=package.pk).update(**change)
+        assert Package.objects.get(pk=package.pk).version == before + 1, change
+
+
+# --- invariants: each one detects its planted defect -------------------------------------
+
+
+def names(check):
+    return check(None)
+
+
+def test_invariants_hold_on_a_healthy_history(checkout_row):
+    assert all(
+        not names(check)
+        for check in (
+            invariants.capacity_respected,
+            invariants.settled_bookings_are_stamped,
+            invariants.paid_checkouts_are_placed_or_refunded,
+            invariants.states_inside_their_machines,
+            invariants.exclusive_follows_capacity,
+        )
+    )
+
+
+def test_capacity_invariant_detects_more_live_bookings_than_capacity(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    day = future()
+    for name in "AB":
+        with transaction.atomic():
+            Booking.objects.hold(package, day, customer_name=name, customer_email="a@example.com")
+    assert invariants.capacity_respected(None) == []
+    Package.objects.filter(pk=package.pk).update(daily_capacity=1)  # around edit_package's occupancy check
+    assert invariants.capacity_respected(None) == [f"package {package.pk} on {day}: 2 active > capacity 1"]
+    # An expired hold (by the database clock) does not count, swept or not.
+    Booking.objects.filter(package=package, customer_name="B").update(hold_expires_at=Now() - timedelta(seconds=1))
+    assert invariants.capacity_respected(None) == []
+
+
+def test_paid_checkout_invariant_detects_a_payment_neither_placed_nor_refunded(checkout_row):
+    check = invariants.paid_checkouts_are_placed_or_refunded
+    Checkout.objects.filter(pk=checkout_row.pk).update(state="completed")  # paid, booking still held
+    assert check(None) == [
+        f"checkout {checkout_row.pk}: paid, booking {checkout_row.booking_id} is held and refund is none"
+    ]
+    Booking.objects.filter(pk=checkout_row.booking_id).update(status="confirmed")
+    assert check(None) == []
+    Booking.objects.filter(pk=checkout_row.booking_id).update(status="refund_pending")  # cancelled, refund lost
+    assert len(check(None)) == 1
+    for refund in ("pending", "failed", "pending", "succeeded"):
+        Checkout.objects.filter(pk=checkout_row.pk).update(refund_state=refund)
+        assert check(None) == []
+
+
+@pytest.mark.parametrize(
+    "model,field,constraint",
+    [
+        (Booking, "status", "booking_status_valid"),
+        (Checkout, "state", "checkout_state_valid"),
+        (Checkout, "refund_state", "checkout_refund_state_valid"),
+    ],
+)
+def test_state_invariant_detects_a_state_outside_the_machine(checkout_row, model, field, constraint):
+    pk = checkout_row.booking_id if model is Booking else checkout_row.pk
+    sql(f"ALTER TABLE {model._meta.db_table} DROP CONSTRAINT {constraint}")  # rolled back with the test
+    force_state(model, pk, field, "limbo")
+    assert invariants.states_inside_their_machines(None) == [f"{model._meta.model_name} {pk}: {field} 'limbo'"]
+
+
+def test_exclusive_invariant_detects_a_flag_that_disagrees_with_the_capacity(checkout_row):
+    booking = Booking.objects.get(pk=checkout_row.booking_id)
+    assert booking.exclusive is True and invariants.exclusive_follows_capacity(None) == []
+    Package.objects.filter(pk=booking.package_id).update(daily_capacity=2)  # around edit_package's recompute
+    assert invariants.exclusive_follows_capacity(None) == [f"booking {booking.pk}: exclusive=True but capacity 2"]
+    Booking.objects.filter(pk=booking.pk).update(exclusive=False)
+    assert invariants.exclusive_follows_capacity(None) == []
+
+
+def test_unique_index_backstop_maps_to_a_domain_error(tenant):
+    package = PackageFactory(tenant=tenant)
+    with transaction.atomic():
+        first = hold_in_transaction(
+            tenant=tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
+        )
+    Booking.objects.filter(pk=first.pk).update(status="confirmed", confirmed_at=Now())
+    second = Booking.objects.create(
+        tenant=tenant,
+        package=package,
+        date=first.date,
+        customer_name="B",
+        customer_email="b@example.com",
+        hold_expires_at=first.hold_expires_at,
+        amount=1,
+        currency="USD",
+        exclusive=True,
+        created_at=Now(),
+    )
+    from bookings.exceptions import DateUnavailable
+
+    with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
+        Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
+    with pytest.raises(IntegrityError), transaction.atomic():  # the raw refusal, without the translator
+        Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())

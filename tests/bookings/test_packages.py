@@ -1,0 +1,284 @@
+"""Package edits and deletes are guarded operations: the manager, the API and the admin form."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.db.models.functions import Now
+from django.urls import reverse
+
+from bookings import invariants
+from bookings.exceptions import CapacityBelowOccupancy, PackageInUse, PackageInvalid, PackageNotFound
+from bookings.models import Booking, Package
+from bookings.services import start_checkout
+from core.exceptions import VersionConflict
+from tests.bookings.factories import PackageFactory, future
+from tests.bookings.test_api import assert_error
+
+
+def book(package, day):
+    return start_checkout(
+        tenant=package.tenant, package_id=package.pk, date=day, customer_name="Ann", customer_email="ann@example.com"
+    )
+
+
+def fresh(package):
+    return Package.objects.get(pk=package.pk)
+
+
+# --- the manager -------------------------------------------------------------------
+
+
+def test_edit_writes_only_the_given_fields_and_checks_the_version(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=3, currency="EUR", price=Decimal("10.00"))
+    Package.objects.filter(pk=package.pk).update(active=False)  # someone deactivated it meanwhile (version 2)
+    edited = Package.objects.edit_package(package.pk, tenant=tenant, name="Renamed")  # no version: no check
+    assert (edited.name, edited.active, edited.currency, edited.daily_capacity) == ("Renamed", False, "EUR", 3)
+    assert edited.version == 3
+    with pytest.raises(VersionConflict) as stale:
+        Package.objects.edit_package(package.pk, tenant=tenant, version=2, active=True)
+    assert stale.value.params == {"current": 3}
+    assert fresh(package).active is False
+    assert Package.objects.edit_package(package.pk, tenant=tenant, version=3, active=True).version == 4
+
+
+def test_edit_refusals(tenant, other_tenant):
+    package = PackageFactory(tenant=tenant)
+    with pytest.raises(PackageNotFound):
+        Package.objects.edit_package(package.pk, tenant=other_tenant, name="X")
+    with pytest.raises(PackageInvalid):
+        Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=0)
+    with pytest.raises(ValueError):
+        Package.objects.edit_package(package.pk, tenant=tenant, tenant_id=other_tenant.pk)
+    assert fresh(package).version == 1
+
+
+def test_lowering_capacity_below_occupancy_is_refused_naming_the_dates(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=3)
+    crowded = [future(10 + n) for n in range(7)]
+    for day in crowded:
+        book(package, day), book(package, day)
+    book(package, future(40))
+    stale = book(package, future(40))
+    Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))  # does not count
+    past = Booking.objects.filter(package=package).first()
+    with pytest.raises(CapacityBelowOccupancy) as refused:
+        Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=1, name="Not written")
+    error = refused.value
+    assert error.code == "capacity_below_occupancy" and error.params["count"] == 7
+    assert error.params["dates"] == ", ".join(f"{day.isoformat()} (2)" for day in crowded[:5]) + " (+2)"
+    assert crowded[0].isoformat() in error.render()
+    assert (fresh(package).daily_capacity, fresh(package).name, fresh(package).version) == (3, package.name, 1)
+    assert Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=2).daily_capacity == 2
+    assert past is not None
+
+
+def test_capacity_crossing_one_recomputes_exclusive_of_live_bookings(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    held, paid = book(package, future(5)), book(package, future(6))
+    with transaction.atomic():
+        Booking.objects.confirm_payment(paid.pk)
+    released = book(package, future(7))
+    Booking.objects.release(released.pk)
+    assert set(Booking.objects.values_list("exclusive", flat=True)) == {True}
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=2)
+    flags = dict(Booking.objects.values_list("pk", "exclusive"))
+    assert (flags[held.pk], flags[paid.pk], flags[released.pk]) == (False, False, True)  # expired: left alone
+    assert invariants.exclusive_follows_capacity(None) == []
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=1)
+    assert Booking.objects.get(pk=held.pk).exclusive and Booking.objects.get(pk=paid.pk).exclusive
+    assert invariants.exclusive_follows_capacity(None) == []
+
+
+def test_a_late_payment_takes_exclusive_from_the_capacity_it_is_confirmed_under(tenant):
+    """A released hold keeps the flag of its time; paid late under another capacity, it must follow that one."""
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    day = future()
+    released = book(package, day)
+    Booking.objects.release(released.pk)
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=2)
+    other = book(package, day)
+    with transaction.atomic():
+        assert Booking.objects.confirm_payment(other.pk)[1] == "confirmed"
+        assert Booking.objects.confirm_payment(released.pk)[1] == "confirmed"
+    assert Booking.objects.get(pk=released.pk).exclusive is False
+    assert invariants.exclusive_follows_capacity(None) == []
+
+
+def test_delete_refuses_a_package_in_use_and_deletes_an_unused_one(tenant, other_tenant):
+    used, unused = PackageFactory(tenant=tenant), PackageFactory(tenant=tenant)
+    book(used, future())
+    with pytest.raises(PackageInUse):
+        Package.objects.delete_package(used.pk, tenant=tenant)
+    with pytest.raises(PackageNotFound):
+        Package.objects.delete_package(unused.pk, tenant=other_tenant)
+    with pytest.raises(VersionConflict):
+        Package.objects.delete_package(unused.pk, tenant=tenant, version=9)
+    Package.objects.delete_package(unused.pk, tenant=tenant, version=1)
+    assert list(Package.objects.values_list("pk", flat=True)) == [used.pk]
+
+
+def test_delete_refuses_a_package_a_proposal_refers_to(tenant):
+    from proposals.models import Proposal
+
+    package = PackageFactory(tenant=tenant)
+    Proposal.objects.create(
+        tenant=tenant,
+        session_id="s",
+        package=package,
+        date=future(),
+        customer_name="A",
+        customer_email="a@example.com",
+        expires_at=Now() + timedelta(hours=1),
+        created_at=Now(),
+    )
+    with pytest.raises(PackageInUse):
+        Package.objects.delete_package(package.pk, tenant=tenant)
+
+
+def test_a_hold_reads_the_capacity_active_and_price_the_package_has_now(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=1, price=Decimal("10.00"))
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=2, price=Decimal("12.50"), currency="EUR")
+    with transaction.atomic():  # the stale instance in hand says capacity 1 and 10.00 USD
+        booking = Booking.objects.hold(package, future(), customer_name="A", customer_email="a@example.com")
+    assert (booking.amount, booking.currency, booking.exclusive) == (Decimal("12.50"), "EUR", False)
+    Package.objects.edit_package(package.pk, tenant=tenant, active=False)
+    with pytest.raises(PackageNotFound), transaction.atomic():
+        Booking.objects.hold(package, future(), customer_name="B", customer_email="b@example.com")
+
+
+# --- the API -----------------------------------------------------------------------
+
+
+def url(package):
+    return f"/api/t/acme/packages/{package.pk}"
+
+
+def test_put_never_resets_an_omitted_field(api_client, tenant):
+    package = PackageFactory(tenant=tenant, currency="EUR", daily_capacity=4, active=False)
+    response = api_client.put(url(package), {"name": "Boat", "price": "99.00"}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["currency"], body["daily_capacity"], body["active"], body["version"]) == ("EUR", 4, False, 2)
+    package = fresh(package)
+    assert (package.name, package.price, package.currency, package.daily_capacity, package.active) == (
+        "Boat",
+        Decimal("99.00"),
+        "EUR",
+        4,
+        False,
+    )
+    assert_error(api_client.put(url(package), {"name": "Boat"}, format="json"), 400, "invalid_input")
+
+
+def test_patch_with_a_stale_version_is_409_and_writes_nothing(api_client, tenant):
+    package = PackageFactory(tenant=tenant)
+    assert api_client.get(url(package)).json()["version"] == 1
+    assert api_client.patch(url(package), {"active": False, "version": 1}, format="json").json()["version"] == 2
+    error = assert_error(
+        api_client.patch(url(package), {"active": True, "version": 1}, format="json"), 409, "version_conflict"
+    )
+    assert error["details"] == {"current": 2}
+    assert fresh(package).active is False
+    assert_error(api_client.delete(url(package) + "?version=1"), 409, "version_conflict")
+    assert api_client.delete(url(package) + "?version=2").status_code == 204
+
+
+def test_api_capacity_below_occupancy_is_409_naming_the_dates(api_client, tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    day = future()
+    book(package, day), book(package, day)
+    error = assert_error(
+        api_client.patch(url(package), {"daily_capacity": 1}, format="json"), 409, "capacity_below_occupancy"
+    )
+    assert day.isoformat() in error["message"] and error["details"]["count"] == 1
+    assert fresh(package).daily_capacity == 2
+
+
+def test_api_create_keeps_its_defaults_and_reports_the_version(api_client, tenant):
+    created = api_client.post("/api/t/acme/packages", {"name": "Boat", "price": "5"}, format="json")
+    assert created.status_code == 201, created.content
+    assert {k: created.json()[k] for k in ("currency", "daily_capacity", "active", "version")} == {
+        "currency": "USD",
+        "daily_capacity": 1,
+        "active": True,
+        "version": 1,
+    }
+    assert_error(
+        api_client.patch("/api/t/acme/packages/99999999999999999999", {}, format="json"), 404, "package_not_found"
+    )
+    assert_error(api_client.patch("/api/t/acme/packages/999999", {}, format="json"), 404, "package_not_found")
+
+
+# --- the admin form ----------------------------------------------------------------
+
+
+def admin_data(package, **changes):
+    data = {
+        "name": package.name,
+        "price": str(package.price),
+        "currency": package.currency,
+        "daily_capacity": package.daily_capacity,
+        "expected_version": package.version,
+    }
+    if package.active:
+        data["active"] = "on"
+    data.update(changes)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def test_admin_form_writes_only_the_changed_field_through_the_manager(admin_client, tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=3)
+    page = admin_client.get(reverse("admin:bookings_package_change", args=[package.pk]))
+    assert b'name="expected_version"' in page.content
+    form = admin_data(package, name="Renamed")  # read at version 1
+    Package.objects.filter(pk=package.pk).update(active=False)  # the API deactivated it (version 2)
+    response = admin_client.post(reverse("admin:bookings_package_change", args=[package.pk]), form)
+    assert response.status_code == 200  # refused: the form comes back with the operator's input
+    assert response.context["adminform"].form["name"].value() == "Renamed"
+    assert "now version 2" in str(response.context["adminform"].form.non_field_errors())
+    assert fresh(package).active is False and fresh(package).name == package.name
+    response = admin_client.post(
+        reverse("admin:bookings_package_change", args=[package.pk]), admin_data(fresh(package), name="Renamed")
+    )
+    assert response.status_code == 302
+    assert (fresh(package).name, fresh(package).active, fresh(package).version) == ("Renamed", False, 3)
+
+
+def test_admin_form_capacity_below_occupancy_comes_back_on_the_field(admin_client, tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    day = future()
+    book(package, day), book(package, day)
+    response = admin_client.post(
+        reverse("admin:bookings_package_change", args=[package.pk]), admin_data(package, daily_capacity=1)
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["daily_capacity"]
+    assert day.isoformat() in errors[0]
+    assert fresh(package).daily_capacity == 2
+
+
+def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
+    response = admin_client.post(
+        reverse("admin:bookings_package_add"),
+        {"tenant": tenant.pk, "name": "New", "price": "3.00", "currency": "USD", "daily_capacity": 2, "active": "on"},
+    )
+    assert response.status_code == 302, response.content
+    new = Package.objects.get(name="New")
+    used = PackageFactory(tenant=tenant)
+    book(used, future())
+    choices = (
+        admin_client.get(reverse("admin:bookings_package_changelist")).context["action_form"].fields["action"].choices
+    )
+    assert [name for name, _label in choices if name] == ["delete_selected_packages"]  # no bulk delete
+    response = admin_client.post(
+        reverse("admin:bookings_package_changelist"),
+        {"action": "delete_selected_packages", "_selected_action": [new.pk, used.pk]},
+        follow=True,
+    )
+    msgs = [str(m) for m in response.context["messages"]]
+    assert any("1 package deleted" in m for m in msgs) and any("package_in_use" in m for m in msgs), msgs
+    assert list(Package.objects.values_list("pk", flat=True)) == [used.pk]
+    response = admin_client.post(reverse("admin:bookings_package_delete", args=[used.pk]), {"post": "yes"})
+    assert response.status_code in (200, 302) and Package.objects.filter(pk=used.pk).exists()
