@@ -318,8 +318,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         this booking. A live hold, or an expired or released hold whose date is still
         free, becomes confirmed (``exclusive`` following the capacity read now); a
         cancelled booking, a date taken meanwhile, a capacity lowered meanwhile or a
-        registered placement veto (an orphaned proposal booking) makes it refund_pending, and so does the one-confirmed-per-exclusive-date index should
-        it refuse (caught in a savepoint): a paid booking is never left unplaced and
+        registered placement veto (an orphaned proposal booking) makes it refund_pending,
+        and so does the one-confirmed-per-exclusive-date index should it refuse (caught
+        in a savepoint): a paid booking is never left unplaced and
         unrefunded, and a redelivery never meets a 500. Already settled bookings are
         returned unchanged. Returns (booking, outcome), outcome one of confirmed,
         refund_pending, unchanged. Raises BookingNotFound.
