@@ -19,6 +19,8 @@ class IdempotencyKeyManager(models.Manager):
     def claim(self, *, principal, key, method, path, fingerprint):
         """Claim ``key`` for this request, or return the completed record to replay.
 
+        Locks: IDEMPOTENCY_KEY(principal, key) advisory try-lock (busy -> in progress, at once).
+
         Must run inside the transaction that does the work, so the record and the
         work commit (or vanish) together. A transaction-scoped advisory try-lock on
         (principal, key) decides between concurrent requests with the same key: the
@@ -53,12 +55,18 @@ class IdempotencyKeyManager(models.Manager):
 
     @guarded(joins=True)
     def complete(self, record, *, status, body):
-        """Store the answer to replay; part of the caller's transaction."""
+        """Store the answer to replay; part of the caller's transaction.
+
+        Locks: the record's row (a filtered UPDATE), already claimed under the key's advisory lock.
+        """
         self.filter(pk=record.pk).update(state=self.model.State.COMPLETED, response_status=status, response_body=body)
         record.state, record.response_status, record.response_body = self.model.State.COMPLETED, status, body
 
     @guarded
     def prune(self):
-        """Delete expired records; return how many went."""
+        """Delete expired records; return how many went.
+
+        Locks: each expired record's row (one DELETE; nobody else writes an expired record).
+        """
         deleted, _ = self.filter(expires_at__lte=Now()).delete()
         return deleted

@@ -180,6 +180,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     def create_profile(self, *, tenant, actor=None, steps, **fields):
         """Create a profile and its ``create`` audit entry.
 
+        Locks: each parent row FOR UPDATE NOWAIT, ascending id (no tree lock: a new profile
+        has no descendants).
+
         Locks each parent FOR UPDATE NOWAIT (live, same tenant, right sex). A new
         profile has no descendants, so no cycle check and no tree lock are needed.
         Raises InvalidProfileData, InvalidDates, ParentNotFound, ParentWrongSex,
@@ -198,6 +201,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     @guarded_steps
     def update_profile(self, profile_id, *, tenant, version, actor=None, steps, **changes):
         """Change fields of a live profile the caller read at ``version``; write an ``update`` entry.
+
+        Locks: PROFILE_TREE(tenant) advisory (only when a father/mother is set) -> the
+        profile row FOR UPDATE NOWAIT -> the new parent rows FOR UPDATE NOWAIT, ascending id.
 
         Takes the tenant tree lock when a father/mother is set, then the profile
         FOR UPDATE NOWAIT, then the newly referenced parents FOR UPDATE NOWAIT;
@@ -224,6 +230,8 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     def soft_delete(self, profile_id, *, tenant, version, actor=None, steps):
         """Mark a profile deleted (``deleted_at = clock_timestamp()``) and write a ``delete`` entry.
 
+        Locks: the profile row FOR UPDATE NOWAIT.
+
         Locks the profile FOR UPDATE NOWAIT, then refuses ProfileHasChildren while
         any live profile names it as father or mother: a child's writer locks this
         row FOR UPDATE NOWAIT before pointing at it, so the two cannot interleave.
@@ -241,6 +249,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     @guarded_steps
     def restore(self, profile_id, *, tenant, version=None, actor=None, steps):
         """Bring a soft-deleted profile back and write a ``restore`` entry.
+
+        Locks: the profile row FOR UPDATE NOWAIT -> its father and mother rows FOR UPDATE
+        NOWAIT, ascending id.
 
         Locks the profile, then its father and mother FOR UPDATE NOWAIT with
         deleted_at IS NULL: a profile is never restored pointing at a deleted parent.
@@ -441,6 +452,10 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
     @guarded_steps
     def undo(self, entry_id, *, tenant, actor, reason, steps):
         """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
+
+        Locks: AUDIT_UNDO(entry) advisory try-lock -> the entry row FOR UPDATE NOWAIT ->
+        PROFILE_TREE(tenant) advisory (only when a parent is restored) -> the profile row
+        FOR UPDATE NOWAIT -> the restored parent rows FOR UPDATE NOWAIT, ascending id.
 
         1. try-lock advisory AUDIT_UNDO:<entry>: busy -> OperationLocked at once;
         2. the entry FOR UPDATE NOWAIT (busy -> OperationLocked; done -> AlreadyUndone;
