@@ -410,7 +410,10 @@ class ProposalConfirm(DateHold):
     """``proposals.services.confirm_proposal``: proposal BASE_ID + t, pending, for its own date."""
 
     name = "proposal_confirm"
-    NAIVE_IGNORES = ("proposals.Proposal:proposal_status_transition", "proposals.Proposal:proposal_booking_unlink_transition")
+    NAIVE_IGNORES = (
+        "proposals.Proposal:proposal_status_transition",
+        "proposals.Proposal:proposal_booking_unlink_transition",
+    )
     SESSION = "chat-bench"
     PGBENCH = (
         "\\set pid :base_id + :t\n\\set day :base_day + :t\nBEGIN;\n"
