@@ -2,13 +2,15 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models.functions import Now
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each
+from core.admin_forms import GuardedChangeFormMixin
 from core.exceptions import DomainError
+from core.guards import ClockNow
+from promos.managers import PROMO_EDITABLE
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
 
@@ -45,10 +47,6 @@ REFUSAL_FIELDS = {"promo_code_taken": "code", "promo_limit_below_usage": "total_
 
 
 class PromoCodeAdminForm(forms.ModelForm):
-    # Set (on a per-request subclass, see PromoCodeAdmin.get_form) when the manager refused the save:
-    # the form is shown again, bound to the operator's input, with the refusal as its error.
-    refusal = None
-
     class Meta:
         model = PromoCode
         fields = [
@@ -63,17 +61,20 @@ class PromoCodeAdminForm(forms.ModelForm):
             "per_customer_limit",
         ]
 
-    def clean(self):
-        cleaned = super().clean()
-        if self.refusal is not None:
-            field = REFUSAL_FIELDS.get(self.refusal.code)
-            self.add_error(field if field in self.fields else None, self.refusal.render())
-        return cleaned
-
 
 @admin.register(PromoCode)
-class PromoCodeAdmin(admin.ModelAdmin):
+class PromoCodeAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+    """Codes: the change form writes only what the operator changed, through ``update_code``.
+
+    A plain ``obj.save()`` would write back the ``times_used`` (and the limit, the
+    window...) this form loaded, undoing every redeem, deactivation or API edit made
+    while the operator was editing. The form carries the version it was opened at; a
+    stale one comes back with version_conflict and the operator's input, nothing written.
+    ``is_active`` changes through the (de)activate actions.
+    """
+
     form = PromoCodeAdminForm
+    refusal_fields = REFUSAL_FIELDS
     list_display = [
         "code",
         "tenant",
@@ -89,42 +90,20 @@ class PromoCodeAdmin(admin.ModelAdmin):
     list_filter = ["is_active", PromoStateFilter, "bonus_type", "tenant"]
     search_fields = ["code", "tenant__slug"]
     date_hierarchy = "created_at"
-    readonly_fields = ["times_used", "is_active", "created_at", "updated_at"]
+    readonly_fields = ["times_used", "is_active", "version", "created_at", "updated_at"]
     list_select_related = ["tenant"]
     actions = ["deactivate_selected", "activate_selected"]
 
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, "tenant"] if obj is not None else self.readonly_fields
 
-    def save_model(self, request, obj, form, change):
-        """Write through the manager: only the changed fields, under the row lock.
+    def guarded_edit(self, request, obj, changes, *, version):
+        changes.pop("tenant", None)  # read-only on change: a code never moves to another shop
+        return PromoCode.objects.update_code(obj.pk, tenant=obj.tenant, version=version, **changes)
 
-        A plain ``obj.save()`` would write back the ``times_used`` this form
-        loaded, undoing every redeem made while the operator was editing.
-        A refusal (DomainError) propagates to ``changeform_view``.
-        """
-        if change:
-            fields = {name: form.cleaned_data[name] for name in form.changed_data if name != "tenant"}
-            saved = PromoCode.objects.update_code(obj.pk, tenant=obj.tenant, **fields)
-        else:
-            fields = {name: value for name, value in form.cleaned_data.items() if name != "tenant"}
-            saved = PromoCode.objects.create_code(tenant=form.cleaned_data["tenant"], **fields)
-        for field in PromoCode._meta.concrete_fields:  # the admin logs and redirects using ``obj``
-            setattr(obj, field.attname, getattr(saved, field.attname))
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change, **kwargs)
-        refusal = getattr(request, "_promo_refusal", None)
-        return type(form.__name__, (form,), {"refusal": refusal}) if refusal is not None else form
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except DomainError as error:  # raised by the manager in save_model; the admin's transaction rolled back
-            # Render the same POST again, invalid this time (the refusal is its error): the operator
-            # keeps what they typed, sees the localized reason, and no "changed successfully" follows.
-            request._promo_refusal = error
-            return super().changeform_view(request, object_id, form_url, extra_context)
+    def guarded_create(self, request, form):
+        fields = {name: value for name, value in form.cleaned_data.items() if name in PROMO_EDITABLE}
+        return PromoCode.objects.create_code(tenant=form.cleaned_data["tenant"], **fields)
 
     def get_actions(self, request):
         # The bulk delete is a plain queryset.delete(): no row lock, so a usage committed meanwhile
@@ -233,7 +212,7 @@ class SessionLiveFilter(admin.SimpleListFilter):
         if self.value() == "open":
             return queryset.open()
         if self.value() == "overdue":
-            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=Now())
+            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow())
         return queryset
 
 

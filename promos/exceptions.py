@@ -50,6 +50,16 @@ class PromoInUse(Conflict):
     message = _("This promo code has usages and cannot be deleted; deactivate it instead.")
 
 
+class PromoCounterOutOfStep(Conflict):
+    """The code's ``times_used`` would go below zero: it had drifted from its usages (check_invariants)."""
+
+    code = "promo_counter_out_of_step"
+    message = _(
+        "This promo code's usage counter does not match its usages, so nothing was changed. "
+        "An operator must repair the code before usages can be voided."
+    )
+
+
 class PromoInvalid(InvalidInput):
     """A promo definition the database refuses (a CHECK constraint): 400, never 500."""
 

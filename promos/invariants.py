@@ -1,7 +1,11 @@
-"""What must hold for promo codes and redemption sessions, recomputed from the rows."""
+"""What must hold for promo codes and redemption sessions, recomputed from the rows.
+
+Each check here has a test that plants its defect past the guards (tests/promos/test_invariants.py).
+"""
 
 from django.db.models import Count, F, Q
 
+from core.integrity import state_machines
 from core.invariants import invariant
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
@@ -35,13 +39,38 @@ def per_customer_limit_respected(tenant):
     return [f"code {row['promo_id']} customer {row['customer']!r}: {row['live']} usages" for row in over]
 
 
-@invariant("a session is used at most once, before it expired, for no more than its max_amount")
-def sessions_consumed_within_terms(tenant):
+@invariant("a usage belongs to its code's shop")
+def usage_in_its_codes_tenant(tenant):
+    stray = _scoped(PromoUsage.objects.exclude(tenant_id=F("promo__tenant_id")), tenant)
+    return [
+        f"usage {pk}: tenant {t}, code's tenant {pt}"
+        for pk, t, pt in stray.values_list("pk", "tenant_id", "promo__tenant_id")
+    ]
+
+
+def _session_states():
+    (machine,) = state_machines(RedemptionSession)
+    return set(machine.initial) | {state for pair in machine.transitions for state in pair}
+
+
+@invariant("every redemption session's status is a state of its machine")
+def session_status_in_machine(tenant):
+    outside = _scoped(RedemptionSession.objects.exclude(status__in=sorted(_session_states())), tenant)
+    return [f"session {sid}: status {status!r}" for sid, status in outside.values_list("session_id", "status")]
+
+
+@invariant("a used session has used_at and used_amount; a session not used has neither")
+def session_used_iff_stamped(tenant):
     sessions = _scoped(RedemptionSession.objects.all(), tenant)
     broken = sessions.filter(
-        Q(status=RedemptionSession.Status.USED, used_at__isnull=True)
-        | Q(used_at__isnull=False) & ~Q(status=RedemptionSession.Status.USED)
-        | Q(used_at__gte=F("expires_at"))
-        | Q(used_amount__gt=F("max_amount"))
+        Q(status=RedemptionSession.Status.USED) & (Q(used_at__isnull=True) | Q(used_amount__isnull=True))
+        | ~Q(status=RedemptionSession.Status.USED) & (Q(used_at__isnull=False) | Q(used_amount__isnull=False))
     )
+    return [f"session {sid}: status {status!r}" for sid, status in broken.values_list("session_id", "status")]
+
+
+@invariant("a session is used before it expired, for no more than its max_amount")
+def sessions_consumed_within_terms(tenant):
+    sessions = _scoped(RedemptionSession.objects.all(), tenant)
+    broken = sessions.filter(Q(used_at__gte=F("expires_at")) | Q(used_amount__gt=F("max_amount")))
     return [f"session {sid}" for sid in broken.values_list("session_id", flat=True)]

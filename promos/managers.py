@@ -1,10 +1,15 @@
 """Every guarded operation of the promos app (STYLE.md tier 1).
 
+The guard contract (core/guards.py): every method that writes is ``@guarded``: it
+opens its own ``transaction.atomic(using=self.db)`` and database refusals (lock
+timeout, NOWAIT, a registered constraint, a state-machine trigger) are translated
+into domain errors outside it.
+
 Time is always the database's. Django's ``Now()`` is ``STATEMENT_TIMESTAMP()``
 on PostgreSQL: fixed when a statement starts, before it waits for any row lock.
-The guarded checks use ``clock_timestamp()`` instead, so a statement that waited
-for a lock judges expiry at the moment it actually acts (the WHERE is
-re-evaluated on the row version it finally locks).
+The guarded checks use ``ClockNow()`` (``clock_timestamp()``) instead, so a
+statement that waited for a lock judges expiry at the moment it actually acts
+(the WHERE is re-evaluated on the row version it finally locks).
 """
 
 import hashlib
@@ -14,12 +19,13 @@ from datetime import timedelta
 
 from django.apps import apps
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import models
 from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core.db import set_local_lock_timeout
-from core.guards import ClockNow, database_refusals
+from core.exceptions import VersionConflict
+from core.guards import ClockNow, constraint_errors, guarded
 from promos import exceptions as errors
 from promos.money import compute_bonus, parse_amount
 
@@ -29,6 +35,19 @@ from promos.money import compute_bonus, parse_amount
 REDEEM_LOCK_TIMEOUT_MS = getattr(settings, "PROMO_REDEEM_LOCK_TIMEOUT_MS", 1000)
 DEFAULT_SESSION_TTL = timedelta(minutes=15)
 MAX_SESSION_TTL = timedelta(days=7)
+
+# The columns an operator or API client edits (``update_code``); a change of any bumps ``version``.
+PROMO_EDITABLE = (
+    "code",
+    "bonus_type",
+    "bonus_value",
+    "max_bonus",
+    "starts_at",
+    "ends_at",
+    "total_usage_limit",
+    "per_customer_limit",
+    "is_active",
+)
 
 
 def _model(name):
@@ -46,35 +65,32 @@ def _require_amount(amount):
         raise errors.InvalidAmount(maximum="1000000.00")
 
 
-_CONSTRAINT_ERRORS = {
-    "promo_code_unique_ci_per_tenant": errors.PromoCodeTaken,
-    "promo_times_used_within_limit": errors.PromoLimitBelowUsage,
-}
-
-
-def _constraint_name(exc):
-    return getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
-
-
-def _constraint_error(exc):
-    """Map an IntegrityError of a promo code write to its domain error (400 for a CHECK, 409 for a clash)."""
-    name = _constraint_name(exc)
-    if name in _CONSTRAINT_ERRORS:
-        return _CONSTRAINT_ERRORS[name]()
-    if name and name.startswith("promo"):
-        return errors.PromoInvalid()
-    return None
-
-
-def translates_lock_errors(func):  # TODO(guard contract): replace with core.guards.guarded
-    from functools import wraps
-
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        with database_refusals():
-            return func(*args, **kwargs)
-
-    return wrapper
+# What each named constraint means when the database refuses a write (core.guards.database_refusals).
+constraint_errors(
+    {
+        "promo_code_unique_ci_per_tenant": errors.PromoCodeTaken,
+        "promo_times_used_within_limit": errors.PromoLimitBelowUsage,
+        # A void would take the counter below zero: it was already out of step with the usages.
+        "promo_times_used_not_negative": errors.PromoCounterOutOfStep,
+        # A definition the database refuses: 400, never 500.
+        **dict.fromkeys(
+            [
+                "promo_bonus_value_positive",
+                "promo_max_bonus_positive",
+                "promo_percentage_at_most_100",
+                "promo_bonus_type_known",
+                "promo_ends_after_start",
+                "promo_total_limit_positive",
+                "promo_customer_limit_positive",
+                "promo_code_not_blank",
+            ],
+            errors.PromoInvalid,
+        ),
+        # clock_timestamp() is read once for consume's WHERE and again for its SET: when expiry falls
+        # between the two reads, the CHECK used_at < expires_at refuses the write. It was too late.
+        "redemption_used_before_expiry": errors.SessionExpired,
+    }
+)
 
 
 # --- promo codes -------------------------------------------------------------
@@ -100,16 +116,16 @@ class PromoCodeQuerySet(models.QuerySet):
         """Active, inside the window (database clock), not exhausted."""
         return self.filter(
             Q(is_active=True),
-            Q(starts_at__isnull=True) | Q(starts_at__lte=Now()),
-            Q(ends_at__isnull=True) | Q(ends_at__gt=Now()),
+            Q(starts_at__isnull=True) | Q(starts_at__lte=ClockNow()),
+            Q(ends_at__isnull=True) | Q(ends_at__gt=ClockNow()),
             Q(total_usage_limit__isnull=True) | Q(times_used__lt=F("total_usage_limit")),
         )
 
     def expired(self):
-        return self.filter(ends_at__lte=Now())
+        return self.filter(ends_at__lte=ClockNow())
 
     def not_started(self):
-        return self.filter(starts_at__gt=Now())
+        return self.filter(starts_at__gt=ClockNow())
 
     def exhausted(self):
         return self.filter(total_usage_limit__isnull=False, times_used__gte=F("total_usage_limit"))
@@ -165,53 +181,68 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
             bonus_type=promo.bonus_type, bonus_value=promo.bonus_value, amount=amount, max_bonus=promo.max_bonus
         )
 
-    @translates_lock_errors
+    @guarded
     def redeem(self, code, *, tenant, customer, amount, reference=None, nowait=False):
         """Reserve one use of ``code`` for ``customer`` and return the new PromoUsage.
 
         One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the
         code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead),
         then, in a statement issued after the lock is held, read the database
-        clock and this customer's non-voided usages; re-validate active, window,
-        total and per-customer limits; insert the usage; ``times_used + 1``.
-        A deactivation that committed before the lock was granted is seen here.
+        clock and this customer's live usage count; re-validate; insert the usage
+        and ``times_used = times_used + 1``. Five statements.
 
-        Raises PromoNotFound (also for another tenant's code), PromoInactive,
-        PromoNotStarted, PromoExpired, PromoExhausted, PromoCustomerLimit,
-        InvalidAmount, LockContended (resource_locked) when the row stays busy.
+        Raises PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
+        PromoExhausted, PromoCustomerLimit, InvalidAmount, LockContended
+        (resource_locked) when the row stays busy.
         """
         amount = _require_amount(amount)
         customer = str(customer)
-        with transaction.atomic(using=self.db):
-            if not nowait:
-                set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-            locked = self.by_code(code, tenant=tenant).locked(nowait=nowait).values_list("pk", flat=True).first()
-            if locked is None:
-                raise errors.PromoNotFound()
-            # Re-read after the lock is held: this statement's snapshot sees every
-            # usage and deactivation committed while we waited.
-            promo = self._with_checks(self.filter(pk=locked), customer).get()
-            refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
-            if refusal is not None:
-                raise refusal
-            usage = (
-                _model("PromoUsage")
-                .objects.using(self.db)
-                .create(
-                    tenant_id=promo.tenant_id,
-                    promo=promo,
-                    customer=customer,
-                    base_amount=amount,
-                    bonus_amount=self._bonus(promo, amount),
-                    reference=reference or "",
-                )
+        if not nowait:
+            set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
+        locked = self.by_code(code, tenant=tenant).locked(nowait=nowait).values_list("pk", flat=True).first()
+        if locked is None:
+            raise errors.PromoNotFound()
+        # Re-read after the lock is held: this statement's snapshot sees every
+        # usage and deactivation committed while we waited.
+        promo = self._with_checks(self.filter(pk=locked), customer).get()
+        refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
+        if refusal is not None:
+            raise refusal
+        usage = (
+            _model("PromoUsage")
+            .objects.using(self.db)
+            .create(
+                tenant_id=promo.tenant_id,
+                promo=promo,
+                customer=customer,
+                base_amount=amount,
+                bonus_amount=self._bonus(promo, amount),
+                reference=reference or "",
             )
-            self.filter(pk=promo.pk).update(times_used=F("times_used") + 1, updated_at=Now())
-            return usage
+        )
+        self.filter(pk=promo.pk).update(times_used=F("times_used") + 1, updated_at=Now())
+        return usage
 
-    redeem.alters_data = True
+    def _lock_for_edit(self, promo_id, *, tenant):
+        """Lock the code row as a redeem does (FOR NO KEY UPDATE OF self, redeem's lock timeout); return it."""
+        set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
+        promo = self.for_tenant(tenant).locked().filter(pk=promo_id).first()
+        if promo is None:
+            raise errors.PromoNotFound()
+        return promo
 
-    @translates_lock_errors
+    def _write(self, promo, changes):
+        """Write only ``changes`` to the locked ``promo`` with one UPDATE; return the row as stored.
+
+        ``.update()``, not ``save(update_fields=...)``: nothing read earlier is written back,
+        and the database (CHECKs, the version trigger) sees exactly the columns edited.
+        """
+        if changes:
+            self.filter(pk=promo.pk).update(**changes, updated_at=Now())
+            promo = self.get(pk=promo.pk)
+        return promo
+
+    @guarded
     def set_active(self, promo_id, *, tenant, active):
         """Activate or deactivate a code; return it.
 
@@ -221,66 +252,63 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         deactivation commits sees ``is_active = false`` and is refused
         PromoInactive. Raises PromoNotFound, LockContended.
         """
-        with transaction.atomic(using=self.db):
-            set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-            promo = self.for_tenant(tenant).locked().filter(pk=promo_id).first()
-            if promo is None:
-                raise errors.PromoNotFound()
-            if promo.is_active != active:
-                self.filter(pk=promo.pk).update(is_active=active, updated_at=Now())
-                promo.is_active = active
-            return promo
+        promo = self._lock_for_edit(promo_id, tenant=tenant)
+        return self._write(promo, {"is_active": active} if promo.is_active != active else {})
 
-    set_active.alters_data = True
-
+    @guarded
     def deactivate(self, promo_id, *, tenant):
-        """Deactivate a code (see ``set_active``)."""
-        return self.set_active(promo_id, tenant=tenant, active=False)
+        """Deactivate a code under its row lock (see ``set_active``)."""
+        promo = self._lock_for_edit(promo_id, tenant=tenant)
+        return self._write(promo, {"is_active": False} if promo.is_active else {})
 
-    deactivate.alters_data = True
-
+    @guarded
     def activate(self, promo_id, *, tenant):
-        """Reactivate a code (see ``set_active``)."""
-        return self.set_active(promo_id, tenant=tenant, active=True)
+        """Reactivate a code under its row lock (see ``set_active``)."""
+        promo = self._lock_for_edit(promo_id, tenant=tenant)
+        return self._write(promo, {} if promo.is_active else {"is_active": True})
 
-    activate.alters_data = True
-
+    @guarded
     def create_code(self, *, tenant, **fields):
-        """Create a code; PromoCodeTaken when the tenant has it in any letter case."""
-        try:
-            with transaction.atomic(using=self.db):
-                return self.create(tenant=tenant, **fields)
-        except IntegrityError as exc:
-            raise _constraint_error(exc) or exc
+        """Create a code (no lock: a new row); return it.
 
-    create_code.alters_data = True
-
-    @translates_lock_errors
-    def update_code(self, promo_id, *, tenant, **fields):
-        """Change a code's definition under its row lock (never ``times_used``).
-
-        Raises PromoNotFound, PromoCodeTaken, PromoLimitBelowUsage (a limit under
-        the uses already made), PromoInvalid, LockContended.
+        Raises PromoCodeTaken when the tenant has it in any letter case (the unique
+        index decides a race between two creates), PromoInvalid for a definition a
+        CHECK refuses.
         """
-        fields.pop("times_used", None)
-        try:
-            with transaction.atomic(using=self.db):
-                set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-                promo = self.for_tenant(tenant).locked().filter(pk=promo_id).first()
-                if promo is None:
-                    raise errors.PromoNotFound()
-                for name, value in fields.items():
-                    setattr(promo, name, value)
-                promo.updated_at = Now()
-                promo.save(update_fields=[*fields, "updated_at"])
-                promo.refresh_from_db()
-                return promo
-        except IntegrityError as exc:
-            raise _constraint_error(exc) or exc
+        unknown = set(fields) - set(PROMO_EDITABLE)
+        if unknown:
+            raise TypeError(f"create_code() got fields it does not set: {sorted(unknown)}")
+        return self.create(tenant=tenant, **fields)
 
-    update_code.alters_data = True
+    @guarded
+    def update_code(self, promo_id, *, tenant, version=None, **fields):
+        """Change the given definition fields of a code under its row lock; return it.
 
-    @translates_lock_errors
+        Locks the code row FOR NO KEY UPDATE (the lock every redeem and
+        (de)activation takes, with the redeem lock timeout), then, holding it,
+        checks ``version`` (when given) against the row's and writes only
+        ``fields`` with one UPDATE: a field not given is never written, so an edit
+        can neither reset an omitted field nor write back a value read before a
+        redeem, a deactivation or another edit committed. ``is_active`` here is
+        exactly ``set_active``: same lock, same moment. ``times_used`` is not
+        editable. The limits are checked by the database on the row as locked
+        (``times_used <= total_usage_limit``).
+
+        Raises PromoNotFound, VersionConflict (version_conflict, someone changed
+        the code since ``version`` was read), PromoCodeTaken, PromoLimitBelowUsage
+        (a limit under the uses already made), PromoInvalid, LockContended.
+        """
+        unknown = set(fields) - set(PROMO_EDITABLE)
+        if unknown:
+            raise TypeError(f"update_code() cannot write {sorted(unknown)}")
+        promo = self._lock_for_edit(promo_id, tenant=tenant)
+        # Checked on the row as locked: a version read before the lock could miss an edit
+        # that committed while we waited, and this write would silently undo it.
+        if version is not None and promo.version != version:
+            raise VersionConflict(current=promo.version)
+        return self._write(promo, fields)
+
+    @guarded
     def delete_code(self, promo_id, *, tenant):
         """Delete a code that was never used; PromoInUse when usages exist (void keeps history).
 
@@ -291,19 +319,16 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         committed after the check failed the deferred foreign key at COMMIT (500).
         Raises PromoNotFound, PromoInUse, LockContended.
         """
-        with transaction.atomic(using=self.db):
-            set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-            promo = self.for_tenant(tenant).locked(no_key=False).filter(pk=promo_id).first()
-            if promo is None:
-                raise errors.PromoNotFound()
-            if promo.usages.exists():
-                raise errors.PromoInUse()
-            try:
-                promo.delete()
-            except models.ProtectedError:
-                raise errors.PromoInUse()
-
-    delete_code.alters_data = True
+        set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
+        promo = self.for_tenant(tenant).locked(no_key=False).filter(pk=promo_id).first()
+        if promo is None:
+            raise errors.PromoNotFound()
+        if promo.usages.exists():
+            raise errors.PromoInUse()
+        try:
+            promo.delete()
+        except models.ProtectedError:
+            raise errors.PromoInUse()
 
 
 # --- usages ------------------------------------------------------------------
@@ -321,7 +346,7 @@ class PromoUsageQuerySet(models.QuerySet):
 
 
 class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
-    @translates_lock_errors
+    @guarded
     def void(self, usage_id, *, tenant):
         """Void a usage and give its use back to the code, exactly once; return the usage.
 
@@ -329,19 +354,19 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
         the winner then runs ``times_used = times_used - 1`` on the code in the
         same transaction (lock order: usage row, then code row). On 0 rows one
         read names UsageNotFound (also another tenant's) or UsageAlreadyVoided.
+        PromoCounterOutOfStep when the counter would go below zero (it had drifted
+        from the usages: nothing is written), LockContended.
         """
-        with transaction.atomic(using=self.db):
-            won = self.filter(pk=usage_id, tenant=tenant, voided_at__isnull=True).update(voided_at=ClockNow())
-            if not won:
-                if self.filter(pk=usage_id, tenant=tenant).exists():
-                    raise errors.UsageAlreadyVoided()
-                raise errors.UsageNotFound()
-            _model("PromoCode").objects.using(self.db).filter(usages__pk=usage_id).update(
-                times_used=F("times_used") - 1, updated_at=Now()
-            )
-            return self.select_related("promo").get(pk=usage_id)
-
-    void.alters_data = True
+        won = self.filter(pk=usage_id, tenant=tenant, voided_at__isnull=True).update(voided_at=ClockNow())
+        if not won:
+            if self.filter(pk=usage_id, tenant=tenant).exists():
+                raise errors.UsageAlreadyVoided()
+            raise errors.UsageNotFound()
+        # The subquery reads the usage's promo, which never changes (promo_usage_transition).
+        _model("PromoCode").objects.using(self.db).filter(usages__pk=usage_id).update(
+            times_used=F("times_used") - 1, updated_at=Now()
+        )
+        return self.select_related("promo").get(pk=usage_id)
 
 
 # --- redemption sessions -------------------------------------------------------
@@ -353,7 +378,7 @@ class RedemptionSessionQuerySet(models.QuerySet):
 
     def open(self):
         """Pending or approved, and not past expiry by the database clock."""
-        return self.filter(status__in=["pending", "approved"], expires_at__gt=Now())
+        return self.filter(status__in=["pending", "approved"], expires_at__gt=ClockNow())
 
     def with_clock_expiry(self):
         return self.annotate(
@@ -362,67 +387,63 @@ class RedemptionSessionQuerySet(models.QuerySet):
 
 
 class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQuerySet)):
+    @guarded
     def create_session(self, *, tenant, customer, max_amount, expires_in=None):
         """Create a pending session; return ``(session, approval_secret)``.
 
         The secret is shown only here: the row keeps its sha256. ``expires_in``
         (a timedelta, default 15 minutes, at most 7 days) counts from the
-        database clock.
+        database clock. No lock: a new row (the state machine refuses any other
+        initial status).
         """
         max_amount = _require_amount(max_amount)
         ttl = expires_in if expires_in is not None else DEFAULT_SESSION_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_SESSION_TTL:
             raise errors.InvalidInput()
         secret = secrets.token_urlsafe(32)
-        with transaction.atomic(using=self.db):
-            session = self.create(
-                tenant=tenant,
-                customer=str(customer),
-                max_amount=max_amount,
-                secret_hash=hash_secret(secret),
-                expires_at=ClockNow() + Value(ttl),
-            )
-            session.refresh_from_db(fields=["expires_at", "created_at"])
+        session = self.create(
+            tenant=tenant,
+            customer=str(customer),
+            max_amount=max_amount,
+            secret_hash=hash_secret(secret),
+            expires_at=ClockNow() + Value(ttl),
+        )
+        session.refresh_from_db(fields=["expires_at", "created_at"])
         return session, secret
 
-    create_session.alters_data = True
-
-    @translates_lock_errors
     def _answer(self, session_id, *, secret, to_status, stamp):
         """Move a pending, unexpired session whose secret matches to ``to_status`` (one filtered UPDATE)."""
-        with transaction.atomic(using=self.db):
-            won = self.filter(
-                session_id=session_id,
-                secret_hash=hash_secret(secret),
-                status="pending",
-                expires_at__gt=ClockNow(),
-            ).update(status=to_status, **{stamp: ClockNow()})
-            if won:
-                return self.get(session_id=session_id)
-            session = self.with_clock_expiry().filter(session_id=session_id).first()
-            if session is None or not hmac.compare_digest(session.secret_hash, hash_secret(secret)):
-                raise errors.SessionNotFound()
-            if session.status == "expired" or (session.status == "pending" and session.clock_expired):
-                raise errors.SessionExpired()
-            raise errors.SessionNotPending(status=self.model.Status(session.status).label)
+        won = self.filter(
+            session_id=session_id,
+            secret_hash=hash_secret(secret),
+            status="pending",
+            expires_at__gt=ClockNow(),
+        ).update(status=to_status, **{stamp: ClockNow()})
+        if won:
+            return self.get(session_id=session_id)
+        session = self.with_clock_expiry().filter(session_id=session_id).first()
+        if session is None or not hmac.compare_digest(session.secret_hash, hash_secret(secret)):
+            raise errors.SessionNotFound()
+        if session.status == "expired" or (session.status == "pending" and session.clock_expired):
+            raise errors.SessionExpired()
+        raise errors.SessionNotPending(status=self.model.Status(session.status).label)
 
+    @guarded
     def approve(self, session_id, *, secret):
         """Customer approves with the secret: pending → approved, only before expiry.
 
-        Raises SessionNotFound (unknown id or wrong secret), SessionExpired,
-        SessionNotPending.
+        One filtered UPDATE (status, secret and ``expires_at > clock_timestamp()``
+        in its WHERE). Raises SessionNotFound (unknown id or wrong secret),
+        SessionExpired, SessionNotPending, LockContended.
         """
         return self._answer(session_id, secret=secret, to_status="approved", stamp="approved_at")
 
-    approve.alters_data = True
-
+    @guarded
     def reject(self, session_id, *, secret):
-        """Customer rejects with the secret: pending → rejected (same refusals as approve)."""
+        """Customer rejects with the secret: pending → rejected (same statement and refusals as approve)."""
         return self._answer(session_id, secret=secret, to_status="rejected", stamp="rejected_at")
 
-    reject.alters_data = True
-
-    @translates_lock_errors
+    @guarded
     def consume(self, session_id, *, tenant, amount):
         """Use an approved session once for ``amount``; return ``amount``.
 
@@ -430,31 +451,22 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         ``expires_at > clock_timestamp()``, ``used_at IS NULL``,
         ``max_amount >= amount``. On 0 rows one read names the refusal:
         SessionNotFound (also another tenant's), SessionAlreadyUsed,
-        SessionExpired, SessionNotApproved, AmountExceedsLimit.
+        SessionExpired (also when expiry fell between the WHERE and the SET:
+        redemption_used_before_expiry), SessionNotApproved, AmountExceedsLimit.
         LockContended if the row stays locked past the lock timeout.
         """
         amount = _require_amount(amount)
-        try:
-            with transaction.atomic(using=self.db):
-                won = self.filter(
-                    session_id=session_id,
-                    tenant=tenant,
-                    status="approved",
-                    expires_at__gt=ClockNow(),
-                    used_at__isnull=True,
-                    max_amount__gte=amount,
-                ).update(status="used", used_at=ClockNow(), used_amount=amount)
-                if won:
-                    return amount
-                raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
-        except IntegrityError as exc:
-            # clock_timestamp() is read once for the WHERE and again for the SET: when expiry falls
-            # between the two reads, the CHECK used_at < expires_at refuses the write. It was too late.
-            if _constraint_name(exc) == "redemption_used_before_expiry":
-                raise errors.SessionExpired() from exc
-            raise
-
-    consume.alters_data = True
+        won = self.filter(
+            session_id=session_id,
+            tenant=tenant,
+            status="approved",
+            expires_at__gt=ClockNow(),
+            used_at__isnull=True,
+            max_amount__gte=amount,
+        ).update(status="used", used_at=ClockNow(), used_amount=amount)
+        if won:
+            return amount
+        raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
 
     def _consume_refusal(self, session_id, *, tenant, amount):
         session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
@@ -471,45 +483,42 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         # Approved between our UPDATE and this read: it was not approved when we tried.
         return errors.SessionNotApproved()
 
-    @translates_lock_errors
+    @guarded
     def cancel(self, session_id, *, tenant):
         """Shop cancels a pending or approved, unexpired session (one filtered UPDATE).
 
         Raises SessionNotFound, SessionAlreadyUsed, SessionExpired,
         SessionNotCancellable (rejected or already cancelled), LockContended.
         """
-        with transaction.atomic(using=self.db):
-            won = self.filter(
-                session_id=session_id,
-                tenant=tenant,
-                status__in=["pending", "approved"],
-                expires_at__gt=ClockNow(),
-            ).update(status="cancelled", cancelled_at=ClockNow())
-            if won:
-                return self.get(session_id=session_id)
-            session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
-            if session is None:
-                raise errors.SessionNotFound()
-            if session.status == "used":
-                raise errors.SessionAlreadyUsed()
-            if session.status == "expired" or session.clock_expired:
-                raise errors.SessionExpired()
-            raise errors.SessionNotCancellable(status=self.model.Status(session.status).label)
+        won = self.filter(
+            session_id=session_id,
+            tenant=tenant,
+            status__in=["pending", "approved"],
+            expires_at__gt=ClockNow(),
+        ).update(status="cancelled", cancelled_at=ClockNow())
+        if won:
+            return self.get(session_id=session_id)
+        session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
+        if session is None:
+            raise errors.SessionNotFound()
+        if session.status == "used":
+            raise errors.SessionAlreadyUsed()
+        if session.status == "expired" or session.clock_expired:
+            raise errors.SessionExpired()
+        raise errors.SessionNotCancellable(status=self.model.Status(session.status).label)
 
-    cancel.alters_data = True
-
-    @translates_lock_errors
+    @guarded
     def expire_due(self, *, tenant=None):
         """Mark every pending/approved session past ``expires_at`` as expired; return how many.
 
-        One UPDATE; a consume racing it re-checks its WHERE on the row the sweep
-        wrote (status expired) and matches nothing, and vice versa. LockContended
-        when a row stays locked past the lock timeout (run the sweep again).
+        One UPDATE whose WHERE (status, ``expires_at <= clock_timestamp()``) is
+        evaluated on each row it changes, after any row lock it waited for: a
+        consume, cancel or approve racing it re-checks its own WHERE on the row the
+        sweep wrote (status expired) and matches nothing, and vice versa.
+        LockContended when a row stays locked past the lock timeout (run the sweep
+        again).
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
-        with transaction.atomic(using=self.db):
-            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(
-                status="expired"
-            )
-
-    expire_due.alters_data = True
+        return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(
+            status="expired"
+        )

@@ -1,17 +1,75 @@
 import uuid
 
+import pgtrigger
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Lower, Now
 from django.utils.translation import gettext_lazy as _
 
-from promos.managers import PromoCodeManager, PromoUsageManager, RedemptionSessionManager
+from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
+from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
 
 MONEY = dict(max_digits=12, decimal_places=2)
 
 
-class PromoCode(models.Model):
-    """A shop's promo code. ``times_used`` always equals the count of its non-voided usages."""
+class UsageWriteOnce(pgtrigger.Trigger):
+    """Refuse, in the database, every change to a usage but voiding it once.
+
+    ``voided_at`` goes from NULL to a time exactly once and never back (un-voiding
+    would count a use the code already gave back); the promo, customer, tenant and
+    amounts never change (they are what the code's counter and the customer's limit
+    counted). A usage is also born live: a voided insert would never have been counted.
+    Raises SQLSTATE 23514 named ``promo_usage_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert | pgtrigger.Update
+
+    def get_func(self, model):
+        def refuse(old, new, why):
+            return refusal_sql(
+                self.name, f"'{old}->{new}'", f"format('%s: usage %s %s', TG_TABLE_NAME, NEW.\"id\", '{why}')"
+            )
+
+        frozen = " OR ".join(
+            f'OLD."{column}" IS DISTINCT FROM NEW."{column}"'
+            for column in ("promo_id", "tenant_id", "customer", "base_amount", "bonus_amount", "created_at")
+        )
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'INSERT' THEN
+                IF NEW."voided_at" IS NOT NULL THEN {refuse("", "voided", "cannot start voided")} END IF;
+                RETURN NEW;
+            END IF;
+            IF OLD."voided_at" IS NOT NULL AND NEW."voided_at" IS NULL THEN
+                {refuse("voided", "live", "cannot be un-voided")}
+            ELSIF OLD."voided_at" IS DISTINCT FROM NEW."voided_at" AND OLD."voided_at" IS NOT NULL THEN
+                {refuse("voided", "voided", "was voided already")}
+            ELSIF {frozen} THEN
+                {refuse("usage", "altered usage", "cannot change what it counted")}
+            END IF;
+            RETURN NEW;
+            """
+        )
+
+
+class PromoCode(GuardedModel):
+    """A shop's promo code. ``times_used`` always equals the count of its non-voided usages.
+
+    Guarded columns change only through ``PromoCode.objects`` (``redeem``/``void`` move
+    ``times_used``; ``set_active``, ``update_code`` the rest, under the row lock); a plain
+    ``save()`` of an existing row that would write one raises GuardedWriteError. ``version``
+    moves whenever a definition field or ``is_active`` changes, whoever the writer (not on
+    redeems: a redeem must not make an operator's open form stale).
+    """
+
+    guarded_fields = (
+        *PROMO_EDITABLE,
+        "times_used",
+        "tenant",
+        "tenant_id",
+        "version",
+    )
 
     class BonusType(models.TextChoices):
         FIXED = "fixed", _("fixed amount")
@@ -28,6 +86,7 @@ class PromoCode(models.Model):
     per_customer_limit = models.PositiveIntegerField(_("per-customer limit"), null=True, blank=True)
     times_used = models.PositiveIntegerField(_("times used"), default=0, editable=False)
     is_active = models.BooleanField(_("active"), default=True)
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
     created_at = models.DateTimeField(_("created at"), db_default=Now(), editable=False)
     updated_at = models.DateTimeField(_("updated at"), db_default=Now(), editable=False)
 
@@ -66,6 +125,7 @@ class PromoCode(models.Model):
             ),
             models.CheckConstraint(condition=~Q(code=""), name="promo_code_not_blank"),
         ]
+        triggers = [BumpVersion(name="promo_code_version", fields=PROMO_EDITABLE)]
 
     def __str__(self):
         return self.code
@@ -76,8 +136,23 @@ class PromoCode(models.Model):
         return f"{self.times_used} / {limit}"
 
 
-class PromoUsage(models.Model):
-    """One reserved use of a promo code; voiding it gives the use back (once)."""
+class PromoUsage(GuardedModel):
+    """One reserved use of a promo code; voiding it gives the use back (once).
+
+    Written only by ``redeem`` (insert) and ``void`` (``voided_at``, once); the database
+    refuses anything else (``UsageWriteOnce``).
+    """
+
+    guarded_fields = (
+        "voided_at",
+        "promo",
+        "promo_id",
+        "tenant",
+        "tenant_id",
+        "customer",
+        "base_amount",
+        "bonus_amount",
+    )
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="promo_usages")
     promo = models.ForeignKey(PromoCode, on_delete=models.PROTECT, related_name="usages")
@@ -106,13 +181,46 @@ class PromoUsage(models.Model):
                 name="promo_usage_bonus_within_amount",
             ),
         ]
+        triggers = [UsageWriteOnce(name="promo_usage_transition")]
 
     def __str__(self):
         return f"{self.promo_id}:{self.customer}#{self.pk}"
 
 
-class RedemptionSession(models.Model):
-    """A customer-approved allowance a shop may consume exactly once before ``expires_at``."""
+# The documented machine (docs/state-machines.md), one pair per manager operation.
+SESSION_TRANSITIONS = [
+    ("pending", "approved"),  # the customer approves with the secret (approve)
+    ("pending", "rejected"),  # the customer rejects with the secret (reject)
+    ("pending", "expired"),  # past expires_at (expire_due)
+    ("pending", "cancelled"),  # the shop cancels (cancel)
+    ("approved", "used"),  # the shop consumes it, once (consume)
+    ("approved", "expired"),  # past expires_at unused (expire_due)
+    ("approved", "cancelled"),  # the shop cancels (cancel)
+]
+
+
+class RedemptionSession(GuardedModel):
+    """A customer-approved allowance a shop may consume exactly once before ``expires_at``.
+
+    Status, stamps, amounts, expiry and the secret change only through
+    ``RedemptionSession.objects``; the database refuses any status change outside
+    ``SESSION_TRANSITIONS`` and any new session not ``pending``.
+    """
+
+    guarded_fields = (
+        "status",
+        "used_at",
+        "used_amount",
+        "approved_at",
+        "rejected_at",
+        "cancelled_at",
+        "expires_at",
+        "max_amount",
+        "secret_hash",
+        "tenant",
+        "tenant_id",
+        "customer",
+    )
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")
@@ -155,7 +263,15 @@ class RedemptionSession(models.Model):
             ),
             models.CheckConstraint(
                 condition=(
-                    Q(status="used", used_at__isnull=False, used_amount__gt=0, used_amount__lte=F("max_amount"))
+                    # used_amount IS NOT NULL spelled out: with a NULL amount the comparisons are NULL,
+                    # and a CHECK that evaluates to NULL passes (a used session with no amount).
+                    Q(
+                        status="used",
+                        used_at__isnull=False,
+                        used_amount__isnull=False,
+                        used_amount__gt=0,
+                        used_amount__lte=F("max_amount"),
+                    )
                     | (~Q(status="used") & Q(used_at__isnull=True, used_amount__isnull=True))
                 ),
                 name="redemption_used_iff_used_at",
@@ -163,6 +279,14 @@ class RedemptionSession(models.Model):
             models.CheckConstraint(
                 condition=Q(used_at__isnull=True) | Q(used_at__lt=F("expires_at")),
                 name="redemption_used_before_expiry",
+            ),
+        ]
+        triggers = [
+            StateMachine(
+                name="redemption_session_status_transition",
+                field="status",
+                initial=["pending"],
+                transitions=SESSION_TRANSITIONS,
             ),
         ]
 

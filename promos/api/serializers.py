@@ -59,13 +59,20 @@ class PromoCodeSerializer(serializers.ModelSerializer):
             "per_customer_limit",
             "times_used",
             "is_active",
+            "version",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "times_used", "created_at", "updated_at"]
+        read_only_fields = ["id", "times_used", "version", "created_at", "updated_at"]
 
 
 class PromoCodeInputSerializer(serializers.Serializer):
+    """A code's definition. On PUT and PATCH an omitted field is left as it is: defaults belong to create.
+
+    ``version`` (optional, the one a read returned): when given, the edit is refused with
+    409 version_conflict if the code changed since.
+    """
+
     code = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=CODE_MAX)
     # DRF's default message quotes the input back; a lone surrogate in it cannot be encoded (500).
     bonus_type = serializers.ChoiceField(
@@ -78,7 +85,14 @@ class PromoCodeInputSerializer(serializers.Serializer):
     ends_at = serializers.DateTimeField(required=False, allow_null=True)
     total_usage_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
     per_customer_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
-    is_active = serializers.BooleanField(required=False, default=True)
+    # No default here: on PUT a default would re-activate a deactivated code (create uses the model's).
+    is_active = serializers.BooleanField(required=False)
+    version = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="The version this edit is based on; a stale one is refused with 409 version_conflict.",
+    )
 
     def validate(self, attrs):
         merged = {**self._current(), **attrs}

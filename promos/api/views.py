@@ -49,7 +49,9 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
     def post(self, request, tenant):
         data = s.PromoCodeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        promo = PromoCode.objects.create_code(tenant=self.tenant, **data.validated_data)
+        fields = dict(data.validated_data)
+        fields.pop("version", None)  # a new code has no version to be stale against
+        promo = PromoCode.objects.create_code(tenant=self.tenant, **fields)
         return Response(s.PromoCodeSerializer(promo).data, status=status.HTTP_201_CREATED)
 
 
@@ -65,10 +67,18 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
         return Response(s.PromoCodeSerializer(self._get(pk)).data)
 
     def _update(self, request, pk, partial):
+        """PUT and PATCH: only the fields the body carries, through ``update_code`` under the row lock.
+
+        An omitted field is never reset (the input serializer has no defaults), ``is_active``
+        takes effect exactly as deactivate/activate do, and a ``version`` in the body makes
+        the edit optimistic: 409 version_conflict when the code changed since it was read.
+        """
         current = self._get(pk)
         data = s.PromoCodeInputSerializer(current, data=request.data, partial=partial)
         data.is_valid(raise_exception=True)
-        promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, **data.validated_data)
+        fields = dict(data.validated_data)
+        version = fields.pop("version", None)
+        promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, version=version, **fields)
         return Response(s.PromoCodeSerializer(promo).data)
 
     @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})

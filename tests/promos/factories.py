@@ -51,8 +51,14 @@ class RedemptionSessionFactory(factory.django.DjangoModelFactory):
     @classmethod
     def _create(cls, model_class, *args, expires_in=timedelta(minutes=15), **kwargs):
         kwargs.setdefault("expires_at", ClockNow() + Value(expires_in))
-        if kwargs.get("status") == RedemptionSession.Status.APPROVED:
-            kwargs.setdefault("approved_at", ClockNow())
+        # Every session is born pending (the state machine refuses any other insert); an
+        # approved one is then approved the way the customer would (pending -> approved).
+        status = kwargs.pop("status", RedemptionSession.Status.PENDING)
+        approved_at = kwargs.pop("approved_at", ClockNow())
         session = super()._create(model_class, *args, **kwargs)
+        if status == RedemptionSession.Status.APPROVED:
+            model_class.objects.filter(pk=session.pk).update(status=status, approved_at=approved_at)
+        elif status != RedemptionSession.Status.PENDING:
+            raise ValueError(f"RedemptionSessionFactory makes pending or approved sessions, not {status!r}")
         session.refresh_from_db()
         return session

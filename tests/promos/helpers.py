@@ -64,3 +64,23 @@ def short_lock_timeout(milliseconds=200):
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
+
+
+@contextmanager
+def bypassing(model, *, triggers=(), constraints=()):
+    """Inside the test's transaction, switch off ``triggers`` (by name) and drop ``constraints`` of ``model``.
+
+    For planting a defect the guards would refuse; the test transaction's rollback restores both.
+    """
+    assert connection.in_atomic_block, "bypass only inside the test's transaction"
+    table = model._meta.db_table
+    by_name = {trigger.name: trigger for trigger in model._meta.triggers}
+    with connection.cursor() as cursor:
+        # ALTER TABLE refuses a table with deferred foreign-key checks still queued: run them now.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        for name in triggers:
+            cursor.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER "{by_name[name].get_pgid(model)}"')
+        for name in constraints:
+            cursor.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
+    yield

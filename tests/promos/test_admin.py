@@ -24,6 +24,14 @@ def texts(response):
     return [str(m) for m in get_messages(response.wsgi_request)]
 
 
+def opened_version(admin_client, url):
+    """Open the change form as the operator would; return the hidden expected_version it carries."""
+    page = admin_client.get(url)
+    assert page.status_code == 200
+    assert 'name="expected_version"' in page.content.decode()
+    return page.context["adminform"].form["expected_version"].value()
+
+
 def test_code_list_shows_live_usage_and_filters(admin_client, tenant):
     now = database_clock()
     live = PromoCodeFactory(tenant=tenant, code="LIVE", total_usage_limit=4)
@@ -98,13 +106,14 @@ def test_session_list_filters_and_cancel_action(admin_client, tenant):
 def test_editing_a_code_in_the_admin_never_rewinds_times_used(admin_client, tenant):
     promo = PromoCodeFactory(tenant=tenant, code="EDIT", total_usage_limit=10)
     url = reverse("admin:promos_promocode_change", args=[promo.pk])
-    admin_client.get(url)  # the operator opens the form...
+    version = opened_version(admin_client, url)  # the operator opens the form...
     PromoCode.objects.redeem("EDIT", tenant=tenant, customer="a", amount="10")  # ...a customer redeems meanwhile
-    form = {"tenant": tenant.pk, "code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 10}
-    response = admin_client.post(url, form)
+    form = {"code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 10}
+    response = admin_client.post(url, {**form, "expected_version": version})
     assert response.status_code == 302, response.content
     promo.refresh_from_db()
-    assert promo.bonus_value == Decimal("7.00")
+    # a redeem does not make the form stale (times_used is not a definition field)
+    assert (promo.bonus_value, promo.version) == (Decimal("7.00"), version + 1)
     assert assert_invariant(promo) == 1
 
 
@@ -123,8 +132,8 @@ def test_refused_change_keeps_the_form_and_claims_no_success(admin_client, tenan
     for customer in ("a", "b"):
         PromoCode.objects.redeem("EDIT", tenant=tenant, customer=customer, amount="10")
     url = reverse("admin:promos_promocode_change", args=[promo.pk])
-    form = {"tenant": tenant.pk, "code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 1}
-    response = admin_client.post(url, form)
+    form = {"code": "EDIT", "bonus_type": "fixed", "bonus_value": "7.00", "total_usage_limit": 1}
+    response = admin_client.post(url, {**form, "expected_version": opened_version(admin_client, url)})
     assert response.status_code == 200  # the form again, not a redirect
     errors = response.context["adminform"].form.errors
     assert "total_usage_limit" in errors and "cannot be lower" in str(errors["total_usage_limit"])
@@ -184,7 +193,8 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
     tenant = TenantFactory()
     locked, free = PromoCodeFactory(tenant=tenant, code="LOCKED"), PromoCodeFactory(tenant=tenant, code="FREE")
     change_url = reverse("admin:promos_promocode_change", args=[locked.pk])
-    form = {"tenant": tenant.pk, "code": "LOCKED", "bonus_type": "fixed", "bonus_value": "7.00"}
+    form = {"code": "LOCKED", "bonus_type": "fixed", "bonus_value": "7.00"}
+    form["expected_version"] = opened_version(admin_client, change_url)
     with rows_locked(PromoCode.objects.filter(pk=locked.pk)):
         deactivated = texts(action(admin_client, "promocode", "deactivate_selected", [locked, free]))
         changed = admin_client.post(change_url, form)
@@ -192,6 +202,7 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
     assert "Deactivated 1 promo code(s)." in deactivated
     assert any(m.startswith("LOCKED") and "resource_locked" in m for m in deactivated), deactivated
     assert changed.status_code == 200 and changed.context["adminform"].form.non_field_errors()
+    assert "being changed by another request" in str(changed.context["adminform"].form.non_field_errors())
     assert deleted.status_code == 302 and any("resource_locked" in m for m in texts(deleted))
     locked.refresh_from_db()
     assert (locked.is_active, locked.bonus_value) == (True, Decimal("10.00"))

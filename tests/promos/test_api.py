@@ -478,3 +478,65 @@ def test_odd_values_in_any_field_are_never_a_500(api_client, anon_client, tenant
                     failures.append((path, field, repr(value)[:20], response.status_code))
                 PromoCode.objects.filter(code="NEW").delete()
     assert not failures, failures
+
+
+# --- edits: PUT/PATCH write only what the body carries, under the row lock, optionally versioned ---
+
+
+def test_put_without_is_active_never_reactivates_a_deactivated_code(api_client, promo):
+    """Regression: the input serializer's default=True re-activated a deactivated code on PUT (and it redeemed)."""
+    assert post(api_client, f"promo-codes/{promo.pk}/deactivate").json()["is_active"] is False
+    body = {"code": "SPRING15", "bonus_type": "percentage", "bonus_value": "20"}  # no is_active, no limits
+    response = api_client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json")
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert data["is_active"] is False and data["bonus_value"] == "20.00"
+    assert (data["max_bonus"], data["total_usage_limit"], data["per_customer_limit"]) == ("50.00", 3, 1)  # kept
+    assert_error(
+        post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}),
+        409,
+        "promo_inactive",
+    )
+
+
+def test_edits_answer_the_version_and_a_stale_one_is_409(api_client, promo):
+    read = api_client.get(f"{BASE}/promo-codes/{promo.pk}").json()
+    assert read["version"] == 1
+    PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="a", amount="10")  # does not stale it
+    first = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"max_bonus": "9", "version": 1}, format="json")
+    assert first.status_code == 200 and first.json()["version"] == 2, first.content
+    stale = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"total_usage_limit": 30, "version": 1}, format="json")
+    error = assert_error(stale, 409, "version_conflict")
+    assert error["details"] == {"current": 2}
+    body = {"code": "SPRING15", "bonus_type": "fixed", "bonus_value": "1", "version": 1}
+    assert_error(api_client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json"), 409, "version_conflict")
+    promo.refresh_from_db()
+    assert (promo.max_bonus, promo.total_usage_limit, promo.bonus_type, promo.version) == (
+        Decimal("9.00"),
+        3,
+        "percentage",
+        2,
+    )
+    assert_error(
+        api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"version": 0}, format="json"), 400, "invalid_input"
+    )
+
+
+def test_patch_is_active_is_a_deactivation(api_client, promo):
+    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"is_active": False}, format="json")
+    assert response.status_code == 200 and response.json()["is_active"] is False
+    assert_error(
+        post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}),
+        409,
+        "promo_inactive",
+    )
+    assert api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"is_active": True}, format="json").json()["is_active"]
+    assert (
+        post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}).status_code == 201
+    )
+
+
+def test_create_ignores_a_version_and_defaults_to_active(api_client, tenant):
+    created = post(api_client, "promo-codes", {"code": "NEW", "bonus_type": "fixed", "bonus_value": "1", "version": 9})
+    assert created.status_code == 201, created.content
+    assert (created.json()["version"], created.json()["is_active"]) == (1, True)

@@ -32,8 +32,9 @@ def test_expire_redemption_sessions(tenant, other_tenant):
 
 
 def test_expire_redemption_sessions_unknown_tenant():
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError) as bad:
         run("expire_redemption_sessions", "--tenant", "nope")
+    assert bad.value.returncode == 2
 
 
 def test_seed_demo_adds_codes_and_a_session_idempotently():
@@ -48,10 +49,18 @@ def test_seed_demo_adds_codes_and_a_session_idempotently():
 
 @pytest.mark.django_db(transaction=True)
 def test_expire_redemption_sessions_reports_a_locked_row():
-    """Regression: a due row locked past lock_timeout ended the command with an OperationalError traceback."""
+    """Regression: a due row locked past lock_timeout ended the command with an OperationalError traceback.
+
+    Another connection holds the row lock a consume/cancel/approve in flight holds; the sweep
+    (with a short lock_timeout) says resource_locked on stderr and exits 3, nothing changed.
+    """
     due = RedemptionSessionFactory(tenant=TenantFactory(), expires_in=timedelta(seconds=-1))
+    out, err = StringIO(), StringIO()
     with rows_locked(RedemptionSession.objects.filter(pk=due.pk)), short_lock_timeout():
-        with pytest.raises(CommandError, match="resource_locked"):
-            run("expire_redemption_sessions")
+        with pytest.raises(SystemExit) as exit:
+            call_command("expire_redemption_sessions", stdout=out, stderr=err)
+    assert exit.value.code == 3  # core.management.base.EXIT_LOCKED: run again shortly
+    assert err.getvalue().startswith("resource_locked: ") and "Traceback" not in err.getvalue()
+    assert out.getvalue() == ""
     assert RedemptionSession.objects.get(pk=due.pk).status == "pending"
     assert run("expire_redemption_sessions") == "Expired 1 redemption session(s).\n"

@@ -82,8 +82,8 @@ def naive_redeem(promo, customer, *, window=0.3):
         usage = PromoUsage.objects.create(
             tenant=current.tenant, promo=current, customer=customer, base_amount=Decimal("40"), bonus_amount=Decimal(10)
         )
-        current.times_used += 1
-        current.save(update_fields=["times_used"])
+        # (a save(update_fields=["times_used"]) is refused outright now: GuardedWriteError)
+        PromoCode.objects.filter(pk=current.pk).update(times_used=current.times_used + 1)
         return usage
 
 
@@ -277,9 +277,7 @@ def naive_consume(session, *, window=0.2):
     if current.status != "approved" or current.expires_at <= clock() or current.used_at is not None:
         raise RuntimeError("not consumable")
     time.sleep(window)
-    RedemptionSession.objects.filter(pk=session.pk).update(
-        status="used", used_at=ClockNow(), used_amount=Decimal("25")
-    )
+    RedemptionSession.objects.filter(pk=session.pk).update(status="used", used_at=ClockNow(), used_amount=Decimal("25"))
     return "used"
 
 
@@ -525,3 +523,83 @@ def test_a_busy_code_does_not_block_another_code_of_the_same_shop():
         assert [o.code for o in outcomes] == ["ok", "ok", "ok"], [repr(o.error) for o in outcomes]
     assert assert_invariant(busy) == 1
     assert assert_invariant(other) == 3
+
+
+# --- definition edits: the row lock, the version, the CHECKs ---------------------------------------
+
+
+def test_concurrent_edits_carrying_the_same_version_exactly_one_wins():
+    """update_code checks the version *under the row lock*: of 12 editors who read version 1, one
+    writes and 11 get version_conflict. Without the lock every one passes the check and writes."""
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=50)
+
+    def edit(i):
+        return retrying(
+            lambda: PromoCode.objects.update_code(
+                promo.pk, tenant=promo.tenant, version=1, bonus_value=Decimal(i + 1), total_usage_limit=50 - i
+            )
+        )
+
+    outcomes = run_concurrently(edit, 12)
+    assert tally(outcomes) == {"ok": 1, "version_conflict": 11}, tally(outcomes)
+    (winner,) = [i for i, o in enumerate(outcomes) if o.ok]
+    promo.refresh_from_db()
+    assert (promo.bonus_value, promo.total_usage_limit, promo.version) == (Decimal(winner + 1), 50 - winner, 2)
+
+
+def test_a_limit_cut_below_the_uses_is_refused_while_redeems_race_it():
+    """promo_times_used_within_limit: a cut under the uses already made is promo_limit_below_usage (409),
+    never accepted (times_used > limit) and never a 500, whatever the redeems around it do."""
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=40)
+    for i in range(12):
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"old{i}", amount="10")
+
+    def attempt(i):
+        if i == 0:  # below the 12 uses already made, whatever happens around it
+            return retrying(lambda: PromoCode.objects.update_code(promo.pk, tenant=promo.tenant, total_usage_limit=10))
+        if i == 1:  # a cut that races: it holds only if it lands before the redeems pass 16
+            time.sleep(0.01)
+            return retrying(lambda: PromoCode.objects.update_code(promo.pk, tenant=promo.tenant, total_usage_limit=16))
+        return retrying(
+            lambda: PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"new{i}", amount="10")
+        )
+
+    outcomes = run_concurrently(attempt, 22)
+    assert outcomes[0].code == "promo_limit_below_usage", repr(outcomes[0].error)
+    assert outcomes[1].code in {"ok", "promo_limit_below_usage"}, repr(outcomes[1].error)
+    assert set(tally(outcomes[2:])) <= {"ok", "promo_exhausted"}, tally(outcomes[2:])
+    promo.refresh_from_db()
+    assert promo.total_usage_limit == (16 if outcomes[1].ok else 40)
+    assert assert_invariant(promo) == 12 + tally(outcomes[2:])["ok"] <= promo.total_usage_limit
+
+
+def test_a_void_storm_on_a_drifted_counter_never_takes_it_below_zero():
+    """promo_times_used_not_negative: the counter drifted to 2 with 5 live usages; 5 voids at once give
+    back exactly 2 uses, the other 3 are refused promo_counter_out_of_step (409), nothing half-written."""
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    usages = [
+        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer=f"c{i}", amount="10") for i in range(5)
+    ]
+    PromoCode.objects.filter(pk=promo.pk).update(times_used=2)  # the drift (check_invariants would report it)
+    outcomes = run_concurrently(lambda i: PromoUsage.objects.void(usages[i].pk, tenant=promo.tenant), 5)
+    assert tally(outcomes) == {"ok": 2, "promo_counter_out_of_step": 3}, [repr(o.error) for o in outcomes]
+    promo.refresh_from_db()
+    assert promo.times_used == 0
+    refused = [usages[i].pk for i, o in enumerate(outcomes) if not o.ok]
+    assert set(PromoUsage.objects.filter(voided_at__isnull=True).values_list("pk", flat=True)) == set(refused)
+    PromoUsage.objects.filter(pk__in=refused).delete()  # repair the planted drift for the invariant check
+
+
+def test_a_definition_edit_on_a_held_code_row_waits_then_answers_resource_locked(monkeypatch):
+    """update_code takes the row lock a redeem holds, bounded by the redeem lock timeout."""
+    monkeypatch.setattr(managers, "REDEEM_LOCK_TIMEOUT_MS", 100)
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=5)
+    with rows_locked(PromoCode.objects.filter(pk=promo.pk)):
+        started = time.monotonic()
+        outcome = run_concurrently(
+            lambda i: PromoCode.objects.update_code(promo.pk, tenant=promo.tenant, version=1, total_usage_limit=3), 1
+        )[0]
+        waited = time.monotonic() - started
+    assert outcome.code == "resource_locked" and 0.1 <= waited < 1.5, (outcome.code, waited)
+    promo.refresh_from_db()
+    assert (promo.total_usage_limit, promo.version) == (5, 1)

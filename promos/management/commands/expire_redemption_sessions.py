@@ -1,12 +1,22 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from core.exceptions import DomainError
+from core.management.base import GuardedCommand
 from core.models import Tenant
 from promos.models import RedemptionSession
 
 
-class Command(BaseCommand):
-    help = "Mark pending/approved redemption sessions past their expiry as expired (safe to run any time)."
+class Command(GuardedCommand):
+    """Sweep overdue sessions through ``RedemptionSession.objects.expire_due``.
+
+    A row held past lock_timeout by a consume, cancel or approve in flight is
+    ``resource_locked`` on stderr with exit code 3 (run it again shortly), never a
+    traceback; nothing is changed then.
+    """
+
+    help = (
+        "Mark pending/approved redemption sessions past their expiry (database clock) as expired "
+        "(safe to run any time; exit 3 when a session row stays locked: run again)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--tenant", help="Only this tenant's sessions (slug).")
@@ -16,9 +26,6 @@ class Command(BaseCommand):
         if tenant:
             scope = Tenant.objects.filter(slug=tenant).first()
             if scope is None:
-                raise CommandError(f"No tenant with slug {tenant!r}.")
-        try:
-            count = RedemptionSession.objects.expire_due(tenant=scope)
-        except DomainError as error:  # resource_locked: a row stayed locked; nothing was changed
-            raise CommandError(f"{error.render()} ({error.code})")
+                raise CommandError(f"No tenant with slug {tenant!r}.", returncode=2)
+        count = RedemptionSession.objects.expire_due(tenant=scope)
         self.stdout.write(f"Expired {count} redemption session(s).")

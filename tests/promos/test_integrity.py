@@ -1,0 +1,272 @@
+"""Guarded rows of the promos app: what save() may not write, and what the database itself refuses."""
+
+import itertools
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from core.exceptions import GuardedWriteError, TransitionRefused, VersionConflict
+from core.guards import ClockNow, constraint_name, database_refusals
+from core.integrity import state_machines
+from promos import exceptions as errors
+from promos.models import SESSION_TRANSITIONS, PromoCode, PromoUsage, RedemptionSession
+from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
+from tests.promos.helpers import assert_invariant
+
+pytestmark = pytest.mark.django_db
+
+STATUSES = [value for value, _label in RedemptionSession.Status.choices]
+(SESSION_MACHINE,) = state_machines(RedemptionSession)
+
+
+def refused(write):
+    """Run ``write`` in a savepoint; return the constraint (or trigger) name that refused it, or None."""
+    try:
+        with transaction.atomic():
+            write()
+    except IntegrityError as exc:
+        return constraint_name(exc)
+    return None
+
+
+# --- GuardedModel ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("times_used", 0),
+        ("is_active", False),
+        ("total_usage_limit", 1),
+        ("per_customer_limit", 1),
+        ("bonus_value", Decimal("1.00")),
+        ("code", "OTHER"),
+        ("version", 7),
+    ],
+)
+def test_a_plain_save_of_a_promo_code_cannot_write_a_guarded_column(tenant, field, value):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=5)
+    setattr(promo, field, value)
+    with pytest.raises(GuardedWriteError):
+        promo.save()
+    with pytest.raises(GuardedWriteError):
+        promo.save(update_fields=[field])
+
+
+def test_a_plain_save_of_a_usage_or_session_cannot_write_guarded_columns(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    usage = PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    usage.voided_at = usage.created_at
+    with pytest.raises(GuardedWriteError):
+        usage.save()
+    usage.reference = "order-9"  # not guarded: what the shop calls the purchase
+    usage.save(update_fields=["reference"])
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    for field in ["status", "used_at", "used_amount", "expires_at", "max_amount", "secret_hash", "customer"]:
+        with pytest.raises(GuardedWriteError):
+            session.save(update_fields=[field])
+    assert assert_invariant(promo) == 1
+    assert PromoUsage.objects.get(pk=usage.pk).voided_at is None
+
+
+# --- the session machine, every pair -----------------------------------------------------------
+
+# The columns each state needs (the CHECKs hold them), so only the machine decides a change.
+STAMPS = {
+    "approved": {"approved_at": ClockNow()},
+    "rejected": {"rejected_at": ClockNow()},
+    "cancelled": {"cancelled_at": ClockNow()},
+    "used": {"used_at": ClockNow(), "used_amount": Decimal("5.00")},
+}
+# A legal path to each state, through the transitions the managers make.
+PATHS = {
+    "pending": [],
+    "approved": ["approved"],
+    "rejected": ["rejected"],
+    "expired": ["expired"],
+    "cancelled": ["cancelled"],
+    "used": ["approved", "used"],
+}
+
+
+def _move(session, status):
+    clear = {"used_at": None, "used_amount": None} if status != "used" else {}
+    RedemptionSession.objects.filter(pk=session.pk).update(status=status, **{**clear, **STAMPS.get(status, {})})
+
+
+def test_the_session_machine_is_the_managers_transitions():
+    assert SESSION_MACHINE.name == "redemption_session_status_transition"
+    assert SESSION_MACHINE.initial == ["pending"]
+    assert (
+        set(SESSION_MACHINE.transitions)
+        == set(SESSION_TRANSITIONS)
+        == {
+            ("pending", "approved"),
+            ("pending", "rejected"),
+            ("pending", "expired"),
+            ("pending", "cancelled"),
+            ("approved", "used"),
+            ("approved", "expired"),
+            ("approved", "cancelled"),
+        }
+    )
+
+
+@pytest.mark.parametrize("old,new", list(itertools.product(STATUSES, STATUSES)))
+def test_every_session_status_pair_is_allowed_or_refused_by_the_database(tenant, old, new):
+    session = RedemptionSessionFactory(tenant=tenant)
+    for step in PATHS[old]:
+        _move(session, step)
+    name = refused(lambda: _move(session, new))
+    if SESSION_MACHINE.allows(old, new):
+        assert name is None, (old, new, name)
+        assert RedemptionSession.objects.get(pk=session.pk).status == new
+    else:
+        assert name == "redemption_session_status_transition", (old, new, name)
+        assert RedemptionSession.objects.get(pk=session.pk).status == old
+        with pytest.raises(TransitionRefused) as refusal:  # the one translator: 409 invalid_transition
+            with database_refusals(), transaction.atomic():
+                _move(session, new)
+        assert refusal.value.code == "invalid_transition" and refusal.value.params == {"old": old, "new": new}
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_a_session_is_born_pending_only(tenant, status):
+    session = RedemptionSessionFactory(tenant=tenant)
+    fields = {
+        "tenant": tenant,
+        "customer": "b",
+        "max_amount": Decimal("10"),
+        "secret_hash": "x",
+        "expires_at": session.expires_at,
+        "status": status,
+        **STAMPS.get(status, {}),
+    }
+    name = refused(lambda: RedemptionSession.objects.create(**fields))
+    assert name == (None if status == "pending" else "redemption_session_status_transition"), (status, name)
+
+
+# --- usages: voided once, never changed ---------------------------------------------------------
+
+
+def test_a_usage_is_voided_once_and_never_changes(tenant):
+    promo = PromoCodeFactory(tenant=tenant, bonus_value=Decimal("5.00"))
+    other = PromoCodeFactory(tenant=tenant)
+    usage = PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    live = PromoUsage.objects.filter(pk=usage.pk)
+    for change in [
+        dict(base_amount=Decimal("20.00")),
+        dict(bonus_amount=Decimal("1.00")),
+        dict(customer="b"),
+        dict(promo=other),
+    ]:
+        assert refused(lambda change=change: live.update(**change)) == "promo_usage_transition", change
+    assert refused(lambda: live.update(reference="order-2")) is None  # the shop's own label may change
+    PromoUsage.objects.void(usage.pk, tenant=tenant)
+    for change in [dict(voided_at=None), dict(voided_at=ClockNow())]:
+        assert refused(lambda change=change: live.update(**change)) == "promo_usage_transition", change
+    with pytest.raises(TransitionRefused):
+        with database_refusals(), transaction.atomic():
+            live.update(voided_at=None)  # un-voiding would count a use the code already gave back
+    assert live.get().voided_at is not None
+    assert assert_invariant(promo) == 0
+
+
+def test_a_usage_is_born_live(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    name = refused(
+        lambda: PromoUsage.objects.create(
+            tenant=tenant,
+            promo=promo,
+            customer="a",
+            base_amount=Decimal("10"),
+            bonus_amount=Decimal("1"),
+            voided_at=promo.created_at,
+        )
+    )
+    assert name == "promo_usage_transition"
+
+
+# --- promo codes: version ----------------------------------------------------------------------
+
+
+def test_version_moves_with_the_definition_and_activity_not_with_redeems(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    assert promo.version == 1
+    usage = PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    PromoUsage.objects.void(usage.pk, tenant=tenant)
+    assert PromoCode.objects.get(pk=promo.pk).version == 1  # redeem and void do not stale an open form
+    assert PromoCode.objects.update_code(promo.pk, tenant=tenant, max_bonus=Decimal("3")).version == 2
+    assert PromoCode.objects.deactivate(promo.pk, tenant=tenant).version == 3
+    assert PromoCode.objects.deactivate(promo.pk, tenant=tenant).version == 3  # nothing changed
+    assert PromoCode.objects.update_code(promo.pk, tenant=tenant, version=3, is_active=True).version == 4
+    # any writer, not only the manager: the trigger bumps it
+    PromoCode.objects.filter(pk=promo.pk).update(total_usage_limit=9)
+    assert PromoCode.objects.get(pk=promo.pk).version == 5
+
+
+def test_a_stale_version_is_refused_and_nothing_is_written(tenant):
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=10)
+    PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=5)  # someone else's edit: v2
+    with pytest.raises(VersionConflict) as conflict:
+        PromoCode.objects.update_code(promo.pk, tenant=tenant, version=1, total_usage_limit=10, bonus_value=Decimal(7))
+    assert conflict.value.params == {"current": 2}
+    promo.refresh_from_db()
+    assert (promo.total_usage_limit, promo.bonus_value, promo.version) == (5, Decimal("10.00"), 2)
+
+
+def test_update_code_writes_only_the_given_fields_with_one_update(tenant):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.promos.helpers import statements
+
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=10)
+    with CaptureQueriesContext(connection) as queries:
+        PromoCode.objects.update_code(promo.pk, tenant=tenant, max_bonus=Decimal("4.00"))
+    updates = [sql for sql in statements(queries) if sql.startswith("UPDATE")]
+    assert len(updates) == 1
+    assert '"max_bonus" =' in updates[0] and '"total_usage_limit"' not in updates[0]
+    assert '"times_used"' not in updates[0] and '"is_active"' not in updates[0]
+
+
+def test_update_code_refuses_fields_that_are_not_editable(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    for field in ["times_used", "created_at", "updated_at"]:
+        with pytest.raises(TypeError):
+            PromoCode.objects.update_code(promo.pk, tenant=tenant, **{field: 1})
+
+
+def test_the_counter_can_never_go_below_zero(tenant):
+    """promo_times_used_not_negative: a decrement below zero is refused with a domain error, not a 500."""
+    promo = PromoCodeFactory(tenant=tenant)
+    with pytest.raises(errors.PromoCounterOutOfStep):
+        with database_refusals(), transaction.atomic():
+            PromoCode.objects.filter(pk=promo.pk).update(times_used=F("times_used") - 1)
+    assert PromoCode.objects.get(pk=promo.pk).times_used == 0
+
+
+def test_a_void_on_a_drifted_counter_is_refused_and_writes_nothing(tenant):
+    promo = PromoCodeFactory(tenant=tenant)
+    usage = PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    PromoCode.objects.filter(pk=promo.pk).update(times_used=0)  # plant the drift
+    with pytest.raises(errors.PromoCounterOutOfStep):
+        PromoUsage.objects.void(usage.pk, tenant=tenant)
+    assert PromoUsage.objects.get(pk=usage.pk).voided_at is None  # the usage's void rolled back with it
+    assert PromoCode.objects.get(pk=promo.pk).times_used == 0
+
+
+def test_a_session_is_used_exactly_when_used_at_is_set(tenant):
+    """redemption_used_iff_used_at: a direct .update() that breaks it is refused by the database."""
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved")
+    rows = RedemptionSession.objects.filter(pk=approved.pk)
+    assert refused(lambda: rows.update(status="used")) == "redemption_used_iff_used_at"  # used, no used_at
+    assert refused(lambda: rows.update(used_at=ClockNow(), used_amount=Decimal("5"))) == "redemption_used_iff_used_at"
+    assert refused(lambda: rows.update(status="used", used_at=ClockNow())) == "redemption_used_iff_used_at"
+    RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="5")
+    assert refused(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
+    assert refused(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
+    session = rows.get()
+    assert (session.status, session.used_amount) == ("used", Decimal("5.00")) and session.used_at is not None
