@@ -140,5 +140,3 @@ def state_machines(model):
     """The StateMachine triggers declared on ``model`` (for docs and the exhaustive transition tests)."""
     return [trigger for trigger in getattr(model._meta, "triggers", []) if isinstance(trigger, StateMachine)]
 
-
-_refuse = refusal_sql  # transitional name

@@ -5,7 +5,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from core.integrity import BumpVersion, GuardedModel, _refuse
+from core.integrity import BumpVersion, GuardedModel, refusal_sql
 from core.models import Tenant
 from profiles.managers import ProfileAuditLogManager, ProfileManager
 
@@ -26,7 +26,7 @@ class ProfileVersionOnlyIncreases(pgtrigger.Trigger):
     condition = pgtrigger.Condition('NEW."version" < OLD."version"')
 
     def get_func(self, model):
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name,
             "OLD.\"version\"::text || '->' || NEW.\"version\"::text",
             "format('%s: version of profile %s may not go down from %s to %s', "
@@ -52,7 +52,7 @@ class ProfileParentsLive(pgtrigger.Trigger):
 
     def get_func(self, model):
         table = model._meta.db_table
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name,
             "'live->' || v_role || ' deleted'",
             "format('%s: profile %s may not point at a deleted or missing %s', TG_TABLE_NAME, NEW.\"id\", v_role)",
@@ -97,7 +97,7 @@ class ProfileChildrenLive(pgtrigger.Trigger):
 
     def get_func(self, model):
         table = model._meta.db_table
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name,
             "'live->deleted with live children'",
             "format('%s: profile %s is the father or mother of live profiles; it cannot be deleted', "
@@ -216,7 +216,7 @@ class AuditAppendOnly(pgtrigger.Trigger):
         def reassigned(field):  # changed to another user (becoming NULL is a user deletion)
             return f'({changed(field)} AND NEW."{column[field]}" IS NOT NULL)'
 
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name,
             "v_change",
             "format('%s: audit entry %s is append-only (%s)', TG_TABLE_NAME, OLD.\"id\", v_change)",
@@ -252,7 +252,7 @@ class AuditInsertedNotUndone(pgtrigger.Trigger):
     condition = pgtrigger.Condition('NEW."undone_at" IS NOT NULL OR NEW."undo_entry_id" IS NOT NULL')
 
     def get_func(self, model):
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name, "'->undone'", "format('%s: a new audit entry cannot be already undone', TG_TABLE_NAME)"
         )
         return self.format_sql(f"{refuse} RETURN NEW;")

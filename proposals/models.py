@@ -3,7 +3,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from core.integrity import BumpVersion, GuardedModel, StateMachine, _refuse
+from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
 from proposals.managers import ProposalManager
 
 # What operators edit (Proposal.objects.edit_contact, the admin form).
@@ -63,7 +63,7 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
     def get_func(self, model):
         from bookings.models import Booking, Checkout
 
-        refuse = _refuse(
+        refuse = refusal_sql(
             self.name,
             "format('%s with booking %s %s/%s->%s', OLD.\"status\", OLD.\"booking_id\", v_booking_status, "
             "coalesce(v_checkout_state, 'no checkout'), NEW.\"status\")",
