@@ -185,6 +185,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     def redeem(self, code, *, tenant, customer, amount, reference=None, nowait=False):
         """Reserve one use of ``code`` for ``customer`` and return the new PromoUsage.
 
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout) (NOWAIT with ``nowait=True``); the usage row is new.
+
         One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the
         code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead),
         then, in a statement issued after the lock is held, read the database
@@ -246,6 +248,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     def set_active(self, promo_id, *, tenant, active):
         """Activate or deactivate a code; return it.
 
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout).
+
         Takes the row lock (FOR NO KEY UPDATE, waiting at most the redeem lock
         timeout), so it commits after every reserve already holding the lock and
         before any reserve still waiting: every reserve not committed when the
@@ -257,19 +261,27 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
     @guarded
     def deactivate(self, promo_id, *, tenant):
-        """Deactivate a code under its row lock (see ``set_active``)."""
+        """Deactivate a code under its row lock (see ``set_active``).
+
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout).
+        """
         promo = self._lock_for_edit(promo_id, tenant=tenant)
         return self._write(promo, {"is_active": False} if promo.is_active else {})
 
     @guarded
     def activate(self, promo_id, *, tenant):
-        """Reactivate a code under its row lock (see ``set_active``)."""
+        """Reactivate a code under its row lock (see ``set_active``).
+
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout).
+        """
         promo = self._lock_for_edit(promo_id, tenant=tenant)
         return self._write(promo, {} if promo.is_active else {"is_active": True})
 
     @guarded
     def create_code(self, *, tenant, **fields):
         """Create a code (no lock: a new row); return it.
+
+        Locks: none (an INSERT; the unique index on lower(code) decides a clash).
 
         Raises PromoCodeTaken when the tenant has it in any letter case (the unique
         index decides a race between two creates), PromoInvalid for a definition a
@@ -283,6 +295,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     @guarded
     def update_code(self, promo_id, *, tenant, version=None, **fields):
         """Change the given definition fields of a code under its row lock; return it.
+
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout), then the version is checked.
 
         Locks the code row FOR NO KEY UPDATE (the lock every redeem and
         (de)activation takes, with the redeem lock timeout), then, holding it,
@@ -311,6 +325,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     @guarded
     def delete_code(self, promo_id, *, tenant):
         """Delete a code that was never used; PromoInUse when usages exist (void keeps history).
+
+        Locks: the code row FOR UPDATE (after SET LOCAL lock_timeout).
 
         Locks the code row ``FOR UPDATE`` first (short lock timeout): a redeem
         must hold that row's lock to insert a usage, so once we hold it no usage
@@ -349,6 +365,8 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
     @guarded
     def void(self, usage_id, *, tenant):
         """Void a usage and give its use back to the code, exactly once; return the usage.
+
+        Locks: the usage row (the filtered UPDATE) -> the code row (``times_used - 1``).
 
         A filtered UPDATE on ``voided_at IS NULL`` decides between concurrent voids;
         the winner then runs ``times_used = times_used - 1`` on the code in the
@@ -391,6 +409,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
     def create_session(self, *, tenant, customer, max_amount, expires_in=None):
         """Create a pending session; return ``(session, approval_secret)``.
 
+        Locks: none (an INSERT).
+
         The secret is shown only here: the row keeps its sha256. ``expires_in``
         (a timedelta, default 15 minutes, at most 7 days) counts from the
         database clock. No lock: a new row (the state machine refuses any other
@@ -432,6 +452,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
     def approve(self, session_id, *, secret):
         """Customer approves with the secret: pending → approved, only before expiry.
 
+        Locks: the session row (one filtered UPDATE).
+
         One filtered UPDATE (status, secret and ``expires_at > clock_timestamp()``
         in its WHERE). Raises SessionNotFound (unknown id or wrong secret),
         SessionExpired, SessionNotPending, LockContended.
@@ -440,12 +462,17 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
 
     @guarded
     def reject(self, session_id, *, secret):
-        """Customer rejects with the secret: pending → rejected (same statement and refusals as approve)."""
+        """Customer rejects with the secret: pending → rejected (same statement and refusals as approve).
+
+        Locks: the session row (one filtered UPDATE).
+        """
         return self._answer(session_id, secret=secret, to_status="rejected", stamp="rejected_at")
 
     @guarded
     def consume(self, session_id, *, tenant, amount):
         """Use an approved session once for ``amount``; return ``amount``.
+
+        Locks: the session row (one filtered UPDATE).
 
         ONE UPDATE whose WHERE holds every condition: tenant, ``approved``,
         ``expires_at > clock_timestamp()``, ``used_at IS NULL``,
@@ -487,6 +514,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
     def cancel(self, session_id, *, tenant):
         """Shop cancels a pending or approved, unexpired session (one filtered UPDATE).
 
+        Locks: the session row (one filtered UPDATE).
+
         Raises SessionNotFound, SessionAlreadyUsed, SessionExpired,
         SessionNotCancellable (rejected or already cancelled), LockContended.
         """
@@ -510,6 +539,9 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
     @guarded
     def expire_due(self, *, tenant=None):
         """Mark every pending/approved session past ``expires_at`` as expired; return how many.
+
+        Locks: each due session row (one UPDATE, every condition on the row itself; a
+        session writer holds only its own row, so no order to keep).
 
         One UPDATE whose WHERE (status, ``expires_at <= clock_timestamp()``) is
         evaluated on each row it changes, after any row lock it waited for: a
