@@ -185,7 +185,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     def redeem(self, code, *, tenant, customer, amount, reference=None, nowait=False):
         """Reserve one use of ``code`` for ``customer`` and return the new PromoUsage.
 
-        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout) (NOWAIT with ``nowait=True``); the usage row is new.
+        Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout; NOWAIT
+        with ``nowait=True``); the usage row is new.
 
         One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the
         code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead),
