@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt |
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run serve test lint format messages bench clean
+.PHONY: install run serve test lint format messages bench mutants clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ messages: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Remove each guard in tools/mutants.json, one at a time; some test must fail for each (minutes).
+mutants: install
+	$(BIN)/python tools/mutants.py
 
 clean:
 	rm -rf $(VENV) var

@@ -100,3 +100,14 @@ def test_the_state_machine_page_matches_the_triggers():
 
     page = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
     assert page.read_text() == render(), "run: manage.py state_machines > docs/state-machines.md"
+
+
+def test_every_guarded_operation_states_its_locks_and_the_lock_order_page_matches():
+    from pathlib import Path
+
+    from core.management.commands.lock_order import guarded_operations, locks_line, render
+
+    silent = [label for label, function in guarded_operations() if not locks_line(function)]
+    assert not silent, f"guarded operations without a 'Locks:' line in their docstring: {silent}"
+    page = Path(__file__).resolve().parents[2] / "docs" / "lock-order.md"
+    assert page.read_text() == render(), "run: manage.py lock_order > docs/lock-order.md"
