@@ -57,13 +57,7 @@ REFUSAL_FIELDS = {"invalid_dates": "death_date", "sex_change_conflict": "sex"}
 
 
 class ProfileAdminForm(forms.ModelForm):
-    """Profile fields; GuardedChangeFormMixin sets the hidden ``expected_version`` and adds the refusal.
-
-    ``expected_version`` is declared here too so the admin's modelform_factory accepts it in
-    the fieldsets (it is not a model field).
-    """
-
-    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+    """Profile fields; GuardedChangeFormMixin adds the hidden ``expected_version`` and the refusal."""
 
     class Meta:
         model = Profile

@@ -6,7 +6,6 @@ booking and timestamps are read-only and never written by the form. The expire a
 calls ``Proposal.objects.expire`` per row.
 """
 
-from django import forms
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
@@ -18,13 +17,6 @@ from core.admin_forms import GuardedChangeFormMixin
 from proposals.models import PROPOSAL_EDITABLE, Proposal
 
 
-class ProposalAdminForm(forms.ModelForm):
-    """Declares the mixin's hidden ``expected_version`` on the base form, so the admin's
-    ``modelform_factory`` accepts it in the fieldsets (it is not a model field)."""
-
-    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
-
-
 @admin.register(Proposal)
 class ProposalAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     list_display = ["id", "session_id", "package", "date", "customer_name", "status", "expires_at",
@@ -33,7 +25,6 @@ class ProposalAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     search_fields = ["session_id", "customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant", "booking"]
-    form = ProposalAdminForm
     readonly_fields = ["tenant", "session_id", "package", "date", "status", "expires_at", "created_at",
                        "confirmed_at", "executed_at", "rejected_at", "failure_code", "booking_link", "version"]
     fields = [*readonly_fields[:4], *PROPOSAL_EDITABLE, *readonly_fields[4:]]
