@@ -139,4 +139,3 @@ class BumpVersion(pgtrigger.Trigger):
 def state_machines(model):
     """The StateMachine triggers declared on ``model`` (for docs and the exhaustive transition tests)."""
     return [trigger for trigger in getattr(model._meta, "triggers", []) if isinstance(trigger, StateMachine)]
-

@@ -106,8 +106,18 @@ class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
 
     form = ProfileAdminForm
     refusal_fields = REFUSAL_FIELDS
-    list_display = ["id", "full_name", "sex", "birth_date", "death_date", "father_link", "mother_link",
-                    "tenant", "version", "deleted_at"]
+    list_display = [
+        "id",
+        "full_name",
+        "sex",
+        "birth_date",
+        "death_date",
+        "father_link",
+        "mother_link",
+        "tenant",
+        "version",
+        "deleted_at",
+    ]
     list_display_links = ["id", "full_name"]
     list_filter = [SoftDeletedFilter, "sex", "tenant"]
     list_select_related = ["tenant", "father", "mother"]
@@ -147,8 +157,9 @@ class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     def guarded_edit(self, request, obj, changes, *, version):
         """Write only the changed fields, refused (version_conflict) unless the profile is still at ``version``."""
         fields = {field: value for field, value in changes.items() if field in PROFILE_FIELDS}
-        return Profile.objects.update_profile(obj.pk, tenant=obj.tenant_id, version=version, actor=request.user,
-                                              **fields)
+        return Profile.objects.update_profile(
+            obj.pk, tenant=obj.tenant_id, version=version, actor=request.user, **fields
+        )
 
     def has_delete_permission(self, request, obj=None):
         return False  # hard deletes would bypass the audit log; use the soft-delete action
@@ -156,14 +167,22 @@ class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     @admin.action(description=gettext_lazy("Soft-delete selected profiles"), permissions=["change"])
     def soft_delete_selected(self, request, queryset):
         for profile in queryset.order_by("id"):
-            self._report(request, profile, lambda p: Profile.objects.soft_delete(
-                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user), _("deleted"))
+            self._report(
+                request,
+                profile,
+                lambda p: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+                _("deleted"),
+            )
 
     @admin.action(description=gettext_lazy("Restore selected profiles"), permissions=["change"])
     def restore_selected(self, request, queryset):
         for profile in queryset.order_by("id"):
-            self._report(request, profile, lambda p: Profile.objects.restore(
-                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user), _("restored"))
+            self._report(
+                request,
+                profile,
+                lambda p: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+                _("restored"),
+            )
 
     def _report(self, request, profile, operation, done):
         try:
@@ -185,8 +204,20 @@ class ProfileAuditLogAdmin(admin.ModelAdmin):
     list_select_related = ["profile", "actor", "undone_by", "tenant"]
     search_fields = ["=id", "profile__first_name", "profile__last_name", "undo_reason"]
     date_hierarchy = "created_at"
-    readonly_fields = ["tenant", "profile_link", "action", "old_data", "new_data", "actor", "created_at",
-                       "undone_at", "undone_by", "undo_reason", "undo_entry", "undoes_link"]
+    readonly_fields = [
+        "tenant",
+        "profile_link",
+        "action",
+        "old_data",
+        "new_data",
+        "actor",
+        "created_at",
+        "undone_at",
+        "undone_by",
+        "undo_reason",
+        "undo_entry",
+        "undoes_link",
+    ]
     fields = readonly_fields
     actions = ["undo_selected"]
 

@@ -477,9 +477,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
             raise OperationLocked()
         steps.at("entry")
         entry = (
-            self.select_for_update(nowait=True, no_key=False, of=("self",))
-            .filter(pk=entry_id, tenant=tenant)
-            .first()
+            self.select_for_update(nowait=True, no_key=False, of=("self",)).filter(pk=entry_id, tenant=tenant).first()
         )
         if entry is None:
             raise AuditEntryNotFound()
@@ -497,4 +495,3 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
         entry.undo_entry, entry.profile = undo_entry, profile
         return entry
-

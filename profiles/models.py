@@ -28,9 +28,9 @@ class ProfileVersionOnlyIncreases(pgtrigger.Trigger):
     def get_func(self, model):
         refuse = refusal_sql(
             self.name,
-            "OLD.\"version\"::text || '->' || NEW.\"version\"::text",
+            'OLD."version"::text || \'->\' || NEW."version"::text',
             "format('%s: version of profile %s may not go down from %s to %s', "
-            "TG_TABLE_NAME, OLD.\"id\", OLD.\"version\", NEW.\"version\")",
+            'TG_TABLE_NAME, OLD."id", OLD."version", NEW."version")',
         )
         return self.format_sql(f"{refuse} RETURN NEW;")
 
@@ -101,7 +101,7 @@ class ProfileChildrenLive(pgtrigger.Trigger):
             self.name,
             "'live->deleted with live children'",
             "format('%s: profile %s is the father or mother of live profiles; it cannot be deleted', "
-            "TG_TABLE_NAME, OLD.\"id\")",
+            'TG_TABLE_NAME, OLD."id")',
         )
         return self.format_sql(
             f"""
@@ -134,11 +134,19 @@ class Profile(GuardedModel):
     birth_date = models.DateField(_("date of birth"), null=True, blank=True)
     death_date = models.DateField(_("date of death"), null=True, blank=True)
     father = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children_of_father",
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="children_of_father",
         verbose_name=_("father"),
     )
     mother = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children_of_mother",
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="children_of_mother",
         verbose_name=_("mother"),
     )
     deleted_at = models.DateTimeField(_("deleted at"), null=True, blank=True)
@@ -266,8 +274,17 @@ class ProfileAuditLog(GuardedModel):
     """
 
     guarded_fields = (
-        "tenant", "profile", "action", "old_data", "new_data", "actor", "created_at",
-        "undone_at", "undone_by", "undo_reason", "undo_entry",
+        "tenant",
+        "profile",
+        "action",
+        "old_data",
+        "new_data",
+        "actor",
+        "created_at",
+        "undone_at",
+        "undone_by",
+        "undo_reason",
+        "undo_entry",
     )
 
     class Action(models.TextChoices):
@@ -283,18 +300,31 @@ class ProfileAuditLog(GuardedModel):
     old_data = models.JSONField(_("old data"), default=dict, blank=True)
     new_data = models.JSONField(_("new data"), default=dict, blank=True)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
         verbose_name=_("actor"),
     )
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     undone_at = models.DateTimeField(_("undone at"), null=True, blank=True)
     undone_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
         verbose_name=_("undone by"),
     )
     undo_reason = models.TextField(_("undo reason"), blank=True, default="")
     undo_entry = models.OneToOneField(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="undoes", verbose_name=_("undo entry"),
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="undoes",
+        verbose_name=_("undo entry"),
     )
 
     objects = ProfileAuditLogManager()

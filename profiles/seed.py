@@ -23,8 +23,15 @@ def seed_demo(tenant, *, admin, api_user):
     made = {}
     for key, first, last, sex, born, died, father, mother in FAMILY:
         made[key] = Profile.objects.create_profile(
-            tenant=tenant, actor=admin, first_name=first, last_name=last, sex=sex, birth_date=born,
-            death_date=died, father=made.get(father), mother=made.get(mother),
+            tenant=tenant,
+            actor=admin,
+            first_name=first,
+            last_name=last,
+            sex=sex,
+            birth_date=born,
+            death_date=died,
+            father=made.get(father),
+            mother=made.get(mother),
         )
     sara = made["sara"]
     Profile.objects.update_profile(sara.pk, tenant=tenant, version=sara.version, actor=api_user, last_name="Qefari")

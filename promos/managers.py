@@ -552,6 +552,4 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         again).
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
-        return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(
-            status="expired"
-        )
+        return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(status="expired")

@@ -19,14 +19,37 @@ from proposals.models import PROPOSAL_EDITABLE, Proposal
 
 @admin.register(Proposal)
 class ProposalAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
-    list_display = ["id", "session_id", "package", "date", "customer_name", "status", "expires_at",
-                    "booking_link", "failure_code", "tenant"]
+    list_display = [
+        "id",
+        "session_id",
+        "package",
+        "date",
+        "customer_name",
+        "status",
+        "expires_at",
+        "booking_link",
+        "failure_code",
+        "tenant",
+    ]
     list_filter = ["status", "date", "tenant", "package"]
     search_fields = ["session_id", "customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant", "booking"]
-    readonly_fields = ["tenant", "session_id", "package", "date", "status", "expires_at", "created_at",
-                       "confirmed_at", "executed_at", "rejected_at", "failure_code", "booking_link", "version"]
+    readonly_fields = [
+        "tenant",
+        "session_id",
+        "package",
+        "date",
+        "status",
+        "expires_at",
+        "created_at",
+        "confirmed_at",
+        "executed_at",
+        "rejected_at",
+        "failure_code",
+        "booking_link",
+        "version",
+    ]
     fields = [*readonly_fields[:4], *PROPOSAL_EDITABLE, *readonly_fields[4:]]
     actions = ["expire_selected"]
 

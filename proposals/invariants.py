@@ -26,13 +26,17 @@ def _bookings_taking_a_place(tenant):
 
 @invariant("an executed proposal links one booking of its tenant, package and date, which names it as its origin")
 def executed_proposals_have_their_booking(tenant):
-    broken = _proposals(tenant).filter(status=Proposal.Status.EXECUTED).filter(
-        Q(booking__isnull=True)
-        | ~Q(booking__package=F("package"))
-        | ~Q(booking__date=F("date"))
-        | ~Q(booking__tenant=F("tenant"))
-        | Q(booking__origin_proposal_id__isnull=True)
-        | ~Q(booking__origin_proposal_id=F("pk"))
+    broken = (
+        _proposals(tenant)
+        .filter(status=Proposal.Status.EXECUTED)
+        .filter(
+            Q(booking__isnull=True)
+            | ~Q(booking__package=F("package"))
+            | ~Q(booking__date=F("date"))
+            | ~Q(booking__tenant=F("tenant"))
+            | Q(booking__origin_proposal_id__isnull=True)
+            | ~Q(booking__origin_proposal_id=F("pk"))
+        )
     )
     return [f"proposal {pk}" for pk in broken.values_list("pk", flat=True)]
 
@@ -41,9 +45,7 @@ def executed_proposals_have_their_booking(tenant):
 def bookings_linked_once_and_only_when_executed(tenant):
     proposals = _proposals(tenant)
     not_executed = proposals.filter(booking__isnull=False).exclude(status=Proposal.Status.EXECUTED)
-    shared = (
-        proposals.filter(booking__isnull=False).values("booking_id").annotate(n=Count("pk")).filter(n__gt=1)
-    )
+    shared = proposals.filter(booking__isnull=False).values("booking_id").annotate(n=Count("pk")).filter(n__gt=1)
     return [f"proposal {pk}: {status} with a booking" for pk, status in not_executed.values_list("pk", "status")] + [
         f"booking {row['booking_id']}: linked by {row['n']} proposals" for row in shared
     ]

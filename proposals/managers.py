@@ -56,9 +56,7 @@ class ProposalQuerySet(models.QuerySet):
         A plain read, stale the moment it returns: each candidate is judged again on its
         locked rows by ``reopen_if_stranded`` before anything is written.
         """
-        return self.filter(
-            status=self.model.Status.EXECUTED, booking__checkout__state__in=UNOPENED_CHECKOUT
-        ).filter(
+        return self.filter(status=self.model.Status.EXECUTED, booking__checkout__state__in=UNOPENED_CHECKOUT).filter(
             Q(booking__status=Booking.Status.EXPIRED)
             | Q(booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=ClockNow())
         )
@@ -133,8 +131,11 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         ProposalAlreadyProcessed.
         """
         self._decide(
-            proposal_id, tenant=tenant, session_id=session_id,
-            status=self.model.Status.CONFIRMED, confirmed_at=Now(),
+            proposal_id,
+            tenant=tenant,
+            session_id=session_id,
+            status=self.model.Status.CONFIRMED,
+            confirmed_at=Now(),
         )
         return self.select_related("package").get(pk=proposal_id)
 
@@ -145,8 +146,11 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         Locks: proposal row (the filtered UPDATE).
         """
         self._decide(
-            proposal_id, tenant=tenant, session_id=session_id,
-            status=self.model.Status.REJECTED, rejected_at=Now(),
+            proposal_id,
+            tenant=tenant,
+            session_id=session_id,
+            status=self.model.Status.REJECTED,
+            rejected_at=Now(),
         )
         return self.get(pk=proposal_id)
 
@@ -212,12 +216,7 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         lock_timeout raises LockContended.
         """
         Status = self.model.Status
-        proposal = (
-            self.select_for_update(no_key=True)
-            .filter(pk=proposal_id)
-            .values("status", "booking_id")
-            .first()
-        )
+        proposal = self.select_for_update(no_key=True).filter(pk=proposal_id).values("status", "booking_id").first()
         if proposal is None or proposal["status"] != Status.EXECUTED or proposal["booking_id"] != booking_id:
             return False
         gone = (
@@ -225,8 +224,7 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
             .filter(pk=booking_id)
             .annotate(
                 gone=ExpressionWrapper(
-                    Q(status=Booking.Status.EXPIRED)
-                    | Q(status=Booking.Status.HELD, hold_expires_at__lte=ClockNow()),
+                    Q(status=Booking.Status.EXPIRED) | Q(status=Booking.Status.HELD, hold_expires_at__lte=ClockNow()),
                     output_field=BooleanField(),
                 )
             )

@@ -57,18 +57,22 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
     condition = pgtrigger.Condition(
         'OLD."booking_id" IS NOT NULL AND NEW."booking_id" IS DISTINCT FROM OLD."booking_id"'
     )
-    declare = [("v_booking_status", "text"), ("v_hold_expires", "timestamptz"), ("v_checkout_state", "text"),
-               ("v_refund_state", "text")]
+    declare = [
+        ("v_booking_status", "text"),
+        ("v_hold_expires", "timestamptz"),
+        ("v_checkout_state", "text"),
+        ("v_refund_state", "text"),
+    ]
 
     def get_func(self, model):
         from bookings.models import Booking, Checkout
 
         refuse = refusal_sql(
             self.name,
-            "format('%s with booking %s %s/%s->%s', OLD.\"status\", OLD.\"booking_id\", v_booking_status, "
+            'format(\'%s with booking %s %s/%s->%s\', OLD."status", OLD."booking_id", v_booking_status, '
             "coalesce(v_checkout_state, 'no checkout'), NEW.\"status\")",
             "format('%s: proposal %s may not leave booking %s (%s, checkout %s): it is live or was paid', "
-            "TG_TABLE_NAME, OLD.\"id\", OLD.\"booking_id\", v_booking_status, coalesce(v_checkout_state, 'none'))",
+            'TG_TABLE_NAME, OLD."id", OLD."booking_id", v_booking_status, coalesce(v_checkout_state, \'none\'))',
         )
         return self.format_sql(
             f"""
@@ -98,8 +102,21 @@ class Proposal(GuardedModel):
     Status = ProposalStatus
 
     guarded_fields = (
-        "status", "booking", "booking_id", "confirmed_at", "executed_at", "rejected_at", "expires_at",
-        "failure_code", "package", "package_id", "date", "session_id", "tenant", "tenant_id", "version",
+        "status",
+        "booking",
+        "booking_id",
+        "confirmed_at",
+        "executed_at",
+        "rejected_at",
+        "expires_at",
+        "failure_code",
+        "package",
+        "package_id",
+        "date",
+        "session_id",
+        "tenant",
+        "tenant_id",
+        "version",
     )
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="proposals")
@@ -138,7 +155,9 @@ class Proposal(GuardedModel):
                 condition=~Q(status="failed") | ~Q(failure_code=""), name="proposal_failed_has_reason"
             ),
             models.CheckConstraint(
-                condition=Q(status="pending") | Q(status="expired") | Q(status="rejected")
+                condition=Q(status="pending")
+                | Q(status="expired")
+                | Q(status="rejected")
                 | Q(confirmed_at__isnull=False),
                 name="proposal_decided_has_confirmed_at",
             ),

@@ -57,8 +57,17 @@ class ProfileSerializer(serializers.ModelSerializer):
     class Meta:
         model = Profile
         fields = [
-            "id", "first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother",
-            "version", "deleted_at", "created_at",
+            "id",
+            "first_name",
+            "last_name",
+            "sex",
+            "birth_date",
+            "death_date",
+            "father",
+            "mother",
+            "version",
+            "deleted_at",
+            "created_at",
         ]
 
 
@@ -76,8 +85,17 @@ class AuditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = ProfileAuditLog
         fields = [
-            "id", "profile", "action", "old_data", "new_data", "actor", "created_at",
-            "undone_at", "undone_by", "undo_reason", "undo_entry",
+            "id",
+            "profile",
+            "action",
+            "old_data",
+            "new_data",
+            "actor",
+            "created_at",
+            "undone_at",
+            "undone_by",
+            "undo_reason",
+            "undo_entry",
         ]
 
 

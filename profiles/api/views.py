@@ -14,7 +14,10 @@ from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
 from profiles.models import Profile, ProfileAuditLog
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Replays the first answer for the same key and body.",
 )
 

@@ -34,8 +34,19 @@ class ProposalSerializer(serializers.ModelSerializer):
     class Meta:
         model = Proposal
         fields = [
-            "id", "session_id", "package", "date", "customer", "status", "expires_at", "created_at",
-            "confirmed_at", "executed_at", "rejected_at", "failure_code", "booking",
+            "id",
+            "session_id",
+            "package",
+            "date",
+            "customer",
+            "status",
+            "expires_at",
+            "created_at",
+            "confirmed_at",
+            "executed_at",
+            "rejected_at",
+            "failure_code",
+            "booking",
         ]
 
     def get_status(self, proposal) -> str:

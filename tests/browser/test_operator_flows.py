@@ -34,9 +34,7 @@ def log_in(page, live_server):
     page.wait_for_selector("#site-name")
 
 
-def test_operator_undoes_a_profile_update_and_reads_the_results_in_arabic(
-    browser_page, live_server, operator
-):
+def test_operator_undoes_a_profile_update_and_reads_the_results_in_arabic(browser_page, live_server, operator):
     tenant = TenantFactory(slug="family")
     old_father = Profile.objects.create_profile(tenant=tenant, first_name="Karim", sex="male")
     new_father = Profile.objects.create_profile(tenant=tenant, first_name="Sami", sex="male")

@@ -237,8 +237,9 @@ def test_anonymous_keys_are_scoped_to_the_path(anon_client, tenant, other_tenant
     assert globex.json() == {"name": "Globex+"}
     replay = bump(anon_client, key="order-1", path="/api/public/acme/test-bump")
     assert replay["Idempotent-Replayed"] == "true" and replay.json() == {"name": "Acme+"}
-    assert_error(bump(anon_client, {"a": 1}, key="order-1", path="/api/public/acme/test-bump"), 422,
-                 "idempotency_key_reused")
+    assert_error(
+        bump(anon_client, {"a": 1}, key="order-1", path="/api/public/acme/test-bump"), 422, "idempotency_key_reused"
+    )
     assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
     assert IdempotencyKey.objects.filter(key="order-1").values("principal").distinct().count() == 2
 

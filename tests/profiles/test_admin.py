@@ -77,8 +77,7 @@ def test_staff_without_undo_permission_has_no_undo_action(client, tree, django_u
     entry = moved_entry(tree)
     page = client.get(AUDIT_LIST)
     assert page.status_code == 200 and b"undo_selected" not in page.content
-    client.post(AUDIT_LIST, {"action": "undo_selected", "_selected_action": [entry.pk], "apply": "1",
-                             "reason": "r"})
+    client.post(AUDIT_LIST, {"action": "undo_selected", "_selected_action": [entry.pk], "apply": "1", "reason": "r"})
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
@@ -111,10 +110,17 @@ def test_profile_list_search_filter_and_history_inline(admin_client, tree):
 
 def form_data(profile, **overrides):
     data = {
-        "first_name": profile.first_name, "last_name": profile.last_name, "sex": profile.sex,
-        "birth_date": "", "death_date": "", "father": profile.father_id or "", "mother": profile.mother_id or "",
+        "first_name": profile.first_name,
+        "last_name": profile.last_name,
+        "sex": profile.sex,
+        "birth_date": "",
+        "death_date": "",
+        "father": profile.father_id or "",
+        "mother": profile.mother_id or "",
         "expected_version": profile.version,
-        "history-TOTAL_FORMS": "0", "history-INITIAL_FORMS": "0", "history-MIN_NUM_FORMS": "0",
+        "history-TOTAL_FORMS": "0",
+        "history-INITIAL_FORMS": "0",
+        "history-MIN_NUM_FORMS": "0",
         "history-MAX_NUM_FORMS": "0",
     }
     data.update(overrides)
@@ -156,8 +162,9 @@ def test_admin_change_refusals_come_back_with_the_input_and_the_localized_error(
     assert b'value="Typed by the operator"' in response.content and b"now version 2" in response.content
     assert fresh(kid).first_name == "Someone else" and fresh(kid).version == 2
 
-    response = admin_client.post(change, form_data(fresh(kid), first_name="Kept", father=tree["mum"].pk),
-                                 HTTP_ACCEPT_LANGUAGE="ar")
+    response = admin_client.post(
+        change, form_data(fresh(kid), first_name="Kept", father=tree["mum"].pk), HTTP_ACCEPT_LANGUAGE="ar"
+    )
     assert response.status_code == 200
     form = response.context["adminform"].form
     assert form.errors == {"father": ["يجب أن يكون الأب ذكراً."]}
@@ -171,8 +178,12 @@ def test_admin_change_refusals_come_back_with_the_input_and_the_localized_error(
 
 def test_admin_add_refusal_comes_back_with_the_input(admin_client, tree):
     tenant = tree["kid"].tenant
-    body = {**form_data(Profile(first_name="Newborn", sex="male", version=1), birth_date="2000-01-02",
-                        death_date="1999-01-01"), "tenant": tenant.pk}
+    body = {
+        **form_data(
+            Profile(first_name="Newborn", sex="male", version=1), birth_date="2000-01-02", death_date="1999-01-01"
+        ),
+        "tenant": tenant.pk,
+    }
     response = admin_client.post(reverse("admin:profiles_profile_add"), body)
     assert response.status_code == 200
     form = response.context["adminform"].form
@@ -229,8 +240,9 @@ def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(a
     try:
         with connections["default"].cursor() as cursor:
             cursor.execute("SET lock_timeout = '200ms'")
-        response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]),
-                                     form_data(kid, first_name="Typed"))
+        response = admin_client.post(
+            reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, first_name="Typed")
+        )
     finally:
         release.set()
         holder.join(10)
@@ -266,8 +278,9 @@ def test_a_change_form_without_its_version_is_refused_with_the_input_kept(admin_
 
 def test_the_change_form_writes_only_the_fields_the_operator_changed(admin_client, tree):
     kid = tree["kid"]
-    response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]),
-                                 form_data(kid, last_name="Changed"))
+    response = admin_client.post(
+        reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, last_name="Changed")
+    )
     assert response.status_code == 302
     assert ProfileAuditLog.objects.filter(profile=kid).latest("pk").new_data == {"last_name": "Changed"}
     kid = fresh(kid)
@@ -276,8 +289,9 @@ def test_the_change_form_writes_only_the_fields_the_operator_changed(admin_clien
 
 def test_a_mother_refusal_goes_on_the_mother_field(admin_client, tree):
     kid = tree["kid"]
-    response = admin_client.post(reverse("admin:profiles_profile_change", args=[kid.pk]),
-                                 form_data(kid, mother=tree["dad"].pk))
+    response = admin_client.post(
+        reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, mother=tree["dad"].pk)
+    )
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {"mother": ["The mother must be female."]}
     assert fresh(kid).mother_id == tree["mum"].pk

@@ -34,8 +34,11 @@ def test_create_read_update_delete_restore(api_client, tenant, member):
 
     response = api_client.patch(f"{BASE}/profiles/{pk}", {"version": 1, "first_name": "Anne"}, format="json")
     assert response.status_code == 200 and response.json()["version"] == 2
-    assert_error(api_client.patch(f"{BASE}/profiles/{pk}", {"version": 1, "first_name": "X"}, format="json"),
-                 409, "version_conflict")
+    assert_error(
+        api_client.patch(f"{BASE}/profiles/{pk}", {"version": 1, "first_name": "X"}, format="json"),
+        409,
+        "version_conflict",
+    )
 
     response = api_client.delete(f"{BASE}/profiles/{pk}?version=2")
     assert response.status_code == 200 and response.json()["deleted_at"] is not None
@@ -63,7 +66,10 @@ def test_ancestors_and_descendants(api_client, tree):
     kid = tree["kid"]
     ancestors = api_client.get(f"{BASE}/profiles/{kid.pk}/ancestors").json()
     assert [(a["first_name"], a["depth"]) for a in ancestors] == [
-        ("Dad", 1), ("Mum", 1), ("Grandpa", 2), ("Grandma", 2)
+        ("Dad", 1),
+        ("Mum", 1),
+        ("Grandpa", 2),
+        ("Grandma", 2),
     ]
     descendants = api_client.get(f"{BASE}/profiles/{tree['grandma'].pk}/descendants?max_depth=1").json()
     assert [d["first_name"] for d in descendants] == ["Dad"]
@@ -89,8 +95,11 @@ def test_undo_with_idempotency_key_replays(api_client, tree):
     assert body["undo_entry"]["action"] == "undo" and body["profile"]["father"] == tree["dad"].pk
     second = api_client.post(url, {"reason": "wrong father"}, format="json", HTTP_IDEMPOTENCY_KEY="u-1")
     assert second.json() == body and second["Idempotent-Replayed"] == "true"
-    assert_error(api_client.post(url, {"reason": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="u-1"),
-                 422, "idempotency_key_reused")
+    assert_error(
+        api_client.post(url, {"reason": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="u-1"),
+        422,
+        "idempotency_key_reused",
+    )
     assert_error(api_client.post(url, {"reason": "again"}, format="json"), 409, "already_undone")
     assert ProfileAuditLog.objects.filter(action="undo").count() == 1
 
@@ -100,8 +109,9 @@ def test_undo_refusals_in_english_and_arabic(api_client, tree):
     Profile.objects.soft_delete(tree["dad"].pk, tenant=tree["dad"].tenant, version=1)
     url = f"{BASE}/audit-log/{entry.pk}/undo"
     english = assert_error(api_client.post(url, {"reason": "r"}, format="json"), 409, "parent_deleted")
-    arabic = assert_error(api_client.post(url, {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"),
-                          409, "parent_deleted")
+    arabic = assert_error(
+        api_client.post(url, {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "parent_deleted"
+    )
     assert english["message"] == "The father's profile is deleted. Restore the father first."
     assert arabic["message"] == "الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً."
 
@@ -111,34 +121,53 @@ def test_undo_stale_and_unsupported(api_client, tree):
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="B")
     entry = ProfileAuditLog.objects.get(profile=kid, action="update")
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=2, first_name="C")
-    error = assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"),
-                         409, "stale_version")
+    error = assert_error(
+        api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"), 409, "stale_version"
+    )
     assert error["message"].endswith(": first name.")
-    arabic = assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
-                                          HTTP_ACCEPT_LANGUAGE="ar"), 409, "stale_version")
+    arabic = assert_error(
+        api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"),
+        409,
+        "stale_version",
+    )
     assert arabic["message"].endswith(": الاسم الأول.")  # the field is named in Arabic too
     create_entry = ProfileAuditLog.objects.get(profile=kid, action="create")
-    assert_error(api_client.post(f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"}, format="json"),
-                 409, "undo_not_supported")
-    arabic = assert_error(api_client.post(f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"},
-                                          format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "undo_not_supported")
+    assert_error(
+        api_client.post(f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"}, format="json"),
+        409,
+        "undo_not_supported",
+    )
+    arabic = assert_error(
+        api_client.post(
+            f"{BASE}/audit-log/{create_entry.pk}/undo", {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"
+        ),
+        409,
+        "undo_not_supported",
+    )
     assert arabic["message"] == "لا يمكن التراجع عن قيود من هذا النوع (إنشاء)."
 
 
 def test_other_tenants_entry_and_profile_are_404(api_client, outsider_client, tree, other_tenant):
     entry = entry_after_move(tree)
-    assert_error(outsider_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"),
-                 404, "not_found")
+    assert_error(
+        outsider_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"), 404, "not_found"
+    )
     stranger = ProfileFactory(tenant=other_tenant)
     Profile.objects.update_profile(stranger.pk, tenant=other_tenant, version=1, first_name="Q")
     foreign = ProfileAuditLog.objects.get(profile=stranger, action="update")
-    assert_error(api_client.post(f"{BASE}/audit-log/{foreign.pk}/undo", {"reason": "r"}, format="json"),
-                 404, "audit_entry_not_found")
+    assert_error(
+        api_client.post(f"{BASE}/audit-log/{foreign.pk}/undo", {"reason": "r"}, format="json"),
+        404,
+        "audit_entry_not_found",
+    )
     assert_error(api_client.get(f"{BASE}/audit-log/{foreign.pk}"), 404, "audit_entry_not_found")
     assert_error(api_client.get(f"{BASE}/profiles/{stranger.pk}"), 404, "profile_not_found")
     assert_error(api_client.get(f"{BASE}/profiles/{stranger.pk}/history"), 404, "profile_not_found")
-    assert_error(api_client.patch(f"{BASE}/profiles/{stranger.pk}", {"version": 1, "first_name": "X"},
-                                  format="json"), 404, "profile_not_found")
+    assert_error(
+        api_client.patch(f"{BASE}/profiles/{stranger.pk}", {"version": 1, "first_name": "X"}, format="json"),
+        404,
+        "profile_not_found",
+    )
     assert_error(api_client.get(f"{BASE}/profiles/{stranger.pk}/ancestors"), 404, "profile_not_found")
 
 
@@ -187,8 +216,9 @@ def test_bad_patch_bodies_are_400(api_client, tree, body):
 
 
 def test_json_nan_literal_is_400(api_client, tree):
-    response = api_client.generic("PATCH", f"{BASE}/profiles/{tree['kid'].pk}", '{"version": NaN}',
-                                  content_type="application/json")
+    response = api_client.generic(
+        "PATCH", f"{BASE}/profiles/{tree['kid'].pk}", '{"version": NaN}', content_type="application/json"
+    )
     assert response.status_code == 400, response.content
 
 
@@ -208,16 +238,18 @@ def test_malformed_ids_are_404(api_client, tenant, path):
 def test_unknown_and_huge_ids_are_404(api_client, tenant):
     assert_error(api_client.get(f"{BASE}/profiles/{10**30}"), 404, "profile_not_found")
     assert_error(api_client.get(f"{BASE}/profiles/{10**30}/descendants"), 404, "profile_not_found")
-    assert_error(api_client.post(f"{BASE}/audit-log/{10**30}/undo", {"reason": "r"}, format="json"),
-                 404, "audit_entry_not_found")
+    assert_error(
+        api_client.post(f"{BASE}/audit-log/{10**30}/undo", {"reason": "r"}, format="json"), 404, "audit_entry_not_found"
+    )
     assert_error(api_client.delete(f"{BASE}/profiles/999999?version=1"), 404, "profile_not_found")
 
 
 def test_undo_needs_a_reason(api_client, tree):
     entry = entry_after_move(tree)
     assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {}, format="json"), 400, "invalid_input")
-    assert_error(api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "   "}, format="json"),
-                 400, "invalid_input")
+    assert_error(
+        api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "   "}, format="json"), 400, "invalid_input"
+    )
 
 
 def test_bad_create_bodies(api_client, tenant):
@@ -236,9 +268,13 @@ def test_schema_describes_the_endpoints(api_client):
     schema = api_client.get("/api/schema/?format=json").json()
     paths = schema["paths"]
     for path in [
-        "/api/t/{tenant}/profiles", "/api/t/{tenant}/profiles/{id}", "/api/t/{tenant}/profiles/{id}/restore",
-        "/api/t/{tenant}/profiles/{id}/history", "/api/t/{tenant}/profiles/{id}/ancestors",
-        "/api/t/{tenant}/profiles/{id}/descendants", "/api/t/{tenant}/audit-log/{id}/undo",
+        "/api/t/{tenant}/profiles",
+        "/api/t/{tenant}/profiles/{id}",
+        "/api/t/{tenant}/profiles/{id}/restore",
+        "/api/t/{tenant}/profiles/{id}/history",
+        "/api/t/{tenant}/profiles/{id}/ancestors",
+        "/api/t/{tenant}/profiles/{id}/descendants",
+        "/api/t/{tenant}/audit-log/{id}/undo",
     ]:
         assert path in paths, sorted(paths)
 
@@ -271,8 +307,9 @@ def test_put_is_not_offered_so_no_omitted_field_can_be_reset(api_client, tree):
 
 def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree):
     kid = tree["kid"]
-    assert_error(api_client.patch(f"{BASE}/profiles/{kid.pk}", {"first_name": "X"}, format="json"),
-                 400, "invalid_input")
+    assert_error(
+        api_client.patch(f"{BASE}/profiles/{kid.pk}", {"first_name": "X"}, format="json"), 400, "invalid_input"
+    )
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, birth_date="2001-02-03")
     response = api_client.patch(
         f"{BASE}/profiles/{kid.pk}",
@@ -282,10 +319,25 @@ def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree)
     )
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"id", "first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother",
-                         "version", "deleted_at", "created_at"}
+    assert set(body) == {
+        "id",
+        "first_name",
+        "last_name",
+        "sex",
+        "birth_date",
+        "death_date",
+        "father",
+        "mother",
+        "version",
+        "deleted_at",
+        "created_at",
+    }
     assert (body["first_name"], body["last_name"], body["birth_date"], body["father"], body["mother"]) == (
-        "Kid", "Renamed", "2001-02-03", tree["dad"].pk, tree["mum"].pk
+        "Kid",
+        "Renamed",
+        "2001-02-03",
+        tree["dad"].pk,
+        tree["mum"].pk,
     )
     assert body["version"] == 3 and body["deleted_at"] is None
     assert ProfileAuditLog.objects.filter(profile=kid).latest("pk").new_data == {"last_name": "Renamed"}
@@ -294,8 +346,9 @@ def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree)
 def test_a_stale_patch_is_409_version_conflict_in_arabic_with_the_current_version(api_client, tree):
     kid = tree["kid"]
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="Moved on")
-    response = api_client.patch(f"{BASE}/profiles/{kid.pk}", {"version": 1, "first_name": "Stale"}, format="json",
-                                HTTP_ACCEPT_LANGUAGE="ar")
+    response = api_client.patch(
+        f"{BASE}/profiles/{kid.pk}", {"version": 1, "first_name": "Stale"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"
+    )
     error = assert_error(response, 409, "version_conflict")
     assert error["message"] == "عدّل شخص آخر هذا السجل (النسخة الآن 2). أعد تحميله ثم حاول مرة أخرى."
     assert error["details"] == {"current": 2}

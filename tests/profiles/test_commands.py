@@ -42,8 +42,9 @@ def moved():
 
 def test_undo_succeeds_with_exit_0(moved, capsys):
     operator = UserFactory(username="operator")
-    code, out, err = run("undo_profile_update", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator",
-                         capsys=capsys)
+    code, out, err = run(
+        "undo_profile_update", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator", capsys=capsys
+    )
     assert code == 0, err
     assert f"Undone entry {moved['entry'].pk}" in out and "profile version 3" in out
     entry = ProfileAuditLog.objects.get(pk=moved["entry"].pk)

@@ -49,8 +49,13 @@ def test_create_writes_entry_and_starts_at_version_1(tenant):
     entry = last_entry(kid)
     assert entry.action == "create" and entry.actor == actor and entry.old_data == {}
     assert entry.new_data == {
-        "first_name": "Kid", "last_name": "", "sex": "female", "birth_date": "2000-01-02",
-        "death_date": None, "father": dad.pk, "mother": None,
+        "first_name": "Kid",
+        "last_name": "",
+        "sex": "female",
+        "birth_date": "2000-01-02",
+        "death_date": None,
+        "father": dad.pk,
+        "mother": None,
     }
     assert entry.created_at is not None and entry.tenant_id == tenant.pk
 
@@ -76,8 +81,9 @@ def test_update_with_nothing_changed_writes_nothing(tree):
 def test_stale_version_is_version_conflict(tree):
     kid = tree["kid"]
     update(kid, first_name="A")
-    error = refused("version_conflict", Profile.objects.update_profile, kid.pk, tenant=kid.tenant, version=1,
-                    first_name="B")
+    error = refused(
+        "version_conflict", Profile.objects.update_profile, kid.pk, tenant=kid.tenant, version=1, first_name="B"
+    )
     assert "2" in error.render()
     refused("version_conflict", Profile.objects.soft_delete, kid.pk, tenant=kid.tenant, version=1)
     assert fresh(kid).first_name == "A"
@@ -120,8 +126,14 @@ def test_wrong_sex_for_each_parent_role(tree):
     assert error.parent == "father"
     error = refused("parent_wrong_sex", update, tree["kid"], mother=tree["grandpa"].pk)
     assert error.parent == "mother"
-    refused("parent_wrong_sex", Profile.objects.create_profile, tenant=tree["kid"].tenant, first_name="X",
-            sex="male", father=tree["grandma"])
+    refused(
+        "parent_wrong_sex",
+        Profile.objects.create_profile,
+        tenant=tree["kid"].tenant,
+        first_name="X",
+        sex="male",
+        father=tree["grandma"],
+    )
 
 
 def test_parent_must_exist_in_the_same_tenant(tree):
@@ -241,8 +253,9 @@ def test_undo_would_create_cycle(tree):
     # Undo the *clearing* instead: it would restore Elder as father. Make Elder a descendant first.
     clearing = last_entry(grandpa)
     update(elder, father=tree["kid"].pk)
-    error = refused("would_create_cycle", ProfileAuditLog.objects.undo, clearing.pk, tenant=tenant, actor=None,
-                    reason="r")
+    error = refused(
+        "would_create_cycle", ProfileAuditLog.objects.undo, clearing.pk, tenant=tenant, actor=None, reason="r"
+    )
     assert error.parent == "father"
     assert fresh(grandpa).father_id is None
 
@@ -261,14 +274,26 @@ def test_create_and_undo_entries_cannot_be_undone(tree):
     refused("undo_not_supported", ProfileAuditLog.objects.undo, create.pk, tenant=kid.tenant, actor=None, reason="r")
     update(kid, first_name="X")
     undone = ProfileAuditLog.objects.undo(last_entry(kid).pk, tenant=kid.tenant, actor=None, reason="r")
-    refused("undo_not_supported", ProfileAuditLog.objects.undo, undone.undo_entry.pk, tenant=kid.tenant,
-            actor=None, reason="r")
+    refused(
+        "undo_not_supported",
+        ProfileAuditLog.objects.undo,
+        undone.undo_entry.pk,
+        tenant=kid.tenant,
+        actor=None,
+        reason="r",
+    )
 
 
 def test_undo_needs_a_reason(tree):
     update(tree["kid"], first_name="X")
-    refused("undo_reason_required", ProfileAuditLog.objects.undo, last_entry(tree["kid"]).pk,
-            tenant=tree["kid"].tenant, actor=None, reason="  ")
+    refused(
+        "undo_reason_required",
+        ProfileAuditLog.objects.undo,
+        last_entry(tree["kid"]).pk,
+        tenant=tree["kid"].tenant,
+        actor=None,
+        reason="  ",
+    )
 
 
 def test_undo_of_delete_restores_and_undo_of_restore_deletes(tree):
@@ -292,8 +317,9 @@ def test_undo_of_delete_is_stale_once_the_profile_was_restored_and_deleted_again
     first_delete = last_entry(kid)
     Profile.objects.restore(kid.pk, tenant=tenant)
     Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
-    error = refused("stale_version", ProfileAuditLog.objects.undo, first_delete.pk, tenant=tenant, actor=None,
-                    reason="r")
+    error = refused(
+        "stale_version", ProfileAuditLog.objects.undo, first_delete.pk, tenant=tenant, actor=None, reason="r"
+    )
     assert error.fields == ("deleted_at",) and error.render().endswith(": deleted at.")
     assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
 
@@ -305,8 +331,9 @@ def test_undo_of_restore_refused_while_children_live(tree):
     Profile.objects.restore(dad.pk, tenant=tenant)
     restore_entry = last_entry(dad)
     Profile.objects.restore(tree["kid"].pk, tenant=tenant)
-    refused("profile_has_children", ProfileAuditLog.objects.undo, restore_entry.pk, tenant=tenant, actor=None,
-            reason="r")
+    refused(
+        "profile_has_children", ProfileAuditLog.objects.undo, restore_entry.pk, tenant=tenant, actor=None, reason="r"
+    )
 
 
 def test_undo_of_delete_refused_when_its_parent_was_deleted_since(tree):
@@ -314,8 +341,9 @@ def test_undo_of_delete_refused_when_its_parent_was_deleted_since(tree):
     Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
     delete_entry = last_entry(kid)
     Profile.objects.soft_delete(dad.pk, tenant=tenant, version=1)
-    error = refused("parent_deleted", ProfileAuditLog.objects.undo, delete_entry.pk, tenant=tenant, actor=None,
-                    reason="r")
+    error = refused(
+        "parent_deleted", ProfileAuditLog.objects.undo, delete_entry.pk, tenant=tenant, actor=None, reason="r"
+    )
     assert error.parent == "father"
 
 
@@ -324,13 +352,12 @@ def test_undo_of_delete_refused_when_its_parent_was_deleted_since(tree):
 
 def test_ancestors_and_descendants(tree):
     ancestors = Profile.objects.ancestors(tree["kid"].pk, tenant=tree["kid"].tenant)
-    assert [(p.first_name, p.depth) for p in ancestors] == [
-        ("Dad", 1), ("Mum", 1), ("Grandpa", 2), ("Grandma", 2)
-    ]
+    assert [(p.first_name, p.depth) for p in ancestors] == [("Dad", 1), ("Mum", 1), ("Grandpa", 2), ("Grandma", 2)]
     descendants = Profile.objects.descendants(tree["grandpa"].pk, tenant=tree["kid"].tenant)
     assert [(p.first_name, p.depth) for p in descendants] == [("Dad", 1), ("Kid", 2)]
-    assert [p.first_name for p in Profile.objects.ancestors(tree["kid"].pk, tenant=tree["kid"].tenant,
-                                                            max_depth=1)] == ["Dad", "Mum"]
+    assert [
+        p.first_name for p in Profile.objects.ancestors(tree["kid"].pk, tenant=tree["kid"].tenant, max_depth=1)
+    ] == ["Dad", "Mum"]
 
 
 # --- round trips and lock SQL ----------------------------------------------
@@ -382,7 +409,10 @@ def test_seed_demo_builds_three_generations_with_history_and_is_idempotent():
     assert Profile.objects.for_tenant(demo).count() == 7
     faisal = Profile.objects.get(tenant=demo, first_name="Faisal")
     assert [p.first_name for p in Profile.objects.ancestors(faisal.pk, tenant=demo)] == [
-        "Khalid", "Maha", "Ibrahim", "Aisha"
+        "Khalid",
+        "Maha",
+        "Ibrahim",
+        "Aisha",
     ]
     actions = list(ProfileAuditLog.objects.for_tenant(demo).values_list("action", flat=True))
     assert actions.count("create") == 7 and actions.count("update") == 2 and actions.count("undo") == 1

@@ -39,9 +39,12 @@ def held(operation, seconds):
 
 
 def live_children_of_deleted_parents(tenant):
-    return Profile.objects.for_tenant(tenant).live().filter(
-        Q(father__deleted_at__isnull=False) | Q(mother__deleted_at__isnull=False)
-    ).count()
+    return (
+        Profile.objects.for_tenant(tenant)
+        .live()
+        .filter(Q(father__deleted_at__isnull=False) | Q(mother__deleted_at__isnull=False))
+        .count()
+    )
 
 
 def profiles_in_a_cycle(tenant):
@@ -103,8 +106,11 @@ def naive_undo(entry_id):
     with transaction.atomic():
         Profile.objects.filter(pk=entry.profile_id).update(father_id=entry.old_data["father"], version=F("version") + 1)
         undo = ProfileAuditLog.objects.create(
-            tenant_id=entry.tenant_id, profile_id=entry.profile_id, action="undo",
-            old_data=entry.new_data, new_data=entry.old_data,
+            tenant_id=entry.tenant_id,
+            profile_id=entry.profile_id,
+            action="undo",
+            old_data=entry.new_data,
+            new_data=entry.old_data,
         )
         ProfileAuditLog.objects.filter(pk=entry_id).update(undone_at=Now(), undo_entry=undo)
     return "ok"
@@ -254,6 +260,7 @@ def test_scenario_3_parent_held_for_update_is_parent_locked_at_once(acme, role):
 
 def test_20_concurrent_updates_with_the_same_version_one_wins(acme):
     kid = ProfileFactory(tenant=acme)
+
     def attempt(i):
         time.sleep((i % 5) * 0.03)  # some arrive while the winner holds the row, some after it committed
         return Profile.objects.update_profile(kid.pk, tenant=acme, version=1, first_name=f"N{i}")
@@ -300,8 +307,10 @@ def test_attach_child_vs_delete_parent(acme, hold):
 
         pair = tuple(o.code for o in run_concurrently(attempt, 2))
         assert pair in {
-            ("ok", "profile_has_children"), ("ok", "resource_locked"),
-            ("parent_deleted", "ok"), ("parent_locked", "ok"),
+            ("ok", "profile_has_children"),
+            ("ok", "resource_locked"),
+            ("parent_deleted", "ok"),
+            ("parent_locked", "ok"),
         }, pair
         assert live_children_of_deleted_parents(acme) == 0
 
@@ -416,18 +425,25 @@ def test_api_undo_with_the_father_held_is_409_parent_locked_with_retry_after(acm
     dad, kid, entry = moved_child(acme)
     finish = in_flight(lambda: list(Profile.objects.select_for_update().filter(pk=dad.pk)))
     try:
-        response = client.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
-                               HTTP_IDEMPOTENCY_KEY="k1", HTTP_ACCEPT_LANGUAGE="ar")
+        response = client.post(
+            f"/api/t/acme/audit-log/{entry.pk}/undo",
+            {"reason": "r"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="k1",
+            HTTP_ACCEPT_LANGUAGE="ar",
+        )
     finally:
         finish()
     assert response.status_code == 409 and response.json()["error"] == {
-        "code": "parent_locked", "message": "الملف الشخصي للأب قيد التعديل. يرجى المحاولة لاحقاً.",
+        "code": "parent_locked",
+        "message": "الملف الشخصي للأب قيد التعديل. يرجى المحاولة لاحقاً.",
         "details": {"parent": "father"},
     }
     assert int(response["Retry-After"]) >= 1
     # Lock contention is not stored against the key: the same key retried now applies the undo.
-    retry = client.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json",
-                        HTTP_IDEMPOTENCY_KEY="k1")
+    retry = client.post(
+        f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json", HTTP_IDEMPOTENCY_KEY="k1"
+    )
     assert retry.status_code == 200 and retry.json()["profile"]["father"] == dad.pk
 
 
@@ -484,13 +500,15 @@ def test_undo_steps_2_and_3_refuse_at_once_when_the_entry_or_the_profile_row_is_
 
 
 def _undo(cycle, actor):
-    return lambda: ProfileAuditLog.objects.undo(cycle["undo_me"].pk, tenant=cycle["undo_me"].tenant_id,
-                                                actor=actor, reason="restore E's father")
+    return lambda: ProfileAuditLog.objects.undo(
+        cycle["undo_me"].pk, tenant=cycle["undo_me"].tenant_id, actor=actor, reason="restore E's father"
+    )
 
 
 def _reparent(cycle, actor):
-    return lambda: Profile.objects.update_profile(cycle["c"].pk, tenant=cycle["c"].tenant_id, version=1,
-                                                  actor=actor, father=cycle["d"].pk)
+    return lambda: Profile.objects.update_profile(
+        cycle["c"].pk, tenant=cycle["c"].tenant_id, version=1, actor=actor, father=cycle["d"].pk
+    )
 
 
 @pytest.mark.parametrize("paused", ["undo", "reparent"])

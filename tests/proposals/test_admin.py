@@ -10,7 +10,7 @@ def test_changelist_shows_the_booking_link_and_filters(admin_client, tenant):
     _, booking = confirm_proposal(executed.pk, tenant=tenant, session_id="chat-x")
     page = admin_client.get("/admin/proposals/proposal/?status__exact=executed&q=chat-x")
     assert page.status_code == 200
-    assert f'/admin/bookings/booking/{booking.pk}/change/' in page.content.decode()
+    assert f"/admin/bookings/booking/{booking.pk}/change/" in page.content.decode()
     assert admin_client.get(f"/admin/proposals/proposal/{executed.pk}/change/").status_code == 200
     assert admin_client.get("/admin/proposals/proposal/add/").status_code == 403
 
@@ -32,9 +32,15 @@ def test_expire_selected_reports_per_row(admin_client, tenant):
 
 def test_status_is_read_only_in_the_form(admin_client, tenant):
     proposal = make_proposal(tenant)
-    admin_client.post(f"/admin/proposals/proposal/{proposal.pk}/change/",
-                      {"customer_name": "Bea", "customer_email": "bea@example.com", "status": "executed",
-                       "expected_version": proposal.version})
+    admin_client.post(
+        f"/admin/proposals/proposal/{proposal.pk}/change/",
+        {
+            "customer_name": "Bea",
+            "customer_email": "bea@example.com",
+            "status": "executed",
+            "expected_version": proposal.version,
+        },
+    )
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.customer_name, stored.status) == ("Bea", "pending")
     assert stored.version == proposal.version + 1
@@ -66,8 +72,11 @@ def test_a_row_locked_past_lock_timeout_is_reported_per_row_not_a_500(admin_clie
     thread.start()
     try:
         assert locked.wait(5)
-        response = admin_client.post("/admin/proposals/proposal/",
-                                     {"action": "expire_selected", "_selected_action": [busy.pk, free.pk]}, follow=True)
+        response = admin_client.post(
+            "/admin/proposals/proposal/",
+            {"action": "expire_selected", "_selected_action": [busy.pk, free.pk]},
+            follow=True,
+        )
     finally:
         done.set()
         thread.join(10)

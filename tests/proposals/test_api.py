@@ -16,8 +16,12 @@ def package(tenant):
 
 
 def propose_body(package_, **overrides):
-    body = {"session_id": "chat-1", "package": package_.pk, "date": future().isoformat(),
-            "customer": {"name": "Ann", "email": "ann@example.com"}}
+    body = {
+        "session_id": "chat-1",
+        "package": package_.pk,
+        "date": future().isoformat(),
+        "customer": {"name": "Ann", "email": "ann@example.com"},
+    }
     body.update(overrides)
     return body
 
@@ -29,8 +33,9 @@ def test_propose_then_confirm(api_client, package):
     assert proposal["status"] == "pending" and proposal["customer"] == {"name": "Ann", "email": "ann@example.com"}
     assert api_client.get(f"/api/t/acme/proposals/{proposal['id']}").json()["status"] == "pending"
 
-    confirmed = api_client.post(f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"},
-                                format="json")
+    confirmed = api_client.post(
+        f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"}, format="json"
+    )
     assert confirmed.status_code == 200, confirmed.content
     body = confirmed.json()
     booking = Booking.objects.get()
@@ -38,8 +43,11 @@ def test_propose_then_confirm(api_client, package):
     assert (body["booking"]["id"], body["booking"]["status"]) == (booking.pk, "held")
     assert body["booking"]["hold_expires_at"]
     assert body["checkout"]["id"].startswith("cs_sandbox_") and body["checkout"]["url"]
-    assert_error(api_client.post(f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"},
-                                 format="json"), 409, "proposal_already_processed")
+    assert_error(
+        api_client.post(f"/api/t/acme/proposals/{proposal['id']}/confirm", {"session_id": "chat-1"}, format="json"),
+        409,
+        "proposal_already_processed",
+    )
 
 
 def test_confirm_with_the_same_idempotency_key_replays_the_first_answer(api_client, tenant, package):
@@ -50,8 +58,11 @@ def test_confirm_with_the_same_idempotency_key_replays_the_first_answer(api_clie
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json() and again["Idempotent-Replayed"] == "true"
     assert Booking.objects.count() == 1
-    assert_error(api_client.post(url, {"session_id": "chat-2"}, format="json", HTTP_IDEMPOTENCY_KEY="confirm-1"),
-                 422, "idempotency_key_reused")
+    assert_error(
+        api_client.post(url, {"session_id": "chat-2"}, format="json", HTTP_IDEMPOTENCY_KEY="confirm-1"),
+        422,
+        "idempotency_key_reused",
+    )
 
 
 def test_confirm_of_a_full_date_is_409_and_the_proposal_fails(api_client, tenant, package):
@@ -60,8 +71,11 @@ def test_confirm_of_a_full_date_is_409_and_the_proposal_fails(api_client, tenant
     first = Proposal.objects.get()
     second = make_proposal(tenant, package=package, day=day, session_id="s-b")
     api_client.post(f"/api/t/acme/proposals/{first.pk}/confirm", {"session_id": "s-a"}, format="json")
-    assert_error(api_client.post(f"/api/t/acme/proposals/{second.pk}/confirm", {"session_id": "s-b"}, format="json"),
-                 409, "date_unavailable")
+    assert_error(
+        api_client.post(f"/api/t/acme/proposals/{second.pk}/confirm", {"session_id": "s-b"}, format="json"),
+        409,
+        "date_unavailable",
+    )
     detail = api_client.get(f"/api/t/acme/proposals/{second.pk}").json()
     assert (detail["status"], detail["failure_code"], detail["booking"]) == ("failed", "date_unavailable", None)
 
@@ -70,13 +84,19 @@ def test_reject_and_expired(api_client, tenant, package):
     proposal = make_proposal(tenant, package=package)
     rejected = api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"}, format="json")
     assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
-    assert_error(api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"},
-                                 format="json"), 409, "proposal_already_processed")
+    assert_error(
+        api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"}, format="json"),
+        409,
+        "proposal_already_processed",
+    )
     lapsed = make_proposal(tenant, package=package)
     Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
     assert api_client.get(f"/api/t/acme/proposals/{lapsed.pk}").json()["status"] == "expired"  # lazy expiry
-    assert_error(api_client.post(f"/api/t/acme/proposals/{lapsed.pk}/confirm", {"session_id": "chat-1"},
-                                 format="json"), 409, "proposal_expired")
+    assert_error(
+        api_client.post(f"/api/t/acme/proposals/{lapsed.pk}/confirm", {"session_id": "chat-1"}, format="json"),
+        409,
+        "proposal_expired",
+    )
 
 
 def test_list_by_session(api_client, tenant, package):
@@ -91,18 +111,23 @@ def test_wrong_tenant_session_unknown_and_malformed_ids(api_client, outsider_cli
     proposal = make_proposal(tenant, package=package)
     foreign = make_proposal(other_tenant)
     confirm = "/api/t/acme/proposals/{}/confirm"
-    assert_error(api_client.post(confirm.format(proposal.pk), {"session_id": "other"}, format="json"),
-                 404, "proposal_not_found")
-    assert_error(api_client.post(confirm.format(foreign.pk), {"session_id": "chat-1"}, format="json"),
-                 404, "proposal_not_found")
+    assert_error(
+        api_client.post(confirm.format(proposal.pk), {"session_id": "other"}, format="json"), 404, "proposal_not_found"
+    )
+    assert_error(
+        api_client.post(confirm.format(foreign.pk), {"session_id": "chat-1"}, format="json"), 404, "proposal_not_found"
+    )
     assert_error(api_client.get(f"/api/t/acme/proposals/{foreign.pk}"), 404, "proposal_not_found")
-    assert_error(api_client.post(confirm.format(10**9), {"session_id": "chat-1"}, format="json"),
-                 404, "proposal_not_found")
-    assert_error(api_client.post(confirm.format(10**25), {"session_id": "chat-1"}, format="json"),
-                 404, "proposal_not_found")
+    assert_error(
+        api_client.post(confirm.format(10**9), {"session_id": "chat-1"}, format="json"), 404, "proposal_not_found"
+    )
+    assert_error(
+        api_client.post(confirm.format(10**25), {"session_id": "chat-1"}, format="json"), 404, "proposal_not_found"
+    )
     assert_error(api_client.post(confirm.format("abc"), {"session_id": "chat-1"}, format="json"), 404, "not_found")
-    assert_error(outsider_client.post(confirm.format(proposal.pk), {"session_id": "chat-1"}, format="json"),
-                 404, "not_found")
+    assert_error(
+        outsider_client.post(confirm.format(proposal.pk), {"session_id": "chat-1"}, format="json"), 404, "not_found"
+    )
     for body in ({}, {"session_id": ""}, {"session_id": 5 * "x" * 100}, {"session_id": ["a"]}):
         assert_error(api_client.post(confirm.format(proposal.pk), body, format="json"), 400, "invalid_input")
     assert Proposal.objects.get(pk=proposal.pk).status == "pending"
@@ -122,23 +147,35 @@ def test_wrong_tenant_session_unknown_and_malformed_ids(api_client, outsider_cli
     ],
 )
 def test_propose_bad_input(api_client, package, overrides, status, code):
-    assert_error(api_client.post("/api/t/acme/proposals", propose_body(package, **overrides), format="json"),
-                 status, code)
+    assert_error(
+        api_client.post("/api/t/acme/proposals", propose_body(package, **overrides), format="json"), status, code
+    )
     assert not Proposal.objects.exists()
 
 
 def test_schema_describes_the_proposal_endpoints(api_client):
     schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").content.decode()
-    for path in ["/api/t/{tenant}/proposals", "/api/t/{tenant}/proposals/{id}/confirm",
-                 "/api/t/{tenant}/proposals/{id}/reject"]:
+    for path in [
+        "/api/t/{tenant}/proposals",
+        "/api/t/{tenant}/proposals/{id}/confirm",
+        "/api/t/{tenant}/proposals/{id}/reject",
+    ]:
         assert path in schema
 
 
 def test_refusals_speak_arabic_when_asked(api_client, tenant, package):
     proposal = make_proposal(tenant, package=package)
     api_client.post(f"/api/t/acme/proposals/{proposal.pk}/reject", {"session_id": "chat-1"}, format="json")
-    error = assert_error(api_client.post(f"/api/t/acme/proposals/{proposal.pk}/confirm", {"session_id": "chat-1"},
-                                         format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "proposal_already_processed")
+    error = assert_error(
+        api_client.post(
+            f"/api/t/acme/proposals/{proposal.pk}/confirm",
+            {"session_id": "chat-1"},
+            format="json",
+            HTTP_ACCEPT_LANGUAGE="ar",
+        ),
+        409,
+        "proposal_already_processed",
+    )
     assert error["message"] == "عولج هذا المقترح من قبل."
 
 
@@ -148,8 +185,11 @@ def test_provider_down_at_confirm_reopens_the_proposal_so_a_retry_succeeds(api_c
     proposal = make_proposal(tenant, package=package)
     url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
     settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
-    assert_error(api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1"),
-                 503, "payment_provider_unavailable")
+    assert_error(
+        api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1"),
+        503,
+        "payment_provider_unavailable",
+    )
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.status, stored.booking_id, stored.confirmed_at, stored.executed_at) == ("pending", None, None, None)
     assert Booking.objects.get().status == "expired"  # the hold was released: the date is free
@@ -164,6 +204,9 @@ def test_provider_down_at_confirm_reopens_the_proposal_so_a_retry_succeeds(api_c
 def test_propose_for_a_past_date_is_400_date_in_past(api_client, package):
     """Regression: a proposal for yesterday was accepted (201) although it could never be booked."""
     yesterday = (future() - timedelta(days=60)).isoformat()
-    assert_error(api_client.post("/api/t/acme/proposals", propose_body(package, date=yesterday), format="json"),
-                 400, "date_in_past")
+    assert_error(
+        api_client.post("/api/t/acme/proposals", propose_body(package, date=yesterday), format="json"),
+        400,
+        "date_in_past",
+    )
     assert not Proposal.objects.exists()

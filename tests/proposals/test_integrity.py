@@ -399,9 +399,7 @@ def test_invariant_detects_a_booking_linked_while_not_executed_or_twice(tenant, 
     assert check(tenant) == [f"proposal {other.pk}: failed with a booking"]
 
 
-@pytest.mark.parametrize(
-    "live", [{}, {"status": "confirmed", "confirmed_at": Now()}], ids=["held", "confirmed"]
-)
+@pytest.mark.parametrize("live", [{}, {"status": "confirmed", "confirmed_at": Now()}], ids=["held", "confirmed"])
 def test_invariant_detects_a_live_booking_behind_a_proposal_that_does_not_link_it(tenant, recording_provider, live):
     check = invariants.no_live_booking_behind_a_proposal_that_does_not_link_it
     proposal, booking = executed_proposal(tenant)

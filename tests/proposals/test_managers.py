@@ -123,7 +123,8 @@ def test_constraints_executed_needs_a_booking_and_a_booking_serves_one_proposal(
     other = make_proposal(tenant, session_id="chat-2")
     with pytest.raises(IntegrityError), transaction.atomic():
         Proposal.objects.filter(pk=other.pk).update(
-            status="executed", executed_at=Now(), confirmed_at=Now(), booking=booking)
+            status="executed", executed_at=Now(), confirmed_at=Now(), booking=booking
+        )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,6 +141,23 @@ def test_confirm_proposal_round_trips(recording_provider):
     # confirm() keeps its own atomic (a savepoint when nested); the hold runs in the explicit savepoint
     # whose refusal is caught outside it; execute() joins the transaction.
     # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT).
-    assert kinds == ["BEGIN", "SAVEPOINT", "UPDATE", "SELECT", "RELEASE", "SAVEPOINT", "SELECT", "SELECT", "SELECT",
-                     "INSERT", "INSERT", "RELEASE", "UPDATE", "COMMIT", "BEGIN", "UPDATE", "COMMIT"], sql
+    assert kinds == [
+        "BEGIN",
+        "SAVEPOINT",
+        "UPDATE",
+        "SELECT",
+        "RELEASE",
+        "SAVEPOINT",
+        "SELECT",
+        "SELECT",
+        "SELECT",
+        "INSERT",
+        "INSERT",
+        "RELEASE",
+        "UPDATE",
+        "COMMIT",
+        "BEGIN",
+        "UPDATE",
+        "COMMIT",
+    ], sql
     assert sum(1 for s in sql if s.startswith('UPDATE "proposals_proposal"')) == 2  # confirm, then execute

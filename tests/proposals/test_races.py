@@ -31,9 +31,7 @@ def tenant():
 def test_50_concurrent_confirms_execute_exactly_once(tenant, recording_provider):
     package = PackageFactory(tenant=tenant, daily_capacity=50)  # capacity is no limit here: only the guard is
     proposal = make_proposal(tenant, package=package)
-    outcomes = run_concurrently(
-        lambda i: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")[1].pk, 50
-    )
+    outcomes = run_concurrently(lambda i: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")[1].pk, 50)
     assert tally(outcomes) == {"ok": 1, "proposal_already_processed": 49}
     stored = Proposal.objects.get(pk=proposal.pk)
     winner = next(o.value for o in outcomes if o.ok)
@@ -43,8 +41,10 @@ def test_50_concurrent_confirms_execute_exactly_once(tenant, recording_provider)
 
 
 # The database's own guards on the proposal row, switched off for the control only.
-DATABASE_GUARDS = ("proposals.Proposal:proposal_status_transition",
-                   "proposals.Proposal:proposal_booking_unlink_transition")
+DATABASE_GUARDS = (
+    "proposals.Proposal:proposal_status_transition",
+    "proposals.Proposal:proposal_booking_unlink_transition",
+)
 
 
 def naive_confirm(proposal_id, tenant, *, through_confirmed=False):
@@ -107,7 +107,7 @@ def test_confirm_and_reject_racing_exactly_one_wins(tenant, recording_provider):
 
     outcomes = run_concurrently(attempt, 20)
     for n, proposal in enumerate(proposals):
-        pair = outcomes[2 * n: 2 * n + 2]
+        pair = outcomes[2 * n : 2 * n + 2]
         assert sorted(o.code for o in pair) == ["ok", "proposal_already_processed"]
         winner = next(o.value for o in pair if o.ok)
         stored = Proposal.objects.get(pk=proposal.pk)
@@ -137,7 +137,7 @@ def test_confirm_racing_its_own_expiry(tenant, recording_provider):
     assert set(counts) <= {"ok", "proposal_expired", "proposal_already_processed"}, counts
     for n, proposal in enumerate(proposals):
         stored = Proposal.objects.get(pk=proposal.pk)
-        codes = sorted(o.code for o in outcomes[2 * n: 2 * n + 2])
+        codes = sorted(o.code for o in outcomes[2 * n : 2 * n + 2])
         if stored.status == "executed":
             assert codes[0] == "ok" and codes[1] in ("proposal_already_processed", "proposal_expired"), codes
             assert stored.booking_id is not None and stored.confirmed_at < stored.expires_at

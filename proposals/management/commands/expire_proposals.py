@@ -4,9 +4,11 @@ from proposals.models import Proposal
 
 
 class Command(GuardedCommand):
-    help = ("Reopen executed proposals whose checkout never opened and whose hold lapsed (the confirming process "
-            "died), then mark pending proposals past their expiry as expired (they already read as expired). "
-            "Exit 3 when rows were busy past lock_timeout: run again shortly.")
+    help = (
+        "Reopen executed proposals whose checkout never opened and whose hold lapsed (the confirming process "
+        "died), then mark pending proposals past their expiry as expired (they already read as expired). "
+        "Exit 3 when rows were busy past lock_timeout: run again shortly."
+    )
 
     def handle(self, *args, **options):
         reopened = Proposal.objects.reopen_stranded()
