@@ -122,7 +122,7 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
     def confirm(self, proposal_id, *, tenant, session_id):
         """Move a pending proposal to confirmed, exactly once.
 
-        Locks: proposal row (FOR UPDATE, by the filtered UPDATE; waits up to lock_timeout).
+        Locks: proposal row (FOR NO KEY UPDATE, taken by the filtered UPDATE; waits up to lock_timeout).
 
         One filtered UPDATE decides the race (status, owner, session and expiry by
         the database clock *after any lock wait* are all in its WHERE); its row lock
