@@ -5,7 +5,8 @@ names a file, an exact piece of code (a WHERE condition, a lock, a NOWAIT, a
 re-check, a constraint or trigger in a migration, a timeout) and what it becomes
 without the guard, plus the tests that should catch it. The runner copies the tree
 once (the venv is linked, not copied), applies one mutant at a time, runs its tests
-against a throwaway database and restores the file. A mutant that leaves every
+against a throwaway database and restores the file. The tree is HEAD's
+(``git archive``): commit before running. A mutant that leaves every
 test green is reported as SURVIVED and the run exits 1.
 
     .venv/bin/python tools/mutants.py            # all
@@ -17,7 +18,6 @@ Not part of ``make test`` (each mutant needs a fresh database: minutes in all).
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,8 +29,10 @@ MUTANTS = Path(__file__).with_name("mutants.json")
 
 
 def copy_tree(target):
-    ignore = shutil.ignore_patterns(".venv", "var", ".git", "__pycache__", "*.pyc")
-    shutil.copytree(ROOT, target, ignore=ignore, dirs_exist_ok=True)
+    """The committed tree (HEAD), so work in progress never decides a verdict; the venv is linked."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     (target / ".venv").symlink_to(ROOT / ".venv")
 
 
