@@ -395,3 +395,20 @@ def test_delete_code_locks_the_row_before_looking_for_usages(tenant):
     assert sql[1].endswith('FOR UPDATE OF "promos_promocode"') and "JOIN" not in sql[1], sql[1]
     assert "promos_promousage" in sql[2]  # the usages check, issued after the lock is held
     assert not PromoCode.objects.filter(pk=promo.pk).exists()
+
+
+def test_consume_refuses_an_expired_session_by_its_own_where_even_without_the_backstop_check(tenant):
+    """The WHERE's expiry condition decides on its own: with the CHECK used_at < expires_at dropped, a
+    consume after expiry is still refused and writes nothing (each of the two guards is proven alone)."""
+    from django.db.models import Value
+
+    from core.guards import ClockNow
+    from tests.promos.helpers import bypassing
+
+    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    RedemptionSession.objects.filter(pk=session.pk).update(expires_at=ClockNow() - Value(timedelta(seconds=1)))
+    with bypassing(RedemptionSession, constraints=["redemption_used_before_expiry"]):
+        with pytest.raises(errors.SessionExpired):
+            RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10.00")
+        session.refresh_from_db()
+        assert (session.status, session.used_at) == ("approved", None)
