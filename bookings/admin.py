@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from bookings.managers import active_q
 from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import NOTHING_TO_DO, apply_to_each
@@ -36,10 +37,15 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     form = VersionedAdminForm
     fields = ["tenant", *PACKAGE_EDITABLE]
     actions = ["delete_selected_packages"]
-    refusal_fields = {"capacity_below_occupancy": "daily_capacity", "package_invalid": None}
+    refusal_fields = {
+        "capacity_below_occupancy": "daily_capacity",
+        "package_invalid": None,
+        "unknown_currency": "currency",
+        "amount_precision": "price",
+    }
 
     def get_queryset(self, request):
-        live = Q(bookings__status="confirmed") | Q(bookings__status="held", bookings__hold_expires_at__gt=Now())
+        live = active_q("bookings__")
         return super().get_queryset(request).annotate(
             upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now())))
         )
@@ -91,7 +97,7 @@ class CheckoutInline(admin.StackedInline):
     extra = 0
     can_delete = False
     fields = ["provider", "state", "provider_checkout_id", "url", "provider_payment_id", "refund_state",
-              "provider_refund_id", "refund_attempts", "refund_error", "error"]
+              "provider_refund_id", "refund_attempts", "refund_error", "refund_requested_at", "next_retry_at", "error"]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -117,7 +123,7 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
 
     list_display = ["id", "date", "package", "customer_name", "customer_email", "status", "hold_expires_at",
                     "amount", "currency", "tenant"]
-    list_filter = ["status", "date", "package", "tenant"]
+    list_filter = ["status", ("checkout__refund_state", admin.ChoicesFieldListFilter), "date", "package", "tenant"]
     search_fields = ["customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant"]
@@ -151,22 +157,26 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
             lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
         )
 
-    @admin.action(description=_("Retry failed refunds"), permissions=["change"])
+    @admin.action(description=_("Retry failed refunds now (also those given up on)"), permissions=["change"])
     def retry_refund_selected(self, request, queryset):
-        _per_booking(
-            self, request, queryset, lambda b: retry_refund(b.pk),
+        _per_booking(  # an operator's explicit retry: not held back by the backoff, and takes exhausted refunds
+            self, request, queryset, lambda b: retry_refund(b.pk, operator=True),
             lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
         )
 
 
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(admin.ModelAdmin):
-    list_display = ["event_id", "type", "provider", "result", "booking", "deliveries", "received_at", "processed_at"]
-    list_filter = ["type", "result", "provider"]
+    """The inbox, read-only. "Needs review": signed events that did not match what they named (another
+    session, amount or currency; money for no checkout of ours) and changed nothing."""
+
+    list_display = ["event_id", "type", "provider", "result", "needs_review", "booking", "deliveries", "received_at",
+                    "processed_at"]
+    list_filter = ["needs_review", "type", "result", "provider"]
     search_fields = ["event_id", "=booking__id"]
     date_hierarchy = "received_at"
-    readonly_fields = ["provider", "event_id", "type", "payload", "received_at", "processed_at", "result", "booking",
-                       "deliveries"]
+    readonly_fields = ["provider", "event_id", "type", "payload", "received_at", "processed_at", "result",
+                       "needs_review", "booking", "deliveries"]
 
     def has_add_permission(self, request):
         return False

@@ -1,9 +1,11 @@
 """What must hold for bookings, recomputed from the rows (manage.py check_invariants)."""
 
 from django.db.models import Count, F, Q
+from django.db.models.functions import Round
 
 from bookings.managers import LIVE_STATUSES, CurrentDate, active_q
-from bookings.models import Booking, Checkout
+from bookings.models import Booking, Checkout, Package
+from core import money
 from core.integrity import state_machines
 from core.invariants import invariant
 
@@ -12,7 +14,7 @@ def _scoped(queryset, tenant, path="tenant"):
     return queryset.filter(**{path: tenant}) if tenant is not None else queryset
 
 
-@invariant("active bookings (confirmed + unexpired holds) on a date never exceed the package's daily capacity")
+@invariant("active bookings (confirmed, payment pending, live holds) on a date never exceed the package's capacity")
 def capacity_respected(tenant):
     over = (
         _scoped(Booking.objects.filter(active_q()), tenant)
@@ -36,9 +38,14 @@ def settled_bookings_are_stamped(tenant):
     return [f"booking {pk}" for pk in broken.values_list("pk", flat=True)]
 
 
-@invariant("a checkout whose payment completed has a confirmed booking or a refund (pending, failed to retry, done)")
+@invariant("a checkout whose payment completed has a confirmed booking or a refund (pending, failed, exhausted, done)")
 def paid_checkouts_are_placed_or_refunded(tenant):
-    refunded = [Checkout.RefundState.PENDING, Checkout.RefundState.FAILED, Checkout.RefundState.SUCCEEDED]
+    refunded = [
+        Checkout.RefundState.PENDING,
+        Checkout.RefundState.FAILED,
+        Checkout.RefundState.EXHAUSTED,
+        Checkout.RefundState.SUCCEEDED,
+    ]
     broken = (
         _scoped(Checkout.objects.filter(state=Checkout.State.COMPLETED), tenant, "booking__tenant")
         .exclude(booking__status=Booking.Status.CONFIRMED)
@@ -69,7 +76,7 @@ def states_inside_their_machines(tenant):
     return found
 
 
-@invariant("a held or confirmed booking from today on is exclusive exactly when its package's capacity is 1")
+@invariant("a held, payment-pending or confirmed booking from today on is exclusive exactly when capacity is 1")
 def exclusive_follows_capacity(tenant):
     broken = (
         _scoped(Booking.objects.filter(status__in=LIVE_STATUSES, date__gte=CurrentDate()), tenant)
@@ -77,3 +84,39 @@ def exclusive_follows_capacity(tenant):
         .values_list("pk", "exclusive", "package__daily_capacity")
     )
     return [f"booking {pk}: exclusive={flag} but capacity {capacity}" for pk, flag, capacity in broken]
+
+
+@invariant("a booking waiting for its delayed payment (payment_pending) has a checkout whose payment is processing")
+def pending_payments_are_processing(tenant):
+    broken = (
+        _scoped(Booking.objects.filter(status=Booking.Status.PAYMENT_PENDING), tenant)
+        .exclude(checkout__state=Checkout.State.PROCESSING)
+        .values_list("pk", "checkout__state")
+    )
+    return [f"booking {pk}: payment_pending but its checkout is {state or 'missing'}" for pk, state in broken]
+
+
+@invariant("a refund failed for a retry has the time it is due again")
+def failed_refunds_are_scheduled(tenant):
+    broken = _scoped(
+        Checkout.objects.filter(refund_state=Checkout.RefundState.FAILED, next_retry_at__isnull=True),
+        tenant,
+        "booking__tenant",
+    )
+    return [f"checkout {pk}: refund failed with no next retry" for pk in broken.values_list("pk", flat=True)]
+
+
+@invariant("every package's currency is a payable ISO 4217 code and its price fits the currency's minor unit")
+def package_prices_fit_their_currency(tenant):
+    found = []
+    packages = _scoped(Package.objects.all(), tenant)
+    for code in packages.values_list("currency", flat=True).distinct().order_by("currency"):
+        try:
+            places = money.exponent(code)
+        except money.UnknownCurrency:
+            unknown = packages.filter(currency=code).values_list("pk", flat=True)
+            found += [f"package {pk}: currency {code!r}" for pk in unknown]
+            continue
+        finer = packages.filter(currency=code).exclude(price=Round("price", places))
+        found += [f"package {pk}: price {price} {code}" for pk, price in finer.values_list("pk", "price")]
+    return found

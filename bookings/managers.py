@@ -23,6 +23,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Case, F, Q, Value, When
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Now
 
 from bookings.exceptions import (
@@ -31,11 +32,13 @@ from bookings.exceptions import (
     BookingNotHeld,
     BookingNotRefundPending,
     CapacityBelowOccupancy,
+    CheckoutNotFound,
     DateInPast,
     DateUnavailable,
     PackageInUse,
     PackageNotFound,
 )
+from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
@@ -44,7 +47,7 @@ from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
 # Statuses whose ``exclusive`` flag must follow the package's capacity (they can still be confirmed
 # or are): edit_package recomputes them when the capacity crosses 1, check_invariants checks them.
-LIVE_STATUSES = ("held", "confirmed")
+LIVE_STATUSES = ("held", "payment_pending", "confirmed")
 # How many dates a capacity refusal names.
 DATES_NAMED = 5
 
@@ -75,9 +78,24 @@ def lock_date(package_id, date, *, using):
 
 
 def active_q(prefix=""):
-    """Bookings that take a place on their date: confirmed, or held with a live hold (the database clock now)."""
+    """Bookings that take a place on their date: confirmed, waiting for a delayed payment (no expiry),
+    or held with a live hold (the database clock now)."""
     held = Q(**{f"{prefix}status": "held", f"{prefix}hold_expires_at__gt": ClockNow()})
-    return Q(**{f"{prefix}status": "confirmed"}) | held
+    return Q(**{f"{prefix}status__in": ["confirmed", "payment_pending"]}) | held
+
+
+# The same rule in SQL for _taken (kept beside active_q: change both together).
+ACTIVE_SQL = (
+    "(b.status IN ('confirmed', 'payment_pending') OR (b.status = 'held' AND b.hold_expires_at > clock_timestamp()))"
+)
+
+
+def _check_terms(price, code):
+    """Refuse a currency that is not a payable ISO 4217 code (UnknownCurrency, 400 ``unknown_currency``)
+    or a price with more decimals than it allows, or than the provider takes (TooManyDecimals, 400
+    ``amount_precision``: both providers send Stripe's minor units, so a three-decimal price ends in 0)."""
+    money.currency(code)
+    money.to_minor_units(price, code)
 
 
 # --- packages ----------------------------------------------------------------------
@@ -103,10 +121,15 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
     def create_package(self, *, tenant, **fields):
         """Create a package of ``tenant`` from the editable fields (name, price, currency, active, daily_capacity).
 
+        Locks: none (a new package row: no hold or payment can name it yet).
+
         Nothing can race it: no hold or payment can name a package before it exists.
-        A value the database's CHECKs refuse raises PackageInvalid.
+        A value the database's CHECKs refuse raises PackageInvalid; a currency that is not
+        a payable ISO 4217 code raises UnknownCurrency, a price finer than the currency's
+        minor unit TooManyDecimals (both 400).
         """
         self._editable(fields)
+        _check_terms(fields.get("price", 0), fields.get("currency", self.model._meta.get_field("currency").default))
         return self.create(tenant=tenant, **fields)
 
     def _locked_for_edit(self, package_id, *, tenant, version):
@@ -124,6 +147,9 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
     def edit_package(self, package_id, *, tenant, version=None, **changes):
         """Write only ``changes`` to the package, under its lock taken exclusive; return the package.
 
+        Locks: BOOKING_PACKAGE(package) exclusive -> the package row -> the live booking rows whose ``exclusive`` it
+        recomputes (one UPDATE).
+
         Takes BOOKING_PACKAGE(package) exclusive: it waits for every hold and payment
         of the package running now (they hold it shared) and new ones wait for it, so
         the occupancy it checks cannot grow before it commits. Then:
@@ -138,10 +164,13 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
           so the one-confirmed-per-exclusive-date index agrees with the capacity.
 
         ``tenant=None`` (the admin) edits any tenant's package. Raises PackageNotFound,
-        VersionConflict, CapacityBelowOccupancy, PackageInvalid (a CHECK refused a value).
+        VersionConflict, CapacityBelowOccupancy, PackageInvalid (a CHECK refused a value),
+        UnknownCurrency, TooManyDecimals (the new price and currency, each new or kept, together).
         """
         self._editable(changes)
         package = self._locked_for_edit(package_id, tenant=tenant, version=version)
+        if "price" in changes or "currency" in changes:  # judged against the row read under the lock
+            _check_terms(changes.get("price", package.price), changes.get("currency", package.currency))
         capacity = changes.get("daily_capacity", package.daily_capacity)
         if capacity < package.daily_capacity:
             self._refuse_below_occupancy(package.pk, capacity)
@@ -176,6 +205,8 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
     @guarded
     def delete_package(self, package_id, *, tenant, version=None):
         """Delete a package nothing refers to, under its lock taken exclusive.
+
+        Locks: BOOKING_PACKAGE(package) exclusive -> the package row (DELETE).
 
         BOOKING_PACKAGE(package) exclusive waits for every running hold and payment of
         the package; a hold that waited behind the delete then finds no package
@@ -262,7 +293,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             cursor.execute(
                 f"SELECT p.tenant_id, p.active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
                 f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
-                f"AND (b.status = 'confirmed' OR (b.status = 'held' AND b.hold_expires_at > clock_timestamp())) "
+                f"AND {ACTIVE_SQL} "
                 f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
                 f"FROM {package._meta.db_table} p WHERE p.id = %s",
                 [date, exclude_pk, package_id],
@@ -273,6 +304,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     @guarded(joins=True)
     def hold(self, package, date, *, customer_name, customer_email, origin_proposal_id=None, tenant=None):
         """Hold one place on ``date`` for this customer, or refuse.
+
+        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date), until commit.
 
         ``package`` is a Package or its id. Joins the caller's transaction (the checkout
         record joins it too). Takes BOOKING_PACKAGE(package) shared, then
@@ -311,6 +344,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def confirm_payment(self, booking_id):
         """Settle a paid booking: ``confirmed`` if its place is still free, else ``refund_pending``.
 
+        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the booking row FOR NO KEY UPDATE.
+
         Joins the caller's transaction (the webhook marks its event processed in it).
         Takes BOOKING_PACKAGE(package) shared, BOOKING_DATE(package, date), then the
         booking row FOR NO KEY UPDATE (a cancel or a release committing meanwhile is
@@ -321,8 +356,10 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         registered placement veto (an orphaned proposal booking) makes it refund_pending,
         and so does the one-confirmed-per-exclusive-date index should it refuse (caught
         in a savepoint): a paid booking is never left unplaced and
-        unrefunded, and a redelivery never meets a 500. Already settled bookings are
-        returned unchanged. Returns (booking, outcome), outcome one of confirmed,
+        unrefunded, and a redelivery never meets a 500. A ``payment_pending`` booking
+        (its delayed payment succeeded now) is placed the same way; it already holds
+        its place, so it is confirmed. Already settled bookings are returned unchanged.
+        Returns (booking, outcome), outcome one of confirmed,
         refund_pending, unchanged. Raises BookingNotFound.
         """
         # package and date of a booking never change (guarded columns no operation writes)
@@ -354,9 +391,106 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         booking.status = outcome
         return booking, outcome
 
+    @guarded(joins=True)
+    def lock_settlement(self, booking_id, *, checkout_id):
+        """Take every lock a payment event settles under and return the checkout row as locked.
+
+        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the booking row FOR NO KEY UPDATE ->
+        the checkout row FOR NO KEY UPDATE.
+
+        Joins the caller's transaction (the webhook's). BOOKING_PACKAGE(package) shared,
+        BOOKING_DATE(package, date), the booking row and then the checkout row, FOR NO
+        KEY UPDATE: the order of every path, so the event is matched against a checkout
+        no one can change before this transaction ends (a provider answer stored
+        meanwhile is seen, not raced). The settling method called next takes the same
+        locks again (re-entrant in one transaction). Raises BookingNotFound, CheckoutNotFound.
+        """
+        from bookings.models import Checkout
+
+        key = self.filter(pk=booking_id).values("package_id", "date").first()
+        if key is None:
+            raise BookingNotFound()
+        lock_package_shared(key["package_id"], using=self.db)
+        lock_date(key["package_id"], key["date"], using=self.db)
+        self.select_for_update(no_key=True).filter(pk=booking_id).values_list("pk", flat=True).first()
+        checkout = (
+            Checkout.objects.using(self.db).select_for_update(no_key=True).filter(pk=checkout_id, booking_id=booking_id)
+        ).first()
+        if checkout is None:
+            raise CheckoutNotFound()
+        return checkout
+
+    @guarded(joins=True)
+    def await_payment(self, booking_id, *, checkout_id, provider_checkout_id, payment_id=""):
+        """A checkout completed with a delayed payment: keep the place until the payment settles.
+
+        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the booking row FOR NO KEY UPDATE ->
+        the checkout row FOR NO KEY UPDATE.
+
+        Joins the caller's transaction. Locks as confirm_payment (BOOKING_PACKAGE shared,
+        BOOKING_DATE, the booking row FOR NO KEY UPDATE), then the checkout row FOR NO KEY
+        UPDATE (order booking -> checkout). Only a checkout still unpaid (creating, open,
+        expired, failed) moves to ``processing``: one whose payment already succeeded or
+        failed (an out-of-order delivery) is left alone, so a late "completed, unpaid"
+        never re-reserves a released place. The booking, if ``held`` or ``expired`` with
+        its place still free (re-counted without it, after the locks) and not vetoed,
+        becomes ``payment_pending``: it takes its place without a hold expiry. A
+        cancelled booking, or one whose place went to someone else, stays as it is (the
+        payment, if it succeeds, is refunded by confirm_payment). Returns
+        (booking, outcome), outcome one of payment_pending, processing (checkout only),
+        unchanged. Raises BookingNotFound.
+        """
+        from bookings.models import Checkout
+
+        key = self.filter(pk=booking_id).values("package_id", "date").first()
+        if key is None:
+            raise BookingNotFound()
+        lock_package_shared(key["package_id"], using=self.db)
+        lock_date(key["package_id"], key["date"], using=self.db)
+        booking = self.select_for_update(no_key=True).get(pk=booking_id)
+        unpaid = [Checkout.State.CREATING, Checkout.State.OPEN, Checkout.State.EXPIRED, Checkout.State.FAILED]
+        checkout = (
+            Checkout.objects.using(self.db).select_for_update(no_key=True).filter(pk=checkout_id, booking_id=booking_id)
+        )
+        if checkout.values_list("state", flat=True).first() not in unpaid:
+            return booking, "unchanged"
+        checkout.update(
+            state=Checkout.State.PROCESSING,
+            provider_checkout_id=Coalesce(F("provider_checkout_id"), Value(provider_checkout_id)),
+            provider_payment_id=_first_payment_id(payment_id),
+            updated_at=Now(),
+        )
+        Status = self.model.Status
+        if booking.status not in (Status.HELD, Status.EXPIRED):
+            return booking, "processing"
+        place = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
+        if place.taken >= place.capacity or any(veto(booking) for veto in _placement_vetoes):
+            return booking, "processing"
+        self.filter(pk=booking.pk).update(status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1)
+        booking.status, booking.exclusive = Status.PAYMENT_PENDING, place.capacity == 1
+        return booking, Status.PAYMENT_PENDING
+
+    @guarded(joins=True)
+    def payment_failed(self, booking_id):
+        """The delayed payment failed: release the place (``payment_pending`` or ``held`` -> ``expired``).
+
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
+        Joins the caller's transaction. One filtered UPDATE on the booking row (status in
+        its WHERE, re-checked after waiting for a payment or a cancel holding the row): a
+        confirmed, cancelled or refunded booking is left alone. Nothing is refunded:
+        nothing was paid. Returns whether the place was released.
+        """
+        Status = self.model.Status
+        return bool(
+            self.filter(pk=booking_id, status__in=[Status.HELD, Status.PAYMENT_PENDING]).update(status=Status.EXPIRED)
+        )
+
     @guarded
     def release(self, booking_id, *, tenant=None):
         """Release a hold (``held`` -> ``expired``) so its place is free at once.
+
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
 
         One filtered UPDATE decides (it waits for the booking row lock of a payment
         settling it, then re-checks ``held`` on the row). Raises BookingNotFound or
@@ -371,13 +505,20 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def release_if_held(self, booking_id):
         """Release the hold if the booking is still held; return whether it was (no error otherwise).
 
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
         One filtered UPDATE on the booking row (``status = 'held'`` re-checked after any wait).
         """
         return bool(self.filter(pk=booking_id, status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED))
 
     @guarded
     def cancel(self, booking_id, *, tenant=None):
-        """Cancel a held or confirmed booking; a confirmed (paid) one goes to ``refund_pending``.
+        """Cancel a held, payment-pending or confirmed booking; a confirmed (paid) one goes to ``refund_pending``.
+
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
+        A ``payment_pending`` booking is cancelled (nothing was paid yet); should its
+        delayed payment still succeed, confirm_payment refunds it.
 
         One filtered UPDATE decides (a CASE picks the new status; it waits for the row
         lock of a payment settling the booking and re-checks the status on the row); on
@@ -386,9 +527,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """
         Status = self.model.Status
         scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        won = scope.filter(status__in=[Status.HELD, Status.CONFIRMED]).update(
+        won = scope.filter(status__in=[Status.HELD, Status.PAYMENT_PENDING, Status.CONFIRMED]).update(
             status=Case(
-                When(status=Status.HELD, then=Value(Status.CANCELLED)),
+                When(status__in=[Status.HELD, Status.PAYMENT_PENDING], then=Value(Status.CANCELLED)),
                 default=Value(Status.REFUND_PENDING),
             ),
             cancelled_at=Now(),
@@ -400,6 +541,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     @guarded
     def edit_contact(self, booking_id, *, version, tenant=None, **changes):
         """Write only the changed contact fields (customer_name, customer_email) of a booking.
+
+        Locks: the booking row FOR NO KEY UPDATE.
 
         Locks the booking row FOR NO KEY UPDATE (no package or date lock: contact
         fields do not touch capacity; the row lock is the only one taken, so the order
@@ -427,6 +570,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def complete_refund(self, booking_id):
         """Move ``refund_pending`` -> ``refunded`` (the provider confirmed the refund).
 
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
         One filtered UPDATE (status in its WHERE); raises BookingNotFound or
         BookingNotRefundPending, so a refunded booking is never stamped twice.
         """
@@ -441,6 +586,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def expire_hold(self, booking_id):
         """Mark one hold ``expired`` if it is still held and past its expiry now; return whether it was.
 
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
         One filtered UPDATE whose WHERE holds every condition on the row it changes
         (``held``, ``hold_expires_at <= clock_timestamp()``): a payment or a cancel holding
         the row is waited for, then the newest row version is judged with the clock at
@@ -452,6 +599,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     @sweep
     def expire_holds(self):
         """Sweep: mark every hold past its expiry ``expired``, one row per transaction; return a SweepResult.
+
+        Locks: each booking row in its own transaction (expire_hold), never two at once.
 
         The candidates are read once (stale by design) and each is judged again by
         ``expire_hold`` on its own row, so the sweep never holds one booking's lock while
@@ -476,6 +625,20 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return wrong_state(status=self.model.Status(status).label)
 
 
+def _first_payment_id(payment_id):
+    """The stored payment id, or ``payment_id`` when none is stored: a payment id is never overwritten."""
+    return Case(When(provider_payment_id="", then=Value(payment_id)), default=F("provider_payment_id"))
+
+
+def refund_retry_policy():
+    """(base delay, cap, maximum attempts) of refund retries, from settings with defaults (docs/bookings.md)."""
+    return (
+        getattr(settings, "REFUND_RETRY_BASE", timedelta(minutes=1)),
+        getattr(settings, "REFUND_RETRY_CAP", timedelta(hours=6)),
+        getattr(settings, "REFUND_MAX_ATTEMPTS", 8),
+    )
+
+
 # A refund left ``pending`` this long was claimed by a caller that died before the
 # provider answered (or before its answer was stored): ``retry_refunds`` may claim it
 # again. Longer than any provider call; the provider's idempotency key
@@ -484,19 +647,29 @@ REFUND_STALE_AFTER = timedelta(minutes=10)
 
 
 class CheckoutQuerySet(models.QuerySet):
-    def refunds_to_retry(self):
-        """Refunds owed but not in flight: failed, or pending and stale (the caller died mid-refund)."""
+    def refunds_to_retry(self, *, operator=False):
+        """Refunds owed but not in flight: failed and due (its backoff over), or pending and stale (the caller
+        died mid-refund). ``operator=True`` (an explicit admin retry) also takes failed ones not yet due and
+        exhausted ones."""
         State = self.model.RefundState
-        return self.filter(
-            Q(refund_state=State.FAILED)
-            | Q(refund_state=State.PENDING, updated_at__lte=ClockNow() - REFUND_STALE_AFTER)
-        )
+        stale = Q(refund_state=State.PENDING, updated_at__lte=ClockNow() - REFUND_STALE_AFTER)
+        if operator:
+            return self.filter(Q(refund_state__in=[State.FAILED, State.EXHAUSTED]) | stale)
+        due = Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=ClockNow())
+        return self.filter((Q(refund_state=State.FAILED) & due) | stale)
+
+    def refunds_for_an_operator(self):
+        """Refunds whose retries are exhausted: nothing retries them until an operator does."""
+        return self.filter(refund_state=self.model.RefundState.EXHAUSTED)
 
 
 class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     @guarded(joins=True)
     def record(self, booking, *, provider):
-        """Record the intent to create a provider checkout (state ``creating``) in the caller's transaction."""
+        """Record the intent to create a provider checkout (state ``creating``) in the caller's transaction.
+
+        Locks: none of its own (inserts the checkout row in the caller's transaction, after the hold's locks).
+        """
         return self.create(
             booking=booking,
             provider=provider,
@@ -509,6 +682,8 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     @guarded
     def open(self, checkout_id, *, provider_checkout_id, url, payment_id=""):
         """Store the provider's checkout id and URL: ``creating`` -> ``open``; return whether it did.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
         One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
         expiry, or the provider failure path) that settled it first is never undone.
@@ -525,7 +700,10 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
 
     @guarded
     def fail(self, checkout_id, *, error):
-        """The provider refused or was unreachable: ``creating`` -> ``failed`` (one filtered UPDATE)."""
+        """The provider refused or was unreachable: ``creating`` -> ``failed`` (one filtered UPDATE).
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+        """
         return bool(
             self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
                 state=self.model.State.FAILED, error=error[:500], updated_at=Now()
@@ -536,6 +714,8 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     def mark_completed(self, checkout_id, *, provider_checkout_id, payment_id=""):
         """The customer paid (any earlier state, so late or out-of-order events still settle).
 
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+
         A checkout whose provider answer was lost learns its provider id here. Joins the
         caller's transaction, after the booking row (lock order booking -> checkout).
         """
@@ -545,12 +725,33 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             updated_at=Now(),
         )
         if payment_id:
-            changes["provider_payment_id"] = payment_id
+            changes["provider_payment_id"] = _first_payment_id(payment_id)
         return bool(self.filter(pk=checkout_id).exclude(state=self.model.State.COMPLETED).update(**changes))
 
     @guarded(joins=True)
+    def mark_payment_failed(self, checkout_id, *, provider_checkout_id):
+        """The delayed payment failed: an unsettled checkout (creating, open, processing) -> ``payment_failed``.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+
+        One filtered UPDATE; a completed (paid) checkout is never marked failed. Joins the
+        caller's transaction, after the booking row (lock order booking -> checkout).
+        """
+        State = self.model.State
+        return bool(
+            self.filter(pk=checkout_id, state__in=[State.CREATING, State.OPEN, State.PROCESSING]).update(
+                state=State.PAYMENT_FAILED,
+                provider_checkout_id=Coalesce(F("provider_checkout_id"), Value(provider_checkout_id)),
+                updated_at=Now(),
+            )
+        )
+
+    @guarded(joins=True)
     def mark_expired(self, checkout_id, *, provider_checkout_id):
-        """The provider session expired: only an unpaid checkout (``creating``/``open``) becomes ``expired``."""
+        """The provider session expired: only an unpaid checkout (``creating``/``open``) becomes ``expired``.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+        """
         return bool(
             self.filter(pk=checkout_id, state__in=[self.model.State.CREATING, self.model.State.OPEN]).update(
                 state=self.model.State.EXPIRED,
@@ -563,32 +764,40 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     def request_refund(self, checkout_id):
         """Claim the refund owed (``''`` -> ``pending``); return whether this caller claimed it.
 
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+
         One filtered UPDATE: only a checkout with no refund yet is claimed, so of two
         paths owing the same refund exactly one gets True and calls the provider (after
         its transaction commits); a refund in flight, failed or done is left alone.
         """
         return bool(
             self.filter(pk=checkout_id, refund_state=self.model.RefundState.NONE).update(
-                refund_state=self.model.RefundState.PENDING, updated_at=Now()
+                refund_state=self.model.RefundState.PENDING, refund_requested_at=Now(), updated_at=Now()
             )
         )
 
     @guarded
-    def claim_refund_retry(self, checkout_id):
-        """Claim a refund for one retry: ``failed`` or stale ``pending`` -> ``pending`` (fresh).
+    def claim_refund_retry(self, checkout_id, *, operator=False):
+        """Claim a refund for one retry: ``failed`` and due, or stale ``pending`` -> ``pending`` (fresh).
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
         The filtered UPDATE picks one retrier; a refund in flight (pending, recent by the
-        database clock now) is left alone, a stale one (its caller died) is claimed again.
+        database clock now) is left alone, a stale one (its caller died) is claimed again,
+        a failed one only once its backoff (``next_retry_at``) is over. ``operator=True``
+        (an explicit admin retry) also claims a failed one early and an ``exhausted`` one.
         """
         return bool(
-            self.refunds_to_retry()
+            self.refunds_to_retry(operator=operator)
             .filter(pk=checkout_id)
-            .update(refund_state=self.model.RefundState.PENDING, updated_at=Now())
+            .update(refund_state=self.model.RefundState.PENDING, next_retry_at=None, updated_at=Now())
         )
 
     @guarded(joins=True)
     def refund_succeeded(self, checkout_id, *, refund_id):
         """Record the provider's refund: ``pending`` -> ``succeeded``; return whether it did.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
         One filtered UPDATE: a refund not pending (never claimed, failed, already
         recorded) is left alone, so a second answer never overwrites the first refund id.
@@ -599,27 +808,47 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
                 provider_refund_id=refund_id,
                 refund_attempts=F("refund_attempts") + 1,
                 refund_error="",
+                next_retry_at=None,
                 updated_at=Now(),
             )
         )
 
     @guarded
     def refund_failed(self, checkout_id, *, error):
-        """Record the provider's refusal: ``pending`` -> ``failed`` (to retry); one filtered UPDATE."""
-        return bool(
-            self.filter(pk=checkout_id, refund_state=self.model.RefundState.PENDING).update(
-                refund_state=self.model.RefundState.FAILED,
-                refund_attempts=F("refund_attempts") + 1,
-                refund_error=error[:500],
-                updated_at=Now(),
-            )
+        """Record the provider's refusal: ``pending`` -> ``failed``, due again after a backoff, or ``exhausted``.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+
+        One filtered UPDATE (``pending`` in its WHERE). Attempt n (counted in the row) is
+        due again ``min(cap, base * 2**(n-1))`` later by the database clock; the attempt
+        that reaches REFUND_MAX_ATTEMPTS leaves the refund ``exhausted`` for an operator
+        (refund_retry_policy). Returns the new refund state, or None when it was not pending.
+        """
+        State = self.model.RefundState
+        base, cap, max_attempts = refund_retry_policy()
+        last = Q(refund_attempts__gte=max_attempts - 1)
+        scope = self.filter(pk=checkout_id, refund_state=State.PENDING)
+        changed = scope.update(
+            refund_state=Case(When(last, then=Value(State.EXHAUSTED)), default=Value(State.FAILED)),
+            # SET reads the row's old attempts: attempt n = old + 1 waits base * 2**(n-1), capped
+            next_retry_at=Case(
+                When(last, then=Value(None, output_field=models.DateTimeField())),
+                default=RawSQL("clock_timestamp() + LEAST(%s, %s * power(2, refund_attempts))", [cap, base]),
+                output_field=models.DateTimeField(),
+            ),
+            refund_attempts=F("refund_attempts") + 1,
+            refund_error=error[:500],
+            updated_at=Now(),
         )
+        return self.filter(pk=checkout_id).values_list("refund_state", flat=True).first() if changed else None
 
 
 class PaymentEventManager(models.Manager):
     @guarded(joins=True)
     def receive(self, *, provider, event_id, type, payload):
         """Store the event once and lock its row; return (event_pk, already_processed).
+
+        Locks: the payment-event row (INSERT ... ON CONFLICT DO UPDATE), until commit.
 
         One INSERT ... ON CONFLICT DO UPDATE: a new id inserts; a repeated id waits
         for the first delivery's transaction, then locks the stored row and
@@ -628,8 +857,9 @@ class PaymentEventManager(models.Manager):
         table = self.model._meta.db_table
         with connections[self.db].cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {table} (provider, event_id, type, payload, received_at, result, deliveries) "  # noqa: S608
-                f"VALUES (%s, %s, %s, %s::jsonb, statement_timestamp(), '', 1) "
+                f"INSERT INTO {table} "  # noqa: S608
+                f"(provider, event_id, type, payload, received_at, result, deliveries, needs_review) "
+                f"VALUES (%s, %s, %s, %s::jsonb, statement_timestamp(), '', 1, false) "
                 f"ON CONFLICT (event_id) DO UPDATE SET deliveries = {table}.deliveries + 1 "
                 f"RETURNING id, processed_at IS NOT NULL",
                 [provider, event_id, type[:100], json.dumps(payload)],
@@ -637,8 +867,11 @@ class PaymentEventManager(models.Manager):
             return cursor.fetchone()
 
     @guarded(joins=True)
-    def mark_processed(self, event_pk, *, result, booking_id=None):
-        """Mark the event (locked by ``receive`` in this transaction) processed with its result, once."""
+    def mark_processed(self, event_pk, *, result, booking_id=None, needs_review=False):
+        """Mark the event (locked by ``receive`` in this transaction) processed with its result, once.
+
+        Locks: the payment-event row (already held since receive).
+        """
         self.filter(pk=event_pk, processed_at__isnull=True).update(
-            processed_at=Now(), result=result, booking_id=booking_id
+            processed_at=Now(), result=result, booking_id=booking_id, needs_review=needs_review
         )

@@ -3,7 +3,23 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
+from core import money
+from core.exceptions import InvalidInput
 from core.integrity import BumpVersion, GuardedModel, StateMachine
+
+
+def in_currency(amount, code):
+    """``amount`` with exactly its currency's decimals ("450.00" USD, "1500" JPY, "1.250" KWD) for display.
+
+    The columns keep three places for every currency; the manager refuses finer prices,
+    so quantizing never rounds. A code outside ISO 4217 (a row older than that rule) is shown as stored.
+    """
+    if amount is None:
+        return None
+    try:
+        return money.check_precision(amount, code)
+    except InvalidInput:
+        return amount
 
 
 def _within(field, choices, name):
@@ -22,6 +38,9 @@ BOOKING_VERSIONED = (*BOOKING_EDITABLE, "status")
 class BookingStatus(models.TextChoices):
     HELD = "held", _("held")
     CONFIRMED = "confirmed", _("confirmed")
+    # Checkout completed with a delayed payment method (bank debit, transfer): the place is kept,
+    # without a hold expiry, until the provider says the payment succeeded or failed.
+    PAYMENT_PENDING = "payment_pending", _("payment pending")
     CANCELLED = "cancelled", _("cancelled")
     EXPIRED = "expired", _("expired")
     REFUND_PENDING = "refund_pending", _("refund pending")
@@ -31,9 +50,12 @@ class BookingStatus(models.TextChoices):
 class CheckoutState(models.TextChoices):
     CREATING = "creating", _("creating")  # recorded, provider not yet answered
     OPEN = "open", _("open")
+    # The session completed but its delayed payment has not settled (payment_status "unpaid").
+    PROCESSING = "processing", _("payment processing")
     COMPLETED = "completed", _("completed")
     EXPIRED = "expired", _("expired")
     FAILED = "failed", _("provider failed")
+    PAYMENT_FAILED = "payment_failed", _("payment failed")
 
 
 class CheckoutRefundState(models.TextChoices):
@@ -41,6 +63,8 @@ class CheckoutRefundState(models.TextChoices):
     PENDING = "pending", _("pending")
     SUCCEEDED = "succeeded", _("succeeded")
     FAILED = "failed", _("failed, to retry")
+    # Retries exhausted (REFUND_MAX_ATTEMPTS): left for an operator, retried only by an explicit admin action.
+    EXHAUSTED = "exhausted", _("failed, needs an operator")
 
 
 class Package(GuardedModel):
@@ -55,7 +79,9 @@ class Package(GuardedModel):
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="packages")
     name = models.CharField(_("name"), max_length=200)
-    price = models.DecimalField(_("price"), max_digits=12, decimal_places=2)
+    # Three places so KWD, BHD, JOD, OMR and TND fit; the currency's own exponent is checked by the
+    # manager (core.money.check_precision), so a USD price never carries a third digit.
+    price = models.DecimalField(_("price"), max_digits=13, decimal_places=3)
     currency = models.CharField(_("currency"), max_length=3, default="USD")
     active = models.BooleanField(_("active"), default=True)
     daily_capacity = models.PositiveIntegerField(_("daily capacity"), default=1)
@@ -100,7 +126,7 @@ class Booking(GuardedModel):
     customer_email = models.EmailField(_("customer e-mail"))
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.HELD)
     hold_expires_at = models.DateTimeField(_("hold expires at"), null=True, blank=True)
-    amount = models.DecimalField(_("amount"), max_digits=12, decimal_places=2)
+    amount = models.DecimalField(_("amount"), max_digits=13, decimal_places=3)
     currency = models.CharField(_("currency"), max_length=3)
     # Copied from the package when the hold is taken: confirmed bookings of a
     # capacity-1 package are unique per date (the constraint below is the backstop).
@@ -143,6 +169,12 @@ class Booking(GuardedModel):
                 initial=["held"],
                 transitions=[
                     ("held", "confirmed"),  # paid in time (confirm_payment)
+                    ("held", "payment_pending"),  # completed, payment delayed (await_payment)
+                    ("expired", "payment_pending"),  # completed late and delayed, the place still free (await_payment)
+                    ("payment_pending", "confirmed"),  # the delayed payment succeeded (confirm_payment)
+                    ("payment_pending", "refund_pending"),  # it succeeded but may not be placed (confirm_payment)
+                    ("payment_pending", "expired"),  # the delayed payment failed: place released (payment_failed)
+                    ("payment_pending", "cancelled"),  # cancelled while the payment settles (cancel)
                     ("expired", "confirmed"),  # paid late, the place still free (confirm_payment)
                     ("held", "refund_pending"),  # paid, the place gone (confirm_payment)
                     ("expired", "refund_pending"),  # paid late, the place gone (confirm_payment)
@@ -170,7 +202,7 @@ class Checkout(GuardedModel):
 
     guarded_fields = (
         "state", "provider_checkout_id", "provider_payment_id", "url", "refund_state", "provider_refund_id",
-        "refund_attempts", "refund_error", "amount", "currency", "booking",
+        "refund_attempts", "refund_error", "amount", "currency", "booking", "next_retry_at", "refund_requested_at",
     )  # fmt: skip
 
     State = CheckoutState
@@ -182,13 +214,18 @@ class Checkout(GuardedModel):
     provider_checkout_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
     url = models.URLField(max_length=1000, blank=True)
     provider_payment_id = models.CharField(max_length=255, blank=True)
-    amount = models.DecimalField(_("amount"), max_digits=12, decimal_places=2)
+    amount = models.DecimalField(_("amount"), max_digits=13, decimal_places=3)
     currency = models.CharField(_("currency"), max_length=3)
     error = models.CharField(max_length=500, blank=True)
     refund_state = models.CharField(max_length=16, choices=RefundState.choices, default=RefundState.NONE, blank=True)
     provider_refund_id = models.CharField(max_length=255, blank=True)
     refund_attempts = models.PositiveIntegerField(default=0)
     refund_error = models.CharField(max_length=500, blank=True)
+    # When the refund was first claimed: past the provider's idempotency window a retry first asks
+    # the provider whether it already refunded (find_refund). When a failed refund is due again
+    # (exponential backoff, services.refund_backoff).
+    refund_requested_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -220,6 +257,17 @@ class Checkout(GuardedModel):
                     ("open", "completed"),
                     ("expired", "completed"),
                     ("failed", "completed"),
+                    ("processing", "completed"),  # the delayed payment succeeded
+                    ("payment_failed", "completed"),  # a success after a failure: money moved, settle it
+                    # completed with a delayed payment method (mark_processing)
+                    ("creating", "processing"),
+                    ("open", "processing"),
+                    ("expired", "processing"),
+                    ("failed", "processing"),
+                    # the delayed payment failed (mark_payment_failed), also before its "completed" arrived
+                    ("processing", "payment_failed"),
+                    ("creating", "payment_failed"),
+                    ("open", "payment_failed"),
                 ],
             ),
             StateMachine(
@@ -229,14 +277,20 @@ class Checkout(GuardedModel):
                 transitions=[
                     ("", "pending"),  # a refund is owed and claimed (request_refund)
                     ("pending", "succeeded"),  # the provider refunded (refund_succeeded)
-                    ("pending", "failed"),  # the provider refused (refund_failed)
+                    ("pending", "failed"),  # the provider refused, to retry after a backoff (refund_failed)
+                    ("pending", "exhausted"),  # refused REFUND_MAX_ATTEMPTS times: an operator's (refund_failed)
                     ("failed", "pending"),  # claimed again by a retry (claim_refund_retry)
+                    ("exhausted", "pending"),  # an operator's explicit retry (claim_refund_retry(operator=True))
                 ],
             ),
         ]
 
     def __str__(self):
         return self.provider_checkout_id or f"checkout #{self.pk}"
+
+    @property
+    def display_amount(self):
+        return in_currency(self.amount, self.currency)
 
 
 class PaymentEvent(models.Model):
@@ -251,6 +305,9 @@ class PaymentEvent(models.Model):
     result = models.CharField(max_length=100, blank=True)
     booking = models.ForeignKey(Booking, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
     deliveries = models.PositiveIntegerField(default=1)
+    # Set when a signed event does not belong to what it names (another session, another amount or
+    # currency, an unknown checkout claiming money): nothing was changed, an operator looks at it.
+    needs_review = models.BooleanField(_("needs review"), default=False, db_index=True)
 
     objects = PaymentEventManager()
 

@@ -1,4 +1,9 @@
-"""The sandbox provider's hosted checkout page: Pay or Cancel sends a signed webhook event.
+"""The sandbox provider's hosted checkout page: each button sends the signed event Stripe would.
+
+An open session offers **Pay** (``completed``, ``paid``), **Pay later** (a delayed
+method such as a bank transfer: ``completed``, ``unpaid``) and **Cancel** (``expired``);
+a session whose delayed payment is processing offers **Payment arrives**
+(``async_payment_succeeded``) and **Payment fails** (``async_payment_failed``).
 
 The buttons POST here (a same-origin form with a CSRF token); the event is built,
 signed with PAYMENT_WEBHOOK_SECRET and handed to the same verify-and-process
@@ -11,10 +16,18 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from bookings.models import Checkout
-from bookings.services import COMPLETED, EXPIRED, sandbox_deliver
+from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
+from bookings.services import sandbox_deliver
 from core.exceptions import DomainError
 
-ACTIONS = {"pay": COMPLETED, "cancel": EXPIRED}
+# action -> (event type, payment_status)
+ACTIONS = {
+    "pay": (COMPLETED, "paid"),
+    "pay_later": (COMPLETED, "unpaid"),
+    "succeed": (ASYNC_SUCCEEDED, "paid"),
+    "fail": (ASYNC_FAILED, "unpaid"),
+    "cancel": (EXPIRED, "unpaid"),
+}
 
 
 def _checkout(checkout_id):
@@ -39,7 +52,8 @@ def checkout_action(request, checkout_id, action):
         raise Http404("No such action.")
     checkout = _checkout(checkout_id)
     try:
-        result, error, status = sandbox_deliver(checkout, ACTIONS[action]), None, 200
+        event_type, payment_status = ACTIONS[action]
+        result, error, status = sandbox_deliver(checkout, event_type, payment_status=payment_status), None, 200
     except DomainError as exc:  # e.g. resource_locked: show it and let the customer press again, not a 500
         result, error, status = None, exc.render(), exc.status_code
     checkout = _checkout(checkout_id)

@@ -5,6 +5,12 @@ hold and the checkout intent (state ``creating``) before ``create_provider_check
 talks to the provider, and a second short transaction stores its answer. Should the
 process die in between, the hold simply expires, and a payment that still arrives
 is matched through ``client_reference_id`` and settled by the webhook.
+
+A signed event is trusted only as far as it matches (``match_event``): the checkout
+it names by its session id (or, for a checkout whose session id was never stored,
+by ``client_reference_id`` and ``metadata.booking_id`` together), the amount and the
+currency that checkout charges. Anything else is stored for an operator
+(``needs_review``) and changes nothing.
 """
 
 import logging
@@ -12,17 +18,22 @@ import re
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models.functions import Now
 
 from bookings.exceptions import BookingNotFound, PaymentProviderUnavailable
 from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments import ProviderError, get_provider, provider_for
 from bookings.payments.base import parse_event, verify_signature
+from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
+from core.exceptions import DomainError
 from core.guards import database_refusals
+from core.money import to_minor_units
 
 logger = logging.getLogger(__name__)
 
-COMPLETED = "checkout.session.completed"
-EXPIRED = "checkout.session.expired"
+HANDLED = (COMPLETED, EXPIRED, ASYNC_SUCCEEDED, ASYNC_FAILED)
+# payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
+PAID = ("paid", "no_payment_required")
 
 
 def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None):
@@ -86,18 +97,32 @@ def cancel_booking(booking_id, *, tenant=None):
     The cancellation and the refund owed (checkout refund ``pending``) commit in one
     transaction, so a crash before the provider call leaves a refund that
     ``retry_refunds`` finds, never a ``refund_pending`` booking nobody will refund.
+    A held booking's provider session is expired after the commit (``expire_checkout``),
+    so the customer can no longer pay it; should that fail (logged, not fatal) and a
+    payment still arrive, confirm_payment refunds it, once.
     """
     claimed = False
     with database_refusals(), transaction.atomic():
         booking = Booking.objects.cancel(booking_id, tenant=tenant)
-        if booking.status == Booking.Status.REFUND_PENDING:
-            checkout_pk = Checkout.objects.filter(booking_id=booking.pk).values_list("pk", flat=True).first()
-            if checkout_pk is not None:
-                claimed = Checkout.objects.request_refund(checkout_pk)
+        checkout = Checkout.objects.filter(booking_id=booking.pk).first()
+        if booking.status == Booking.Status.REFUND_PENDING and checkout is not None:
+            claimed = Checkout.objects.request_refund(checkout.pk)
     if claimed:  # only the caller whose transaction claimed the refund asks the provider
         refund_booking(booking.pk)
         booking.refresh_from_db()
+    elif checkout is not None and checkout.state == Checkout.State.OPEN:  # still payable: close it
+        expire_provider_checkout(checkout)
     return booking
+
+
+def expire_provider_checkout(checkout):
+    """Ask the provider to expire an open session; a failure is logged, never raised (the cancel stands)."""
+    try:
+        provider_for(checkout.provider).expire_checkout(checkout)
+    except (ProviderError, DomainError) as exc:
+        logger.warning("could not expire checkout %s of booking %s: %s", checkout.pk, checkout.booking_id, exc)
+        return False
+    return True
 
 
 def refund_booking(booking_id):
@@ -114,11 +139,24 @@ def refund_booking(booking_id):
         raise BookingNotFound()
     if checkout.refund_state != Checkout.RefundState.PENDING:
         return False  # no refund claimed for this caller: never ask the provider unasked
+    provider = provider_for(checkout.provider)
     try:
-        refund_id = provider_for(checkout.provider).refund(checkout)
+        refund_id = None
+        if _past_idempotency_window(checkout, provider):
+            # The provider no longer replays this key: a refund made by an earlier attempt whose answer
+            # was lost (or whose caller died) would be made twice. Ask first; record the one found.
+            refund_id = provider.find_refund(checkout)
+        if refund_id is None:
+            refund_id = provider.refund(checkout, idempotency_key=refund_idempotency_key(checkout))
     except ProviderError as exc:
         logger.warning("refund failed for booking %s: %s", booking_id, exc)
-        Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
+        state = Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
+        if state == Checkout.RefundState.EXHAUSTED:
+            logger.error(
+                "refund of booking %s gave up after %s attempts: an operator must act",
+                booking_id,
+                checkout.refund_attempts + 1,
+            )
         return False
     with transaction.atomic():
         if Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id):
@@ -126,10 +164,25 @@ def refund_booking(booking_id):
     return True
 
 
-def retry_refund(booking_id):
-    """Retry a failed refund once; the claim makes concurrent retriers call the provider at most once."""
+def refund_idempotency_key(checkout):
+    """The provider idempotency key of a checkout's refund: one refund per checkout, the same on every attempt."""
+    return f"lockstep-refund-{checkout.pk}"
+
+
+def _past_idempotency_window(checkout, provider):
+    """Whether the refund was first requested longer ago than the provider replays a key (database clock)."""
+    window_start = Now() - provider.idempotency_window
+    return Checkout.objects.filter(pk=checkout.pk, refund_requested_at__lte=window_start).exists()
+
+
+def retry_refund(booking_id, *, operator=False):
+    """Retry a refund once if it is due; the claim makes concurrent retriers call the provider at most once.
+
+    ``operator=True`` (the admin's explicit retry) also retries a refund still backing off
+    and one left ``exhausted`` after REFUND_MAX_ATTEMPTS.
+    """
     checkout = Checkout.objects.filter(booking_id=booking_id).first()
-    if checkout is None or not Checkout.objects.claim_refund_retry(checkout.pk):
+    if checkout is None or not Checkout.objects.claim_refund_retry(checkout.pk, operator=operator):
         return False
     return refund_booking(booking_id)
 
@@ -142,25 +195,95 @@ class WebhookResult:
     booking_id: int | None = None
 
 
-def _find_checkout(event):
+def _candidate(event):
+    """The checkout an event names, read without locks: by its session id, else by ``client_reference_id``.
+
+    Returns (checkout or None, result code when it cannot be ours). ``match_event``
+    judges the candidate again once its rows are locked.
+    """
     checkout = Checkout.objects.filter(provider_checkout_id=event.checkout_id).first()
     if checkout is None and re.fullmatch(r"[0-9]{1,18}", event.client_reference_id):
         checkout = Checkout.objects.filter(pk=int(event.client_reference_id)).first()
-    return checkout
+    return checkout, ("unknown_checkout" if checkout is None else "")
+
+
+def match_event(event, checkout):
+    """Why a signed event does not belong to ``checkout`` (a result code), or "" when it does.
+
+    - the session: the checkout's stored provider session id, or, only for a checkout
+      with none stored yet (the provider's answer was lost), ``client_reference_id``
+      naming this checkout *and* ``metadata.booking_id`` naming its booking;
+    - the money: ``currency`` and ``amount_total`` (minor units, core.money) equal to
+      what the checkout charges; required on events that settle a payment, compared
+      when present on the others.
+    """
+    if checkout.provider_checkout_id is not None:
+        if checkout.provider_checkout_id != event.checkout_id:
+            return "mismatch_session"
+    elif event.client_reference_id != str(checkout.pk) or event.metadata_booking_id != str(checkout.booking_id):
+        return "mismatch_session"
+    required = event.type in (COMPLETED, ASYNC_SUCCEEDED)
+    if (required or event.currency) and event.currency != checkout.currency.lower():
+        return "mismatch_currency"
+    if (required or event.amount_total is not None) and event.amount_total != to_minor_units(
+        checkout.amount, checkout.currency
+    ):
+        return "mismatch_amount"
+    return ""
+
+
+def _claims_money(event):
+    return event.type == ASYNC_SUCCEEDED or (event.type == COMPLETED and event.payment_status in PAID)
+
+
+def _settle(event, checkout):
+    """Apply a matched event under the locks taken by ``lock_settlement``; return (result, refund owed)."""
+    booking_id, refund_owed = checkout.booking_id, False
+    if event.type == COMPLETED and event.payment_status not in (*PAID, "unpaid"):
+        return "unexpected_payment_status", False
+    if event.type == ASYNC_SUCCEEDED or (event.type == COMPLETED and event.payment_status in PAID):
+        _booking, result = Booking.objects.confirm_payment(booking_id)
+        Checkout.objects.mark_completed(
+            checkout.pk, provider_checkout_id=event.checkout_id, payment_id=event.payment_id
+        )
+        if result == Booking.Status.REFUND_PENDING and Checkout.objects.request_refund(checkout.pk):
+            refund_owed = True  # claimed by this delivery: asked for after commit
+        return result, refund_owed
+    if event.type == COMPLETED:  # "unpaid": a delayed method, settled later by async_payment_*
+        _booking, result = Booking.objects.await_payment(
+            booking_id, checkout_id=checkout.pk, provider_checkout_id=event.checkout_id, payment_id=event.payment_id
+        )
+        return result, False
+    if event.type == ASYNC_FAILED:  # booking row before checkout row, as everywhere
+        released = Booking.objects.payment_failed(booking_id)
+        failed = Checkout.objects.mark_payment_failed(checkout.pk, provider_checkout_id=event.checkout_id)
+        return ("released" if released else "payment_failed" if failed else "unchanged"), False
+    released = Booking.objects.release_if_held(booking_id)  # EXPIRED
+    Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)
+    return ("released" if released else "unchanged"), False
 
 
 def receive_payment_event(payload: bytes, signature: str | None, *, provider_name=None):
     """Verify, store once and process once a provider event; refund after commit if owed.
 
-    The event row is inserted (or, for a repeat, locked) first; processing takes
-    BOOKING_PACKAGE (shared), BOOKING_DATE(package, date), the booking row and then
-    the checkout row through the managers. A paid booking that cannot be placed
-    becomes ``refund_pending`` with its refund claimed in the same transaction.
+    The event row is inserted (or, for a repeat, locked) first. A checkout event then
+    takes, through ``Booking.objects.lock_settlement``, BOOKING_PACKAGE (shared),
+    BOOKING_DATE(package, date), the booking row and the checkout row (the order of
+    every path), and is matched against the *locked* checkout (``match_event``): an
+    event for another session, amount or currency, or for no checkout of ours while
+    claiming money, is stored with ``needs_review`` and changes nothing. A matched event:
+
+    - ``completed`` + ``paid``/``no_payment_required``, ``async_payment_succeeded``:
+      confirm_payment (confirmed, or refund_pending with its refund claimed);
+    - ``completed`` + ``unpaid``: await_payment (the place kept, ``payment_pending``);
+    - ``async_payment_failed``: the place released, the checkout ``payment_failed``;
+    - ``expired``: a hold released, the checkout ``expired``.
+
     Raises InvalidSignature or MalformedEvent before anything is stored.
     """
     verify_signature(payload, signature)
     event = parse_event(payload)
-    refund_owed = None
+    refund_owed = False
     with database_refusals(), transaction.atomic():
         event_pk, processed = PaymentEvent.objects.receive(
             provider=provider_name or get_provider().name, event_id=event.id, type=event.type, payload=event.payload
@@ -168,31 +291,29 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
         if processed:
             stored = PaymentEvent.objects.filter(pk=event_pk).values("result", "booking_id").get()
             return WebhookResult(event.id, True, stored["result"], stored["booking_id"])
-        checkout = _find_checkout(event) if event.type in (COMPLETED, EXPIRED) else None
+        checkout, result = _candidate(event) if event.type in HANDLED else (None, "ignored_type")
         booking_id = checkout.booking_id if checkout else None
-        if event.type not in (COMPLETED, EXPIRED):
-            result = "ignored_type"
-        elif checkout is None:
-            result = "ignored_unknown_checkout"
-        elif event.type == COMPLETED:
-            _booking, result = Booking.objects.confirm_payment(checkout.booking_id)
-            Checkout.objects.mark_completed(
-                checkout.pk, provider_checkout_id=event.checkout_id, payment_id=event.payment_id
-            )
-            if result == Booking.Status.REFUND_PENDING and Checkout.objects.request_refund(checkout.pk):
-                refund_owed = checkout.booking_id  # claimed by this delivery: asked for after commit
-        else:  # booking row before checkout row, as in confirm_payment and cancel (no deadlock)
-            result = "released" if Booking.objects.release_if_held(checkout.booking_id) else "unchanged"
-            Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=event.checkout_id)
-        PaymentEvent.objects.mark_processed(event_pk, result=result, booking_id=booking_id)
-    if refund_owed is not None:
-        refund_booking(refund_owed)
+        if checkout is not None:
+            checkout = Booking.objects.lock_settlement(checkout.booking_id, checkout_id=checkout.pk)
+            result = match_event(event, checkout)
+            if not result:
+                result, refund_owed = _settle(event, checkout)
+        review = (
+            result.startswith("mismatch_")
+            or result == "unexpected_payment_status"
+            or (result == "unknown_checkout" and _claims_money(event))
+        )
+        if review:
+            logger.warning("payment event %s (%s) needs review: %s", event.id, event.type, result)
+        PaymentEvent.objects.mark_processed(event_pk, result=result, booking_id=booking_id, needs_review=review)
+    if refund_owed:
+        refund_booking(booking_id)
     return WebhookResult(event.id, False, result, booking_id)
 
 
-def sandbox_deliver(checkout, event_type):
+def sandbox_deliver(checkout, event_type, *, payment_status=None):
     """Build, sign and deliver a sandbox event through the same path as the webhook endpoint."""
     from bookings.payments.sandbox import build_event
 
-    payload, signature = build_event(checkout, event_type)
+    payload, signature = build_event(checkout, event_type, payment_status=payment_status)
     return receive_payment_event(payload, signature, provider_name="sandbox")

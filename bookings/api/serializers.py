@@ -1,12 +1,34 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from bookings.models import Booking, Checkout, Package
+from bookings.models import Booking, Checkout, Package, in_currency
 
-MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=12, decimal_places=2)
+MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=13, decimal_places=3)
+
+
+@extend_schema_field(OpenApiTypes.DECIMAL)
+class InCurrencyField(serializers.Field):
+    """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD (read only)."""
+
+    def __init__(self, amount_attr, **kwargs):
+        self.amount_attr = amount_attr
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, obj):
+        return str(in_currency(getattr(obj, self.amount_attr), obj.currency))
+
+
+def price_input(**kwargs):
+    """A price as sent: up to three decimals here; the currency's own exponent is checked by the manager
+    (400 ``amount_precision``), the currency's code too (400 ``unknown_currency``)."""
+    return serializers.DecimalField(max_digits=13, decimal_places=3, min_value=0, max_value=MAX_PRICE, **kwargs)
 
 
 class PackageSerializer(serializers.ModelSerializer):
     """A package as staff see it (output); ``version`` is what an edit may carry back."""
+
+    price = InCurrencyField("price")
 
     class Meta:
         model = Package
@@ -18,8 +40,8 @@ class PackageCreateInputSerializer(serializers.Serializer):
     """A new package. The defaults belong here, to create, and nowhere else."""
 
     name = serializers.CharField(max_length=200)
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
-    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, default="USD")
+    price = price_input()
+    currency = serializers.CharField(max_length=3, default="USD")
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
     active = serializers.BooleanField(default=True)
 
@@ -32,8 +54,8 @@ class PackageUpdateInputSerializer(serializers.Serializer):
     """
 
     name = serializers.CharField(max_length=200)
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0, max_value=MAX_PRICE)
-    currency = serializers.RegexField(r"^[A-Z]{3}$", max_length=3, required=False)
+    price = price_input()
+    currency = serializers.CharField(max_length=3, required=False)
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     active = serializers.BooleanField(required=False)
     version = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
@@ -44,6 +66,8 @@ class PackageDeleteQueryInputSerializer(serializers.Serializer):
 
 
 class PublicPackageSerializer(serializers.ModelSerializer):
+    price = InCurrencyField("price")
+
     class Meta:
         model = Package
         fields = ["id", "name", "price", "currency", "daily_capacity"]
@@ -109,6 +133,7 @@ class BookingSerializer(serializers.ModelSerializer):
     """A booking as staff see it."""
 
     checkout = serializers.SerializerMethodField()
+    amount = InCurrencyField("amount")
 
     class Meta:
         model = Booking

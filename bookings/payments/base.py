@@ -1,12 +1,16 @@
-"""The provider interface, and the Stripe webhook scheme every provider here speaks."""
+"""The provider interface, and the Stripe webhook scheme every provider here speaks.
 
-import hashlib
-import hmac
+Signatures are made and checked by the ``stripe`` library itself
+(``stripe.WebhookSignature``), for Stripe's events and the sandbox's alike.
+"""
+
 import json
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+import stripe
 from django.conf import settings
 
 from bookings.exceptions import InvalidSignature, MalformedEvent
@@ -34,28 +38,45 @@ class ProviderEvent:
     checkout_id: str
     payment_id: str = ""
     client_reference_id: str = ""
+    # What the session says was (or will be) charged: ``paid``, ``unpaid`` (a delayed method) or
+    # ``no_payment_required``; the amount in the currency's minor units and the lower-case code.
+    # None when the event does not carry them.
+    payment_status: str = ""
+    amount_total: int | None = None
+    currency: str = ""
+    metadata_booking_id: str = ""
     payload: dict = field(default_factory=dict, compare=False)
 
 
 class PaymentProvider:
-    """Create a hosted checkout for a booking and refund it; both called outside any transaction."""
+    """A hosted checkout for a booking, its refund and its expiry; every call made outside any transaction."""
 
     name = "base"
+    # How long the provider replays an answer for the same idempotency key (Stripe: 24 hours). A refund
+    # retried later than this is first looked up (find_refund), never blindly requested again.
+    idempotency_window = timedelta(hours=24)
 
     def create_checkout(self, booking, checkout) -> ProviderCheckout:
         raise NotImplementedError
 
-    def refund(self, checkout) -> str:
-        """Refund the checkout's payment in full; return the provider's refund id."""
+    def refund(self, checkout, *, idempotency_key) -> str:
+        """Refund the checkout's payment in full under ``idempotency_key``; return the provider's refund id."""
+        raise NotImplementedError
+
+    def find_refund(self, checkout) -> str | None:
+        """The id of a refund the provider already made for the checkout's payment, or None."""
+        raise NotImplementedError
+
+    def expire_checkout(self, checkout) -> None:
+        """Make the checkout's hosted session unpayable (Stripe: expire the Checkout Session)."""
         raise NotImplementedError
 
 
 def sign(payload: bytes, *, secret=None, timestamp=None) -> str:
-    """Return a ``Stripe-Signature`` header value for ``payload``."""
+    """Return a ``Stripe-Signature`` header value for ``payload``, made by the stripe library."""
     secret = secret or settings.PAYMENT_WEBHOOK_SECRET
-    timestamp = int(time.time()) if timestamp is None else int(timestamp)
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+    timestamp = None if timestamp is None else int(timestamp)
+    return stripe.WebhookSignature.generate_signature_header(payload.decode("utf-8"), secret, timestamp=timestamp)
 
 
 def verify_signature(payload: bytes, header: str | None, *, secret=None, tolerance=SIGNATURE_TOLERANCE_SECONDS):
@@ -73,14 +94,19 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
     # ASCII digits, bounded: str.isdigit() accepts "²", which int() refuses (a 500).
     if timestamp is None or not re.fullmatch(r"[0-9]{1,12}", timestamp) or not candidates:
         raise InvalidSignature()
-    # Both directions are bounded. Stripe's own verifier accepts any future timestamp; we refuse one
+    # Stripe's own verifier (below) refuses a stale timestamp but accepts any future one; we refuse one
     # more than ``tolerance`` ahead too: a signature dated in the future would stay replayable for as
     # long as it is ahead (a leaked or mis-clocked signer's event kept for later), and a provider whose
     # clock is that far off is a fault to surface, not to absorb. Within the tolerance, skew is fine.
-    if abs(time.time() - int(timestamp)) > tolerance:
+    if int(timestamp) - time.time() > tolerance:
         raise InvalidSignature()
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:  # Stripe signs text; bytes that are not UTF-8 were never an event
+        raise MalformedEvent()
+    try:
+        stripe.WebhookSignature.verify_header(text, header, secret, tolerance=tolerance)
+    except stripe.SignatureVerificationError:
         raise InvalidSignature()
 
 
@@ -102,11 +128,19 @@ def parse_event(payload: bytes) -> ProviderEvent:
     if isinstance(payment_id, dict):  # an expanded PaymentIntent
         payment_id = payment_id.get("id")
     reference = obj.get("client_reference_id")
+    amount, currency, status = obj.get("amount_total"), obj.get("currency"), obj.get("payment_status")
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    booking = metadata.get("booking_id")
     return ProviderEvent(
         id=event_id,
         type=event_type,
         checkout_id=obj["id"][:255],
-        payment_id=payment_id if isinstance(payment_id, str) else "",
+        payment_id=payment_id[:255] if isinstance(payment_id, str) else "",
         client_reference_id=reference if isinstance(reference, str) else "",
+        payment_status=status if isinstance(status, str) else "",
+        # bool is an int in Python: ``true`` is not an amount
+        amount_total=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+        currency=currency if isinstance(currency, str) else "",
+        metadata_booking_id=booking if isinstance(booking, str) else "",
         payload=data,
     )

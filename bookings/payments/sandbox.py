@@ -1,29 +1,83 @@
-"""The local sandbox provider: a checkout page on this server that sends signed webhooks."""
+"""The local sandbox provider: a checkout page on this server that sends signed webhooks.
 
+It behaves like Stripe where the webhook can tell: events carry the same fields
+(``payment_status``, ``amount_total`` in minor units, ``currency``, the session id,
+``client_reference_id``, ``metadata.booking_id``), are signed by the stripe library,
+refunds are idempotent per key and can be looked up (``find_refund``), and an expired
+session sends ``checkout.session.expired``. What it "remembers" (refunds, expired
+sessions) lives in this process, like a test-mode account that is wiped on restart.
+"""
+
+import hashlib
 import json
 import secrets
+import threading
 
 from django.conf import settings
 from django.urls import reverse
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, sign
+from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, sign
+from core.money import to_minor_units
+
+COMPLETED = "checkout.session.completed"
+EXPIRED = "checkout.session.expired"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
 
 
 class SandboxProvider(PaymentProvider):
     name = "sandbox"
+    # The sandbox "account": payment id -> refund id, and refunds made per idempotency key.
+    _refunds = {}
+    _by_key = {}
+    _lock = threading.Lock()
 
     def create_checkout(self, booking, checkout) -> ProviderCheckout:
+        to_minor_units(booking.amount, booking.currency)  # what Stripe would refuse, the sandbox refuses
         checkout_id = f"cs_sandbox_{secrets.token_hex(12)}"
         path = reverse("bookings:sandbox-checkout", args=[checkout_id])
         return ProviderCheckout(id=checkout_id, url=settings.PUBLIC_BASE_URL.rstrip("/") + path)
 
-    def refund(self, checkout) -> str:
-        return f"re_sandbox_{secrets.token_hex(12)}"
+    @staticmethod
+    def _payment(checkout):
+        # The session id is random, so one process serving several databases (the test suite) never
+        # mixes two checkouts that happen to share a primary key or a payment id.
+        return (checkout.provider_checkout_id or f"checkout-{checkout.pk}", checkout.provider_payment_id)
+
+    def refund(self, checkout, *, idempotency_key) -> str:
+        payment = self._payment(checkout)
+        with self._lock:
+            if (payment, idempotency_key) in self._by_key:  # Stripe replays the first answer for the same key
+                return self._by_key[payment, idempotency_key]
+            if payment in self._refunds:  # Stripe: charge_already_refunded
+                raise ProviderError(f"payment {payment[1] or payment[0]} was already refunded")
+            digest = hashlib.sha256(f"{idempotency_key}:{secrets.token_hex(8)}".encode()).hexdigest()[:24]
+            self._refunds[payment] = self._by_key[payment, idempotency_key] = f"re_sandbox_{digest}"
+            return self._refunds[payment]
+
+    def find_refund(self, checkout) -> str | None:
+        with self._lock:
+            return self._refunds.get(self._payment(checkout))
+
+    def expire_checkout(self, checkout) -> None:
+        """Expire the session like Stripe: an open session sends ``checkout.session.expired``."""
+        if not checkout.provider_checkout_id:
+            raise ProviderError("no session to expire")
+        from bookings.services import sandbox_deliver
+
+        sandbox_deliver(checkout, EXPIRED)
 
 
-def build_event(checkout, event_type):
-    """A Stripe-shaped event for the sandbox page to deliver, as (payload bytes, Stripe-Signature)."""
-    completed = event_type == "checkout.session.completed"
+def build_event(checkout, event_type, *, payment_status=None):
+    """A Stripe-shaped event for the sandbox page to deliver, as (payload bytes, Stripe-Signature).
+
+    ``payment_status`` defaults to what Stripe sends for the type: ``paid`` for a completed
+    card payment and an async success, ``unpaid`` otherwise (pass ``unpaid`` with
+    ``checkout.session.completed`` for a delayed method: "pay later").
+    """
+    if payment_status is None:
+        payment_status = "paid" if event_type in (COMPLETED, ASYNC_SUCCEEDED) else "unpaid"
+    settles = event_type in (COMPLETED, ASYNC_SUCCEEDED, ASYNC_FAILED)
     event = {
         "id": f"evt_sandbox_{secrets.token_hex(12)}",
         "object": "event",
@@ -33,12 +87,12 @@ def build_event(checkout, event_type):
                 "id": checkout.provider_checkout_id,
                 "object": "checkout.session",
                 "client_reference_id": str(checkout.pk),
-                "payment_intent": f"pi_sandbox_{checkout.pk}" if completed else None,
-                "payment_status": "paid" if completed else "unpaid",
-                "status": "complete" if completed else "expired",
-                "amount_total": int(checkout.amount * 100),
+                "payment_intent": f"pi_sandbox_{checkout.pk}" if settles else None,
+                "payment_status": payment_status,
+                "status": "expired" if event_type == EXPIRED else "complete",
+                "amount_total": to_minor_units(checkout.amount, checkout.currency),
                 "currency": checkout.currency.lower(),
-                "metadata": {"booking_id": str(checkout.booking_id)},
+                "metadata": {"booking_id": str(checkout.booking_id), "checkout_id": str(checkout.pk)},
             }
         },
     }

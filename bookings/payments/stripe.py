@@ -1,21 +1,14 @@
 """Stripe Checkout, used when STRIPE_API_KEY is set. Thin on purpose: the mapping is what tests check."""
 
 from datetime import timedelta
-from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
 from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError
+from core.money import to_minor_units
 
-# Currencies Stripe takes in whole units.
-ZERO_DECIMAL = set("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 # Stripe refuses a Checkout Session expiring sooner than this.
 STRIPE_MIN_EXPIRY = timedelta(minutes=30)
-
-
-def minor_units(amount: Decimal, currency: str) -> int:
-    exponent = Decimal("1") if currency.upper() in ZERO_DECIMAL else Decimal("0.01")
-    return int((amount / exponent).quantize(Decimal("1"), rounding=ROUND_HALF_UP))
 
 
 def checkout_params(booking, checkout):
@@ -32,7 +25,7 @@ def checkout_params(booking, checkout):
                 "quantity": 1,
                 "price_data": {
                     "currency": booking.currency.lower(),
-                    "unit_amount": minor_units(booking.amount, booking.currency),
+                    "unit_amount": to_minor_units(booking.amount, booking.currency),
                     "product_data": {"name": f"{booking.package.name} - {booking.date.isoformat()}"},
                 },
             }
@@ -62,14 +55,32 @@ class StripeProvider(PaymentProvider):
             raise ProviderError(str(exc)) from exc
         return ProviderCheckout(id=session.id, url=session.url or "")
 
-    def refund(self, checkout) -> str:
+    def refund(self, checkout, *, idempotency_key) -> str:
         if not checkout.provider_payment_id:
             raise ProviderError("no payment intent recorded for this checkout")
         try:
             refund = self.client.v1.refunds.create(
                 params={"payment_intent": checkout.provider_payment_id},
-                options={"idempotency_key": f"lockstep-refund-{checkout.pk}"},
+                options={"idempotency_key": idempotency_key},
             )
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc)) from exc
         return refund.id
+
+    def find_refund(self, checkout) -> str | None:
+        """A refund of the checkout's PaymentIntent that Stripe made or is making (not a failed or canceled one)."""
+        if not checkout.provider_payment_id:
+            return None
+        try:
+            refunds = self.client.v1.refunds.list(params={"payment_intent": checkout.provider_payment_id, "limit": 10})
+        except self.stripe.StripeError as exc:
+            raise ProviderError(str(exc)) from exc
+        made = [refund.id for refund in refunds.data if refund.status in ("succeeded", "pending", "requires_action")]
+        return made[0] if made else None
+
+    def expire_checkout(self, checkout) -> None:
+        """Expire the open Checkout Session (Stripe then sends checkout.session.expired)."""
+        try:
+            self.client.v1.checkout.sessions.expire(checkout.provider_checkout_id)
+        except self.stripe.StripeError as exc:
+            raise ProviderError(str(exc)) from exc

@@ -13,21 +13,35 @@ class RecordingProvider(SandboxProvider):
     name = "recording"
     checkouts = []
     refunds = []
+    keys = []
+    lookups = []
+    expired = []
     lock = threading.Lock()
 
     @classmethod
     def reset(cls):
-        cls.checkouts, cls.refunds = [], []
+        cls.checkouts, cls.refunds, cls.keys, cls.lookups, cls.expired = [], [], [], [], []
 
     def create_checkout(self, booking, checkout):
         with self.lock:
             self.checkouts.append(booking.pk)
         return super().create_checkout(booking, checkout)
 
-    def refund(self, checkout):
+    def refund(self, checkout, *, idempotency_key):
         with self.lock:
             self.refunds.append(checkout.booking_id)
-        return super().refund(checkout)
+            self.keys.append(idempotency_key)
+        return super().refund(checkout, idempotency_key=idempotency_key)
+
+    def find_refund(self, checkout):
+        with self.lock:
+            self.lookups.append(checkout.booking_id)
+        return super().find_refund(checkout)
+
+    def expire_checkout(self, checkout):
+        with self.lock:
+            self.expired.append(checkout.booking_id)
+        return super().expire_checkout(checkout)
 
 
 class SlowProvider(SandboxProvider):
@@ -58,7 +72,7 @@ class RefundDownProvider(SandboxProvider):
 
     name = "refund-down"
 
-    def refund(self, checkout):
+    def refund(self, checkout, *, idempotency_key):
         raise ProviderError("refunds are down")
 
 
@@ -67,5 +81,24 @@ class CrashingRefundProvider(SandboxProvider):
 
     name = "crashing-refund"
 
-    def refund(self, checkout):
+    def refund(self, checkout, *, idempotency_key):
         raise RuntimeError("process died mid-refund")
+
+
+class LostAnswerRefundProvider(RecordingProvider):
+    """The refund is made, but its answer is lost on the way back (a timeout after the provider acted)."""
+
+    name = "lost-answer"
+
+    def refund(self, checkout, *, idempotency_key):
+        super().refund(checkout, idempotency_key=idempotency_key)
+        raise ProviderError("read timed out")
+
+
+class ExpireDownProvider(RecordingProvider):
+    """Sessions cannot be expired (the provider is unreachable for that call)."""
+
+    name = "expire-down"
+
+    def expire_checkout(self, checkout):
+        raise ProviderError("connection reset")

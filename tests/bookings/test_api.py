@@ -174,10 +174,10 @@ def test_package_crud(api_client, tenant):
         {"name": "X", "price": "Infinity"},
         {"name": "X", "price": "1e20"},
         {"name": "X", "price": "-1"},
-        {"name": "X", "price": "1.001"},
+        {"name": "X", "price": "1.0001"},
         {"name": "X", "price": "10", "daily_capacity": 0},
         {"name": "X", "price": "10", "daily_capacity": 10**12},
-        {"name": "X", "price": "10", "currency": "usd"},
+        {"name": "X", "price": "10", "currency": "USDX"},
         {"name": "", "price": "10"},
         {"price": "10"},
     ],
@@ -185,6 +185,39 @@ def test_package_crud(api_client, tenant):
 def test_package_bad_input_is_400(api_client, tenant, body):
     assert_error(api_client.post("/api/t/acme/packages", body, format="json"), 400, "invalid_input")
     assert not Package.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        ({"name": "X", "price": "1.001"}, "amount_precision"),  # USD has cents
+        ({"name": "X", "price": "10", "currency": "usd"}, "unknown_currency"),
+        ({"name": "X", "price": "10", "currency": "ABC"}, "unknown_currency"),
+        ({"name": "X", "price": "10", "currency": "XXX"}, "unknown_currency"),  # ISO 4217, but not money
+        ({"name": "X", "price": "1500.5", "currency": "JPY"}, "amount_precision"),
+        ({"name": "X", "price": "1.255", "currency": "KWD"}, "amount_precision"),  # Stripe: last digit 0
+    ],
+)
+def test_package_currency_and_price_precision_are_checked(api_client, tenant, body, code):
+    assert_error(api_client.post("/api/t/acme/packages", body, format="json"), 400, code)
+    assert not Package.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "currency,price,shown", [("USD", "99.9", "99.90"), ("JPY", "1500", "1500"), ("KWD", "12.25", "12.250")]
+)
+def test_package_prices_are_written_with_their_currency_decimals(api_client, tenant, currency, price, shown):
+    created = api_client.post(
+        "/api/t/acme/packages", {"name": "P", "price": price, "currency": currency}, format="json"
+    )
+    assert created.status_code == 201 and created.json()["price"] == shown
+    package = Package.objects.get()
+    changed = api_client.patch(f"/api/t/acme/packages/{package.pk}", {"currency": "JPY"}, format="json")
+    if currency == "JPY":
+        assert changed.status_code == 200
+    else:  # the kept price has decimals JPY does not: refused, nothing written
+        assert_error(changed, 400, "amount_precision")
+        assert Package.objects.get().currency == currency
 
 
 def test_package_with_bookings_cannot_be_deleted(api_client, anon_client, package):

@@ -93,13 +93,38 @@ def test_the_machines_are_the_documented_ones():
             ("held", "cancelled"),
             ("confirmed", "refund_pending"),
             ("refund_pending", "refunded"),
+            ("held", "payment_pending"),
+            ("expired", "payment_pending"),
+            ("payment_pending", "confirmed"),
+            ("payment_pending", "refund_pending"),
+            ("payment_pending", "expired"),
+            ("payment_pending", "cancelled"),
+        ]
+    )
+    assert machine(Checkout, "state").transitions == sorted(
+        [
+            ("creating", "open"),
+            ("creating", "failed"),
+            ("creating", "expired"),
+            ("open", "expired"),
+            *[(unpaid, "completed") for unpaid in ("creating", "open", "expired", "failed", "processing")],
+            ("payment_failed", "completed"),
+            *[(unpaid, "processing") for unpaid in ("creating", "open", "expired", "failed")],
+            *[(unsettled, "payment_failed") for unsettled in ("creating", "open", "processing")],
         ]
     )
     assert machine(Booking, "status").initial == ["held"]
     assert machine(Checkout, "state").initial == ["creating"]
     assert machine(Checkout, "refund_state").initial == [""]
     assert machine(Checkout, "refund_state").transitions == sorted(
-        [("", "pending"), ("pending", "succeeded"), ("pending", "failed"), ("failed", "pending")]
+        [
+            ("", "pending"),
+            ("pending", "succeeded"),
+            ("pending", "failed"),
+            ("pending", "exhausted"),
+            ("failed", "pending"),
+            ("exhausted", "pending"),
+        ]
     )
 
 

@@ -65,7 +65,7 @@ def test_a_refused_delivery_is_shown_on_the_page_not_a_500(anon_client, browser,
     from bookings import sandbox_views
     from core.exceptions import LockContended
 
-    def busy(checkout, event_type):
+    def busy(checkout, event_type, **kwargs):
         raise LockContended()
 
     created = start(anon_client, tenant)

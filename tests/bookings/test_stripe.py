@@ -10,7 +10,7 @@ import pytest
 from bookings.exceptions import InvalidSignature
 from bookings.payments import get_provider
 from bookings.payments.base import parse_event, sign, verify_signature
-from bookings.payments.stripe import checkout_params, minor_units
+from bookings.payments.stripe import checkout_params
 
 # Trimmed from a real `checkout.session.completed` delivery (Stripe API 2024-06-20).
 RECORDED_COMPLETED = {
@@ -70,6 +70,39 @@ def test_our_signature_matches_the_stripe_library_verifier():
         verify_signature(payload + b" ", header, secret="whsec_test")
 
 
+def test_a_header_made_by_the_stripe_library_is_accepted_and_verified_by_it(monkeypatch):
+    """verify_signature delegates to stripe.WebhookSignature.verify_header (the provider's own verifier)."""
+    import stripe
+
+    payload = json.dumps(RECORDED_COMPLETED).encode()
+    header = stripe.WebhookSignature.generate_signature_header(payload.decode(), "whsec_test")
+    verify_signature(payload, header, secret="whsec_test")
+    calls = []
+    real = stripe.WebhookSignature.verify_header
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stripe.WebhookSignature, "verify_header", spy)
+    verify_signature(payload, header, secret="whsec_test")
+    assert calls == [(payload.decode(), header, "whsec_test")]
+
+
+def test_a_future_timestamp_beyond_the_tolerance_is_refused_though_stripe_would_accept_it():
+    import time
+
+    import stripe
+
+    payload = json.dumps(RECORDED_COMPLETED).encode()
+    header = stripe.WebhookSignature.generate_signature_header(
+        payload.decode(), "whsec_test", timestamp=int(time.time()) + 301
+    )
+    assert stripe.WebhookSignature.verify_header(payload.decode(), header, "whsec_test", tolerance=300)
+    with pytest.raises(InvalidSignature):
+        verify_signature(payload, header, secret="whsec_test")
+
+
 def test_checkout_params_for_a_booking():
     created = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     booking = SimpleNamespace(
@@ -84,9 +117,24 @@ def test_checkout_params_for_a_booking():
     assert params["metadata"] == {"booking_id": "42", "checkout_id": "17"}
 
 
-def test_minor_units():
-    assert minor_units(Decimal("19.99"), "USD") == 1999
-    assert minor_units(Decimal("1500"), "JPY") == 1500
+@pytest.mark.parametrize(
+    "currency,amount,unit_amount",
+    [("USD", "19.99", 1999), ("JPY", "1500", 1500), ("KWD", "12.250", 12250), ("BHD", "1.5", 1500)],
+)
+def test_checkout_params_send_minor_units_from_the_currency_exponent(currency, amount, unit_amount):
+    created = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    booking = SimpleNamespace(
+        pk=1, customer_email="a@example.com", currency=currency, amount=Decimal(amount), date=date(2026, 12, 24),
+        package=SimpleNamespace(name="P"), created_at=created, hold_expires_at=created,
+    )
+    price_data = checkout_params(booking, SimpleNamespace(pk=1))["line_items"][0]["price_data"]
+    assert (price_data["currency"], price_data["unit_amount"]) == (currency.lower(), unit_amount)
+
+
+def test_recorded_event_carries_what_the_match_needs():
+    event = parse_event(json.dumps(RECORDED_COMPLETED).encode())
+    assert (event.payment_status, event.amount_total, event.currency, event.metadata_booking_id) == (
+        "paid", 45000, "usd", "42")
 
 
 def test_provider_choice(settings):

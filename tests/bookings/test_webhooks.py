@@ -3,6 +3,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import stripe
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout, PaymentEvent
@@ -13,21 +14,22 @@ from tests.bookings.factories import PackageFactory, future
 URL = "/api/webhooks/payments"
 
 
-def event(event_type, checkout_id, *, event_id=None, reference="", payment_intent="pi_123"):
+def event(event_type, checkout_id, *, event_id=None, reference="", payment_intent="pi_123", payment_status="paid",
+          amount_total=10000, currency="usd", booking_id=None):
+    """A Stripe-shaped checkout.session event; the defaults match a PackageFactory booking (100.00 USD)."""
+    session = {
+        "id": checkout_id,
+        "object": "checkout.session",
+        "client_reference_id": reference,
+        "payment_intent": payment_intent,
+        "payment_status": payment_status,
+        "amount_total": amount_total,
+        "currency": currency,
+        "metadata": {} if booking_id is None else {"booking_id": str(booking_id)},
+    }
     return json.dumps(
-        {
-            "id": event_id or f"evt_{time.monotonic_ns()}",
-            "object": "event",
-            "type": event_type,
-            "data": {
-                "object": {
-                    "id": checkout_id,
-                    "object": "checkout.session",
-                    "client_reference_id": reference,
-                    "payment_intent": payment_intent,
-                }
-            },
-        }
+        {"id": event_id or f"evt_{time.monotonic_ns()}", "object": "event", "type": event_type,
+         "data": {"object": session}}
     ).encode()
 
 
@@ -36,12 +38,26 @@ def completed_event(checkout_id, **kwargs):
 
 
 def expired_event(checkout_id, **kwargs):
+    kwargs.setdefault("payment_status", "unpaid")
     return event("checkout.session.expired", checkout_id, payment_intent=None, **kwargs)
 
 
+def stripe_signed(payload, *, secret=None, timestamp=None):
+    """The Stripe-Signature header the stripe library itself makes for ``payload``."""
+    from django.conf import settings
+
+    return stripe.WebhookSignature.generate_signature_header(
+        payload.decode(), secret or settings.PAYMENT_WEBHOOK_SECRET, timestamp=timestamp
+    )
+
+
 def deliver(client, payload, signature=None):
-    return client.post(URL, data=payload, content_type="application/json",
-                       HTTP_STRIPE_SIGNATURE=sign(payload) if signature is None else signature)
+    if signature is None:
+        try:
+            signature = stripe_signed(payload)
+        except UnicodeDecodeError:  # bytes Stripe would never send: any well-formed header will do
+            signature = f"t={int(time.time())},v1=00"
+    return client.post(URL, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
 
 
 def book(package, day=None):
@@ -115,7 +131,7 @@ def test_malformed_payload_is_400(client, db, payload):
 
 
 def test_unknown_checkout_and_other_event_types_are_stored_and_acknowledged(client, db):
-    assert deliver(client, completed_event("cs_nobody")).json()["result"] == "ignored_unknown_checkout"
+    assert deliver(client, completed_event("cs_nobody")).json()["result"] == "unknown_checkout"
     assert deliver(client, event("payment_intent.created", "pi_1")).json()["result"] == "ignored_type"
     assert PaymentEvent.objects.filter(processed_at__isnull=False).count() == 2
 
@@ -180,7 +196,7 @@ def test_payment_for_a_checkout_whose_provider_answer_was_lost_is_matched_by_ref
         booking = hold_in_transaction(tenant=package.tenant, package_id=package.pk, date=future(),
                                       customer_name="Ann", customer_email="ann@example.com")
     assert Checkout.objects.get(pk=booking.checkout.pk).state == "creating"
-    payload = completed_event("cs_lost", reference=str(booking.checkout.pk))
+    payload = completed_event("cs_lost", reference=str(booking.checkout.pk), booking_id=booking.pk)
     assert deliver(client, payload).json()["result"] == "confirmed"
     assert status_of(booking) == Booking.Status.CONFIRMED
 
@@ -201,6 +217,10 @@ def test_failed_refund_is_retried_by_the_command(client, package, settings):
 
     out = StringIO()
     call_command("retry_refunds", stdout=out)
+    assert "Refunds retried: 0" in out.getvalue()  # backing off: due one REFUND_RETRY_BASE later
+    Checkout.objects.filter(booking=late).update(next_retry_at=Now())
+    out = StringIO()
+    call_command("retry_refunds", stdout=out)
     assert "refunded: 1" in out.getvalue()
     assert status_of(late) == Booking.Status.REFUNDED
     assert Checkout.objects.get(booking=late).refund_attempts == 2
@@ -216,7 +236,7 @@ def test_signature_timestamp_must_be_ascii_digits_never_a_500(client, db, timest
 def test_non_ascii_digit_client_reference_is_an_unknown_checkout(client, db):
     """Regression: a signed event with client_reference_id "²" crashed int() after passing isdigit()."""
     response = deliver(client, completed_event("cs_nobody", reference="²"))
-    assert response.status_code == 200 and response.json()["result"] == "ignored_unknown_checkout"
+    assert response.status_code == 200 and response.json()["result"] == "unknown_checkout"
 
 
 def test_expired_event_locks_the_booking_row_before_the_checkout_row(client, package):

@@ -5,9 +5,11 @@ from core.management.base import GuardedCommand
 
 class Command(GuardedCommand):
     help = (
-        "Retry every refund the payment provider failed to make, and every refund left pending by a "
-        "process that died before the provider answered. Each refund is claimed by one filtered UPDATE "
-        "first, so a retry racing another retrier or the payment webhook asks the provider at most once."
+        "Retry every refund the payment provider failed to make whose backoff is over, and every refund "
+        "left pending by a process that died before the provider answered. Each refund is claimed by one "
+        "filtered UPDATE first, so a retry racing another retrier or the payment webhook asks the provider "
+        "at most once. After REFUND_MAX_ATTEMPTS a refund is left 'exhausted' for an operator (admin: "
+        "Bookings, filter by refund state, action 'Retry failed refunds now')."
     )
 
     def handle(self, *args, **options):
@@ -16,3 +18,6 @@ class Command(GuardedCommand):
         self.stdout.write(
             f"Refunds retried: {len(booking_ids)}, refunded: {refunded}, still failing: {len(booking_ids) - refunded}"
         )
+        exhausted = Checkout.objects.refunds_for_an_operator().count()
+        if exhausted:
+            self.stderr.write(f"Refunds given up on, waiting for an operator: {exhausted}")
