@@ -1,6 +1,5 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.db.models.functions import Now, TruncDate
@@ -18,13 +17,6 @@ from core.exceptions import DomainError
 from core.guards import database_refusals
 
 
-class VersionedAdminForm(forms.ModelForm):
-    """Declares the mixin's hidden ``expected_version`` on the base form, so the admin's
-    ``modelform_factory`` accepts it in the fieldsets (it is not a model field)."""
-
-    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
-
-
 @admin.register(Package)
 class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
@@ -34,7 +26,6 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     list_filter = ["active", "tenant", "currency"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
-    form = VersionedAdminForm
     fields = ["tenant", *PACKAGE_EDITABLE]
     actions = ["delete_selected_packages"]
     refusal_fields = {
@@ -46,8 +37,10 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         live = active_q("bookings__")
-        return super().get_queryset(request).annotate(
-            upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now())))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now()))))
         )
 
     def get_readonly_fields(self, request, obj=None):
@@ -96,8 +89,20 @@ class CheckoutInline(admin.StackedInline):
     model = Checkout
     extra = 0
     can_delete = False
-    fields = ["provider", "state", "provider_checkout_id", "url", "provider_payment_id", "refund_state",
-              "provider_refund_id", "refund_attempts", "refund_error", "refund_requested_at", "next_retry_at", "error"]
+    fields = [
+        "provider",
+        "state",
+        "provider_checkout_id",
+        "url",
+        "provider_payment_id",
+        "refund_state",
+        "provider_refund_id",
+        "refund_attempts",
+        "refund_error",
+        "refund_requested_at",
+        "next_retry_at",
+        "error",
+    ]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -121,17 +126,37 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
     form was opened at); every state change through an action calling the managers and services."""
 
-    list_display = ["id", "date", "package", "customer_name", "customer_email", "status", "hold_expires_at",
-                    "amount", "currency", "tenant"]
+    list_display = [
+        "id",
+        "date",
+        "package",
+        "customer_name",
+        "customer_email",
+        "status",
+        "hold_expires_at",
+        "amount",
+        "currency",
+        "tenant",
+    ]
     list_filter = ["status", ("checkout__refund_state", admin.ChoicesFieldListFilter), "date", "package", "tenant"]
     search_fields = ["customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant"]
-    readonly_fields = ["tenant", "package", "date", "status", "hold_expires_at", "amount", "currency", "created_at",
-                       "confirmed_at", "cancelled_at", "refunded_at"]
+    readonly_fields = [
+        "tenant",
+        "package",
+        "date",
+        "status",
+        "hold_expires_at",
+        "amount",
+        "currency",
+        "created_at",
+        "confirmed_at",
+        "cancelled_at",
+        "refunded_at",
+    ]
     fields = ["tenant", "package", "date", *BOOKING_EDITABLE, *readonly_fields[3:]]
     inlines = [CheckoutInline]
-    form = VersionedAdminForm
     actions = ["cancel_selected", "release_hold_selected", "retry_refund_selected"]
 
     def has_add_permission(self, request):
@@ -146,21 +171,30 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
     def cancel_selected(self, request, queryset):
         _per_booking(
-            self, request, queryset, lambda b: cancel_booking(b.pk),
+            self,
+            request,
+            queryset,
+            lambda b: cancel_booking(b.pk),
             lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
         )
 
     @admin.action(description=_("Release selected holds"), permissions=["change"])
     def release_hold_selected(self, request, queryset):
         _per_booking(
-            self, request, queryset, lambda b: Booking.objects.release(b.pk),
+            self,
+            request,
+            queryset,
+            lambda b: Booking.objects.release(b.pk),
             lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
         )
 
     @admin.action(description=_("Retry failed refunds now (also those given up on)"), permissions=["change"])
     def retry_refund_selected(self, request, queryset):
         _per_booking(  # an operator's explicit retry: not held back by the backoff, and takes exhausted refunds
-            self, request, queryset, lambda b: retry_refund(b.pk, operator=True),
+            self,
+            request,
+            queryset,
+            lambda b: retry_refund(b.pk, operator=True),
             lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
         )
 
@@ -170,13 +204,32 @@ class PaymentEventAdmin(admin.ModelAdmin):
     """The inbox, read-only. "Needs review": signed events that did not match what they named (another
     session, amount or currency; money for no checkout of ours) and changed nothing."""
 
-    list_display = ["event_id", "type", "provider", "result", "needs_review", "booking", "deliveries", "received_at",
-                    "processed_at"]
+    list_display = [
+        "event_id",
+        "type",
+        "provider",
+        "result",
+        "needs_review",
+        "booking",
+        "deliveries",
+        "received_at",
+        "processed_at",
+    ]
     list_filter = ["needs_review", "type", "result", "provider"]
     search_fields = ["event_id", "=booking__id"]
     date_hierarchy = "received_at"
-    readonly_fields = ["provider", "event_id", "type", "payload", "received_at", "processed_at", "result",
-                       "needs_review", "booking", "deliveries"]
+    readonly_fields = [
+        "provider",
+        "event_id",
+        "type",
+        "payload",
+        "received_at",
+        "processed_at",
+        "result",
+        "needs_review",
+        "booking",
+        "deliveries",
+    ]
 
     def has_add_permission(self, request):
         return False

@@ -392,6 +392,18 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return booking, outcome
 
     @guarded(joins=True)
+    def lock_row(self, booking_id):
+        """Lock the booking row FOR NO KEY UPDATE in the caller's transaction, before its checkout row.
+
+        Locks: the booking row FOR NO KEY UPDATE.
+
+        For a path that changes the checkout and then the booking (recording a refund): taking the
+        booking row first keeps the order of every path (a payment settling the booking holds its
+        row and waits for the checkout row; the reverse order deadlocked against it).
+        """
+        self.select_for_update(no_key=True).filter(pk=booking_id).values_list("pk", flat=True).first()
+
+    @guarded(joins=True)
     def lock_settlement(self, booking_id, *, checkout_id):
         """Take every lock a payment event settles under and return the checkout row as locked.
 

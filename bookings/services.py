@@ -159,6 +159,7 @@ def refund_booking(booking_id):
             )
         return False
     with transaction.atomic():
+        Booking.objects.lock_row(booking_id)  # booking row before checkout row: the order of every path
         if Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id):
             Booking.objects.complete_refund(booking_id)
     return True

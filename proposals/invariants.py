@@ -1,15 +1,16 @@
 """What must hold for proposals, recomputed from the rows (manage.py check_invariants).
 
-A booking made from a proposal that takes a place (``confirmed``, or ``held`` with an
-unexpired hold) must be the one its executed proposal links. An orphan whose late
-payment is being refunded (``refund_pending``, ``refunded``) takes no place and is
-fine: confirm_payment refunds it rather than confirm it (the placement veto).
+A booking made from a proposal that takes a place (``bookings.managers.active_q``:
+confirmed, waiting for a delayed payment, or held with an unexpired hold) must be the
+one its executed proposal links. An orphan whose late payment is being refunded
+(``refund_pending``, ``refunded``) takes no place and is fine: confirm_payment refunds
+it rather than confirm it (the placement veto).
 """
 
 from django.db.models import Count, F, Q
 
+from bookings.managers import active_q
 from bookings.models import Booking
-from core.guards import ClockNow
 from core.integrity import state_machines
 from core.invariants import invariant
 from proposals.models import Proposal
@@ -21,7 +22,7 @@ def _proposals(tenant):
 
 def _bookings_taking_a_place(tenant):
     bookings = Booking.objects.all() if tenant is None else Booking.objects.filter(tenant=tenant)
-    return bookings.filter(Q(status="confirmed") | Q(status="held", hold_expires_at__gt=ClockNow()))
+    return bookings.filter(active_q())
 
 
 @invariant("an executed proposal links one booking of its tenant, package and date, which names it as its origin")

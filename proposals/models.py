@@ -41,8 +41,8 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
     legitimate only when nothing can be paid any more: the booking is ``expired``,
     ``cancelled`` or a ``held`` booking whose hold has lapsed (by ``clock_timestamp()``),
     and its checkout never opened (``creating``, ``failed``, ``expired``) with no refund
-    under way. A confirmed, refund_pending or refunded booking, a live hold, or an open
-    or completed checkout keeps the link: unlinking it would let the proposal be
+    under way. A confirmed, payment_pending, refund_pending or refunded booking, a live
+    hold, or an open, processing or completed checkout keeps the link: unlinking it would let the proposal be
     confirmed again while the first booking can still be (or was) paid.
 
     The booking row, then the checkout row, are locked FOR SHARE (after the proposal row
@@ -80,9 +80,9 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
               FROM "{Booking._meta.db_table}" WHERE "id" = OLD."booking_id" FOR SHARE;
             SELECT "state", "refund_state" INTO v_checkout_state, v_refund_state
               FROM "{Checkout._meta.db_table}" WHERE "booking_id" = OLD."booking_id" FOR SHARE;
-            IF v_booking_status IN ('confirmed', 'refund_pending', 'refunded')
+            IF v_booking_status IN ('confirmed', 'payment_pending', 'refund_pending', 'refunded')
                OR (v_booking_status = 'held' AND v_hold_expires > clock_timestamp())
-               OR coalesce(v_checkout_state IN ('open', 'completed'), false)
+               OR coalesce(v_checkout_state IN ('open', 'processing', 'completed'), false)
                OR coalesce(v_refund_state <> '', false) THEN
                 {refuse}
             END IF;

@@ -10,8 +10,13 @@ from tests.bookings.test_webhooks import completed_event, deliver
 
 
 def book(package, days=30):
-    return start_checkout(tenant=package.tenant, package_id=package.pk, date=future(days), customer_name="Zed Q",
-                          customer_email="zed@example.com")
+    return start_checkout(
+        tenant=package.tenant,
+        package_id=package.pk,
+        date=future(days),
+        customer_name="Zed Q",
+        customer_email="zed@example.com",
+    )
 
 
 def act(admin_client, action, *bookings):

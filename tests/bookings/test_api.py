@@ -17,8 +17,11 @@ def assert_error(response, status, code):
 
 
 def checkout_body(package_, day=None, **overrides):
-    body = {"package": package_.pk, "date": (day or future()).isoformat(),
-            "customer": {"name": "Ann", "email": "ann@example.com"}}
+    body = {
+        "package": package_.pk,
+        "date": (day or future()).isoformat(),
+        "customer": {"name": "Ann", "email": "ann@example.com"},
+    }
     body.update(overrides)
     return body
 
@@ -37,7 +40,8 @@ def test_public_packages_lists_active_packages_only(anon_client, package, tenant
     response = anon_client.get("/api/public/acme/packages")
     assert response.status_code == 200
     assert response.json() == [
-        {"id": package.pk, "name": "Cruise", "price": "450.00", "currency": "USD", "daily_capacity": 1}]
+        {"id": package.pk, "name": "Cruise", "price": "450.00", "currency": "USD", "daily_capacity": 1}
+    ]
     assert_error(anon_client.get("/api/public/nobody/packages"), 404, "not_found")
 
 
@@ -55,15 +59,18 @@ def test_checkout_holds_the_date_and_opens_a_sandbox_checkout(anon_client, packa
 def test_full_date_is_409_date_unavailable(anon_client, package):
     assert anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json").status_code == 201
     error = assert_error(
-        anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"), 409, "date_unavailable")
+        anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"), 409, "date_unavailable"
+    )
     assert "fully booked" in error["message"]
 
 
 def test_checkout_with_idempotency_key_replays_the_first_answer(anon_client, package):
-    first = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
-                             HTTP_IDEMPOTENCY_KEY="k1")
-    second = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
-                              HTTP_IDEMPOTENCY_KEY="k1")
+    first = anon_client.post(
+        "/api/public/acme/checkouts", checkout_body(package), format="json", HTTP_IDEMPOTENCY_KEY="k1"
+    )
+    second = anon_client.post(
+        "/api/public/acme/checkouts", checkout_body(package), format="json", HTTP_IDEMPOTENCY_KEY="k1"
+    )
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json() and second["Idempotent-Replayed"] == "true"
     assert Booking.objects.count() == 1
@@ -71,8 +78,11 @@ def test_checkout_with_idempotency_key_replays_the_first_answer(anon_client, pac
 
 def test_provider_down_is_503_and_the_date_stays_free(anon_client, package, settings):
     settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
-    assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
-                 503, "payment_provider_unavailable")
+    assert_error(
+        anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
+        503,
+        "payment_provider_unavailable",
+    )
     assert Booking.objects.get().status == "expired"
     settings.PAYMENT_PROVIDER = "sandbox"
     assert anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json").status_code == 201
@@ -102,8 +112,11 @@ def test_checkout_bad_input_is_a_stable_400_or_404(anon_client, package, overrid
 
 def test_checkout_for_inactive_or_other_tenants_package_is_404(anon_client, tenant, other_tenant):
     for package in (PackageFactory(tenant=tenant, active=False), PackageFactory(tenant=other_tenant)):
-        assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
-                     404, "package_not_found")
+        assert_error(
+            anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json"),
+            404,
+            "package_not_found",
+        )
 
 
 def test_availability_counts_confirmed_and_live_holds_only(anon_client, tenant):
@@ -126,7 +139,8 @@ def test_availability_counts_confirmed_and_live_holds_only(anon_client, tenant):
 def test_availability_of_past_dates_is_zero(anon_client, package):
     yesterday = future(-1).isoformat()
     assert anon_client.get(f"/api/public/acme/availability?start={yesterday}&end={yesterday}").json() == [
-        {"date": yesterday, "remaining": 0}]
+        {"date": yesterday, "remaining": 0}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -155,8 +169,11 @@ def test_availability_allows_366_days(anon_client, package):
 
 
 def test_package_crud(api_client, tenant):
-    created = api_client.post("/api/t/acme/packages",
-                              {"name": "Boat", "price": "99.90", "currency": "EUR", "daily_capacity": 3}, format="json")
+    created = api_client.post(
+        "/api/t/acme/packages",
+        {"name": "Boat", "price": "99.90", "currency": "EUR", "daily_capacity": 3},
+        format="json",
+    )
     assert created.status_code == 201, created.content
     pk = created.json()["id"]
     assert created.json()["active"] is True and created.json()["price"] == "99.90"
@@ -241,7 +258,8 @@ def test_booking_list_filters_detail_and_cancel(api_client, anon_client, client,
     listing = api_client.get(f"/api/t/acme/bookings?date={day.isoformat()}").json()
     assert [b["id"] for b in listing["results"]] == [held["booking"]["id"]]
     assert [b["id"] for b in api_client.get("/api/t/acme/bookings?status=confirmed").json()["results"]] == [
-        paid["booking"]["id"]]
+        paid["booking"]["id"]
+    ]
     assert api_client.get(f"/api/t/acme/bookings?package={other.pk}").json()["count"] == 1
     assert_error(api_client.get("/api/t/acme/bookings?status=bogus"), 400, "invalid_input")
     assert_error(api_client.get("/api/t/acme/bookings?date=2026-13-01"), 400, "invalid_input")
@@ -251,8 +269,11 @@ def test_booking_list_filters_detail_and_cancel(api_client, anon_client, client,
 
     cancelled = api_client.post(f"/api/t/acme/bookings/{held['booking']['id']}/cancel", format="json")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert_error(api_client.post(f"/api/t/acme/bookings/{held['booking']['id']}/cancel", format="json"),
-                 409, "booking_not_cancellable")
+    assert_error(
+        api_client.post(f"/api/t/acme/bookings/{held['booking']['id']}/cancel", format="json"),
+        409,
+        "booking_not_cancellable",
+    )
     refunded = api_client.post(f"/api/t/acme/bookings/{paid['booking']['id']}/cancel", format="json").json()
     assert refunded["status"] == "refunded" and refunded["checkout"]["refund_state"] == "succeeded"
 
@@ -261,8 +282,9 @@ def test_booking_ids_of_other_tenants_unknown_and_malformed(api_client, other_te
     foreign = PackageFactory(tenant=other_tenant)
     from bookings.services import start_checkout
 
-    booking = start_checkout(tenant=other_tenant, package_id=foreign.pk, date=future(), customer_name="X",
-                             customer_email="x@example.com")
+    booking = start_checkout(
+        tenant=other_tenant, package_id=foreign.pk, date=future(), customer_name="X", customer_email="x@example.com"
+    )
     assert_error(api_client.get(f"/api/t/acme/bookings/{booking.pk}"), 404, "booking_not_found")
     assert_error(api_client.post(f"/api/t/acme/bookings/{booking.pk}/cancel"), 404, "booking_not_found")
     assert_error(api_client.get("/api/t/acme/bookings/99999999999999999999999"), 404, "booking_not_found")
@@ -272,13 +294,23 @@ def test_booking_ids_of_other_tenants_unknown_and_malformed(api_client, other_te
 
 def test_schema_describes_the_booking_endpoints(api_client):
     schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").content.decode()
-    for path in ["/api/public/{tenant}/checkouts", "/api/public/{tenant}/availability", "/api/webhooks/payments",
-                 "/api/t/{tenant}/bookings/{id}/cancel", "/api/t/{tenant}/packages/{id}"]:
+    for path in [
+        "/api/public/{tenant}/checkouts",
+        "/api/public/{tenant}/availability",
+        "/api/webhooks/payments",
+        "/api/t/{tenant}/bookings/{id}/cancel",
+        "/api/t/{tenant}/packages/{id}",
+    ]:
         assert path in schema
 
 
 def test_refusals_speak_arabic_when_asked(anon_client, package):
     anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
-    error = assert_error(anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json",
-                                          HTTP_ACCEPT_LANGUAGE="ar"), 409, "date_unavailable")
+    error = assert_error(
+        anon_client.post(
+            "/api/public/acme/checkouts", checkout_body(package), format="json", HTTP_ACCEPT_LANGUAGE="ar"
+        ),
+        409,
+        "date_unavailable",
+    )
     assert error["message"] == "هذا التاريخ محجوز بالكامل لهذه الباقة."

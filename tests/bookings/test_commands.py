@@ -12,8 +12,12 @@ from tests.bookings.factories import PackageFactory, future
 
 def test_expire_holds_command(tenant):
     package = PackageFactory(tenant=tenant, daily_capacity=2)
-    stale, live = (start_checkout(tenant=tenant, package_id=package.pk, date=future(), customer_name="A",
-                                  customer_email="a@example.com") for _ in range(2))
+    stale, live = (
+        start_checkout(
+            tenant=tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
+        )
+        for _ in range(2)
+    )
     Booking.objects.filter(pk=stale.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
     out = StringIO()
     call_command("expire_holds", stdout=out)

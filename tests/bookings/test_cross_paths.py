@@ -449,3 +449,30 @@ def test_a_payment_in_flight_is_never_overwritten_by_the_admin_release_or_the_ap
         Checkout.objects.mark_completed(booking.checkout.pk, provider_checkout_id="x")
     response = api.post(f"/api/t/acme/bookings/{booking.pk}/cancel", format="json")
     assert response.json()["status"] == "refunded" and recording_provider.refunds == [booking.pk]
+
+
+def test_recording_a_refund_takes_the_booking_row_before_the_checkout_row(tenant, recording_provider):
+    """Regression: the refund's success path locked the checkout row, then the booking row; a payment
+    redelivery holding the booking row and asking for the checkout row deadlocked with it (503 in a storm).
+    With the booking row held elsewhere, recording the refund must wait holding nothing, so the holder can
+    still lock the checkout row at once."""
+    from bookings.services import refund_booking
+    from tests.bookings.interleave import Background, OpenTransaction, wait_until_blocked_or_done
+
+    booking = book(PackageFactory(tenant=tenant), future(40))
+    assert pay(booking.checkout).json()["result"] == "confirmed"
+    with transaction.atomic():  # the refund is owed and claimed, its provider call not yet made
+        Booking.objects.cancel(booking.pk)
+        Checkout.objects.request_refund(booking.checkout.pk)
+    holder = OpenTransaction(lambda: Booking.objects.lock_row(booking.pk)).start()
+    refunding = Background(lambda: refund_booking(booking.pk))
+    try:
+        assert wait_until_blocked_or_done(refunding), "the refund's write should wait for the booking row"
+        with transaction.atomic():  # what the redelivered payment asks for next, on the holder's behalf
+            checkout_free = Checkout.objects.select_for_update(nowait=True).filter(pk=booking.checkout.pk).exists()
+        assert checkout_free
+    finally:
+        holder.commit()
+        refunding.join()
+    assert refunding.error is None and refunding.result is True
+    assert Booking.objects.get(pk=booking.pk).status == "refunded"

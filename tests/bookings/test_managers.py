@@ -196,8 +196,16 @@ def test_constraint_backstop_one_confirmed_booking_per_exclusive_date(tenant):
     Booking.objects.filter(pk=first.pk).update(status="confirmed", confirmed_at=Now())
     # A second booking made around the guard (as a bug would): the partial unique index refuses to confirm it.
     second = Booking.objects.create(
-        tenant=tenant, package=package, date=first.date, customer_name="Bob", customer_email="b@example.com",
-        hold_expires_at=first.hold_expires_at, amount=1, currency="USD", exclusive=True, created_at=Now(),
+        tenant=tenant,
+        package=package,
+        date=first.date,
+        customer_name="Bob",
+        customer_email="b@example.com",
+        hold_expires_at=first.hold_expires_at,
+        amount=1,
+        currency="USD",
+        exclusive=True,
+        created_at=Now(),
     )
     with pytest.raises(IntegrityError), transaction.atomic():
         Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())

@@ -52,8 +52,14 @@ def naive_checkout(package, day, i):
             raise DateUnavailable()
         time.sleep(0.05)
         return Booking.objects.create(
-            tenant=package.tenant, package=package, date=day, customer_name=f"C{i}", customer_email="c@example.com",
-            hold_expires_at=Now() + django_settings.BOOKING_HOLD_TTL, amount=package.price, currency=package.currency,
+            tenant=package.tenant,
+            package=package,
+            date=day,
+            customer_name=f"C{i}",
+            customer_email="c@example.com",
+            hold_expires_at=Now() + django_settings.BOOKING_HOLD_TTL,
+            amount=package.price,
+            currency=package.currency,
             created_at=Now(),
         ).pk
 
@@ -77,7 +83,10 @@ def test_no_lock_is_held_during_the_provider_call(settings):
     def first_customer():
         try:
             first["booking"] = start_checkout(
-                tenant=package.tenant, package_id=package.pk, date=slow_day, customer_name="A",
+                tenant=package.tenant,
+                package_id=package.pk,
+                date=slow_day,
+                customer_name="A",
                 customer_email="a@example.com",
             )
         finally:
@@ -89,7 +98,10 @@ def test_no_lock_is_held_during_the_provider_call(settings):
         assert SlowProvider.entered.wait(5)  # the first customer's hold is committed and the provider is blocked
         started = time.monotonic()
         other = start_checkout(
-            tenant=package.tenant, package_id=package.pk, date=other_day, customer_name="B",
+            tenant=package.tenant,
+            package_id=package.pk,
+            date=other_day,
+            customer_name="B",
             customer_email="b@example.com",
         )
         other_took = time.monotonic() - started
@@ -99,7 +111,10 @@ def test_no_lock_is_held_during_the_provider_call(settings):
         started = time.monotonic()
         with pytest.raises(DateUnavailable):
             start_checkout(
-                tenant=package.tenant, package_id=package.pk, date=slow_day, customer_name="C",
+                tenant=package.tenant,
+                package_id=package.pk,
+                date=slow_day,
+                customer_name="C",
                 customer_email="c@example.com",
             )
         refused_in = time.monotonic() - started
@@ -120,7 +135,9 @@ def test_20_concurrent_deliveries_of_one_event_make_one_transition(recording_pro
 
     def deliver(i):
         response = Client().post(
-            "/api/webhooks/payments", data=payload, content_type="application/json",
+            "/api/webhooks/payments",
+            data=payload,
+            content_type="application/json",
             HTTP_STRIPE_SIGNATURE=sign(payload),
         )
         return response.status_code, response.json()["duplicate"]
@@ -140,18 +157,35 @@ def test_late_payment_racing_a_new_checkout_for_the_freed_date(recording_provide
 
     package = PackageFactory(daily_capacity=1)
     days = [future(60 + n) for n in range(25)]
-    late = [start_checkout(tenant=package.tenant, package_id=package.pk, date=day, customer_name="Late",
-                           customer_email="late@example.com") for day in days]
+    late = [
+        start_checkout(
+            tenant=package.tenant,
+            package_id=package.pk,
+            date=day,
+            customer_name="Late",
+            customer_email="late@example.com",
+        )
+        for day in days
+    ]
     Booking.objects.update(hold_expires_at=Now() - timedelta(seconds=1))
     payloads = [completed_event(b.checkout.provider_checkout_id) for b in late]
 
     def attempt(i):
         n = i // 2
         if i % 2:
-            return start_checkout(tenant=package.tenant, package_id=package.pk, date=days[n], customer_name="New",
-                                  customer_email="new@example.com").pk
-        response = Client().post("/api/webhooks/payments", data=payloads[n], content_type="application/json",
-                                 HTTP_STRIPE_SIGNATURE=sign(payloads[n]))
+            return start_checkout(
+                tenant=package.tenant,
+                package_id=package.pk,
+                date=days[n],
+                customer_name="New",
+                customer_email="new@example.com",
+            ).pk
+        response = Client().post(
+            "/api/webhooks/payments",
+            data=payloads[n],
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=sign(payloads[n]),
+        )
         return response.json()["result"]
 
     outcomes = run_concurrently(attempt, 50)

@@ -41,8 +41,16 @@ RECORDED_COMPLETED = {
 RECORDED_EXPIRED = {
     "id": "evt_1PkYz9LkdIwHu7ixQwErTyUi",
     "object": "event",
-    "data": {"object": {"id": "cs_test_expired000", "object": "checkout.session", "client_reference_id": "18",
-                        "payment_intent": None, "payment_status": "unpaid", "status": "expired"}},
+    "data": {
+        "object": {
+            "id": "cs_test_expired000",
+            "object": "checkout.session",
+            "client_reference_id": "18",
+            "payment_intent": None,
+            "payment_status": "unpaid",
+            "status": "expired",
+        }
+    },
     "type": "checkout.session.expired",
 }
 
@@ -50,8 +58,12 @@ RECORDED_EXPIRED = {
 def test_recorded_completed_event_maps():
     event = parse_event(json.dumps(RECORDED_COMPLETED).encode())
     assert (event.id, event.type, event.checkout_id, event.payment_id, event.client_reference_id) == (
-        "evt_1PkXq2LkdIwHu7ix3k0xY9Zs", "checkout.session.completed", "cs_test_a1B2c3D4e5F6g7H8i9J0",
-        "pi_3PkXq1LkdIwHu7ix0abcdEFG", "17")
+        "evt_1PkXq2LkdIwHu7ix3k0xY9Zs",
+        "checkout.session.completed",
+        "cs_test_a1B2c3D4e5F6g7H8i9J0",
+        "pi_3PkXq1LkdIwHu7ix0abcdEFG",
+        "17",
+    )
 
 
 def test_recorded_expired_event_maps():
@@ -106,13 +118,22 @@ def test_a_future_timestamp_beyond_the_tolerance_is_refused_though_stripe_would_
 def test_checkout_params_for_a_booking():
     created = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     booking = SimpleNamespace(
-        pk=42, customer_email="ann@example.com", currency="USD", amount=Decimal("450.00"), date=date(2026, 12, 24),
-        package=SimpleNamespace(name="Cruise"), created_at=created, hold_expires_at=created + timedelta(minutes=15),
+        pk=42,
+        customer_email="ann@example.com",
+        currency="USD",
+        amount=Decimal("450.00"),
+        date=date(2026, 12, 24),
+        package=SimpleNamespace(name="Cruise"),
+        created_at=created,
+        hold_expires_at=created + timedelta(minutes=15),
     )
     params = checkout_params(booking, SimpleNamespace(pk=17))
     assert params["client_reference_id"] == "17"
     assert params["line_items"][0]["price_data"] == {
-        "currency": "usd", "unit_amount": 45000, "product_data": {"name": "Cruise - 2026-12-24"}}
+        "currency": "usd",
+        "unit_amount": 45000,
+        "product_data": {"name": "Cruise - 2026-12-24"},
+    }
     assert params["expires_at"] == int((created + timedelta(minutes=30)).timestamp())  # Stripe's minimum
     assert params["metadata"] == {"booking_id": "42", "checkout_id": "17"}
 
@@ -124,8 +145,14 @@ def test_checkout_params_for_a_booking():
 def test_checkout_params_send_minor_units_from_the_currency_exponent(currency, amount, unit_amount):
     created = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     booking = SimpleNamespace(
-        pk=1, customer_email="a@example.com", currency=currency, amount=Decimal(amount), date=date(2026, 12, 24),
-        package=SimpleNamespace(name="P"), created_at=created, hold_expires_at=created,
+        pk=1,
+        customer_email="a@example.com",
+        currency=currency,
+        amount=Decimal(amount),
+        date=date(2026, 12, 24),
+        package=SimpleNamespace(name="P"),
+        created_at=created,
+        hold_expires_at=created,
     )
     price_data = checkout_params(booking, SimpleNamespace(pk=1))["line_items"][0]["price_data"]
     assert (price_data["currency"], price_data["unit_amount"]) == (currency.lower(), unit_amount)
@@ -134,7 +161,11 @@ def test_checkout_params_send_minor_units_from_the_currency_exponent(currency, a
 def test_recorded_event_carries_what_the_match_needs():
     event = parse_event(json.dumps(RECORDED_COMPLETED).encode())
     assert (event.payment_status, event.amount_total, event.currency, event.metadata_booking_id) == (
-        "paid", 45000, "usd", "42")
+        "paid",
+        45000,
+        "usd",
+        "42",
+    )
 
 
 def test_provider_choice(settings):

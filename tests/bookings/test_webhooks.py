@@ -14,8 +14,18 @@ from tests.bookings.factories import PackageFactory, future
 URL = "/api/webhooks/payments"
 
 
-def event(event_type, checkout_id, *, event_id=None, reference="", payment_intent="pi_123", payment_status="paid",
-          amount_total=10000, currency="usd", booking_id=None):
+def event(
+    event_type,
+    checkout_id,
+    *,
+    event_id=None,
+    reference="",
+    payment_intent="pi_123",
+    payment_status="paid",
+    amount_total=10000,
+    currency="usd",
+    booking_id=None,
+):
     """A Stripe-shaped checkout.session event; the defaults match a PackageFactory booking (100.00 USD)."""
     session = {
         "id": checkout_id,
@@ -28,8 +38,12 @@ def event(event_type, checkout_id, *, event_id=None, reference="", payment_inten
         "metadata": {} if booking_id is None else {"booking_id": str(booking_id)},
     }
     return json.dumps(
-        {"id": event_id or f"evt_{time.monotonic_ns()}", "object": "event", "type": event_type,
-         "data": {"object": session}}
+        {
+            "id": event_id or f"evt_{time.monotonic_ns()}",
+            "object": "event",
+            "type": event_type,
+            "data": {"object": session},
+        }
     ).encode()
 
 
@@ -61,8 +75,13 @@ def deliver(client, payload, signature=None):
 
 
 def book(package, day=None):
-    return start_checkout(tenant=package.tenant, package_id=package.pk, date=day or future(),
-                          customer_name="Ann", customer_email="ann@example.com")
+    return start_checkout(
+        tenant=package.tenant,
+        package_id=package.pk,
+        date=day or future(),
+        customer_name="Ann",
+        customer_email="ann@example.com",
+    )
 
 
 def expire_hold(booking):
@@ -83,7 +102,11 @@ def test_completed_confirms_a_held_booking_and_a_repeat_is_a_harmless_200(client
     payload = completed_event(booking.checkout.provider_checkout_id, event_id="evt_1")
     first = deliver(client, payload)
     assert first.status_code == 200 and first.json() == {
-        "received": True, "event": "evt_1", "duplicate": False, "result": "confirmed"}
+        "received": True,
+        "event": "evt_1",
+        "duplicate": False,
+        "result": "confirmed",
+    }
     assert status_of(booking) == Booking.Status.CONFIRMED
     checkout = Checkout.objects.get(pk=booking.checkout.pk)
     assert (checkout.state, checkout.provider_payment_id) == ("completed", "pi_123")
@@ -119,9 +142,15 @@ def test_signature_with_another_secret_is_refused_but_a_rotated_pair_is_accepted
 
 @pytest.mark.parametrize(
     "payload",
-    [b"not json", b"[]", b"{}", b'{"id": "evt_1", "type": "checkout.session.completed"}',
-     b'{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {"id": 5}}}',
-     b'{"id": 7, "type": "x", "data": {"object": {"id": "cs"}}}', b"\xff\xfe"],
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"id": "evt_1", "type": "checkout.session.completed"}',
+        b'{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {"id": 5}}}',
+        b'{"id": 7, "type": "x", "data": {"object": {"id": "cs"}}}',
+        b"\xff\xfe",
+    ],
 )
 def test_malformed_payload_is_400(client, db, payload):
     response = deliver(client, payload)
@@ -193,8 +222,13 @@ def test_payment_for_a_checkout_whose_provider_answer_was_lost_is_matched_by_ref
     from bookings.services import hold_in_transaction
 
     with transaction.atomic():  # the hold and the intent committed; the provider's answer never stored
-        booking = hold_in_transaction(tenant=package.tenant, package_id=package.pk, date=future(),
-                                      customer_name="Ann", customer_email="ann@example.com")
+        booking = hold_in_transaction(
+            tenant=package.tenant,
+            package_id=package.pk,
+            date=future(),
+            customer_name="Ann",
+            customer_email="ann@example.com",
+        )
     assert Checkout.objects.get(pk=booking.checkout.pk).state == "creating"
     payload = completed_event("cs_lost", reference=str(booking.checkout.pk), booking_id=booking.pk)
     assert deliver(client, payload).json()["result"] == "confirmed"
