@@ -1,4 +1,3 @@
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -7,7 +6,9 @@ from bookings.models import Booking, Checkout, Package, in_currency
 MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=13, decimal_places=3)
 
 
-@extend_schema_field(OpenApiTypes.DECIMAL)
+@extend_schema_field(
+    {"type": "string", "format": "decimal", "pattern": r"^\d+(\.\d{1,3})?$", "example": "450.00", "readOnly": True}
+)
 class InCurrencyField(serializers.Field):
     """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD (read only)."""
 
