@@ -476,3 +476,27 @@ def test_recording_a_refund_takes_the_booking_row_before_the_checkout_row(tenant
         refunding.join()
     assert refunding.error is None and refunding.result is True
     assert Booking.objects.get(pk=booking.pk).status == "refunded"
+
+
+def test_confirm_payment_called_directly_waits_for_a_cancel_and_settles_it_as_a_refund(tenant):
+    """confirm_payment takes the booking row itself (any caller, not only the webhook, which locks first):
+    a cancel holding the row commits first, then the payment sees ``cancelled`` and owes a refund —
+    never a confirmation written over the cancel."""
+    from tests.bookings.interleave import Background, OpenTransaction, wait_until_blocked_or_done
+
+    booking = book(PackageFactory(tenant=tenant), future(41))
+    cancel = OpenTransaction(lambda: Booking.objects.cancel(booking.pk)).start()
+
+    def settle():
+        with transaction.atomic():
+            return Booking.objects.confirm_payment(booking.pk)[1]
+
+    paying = Background(settle)
+    try:
+        assert wait_until_blocked_or_done(paying), "the payment must wait for the booking row the cancel holds"
+    finally:
+        cancel.commit()
+        paying.join()
+    assert paying.error is None, paying.error
+    assert paying.result == "refund_pending"
+    assert Booking.objects.get(pk=booking.pk).status == "refund_pending"
