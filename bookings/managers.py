@@ -362,13 +362,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         Returns (booking, outcome), outcome one of confirmed,
         refund_pending, unchanged. Raises BookingNotFound.
         """
-        # package and date of a booking never change (guarded columns no operation writes)
-        key = self.filter(pk=booking_id).values("package_id", "date").first()
-        if key is None:
-            raise BookingNotFound()
-        lock_package_shared(key["package_id"], using=self.db)
-        lock_date(key["package_id"], key["date"], using=self.db)
-        booking = self.select_for_update(no_key=True).get(pk=booking_id)
+        booking = self._lock_for_settlement(booking_id)
         Status = self.model.Status
         if booking.status in (Status.CONFIRMED, Status.REFUND_PENDING, Status.REFUNDED):
             return booking, "unchanged"
@@ -390,6 +384,17 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             booking.confirmed_at, booking.exclusive = place.now, place.capacity == 1
         booking.status = outcome
         return booking, outcome
+
+    def _lock_for_settlement(self, booking_id):
+        """BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the booking row FOR NO KEY
+        UPDATE, the order every payment path takes; return the booking as locked. A booking's package
+        and date never change (guarded columns no operation writes), so reading them first is safe."""
+        key = self.filter(pk=booking_id).values("package_id", "date").first()
+        if key is None:
+            raise BookingNotFound()
+        lock_package_shared(key["package_id"], using=self.db)
+        lock_date(key["package_id"], key["date"], using=self.db)
+        return self.select_for_update(no_key=True).get(pk=booking_id)
 
     @guarded(joins=True)
     def lock_row(self, booking_id):
@@ -419,12 +424,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """
         from bookings.models import Checkout
 
-        key = self.filter(pk=booking_id).values("package_id", "date").first()
-        if key is None:
-            raise BookingNotFound()
-        lock_package_shared(key["package_id"], using=self.db)
-        lock_date(key["package_id"], key["date"], using=self.db)
-        self.select_for_update(no_key=True).filter(pk=booking_id).values_list("pk", flat=True).first()
+        self._lock_for_settlement(booking_id)
         checkout = (
             Checkout.objects.using(self.db).select_for_update(no_key=True).filter(pk=checkout_id, booking_id=booking_id)
         ).first()
@@ -454,12 +454,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """
         from bookings.models import Checkout
 
-        key = self.filter(pk=booking_id).values("package_id", "date").first()
-        if key is None:
-            raise BookingNotFound()
-        lock_package_shared(key["package_id"], using=self.db)
-        lock_date(key["package_id"], key["date"], using=self.db)
-        booking = self.select_for_update(no_key=True).get(pk=booking_id)
+        booking = self._lock_for_settlement(booking_id)
         unpaid = [Checkout.State.CREATING, Checkout.State.OPEN, Checkout.State.EXPIRED, Checkout.State.FAILED]
         checkout = (
             Checkout.objects.using(self.db).select_for_update(no_key=True).filter(pk=checkout_id, booking_id=booking_id)

@@ -79,7 +79,7 @@ def constraint_errors(mapping):
     _CONSTRAINT_ERRORS.update(mapping)
 
 
-def _cause(exc, error_class):
+def cause_of(exc, error_class):
     cause = exc
     while cause is not None:
         if isinstance(cause, error_class):
@@ -90,12 +90,12 @@ def _cause(exc, error_class):
 
 def is_lock_error(exc):
     """True for SQLSTATE 55P03: NOWAIT refused, or lock_timeout expired."""
-    return _cause(exc, psycopg.errors.LockNotAvailable) is not None
+    return cause_of(exc, psycopg.errors.LockNotAvailable) is not None
 
 
 def constraint_name(exc):
     """The name of the constraint (or transition trigger) an IntegrityError violated, if any."""
-    diag = getattr(_cause(exc, psycopg.Error), "diag", None)
+    diag = getattr(cause_of(exc, psycopg.Error), "diag", None)
     return getattr(diag, "constraint_name", None)
 
 
@@ -106,7 +106,7 @@ def refusal_for(exc):
     if isinstance(exc, IntegrityError):
         name = constraint_name(exc)
         if name is not None and name.endswith("_transition"):
-            detail = getattr(getattr(_cause(exc, psycopg.Error), "diag", None), "message_detail", None) or ""
+            detail = getattr(getattr(cause_of(exc, psycopg.Error), "diag", None), "message_detail", None) or ""
             old, _sep, new = detail.partition("->")
             return TransitionRefused(old=old or "?", new=new or "?")
         mapped = _CONSTRAINT_ERRORS.get(name)

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from core.exceptions import DomainError, LockContended
-from core.guards import refusal_for
+from core.guards import cause_of, refusal_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +53,6 @@ def _domain_response(exc: DomainError):
     details = {key: _detail(value) for key, value in exc.params.items()}
     body = error_body(exc.code, exc.render(), **({"details": details} if details else {}))
     return Response(body, status=exc.status_code, headers=headers)
-
-
-def _cause_is(exc, error_class):
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, error_class):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def exception_handler(exc, context):
@@ -99,7 +90,7 @@ def exception_handler(exc, context):
     if isinstance(exc, DataError):
         return Response(error_body("invalid_input", _("The request is not valid.")), status=400)
     if isinstance(exc, DatabaseError):
-        if _cause_is(exc, psycopg.errors.QueryCanceled):
+        if cause_of(exc, psycopg.errors.QueryCanceled):
             logger.warning("statement timeout: %s", exc)
             return Response(
                 error_body("database_timeout", _("The database took too long to answer. Try again.")),
