@@ -227,15 +227,35 @@ class PaymentEventAdmin(admin.ModelAdmin):
         "processed_at",
         "result",
         "needs_review",
+        "reviewed_at",
+        "reviewed_by",
         "booking",
         "deliveries",
     ]
+    actions = ["mark_reviewed_selected"]
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
-        return False
+        # The detail page stays read-only; the change permission only unlocks the review action.
+        return obj is None and super().has_change_permission(request)
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.action(description=_("Mark selected events reviewed"), permissions=["change"])
+    def mark_reviewed_selected(self, request, queryset):
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda event: (
+                NOTHING_TO_DO if not PaymentEvent.objects.mark_reviewed(event.pk, operator=request.user) else None
+            ),
+            describe=str,
+            done_message=lambda n: (
+                ngettext("%(n)d event marked reviewed.", "%(n)d events marked reviewed.", n) % {"n": n}
+            ),
+            nothing_to_do=_("not flagged for review."),
+        )

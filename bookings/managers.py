@@ -873,6 +873,21 @@ class PaymentEventManager(models.Manager):
             )
             return cursor.fetchone()
 
+    @guarded
+    def mark_reviewed(self, event_pk, *, operator):
+        """An operator has looked at a flagged event: clear ``needs_review``, record who and when, once.
+
+        Locks: the payment-event row (one filtered UPDATE; a redelivery holding it is waited for).
+
+        Returns whether this call cleared the flag (False: not flagged, or reviewed already).
+        Nothing else changes: the event stays stored with its result for the record.
+        """
+        return bool(
+            self.filter(pk=event_pk, needs_review=True).update(
+                needs_review=False, reviewed_at=ClockNow(), reviewed_by=operator
+            )
+        )
+
     @guarded(joins=True)
     def mark_processed(self, event_pk, *, result, booking_id=None, needs_review=False):
         """Mark the event (locked by ``receive`` in this transaction) processed with its result, once.

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -308,6 +309,15 @@ class PaymentEvent(models.Model):
     # Set when a signed event does not belong to what it names (another session, another amount or
     # currency, an unknown checkout claiming money): nothing was changed, an operator looks at it.
     needs_review = models.BooleanField(_("needs review"), default=False, db_index=True)
+    reviewed_at = models.DateTimeField(_("reviewed at"), null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("reviewed by"),
+    )
 
     objects = PaymentEventManager()
 

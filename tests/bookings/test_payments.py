@@ -269,6 +269,28 @@ def test_admin_lists_events_that_need_review_with_a_filter(admin_client, client,
     assert "needs review" in admin_client.get("/admin/bookings/paymentevent/").content.decode().lower()
 
 
+def test_an_operator_marks_a_flagged_event_reviewed_once_and_it_leaves_the_review_list(
+    admin_client, admin_user, client, package
+):
+    booking = book(package)
+    result_of(client, completed_event(session(booking), amount_total=1, event_id="evt_wrong_amount"))
+    result_of(client, completed_event(session(booking), event_id="evt_good"))
+    flagged, good = PaymentEvent.objects.get(event_id="evt_wrong_amount"), PaymentEvent.objects.get(event_id="evt_good")
+    url = "/admin/bookings/paymentevent/"
+    page = admin_client.post(
+        url, {"action": "mark_reviewed_selected", "_selected_action": [flagged.pk, good.pk]}, follow=True
+    )
+    text = page.content.decode()
+    assert "1 event marked reviewed." in text and "not flagged for review." in text
+    flagged.refresh_from_db()
+    assert (flagged.needs_review, flagged.reviewed_by_id, flagged.result) == (False, admin_user.pk, "mismatch_amount")
+    assert flagged.reviewed_at is not None
+    assert "evt_wrong_amount" not in admin_client.get(f"{url}?needs_review__exact=1").content.decode()
+    assert admin_client.get(f"{url}{flagged.pk}/change/").status_code == 200  # still viewable, read-only
+    assert not PaymentEvent.objects.mark_reviewed(flagged.pk, operator=admin_user)  # once
+    assert status_of(booking) == "confirmed"  # reviewing changes nothing but the flag
+
+
 def test_bad_events_are_never_a_500(client, package):
     booking = book(package)
     for payload in [
