@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# Checkout (and later e-mail) links point at the host and port actually served.
+export PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 
 .PHONY: install run serve test lint format messages bench mutants clean
 
@@ -54,5 +56,7 @@ bench: install
 mutants: install
 	$(BIN)/python tools/mutants.py
 
+# Stops the embedded PostgreSQL first: its files are under var/.
 clean:
+	-test -x $(BIN)/python && $(BIN)/python -m config.embedded_db stop
 	rm -rf $(VENV) var

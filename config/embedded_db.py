@@ -75,3 +75,38 @@ def _ensure_database(server) -> None:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def stop_embedded_database(var_dir: Path, timeout: float = 30) -> bool:
+    """Stop the embedded server if it runs (``make clean``); return whether it was running.
+
+    SIGINT to the postmaster is PostgreSQL's "fast" shutdown (what ``pg_ctl -m fast stop``
+    sends; pg_ctl itself refuses to run as root, which a fresh machine often is).
+    """
+    import os
+    import signal
+    import time
+
+    pid_file = var_dir / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    raise EmbeddedDatabaseError(f"the embedded PostgreSQL (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+if __name__ == "__main__":  # python -m config.embedded_db stop
+    if sys.argv[1:] != ["stop"]:
+        sys.exit("usage: python -m config.embedded_db stop")
+    import os
+
+    var = Path(os.environ.get("LOCKSTEP_VAR_DIR") or Path(__file__).resolve().parents[1] / "var")
+    print("embedded PostgreSQL stopped" if stop_embedded_database(var) else "embedded PostgreSQL was not running")

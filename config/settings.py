@@ -38,6 +38,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under gunicorn (collected by make serve)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -69,7 +70,8 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------
 # DATABASE_URL set: use that server and never touch the embedded one.
 # DATABASE_URL unset: start (or reuse) the private PostgreSQL under var/.
-if env.str("DATABASE_URL", default=""):
+EMBEDDED_DATABASE = not env.str("DATABASE_URL", default="")
+if not EMBEDDED_DATABASE:
     _database = env.db("DATABASE_URL")
     # A Unix-socket directory may be given percent-encoded as the host: postgres://u@%2Frun%2Fpostgresql/db
     _database["HOST"] = unquote(_database.get("HOST") or "")

