@@ -5,13 +5,11 @@
 - ``urlpatterns`` at the root (webhooks, public pages not tied to a tenant slug).
 """
 
-from importlib import import_module
-
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-DOMAIN_APPS = ["core", "bookings", "proposals", "promos", "profiles"]
+from core.discovery import project_modules
 
 admin.site.site_header = "Lockstep"
 admin.site.site_title = "Lockstep admin"
@@ -22,8 +20,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
 
-for app in DOMAIN_APPS:
-    routes = import_module(f"{app}.api.urls")
+for app, routes in project_modules("api.urls"):
     urlpatterns += [
         path("api/t/<slug:tenant>/", include((routes.tenant_urlpatterns, app), namespace=f"{app}-tenant")),
         path("api/public/<slug:tenant>/", include((routes.public_urlpatterns, app), namespace=f"{app}-public")),

@@ -6,9 +6,6 @@ a check returns the offending rows as short strings (empty when all is well).
 """
 
 from dataclasses import dataclass, field
-from importlib import import_module
-
-DOMAIN_APPS = ["bookings", "proposals", "promos", "profiles"]
 
 _checks = []
 
@@ -36,12 +33,9 @@ class Result:
 
 def run_checks(tenant=None):
     """Run every registered check (optionally for one tenant); return a list of Results."""
-    for app in DOMAIN_APPS:
-        try:
-            import_module(f"{app}.invariants")
-        except ModuleNotFoundError as missing:
-            if missing.name != f"{app}.invariants":
-                raise
+    from core.discovery import project_modules
+
+    project_modules("invariants")  # importing each registers its checks
     return [Result(app, description, list(check(tenant))) for app, description, check in _checks]
 
 

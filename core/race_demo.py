@@ -8,9 +8,9 @@ check-then-act it replaces, kept only to show what breaks without the guard).
 
 import time
 from dataclasses import dataclass, field
-from importlib import import_module
 
-from core.invariants import DOMAIN_APPS, run_checks
+from core.discovery import project_modules
+from core.invariants import run_checks
 from core.storm import run_concurrently, tally
 
 _scenarios = []
@@ -23,12 +23,7 @@ def scenario(cls):
 
 
 def scenarios():
-    for app in DOMAIN_APPS:
-        try:
-            import_module(f"{app}.race_scenarios")
-        except ModuleNotFoundError as missing:
-            if missing.name != f"{app}.race_scenarios":
-                raise
+    project_modules("race_scenarios")  # importing each registers its scenarios
     return list(_scenarios)
 
 

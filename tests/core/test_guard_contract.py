@@ -6,15 +6,15 @@ import pytest
 from django.apps import apps
 from django.db import connection, transaction
 
+from core.discovery import project_apps
 from core.guards import guarded
 from core.integrity import StateMachine, state_machines
-from core.invariants import DOMAIN_APPS
 
 
 def _manager_classes():
     seen = set()
-    for app in ["core", *DOMAIN_APPS]:
-        for model in apps.get_app_config(app).get_models():
+    for app_config in project_apps():
+        for model in app_config.get_models():
             for manager in model._meta.managers:
                 cls = type(manager)
                 if cls not in seen:

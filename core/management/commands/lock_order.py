@@ -1,9 +1,8 @@
 import inspect
 
-from django.apps import apps
 from django.core.management.base import BaseCommand
 
-from core.invariants import DOMAIN_APPS
+from core.discovery import project_apps
 
 SERVICES = ["bookings.services", "proposals.services"]
 
@@ -13,8 +12,8 @@ def guarded_operations():
     from importlib import import_module
 
     seen = set()
-    for app in ["core", *DOMAIN_APPS]:
-        for model in apps.get_app_config(app).get_models():
+    for app_config in project_apps():
+        for model in app_config.get_models():
             for manager in model._meta.managers:
                 for name, member in inspect.getmembers(type(manager)):
                     if getattr(member, "guard", None) and (model, name) not in seen:

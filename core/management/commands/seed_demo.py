@@ -1,12 +1,9 @@
-from importlib import import_module
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from core.discovery import project_modules
 from core.seed import seed_core
-
-DOMAIN_SEEDS = ["bookings", "proposals", "promos", "profiles"]
 
 
 class Command(BaseCommand):
@@ -39,9 +36,9 @@ class Command(BaseCommand):
                 admin_password=options["admin_password"],
                 with_admin=with_admin,
             )
-            for app in DOMAIN_SEEDS:
-                seed = import_module(f"{app}.seed")
-                seed.seed_demo(tenant, admin=admin, api_user=api_user)
+            for _app, seed in project_modules("seed"):  # INSTALLED_APPS order: packages before proposals
+                if hasattr(seed, "seed_demo"):  # core.seed builds the tenant and users above
+                    seed.seed_demo(tenant, admin=admin, api_user=api_user)
         self.stdout.write(f"Tenant: {tenant.slug}")
         if admin is None:
             self.stdout.write("Admin login: none created (use --with-admin, or manage.py createsuperuser)")
