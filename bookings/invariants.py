@@ -17,7 +17,9 @@ def _scoped(queryset, tenant, path="tenant"):
 @invariant("active bookings (confirmed, payment pending, live holds) on a date never exceed the package's capacity")
 def capacity_respected(tenant):
     over = (
-        _scoped(Booking.objects.filter(active_q()), tenant)
+        # From today on: a capacity edit is judged against the dates still to come (past dates keep the
+        # bookings they had under the capacity of their day).
+        _scoped(Booking.objects.filter(active_q(), date__gte=CurrentDate()), tenant)
         .values("package_id", "date", "package__daily_capacity")
         .annotate(active=Count("id"))
         .filter(active__gt=F("package__daily_capacity"))

@@ -325,6 +325,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             raise DateInPast(date=date.isoformat())
         if place.taken >= place.capacity:
             raise DateUnavailable()
+        # Terms a provider cannot charge (a price stored before the currency rules) are refused here,
+        # inside the hold's transaction, never after it committed (the hold would block the date).
+        _check_terms(place.price, place.currency)
         return self.create(
             tenant_id=place.tenant_id,
             package_id=package_id,

@@ -40,8 +40,10 @@ class GuardedModel(models.Model):
 
     def save(self, *args, update_fields=None, **kwargs):
         if not self._state.adding and self.guarded_fields:
-            written = set(self.guarded_fields) if update_fields is None else set(update_fields)
-            touched = sorted(written & set(self.guarded_fields))
+            # update_fields may name a foreign key by its column attribute ("package_id"): compare fields.
+            names = self.guarded_fields if update_fields is None else update_fields
+            written = {self._meta.get_field(name).name for name in names}
+            touched = sorted(written & {self._meta.get_field(name).name for name in self.guarded_fields})
             if touched:
                 raise GuardedWriteError(
                     f"{type(self).__name__}.save() would write guarded columns {touched}: "

@@ -282,3 +282,41 @@ def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
     assert list(Package.objects.values_list("pk", flat=True)) == [used.pk]
     response = admin_client.post(reverse("admin:bookings_package_delete", args=[used.pk]), {"post": "yes"})
     assert response.status_code in (200, 302) and Package.objects.filter(pk=used.pk).exists()
+
+
+def test_a_price_the_currency_cannot_charge_refuses_the_hold_and_leaves_nothing(tenant):
+    """Review regression: a package stored before the currency rules (1500.50 JPY) failed at the provider
+    after the hold had committed: the date stayed blocked and the checkout stuck in ``creating``."""
+    from core.money import TooManyDecimals
+
+    package = PackageFactory(tenant=tenant, price=Decimal("1500.50"), currency="JPY")
+    with pytest.raises(TooManyDecimals):
+        book(package, future(12))
+    assert not Booking.objects.filter(package=package).exists()
+
+
+def test_a_capacity_cut_judged_on_dates_to_come_keeps_the_invariant_true(tenant):
+    """Review regression: past dates hold what their day's capacity allowed; the edit and the invariant
+    agree on judging only the dates from today on."""
+    from tests.bookings.test_cross_paths import pay
+
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    for _ in range(2):
+        assert pay(book(package, future(3)).checkout).json()["result"] == "confirmed"
+    Booking.objects.filter(package=package).update(date=future(0) - timedelta(days=5))
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=1)
+    assert invariants.capacity_respected(tenant) == []
+    Booking.objects.filter(package=package).update(date=future(4))  # the same rows on a date to come
+    assert invariants.capacity_respected(tenant) == [f"package {package.pk} on {future(4)}: 2 active > capacity 1"]
+
+
+def test_a_plain_save_naming_a_foreign_key_by_its_column_is_still_refused(tenant):
+    from core.exceptions import GuardedWriteError
+
+    booking = book(PackageFactory(tenant=tenant), future(13))
+    booking = Booking.objects.get(pk=booking.pk)
+    booking.package_id = PackageFactory(tenant=tenant).pk
+    with pytest.raises(GuardedWriteError):
+        booking.save(update_fields=["package_id"])
+    booking.customer_name = "Fixed"
+    booking.save(update_fields=["customer_name"])  # an unguarded column still saves
