@@ -17,7 +17,7 @@ from django.db.models.functions import Now
 from core.guards import constraint_name
 from profiles.models import Profile, ProfileAuditLog
 from tests.factories import TenantFactory
-from tests.profiles.concurrency import five_for_a_cycle, paused_at_commit
+from tests.profiles.concurrency import five_for_a_cycle, in_flight, paused_at_commit
 from tests.profiles.factories import ProfileFactory, fresh
 from tests.races import run_concurrently, tally
 
@@ -357,34 +357,6 @@ def test_control_naive_cycle_check_closes_a_cycle(acme):
     outcomes = run_concurrently(lambda i: naive_reparent(c.pk, d.pk) if i == 0 else naive_reparent(e.pk, a.pk), 2)
     assert [o.value for o in outcomes] == ["ok", "ok"]
     assert profiles_in_a_cycle(acme) == 5
-
-
-def in_flight(operation):
-    """Start ``operation`` in a thread inside a transaction kept open until ``release`` is set."""
-    started, release, result = threading.Event(), threading.Event(), {}
-
-    def run():
-        try:
-            with transaction.atomic():
-                result["value"] = operation()
-                started.set()
-                release.wait(10)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            result["error"] = exc
-            started.set()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert started.wait(5)
-    assert "error" not in result, result
-
-    def finish():
-        release.set()
-        thread.join(10)
-
-    return finish
 
 
 def test_undo_while_the_parents_delete_is_in_flight_then_after_it_commits(acme):
