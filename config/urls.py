@@ -6,9 +6,10 @@
 """
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from core.api.errors import api_route_not_found
 from core.discovery import project_modules
 
 admin.site.site_header = "Lockstep"
@@ -26,6 +27,10 @@ for app, routes in project_modules("api.urls"):
         path("api/public/<slug:tenant>/", include((routes.public_urlpatterns, app), namespace=f"{app}-public")),
         path("", include((routes.urlpatterns, app), namespace=app)),
     ]
+
+# Last: an /api/ path no route matches ("/api/t/acme/bookings/abc") is the JSON 404 even with
+# DEBUG on, where Django would answer its HTML debug page instead of handler404.
+urlpatterns.append(re_path(r"^api/", api_route_not_found))
 
 handler400 = "core.api.errors.json_400"
 handler404 = "core.api.errors.json_404"

@@ -52,6 +52,11 @@ def currency(code):
         raise UnknownCurrency(code)
 
 
+def payable_currencies():
+    """Every code ``currency()`` accepts, sorted (the API schema's enum)."""
+    return sorted(code for code in moneyed.CURRENCIES if code not in NOT_PAYABLE and len(code) == 3)
+
+
 def exponent(code):
     """Decimal places of the currency's minor unit: 2 for USD, 0 for JPY, 3 for KWD."""
     sub_unit = currency(code).sub_unit

@@ -1,16 +1,19 @@
+from decimal import Decimal
+
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from bookings.models import Booking, Checkout, Package, in_currency
-
-MAX_PRICE = 10**10 - 1  # fits DecimalField(max_digits=13, decimal_places=3)
+from core.api.inputs import MAX_ID, MAX_VERSION, PRICE_PATTERN, PatternField, StrictDateField, StrictInput
+from core.money import payable_currencies
 
 
 @extend_schema_field(
-    {"type": "string", "format": "decimal", "pattern": r"^\d+(\.\d{1,3})?$", "example": "450.00", "readOnly": True}
+    {"type": "string", "format": "decimal", "pattern": r"^[0-9]+(\.[0-9]{1,4})?$", "example": "450.00", "readOnly": True}
 )
 class InCurrencyField(serializers.Field):
-    """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD (read only)."""
+    """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD, up to 4 (CLF)."""
 
     def __init__(self, amount_attr, **kwargs):
         self.amount_attr = amount_attr
@@ -20,10 +23,34 @@ class InCurrencyField(serializers.Field):
         return str(in_currency(getattr(obj, self.amount_attr), obj.currency))
 
 
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": PRICE_PATTERN, "example": "450.00"})
+class PriceField(PatternField):
+    """A price as sent: a decimal string, 0 to 9999999999.999 (it fits DecimalField(13, 3)).
+
+    The currency's own exponent is checked by the manager (400 ``amount_precision``: no
+    cents in JPY), the currency's code too (400 ``unknown_currency``).
+    """
+
+    json_type = "string"
+
+    def __init__(self, **kwargs):
+        message = _("Enter a price such as 450.00: digits, at most three decimals, up to 9999999999.999.")
+        super().__init__(PRICE_PATTERN, message, **kwargs)
+
+    def to_internal_value(self, data):
+        return Decimal(super().to_internal_value(data))
+
+
 def price_input(**kwargs):
-    """A price as sent: up to three decimals here; the currency's own exponent is checked by the manager
-    (400 ``amount_precision``), the currency's code too (400 ``unknown_currency``)."""
-    return serializers.DecimalField(max_digits=13, decimal_places=3, min_value=0, max_value=MAX_PRICE, **kwargs)
+    return PriceField(**kwargs)
+
+
+@extend_schema_field({"type": "string", "enum": payable_currencies(), "example": "USD"})
+class CurrencyField(serializers.CharField):
+    """An ISO 4217 code a customer can pay in; the manager refuses any other (400 ``unknown_currency``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=3, trim_whitespace=False, **kwargs)
 
 
 class PackageSerializer(serializers.ModelSerializer):
@@ -37,17 +64,17 @@ class PackageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PackageCreateInputSerializer(serializers.Serializer):
+class PackageCreateInputSerializer(StrictInput):
     """A new package. The defaults belong here, to create, and nowhere else."""
 
     name = serializers.CharField(max_length=200)
     price = price_input()
-    currency = serializers.CharField(max_length=3, default="USD")
+    currency = CurrencyField(default="USD")
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
     active = serializers.BooleanField(default=True)
 
 
-class PackageUpdateInputSerializer(serializers.Serializer):
+class PackageUpdateInputSerializer(StrictInput):
     """An edit: only the fields sent are written (no defaults, so PUT never resets an omitted field).
 
     PUT still needs ``name`` and ``price`` (as it always did); PATCH needs nothing.
@@ -56,14 +83,14 @@ class PackageUpdateInputSerializer(serializers.Serializer):
 
     name = serializers.CharField(max_length=200)
     price = price_input()
-    currency = serializers.CharField(max_length=3, required=False)
+    currency = CurrencyField(required=False)
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     active = serializers.BooleanField(required=False)
-    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
-class PackageDeleteQueryInputSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+class PackageDeleteQueryInputSerializer(StrictInput):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
 class PublicPackageSerializer(serializers.ModelSerializer):
@@ -74,20 +101,13 @@ class PublicPackageSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "price", "currency", "daily_capacity"]
 
 
-class CustomerSerializer(serializers.Serializer):
+class CustomerSerializer(StrictInput):
     name = serializers.CharField(max_length=200)
     email = serializers.EmailField(max_length=254)
 
 
-class StrictDateField(serializers.DateField):
-    """ISO dates only; a bad date (2026-02-30) is a 400, never a 500."""
-
-    def __init__(self, **kwargs):
-        super().__init__(input_formats=["iso-8601"], **kwargs)
-
-
-class CheckoutCreateInputSerializer(serializers.Serializer):
-    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+class CheckoutCreateInputSerializer(StrictInput):
+    package = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     date = StrictDateField()
     customer = CustomerSerializer()
 
@@ -111,10 +131,10 @@ class CheckoutCreatedSerializer(serializers.Serializer):
     checkout = CheckoutSerializer()
 
 
-class AvailabilityQueryInputSerializer(serializers.Serializer):
+class AvailabilityQueryInputSerializer(StrictInput):
     start = StrictDateField()
     end = StrictDateField()
-    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
+    package = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
 
 
 class AvailabilitySerializer(serializers.Serializer):
@@ -160,7 +180,7 @@ class BookingSerializer(serializers.ModelSerializer):
         return BookingCheckoutSerializer(checkout).data if checkout else None
 
 
-class BookingListQueryInputSerializer(serializers.Serializer):
+class BookingListQueryInputSerializer(StrictInput):
     date = StrictDateField(required=False)
     status = serializers.ChoiceField(choices=Booking.Status.choices, required=False)
-    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
+    package = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)

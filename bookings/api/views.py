@@ -1,8 +1,8 @@
 from datetime import timedelta
 
 from django.db.models import Count
-from drf_spectacular.utils import extend_schema
-from rest_framework import generics, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -107,13 +107,46 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+WEBHOOK_EVENT = {
+    "type": "object",
+    "description": "A Stripe-shaped event: checkout.session.completed, .expired, .async_payment_succeeded, "
+    ".async_payment_failed, charge.refunded, refund.updated, refund.failed. It is verified against the "
+    "exact bytes sent, so a client must sign what it sends.",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string"},
+        "data": {"type": "object", "properties": {"object": {"type": "object"}}, "required": ["object"]},
+    },
+    "required": ["id", "type", "data"],
+}
+
+
+class WebhookReceivedSerializer(serializers.Serializer):
+    received = serializers.BooleanField()
+    event = serializers.CharField(help_text="The event's id.")
+    duplicate = serializers.BooleanField(help_text="True when this event was processed before (nothing done again).")
+    result = serializers.CharField(help_text="What the event did, e.g. confirmed, ignored.")
+
+
 class PaymentWebhookView(APIView):
     """Provider events, Stripe-shaped and Stripe-signed. 200 for processed and duplicate events."""
 
     authentication_classes = []
     permission_classes = []
 
-    @extend_schema(request=None, responses={200: None})
+    @extend_schema(
+        request={"application/json": WEBHOOK_EVENT},
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description='`t=<unix time>,v1=<HMAC-SHA256 of "t.body">` with the webhook secret.',
+            )
+        ],
+        responses={200: WebhookReceivedSerializer},
+    )
     def post(self, request):
         try:
             payload = request.body

@@ -15,6 +15,7 @@ from django.db import DatabaseError, DataError, IntegrityError, OperationalError
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -112,6 +113,12 @@ def json_404(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("not_found", _("Not found.")), status=404)
     return defaults.page_not_found(request, exception)
+
+
+@csrf_exempt  # any method: it only ever answers 404
+def api_route_not_found(request, *args, **kwargs):
+    """The catch-all route under /api/ (config/urls.py)."""
+    return JsonResponse(error_body("not_found", _("Not found.")), status=404)
 
 
 def json_400(request, exception=None):

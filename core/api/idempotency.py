@@ -20,12 +20,14 @@ are worth retrying, so the key stays free.
 
 import hashlib
 import json
+import re
 from functools import wraps
 
 from django.db import transaction
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
+from core.api.inputs import IDEMPOTENCY_KEY_PATTERN
 from core.exceptions import IdempotencyKeyInvalid
 from core.guards import database_refusals
 from core.models import IdempotencyKey
@@ -52,7 +54,7 @@ def _fingerprint(request):
 
 
 def _valid_key(key):
-    return 0 < len(key) <= 255 and key.isprintable()
+    return re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key) is not None
 
 
 def _as_json(data):
@@ -121,6 +123,7 @@ def idempotent(two_phase=False):
                     transaction.set_rollback(True)
                 return response
 
+        wrapper.honours_idempotency_key = True  # the schema declares the header (core.api.schema)
         return wrapper
 
     return decorator

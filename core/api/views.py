@@ -10,7 +10,7 @@ from core.models import Membership
 class TenantSerializer(serializers.Serializer):
     slug = serializers.SlugField()
     name = serializers.CharField()
-    role = serializers.CharField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
 class TenantDetailView(TenantScopedMixin, APIView):

@@ -1,10 +1,8 @@
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
+from core.api.inputs import MAX_ID, MAX_VERSION, StrictDateField, StrictInput
 from profiles.models import Profile, ProfileAuditLog
-
-MAX_ID = 2**63 - 1
-MAX_VERSION = 2**31 - 1
 
 
 class ProfileIdField(serializers.IntegerField):
@@ -12,12 +10,12 @@ class ProfileIdField(serializers.IntegerField):
         super().__init__(min_value=1, max_value=MAX_ID, allow_null=True, required=False, **kwargs)
 
 
-class _ProfileFieldsSerializer(serializers.Serializer):
+class _ProfileFieldsSerializer(StrictInput):
     first_name = serializers.CharField(max_length=100)
     last_name = serializers.CharField(max_length=100, allow_blank=True, required=False)
     sex = serializers.ChoiceField(choices=Profile.Sex.choices)
-    birth_date = serializers.DateField(allow_null=True, required=False)
-    death_date = serializers.DateField(allow_null=True, required=False)
+    birth_date = StrictDateField(allow_null=True, required=False)
+    death_date = StrictDateField(allow_null=True, required=False)
     father = ProfileIdField(help_text=_("id of the father's profile (male, same family tree)"))
     mother = ProfileIdField(help_text=_("id of the mother's profile (female, same family tree)"))
 
@@ -27,6 +25,7 @@ class ProfileCreateInputSerializer(_ProfileFieldsSerializer):
 
 
 class ProfileUpdateInputSerializer(_ProfileFieldsSerializer):
+    required_in_patch = ("version",)  # the PATCH schema says so too (core.api.schema)
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, help_text=_("the version you read"))
 
     def __init__(self, *args, **kwargs):
@@ -36,20 +35,20 @@ class ProfileUpdateInputSerializer(_ProfileFieldsSerializer):
                 field.required = False
 
 
-class ProfileDeleteQuerySerializer(serializers.Serializer):
+class ProfileDeleteQuerySerializer(StrictInput):
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
 
 
-class ProfileRestoreInputSerializer(serializers.Serializer):
+class ProfileRestoreInputSerializer(StrictInput):
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
-class ProfileListQuerySerializer(serializers.Serializer):
+class ProfileListQuerySerializer(StrictInput):
     deleted = serializers.ChoiceField(choices=["false", "true", "all"], required=False, default="false")
     search = serializers.CharField(max_length=100, required=False)
 
 
-class TreeQuerySerializer(serializers.Serializer):
+class TreeQuerySerializer(StrictInput):
     max_depth = serializers.IntegerField(min_value=1, max_value=100, required=False, default=100)
 
 
@@ -79,8 +78,9 @@ class TreeNodeSerializer(ProfileSerializer):
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    undone_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # null: a change made by a command or sweep has no user; undone_by until it is undone
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    undone_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = ProfileAuditLog
@@ -99,7 +99,7 @@ class AuditEntrySerializer(serializers.ModelSerializer):
         ]
 
 
-class UndoInputSerializer(serializers.Serializer):
+class UndoInputSerializer(StrictInput):
     reason = serializers.CharField(max_length=500, help_text=_("why the change is undone"))
 
 

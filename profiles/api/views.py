@@ -1,7 +1,6 @@
 """Thin views: validate input, call the manager verb, render the result."""
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
@@ -12,14 +11,6 @@ from core.api.tenancy import TenantScopedMixin
 from profiles.api import serializers as s
 from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
 from profiles.models import Profile, ProfileAuditLog
-
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="Replays the first answer for the same key and body.",
-)
 
 
 def _query(serializer_class, request):
@@ -54,9 +45,7 @@ class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
         page = self.paginate_queryset(profiles.order_by("id"))
         return self.get_paginated_response(s.ProfileSerializer(page, many=True).data)
 
-    @extend_schema(
-        request=s.ProfileCreateInputSerializer, responses={201: s.ProfileSerializer}, parameters=[IDEMPOTENCY_HEADER]
-    )
+    @extend_schema(request=s.ProfileCreateInputSerializer, responses={201: s.ProfileSerializer})
     @idempotent()
     def post(self, request, tenant):
         data = _body(s.ProfileCreateInputSerializer, request)
@@ -81,7 +70,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
         profile = Profile.objects.update_profile(pk, tenant=self.tenant, version=version, actor=request.user, **data)
         return Response(s.ProfileSerializer(profile).data)
 
-    @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses=s.ProfileSerializer)
+    @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses={200: s.ProfileSerializer})
     def delete(self, request, tenant, pk):
         version = _query(s.ProfileDeleteQuerySerializer, request)["version"]
         profile = Profile.objects.soft_delete(pk, tenant=self.tenant, version=version, actor=request.user)
@@ -89,9 +78,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
 
 
 class ProfileRestoreView(TenantScopedMixin, APIView):
-    @extend_schema(
-        request=s.ProfileRestoreInputSerializer, responses=s.ProfileSerializer, parameters=[IDEMPOTENCY_HEADER]
-    )
+    @extend_schema(request=s.ProfileRestoreInputSerializer, responses=s.ProfileSerializer)
     @idempotent()
     def post(self, request, tenant, pk):
         version = _body(s.ProfileRestoreInputSerializer, request).get("version")
@@ -145,7 +132,7 @@ class AuditEntryDetailView(TenantScopedMixin, APIView):
 class AuditEntryUndoView(TenantScopedMixin, APIView):
     """Undo one audit entry (update, delete or restore) exactly once."""
 
-    @extend_schema(request=s.UndoInputSerializer, responses=s.UndoResultSerializer, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(request=s.UndoInputSerializer, responses=s.UndoResultSerializer)
     @idempotent()
     def post(self, request, tenant, pk):
         reason = _body(s.UndoInputSerializer, request)["reason"]

@@ -1,11 +1,13 @@
 """Input and output shapes of the promos API: one input and one output serializer per operation."""
 
+import re
 from datetime import timedelta
 
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, StrictDateTimeField, StrictInput
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from promos.money import MAX_AMOUNT, parse_amount
 
@@ -13,13 +15,20 @@ CUSTOMER_MAX = 255
 CODE_MAX = 64
 
 
-# Rendered as a string like DRF's DecimalField ("12.50"); numbers are accepted on input too.
-@extend_schema_field({"type": "string", "format": "decimal", "pattern": r"^\d{1,7}(\.\d{1,2})?$", "example": "12.50"})
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": r"^[0-9]+\.[0-9]{2}$", "example": "12.50"})
 class AmountField(serializers.Field):
-    """A money amount: finite, > 0, at most 2 decimal places, at most 1,000,000.00 (else 400 invalid_input)."""
+    """A money amount as a decimal string: > 0, at most 2 decimal places, at most 1,000,000.00.
+
+    Anything else (a JSON number included) is 400 invalid_input on the field.
+    """
+
+    json_type = "string"
+    request_pattern = POSITIVE_CENTS_PATTERN  # answers may carry 0.00 (a bonus capped to nothing)
 
     def to_internal_value(self, data):
         try:
+            if not isinstance(data, str) or not re.fullmatch(POSITIVE_CENTS_PATTERN, data):
+                raise ValueError("not an amount string")
             return parse_amount(data)
         except ValueError:
             message = _("Enter a positive amount with at most two decimal places, up to %(maximum)s.")
@@ -66,7 +75,7 @@ class PromoCodeSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "times_used", "version", "created_at", "updated_at"]
 
 
-class PromoCodeInputSerializer(serializers.Serializer):
+class PromoCodeInputSerializer(StrictInput):
     """A code's definition. On PUT and PATCH an omitted field is left as it is: defaults belong to create.
 
     ``version`` (optional, the one a read returned): when given, the edit is refused with
@@ -81,16 +90,16 @@ class PromoCodeInputSerializer(serializers.Serializer):
     )
     bonus_value = AmountField()
     max_bonus = AmountField(required=False, allow_null=True)
-    starts_at = serializers.DateTimeField(required=False, allow_null=True)
-    ends_at = serializers.DateTimeField(required=False, allow_null=True)
-    total_usage_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
-    per_customer_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    starts_at = StrictDateTimeField(required=False, allow_null=True)
+    ends_at = StrictDateTimeField(required=False, allow_null=True)
+    total_usage_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_VERSION)
+    per_customer_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_VERSION)
     # No default here: on PUT a default would re-activate a deactivated code (create uses the model's).
     is_active = serializers.BooleanField(required=False)
     version = serializers.IntegerField(
         required=False,
         min_value=1,
-        max_value=2**31 - 1,
+        max_value=MAX_VERSION,
         help_text="The version this edit is based on; a stale one is refused with 409 version_conflict.",
     )
 
@@ -110,7 +119,7 @@ class PromoCodeInputSerializer(serializers.Serializer):
         return {name: getattr(instance, name) for name in ("bonus_type", "bonus_value", "starts_at", "ends_at")}
 
 
-class PromoCodeCheckInputSerializer(serializers.Serializer):
+class PromoCodeCheckInputSerializer(StrictInput):
     code = serializers.CharField(max_length=CODE_MAX, trim_whitespace=True)
     customer = CustomerField()
     amount = AmountField()
@@ -118,6 +127,11 @@ class PromoCodeCheckInputSerializer(serializers.Serializer):
 
 class PromoCodeRedeemInputSerializer(PromoCodeCheckInputSerializer):
     reference = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+class PromoUsageListQueryInputSerializer(StrictInput):
+    code = serializers.CharField(max_length=CODE_MAX, required=False, help_text="Only this code's usages.")
+    customer = CustomerField(required=False, help_text="Only this customer's usages.")
 
 
 class PromoRefusalSerializer(serializers.Serializer):
@@ -146,7 +160,7 @@ class PromoUsageSerializer(serializers.ModelSerializer):
 # --- redemption sessions -----------------------------------------------------------------------
 
 
-class RedemptionSessionCreateInputSerializer(serializers.Serializer):
+class RedemptionSessionCreateInputSerializer(StrictInput):
     customer = CustomerField()
     max_amount = AmountField()
     expires_in = serializers.IntegerField(
@@ -155,6 +169,10 @@ class RedemptionSessionCreateInputSerializer(serializers.Serializer):
 
     def validate_expires_in(self, value):
         return timedelta(seconds=value)
+
+
+class RedemptionSessionListQueryInputSerializer(StrictInput):
+    status = serializers.ChoiceField(choices=RedemptionSession.Status.choices, required=False)
 
 
 class RedemptionSessionSerializer(serializers.ModelSerializer):
@@ -183,15 +201,15 @@ class RedemptionSessionCreatedSerializer(RedemptionSessionSerializer):
         fields = [*RedemptionSessionSerializer.Meta.fields, "approval_secret"]
 
 
-class RedemptionSessionAnswerInputSerializer(serializers.Serializer):
+class RedemptionSessionAnswerInputSerializer(StrictInput):
     approval_secret = serializers.CharField(max_length=200)
 
 
-class RedemptionSessionConsumeInputSerializer(serializers.Serializer):
+class RedemptionSessionConsumeInputSerializer(StrictInput):
     amount = AmountField()
 
 
 class RedemptionSessionConsumedSerializer(serializers.Serializer):
     session_id = serializers.UUIDField()
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=RedemptionSession.Status.choices)
     used_amount = AmountField()

@@ -2,7 +2,7 @@
 
 import uuid
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -14,8 +14,6 @@ from core.exceptions import DomainError
 from promos import exceptions as errors
 from promos.api import serializers as s
 from promos.models import PromoCode, PromoUsage, RedemptionSession
-
-ERROR = OpenApiResponse(description='{"error": {"code": "<stable_code>", "message": "..."}}')
 
 
 def _session_uuid(raw):
@@ -45,7 +43,8 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
     def get_queryset(self):
         return PromoCode.objects.for_tenant(self.tenant).order_by("code", "pk")
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer})
+    @idempotent()
     def post(self, request, tenant):
         data = s.PromoCodeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -62,7 +61,7 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
             raise errors.PromoNotFound()
         return promo
 
-    @extend_schema(responses={200: s.PromoCodeSerializer, 404: ERROR})
+    @extend_schema(responses={200: s.PromoCodeSerializer})
     def get(self, request, tenant, pk):
         return Response(s.PromoCodeSerializer(self._get(pk)).data)
 
@@ -81,15 +80,15 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
         promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, version=version, **fields)
         return Response(s.PromoCodeSerializer(promo).data)
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer})
     def put(self, request, tenant, pk):
         return self._update(request, pk, partial=False)
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer, 400: ERROR, 409: ERROR})
+    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer})
     def patch(self, request, tenant, pk):
         return self._update(request, pk, partial=True)
 
-    @extend_schema(responses={204: None, 404: ERROR, 409: ERROR})
+    @extend_schema(responses={204: None})
     def delete(self, request, tenant, pk):
         PromoCode.objects.delete_code(_pk(pk, errors.PromoNotFound), tenant=self.tenant)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -98,9 +97,7 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
 class PromoCodeValidateView(TenantScopedMixin, APIView):
     """Preview: read-only, reserves nothing; refusals use the codes redeem would answer with."""
 
-    @extend_schema(
-        request=s.PromoCodeCheckInputSerializer, responses={200: s.PromoCodeValidationSerializer, 400: ERROR}
-    )
+    @extend_schema(request=s.PromoCodeCheckInputSerializer, responses={200: s.PromoCodeValidationSerializer})
     def post(self, request, tenant):
         data = s.PromoCodeCheckInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -119,7 +116,7 @@ class PromoCodeValidateView(TenantScopedMixin, APIView):
 class PromoCodeRedeemView(TenantScopedMixin, APIView):
     @extend_schema(
         request=s.PromoCodeRedeemInputSerializer,
-        responses={201: s.PromoUsageSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+        responses={201: s.PromoUsageSerializer},
     )
     @idempotent()
     def post(self, request, tenant):
@@ -132,7 +129,7 @@ class PromoCodeRedeemView(TenantScopedMixin, APIView):
 class PromoCodeActivationView(TenantScopedMixin, APIView):
     active = False
 
-    @extend_schema(request=None, responses={200: s.PromoCodeSerializer, 404: ERROR, 409: ERROR})
+    @extend_schema(request=None, responses={200: s.PromoCodeSerializer})
     @idempotent()
     def post(self, request, tenant, pk):
         promo = PromoCode.objects.set_active(_pk(pk, errors.PromoNotFound), tenant=self.tenant, active=self.active)
@@ -156,16 +153,22 @@ class PromoUsageListView(TenantScopedMixin, ListAPIView):
     serializer_class = s.PromoUsageSerializer
 
     def get_queryset(self):
+        query = s.PromoUsageListQueryInputSerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
         queryset = PromoUsage.objects.for_tenant(self.tenant).select_related("promo")
-        if code := self.request.query_params.get("code"):
-            queryset = queryset.filter(promo__code__iexact=code[:100])
-        if customer := self.request.query_params.get("customer"):
-            queryset = queryset.filter(customer=customer[:300])
+        if code := query.validated_data.get("code"):
+            queryset = queryset.filter(promo__code__iexact=code)
+        if customer := query.validated_data.get("customer"):
+            queryset = queryset.filter(customer=customer)
         return queryset
+
+    @extend_schema(parameters=[s.PromoUsageListQueryInputSerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
 
 class PromoUsageVoidView(TenantScopedMixin, APIView):
-    @extend_schema(request=None, responses={200: s.PromoUsageSerializer, 404: ERROR, 409: ERROR})
+    @extend_schema(request=None, responses={200: s.PromoUsageSerializer})
     @idempotent()
     def post(self, request, tenant, pk):
         usage = PromoUsage.objects.void(_pk(pk, errors.UsageNotFound), tenant=self.tenant)
@@ -179,14 +182,20 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
     serializer_class = s.RedemptionSessionSerializer
 
     def get_queryset(self):
+        query = s.RedemptionSessionListQueryInputSerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
         queryset = RedemptionSession.objects.for_tenant(self.tenant)
-        if wanted := self.request.query_params.get("status"):
-            queryset = queryset.filter(status=wanted[:20])
+        if wanted := query.validated_data.get("status"):
+            queryset = queryset.filter(status=wanted)
         return queryset
+
+    @extend_schema(parameters=[s.RedemptionSessionListQueryInputSerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=s.RedemptionSessionCreateInputSerializer,
-        responses={201: s.RedemptionSessionCreatedSerializer, 400: ERROR},
+        responses={201: s.RedemptionSessionCreatedSerializer},
     )
     @idempotent()
     def post(self, request, tenant):
@@ -198,7 +207,7 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
 
 
 class RedemptionSessionDetailView(TenantScopedMixin, APIView):
-    @extend_schema(responses={200: s.RedemptionSessionSerializer, 404: ERROR})
+    @extend_schema(responses={200: s.RedemptionSessionSerializer})
     def get(self, request, tenant, session_id):
         session = RedemptionSession.objects.for_tenant(self.tenant).filter(session_id=_session_uuid(session_id)).first()
         if session is None:
@@ -209,7 +218,7 @@ class RedemptionSessionDetailView(TenantScopedMixin, APIView):
 class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
     @extend_schema(
         request=s.RedemptionSessionConsumeInputSerializer,
-        responses={200: s.RedemptionSessionConsumedSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+        responses={200: s.RedemptionSessionConsumedSerializer},
     )
     @idempotent()
     def post(self, request, tenant, session_id):
@@ -222,7 +231,7 @@ class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
 
 
 class RedemptionSessionCancelView(TenantScopedMixin, APIView):
-    @extend_schema(request=None, responses={200: s.RedemptionSessionSerializer, 404: ERROR, 409: ERROR})
+    @extend_schema(request=None, responses={200: s.RedemptionSessionSerializer})
     @idempotent()
     def post(self, request, tenant, session_id):
         session = RedemptionSession.objects.cancel(_session_uuid(session_id), tenant=self.tenant)
@@ -238,7 +247,7 @@ class RedemptionSessionAnswerView(APIView):
 
     @extend_schema(
         request=s.RedemptionSessionAnswerInputSerializer,
-        responses={200: s.RedemptionSessionSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+        responses={200: s.RedemptionSessionSerializer},
     )
     @idempotent()
     def post(self, request, session_id):

@@ -1,15 +1,17 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from bookings.api.serializers import BookingSummarySerializer, CheckoutSerializer, CustomerSerializer, StrictDateField
+from bookings.api.serializers import BookingSummarySerializer, CheckoutSerializer, CustomerSerializer
+from core.api.inputs import MAX_ID, StrictDateField, StrictInput
 from proposals.models import Proposal
 
 MAX_EXPIRES_IN = 7 * 24 * 3600
 SESSION_ID = dict(max_length=128, allow_blank=False, trim_whitespace=False)
 
 
-class ProposalCreateInputSerializer(serializers.Serializer):
+class ProposalCreateInputSerializer(StrictInput):
     session_id = serializers.CharField(**SESSION_ID)
-    package = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    package = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     date = StrictDateField()
     customer = CustomerSerializer()
     expires_in = serializers.IntegerField(
@@ -17,11 +19,11 @@ class ProposalCreateInputSerializer(serializers.Serializer):
     )
 
 
-class ProposalDecisionInputSerializer(serializers.Serializer):
+class ProposalDecisionInputSerializer(StrictInput):
     session_id = serializers.CharField(**SESSION_ID)
 
 
-class ProposalListQueryInputSerializer(serializers.Serializer):
+class ProposalListQueryInputSerializer(StrictInput):
     session_id = serializers.CharField(**SESSION_ID)
 
 
@@ -49,7 +51,8 @@ class ProposalSerializer(serializers.ModelSerializer):
             "booking",
         ]
 
-    def get_status(self, proposal) -> str:
+    @extend_schema_field(serializers.ChoiceField(choices=Proposal.Status.choices))
+    def get_status(self, proposal):
         return getattr(proposal, "effective_status", proposal.status)
 
     def get_customer(self, proposal) -> CustomerSerializer:

@@ -311,12 +311,16 @@ def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree)
         api_client.patch(f"{BASE}/profiles/{kid.pk}", {"first_name": "X"}, format="json"), 400, "invalid_input"
     )
     Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, birth_date="2001-02-03")
-    response = api_client.patch(
+    # read-only columns in the body are refused by name, and nothing is written
+    refused = api_client.patch(
         f"{BASE}/profiles/{kid.pk}",
-        # read-only columns in the body are not written: only the guarded verbs change them
         {"version": 2, "last_name": "Renamed", "deleted_at": "2020-01-01T00:00:00Z", "tenant": 999},
         format="json",
     )
+    assert_error(refused, 400, "invalid_input")
+    assert set(refused.json()["error"]["fields"]) == {"deleted_at", "tenant"}
+    assert Profile.objects.get(pk=kid.pk).last_name == kid.last_name
+    response = api_client.patch(f"{BASE}/profiles/{kid.pk}", {"version": 2, "last_name": "Renamed"}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
     assert set(body) == {
