@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from core import health
 from core.api.errors import api_route_not_found
 from core.discovery import project_modules
 
@@ -19,6 +20,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("health", health.health, name="health"),
+    path("ready", health.ready, name="ready"),
 ]
 
 for app, routes in project_modules("api.urls"):

@@ -1,0 +1,59 @@
+"""Liveness and readiness, as JSON, for load balancers and orchestrators.
+
+- ``/health``: the process answers (no database work: a slow database must not get healthy
+  workers restarted).
+- ``/ready``: this worker can serve guarded requests now — the database answers, every migration
+  is applied, and the lock, statement and idle-in-transaction timeouts *in effect* on its
+  connection are the configured ones (a pooler that drops startup options would otherwise
+  leave lock waits unbounded). 503 with the failing checks otherwise.
+"""
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+# PostgreSQL parameter -> the setting that configures it (milliseconds)
+TIMEOUTS = {
+    "lock_timeout": "LOCK_TIMEOUT_MS",
+    "statement_timeout": "STATEMENT_TIMEOUT_MS",
+    "idle_in_transaction_session_timeout": "IDLE_IN_TRANSACTION_TIMEOUT_MS",
+}
+
+
+@require_GET
+def health(request):
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def ready(request):
+    checks = readiness()
+    ready = all(check["ok"] for check in checks.values())
+    return JsonResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+def readiness(using=DEFAULT_DB_ALIAS):
+    """Each check: {"ok": bool, ...what was seen}. Never raises."""
+    connection = connections[using]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                [list(TIMEOUTS)],
+            )
+            effective = {name: int(value) for name, value in cursor.fetchall()}
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as error:
+        return {"database": {"ok": False, "error": error.__class__.__name__}}
+    checks = {"database": {"ok": True}, "migrations": {"ok": not pending, "pending": len(pending)}}
+    for parameter, setting in TIMEOUTS.items():
+        wanted = getattr(settings, setting)
+        checks[parameter] = {
+            "ok": effective.get(parameter) == wanted,
+            "effective_ms": effective.get(parameter),
+            "configured_ms": wanted,
+        }
+    return checks

@@ -1,0 +1,45 @@
+"""/health answers without the database; /ready checks the database, migrations and effective timeouts."""
+
+from django.db import connection
+
+from core.health import readiness
+
+
+def test_health_is_alive_without_touching_the_database(client):
+    response = client.get("/health")  # no db fixture: any query would raise
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_ready_when_migrated_and_the_timeouts_in_effect_are_the_configured_ones(client, db, settings):
+    response = client.get("/ready")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["lock_timeout"] == {
+        "ok": True,
+        "effective_ms": settings.LOCK_TIMEOUT_MS,
+        "configured_ms": settings.LOCK_TIMEOUT_MS,
+    }
+    assert body["checks"]["migrations"] == {"ok": True, "pending": 0}
+
+
+def test_not_ready_when_a_timeout_is_missing_on_the_connection(client, db):
+    # What a pooler that drops startup options leaves behind: no lock timeout at all.
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = 0")  # the test's transaction ends it
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not_ready"
+    assert response.json()["checks"]["lock_timeout"]["ok"] is False
+    assert response.json()["checks"]["lock_timeout"]["effective_ms"] == 0
+
+
+def test_not_ready_when_the_configuration_differs_from_the_connection(db, settings):
+    settings.STATEMENT_TIMEOUT_MS += 1
+    checks = readiness()
+    assert checks["statement_timeout"]["ok"] is False
+    assert checks["lock_timeout"]["ok"] is True
+
+
+def test_only_get(client, db):
+    assert client.post("/ready").status_code == 405
