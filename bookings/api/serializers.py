@@ -10,7 +10,13 @@ from core.money import payable_currencies
 
 
 @extend_schema_field(
-    {"type": "string", "format": "decimal", "pattern": r"^[0-9]+(\.[0-9]{1,4})?$", "example": "450.00", "readOnly": True}
+    {
+        "type": "string",
+        "format": "decimal",
+        "pattern": r"^[0-9]+(\.[0-9]{1,4})?$",
+        "example": "450.00",
+        "readOnly": True,
+    },
 )
 class InCurrencyField(serializers.Field):
     """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD, up to 4 (CLF)."""
