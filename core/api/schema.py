@@ -128,6 +128,10 @@ class LockstepAutoSchema(AutoSchema):
         schema = super()._map_basic_serializer(serializer, direction)
         if not _own_docstring(serializer):
             schema.pop("description", None)  # not StrictInput's docstring on every component
+        if direction == "response" and schema.get("properties"):
+            # A serializer renders every field on every answer (null where nullable), so a generated
+            # client must not type any of them as possibly missing.
+            schema["required"] = list(schema["properties"])
         if direction == "request" and _is_strict(serializer):
             schema["additionalProperties"] = False
             # A PATCH body whose handler needs some fields even then (profiles: version).
