@@ -42,6 +42,7 @@ from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
+from core.managers import TenantScopedQuerySet
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
 EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
@@ -101,10 +102,7 @@ def _check_terms(price, code):
 # --- packages ----------------------------------------------------------------------
 
 
-class PackageQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class PackageQuerySet(TenantScopedQuerySet):
     def active(self):
         return self.filter(active=True)
 
@@ -265,10 +263,7 @@ class CurrentDate(models.Func):
 Place = namedtuple("Place", "tenant_id active capacity price currency taken today now")
 
 
-class BookingQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class BookingQuerySet(TenantScopedQuerySet):
     def active(self):
         """Confirmed bookings and unexpired holds; an expired hold never counts, swept or not."""
         return self.filter(active_q())

@@ -14,6 +14,21 @@ class TenantQuerySet(models.QuerySet):
         return self.filter(memberships__user=user)
 
 
+class TenantScopedQuerySet(models.QuerySet):
+    """Rows that belong to one tenant: the base of every tenant-owned model's queryset.
+
+    ``tenant_field`` is the lookup path from the row to its tenant: ``"tenant"`` for a
+    model with its own tenant column, or a path through a relation (``"promo__tenant"``)
+    for one that reaches its tenant through another row.
+    """
+
+    tenant_field = "tenant"
+
+    def for_tenant(self, tenant):
+        """Only ``tenant``'s rows (a Tenant or its id)."""
+        return self.filter(**{self.tenant_field: tenant})
+
+
 class IdempotencyKeyManager(models.Manager):
     @guarded(joins=True)
     def claim(self, *, principal, key, method, path, fingerprint):

@@ -40,6 +40,7 @@ from django.db.models import Q
 from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
+from core.managers import TenantScopedQuerySet
 from profiles.exceptions import (
     AlreadyUndone,
     AuditEntryNotFound,
@@ -155,10 +156,7 @@ def guarded_steps(method):
     return wrapper
 
 
-class ProfileQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class ProfileQuerySet(TenantScopedQuerySet):
     def live(self):
         return self.filter(deleted_at__isnull=True)
 
@@ -435,10 +433,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         return profile, self._apply(profile, delta, action="undo", actor=actor)
 
 
-class ProfileAuditLogQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class ProfileAuditLogQuerySet(TenantScopedQuerySet):
     def undone(self):
         return self.filter(undone_at__isnull=False)
 

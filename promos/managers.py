@@ -26,6 +26,7 @@ from django.db.models.functions import Coalesce, Lower, Now
 from core.db import set_local_lock_timeout
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
+from core.managers import TenantScopedQuerySet
 from promos import exceptions as errors
 from promos.money import compute_bonus, parse_amount
 
@@ -96,10 +97,7 @@ constraint_errors(
 # --- promo codes -------------------------------------------------------------
 
 
-class PromoCodeQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class PromoCodeQuerySet(TenantScopedQuerySet):
     def by_code(self, code, *, tenant):
         """Case-insensitive lookup that can use the UNIQUE (lower(code), tenant) index."""
         return self.alias(code_lower=Lower("code")).filter(tenant=tenant, code_lower=Lower(Value(str(code).strip())))
@@ -351,10 +349,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 # --- usages ------------------------------------------------------------------
 
 
-class PromoUsageQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class PromoUsageQuerySet(TenantScopedQuerySet):
     def live(self):
         return self.filter(voided_at__isnull=True)
 
@@ -391,10 +386,7 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
 # --- redemption sessions -------------------------------------------------------
 
 
-class RedemptionSessionQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class RedemptionSessionQuerySet(TenantScopedQuerySet):
     def open(self):
         """Pending or approved, and not past expiry by the database clock."""
         return self.filter(status__in=["pending", "approved"], expires_at__gt=ClockNow())

@@ -25,6 +25,7 @@ from bookings.managers import lock_package_shared
 from bookings.models import Booking, Checkout, Package
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
+from core.managers import TenantScopedQuerySet
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 
 logger = logging.getLogger(__name__)
@@ -35,10 +36,7 @@ REOPENED = dict(status="pending", booking=None, confirmed_at=None, executed_at=N
 UNOPENED_CHECKOUT = ("creating", "failed")
 
 
-class ProposalQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
+class ProposalQuerySet(TenantScopedQuerySet):
     def pending(self):
         return self.filter(status=self.model.Status.PENDING)
 

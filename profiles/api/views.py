@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
+from core.api.lookup import get_for_tenant, valid_id
 from core.api.tenancy import TenantScopedMixin
 from profiles.api import serializers as s
 from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
@@ -58,22 +59,24 @@ class ProfileDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(responses=s.ProfileSerializer)
     def get(self, request, tenant, pk):
-        profile = Profile.objects.for_tenant(self.tenant).filter(pk=pk).first()
-        if profile is None:
-            raise ProfileNotFound()
+        profile = get_for_tenant(Profile, self.tenant, ProfileNotFound, pk=pk)
         return Response(s.ProfileSerializer(profile).data)
 
     @extend_schema(request=s.ProfileUpdateInputSerializer, responses=s.ProfileSerializer)
     def patch(self, request, tenant, pk):
         data = dict(_body(s.ProfileUpdateInputSerializer, request))
         version = data.pop("version")
-        profile = Profile.objects.update_profile(pk, tenant=self.tenant, version=version, actor=request.user, **data)
+        profile = Profile.objects.update_profile(
+            valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user, **data
+        )
         return Response(s.ProfileSerializer(profile).data)
 
     @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses={200: s.ProfileSerializer})
     def delete(self, request, tenant, pk):
         version = _query(s.ProfileDeleteQuerySerializer, request)["version"]
-        profile = Profile.objects.soft_delete(pk, tenant=self.tenant, version=version, actor=request.user)
+        profile = Profile.objects.soft_delete(
+            valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
+        )
         return Response(s.ProfileSerializer(profile).data)
 
 
@@ -82,7 +85,9 @@ class ProfileRestoreView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, pk):
         version = _body(s.ProfileRestoreInputSerializer, request).get("version")
-        profile = Profile.objects.restore(pk, tenant=self.tenant, version=version, actor=request.user)
+        profile = Profile.objects.restore(
+            valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
+        )
         return Response(s.ProfileSerializer(profile).data)
 
 
@@ -91,9 +96,8 @@ class ProfileHistoryView(TenantScopedMixin, APIView):
 
     @extend_schema(responses=s.AuditEntrySerializer(many=True))
     def get(self, request, tenant, pk):
-        if not Profile.objects.for_tenant(self.tenant).filter(pk=pk).exists():
-            raise ProfileNotFound()
-        entries = ProfileAuditLog.objects.filter(profile_id=pk).select_related("actor", "undone_by").order_by("id")
+        profile = get_for_tenant(Profile.objects.only("pk"), self.tenant, ProfileNotFound, pk=pk)
+        entries = ProfileAuditLog.objects.filter(profile=profile).select_related("actor", "undone_by").order_by("id")
         return Response(s.AuditEntrySerializer(entries, many=True).data)
 
 
@@ -104,7 +108,8 @@ class _TreeView(TenantScopedMixin, APIView):
     def get(self, request, tenant, pk):
         max_depth = _query(s.TreeQuerySerializer, request)["max_depth"]
         walk = Profile.objects.ancestors if self.up else Profile.objects.descendants
-        return Response(s.TreeNodeSerializer(walk(pk, tenant=self.tenant, max_depth=max_depth), many=True).data)
+        nodes = walk(valid_id(pk, ProfileNotFound), tenant=self.tenant, max_depth=max_depth)
+        return Response(s.TreeNodeSerializer(nodes, many=True).data)
 
 
 class ProfileAncestorsView(_TreeView):
@@ -122,10 +127,8 @@ class ProfileDescendantsView(_TreeView):
 class AuditEntryDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=s.AuditEntrySerializer)
     def get(self, request, tenant, pk):
-        entry = ProfileAuditLog.objects.for_tenant(self.tenant).select_related("actor", "undone_by").filter(pk=pk)
-        entry = entry.first()
-        if entry is None:
-            raise AuditEntryNotFound()
+        entries = ProfileAuditLog.objects.select_related("actor", "undone_by")
+        entry = get_for_tenant(entries, self.tenant, AuditEntryNotFound, pk=pk)
         return Response(s.AuditEntrySerializer(entry).data)
 
 
@@ -136,6 +139,8 @@ class AuditEntryUndoView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, pk):
         reason = _body(s.UndoInputSerializer, request)["reason"]
-        entry = ProfileAuditLog.objects.undo(pk, tenant=self.tenant, actor=request.user, reason=reason)
+        entry = ProfileAuditLog.objects.undo(
+            valid_id(pk, AuditEntryNotFound), tenant=self.tenant, actor=request.user, reason=reason
+        )
         result = {"undone": entry, "undo_entry": entry.undo_entry, "profile": entry.profile}
         return Response(s.UndoResultSerializer(result).data)

@@ -1,7 +1,5 @@
 """Thin views: parse with an input serializer, call the manager, answer with an output serializer."""
 
-import uuid
-
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
@@ -9,29 +7,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
+from core.api.lookup import get_for_tenant, valid_id, valid_uuid
 from core.api.tenancy import TenantScopedMixin
 from core.exceptions import DomainError
 from promos import exceptions as errors
 from promos.api import serializers as s
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
-
-def _session_uuid(raw):
-    """Parse a session id from the path; a malformed one is simply not found."""
-    try:
-        return uuid.UUID(str(raw))
-    except ValueError:
-        raise errors.SessionNotFound()
-
-
-def _pk(raw, not_found):
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise not_found()
-    if not 0 < value < 2**63:
-        raise not_found()
-    return value
+# The paths take ids as <str:...> and check them here (core.api.lookup), so a malformed id
+# answers this domain's promo_not_found / usage_not_found / session_not_found, not a bare 404.
 
 
 # --- promo codes -------------------------------------------------------------------------------
@@ -56,10 +40,7 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
 
 class PromoCodeDetailView(TenantScopedMixin, APIView):
     def _get(self, pk):
-        promo = PromoCode.objects.for_tenant(self.tenant).filter(pk=_pk(pk, errors.PromoNotFound)).first()
-        if promo is None:
-            raise errors.PromoNotFound()
-        return promo
+        return get_for_tenant(PromoCode, self.tenant, errors.PromoNotFound, pk=pk)
 
     @extend_schema(responses={200: s.PromoCodeSerializer})
     def get(self, request, tenant, pk):
@@ -90,7 +71,7 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, tenant, pk):
-        PromoCode.objects.delete_code(_pk(pk, errors.PromoNotFound), tenant=self.tenant)
+        PromoCode.objects.delete_code(valid_id(pk, errors.PromoNotFound), tenant=self.tenant)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -132,7 +113,7 @@ class PromoCodeActivationView(TenantScopedMixin, APIView):
     @extend_schema(request=None, responses={200: s.PromoCodeSerializer})
     @idempotent()
     def post(self, request, tenant, pk):
-        promo = PromoCode.objects.set_active(_pk(pk, errors.PromoNotFound), tenant=self.tenant, active=self.active)
+        promo = PromoCode.objects.set_active(valid_id(pk, errors.PromoNotFound), tenant=self.tenant, active=self.active)
         return Response(s.PromoCodeSerializer(promo).data)
 
 
@@ -171,7 +152,7 @@ class PromoUsageVoidView(TenantScopedMixin, APIView):
     @extend_schema(request=None, responses={200: s.PromoUsageSerializer})
     @idempotent()
     def post(self, request, tenant, pk):
-        usage = PromoUsage.objects.void(_pk(pk, errors.UsageNotFound), tenant=self.tenant)
+        usage = PromoUsage.objects.void(valid_id(pk, errors.UsageNotFound), tenant=self.tenant)
         return Response(s.PromoUsageSerializer(usage).data)
 
 
@@ -209,9 +190,7 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
 class RedemptionSessionDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses={200: s.RedemptionSessionSerializer})
     def get(self, request, tenant, session_id):
-        session = RedemptionSession.objects.for_tenant(self.tenant).filter(session_id=_session_uuid(session_id)).first()
-        if session is None:
-            raise errors.SessionNotFound()
+        session = get_for_tenant(RedemptionSession, self.tenant, errors.SessionNotFound, session_id=session_id)
         return Response(s.RedemptionSessionSerializer(session).data)
 
 
@@ -222,7 +201,7 @@ class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
     )
     @idempotent()
     def post(self, request, tenant, session_id):
-        session_uuid = _session_uuid(session_id)
+        session_uuid = valid_uuid(session_id, errors.SessionNotFound)
         data = s.RedemptionSessionConsumeInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data.validated_data)
@@ -234,7 +213,7 @@ class RedemptionSessionCancelView(TenantScopedMixin, APIView):
     @extend_schema(request=None, responses={200: s.RedemptionSessionSerializer})
     @idempotent()
     def post(self, request, tenant, session_id):
-        session = RedemptionSession.objects.cancel(_session_uuid(session_id), tenant=self.tenant)
+        session = RedemptionSession.objects.cancel(valid_uuid(session_id, errors.SessionNotFound), tenant=self.tenant)
         return Response(s.RedemptionSessionSerializer(session).data)
 
 
@@ -251,7 +230,7 @@ class RedemptionSessionAnswerView(APIView):
     )
     @idempotent()
     def post(self, request, session_id):
-        session_uuid = _session_uuid(session_id)
+        session_uuid = valid_uuid(session_id, errors.SessionNotFound)
         data = s.RedemptionSessionAnswerInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject

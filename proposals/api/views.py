@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 from bookings.exceptions import PackageNotFound
 from bookings.models import Package
 from core.api.idempotency import idempotent
+from core.api.lookup import get_for_tenant, valid_id
 from core.api.tenancy import TenantScopedMixin
 from proposals.api.serializers import (
     ProposalConfirmedSerializer,
@@ -19,14 +20,6 @@ from proposals.api.serializers import (
 from proposals.exceptions import ProposalNotFound
 from proposals.models import Proposal
 from proposals.services import confirm_proposal, reject_proposal
-
-MAX_ID = 2**63 - 1
-
-
-def _proposal_id(pk):
-    if pk > MAX_ID:  # a malformed id is simply not found
-        raise ProposalNotFound()
-    return pk
 
 
 class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
@@ -53,9 +46,9 @@ class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
     def post(self, request, tenant):
         data = ProposalCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        package = Package.objects.for_tenant(self.tenant).active().filter(pk=data.validated_data["package"]).first()
-        if package is None:
-            raise PackageNotFound()
+        package = get_for_tenant(
+            Package.objects.active(), self.tenant, PackageNotFound, pk=data.validated_data["package"]
+        )
         proposal = Proposal.objects.propose(
             tenant=self.tenant,
             session_id=data.validated_data["session_id"],
@@ -71,9 +64,7 @@ class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
 class ProposalDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=ProposalSerializer)
     def get(self, request, tenant, pk):
-        proposal = Proposal.objects.for_tenant(self.tenant).with_effective_status().filter(pk=_proposal_id(pk)).first()
-        if proposal is None:
-            raise ProposalNotFound()
+        proposal = get_for_tenant(Proposal.objects.with_effective_status(), self.tenant, ProposalNotFound, pk=pk)
         return Response(ProposalSerializer(proposal).data)
 
 
@@ -86,7 +77,7 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
         data = ProposalDecisionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         proposal, booking = confirm_proposal(
-            _proposal_id(pk), tenant=self.tenant, session_id=data.validated_data["session_id"]
+            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
         )
         proposal = Proposal.objects.with_effective_status().get(pk=proposal.pk)
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}
@@ -99,5 +90,7 @@ class ProposalRejectView(TenantScopedMixin, APIView):
     def post(self, request, tenant, pk):
         data = ProposalDecisionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        proposal = reject_proposal(_proposal_id(pk), tenant=self.tenant, session_id=data.validated_data["session_id"])
+        proposal = reject_proposal(
+            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
+        )
         return Response(ProposalSerializer(proposal).data)
