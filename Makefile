@@ -25,11 +25,12 @@ run: install
 	@echo "Lockstep: admin http://$(HOST):$(PORT)/admin/  API docs http://$(HOST):$(PORT)/api/docs/"
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Production-style: gunicorn with several workers (set DEBUG=false, SECRET_KEY, ALLOWED_HOSTS).
+# Production-style: gunicorn with several workers (set DEBUG=false, SECRET_KEY, ALLOWED_HOSTS);
+# access log on stdout, metrics of all workers summed through var/prometheus (config/gunicorn.py).
 serve: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput
-	$(BIN)/gunicorn config.wsgi --bind $(HOST):$(PORT) --workers $${WORKERS:-4}
+	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT) --workers $${WORKERS:-4}
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -25,6 +25,7 @@ from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments import ProviderError, get_provider, provider_for
 from bookings.payments.base import parse_event, verify_signature
 from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
+from core import metrics
 from core.exceptions import DomainError
 from core.guards import database_refusals
 from core.money import to_minor_units
@@ -152,6 +153,8 @@ def refund_booking(booking_id):
         logger.warning("refund failed for booking %s: %s", booking_id, exc)
         state = Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
         if state == Checkout.RefundState.EXHAUSTED:
+            # Counted once the exhausted state is committed (at once here, outside any transaction).
+            transaction.on_commit(metrics.REFUNDS_FAILED.inc)
             logger.error(
                 "refund of booking %s gave up after %s attempts: an operator must act",
                 booking_id,

@@ -1,10 +1,12 @@
 """Lockstep settings: one file, every deployment knob read from the environment."""
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,6 +39,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # first: request id and log fields for everything below, latency of the whole stack (core/observability.py)
+    "core.observability.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under gunicorn (collected by make serve)
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -126,7 +130,7 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missi
 # --- API ------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "core.api.authentication.TokenAuthentication",  # "Token <key>" or "Bearer <key>"
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -137,13 +141,29 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.api.inputs.StrictLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "COERCE_DECIMAL_TO_STRING": True,
-    "DEFAULT_THROTTLE_RATES": {
-        "anon": env.str("THROTTLE_ANON", default="10000/minute"),
-        "user": env.str("THROTTLE_USER", default="100000/minute"),
-    },
+    # Reverse proxies in front that append to X-Forwarded-For: the client address the
+    # throttles count by. 0 = REMOTE_ADDR (X-Forwarded-For ignored: a client could forge it).
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 if env.bool("API_BROWSABLE", default=False):
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+# Rate limits (core/api/throttles.py, docs/api.md "Rate limits"): "<N>/<second|minute|hour|day>",
+# read per request. Empty (or THROTTLE_ENABLED=false) turns a scope off: it then costs nothing.
+THROTTLE_ENABLED = env.bool("THROTTLE_ENABLED", default=True)
+LOCKSTEP_THROTTLE_RATES = {
+    # public checkouts per client address, and per customer e-mail
+    "checkout_address": env.str("THROTTLE_CHECKOUT_ADDRESS", default="60/minute"),
+    "checkout_email": env.str("THROTTLE_CHECKOUT_EMAIL", default="10/hour"),
+    # failed token authentications per client address (then 429 instead of 401)
+    "auth_failure": env.str("THROTTLE_AUTH_FAILURE", default="30/minute"),
+    # every request under /api/t/<tenant>/ per user
+    "tenant_api": env.str("THROTTLE_TENANT_API", default="6000/minute"),
+}
+for _scope, _rate in LOCKSTEP_THROTTLE_RATES.items():
+    if _rate.strip() and not re.fullmatch(r"\s*[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)\s*", _rate):
+        raise ImproperlyConfigured(f"THROTTLE_{_scope.upper()}={_rate!r}: expected e.g. 60/minute, or empty (off)")
+    LOCKSTEP_THROTTLE_RATES[_scope] = _rate.strip() if THROTTLE_ENABLED and _rate.strip() else None
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Lockstep API",
@@ -190,12 +210,31 @@ if not DEBUG:
 PGTRIGGER_INSTALL_ON_MIGRATE = False
 PGTRIGGER_MIGRATIONS = True
 
+# One JSON object per line for a log shipper, or readable lines for a terminal; every record
+# carries the request id and tenant of the request it was logged in (core/observability.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: expected json or text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_context": {"()": "core.observability.RequestContextFilter"}},
+    "formatters": {
+        "json": {"()": "core.observability.JSONFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(tenant)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["request_context"], "formatter": LOG_FORMAT},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
-    # Refusals (4xx) are answers, not incidents: log only server errors per request.
+    # Refusals (4xx) are answers, not incidents: django.request logs only server errors; each
+    # refused API request is one INFO line of lockstep.refusals (shown with LOG_LEVEL=INFO).
     "loggers": {"django.request": {"level": "ERROR"}},
 }
 DEMO_ADMIN_PASSWORD = env.str("DEMO_ADMIN_PASSWORD", default="lockstep-demo")
+
+# --- Observability ----------------------------------------------------------
+# GET /metrics (core/metrics.py) answers only "Authorization: Bearer <METRICS_TOKEN>" when set;
+# empty leaves it open (block it at the proxy instead). Under gunicorn the metrics of all
+# workers are summed through the files in PROMETHEUS_MULTIPROC_DIR (config/gunicorn.py).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -8,3 +8,4 @@ class CoreConfig(AppConfig):
 
     def ready(self):
         from core import checks  # noqa: F401 - registers the system checks
+        from core.api import authentication  # noqa: F401 - registers its OpenAPI security scheme

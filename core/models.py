@@ -1,7 +1,9 @@
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from core.guards import guarded
 from core.managers import IdempotencyKeyManager, TenantQuerySet
 
 
@@ -73,3 +75,44 @@ class IdempotencyKey(models.Model):
 
     def __str__(self):
         return f"{self.principal} {self.key}"
+
+
+class ThrottleBucketManager(models.Manager):
+    """Kept beside its model: a throttle bucket is infrastructure of the API, not a domain aggregate."""
+
+    @guarded
+    def prune(self):
+        """Delete buckets whose theoretical arrival time has passed; return how many went.
+
+        Locks: each lapsed bucket's row (one DELETE; an upsert racing it either waits and
+        inserts afresh, or wins and the DELETE skips the row, whose tat is then in the future).
+        """
+        deleted, _ = self.filter(tat__lt=Now()).delete()
+        return deleted
+
+
+class ThrottleBucket(models.Model):
+    """One rate-limit bucket: the GCRA "theoretical arrival time" of the next request for a key.
+
+    Why a table and not Django's cache: DRF's SimpleRateThrottle reads the request
+    history, then writes it back, and Django's DatabaseCache has no atomic increment,
+    so concurrent requests overwrite each other's counts and a storm of 50 passes a
+    limit of 10. Here each request is ONE ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``
+    (core/api/throttles.py): the row lock taken by the upsert orders concurrent
+    requests for the same key, and the WHERE decides each one against the committed
+    value. A bucket whose ``tat`` has passed means "full", the same as no row, so
+    ``manage.py prune_idempotency_keys`` deletes it. The table is UNLOGGED (see its
+    migration): losing it in a crash only forgives the requests counted so far.
+    """
+
+    key = models.TextField(primary_key=True)  # "throttle_<scope>_<ident>"
+    tat = models.DateTimeField()  # theoretical arrival time; at most one period ahead of now
+
+    objects = ThrottleBucketManager()
+
+    class Meta:
+        verbose_name = _("throttle bucket")
+        verbose_name_plural = _("throttle buckets")
+
+    def __str__(self):
+        return self.key

@@ -59,7 +59,7 @@ class InvalidDates(InvalidInput):
 
 
 class UnknownField(InvalidInput):
-    code = "invalid_input"
+    code = "unknown_field"
     message = _("Unknown or read-only profile field: %(field)s.")
 
 
@@ -158,5 +158,5 @@ class UndoReasonRequired(InvalidInput):
 
 
 class InvalidProfileData(InvalidInput):
-    code = "invalid_input"
+    code = "invalid_profile_data"
     message = _("A profile needs a first name and a sex (male or female).")

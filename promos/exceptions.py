@@ -63,12 +63,12 @@ class PromoCounterOutOfStep(Conflict):
 class PromoInvalid(InvalidInput):
     """A promo definition the database refuses (a CHECK constraint): 400, never 500."""
 
-    code = "invalid_input"
+    code = "promo_invalid"
     message = _("The promo code definition is not valid.")
 
 
 class InvalidAmount(InvalidInput):
-    code = "invalid_input"
+    code = "invalid_amount"
     message = _("The amount must be a positive number with at most two decimal places, up to %(maximum)s.")
 
 

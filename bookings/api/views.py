@@ -29,11 +29,12 @@ from bookings.managers import active_q
 from bookings.models import Booking, Package
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
+from core.api.lookup import get_for_tenant, valid_id
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
+from core.api.throttles import CheckoutAddressThrottle, CheckoutEmailThrottle
 from core.guards import database_clock
 
 MAX_AVAILABILITY_DAYS = 366
-MAX_ID = 2**63 - 1
 
 
 # --- public -----------------------------------------------------------------
@@ -90,6 +91,8 @@ class AvailabilityView(PublicTenantMixin, APIView):
 
 class CheckoutCreateView(PublicTenantMixin, APIView):
     """Hold a date and open a payment checkout for it."""
+
+    throttle_classes = [CheckoutAddressThrottle, CheckoutEmailThrottle]
 
     @extend_schema(request=CheckoutCreateInputSerializer, responses={201: CheckoutCreatedSerializer})
     @idempotent(two_phase=True)
@@ -161,17 +164,6 @@ class PaymentWebhookView(APIView):
 # --- staff ------------------------------------------------------------------
 
 
-class IdLookupMixin:
-    def get_object(self):
-        pk = self.kwargs["pk"]
-        if pk > MAX_ID:
-            raise self.not_found()
-        obj = self.get_queryset().filter(pk=pk).first()
-        if obj is None:
-            raise self.not_found()
-        return obj
-
-
 class PackageListCreateView(TenantScopedMixin, generics.ListAPIView):
     serializer_class = PackageSerializer
 
@@ -187,7 +179,7 @@ class PackageListCreateView(TenantScopedMixin, generics.ListAPIView):
         return Response(PackageSerializer(package).data, status=status.HTTP_201_CREATED)
 
 
-class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIView):
+class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
     """One package; PUT and PATCH write only the fields sent, DELETE refuses a package in use.
 
     Edits and deletes take the package lock exclusive (Package.objects.edit_package /
@@ -197,15 +189,11 @@ class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIVi
 
     serializer_class = PackageSerializer
 
-    def not_found(self):
-        return PackageNotFound()
-
-    def get_queryset(self):
-        return Package.objects.for_tenant(self.tenant)
+    def get_object(self):
+        return get_for_tenant(Package, self.tenant, PackageNotFound, pk=self.kwargs["pk"])
 
     def _edit(self, request, pk, *, partial):
-        if pk > MAX_ID:
-            raise PackageNotFound()
+        pk = valid_id(pk, PackageNotFound)
         data = PackageUpdateInputSerializer(data=request.data, partial=partial)
         data.is_valid(raise_exception=True)
         changes = dict(data.validated_data)
@@ -223,8 +211,7 @@ class PackageDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIVi
 
     @extend_schema(parameters=[PackageDeleteQueryInputSerializer], responses={204: None})
     def delete(self, request, tenant, pk):
-        if pk > MAX_ID:
-            raise PackageNotFound()
+        pk = valid_id(pk, PackageNotFound)
         query = PackageDeleteQueryInputSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         Package.objects.delete_package(pk, tenant=self.tenant, version=query.validated_data.get("version"))
@@ -248,14 +235,13 @@ class BookingListView(TenantScopedMixin, generics.ListAPIView):
         return bookings.filter(**filters)
 
 
-class BookingDetailView(IdLookupMixin, TenantScopedMixin, generics.RetrieveAPIView):
+class BookingDetailView(TenantScopedMixin, generics.RetrieveAPIView):
     serializer_class = BookingSerializer
 
-    def not_found(self):
-        return BookingNotFound()
-
-    def get_queryset(self):
-        return Booking.objects.for_tenant(self.tenant).select_related("checkout")
+    def get_object(self):
+        return get_for_tenant(
+            Booking.objects.select_related("checkout"), self.tenant, BookingNotFound, pk=self.kwargs["pk"]
+        )
 
 
 class BookingCancelView(TenantScopedMixin, APIView):
@@ -264,8 +250,6 @@ class BookingCancelView(TenantScopedMixin, APIView):
     @extend_schema(request=None, responses=BookingSerializer)
     @idempotent(two_phase=True)
     def post(self, request, tenant, pk):
-        if pk > MAX_ID:
-            raise BookingNotFound()
-        booking = cancel_booking(pk, tenant=self.tenant)
+        booking = cancel_booking(valid_id(pk, BookingNotFound), tenant=self.tenant)
         booking = Booking.objects.select_related("checkout").get(pk=booking.pk)
         return Response(BookingSerializer(booking).data)

@@ -89,7 +89,9 @@ def exception_handler(exc, context):
         logger.error("unmapped integrity error: %s", exc)
         return Response(error_body("conflict", _("The request conflicts with the current state.")), status=409)
     if isinstance(exc, DataError):
-        return Response(error_body("invalid_input", _("The request is not valid.")), status=400)
+        # A value its column cannot hold (an integer past bigint, a string past its length) that no
+        # validator caught: its own code, since invalid_input promises "fields" saying where.
+        return Response(error_body("value_out_of_range", _("The request is not valid.")), status=400)
     if isinstance(exc, DatabaseError):
         if cause_of(exc, psycopg.errors.QueryCanceled):
             logger.warning("statement timeout: %s", exc)

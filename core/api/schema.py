@@ -212,6 +212,7 @@ def _links(source, status, targets, body=None, **parameters):
 
 ID = _body("id")
 CHECKOUT = {"date": "2099-01-01", "customer": {"name": "Ada", "email": "ada@example.com"}}
+PROPOSAL = CHECKOUT | {"session_id": "chat-1"}
 
 # The create→act flows, as OpenAPI links: (source operationId, status, target operationId, parameters, body)
 LINKS = [
@@ -225,6 +226,7 @@ LINKS = [
     *_links("t_bookings_retrieve", "200", ["t_bookings_cancel_create"], id=ID),
     *_links("public_packages_list", "200", ["public_checkouts_create"], body=CHECKOUT | {"package": _body("0/id")}),
     *_links("t_packages_create", "201", ["public_checkouts_create"], body=CHECKOUT | {"package": ID}),
+    *_links("t_packages_create", "201", ["t_proposals_create"], body=PROPOSAL | {"package": ID}),
     # proposals
     *_links("t_proposals_create", "201", ["t_proposals_retrieve"], id=ID),
     *_links(

@@ -8,6 +8,7 @@ from functools import cached_property
 
 from rest_framework.permissions import AllowAny, IsAuthenticated
 
+from core.api.throttles import TenantApiThrottle
 from core.exceptions import TenantNotFound
 from core.models import Tenant
 
@@ -16,6 +17,7 @@ class TenantScopedMixin:
     """For views under /api/t/<tenant>/: the authenticated user must be a member."""
 
     permission_classes = [IsAuthenticated]
+    throttle_classes = [TenantApiThrottle]  # per user, checked in initial() before any work
     tenant_url_kwarg = "tenant"
 
     def initial(self, request, *args, **kwargs):

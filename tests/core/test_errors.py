@@ -31,7 +31,7 @@ def _caused_by(error, cause):
         (drf.ParseError(), 400, "malformed_request"),
         (drf.Throttled(wait=3), 429, "throttled"),
         (drf.ValidationError({"amount": ["A valid number is required."]}), 400, "invalid_input"),
-        (DataError("integer out of range"), 400, "invalid_input"),
+        (DataError("integer out of range"), 400, "value_out_of_range"),
         (_caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()), 409, "resource_locked"),
         (_caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()), 503, "database_timeout"),
         (OperationalError("connection refused"), 503, "database_unavailable"),

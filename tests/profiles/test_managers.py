@@ -176,7 +176,7 @@ def test_sex_of_a_parent_with_living_children_cannot_change(tree):
 
 def test_unknown_field_is_refused(tree):
     kid = tree["kid"]
-    refused("invalid_input", Profile.objects.update_profile, kid.pk, tenant=kid.tenant, version=1, nickname="x")
+    refused("unknown_field", Profile.objects.update_profile, kid.pk, tenant=kid.tenant, version=1, nickname="x")
 
 
 # --- undo: the three scenarios of the original fix ------------------------

@@ -1,0 +1,73 @@
+"""Token authentication that generated clients can use, with failed attempts rate-limited.
+
+``Authorization: Token <key>`` (DRF's scheme) and ``Authorization: Bearer <key>``
+(RFC 6750's, which OpenAPI generators send: openapi-python-client's
+AuthenticatedClient, openapi-generator, Swagger UI) are both accepted, the keyword
+case-insensitively. Everything else is DRF's TokenAuthentication: the same token
+model, 401 ``authentication_failed`` for a bad token, ``WWW-Authenticate: Token``.
+
+A failed authentication takes a cell of the ``auth_failure`` bucket of the client's
+address (core/api/throttles.py); once it is empty, failed attempts answer 429
+``throttled`` with ``Retry-After`` instead of 401. A valid token costs nothing extra.
+"""
+
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from core.api.throttles import AuthFailureThrottle
+
+KEYWORDS = ("Token", "Bearer")
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """DRF's TokenAuthentication, also under the ``Bearer`` keyword; failures are throttled per address."""
+
+    keywords = KEYWORDS
+    failure_throttle_class = AuthFailureThrottle
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() not in {keyword.lower().encode() for keyword in self.keywords}:
+            return None  # another scheme, or none: not ours to refuse
+        try:
+            return self._authenticate_key(header)
+        except exceptions.AuthenticationFailed:
+            self._count_failure(request)
+            raise
+
+    def _authenticate_key(self, header):
+        # DRF's checks and messages (so its translations apply), for either keyword.
+        if len(header) == 1:
+            raise exceptions.AuthenticationFailed(_("Invalid token header. No credentials provided."))
+        if len(header) > 2:
+            raise exceptions.AuthenticationFailed(_("Invalid token header. Token string should not contain spaces."))
+        try:
+            key = header[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed(
+                _("Invalid token header. Token string should not contain invalid characters.")
+            )
+        return self.authenticate_credentials(key)
+
+    def _count_failure(self, request):
+        """Take a cell of this address's auth_failure bucket; raise Throttled when it is empty."""
+        throttle = self.failure_throttle_class()
+        if not throttle.allow_request(request, None):
+            raise exceptions.Throttled(wait=throttle.wait())
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """The OpenAPI security scheme: HTTP bearer, so generated clients send ``Bearer <key>``."""
+
+    target_class = "core.api.authentication.TokenAuthentication"
+    name = "bearerAuth"
+    match_subclasses = True
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The API token of a member of the tenant: `Authorization: Bearer <key>`; "
+            "`Authorization: Token <key>` is accepted too.",
+        }
