@@ -93,3 +93,38 @@ def test_fields_is_always_an_object_as_the_schema_says():
 
 def test_a_bug_is_left_to_django_as_a_500():
     assert exception_handler(ZeroDivisionError(), {}) is None
+
+
+@pytest.mark.django_db
+def test_each_distinct_400_has_its_own_code_and_its_parameters_as_details(tenant):
+    """The failures that all answered invalid_input, each raised where it really is."""
+    from decimal import Decimal
+
+    from profiles.models import Profile
+    from promos.models import PromoCode
+    from tests.promos.factories import PromoCodeFactory
+
+    def answer(call, *args, **kwargs):
+        with pytest.raises(InvalidInput) as info:  # still InvalidInput: 400 for every caller that catches the kind
+            call(*args, **kwargs)
+        response = exception_handler(info.value, {})
+        assert response.status_code == 400
+        return response.data["error"]["code"], response.data["error"].get("details")
+
+    kid = Profile.objects.create_profile(tenant=tenant, first_name="Kid", sex="male")
+    assert answer(Profile.objects.update_profile, kid.pk, tenant=tenant, version=1, nickname="x") == (
+        "unknown_field",
+        {"field": "nickname"},
+    )
+    assert answer(Profile.objects.create_profile, tenant=tenant, first_name="No sex") == ("invalid_profile_data", None)
+    promo = PromoCodeFactory(tenant=tenant)
+    assert answer(PromoCode.objects.validate, promo.code, tenant=tenant, customer="c", amount="0") == (
+        "invalid_amount",
+        {"maximum": "1000000.00"},
+    )
+    assert answer(
+        PromoCode.objects.create_code, tenant=tenant, code="BAD", bonus_type="fixed", bonus_value=Decimal("0")
+    ) == ("promo_invalid", None)
+    response = exception_handler(DataError("integer out of range"), {})
+    assert (response.status_code, response.data["error"]["code"]) == (400, "value_out_of_range")
+    assert "fields" not in response.data["error"]  # invalid_input is the code that promises "fields"
