@@ -44,6 +44,15 @@ def outsider_client(outsider):
     return token_client(outsider)
 
 
+@pytest.fixture(scope="module")
+def schema(django_db_blocker):
+    """The served OpenAPI schema, as JSON (it does not depend on data)."""
+    with django_db_blocker.unblock():
+        response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    return response.json()
+
+
 @pytest.fixture
 def anon_client():
     return APIClient()

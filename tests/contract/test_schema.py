@@ -2,7 +2,6 @@
 
 import pytest
 from django.urls import get_resolver
-from rest_framework.test import APIClient
 
 from core.api.schema import honours_idempotency_key
 from tests.promos.helpers import assert_error
@@ -14,14 +13,6 @@ POSTS_WITHOUT_KEY = {
     "/api/t/{tenant}/promo-codes/validate": "a read-only preview; reserves nothing",
     "/api/webhooks/payments": "the provider's events are deduplicated by their event id",
 }
-
-
-@pytest.fixture(scope="module")
-def schema(django_db_blocker):
-    with django_db_blocker.unblock():
-        response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json")
-    assert response.status_code == 200
-    return response.json()
 
 
 def operations(schema):

@@ -88,14 +88,6 @@ def test_settings_use_this_class_before_sessions():
 # --- the OpenAPI schema ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def schema(django_db_blocker):
-    with django_db_blocker.unblock():
-        response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/json")
-    assert response.status_code == 200
-    return response.json()
-
-
 def test_the_schema_declares_an_http_bearer_scheme_that_mentions_token(schema):
     schemes = schema["components"]["securitySchemes"]
     assert set(schemes) == {"bearerAuth", "cookieAuth"}, schemes
