@@ -169,7 +169,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Lockstep API",
     "DESCRIPTION": "Bookings, assistant proposals, promo codes, redemption sessions and family trees, "
     "each guarded operation exactly once under any concurrency.",
-    "VERSION": "1.0.0",
+    "VERSION": "1.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -40,6 +40,15 @@ class TooManyDecimals(InvalidInput):
         )
 
 
+class AmountNotANumber(InvalidInput):
+    code = "amount_not_a_number"
+
+    def __init__(self):
+        from django.utils.translation import gettext_lazy as _
+
+        super().__init__(_("The amount must be a decimal number."))
+
+
 def currency(code):
     """The py-moneyed Currency for an ISO 4217 code a customer can pay in, or UnknownCurrency."""
     if not isinstance(code, str) or len(code) != 3 or not code.isascii() or not code.isupper():
@@ -68,7 +77,9 @@ def check_precision(amount, code):
     try:
         amount = Decimal(amount)
     except (InvalidOperation, TypeError, ValueError):
-        raise InvalidInput()
+        raise AmountNotANumber() from None
+    if not amount.is_finite():
+        raise AmountNotANumber()
     places = exponent(code)
     quantum = Decimal(1).scaleb(-places)
     if amount != amount.quantize(quantum):

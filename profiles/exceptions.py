@@ -58,6 +58,11 @@ class InvalidDates(InvalidInput):
     message = _("The date of death cannot be before the date of birth.")
 
 
+class DateNotParsable(InvalidInput):
+    code = "date_not_parsable"
+    message = _("%(field)s is not a date (YYYY-MM-DD).")
+
+
 class UnknownField(InvalidInput):
     code = "unknown_field"
     message = _("Unknown or read-only profile field: %(field)s.")

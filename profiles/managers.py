@@ -44,6 +44,7 @@ from core.managers import TenantScopedQuerySet
 from profiles.exceptions import (
     AlreadyUndone,
     AuditEntryNotFound,
+    DateNotParsable,
     InvalidDates,
     InvalidProfileData,
     OperationLocked,
@@ -93,7 +94,7 @@ def _normalize(changes):
             try:
                 value = date.fromisoformat(value)
             except ValueError:
-                raise InvalidDates()
+                raise DateNotParsable(field=field) from None
         elif field == "last_name" and value is None:
             value = ""
         out[field] = value

@@ -72,6 +72,11 @@ class InvalidAmount(InvalidInput):
     message = _("The amount must be a positive number with at most two decimal places, up to %(maximum)s.")
 
 
+class SessionLifetimeOutOfRange(InvalidInput):
+    code = "session_lifetime_out_of_range"
+    message = _("A redemption session lives from %(minimum)s to %(maximum)s seconds.")
+
+
 class UsageNotFound(NotFound):
     code = "usage_not_found"
     message = _("This promo usage does not exist.")

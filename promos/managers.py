@@ -412,7 +412,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         max_amount = _require_amount(max_amount)
         ttl = expires_in if expires_in is not None else DEFAULT_SESSION_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_SESSION_TTL:
-            raise errors.InvalidInput()
+            raise errors.SessionLifetimeOutOfRange(minimum=1, maximum=int(MAX_SESSION_TTL.total_seconds()))
         secret = secrets.token_urlsafe(32)
         session = self.create(
             tenant=tenant,

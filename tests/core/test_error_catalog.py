@@ -32,13 +32,6 @@ ALIASES = {
     "not_found": {"core.exceptions.NotFound", "core.exceptions.TenantNotFound"},
 }
 
-# ``raise InvalidInput()`` (or another kind) answers the kind's generic code for a failure that
-# deserves its own. These predate the rule; each should raise a leaf error with its own code, and
-# then leave this list (the test fails while an entry here no longer happens).
-KNOWN_BARE_RAISES = {
-    ("core/money.py", "InvalidInput"),  # check_precision: an amount that is not a decimal number
-    ("promos/managers.py", "InvalidInput"),  # create_session: expires_in outside 1 s … 7 days
-}
 
 
 # --- what the code base can answer ------------------------------------------------------------
@@ -244,6 +237,4 @@ def test_no_failure_is_raised_as_a_bare_kind():
                 callee = _callee(node.exc) if isinstance(node.exc, ast.Call) else getattr(node.exc, "id", None)
                 if callee in kinds:
                     bare.add((str(path.relative_to(PROJECT_ROOT)), callee))
-    new, fixed = sorted(bare - KNOWN_BARE_RAISES), sorted(KNOWN_BARE_RAISES - bare)
-    assert not new, f"failures raised as a bare kind (raise a leaf error with its own code): {new}"
-    assert not fixed, f"no longer raised bare, remove from KNOWN_BARE_RAISES: {fixed}"
+    assert not bare, f"failures raised as a bare kind (raise a leaf error with its own code): {sorted(bare)}"

@@ -3,6 +3,7 @@ from decimal import Decimal
 import pytest
 
 from core.money import (
+    AmountNotANumber,
     TooManyDecimals,
     UnknownCurrency,
     check_precision,
@@ -48,3 +49,10 @@ def test_more_precision_than_the_currency_or_the_provider_allows_is_refused(amou
 def test_precision_check_normalizes_places():
     assert str(check_precision(Decimal("5"), "USD")) == "5.00"
     assert str(check_precision(Decimal("5.000"), "JPY")) == "5"
+
+
+@pytest.mark.parametrize("amount", ["twelve", "", None, "NaN", "Infinity", [1]])
+def test_an_amount_that_is_not_a_finite_number_has_its_own_code(amount):
+    with pytest.raises(AmountNotANumber) as refusal:
+        check_precision(amount, "USD")
+    assert refusal.value.code == "amount_not_a_number"

@@ -179,6 +179,13 @@ def test_unknown_field_is_refused(tree):
     refused("unknown_field", Profile.objects.update_profile, kid.pk, tenant=kid.tenant, version=1, nickname="x")
 
 
+def test_a_date_that_is_not_a_date_is_named_as_such(tree):
+    kid = tree["kid"]
+    refused("date_not_parsable", update, kid, birth_date="2020-02-30")
+    kid.refresh_from_db()
+    assert kid.version == 1
+
+
 # --- undo: the three scenarios of the original fix ------------------------
 
 

@@ -262,8 +262,11 @@ def test_create_session_keeps_only_the_secret_hash(tenant):
 
 @pytest.mark.parametrize("ttl", [timedelta(0), timedelta(days=8)])
 def test_create_session_refuses_silly_ttls(tenant, ttl):
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refusal:
         RedemptionSession.objects.create_session(tenant=tenant, customer="a", max_amount="5", expires_in=ttl)
+    assert refusal.value.code == "session_lifetime_out_of_range"
+    assert refusal.value.params == {"minimum": 1, "maximum": 7 * 24 * 3600}
+    assert not RedemptionSession.objects.exists()
 
 
 def test_approve_with_secret_then_consume_once(tenant):
