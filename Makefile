@@ -8,7 +8,7 @@ PORT   ?= 8000
 # Checkout (and later e-mail) links point at the host and port actually served.
 export PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 
-.PHONY: install run serve test lint format messages bench mutants clean
+.PHONY: install run serve worker test lint format messages bench mutants clean
 
 install: $(STAMP)
 
@@ -22,14 +22,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
-	@echo "Lockstep: admin http://$(HOST):$(PORT)/admin/  API docs http://$(HOST):$(PORT)/api/docs/"
+	@echo "Lockstep: admin http://$(HOST):$(PORT)/admin/  API docs http://$(HOST):$(PORT)/api/docs/  (+ worker)"
+	$(BIN)/python manage.py procrastinate worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Production-style: gunicorn with several workers (set DEBUG=false, SECRET_KEY, ALLOWED_HOSTS);
+# The worker alone (sweeps every minute, refund retries): run one or more beside the web servers.
+worker: install
+	$(BIN)/python manage.py procrastinate worker
+
+# Production-style: gunicorn with several workers and one job worker (set DEBUG=false, SECRET_KEY, ALLOWED_HOSTS);
 # access log on stdout, metrics of all workers summed through var/prometheus (config/gunicorn.py).
 serve: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput
+	$(BIN)/python manage.py procrastinate worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT) --workers $${WORKERS:-4}
 
 test: install

@@ -31,6 +31,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "pgtrigger",
+    # the job queue: tables in this database, jobs enqueued inside the transaction that causes them
+    "procrastinate.contrib.django",
     "core",
     "bookings",
     "proposals",
@@ -111,6 +113,13 @@ _database.setdefault("TEST", {})
 if env.str("TEST_DATABASE_NAME", default=""):
     _database["TEST"]["NAME"] = env.str("TEST_DATABASE_NAME")
 DATABASES = {"default": _database}
+
+# --- The worker (procrastinate: a job queue on this PostgreSQL; core/tasks.py) ---------------
+# Sweeps run every minute (crontab syntax; croniter's optional sixth field counts seconds).
+SWEEP_SCHEDULE = env.str("SWEEP_SCHEDULE", default="* * * * *")
+# /ready fails unless some worker's heartbeat is at most this old (procrastinate beats every 10 s).
+WORKER_HEARTBEAT_MAX_AGE_S = env.int("WORKER_HEARTBEAT_MAX_AGE_S", default=60)
+PROCRASTINATE_WORKER_DEFAULTS = {"update_heartbeat_interval": 10, "stalled_worker_timeout": 30}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth, i18n, static ---------------------------------------------------

@@ -5,7 +5,8 @@
 - ``/ready``: this worker can serve guarded requests now — the database answers, every migration
   is applied, and the lock, statement and idle-in-transaction timeouts *in effect* on its
   connection are the configured ones (a pooler that drops startup options would otherwise
-  leave lock waits unbounded). 503 with the failing checks otherwise.
+  leave lock waits unbounded), and some worker's heartbeat is fresh (no worker: holds would
+  stay held, refunds unretried). 503 with the failing checks otherwise.
 """
 
 from django.conf import settings
@@ -44,11 +45,23 @@ def readiness(using=DEFAULT_DB_ALIAS):
                 [list(TIMEOUTS)],
             )
             effective = {name: int(value) for name, value in cursor.fetchall()}
+            # procrastinate's workers beat every few seconds; the youngest beat, by the database clock
+            cursor.execute(
+                "SELECT extract(epoch FROM clock_timestamp() - max(last_heartbeat)) FROM procrastinate_workers"
+            )
+            (heartbeat_age,) = cursor.fetchone()
         executor = MigrationExecutor(connection)
         pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
     except DatabaseError as error:
         return {"database": {"ok": False, "error": error.__class__.__name__}}
     checks = {"database": {"ok": True}, "migrations": {"ok": not pending, "pending": len(pending)}}
+    oldest_allowed = settings.WORKER_HEARTBEAT_MAX_AGE_S
+    heartbeat_age = None if heartbeat_age is None else round(float(heartbeat_age), 1)
+    checks["worker"] = {
+        "ok": heartbeat_age is not None and heartbeat_age <= oldest_allowed,
+        "heartbeat_age_s": heartbeat_age,
+        "max_age_s": oldest_allowed,
+    }
     for parameter, setting in TIMEOUTS.items():
         wanted = getattr(settings, setting)
         checks[parameter] = {

@@ -1,5 +1,6 @@
-"""/health answers without the database; /ready checks the database, migrations and effective timeouts."""
+"""/health answers without the database; /ready checks the database, migrations, effective timeouts, worker."""
 
+import pytest
 from django.db import connection
 
 from core.health import readiness
@@ -10,7 +11,14 @@ def test_health_is_alive_without_touching_the_database(client):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_ready_when_migrated_and_the_timeouts_in_effect_are_the_configured_ones(client, db, settings):
+@pytest.fixture
+def worker_alive(db):
+    """A worker's heartbeat row, as procrastinate's worker writes it (tests/core/test_worker.py runs real ones)."""
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (clock_timestamp())")
+
+
+def test_ready_when_migrated_and_the_timeouts_in_effect_are_the_configured_ones(client, worker_alive, settings):
     response = client.get("/ready")
     assert response.status_code == 200, response.json()
     body = response.json()
@@ -21,9 +29,10 @@ def test_ready_when_migrated_and_the_timeouts_in_effect_are_the_configured_ones(
         "configured_ms": settings.LOCK_TIMEOUT_MS,
     }
     assert body["checks"]["migrations"] == {"ok": True, "pending": 0}
+    assert body["checks"]["worker"]["ok"] is True
 
 
-def test_not_ready_when_a_timeout_is_missing_on_the_connection(client, db):
+def test_not_ready_when_a_timeout_is_missing_on_the_connection(client, worker_alive):
     # What a pooler that drops startup options leaves behind: no lock timeout at all.
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL lock_timeout = 0")  # the test's transaction ends it

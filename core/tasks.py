@@ -1,0 +1,84 @@
+"""What the worker runs by itself: the sweeps, on a schedule, once per period however many workers run.
+
+Why procrastinate (pinned in requirements.txt): a job queue whose jobs are rows in the
+PostgreSQL Lockstep already has — no Redis or RabbitMQ — so a job deferred inside a
+transaction (Django's connection) commits or rolls back with the state change that caused it.
+Periodic jobs are deferred through a unique row per (task, period), so two workers never run
+one period twice; a task ``lock`` keeps a slow sweep from overlapping its next run.
+
+Each sweep *is* its management command (one place per rule: the command is what cron ran
+before and what an operator runs by hand); the worker calls it and logs what it printed.
+A command's exit codes mean the same here: 3 (rows busy past lock_timeout) is left for the
+next period, 1 (a refusal an operator must look at) fails the job, so it shows as failed in
+the admin's procrastinate jobs and in the metrics.
+"""
+
+import logging
+from io import StringIO
+
+from django.conf import settings
+from django.core.management import call_command
+from django.db import close_old_connections
+from procrastinate import builtin_tasks
+from procrastinate.contrib.django import app
+
+from core.management.base import EXIT_LOCKED, EXIT_OK
+
+logger = logging.getLogger("lockstep.worker")
+
+HOURLY = "0 * * * *"
+
+# command -> schedule (crontab). Every sweep is safe to run at any time and any number of times.
+SWEEPS = {
+    "expire_holds": settings.SWEEP_SCHEDULE,
+    "expire_proposals": settings.SWEEP_SCHEDULE,
+    "expire_redemption_sessions": settings.SWEEP_SCHEDULE,
+    "retry_refunds": settings.SWEEP_SCHEDULE,  # each refund's own backoff is in its row
+    "prune_idempotency_keys": HOURLY,
+}
+
+# Finished jobs kept this long for operators (admin: Procrastinate jobs), then deleted.
+KEEP_FINISHED_JOBS_HOURS = 72
+
+
+class SweepRefused(Exception):
+    """The sweep's command exited 1: a row the database would not let go; the job fails."""
+
+
+def run_sweep(command):
+    """Run one sweep's command as cron would; return its exit code (0, or 3: busy, next period)."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command(command, stdout=out, stderr=err)
+        exit_code = EXIT_OK
+    except SystemExit as exit:
+        exit_code = exit.code
+    logger.info("sweep %s exit %s: %s", command, exit_code, out.getvalue().strip(), extra={"sweep": command})
+    if exit_code not in (EXIT_OK, EXIT_LOCKED):
+        raise SweepRefused(f"{command} exited {exit_code}: {err.getvalue().strip()}")
+    if err.getvalue():
+        logger.warning("sweep %s: %s", command, err.getvalue().strip(), extra={"sweep": command})
+    return exit_code
+
+
+def _schedule(command, schedule):
+    def sweep(timestamp):
+        # Worker threads live long: like a request, start and end with no connection past CONN_MAX_AGE.
+        close_old_connections()
+        try:
+            return run_sweep(command)
+        finally:
+            close_old_connections()
+
+    sweep.__name__ = sweep.__qualname__ = command
+    task = app.task(name=f"sweep.{command}", queue="sweeps", lock=f"sweep.{command}", pass_context=False)(sweep)
+    return app.periodic(cron=schedule, periodic_id=command)(task)
+
+
+sweeps = {command: _schedule(command, schedule) for command, schedule in SWEEPS.items()}
+
+
+@app.periodic(cron=HOURLY, periodic_id="remove_old_jobs")
+@app.task(name="jobs.remove_old", queue="sweeps", lock="jobs.remove_old", pass_context=True)
+async def remove_old_jobs(context, timestamp):
+    await builtin_tasks.remove_old_jobs(context, max_hours=KEEP_FINISHED_JOBS_HOURS)

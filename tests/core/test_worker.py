@@ -1,0 +1,135 @@
+"""The worker (procrastinate on the test database): sweeps run by themselves, once per period."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.db.models.functions import Now
+
+from bookings.models import Booking
+from bookings.services import start_checkout
+from core.health import readiness
+from core.management.base import EXIT_LOCKED, EXIT_OK
+from core.tasks import SWEEPS, run_sweep
+from tests.bookings.factories import PackageFactory, future
+from tests.factories import TenantFactory
+from tests.races import row_locked
+
+ROOT = Path(__file__).resolve().parents[2]
+EVERY_SECOND = "* * * * * *"  # croniter's sixth field: seconds
+
+# A real worker process (`manage.py procrastinate worker`) on this test's database.
+WORKER = textwrap.dedent(
+    """
+    import sys, django
+    from django.conf import settings
+    settings.DATABASES["default"]["NAME"] = sys.argv[1]  # the test database, before any connection
+    django.setup()
+    from django.core.management import call_command
+    call_command("procrastinate", "worker", "--name", sys.argv[2])
+    """
+)
+
+
+def start_worker(name):
+    env = {**os.environ, "SWEEP_SCHEDULE": EVERY_SECOND, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, connection.settings_dict["NAME"], name],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(worker):
+    worker.send_signal(signal.SIGINT)  # procrastinate finishes the job in hand, then exits
+    output, _ = worker.communicate(timeout=30)
+    return output
+
+
+def sweep_jobs():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT task_name, (args ->> 'timestamp')::bigint, status::text, attempts
+            FROM procrastinate_jobs WHERE task_name LIKE 'sweep.%%'
+            """
+        )
+        return cursor.fetchall()
+
+
+def wait_until(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def lapsed_hold(tenant):
+    package = PackageFactory(tenant=tenant)
+    booking = start_checkout(
+        tenant=tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
+    )
+    Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    return booking
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_expire_a_lapsed_hold_and_run_each_period_once():
+    booking = lapsed_hold(TenantFactory())
+    workers = [start_worker("worker-a"), start_worker("worker-b")]
+    try:
+        # no manual command: the sweep the workers schedule finds the lapsed hold
+        assert wait_until(lambda: Booking.objects.get(pk=booking.pk).status == "expired")
+        periods_seen = lambda: {stamp for task, stamp, *_ in sweep_jobs() if task == "sweep.expire_holds"}  # noqa: E731
+        assert wait_until(lambda: len(periods_seen()) >= 3)
+        assert readiness()["worker"]["ok"] is True  # both beat
+    finally:
+        outputs = [stop(worker) for worker in workers]
+    jobs = sweep_jobs()
+    per_period = {}
+    for task, stamp, status, attempts in jobs:
+        per_period.setdefault((task, stamp), []).append((status, attempts))
+    # each sweep, each second: one job, whichever worker deferred it first; run once, successfully
+    assert {task for task, _stamp in per_period} == {f"sweep.{command}" for command in SWEEPS} - {
+        "sweep.prune_idempotency_keys"  # hourly
+    }, outputs
+    duplicated = {key: runs for key, runs in per_period.items() if len(runs) != 1}
+    assert not duplicated, duplicated
+    finished = [runs[0] for runs in per_period.values() if runs[0][0] not in ("todo", "doing")]
+    assert finished and all(run == ("succeeded", 1) for run in finished), (finished, outputs)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_workers")
+        assert cursor.fetchone() == (0,)  # both unregistered on a graceful stop
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_whose_rows_are_busy_is_left_for_the_next_period():
+    booking = lapsed_hold(TenantFactory())
+    with row_locked(Booking.objects.filter(pk=booking.pk)):
+        assert run_sweep("expire_holds") == EXIT_LOCKED  # not an exception: the job succeeds
+    assert Booking.objects.get(pk=booking.pk).status == "held"
+    assert run_sweep("expire_holds") == EXIT_OK
+    assert Booking.objects.get(pk=booking.pk).status == "expired"
+
+
+def test_not_ready_without_a_fresh_worker_heartbeat(db, settings):
+    assert readiness()["worker"] == {"ok": False, "heartbeat_age_s": None, "max_age_s": 60}
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '5 min')")
+    stale = readiness()["worker"]
+    assert stale["ok"] is False and stale["heartbeat_age_s"] >= 300
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (clock_timestamp())")
+    assert readiness()["worker"]["ok"] is True
