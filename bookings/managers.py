@@ -26,6 +26,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Now
 
+from bookings import notifications
 from bookings.exceptions import (
     BookingNotCancellable,
     BookingNotFound,
@@ -380,6 +381,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             scope.update(status=Status.REFUND_PENDING)
         else:
             booking.confirmed_at, booking.exclusive = place.now, place.capacity == 1
+            notifications.owe_customer_notice(notifications.CONFIRMED, pk=booking.pk)
         booking.status = outcome
         return booking, outcome
 
@@ -541,6 +543,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         )
         if not won:
             raise self._refusal(scope, BookingNotCancellable)
+        notifications.owe_customer_notice(notifications.CANCELLED, pk=booking_id)
         return scope.select_related("package").get()
 
     @guarded
@@ -584,6 +587,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         if scope.filter(status=self.model.Status.REFUND_PENDING).update(
             status=self.model.Status.REFUNDED, refunded_at=Now()
         ):
+            notifications.owe_customer_notice(notifications.REFUNDED, pk=booking_id)
             return True
         raise self._refusal(scope, BookingNotRefundPending)
 
@@ -693,15 +697,16 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
         expiry, or the provider failure path) that settled it first is never undone.
         """
-        return bool(
-            self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
-                state=self.model.State.OPEN,
-                provider_checkout_id=provider_checkout_id,
-                url=url,
-                provider_payment_id=payment_id,
-                updated_at=Now(),
-            )
+        opened = self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
+            state=self.model.State.OPEN,
+            provider_checkout_id=provider_checkout_id,
+            url=url,
+            provider_payment_id=payment_id,
+            updated_at=Now(),
         )
+        if opened:  # the customer gets the pay link with the hold's expiry
+            notifications.owe_customer_notice(notifications.HELD, checkout=checkout_id)
+        return bool(opened)
 
     @guarded
     def fail(self, checkout_id, *, error):
@@ -845,7 +850,12 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             refund_error=error[:500],
             updated_at=Now(),
         )
-        return self.filter(pk=checkout_id).values_list("refund_state", flat=True).first() if changed else None
+        if not changed:
+            return None
+        checkout = self.filter(pk=checkout_id).values("refund_state", "booking_id").get()
+        if checkout["refund_state"] == State.EXHAUSTED:
+            notifications.owe_operator_alert(checkout["booking_id"])
+        return checkout["refund_state"]
 
 
 class PaymentEventManager(models.Manager):

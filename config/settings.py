@@ -114,6 +114,18 @@ if env.str("TEST_DATABASE_NAME", default=""):
     _database["TEST"]["NAME"] = env.str("TEST_DATABASE_NAME")
 DATABASES = {"default": _database}
 
+# --- E-mail (notifications: bookings/notifications.py, sent by the worker) ---------------------
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Lockstep <bookings@localhost>")
+# Who hears about a refund the provider refused REFUND_MAX_ATTEMPTS times (comma-separated).
+OPERATOR_EMAILS = env.list("OPERATOR_EMAILS", default=[])
+
 # --- The worker (procrastinate: a job queue on this PostgreSQL; core/tasks.py) ---------------
 # Sweeps run every minute (crontab syntax; croniter's optional sixth field counts seconds).
 SWEEP_SCHEDULE = env.str("SWEEP_SCHEDULE", default="* * * * *")

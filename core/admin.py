@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from core.models import IdempotencyKey, Membership, Tenant
+from core.models import IdempotencyKey, Membership, Notification, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -35,4 +35,23 @@ class IdempotencyKeyAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    """What was owed to whom and whether it went: read-only (the worker writes these rows)."""
+
+    list_display = ["kind", "subject", "language", "status", "attempts", "created_at", "sent_at"]
+    list_filter = ["status", "kind", "language"]
+    search_fields = ["subject", "recipients"]
+    readonly_fields = [field.name for field in Notification._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -1,9 +1,14 @@
+import json
+
 from django.conf import settings
-from django.db import models
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections, models
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from core.guards import guarded
+from core.guards import ClockNow, guarded
+from core.integrity import StateMachine
 from core.managers import IdempotencyKeyManager, TenantQuerySet
 
 
@@ -116,3 +121,117 @@ class ThrottleBucket(models.Model):
 
     def __str__(self):
         return self.key
+
+
+class NotificationManager(models.Manager):
+    @guarded(joins=True)
+    def owe(self, kind, *, subject, recipients, language, context):
+        """Record an e-mail owed for an event and queue its sending, in the caller's transaction.
+
+        Locks: none (one INSERT … ON CONFLICT DO NOTHING on the (kind, subject) key; a concurrent
+        twin waits for the first to commit, then inserts nothing).
+
+        Called by the state change that causes it, so both commit or neither does: a crash never
+        loses a notification, and the unique (kind, subject) never sends one event twice. Returns
+        the new row's id, or None when this event was already recorded.
+        """
+        from core.tasks import send_notification  # the worker's tasks import this module
+
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language, context, status,"
+                " attempts, last_error, created_at) VALUES (%s, %s, %s, %s, %s, 'pending', 0, '', clock_timestamp())"
+                " ON CONFLICT (kind, subject) DO NOTHING RETURNING id",
+                [kind, subject, json.dumps(recipients), language, json.dumps(context, cls=DjangoJSONEncoder)],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        send_notification.defer(notification_id=row[0])  # procrastinate's row, same transaction
+        return row[0]
+
+    @guarded
+    def claim(self, pk):
+        """Take a pending notification for sending: ``pending`` -> ``sending``; return it, or None.
+
+        Locks: the notification row (a filtered UPDATE). Committed before the mail server is
+        called, so a second worker (a retried job) finds it taken and sends nothing: at most once.
+        """
+        if not self.filter(pk=pk, status=self.model.Status.PENDING).update(
+            status=self.model.Status.SENDING, attempts=F("attempts") + 1
+        ):
+            return None
+        return self.get(pk=pk)
+
+    @guarded
+    def mark_sent(self, pk):
+        """``sending`` -> ``sent``, stamped by the database clock.
+
+        Locks: the notification row (a filtered UPDATE).
+        """
+        return self.filter(pk=pk, status=self.model.Status.SENDING).update(
+            status=self.model.Status.SENT, sent_at=ClockNow()
+        )
+
+    @guarded
+    def release(self, pk, *, error, final):
+        """The mail server refused: back to ``pending`` for the job's retry, or ``failed`` after the last.
+
+        Locks: the notification row (a filtered UPDATE).
+        """
+        Status = self.model.Status
+        return self.filter(pk=pk, status=Status.SENDING).update(
+            status=Status.FAILED if final else Status.PENDING, last_error=error[:500]
+        )
+
+
+NOTIFICATION_TRANSITIONS = [
+    ("pending", "sending"),  # a worker claims it (claim)
+    ("sending", "sent"),  # the mail server took it (mark_sent)
+    ("sending", "pending"),  # the mail server refused; the job retries (release)
+    ("sending", "failed"),  # refused on the last attempt (release)
+]
+
+
+class Notification(models.Model):
+    """An e-mail Lockstep owes someone because something happened (a hold, a payment, a refund…).
+
+    Recorded in the transaction of the event, sent by the worker. ``(kind, subject)`` is
+    unique — "the confirmation of booking 12" — so an event is told at most once; a row stuck in
+    ``sending`` (the worker died mid-send) is left for an operator rather than risk a second mail.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SENDING = "sending", _("sending")
+        SENT = "sent", _("sent")
+        FAILED = "failed", _("failed")
+
+    kind = models.CharField(_("kind"), max_length=40)
+    subject = models.CharField(_("about"), max_length=100)  # "booking:12"
+    recipients = models.JSONField(_("recipients"))  # a list of addresses
+    language = models.CharField(_("language"), max_length=8)
+    context = models.JSONField(_("context"), default=dict)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+
+    objects = NotificationManager()
+
+    class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+        constraints = [models.UniqueConstraint(fields=["kind", "subject"], name="notification_once_per_event")]
+        triggers = [
+            StateMachine(
+                name="notification_status_transition",
+                field="status",
+                initial=["pending"],
+                transitions=NOTIFICATION_TRANSITIONS,
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.subject}"

@@ -19,9 +19,10 @@ from io import StringIO
 from django.conf import settings
 from django.core.management import call_command
 from django.db import close_old_connections
-from procrastinate import builtin_tasks
+from procrastinate import RetryStrategy, builtin_tasks
 from procrastinate.contrib.django import app
 
+from core import notifications
 from core.management.base import EXIT_LOCKED, EXIT_OK
 
 logger = logging.getLogger("lockstep.worker")
@@ -82,3 +83,21 @@ sweeps = {command: _schedule(command, schedule) for command, schedule in SWEEPS.
 @app.task(name="jobs.remove_old", queue="sweeps", lock="jobs.remove_old", pass_context=True)
 async def remove_old_jobs(context, timestamp):
     await builtin_tasks.remove_old_jobs(context, max_hours=KEEP_FINISHED_JOBS_HOURS)
+
+
+# A mail server that refuses is asked again after 4 s, 16 s, 64 s, 256 s, 1024 s, then given up on.
+NOTIFICATION_RETRIES = 5
+
+
+@app.task(
+    name="notifications.send",
+    queue="notifications",
+    pass_context=True,
+    retry=RetryStrategy(max_attempts=NOTIFICATION_RETRIES, exponential_wait=4),
+)
+def send_notification(context, notification_id):
+    close_old_connections()
+    try:
+        return notifications.send(notification_id, final_attempt=context.job.attempts >= NOTIFICATION_RETRIES)
+    finally:
+        close_old_connections()

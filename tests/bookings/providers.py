@@ -3,6 +3,8 @@
 import threading
 import time
 
+from django.core.mail.backends.base import BaseEmailBackend
+
 from bookings.payments import ProviderError
 from bookings.payments.sandbox import SandboxProvider
 
@@ -102,3 +104,10 @@ class ExpireDownProvider(RecordingProvider):
 
     def expire_checkout(self, checkout):
         raise ProviderError("connection reset")
+
+
+class RefusingEmailBackend(BaseEmailBackend):
+    """A mail server that refuses every message (settings.EMAIL_BACKEND in a test)."""
+
+    def send_messages(self, email_messages):
+        raise ConnectionRefusedError("no SMTP")

@@ -87,9 +87,11 @@ def test_hold_in_transaction_refuses_inactive_and_foreign_packages(tenant, other
 
 @pytest.mark.django_db(transaction=True)
 def test_successful_checkout_round_trips(recording_provider):
-    """10 round trips: BEGIN, package lock (shared), date lock, one read of the package's terms and the
+    """13 round trips: BEGIN, package lock (shared), date lock, one read of the package's terms and the
     date's count, insert booking, insert checkout, COMMIT; then the provider call (no lock, no query) and
-    BEGIN, one filtered UPDATE storing its answer, COMMIT.
+    BEGIN, one filtered UPDATE storing its answer, the customer's e-mail owed (read, insert, job), COMMIT.
+
+    Was 10 before notifications (1.1.0).
 
     Was 8: the package lock is new (capacity edits take it exclusive) but the package read joined the
     count, which now reads the capacity after both locks; the provider's answer is stored by a guarded
@@ -100,7 +102,7 @@ def test_successful_checkout_round_trips(recording_provider):
         booking = checkout(package.tenant, package)
     sql = [q["sql"] for q in queries.captured_queries]
     assert booking.checkout.state == Checkout.State.OPEN
-    assert sql == ["BEGIN", *sql[1:6], "COMMIT", "BEGIN", sql[8], "COMMIT"], sql
+    assert sql == ["BEGIN", *sql[1:6], "COMMIT", "BEGIN", *sql[8:12], "COMMIT"], sql
     assert sql[1] == f"SELECT pg_advisory_xact_lock_shared(hashtextextended('bookings.package:{package.pk}', 0))"
     assert sql[2].startswith(f"SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:{package.pk}:")
     assert sql[3].startswith("SELECT p.tenant_id, p.active, p.daily_capacity")
@@ -108,6 +110,10 @@ def test_successful_checkout_round_trips(recording_provider):
     assert sql[4].startswith('INSERT INTO "bookings_booking"')
     assert sql[5].startswith('INSERT INTO "bookings_checkout"')
     assert sql[8].startswith('UPDATE "bookings_checkout"')  # after the provider answered
+    # and, in that transaction, the e-mail with the pay link: one read, its row, its queued job
+    assert sql[9].startswith('SELECT "bookings_booking"."id"')
+    assert sql[10].startswith("INSERT INTO core_notification")
+    assert "procrastinate_defer_jobs" in sql[11]
     assert recording_provider.checkouts == [booking.pk]
 
 

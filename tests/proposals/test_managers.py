@@ -140,7 +140,8 @@ def test_confirm_proposal_round_trips(recording_provider):
     kinds = [s.split()[0] for s in sql]
     # confirm() keeps its own atomic (a savepoint when nested); the hold runs in the explicit savepoint
     # whose refusal is caught outside it; execute() joins the transaction.
-    # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT).
+    # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT)
+    # with the customer's e-mail owed in it.
     assert kinds == [
         "BEGIN",
         "SAVEPOINT",
@@ -158,6 +159,9 @@ def test_confirm_proposal_round_trips(recording_provider):
         "COMMIT",
         "BEGIN",
         "UPDATE",
+        "SELECT",  # the customer's e-mail with the pay link: its facts,
+        "INSERT",  # its row,
+        "SELECT",  # its queued job (procrastinate_defer_jobs), all in the open's transaction
         "COMMIT",
     ], sql
     assert sum(1 for s in sql if s.startswith('UPDATE "proposals_proposal"')) == 2  # confirm, then execute

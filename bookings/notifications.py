@@ -1,0 +1,119 @@
+"""What customers (and operators) are told about a booking, owed inside the transaction that changes it.
+
+The customer is written to in the language they checked out in: recorded with the first
+notice (the hold, owed during their own request), reused for every later one (a payment
+webhook or a sweep has no customer language of its own).
+"""
+
+from django.conf import settings
+from django.db.models import CharField, F, OuterRef, Subquery, Value
+from django.db.models.functions import Cast, Concat
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
+
+from core.models import Notification
+from core.notifications import customer_language, register
+
+HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_GAVE_UP = (
+    "booking_held",
+    "booking_confirmed",
+    "booking_cancelled",
+    "booking_refunded",
+    "refund_gave_up",
+)
+
+register(
+    HELD,
+    subject=_("Your booking for %(package)s on %(date)s is held"),
+    body=_(
+        "Hello %(name)s,\n\nWe are holding %(package)s on %(date)s for you until %(hold_expires_at)s (UTC). "
+        "Pay %(amount)s %(currency)s here to confirm it:\n%(pay_url)s\n\n"
+        "If you do not pay by then, the date is released and nothing is charged."
+    ),
+)
+register(
+    CONFIRMED,
+    subject=_("Your booking for %(package)s on %(date)s is confirmed"),
+    body=_("Hello %(name)s,\n\nYour payment was received: %(package)s on %(date)s is yours (booking #%(booking)s)."),
+)
+register(
+    CANCELLED,
+    subject=_("Your booking for %(package)s on %(date)s is cancelled"),
+    body=_(
+        "Hello %(name)s,\n\nBooking #%(booking)s (%(package)s on %(date)s) is cancelled. "
+        "If you had paid, the refund follows in a separate e-mail."
+    ),
+)
+register(
+    REFUNDED,
+    subject=_("Your refund for %(package)s on %(date)s"),
+    body=_("Hello %(name)s,\n\n%(amount)s %(currency)s for booking #%(booking)s has been refunded to you."),
+)
+register(
+    REFUND_GAVE_UP,
+    subject=_("Refund of booking #%(booking)s failed %(attempts)s times: act on it"),
+    body=_(
+        "The payment provider refused the refund of booking #%(booking)s (%(amount)s %(currency)s, "
+        "%(email)s) %(attempts)s times; it is no longer retried by itself. Last error: %(error)s\n\n"
+        "Admin: Bookings, filter by refund state, action 'Retry failed refunds now'."
+    ),
+)
+
+
+# The language recorded with the booking's first notice (the hold, owed during the customer's request).
+_held_language = Notification.objects.filter(
+    kind=HELD, subject=Concat(Value("booking:"), Cast(OuterRef("pk"), CharField()))
+)[:1]
+
+
+def _facts(**booking):
+    """The booking (with its package) and what every message may mention, in one read."""
+    from bookings.models import Booking, in_currency
+
+    booking = (
+        Booking.objects.select_related("package")
+        .annotate(pay_url=F("checkout__url"), refund_attempts=F("checkout__refund_attempts"))
+        .annotate(refund_error=F("checkout__refund_error"), first_language=Subquery(_held_language.values("language")))
+        .get(**booking)
+    )
+    return booking, {
+        "booking": booking.pk,
+        "name": booking.customer_name,
+        "email": booking.customer_email,
+        "package": booking.package.name,
+        "date": booking.date.isoformat(),
+        "amount": str(in_currency(booking.amount, booking.currency)),
+        "currency": booking.currency,
+    }
+
+
+def owe_customer_notice(kind, **booking):
+    """Record the customer's e-mail for this event of the booking (``pk=`` or ``checkout=``).
+
+    Call inside the transaction that changes the booking: one read, one insert, one queued job.
+    """
+    booking, context = _facts(**booking)
+    if kind == HELD:
+        language = customer_language(translation.get_language())
+        expires = booking.hold_expires_at
+        context |= {"pay_url": booking.pay_url, "hold_expires_at": expires.strftime("%Y-%m-%d %H:%M")}
+    else:
+        language = booking.first_language or settings.LANGUAGE_CODE
+    return Notification.objects.owe(
+        kind, subject=f"booking:{booking.pk}", recipients=[booking.customer_email], language=language, context=context
+    )
+
+
+def owe_operator_alert(booking_id):
+    """Tell the operators (OPERATOR_EMAILS) that a refund was given up on; nothing to send without any."""
+    if not settings.OPERATOR_EMAILS:
+        return None
+    booking, context = _facts(pk=booking_id)
+    context |= {"attempts": booking.refund_attempts, "error": booking.refund_error or "-"}
+    return Notification.objects.owe(
+        REFUND_GAVE_UP,
+        subject=f"booking:{booking_id}:refund:{booking.refund_attempts}",
+        recipients=list(settings.OPERATOR_EMAILS),
+        language=settings.LANGUAGE_CODE,
+        context=context,
+    )

@@ -1,0 +1,142 @@
+"""Customers hear about their booking, in their language, once per event; operators hear about a lost refund."""
+
+import pytest
+from django.core import mail
+from django.db import connection, transaction
+from django.utils import translation
+
+from bookings import notifications as notices
+from bookings.models import Booking, Checkout
+from bookings.services import cancel_booking, refund_booking, sandbox_deliver, start_checkout
+from core.models import Notification
+from core.notifications import send
+from tests.bookings.factories import PackageFactory, future
+
+
+def book(package, *, language="en"):
+    with translation.override(language):  # what LocaleMiddleware does for the customer's request
+        return start_checkout(
+            tenant=package.tenant, package_id=package.pk, date=future(), customer_name="Maya", customer_email="m@x.io"
+        )
+
+
+def owed(booking):
+    return dict(Notification.objects.filter(subject=f"booking:{booking.pk}").values_list("kind", "status"))
+
+
+def send_all():
+    """What the worker does with each queued job (tests/core/test_worker.py runs the real worker)."""
+    for pk in Notification.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True):
+        send(pk, final_attempt=False)
+
+
+def queued_jobs():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (args ->> 'notification_id')::bigint FROM procrastinate_jobs"
+            " WHERE task_name = 'notifications.send' ORDER BY id"
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.fixture
+def package(tenant):
+    return PackageFactory(tenant=tenant, name="Sunset cruise")
+
+
+def test_a_hold_tells_the_customer_the_pay_link_and_the_expiry(package):
+    booking = book(package)
+    assert owed(booking) == {notices.HELD: "pending"}
+    notification = Notification.objects.get(subject=f"booking:{booking.pk}")
+    assert queued_jobs() == [notification.pk]  # queued in the transaction that recorded it
+    send_all()
+    [message] = mail.outbox
+    assert message.to == ["m@x.io"]
+    assert message.subject == f"Your booking for Sunset cruise on {booking.date.isoformat()} is held"
+    checkout = Checkout.objects.get(booking=booking)
+    assert checkout.url in message.body and "Pay 100.00 USD" in message.body
+    assert Booking.objects.get(pk=booking.pk).hold_expires_at.strftime("%H:%M") in message.body
+    assert owed(booking) == {notices.HELD: "sent"}
+
+
+def test_every_later_notice_is_in_the_language_the_customer_checked_out_in(package):
+    booking = book(package, language="ar")
+    sandbox_deliver(booking.checkout, "checkout.session.completed")  # the webhook has no customer language
+    send_all()
+    held, confirmed = mail.outbox
+    assert held.subject.startswith("حجزك لـ Sunset cruise")
+    assert confirmed.subject == f"تم تأكيد حجزك لـ Sunset cruise بتاريخ {booking.date.isoformat()}"
+    assert "مرحبًا Maya" in confirmed.body
+
+
+def test_cancel_and_refund_of_a_paid_booking_are_told_once_each(package):
+    booking = book(package)
+    sandbox_deliver(booking.checkout, "checkout.session.completed")
+    cancel_booking(booking.pk)  # refunds after the cancellation commits
+    assert Booking.objects.get(pk=booking.pk).status == "refunded"
+    every_event = (notices.HELD, notices.CONFIRMED, notices.CANCELLED, notices.REFUNDED)
+    assert owed(booking) == dict.fromkeys(every_event, "pending")
+    send_all()
+    send_all()  # a second pass (a retried job) sends nothing again
+    assert [m.subject.split(" is ")[-1] for m in mail.outbox[:3]] == ["held", "confirmed", "cancelled"]
+    assert mail.outbox[3].subject.startswith("Your refund") and len(mail.outbox) == 4
+    assert "100.00 USD for booking" in mail.outbox[3].body
+
+
+def test_a_notification_is_sent_at_most_once(package):
+    booking = book(package)
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    assert send(pk, final_attempt=False) is True
+    assert send(pk, final_attempt=False) is False  # a duplicate job, or a retry after the send
+    assert len(mail.outbox) == 1
+    with transaction.atomic():  # the same event owed again (a redelivery): recorded once
+        assert notices.owe_customer_notice(notices.HELD, pk=booking.pk) is None
+    assert Notification.objects.filter(subject=f"booking:{booking.pk}").count() == 1
+
+
+def test_an_event_rolled_back_owes_nothing(package):
+    booking = book(package)
+    before = (Notification.objects.count(), len(queued_jobs()))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        cancel_booking(booking.pk)
+        raise RuntimeError("the transaction fails after the cancel")
+    assert Booking.objects.get(pk=booking.pk).status == "held"
+    assert (Notification.objects.count(), len(queued_jobs())) == before
+
+
+def test_a_mail_server_refusal_is_retried_then_given_up_on(package, settings):
+    booking = book(package)
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    settings.EMAIL_BACKEND = "tests.bookings.providers.RefusingEmailBackend"
+    with pytest.raises(ConnectionRefusedError):
+        send(pk, final_attempt=False)
+    row = Notification.objects.get(pk=pk)
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "ConnectionRefusedError: no SMTP")
+    with pytest.raises(ConnectionRefusedError):
+        send(pk, final_attempt=True)
+    assert Notification.objects.get(pk=pk).status == "failed"
+
+
+def test_the_database_refuses_a_notification_sent_twice(package):
+    from django.db import IntegrityError
+
+    booking = book(package)
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    send(pk, final_attempt=False)
+    with pytest.raises(IntegrityError, match="notification_status_transition"), transaction.atomic():
+        Notification.objects.filter(pk=pk).update(status="sending")  # a buggy resend: sent -> sending
+
+
+def test_operators_hear_about_a_refund_given_up_on(package, settings):
+    settings.OPERATOR_EMAILS = ["ops@example.com"]
+    settings.REFUND_MAX_ATTEMPTS = 1
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RefundDownProvider"
+    booking = book(package)
+    sandbox_deliver(booking.checkout, "checkout.session.completed")
+    cancel_booking(booking.pk)
+    assert Checkout.objects.get(booking=booking).refund_state == "exhausted"
+    assert refund_booking(booking.pk) is False
+    send_all()
+    [alert] = [m for m in mail.outbox if m.to == ["ops@example.com"]]
+    assert alert.subject == f"Refund of booking #{booking.pk} failed 1 times: act on it"
+    assert "m@x.io" in alert.body
