@@ -17,6 +17,7 @@ from bookings.models import Booking
 from bookings.services import start_checkout
 from core.health import readiness
 from core.management.base import EXIT_LOCKED, EXIT_OK
+from core.models import Notification
 from core.tasks import SWEEPS, run_sweep
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
@@ -112,6 +113,19 @@ def test_two_workers_expire_a_lapsed_hold_and_run_each_period_once():
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM procrastinate_workers")
         assert cursor.fetchone() == (0,)  # both unregistered on a graceful stop
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_sends_the_e_mail_owed_by_a_hold_once():
+    booking = lapsed_hold(TenantFactory())  # owes its customer the pay link
+    notification = Notification.objects.get(subject=f"booking:{booking.pk}")
+    worker = start_worker("worker-mail")  # EMAIL_BACKEND: the console, i.e. its output
+    try:
+        assert wait_until(lambda: Notification.objects.get(pk=notification.pk).status == "sent")
+    finally:
+        output = stop(worker)
+    assert output.count(f"Subject: Your booking for {booking.package.name}") == 1, output
+    assert "To: a@example.com" in output
 
 
 @pytest.mark.django_db(transaction=True)
