@@ -96,16 +96,29 @@ STATEMENT_TIMEOUT_MS = env.int("STATEMENT_TIMEOUT_MS", default=15000)
 # forever; PostgreSQL ends such a session after this long idle inside a transaction.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60000)
 _database.setdefault("OPTIONS", {})
-_database["OPTIONS"]["options"] = " ".join(
-    filter(
-        None,
-        [
-            _database["OPTIONS"].get("options", ""),  # DATABASE_URL's own ?options= (search_path, ...) are kept
-            f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
-            f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
-        ],
+# Our backend: Django's, re-applying the timeouts inside every transaction behind a pooler (core/db_backend).
+_database["ENGINE"] = "core.db_backend"
+# "transaction": behind PgBouncer in transaction mode. Startup parameters never reach the server there
+# (and PgBouncer refuses an unknown one), a session SET would leak to the pooler's next client, and a
+# server-side cursor cannot outlive its transaction: so the timeouts are set in each transaction
+# instead, server-side cursors are off, and the worker polls instead of LISTEN (docs/operations.md).
+DATABASE_POOL_MODE = env.str("DATABASE_POOL_MODE", default="")
+if DATABASE_POOL_MODE not in ("", "transaction"):
+    raise ImproperlyConfigured("DATABASE_POOL_MODE must be empty (direct) or 'transaction' (PgBouncer).")
+_pooled = DATABASE_POOL_MODE == "transaction"
+_database["TIMEOUTS_PER_TRANSACTION"] = _pooled
+_database["DISABLE_SERVER_SIDE_CURSORS"] = _pooled
+if not _pooled:
+    _database["OPTIONS"]["options"] = " ".join(
+        filter(
+            None,
+            [
+                _database["OPTIONS"].get("options", ""),  # DATABASE_URL's own ?options= (search_path, ...) are kept
+                f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+                f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+            ],
+        )
     )
-)
 _database["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 _database["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 _database["CONN_HEALTH_CHECKS"] = True
@@ -131,7 +144,12 @@ OPERATOR_EMAILS = env.list("OPERATOR_EMAILS", default=[])
 SWEEP_SCHEDULE = env.str("SWEEP_SCHEDULE", default="* * * * *")
 # /ready fails unless some worker's heartbeat is at most this old (procrastinate beats every 10 s).
 WORKER_HEARTBEAT_MAX_AGE_S = env.int("WORKER_HEARTBEAT_MAX_AGE_S", default=60)
-PROCRASTINATE_WORKER_DEFAULTS = {"update_heartbeat_interval": 10, "stalled_worker_timeout": 30}
+# Behind a transaction-mode pooler LISTEN/NOTIFY cannot work: the worker polls for jobs (every 5 s) instead.
+PROCRASTINATE_WORKER_DEFAULTS = {
+    "update_heartbeat_interval": 10,
+    "stalled_worker_timeout": 30,
+    "listen_notify": not _pooled,
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth, i18n, static ---------------------------------------------------

@@ -75,3 +75,35 @@ def refuse_unsafe_production():
     if found:
         lines = [f"lockstep.E{n}: {PROBLEMS[n][0]} {PROBLEMS[n][1]}" for n in found]
         raise ImproperlyConfigured("Refusing to serve:\n" + "\n".join(lines))
+
+
+@register(Tags.database, deploy=True)
+def refuse_missing_timeouts(app_configs, databases=None, **kwargs):
+    """lockstep.E010: the lock, statement or idle timeouts in effect in a transaction are not the settings.
+
+    What a pooler that drops startup options leaves without DATABASE_POOL_MODE=transaction: lock
+    waits without end. Run with ``check --deploy --database default`` (it connects).
+    """
+    if not databases:
+        return []
+    from core.health import readiness
+
+    errors = []
+    for alias in databases:
+        checks = readiness(alias)
+        if not checks["database"]["ok"]:
+            errors.append(Error(f"Database {alias!r} unreachable: timeouts not verified.", id="lockstep.E010"))
+            continue
+        for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"):
+            seen = checks[name]
+            if not seen["ok"]:
+                errors.append(
+                    Error(
+                        f"{name} in effect on database {alias!r} is {seen['effective_ms']} ms, "
+                        f"configured {seen['configured_ms']} ms.",
+                        hint="Behind PgBouncer in transaction mode set DATABASE_POOL_MODE=transaction "
+                        "(the timeouts are then set in every transaction).",
+                        id="lockstep.E010",
+                    )
+                )
+    return errors

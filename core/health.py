@@ -10,17 +10,12 @@
 """
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
-# PostgreSQL parameter -> the setting that configures it (milliseconds)
-TIMEOUTS = {
-    "lock_timeout": "LOCK_TIMEOUT_MS",
-    "statement_timeout": "STATEMENT_TIMEOUT_MS",
-    "idle_in_transaction_session_timeout": "IDLE_IN_TRANSACTION_TIMEOUT_MS",
-}
+from core.db_backend.base import TIMEOUTS
 
 
 @require_GET
@@ -39,7 +34,8 @@ def readiness(using=DEFAULT_DB_ALIAS):
     """Each check: {"ok": bool, ...what was seen}. Never raises."""
     connection = connections[using]
     try:
-        with connection.cursor() as cursor:
+        # Inside a transaction: what a guarded operation gets (behind a pooler, set per transaction).
+        with transaction.atomic(using=using), connection.cursor() as cursor:
             cursor.execute(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
                 [list(TIMEOUTS)],

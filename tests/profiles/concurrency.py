@@ -41,12 +41,6 @@ def in_flight(operation):
     return finish
 
 
-def set_session_lock_timeout(milliseconds):
-    """Shorten lock_timeout on this thread's connection (close the connection afterwards to drop it)."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute(f"SET lock_timeout = '{int(milliseconds)}ms'")
-
-
 def waiting_on_locks():
     """How many backends of this test database are waiting for a lock right now."""
     with connections["default"].cursor() as cursor:

@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from profiles.models import Profile, ProfileAuditLog
 from tests.profiles.factories import ProfileFactory, fresh
+from tests.races import lock_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -238,15 +239,13 @@ def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(a
     holder.start()
     assert holding.wait(5)
     try:
-        with connections["default"].cursor() as cursor:
-            cursor.execute("SET lock_timeout = '200ms'")
-        response = admin_client.post(
-            reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, first_name="Typed")
-        )
+        with lock_timeout(200):
+            response = admin_client.post(
+                reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, first_name="Typed")
+            )
     finally:
         release.set()
         holder.join(10)
-        connections["default"].close()
     assert response.status_code == 200
     form = response.context["adminform"].form
     assert form.non_field_errors() == ["This resource is being changed by another request. Try again shortly."]

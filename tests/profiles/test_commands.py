@@ -175,18 +175,16 @@ def _hold(what, moved):
     ],
 )
 def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, expected):
-    from django.db import connections
-
-    from tests.profiles.concurrency import in_flight, set_session_lock_timeout
+    from tests.profiles.concurrency import in_flight
+    from tests.races import lock_timeout
 
     entry = moved["entry"]
     finish = in_flight(_hold(held, moved))
     try:
-        set_session_lock_timeout(300)
-        code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+        with lock_timeout(300):
+            code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
     finally:
         finish()
-        connections["default"].close()  # drop the session setting
     assert (code, out, err.strip()) == (3, "", expected)
     assert "Traceback" not in err
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(moved["kid"]).version == 2

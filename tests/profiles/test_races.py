@@ -19,7 +19,7 @@ from profiles.models import Profile, ProfileAuditLog
 from tests.factories import TenantFactory
 from tests.profiles.concurrency import five_for_a_cycle, in_flight, paused_at_commit
 from tests.profiles.factories import ProfileFactory, fresh
-from tests.races import run_concurrently, tally
+from tests.races import lock_timeout, run_concurrently, tally
 
 # The database's backstops (profiles/models.py), switched off per connection where a control
 # shows what the naive check-then-act does without them.
@@ -432,13 +432,10 @@ def test_a_lock_wait_after_the_parents_are_held_is_not_named_after_a_parent(acme
     mum = ProfileFactory(tenant=acme, first_name="Mum", sex="female")
     finish = in_flight(lambda: list(Tenant.objects.select_for_update().filter(pk=acme.pk)))
     try:
-        with connections["default"].cursor() as cursor:
-            cursor.execute("SET lock_timeout = '200ms'")  # session-wide: the manager's own COMMIT must see it
-        with pytest.raises(Exception) as info:
+        with lock_timeout(200), pytest.raises(Exception) as info:  # the manager's own COMMIT must see it
             Profile.objects.update_profile(kid.pk, tenant=acme, version=1, mother=mum.pk)
     finally:
         finish()
-        connections["default"].close()  # drop the session setting
     assert getattr(info.value, "code", None) == "resource_locked", repr(info.value)
     assert fresh(kid).mother_id is None and fresh(kid).version == 1
 

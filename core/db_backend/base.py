@@ -1,0 +1,36 @@
+"""Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction.
+
+Directly connected, the timeouts are startup parameters of each connection (config/settings.py).
+Behind a transaction-mode pooler (PgBouncer: ``DATABASE_POOL_MODE=transaction``) startup
+parameters never reach the server, and a session ``SET`` would stay on a server connection the
+pooler hands to another client next. So each transaction sets them itself, with ``set_config(…,
+true)`` (``SET LOCAL``): one statement as it begins, gone at its COMMIT or ROLLBACK. Statements
+outside a transaction (autocommit reads) get the server's defaults: set those too with
+``ALTER ROLE … SET lock_timeout …`` (docs/operations.md).
+"""
+
+from django.conf import settings
+from django.db.backends.postgresql import base
+
+# PostgreSQL parameter -> the setting (milliseconds) that configures it
+TIMEOUTS = {
+    "lock_timeout": "LOCK_TIMEOUT_MS",
+    "statement_timeout": "STATEMENT_TIMEOUT_MS",
+    "idle_in_transaction_session_timeout": "IDLE_IN_TRANSACTION_TIMEOUT_MS",
+}
+
+
+def set_timeouts_sql():
+    """One statement setting every timeout for the current transaction only, from the settings now."""
+    calls = ", ".join(f"set_config('{name}', '{int(getattr(settings, key))}', true)" for name, key in TIMEOUTS.items())
+    return f"SELECT {calls}"
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def _set_autocommit(self, autocommit):
+        super()._set_autocommit(autocommit)
+        if not autocommit and self.settings_dict.get("TIMEOUTS_PER_TRANSACTION"):
+            # The transaction's first statement (psycopg sends BEGIN before it). Raw cursor: it is
+            # the connection's housekeeping, like BEGIN, not one of the operation's statements.
+            with self.connection.cursor() as cursor:
+                cursor.execute(set_timeouts_sql())
