@@ -7,7 +7,11 @@ check-then-act it replaces, kept only to show what breaks without the guard).
 """
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from django.core.management import call_command
+from django.db import DEFAULT_DB_ALIAS, connections
 
 from core.discovery import project_modules
 from core.invariants import run_checks
@@ -25,6 +29,32 @@ def scenario(cls):
 def scenarios():
     project_modules("race_scenarios")  # importing each registers its scenarios
     return list(_scenarios)
+
+
+@contextmanager
+def throwaway_database(run):
+    """A fresh, migrated database that every connection of this process uses meanwhile; dropped after.
+
+    The storms leave rows the state machines and audit rules keep for good (a used session, an
+    undone audit entry): in the operator's own database they would stay forever. The connection
+    settings are shared by every thread's connection, so the storm's threads follow.
+    """
+    settings_dict = connections.settings[DEFAULT_DB_ALIAS]
+    original = settings_dict["NAME"]
+    name = f"{original}_race_{run}"[:63]
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connections.close_all()
+    settings_dict["NAME"] = name
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+        yield name
+    finally:
+        connections.close_all()
+        settings_dict["NAME"] = original
+        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+            # FORCE: a pooler may still hold idle server connections to it
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def naive_pause():

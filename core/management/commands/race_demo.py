@@ -3,14 +3,15 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from core.models import Tenant
-from core.race_demo import run_storm, scenarios
+from core.race_demo import run_storm, scenarios, throwaway_database
 
 
 class Command(BaseCommand):
     help = (
-        "Fire a storm of concurrent attempts at each guarded operation, in a throwaway tenant on the "
-        "current database, and print attempts, winners, refusals by code and whether every invariant held. "
-        "--naive runs the check-then-act controls instead, to show what breaks without the guards."
+        "Fire a storm of concurrent attempts at each guarded operation, in a throwaway database created, "
+        "migrated and dropped for the run (the current one is never written), and print attempts, winners, "
+        "refusals by code and whether every invariant held. --naive runs the check-then-act controls "
+        "instead, to show what breaks without the guards."
     )
 
     def add_arguments(self, parser):
@@ -20,7 +21,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         run = uuid.uuid4().hex[:8]
         mode = "NAIVE check-then-act (no guards)" if options["naive"] else "Lockstep guards"
-        self.stdout.write(f"Race demo: {mode}, in throwaway tenants race-demo-{run}-*\n")
+        with throwaway_database(run) as database:
+            self.stdout.write(f"Race demo: {mode}, in the throwaway database {database} (dropped after)\n")
+            self.storms(run, options)
+
+    def storms(self, run, options):
         header = f"{'operation':<22} {'attempts':>8} {'winners':>8} {'expected':>8}  {'invariants':<10}  refusals"
         self.stdout.write(header)
         self.stdout.write("-" * len(header))
