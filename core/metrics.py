@@ -9,13 +9,15 @@ any worker answers the scrape with the totals of all of them. Without the variab
 
 Labels are bounded: a route is the URL *pattern* (``/api/t/<slug:tenant>/promo-codes/redeem``),
 never the path; a code is one of the error catalog's codes. No tenant, user or id is a label.
-Recording costs a few in-memory (or mmap) writes per request and no database statement.
+Recording costs a few in-memory (or mmap) writes per request and no database statement; a
+scrape costs one (the worker's job counts, read from the queue's table at that moment).
 """
 
 import hmac
 import os
 
 from django.conf import settings
+from django.db import DatabaseError, connection
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import (
@@ -24,6 +26,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    Metric,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -86,6 +89,32 @@ def _authorized(request):
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+class JobCounts:
+    """``lockstep_jobs{queue, status}``: the worker's jobs now (todo = queue depth, failed = given up on).
+
+    Read at scrape time from procrastinate's table (finished jobs are kept 72 h), so every process
+    answers the same; nothing when the database does not answer (the scrape still succeeds).
+    """
+
+    def collect(self):
+        jobs = Metric("lockstep_jobs", "Worker jobs by queue and status (procrastinate_jobs, now).", "gauge")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2")
+                counts = cursor.fetchall()
+        except DatabaseError:
+            return
+        for queue, status, count in counts:
+            jobs.add_sample("lockstep_jobs", {"queue": queue, "status": status}, count)
+        yield jobs
+
+
+def job_counts():
+    registry = CollectorRegistry()
+    registry.register(JobCounts())
+    return registry
+
+
 @require_GET
 def metrics(request):
     """``GET /metrics``: the Prometheus text format; ``Authorization: Bearer <METRICS_TOKEN>`` when one is set."""
@@ -93,4 +122,4 @@ def metrics(request):
         response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(registry()) + generate_latest(job_counts()), content_type=CONTENT_TYPE_LATEST)

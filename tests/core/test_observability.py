@@ -254,7 +254,7 @@ def test_a_lock_conflict_is_counted_as_one_and_as_a_refusal(client, api_client, 
     assert scraped.delta("lockstep_refusals_total", code="resource_locked", status="409") == 1
 
 
-def test_lock_conflict_series_exist_before_any_conflict(client):
+def test_lock_conflict_series_exist_before_any_conflict(client, db):
     text = scrape(client)
     for code in ("resource_locked", "operation_locked", "parent_locked"):
         assert f'lockstep_lock_conflicts_total{{code="{code}"}}' in text
@@ -309,7 +309,8 @@ def statements(client, url):
 
 def test_metrics_add_no_database_statement(member, tenant, settings):
     observed = token_client(member)
-    assert statements(observed, "/health")[0] == statements(observed, "/metrics")[0] == 0
+    assert statements(observed, "/health")[0] == 0
+    assert statements(observed, "/metrics")[0] == 1  # the scrape's own: the worker's job counts
     with_middleware, response = statements(observed, "/api/t/acme/promo-codes/NOPE")
     assert response.status_code == 404 and "X-Request-ID" in response
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "core.observability.ObservabilityMiddleware"]
@@ -318,7 +319,7 @@ def test_metrics_add_no_database_statement(member, tenant, settings):
     assert with_middleware == without_middleware > 0
 
 
-def test_a_metrics_token_is_required_when_set(client, settings):
+def test_a_metrics_token_is_required_when_set(client, settings, db):
     settings.METRICS_TOKEN = "s3cret-token"
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
@@ -344,7 +345,7 @@ def write_in_another_process(directory, amount):
     )
 
 
-def test_two_processes_writing_metrics_are_summed_by_one_scrape(client, tmp_path, monkeypatch):
+def test_two_processes_writing_metrics_are_summed_by_one_scrape(client, tmp_path, monkeypatch, db):
     """What gunicorn's workers do: each process its own files, the scrape (any process) sums them."""
     writers = [write_in_another_process(tmp_path, 3), write_in_another_process(tmp_path, 4)]
     assert [writer.communicate(timeout=60)[0].strip() for writer in writers] == ["ok", "ok"]
@@ -425,3 +426,18 @@ def test_make_serve_gunicorn_sums_its_workers_and_logs_request_ids(tmp_path):
     assert value(text, "lockstep_refusals_total") == 0  # the stale run's file was removed at start
     assert len(list(tmp_path.glob("histogram_*.db"))) >= 4  # 31 requests, 8 per worker: 4 workers or more
     assert {line.rsplit("request_id=", 1)[1] for line in access} >= {f"gunicorn-{i}" for i in range(30)}
+
+
+def test_the_queue_depth_and_failed_jobs_are_scraped(client, db):
+    from bookings.services import start_checkout
+    from tests.bookings.factories import PackageFactory, future
+
+    assert value(scrape(client), "lockstep_jobs", queue="notifications") == 0
+    package = PackageFactory()
+    start_checkout(
+        tenant=package.tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@b.co"
+    )  # owes the customer an e-mail: one job queued with it
+    assert value(scrape(client), "lockstep_jobs", queue="notifications", status="todo") == 1
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE procrastinate_jobs SET status = 'failed'")  # what the worker does on its last retry
+    assert value(scrape(client), "lockstep_jobs", queue="notifications", status="failed") == 1
