@@ -23,8 +23,10 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	@echo "Lockstep: admin http://$(HOST):$(PORT)/admin/  API docs http://$(HOST):$(PORT)/api/docs/  (+ worker)"
+	@echo "Ctrl-C stops the server, the worker and the embedded PostgreSQL (if in use)."
 	$(BIN)/python manage.py procrastinate worker & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	stop="kill $$worker 2>/dev/null; wait $$worker; $(BIN)/python -m config.embedded_db stop"; \
+	trap "$$stop; trap - EXIT; exit 130" INT TERM; trap "$$stop" EXIT; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The worker alone (sweeps every minute, refund retries): run one or more beside the web servers.
