@@ -39,8 +39,16 @@ WORKER = textwrap.dedent(
 )
 
 
-def start_worker(name):
-    env = {**os.environ, "SWEEP_SCHEDULE": EVERY_SECOND, "PYTHONPATH": str(ROOT)}
+@pytest.fixture(autouse=True)
+def empty_queue(django_db_blocker):
+    """procrastinate's tables are not Django-managed, so a transactional test's flush leaves their rows."""
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_periodic_defers; DELETE FROM procrastinate_jobs;")
+        cursor.execute("DELETE FROM procrastinate_workers")
+
+
+def start_worker(name, **environment):
+    env = {**os.environ, "SWEEP_SCHEDULE": EVERY_SECOND, "PYTHONPATH": str(ROOT), **environment}
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, connection.settings_dict["NAME"], name],
         cwd=ROOT,
@@ -126,6 +134,30 @@ def test_the_worker_sends_the_e_mail_owed_by_a_hold_once():
         output = stop(worker)
     assert output.count(f"Subject: Your booking for {booking.package.name}") == 1, output
     assert "To: a@example.com" in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mail_server_that_refuses_gets_the_job_retried_later():
+    booking = lapsed_hold(TenantFactory())
+    notification = Notification.objects.get(subject=f"booking:{booking.pk}")
+
+    def rescheduled():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT status::text, attempts, scheduled_at > now() FROM procrastinate_jobs"
+                " WHERE task_name = 'notifications.send' AND (args ->> 'notification_id')::bigint = %s",
+                [notification.pk],
+            )
+            return cursor.fetchone()
+
+    worker = start_worker("worker-refused", EMAIL_BACKEND="tests.bookings.providers.RefusingEmailBackend")
+    try:
+        assert wait_until(lambda: rescheduled() == ("todo", 1, True))  # retried after its backoff
+    finally:
+        output = stop(worker)
+    notification.refresh_from_db()
+    assert (notification.status, notification.attempts) == ("pending", 1), output
+    assert notification.last_error == "ConnectionRefusedError: no SMTP"
 
 
 @pytest.mark.django_db(transaction=True)
