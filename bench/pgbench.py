@@ -17,6 +17,8 @@ from pathlib import Path
 from django.db import connection
 
 ABORT = re.compile(r"client \d+ (?:script \d+ )?aborted[^\n]*?(ERROR:[^\n]*)?$", re.MULTILINE)
+# --debug logs each SQL command as sent (variables substituted), up to the next "pgbench:" line.
+SENT = re.compile(r"^pgbench: (?:debug: )?client \d+ sending (.*?)(?=^pgbench: |\Z)", re.MULTILINE | re.DOTALL)
 
 
 def find_pgbench():
@@ -39,12 +41,38 @@ def reset_sequence():
         cursor.execute("ALTER SEQUENCE bench_k RESTART WITH 1")
 
 
+def connect(db, variables):
+    """pgbench's connection and variable arguments, and its environment, for the database ``db``."""
+    args = ["-h", db["HOST"] or "localhost", "-p", str(db["PORT"] or 5432), "-U", db["USER"] or "postgres"]
+    for name, value in variables.items():
+        args += ["-D", f"{name}={value}"]
+    env = {**os.environ, "PGOPTIONS": db["OPTIONS"].get("options", "")}
+    if db.get("PASSWORD"):
+        env["PGPASSWORD"] = db["PASSWORD"]
+    return args + [db["NAME"]], env
+
+
+def sent(binary, script, *, variables, transactions, db):
+    """Run ``script`` ``transactions`` times on one client; return the SQL statements it sent, in order."""
+    reset_sequence()
+    with tempfile.TemporaryDirectory(prefix="lockstep-pgbench-") as tmp:
+        script_path = Path(tmp) / "script.sql"
+        script_path.write_text(script)
+        args, env = connect(db, variables)
+        command = [binary, "-n", "--debug", "-f", str(script_path), "-t", str(transactions), *args]
+        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr[-2000:]}")
+    return [statement.strip() for statement in SENT.findall(done.stderr)]
+
+
 def run(binary, script, *, variables, clients, duration, db):
     """Run ``script``; return (latencies in seconds, span in seconds, Counter of abort errors)."""
     reset_sequence()
     with tempfile.TemporaryDirectory(prefix="lockstep-pgbench-") as tmp:
         script_path = Path(tmp) / "script.sql"
         script_path.write_text(script)
+        args, env = connect(db, variables)
         command = [
             binary,
             "-n",
@@ -59,19 +87,8 @@ def run(binary, script, *, variables, clients, duration, db):
             "-l",
             "--log-prefix",
             str(Path(tmp) / "log"),
-            "-h",
-            db["HOST"] or "localhost",
-            "-p",
-            str(db["PORT"] or 5432),
-            "-U",
-            db["USER"] or "postgres",
+            *args,
         ]
-        for name, value in variables.items():
-            command += ["-D", f"{name}={value}"]
-        command.append(db["NAME"])
-        env = {**os.environ, "PGOPTIONS": db["OPTIONS"].get("options", "")}
-        if db.get("PASSWORD"):
-            env["PGPASSWORD"] = db["PASSWORD"]
         done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=duration + 120)
         aborts = Counter()
         for match in ABORT.finditer(done.stderr):
