@@ -1,20 +1,16 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import Count, Q
 from django.db.models.functions import Now, TruncDate
-from django.http import HttpResponseRedirect
-from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from bookings.managers import active_q
 from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent
 from bookings.services import cancel_booking, retry_refund
-from core.admin_actions import NOTHING_TO_DO, apply_to_each
+from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
-from core.exceptions import DomainError
-from core.guards import database_refusals
 
 
 @admin.register(Package)
@@ -65,14 +61,6 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     def delete_model(self, request, obj):
         Package.objects.delete_package(obj.pk, tenant=None)
 
-    def delete_view(self, request, object_id, extra_context=None):
-        try:
-            with database_refusals():
-                return super().delete_view(request, object_id, extra_context)
-        except DomainError as refusal:  # nothing was deleted: say why on the package's page
-            self.message_user(request, f"{refusal.render()} ({refusal.code})", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:bookings_package_change", args=[object_id]))
-
     @admin.action(description=_("Delete selected packages (only those nothing refers to)"), permissions=["delete"])
     def delete_selected_packages(self, request, queryset):
         apply_to_each(
@@ -85,10 +73,11 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
         )
 
 
-class CheckoutInline(admin.StackedInline):
+class CheckoutInline(ActionsOnlyMixin, admin.StackedInline):
+    """The booking's checkout, read-only: it changes through the booking actions and the payment webhook."""
+
     model = Checkout
     extra = 0
-    can_delete = False
     fields = [
         "provider",
         "state",
@@ -105,20 +94,9 @@ class CheckoutInline(admin.StackedInline):
     ]
     readonly_fields = fields
 
-    def has_add_permission(self, request, obj=None):
-        return False
 
-
-def _per_booking(modeladmin, request, queryset, operation, done_message):
-    apply_to_each(
-        modeladmin,
-        request,
-        queryset.order_by("pk"),
-        lambda booking: NOTHING_TO_DO if operation(booking) is False else None,
-        describe=lambda booking: _("Booking #%(id)s") % {"id": booking.pk},
-        done_message=done_message,
-        nothing_to_do=_("nothing to do."),
-    )
+def _booking_label(booking):
+    return _("Booking #%(id)s") % {"id": booking.pk}
 
 
 @admin.register(Booking)
@@ -170,37 +148,40 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
     def cancel_selected(self, request, queryset):
-        _per_booking(
+        apply_to_each(
             self,
             request,
-            queryset,
-            lambda b: cancel_booking(b.pk),
-            lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
+            queryset.order_by("pk"),
+            lambda booking: cancel_booking(booking.pk),
+            describe=_booking_label,
+            done_message=lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
         )
 
     @admin.action(description=_("Release selected holds"), permissions=["change"])
     def release_hold_selected(self, request, queryset):
-        _per_booking(
+        apply_to_each(
             self,
             request,
-            queryset,
-            lambda b: Booking.objects.release(b.pk),
-            lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
+            queryset.order_by("pk"),
+            lambda booking: Booking.objects.release(booking.pk),
+            describe=_booking_label,
+            done_message=lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
         )
 
     @admin.action(description=_("Retry failed refunds now (also those given up on)"), permissions=["change"])
     def retry_refund_selected(self, request, queryset):
-        _per_booking(  # an operator's explicit retry: not held back by the backoff, and takes exhausted refunds
+        apply_to_each(  # an operator's explicit retry: not held back by the backoff, and takes exhausted refunds
             self,
             request,
-            queryset,
-            lambda b: retry_refund(b.pk, operator=True),
-            lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
+            queryset.order_by("pk"),
+            lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
+            describe=_booking_label,
+            done_message=lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
         )
 
 
 @admin.register(PaymentEvent)
-class PaymentEventAdmin(admin.ModelAdmin):
+class PaymentEventAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     """The inbox, read-only. "Needs review": signed events that did not match what they named (another
     session, amount or currency; money for no checkout of ours) and changed nothing."""
 
@@ -234,25 +215,13 @@ class PaymentEventAdmin(admin.ModelAdmin):
     ]
     actions = ["mark_reviewed_selected"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # The detail page stays read-only; the change permission only unlocks the review action.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.action(description=_("Mark selected events reviewed"), permissions=["change"])
     def mark_reviewed_selected(self, request, queryset):
         apply_to_each(
             self,
             request,
             queryset.order_by("pk"),
-            lambda event: (
-                NOTHING_TO_DO if not PaymentEvent.objects.mark_reviewed(event.pk, operator=request.user) else None
-            ),
+            lambda event: PaymentEvent.objects.mark_reviewed(event.pk, operator=request.user),  # False: not flagged
             describe=str,
             done_message=lambda n: (
                 ngettext("%(n)d event marked reviewed.", "%(n)d events marked reviewed.", n) % {"n": n}

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from core.admin_actions import ActionsOnlyMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 
 
@@ -26,32 +27,20 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(IdempotencyKey)
-class IdempotencyKeyAdmin(admin.ModelAdmin):
+class IdempotencyKeyAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+    """Read-only: deleting a key still in progress would let its retry run the operation twice
+    (``prune_idempotency_keys`` deletes expired ones)."""
+
     list_display = ["key", "principal", "method", "path", "state", "response_status", "created_at", "expires_at"]
     list_filter = ["state", "method"]
     search_fields = ["key", "principal", "path"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     """What was owed to whom and whether it went: read-only (the worker writes these rows)."""
 
     list_display = ["kind", "subject", "language", "status", "attempts", "created_at", "sent_at"]
     list_filter = ["status", "kind", "language"]
     search_fields = ["subject", "recipients"]
     readonly_fields = [field.name for field in Notification._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

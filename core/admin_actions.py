@@ -1,21 +1,49 @@
-"""One way for admin actions to change rows: through the manager, one row at a time, each result reported."""
+"""One way for admin actions to change rows: through the manager, one row at a time, each result reported.
+
+The admin toolkit, with ``core.admin_forms``:
+
+- ``apply_to_each``: the per-row helper every action uses (refusals reported on their row);
+- ``ActionsOnlyMixin``: a model admin (or inline) whose detail page is view-only;
+- ``refusal_text``: how a refusal reads in a message, "<message> (<code>)".
+"""
 
 from django.contrib import messages
+from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import DomainError
 from core.guards import database_refusals
 
-NOTHING_TO_DO = object()
+NOTHING_TO_DO = _("nothing to do.")  # what a row reports when its operation returned False
 
 
-def apply_to_each(modeladmin, request, rows, operation, *, describe, done_message, nothing_to_do=None):
-    """Call ``operation(row)`` for each row and tell the operator how each one went.
+def refusal_text(refusal, *, code_first=False):
+    """Return the refusal as the operator reads it: "<message> (<code>)", or "<code>: <message>"."""
+    if code_first:
+        return f"{refusal.code}: {refusal.render()}"
+    return f"{refusal.render()} ({refusal.code})"
+
+
+def apply_to_each(
+    modeladmin,
+    request,
+    rows,
+    operation,
+    *,
+    describe,
+    done_message=None,
+    done_each=None,
+    nothing_to_do=NOTHING_TO_DO,
+    code_first=False,
+):
+    """Call ``operation(row)`` for each row and tell the operator how each one went; return the rows done.
 
     Each call is the manager's own transaction, so a refused row does not undo the
     others. A refusal (a domain error, or a row busy past lock_timeout, which is
-    that row's ``resource_locked``) is reported as "<describe(row)>: <message>
-    (<code>)"; an operation returning ``NOTHING_TO_DO`` is reported with
-    ``nothing_to_do``; ``done_message(count)`` sums up the rows done.
+    that row's ``resource_locked``) is a warning "<describe(row)>: <refusal_text>";
+    ``code_first`` puts the code first, as the profiles admin and its commands print it.
+    An operation returning ``False`` did nothing: "<describe(row)>: <nothing_to_do>".
+    Rows done are summed up by ``done_message(count)`` (an ``ngettext``), or named
+    one by one by ``done_each(row)``.
     """
     done = 0
     for row in rows:
@@ -23,29 +51,41 @@ def apply_to_each(modeladmin, request, rows, operation, *, describe, done_messag
             with database_refusals():
                 outcome = operation(row)
         except DomainError as refusal:
-            modeladmin.message_user(request, f"{describe(row)}: {refusal.render()} ({refusal.code})", messages.WARNING)
+            text = refusal_text(refusal, code_first=code_first)
+            modeladmin.message_user(request, f"{describe(row)}: {text}", messages.WARNING)
             continue
-        if outcome is NOTHING_TO_DO:
+        if outcome is False:
             modeladmin.message_user(request, f"{describe(row)}: {nothing_to_do}", messages.WARNING)
             continue
         done += 1
-    if done:
+        if done_each is not None:
+            modeladmin.message_user(request, done_each(row), messages.SUCCESS)
+    if done and done_message is not None:
         modeladmin.message_user(request, done_message(done), messages.SUCCESS)
     return done
 
 
 class ActionsOnlyMixin:
-    """For a ModelAdmin whose rows change only through its actions (which call the managers).
+    """For a model admin (or an inline) whose rows change only through actions or the code that owns them.
 
     The detail page stays view-only: its Save is a full-row save() that would write
-    back a status read a moment earlier. Actions still need the change permission.
+    back a status read a moment earlier. No add, no delete. The change list has the
+    change permission only where an action declared with ``permissions=["change"]``
+    needs it (it calls the managers).
     """
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request, obj=None):  # ``obj``: an inline is asked with its parent
         return False
 
     def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)
+        return obj is None and self._has_change_actions() and super().has_change_permission(request)
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+    def _has_change_actions(self):
+        for action in getattr(self, "actions", None) or ():  # an inline has no actions
+            function = action if callable(action) else getattr(type(self), action, None)
+            if "change" in getattr(function, "allowed_permissions", ()):
+                return True
         return False

@@ -10,22 +10,72 @@ committed meanwhile. ``GuardedChangeFormMixin`` replaces it:
   method that locks the row, checks the version and writes those columns);
 - a refusal (VersionConflict, a capacity below occupancy, a lock held elsewhere…)
   re-renders the same POST with the localized message and the operator's input, and
-  nothing is written.
+  nothing is written (``RefusalMixin``, which also reports a refused delete).
 """
 
 from django import forms
+from django.contrib import messages
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 
+from core.admin_actions import refusal_text
 from core.exceptions import DomainError, VersionConflict
 from core.guards import database_refusals
 
 VERSION_FIELD = "expected_version"
+REFUSAL_ATTR = "_guarded_refusal"  # on the request: the refusal the re-rendered form shows
 
 
-class GuardedChangeFormMixin:
-    """Mix into a ModelAdmin whose model has ``version``; implement ``guarded_edit`` (and ``guarded_create``)."""
+class RefusalMixin:
+    """Mix into a ModelAdmin whose saves and deletes go through managers that may refuse (a DomainError).
+
+    A refused save renders the same POST again, invalid this time: the operator keeps
+    what they typed, sees the localized reason on the field it concerns (else above the
+    form), and no "changed successfully" follows. A refused delete is reported on the
+    change list. Either way the admin's transaction rolled back: nothing was written.
+    """
 
     # error code -> the form field the message belongs on (others go above the form)
     refusal_fields: dict = {}
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        refusal = getattr(request, REFUSAL_ATTR, None)
+        if refusal is None:
+            return super().get_form(request, obj, change, **kwargs)
+        base = kwargs.pop("form", None) or self.form
+        field = self.refusal_fields.get(refusal.code) or getattr(refusal, "field", None)
+
+        class RefusedForm(base):
+            def _post_clean(self):
+                super()._post_clean()
+                self.add_error(field if field in self.fields else None, refusal.render())
+
+        RefusedForm.__name__ = base.__name__
+        return super().get_form(request, obj, change, form=RefusedForm, **kwargs)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            # The admin's own atomic block commits after the manager returned: a refusal at that
+            # COMMIT (a deferred foreign key) is outside the manager's translation, so map it here.
+            with database_refusals():
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as refusal:
+            setattr(request, REFUSAL_ATTR, refusal)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            with database_refusals():
+                return super().delete_view(request, object_id, extra_context)
+        except DomainError as refusal:  # in use, locked, or gone meanwhile: the list is there either way
+            self.message_user(request, refusal_text(refusal), messages.ERROR)
+            opts = self.opts
+            changelist = f"admin:{opts.app_label}_{opts.model_name}_changelist"
+            return HttpResponseRedirect(reverse(changelist, current_app=self.admin_site.name))
+
+
+class GuardedChangeFormMixin(RefusalMixin):
+    """Mix into a ModelAdmin whose model has ``version``; implement ``guarded_edit`` (and ``guarded_create``)."""
 
     def guarded_edit(self, request, obj, changes, *, version):
         """Write ``changes`` (field -> cleaned value) to ``obj`` through its manager; return the saved row."""
@@ -54,8 +104,6 @@ class GuardedChangeFormMixin:
         # The version field is declared on the base form handed to the admin's factory, so the
         # fieldsets may name it like any other field.
         base = kwargs.pop("form", None) or self.form
-        refusal = getattr(request, "_guarded_refusal", None)
-        refusal_fields = self.refusal_fields
 
         class GuardedForm(base):
             expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
@@ -64,12 +112,6 @@ class GuardedChangeFormMixin:
                 super().__init__(*args, **kwargs)
                 if self.instance.pk is not None:
                     self.fields[VERSION_FIELD].initial = self.instance.version
-
-            def _post_clean(self):
-                super()._post_clean()
-                if refusal is not None:
-                    field = refusal_fields.get(refusal.code) or getattr(refusal, "field", None)
-                    self.add_error(field if field in self.fields else None, refusal.render())
 
         GuardedForm.__name__ = base.__name__
         return super().get_form(request, obj, change, form=GuardedForm, **kwargs)
@@ -80,15 +122,3 @@ class GuardedChangeFormMixin:
             return fieldsets
         (name, options), *rest = fieldsets
         return [(name, {**options, "fields": [*options["fields"], VERSION_FIELD]}), *rest]
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            # The admin's own atomic block commits after the manager returned: a refusal at that
-            # COMMIT (a deferred foreign key) is outside the manager's translation, so map it here.
-            with database_refusals():
-                return super().changeform_view(request, object_id, form_url, extra_context)
-        except DomainError as refusal:  # the admin's transaction rolled back: nothing was written
-            # Render the same POST again, invalid this time: the operator keeps what they typed and
-            # sees the localized reason; no "changed successfully" follows.
-            request._guarded_refusal = refusal
-            return super().changeform_view(request, object_id, form_url, extra_context)

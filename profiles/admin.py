@@ -1,18 +1,21 @@
 """Operator screens. Every state change goes through the Profile / ProfileAuditLog managers."""
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy as _
 
+from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
-from core.exceptions import DomainError
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
+
+
+def _profile_label(profile):
+    return f"{profile} (#{profile.pk})"
 
 
 def _profile_link(profile_id, label):
@@ -22,11 +25,11 @@ def _profile_link(profile_id, label):
 
 
 class SoftDeletedFilter(admin.SimpleListFilter):
-    title = gettext_lazy("deleted")
+    title = _("deleted")
     parameter_name = "deleted"
 
     def lookups(self, request, model_admin):
-        return [("no", gettext_lazy("live")), ("yes", gettext_lazy("deleted"))]
+        return [("no", _("live")), ("yes", _("deleted"))]
 
     def queryset(self, request, queryset):
         if self.value() == "no":
@@ -37,11 +40,11 @@ class SoftDeletedFilter(admin.SimpleListFilter):
 
 
 class UndoneFilter(admin.SimpleListFilter):
-    title = gettext_lazy("undone")
+    title = _("undone")
     parameter_name = "undone"
 
     def lookups(self, request, model_admin):
-        return [("yes", gettext_lazy("undone")), ("no", gettext_lazy("not undone"))]
+        return [("yes", _("undone")), ("no", _("not undone"))]
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
@@ -69,29 +72,21 @@ class ProfileAdminForm(forms.ModelForm):
         pass
 
 
-class ProfileAuditLogInline(admin.TabularInline):
+class ProfileAuditLogInline(ActionsOnlyMixin, admin.TabularInline):
+    """The profile's history, read-only: entries change only through the undo action."""
+
     model = ProfileAuditLog
     fk_name = "profile"
     extra = 0
-    can_delete = False
     fields = ["entry_link", "action", "old_data", "new_data", "actor", "created_at", "undone_at"]
     readonly_fields = fields
     ordering = ["-id"]
-    verbose_name_plural = gettext_lazy("history")
+    verbose_name_plural = _("history")
 
-    @admin.display(description=gettext_lazy("entry"))
+    @admin.display(description=_("entry"))
     def entry_link(self, entry):
         url = reverse("admin:profiles_profileauditlog_change", args=[entry.pk])
         return format_html('<a href="{}">#{}</a>', url, entry.pk)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Profile)
@@ -137,15 +132,15 @@ class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*self.readonly_fields, "tenant"] if obj else self.readonly_fields
 
-    @admin.display(description=gettext_lazy("name"), ordering="last_name")
+    @admin.display(description=_("name"), ordering="last_name")
     def full_name(self, profile):
         return str(profile)
 
-    @admin.display(description=gettext_lazy("father"))
+    @admin.display(description=_("father"))
     def father_link(self, profile):
         return _profile_link(profile.father_id, profile.father)
 
-    @admin.display(description=gettext_lazy("mother"))
+    @admin.display(description=_("mother"))
     def mother_link(self, profile):
         return _profile_link(profile.mother_id, profile.mother)
 
@@ -164,41 +159,39 @@ class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # hard deletes would bypass the audit log; use the soft-delete action
 
-    @admin.action(description=gettext_lazy("Soft-delete selected profiles"), permissions=["change"])
+    @admin.action(description=_("Soft-delete selected profiles"), permissions=["change"])
     def soft_delete_selected(self, request, queryset):
-        for profile in queryset.order_by("id"):
-            self._report(
-                request,
-                profile,
-                lambda p: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
-                _("deleted"),
-            )
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("id"),
+            lambda p: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+            describe=_profile_label,
+            done_each=lambda p: f"{_profile_label(p)}: {_('deleted')}",
+            code_first=True,
+        )
 
-    @admin.action(description=gettext_lazy("Restore selected profiles"), permissions=["change"])
+    @admin.action(description=_("Restore selected profiles"), permissions=["change"])
     def restore_selected(self, request, queryset):
-        for profile in queryset.order_by("id"):
-            self._report(
-                request,
-                profile,
-                lambda p: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
-                _("restored"),
-            )
-
-    def _report(self, request, profile, operation, done):
-        try:
-            operation(profile)
-        except DomainError as exc:
-            self.message_user(request, f"{profile} (#{profile.pk}): {exc.code}: {exc.render()}", messages.ERROR)
-        else:
-            self.message_user(request, f"{profile} (#{profile.pk}): {done}", messages.SUCCESS)
+        apply_to_each(
+            self,
+            request,
+            queryset.order_by("id"),
+            lambda p: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+            describe=_profile_label,
+            done_each=lambda p: f"{_profile_label(p)}: {_('restored')}",
+            code_first=True,
+        )
 
 
 class UndoReasonForm(forms.Form):
-    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+    reason = forms.CharField(label=_("Reason"), max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
 
 
 @admin.register(ProfileAuditLog)
-class ProfileAuditLogAdmin(admin.ModelAdmin):
+class ProfileAuditLogAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+    """The audit log, read-only; the undo action (its own permission) calls the manager per entry."""
+
     list_display = ["id", "created_at", "action", "profile_link", "actor", "undone_at", "undone_by", "tenant"]
     list_filter = ["action", UndoneFilter, "tenant"]
     list_select_related = ["profile", "actor", "undone_by", "tenant"]
@@ -221,11 +214,11 @@ class ProfileAuditLogAdmin(admin.ModelAdmin):
     fields = readonly_fields
     actions = ["undo_selected"]
 
-    @admin.display(description=gettext_lazy("profile"), ordering="profile_id")
+    @admin.display(description=_("profile"), ordering="profile_id")
     def profile_link(self, entry):
         return _profile_link(entry.profile_id, entry.profile)
 
-    @admin.display(description=gettext_lazy("undoes"))
+    @admin.display(description=_("undoes"))
     def undoes_link(self, entry):
         undone = getattr(entry, "undoes", None)
         if undone is None:
@@ -233,33 +226,27 @@ class ProfileAuditLogAdmin(admin.ModelAdmin):
         url = reverse("admin:profiles_profileauditlog_change", args=[undone.pk])
         return format_html('<a href="{}">#{}</a>', url, undone.pk)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def has_undo_permission(self, request):
         return request.user.has_perm("profiles.undo_profileauditlog")
 
-    @admin.action(description=gettext_lazy("Undo selected changes"), permissions=["undo"])
+    @admin.action(description=_("Undo selected changes"), permissions=["undo"])
     def undo_selected(self, request, queryset):
         """Ask for a reason on a confirmation page, then undo each entry and report its result."""
         entries = list(queryset.select_related("profile").order_by("id"))
         form = UndoReasonForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
-            for entry in entries:
-                try:
-                    ProfileAuditLog.objects.undo(
-                        entry.pk, tenant=entry.tenant_id, actor=request.user, reason=form.cleaned_data["reason"]
-                    )
-                except DomainError as exc:
-                    self.message_user(request, f"#{entry.pk}: {exc.code}: {exc.render()}", messages.ERROR)
-                else:
-                    self.message_user(request, _("#%(entry)s: undone.") % {"entry": entry.pk}, messages.SUCCESS)
+            reason = form.cleaned_data["reason"]
+            apply_to_each(
+                self,
+                request,
+                entries,
+                lambda entry: ProfileAuditLog.objects.undo(
+                    entry.pk, tenant=entry.tenant_id, actor=request.user, reason=reason
+                ),
+                describe=lambda entry: f"#{entry.pk}",
+                done_each=lambda entry: _("#%(entry)s: undone.") % {"entry": entry.pk},
+                code_first=True,
+            )
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -1,14 +1,12 @@
 """Operator screens. State changes only through actions that call the managers."""
 
 from django import forms
-from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
-from django.urls import reverse
+from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
-from core.exceptions import DomainError
 from core.guards import ClockNow
 from promos.managers import PROMO_EDITABLE
 from promos.models import PromoCode, PromoUsage, RedemptionSession
@@ -113,14 +111,9 @@ class PromoCodeAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
         return actions
 
     def delete_model(self, request, obj):
+        # A refusal (promo_in_use: a usage just arrived, resource_locked, promo_not_found) is reported
+        # on the list by the mixin's delete_view.
         PromoCode.objects.delete_code(obj.pk, tenant=obj.tenant)
-
-    def delete_view(self, request, object_id, extra_context=None):
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except DomainError as error:  # promo_in_use (a usage just arrived), resource_locked, promo_not_found
-            self.message_user(request, f"{error.render()} ({error.code})", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:promos_promocode_changelist"))
 
     @admin.display(description=_("used / limit"), ordering="times_used")
     def usage(self, promo):
@@ -133,16 +126,30 @@ class PromoCodeAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
             queryset.order_by("pk"),
             lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=active),
             describe=str,
-            done_message=lambda count: done_message % {"count": count},
+            done_message=done_message,
         )
 
     @admin.action(description=_("Deactivate selected promo codes"), permissions=["change"])
     def deactivate_selected(self, request, queryset):
-        self._set_active(request, queryset, active=False, done_message=_("Deactivated %(count)d promo code(s)."))
+        self._set_active(
+            request,
+            queryset,
+            active=False,
+            done_message=lambda n: (
+                ngettext("Deactivated %(n)d promo code.", "Deactivated %(n)d promo codes.", n) % {"n": n}
+            ),
+        )
 
     @admin.action(description=_("Activate selected promo codes"), permissions=["change"])
     def activate_selected(self, request, queryset):
-        self._set_active(request, queryset, active=True, done_message=_("Activated %(count)d promo code(s)."))
+        self._set_active(
+            request,
+            queryset,
+            active=True,
+            done_message=lambda n: (
+                ngettext("Activated %(n)d promo code.", "Activated %(n)d promo codes.", n) % {"n": n}
+            ),
+        )
 
 
 class VoidedFilter(admin.SimpleListFilter):
@@ -197,7 +204,7 @@ class PromoUsageAdmin(ActionsOnlyMixin, admin.ModelAdmin):
             queryset.order_by("pk"),
             lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
             describe=str,
-            done_message=lambda count: _("Voided %(count)d usage(s).") % {"count": count},
+            done_message=lambda n: ngettext("Voided %(n)d usage.", "Voided %(n)d usages.", n) % {"n": n},
         )
 
 
@@ -258,5 +265,5 @@ class RedemptionSessionAdmin(ActionsOnlyMixin, admin.ModelAdmin):
             queryset.order_by("pk"),
             lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
             describe=str,
-            done_message=lambda count: _("Cancelled %(count)d session(s).") % {"count": count},
+            done_message=lambda n: ngettext("Cancelled %(n)d session.", "Cancelled %(n)d sessions.", n) % {"n": n},
         )

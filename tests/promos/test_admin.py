@@ -53,10 +53,10 @@ def test_code_list_shows_live_usage_and_filters(admin_client, tenant):
 def test_deactivate_and_activate_actions_use_the_manager(admin_client, tenant):
     codes = [PromoCodeFactory(tenant=tenant, code=c) for c in ("A", "B")]
     response = action(admin_client, "promocode", "deactivate_selected", codes)
-    assert "Deactivated 2 promo code(s)." in texts(response)
+    assert "Deactivated 2 promo codes." in texts(response)
     assert not PromoCode.objects.filter(is_active=True).exists()
     response = action(admin_client, "promocode", "activate_selected", codes[:1])
-    assert "Activated 1 promo code(s)." in texts(response)
+    assert "Activated 1 promo code." in texts(response)
     assert PromoCode.objects.get(pk=codes[0].pk).is_active
 
 
@@ -79,7 +79,7 @@ def test_void_action_reports_each_row(admin_client, tenant):
     PromoUsage.objects.void(second.pk, tenant=tenant)
     response = action(admin_client, "promousage", "void_selected", [first, second])
     messages = texts(response)
-    assert "Voided 1 usage(s)." in messages
+    assert "Voided 1 usage." in messages
     assert any("usage_already_voided" in m for m in messages)
     assert assert_invariant(promo) == 0
     page = admin_client.get(reverse("admin:promos_promousage_changelist"), {"voided": "yes", "q": "v"})
@@ -96,7 +96,7 @@ def test_session_list_filters_and_cancel_action(admin_client, tenant):
     assert list(admin_client.get(url, {"q": "alice"}).context["cl"].result_list) == [pending]
     response = action(admin_client, "redemptionsession", "cancel_selected", [pending, used])
     messages = texts(response)
-    assert "Cancelled 1 session(s)." in messages
+    assert "Cancelled 1 session." in messages
     assert any("session_already_used" in m for m in messages)
     assert RedemptionSession.objects.get(pk=pending.pk).status == "cancelled"
     detail = admin_client.get(reverse("admin:promos_redemptionsession_change", args=[pending.pk]))
@@ -154,7 +154,7 @@ def test_cancel_action_reports_a_locked_row_instead_of_failing(admin_client):
         response = action(admin_client, "redemptionsession", "cancel_selected", [locked, free])
     assert response.status_code == 200
     messages = texts(response)
-    assert "Cancelled 1 session(s)." in messages
+    assert "Cancelled 1 session." in messages
     assert any(m.startswith(str(locked)) and "resource_locked" in m for m in messages), messages
     statuses = dict(RedemptionSession.objects.values_list("customer", "status"))
     assert statuses == {"locked": "pending", "free": "cancelled"}
@@ -199,7 +199,7 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
         deactivated = texts(action(admin_client, "promocode", "deactivate_selected", [locked, free]))
         changed = admin_client.post(change_url, form)
         deleted = admin_client.post(reverse("admin:promos_promocode_delete", args=[locked.pk]), {"post": "yes"})
-    assert "Deactivated 1 promo code(s)." in deactivated
+    assert "Deactivated 1 promo code." in deactivated
     assert any(m.startswith("LOCKED") and "resource_locked" in m for m in deactivated), deactivated
     assert changed.status_code == 200 and changed.context["adminform"].form.non_field_errors()
     assert "being changed by another request" in str(changed.context["adminform"].form.non_field_errors())
