@@ -11,10 +11,11 @@ from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkou
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_scope import TenantScopedAdminMixin
 
 
 @admin.register(Package)
-class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+class PackageAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
@@ -73,8 +74,10 @@ class PackageAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
         )
 
 
-class CheckoutInline(ActionsOnlyMixin, admin.StackedInline):
+class CheckoutInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.StackedInline):
     """The booking's checkout, read-only: it changes through the booking actions and the payment webhook."""
+
+    tenant_path = "booking__tenant"
 
     model = Checkout
     extra = 0
@@ -100,7 +103,7 @@ def _booking_label(booking):
 
 
 @admin.register(Booking)
-class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
     form was opened at); every state change through an action calling the managers and services."""
 
@@ -181,9 +184,12 @@ class BookingAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
 
 
 @admin.register(PaymentEvent)
-class PaymentEventAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class PaymentEventAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """The inbox, read-only. "Needs review": signed events that did not match what they named (another
-    session, amount or currency; money for no checkout of ours) and changed nothing."""
+    session, amount or currency; money for no checkout of ours) and changed nothing. Staff see their
+    tenants' events; an event that matched no booking only superusers see."""
+
+    tenant_path = "booking__tenant"
 
     list_display = [
         "event_id",

@@ -1,17 +1,25 @@
 from django.contrib import admin
 
 from core.admin_actions import ActionsOnlyMixin
+from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(TenantScopedAdminMixin, admin.TabularInline):
+    """A tenant's members, managed by its owners."""
+
     model = Membership
+    change_roles = MANAGE_MEMBERS
     extra = 0
     autocomplete_fields = ["user"]
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """Staff see their tenants; owners rename theirs and manage members; only superusers add tenants."""
+
+    tenant_path = ""
+    change_roles = MANAGE_MEMBERS
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -19,7 +27,8 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    change_roles = MANAGE_MEMBERS
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
     search_fields = ["user__username", "tenant__slug"]

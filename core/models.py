@@ -33,8 +33,11 @@ class Tenant(models.Model):
 
 class Membership(models.Model):
     class Role(models.TextChoices):
-        OWNER = "owner", _("owner")
-        STAFF = "staff", _("staff")
+        """What a member may do in the admin (core/admin_scope.py); an API client has no admin access."""
+
+        OWNER = "owner", _("owner")  # everything a manager may, and the tenant's members
+        STAFF = "staff", _("manager")  # changes rows, runs the money actions
+        VIEWER = "viewer", _("viewer")  # reads only
         API = "api", _("API client")
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")

@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_scope import TenantScopedAdminMixin
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
 
@@ -72,7 +73,7 @@ class ProfileAdminForm(forms.ModelForm):
         pass
 
 
-class ProfileAuditLogInline(ActionsOnlyMixin, admin.TabularInline):
+class ProfileAuditLogInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.TabularInline):
     """The profile's history, read-only: entries change only through the undo action."""
 
     model = ProfileAuditLog
@@ -90,7 +91,7 @@ class ProfileAuditLogInline(ActionsOnlyMixin, admin.TabularInline):
 
 
 @admin.register(Profile)
-class ProfileAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Add and change go through the manager: only the changed fields, with the version the form was opened at.
 
     A stale form (someone changed the profile since it was opened), a missing version, a
@@ -189,7 +190,7 @@ class UndoReasonForm(forms.Form):
 
 
 @admin.register(ProfileAuditLog)
-class ProfileAuditLogAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class ProfileAuditLogAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """The audit log, read-only; the undo action (its own permission) calls the manager per entry."""
 
     list_display = ["id", "created_at", "action", "profile_link", "actor", "undone_at", "undone_by", "tenant"]
@@ -227,7 +228,7 @@ class ProfileAuditLogAdmin(ActionsOnlyMixin, admin.ModelAdmin):
         return format_html('<a href="{}">#{}</a>', url, undone.pk)
 
     def has_undo_permission(self, request):
-        return request.user.has_perm("profiles.undo_profileauditlog")
+        return self._allowed(request, self.change_roles)  # a manager or owner (core/admin_scope.py)
 
     @admin.action(description=_("Undo selected changes"), permissions=["undo"])
     def undo_selected(self, request, queryset):

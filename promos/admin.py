@@ -7,6 +7,7 @@ from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
 from promos.managers import PROMO_EDITABLE
 from promos.models import PromoCode, PromoUsage, RedemptionSession
@@ -61,7 +62,7 @@ class PromoCodeAdminForm(forms.ModelForm):
 
 
 @admin.register(PromoCode)
-class PromoCodeAdmin(GuardedChangeFormMixin, admin.ModelAdmin):
+class PromoCodeAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Codes: the change form writes only what the operator changed, through ``update_code``.
 
     A plain ``obj.save()`` would write back the ``times_used`` (and the limit, the
@@ -168,7 +169,7 @@ class VoidedFilter(admin.SimpleListFilter):
 
 
 @admin.register(PromoUsage)
-class PromoUsageAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class PromoUsageAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "promo",
@@ -224,7 +225,7 @@ class SessionLiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(RedemptionSession)
-class RedemptionSessionAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class RedemptionSessionAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "session_id",
         "tenant",

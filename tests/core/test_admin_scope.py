@@ -1,0 +1,163 @@
+"""The admin is scoped by membership: a staff user of another tenant sees and changes none of the demo's rows.
+
+Every registered model admin is tried with the demo tenant's rows (``seed_demo``: packages,
+bookings with checkouts, promo codes and usages, sessions, profiles and their history, proposals).
+"""
+
+import io
+
+import pytest
+from django.contrib import admin
+from django.core.management import call_command
+from django.urls import reverse
+
+from bookings.models import Booking, Package
+from bookings.services import start_checkout
+from core.admin_scope import TenantScopedAdminMixin
+from core.models import Membership, Tenant
+from tests.bookings.factories import future
+from tests.factories import TenantFactory
+
+REGISTERED = sorted(admin.site._registry.items(), key=lambda item: item[0]._meta.label)
+
+
+@pytest.fixture
+def demo(db):
+    call_command("seed_demo", "--without-admin", stdout=io.StringIO())
+    tenant = Tenant.objects.get(slug="demo")
+    package = Package.objects.filter(tenant=tenant).first()
+    for days in (20, 21):  # held bookings with their checkouts
+        start_checkout(
+            tenant=tenant, package_id=package.pk, date=future(days), customer_name="C", customer_email="c@d.co"
+        )
+    return tenant
+
+
+def staff_of(tenant, role, django_user_model, client):
+    user = django_user_model.objects.create_user(f"{tenant.slug}-{role}", password="pw", is_staff=True)
+    Membership.objects.create(tenant=tenant, user=user, role=role)
+    client.force_login(user)
+    return user
+
+
+def demo_rows(model_admin, demo):
+    """The demo tenant's rows of this admin's model (None: the admin is not tenant-scoped)."""
+    if not isinstance(model_admin, TenantScopedAdminMixin):
+        return None
+    lookup = model_admin.tenant_path or "pk"
+    return model_admin.model._default_manager.filter(**{lookup: demo.pk})
+
+
+def url(model, view, *args):
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+@pytest.mark.parametrize(("model", "model_admin"), REGISTERED, ids=[m._meta.label for m, _ in REGISTERED])
+def test_a_staff_user_of_another_tenant_sees_none_of_its_rows(model, model_admin, demo, client, django_user_model):
+    staff_of(TenantFactory(slug="other"), Membership.Role.STAFF, django_user_model, client)
+    rows = demo_rows(model_admin, demo)
+    listing = client.get(url(model, "changelist"))
+    if rows is None:  # not a tenant's rows (users, jobs, keys…): Django's own permissions, none given
+        assert listing.status_code == 403
+        for pk in model._default_manager.values_list("pk", flat=True)[:3]:
+            assert client.get(url(model, "change", pk)).status_code == 403
+        return
+    assert listing.status_code == 200
+    shown = {obj.pk for obj in listing.context["cl"].result_list}
+    assert not shown & set(rows.values_list("pk", flat=True))
+    for pk in rows.values_list("pk", flat=True)[:3]:  # guessing its URL: as if it did not exist
+        assert client.get(url(model, "change", pk)).status_code == 404
+        assert client.get(url(model, "history", pk)).status_code == 404
+        assert client.post(url(model, "delete", pk), {"post": "yes"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("model", "model_admin"),
+    [(m, a) for m, a in REGISTERED if isinstance(a, TenantScopedAdminMixin)],
+    ids=[m._meta.label for m, a in REGISTERED if isinstance(a, TenantScopedAdminMixin)],
+)
+def test_a_member_sees_the_tenants_rows(model, model_admin, demo, client, django_user_model):
+    """The control: the same pages show the rows to the demo tenant's own viewer."""
+    staff_of(demo, Membership.Role.VIEWER, django_user_model, client)
+    rows = demo_rows(model_admin, demo)
+    listing = client.get(url(model, "changelist"))
+    assert listing.status_code == 200
+    assert {obj.pk for obj in listing.context["cl"].result_list} == set(rows.values_list("pk", flat=True)[:100])
+    for pk in rows.values_list("pk", flat=True)[:1]:
+        assert client.get(url(model, "change", pk)).status_code == 200
+
+
+def test_filters_autocomplete_and_forms_offer_only_the_users_tenants(demo, client, django_user_model):
+    other = TenantFactory(slug="other")
+    mine = Package.objects.create_package(tenant=other, name="Mine", price="10.00", currency="USD", daily_capacity=1)
+    staff_of(other, Membership.Role.STAFF, django_user_model, client)
+    page = client.get(url(Booking, "changelist"))
+    filters = " ".join(
+        str(spec.lookup_choices) for spec in page.context["cl"].filter_specs if hasattr(spec, "lookup_choices")
+    )
+    assert "demo" not in filters.lower() and "Demo" not in filters
+    choices = client.get(
+        "/admin/autocomplete/",
+        {"app_label": "proposals", "model_name": "proposal", "field_name": "package", "term": ""},
+    ).json()["results"]
+    assert [choice["id"] for choice in choices] == [str(mine.pk)]
+    form = client.get(url(Package, "add")).context["adminform"].form
+    assert list(form.fields["tenant"].queryset) == [other]
+
+
+def test_a_viewer_reads_but_cannot_change_or_run_actions(demo, client, django_user_model):
+    staff_of(demo, Membership.Role.VIEWER, django_user_model, client)
+    booking = Booking.objects.filter(tenant=demo).first()
+    page = client.get(url(Booking, "changelist"))
+    assert page.status_code == 200 and page.context["action_form"] is None  # no action at all
+    detail = client.get(url(Booking, "change", booking.pk))
+    assert detail.status_code == 200 and not detail.context["has_change_permission"]
+    status = booking.status
+    client.post(url(Booking, "changelist"), {"action": "cancel_selected", "_selected_action": [booking.pk]})
+    assert Booking.objects.get(pk=booking.pk).status == status
+    assert client.get(url(Package, "add")).status_code == 403
+
+
+def test_a_manager_of_one_tenant_and_viewer_of_another_acts_only_where_allowed(demo, client, django_user_model):
+    other = TenantFactory(slug="other")
+    user = staff_of(other, Membership.Role.STAFF, django_user_model, client)
+    Membership.objects.create(tenant=demo, user=user, role=Membership.Role.VIEWER)
+    held = Booking.objects.filter(tenant=demo, status__in=["held", "confirmed"])
+    assert held.exists()
+    before = list(held.values_list("pk", "status"))
+    response = client.post(
+        url(Booking, "changelist"),
+        {"action": "cancel_selected", "_selected_action": [pk for pk, _ in before]},
+        follow=True,
+    )
+    assert "tenant you may only view" in response.content.decode() or "tenants you may only view" in (
+        response.content.decode()
+    )
+    assert list(Booking.objects.filter(pk__in=[pk for pk, _ in before]).values_list("pk", "status")) == before
+
+
+def belongs_to_a_tenant(model):
+    """It has a tenant, or a foreign key to something that has one (a checkout's booking)."""
+    if model is Tenant:
+        return True
+    fields = [field for field in model._meta.fields if field.is_relation and field.related_model]
+    return any(
+        field.related_model is Tenant or any(f.name == "tenant" for f in field.related_model._meta.fields)
+        for field in fields
+    )
+
+
+def test_every_admin_of_a_tenants_rows_is_scoped():
+    """A new model admin of tenant data cannot be registered unscoped (a staff user would see every tenant)."""
+    unscoped = [
+        model._meta.label
+        for model, model_admin in REGISTERED
+        if belongs_to_a_tenant(model) and not isinstance(model_admin, TenantScopedAdminMixin)
+    ]
+    inlines = [
+        inline.__name__
+        for _model, model_admin in REGISTERED
+        for inline in model_admin.inlines
+        if belongs_to_a_tenant(inline.model) and not issubclass(inline, TenantScopedAdminMixin)
+    ]
+    assert not unscoped and not inlines, (unscoped, inlines)
