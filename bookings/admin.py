@@ -7,9 +7,9 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from bookings.managers import active_q
-from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent
+from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent, in_currency
 from bookings.services import cancel_booking, retry_refund
-from core.admin_actions import ActionsOnlyMixin, apply_to_each
+from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_scope import TenantScopedAdminMixin
 
@@ -102,6 +102,48 @@ def _booking_label(booking):
     return _("Booking #%(id)s") % {"id": booking.pk}
 
 
+def _money_to(booking):
+    return {
+        "amount": f"{in_currency(booking.amount, booking.currency)} {booking.currency}",
+        "email": booking.customer_email,
+    }
+
+
+def _refund_state(booking):
+    checkout = getattr(booking, "checkout", None)
+    return checkout.get_refund_state_display() if checkout is not None else "-"
+
+
+# What a confirmation page shows of each booking before a money action.
+BOOKING_COLUMNS = {
+    _("booking"): lambda b: b.pk,
+    _("customer"): lambda b: f"{b.customer_name} <{b.customer_email}>",
+    _("package"): lambda b: b.package.name,
+    _("date"): lambda b: b.date,
+    _("status"): lambda b: b.get_status_display(),
+    _("amount"): lambda b: _money_to(b)["amount"],
+}
+
+
+def _cancel_effect(booking):
+    Status = Booking.Status
+    if booking.status == Status.CONFIRMED:
+        return _("cancelled, %(amount)s refunded to %(email)s") % _money_to(booking)
+    if booking.status in (Status.HELD, Status.PAYMENT_PENDING):
+        return _("cancelled (nothing was paid)")
+    return _("nothing: a %(status)s booking cannot be cancelled") % {"status": booking.get_status_display()}
+
+
+def _cancelled(booking, result):
+    """What happened, as the booking now stands."""
+    money = {"booking": _booking_label(booking), **_money_to(booking)}
+    if result.status == Booking.Status.REFUNDED:
+        return _("%(booking)s: cancelled, %(amount)s refunded to %(email)s.") % money
+    if result.status == Booking.Status.REFUND_PENDING:
+        return _("%(booking)s: cancelled; the refund of %(amount)s failed for now and is retried by itself.") % money
+    return _("%(booking)s: cancelled.") % money
+
+
 @admin.register(Booking)
 class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
@@ -151,12 +193,21 @@ class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
     def cancel_selected(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
-            queryset.order_by("pk"),
-            lambda booking: cancel_booking(booking.pk),
+            queryset.select_related("package").order_by("pk"),
+            title=_("Cancel selected bookings"),
+            explanation=_(
+                "Each booking is cancelled on its own; a paid one is refunded in full to the customer. "
+                "A booking that can no longer be cancelled is reported with the reason."
+            ),
+            columns=BOOKING_COLUMNS,
+            effect=_cancel_effect,
+            confirm_label=_("Cancel these bookings"),
+            operation=lambda booking: cancel_booking(booking.pk),
             describe=_booking_label,
+            done_each=_cancelled,
             done_message=lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
         )
 
@@ -173,12 +224,20 @@ class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     @admin.action(description=_("Retry failed refunds now (also those given up on)"), permissions=["change"])
     def retry_refund_selected(self, request, queryset):
-        apply_to_each(  # an operator's explicit retry: not held back by the backoff, and takes exhausted refunds
+        return confirm_first(  # an operator's explicit retry: not held back by the backoff, takes exhausted ones
             self,
             request,
-            queryset.order_by("pk"),
-            lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
+            queryset.select_related("package", "checkout").order_by("pk"),
+            title=_("Retry failed refunds"),
+            explanation=_("The payment provider is asked again, now, for each failed refund below."),
+            columns={**BOOKING_COLUMNS, _("refund"): lambda b: _refund_state(b)},
+            effect=lambda b: _("refund %(amount)s to %(email)s") % _money_to(b),
+            confirm_label=_("Retry these refunds"),
+            operation=lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
             describe=_booking_label,
+            done_each=lambda b, _outcome: (
+                _("%(booking)s: %(amount)s refunded to %(email)s.") % {"booking": _booking_label(b), **_money_to(b)}
+            ),
             done_message=lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
         )
 

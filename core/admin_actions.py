@@ -4,10 +4,14 @@ The admin toolkit, with ``core.admin_forms``:
 
 - ``apply_to_each``: the per-row helper every action uses (refusals reported on their row);
 - ``ActionsOnlyMixin``: a model admin (or inline) whose detail page is view-only;
-- ``refusal_text``: how a refusal reads in a message, "<message> (<code>)".
+- ``refusal_text``: how a refusal reads in a message, "<message> (<code>)";
+- ``confirm_first``: a money or irreversible action shows what it will do to each row, and acts
+  only on the confirming POST.
 """
 
 from django.contrib import messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import DomainError
@@ -43,7 +47,7 @@ def apply_to_each(
     ``code_first`` puts the code first, as the profiles admin and its commands print it.
     An operation returning ``False`` did nothing: "<describe(row)>: <nothing_to_do>".
     Rows done are summed up by ``done_message(count)`` (an ``ngettext``), or named
-    one by one by ``done_each(row)``.
+    one by one by ``done_each(row, outcome)`` (what the operation returned: say what happened).
     """
     done = 0
     for row in rows:
@@ -59,7 +63,7 @@ def apply_to_each(
             continue
         done += 1
         if done_each is not None:
-            modeladmin.message_user(request, done_each(row), messages.SUCCESS)
+            modeladmin.message_user(request, done_each(row, outcome), messages.SUCCESS)
     if done and done_message is not None:
         modeladmin.message_user(request, done_message(done), messages.SUCCESS)
     return done
@@ -89,3 +93,28 @@ class ActionsOnlyMixin:
             if "change" in getattr(function, "allowed_permissions", ()):
                 return True
         return False
+
+
+def confirm_first(modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, **apply):
+    """Show each selected row and ``effect(row)`` (what will happen to it); act on the confirming POST.
+
+    ``columns``: {header: row -> cell}. The confirming POST (``apply``) runs ``apply_to_each`` with
+    ``apply``'s arguments, so each row is acted on and reported as every action's rows are.
+    """
+    rows = list(queryset)
+    if "apply" in request.POST:
+        apply_to_each(modeladmin, request, rows, **apply)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "explanation": explanation,
+        "opts": modeladmin.model._meta,
+        "headers": list(columns),
+        "rows": [([cell(row) for cell in columns.values()], effect(row)) for row in rows],
+        "selected": [row.pk for row in rows],
+        "action": request.POST.get("action", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "confirm_label": confirm_label,
+    }
+    return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)

@@ -168,7 +168,7 @@ class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
             queryset.order_by("id"),
             lambda p: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
             describe=_profile_label,
-            done_each=lambda p: f"{_profile_label(p)}: {_('deleted')}",
+            done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('deleted')}",
             code_first=True,
         )
 
@@ -180,7 +180,7 @@ class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
             queryset.order_by("id"),
             lambda p: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
             describe=_profile_label,
-            done_each=lambda p: f"{_profile_label(p)}: {_('restored')}",
+            done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('restored')}",
             code_first=True,
         )
 
@@ -245,7 +245,7 @@ class ProfileAuditLogAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Model
                     entry.pk, tenant=entry.tenant_id, actor=request.user, reason=reason
                 ),
                 describe=lambda entry: f"#{entry.pk}",
-                done_each=lambda entry: _("#%(entry)s: undone.") % {"entry": entry.pk},
+                done_each=lambda entry, _outcome: _("#%(entry)s: undone.") % {"entry": entry.pk},
                 code_first=True,
             )
             return None

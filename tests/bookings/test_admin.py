@@ -22,7 +22,7 @@ def book(package, days=30):
 def act(admin_client, action, *bookings):
     return admin_client.post(
         "/admin/bookings/booking/",
-        {"action": action, "_selected_action": [b.pk for b in bookings]},
+        {"action": action, "apply": "1", "_selected_action": [b.pk for b in bookings]},
         follow=True,
     )
 
@@ -55,6 +55,26 @@ def test_cancel_action_reports_per_row(admin_client, package, client):
     assert any(f"Booking #{gone.pk}" in m and "expired" in m for m in msgs), msgs
     assert Booking.objects.get(pk=held.pk).status == "cancelled"
     assert Booking.objects.get(pk=paid.pk).status == "refunded"
+
+
+def test_cancel_asks_first_stating_the_money_and_the_customers(admin_client, package, client):
+    held, paid = book(package), book(package, 31)
+    deliver(client, completed_event(paid.checkout.provider_checkout_id))
+    page = admin_client.post(
+        "/admin/bookings/booking/", {"action": "cancel_selected", "_selected_action": [held.pk, paid.pk]}
+    )
+    assert page.status_code == 200 and "admin/lockstep/confirm_action.html" in [t.name for t in page.templates]
+    rows = {cells[0]: effect for cells, effect in page.context["rows"]}
+    assert rows == {
+        held.pk: "cancelled (nothing was paid)",
+        paid.pk: "cancelled, 100.00 USD refunded to zed@example.com",
+    }
+    assert "Zed Q &lt;zed@example.com&gt;" in page.content.decode()
+    assert [Booking.objects.get(pk=b.pk).status for b in (held, paid)] == ["held", "confirmed"]  # nothing yet
+    msgs = messages_of(act(admin_client, "cancel_selected", held, paid))  # the confirming POST
+    assert f"Booking #{paid.pk}: cancelled, 100.00 USD refunded to zed@example.com." in msgs, msgs
+    assert f"Booking #{held.pk}: cancelled." in msgs, msgs
+    assert [Booking.objects.get(pk=b.pk).status for b in (held, paid)] == ["cancelled", "refunded"]
 
 
 def test_release_hold_action(admin_client, package):

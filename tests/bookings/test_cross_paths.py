@@ -66,7 +66,9 @@ def admin_action(client, action, booking):
     """The changelist's messages after the action, read from the page (``response.context`` collects
     templates rendered by every thread, so racing tests read what this response rendered)."""
     response = client.post(
-        reverse("admin:bookings_booking_changelist"), {"action": action, "_selected_action": [booking.pk]}, follow=True
+        reverse("admin:bookings_booking_changelist"),
+        {"action": action, "apply": "1", "_selected_action": [booking.pk]},
+        follow=True,
     )
     assert response.status_code == 200
     return re.findall(r'<li class="(?:success|warning|error|info)">(.*?)</li>', response.content.decode(), re.S)

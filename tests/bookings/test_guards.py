@@ -186,7 +186,8 @@ def test_refund_retriers_racing_ask_the_provider_once(tenant, recording_provider
             return retry_refund(booking.pk)
         elif i == 5:
             admin.post(
-                "/admin/bookings/booking/", {"action": "retry_refund_selected", "_selected_action": [booking.pk]}
+                "/admin/bookings/booking/",
+                {"action": "retry_refund_selected", "apply": "1", "_selected_action": [booking.pk]},
             )
         else:
             return cancel_booking(booking.pk).status

@@ -204,7 +204,8 @@ def test_every_refund_retrier_at_once_asks_the_provider_once(settings, admin_use
         client = Client()
         client.force_login(admin_user)
         client.post(
-            "/admin/bookings/booking/", {"action": "retry_refund_selected", "_selected_action": [b.pk for b in booked]}
+            "/admin/bookings/booking/",
+            {"action": "retry_refund_selected", "apply": "1", "_selected_action": [b.pk for b in booked]},
         )
 
     racers = [

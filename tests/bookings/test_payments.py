@@ -458,7 +458,9 @@ def test_refund_retries_back_off_exponentially_then_wait_for_an_operator(client,
     listed = admin_client.get("/admin/bookings/booking/?checkout__refund_state=exhausted")
     assert f">{booking.pk}<" in listed.content.decode()
     settings.PAYMENT_PROVIDER = "sandbox"  # the provider is back; an operator retries explicitly
-    admin_client.post("/admin/bookings/booking/", {"action": "retry_refund_selected", "_selected_action": [booking.pk]})
+    admin_client.post(
+        "/admin/bookings/booking/", {"action": "retry_refund_selected", "apply": "1", "_selected_action": [booking.pk]}
+    )
     assert status_of(booking) == "refunded" and checkout_of(booking).refund_state == "succeeded"
 
 
