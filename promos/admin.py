@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.admin_actions import ActionsOnlyMixin, apply_to_each
+from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
@@ -132,10 +132,22 @@ class PromoCodeAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.Model
 
     @admin.action(description=_("Deactivate selected promo codes"), permissions=["change"])
     def deactivate_selected(self, request, queryset):
-        self._set_active(
+        return confirm_first(
+            self,
             request,
-            queryset,
-            active=False,
+            queryset.order_by("pk"),
+            title=_("Deactivate selected promo codes"),
+            explanation=_("Customers can no longer redeem these codes; uses already made stay as they are."),
+            columns={
+                _("code"): lambda promo: promo.code,
+                _("times used"): lambda promo: promo.times_used,
+                _("total usage limit"): lambda promo: promo.total_usage_limit or "-",
+                _("active"): lambda promo: _("yes") if promo.is_active else _("no"),
+            },
+            effect=lambda promo: _("deactivated") if promo.is_active else _("nothing: already inactive"),
+            confirm_label=_("Deactivate these codes"),
+            operation=lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
+            describe=str,
             done_message=lambda n: (
                 ngettext("Deactivated %(n)d promo code.", "Deactivated %(n)d promo codes.", n) % {"n": n}
             ),
@@ -199,11 +211,29 @@ class PromoUsageAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin
 
     @admin.action(description=_("Void selected usages (give the use back)"), permissions=["change"])
     def void_selected(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
-            queryset.order_by("pk"),
-            lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
+            queryset.select_related("promo").order_by("pk"),
+            title=_("Void selected usages"),
+            explanation=_(
+                "Each use is given back to its code (it can be redeemed again); the usage stays, marked voided."
+            ),
+            columns={
+                _("usage"): lambda usage: usage.pk,
+                _("code"): lambda usage: usage.promo.code,
+                _("customer"): lambda usage: usage.customer,
+                _("base amount"): lambda usage: usage.base_amount,
+                _("bonus amount"): lambda usage: usage.bonus_amount,
+            },
+            effect=lambda usage: (
+                _("nothing: already voided")
+                if usage.voided_at
+                else _("voided: %(code)s goes back to %(n)d use(s)")
+                % {"code": usage.promo.code, "n": usage.promo.times_used - 1}
+            ),
+            confirm_label=_("Void these usages"),
+            operation=lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
             describe=str,
             done_message=lambda n: ngettext("Voided %(n)d usage.", "Voided %(n)d usages.", n) % {"n": n},
         )
@@ -260,11 +290,26 @@ class RedemptionSessionAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Mod
 
     @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
     def cancel_selected(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
             queryset.order_by("pk"),
-            lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
+            title=_("Cancel selected sessions"),
+            explanation=_("A cancelled session can no longer be approved or consumed."),
+            columns={
+                _("session"): lambda session: session.session_id,
+                _("customer"): lambda session: session.customer,
+                _("maximum amount"): lambda session: session.max_amount,
+                _("status"): lambda session: session.get_status_display(),
+                _("expires at"): lambda session: session.expires_at,
+            },
+            effect=lambda session: (
+                _("cancelled")
+                if session.status in ("pending", "approved")
+                else _("nothing: a %(status)s session cannot be cancelled") % {"status": session.get_status_display()}
+            ),
+            confirm_label=_("Cancel these sessions"),
+            operation=lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
             describe=str,
             done_message=lambda n: ngettext("Cancelled %(n)d session.", "Cancelled %(n)d sessions.", n) % {"n": n},
         )

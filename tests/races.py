@@ -6,7 +6,6 @@ import threading
 from contextlib import contextmanager
 
 from django.db import connections, transaction
-from django.test import override_settings
 
 from core.storm import Outcome, run_concurrently, tally
 
@@ -21,7 +20,7 @@ def row_locked(queryset, *, timeout=10):
     def hold():
         try:
             with transaction.atomic():
-                list(queryset.select_for_update())
+                list(queryset.select_for_update(of=("self",)).order_by("pk"))
                 locked.set()
                 release.wait(timeout)
         except Exception as error:  # reported to the test below, not lost in the thread
@@ -45,20 +44,34 @@ def lock_timeout(milliseconds):
     """This thread's transactions give up waiting for a lock after ``milliseconds`` (tests that wait on purpose).
 
     No session ``SET`` (behind a pooler it would stay on a server connection another client gets
-    next): this thread reconnects with the shorter timeout among its startup options, or, behind the
-    pooler, each transaction sets it from the overridden setting (core/db_backend).
+    next). Inside a transaction: ``SET LOCAL``. Outside: this thread reconnects with the shorter
+    timeout among its startup options, or, behind the pooler, each of its transactions sets it
+    (core/db_backend reads the connection's own ``LOCK_TIMEOUT_MS``).
     """
     connection = connections["default"]
-    original = connection.settings_dict
-    shorter = copy.deepcopy(original)
-    options = shorter["OPTIONS"].get("options")
-    if options:
-        shorter["OPTIONS"]["options"] = re.sub(r"lock_timeout=\d+", f"lock_timeout={int(milliseconds)}", options)
-    with override_settings(LOCK_TIMEOUT_MS=int(milliseconds)):
-        connection.close()
-        connection.settings_dict = shorter
+    if connection.in_atomic_block:  # inside a transaction (the test's own): SET LOCAL, gone at its end
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
+                [f"{int(milliseconds)}ms"],
+            )
+            (previous, _) = cursor.fetchone()
         try:
             yield
         finally:
-            connection.close()
-            connection.settings_dict = original
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+        return
+    original = connection.settings_dict
+    shorter = copy.deepcopy(original)  # this thread's connection only: other threads keep theirs
+    shorter["LOCK_TIMEOUT_MS"] = int(milliseconds)  # read by core/db_backend behind the pooler
+    options = shorter["OPTIONS"].get("options")
+    if options:
+        shorter["OPTIONS"]["options"] = re.sub(r"lock_timeout=\d+", f"lock_timeout={int(milliseconds)}", options)
+    connection.close()
+    connection.settings_dict = shorter
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict = original

@@ -20,10 +20,11 @@ TIMEOUTS = {
 }
 
 
-def set_timeouts_sql():
-    """One statement setting every timeout for the current transaction only, from the settings now."""
-    calls = ", ".join(f"set_config('{name}', '{int(getattr(settings, key))}', true)" for name, key in TIMEOUTS.items())
-    return f"SELECT {calls}"
+def set_timeouts_sql(settings_dict):
+    """One statement setting every timeout for the current transaction only, from the settings now
+    (a connection's own ``settings_dict`` may override one: a test that waits on purpose)."""
+    values = {name: int(settings_dict.get(key, getattr(settings, key))) for name, key in TIMEOUTS.items()}
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -33,4 +34,4 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # The transaction's first statement (psycopg sends BEGIN before it). Raw cursor: it is
             # the connection's housekeeping, like BEGIN, not one of the operation's statements.
             with self.connection.cursor() as cursor:
-                cursor.execute(set_timeouts_sql())
+                cursor.execute(set_timeouts_sql(self.settings_dict))

@@ -52,6 +52,13 @@ def test_each_transaction_sets_the_timeouts_the_pooler_dropped(startup_options_d
     finally:
         pooled.rollback()
         pooled.set_autocommit(True)
+    pooled.settings_dict["LOCK_TIMEOUT_MS"] = 300  # one connection's own (tests.races.lock_timeout)
+    pooled.set_autocommit(False)
+    try:
+        assert timeouts(pooled) == (300, 9000)
+    finally:
+        pooled.rollback()
+        pooled.set_autocommit(True)
     assert timeouts(pooled) == (0, 0)  # SET LOCAL: nothing left on the connection for the next client
 
 

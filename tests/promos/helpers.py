@@ -1,7 +1,6 @@
-import threading
 from contextlib import contextmanager
 
-from django.db import connection, connections, transaction
+from django.db import connection
 from django.db.models import Count, Q
 
 from promos.models import PromoCode
@@ -28,42 +27,6 @@ def assert_error(response, status, code):
 def statements(queries):
     """The SQL a CaptureQueriesContext saw, without the test transaction's savepoints."""
     return [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
-
-
-@contextmanager
-def rows_locked(queryset):
-    """Hold ``FOR UPDATE`` on the queryset's rows from another connection until the block ends."""
-    ready, release = threading.Event(), threading.Event()
-
-    def hold():
-        try:
-            with transaction.atomic():
-                list(queryset.select_for_update(of=("self",)).order_by("pk"))
-                ready.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert ready.wait(5)
-        yield
-    finally:
-        release.set()
-        holder.join(10)
-
-
-@contextmanager
-def short_lock_timeout(milliseconds=200):
-    """Lower this connection's lock_timeout (the settings give 2000 ms) so a lock test stays fast."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, false)", [f"{milliseconds}ms"])
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
 
 
 @contextmanager

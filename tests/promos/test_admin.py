@@ -10,14 +10,17 @@ from promos import managers
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.factories import TenantFactory
 from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
-from tests.promos.helpers import assert_invariant, rows_locked, short_lock_timeout
+from tests.promos.helpers import assert_invariant
+from tests.races import lock_timeout, row_locked
 
 pytestmark = pytest.mark.django_db
 
 
 def action(admin_client, model, name, objects):
     url = reverse(f"admin:promos_{model}_changelist")
-    return admin_client.post(url, {"action": name, "_selected_action": [str(o.pk) for o in objects]}, follow=True)
+    return admin_client.post(
+        url, {"action": name, "apply": "1", "_selected_action": [str(o.pk) for o in objects]}, follow=True
+    )
 
 
 def texts(response):
@@ -150,7 +153,7 @@ def test_cancel_action_reports_a_locked_row_instead_of_failing(admin_client):
     tenant = TenantFactory()
     locked = RedemptionSessionFactory(tenant=tenant, customer="locked")
     free = RedemptionSessionFactory(tenant=tenant, customer="free")
-    with rows_locked(RedemptionSession.objects.filter(pk=locked.pk)), short_lock_timeout():
+    with row_locked(RedemptionSession.objects.filter(pk=locked.pk)), lock_timeout(200):
         response = action(admin_client, "redemptionsession", "cancel_selected", [locked, free])
     assert response.status_code == 200
     messages = texts(response)
@@ -195,7 +198,7 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
     change_url = reverse("admin:promos_promocode_change", args=[locked.pk])
     form = {"code": "LOCKED", "bonus_type": "fixed", "bonus_value": "7.00"}
     form["expected_version"] = opened_version(admin_client, change_url)
-    with rows_locked(PromoCode.objects.filter(pk=locked.pk)):
+    with row_locked(PromoCode.objects.filter(pk=locked.pk)):
         deactivated = texts(action(admin_client, "promocode", "deactivate_selected", [locked, free]))
         changed = admin_client.post(change_url, form)
         deleted = admin_client.post(reverse("admin:promos_promocode_delete", args=[locked.pk]), {"post": "yes"})

@@ -8,7 +8,7 @@ from core.models import Tenant
 from promos.models import PromoCode, RedemptionSession
 from tests.factories import TenantFactory
 from tests.promos.factories import RedemptionSessionFactory
-from tests.promos.helpers import rows_locked, short_lock_timeout
+from tests.races import lock_timeout, row_locked
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,7 @@ def test_expire_redemption_sessions_reports_a_locked_row():
     """
     due = RedemptionSessionFactory(tenant=TenantFactory(), expires_in=timedelta(seconds=-1))
     out, err = StringIO(), StringIO()
-    with rows_locked(RedemptionSession.objects.filter(pk=due.pk)), short_lock_timeout():
+    with row_locked(RedemptionSession.objects.filter(pk=due.pk)), lock_timeout(200):
         with pytest.raises(SystemExit) as exit:
             call_command("expire_redemption_sessions", stdout=out, stderr=err)
     assert exit.value.code == 3  # core.management.base.EXIT_LOCKED: run again shortly

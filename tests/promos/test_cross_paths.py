@@ -146,7 +146,7 @@ def test_every_writer_of_a_promo_code_at_once(tenant, member, superuser):
             return form_outcome(admin_form.post(url, form))
         # the admin deactivate action
         url = reverse("admin:promos_promocode_changelist")
-        body = {"action": "deactivate_selected", "_selected_action": [str(promo.pk)]}
+        body = {"action": "deactivate_selected", "apply": "1", "_selected_action": [str(promo.pk)]}
         codes = ["resource_locked"]
         for _ in range(8):
             codes = message_codes(admin_action.post(url, body, follow=True))
@@ -291,7 +291,7 @@ def test_consume_cancel_sweep_and_approve_at_once_leave_exactly_one_terminal_out
             return api_code(shops[k].post(url, {"amount": "5"}, format="json"))
         if path == 1:
             url = reverse("admin:promos_redemptionsession_changelist")
-            body = {"action": "cancel_selected", "_selected_action": [str(session.pk)]}
+            body = {"action": "cancel_selected", "apply": "1", "_selected_action": [str(session.pk)]}
             (code,) = message_codes(admins[k].post(url, body, follow=True))
             return code
         url = f"/api/public/redemption-sessions/{session.session_id}/approve"
