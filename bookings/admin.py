@@ -64,11 +64,20 @@ class PackageAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     @admin.action(description=_("Delete selected packages (only those nothing refers to)"), permissions=["delete"])
     def delete_selected_packages(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
             queryset.order_by("pk"),
-            lambda package: Package.objects.delete_package(package.pk, tenant=None),
+            title=_("Delete selected packages"),
+            explanation=_("Deleted for good; a package that any booking or proposal refers to is refused."),
+            columns={
+                _("package"): lambda package: package.name,
+                _("price"): lambda package: f"{in_currency(package.price, package.currency)} {package.currency}",
+                _("bookings"): lambda package: package.bookings.count(),
+            },
+            effect=lambda package: _("deleted") if not package.bookings.exists() else _("nothing: it has bookings"),
+            confirm_label=_("Delete these packages"),
+            operation=lambda package: Package.objects.delete_package(package.pk, tenant=None),
             describe=lambda package: _("Package %(name)s") % {"name": package.name},
             done_message=lambda n: ngettext("%(n)d package deleted.", "%(n)d packages deleted.", n) % {"n": n},
         )

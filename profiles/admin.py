@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from core.admin_actions import ActionsOnlyMixin, apply_to_each
+from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_scope import TenantScopedAdminMixin
 from profiles.managers import PROFILE_FIELDS
@@ -17,6 +17,14 @@ from profiles.models import Profile, ProfileAuditLog
 
 def _profile_label(profile):
     return f"{profile} (#{profile.pk})"
+
+
+# What a confirmation page shows of each profile before a delete or restore.
+PROFILE_COLUMNS = {
+    _("profile"): _profile_label,
+    _("birth date"): lambda p: p.birth_date or "-",
+    _("deleted at"): lambda p: p.deleted_at or "-",
+}
 
 
 def _profile_link(profile_id, label):
@@ -162,11 +170,21 @@ class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     @admin.action(description=_("Soft-delete selected profiles"), permissions=["change"])
     def soft_delete_selected(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
             queryset.order_by("id"),
-            lambda p: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+            title=_("Soft-delete selected profiles"),
+            explanation=_(
+                "Each profile is hidden from the tree and recorded in its history (restore or undo brings it "
+                "back). A profile with living children is refused."
+            ),
+            columns=PROFILE_COLUMNS,
+            effect=lambda p: _("nothing: already deleted") if p.deleted_at else _("deleted"),
+            confirm_label=_("Delete these profiles"),
+            operation=lambda p: Profile.objects.soft_delete(
+                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user
+            ),
             describe=_profile_label,
             done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('deleted')}",
             code_first=True,
@@ -174,11 +192,18 @@ class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     @admin.action(description=_("Restore selected profiles"), permissions=["change"])
     def restore_selected(self, request, queryset):
-        apply_to_each(
+        return confirm_first(
             self,
             request,
             queryset.order_by("id"),
-            lambda p: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=request.user),
+            title=_("Restore selected profiles"),
+            explanation=_("Each profile comes back into the tree, recorded in its history."),
+            columns=PROFILE_COLUMNS,
+            effect=lambda p: _("restored") if p.deleted_at else _("nothing: not deleted"),
+            confirm_label=_("Restore these profiles"),
+            operation=lambda p: Profile.objects.restore(
+                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user
+            ),
             describe=_profile_label,
             done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('restored')}",
             code_first=True,

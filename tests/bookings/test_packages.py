@@ -274,7 +274,7 @@ def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
     assert [name for name, _label in choices if name] == ["delete_selected_packages"]  # no bulk delete
     response = admin_client.post(
         reverse("admin:bookings_package_changelist"),
-        {"action": "delete_selected_packages", "_selected_action": [new.pk, used.pk]},
+        {"action": "delete_selected_packages", "apply": "1", "_selected_action": [new.pk, used.pk]},
         follow=True,
     )
     msgs = [str(m) for m in response.context["messages"]]

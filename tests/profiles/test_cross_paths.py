@@ -194,7 +194,7 @@ def test_every_writer_of_one_profile_at_once(acme, people):
             if path in ("delete_action", "restore_action"):
                 action = "soft_delete_selected" if path == "delete_action" else "restore_selected"
                 response = clients[path].post(
-                    PROFILE_LIST, {"action": action, "_selected_action": [kid.pk]}, follow=True
+                    PROFILE_LIST, {"action": action, "apply": "1", "_selected_action": [kid.pk]}, follow=True
                 )
                 return action_code(response, kid)
             if path == "api_undo":
@@ -298,7 +298,12 @@ def test_an_admin_soft_delete_of_a_parent_racing_an_api_undo_that_restores_it(ac
 
     def delete_dad():
         return action_code(
-            admin.post(PROFILE_LIST, {"action": "soft_delete_selected", "_selected_action": [dad.pk]}, follow=True), dad
+            admin.post(
+                PROFILE_LIST,
+                {"action": "soft_delete_selected", "apply": "1", "_selected_action": [dad.pk]},
+                follow=True,
+            ),
+            dad,
         )
 
     finish = in_flight(lambda: api.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"))

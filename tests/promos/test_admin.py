@@ -210,3 +210,19 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
     locked.refresh_from_db()
     assert (locked.is_active, locked.bonus_value) == (True, Decimal("10.00"))
     assert not PromoCode.objects.get(pk=free.pk).is_active
+
+
+def test_money_and_irreversible_actions_ask_first(admin_client, tenant):
+    """Without the confirming POST nothing changes; the page says what will happen to each row."""
+    promo = PromoCodeFactory(tenant=tenant, code="ASKME")
+    session = RedemptionSessionFactory(tenant=tenant, customer="carol")
+    for model, name, obj, effect in [
+        ("promocode", "deactivate_selected", promo, "deactivated"),
+        ("redemptionsession", "cancel_selected", session, "cancelled"),
+    ]:
+        page = admin_client.post(
+            reverse(f"admin:promos_{model}_changelist"), {"action": name, "_selected_action": [str(obj.pk)]}
+        )
+        assert page.status_code == 200 and [str(e) for _cells, e in page.context["rows"]] == [effect]
+    assert PromoCode.objects.get(pk=promo.pk).is_active
+    assert RedemptionSession.objects.get(pk=session.pk).status == "pending"
