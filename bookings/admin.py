@@ -1,7 +1,7 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
 from django.contrib import admin
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.db.models.functions import Now, TruncDate
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -12,6 +12,7 @@ from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_scope import TenantScopedAdminMixin
+from core.guards import ClockNow
 
 
 @admin.register(Package)
@@ -164,7 +165,7 @@ class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
         "package",
         "customer_name",
         "customer_email",
-        "status",
+        "shown_status",
         "hold_expires_at",
         "amount",
         "currency",
@@ -196,6 +197,19 @@ class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAd
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_queryset(self, request):
+        # A hold past its expiry no longer counts (guards judge by the clock), swept or not: show it so.
+        lapsed = ExpressionWrapper(
+            Q(status=Booking.Status.HELD, hold_expires_at__lte=ClockNow()), output_field=BooleanField()
+        )
+        return super().get_queryset(request).annotate(hold_lapsed=lapsed)
+
+    @admin.display(description=_("status"), ordering="status")
+    def shown_status(self, booking):
+        if getattr(booking, "hold_lapsed", False):
+            return _("expired (hold lapsed, not swept yet)")
+        return booking.get_status_display()
 
     def guarded_edit(self, request, obj, changes, *, version):
         return Booking.objects.edit_contact(obj.pk, version=version, **changes)

@@ -146,3 +146,12 @@ def test_a_row_locked_past_lock_timeout_is_reported_per_row_not_a_500(admin_clie
     assert any("1 hold released" in m for m in msgs), msgs
     assert Booking.objects.get(pk=busy.pk).status == "held"
     assert Booking.objects.get(pk=free.pk).status == "expired"
+
+
+def test_a_lapsed_hold_shows_as_expired_before_any_sweep(admin_client, package):
+    lapsed, live = book(package), book(package, 31)
+    Booking.objects.filter(pk=lapsed.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    page = admin_client.get("/admin/bookings/booking/")
+    shown = {b.pk: page.context["cl"].model_admin.shown_status(b) for b in page.context["cl"].result_list}
+    assert shown == {lapsed.pk: "expired (hold lapsed, not swept yet)", live.pk: "held"}
+    assert Booking.objects.get(pk=lapsed.pk).status == "held"  # nothing written: it is only shown so
