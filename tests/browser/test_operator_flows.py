@@ -115,3 +115,46 @@ def test_customer_pays_on_the_sandbox_page_and_the_admin_shows_the_booking_confi
     assert row.count() == 1
     assert "confirmed" in row.inner_text().lower()
     screenshot(page, "admin-booking-confirmed")
+
+
+def test_a_scoped_manager_cancels_a_paid_booking_through_the_confirmation_page(browser_page, live_server):
+    """A staff user of one shop sees only its bookings, and a refund happens only once confirmed."""
+    from bookings.services import sandbox_deliver, start_checkout
+    from core.models import Membership
+
+    shop, other = TenantFactory(slug="shop"), TenantFactory(slug="elsewhere")
+    manager = get_user_model().objects.create_user("operator", password=PASSWORD, is_staff=True)
+    Membership.objects.create(tenant=shop, user=manager, role=Membership.Role.STAFF)
+    day = database_clock().date() + timedelta(days=30)
+    bookings = {}
+    for tenant, name in ((shop, "Maya"), (other, "Omar")):
+        package = Package.objects.create(
+            tenant=tenant, name=f"{name}'s trip", price=Decimal("120.00"), daily_capacity=1
+        )
+        booking = start_checkout(
+            tenant=tenant, package_id=package.pk, date=day, customer_name=name, customer_email=f"{name.lower()}@x.io"
+        )
+        sandbox_deliver(booking.checkout, "checkout.session.completed")
+        bookings[name] = booking
+
+    page = browser_page(locale="en")
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/admin/bookings/booking/")
+    listed = page.inner_text("#result_list")
+    assert "Maya" in listed and "Omar" not in listed  # the other shop's booking is not there
+    page.check(f"input[name=_selected_action][value='{bookings['Maya'].pk}']")
+    page.select_option("select[name=action]", "cancel_selected")
+    page.click("button[name=index]")
+    page.wait_for_selector("#action-rows")
+    assert "cancelled, 120.00 USD refunded to maya@x.io" in page.inner_text("#action-rows")
+    screenshot(page, "admin-cancel-confirmation")
+    assert Booking.objects.get(pk=bookings["Maya"].pk).status == Booking.Status.CONFIRMED  # nothing yet
+    page.click("input[type=submit]")
+    page.wait_for_selector("ul.messagelist")
+    screenshot(page, "admin-cancel-result")
+    assert f"Booking #{bookings['Maya'].pk}: cancelled, 120.00 USD refunded to maya@x.io." in page.inner_text(
+        "ul.messagelist"
+    )
+    assert Booking.objects.get(pk=bookings["Maya"].pk).status == Booking.Status.REFUNDED
+    assert Booking.objects.get(pk=bookings["Omar"].pk).status == Booking.Status.CONFIRMED
+    assert page.goto(f"{live_server.url}/admin/bookings/booking/{bookings['Omar'].pk}/change/").status == 404
