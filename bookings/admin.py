@@ -11,12 +11,13 @@ from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkou
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_history import RowHistoryMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
 
 
 @admin.register(Package)
-class PackageAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PackageAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
@@ -155,7 +156,7 @@ def _cancelled(booking, result):
 
 
 @admin.register(Booking)
-class BookingAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
     form was opened at); every state change through an action calling the managers and services."""
 

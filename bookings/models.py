@@ -6,6 +6,7 @@ from django.utils.translation import gettext_lazy as _
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
 from core.exceptions import InvalidInput
+from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, StateMachine
 
 
@@ -68,6 +69,7 @@ class CheckoutRefundState(models.TextChoices):
     EXHAUSTED = "exhausted", _("failed, needs an operator")
 
 
+@tracked()
 class Package(GuardedModel):
     """Something a customer books for one date; ``daily_capacity`` bookings fit on a date.
 
@@ -105,6 +107,7 @@ class Package(GuardedModel):
         return self.name
 
 
+@tracked()
 class Booking(GuardedModel):
     """One customer's claim on one date of one package.
 
@@ -193,6 +196,7 @@ class Booking(GuardedModel):
         return f"#{self.pk} {self.package} {self.date} ({self.status})"
 
 
+@tracked()
 class Checkout(GuardedModel):
     """The payment side of a booking: intent recorded before the provider is called.
 

@@ -17,6 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+import pghistory
 from django.db import transaction
 from django.db.models.functions import Now
 
@@ -288,7 +289,8 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     verify_signature(payload, signature)
     event = parse_event(payload)
     refund_owed = False
-    with database_refusals(), transaction.atomic():
+    # the history of what this event changes names it (core/history.py)
+    with database_refusals(), pghistory.context(provider_event=event.id), transaction.atomic():
         event_pk, processed = PaymentEvent.objects.receive(
             provider=provider_name or get_provider().name, event_id=event.id, type=event.type, payload=event.payload
         )

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "pgtrigger",
+    "pghistory",  # the history of every guarded row (core/history.py)
     # the job queue: tables in this database, jobs enqueued inside the transaction that causes them
     "procrastinate.contrib.django",
     "core",
@@ -52,7 +53,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # who and which URL, on the history of every row a write request changes (core/history.py)
+    "pghistory.middleware.HistoryMiddleware",
 ]
+# Reads change nothing: no history context (and no per-statement set_config) for them.
+PGHISTORY_MIDDLEWARE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from core.admin_actions import ActionsOnlyMixin
+from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 
@@ -27,7 +28,7 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+class MembershipAdmin(RowHistoryMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     change_roles = MANAGE_MEMBERS
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]

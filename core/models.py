@@ -8,6 +8,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.guards import ClockNow, guarded
+from core.history import tracked
 from core.integrity import StateMachine
 from core.managers import IdempotencyKeyManager, TenantQuerySet
 
@@ -31,6 +32,7 @@ class Tenant(models.Model):
         return self.name
 
 
+@tracked()
 class Membership(models.Model):
     class Role(models.TextChoices):
         """What a member may do in the admin (core/admin_scope.py); an API client has no admin access."""

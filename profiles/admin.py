@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_history import RowHistoryMixin
 from core.admin_scope import TenantScopedAdminMixin
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
@@ -99,7 +100,7 @@ class ProfileAuditLogInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Tabu
 
 
 @admin.register(Profile)
-class ProfileAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class ProfileAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Add and change go through the manager: only the changed fields, with the version the form was opened at.
 
     A stale form (someone changed the profile since it was opened), a missing version, a

@@ -5,6 +5,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, refusal_sql
 from core.models import Tenant
 from profiles.managers import ProfileAuditLogManager, ProfileManager
@@ -114,6 +115,7 @@ class ProfileChildrenLive(pgtrigger.Trigger):
         )
 
 
+@tracked()
 class Profile(GuardedModel):
     """A person in a tenant's family tree. Written only through ``Profile.objects`` verbs.
 

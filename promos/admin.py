@@ -7,6 +7,7 @@ from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
+from core.admin_history import RowHistoryMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
 from promos.managers import PROMO_EDITABLE
@@ -62,7 +63,7 @@ class PromoCodeAdminForm(forms.ModelForm):
 
 
 @admin.register(PromoCode)
-class PromoCodeAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PromoCodeAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Codes: the change form writes only what the operator changed, through ``update_code``.
 
     A plain ``obj.save()`` would write back the ``times_used`` (and the limit, the
@@ -181,7 +182,7 @@ class VoidedFilter(admin.SimpleListFilter):
 
 
 @admin.register(PromoUsage)
-class PromoUsageAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PromoUsageAdmin(RowHistoryMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "promo",
@@ -255,7 +256,7 @@ class SessionLiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(RedemptionSession)
-class RedemptionSessionAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class RedemptionSessionAdmin(RowHistoryMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "session_id",
         "tenant",

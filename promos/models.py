@@ -6,6 +6,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Lower, Now
 from django.utils.translation import gettext_lazy as _
 
+from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
 from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
 
@@ -53,6 +54,7 @@ class UsageWriteOnce(pgtrigger.Trigger):
         )
 
 
+@tracked()
 class PromoCode(GuardedModel):
     """A shop's promo code. ``times_used`` always equals the count of its non-voided usages.
 
@@ -136,6 +138,7 @@ class PromoCode(GuardedModel):
         return f"{self.times_used} / {limit}"
 
 
+@tracked()
 class PromoUsage(GuardedModel):
     """One reserved use of a promo code; voiding it gives the use back (once).
 
@@ -199,6 +202,7 @@ SESSION_TRANSITIONS = [
 ]
 
 
+@tracked(exclude=["secret_hash"])
 class RedemptionSession(GuardedModel):
     """A customer-approved allowance a shop may consume exactly once before ``expires_at``.
 

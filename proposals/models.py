@@ -3,6 +3,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
 from proposals.managers import ProposalManager
 
@@ -91,6 +92,7 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
         )
 
 
+@tracked()
 class Proposal(GuardedModel):
     """A booking an assistant proposed in a chat session; confirmed (and executed) at most once.
 

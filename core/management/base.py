@@ -2,6 +2,7 @@
 
 import sys
 
+import pghistory
 from django.core.management.base import BaseCommand
 
 from core.exceptions import DomainError, LockContended
@@ -19,8 +20,10 @@ class GuardedCommand(BaseCommand):
     """
 
     def execute(self, *args, **options):
+        command = type(self).__module__.rsplit(".", 1)[-1]
         try:
-            with database_refusals():
+            # the history of every row this command changes names it (core/history.py)
+            with database_refusals(), pghistory.context(command=command):
                 return super().execute(*args, **options)
         except DomainError as refusal:
             self.stderr.write(f"{refusal.code}: {refusal.render()}")

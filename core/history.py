@@ -1,0 +1,105 @@
+"""The history of every guarded row, whatever wrote it: captured by the database, in the same transaction.
+
+Why django-pghistory (pinned in requirements.txt): its events are written by PostgreSQL triggers
+(installed by migrations, like our state machines, through django-pgtrigger), so a raw
+``.update()``, a sweep, the webhook and the admin are recorded alike — a model-level history
+library (``save()`` signals) misses exactly the filtered UPDATEs our guards are made of. Each
+event row snapshots the row after the change (or before a delete) and points at a context: who
+and through what. ``HistoryMiddleware`` attaches the user (also a DRF token's, set in the view)
+and the URL to every write request; commands attach their name (``core.management.base``), the
+payment webhook its provider event (``bookings.services``). The context is passed with
+``set_config(…, true)`` (transaction-local): safe behind a transaction-mode pooler.
+
+Events are append-only (a trigger refuses UPDATE and DELETE of them).
+"""
+
+from dataclasses import dataclass
+
+import pghistory
+from django.contrib.auth import get_user_model
+from django.utils import formats
+from django.utils.translation import gettext_lazy as _
+
+
+def tracked(**options):
+    """Decorate a model: record its inserts, changes (rows that really changed) and deletes."""
+    return pghistory.track(
+        pghistory.InsertEvent(),
+        pghistory.UpdateEvent(),
+        pghistory.DeleteEvent(),
+        obj_field=pghistory.ObjForeignKey(related_name="row_history"),  # "events", "history": taken
+        append_only=True,
+        **options,
+    )
+
+
+@dataclass
+class Entry:
+    """One event of a row, as an operator reads it."""
+
+    when: object
+    what: str
+    who: str
+    changes: list  # (field label, before, after), shown as text
+
+
+LABELS = {"insert": _("created"), "update": _("changed"), "delete": _("deleted")}
+
+
+def _who(context, users):
+    """Who and through what: the user and URL of a request, a command, a payment event, or the database."""
+    metadata = context.metadata if context is not None else {}
+    parts = []
+    if metadata.get("user") is not None:
+        parts.append(users.get(metadata["user"], f"user #{metadata['user']}"))
+    if metadata.get("command"):
+        parts.append(_("command %(name)s") % {"name": metadata["command"]})
+    if metadata.get("provider_event"):
+        parts.append(_("payment event %(id)s") % {"id": metadata["provider_event"]})
+    if metadata.get("url"):
+        parts.append(metadata["url"])
+    return " · ".join(str(part) for part in parts) or str(_("a direct write (no request, no command)"))
+
+
+def _shown(field, value, names):
+    if value is None or value == "":
+        return "-"
+    if field.is_relation:
+        return names.get((field.related_model, value), f"#{value}")
+    if field.choices:
+        return str(dict(field.flatchoices).get(value, value))
+    return formats.localize(value)
+
+
+def row_history(obj, *, limit=200):
+    """The row's events, newest first, each with its changes from the event before (all fields tracked)."""
+    events = list(obj.row_history.select_related("pgh_context").order_by("-pgh_id")[: limit + 1])[::-1]
+    fields = [f for f in obj._meta.concrete_fields if hasattr(events[0], f.attname)] if events else []
+    users = dict(get_user_model().objects.filter(pk__in=_user_ids(events)).values_list("pk", "username"))
+    names = _related_names(events, fields)
+    entries, previous = [], None
+    for event in events:
+        changes = []
+        if previous is not None and event.pgh_label == "update":
+            for field in fields:
+                before, after = getattr(previous, field.attname), getattr(event, field.attname)
+                if before != after:
+                    changes.append((field.verbose_name, _shown(field, before, names), _shown(field, after, names)))
+        what = LABELS.get(event.pgh_label, event.pgh_label)
+        entries.append(Entry(event.pgh_created_at, what, _who(event.pgh_context, users), changes))
+        previous = event
+    return entries[::-1][:limit]
+
+
+def _user_ids(events):
+    return {e.pgh_context.metadata.get("user") for e in events if e.pgh_context is not None} - {None}
+
+
+def _related_names(events, fields):
+    """{(model, pk): its name} for every foreign key value in the events, one query per related model."""
+    names = {}
+    for field in (f for f in fields if f.is_relation):
+        pks = {getattr(e, field.attname) for e in events} - {None}
+        for related in field.related_model._base_manager.filter(pk__in=pks):
+            names[(field.related_model, related.pk)] = str(related)
+    return names
