@@ -10,6 +10,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health, metrics
+from core.admin_history import recent_activity_view
 from core.api.errors import api_route_not_found
 from core.discovery import project_modules
 
@@ -17,6 +18,7 @@ admin.site.site_header = "Lockstep"
 admin.site.site_title = "Lockstep admin"
 
 urlpatterns = [
+    path("admin/activity/", admin.site.admin_view(recent_activity_view), name="admin-activity"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

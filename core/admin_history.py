@@ -1,11 +1,13 @@
 """The admin's History page of a tracked row: every event, newest first, whoever made it (core/history.py)."""
 
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 
-from core.history import row_history
+from core.admin_scope import READ, tenant_ids
+from core.history import recent_activity, row_history
 
 
 class RowHistoryMixin:
@@ -25,3 +27,14 @@ class RowHistoryMixin:
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/lockstep/row_history.html", context)
+
+
+def recent_activity_view(request):
+    """``/admin/activity/``: the newest changes in the tenants the user may see, every path that made them."""
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Recent activity"),
+        "subtitle": None,
+        "activity": recent_activity(tenant_ids(request, READ)),
+    }
+    return TemplateResponse(request, "admin/lockstep/activity.html", context)

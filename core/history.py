@@ -103,3 +103,53 @@ def _related_names(events, fields):
         for related in field.related_model._base_manager.filter(pk__in=pks):
             names[(field.related_model, related.pk)] = str(related)
     return names
+
+
+@dataclass
+class Activity:
+    """One event of any tracked row, for the recent-activity page."""
+
+    when: object
+    what: str
+    who: str
+    model: object  # the tracked model's _meta
+    obj_id: object
+    label: str  # the row as it read at that event
+
+
+def recent_activity(tenant_ids, *, limit=100):
+    """The newest events of every tracked model whose rows have a tenant, in those tenants (None: all)."""
+    events = []
+    for model in tracked_models():
+        event_model = model.row_history.rel.related_model
+        rows = event_model.objects.select_related("pgh_context").order_by("-pgh_id")
+        if tenant_ids is not None:
+            rows = rows.filter(tenant_id__in=tenant_ids)
+        events += [(event, model) for event in rows[:limit]]
+    events.sort(key=lambda pair: pair[0].pgh_created_at, reverse=True)
+    events = events[:limit]
+    users = dict(
+        get_user_model().objects.filter(pk__in=_user_ids([e for e, _m in events])).values_list("pk", "username")
+    )
+    return [
+        Activity(
+            event.pgh_created_at,
+            LABELS.get(event.pgh_label, event.pgh_label),
+            _who(event.pgh_context, users),
+            model._meta,
+            event.pgh_obj_id,
+            f"{model._meta.verbose_name} #{event.pgh_obj_id}",
+        )
+        for event, model in events
+    ]
+
+
+def tracked_models():
+    """The models whose rows have a history and a tenant of their own (a checkout's is its booking's)."""
+    from django.apps import apps
+
+    return [
+        model
+        for model in apps.get_models()
+        if hasattr(model, "row_history") and any(field.name == "tenant" for field in model._meta.fields)
+    ]

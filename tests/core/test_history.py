@@ -97,3 +97,22 @@ def test_another_tenants_history_page_is_404(client, booking, django_user_model)
     Membership.objects.create(tenant=TenantFactory(slug="elsewhere"), user=staff, role=Membership.Role.STAFF)
     client.force_login(staff)
     assert client.get(f"/admin/bookings/booking/{booking.pk}/history/").status_code == 404
+
+
+def test_recent_activity_lists_only_the_users_tenants_newest_first(client, booking, tenant, django_user_model):
+    other = TenantFactory(slug="elsewhere")
+    theirs = PackageFactory(tenant=other, name="Not yours")
+    staff = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    Membership.objects.create(tenant=tenant, user=staff, role=Membership.Role.VIEWER)
+    client.force_login(staff)
+    Booking.objects.filter(pk=booking.pk).update(customer_name="Anna")
+    assert "/admin/activity/" in client.get("/admin/").content.decode()
+    page = client.get("/admin/activity/")
+    assert page.status_code == 200
+    rows = [(item.model.model_name, item.obj_id, item.what) for item in page.context["activity"]]
+    assert ("booking", booking.pk, "changed") in rows  # (one test transaction: one timestamp for all)
+    assert [item.when for item in page.context["activity"]] == sorted(
+        (i.when for i in page.context["activity"]), reverse=True
+    )
+    assert ("package", theirs.pk, "created") not in rows
+    assert f"/admin/bookings/booking/{booking.pk}/history/" in page.content.decode()
