@@ -19,6 +19,7 @@ admin.site.site_title = "Lockstep admin"
 
 urlpatterns = [
     path("admin/activity/", admin.site.admin_view(recent_activity_view), name="admin-activity"),
+    path("i18n/", include("django.conf.urls.i18n")),  # the admin's language switch (set_language)
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

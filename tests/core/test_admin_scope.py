@@ -161,3 +161,13 @@ def test_every_admin_of_a_tenants_rows_is_scoped():
         if belongs_to_a_tenant(inline.model) and not issubclass(inline, TenantScopedAdminMixin)
     ]
     assert not unscoped and not inlines, (unscoped, inlines)
+
+
+def test_the_admin_switches_to_arabic_and_back(admin_client):
+    page = admin_client.get("/admin/")
+    assert 'id="language-switch"' in page.content.decode()
+    admin_client.post("/i18n/setlang/", {"language": "ar", "next": "/admin/"})
+    arabic = admin_client.get("/admin/").content.decode()
+    assert 'dir="rtl"' in arabic and 'lang="ar"' in arabic
+    admin_client.post("/i18n/setlang/", {"language": "en", "next": "/admin/"})
+    assert 'dir="rtl"' not in admin_client.get("/admin/").content.decode()
