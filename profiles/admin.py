@@ -144,6 +144,8 @@ class ProfileAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
 
     @admin.display(description=_("name"), ordering="last_name")
     def full_name(self, profile):
+        if profile.deleted_at is not None:  # a soft-deleted profile must not look live
+            return format_html("<del>{}</del> ({})", str(profile), _("deleted"))
         return str(profile)
 
     @admin.display(description=_("father"))

@@ -1,7 +1,12 @@
 """Operator screens. State changes only through actions that call the managers."""
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.contrib import admin
+from django.urls import reverse
+from django.utils import formats
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -95,7 +100,30 @@ class PromoCodeAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminM
     actions = ["deactivate_selected", "activate_selected"]
 
     def get_readonly_fields(self, request, obj=None):
-        return [*self.readonly_fields, "tenant"] if obj is not None else self.readonly_fields
+        return [*self.readonly_fields, "tenant", "recent_usages"] if obj is not None else self.readonly_fields
+
+    @admin.display(description=_("usages"))
+    def recent_usages(self, promo):
+        """The code's newest usages on its page (a read-only list, not a formset: nothing to post)."""
+        usages = promo.usages.order_by("-created_at")[:20]
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:promos_promousage_change", args=[u.pk]),
+                    u.pk,
+                    u.customer,
+                    u.base_amount,
+                    u.bonus_amount,
+                    formats.localize(u.created_at),
+                    _("voided") if u.voided_at else "",
+                )
+                for u in usages
+            ),
+        )
+        link = reverse("admin:promos_promousage_changelist") + "?" + urlencode({"q": promo.code})
+        return format_html('<table>{}</table><a href="{}">{}</a>', rows, link, _("All usages of this code"))
 
     def guarded_edit(self, request, obj, changes, *, version):
         changes.pop("tenant", None)  # read-only on change: a code never moves to another shop

@@ -226,3 +226,12 @@ def test_money_and_irreversible_actions_ask_first(admin_client, tenant):
         assert page.status_code == 200 and [str(e) for _cells, e in page.context["rows"]] == [effect]
     assert PromoCode.objects.get(pk=promo.pk).is_active
     assert RedemptionSession.objects.get(pk=session.pk).status == "pending"
+
+
+def test_a_code_page_lists_its_usages(admin_client, tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="SHOWME")
+    PromoCode.objects.redeem("SHOWME", tenant=tenant, customer="dana", amount="10")
+    page = admin_client.get(reverse("admin:promos_promocode_change", args=[promo.pk]))
+    assert page.status_code == 200 and "dana" in page.content.decode()
+    listing = admin_client.get(reverse("admin:promos_promousage_changelist"), {"q": "SHOWME"})
+    assert listing.context["cl"].result_count == 1
