@@ -1,19 +1,29 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
+from datetime import date, timedelta
+from urllib.parse import urlencode
+
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.db.models.functions import Now, TruncDate
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import formats
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from bookings.managers import active_q
 from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent, in_currency
+from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import TenantScopedAdminMixin
-from core.guards import ClockNow
+from core.guards import ClockNow, database_clock
 
 
 @admin.register(Package)
@@ -21,7 +31,7 @@ class PackageAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
-    list_display = ["name", "tenant", "price", "currency", "daily_capacity", "active", "upcoming_load"]
+    list_display = ["name", "tenant", "price", "currency", "daily_capacity", "active", "upcoming_load", "calendar_link"]
     list_filter = ["active", "tenant", "currency"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
@@ -52,7 +62,59 @@ class PackageAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
 
     @admin.display(description=_("upcoming bookings"), ordering="upcoming")
     def upcoming_load(self, package):
-        return package.upcoming
+        url = reverse("admin:bookings_booking_changelist")
+        query = urlencode({"package__id__exact": package.pk, "when": "upcoming"})
+        return format_html('<a href="{}?{}">{}</a>', url, query, package.upcoming)
+
+    @admin.display(description=_("calendar"))
+    def calendar_link(self, package):
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:bookings_package_calendar", args=[package.pk]), _("month")
+        )
+
+    def get_urls(self):
+        calendar_url = path(
+            "<path:object_id>/calendar/",
+            self.admin_site.admin_view(self.calendar_view),
+            name="bookings_package_calendar",
+        )
+        return [calendar_url, *super().get_urls()]
+
+    def calendar_view(self, request, object_id):
+        """A month of the package's dates: capacity, confirmed, held, free; each date opens its bookings."""
+        package = self.get_object(request, unquote(object_id))  # another tenant's: 404
+        if not self.has_view_permission(request, package):
+            raise PermissionDenied
+        today = database_clock().date()
+        try:
+            year, month = (int(part) for part in request.GET.get("month", "").split("-"))
+            first = date(year, month, 1)
+        except ValueError:
+            first = today.replace(day=1)
+        days = month_of_dates(package, first.year, first.month)
+        bookings_url = reverse("admin:bookings_booking_changelist")
+        links = {
+            day.day: f"{bookings_url}?"
+            + urlencode(
+                {"package__id__exact": package.pk, "date__gte": day.day, "date__lt": day.day + timedelta(days=1)}
+            )
+            for day in days
+        }
+        previous, following = first - timedelta(days=1), first + timedelta(days=32)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("%(package)s: %(month)s")
+            % {"package": package.name, "month": formats.date_format(first, "F Y")},
+            "subtitle": None,
+            "opts": self.model._meta,
+            "object": package,
+            "weeks": [[(cell, links[cell.day]) if cell else None for cell in week] for week in weeks(days)],
+            "weekdays": [formats.date_format(date(2024, 1, n), "D") for n in range(1, 8)],  # 2024-01-01: a Monday
+            "today": today,
+            "previous": f"{previous.year}-{previous.month:02d}",
+            "next": f"{following.year}-{following.month:02d}",
+        }
+        return TemplateResponse(request, "admin/bookings/package/calendar.html", context)
 
     def guarded_create(self, request, form):
         data = form.cleaned_data
@@ -107,6 +169,33 @@ class CheckoutInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.StackedInli
         "error",
     ]
     readonly_fields = fields
+
+
+class BookingDateFilter(admin.SimpleListFilter):
+    """The dates operators ask for: today, tomorrow, the next 7 days, everything upcoming (database clock)."""
+
+    title = _("when")
+    parameter_name = "when"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("today", _("Today")),
+            ("tomorrow", _("Tomorrow")),
+            ("next7", _("Next 7 days")),
+            ("upcoming", _("Upcoming")),
+            ("past", _("Past")),
+        ]
+
+    def queryset(self, request, queryset):
+        today = database_clock().date()
+        ranges = {
+            "today": {"date": today},
+            "tomorrow": {"date": today + timedelta(days=1)},
+            "next7": {"date__gte": today, "date__lt": today + timedelta(days=7)},
+            "upcoming": {"date__gte": today},
+            "past": {"date__lt": today},
+        }
+        return queryset.filter(**ranges[self.value()]) if self.value() in ranges else queryset
 
 
 def _booking_label(booking):
@@ -172,7 +261,14 @@ class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
         "currency",
         "tenant",
     ]
-    list_filter = ["status", ("checkout__refund_state", admin.ChoicesFieldListFilter), "date", "package", "tenant"]
+    list_filter = [
+        "status",
+        BookingDateFilter,
+        ("checkout__refund_state", admin.ChoicesFieldListFilter),
+        "date",
+        "package",
+        "tenant",
+    ]
     search_fields = ["customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant"]

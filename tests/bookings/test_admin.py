@@ -155,3 +155,27 @@ def test_a_lapsed_hold_shows_as_expired_before_any_sweep(admin_client, package):
     shown = {b.pk: page.context["cl"].model_admin.shown_status(b) for b in page.context["cl"].result_list}
     assert shown == {lapsed.pk: "expired (hold lapsed, not swept yet)", live.pk: "held"}
     assert Booking.objects.get(pk=lapsed.pk).status == "held"  # nothing written: it is only shown so
+
+
+def test_a_package_calendar_shows_each_dates_load_and_opens_its_bookings(admin_client, package):
+    day = future(30)
+    held, other_held = book(package, 30), book(package, 30)
+    Booking.objects.filter(pk=other_held.pk).update(hold_expires_at=Now() - timedelta(seconds=1))  # lapsed: free
+    page = admin_client.get(f"/admin/bookings/package/{package.pk}/calendar/?month={day:%Y-%m}")
+    assert page.status_code == 200
+    cells = {cell[0].day: cell for week in page.context["weeks"] for cell in week if cell}
+    shown, link = cells[day]
+    assert (shown.capacity, shown.confirmed, shown.held, shown.free) == (3, 0, 1, 2)
+    listing = admin_client.get(link)
+    assert {b.pk for b in listing.context["cl"].result_list} == {held.pk, other_held.pk}
+    assert admin_client.get(f"/admin/bookings/package/{package.pk}/calendar/?month=nonsense").status_code == 200
+
+
+def test_booking_date_filters_and_the_upcoming_count_link(admin_client, package):
+    soon, later = book(package, 3), book(package, 30)
+    next7 = admin_client.get("/admin/bookings/booking/?when=next7").context["cl"].result_list
+    assert [b.pk for b in next7] == [soon.pk]
+    packages = admin_client.get("/admin/bookings/package/").content.decode()
+    assert f"package__id__exact={package.pk}&amp;when=upcoming" in packages
+    upcoming = admin_client.get(f"/admin/bookings/booking/?package__id__exact={package.pk}&when=upcoming")
+    assert {b.pk for b in upcoming.context["cl"].result_list} == {soon.pk, later.pk}

@@ -158,3 +158,22 @@ def test_a_scoped_manager_cancels_a_paid_booking_through_the_confirmation_page(b
     assert Booking.objects.get(pk=bookings["Maya"].pk).status == Booking.Status.REFUNDED
     assert Booking.objects.get(pk=bookings["Omar"].pk).status == Booking.Status.CONFIRMED
     assert page.goto(f"{live_server.url}/admin/bookings/booking/{bookings['Omar'].pk}/change/").status == 404
+
+
+def test_the_package_calendar_shows_a_month_and_a_date_opens_its_bookings(browser_page, live_server, operator):
+    from bookings.services import start_checkout
+
+    tenant = TenantFactory(slug="calendar")
+    package = Package.objects.create(tenant=tenant, name="Boat", price=Decimal("80.00"), daily_capacity=2)
+    day = database_clock().date() + timedelta(days=40)
+    start_checkout(tenant=tenant, package_id=package.pk, date=day, customer_name="Lina", customer_email="l@x.io")
+
+    page = browser_page(locale="en")
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/admin/bookings/package/{package.pk}/calendar/?month={day:%Y-%m}")
+    cell = page.locator(f"td[data-date='{day:%Y-%m-%d}']")
+    assert "0 confirmed, 1 held" in cell.inner_text() and "1 free" in cell.inner_text()
+    screenshot(page, "admin-package-calendar")
+    cell.locator("a").click()
+    page.wait_for_selector("#result_list")
+    assert "Lina" in page.inner_text("#result_list")
