@@ -249,18 +249,7 @@ class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
     form was opened at); every state change through an action calling the managers and services."""
 
-    list_display = [
-        "id",
-        "date",
-        "package",
-        "customer_name",
-        "customer_email",
-        "shown_status",
-        "hold_expires_at",
-        "amount",
-        "currency",
-        "tenant",
-    ]
+    list_display = ["id", "date", "package", "customer", "shown_status", "money", "tenant"]  # fits 1366 px
     list_filter = [
         "status",
         BookingDateFilter,
@@ -301,6 +290,14 @@ class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
             Q(status=Booking.Status.HELD, hold_expires_at__lte=ClockNow()), output_field=BooleanField()
         )
         return super().get_queryset(request).annotate(hold_lapsed=lapsed)
+
+    @admin.display(description=_("customer"), ordering="customer_name")
+    def customer(self, booking):
+        return format_html("{}<br><small>{}</small>", booking.customer_name, booking.customer_email)
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def money(self, booking):
+        return _money_to(booking)["amount"]
 
     @admin.display(description=_("status"), ordering="status")
     def shown_status(self, booking):
@@ -370,17 +367,7 @@ class PaymentEventAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdm
 
     tenant_path = "booking__tenant"
 
-    list_display = [
-        "event_id",
-        "type",
-        "provider",
-        "result",
-        "needs_review",
-        "booking",
-        "deliveries",
-        "received_at",
-        "processed_at",
-    ]
+    list_display = ["event_id", "type", "result", "needs_review", "booking_id", "received_at"]  # fits 1366 px
     list_filter = ["needs_review", "type", "result", "provider"]
     search_fields = ["event_id", "=booking__id"]
     date_hierarchy = "received_at"

@@ -23,16 +23,14 @@ from proposals.models import PROPOSAL_EDITABLE, Proposal
 class ProposalAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
-        "session_id",
         "package",
         "date",
         "customer_name",
         "status",
         "expires_at",
         "booking_link",
-        "failure_code",
         "tenant",
-    ]
+    ]  # session_id and failure_code on the detail page (and in search): the list must fit 1366 px
     list_filter = ["status", "date", "tenant", "package"]
     search_fields = ["session_id", "customer_name", "customer_email", "=id"]
     date_hierarchy = "date"

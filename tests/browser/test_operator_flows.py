@@ -177,3 +177,48 @@ def test_the_package_calendar_shows_a_month_and_a_date_opens_its_bookings(browse
     cell.locator("a").click()
     page.wait_for_selector("#result_list")
     assert "Lina" in page.inner_text("#result_list")
+
+
+def test_every_list_fits_a_1366_pixel_laptop_in_both_languages(browser_page, live_server, operator):
+    """The columns an operator acts on stay on screen: no list is wider than the window."""
+    from django.core.management import call_command
+
+    from bookings.services import sandbox_deliver, start_checkout
+    from promos.models import PromoCode
+
+    call_command("seed_demo", "--without-admin", stdout=__import__("io").StringIO())
+    demo = TenantFactory._meta.model.objects.get(slug="demo")
+    package = Package.objects.filter(tenant=demo).first()
+    day = database_clock().date() + timedelta(days=50)
+    paid = start_checkout(tenant=demo, package_id=package.pk, date=day, customer_name="Rania", customer_email="r@x.io")
+    sandbox_deliver(paid.checkout, "checkout.session.completed")  # a booking and a payment event
+    PromoCode.objects.redeem("WELCOME10", tenant=demo, customer="rania", amount="100.00")  # a usage
+    lists = [
+        "bookings/booking",
+        "bookings/package",
+        "bookings/paymentevent",
+        "promos/promocode",
+        "promos/promousage",
+        "promos/redemptionsession",
+        "profiles/profile",
+        "profiles/profileauditlog",
+        "proposals/proposal",
+    ]
+    measured = 0
+    for locale in ("en", "ar"):
+        page = browser_page(locale=locale)
+        page.set_viewport_size({"width": 1366, "height": 768})
+        log_in(page, live_server)
+        too_wide = {}
+        for name in lists:
+            page.goto(f"{live_server.url}/admin/{name}/")
+            # Django scrolls a wide table inside its box: compare the table with the box, and the page with the window
+            table, box, page_width = page.evaluate(
+                "[document.querySelector('#result_list')?.scrollWidth ?? 0,"
+                " document.querySelector('.results')?.clientWidth ?? 0, document.documentElement.scrollWidth]"
+            )
+            if table > box or page_width > 1366:
+                too_wide[name] = (table, box, page_width)
+            measured += bool(table)
+        assert not too_wide, (locale, too_wide)
+    assert measured == 2 * len(lists), measured  # every list had rows to measure
