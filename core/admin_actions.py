@@ -12,6 +12,7 @@ The admin toolkit, with ``core.admin_forms``:
 from django.contrib import messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import DomainError
@@ -38,6 +39,7 @@ def apply_to_each(
     done_each=None,
     nothing_to_do=NOTHING_TO_DO,
     code_first=False,
+    remedy=None,
 ):
     """Call ``operation(row)`` for each row and tell the operator how each one went; return the rows done.
 
@@ -46,6 +48,7 @@ def apply_to_each(
     that row's ``resource_locked``) is a warning "<describe(row)>: <refusal_text>";
     ``code_first`` puts the code first, as the profiles admin and its commands print it.
     An operation returning ``False`` did nothing: "<describe(row)>: <nothing_to_do>".
+    ``remedy(refusal)`` may add a link to what would unblock a refused row (restore a parent).
     Rows done are summed up by ``done_message(count)`` (an ``ngettext``), or named
     one by one by ``done_each(row, outcome)`` (what the operation returned: say what happened).
     """
@@ -56,7 +59,9 @@ def apply_to_each(
                 outcome = operation(row)
         except DomainError as refusal:
             text = refusal_text(refusal, code_first=code_first)
-            modeladmin.message_user(request, f"{describe(row)}: {text}", messages.WARNING)
+            fix = remedy(refusal) if remedy is not None else None  # safe HTML: a link to what unblocks it
+            message = format_html("{}: {} {}", describe(row), text, fix) if fix else f"{describe(row)}: {text}"
+            modeladmin.message_user(request, message, messages.WARNING)
             continue
         if outcome is False:
             modeladmin.message_user(request, f"{describe(row)}: {nothing_to_do}", messages.WARNING)

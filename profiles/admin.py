@@ -1,5 +1,7 @@
 """Operator screens. Every state change goes through the Profile / ProfileAuditLog managers."""
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
@@ -18,6 +20,16 @@ from profiles.models import Profile, ProfileAuditLog
 
 def _profile_label(profile):
     return f"{profile} (#{profile.pk})"
+
+
+def _restore_link(refusal):
+    """For an undo refused because a parent is deleted: name that parent and link to restoring it."""
+    profile_id = refusal.params.get("profile_id") if refusal.code == "parent_deleted" else None
+    parent = Profile.objects.filter(pk=profile_id).first() if profile_id else None
+    if parent is None:
+        return None
+    url = reverse("admin:profiles_profile_changelist") + "?" + urlencode({"deleted": "yes", "q": parent.pk})
+    return format_html('<a href="{}">{}</a>', url, _("Restore %(name)s first") % {"name": _profile_label(parent)})
 
 
 # What a confirmation page shows of each profile before a delete or restore.
@@ -274,6 +286,7 @@ class ProfileAuditLogAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Model
                 ),
                 describe=lambda entry: f"#{entry.pk}",
                 done_each=lambda entry, _outcome: _("#%(entry)s: undone.") % {"entry": entry.pk},
+                remedy=_restore_link,
                 code_first=True,
             )
             return None

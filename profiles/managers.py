@@ -333,7 +333,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
             if row is None:
                 # Not locked: only tells "deleted" from "never existed here".
                 if self.filter(pk=parent_id, tenant=tenant).exists():
-                    raise ParentDeleted(parent=role)
+                    raise ParentDeleted(parent=role, profile_id=parent_id)  # which one: the fix is to restore it
                 raise ParentNotFound(parent=role)
             if row["sex"] != PARENT_SEX[role]:
                 raise ParentWrongSex(parent=role)

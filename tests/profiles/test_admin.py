@@ -57,7 +57,14 @@ def test_undo_selected_reports_refusals_in_arabic(admin_client, tree):
         follow=True,
         HTTP_ACCEPT_LANGUAGE="ar",
     )
-    assert texts(response) == [f"#{entry.pk}: parent_deleted: الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً."]
+    [message] = texts(response)
+    assert message.startswith(f"#{entry.pk}: parent_deleted: الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً. ")
+    # the refusal names the deleted father and links to restoring him
+    dad = tree["dad"]
+    assert f'<a href="/admin/profiles/profile/?deleted=yes&amp;q={dad.pk}">' in message
+    assert f"{dad} (#{dad.pk})" in message
+    listing = admin_client.get(f"/admin/profiles/profile/?deleted=yes&q={dad.pk}")
+    assert [p.pk for p in listing.context["cl"].result_list] == [dad.pk]
 
 
 def test_undo_selected_without_reason_shows_the_form_again(admin_client, tree):
