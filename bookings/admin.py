@@ -19,15 +19,15 @@ from bookings.managers import active_q
 from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent, in_currency
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
-from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
-from core.admin_history import RowHistoryMixin
+from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow, database_clock
 
 
 @admin.register(Package)
-class PackageAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
@@ -245,7 +245,7 @@ def _cancelled(booking, result):
 
 
 @admin.register(Booking)
-class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Bookings: contact fields edited through ``edit_contact`` (only the changed ones, the version the
     form was opened at); every state change through an action calling the managers and services."""
 
@@ -360,7 +360,7 @@ class BookingAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMix
 
 
 @admin.register(PaymentEvent)
-class PaymentEventAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PaymentEventAdmin(DetailActionsMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """The inbox, read-only. "Needs review": signed events that did not match what they named (another
     session, amount or currency; money for no checkout of ours) and changed nothing. Staff see their
     tenants' events; an event that matched no booking only superusers see."""

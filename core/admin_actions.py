@@ -123,3 +123,19 @@ def confirm_first(modeladmin, request, queryset, *, title, explanation, columns,
         "confirm_label": confirm_label,
     }
     return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)
+
+
+class DetailActionsMixin:
+    """The row's actions as buttons on its own page (templates/admin/change_form_object_tools.html).
+
+    Each posts the list's action for this one row, so it goes through the same permission check,
+    confirmation page and per-row report as from the list.
+    """
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        actions = [
+            (name, description)
+            for name, (_function, _name, description) in self.get_actions(request).items()
+            if name != "delete_selected"
+        ]
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "detail_actions": actions})

@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 
+from core.admin_actions import DetailActionsMixin
 from core.admin_scope import READ, tenant_ids
 from core.history import recent_activity, row_history
 
@@ -38,3 +39,7 @@ def recent_activity_view(request):
         "activity": recent_activity(tenant_ids(request, READ)),
     }
     return TemplateResponse(request, "admin/lockstep/activity.html", context)
+
+
+class RowPagesMixin(DetailActionsMixin, RowHistoryMixin):
+    """A tracked row's own pages: its actions as buttons on its page, and its whole history."""

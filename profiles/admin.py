@@ -10,9 +10,9 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
-from core.admin_history import RowHistoryMixin
+from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import Profile, ProfileAuditLog
@@ -112,7 +112,7 @@ class ProfileAuditLogInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Tabu
 
 
 @admin.register(Profile)
-class ProfileAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Add and change go through the manager: only the changed fields, with the version the form was opened at.
 
     A stale form (someone changed the profile since it was opened), a missing version, a
@@ -230,7 +230,7 @@ class UndoReasonForm(forms.Form):
 
 
 @admin.register(ProfileAuditLog)
-class ProfileAuditLogAdmin(ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class ProfileAuditLogAdmin(DetailActionsMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """The audit log, read-only; the undo action (its own permission) calls the manager per entry."""
 
     list_display = ["id", "created_at", "action", "profile_link", "actor", "undone_at", "undone_by", "tenant"]

@@ -12,7 +12,7 @@ from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_forms import GuardedChangeFormMixin
-from core.admin_history import RowHistoryMixin
+from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
 from promos.managers import PROMO_EDITABLE
@@ -68,7 +68,7 @@ class PromoCodeAdminForm(forms.ModelForm):
 
 
 @admin.register(PromoCode)
-class PromoCodeAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Codes: the change form writes only what the operator changed, through ``update_code``.
 
     A plain ``obj.save()`` would write back the ``times_used`` (and the limit, the
@@ -210,7 +210,7 @@ class VoidedFilter(admin.SimpleListFilter):
 
 
 @admin.register(PromoUsage)
-class PromoUsageAdmin(RowHistoryMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "promo",
@@ -284,7 +284,7 @@ class SessionLiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(RedemptionSession)
-class RedemptionSessionAdmin(RowHistoryMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "session_id",
         "tenant",

@@ -14,13 +14,13 @@ from django.utils.translation import ngettext
 
 from core.admin_actions import apply_to_each
 from core.admin_forms import GuardedChangeFormMixin
-from core.admin_history import RowHistoryMixin
+from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from proposals.models import PROPOSAL_EDITABLE, Proposal
 
 
 @admin.register(Proposal)
-class ProposalAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class ProposalAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "package",

@@ -179,3 +179,20 @@ def test_booking_date_filters_and_the_upcoming_count_link(admin_client, package)
     assert f"package__id__exact={package.pk}&amp;when=upcoming" in packages
     upcoming = admin_client.get(f"/admin/bookings/booking/?package__id__exact={package.pk}&when=upcoming")
     assert {b.pk for b in upcoming.context["cl"].result_list} == {soon.pk, later.pk}
+
+
+def test_a_bookings_page_carries_its_actions(admin_client, package):
+    booking = book(package)
+    page = admin_client.get(f"/admin/bookings/booking/{booking.pk}/change/")
+    assert [name for name, _label in page.context["detail_actions"]] == [
+        "cancel_selected",
+        "release_hold_selected",
+        "retry_refund_selected",
+    ]
+    assert 'class="detail-action"' in page.content.decode()
+    # the button posts the list's action for this row: the confirmation page, nothing changed yet
+    confirm = admin_client.post(
+        "/admin/bookings/booking/", {"action": "cancel_selected", "_selected_action": [booking.pk]}
+    )
+    assert [cells[0] for cells, _effect in confirm.context["rows"]] == [booking.pk]
+    assert Booking.objects.get(pk=booking.pk).status == "held"
