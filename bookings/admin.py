@@ -20,6 +20,7 @@ from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkou
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
+from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
@@ -302,8 +303,8 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     @admin.display(description=_("status"), ordering="status")
     def shown_status(self, booking):
         if getattr(booking, "hold_lapsed", False):
-            return _("expired (hold lapsed, not swept yet)")
-        return booking.get_status_display()
+            return badge("expired", _("expired (hold lapsed, not swept yet)"))
+        return badge(booking.status, booking.get_status_display())
 
     def guarded_edit(self, request, obj, changes, *, version):
         return Booking.objects.edit_contact(obj.pk, version=version, **changes)

@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
+from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
@@ -290,12 +291,10 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
         "tenant",
         "customer",
         "max_amount",
-        "status",
+        "status_badge",
         "expires_at",
-        "approved_at",
-        "used_at",
         "used_amount",
-    ]
+    ]  # approved_at and used_at on the detail page: the list must fit 1366 px
     list_filter = ["status", SessionLiveFilter, "tenant"]
     search_fields = ["customer", "=session_id"]
     date_hierarchy = "created_at"
@@ -318,6 +317,10 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
     actions = ["cancel_selected"]
 
     @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, session):
+        return badge(session.status, session.get_status_display())
+
     def cancel_selected(self, request, queryset):
         return confirm_first(
             self,

@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from core.admin_actions import apply_to_each
+from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
@@ -26,7 +27,7 @@ class ProposalAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixi
         "package",
         "date",
         "customer_name",
-        "status",
+        "status_badge",
         "expires_at",
         "booking_link",
         "tenant",
@@ -52,6 +53,10 @@ class ProposalAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixi
     ]
     fields = [*readonly_fields[:4], *PROPOSAL_EDITABLE, *readonly_fields[4:]]
     actions = ["expire_selected"]
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, proposal):
+        return badge(proposal.status, proposal.get_status_display())
 
     def has_add_permission(self, request):
         return False  # proposals come from the assistant through the API
