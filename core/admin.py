@@ -1,4 +1,7 @@
+from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.utils.translation import gettext_lazy as _
 
 from core.admin_actions import ActionsOnlyMixin
 from core.admin_history import RowHistoryMixin
@@ -6,13 +9,36 @@ from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 
 
+class MembershipForm(forms.ModelForm):
+    """A member picked by user name: an owner may add a colleague without seeing the users' list
+    (which stays for superusers), and a name that is not a user is a field error."""
+
+    user = forms.CharField(label=_("user name"), max_length=150)
+
+    class Meta:
+        model = Membership
+        fields = ["user", "tenant", "role"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.user_id:
+            self.initial["user"] = self.instance.user.get_username()
+
+    def clean_user(self):
+        User = get_user_model()
+        try:
+            return User.objects.get(**{User.USERNAME_FIELD: self.cleaned_data["user"]})
+        except User.DoesNotExist:
+            raise forms.ValidationError(_("No user has this name.")) from None
+
+
 class MembershipInline(TenantScopedAdminMixin, admin.TabularInline):
     """A tenant's members, managed by its owners."""
 
     model = Membership
+    form = MembershipForm
     change_roles = MANAGE_MEMBERS
     extra = 0
-    autocomplete_fields = ["user"]
 
 
 @admin.register(Tenant)
@@ -33,7 +59,7 @@ class MembershipAdmin(RowHistoryMixin, TenantScopedAdminMixin, admin.ModelAdmin)
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
     search_fields = ["user__username", "tenant__slug"]
-    autocomplete_fields = ["user", "tenant"]
+    form = MembershipForm
 
 
 @admin.register(IdempotencyKey)

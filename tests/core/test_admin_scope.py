@@ -171,3 +171,22 @@ def test_the_admin_switches_to_arabic_and_back(admin_client):
     assert 'dir="rtl"' in arabic and 'lang="ar"' in arabic
     admin_client.post("/i18n/setlang/", {"language": "en", "next": "/admin/"})
     assert 'dir="rtl"' not in admin_client.get("/admin/").content.decode()
+
+
+def test_an_owner_adds_a_colleague_by_user_name_to_their_tenant_only(demo, client, django_user_model):
+    owner = staff_of(demo, Membership.Role.OWNER, django_user_model, client)
+    colleague = django_user_model.objects.create_user("colleague", password="pw", is_staff=True)
+    other = TenantFactory(slug="other")
+    add = url(Membership, "add")
+    page = client.get(add)
+    assert page.status_code == 200 and list(page.context["adminform"].form.fields["tenant"].queryset) == [demo]
+    refused = client.post(add, {"user": "colleague", "tenant": other.pk, "role": "viewer"})
+    assert refused.status_code == 200 and "tenant" in refused.context["adminform"].form.errors
+    unknown = client.post(add, {"user": "nobody", "tenant": demo.pk, "role": "viewer"})
+    assert "user" in unknown.context["adminform"].form.errors
+    assert client.post(add, {"user": "colleague", "tenant": demo.pk, "role": "viewer"}).status_code == 302
+    assert Membership.objects.get(user=colleague).tenant == demo
+    # a manager (not an owner) cannot
+    client.force_login(staff_of(other, Membership.Role.STAFF, django_user_model, client))
+    assert client.get(add).status_code == 403
+    assert owner.memberships.count() == 1
