@@ -178,6 +178,7 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
             confirm_label=_("Deactivate these codes"),
             operation=lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
             describe=str,
+            done_each=lambda promo, _outcome: _("%(code)s: deactivated.") % {"code": promo.code},
             done_message=lambda n: (
                 ngettext("Deactivated %(n)d promo code.", "Deactivated %(n)d promo codes.", n) % {"n": n}
             ),
@@ -265,6 +266,9 @@ class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, a
             confirm_label=_("Void these usages"),
             operation=lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
             describe=str,
+            done_each=lambda usage, _outcome: (
+                _("%(usage)s: voided; the use went back to %(code)s.") % {"usage": usage, "code": usage.promo.code}
+            ),
             done_message=lambda n: ngettext("Voided %(n)d usage.", "Voided %(n)d usages.", n) % {"n": n},
         )
 
@@ -343,5 +347,8 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
             confirm_label=_("Cancel these sessions"),
             operation=lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
             describe=str,
+            done_each=lambda session, _outcome: (
+                _("%(session)s (%(customer)s): cancelled.") % {"session": session, "customer": session.customer}
+            ),
             done_message=lambda n: ngettext("Cancelled %(n)d session.", "Cancelled %(n)d sessions.", n) % {"n": n},
         )

@@ -75,12 +75,15 @@ def form_outcome(response):
 
 
 def message_codes(response):
-    """Admin action messages as codes: 'ok' for the summary, else the refusal code in parentheses."""
-    codes = []
+    """Admin action messages as codes: each refusal's code (in parentheses), and 'ok' once if any row was done."""
+    codes, done = [], False
     for message in get_messages(response.wsgi_request):
         found = re.search(r"\((\w+)\)$", str(message))
-        codes.append(found.group(1) if found else "ok")
-    return codes
+        if found:
+            codes.append(found.group(1))
+        else:
+            done = True  # the per-row reports and the summary of the rows done
+    return codes + ["ok"] * done
 
 
 def api_code(response):
