@@ -335,7 +335,6 @@ class ProfileAuditLog(GuardedModel):
         ordering = ["id"]
         verbose_name = _("audit entry")
         verbose_name_plural = _("audit log")
-        permissions = [("undo_profileauditlog", "Can undo audit entries")]
         triggers = [
             AuditAppendOnly(name="audit_append_only_transition"),
             AuditInsertedNotUndone(name="audit_insert_transition"),
