@@ -199,6 +199,23 @@ class BookingDateFilter(admin.SimpleListFilter):
         return queryset.filter(**ranges[self.value()]) if self.value() in ranges else queryset
 
 
+class DatePickerFilter(admin.SimpleListFilter):
+    """Jump to one date with the browser's date picker (core/templates/admin/lockstep/date_picker_filter.html)."""
+
+    title = _("date")
+    parameter_name = "on"
+    template = "admin/lockstep/date_picker_filter.html"
+
+    def lookups(self, request, model_admin):
+        return [("", "")]  # the picker is the choice; a filter with no lookups is not shown
+
+    def queryset(self, request, queryset):
+        try:
+            return queryset.filter(date=date.fromisoformat(self.value())) if self.value() else queryset
+        except ValueError:  # not a date: show everything rather than an error page
+            return queryset
+
+
 def _booking_label(booking):
     return _("Booking #%(id)s") % {"id": booking.pk}
 
@@ -254,6 +271,7 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     list_filter = [
         "status",
         BookingDateFilter,
+        DatePickerFilter,
         ("checkout__refund_state", admin.ChoicesFieldListFilter),
         "date",
         "package",

@@ -197,3 +197,12 @@ def test_a_bookings_page_carries_its_actions(admin_client, package):
     )
     assert [cells[0] for cells, _effect in confirm.context["rows"]] == [booking.pk]
     assert Booking.objects.get(pk=booking.pk).status == "held"
+
+
+def test_the_date_picker_jumps_to_one_date(admin_client, package):
+    first, second = book(package, 30), book(package, 31)
+    page = admin_client.get(f"/admin/bookings/booking/?on={future(31).isoformat()}")
+    assert [b.pk for b in page.context["cl"].result_list] == [second.pk]
+    assert 'type="date" name="on"' in page.content.decode()
+    everything = admin_client.get("/admin/bookings/booking/?on=not-a-date").context["cl"].result_list
+    assert {b.pk for b in everything} == {first.pk, second.pk}
