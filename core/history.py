@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import pghistory
 from django.contrib.auth import get_user_model
+from django.urls import NoReverseMatch, reverse
 from django.utils import formats
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 
@@ -65,7 +67,13 @@ def _shown(field, value, names):
     if value is None or value == "":
         return "-"
     if field.is_relation:
-        return names.get((field.related_model, value), f"#{value}")
+        name = names.get((field.related_model, value), f"#{value}")
+        opts = field.related_model._meta
+        try:  # linked to the related row's admin page when it has one
+            url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[value])
+        except NoReverseMatch:
+            return name
+        return format_html('<a href="{}">{}</a>', url, name)
     if field.choices:
         return str(dict(field.flatchoices).get(value, value))
     return formats.localize(value)

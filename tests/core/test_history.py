@@ -116,3 +116,16 @@ def test_recent_activity_lists_only_the_users_tenants_newest_first(client, booki
     )
     assert ("package", theirs.pk, "created") not in rows
     assert f"/admin/bookings/booking/{booking.pk}/history/" in page.content.decode()
+
+
+def test_a_changed_relation_reads_as_a_link_to_the_named_row(admin_client, tenant):
+    from proposals.models import Proposal
+    from tests.proposals.factories import make_proposal
+
+    proposal = make_proposal(tenant)
+    other = PackageFactory(tenant=tenant, name="Sunset sail")
+    Proposal.objects.filter(pk=proposal.pk).update(package=other)
+    [change] = [c for c in row_history(Proposal.objects.get(pk=proposal.pk))[0].changes if c[0] == "package"]
+    assert change[2] == f'<a href="/admin/bookings/package/{other.pk}/change/">Sunset sail</a>'
+    page = admin_client.get(f"/admin/proposals/proposal/{proposal.pk}/history/").content.decode()
+    assert f'<a href="/admin/bookings/package/{other.pk}/change/">Sunset sail</a>' in page
