@@ -183,6 +183,12 @@ class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     def has_delete_permission(self, request, obj=None):
         return False  # hard deletes would bypass the audit log; use the soft-delete action
 
+    def history_view(self, request, object_id, extra_context=None):
+        """One page: every change of the row, then its audit entries (reasons, undo) linked."""
+        entries = ProfileAuditLog.objects.select_related("actor").order_by("-id")
+        entries = entries.filter(profile_id=object_id)[:100] if str(object_id).isdigit() else []  # else: 404 below
+        return super().history_view(request, object_id, {**(extra_context or {}), "audit_entries": entries})
+
     @admin.action(description=_("Soft-delete selected profiles"), permissions=["change"])
     def soft_delete_selected(self, request, queryset):
         return confirm_first(

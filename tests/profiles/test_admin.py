@@ -301,3 +301,13 @@ def test_a_mother_refusal_goes_on_the_mother_field(admin_client, tree):
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {"mother": ["The mother must be female."]}
     assert fresh(kid).mother_id == tree["mum"].pk
+
+
+def test_a_profiles_history_page_shows_its_changes_and_its_audit_entries(admin_client, tree):
+    entry = moved_entry(tree)
+    page = admin_client.get(f"/admin/profiles/profile/{tree['kid'].pk}/history/")
+    assert page.status_code == 200
+    assert page.context["entries"][0].what == "changed"  # the row's own history, newest first
+    assert [e.pk for e in page.context["audit_entries"]][0] == entry.pk
+    assert f'href="/admin/profiles/profileauditlog/{entry.pk}/change/"' in page.content.decode()
+    assert admin_client.get("/admin/profiles/profile/abc/history/").status_code == 404
