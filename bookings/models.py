@@ -96,6 +96,7 @@ class Package(GuardedModel):
     class Meta:
         ordering = ["tenant", "name", "pk"]
         verbose_name = _("package")
+        verbose_name_plural = _("packages")
         constraints = [
             models.CheckConstraint(condition=Q(price__gte=0), name="package_price_not_negative"),
             models.CheckConstraint(condition=Q(daily_capacity__gte=1), name="package_capacity_positive"),
@@ -150,6 +151,7 @@ class Booking(GuardedModel):
     class Meta:
         ordering = ["-date", "-pk"]
         verbose_name = _("booking")
+        verbose_name_plural = _("bookings")
         indexes = [models.Index(fields=["package", "date", "status"], name="booking_package_date_status")]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="booking_amount_not_negative"),
@@ -238,6 +240,7 @@ class Checkout(GuardedModel):
 
     class Meta:
         verbose_name = _("checkout")
+        verbose_name_plural = _("checkouts")
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="checkout_amount_not_negative"),
             models.CheckConstraint(
@@ -328,6 +331,7 @@ class PaymentEvent(models.Model):
     class Meta:
         ordering = ["-received_at", "-pk"]
         verbose_name = _("payment event")
+        verbose_name_plural = _("payment events")
 
     def __str__(self):
         return f"{self.event_id} {self.type}"

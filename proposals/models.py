@@ -144,6 +144,7 @@ class Proposal(GuardedModel):
     class Meta:
         ordering = ["-created_at", "-pk"]
         verbose_name = _("proposal")
+        verbose_name_plural = _("proposals")
         indexes = [models.Index(fields=["tenant", "session_id"], name="proposal_tenant_session")]
         constraints = [
             models.CheckConstraint(
