@@ -22,7 +22,7 @@ os.environ.setdefault("PAYMENT_SANDBOX_ALLOWED", "true")  # the benchmark pays t
 # Every client is 127.0.0.1 and one user: the rate limits would refuse the storms being measured.
 os.environ.setdefault("THROTTLE_ENABLED", "false")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

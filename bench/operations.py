@@ -74,7 +74,7 @@ def clone(model, template_pk, rows, overrides):
     column_list = ", ".join(f'"{c}"' for c in columns)
     with connection.cursor() as cursor:
         cursor.execute(
-            f'INSERT INTO "{table}" ({column_list}) SELECT {", ".join(values)} '  # noqa: S608
+            f'INSERT INTO "{table}" ({column_list}) SELECT {", ".join(values)} '
             f'FROM "{table}" src, generate_series(1, %s) AS g WHERE src.id = %s',
             [rows - 1, template_pk],
         )

@@ -144,7 +144,7 @@ class NotificationManager(models.Manager):
 
         with connections[self.db].cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language, context, status,"
+                f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language, context, status,"  # noqa: S608 - the table name comes from _meta; values are parameters
                 " attempts, last_error, created_at) VALUES (%s, %s, %s, %s, %s, 'pending', 0, '', clock_timestamp())"
                 " ON CONFLICT (kind, subject) DO NOTHING RETURNING id",
                 [kind, subject, json.dumps(recipients), language, json.dumps(context, cls=DjangoJSONEncoder)],

@@ -282,18 +282,18 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         table = self.model._meta.db_table
         if up:
             step = (
-                f"SELECT v.pid, t.depth + 1 FROM tree t JOIN {table} p ON p.id = t.id "
+                f"SELECT v.pid, t.depth + 1 FROM tree t JOIN {table} p ON p.id = t.id "  # noqa: S608 - the table name comes from _meta; values are parameters
                 "CROSS JOIN LATERAL (VALUES (p.father_id), (p.mother_id)) AS v(pid) "
                 "WHERE v.pid IS NOT NULL AND t.depth < %s"
             )
         else:
             step = (
-                f"SELECT c.id, t.depth + 1 FROM tree t JOIN {table} c ON c.father_id = t.id OR c.mother_id = t.id "
+                f"SELECT c.id, t.depth + 1 FROM tree t JOIN {table} c ON c.father_id = t.id OR c.mother_id = t.id "  # noqa: S608 - the table name comes from _meta; values are parameters
                 "WHERE t.depth < %s"
             )
         sql = (
             # UNION (not ALL): a pedigree reaching one person by many paths stays bounded by people x depth.
-            f"WITH RECURSIVE tree(id, depth) AS (SELECT %s::bigint, 0 UNION {step}) "
+            f"WITH RECURSIVE tree(id, depth) AS (SELECT %s::bigint, 0 UNION {step}) "  # noqa: S608 - one of the two fixed steps above; values are parameters
             "SELECT id, MIN(depth) FROM tree WHERE depth > 0 GROUP BY id"
         )
         with connections[self.db].cursor() as cursor:
@@ -346,7 +346,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         table = self.model._meta.db_table
         roles, ids = zip(*sorted(parents.items()), strict=True)
         sql = (
-            "WITH RECURSIVE anc(role, id) AS ("
+            "WITH RECURSIVE anc(role, id) AS ("  # noqa: S608 - the table name comes from _meta; values are parameters
             " SELECT r.role, r.id FROM unnest(%s::text[], %s::bigint[]) AS r(role, id)"
             " UNION"  # UNION (not ALL) also ends the walk should a cycle ever exist
             f" SELECT anc.role, v.pid FROM anc JOIN {table} p ON p.id = anc.id"

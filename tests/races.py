@@ -23,7 +23,7 @@ def row_locked(queryset, *, timeout=10):
                 list(queryset.select_for_update(of=("self",)).order_by("pk"))
                 locked.set()
                 release.wait(timeout)
-        except Exception as error:  # reported to the test below, not lost in the thread
+        except Exception as error:  # noqa: BLE001 - reported to the test below, not lost in the thread
             failure.append(error)
             locked.set()
         finally:

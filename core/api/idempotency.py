@@ -90,7 +90,7 @@ def _run(view, handler, request, args, kwargs):
     try:
         with transaction.atomic():  # a savepoint, so a failed handler leaves the claim usable
             return handler(view, request, *args, **kwargs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is answered (DRF's handler) and its key released
         return view.handle_exception(exc)
 
 
@@ -136,7 +136,7 @@ def _two_phase(view, handler, request, args, kwargs, claim):
         return _replay(record)
     try:
         response = handler(view, request, *args, **kwargs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the key is released whatever failed, then it is re-raised
         try:
             response = view.handle_exception(exc)
         except Exception:
