@@ -86,6 +86,7 @@ def refuse_missing_timeouts(app_configs, databases=None, **kwargs):
     """
     if not databases:
         return []
+    from core.db_backend.base import TIMEOUTS
     from core.health import readiness
 
     errors = []
@@ -94,7 +95,7 @@ def refuse_missing_timeouts(app_configs, databases=None, **kwargs):
         if not checks["database"]["ok"]:
             errors.append(Error(f"Database {alias!r} unreachable: timeouts not verified.", id="lockstep.E010"))
             continue
-        for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"):
+        for name in TIMEOUTS:
             seen = checks[name]
             if not seen["ok"]:
                 errors.append(

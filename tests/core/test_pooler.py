@@ -31,6 +31,15 @@ def timeouts(conn):
         return cursor.fetchone()  # milliseconds
 
 
+def timeouts_in_a_transaction(conn):
+    conn.set_autocommit(False)  # what transaction.atomic() does first: the backend's hook runs here
+    try:
+        return timeouts(conn)
+    finally:
+        conn.rollback()
+        conn.set_autocommit(True)
+
+
 @pytest.fixture
 def startup_options_dropped(db):
     """A connection as a transaction-mode pooler leaves it: no startup options, timeouts per transaction."""
@@ -46,19 +55,9 @@ def test_each_transaction_sets_the_timeouts_the_pooler_dropped(startup_options_d
     pooled = startup_options_dropped
     assert timeouts(pooled) == (0, 0)  # outside a transaction: the server's defaults
     settings.LOCK_TIMEOUT_MS, settings.STATEMENT_TIMEOUT_MS = 1500, 9000  # read as each transaction begins
-    pooled.set_autocommit(False)
-    try:
-        assert timeouts(pooled) == (1500, 9000)
-    finally:
-        pooled.rollback()
-        pooled.set_autocommit(True)
+    assert timeouts_in_a_transaction(pooled) == (1500, 9000)
     pooled.settings_dict["LOCK_TIMEOUT_MS"] = 300  # one connection's own (tests.races.lock_timeout)
-    pooled.set_autocommit(False)
-    try:
-        assert timeouts(pooled) == (300, 9000)
-    finally:
-        pooled.rollback()
-        pooled.set_autocommit(True)
+    assert timeouts_in_a_transaction(pooled) == (300, 9000)
     assert timeouts(pooled) == (0, 0)  # SET LOCAL: nothing left on the connection for the next client
 
 
