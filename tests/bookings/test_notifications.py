@@ -140,3 +140,18 @@ def test_operators_hear_about_a_refund_given_up_on(package, settings):
     [alert] = [m for m in mail.outbox if m.to == ["ops@example.com"]]
     assert alert.subject == f"Refund of booking #{booking.pk} failed 1 times: act on it"
     assert "m@x.io" in alert.body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_senders_racing_for_one_notification_send_it_once(tenant):
+    """A duplicated or retried job, several workers: each claims the row; exactly one claim wins."""
+    from tests.races import run_concurrently, tally
+
+    booking = book(PackageFactory(tenant=tenant, name="Sunset cruise"))
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    outcomes = run_concurrently(lambda i: send(pk, final_attempt=False), 8)
+    assert tally(outcomes) == {"ok": 8}, [repr(o.error) for o in outcomes if not o.ok]
+    assert sorted(o.value for o in outcomes) == [False] * 7 + [True]
+    assert len(mail.outbox) == 1
+    row = Notification.objects.get(pk=pk)
+    assert (row.status, row.attempts) == ("sent", 1)
