@@ -54,9 +54,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Re-extract and compile the Arabic catalogs (needs gettext; the compiled .mo files are committed).
+# Re-extract and compile the Arabic catalogs of every app that has them (needs gettext; the .mo files are committed).
 messages: install
-	for app in core bookings proposals promos profiles; do \
+	for app in $(patsubst %/locale,%,$(wildcard */locale)); do \
 		(cd $$app && ../$(BIN)/python ../manage.py makemessages -l ar && ../$(BIN)/python ../manage.py compilemessages); \
 	done
 

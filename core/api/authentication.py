@@ -6,6 +6,11 @@ AuthenticatedClient, openapi-generator, Swagger UI) are both accepted, the keywo
 case-insensitively. Everything else is DRF's TokenAuthentication: the same token
 model, 401 ``authentication_failed`` for a bad token, ``WWW-Authenticate: Token``.
 
+Under /api/t/<tenant>/ the token, its user, their membership and the tenant come back
+from one query (``TokenAuthentication.member``); the view's tenancy uses that row
+instead of reading them again. A token that is not a member there takes DRF's own
+lookup, so a bad token is still 401 and a non-member still 404.
+
 A failed authentication takes a cell of the ``auth_failure`` bucket of the client's
 address (core/api/throttles.py); once it is empty, failed attempts answer 429
 ``throttled`` with ``Retry-After`` instead of 401. A valid token costs nothing extra.
@@ -16,6 +21,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from core.api.throttles import AuthFailureThrottle
+from core.models import Membership
 
 KEYWORDS = ("Token", "Bearer")
 
@@ -31,12 +37,28 @@ class TokenAuthentication(authentication.TokenAuthentication):
         if not header or header[0].lower() not in {keyword.lower().encode() for keyword in self.keywords}:
             return None  # another scheme, or none: not ours to refuse
         try:
-            return self._authenticate_key(header)
+            key = self._key(header)
+            membership = self.member(key, tenant_slug=_tenant_slug(request))
+            if membership is not None:
+                request.lockstep_membership = membership  # read by core.api.tenancy
+                return membership.user, membership.user.auth_token
+            return self.authenticate_credentials(key)
         except exceptions.AuthenticationFailed:
             self._count_failure(request)
             raise
 
-    def _authenticate_key(self, header):
+    @staticmethod
+    def member(key, *, tenant_slug):
+        """The active user's membership of the tenant, with user, token and tenant: one query (None if not)."""
+        if not tenant_slug:
+            return None
+        return (
+            Membership.objects.select_related("tenant", "user", "user__auth_token")
+            .filter(user__auth_token__key=key, user__is_active=True, tenant__slug=tenant_slug)
+            .first()
+        )
+
+    def _key(self, header):
         # DRF's checks and messages (so its translations apply), for either keyword.
         if len(header) == 1:
             raise exceptions.AuthenticationFailed(_("Invalid token header. No credentials provided."))
@@ -48,13 +70,18 @@ class TokenAuthentication(authentication.TokenAuthentication):
             raise exceptions.AuthenticationFailed(
                 _("Invalid token header. Token string should not contain invalid characters.")
             )
-        return self.authenticate_credentials(key)
+        return key
 
     def _count_failure(self, request):
         """Take a cell of this address's auth_failure bucket; raise Throttled when it is empty."""
         throttle = self.failure_throttle_class()
         if not throttle.allow_request(request, None):
             raise exceptions.Throttled(wait=throttle.wait())
+
+
+def _tenant_slug(request):
+    """The <tenant> of the URL the request is routed to (DRF passes the view's kwargs)."""
+    return (getattr(request, "parser_context", None) or {}).get("kwargs", {}).get("tenant")
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

@@ -10,7 +10,7 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 
 from core.api.throttles import TenantApiThrottle
 from core.exceptions import TenantNotFound
-from core.models import Tenant
+from core.models import Membership, Tenant
 
 
 class TenantScopedMixin:
@@ -25,12 +25,24 @@ class TenantScopedMixin:
         _ = self.tenant  # resolve now, so a non-member gets 404 before any work
 
     @cached_property
-    def tenant(self):
+    def membership(self):
+        """The caller's membership of the URL's tenant (tenant selected): 404 for a non-member."""
         slug = self.kwargs.get(self.tenant_url_kwarg)
-        tenant = Tenant.objects.for_member(self.request.user).filter(slug=slug).first()
-        if tenant is None:
+        # Token authentication read it with the token (one query); a session login reads it here.
+        membership = getattr(self.request, "lockstep_membership", None)
+        if membership is None or membership.tenant.slug != slug or membership.user_id != self.request.user.pk:
+            membership = (
+                Membership.objects.select_related("tenant").filter(user=self.request.user, tenant__slug=slug).first()
+                if self.request.user.is_authenticated
+                else None
+            )
+        if membership is None:
             raise TenantNotFound()
-        return tenant
+        return membership
+
+    @property
+    def tenant(self):
+        return self.membership.tenant
 
 
 class PublicTenantMixin:

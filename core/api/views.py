@@ -18,5 +18,5 @@ class TenantDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(responses=TenantSerializer)
     def get(self, request, tenant):
-        role = Membership.objects.filter(tenant=self.tenant, user=request.user).values_list("role", flat=True).first()
-        return Response(TenantSerializer({"slug": self.tenant.slug, "name": self.tenant.name, "role": role}).data)
+        tenant = self.tenant
+        return Response({"slug": tenant.slug, "name": tenant.name, "role": self.membership.role})
