@@ -1,0 +1,83 @@
+"""One statement that decides a filtered-update guard and, on a refusal, shows why.
+
+A filtered ``UPDATE … WHERE <conditions>`` decides a race in one statement, but its
+row count says only *that* it lost, so naming the refusal took a second read. Here the
+row is locked, judged and changed in one data-modifying CTE:
+
+    WITH locked AS (SELECT <row>, <when> AS lockstep_won, clock_timestamp() AS lockstep_now
+                    FROM t WHERE <key> FOR NO KEY UPDATE OF t),
+         changed AS (UPDATE t SET … FROM locked WHERE t.pk = locked.pk AND locked.lockstep_won
+                     RETURNING <row>)
+    SELECT true, <row> FROM changed UNION ALL SELECT false, <row> FROM locked WHERE NOT lockstep_won
+
+``FOR NO KEY UPDATE`` waits for a concurrent writer (bounded by lock_timeout) and then
+reads the row as that writer committed it, with ``when`` judged on that version; so a
+loser gets the winner's row back, which names its refusal without another read. The
+UPDATE then changes the row this statement already holds. In autocommit the statement is
+its own transaction: no BEGIN, no COMMIT.
+"""
+
+from django.db import connections
+from django.db.models import BooleanField, ExpressionWrapper
+
+from core.guards import ClockNow
+
+# changes={"used_at": NOW}: the database clock read by the lock (the moment the guard judged the row).
+NOW = object()
+
+
+def decide(queryset, *, when, changes):
+    """Lock the row ``queryset`` selects; apply ``changes`` if ``when`` holds on its current version.
+
+    Return ``(True, row)`` with the changed row, ``(False, row)`` with the row as it
+    stands (locked until the transaction ends), or ``(False, None)`` when nothing matched.
+    ``changes`` maps field names to values or ``NOW``. One statement.
+    """
+    model, db = queryset.model, queryset.db
+    connection = connections[db]
+    quote = connection.ops.quote_name
+    fields = model._meta.concrete_fields
+    table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
+    judged = queryset.annotate(
+        lockstep_won=ExpressionWrapper(when, output_field=BooleanField()), lockstep_now=ClockNow()
+    ).order_by()
+    # Compiled without select_for_update (Django refuses that outside atomic(); this statement
+    # needs no transaction of its own), the lock clause added here.
+    locked_sql, locked_params = judged.query.get_compiler(db).as_sql()
+    locked_sql = f"{locked_sql} FOR NO KEY UPDATE OF {table}"
+    assignments, set_params = [], []
+    for name, value in changes.items():
+        field = model._meta.get_field(name)
+        if value is NOW:
+            assignments.append(f"{quote(field.column)} = locked.lockstep_now")
+        else:
+            assignments.append(f"{quote(field.column)} = %s")
+            set_params.append(field.get_db_prep_save(value, connection))
+    row = ", ".join(quote(field.column) for field in fields)
+    returning = ", ".join(f"{table}.{quote(field.column)}" for field in fields)
+    # Names and columns come from the model's own meta; every value is a parameter.
+    statement = (
+        f"WITH locked AS ({locked_sql}), "  # noqa: S608 - identifiers from model meta, values parameterised
+        f"changed AS (UPDATE {table} SET {', '.join(assignments)} FROM locked "
+        f"WHERE {table}.{pk} = locked.{pk} AND locked.lockstep_won RETURNING {returning}) "
+        f"SELECT true, {row} FROM changed UNION ALL SELECT false, {row} FROM locked WHERE NOT locked.lockstep_won"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*locked_params, *set_params])
+        found = cursor.fetchone()
+    if found is None:
+        return False, None
+    won, *values = found
+    return won, model.from_db(
+        db,
+        [field.attname for field in fields],
+        [_from_db(value, field, connection) for value, field in zip(values, fields, strict=True)],
+    )
+
+
+def _from_db(value, field, connection):
+    """The value as the ORM would load it (the backend's and the field's converters)."""
+    column = field.get_col(field.model._meta.db_table)
+    for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+        value = converter(value, column, connection)
+    return value

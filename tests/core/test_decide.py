@@ -1,0 +1,96 @@
+"""core.decide: lock, judge and change one row in one statement; a loser sees the winner's row."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
+
+from core.decide import NOW, decide
+from core.guards import ClockNow
+from promos.models import RedemptionSession
+from tests.factories import TenantFactory
+from tests.races import run_concurrently, tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+USABLE = Q(status=RedemptionSession.Status.APPROVED, expires_at__gt=ClockNow(), used_at__isnull=True)
+USE = {"status": RedemptionSession.Status.USED, "used_at": NOW, "used_amount": Decimal("10.00")}
+
+
+@pytest.fixture
+def session():
+    tenant = TenantFactory(slug="acme")
+    created, secret = RedemptionSession.objects.create_session(
+        tenant=tenant, customer="c", max_amount=Decimal("100.00")
+    )
+    RedemptionSession.objects.approve(created.session_id, secret=secret)
+    return created
+
+
+def use(session_id):
+    return decide(RedemptionSession.objects.filter(session_id=session_id), when=USABLE, changes=USE)
+
+
+def test_the_winner_gets_the_changed_row_the_loser_the_row_that_refused_it_each_in_one_statement(session):
+    with CaptureQueriesContext(connection) as first:
+        won, row = use(session.session_id)
+    assert won and row.status == "used" and row.used_amount == Decimal("10.00") and row.used_at is not None
+    assert isinstance(row.max_amount, Decimal) and row.pk == session.pk
+    with CaptureQueriesContext(connection) as second:
+        won_again, seen = use(session.session_id)
+    assert not won_again and seen.status == "used" and seen.used_at == row.used_at
+    assert len(first) == len(second) == 1
+    assert use("00000000-0000-0000-0000-000000000000") == (False, None)
+
+
+def test_many_at_once_one_wins_and_every_loser_reads_the_winners_row(session):
+    outcomes = run_concurrently(lambda i: use(session.session_id), 20)
+    results = [outcome.value for outcome in outcomes]
+    assert tally(outcomes) == {"ok": 20}
+    assert sum(won for won, _row in results) == 1
+    assert {row.status for _won, row in results} == {"used"}
+    assert len({row.used_at for _won, row in results}) == 1
+    assert RedemptionSession.objects.get(pk=session.pk).status == "used"
+
+
+def test_a_loser_that_waited_on_the_lock_judges_the_committed_version():
+    """Forced interleaving: another connection holds the row and uses it; decide waits, then refuses
+    with that connection's row, not the version it could see when it started."""
+    tenant = TenantFactory(slug="acme")
+    created, secret = RedemptionSession.objects.create_session(tenant=tenant, customer="c", max_amount=Decimal("100"))
+    RedemptionSession.objects.approve(created.session_id, secret=secret)
+    holding, release, result = threading.Event(), threading.Event(), []
+
+    def holder():
+        try:
+            with transaction.atomic():
+                RedemptionSession.objects.select_for_update().get(pk=created.pk)
+                RedemptionSession.objects.filter(pk=created.pk).update(
+                    status=RedemptionSession.Status.USED, used_at=ClockNow(), used_amount=Decimal("1.00")
+                )
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    def decider():
+        try:
+            result.append(use(created.session_id))
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=decider)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "decide must wait for the row lock"
+    release.set()
+    first.join(10)
+    second.join(10)
+    [(won, row)] = result
+    assert not won and row.status == "used" and row.used_amount == Decimal("1.00")
