@@ -6,7 +6,9 @@
    the failed block, into a domain error. ``@guarded(joins=True)`` marks a method
    that must join the caller's transaction (a service composes several of them):
    it asserts one is open and leaves translation to the caller's ``@guarded`` or
-   ``database_refusals()``.
+   ``database_refusals()``. ``@guarded(statement=True)`` marks a method whose whole
+   work is ONE statement (``core.decide``): a statement is atomic by itself, so no
+   BEGIN and COMMIT (or SAVEPOINT) are sent for it, only its refusals translated.
 2. **One translator.** ``database_refusals()`` turns SQLSTATE 55P03 (NOWAIT refused,
    lock_timeout expired) into ``LockContended`` (409 ``resource_locked`` with
    Retry-After), a state-machine trigger's refusal into ``TransitionRefused`` (409
@@ -131,17 +133,25 @@ def database_refusals():
         raise refusal from exc
 
 
-def guarded(method=None, *, joins=False):
+def guarded(method=None, *, joins=False, statement=False):
     """Mark a manager method as a guarded operation (see the module docstring).
 
     ``@guarded``: open ``transaction.atomic(using=self.db)`` and translate database
     refusals outside it. ``@guarded(joins=True)``: assert the caller's transaction.
-    Either way the method gets ``alters_data = True`` and ``guard`` ("opens" or "joins"),
+    ``@guarded(statement=True)``: one statement, translated, no transaction of its own.
+    The method gets ``alters_data = True`` and ``guard`` ("opens", "joins" or "statement"),
     which ``tests/core/test_guard_contract.py`` checks on every manager.
     """
 
     def decorate(function):
-        if joins:
+        if statement:
+
+            @wraps(function)
+            def wrapper(self, *args, **kwargs):
+                with database_refusals():
+                    return function(self, *args, **kwargs)
+
+        elif joins:
 
             @wraps(function)
             def wrapper(self, *args, **kwargs):
@@ -156,7 +166,7 @@ def guarded(method=None, *, joins=False):
                     return function(self, *args, **kwargs)
 
         wrapper.alters_data = True
-        wrapper.guard = "joins" if joins else "opens"
+        wrapper.guard = "statement" if statement else "joins" if joins else "opens"
         return wrapper
 
     return decorate(method) if method is not None else decorate

@@ -44,7 +44,9 @@ def test_there_are_guarded_operations_to_check():
 @pytest.mark.parametrize("label,name", [key for key, _f in ALTERING])
 def test_every_altering_manager_method_follows_the_contract(label, name):
     method = dict(ALTERING)[(label, name)]
-    assert getattr(method, "guard", None) in ("opens", "joins", "sweep"), f"{label}.{name} is not @guarded or @sweep"
+    assert getattr(method, "guard", None) in ("opens", "joins", "statement", "sweep"), (
+        f"{label}.{name} is not @guarded or @sweep"
+    )
     doc = inspect.getdoc(method) or ""
     assert doc.strip(), f"{label}.{name} has no docstring stating its locks and refusals"
 
@@ -59,6 +61,16 @@ class _Probe:
     @guarded
     def opens(self):
         return connection.in_atomic_block
+
+    @guarded(statement=True)
+    def statement(self):
+        return connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_statement_operation_opens_no_transaction():
+    assert _Probe().statement() is False
+    assert _Probe.statement.guard == "statement" and _Probe.statement.alters_data
 
 
 @pytest.mark.django_db(transaction=True)
