@@ -40,7 +40,7 @@ serve: install
 	$(BIN)/python manage.py collectstatic --noinput
 	$(BIN)/python manage.py procrastinate worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
-	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT) --workers $${WORKERS:-4}
+	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT) --workers $${WORKERS:-$$(nproc)}
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

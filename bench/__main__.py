@@ -223,7 +223,7 @@ def parse_args(argv):
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cases", default=f"{HOT},{SPREAD}")
     parser.add_argument(
-        "--workers", type=int, default=http.server_workers(), help="gunicorn worker processes (default 2 per core)"
+        "--workers", type=int, default=http.server_workers(), help="gunicorn worker processes (default 1 per core)"
     )
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
     parser.add_argument("--pool", action="store_true", help="serve HTTP with Django's native psycopg pool")
