@@ -5,10 +5,10 @@ and offers:
 
 - ``setup(rows)``: empty its tables, create the targets (one template row through
   the ORM, the rest cloned by one INSERT ... SELECT generate_series);
-- ``lockstep(t, k)``: Lockstep's own manager or service call;
-- ``check_then_act(t, k)``: the naive read, check in Python, write (the same body
-  runs under READ COMMITTED as the naive control and under SERIALIZABLE, retried,
-  as the textbook alternative);
+- ``lockstep(t, k)``: Lockstep's own manager or service call, and ``naive(t, k)``,
+  the naive read, check in Python, write: both the operation's race scenario's
+  (``<app>/race_scenarios.py``, shared with race_demo and the race tests); the naive
+  body also runs under SERIALIZABLE, retried, as the textbook alternative;
 - ``PGBENCH``: the same statements, locks and index use as Lockstep's guard, as a
   pgbench script (variables: k from a sequence, t from k, and the ones in
   ``variables``); tests/bench/test_pgbench_fidelity.py holds them to the app's SQL.
@@ -20,17 +20,12 @@ and offers:
 Attempt k acts for customer ``c<k>``.
 """
 
-import hashlib
-import uuid
 from datetime import date, timedelta
-from decimal import Decimal
 
-import pgtrigger
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
-from django.db.models.functions import Coalesce, Now
 
 from bench.runner import WON
+from core.exceptions import DomainError
 
 BASE_ID = 1_000_000  # target t has id BASE_ID + t where the API addresses rows by id
 EPOCH = date(2000, 1, 1)
@@ -86,6 +81,21 @@ def columns(model):
     return ", ".join(f"{table}.{field.column}" for field in model._meta.concrete_fields)
 
 
+# Stand-ins for the row and tenant a decision names, replaced by pgbench variables in its script.
+PGBENCH_ID, PGBENCH_TENANT = 987_654_321, 987_654_322
+
+
+def decide_script(decision):
+    """``core.decide``'s very statement for ``decision`` (a manager's ``decision(...)``), for pgbench."""
+    from django.db import connection
+
+    from core.decide import decide_statement
+
+    statement, params = decide_statement(**decision)
+    text = connection.ops.compose_sql(statement, params)
+    return text.replace(str(PGBENCH_ID), ":pid").replace(str(PGBENCH_TENANT), ":tenant")
+
+
 def truncate(*models):
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(m._meta.db_table for m in models)} RESTART IDENTITY CASCADE")
@@ -100,47 +110,43 @@ def analyze(*models):
 class Operation:
     name = ""
     PGBENCH = ""
-    # The database's own state-machine triggers would refuse the naive control's second
-    # execution; switched off for it, so the control still shows what check-then-act does.
-    NAIVE_IGNORES = ()
 
     def __init__(self, ctx):
         self.ctx = ctx
+        self.scenario = self.race_scenario()
+
+    def race_scenario(self):
+        """The operation's scenario (``<app>/race_scenarios.py``) on the bench's tenant."""
+        raise NotImplementedError
 
     def variables(self):
         return {"tenant": self.ctx.tenant.pk}
 
-    # --- the naive body, shared by the control and SERIALIZABLE ------------------
-    def check_then_act(self, t, k):
-        """Return (code, payload): a refusal code, or WON and what ``after_commit`` needs."""
-        raise NotImplementedError
-
-    def after_commit(self, payload):
-        """Work the service does after its transaction commits (the provider call)."""
+    # A refusal raises (runner.outcome reads its code); a won attempt returns nothing.
+    def lockstep(self, t, k):
+        self.scenario.guarded(t, k)
 
     def naive(self, t, k):
-        with pgtrigger.ignore(*self.NAIVE_IGNORES), transaction.atomic():
-            code, payload = self.check_then_act(t, k)
-        if code == WON:
-            self.after_commit(payload)
-        return code
+        self.scenario.naive(t, k)
 
     def serializable(self, t, k):
+        """The scenario's naive body in a SERIALIZABLE transaction, retried; returns (code, retries)."""
         retries = 0
         while True:
             try:
                 with transaction.atomic():
                     with connection.cursor() as cursor:
                         cursor.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                    code, payload = self.check_then_act(t, k)
+                    payload = self.scenario.check_then_act(t, k)
                 break
+            except DomainError as refusal:
+                return refusal.code, retries
             except DatabaseError as exc:
                 if sqlstate(exc) not in RETRYABLE or retries >= MAX_RETRIES:
                     raise
                 retries += 1
-        if code == WON:
-            self.after_commit(payload)
-        return code, retries
+        self.scenario.after_commit(payload)
+        return WON, retries
 
     def pgbench_script(self, case):
         target = ":k / :clients" if case == "hot" else ":k"
@@ -186,43 +192,21 @@ ROLLBACK;
 
         return {**super().variables(), "redeem_lock_timeout": f"{REDEEM_LOCK_TIMEOUT_MS}ms"}
 
+    def race_scenario(self):
+        from promos.race_scenarios import PromoRedeem
+
+        return PromoRedeem(self.ctx.tenant)
+
     def setup(self, rows):
         from promos.models import PromoCode, PromoUsage
 
         truncate(PromoUsage, PromoCode)
-        template = PromoCode.objects.create(
-            tenant=self.ctx.tenant, code="B0", bonus_type="fixed", bonus_value=Decimal("5.00"), total_usage_limit=1
-        )
+        template = self.scenario.create_target(total_usage_limit=1)
         clone(PromoCode, template.pk, rows, {"code": "'B' || g"})
         analyze(PromoCode, PromoUsage)
 
-    def lockstep(self, t, k):
-        from promos.models import PromoCode
-
-        PromoCode.objects.redeem(f"B{t}", tenant=self.ctx.tenant, customer=f"c{k}", amount=Decimal("100.00"))
-
-    def check_then_act(self, t, k):
-        from promos.models import PromoCode, PromoUsage
-
-        promo = PromoCode.objects.by_code(f"B{t}", tenant=self.ctx.tenant).first()
-        if promo is None:
-            return "promo_not_found", None
-        if not promo.is_active:
-            return "promo_inactive", None
-        if promo.total_usage_limit is not None and promo.times_used >= promo.total_usage_limit:
-            return "promo_exhausted", None
-        PromoUsage.objects.create(
-            tenant=self.ctx.tenant,
-            promo=promo,
-            customer=f"c{k}",
-            base_amount=Decimal("100.00"),
-            bonus_amount=promo.bonus_value,
-        )
-        PromoCode.objects.filter(pk=promo.pk).update(times_used=promo.times_used + 1, updated_at=Now())
-        return WON, None
-
     def http(self, t, k):
-        body = {"code": f"B{t}", "customer": f"c{k}", "amount": "100.00"}
+        body = {"code": self.scenario.code(t), "customer": f"c{k}", "amount": str(self.scenario.AMOUNT)}
         return f"/api/t/{self.ctx.slug}/promo-codes/redeem", body, True
 
     def wins(self):
@@ -238,15 +222,10 @@ ROLLBACK;
 # --- session consume ---------------------------------------------------------------
 
 
-def session_uuid(t):
-    return uuid.UUID(hashlib.md5(f"bench:{t}".encode()).hexdigest())  # noqa: S324 - an id, not a secret
-
-
 class SessionConsume(Operation):
     """``RedemptionSession.objects.consume``: approved session md5('bench:<t>'), 10.00 of 100.00."""
 
     name = "session_consume"
-    AMOUNT = Decimal("10.00")
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
@@ -270,46 +249,25 @@ ROLLBACK;
 \\endif
 """
 
+    def race_scenario(self):
+        from promos.race_scenarios import SessionConsume
+
+        return SessionConsume(self.ctx.tenant)
+
     def setup(self, rows):
         from promos.models import RedemptionSession
 
         truncate(RedemptionSession)
-        template = RedemptionSession.objects.create(
-            session_id=session_uuid(0),
-            tenant=self.ctx.tenant,
-            customer="c",
-            max_amount=Decimal("100.00"),
-            secret_hash="0" * 64,
-            expires_at=Now() + timedelta(days=1),
-        )
+        template = self.scenario.create_target()
         clone(RedemptionSession, template.pk, rows, {"session_id": "md5('bench:' || g)::uuid"})
-        # Born pending (the state machine refuses any other start), then approved all at once.
-        RedemptionSession.objects.update(status="approved", approved_at=Now())
+        self.scenario.approve_all()
         analyze(RedemptionSession)
 
-    def lockstep(self, t, k):
-        from promos.models import RedemptionSession
-
-        RedemptionSession.objects.consume(session_uuid(t), tenant=self.ctx.tenant, amount=self.AMOUNT)
-
-    def check_then_act(self, t, k):
-        from promos.models import RedemptionSession
-
-        session = RedemptionSession.objects.filter(session_id=session_uuid(t), tenant=self.ctx.tenant).first()
-        if session is None:
-            return "session_not_found", None
-        if session.used_at is not None:
-            return "session_already_used", None
-        if session.status != "approved":
-            return "session_not_approved", None
-        # Accumulate, so a double consume (two callers handed the goods) shows in the row.
-        RedemptionSession.objects.filter(pk=session.pk).update(
-            status="used", used_at=Now(), used_amount=Coalesce(F("used_amount"), Decimal("0")) + self.AMOUNT
-        )
-        return WON, None
-
     def http(self, t, k):
-        return f"/api/t/{self.ctx.slug}/redemption-sessions/{session_uuid(t)}/consume", {"amount": "10.00"}, True
+        from promos.race_scenarios import session_uuid
+
+        path = f"/api/t/{self.ctx.slug}/redemption-sessions/{session_uuid(t)}/consume"
+        return path, {"amount": str(self.scenario.AMOUNT)}, True
 
     def wins(self):
         return scalar("SELECT count(*) FROM promos_redemptionsession WHERE status = 'used'")
@@ -332,21 +290,23 @@ def hold_sql(origin):
     return f"""\
 SELECT pg_advisory_xact_lock_shared(hashtextextended('bookings.package:' || :package_id, 0));
 SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:' || :package_id || ':' || {DAY}, 0));
-SELECT p.tenant_id, p.active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
+SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
   current_date, clock_timestamp() FROM bookings_package p WHERE p.id = :package_id \\gset
-\\if :active and :tenant_id = :tenant and :count < :daily_capacity
+\\if :is_active and :tenant_id = :tenant and :count < :daily_capacity
 \\set exclusive :daily_capacity = 1
 INSERT INTO bookings_booking (tenant_id, package_id, date, customer_name, customer_email, status, hold_expires_at,
   amount, currency, exclusive, origin_proposal_id, created_at, confirmed_at, cancelled_at, refunded_at, version)
  VALUES (:tenant_id, :package_id, {DAY}, 'c:k', 'c:k@example.com', 'held',
   ':clock_timestamp'::timestamptz + interval ':hold_ttl seconds', :price, ':currency', :exclusive, {origin},
-  ':clock_timestamp'::timestamptz, NULL, NULL, NULL, 1) RETURNING bookings_booking.id \\gset booking_
+  ':clock_timestamp'::timestamptz, NULL, NULL, NULL, 1)
+ RETURNING bookings_booking.id, bookings_booking.created_at \\gset booking_
 INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url, provider_payment_id, amount,
   currency, error, refund_state, provider_refund_id, refund_attempts, refund_error, refund_requested_at,
   next_retry_at, created_at, updated_at)
  VALUES (:booking_id, 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '', 0, '', NULL, NULL,
-  STATEMENT_TIMESTAMP(), STATEMENT_TIMESTAMP()) RETURNING bookings_checkout.id \\gset checkout_
+  DEFAULT, DEFAULT)
+ RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at \\gset checkout_
 """
 
 
@@ -422,57 +382,17 @@ class DateHold(Operation):
     def day(self, t):
         return EPOCH + timedelta(days=self.ctx.base_day + t)
 
+    def race_scenario(self):
+        from bookings.race_scenarios import DateCheckoutHold
+
+        return DateCheckoutHold(self.ctx.tenant, package=self.ctx.package, first_day=self.day(0))
+
     def setup(self, rows):
         from bookings.models import Booking, Checkout
         from core.models import Notification
 
         truncate(Notification, Checkout, Booking)  # every hold owes its own notice (one per booking id)
         analyze(Checkout, Booking)
-
-    def lockstep(self, t, k):
-        from bookings.services import start_checkout
-
-        start_checkout(
-            tenant=self.ctx.tenant,
-            package_id=self.ctx.package.pk,
-            date=self.day(t),
-            customer_name=f"c{k}",
-            customer_email=f"c{k}@example.com",
-        )
-
-    def naive_hold(self, package, day, k):
-        """Count the date's places, check in Python, insert: the unguarded hold."""
-        from bookings.models import Booking, Checkout
-
-        if Booking.objects.filter(package=package, date=day).active().count() >= package.daily_capacity:
-            return None
-        booking = Booking.objects.create(
-            tenant=self.ctx.tenant,
-            package=package,
-            date=day,
-            customer_name=f"c{k}",
-            customer_email=f"c{k}@example.com",
-            status="held",
-            hold_expires_at=Now() + timedelta(minutes=15),
-            amount=package.price,
-            currency=package.currency,
-            exclusive=package.daily_capacity == 1,
-            created_at=Now(),
-        )
-        booking.checkout = Checkout.objects.record(booking, provider="sandbox")
-        return booking
-
-    def check_then_act(self, t, k):
-        from bookings.models import Package
-
-        package = Package.objects.for_tenant(self.ctx.tenant).active().filter(pk=self.ctx.package.pk).first()
-        booking = self.naive_hold(package, self.day(t), k)
-        return ("date_unavailable", None) if booking is None else (WON, booking)
-
-    def after_commit(self, booking):
-        from bookings.services import create_provider_checkout
-
-        create_provider_checkout(booking)
 
     def http(self, t, k):
         body = {
@@ -496,32 +416,22 @@ class ProposalConfirm(DateHold):
     """``proposals.services.confirm_proposal``: proposal BASE_ID + t, pending, for its own date."""
 
     name = "proposal_confirm"
-    NAIVE_IGNORES = (
-        "proposals.Proposal:proposal_status_transition",
-        "proposals.Proposal:proposal_booking_unlink_transition",
-    )
-    SESSION = "chat-bench"
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
-        from bookings.models import Package
         from proposals.models import Proposal
+        from proposals.race_scenarios import CHAT
 
         proposal = Proposal._meta.db_table
+        decision = Proposal.objects.decision(
+            PGBENCH_ID, Proposal.Status.CONFIRMED, tenant=PGBENCH_TENANT, session_id=CHAT
+        )
         return f"""\
 \\set pid :base_id + :t
 \\set day :base_day + :t
 BEGIN;
-SAVEPOINT confirm;
-\\set pgbench_won 0
-UPDATE {proposal} SET status = 'confirmed', confirmed_at = STATEMENT_TIMESTAMP()
- WHERE ({proposal}.expires_at > (clock_timestamp()) AND {proposal}.id = :pid AND {proposal}.session_id = 'chat-bench'
-  AND {proposal}.status = 'pending' AND {proposal}.tenant_id = :tenant) RETURNING 1 AS pgbench_won \\aset
-\\if :pgbench_won
-SELECT {columns(Proposal)}, {columns(Package)} FROM {proposal}
- INNER JOIN bookings_package ON ({proposal}.package_id = bookings_package.id) WHERE {proposal}.id = :pid LIMIT 21
- \\gset proposal_
-RELEASE SAVEPOINT confirm;
+{decide_script(decision)} \\gset decided_
+\\if :decided_lockstep_won
 SAVEPOINT hold;
 {hold_sql(":pid")}RELEASE SAVEPOINT hold;
 UPDATE {proposal} SET status = 'executed', booking_id = :booking_id, executed_at = STATEMENT_TIMESTAMP()
@@ -535,11 +445,6 @@ UPDATE {proposal} SET status = 'failed', failure_code = 'date_unavailable'
 COMMIT;
 \\endif
 \\else
-SELECT {proposal}.status AS status, {proposal}.expires_at <= (clock_timestamp()) AS lapsed FROM {proposal}
- WHERE ({proposal}.id = :pid AND {proposal}.session_id = 'chat-bench' AND {proposal}.tenant_id = :tenant)
- ORDER BY {proposal}.created_at DESC, {proposal}.id DESC LIMIT 1;
-ROLLBACK TO SAVEPOINT confirm;
-RELEASE SAVEPOINT confirm;
 ROLLBACK;
 \\endif
 """
@@ -547,55 +452,25 @@ ROLLBACK;
     def variables(self):
         return {**super().variables(), "base_id": BASE_ID}
 
+    def race_scenario(self):
+        from proposals.race_scenarios import ProposalConfirm
+
+        return ProposalConfirm(self.ctx.tenant, first_id=BASE_ID)
+
     def setup(self, rows):
         from bookings.models import Booking, Checkout
         from core.models import Notification
         from proposals.models import Proposal
 
         truncate(Proposal, Notification, Checkout, Booking)
-        template = Proposal.objects.create(
-            id=BASE_ID,
-            tenant=self.ctx.tenant,
-            session_id=self.SESSION,
-            package=self.ctx.package,
-            date=self.day(0),
-            customer_name="c",
-            customer_email="c@example.com",
-            status="pending",
-            expires_at=Now() + timedelta(days=1),
-            created_at=Now(),
-        )
+        template = self.scenario.create_target(self.ctx.package, self.day(0))
         clone(Proposal, template.pk, rows, {"id": f"{BASE_ID} + g", "date": "src.date + g"})
         analyze(Proposal, Checkout, Booking)
 
-    def lockstep(self, t, k):
-        from proposals.services import confirm_proposal
-
-        confirm_proposal(BASE_ID + t, tenant=self.ctx.tenant, session_id=self.SESSION)
-
-    def check_then_act(self, t, k):
-        from bookings.models import Package
-        from proposals.models import Proposal
-
-        proposal = (
-            Proposal.objects.live().filter(pk=BASE_ID + t, tenant=self.ctx.tenant, session_id=self.SESSION).first()
-        )
-        if proposal is None:
-            return "proposal_already_processed", None
-        package = Package.objects.get(pk=proposal.package_id)
-        booking = self.naive_hold(package, proposal.date, k)
-        if booking is None:
-            Proposal.objects.filter(pk=proposal.pk).update(
-                status="failed", failure_code="date_unavailable", confirmed_at=Now()
-            )
-            return "date_unavailable", None
-        Proposal.objects.filter(pk=proposal.pk).update(
-            status="executed", booking=booking, confirmed_at=Now(), executed_at=Now()
-        )
-        return WON, booking
-
     def http(self, t, k):
-        return f"/api/t/{self.ctx.slug}/proposals/{BASE_ID + t}/confirm", {"session_id": self.SESSION}, True
+        from proposals.race_scenarios import CHAT
+
+        return f"/api/t/{self.ctx.slug}/proposals/{BASE_ID + t}/confirm", {"session_id": CHAT}, True
 
     def wins(self):
         return scalar(f"SELECT count(*) FROM bookings_booking WHERE {BOOKING_ACTIVE}")
@@ -608,7 +483,6 @@ class ProfileUndo(Operation):
     """``ProfileAuditLog.objects.undo``: entry BASE_ID + t renamed profile BASE_ID + t from A to B."""
 
     name = "profile_undo"
-    NAIVE_IGNORES = ("profiles.ProfileAuditLog:audit_append_only_transition",)
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
@@ -646,6 +520,11 @@ ROLLBACK;
     def variables(self):
         return {**super().variables(), "base_id": BASE_ID, "user": self.ctx.user.pk}
 
+    def race_scenario(self):
+        from profiles.race_scenarios import ProfileUndo
+
+        return ProfileUndo(self.ctx.tenant, actor=self.ctx.user, first_id=BASE_ID)
+
     def setup(self, rows):
         from profiles.models import Profile, ProfileAuditLog
 
@@ -675,38 +554,8 @@ ROLLBACK;
         clone(ProfileAuditLog, entry.pk, rows, {"id": f"{BASE_ID} + g", "profile_id": f"{BASE_ID} + g"})
         analyze(Profile, ProfileAuditLog)
 
-    def lockstep(self, t, k):
-        from profiles.models import ProfileAuditLog
-
-        ProfileAuditLog.objects.undo(BASE_ID + t, tenant=self.ctx.tenant, actor=self.ctx.user, reason="bench")
-
-    def check_then_act(self, t, k):
-        from profiles.models import Profile, ProfileAuditLog
-
-        entry = ProfileAuditLog.objects.filter(pk=BASE_ID + t, tenant=self.ctx.tenant).first()
-        if entry is None:
-            return "audit_entry_not_found", None
-        if entry.undone_at is not None:
-            return "already_undone", None
-        profile = Profile.objects.get(pk=entry.profile_id)
-        if profile.first_name != entry.new_data["first_name"]:
-            return "stale_version", None
-        Profile.objects.filter(pk=profile.pk).update(first_name=entry.old_data["first_name"], version=F("version") + 1)
-        undo = ProfileAuditLog.objects.create(
-            tenant=self.ctx.tenant,
-            profile=profile,
-            action="undo",
-            old_data=entry.new_data,
-            new_data=entry.old_data,
-            actor=self.ctx.user,
-        )
-        ProfileAuditLog.objects.filter(pk=entry.pk).update(
-            undone_at=Now(), undone_by=self.ctx.user, undo_reason="bench", undo_entry=undo
-        )
-        return WON, None
-
     def http(self, t, k):
-        return f"/api/t/{self.ctx.slug}/audit-log/{BASE_ID + t}/undo", {"reason": "bench"}, True
+        return f"/api/t/{self.ctx.slug}/audit-log/{BASE_ID + t}/undo", {"reason": self.scenario.REASON}, True
 
     def wins(self):
         return scalar("SELECT count(*) FROM profiles_profileauditlog WHERE action = 'undo'")

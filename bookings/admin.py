@@ -16,7 +16,16 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from bookings.managers import active_q
-from bookings.models import BOOKING_EDITABLE, PACKAGE_EDITABLE, Booking, Checkout, Package, PaymentEvent, in_currency
+from bookings.models import (
+    BOOKING_EDITABLE,
+    BOOKING_RECORD,
+    PACKAGE_EDITABLE,
+    Booking,
+    Checkout,
+    Package,
+    PaymentEvent,
+    in_currency,
+)
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
 from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
@@ -32,8 +41,17 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
-    list_display = ["name", "tenant", "price", "currency", "daily_capacity", "active", "upcoming_load", "calendar_link"]
-    list_filter = ["active", "tenant", "currency"]
+    list_display = [
+        "name",
+        "tenant",
+        "price",
+        "currency",
+        "daily_capacity",
+        "is_active",
+        "upcoming_load",
+        "calendar_link",
+    ]
+    list_filter = ["is_active", "tenant", "currency"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
     fields = ["tenant", *PACKAGE_EDITABLE]
@@ -280,20 +298,8 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     search_fields = ["customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant"]
-    readonly_fields = [
-        "tenant",
-        "package",
-        "date",
-        "status",
-        "hold_expires_at",
-        "amount",
-        "currency",
-        "created_at",
-        "confirmed_at",
-        "cancelled_at",
-        "refunded_at",
-    ]
-    fields = ["tenant", "package", "date", *BOOKING_EDITABLE, *readonly_fields[3:]]
+    readonly_fields = ["tenant", "package", "date", *BOOKING_RECORD]
+    fields = ["tenant", "package", "date", *BOOKING_EDITABLE, *BOOKING_RECORD]
     inlines = [CheckoutInline]
     actions = ["cancel_selected", "release_hold_selected", "retry_refund_selected"]
 
@@ -321,7 +327,7 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     @admin.display(description=_("status"), ordering="status")
     def shown_status(self, booking):
         if getattr(booking, "hold_lapsed", False):
-            return badge("expired", _("expired (hold lapsed, not swept yet)"))
+            return badge(Booking.Status.EXPIRED, _("expired (hold lapsed, not swept yet)"))
         return badge(booking.status, booking.get_status_display())
 
     def guarded_edit(self, request, obj, changes, *, version):

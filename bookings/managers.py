@@ -9,7 +9,7 @@ Lock order, everywhere (docs/bookings.md):
     -> booking row -> checkout row
 
 A method that needs a later lock never takes an earlier one after it. Capacity,
-``active``, price and currency are read in a statement issued after the package and
+``is_active``, price and currency are read in a statement issued after the package and
 date locks are held, so a hold or a payment never counts against a capacity an edit
 has changed meanwhile. Every expiry is judged with ``ClockNow()`` (``clock_timestamp()``),
 the clock at the moment the statement acts, never the statement's start. No method
@@ -27,6 +27,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Now
 
 from bookings import notifications
+from bookings.choices import BookingStatus, CheckoutState
 from bookings.exceptions import (
     BookingNotCancellable,
     BookingNotFound,
@@ -41,15 +42,17 @@ from bookings.exceptions import (
 )
 from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
+from core.decide import decide
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
+from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
 EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
 # Statuses whose ``exclusive`` flag must follow the package's capacity (they can still be confirmed
 # or are): edit_package recomputes them when the capacity crosses 1, check_invariants checks them.
-LIVE_STATUSES = ("held", "payment_pending", "confirmed")
+LIVE_STATUSES = (BookingStatus.HELD, BookingStatus.PAYMENT_PENDING, BookingStatus.CONFIRMED)
 # How many dates a capacity refusal names.
 DATES_NAMED = 5
 
@@ -79,11 +82,15 @@ def lock_date(package_id, date, *, using):
     advisory_xact_lock(LockNamespace.BOOKING_DATE, package_id, date.isoformat(), using=using)
 
 
+# Statuses that take a place on their date whatever the clock says (no hold expiry to judge).
+PLACED_STATUSES = (BookingStatus.CONFIRMED, BookingStatus.PAYMENT_PENDING)
+
+
 def active_q(prefix=""):
     """Bookings that take a place on their date: confirmed, waiting for a delayed payment (no expiry),
     or held with a live hold (the database clock now)."""
-    held = Q(**{f"{prefix}status": "held", f"{prefix}hold_expires_at__gt": ClockNow()})
-    return Q(**{f"{prefix}status__in": ["confirmed", "payment_pending"]}) | held
+    held = Q(**{f"{prefix}status": BookingStatus.HELD, f"{prefix}hold_expires_at__gt": ClockNow()})
+    return Q(**{f"{prefix}status__in": PLACED_STATUSES}) | held
 
 
 # The same rule in SQL for _taken (kept beside active_q: change both together).
@@ -105,20 +112,18 @@ def _check_terms(price, code):
 
 class PackageQuerySet(TenantScopedQuerySet):
     def active(self):
-        return self.filter(active=True)
+        return self.filter(is_active=True)
 
 
 class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
     def _editable(self, fields):
         from bookings.models import PACKAGE_EDITABLE
 
-        unknown = sorted(set(fields) - set(PACKAGE_EDITABLE))
-        if unknown:  # a programming error: tenant, version and the rest are not edited this way
-            raise ValueError(f"Package fields {unknown} cannot be written by a package edit")
+        refuse_unknown_fields(fields, PACKAGE_EDITABLE, model="Package", edit="a package edit")
 
     @guarded
     def create_package(self, *, tenant, **fields):
-        """Create a package of ``tenant`` from the editable fields (name, price, currency, active, daily_capacity).
+        """Create a package of ``tenant`` from the editable fields (name, price, currency, is_active, daily_capacity).
 
         Locks: none (a new package row: no hold or payment can name it yet).
 
@@ -261,7 +266,7 @@ class CurrentDate(models.Func):
 
 # --- bookings ----------------------------------------------------------------------
 
-Place = namedtuple("Place", "tenant_id active capacity price currency taken today now")
+Place = namedtuple("Place", "tenant_id is_active capacity price currency taken today now")
 
 
 class BookingQuerySet(TenantScopedQuerySet):
@@ -278,7 +283,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def _taken(self, package_id, date, *, exclude_pk=None):
         """Read the package's terms and count the places taken on the date, in one statement.
 
-        Returns a Place (tenant, active, capacity, price, currency, places taken, the
+        Returns a Place (tenant, is_active, capacity, price, currency, places taken, the
         database's date and clock) or None when the package does not exist. Issued only
         after BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED
         its snapshot includes every edit and every booking committed by their previous
@@ -287,7 +292,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         booking, package = self.model._meta.db_table, self.model._meta.get_field("package").related_model
         with connections[self.db].cursor() as cursor:
             cursor.execute(
-                f"SELECT p.tenant_id, p.active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
+                f"SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
                 f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
                 f"AND {ACTIVE_SQL} "
                 f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
@@ -306,7 +311,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         ``package`` is a Package or its id. Joins the caller's transaction (the checkout
         record joins it too). Takes BOOKING_PACKAGE(package) shared, then
         BOOKING_DATE(package, date), both until commit; then, in one statement issued
-        after both are held, reads the package's capacity, ``active``, price and currency
+        after both are held, reads the package's capacity, ``is_active``, price and currency
         and counts confirmed bookings and unexpired holds on the date. Raises
         PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
         DateInPast or DateUnavailable; returns the new ``held`` booking.
@@ -315,7 +320,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         lock_package_shared(package_id, using=self.db)
         lock_date(package_id, date, using=self.db)
         place = self._taken(package_id, date)
-        if place is None or not place.active or (tenant is not None and place.tenant_id != tenant.pk):
+        if place is None or not place.is_active or (tenant is not None and place.tenant_id != tenant.pk):
             raise PackageNotFound()
         if date < place.today:
             raise DateInPast(date=date.isoformat())
@@ -336,7 +341,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             currency=place.currency,
             exclusive=place.capacity == 1,
             origin_proposal_id=origin_proposal_id,
-            created_at=place.now,
+            created_at=place.now,  # the database clock the hold's expiry counts from, not the INSERT's
         )
 
     @guarded(joins=True)
@@ -469,10 +474,10 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         )
         Status = self.model.Status
         if booking.status not in (Status.HELD, Status.EXPIRED):
-            return booking, "processing"
+            return booking, CheckoutState.PROCESSING
         place = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
         if place.taken >= place.capacity or any(veto(booking) for veto in _placement_vetoes):
-            return booking, "processing"
+            return booking, CheckoutState.PROCESSING
         self.filter(pk=booking.pk).update(status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1)
         booking.status, booking.exclusive = Status.PAYMENT_PENDING, place.capacity == 1
         return booking, Status.PAYMENT_PENDING
@@ -493,20 +498,25 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             self.filter(pk=booking_id, status__in=[Status.HELD, Status.PAYMENT_PENDING]).update(status=Status.EXPIRED)
         )
 
-    @guarded
+    @guarded(statement=True)
     def release(self, booking_id, *, tenant=None):
         """Release a hold (``held`` -> ``expired``) so its place is free at once.
 
-        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+        Locks: the booking row (FOR NO KEY UPDATE in the deciding statement).
 
-        One filtered UPDATE decides (it waits for the booking row lock of a payment
-        settling it, then re-checks ``held`` on the row). Raises BookingNotFound or
-        BookingNotHeld.
+        One statement (core.decide) locks the row (waiting for a payment settling it),
+        judges ``held`` on its newest version, changes it, and returns it either way, so
+        the refusal is named from the row that refused: BookingNotFound or BookingNotHeld.
         """
         scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        if scope.filter(status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED):
+        won, booking = decide(
+            scope, when=Q(status=self.model.Status.HELD), changes={"status": self.model.Status.EXPIRED}
+        )
+        if won:
             return True
-        raise self._refusal(scope, BookingNotHeld)
+        if booking is None:
+            raise BookingNotFound()
+        raise BookingNotHeld(status=self.model.Status(booking.status).label)
 
     @guarded
     def release_if_held(self, booking_id):
@@ -561,18 +571,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """
         from bookings.models import BOOKING_EDITABLE
 
-        unknown = sorted(set(changes) - set(BOOKING_EDITABLE))
-        if unknown:
-            raise ValueError(f"Booking fields {unknown} cannot be written by a contact edit")
+        refuse_unknown_fields(changes, BOOKING_EDITABLE, model="Booking", edit="a contact edit")
         scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        current = scope.select_for_update(no_key=True).values_list("version", flat=True).first()
-        if current is None:
-            raise BookingNotFound()
-        if version != current:
-            raise VersionConflict(current=current)
-        if changes:
-            scope.update(**changes)
-        return scope.get()
+        return edit_at_version(scope, version=version, changes=changes, missing=BookingNotFound)
 
     @guarded
     def complete_refund(self, booking_id):
@@ -679,14 +680,7 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
 
         Locks: none of its own (inserts the checkout row in the caller's transaction, after the hold's locks).
         """
-        return self.create(
-            booking=booking,
-            provider=provider,
-            amount=booking.amount,
-            currency=booking.currency,
-            created_at=Now(),
-            updated_at=Now(),
-        )
+        return self.create(booking=booking, provider=provider, amount=booking.amount, currency=booking.currency)
 
     @guarded
     def open(self, checkout_id, *, provider_checkout_id, url, payment_id=""):

@@ -1,8 +1,10 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState, within
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
 from core.exceptions import InvalidInput
@@ -24,61 +26,88 @@ def in_currency(amount, code):
         return amount
 
 
-def _within(field, choices, name):
-    """A CHECK that ``field`` holds one of ``choices`` (the state machine's trigger guards the moves)."""
-    return models.CheckConstraint(condition=Q(**{f"{field}__in": [value for value, _label in choices]}), name=name)
-
-
 # What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
-PACKAGE_EDITABLE = ("name", "price", "currency", "active", "daily_capacity")
+PACKAGE_EDITABLE = ("name", "price", "currency", "is_active", "daily_capacity")
 # The contact fields operators edit (edit_contact), and the status they saw: a form read before a
 # payment, a cancel or an expiry committed is stale (version_conflict), never written over it.
 BOOKING_EDITABLE = ("customer_name", "customer_email")
 BOOKING_VERSIONED = (*BOOKING_EDITABLE, "status")
+# What a booking's record shows beside who and what was booked: its state, money and timestamps (read-only
+# to operators and API clients alike).
+BOOKING_RECORD = (
+    "status", "hold_expires_at", "amount", "currency", "created_at", "confirmed_at", "cancelled_at", "refunded_at",
+)  # fmt: skip
 
+# The booking machine (docs/bookings.md); the database enforces it (booking_status_transition).
+BOOKING_TRANSITIONS = [
+    (BookingStatus.HELD, BookingStatus.CONFIRMED),  # paid in time (confirm_payment)
+    (BookingStatus.HELD, BookingStatus.PAYMENT_PENDING),  # completed, payment delayed (await_payment)
+    # completed late and delayed, the place still free (await_payment)
+    (BookingStatus.EXPIRED, BookingStatus.PAYMENT_PENDING),
+    (BookingStatus.PAYMENT_PENDING, BookingStatus.CONFIRMED),  # the delayed payment succeeded (confirm_payment)
+    # it succeeded but may not be placed (confirm_payment)
+    (BookingStatus.PAYMENT_PENDING, BookingStatus.REFUND_PENDING),
+    # the delayed payment failed: place released (payment_failed)
+    (BookingStatus.PAYMENT_PENDING, BookingStatus.EXPIRED),
+    (BookingStatus.PAYMENT_PENDING, BookingStatus.CANCELLED),  # cancelled while the payment settles (cancel)
+    (BookingStatus.EXPIRED, BookingStatus.CONFIRMED),  # paid late, the place still free (confirm_payment)
+    (BookingStatus.HELD, BookingStatus.REFUND_PENDING),  # paid, the place gone (confirm_payment)
+    (BookingStatus.EXPIRED, BookingStatus.REFUND_PENDING),  # paid late, the place gone (confirm_payment)
+    (BookingStatus.CANCELLED, BookingStatus.REFUND_PENDING),  # paid after the customer cancelled (confirm_payment)
+    (BookingStatus.HELD, BookingStatus.EXPIRED),  # released, or past its expiry (release, expire_holds)
+    (BookingStatus.HELD, BookingStatus.CANCELLED),  # cancel before payment
+    (BookingStatus.CONFIRMED, BookingStatus.REFUND_PENDING),  # cancel after payment
+    (BookingStatus.REFUND_PENDING, BookingStatus.REFUNDED),  # the provider refunded (complete_refund)
+]
 
-class BookingStatus(models.TextChoices):
-    HELD = "held", _("held")
-    CONFIRMED = "confirmed", _("confirmed")
-    # Checkout completed with a delayed payment method (bank debit, transfer): the place is kept,
-    # without a hold expiry, until the provider says the payment succeeded or failed.
-    PAYMENT_PENDING = "payment_pending", _("payment pending")
-    CANCELLED = "cancelled", _("cancelled")
-    EXPIRED = "expired", _("expired")
-    REFUND_PENDING = "refund_pending", _("refund pending")
-    REFUNDED = "refunded", _("refunded")
+# The provider checkout's machine (checkout_state_transition).
+CHECKOUT_TRANSITIONS = [
+    (CheckoutState.CREATING, CheckoutState.OPEN),  # the provider answered (open)
+    (CheckoutState.CREATING, CheckoutState.FAILED),  # the provider refused (fail)
+    (CheckoutState.CREATING, CheckoutState.EXPIRED),  # (mark_expired)
+    (CheckoutState.OPEN, CheckoutState.EXPIRED),  # the session expired unpaid (mark_expired)
+    # paid: from any unpaid state, so late and out-of-order events still settle (mark_completed)
+    (CheckoutState.CREATING, CheckoutState.COMPLETED),
+    (CheckoutState.OPEN, CheckoutState.COMPLETED),
+    (CheckoutState.EXPIRED, CheckoutState.COMPLETED),
+    (CheckoutState.FAILED, CheckoutState.COMPLETED),
+    (CheckoutState.PROCESSING, CheckoutState.COMPLETED),  # the delayed payment succeeded
+    (CheckoutState.PAYMENT_FAILED, CheckoutState.COMPLETED),  # a success after a failure: money moved, settle it
+    # completed with a delayed payment method (mark_processing)
+    (CheckoutState.CREATING, CheckoutState.PROCESSING),
+    (CheckoutState.OPEN, CheckoutState.PROCESSING),
+    (CheckoutState.EXPIRED, CheckoutState.PROCESSING),
+    (CheckoutState.FAILED, CheckoutState.PROCESSING),
+    # the delayed payment failed (mark_payment_failed), also before its "completed" arrived
+    (CheckoutState.PROCESSING, CheckoutState.PAYMENT_FAILED),
+    (CheckoutState.CREATING, CheckoutState.PAYMENT_FAILED),
+    (CheckoutState.OPEN, CheckoutState.PAYMENT_FAILED),
+]
 
-
-class CheckoutState(models.TextChoices):
-    CREATING = "creating", _("creating")  # recorded, provider not yet answered
-    OPEN = "open", _("open")
-    # The session completed but its delayed payment has not settled (payment_status "unpaid").
-    PROCESSING = "processing", _("payment processing")
-    COMPLETED = "completed", _("completed")
-    EXPIRED = "expired", _("expired")
-    FAILED = "failed", _("provider failed")
-    PAYMENT_FAILED = "payment_failed", _("payment failed")
-
-
-class CheckoutRefundState(models.TextChoices):
-    NONE = "", _("none")
-    PENDING = "pending", _("pending")
-    SUCCEEDED = "succeeded", _("succeeded")
-    FAILED = "failed", _("failed, to retry")
-    # Retries exhausted (REFUND_MAX_ATTEMPTS): left for an operator, retried only by an explicit admin action.
-    EXHAUSTED = "exhausted", _("failed, needs an operator")
+# The refund's machine (checkout_refund_state_transition).
+REFUND_TRANSITIONS = [
+    (CheckoutRefundState.NONE, CheckoutRefundState.PENDING),  # a refund is owed and claimed (request_refund)
+    (CheckoutRefundState.PENDING, CheckoutRefundState.SUCCEEDED),  # the provider refunded (refund_succeeded)
+    # the provider refused, to retry after a backoff (refund_failed)
+    (CheckoutRefundState.PENDING, CheckoutRefundState.FAILED),
+    # refused REFUND_MAX_ATTEMPTS times: an operator's (refund_failed)
+    (CheckoutRefundState.PENDING, CheckoutRefundState.EXHAUSTED),
+    (CheckoutRefundState.FAILED, CheckoutRefundState.PENDING),  # claimed again by a retry (claim_refund_retry)
+    # an operator's explicit retry (claim_refund_retry(operator=True))
+    (CheckoutRefundState.EXHAUSTED, CheckoutRefundState.PENDING),
+]
 
 
 @tracked()
 class Package(GuardedModel):
     """Something a customer books for one date; ``daily_capacity`` bookings fit on a date.
 
-    Capacity, price, currency and ``active`` are what checkouts count and charge
+    Capacity, price, currency and ``is_active`` are what checkouts count and charge
     against: they change only through ``Package.objects.edit_package`` (the package
     lock exclusive, which every hold and payment takes shared).
     """
 
-    guarded_fields = ("daily_capacity", "active", "currency", "price", "tenant")
+    guarded_fields = ("daily_capacity", "is_active", "currency", "price", "tenant")
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="packages")
     name = models.CharField(_("name"), max_length=200)
@@ -86,10 +115,10 @@ class Package(GuardedModel):
     # manager (core.money.check_precision), so a USD price never carries a third digit.
     price = models.DecimalField(_("price"), max_digits=13, decimal_places=3)
     currency = models.CharField(_("currency"), max_length=3, default="USD")
-    active = models.BooleanField(_("active"), default=True)
+    is_active = models.BooleanField(_("active"), default=True)
     daily_capacity = models.PositiveIntegerField(_("daily capacity"), default=1)
     version = models.PositiveIntegerField(_("version"), default=1, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())
 
     objects = PackageManager()
 
@@ -140,7 +169,7 @@ class Booking(GuardedModel):
     # foreign key: proposals depend on bookings. check_invariants matches it against
     # Proposal.booking, so a proposal unlinked from a live booking is detected.
     origin_proposal_id = models.BigIntegerField(null=True, blank=True, editable=False, db_index=True)
-    created_at = models.DateTimeField(_("created at"))
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
     confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)
     refunded_at = models.DateTimeField(_("refunded at"), null=True, blank=True)
@@ -156,40 +185,26 @@ class Booking(GuardedModel):
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="booking_amount_not_negative"),
             models.CheckConstraint(
-                condition=~Q(status="held") | Q(hold_expires_at__isnull=False), name="booking_held_has_expiry"
+                condition=~Q(status=BookingStatus.HELD) | Q(hold_expires_at__isnull=False),
+                name="booking_held_has_expiry",
             ),
             models.CheckConstraint(
-                condition=~Q(status="confirmed") | Q(confirmed_at__isnull=False), name="booking_confirmed_has_time"
+                condition=~Q(status=BookingStatus.CONFIRMED) | Q(confirmed_at__isnull=False),
+                name="booking_confirmed_has_time",
             ),
             models.UniqueConstraint(
                 fields=["package", "date"],
-                condition=Q(status="confirmed", exclusive=True),
+                condition=Q(status=BookingStatus.CONFIRMED, exclusive=True),
                 name="booking_one_confirmed_per_exclusive_date",
             ),
-            _within("status", BookingStatus.choices, "booking_status_valid"),
+            within("status", BookingStatus, name="booking_status_valid"),
         ]
         triggers = [
             StateMachine(
                 name="booking_status_transition",
                 field="status",
-                initial=["held"],
-                transitions=[
-                    ("held", "confirmed"),  # paid in time (confirm_payment)
-                    ("held", "payment_pending"),  # completed, payment delayed (await_payment)
-                    ("expired", "payment_pending"),  # completed late and delayed, the place still free (await_payment)
-                    ("payment_pending", "confirmed"),  # the delayed payment succeeded (confirm_payment)
-                    ("payment_pending", "refund_pending"),  # it succeeded but may not be placed (confirm_payment)
-                    ("payment_pending", "expired"),  # the delayed payment failed: place released (payment_failed)
-                    ("payment_pending", "cancelled"),  # cancelled while the payment settles (cancel)
-                    ("expired", "confirmed"),  # paid late, the place still free (confirm_payment)
-                    ("held", "refund_pending"),  # paid, the place gone (confirm_payment)
-                    ("expired", "refund_pending"),  # paid late, the place gone (confirm_payment)
-                    ("cancelled", "refund_pending"),  # paid after the customer cancelled (confirm_payment)
-                    ("held", "expired"),  # released, or past its expiry (release, expire_holds)
-                    ("held", "cancelled"),  # cancel before payment
-                    ("confirmed", "refund_pending"),  # cancel after payment
-                    ("refund_pending", "refunded"),  # the provider refunded (complete_refund)
-                ],
+                initial=[BookingStatus.HELD],
+                transitions=BOOKING_TRANSITIONS,
             ),
             BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
         ]
@@ -233,8 +248,8 @@ class Checkout(GuardedModel):
     # (exponential backoff, services.refund_backoff).
     refund_requested_at = models.DateTimeField(null=True, blank=True)
     next_retry_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField()
-    updated_at = models.DateTimeField()
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())  # .update() skips auto_now: every guarded write sets it
 
     objects = CheckoutManager()
 
@@ -244,52 +259,26 @@ class Checkout(GuardedModel):
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="checkout_amount_not_negative"),
             models.CheckConstraint(
-                condition=Q(state="creating") | Q(state="failed") | Q(provider_checkout_id__isnull=False),
+                condition=Q(state=CheckoutState.CREATING)
+                | Q(state=CheckoutState.FAILED)
+                | Q(provider_checkout_id__isnull=False),
                 name="checkout_open_has_provider_id",
             ),
-            _within("state", CheckoutState.choices, "checkout_state_valid"),
-            _within("refund_state", CheckoutRefundState.choices, "checkout_refund_state_valid"),
+            within("state", CheckoutState, name="checkout_state_valid"),
+            within("refund_state", CheckoutRefundState, name="checkout_refund_state_valid"),
         ]
         triggers = [
             StateMachine(
                 name="checkout_state_transition",
                 field="state",
-                initial=["creating"],
-                transitions=[
-                    ("creating", "open"),  # the provider answered (open)
-                    ("creating", "failed"),  # the provider refused (fail)
-                    ("creating", "expired"),  # (mark_expired)
-                    ("open", "expired"),  # the session expired unpaid (mark_expired)
-                    # paid: from any unpaid state, so late and out-of-order events still settle (mark_completed)
-                    ("creating", "completed"),
-                    ("open", "completed"),
-                    ("expired", "completed"),
-                    ("failed", "completed"),
-                    ("processing", "completed"),  # the delayed payment succeeded
-                    ("payment_failed", "completed"),  # a success after a failure: money moved, settle it
-                    # completed with a delayed payment method (mark_processing)
-                    ("creating", "processing"),
-                    ("open", "processing"),
-                    ("expired", "processing"),
-                    ("failed", "processing"),
-                    # the delayed payment failed (mark_payment_failed), also before its "completed" arrived
-                    ("processing", "payment_failed"),
-                    ("creating", "payment_failed"),
-                    ("open", "payment_failed"),
-                ],
+                initial=[CheckoutState.CREATING],
+                transitions=CHECKOUT_TRANSITIONS,
             ),
             StateMachine(
                 name="checkout_refund_state_transition",
                 field="refund_state",
-                initial=[""],
-                transitions=[
-                    ("", "pending"),  # a refund is owed and claimed (request_refund)
-                    ("pending", "succeeded"),  # the provider refunded (refund_succeeded)
-                    ("pending", "failed"),  # the provider refused, to retry after a backoff (refund_failed)
-                    ("pending", "exhausted"),  # refused REFUND_MAX_ATTEMPTS times: an operator's (refund_failed)
-                    ("failed", "pending"),  # claimed again by a retry (claim_refund_retry)
-                    ("exhausted", "pending"),  # an operator's explicit retry (claim_refund_retry(operator=True))
-                ],
+                initial=[CheckoutRefundState.NONE],
+                transitions=REFUND_TRANSITIONS,
             ),
         ]
 

@@ -22,42 +22,42 @@ HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_GAVE_UP = (
     "refund_gave_up",
 )
 
-register(
-    HELD,
-    subject=_("Your booking for %(package)s on %(date)s is held"),
-    body=_(
-        "Hello %(name)s,\n\nWe are holding %(package)s on %(date)s for you until %(hold_expires_at)s (UTC). "
-        "Pay %(amount)s %(currency)s here to confirm it:\n%(pay_url)s\n\n"
-        "If you do not pay by then, the date is released and nothing is charged."
+# Each message: its subject and body, with the facts of _facts (and the kind's own extras).
+MESSAGES = {
+    HELD: (
+        _("Your booking for %(package)s on %(date)s is held"),
+        _(
+            "Hello %(name)s,\n\nWe are holding %(package)s on %(date)s for you until %(hold_expires_at)s (UTC). "
+            "Pay %(amount)s %(currency)s here to confirm it:\n%(pay_url)s\n\n"
+            "If you do not pay by then, the date is released and nothing is charged."
+        ),
     ),
-)
-register(
-    CONFIRMED,
-    subject=_("Your booking for %(package)s on %(date)s is confirmed"),
-    body=_("Hello %(name)s,\n\nYour payment was received: %(package)s on %(date)s is yours (booking #%(booking)s)."),
-)
-register(
-    CANCELLED,
-    subject=_("Your booking for %(package)s on %(date)s is cancelled"),
-    body=_(
-        "Hello %(name)s,\n\nBooking #%(booking)s (%(package)s on %(date)s) is cancelled. "
-        "If you had paid, the refund follows in a separate e-mail."
+    CONFIRMED: (
+        _("Your booking for %(package)s on %(date)s is confirmed"),
+        _("Hello %(name)s,\n\nYour payment was received: %(package)s on %(date)s is yours (booking #%(booking)s)."),
     ),
-)
-register(
-    REFUNDED,
-    subject=_("Your refund for %(package)s on %(date)s"),
-    body=_("Hello %(name)s,\n\n%(amount)s %(currency)s for booking #%(booking)s has been refunded to you."),
-)
-register(
-    REFUND_GAVE_UP,
-    subject=_("Refund of booking #%(booking)s failed %(attempts)s times: act on it"),
-    body=_(
-        "The payment provider refused the refund of booking #%(booking)s (%(amount)s %(currency)s, "
-        "%(email)s) %(attempts)s times; it is no longer retried by itself. Last error: %(error)s\n\n"
-        "Admin: Bookings, filter by refund state, action 'Retry failed refunds now'."
+    CANCELLED: (
+        _("Your booking for %(package)s on %(date)s is cancelled"),
+        _(
+            "Hello %(name)s,\n\nBooking #%(booking)s (%(package)s on %(date)s) is cancelled. "
+            "If you had paid, the refund follows in a separate e-mail."
+        ),
     ),
-)
+    REFUNDED: (
+        _("Your refund for %(package)s on %(date)s"),
+        _("Hello %(name)s,\n\n%(amount)s %(currency)s for booking #%(booking)s has been refunded to you."),
+    ),
+    REFUND_GAVE_UP: (
+        _("Refund of booking #%(booking)s failed %(attempts)s times: act on it"),
+        _(
+            "The payment provider refused the refund of booking #%(booking)s (%(amount)s %(currency)s, "
+            "%(email)s) %(attempts)s times; it is no longer retried by itself. Last error: %(error)s\n\n"
+            "Admin: Bookings, filter by refund state, action 'Retry failed refunds now'."
+        ),
+    ),
+}
+for kind, (subject, body) in MESSAGES.items():
+    register(kind, subject=subject, body=body)
 
 
 # The language recorded with the booking's first notice (the hold, owed during the customer's request).

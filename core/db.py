@@ -36,6 +36,18 @@ def lock_key(namespace: LockNamespace, *parts) -> str:
     return ":".join([namespace.value, *(str(part) for part in parts)])
 
 
+def _take_advisory(connection, sql, key):
+    """Run ``sql``, which takes the advisory lock(s) on ``key``; return its answer (a try lock: got it?).
+
+    The one place every advisory lock is taken: a control test switches locks off here
+    (tests/conftest.py, ``locks_switched_off``) to run the product's own code without them.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key])
+        row = cursor.fetchone()  # none when advisory_xact_locks was given no key
+        return row and row[0]
+
+
 def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS):
     """Wait for the advisory lock on (namespace, parts) until the transaction ends.
 
@@ -43,9 +55,8 @@ def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS)
     OperationalError (SQLSTATE 55P03), which ``core.guards.database_refusals`` turns
     into LockContended.
     """
-    connection = _require_atomic(using)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
+    sql = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+    _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts))
 
 
 def advisory_xact_lock_shared(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS):
@@ -54,9 +65,8 @@ def advisory_xact_lock_shared(namespace: LockNamespace, *parts, using=DEFAULT_DB
     Shared holders do not block each other; they block (and wait for) an exclusive
     ``advisory_xact_lock`` on the same key. Bounded by lock_timeout like the exclusive form.
     """
-    connection = _require_atomic(using)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
+    sql = "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))"
+    _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts))
 
 
 def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
@@ -64,22 +74,17 @@ def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
 
     ``keys`` is an iterable of (namespace, *parts) tuples.
     """
-    connection = _require_atomic(using)
-    texts = sorted({lock_key(key[0], *key[1:]) for key in keys})
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM "
-            "(SELECT hashtextextended(t, 0) AS k FROM unnest(%s::text[]) AS t ORDER BY 1) AS ordered",
-            [texts],
-        )
+    sql = (
+        "SELECT pg_advisory_xact_lock(k) FROM "
+        "(SELECT hashtextextended(t, 0) AS k FROM unnest(%s::text[]) AS t ORDER BY 1) AS ordered"
+    )
+    _take_advisory(_require_atomic(using), sql, sorted({lock_key(key[0], *key[1:]) for key in keys}))
 
 
 def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS) -> bool:
     """Take the advisory lock if it is free; return False at once if another transaction holds it."""
-    connection = _require_atomic(using)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [lock_key(namespace, *parts)])
-        return cursor.fetchone()[0]
+    sql = "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
+    return _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts))
 
 
 def set_local_lock_timeout(milliseconds: int, using=DEFAULT_DB_ALIAS):

@@ -31,8 +31,30 @@ def decide(queryset, *, when, changes):
 
     Return ``(True, row)`` with the changed row, ``(False, row)`` with the row as it
     stands (locked until the transaction ends), or ``(False, None)`` when nothing matched.
+    ``row.judged_at`` is the database clock at the moment the row was judged.
     ``changes`` maps field names to values or ``NOW``. One statement.
     """
+    model, db = queryset.model, queryset.db
+    connection = connections[db]
+    fields = model._meta.concrete_fields
+    statement, params = decide_statement(queryset, when=when, changes=changes)
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        found = cursor.fetchone()
+    if found is None:
+        return False, None
+    won, *values, judged_at = found
+    row = model.from_db(
+        db,
+        [field.attname for field in fields],
+        [_from_db(value, field, connection) for value, field in zip(values, fields, strict=True)],
+    )
+    row.judged_at = judged_at  # the database clock when the row was judged (after any lock wait)
+    return won, row
+
+
+def decide_statement(queryset, *, when, changes):
+    """The SQL and parameters of ``decide`` (bench/ sends the same statement through pgbench)."""
     model, db = queryset.model, queryset.db
     connection = connections[db]
     quote = connection.ops.quote_name
@@ -53,26 +75,21 @@ def decide(queryset, *, when, changes):
         else:
             assignments.append(f"{quote(field.column)} = %s")
             set_params.append(field.get_db_prep_save(value, connection))
-    row = ", ".join(quote(field.column) for field in fields)
-    returning = ", ".join(f"{table}.{quote(field.column)}" for field in fields)
+
+    def columns(source):
+        return ", ".join(f"{source}.{quote(field.column)}" for field in fields)
+
+    returning = columns(table)
     # Names and columns come from the model's own meta; every value is a parameter.
     statement = (
         f"WITH locked AS ({locked_sql}), "  # noqa: S608 - identifiers from model meta, values parameterised
         f"changed AS (UPDATE {table} SET {', '.join(assignments)} FROM locked "
         f"WHERE {table}.{pk} = locked.{pk} AND locked.lockstep_won RETURNING {returning}) "
-        f"SELECT true, {row} FROM changed UNION ALL SELECT false, {row} FROM locked WHERE NOT locked.lockstep_won"
+        f"SELECT true AS lockstep_won, {columns('changed')}, locked.lockstep_now "
+        f"FROM changed JOIN locked ON changed.{pk} = locked.{pk} "
+        f"UNION ALL SELECT false, {columns('locked')}, locked.lockstep_now FROM locked WHERE NOT locked.lockstep_won"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(statement, [*locked_params, *set_params])
-        found = cursor.fetchone()
-    if found is None:
-        return False, None
-    won, *values = found
-    return won, model.from_db(
-        db,
-        [field.attname for field in fields],
-        [_from_db(value, field, connection) for value, field in zip(values, fields, strict=True)],
-    )
+    return statement, [*locked_params, *set_params]
 
 
 def _from_db(value, field, connection):

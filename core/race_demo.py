@@ -1,17 +1,21 @@
-"""Race scenarios for ``manage.py race_demo``: a storm at each guarded operation.
+"""Race scenarios: one per guarded operation, for ``manage.py race_demo``, the race tests and ``bench/``.
 
 Each domain app registers its scenario in ``<app>/race_scenarios.py`` with
-``@scenario``. A scenario prepares its rows in a throwaway tenant, then offers
-two attempts: ``guarded`` (the product's real operation) and ``naive`` (the
+``@scenario``. A scenario addresses its rows as targets ``t`` (0, 1, ...) of one
+tenant; attempt ``k`` acts for customer ``c<k>``. It offers two attempts:
+``guarded(t, k)`` (the product's real operation) and ``naive(t, k)`` (the
 check-then-act it replaces, kept only to show what breaks without the guard).
+race_demo creates one target (``prepare``) and fires ``attempts`` at it; the
+benchmark clones thousands of targets; a control test fires a storm at one.
 """
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+import pgtrigger
 from django.core.management import call_command
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from core.discovery import project_modules
 from core.invariants import run_checks
@@ -20,8 +24,65 @@ from core.storm import run_concurrently, tally
 _scenarios = []
 
 
+# How long race_demo's naive attempts wait between their check and their act, the way a slow request would.
+NAIVE_WINDOW = 0.02
+
+
+class Scenario:
+    """One guarded operation, storm-ready: its rows, its guarded call, the naive check-then-act it replaces."""
+
+    name = ""
+    attempts = 0  # race_demo: attempts at its one target
+    expected_winners = 1  # race_demo: winners its one target allows
+    # The database's own backstops (trigger names) that would refuse the naive double execution:
+    # switched off for the naive run, so it shows what the check-then-act alone does.
+    backstops = ()
+
+    def __init__(self, tenant, *, actor=None, first_id=None, window=0.0):
+        self.tenant = tenant
+        self.actor = actor
+        self.first_id = first_id  # id of target 0, for targets addressed by id (target t is first_id + t)
+        self.window = window  # seconds the naive attempt waits between its check and its act
+
+    def prepare(self):
+        """Create race_demo's one target (t = 0)."""
+        raise NotImplementedError
+
+    def guarded(self, t, k):
+        raise NotImplementedError
+
+    def check_then_act(self, t, k):
+        """The naive body: read, check in Python (raising the refusal), write; return what ``after_commit`` needs.
+
+        Run inside the caller's transaction: ``naive`` (READ COMMITTED) or the benchmark's SERIALIZABLE variant.
+        """
+        raise NotImplementedError
+
+    def after_commit(self, payload):
+        """Work the real operation does after its transaction commits (the payment provider call)."""
+
+    def naive(self, t, k, *, keep=()):
+        """The check-then-act in one transaction, with the backstops switched off but those in ``keep``."""
+        switched_off = [backstop for backstop in self.backstops if backstop not in keep]
+        # (pgtrigger.ignore() with no name would switch off every trigger)
+        with pgtrigger.ignore(*switched_off) if switched_off else nullcontext(), transaction.atomic():
+            payload = self.check_then_act(t, k)
+        self.after_commit(payload)
+        return payload
+
+    def pause(self):
+        """Widen the naive check-then-act window (``window`` seconds)."""
+        if self.window:
+            time.sleep(self.window)
+
+
+def customer(k):
+    """The customer attempt ``k`` acts for."""
+    return f"c{k}"
+
+
 def scenario(cls):
-    """Register a scenario class (attributes: name, attempts, expected_winners)."""
+    """Register a Scenario subclass."""
     _scenarios.append(cls)
     return cls
 
@@ -57,11 +118,6 @@ def throwaway_database(run):
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def naive_pause():
-    """Widen the naive check-then-act window the way a slow request would."""
-    time.sleep(0.02)
-
-
 @dataclass
 class StormResult:
     name: str
@@ -78,10 +134,11 @@ class StormResult:
 
 
 def run_storm(scenario_class, tenant, *, naive=False):
-    """Prepare the scenario's rows, fire the storm, check invariants on the tenant."""
-    storm = scenario_class(tenant)
+    """Prepare the scenario's one target, fire the storm at it, check invariants on the tenant."""
+    storm = scenario_class(tenant, window=NAIVE_WINDOW)
+    storm.prepare()
     attempt = storm.naive if naive else storm.guarded
-    outcomes = run_concurrently(attempt, storm.attempts)
+    outcomes = run_concurrently(lambda k: attempt(0, k), storm.attempts)
     codes = tally(outcomes)
     winners = codes.pop("ok", 0)
     broken = [f"{r.app}: {r.description}" for r in run_checks(tenant) if not r.ok]

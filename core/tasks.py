@@ -32,7 +32,7 @@ HOURLY = "0 * * * *"
 # command -> schedule (crontab). Every sweep is safe to run at any time and any number of times.
 SWEEPS = {
     "expire_holds": settings.SWEEP_SCHEDULE,
-    "expire_proposals": settings.SWEEP_SCHEDULE,
+    "sweep_proposals": settings.SWEEP_SCHEDULE,
     "expire_redemption_sessions": settings.SWEEP_SCHEDULE,
     "retry_refunds": settings.SWEEP_SCHEDULE,  # each refund's own backoff is in its row
     "prune_idempotency_keys": HOURLY,

@@ -17,7 +17,7 @@ from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from proposals.models import PROPOSAL_EDITABLE, Proposal
+from proposals.models import PROPOSAL_EDITABLE, PROPOSAL_RECORD, Proposal
 
 
 @admin.register(Proposal)
@@ -36,21 +36,7 @@ class ProposalAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixi
     search_fields = ["session_id", "customer_name", "customer_email", "=id"]
     date_hierarchy = "date"
     list_select_related = ["package", "tenant", "booking"]
-    readonly_fields = [
-        "tenant",
-        "session_id",
-        "package",
-        "date",
-        "status",
-        "expires_at",
-        "created_at",
-        "confirmed_at",
-        "executed_at",
-        "rejected_at",
-        "failure_code",
-        "booking_link",
-        "version",
-    ]
+    readonly_fields = ["tenant", "session_id", "package", "date", *PROPOSAL_RECORD, "booking_link", "version"]
     fields = [*readonly_fields[:4], *PROPOSAL_EDITABLE, *readonly_fields[4:]]
     actions = ["expire_selected"]
 

@@ -20,20 +20,26 @@ from django.db import connections, models
 from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 
+from bookings.choices import CheckoutState
 from bookings.exceptions import DateInPast, PackageNotFound
 from bookings.managers import lock_package_shared
 from bookings.models import Booking, Checkout, Package
-from core.exceptions import DomainError, VersionConflict
+from core.decide import NOW, decide
+from core.exceptions import DomainError
 from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
 from core.managers import TenantScopedQuerySet
+from core.versioned_edit import edit_at_version, refuse_unknown_fields
+from proposals.choices import ProposalStatus
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 
 logger = logging.getLogger(__name__)
 
 # What a reopen unlinks: the proposal is pending again, as if never confirmed.
-REOPENED = dict(status="pending", booking=None, confirmed_at=None, executed_at=None)
+REOPENED = dict(status=ProposalStatus.PENDING, booking=None, confirmed_at=None, executed_at=None)
 # A stranded proposal's checkout never reached the customer: nothing can be paid through it.
-UNOPENED_CHECKOUT = ("creating", "failed")
+UNOPENED_CHECKOUT = (CheckoutState.CREATING, CheckoutState.FAILED)
+# What each decision records beside the new status: when it was taken (a fact, the statement's time).
+DECIDED_AT = {ProposalStatus.CONFIRMED: "confirmed_at", ProposalStatus.REJECTED: "rejected_at"}
 
 
 class ProposalQuerySet(TenantScopedQuerySet):
@@ -95,62 +101,51 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
             date=date,
             customer_name=customer_name,
             customer_email=customer_email,
-            status=self.model.Status.PENDING,
             expires_at=Now() + expires_in,
-            created_at=Now(),
         )
-        proposal.refresh_from_db(fields=["expires_at", "created_at", "version"])
+        # expires_at is an expression until read back; created_at (a db_default) came back with the INSERT.
+        proposal.refresh_from_db(fields=["expires_at"])
         return proposal
 
-    def _decide(self, proposal_id, *, tenant, session_id, **changes):
-        # ClockNow, not Now: the UPDATE may wait for the row lock of a concurrent decision;
-        # READ COMMITTED then re-evaluates this WHERE on the newest row version, and expiry
-        # must be judged with the clock at that moment, not at the statement's start.
-        won = self.filter(
-            pk=proposal_id,
-            tenant=tenant,
-            session_id=session_id,
-            status=self.model.Status.PENDING,
-            expires_at__gt=ClockNow(),
-        ).update(**changes)
-        if not won:
-            raise self._refusal(proposal_id, tenant=tenant, session_id=session_id)
+    def decision(self, proposal_id, decision, *, tenant, session_id):
+        """What deciding a proposal locks, requires and writes: ``core.decide``'s arguments.
 
-    @guarded
-    def confirm(self, proposal_id, *, tenant, session_id):
-        """Move a pending proposal to confirmed, exactly once.
-
-        Locks: proposal row (FOR NO KEY UPDATE, taken by the filtered UPDATE; waits up to lock_timeout).
-
-        One filtered UPDATE decides the race (status, owner, session and expiry by
-        the database clock *after any lock wait* are all in its WHERE); its row lock
-        makes a concurrent confirm or reject wait and then match 0 rows. On 0 rows,
-        one read names the refusal: ProposalNotFound, ProposalExpired or
-        ProposalAlreadyProcessed.
+        A pending, unexpired proposal of this tenant and session moves to ``decision``,
+        stamped in DECIDED_AT by the database clock read after any lock wait.
         """
-        self._decide(
-            proposal_id,
-            tenant=tenant,
-            session_id=session_id,
-            status=self.model.Status.CONFIRMED,
-            confirmed_at=Now(),
-        )
-        return self.select_related("package").get(pk=proposal_id)
+        return {
+            "queryset": self.filter(pk=proposal_id, tenant=tenant, session_id=session_id),
+            "when": Q(status=self.model.Status.PENDING, expires_at__gt=ClockNow()),
+            "changes": {"status": decision, DECIDED_AT[decision]: NOW},
+        }
 
-    @guarded
+    def _decide(self, proposal_id, decision, *, tenant, session_id):
+        """Run the decision in one statement (core.decide); a refusal is named from the row that refused it."""
+        won, proposal = decide(**self.decision(proposal_id, decision, tenant=tenant, session_id=session_id))
+        if not won:
+            raise self._refusal(proposal)
+        return proposal
+
+    @guarded(statement=True)
+    def confirm(self, proposal_id, *, tenant, session_id):
+        """Move a pending proposal to confirmed, exactly once; return it.
+
+        Locks: proposal row (FOR NO KEY UPDATE in the deciding statement; waits up to lock_timeout).
+
+        One statement decides the race (status, owner, session and expiry by the database
+        clock *after any lock wait*) and returns the row: a concurrent confirm or reject
+        waits for the row lock and then reads the decided row. Refusals: ProposalNotFound,
+        ProposalExpired or ProposalAlreadyProcessed.
+        """
+        return self._decide(proposal_id, self.model.Status.CONFIRMED, tenant=tenant, session_id=session_id)
+
+    @guarded(statement=True)
     def reject(self, proposal_id, *, tenant, session_id):
         """Move a pending proposal to rejected, exactly once; refusals as for ``confirm``.
 
-        Locks: proposal row (the filtered UPDATE).
+        Locks: proposal row (FOR NO KEY UPDATE in the deciding statement).
         """
-        self._decide(
-            proposal_id,
-            tenant=tenant,
-            session_id=session_id,
-            status=self.model.Status.REJECTED,
-            rejected_at=Now(),
-        )
-        return self.get(pk=proposal_id)
+        return self._decide(proposal_id, self.model.Status.REJECTED, tenant=tenant, session_id=session_id)
 
     @guarded(joins=True)
     def execute(self, proposal_id, *, booking):
@@ -302,30 +297,17 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         """
         from proposals.models import PROPOSAL_EDITABLE
 
-        unknown = sorted(set(changes) - set(PROPOSAL_EDITABLE))
-        if unknown:
-            raise ValueError(f"Proposal fields {unknown} cannot be written by a contact edit")
-        scope = self.filter(pk=proposal_id)
-        current = scope.select_for_update(no_key=True).values_list("version", flat=True).first()
-        if current is None:
-            raise ProposalNotFound()
-        if version != current:
-            raise VersionConflict(current=current)
-        if changes:
-            scope.update(**changes)
-        return scope.get()
+        refuse_unknown_fields(changes, PROPOSAL_EDITABLE, model="Proposal", edit="a contact edit")
+        return edit_at_version(self.filter(pk=proposal_id), version=version, changes=changes, missing=ProposalNotFound)
 
-    def _refusal(self, proposal_id, *, tenant, session_id):
-        row = (
-            self.filter(pk=proposal_id, tenant=tenant, session_id=session_id)
-            .annotate(lapsed=ExpressionWrapper(Q(expires_at__lte=ClockNow()), output_field=BooleanField()))
-            .values_list("status", "lapsed")
-            .first()
-        )
-        if row is None:
+    def _refusal(self, proposal):
+        """The refusal a proposal that ``_decide`` did not move stands for (None: not found)."""
+        if proposal is None:
             return ProposalNotFound()
-        status, lapsed = row
-        if status == self.model.Status.EXPIRED or (status == self.model.Status.PENDING and lapsed):
+        status = proposal.status
+        if status == self.model.Status.EXPIRED or (
+            status == self.model.Status.PENDING and proposal.expires_at <= proposal.judged_at
+        ):
             return ProposalExpired()
         return ProposalAlreadyProcessed()
 

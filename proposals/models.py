@@ -1,10 +1,13 @@
 import pgtrigger
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from bookings.choices import within
 from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
+from proposals.choices import ProposalStatus
 from proposals.managers import ProposalManager
 
 # What operators edit (Proposal.objects.edit_contact, the admin form).
@@ -13,25 +16,19 @@ PROPOSAL_EDITABLE = ("customer_name", "customer_email")
 # confirm, a reject or an expiry committed is stale (version_conflict) instead of editing a
 # proposal whose booking was already made from the contact details the operator saw.
 PROPOSAL_VERSIONED = (*PROPOSAL_EDITABLE, "status", "booking")
-
-
-class ProposalStatus(models.TextChoices):
-    PENDING = "pending", _("pending")
-    CONFIRMED = "confirmed", _("confirmed")  # decided, booking under way in the same transaction
-    EXECUTED = "executed", _("executed")
-    FAILED = "failed", _("failed")
-    REJECTED = "rejected", _("rejected")
-    EXPIRED = "expired", _("expired")
+# What a proposal's record shows beside who proposed what: how and when it was decided (read-only to
+# operators and API clients alike).
+PROPOSAL_RECORD = ("status", "expires_at", "created_at", "confirmed_at", "executed_at", "rejected_at", "failure_code")
 
 
 # The documented machine (docs/proposals.md); the database enforces it (proposal_status_transition).
 PROPOSAL_TRANSITIONS = [
-    ("pending", "confirmed"),  # confirm (the filtered UPDATE that decides the race)
-    ("pending", "rejected"),  # reject
-    ("pending", "expired"),  # operator expire, expiry sweep
-    ("confirmed", "executed"),  # the booking was held, in the confirming transaction
-    ("confirmed", "failed"),  # the booking was refused, in the confirming transaction
-    ("executed", "pending"),  # reopen: the checkout never opened and nothing can be paid
+    (ProposalStatus.PENDING, ProposalStatus.CONFIRMED),  # confirm (the filtered UPDATE that decides the race)
+    (ProposalStatus.PENDING, ProposalStatus.REJECTED),  # reject
+    (ProposalStatus.PENDING, ProposalStatus.EXPIRED),  # operator expire, expiry sweep
+    (ProposalStatus.CONFIRMED, ProposalStatus.EXECUTED),  # the booking was held, in the confirming transaction
+    (ProposalStatus.CONFIRMED, ProposalStatus.FAILED),  # the booking was refused, in the confirming transaction
+    (ProposalStatus.EXECUTED, ProposalStatus.PENDING),  # reopen: the checkout never opened and nothing can be paid
 ]
 
 
@@ -129,7 +126,7 @@ class Proposal(GuardedModel):
     customer_email = models.EmailField(_("customer e-mail"))
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
     expires_at = models.DateTimeField(_("expires at"))
-    created_at = models.DateTimeField(_("created at"))
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
     confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     executed_at = models.DateTimeField(_("executed at"), null=True, blank=True)
     rejected_at = models.DateTimeField(_("rejected at"), null=True, blank=True)
@@ -148,33 +145,31 @@ class Proposal(GuardedModel):
         indexes = [models.Index(fields=["tenant", "session_id"], name="proposal_tenant_session")]
         constraints = [
             models.CheckConstraint(
-                condition=~Q(status="executed") | Q(booking__isnull=False, executed_at__isnull=False),
+                condition=~Q(status=ProposalStatus.EXECUTED) | Q(booking__isnull=False, executed_at__isnull=False),
                 name="proposal_executed_has_booking",
             ),
             models.CheckConstraint(
-                condition=Q(booking__isnull=True) | Q(status="executed"), name="proposal_booking_only_when_executed"
+                condition=Q(booking__isnull=True) | Q(status=ProposalStatus.EXECUTED),
+                name="proposal_booking_only_when_executed",
             ),
             models.CheckConstraint(
-                condition=~Q(status="failed") | ~Q(failure_code=""), name="proposal_failed_has_reason"
+                condition=~Q(status=ProposalStatus.FAILED) | ~Q(failure_code=""), name="proposal_failed_has_reason"
             ),
             models.CheckConstraint(
-                condition=Q(status="pending")
-                | Q(status="expired")
-                | Q(status="rejected")
+                condition=Q(status=ProposalStatus.PENDING)
+                | Q(status=ProposalStatus.EXPIRED)
+                | Q(status=ProposalStatus.REJECTED)
                 | Q(confirmed_at__isnull=False),
                 name="proposal_decided_has_confirmed_at",
             ),
-            models.CheckConstraint(
-                condition=Q(status__in=[value for value, _label in ProposalStatus.choices]),
-                name="proposal_status_valid",
-            ),
+            within("status", ProposalStatus, name="proposal_status_valid"),
         ]
         triggers = [
             StateMachine(
                 name="proposal_status_transition",
                 field="status",
                 transitions=PROPOSAL_TRANSITIONS,
-                initial=["pending"],
+                initial=[ProposalStatus.PENDING],
             ),
             ProposalBookingUnlink(name="proposal_booking_unlink_transition"),
             BumpVersion(name="proposal_bump_version", fields=PROPOSAL_VERSIONED),

@@ -11,7 +11,7 @@ DEMO_SESSION = "demo-chat-session"
 
 def seed_demo(tenant, *, admin, api_user):
     """Ensure tenant ``demo`` has one live pending proposal in the demo chat session."""
-    package = Package.objects.filter(tenant=tenant, active=True).order_by("-daily_capacity", "pk").first()
+    package = Package.objects.for_tenant(tenant).active().order_by("-daily_capacity", "pk").first()
     if package is None or Proposal.objects.filter(tenant=tenant, session_id=DEMO_SESSION).live().exists():
         return
     Proposal.objects.propose(

@@ -77,16 +77,44 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 def invariants_hold_after_races(request):
     """After every transactional (race, fault) test, every invariant must hold on the whole database.
 
-    Controls run the naive check-then-act on purpose and are exempt: breaking
-    the invariants is what they demonstrate.
+    Controls (marked ``control``) run without the guard on purpose and are exempt:
+    breaking the invariants is what they demonstrate.
     """
     marker = request.node.get_closest_marker("django_db")
     checked = marker is not None and marker.kwargs.get("transaction", False)
+    checked = checked and request.node.get_closest_marker("control") is None
     if checked:
         request.getfixturevalue("transactional_db")  # so the flush happens after this check
     yield
-    name = request.node.name
-    if checked and "control" not in name and "naive" not in name:
+    if checked:
         from core.invariants import assert_invariants
 
         assert_invariants()
+
+
+@pytest.fixture
+def locks_switched_off(monkeypatch):
+    """``locks_switched_off(*namespaces)``: advisory locks of those namespaces (all, given none) are not taken.
+
+    A control of a lock-based guard runs the product's own code with its lock switched off
+    (core/db.py takes every advisory lock through ``_take_advisory``); a try-lock then succeeds.
+    """
+    from core import db
+
+    take = db._take_advisory
+
+    def switch_off(*namespaces):
+        prefixes = tuple(f"{namespace.value}:" for namespace in namespaces)
+
+        def off(key):
+            return key.startswith(prefixes) if prefixes else True
+
+        def take_the_others(connection, sql, key):
+            if isinstance(key, list):  # advisory_xact_locks: several keys in one statement
+                kept = [k for k in key if not off(k)]
+                return take(connection, sql, kept) if kept else None
+            return True if off(key) else take(connection, sql, key)
+
+        monkeypatch.setattr(db, "_take_advisory", take_the_others)
+
+    return switch_off

@@ -1,42 +1,153 @@
-"""Race helpers for tests: see core/storm.py (shared with race_demo and the benchmarks)."""
+"""Race helpers for tests: hold a lock from another connection, run a path beside it, see who waits.
+
+Storms of simultaneous attempts: core/storm.py (shared with race_demo and the benchmarks).
+"""
 
 import copy
 import re
 import threading
+import time
 from contextlib import contextmanager
 
 from django.db import connections, transaction
 
+from core.db import advisory_xact_lock
 from core.storm import Outcome, run_concurrently, tally
 
-__all__ = ["Outcome", "lock_timeout", "row_locked", "run_concurrently", "tally"]
+__all__ = [
+    "Background",
+    "OpenTransaction",
+    "Outcome",
+    "advisory_locked",
+    "lock_timeout",
+    "lock_waiters",
+    "row_locked",
+    "run_concurrently",
+    "tally",
+    "wait_until",
+    "wait_until_blocked",
+    "wait_until_blocked_or_done",
+]
 
 
-@contextmanager
-def row_locked(queryset, *, timeout=10):
-    """Hold ``SELECT … FOR UPDATE`` on the queryset's rows from another connection while the block runs."""
-    locked, release, failure = threading.Event(), threading.Event(), []
+class OpenTransaction:
+    """Run ``work()`` inside a transaction on another connection and keep it open until ``commit()``.
 
-    def hold():
+    Whatever locks ``work`` took (row locks, advisory locks) stay held meanwhile: the
+    exact lock another path would wait for. ``result``/``error`` hold its outcome.
+    As a context manager: started on entry, committed (errors left to ``error``) on exit.
+    """
+
+    def __init__(self, work):
+        self.work, self.result, self.error = work, None, None
+        self.ready, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
         try:
             with transaction.atomic():
-                list(queryset.select_for_update(of=("self",)).order_by("pk"))
-                locked.set()
-                release.wait(timeout)
-        except Exception as error:  # noqa: BLE001 - reported to the test below, not lost in the thread
-            failure.append(error)
-            locked.set()
+                self.result = self.work()
+                self.ready.set()
+                self.release.wait(30)
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            self.error = exc
         finally:
+            self.ready.set()
             connections.close_all()
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert locked.wait(timeout) and not failure, failure
-        yield
-    finally:
-        release.set()
-        thread.join(timeout)
+    def start(self):
+        self.thread.start()
+        assert self.ready.wait(15), "the holding transaction never got its locks"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def commit(self):
+        self.release.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.thread.join(30)
+
+
+def row_locked(queryset):
+    """Hold ``SELECT … FOR UPDATE`` on the queryset's rows from another connection while the block runs."""
+    return OpenTransaction(lambda: list(queryset.select_for_update(of=("self",)).order_by("pk")))
+
+
+def advisory_locked(namespace, *parts):
+    """Hold the advisory lock on (namespace, parts) from another connection while the block runs."""
+    return OpenTransaction(lambda: advisory_xact_lock(namespace, *parts))
+
+
+class Background:
+    """Run ``fn()`` on its own connection in a thread; ``done`` is set when it returned or raised."""
+
+    def __init__(self, fn):
+        self.fn, self.result, self.error = fn, None, None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            self.error = exc
+        finally:
+            self.done.set()
+            connections.close_all()
+
+    @property
+    def outcome(self):
+        return Outcome(value=self.result, error=self.error)
+
+    def join(self):
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the background path hung"
+        return self
+
+
+def lock_waiters(sql_fragment=""):
+    """How many other sessions of this database wait for a lock now, in a statement containing ``sql_fragment``."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND query LIKE %s",
+            ["%" + sql_fragment + "%"],
+        )
+        return cursor.fetchone()[0]
+
+
+def wait_until(condition, *, timeout=10.0):
+    """Poll ``condition()`` until it returns something true; return that (AssertionError after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not (reached := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {condition}")
+        time.sleep(0.01)
+    return reached
+
+
+def wait_until_blocked(sql_fragment=""):
+    """Wait until another session waits for a lock in a statement containing ``sql_fragment``."""
+    wait_until(lambda: lock_waiters(sql_fragment))
+
+
+def wait_until_blocked_or_done(background, timeout=10):
+    """Wait until ``background`` waits for a lock (True) or finished without waiting (False)."""
+    state = wait_until(
+        lambda: "done" if background.done.is_set() else "blocked" if lock_waiters() else None, timeout=timeout
+    )
+    return state == "blocked"
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from bookings.models import Booking, Checkout, Package, in_currency
+from bookings.models import BOOKING_RECORD, Booking, Checkout, Package, in_currency
 from core.api.inputs import MAX_ID, MAX_VERSION, PRICE_PATTERN, PatternField, StrictDateField, StrictInput
 from core.money import payable_currencies
 
@@ -63,6 +63,7 @@ class PackageSerializer(serializers.ModelSerializer):
     """A package as staff see it (output); ``version`` is what an edit may carry back."""
 
     price = InCurrencyField("price")
+    active = serializers.BooleanField(source="is_active", read_only=True)  # the published name
 
     class Meta:
         model = Package
@@ -77,7 +78,7 @@ class PackageCreateInputSerializer(StrictInput):
     price = price_input()
     currency = CurrencyField(default="USD")
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
-    active = serializers.BooleanField(default=True)
+    active = serializers.BooleanField(source="is_active", default=True)
 
 
 class PackageUpdateInputSerializer(StrictInput):
@@ -91,7 +92,7 @@ class PackageUpdateInputSerializer(StrictInput):
     price = price_input()
     currency = CurrencyField(required=False)
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
-    active = serializers.BooleanField(required=False)
+    active = serializers.BooleanField(source="is_active", required=False)
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
@@ -164,22 +165,7 @@ class BookingSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Booking
-        fields = [
-            "id",
-            "package",
-            "date",
-            "customer_name",
-            "customer_email",
-            "status",
-            "hold_expires_at",
-            "amount",
-            "currency",
-            "created_at",
-            "confirmed_at",
-            "cancelled_at",
-            "refunded_at",
-            "checkout",
-        ]
+        fields = ["id", "package", "date", "customer_name", "customer_email", *BOOKING_RECORD, "checkout"]
 
     def get_checkout(self, booking) -> BookingCheckoutSerializer(allow_null=True):
         checkout = getattr(booking, "checkout", None)  # the reverse accessor raises an AttributeError subclass

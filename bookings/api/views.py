@@ -1,6 +1,3 @@
-from datetime import timedelta
-
-from django.db.models import Count
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -25,14 +22,13 @@ from bookings.exceptions import (
     MalformedEvent,
     PackageNotFound,
 )
-from bookings.managers import active_q
 from bookings.models import Booking, Package
+from bookings.selectors import places_left
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
 from core.api.throttles import CheckoutAddressThrottle, CheckoutEmailThrottle
-from core.guards import database_clock
 
 MAX_AVAILABILITY_DAYS = 366
 
@@ -63,29 +59,7 @@ class AvailabilityView(PublicTenantMixin, APIView):
         start, end = query.validated_data["start"], query.validated_data["end"]
         if end < start or (end - start).days + 1 > MAX_AVAILABILITY_DAYS:
             raise DateRangeInvalid(days=MAX_AVAILABILITY_DAYS)
-        packages = Package.objects.for_tenant(self.tenant).active()
-        if "package" in query.validated_data:
-            packages = packages.filter(pk=query.validated_data["package"])
-            if not packages.exists():
-                raise PackageNotFound()
-        capacities = dict(packages.values_list("pk", "daily_capacity"))
-        taken = {}
-        rows = (
-            Booking.objects.filter(package_id__in=list(capacities), date__range=(start, end))
-            .filter(active_q())
-            .values("date", "package_id")
-            .annotate(n=Count("pk"))
-        )
-        for row in rows:
-            taken[(row["date"], row["package_id"])] = row["n"]
-        today = database_clock().date()
-        days = []
-        for offset in range((end - start).days + 1):
-            day = start + timedelta(days=offset)
-            remaining = 0
-            if day >= today:
-                remaining = sum(max(cap - taken.get((day, pk), 0), 0) for pk, cap in capacities.items())
-            days.append({"date": day, "remaining": remaining})
+        days = places_left(self.tenant, start, end, package_id=query.validated_data.get("package"))
         return Response(AvailabilitySerializer(days, many=True).data)
 
 

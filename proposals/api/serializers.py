@@ -3,7 +3,7 @@ from rest_framework import serializers
 
 from bookings.api.serializers import BookingSummarySerializer, CheckoutSerializer, CustomerSerializer
 from core.api.inputs import MAX_ID, StrictDateField, StrictInput
-from proposals.models import Proposal
+from proposals.models import PROPOSAL_RECORD, Proposal
 
 MAX_EXPIRES_IN = 7 * 24 * 3600
 SESSION_ID = dict(max_length=128, allow_blank=False, trim_whitespace=False)
@@ -35,21 +35,7 @@ class ProposalSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Proposal
-        fields = [
-            "id",
-            "session_id",
-            "package",
-            "date",
-            "customer",
-            "status",
-            "expires_at",
-            "created_at",
-            "confirmed_at",
-            "executed_at",
-            "rejected_at",
-            "failure_code",
-            "booking",
-        ]
+        fields = ["id", "session_id", "package", "date", "customer", *PROPOSAL_RECORD, "booking"]
 
     @extend_schema_field(serializers.ChoiceField(choices=Proposal.Status.choices))
     def get_status(self, proposal):

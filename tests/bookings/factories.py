@@ -2,9 +2,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import factory
+from django.db import transaction
 from django.utils import timezone
 
 from bookings.models import Package
+from bookings.services import hold_in_transaction, start_checkout
 from tests.factories import TenantFactory
 
 
@@ -21,4 +23,34 @@ class PackageFactory(factory.django.DjangoModelFactory):
     price = Decimal("100.00")
     currency = "USD"
     daily_capacity = 1
-    active = True
+    is_active = True
+
+
+def book(package, day=None, name="Ann"):
+    """A hold made through the public checkout path (hold, then the provider's checkout)."""
+    return start_checkout(
+        tenant=package.tenant,
+        package_id=package.pk,
+        date=day or future(),
+        customer_name=name,
+        customer_email="ann@example.com",
+    )
+
+
+def withdraw(package, how):
+    """Take ``package`` off sale through its manager: ``"delete"`` it or ``"deactivate"`` it."""
+    if how == "delete":
+        return Package.objects.delete_package(package.pk, tenant=package.tenant)
+    return Package.objects.edit_package(package.pk, tenant=package.tenant, is_active=False)
+
+
+def hold_without_provider_answer(package):
+    """A hold and its checkout intent, committed; the provider never answered (no session id on the checkout)."""
+    with transaction.atomic():
+        return hold_in_transaction(
+            tenant=package.tenant,
+            package_id=package.pk,
+            date=future(),
+            customer_name="Ann",
+            customer_email="ann@example.com",
+        )

@@ -7,6 +7,8 @@ from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.services import start_checkout
 from tests.bookings.factories import PackageFactory, future
 from tests.bookings.test_webhooks import completed_event, deliver
+from tests.factories import TenantFactory
+from tests.races import row_locked
 
 
 def book(package, days=30):
@@ -115,33 +117,10 @@ def test_package_admin_shows_upcoming_load_and_event_inbox_is_read_only(admin_cl
 @pytest.mark.django_db(transaction=True)
 def test_a_row_locked_past_lock_timeout_is_reported_per_row_not_a_500(admin_client, settings):
     """Regression: the release action let the 55P03 of a busy row escape the admin as a 500."""
-    import threading
-
-    from django.db import connections, transaction
-
-    from tests.factories import TenantFactory
-
     package = PackageFactory(tenant=TenantFactory(slug="acme"), daily_capacity=3)
     busy, free = book(package), book(package, 31)
-    locked, done = threading.Event(), threading.Event()
-
-    def hold_row():
-        try:
-            with transaction.atomic():
-                Booking.objects.select_for_update().get(pk=busy.pk)
-                locked.set()
-                done.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=hold_row)
-    thread.start()
-    try:
-        assert locked.wait(5)
+    with row_locked(Booking.objects.filter(pk=busy.pk)):
         msgs = messages_of(act(admin_client, "release_hold_selected", busy, free))
-    finally:
-        done.set()
-        thread.join(10)
     assert any(f"Booking #{busy.pk}" in m and "being changed by another request" in m for m in msgs), msgs
     assert any("1 hold released" in m for m in msgs), msgs
     assert Booking.objects.get(pk=busy.pk).status == "held"

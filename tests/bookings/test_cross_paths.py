@@ -24,16 +24,11 @@ from bookings.models import Booking, Checkout, Package
 from bookings.payments.sandbox import build_event
 from bookings.services import COMPLETED, hold_in_transaction, start_checkout
 from core.invariants import assert_invariants
-from tests.bookings.factories import PackageFactory, future
-from tests.bookings.interleave import (
-    Background,
-    OpenTransaction,
-    admin_change_data,
-    wait_until_blocked_or_done,
-)
+from tests.bookings.factories import PackageFactory, book, future, withdraw
+from tests.bookings.interleave import admin_change_data
 from tests.bookings.test_webhooks import URL
 from tests.conftest import token_client
-from tests.races import run_concurrently, tally
+from tests.races import Background, OpenTransaction, run_concurrently, tally, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,12 +49,6 @@ def pay(checkout):
     """The provider's signed checkout.session.completed, through the webhook endpoint."""
     payload, signature = build_event(Checkout.objects.get(pk=checkout.pk), COMPLETED)
     return Client().post(URL, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
-
-
-def book(package, day, name="Ann"):
-    return start_checkout(
-        tenant=package.tenant, package_id=package.pk, date=day, customer_name=name, customer_email="ann@example.com"
-    )
 
 
 def admin_action(client, action, booking):
@@ -393,29 +382,18 @@ def test_a_delete_waits_for_a_running_checkout_and_refuses(staff, tenant):
     assert Package.objects.filter(pk=package.pk).exists() and Booking.objects.filter(package=package).exists()
 
 
-def test_a_checkout_waiting_behind_a_delete_is_404(tenant):
-    package = PackageFactory(tenant=tenant)
-    delete = OpenTransaction(lambda: Package.objects.delete_package(package.pk, tenant=tenant)).start()
+@pytest.mark.parametrize("how", ["delete", "deactivate"])
+def test_a_checkout_waiting_behind_a_delete_or_a_deactivation_is_404(tenant, how):
+    package = PackageFactory(tenant=tenant, daily_capacity=5)
+    withdrawal = OpenTransaction(lambda: withdraw(package, how)).start()
     checkout = Background(lambda: book(package, future()))
     try:
         assert wait_until_blocked_or_done(checkout) is True
     finally:
-        delete.commit()
+        withdrawal.commit()
     checkout.join()
     assert getattr(checkout.error, "code", checkout.error) == "package_not_found"
     assert not Booking.objects.exists()
-
-
-def test_deactivating_while_checkouts_run_is_404_for_those_after(api_client, tenant):
-    package = PackageFactory(tenant=tenant, daily_capacity=5)
-    edit = OpenTransaction(lambda: Package.objects.edit_package(package.pk, tenant=tenant, active=False)).start()
-    checkout = Background(lambda: book(package, future()))
-    try:
-        assert wait_until_blocked_or_done(checkout) is True
-    finally:
-        edit.commit()
-    checkout.join()
-    assert getattr(checkout.error, "code", checkout.error) == "package_not_found"
 
 
 def test_expire_holds_judges_each_row_when_it_acts(tenant):
@@ -459,7 +437,6 @@ def test_recording_a_refund_takes_the_booking_row_before_the_checkout_row(tenant
     With the booking row held elsewhere, recording the refund must wait holding nothing, so the holder can
     still lock the checkout row at once."""
     from bookings.services import refund_booking
-    from tests.bookings.interleave import Background, OpenTransaction, wait_until_blocked_or_done
 
     booking = book(PackageFactory(tenant=tenant), future(40))
     assert pay(booking.checkout).json()["result"] == "confirmed"
@@ -484,8 +461,6 @@ def test_confirm_payment_called_directly_waits_for_a_cancel_and_settles_it_as_a_
     """confirm_payment takes the booking row itself (any caller, not only the webhook, which locks first):
     a cancel holding the row commits first, then the payment sees ``cancelled`` and owes a refund —
     never a confirmation written over the cancel."""
-    from tests.bookings.interleave import Background, OpenTransaction, wait_until_blocked_or_done
-
     booking = book(PackageFactory(tenant=tenant), future(41))
     cancel = OpenTransaction(lambda: Booking.objects.cancel(booking.pk)).start()
 

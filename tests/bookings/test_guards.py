@@ -17,22 +17,10 @@ from bookings.services import (
     refund_booking,
     retry_refund,
     sandbox_deliver,
-    start_checkout,
 )
-from tests.bookings.factories import PackageFactory, future
-from tests.bookings.interleave import OpenTransaction
+from tests.bookings.factories import PackageFactory, book, future, hold_without_provider_answer
 from tests.bookings.test_webhooks import completed_event, deliver
-from tests.races import run_concurrently, tally
-
-
-def book(package, day=None):
-    return start_checkout(
-        tenant=package.tenant,
-        package_id=package.pk,
-        date=day or future(),
-        customer_name="Ann",
-        customer_email="ann@example.com",
-    )
+from tests.races import OpenTransaction, run_concurrently, tally
 
 
 @pytest.fixture
@@ -119,15 +107,7 @@ def test_complete_refund_stamps_a_refunded_booking_once(package):
 def test_open_never_reopens_a_checkout_a_payment_or_a_failure_settled(package):
     """The provider's answer stored after the payment's webhook (or after the failure path) must not
     move the checkout back to open."""
-    with transaction.atomic():
-        booking = hold_in_transaction(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=future(),
-            customer_name="A",
-            customer_email="a@example.com",
-        )
-    checkout = booking.checkout
+    checkout = hold_without_provider_answer(package).checkout
     Checkout.objects.filter(pk=checkout.pk).update(provider_checkout_id="cs_early")
     with transaction.atomic():
         Checkout.objects.mark_completed(checkout.pk, provider_checkout_id="cs_early")

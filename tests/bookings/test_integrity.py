@@ -183,7 +183,7 @@ def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit
     assert Booking.objects.get(pk=booking.pk).version == 4
 
     package = Package.objects.get(pk=booking.package_id)
-    for change in [{"name": "N"}, {"price": 5}, {"currency": "EUR"}, {"active": False}, {"daily_capacity": 4}]:
+    for change in [{"name": "N"}, {"price": 5}, {"currency": "EUR"}, {"is_active": False}, {"daily_capacity": 4}]:
         before = Package.objects.get(pk=package.pk).version
         Package.objects.filter(pk=package.pk).update(**change)
         assert Package.objects.get(pk=package.pk).version == before + 1, change

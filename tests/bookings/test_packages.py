@@ -11,16 +11,9 @@ from django.urls import reverse
 from bookings import invariants
 from bookings.exceptions import CapacityBelowOccupancy, PackageInUse, PackageInvalid, PackageNotFound
 from bookings.models import Booking, Package
-from bookings.services import start_checkout
 from core.exceptions import VersionConflict
-from tests.bookings.factories import PackageFactory, future
-from tests.bookings.test_api import assert_error
-
-
-def book(package, day):
-    return start_checkout(
-        tenant=package.tenant, package_id=package.pk, date=day, customer_name="Ann", customer_email="ann@example.com"
-    )
+from tests.bookings.factories import PackageFactory, book, future
+from tests.refusals import assert_error
 
 
 def fresh(package):
@@ -32,15 +25,15 @@ def fresh(package):
 
 def test_edit_writes_only_the_given_fields_and_checks_the_version(tenant):
     package = PackageFactory(tenant=tenant, daily_capacity=3, currency="EUR", price=Decimal("10.00"))
-    Package.objects.filter(pk=package.pk).update(active=False)  # someone deactivated it meanwhile (version 2)
+    Package.objects.filter(pk=package.pk).update(is_active=False)  # someone deactivated it meanwhile (version 2)
     edited = Package.objects.edit_package(package.pk, tenant=tenant, name="Renamed")  # no version: no check
-    assert (edited.name, edited.active, edited.currency, edited.daily_capacity) == ("Renamed", False, "EUR", 3)
+    assert (edited.name, edited.is_active, edited.currency, edited.daily_capacity) == ("Renamed", False, "EUR", 3)
     assert edited.version == 3
     with pytest.raises(VersionConflict) as stale:
-        Package.objects.edit_package(package.pk, tenant=tenant, version=2, active=True)
+        Package.objects.edit_package(package.pk, tenant=tenant, version=2, is_active=True)
     assert stale.value.params == {"current": 3}
-    assert fresh(package).active is False
-    assert Package.objects.edit_package(package.pk, tenant=tenant, version=3, active=True).version == 4
+    assert fresh(package).is_active is False
+    assert Package.objects.edit_package(package.pk, tenant=tenant, version=3, is_active=True).version == 4
 
 
 def test_edit_refusals(tenant, other_tenant):
@@ -120,19 +113,10 @@ def test_delete_refuses_a_package_in_use_and_deletes_an_unused_one(tenant, other
 
 
 def test_delete_refuses_a_package_a_proposal_refers_to(tenant):
-    from proposals.models import Proposal
+    from tests.proposals.factories import make_proposal
 
     package = PackageFactory(tenant=tenant)
-    Proposal.objects.create(
-        tenant=tenant,
-        session_id="s",
-        package=package,
-        date=future(),
-        customer_name="A",
-        customer_email="a@example.com",
-        expires_at=Now() + timedelta(hours=1),
-        created_at=Now(),
-    )
+    make_proposal(tenant, package=package)
     with pytest.raises(PackageInUse):
         Package.objects.delete_package(package.pk, tenant=tenant)
 
@@ -143,7 +127,7 @@ def test_a_hold_reads_the_capacity_active_and_price_the_package_has_now(tenant):
     with transaction.atomic():  # the stale instance in hand says capacity 1 and 10.00 USD
         booking = Booking.objects.hold(package, future(), customer_name="A", customer_email="a@example.com")
     assert (booking.amount, booking.currency, booking.exclusive) == (Decimal("12.50"), "EUR", False)
-    Package.objects.edit_package(package.pk, tenant=tenant, active=False)
+    Package.objects.edit_package(package.pk, tenant=tenant, is_active=False)
     with pytest.raises(PackageNotFound), transaction.atomic():
         Booking.objects.hold(package, future(), customer_name="B", customer_email="b@example.com")
 
@@ -156,13 +140,13 @@ def url(package):
 
 
 def test_put_never_resets_an_omitted_field(api_client, tenant):
-    package = PackageFactory(tenant=tenant, currency="EUR", daily_capacity=4, active=False)
+    package = PackageFactory(tenant=tenant, currency="EUR", daily_capacity=4, is_active=False)
     response = api_client.put(url(package), {"name": "Boat", "price": "99.00"}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
     assert (body["currency"], body["daily_capacity"], body["active"], body["version"]) == ("EUR", 4, False, 2)
     package = fresh(package)
-    assert (package.name, package.price, package.currency, package.daily_capacity, package.active) == (
+    assert (package.name, package.price, package.currency, package.daily_capacity, package.is_active) == (
         "Boat",
         Decimal("99.00"),
         "EUR",
@@ -180,7 +164,7 @@ def test_patch_with_a_stale_version_is_409_and_writes_nothing(api_client, tenant
         api_client.patch(url(package), {"active": True, "version": 1}, format="json"), 409, "version_conflict"
     )
     assert error["details"] == {"current": 2}
-    assert fresh(package).active is False
+    assert fresh(package).is_active is False
     assert_error(api_client.delete(url(package) + "?version=1"), 409, "version_conflict")
     assert api_client.delete(url(package) + "?version=2").status_code == 204
 
@@ -222,8 +206,8 @@ def admin_data(package, **changes):
         "daily_capacity": package.daily_capacity,
         "expected_version": package.version,
     }
-    if package.active:
-        data["active"] = "on"
+    if package.is_active:
+        data["is_active"] = "on"
     data.update(changes)
     return {key: value for key, value in data.items() if value is not None}
 
@@ -233,17 +217,17 @@ def test_admin_form_writes_only_the_changed_field_through_the_manager(admin_clie
     page = admin_client.get(reverse("admin:bookings_package_change", args=[package.pk]))
     assert b'name="expected_version"' in page.content
     form = admin_data(package, name="Renamed")  # read at version 1
-    Package.objects.filter(pk=package.pk).update(active=False)  # the API deactivated it (version 2)
+    Package.objects.filter(pk=package.pk).update(is_active=False)  # the API deactivated it (version 2)
     response = admin_client.post(reverse("admin:bookings_package_change", args=[package.pk]), form)
     assert response.status_code == 200  # refused: the form comes back with the operator's input
     assert response.context["adminform"].form["name"].value() == "Renamed"
     assert "now version 2" in str(response.context["adminform"].form.non_field_errors())
-    assert fresh(package).active is False and fresh(package).name == package.name
+    assert fresh(package).is_active is False and fresh(package).name == package.name
     response = admin_client.post(
         reverse("admin:bookings_package_change", args=[package.pk]), admin_data(fresh(package), name="Renamed")
     )
     assert response.status_code == 302
-    assert (fresh(package).name, fresh(package).active, fresh(package).version) == ("Renamed", False, 3)
+    assert (fresh(package).name, fresh(package).is_active, fresh(package).version) == ("Renamed", False, 3)
 
 
 def test_admin_form_capacity_below_occupancy_comes_back_on_the_field(admin_client, tenant):
@@ -262,7 +246,14 @@ def test_admin_form_capacity_below_occupancy_comes_back_on_the_field(admin_clien
 def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
     response = admin_client.post(
         reverse("admin:bookings_package_add"),
-        {"tenant": tenant.pk, "name": "New", "price": "3.00", "currency": "USD", "daily_capacity": 2, "active": "on"},
+        {
+            "tenant": tenant.pk,
+            "name": "New",
+            "price": "3.00",
+            "currency": "USD",
+            "daily_capacity": 2,
+            "is_active": "on",
+        },
     )
     assert response.status_code == 302, response.content
     new = Package.objects.get(name="New")

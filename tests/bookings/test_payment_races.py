@@ -16,7 +16,7 @@ from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED
 from bookings.services import cancel_booking, retry_refund, start_checkout
 from core.invariants import assert_invariants
-from tests.bookings.factories import PackageFactory, future
+from tests.bookings.factories import PackageFactory, future, hold_without_provider_answer
 from tests.bookings.test_webhooks import completed_event, event, expired_event, stripe_signed
 from tests.races import run_concurrently, tally
 
@@ -228,20 +228,9 @@ def test_a_reference_matched_event_is_judged_against_the_session_stored_while_it
     it must be judged again under the checkout's row lock, where the stored session is not
     the event's: mismatch_session, nothing confirmed.
     """
-    from django.db import transaction
+    from tests.races import Background, OpenTransaction, wait_until_blocked_or_done
 
-    from bookings.services import hold_in_transaction
-    from tests.bookings.interleave import Background, OpenTransaction, wait_until_blocked_or_done
-
-    package = PackageFactory()
-    with transaction.atomic():
-        booking = hold_in_transaction(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=future(),
-            customer_name="Ann",
-            customer_email="ann@example.com",
-        )
+    booking = hold_without_provider_answer(PackageFactory())
     checkout_pk = booking.checkout.pk
     foreign = completed_event("cs_foreign", reference=str(checkout_pk), booking_id=booking.pk)
     storing = OpenTransaction(

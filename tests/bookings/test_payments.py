@@ -18,8 +18,8 @@ from bookings import invariants
 from bookings.exceptions import DateUnavailable
 from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, SandboxProvider, build_event
-from bookings.services import cancel_booking, retry_refund, start_checkout
-from tests.bookings.factories import PackageFactory, future
+from bookings.services import cancel_booking, retry_refund
+from tests.bookings.factories import PackageFactory, book, future, hold_without_provider_answer
 from tests.bookings.test_webhooks import completed_event, deliver, event, expired_event
 
 URL = "/api/webhooks/payments"
@@ -28,16 +28,6 @@ URL = "/api/webhooks/payments"
 @pytest.fixture
 def package(tenant):
     return PackageFactory(tenant=tenant)  # 100.00 USD, capacity 1
-
-
-def book(package, day=None, name="Ann"):
-    return start_checkout(
-        tenant=package.tenant,
-        package_id=package.pk,
-        date=day or future(),
-        customer_name=name,
-        customer_email="ann@example.com",
-    )
 
 
 def session(booking):
@@ -188,18 +178,7 @@ def test_an_expired_event_for_another_session_never_releases_a_live_hold(client,
 
 
 def test_the_reference_fallback_needs_metadata_naming_the_same_booking(client, package):
-    from django.db import transaction
-
-    from bookings.services import hold_in_transaction
-
-    with transaction.atomic():  # the provider's answer was never stored: no session id on the checkout
-        booking = hold_in_transaction(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=future(),
-            customer_name="Ann",
-            customer_email="ann@example.com",
-        )
+    booking = hold_without_provider_answer(package)
     reference = str(booking.checkout.pk)
     for metadata in (None, booking.pk + 1000):
         assert result_of(client, completed_event("cs_lost", reference=reference, booking_id=metadata)) == (
@@ -350,7 +329,7 @@ def test_the_package_admin_refuses_an_unknown_currency_and_a_finer_price(admin_c
     package = PackageFactory(tenant=tenant)
     url = f"/admin/bookings/package/{package.pk}/change/"
     form = admin_client.get(url).context["adminform"].form
-    data = {name: form[name].value() for name in ("name", "price", "currency", "active", "daily_capacity")}
+    data = {name: form[name].value() for name in ("name", "price", "currency", "is_active", "daily_capacity")}
     data = {k: v for k, v in data.items() if v is not None}
     data["expected_version"] = package.version
     for change, field in [({"currency": "ABC"}, "currency"), ({"price": "10.005"}, "price")]:

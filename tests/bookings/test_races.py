@@ -4,7 +4,6 @@ import threading
 import time
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connections, transaction
 from django.db.models.functions import Now
 from django.test import Client
@@ -13,7 +12,8 @@ from bookings.exceptions import DateUnavailable
 from bookings.managers import active_q
 from bookings.models import Booking, PaymentEvent
 from bookings.payments.base import sign
-from bookings.services import start_checkout
+from bookings.services import hold_in_transaction, start_checkout
+from core.db import LockNamespace
 from tests.bookings.factories import PackageFactory, future
 from tests.bookings.test_webhooks import completed_event
 from tests.races import run_concurrently, tally
@@ -44,30 +44,26 @@ def test_30_concurrent_checkouts_fill_exactly_the_capacity(capacity, recording_p
     assert sorted(recording_provider.checkouts) == sorted(o.value for o in outcomes if o.ok)
 
 
-def naive_checkout(package, day, i):
-    """Check-then-insert without the lock: the window between them is where the race lives."""
-    with transaction.atomic():
-        taken = Booking.objects.filter(package=package, date=day).filter(active_q()).count()
-        if taken >= package.daily_capacity:
-            raise DateUnavailable()
-        time.sleep(0.05)
-        return Booking.objects.create(
-            tenant=package.tenant,
-            package=package,
-            date=day,
-            customer_name=f"C{i}",
-            customer_email="c@example.com",
-            hold_expires_at=Now() + django_settings.BOOKING_HOLD_TTL,
-            amount=package.price,
-            currency=package.currency,
-            created_at=Now(),
-        ).pk
-
-
+@pytest.mark.control("date checkout hold")
 @pytest.mark.parametrize("capacity", [1, 3])
-def test_control_naive_check_then_insert_overbooks(capacity):
+def test_without_the_date_lock_holds_overbook(capacity, locks_switched_off):
+    """The real hold with BOOKING_DATE switched off: each counts the places before the others commit."""
+    locks_switched_off(LockNamespace.BOOKING_DATE)
     package, day = PackageFactory(daily_capacity=capacity), future()
-    outcomes = run_concurrently(lambda i: naive_checkout(package, day, i), 30)
+
+    def attempt(i):
+        with transaction.atomic():  # a caller composing the hold into a longer transaction
+            booking = hold_in_transaction(
+                tenant=package.tenant,
+                package_id=package.pk,
+                date=day,
+                customer_name=f"C{i}",
+                customer_email="c@example.com",
+            )
+            time.sleep(0.05)
+        return booking.pk
+
+    outcomes = run_concurrently(attempt, 30)
     assert tally(outcomes)["ok"] > capacity
     assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() > capacity
 

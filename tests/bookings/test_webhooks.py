@@ -8,8 +8,7 @@ from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments.base import sign
-from bookings.services import start_checkout
-from tests.bookings.factories import PackageFactory, future
+from tests.bookings.factories import PackageFactory, book, hold_without_provider_answer
 
 URL = "/api/webhooks/payments"
 
@@ -72,16 +71,6 @@ def deliver(client, payload, signature=None):
         except UnicodeDecodeError:  # bytes Stripe would never send: any well-formed header will do
             signature = f"t={int(time.time())},v1=00"
     return client.post(URL, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
-
-
-def book(package, day=None):
-    return start_checkout(
-        tenant=package.tenant,
-        package_id=package.pk,
-        date=day or future(),
-        customer_name="Ann",
-        customer_email="ann@example.com",
-    )
 
 
 def expire_hold(booking):
@@ -217,18 +206,7 @@ def test_completed_then_expired_stays_confirmed(client, package):
 
 
 def test_payment_for_a_checkout_whose_provider_answer_was_lost_is_matched_by_reference(client, package):
-    from django.db import transaction
-
-    from bookings.services import hold_in_transaction
-
-    with transaction.atomic():  # the hold and the intent committed; the provider's answer never stored
-        booking = hold_in_transaction(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=future(),
-            customer_name="Ann",
-            customer_email="ann@example.com",
-        )
+    booking = hold_without_provider_answer(package)
     assert Checkout.objects.get(pk=booking.checkout.pk).state == "creating"
     payload = completed_event("cs_lost", reference=str(booking.checkout.pk), booking_id=booking.pk)
     assert deliver(client, payload).json()["result"] == "confirmed"

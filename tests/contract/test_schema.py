@@ -4,7 +4,7 @@ import pytest
 from django.urls import get_resolver
 
 from core.api.schema import honours_idempotency_key
-from tests.promos.helpers import assert_error
+from tests.refusals import assert_error
 
 BASE = "/api/t/acme"
 MUTATING = {"post", "put", "patch", "delete"}
@@ -19,6 +19,35 @@ def operations(schema):
     for path, methods in schema["paths"].items():
         for method, operation in methods.items():
             yield path, method, operation
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/public/{tenant}/checkouts",
+        "/api/public/{tenant}/availability",
+        "/api/webhooks/payments",
+        "/api/t/{tenant}/bookings/{id}/cancel",
+        "/api/t/{tenant}/packages/{id}",
+        "/api/t/{tenant}/proposals",
+        "/api/t/{tenant}/proposals/{id}/confirm",
+        "/api/t/{tenant}/proposals/{id}/reject",
+        "/api/t/{tenant}/profiles",
+        "/api/t/{tenant}/profiles/{id}",
+        "/api/t/{tenant}/profiles/{id}/restore",
+        "/api/t/{tenant}/profiles/{id}/history",
+        "/api/t/{tenant}/profiles/{id}/ancestors",
+        "/api/t/{tenant}/profiles/{id}/descendants",
+        "/api/t/{tenant}/audit-log/{id}/undo",
+        "/api/t/{tenant}/promo-codes/redeem",
+        "/api/t/{tenant}/promo-codes/validate",
+        "/api/t/{tenant}/promo-usages/{id}/void",
+        "/api/t/{tenant}/redemption-sessions/{session_id}/consume",
+        "/api/public/redemption-sessions/{session_id}/approve",
+    ],
+)
+def test_every_apps_endpoints_are_described(schema, path):
+    assert path in schema["paths"], sorted(schema["paths"])
 
 
 def test_every_error_answer_is_the_typed_envelope_and_retry_after_is_declared(schema):

@@ -1,25 +1,14 @@
-import threading
-
 import pytest
-from django.db import connections, transaction
 from django.utils import translation
 
 from core.exceptions import Conflict, DomainError
 from core.models import IdempotencyKey, Tenant
 from tests.conftest import token_client
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
-from tests.races import run_concurrently, tally
+from tests.races import row_locked, run_concurrently, tally
+from tests.refusals import assert_error
 
 pytestmark = pytest.mark.urls("tests.core.urls")
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
 
 
 # --- tenancy ---------------------------------------------------------------
@@ -83,27 +72,10 @@ def test_real_nowait_conflict_is_409_resource_locked():
     """The tenant row held FOR UPDATE by another connection: NOWAIT is refused, the API says resource_locked."""
     tenant = TenantFactory(slug="acme")
     client = token_client(MembershipFactory(tenant=tenant).user)
-    held, release = threading.Event(), threading.Event()
-
-    def hold_row():
-        try:
-            with transaction.atomic():
-                Tenant.objects.select_for_update().get(pk=tenant.pk)
-                held.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_row)
-    holder.start()
-    assert held.wait(5)
-    try:
+    with row_locked(Tenant.objects.filter(pk=tenant.pk)):
         response = client.post("/api/t/acme/test-lock-nowait", {}, format="json")
         assert_error(response, 409, "resource_locked")
         assert int(response["Retry-After"]) >= 1
-    finally:
-        release.set()
-        holder.join(5)
     assert client.post("/api/t/acme/test-lock-nowait", {}, format="json").status_code == 200
 
 

@@ -8,7 +8,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from core.api.authentication import TokenAuthentication
-from tests.promos.helpers import assert_error
+from tests.refusals import assert_error
 
 TENANT = "/api/t/acme/"
 

@@ -1,10 +1,9 @@
 """core.decide: lock, judge and change one row in one statement; a loser sees the winner's row."""
 
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection
 from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 
@@ -12,7 +11,7 @@ from core.decide import NOW, decide
 from core.guards import ClockNow
 from promos.models import RedemptionSession
 from tests.factories import TenantFactory
-from tests.races import run_concurrently, tally
+from tests.races import Background, OpenTransaction, run_concurrently, tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,35 +61,16 @@ def test_a_loser_that_waited_on_the_lock_judges_the_committed_version():
     tenant = TenantFactory(slug="acme")
     created, secret = RedemptionSession.objects.create_session(tenant=tenant, customer="c", max_amount=Decimal("100"))
     RedemptionSession.objects.approve(created.session_id, secret=secret)
-    holding, release, result = threading.Event(), threading.Event(), []
 
-    def holder():
-        try:
-            with transaction.atomic():
-                RedemptionSession.objects.select_for_update().get(pk=created.pk)
-                RedemptionSession.objects.filter(pk=created.pk).update(
-                    status=RedemptionSession.Status.USED, used_at=ClockNow(), used_amount=Decimal("1.00")
-                )
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
+    def use_it_elsewhere():
+        RedemptionSession.objects.select_for_update().get(pk=created.pk)
+        RedemptionSession.objects.filter(pk=created.pk).update(
+            status=RedemptionSession.Status.USED, used_at=ClockNow(), used_amount=Decimal("1.00")
+        )
 
-    def decider():
-        try:
-            result.append(use(created.session_id))
-        finally:
-            connections.close_all()
-
-    first = threading.Thread(target=holder)
-    first.start()
-    assert holding.wait(10)
-    second = threading.Thread(target=decider)
-    second.start()
-    second.join(0.3)
-    assert second.is_alive(), "decide must wait for the row lock"
-    release.set()
-    first.join(10)
-    second.join(10)
-    [(won, row)] = result
+    holder = OpenTransaction(use_it_elsewhere).start()
+    deciding = Background(lambda: use(created.session_id))
+    assert not deciding.done.wait(0.3), "decide must wait for the row lock"
+    holder.commit()
+    (won, row) = deciding.join().result
     assert not won and row.status == "used" and row.used_amount == Decimal("1.00")

@@ -1,15 +1,16 @@
 """core.guards: the one translator of database refusals, the clock, and commands over guards."""
 
 import io
-import threading
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connection, transaction
 
+from core.db import LockNamespace, advisory_xact_lock
 from core.exceptions import Conflict, LockContended, TransitionRefused
 from core.guards import ClockNow, constraint_errors, database_clock, database_refusals
 from core.management.base import EXIT_LOCKED, EXIT_REFUSED, GuardedCommand
+from tests.races import advisory_locked
 
 
 class WidgetRefused(Conflict):
@@ -65,26 +66,10 @@ def test_an_unregistered_constraint_stays_an_integrity_error(probe_table):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_lock_held_elsewhere_becomes_resource_locked():
-    holding, release = threading.Event(), threading.Event()
-
-    def holder():
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(4242)")
-            holding.set()
-            release.wait(10)
-        connections.close_all()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert holding.wait(10)
-        with pytest.raises(LockContended):
-            with database_refusals(), transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '50ms'")
-                cursor.execute("SELECT pg_advisory_xact_lock(4242)")
-    finally:
-        release.set()
-        thread.join()
+    with advisory_locked(LockNamespace.TEST, "guard"), pytest.raises(LockContended):
+        with database_refusals(), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '50ms'")
+            advisory_xact_lock(LockNamespace.TEST, "guard")
 
 
 @pytest.mark.django_db(transaction=True)

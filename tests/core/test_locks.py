@@ -13,6 +13,7 @@ from core.db import (
 )
 from core.exceptions import LockContended
 from core.guards import database_refusals
+from tests.races import Background, advisory_locked
 
 
 @pytest.mark.django_db(transaction=True)
@@ -23,63 +24,33 @@ def test_advisory_lock_refuses_outside_atomic():
         try_advisory_xact_lock(LockNamespace.TEST, "x")
 
 
-class _Holder(threading.Thread):
-    """Holds an advisory lock on its own connection until released."""
-
-    def __init__(self, *key):
-        super().__init__(daemon=True)
-        self.key = key
-        self.held = threading.Event()
-        self.release = threading.Event()
-
-    def run(self):
-        try:
-            with transaction.atomic():
-                advisory_xact_lock(*self.key)
-                self.held.set()
-                self.release.wait(10)
-        finally:
-            connections.close_all()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_second_connection_waits_for_the_lock_then_gets_it():
-    holder = _Holder(LockNamespace.TEST, "date", 1)
-    holder.start()
-    assert holder.held.wait(5)
+    holder = advisory_locked(LockNamespace.TEST, "date", 1).start()
     threading.Timer(0.3, holder.release.set).start()
     started = time.monotonic()
     with transaction.atomic():
         advisory_xact_lock(LockNamespace.TEST, "date", 1)
     waited = time.monotonic() - started
-    holder.join(5)
+    holder.commit()
     assert 0.2 < waited < 2.0
 
 
 @pytest.mark.django_db(transaction=True)
 def test_try_form_is_refused_at_once_while_held_and_free_after():
-    holder = _Holder(LockNamespace.TEST, "date", 2)
-    holder.start()
-    assert holder.held.wait(5)
-    try:
+    with advisory_locked(LockNamespace.TEST, "date", 2):
         started = time.monotonic()
         with transaction.atomic():
             assert try_advisory_xact_lock(LockNamespace.TEST, "date", 2) is False
             assert try_advisory_xact_lock(LockNamespace.TEST, "date", 3) is True
         assert time.monotonic() - started < 0.5
-    finally:
-        holder.release.set()
-        holder.join(5)
     with transaction.atomic():
         assert try_advisory_xact_lock(LockNamespace.TEST, "date", 2) is True
 
 
 @pytest.mark.django_db(transaction=True)
 def test_lock_timeout_becomes_lock_contended():
-    holder = _Holder(LockNamespace.TEST, "busy")
-    holder.start()
-    assert holder.held.wait(5)
-    try:
+    with advisory_locked(LockNamespace.TEST, "busy"):
         started = time.monotonic()
         with pytest.raises(LockContended) as refused:
             with database_refusals(), transaction.atomic():
@@ -87,9 +58,6 @@ def test_lock_timeout_becomes_lock_contended():
                 advisory_xact_lock(LockNamespace.TEST, "busy")
         assert time.monotonic() - started < 1.0
         assert refused.value.code == "resource_locked"
-    finally:
-        holder.release.set()
-        holder.join(5)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -125,25 +93,17 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
             [[f"{LockNamespace.TEST.value}:{name}" for name in ("a", "b")]],
         )
         lowest, highest = (row[0].rsplit(":", 1)[1] for row in cursor.fetchall())
-    holder = _Holder(LockNamespace.TEST, lowest)
-    holder.start()
-    assert holder.held.wait(5)
-    waiter_pid, done = [], threading.Event()
+    waiter_pid = []
 
     def wait_for_both():
-        try:
-            with transaction.atomic():
-                with connections["default"].cursor() as cursor:
-                    cursor.execute("SELECT pg_backend_pid()")
-                    waiter_pid.append(cursor.fetchone()[0])
-                advisory_xact_locks([(LockNamespace.TEST, highest), (LockNamespace.TEST, lowest)])
-            done.set()
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                waiter_pid.append(cursor.fetchone()[0])
+            advisory_xact_locks([(LockNamespace.TEST, highest), (LockNamespace.TEST, lowest)])
 
-    waiter = threading.Thread(target=wait_for_both, daemon=True)
-    waiter.start()
-    try:
+    with advisory_locked(LockNamespace.TEST, lowest):
+        waiter = Background(wait_for_both)
         with connections["default"].cursor() as cursor:
             deadline = time.monotonic() + 5
             waiting = False
@@ -158,11 +118,7 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
                 time.sleep(0.01)
             assert waiting, "the second caller never queued for the held lock"
             assert granted == 0, "it took the highest-hash key before the lowest: input order, not hash order"
-    finally:
-        holder.release.set()
-        holder.join(5)
-        waiter.join(5)
-    assert done.is_set()
+    assert waiter.join().error is None
 
 
 def test_database_url_options_are_kept_beside_the_timeouts():

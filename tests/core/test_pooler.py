@@ -5,19 +5,19 @@ transaction mode (DATABASE_POOL_MODE=transaction): there the probe below is the 
 """
 
 import copy
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection
 from rest_framework.test import APIClient
 
 from bookings.managers import lock_package_exclusive
 from core.db_backend.base import DatabaseWrapper
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
+from tests.races import OpenTransaction
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,21 +70,7 @@ def test_the_configured_timeouts_are_in_effect_in_a_transaction(db):
 def test_a_held_lock_answers_409_resource_locked_within_the_lock_timeout():
     """The probe: a checkout waiting on a package lock another transaction holds gives up at lock_timeout."""
     package = PackageFactory(tenant=TenantFactory(slug="probe"))
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_package():  # what a capacity edit holds while it counts
-        try:
-            with transaction.atomic():
-                lock_package_exclusive(package.pk, using="default")
-                holding.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_the_package)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with OpenTransaction(lambda: lock_package_exclusive(package.pk, using="default")):  # what a capacity edit holds
         started = time.monotonic()
         response = APIClient().post(
             "/api/public/probe/checkouts",
@@ -92,9 +78,6 @@ def test_a_held_lock_answers_409_resource_locked_within_the_lock_timeout():
             format="json",
         )
         waited = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(30)
     assert response.status_code == 409 and response.json()["error"]["code"] == "resource_locked", response.content
     assert response["Retry-After"]
     limit = settings.LOCK_TIMEOUT_MS / 1000

@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests.bookings.conftest import recording_provider  # noqa: F401 - shared fixture
 from tests.conftest import token_client
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
@@ -50,3 +51,43 @@ def test_a_non_member_token_still_gets_404_and_an_inactive_users_token_401(acme_
     acme_member.save(update_fields=["is_active"])
     response = token_client(acme_member).get("/api/t/acme/")
     assert (response.status_code, response.json()["error"]["code"]) == (401, "authentication_failed")
+
+
+# --- guarded operations over HTTP: won and refused ------------------------------------------------
+
+
+@pytest.fixture
+def no_rate_limits(settings):
+    settings.LOCKSTEP_THROTTLE_RATES = dict.fromkeys(settings.LOCKSTEP_THROTTLE_RATES)
+
+
+def post(client, path, body):
+    return statements(lambda: client.post(path, body, format="json"))
+
+
+def decide_twice(member, action):
+    """POST ``action`` twice on one new proposal: (won, its statements), (refused, its statements)."""
+    from tests.proposals.factories import make_proposal
+
+    proposal = make_proposal(member.memberships.get().tenant)
+    client = token_client(member)
+    path = f"/api/t/acme/proposals/{proposal.pk}/{action}"
+    return post(client, path, {"session_id": "chat-1"}), post(client, path, {"session_id": "chat-1"})
+
+
+@pytest.mark.usefixtures("no_rate_limits")
+def test_a_proposal_reject_is_one_statement_after_authentication_won_or_refused(acme_member):
+    (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "reject")
+    assert (won.status_code, refused.status_code) == (200, 409)
+    assert refused.json()["error"]["code"] == "proposal_already_processed"
+    assert (len(won_sql), len(refused_sql)) == (2, 2), (won_sql, refused_sql)
+
+
+@pytest.mark.usefixtures("no_rate_limits", "recording_provider")
+def test_a_proposal_confirm_statements_won_and_refused(acme_member):
+    (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "confirm")
+    assert (won.status_code, refused.status_code) == (200, 409)
+    # Won: who (1); the decision, the hold in its savepoint, the execution (11 with BEGIN/COMMIT);
+    # the checkout opened with the customer's e-mail owed (6); the answer's read (1).
+    # Refused: who, then BEGIN, the deciding statement that names the refusal, ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (19, 4), "\n".join(s[:120] for s in won_sql)

@@ -28,8 +28,8 @@ from core.api.throttles import (
 from core.models import ThrottleBucket
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
-from tests.promos.helpers import assert_error
 from tests.races import run_concurrently
+from tests.refusals import assert_error
 
 CHECKOUTS = "/api/public/acme/checkouts"
 SCOPES = ("checkout_address", "checkout_email", "auth_failure", "tenant_api")

@@ -1,93 +1,17 @@
-"""Helpers for tests that hold a lock from a second connection while another path runs."""
+"""Profiles' interleavings: a path paused at its COMMIT, and five profiles one step from a cycle.
 
-import threading
+The lock holders and waiters themselves are the shared ones in tests/races.py.
+"""
 
-from django.db import connections, transaction
+from tests.races import Background, OpenTransaction, lock_waiters, row_locked, wait_until
 
 
 def in_flight(operation):
-    """Run ``operation`` in a thread, inside a transaction kept open until the returned ``finish()``.
+    """Run ``operation`` in a transaction on another connection, kept open: returns ``finish``.
 
-    Returns ``finish``; ``finish()`` commits the held transaction and returns what ``operation``
-    returned. Whatever locks ``operation`` took stay held until then.
+    ``finish()`` commits it and returns what ``operation`` returned (or raises what it raised).
     """
-    started, release, result = threading.Event(), threading.Event(), {}
-
-    def run():
-        try:
-            with transaction.atomic():
-                result["value"] = operation()
-                started.set()
-                release.wait(20)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            result["error"] = exc
-            started.set()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert started.wait(10)
-    assert "error" not in result, result
-
-    def finish():
-        release.set()
-        thread.join(20)
-        assert not thread.is_alive()
-        if "error" in result:
-            raise result["error"]
-        return result.get("value")
-
-    return finish
-
-
-def waiting_on_locks():
-    """How many backends of this test database are waiting for a lock right now."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE NOT l.granted AND a.datname = current_database()"
-        )
-        return cursor.fetchone()[0]
-
-
-def wait_until(condition, *, timeout=5.0, step=0.005):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(step)
-
-
-class Thread:
-    """``target()`` on its own connection; ``outcome`` (a core.storm.Outcome) once joined."""
-
-    def __init__(self, target):
-        from core.storm import Outcome
-
-        self._outcome_class = Outcome
-        self.outcome = None
-        self.thread = threading.Thread(target=self._run, args=(target,))
-        self.thread.start()
-
-    def _run(self, target):
-        try:
-            self.outcome = self._outcome_class(value=target())
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
-            self.outcome = self._outcome_class(error=exc)
-        finally:
-            connections.close_all()
-
-    @property
-    def done(self):
-        return not self.thread.is_alive()
-
-    def join(self, timeout=20):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "a racing path hung"
-        return self.outcome
+    return OpenTransaction(operation).start().commit
 
 
 def paused_at_commit(paused, other, *, user):
@@ -102,16 +26,13 @@ def paused_at_commit(paused, other, *, user):
     """
     from django.contrib.auth import get_user_model
 
-    release = in_flight(lambda: list(get_user_model().objects.select_for_update().filter(pk=user.pk)))
-    try:
-        first = Thread(paused)
-        wait_until(lambda: first.done or waiting_on_locks() >= 1)
-        assert not first.done, first.outcome  # it must be paused at its COMMIT, not refused
-        second = Thread(other)
-        wait_until(lambda: second.done or waiting_on_locks() >= 2)
-    finally:
-        release()
-    return first.join(), second.join()
+    with row_locked(get_user_model().objects.filter(pk=user.pk)):
+        first = Background(paused)
+        wait_until(lambda: first.done.is_set() or lock_waiters() >= 1)
+        assert not first.done.is_set(), first.outcome  # it must be paused at its COMMIT, not refused
+        second = Background(other)
+        wait_until(lambda: second.done.is_set() or lock_waiters() >= 2)
+    return first.join().outcome, second.join().outcome
 
 
 def five_for_a_cycle(tenant, factory):

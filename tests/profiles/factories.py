@@ -32,3 +32,22 @@ def family(tenant):
 
 def fresh(profile):
     return Profile.objects.get(pk=profile.pk)
+
+
+def form_data(profile, **changes):
+    """The admin change form's POST for ``profile``, opened at its version unless ``expected_version`` is given."""
+    return {
+        "first_name": profile.first_name,
+        "last_name": profile.last_name,
+        "sex": profile.sex,
+        "birth_date": "",
+        "death_date": "",
+        "father": profile.father_id or "",
+        "mother": profile.mother_id or "",
+        "expected_version": profile.version,
+        "history-TOTAL_FORMS": "0",
+        "history-INITIAL_FORMS": "0",
+        "history-MIN_NUM_FORMS": "0",
+        "history-MAX_NUM_FORMS": "0",
+        **changes,
+    }

@@ -5,8 +5,8 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from profiles.models import Profile, ProfileAuditLog
-from tests.profiles.factories import ProfileFactory, fresh
-from tests.races import lock_timeout
+from tests.profiles.factories import ProfileFactory, form_data, fresh
+from tests.races import lock_timeout, row_locked
 
 pytestmark = pytest.mark.django_db
 
@@ -116,25 +116,6 @@ def test_profile_list_search_filter_and_history_inline(admin_client, tree):
         assert f'href="{url}"'.encode() in page.content
 
 
-def form_data(profile, **overrides):
-    data = {
-        "first_name": profile.first_name,
-        "last_name": profile.last_name,
-        "sex": profile.sex,
-        "birth_date": "",
-        "death_date": "",
-        "father": profile.father_id or "",
-        "mother": profile.mother_id or "",
-        "expected_version": profile.version,
-        "history-TOTAL_FORMS": "0",
-        "history-INITIAL_FORMS": "0",
-        "history-MIN_NUM_FORMS": "0",
-        "history-MAX_NUM_FORMS": "0",
-    }
-    data.update(overrides)
-    return data
-
-
 def test_admin_add_and_change_go_through_the_manager(admin_client, admin_user, tree):
     tenant = tree["kid"].tenant
     response = admin_client.post(
@@ -222,37 +203,15 @@ def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(a
     """Regression: the admin commits after the manager returned, so a lock timeout at that COMMIT
     (Django's foreign keys are checked there: the audit row's tenant is held FOR UPDATE elsewhere)
     escaped the manager's lock translation and was a 500."""
-    import threading
-
-    from django.db import connections, transaction
-
     from core.models import Tenant
     from tests.factories import TenantFactory
 
     tenant = TenantFactory(slug="locked")
     kid = ProfileFactory(tenant=tenant, first_name="Kid")
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_tenant():
-        try:
-            with transaction.atomic():
-                list(Tenant.objects.select_for_update().filter(pk=tenant.pk))
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_tenant)
-    holder.start()
-    assert holding.wait(5)
-    try:
-        with lock_timeout(200):
-            response = admin_client.post(
-                reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, first_name="Typed")
-            )
-    finally:
-        release.set()
-        holder.join(10)
+    with row_locked(Tenant.objects.filter(pk=tenant.pk)), lock_timeout(200):
+        response = admin_client.post(
+            reverse("admin:profiles_profile_change", args=[kid.pk]), form_data(kid, first_name="Typed")
+        )
     assert response.status_code == 200
     form = response.context["adminform"].form
     assert form.non_field_errors() == ["This resource is being changed by another request. Try again shortly."]

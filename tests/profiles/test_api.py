@@ -2,18 +2,11 @@ import pytest
 
 from profiles.models import Profile, ProfileAuditLog
 from tests.profiles.factories import ProfileFactory, fresh
+from tests.refusals import assert_error
 
 pytestmark = pytest.mark.django_db
 
 BASE = "/api/t/acme"
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def create(client, **body):
@@ -264,21 +257,6 @@ def test_anonymous_is_401(anon_client, tenant):
     assert anon_client.get(f"{BASE}/profiles").status_code == 401
 
 
-def test_schema_describes_the_endpoints(api_client):
-    schema = api_client.get("/api/schema/?format=json").json()
-    paths = schema["paths"]
-    for path in [
-        "/api/t/{tenant}/profiles",
-        "/api/t/{tenant}/profiles/{id}",
-        "/api/t/{tenant}/profiles/{id}/restore",
-        "/api/t/{tenant}/profiles/{id}/history",
-        "/api/t/{tenant}/profiles/{id}/ancestors",
-        "/api/t/{tenant}/profiles/{id}/descendants",
-        "/api/t/{tenant}/audit-log/{id}/undo",
-    ]:
-        assert path in paths, sorted(paths)
-
-
 def test_history_round_trips_do_not_grow_with_entries(api_client, tree):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -323,19 +301,8 @@ def test_patch_needs_the_version_and_writes_only_what_it_names(api_client, tree)
     response = api_client.patch(f"{BASE}/profiles/{kid.pk}", {"version": 2, "last_name": "Renamed"}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {
-        "id",
-        "first_name",
-        "last_name",
-        "sex",
-        "birth_date",
-        "death_date",
-        "father",
-        "mother",
-        "version",
-        "deleted_at",
-        "created_at",
-    }
+    edited = {"first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother"}
+    assert set(body) == edited | {"id", "version", "deleted_at", "created_at"}  # the server's columns; no tenant
     assert (body["first_name"], body["last_name"], body["birth_date"], body["father"], body["mother"]) == (
         "Kid",
         "Renamed",

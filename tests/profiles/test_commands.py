@@ -10,9 +10,11 @@ from importlib import import_module
 
 import pytest
 
+from core.db import LockNamespace
 from profiles.models import Profile, ProfileAuditLog
 from tests.factories import TenantFactory, UserFactory
 from tests.profiles.factories import ProfileFactory, fresh
+from tests.races import advisory_locked, lock_timeout, row_locked
 
 pytestmark = pytest.mark.django_db
 
@@ -149,18 +151,17 @@ def test_the_real_command_line_entry_point(moved, capsys):
 # --- a lock held elsewhere: a message and exit 3, never a traceback ---------------
 
 
-def _hold(what, moved):
-    from core.db import LockNamespace, advisory_xact_lock
-
+def _held(what, moved):
+    """``what`` of the moved entry, locked from another connection while the block runs."""
     entry = moved["entry"]
     if what == "tree":
-        return lambda: advisory_xact_lock(LockNamespace.PROFILE_TREE, entry.tenant_id)
+        return advisory_locked(LockNamespace.PROFILE_TREE, entry.tenant_id)
     rows = {
         "entry": ProfileAuditLog.objects.filter(pk=entry.pk),
         "profile": Profile.objects.filter(pk=moved["kid"].pk),
         "father": Profile.objects.filter(pk=moved["dad"].pk),
     }[what]
-    return lambda: list(rows.select_for_update())
+    return row_locked(rows)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -175,16 +176,9 @@ def _hold(what, moved):
     ],
 )
 def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, expected):
-    from tests.profiles.concurrency import in_flight
-    from tests.races import lock_timeout
-
     entry = moved["entry"]
-    finish = in_flight(_hold(held, moved))
-    try:
-        with lock_timeout(300):
-            code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
-    finally:
-        finish()
+    with _held(held, moved), lock_timeout(300):
+        code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
     assert (code, out, err.strip()) == (3, "", expected)
     assert "Traceback" not in err
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(moved["kid"]).version == 2
@@ -195,16 +189,11 @@ def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, exp
 @pytest.mark.django_db(transaction=True)
 def test_a_held_lock_through_the_real_entry_point_is_localized(moved, capsys):
     from profiles.management.commands.undo_profile_update import Command
-    from tests.profiles.concurrency import in_flight
 
-    finish = in_flight(_hold("profile", moved))
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            Command().run_from_argv(
-                ["manage.py", "undo_profile_update", str(moved["entry"].pk), "--reason", "r", "--language", "ar"]
-            )
-    finally:
-        finish()
+    with _held("profile", moved), pytest.raises(SystemExit) as exit_:
+        Command().run_from_argv(
+            ["manage.py", "undo_profile_update", str(moved["entry"].pk), "--reason", "r", "--language", "ar"]
+        )
     assert exit_.value.code == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err

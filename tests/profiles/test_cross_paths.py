@@ -28,9 +28,9 @@ from django.urls import reverse
 from profiles.models import Profile, ProfileAuditLog
 from tests.conftest import token_client
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
-from tests.profiles.concurrency import Thread, five_for_a_cycle, in_flight, paused_at_commit
-from tests.profiles.factories import ProfileFactory, fresh
-from tests.races import run_concurrently
+from tests.profiles.concurrency import five_for_a_cycle, paused_at_commit
+from tests.profiles.factories import ProfileFactory, form_data, fresh
+from tests.races import Background, OpenTransaction, run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,25 +66,6 @@ def logged_in(user):
     client = Client()
     client.force_login(user)
     return client
-
-
-def form_body(profile, *, expected_version, **changes):
-    data = {
-        "first_name": profile.first_name,
-        "last_name": profile.last_name,
-        "sex": profile.sex,
-        "birth_date": "",
-        "death_date": "",
-        "father": profile.father_id or "",
-        "mother": profile.mother_id or "",
-        "expected_version": expected_version,
-        "history-TOTAL_FORMS": "0",
-        "history-INITIAL_FORMS": "0",
-        "history-MIN_NUM_FORMS": "0",
-        "history-MAX_NUM_FORMS": "0",
-    }
-    data.update(changes)
-    return data
 
 
 def opened_version(page):
@@ -189,7 +170,7 @@ def test_every_writer_of_one_profile_at_once(acme, people):
                 )
             if path == "form":
                 return form_code(
-                    clients[path].post(change_url, form_body(kid, expected_version=version, first_name="Form"))
+                    clients[path].post(change_url, form_data(kid, expected_version=version, first_name="Form"))
                 )
             if path in ("delete_action", "restore_action"):
                 action = "soft_delete_selected" if path == "delete_action" else "restore_selected"
@@ -238,17 +219,17 @@ def test_a_form_opened_before_an_api_patch_commits_and_saved_after_is_refused_wi
     change_url = reverse("admin:profiles_profile_change", args=[kid.pk])
 
     # The PATCH has locked and written the row but not committed (its transaction is held open).
-    finish = in_flight(
+    patch = OpenTransaction(
         lambda: api.patch(f"/api/t/acme/profiles/{kid.pk}", {"version": 1, "first_name": "Api"}, format="json")
-    )
+    ).start()
     try:
         version = opened_version(admin.get(change_url))  # the operator opens the form now: version 1
         assert version == 1
-        typed = form_body(kid, expected_version=version, last_name="Typed by the operator")
+        typed = form_data(kid, expected_version=version, last_name="Typed by the operator")
         during = admin.post(change_url, typed)  # saved while the PATCH holds the row
         assert form_code(during) == "resource_locked"
     finally:
-        assert finish().status_code == 200  # the PATCH commits
+        assert patch.commit().status_code == 200  # the PATCH commits
     after = admin.post(change_url, typed)  # the same form, saved after the PATCH committed
     assert form_code(after) == "version_conflict"
     for response in (during, after):
@@ -306,11 +287,13 @@ def test_an_admin_soft_delete_of_a_parent_racing_an_api_undo_that_restores_it(ac
             dad,
         )
 
-    finish = in_flight(lambda: api.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json"))
+    undo = OpenTransaction(
+        lambda: api.post(f"/api/t/acme/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json")
+    ).start()
     try:
-        during = Thread(delete_dad).join()
+        during = Background(delete_dad).join().outcome
     finally:
-        assert finish().status_code == 200
+        assert undo.commit().status_code == 200
     assert during.value == "resource_locked"
     assert delete_dad() == "profile_has_children"
     assert fresh(kid).father_id == dad.pk and fresh(dad).deleted_at is None

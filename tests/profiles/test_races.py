@@ -14,8 +14,10 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from core.db import LockNamespace
 from core.guards import constraint_name
 from profiles.models import Profile, ProfileAuditLog
+from profiles.race_scenarios import ProfileUndo
 from tests.factories import TenantFactory
 from tests.profiles.concurrency import five_for_a_cycle, in_flight, paused_at_commit
 from tests.profiles.factories import ProfileFactory, fresh
@@ -23,7 +25,6 @@ from tests.races import lock_timeout, run_concurrently, tally
 
 # The database's backstops (profiles/models.py), switched off per connection where a control
 # shows what the naive check-then-act does without them.
-AUDIT_APPEND_ONLY = "profiles.ProfileAuditLog:audit_append_only_transition"
 PARENT_LIVE = "profiles.Profile:profile_parent_transition"
 CHILDREN_LIVE = "profiles.Profile:profile_children_transition"
 
@@ -97,44 +98,29 @@ def test_20_concurrent_undos_apply_exactly_once(acme):
     assert kid.father_id == dad.pk and kid.version == 3
 
 
-def naive_undo(entry_id):
-    """Check-then-act without locks: the bug the guarded undo closes."""
-    entry = ProfileAuditLog.objects.get(pk=entry_id)
-    if entry.undone_at is not None:
-        return "already_undone"
-    time.sleep(0.1)
-    with transaction.atomic():
-        Profile.objects.filter(pk=entry.profile_id).update(father_id=entry.old_data["father"], version=F("version") + 1)
-        undo = ProfileAuditLog.objects.create(
-            tenant_id=entry.tenant_id,
-            profile_id=entry.profile_id,
-            action="undo",
-            old_data=entry.new_data,
-            new_data=entry.old_data,
-        )
-        ProfileAuditLog.objects.filter(pk=entry_id).update(undone_at=Now(), undo_entry=undo)
-    return "ok"
+def naive_undos(tenant, *, keep=()):
+    """20 naive undos (the race scenario's check-then-act, no locks) of one entry: (the profile, outcomes).
+
+    Even the entry's row lock would hold them apart: switching the AUDIT_UNDO lock off shows nothing.
+    """
+    undos = ProfileUndo(tenant, window=0.1)
+    kid = undos.create_target().profile
+    return kid, run_concurrently(lambda i: undos.naive(0, i, keep=keep), 20)
 
 
-def test_control_naive_undo_applies_many_times(acme):
-    _dad, kid, entry = moved_child(acme)
-
-    def attempt(i):
-        with pgtrigger.ignore(AUDIT_APPEND_ONLY):
-            return naive_undo(entry.pk)
-
-    outcomes = run_concurrently(attempt, 20)
-    assert [o.value for o in outcomes].count("ok") > 1
+@pytest.mark.control("profile undo")
+def test_naive_undo_applies_many_times(acme):
+    kid, outcomes = naive_undos(acme)
+    assert tally(outcomes)["ok"] > 1
     assert ProfileAuditLog.objects.filter(profile=kid, action="undo").count() > 1
 
 
 def test_the_append_only_trigger_alone_refuses_the_naive_double_undo(acme):
     """Without the manager's locks, the database still marks the entry undone once: the other
     naive undos fail at the second mark and roll back (their undo entry and profile write too)."""
-    _dad, kid, entry = moved_child(acme)
-    outcomes = run_concurrently(lambda i: naive_undo(entry.pk), 20)
-    assert [o.value for o in outcomes].count("ok") == 1
-    refused = [o.error for o in outcomes if not o.ok]
+    kid, outcomes = naive_undos(acme, keep=ProfileUndo.backstops)
+    assert tally(outcomes)["ok"] == 1
+    refused = [o.error for o in outcomes if not o.ok and o.code != "already_undone"]
     assert refused and all(
         isinstance(e, IntegrityError) and constraint_name(e) == "audit_append_only_transition" for e in refused
     ), refused
@@ -191,7 +177,8 @@ def naive_delete(profile_id, *, after=0.0):
     return "ok"
 
 
-def test_control_naive_undo_points_a_child_at_a_deleted_parent(acme):
+@pytest.mark.control
+def test_naive_undo_points_a_child_at_a_deleted_parent(acme):
     dad, _kid, entry = moved_child(acme)
 
     def attempt(i):
@@ -203,6 +190,7 @@ def test_control_naive_undo_points_a_child_at_a_deleted_parent(acme):
     assert live_children_of_deleted_parents(acme) == 1
 
 
+@pytest.mark.control  # the naive delete goes unaudited: the invariants do not hold after it
 def test_the_parent_trigger_alone_refuses_the_naive_undo_onto_a_deleted_parent(acme):
     """The same naive pair with the backstop triggers on: the undo's write to the now-deleted
     father is refused by the database (profile_parent_transition), never committed."""
@@ -282,7 +270,8 @@ def naive_update(profile_id, version, name):
     return "ok"
 
 
-def test_control_naive_version_check_loses_updates(acme):
+@pytest.mark.control
+def test_naive_version_check_loses_updates(acme):
     kid = ProfileFactory(tenant=acme)
     outcomes = run_concurrently(lambda i: naive_update(kid.pk, 1, f"N{i}"), 20)
     assert [o.value for o in outcomes].count("ok") > 1
@@ -332,30 +321,21 @@ def test_concurrent_reparenting_cannot_close_a_cycle(acme):
         assert profiles_in_a_cycle(acme) == 0
 
 
-def naive_reparent(subject_id, parent_id):
-    ancestors = {parent_id}
-    frontier = [parent_id]
-    while frontier:
-        row = Profile.objects.filter(pk=frontier.pop()).values("father_id", "mother_id").first() or {}
-        for pid in row.values():
-            if pid and pid not in ancestors:
-                ancestors.add(pid)
-                frontier.append(pid)
-    if subject_id in ancestors:
-        return "would_create_cycle"
-    time.sleep(0.1)
-    Profile.objects.filter(pk=subject_id).update(father_id=parent_id)
-    return "ok"
-
-
-def test_control_naive_cycle_check_closes_a_cycle(acme):
+@pytest.mark.control
+def test_without_the_tree_lock_reparenting_closes_a_cycle(acme, locks_switched_off):
+    """The same two edits as above with PROFILE_TREE switched off: each cycle check misses the other's edge."""
+    locks_switched_off(LockNamespace.PROFILE_TREE)
     c = ProfileFactory(tenant=acme)
     b = ProfileFactory(tenant=acme, father=c)
     a = ProfileFactory(tenant=acme, father=b)
     e = ProfileFactory(tenant=acme)
     d = ProfileFactory(tenant=acme, father=e)
-    outcomes = run_concurrently(lambda i: naive_reparent(c.pk, d.pk) if i == 0 else naive_reparent(e.pk, a.pk), 2)
-    assert [o.value for o in outcomes] == ["ok", "ok"]
+    edits = [
+        lambda: Profile.objects.update_profile(c.pk, tenant=acme, version=1, father=d.pk),
+        lambda: Profile.objects.update_profile(e.pk, tenant=acme, version=1, father=a.pk),
+    ]
+    outcomes = run_concurrently(lambda i: held(edits[i], 0.1), 2)
+    assert tally(outcomes) == {"ok": 2}, [repr(o.error) for o in outcomes]
     assert profiles_in_a_cycle(acme) == 5
 
 

@@ -15,15 +15,6 @@ def assert_invariant(promo):
     return promo.times_used
 
 
-def assert_error(response, status, code):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert body["error"]["message"]
-    return body["error"]
-
-
 def statements(queries):
     """The SQL a CaptureQueriesContext saw, without the test transaction's savepoints."""
     return [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]

@@ -17,7 +17,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
 from django.core.management import call_command
-from django.db import connections, transaction
+from django.db import connections
 from django.db.models import Value
 from django.test import Client
 from django.urls import reverse
@@ -27,7 +27,7 @@ from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.conftest import token_client
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
-from tests.races import run_concurrently
+from tests.races import OpenTransaction, run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -201,16 +201,6 @@ def test_admin_form_opened_before_an_api_limit_cut_is_refused_with_the_input_kep
     assert (promo.total_usage_limit, promo.bonus_value, promo.version) == (8, 10, opened_at + 1)
 
 
-def _hold(target, ready, release):
-    try:
-        with transaction.atomic():
-            target()
-            ready.set()
-            release.wait(5)
-    finally:
-        connections.close_all()
-
-
 def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(tenant, member, superuser):
     """The worst order: the API's limit cut holds the code's row lock, uncommitted, while the admin saves.
 
@@ -221,18 +211,12 @@ def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(te
     promo = PromoCodeFactory(tenant=tenant, code="HELD", total_usage_limit=20)
     browser = admin_browser(superuser)
     opened_at = form_version(browser, promo)
-    ready, release = threading.Event(), threading.Event()
-    holder = threading.Thread(
-        target=_hold,
-        args=(lambda: PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=8), ready, release),
-    )
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()  # the cut commits while the admin save waits on the row
+    cut = OpenTransaction(lambda: PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=8)).start()
+    threading.Timer(0.3, cut.release.set).start()  # the cut commits while the admin save waits on the row
     url = reverse("admin:promos_promocode_change", args=[promo.pk])
     form = change_form(promo, bonus_value="7.00", per_customer_limit=2, expected_version=opened_at)
     outcome = run_concurrently(lambda i: form_outcome(browser.post(url, form)), 1)[0]
-    holder.join(5)
+    cut.commit()
     assert outcome.value == "version_conflict", repr(outcome.error) if outcome.error else outcome.value
     promo.refresh_from_db()
     assert (promo.total_usage_limit, promo.bonus_value, promo.per_customer_limit) == (8, 10, None)
@@ -240,17 +224,12 @@ def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(te
 
 def test_put_waiting_on_a_held_deactivation_does_not_resurrect_it(tenant, member):
     promo = PromoCodeFactory(tenant=tenant, code="OFF")
-    ready, release = threading.Event(), threading.Event()
-    holder = threading.Thread(
-        target=_hold, args=(lambda: PromoCode.objects.deactivate(promo.pk, tenant=tenant), ready, release)
-    )
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()
+    deactivation = OpenTransaction(lambda: PromoCode.objects.deactivate(promo.pk, tenant=tenant)).start()
+    threading.Timer(0.3, deactivation.release.set).start()
     client = token_client(member)
     body = {"code": "OFF", "bonus_type": "fixed", "bonus_value": "3"}
     outcome = run_concurrently(lambda i: client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json").json(), 1)[0]
-    holder.join(5)
+    deactivation.commit()
     assert outcome.value["is_active"] is False and outcome.value["bonus_value"] == "3.00"
     promo.refresh_from_db()
     assert (promo.is_active, promo.bonus_value) == (False, 3)

@@ -4,31 +4,22 @@ import itertools
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 
 from core.exceptions import GuardedWriteError, TransitionRefused, VersionConflict
-from core.guards import ClockNow, constraint_name, database_refusals
+from core.guards import ClockNow, database_refusals
 from core.integrity import state_machines
 from promos import exceptions as errors
 from promos.models import SESSION_TRANSITIONS, PromoCode, PromoUsage, RedemptionSession
 from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
+from tests.refusals import refused_by
 
 pytestmark = pytest.mark.django_db
 
 STATUSES = [value for value, _label in RedemptionSession.Status.choices]
 (SESSION_MACHINE,) = state_machines(RedemptionSession)
-
-
-def refused(write):
-    """Run ``write`` in a savepoint; return the constraint (or trigger) name that refused it, or None."""
-    try:
-        with transaction.atomic():
-            write()
-    except IntegrityError as exc:
-        return constraint_name(exc)
-    return None
 
 
 # --- GuardedModel ------------------------------------------------------------------------------
@@ -119,7 +110,7 @@ def test_every_session_status_pair_is_allowed_or_refused_by_the_database(tenant,
     session = RedemptionSessionFactory(tenant=tenant)
     for step in PATHS[old]:
         _move(session, step)
-    name = refused(lambda: _move(session, new))
+    name = refused_by(lambda: _move(session, new))
     if SESSION_MACHINE.allows(old, new):
         assert name is None, (old, new, name)
         assert RedemptionSession.objects.get(pk=session.pk).status == new
@@ -144,7 +135,7 @@ def test_a_session_is_born_pending_only(tenant, status):
         "status": status,
         **STAMPS.get(status, {}),
     }
-    name = refused(lambda: RedemptionSession.objects.create(**fields))
+    name = refused_by(lambda: RedemptionSession.objects.create(**fields))
     assert name == (None if status == "pending" else "redemption_session_status_transition"), (status, name)
 
 
@@ -162,11 +153,11 @@ def test_a_usage_is_voided_once_and_never_changes(tenant):
         dict(customer="b"),
         dict(promo=other),
     ]:
-        assert refused(lambda change=change: live.update(**change)) == "promo_usage_transition", change
-    assert refused(lambda: live.update(reference="order-2")) is None  # the shop's own label may change
+        assert refused_by(lambda change=change: live.update(**change)) == "promo_usage_transition", change
+    assert refused_by(lambda: live.update(reference="order-2")) is None  # the shop's own label may change
     PromoUsage.objects.void(usage.pk, tenant=tenant)
     for change in [dict(voided_at=None), dict(voided_at=ClockNow())]:
-        assert refused(lambda change=change: live.update(**change)) == "promo_usage_transition", change
+        assert refused_by(lambda change=change: live.update(**change)) == "promo_usage_transition", change
     with pytest.raises(TransitionRefused):
         with database_refusals(), transaction.atomic():
             live.update(voided_at=None)  # un-voiding would count a use the code already gave back
@@ -176,7 +167,7 @@ def test_a_usage_is_voided_once_and_never_changes(tenant):
 
 def test_a_usage_is_born_live(tenant):
     promo = PromoCodeFactory(tenant=tenant)
-    name = refused(
+    name = refused_by(
         lambda: PromoUsage.objects.create(
             tenant=tenant,
             promo=promo,
@@ -262,11 +253,13 @@ def test_a_session_is_used_exactly_when_used_at_is_set(tenant):
     """redemption_used_iff_used_at: a direct .update() that breaks it is refused by the database."""
     approved = RedemptionSessionFactory(tenant=tenant, status="approved")
     rows = RedemptionSession.objects.filter(pk=approved.pk)
-    assert refused(lambda: rows.update(status="used")) == "redemption_used_iff_used_at"  # used, no used_at
-    assert refused(lambda: rows.update(used_at=ClockNow(), used_amount=Decimal("5"))) == "redemption_used_iff_used_at"
-    assert refused(lambda: rows.update(status="used", used_at=ClockNow())) == "redemption_used_iff_used_at"
+    assert refused_by(lambda: rows.update(status="used")) == "redemption_used_iff_used_at"  # used, no used_at
+    assert (
+        refused_by(lambda: rows.update(used_at=ClockNow(), used_amount=Decimal("5"))) == "redemption_used_iff_used_at"
+    )
+    assert refused_by(lambda: rows.update(status="used", used_at=ClockNow())) == "redemption_used_iff_used_at"
     RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="5")
-    assert refused(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
-    assert refused(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
+    assert refused_by(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
+    assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
     session = rows.get()
     assert (session.status, session.used_amount) == ("used", Decimal("5.00")) and session.used_at is not None

@@ -12,20 +12,22 @@ percentages = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100"), p
 max_bonuses = st.none() | money_values
 
 
-@given(amount=amounts, value=percentages, max_bonus=max_bonuses)
-def test_percentage_bonus_bounds_and_places(amount, value, max_bonus):
-    bonus = compute_bonus(bonus_type="percentage", bonus_value=value, amount=amount, max_bonus=max_bonus)
+def assert_bounded_in_cents(bonus, amount, max_bonus):
     assert Decimal("0.00") <= bonus <= amount
     assert max_bonus is None or bonus <= max_bonus
     assert bonus.as_tuple().exponent == -2
+
+
+@given(amount=amounts, value=percentages, max_bonus=max_bonuses)
+def test_percentage_bonus_bounds_and_places(amount, value, max_bonus):
+    bonus = compute_bonus(bonus_type="percentage", bonus_value=value, amount=amount, max_bonus=max_bonus)
+    assert_bounded_in_cents(bonus, amount, max_bonus)
 
 
 @given(amount=amounts, value=money_values, max_bonus=max_bonuses)
 def test_fixed_bonus_bounds_and_places(amount, value, max_bonus):
     bonus = compute_bonus(bonus_type="fixed", bonus_value=value, amount=amount, max_bonus=max_bonus)
-    assert Decimal("0.00") <= bonus <= amount
-    assert max_bonus is None or bonus <= max_bonus
-    assert bonus.as_tuple().exponent == -2
+    assert_bounded_in_cents(bonus, amount, max_bonus)
     assert bonus == min(value, amount, max_bonus if max_bonus is not None else value)
 
 

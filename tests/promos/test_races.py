@@ -2,8 +2,8 @@
 
 Each storm asserts the exact winners, every loser's code and, for promo codes,
 the invariant ``times_used == count(non-voided usages) <= total_usage_limit``.
-The controls run the same storm against a naive check-then-act written here and
-show it goes wrong on this database.
+The controls run the same storm against the race scenarios' naive check-then-act
+(promos/race_scenarios.py) and show it goes wrong on this database.
 """
 
 import random
@@ -21,6 +21,7 @@ from core.exceptions import LockContended
 from core.guards import ClockNow
 from promos import managers
 from promos.models import PromoCode, PromoUsage, RedemptionSession
+from promos.race_scenarios import PromoRedeem, SessionConsume
 from tests.factories import TenantFactory
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
@@ -67,26 +68,6 @@ def redeemer(promo, customers, *, retry=True, **kwargs):
     return attempt
 
 
-def naive_redeem(promo, customer, *, window=0.3):
-    """The bug of seed 003/004: check in Python, then act, no lock."""
-    with transaction.atomic():
-        current = PromoCode.objects.get(pk=promo.pk)
-        uses = PromoUsage.objects.filter(promo=current, customer=customer, voided_at__isnull=True).count()
-        if not current.is_active:
-            raise RuntimeError("inactive")
-        if current.total_usage_limit is not None and current.times_used >= current.total_usage_limit:
-            raise RuntimeError("exhausted")
-        if current.per_customer_limit is not None and uses >= current.per_customer_limit:
-            raise RuntimeError("customer limit")
-        time.sleep(window)  # the app does other work between its check and its write
-        usage = PromoUsage.objects.create(
-            tenant=current.tenant, promo=current, customer=customer, base_amount=Decimal("40"), bonus_amount=Decimal(10)
-        )
-        # (a save(update_fields=["times_used"]) is refused outright now: GuardedWriteError)
-        PromoCode.objects.filter(pk=current.pk).update(times_used=current.times_used + 1)
-        return usage
-
-
 # --- promo codes ---------------------------------------------------------------------------------
 
 
@@ -106,9 +87,12 @@ def test_60_redeems_20_customers_limit_5_exactly_5_winners():
     assert elapsed < 10
 
 
-def test_control_naive_redeem_over_redeems():
-    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=5, per_customer_limit=1)
-    outcomes = run_concurrently(lambda i: naive_redeem(promo, f"customer-{i % 20}"), 60)
+@pytest.mark.control("promo redeem")
+def test_naive_redeem_over_redeems():
+    """The bug of seed 003/004: check in Python, then act, no lock (the app works 0.3 s in between)."""
+    redeems = PromoRedeem(TenantFactory(), window=0.3)
+    promo = redeems.create_target(total_usage_limit=5, per_customer_limit=1)
+    outcomes = run_concurrently(lambda i: redeems.naive(0, i % 20), 60)
     winners = sum(outcome.ok for outcome in outcomes)
     print(f"naive 60-redeem storm: {dict(tally(outcomes))}")
     assert winners > 5, tally(outcomes)
@@ -271,14 +255,12 @@ def consume(session, amount="25.00"):
     return lambda i: RedemptionSession.objects.consume(session.session_id, tenant=session.tenant, amount=amount)
 
 
-def naive_consume(session, *, window=0.2):
-    """Seed 003 before the fix: read, check, do other work, then mark used."""
-    current = RedemptionSession.objects.get(pk=session.pk)
-    if current.status != "approved" or current.expires_at <= clock() or current.used_at is not None:
-        raise RuntimeError("not consumable")
-    time.sleep(window)
-    RedemptionSession.objects.filter(pk=session.pk).update(status="used", used_at=ClockNow(), used_amount=Decimal("25"))
-    return "used"
+def naive_consumes(*, window, expires_in=timedelta(minutes=15)):
+    """Seed 003 before the fix: read, check, do other work (``window`` seconds), then mark used."""
+    consumes = SessionConsume(TenantFactory(), window=window)
+    session = consumes.create_target(expires_in=expires_in)
+    consumes.approve_all()
+    return consumes, session
 
 
 def test_30_concurrent_consumes_exactly_one_used():
@@ -290,9 +272,10 @@ def test_30_concurrent_consumes_exactly_one_used():
     assert session.used_at < session.expires_at
 
 
-def test_control_naive_consume_is_used_many_times():
-    session = RedemptionSessionFactory(tenant=TenantFactory(), status="approved")
-    outcomes = run_concurrently(lambda i: naive_consume(session), 30)
+@pytest.mark.control("session consume")
+def test_naive_consume_is_used_many_times():
+    consumes, _session = naive_consumes(window=0.2)
+    outcomes = run_concurrently(lambda i: consumes.naive(0, i), 30)
     print(f"naive 30-consume storm: {dict(tally(outcomes))}")
     assert sum(o.ok for o in outcomes) > 1, tally(outcomes)
 
@@ -341,13 +324,12 @@ def test_consume_racing_expiry_never_uses_after_expiry(with_sweep):
         assert statuses == {"used", "expired"}
 
 
-def test_control_naive_consume_writes_after_expiry():
+@pytest.mark.control("session consume")
+def test_naive_consume_writes_after_expiry():
     """The naive check passes before expiry, the write lands after it; only the CHECK backstop refuses."""
-    session = RedemptionSessionFactory(
-        tenant=TenantFactory(), status="approved", expires_in=timedelta(milliseconds=150)
-    )
+    consumes, session = naive_consumes(window=0.4, expires_in=timedelta(milliseconds=150))
     with pytest.raises(IntegrityError, match="redemption_used_before_expiry"):
-        naive_consume(session, window=0.4)
+        consumes.naive(0, 0)
     session.refresh_from_db()
     assert session.status == "approved" and session.expires_at < clock()
 

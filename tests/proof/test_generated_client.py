@@ -154,6 +154,21 @@ def replayed(response, first):
     assert response.parsed == first.parsed
 
 
+def exactly_once(api, operation, *args, model, refusal, **kwargs):
+    """``operation`` succeeds (its typed ``model`` answer is returned); sent again with the same
+    Idempotency-Key, that answer is replayed; with a new key, it is refused 409 ``refusal``."""
+
+    def send(key):
+        return operation.sync_detailed(*args, **kwargs, idempotency_key=key)
+
+    key = new_key()
+    first = send(key)
+    answer = ok(first, model)
+    replayed(send(key), first)
+    refused(api, send(new_key()), 409, refusal)
+    return answer
+
+
 def is_aware(moment):
     return isinstance(moment, datetime.datetime) and moment.utcoffset() is not None
 
@@ -193,7 +208,7 @@ def test_a_customer_books_and_pays_a_date(api, live_server, public, staff, tenan
     settings.PUBLIC_BASE_URL = live_server.url  # the checkout URL points at the server the test talks to
     m = api.models
     package = PackageFactory(tenant=tenant, name="Garden wedding", price=Decimal("450.00"), daily_capacity=1)
-    PackageFactory(tenant=tenant, name="Retired", active=False)
+    PackageFactory(tenant=tenant, name="Retired", is_active=False)
     day = database_clock().date() + timedelta(days=30)
 
     packages = ok_list(
@@ -296,9 +311,16 @@ def test_an_assistant_proposal_is_confirmed_once(api, staff, tenant):
 
     confirm = api.operation("POST", "/api/t/{tenant}/proposals/{id}/confirm")
     decision = m.ProposalDecisionInputRequest(session_id="chat-42")
-    key = new_key()
-    first = confirm.sync_detailed(tenant.slug, proposal.id, client=staff, body=decision, idempotency_key=key)
-    confirmed = ok(first, m.ProposalConfirmed)
+    confirmed = exactly_once(
+        api,
+        confirm,
+        tenant.slug,
+        proposal.id,
+        client=staff,
+        body=decision,
+        model=m.ProposalConfirmed,
+        refusal="proposal_already_processed",
+    )
     assert confirmed.proposal.id == proposal.id
     assert confirmed.proposal.status == m.ProposalStatusEnum.EXECUTED
     assert confirmed.proposal.booking == confirmed.booking.id
@@ -306,10 +328,6 @@ def test_an_assistant_proposal_is_confirmed_once(api, staff, tenant):
     assert type(confirmed.booking.id) is int and confirmed.booking.status == m.BookingStatusEnum.HELD
     assert is_aware(confirmed.booking.hold_expires_at)
     assert confirmed.checkout.id.startswith("cs_sandbox_") and confirmed.checkout.url
-    replayed(confirm.sync_detailed(tenant.slug, proposal.id, client=staff, body=decision, idempotency_key=key), first)
-
-    again = confirm.sync_detailed(tenant.slug, proposal.id, client=staff, body=decision, idempotency_key=new_key())
-    refused(api, again, 409, "proposal_already_processed")
     other_chat = m.ProposalDecisionInputRequest(session_id="chat-other")
     refused(
         api,
@@ -460,22 +478,20 @@ def test_a_redemption_session_is_approved_by_the_customer_and_consumed_once(api,
     assert approved.session_id == session.session_id
     assert approved.status == m.RedemptionSessionStatusEnum.APPROVED and is_aware(approved.approved_at)
 
-    key = new_key()
-    first = consume.sync_detailed(tenant.slug, session.session_id, client=staff, body=amount, idempotency_key=key)
-    used = ok(first, m.RedemptionSessionConsumed)
+    used = exactly_once(
+        api,
+        consume,
+        tenant.slug,
+        session.session_id,
+        client=staff,
+        body=amount,
+        model=m.RedemptionSessionConsumed,
+        refusal="session_already_used",
+    )
     assert (used.session_id, used.status, used.used_amount) == (
         session.session_id,
         m.RedemptionSessionStatusEnum.USED,
         "80.00",
-    )
-    replayed(
-        consume.sync_detailed(tenant.slug, session.session_id, client=staff, body=amount, idempotency_key=key), first
-    )
-    refused(
-        api,
-        consume.sync_detailed(tenant.slug, session.session_id, client=staff, body=amount, idempotency_key=new_key()),
-        409,
-        "session_already_used",
     )
 
     read = ok(
@@ -551,9 +567,9 @@ def test_a_profile_update_is_undone_once(api, staff, tenant):
 
     undo = api.operation("POST", "/api/t/{tenant}/audit-log/{id}/undo")
     reason = m.UndoInputRequest(reason="wrong family name")
-    key = new_key()
-    first = undo.sync_detailed(tenant.slug, update.id, client=staff, body=reason, idempotency_key=key)
-    result = ok(first, m.UndoResult)
+    result = exactly_once(
+        api, undo, tenant.slug, update.id, client=staff, body=reason, model=m.UndoResult, refusal="already_undone"
+    )
     assert result.undone.id == update.id and is_aware(result.undone.undone_at)
     assert (result.undone.undone_by, result.undone.undo_reason, result.undone.undo_entry) == (
         "member",
@@ -562,10 +578,6 @@ def test_a_profile_update_is_undone_once(api, staff, tenant):
     )
     assert (result.undo_entry.action, result.undo_entry.profile) == (m.ActionEnum.UNDO, profile.id)
     assert (result.profile.id, result.profile.last_name, result.profile.version) == (profile.id, "Haddad", 3)
-    replayed(undo.sync_detailed(tenant.slug, update.id, client=staff, body=reason, idempotency_key=key), first)
-
-    again = undo.sync_detailed(tenant.slug, update.id, client=staff, body=reason, idempotency_key=new_key())
-    refused(api, again, 409, "already_undone")
 
     entry = ok(
         api.operation("GET", "/api/t/{tenant}/audit-log/{id}").sync_detailed(tenant.slug, update.id, client=staff),

@@ -2,6 +2,8 @@
 
 import io
 import re
+from importlib import import_module
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -9,6 +11,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from core.models import Tenant
+from core.race_demo import scenarios
 from promos.models import PromoCode
 from tests.factories import TenantFactory
 
@@ -50,6 +53,17 @@ def test_race_demo_naive_shows_what_breaks():
         assert int(rows[name]["winners"]) > int(rows[name]["expected"]), output
     assert rows["promo redeem"]["held"] == "BROKEN"
     assert_nothing_left_behind()  # the broken rows went with the throwaway database
+
+
+def test_every_race_scenario_has_a_control():
+    """Each guarded operation's anomaly without its guard is shown by a test marked ``control("<scenario>")``."""
+    shown = set()
+    for path in Path(__file__).parents[1].glob("*/test_races.py"):
+        module = import_module(f"tests.{path.parent.name}.test_races")
+        for test in vars(module).values():
+            marks = getattr(test, "pytestmark", [])
+            shown.update(arg for mark in marks if mark.name == "control" for arg in mark.args)
+    assert {scenario.name for scenario in scenarios()} <= shown
 
 
 @pytest.mark.django_db

@@ -2,7 +2,9 @@ import pytest
 
 from proposals.models import Proposal
 from proposals.services import confirm_proposal
+from tests.factories import TenantFactory
 from tests.proposals.factories import make_proposal
+from tests.races import row_locked
 
 
 def test_changelist_shows_the_booking_link_and_filters(admin_client, tenant):
@@ -49,37 +51,14 @@ def test_status_is_read_only_in_the_form(admin_client, tenant):
 @pytest.mark.django_db(transaction=True)
 def test_a_row_locked_past_lock_timeout_is_reported_per_row_not_a_500(admin_client):
     """Regression: the expire action let the 55P03 of a busy row escape the admin as a 500."""
-    import threading
-
-    from django.db import connections, transaction
-
-    from tests.factories import TenantFactory
-
     tenant = TenantFactory(slug="acme")
     busy, free = make_proposal(tenant), make_proposal(tenant)
-    locked, done = threading.Event(), threading.Event()
-
-    def hold_row():
-        try:
-            with transaction.atomic():
-                Proposal.objects.select_for_update().get(pk=busy.pk)
-                locked.set()
-                done.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=hold_row)
-    thread.start()
-    try:
-        assert locked.wait(5)
+    with row_locked(Proposal.objects.filter(pk=busy.pk)):
         response = admin_client.post(
             "/admin/proposals/proposal/",
             {"action": "expire_selected", "_selected_action": [busy.pk, free.pk]},
             follow=True,
         )
-    finally:
-        done.set()
-        thread.join(10)
     msgs = [str(m) for m in response.context["messages"]]
     assert any(f"Proposal #{busy.pk}" in m and "being changed by another request" in m for m in msgs), msgs
     assert any("1 proposal expired" in m for m in msgs), msgs

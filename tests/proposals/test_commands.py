@@ -11,16 +11,28 @@ from proposals.models import Proposal
 from proposals.seed import DEMO_SESSION, seed_demo
 from proposals.services import confirm_proposal
 from tests.bookings.factories import PackageFactory
+from tests.factories import TenantFactory
 from tests.proposals.factories import make_proposal
+from tests.races import row_locked
 
 
-def test_expire_proposals_command(tenant):
+def test_sweep_proposals_command(tenant):
     live, lapsed = make_proposal(tenant), make_proposal(tenant)
     Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
     out = StringIO()
-    call_command("expire_proposals", stdout=out)
+    call_command("sweep_proposals", stdout=out)
     assert out.getvalue().splitlines() == ["Reopened stranded proposals: 0", "Expired proposals: 1"]
     assert Proposal.objects.get(pk=live.pk).status == "pending"
+
+
+def test_expire_proposals_is_a_deprecated_name_of_sweep_proposals(tenant):
+    lapsed = make_proposal(tenant)
+    Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
+    out, err = StringIO(), StringIO()
+    call_command("expire_proposals", stdout=out, stderr=err)
+    assert err.getvalue() == "expire_proposals is deprecated: run sweep_proposals (the same sweep).\n"
+    assert out.getvalue().splitlines() == ["Reopened stranded proposals: 0", "Expired proposals: 1"]
+    assert Proposal.objects.get(pk=lapsed.pk).status == "expired"
 
 
 def test_seed_adds_one_pending_proposal_idempotently(tenant):
@@ -44,11 +56,11 @@ def test_a_proposal_stranded_by_a_crash_before_the_provider_answered_is_reopened
     stranded = Proposal.objects.get(pk=proposal.pk)
     assert stranded.status == "executed" and stranded.booking.checkout.state == "creating"
     out = StringIO()
-    call_command("expire_proposals", stdout=out)
+    call_command("sweep_proposals", stdout=out)
     assert "Reopened stranded proposals: 0" in out.getvalue()  # the hold is live: the caller may still answer
     Booking.objects.filter(pk=stranded.booking_id).update(hold_expires_at=Now() - timedelta(seconds=1))
     out = StringIO()
-    call_command("expire_proposals", stdout=out)
+    call_command("sweep_proposals", stdout=out)
     assert "Reopened stranded proposals: 1" in out.getvalue()
     reopened = Proposal.objects.get(pk=proposal.pk)
     assert (reopened.status, reopened.booking_id) == ("pending", None)
@@ -67,12 +79,6 @@ class DyingProvider(SandboxProvider):
 @pytest.mark.django_db(transaction=True)
 def test_a_stranded_proposal_busy_past_lock_timeout_is_left_for_the_next_run_with_exit_3(settings):
     """The sweep does every other row, reports the busy one and exits 3 (run again shortly), never a traceback."""
-    import threading
-
-    from django.db import connections, transaction
-
-    from tests.factories import TenantFactory
-
     tenant = TenantFactory(slug="acme")
     settings.PAYMENT_PROVIDER = "tests.proposals.providers.DyingProvider"
     stranded = []
@@ -83,27 +89,9 @@ def test_a_stranded_proposal_busy_past_lock_timeout_is_left_for_the_next_run_wit
         stranded.append(Proposal.objects.get(pk=proposal.pk))
     Booking.objects.update(hold_expires_at=Now() - timedelta(seconds=1))
     busy, free = stranded
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_row():
-        try:
-            with transaction.atomic():
-                Proposal.objects.select_for_update().filter(pk=busy.pk).first()
-                locked.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=hold_row)
-    thread.start()
     out, err = StringIO(), StringIO()
-    try:
-        assert locked.wait(5)
-        with pytest.raises(SystemExit) as exited:
-            call_command("expire_proposals", stdout=out, stderr=err)
-    finally:
-        release.set()
-        thread.join(10)
+    with row_locked(Proposal.objects.filter(pk=busy.pk)), pytest.raises(SystemExit) as exited:
+        call_command("sweep_proposals", stdout=out, stderr=err)
     assert exited.value.code == 3
     assert "Reopened stranded proposals: 1" in out.getvalue()
     assert f"Proposal #{busy.pk} left for the next run: resource_locked" in err.getvalue()

@@ -2,37 +2,35 @@
 
 Writers: confirm and reject over the API, a real admin change-form POST (with the hidden
 ``expected_version`` the form rendered), the admin ``expire_selected`` action, the
-``expire_proposals`` command and the ``reopen_stranded`` sweep; the payment webhook's
+``sweep_proposals`` command and the ``reopen_stranded`` sweep; the payment webhook's
 booking operations where a sweep races them.
 """
 
 import io
 import re
-import threading
 from datetime import timedelta
 
 import pgtrigger
 import pytest
 from django.contrib.messages import get_messages
 from django.core.management import call_command
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 from django.test import Client
 from django.urls import reverse
 
 from bookings.models import Booking, Checkout
-from core.db import LockNamespace, advisory_xact_lock
+from core.db import LockNamespace
 from core.exceptions import DomainError
 from core.invariants import assert_invariants
 from proposals.models import Proposal
 from proposals.services import confirm_proposal
-from tests.bookings.factories import PackageFactory
+from tests.bookings.factories import PackageFactory, withdraw
 from tests.conftest import token_client
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 from tests.proposals.factories import make_proposal
 from tests.proposals.providers import GatedFailingProvider
-from tests.proposals.test_integrity import wait_until_blocked
-from tests.races import run_concurrently
+from tests.races import Background, OpenTransaction, advisory_locked, run_concurrently, wait_until, wait_until_blocked
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,23 +81,6 @@ def live_bookings_from(proposal):
     )
 
 
-def in_thread(function):
-    """Run ``function`` on its own connection; return (thread, outcome dict filled with value or error)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = function()
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
-            outcome["error"] = exc
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
 # --- the storm -----------------------------------------------------------------------------------
 
 
@@ -132,7 +113,7 @@ def storm(proposal, *, api, form_client, action_client, form):
 
     def command():
         out = io.StringIO()
-        call_command("expire_proposals", stdout=out, stderr=io.StringIO())
+        call_command("sweep_proposals", stdout=out, stderr=io.StringIO())
         return "won" if "Expired proposals: 1" in out.getvalue() else out.getvalue()
 
     def sweep():
@@ -192,33 +173,20 @@ def test_a_form_opened_before_a_confirm_in_flight_and_saved_after_it_is_refused(
     proposal = make_proposal(tenant)
     client = admin_session(admin_user)
     form = {**open_change_form(client, proposal), "customer_email": "fixed@example.com"}
-    date_locked, release = threading.Event(), threading.Event()
-
-    def hold_the_date():
-        with transaction.atomic():
-            advisory_xact_lock(LockNamespace.BOOKING_DATE, proposal.package_id, proposal.date.isoformat())
-            date_locked.set()
-            assert release.wait(10)
-
-    holder, _held = in_thread(hold_the_date)
-    assert date_locked.wait(5)
-    confirming, confirmed = in_thread(lambda: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1"))
-    try:
+    with advisory_locked(LockNamespace.BOOKING_DATE, proposal.package_id, proposal.date.isoformat()):
+        confirming = Background(lambda: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1"))
         wait_until_blocked("SELECT pg_advisory_xact_lock")  # the confirm holds the proposal row, waits for the date
-        saving, saved = in_thread(lambda: client.post(change_url(proposal), form))
+        saving = Background(lambda: client.post(change_url(proposal), form))
         wait_until_blocked('SELECT "proposals_proposal"."version"')  # the form's edit waits for the row
-    finally:
-        release.set()
-        holder.join(10)
-    confirming.join(10)
-    saving.join(10)
-    assert "error" not in confirmed, confirmed
-    response = saved["value"]
+    confirming.join()
+    saving.join()
+    assert confirming.error is None, confirming.error
+    response = saving.result
     assert response.status_code == 200
     html = response.content.decode()
     assert STALE in html and 'value="fixed@example.com"' in html  # refused, the operator's input kept
     stored = Proposal.objects.get(pk=proposal.pk)
-    booking = confirmed["value"][1]
+    booking = confirming.result[1]
     assert (stored.status, stored.booking_id, stored.customer_email) == ("executed", booking.pk, "ann@example.com")
 
 
@@ -259,7 +227,7 @@ def test_a_late_reopen_never_unlinks_the_booking_a_reconfirmation_made(tenant, s
         with pgtrigger.ignore(UNLINK_TRIGGER):  # only the manager's booking scope stands guard
             return confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
 
-    first, outcome = in_thread(first_confirm)
+    first = Background(first_confirm)
     try:
         assert GatedFailingProvider.entered.wait(10)
         b1 = Proposal.objects.get(pk=proposal.pk).booking_id
@@ -268,8 +236,8 @@ def test_a_late_reopen_never_unlinks_the_booking_a_reconfirmation_made(tenant, s
         _, b2 = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
     finally:
         GatedFailingProvider.gate.set()
-        first.join(20)
-    assert getattr(outcome.get("error"), "code", None) == "payment_provider_unavailable", outcome
+        first.join()
+    assert getattr(first.error, "code", None) == "payment_provider_unavailable", first.outcome
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.status, stored.booking_id) == ("executed", b2.pk)
     assert live_bookings_from(stored) == [b2.pk]  # never two live holds for one proposal
@@ -294,6 +262,18 @@ def stranded_proposal(tenant, settings):
     return proposal
 
 
+def sweep_while_held(holding, unlink_trigger):
+    """Run the stranded sweep while ``holding`` keeps its transaction (and locks) open on another connection,
+    until the sweep waits on one of them; the sweep then does nothing. Return what ``holding`` returned."""
+    with OpenTransaction(holding) as holder:
+        sweeping = Background(lambda: run_sweep(unlink_trigger))
+        wait_until_blocked("")  # the sweep (the only other connection) waits on a lock the holder holds
+    sweeping.join()
+    assert holder.error is None and sweeping.error is None, (holder.error, sweeping.error)
+    assert (sweeping.result.done, sweeping.result.skipped) == (0, [])
+    return holder.result
+
+
 def run_sweep(unlink_trigger):
     if unlink_trigger:
         return Proposal.objects.reopen_stranded()
@@ -307,29 +287,14 @@ def test_the_sweep_with_a_stale_view_never_unlinks_a_reconfirmed_booking(tenant,
     which read the proposal as stranded with B1, waits for it: judged again under the lock, it is left alone."""
     proposal = stranded_proposal(tenant, settings)
     b1 = proposal.booking_id
-    ready, go = threading.Event(), threading.Event()
 
-    def reconfirm_and_hold():
-        with transaction.atomic():
-            assert Proposal.objects.reopen(proposal.pk, booking_id=b1)
-            _, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
-            ready.set()
-            assert go.wait(10)
+    def reconfirm():
+        assert Proposal.objects.reopen(proposal.pk, booking_id=b1)
+        _, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
         return booking.pk
 
-    holder, reconfirmed = in_thread(reconfirm_and_hold)
-    assert ready.wait(10)
-    sweeping, swept = in_thread(lambda: run_sweep(unlink_trigger))
-    try:
-        wait_until_blocked("")  # the sweep (the only other connection) waits on a lock the holder holds
-    finally:
-        go.set()
-        holder.join(10)
-        sweeping.join(10)
-    assert "error" not in reconfirmed and "error" not in swept, (reconfirmed, swept)
-    assert (swept["value"].done, swept["value"].skipped) == (0, [])
+    b2 = sweep_while_held(reconfirm, unlink_trigger)
     stored = Proposal.objects.get(pk=proposal.pk)
-    b2 = reconfirmed["value"]
     assert (stored.status, stored.booking_id) == ("executed", b2)
     assert live_bookings_from(stored) == [b2]
 
@@ -340,26 +305,12 @@ def test_the_sweep_waits_for_a_payment_in_flight_and_keeps_the_paid_booking(tena
     row; the sweep, which read it as lapsed, locks the proposal, waits for the booking row, sees it paid."""
     proposal = stranded_proposal(tenant, settings)
     checkout = Checkout.objects.get(booking_id=proposal.booking_id)
-    ready, go = threading.Event(), threading.Event()
 
-    def pay_and_hold():
-        with transaction.atomic():
-            Booking.objects.confirm_payment(proposal.booking_id)
-            Checkout.objects.mark_completed(checkout.pk, provider_checkout_id="cs_late", payment_id="pi_late")
-            ready.set()
-            assert go.wait(10)
+    def pay():
+        Booking.objects.confirm_payment(proposal.booking_id)
+        Checkout.objects.mark_completed(checkout.pk, provider_checkout_id="cs_late", payment_id="pi_late")
 
-    holder, paid = in_thread(pay_and_hold)
-    assert ready.wait(10)
-    sweeping, swept = in_thread(lambda: run_sweep(unlink_trigger))
-    try:
-        wait_until_blocked("")  # the sweep (the only other connection) waits on a lock the payment holds
-    finally:
-        go.set()
-        holder.join(10)
-        sweeping.join(10)
-    assert "error" not in paid and "error" not in swept, (paid, swept)
-    assert (swept["value"].done, swept["value"].skipped) == (0, [])
+    sweep_while_held(pay, unlink_trigger)
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.status, stored.booking_id) == ("executed", proposal.booking_id)
     assert Booking.objects.get(pk=proposal.booking_id).status == "confirmed"
@@ -370,28 +321,14 @@ def test_the_expiry_sweep_leaves_a_proposal_a_confirm_holds(tenant, recording_pr
     snapshot sees a lapsed pending proposal and waits for the row; judged again on the row the confirm
     committed (executed), it is left alone."""
     proposal = make_proposal(tenant, expires_in=timedelta(milliseconds=300))
-    ready, go = threading.Event(), threading.Event()
-
-    def confirm_and_hold():
-        with transaction.atomic():
-            result = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
-            ready.set()
-            assert go.wait(10)
-        return result
-
-    holder, confirmed = in_thread(confirm_and_hold)
-    assert ready.wait(10)
-    while not Proposal.objects.lapsed().filter(pk=proposal.pk).exists():  # the committed row, as the sweep sees it
-        threading.Event().wait(0.02)
-    sweeping, swept = in_thread(Proposal.objects.expire_due)
-    try:
+    with OpenTransaction(lambda: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")) as confirming:
+        # the committed row, as the sweep sees it
+        wait_until(lambda: Proposal.objects.lapsed().filter(pk=proposal.pk).exists())
+        sweeping = Background(Proposal.objects.expire_due)
         wait_until_blocked('UPDATE "proposals_proposal" SET "status" = ')
-    finally:
-        go.set()
-        holder.join(10)
-        sweeping.join(10)
-    assert "error" not in confirmed and "error" not in swept, (confirmed, swept)
-    assert swept["value"] == 0
+    sweeping.join()
+    assert confirming.error is None and sweeping.error is None, (confirming.error, sweeping.error)
+    assert sweeping.result == 0
     assert Proposal.objects.get(pk=proposal.pk).status == "executed"
 
 
@@ -419,41 +356,18 @@ def test_a_late_payment_for_a_booking_its_proposal_no_longer_links_is_refunded_n
 def test_a_proposal_created_while_its_package_is_deleted_or_deactivated_is_refused_not_a_500(tenant, change):
     """The package edit holds BOOKING_PACKAGE exclusive; propose waits for it, then reads the package again."""
     from bookings.exceptions import PackageNotFound
-    from bookings.models import Package
 
     package = PackageFactory(tenant=tenant)
-    ready, go = threading.Event(), threading.Event()
-
-    def edit_and_hold():
-        with transaction.atomic():
-            if change == "delete":
-                Package.objects.delete_package(package.pk, tenant=tenant)
-            else:
-                Package.objects.edit_package(package.pk, tenant=tenant, active=False)
-            ready.set()
-            assert go.wait(10)
-
-    holder, edited = in_thread(edit_and_hold)
-    assert ready.wait(10)
-    proposing, proposed = in_thread(
-        lambda: Proposal.objects.propose(
-            tenant=tenant,
-            session_id="chat-9",
-            package=package,
-            date=package_date(),
-            customer_name="Maya",
-            customer_email="maya@example.com",
-            expires_in=timedelta(minutes=5),
+    with OpenTransaction(lambda: withdraw(package, change)) as editing:
+        proposing = Background(
+            lambda: make_proposal(
+                tenant, package=package, day=package_date(), session_id="chat-9", expires_in=timedelta(minutes=5)
+            )
         )
-    )
-    try:
         wait_until_blocked("pg_advisory_xact_lock_shared")
-    finally:
-        go.set()
-        holder.join(10)
-        proposing.join(10)
-    assert "error" not in edited, edited
-    assert isinstance(proposed.get("error"), PackageNotFound), proposed
+    proposing.join()
+    assert editing.error is None, editing.error
+    assert isinstance(proposing.error, PackageNotFound), proposing.outcome
     assert not Proposal.objects.filter(session_id="chat-9").exists()
 
 

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pgtrigger
 import pytest
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout
 from core.exceptions import GuardedWriteError, TransitionRefused, VersionConflict
-from core.guards import constraint_name, database_refusals
+from core.guards import database_refusals
 from core.integrity import state_machines
 from proposals import invariants
 from proposals.exceptions import ProposalExpired, ProposalNotFound
@@ -27,6 +27,8 @@ from tests.proposals.factories import (
     set_booking,
     user_triggers_disabled,
 )
+from tests.races import Background, wait_until_blocked
+from tests.refusals import refused_by
 
 STATUSES = [value for value, _label in Proposal.Status.choices]
 MACHINE = "proposal_status_transition"
@@ -63,16 +65,6 @@ def proposal_in(status, tenant):
         with user_triggers_disabled(Proposal):
             Proposal.objects.filter(pk=proposal.pk).update(**columns_for(status, tenant))
     return proposal
-
-
-def refused_by(block):
-    """Run ``block`` in a savepoint; return the name of the constraint or trigger that refused it (None if none)."""
-    try:
-        with transaction.atomic():
-            block()
-    except IntegrityError as exc:
-        return constraint_name(exc)
-    return None
 
 
 # --- the state machine ---------------------------------------------------------------------------
@@ -292,21 +284,6 @@ def test_edit_contact_refusals(tenant):
 # --- one clock -----------------------------------------------------------------------------------
 
 
-def wait_until_blocked(sql_fragment, timeout=5):
-    """Poll pg_stat_activity until a backend is waiting on a lock in a statement containing ``sql_fragment``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                ["%" + sql_fragment + "%"],
-            )
-            if cursor.fetchone()[0]:
-                return
-        time.sleep(0.01)
-    raise AssertionError(f"nothing blocked on {sql_fragment!r}")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_confirm_that_waited_for_the_row_lock_until_after_expiry_is_refused_expired(recording_provider):
     """Regression: Now() is the statement's start. A confirm that began before expires_at and waited for
@@ -318,40 +295,24 @@ def test_a_confirm_that_waited_for_the_row_lock_until_after_expiry_is_refused_ex
     locked, go = threading.Event(), threading.Event()
 
     def holder():  # a transaction holding exactly the lock confirm's UPDATE takes
-        try:
-            with transaction.atomic():
-                Proposal.objects.select_for_update().filter(pk=proposal.pk).first()
-                locked.set()
-                assert go.wait(10)
-                # The deadline falls *after* the waiting confirm started, and passes while it still waits.
-                Proposal.objects.filter(pk=proposal.pk).update(expires_at=Now() + timedelta(milliseconds=200))
-                time.sleep(0.4)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            Proposal.objects.select_for_update().filter(pk=proposal.pk).first()
+            locked.set()
+            assert go.wait(10)
+            # The deadline falls *after* the waiting confirm started, and passes while it still waits.
+            Proposal.objects.filter(pk=proposal.pk).update(expires_at=Now() + timedelta(milliseconds=200))
+            time.sleep(0.4)
 
-    outcome = {}
-
-    def confirmer():
-        try:
-            confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
-            outcome["result"] = "confirmed"
-        except Exception as exc:  # noqa: BLE001 - the assertion names it
-            outcome["result"] = exc
-        finally:
-            connections.close_all()
-
-    holding = threading.Thread(target=holder)
-    holding.start()
+    holding = Background(holder)
     assert locked.wait(5)
-    confirming = threading.Thread(target=confirmer)
-    confirming.start()
+    confirming = Background(lambda: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1"))
     try:
         wait_until_blocked('UPDATE "proposals_proposal" SET "status"')
     finally:
         go.set()
-        holding.join(10)
-        confirming.join(10)
-    assert isinstance(outcome["result"], ProposalExpired), outcome
+        holding.join()
+        confirming.join()
+    assert isinstance(confirming.error, ProposalExpired), confirming.outcome
     stored = Proposal.objects.get(pk=proposal.pk)
     assert (stored.status, stored.booking_id, stored.confirmed_at) == ("pending", None, None)
     assert not Booking.objects.exists()

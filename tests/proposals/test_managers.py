@@ -68,7 +68,7 @@ def test_full_date_fails_the_proposal_and_commits_that(tenant):
 
 def test_inactive_package_fails_with_its_code(tenant):
     proposal = make_proposal(tenant)
-    proposal.package.__class__.objects.filter(pk=proposal.package_id).update(active=False)
+    proposal.package.__class__.objects.filter(pk=proposal.package_id).update(is_active=False)
     with pytest.raises(PackageNotFound):
         confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
     assert Proposal.objects.get(pk=proposal.pk).failure_code == "package_not_found"
@@ -94,25 +94,23 @@ def test_operator_expire(tenant):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_winning_confirm_is_one_update_and_a_refusal_is_the_update_plus_one_read():
+def test_a_confirm_won_or_refused_is_one_statement_and_no_transaction():
     from tests.factories import TenantFactory
 
     tenant = TenantFactory(slug="acme")
     proposal = make_proposal(tenant)
     with CaptureQueriesContext(connection) as won:
-        Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
-    statements = [q["sql"] for q in won.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
-    assert len(statements) == 2, statements
-    assert statements[0].startswith('UPDATE "proposals_proposal" SET "status" = \'confirmed\'')
+        confirmed = Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
+    statements = [q["sql"] for q in won.captured_queries]
+    assert len(statements) == 1, statements  # no BEGIN/COMMIT: one statement is its own transaction
+    assert statements[0].startswith("WITH locked AS (SELECT") and "FOR NO KEY UPDATE" in statements[0]
     # Expiry judged with the clock when the row is judged (after any lock wait), not the statement's start.
     assert '"expires_at" > (clock_timestamp())' in statements[0] and '"session_id" = ' in statements[0]
-    assert statements[1].startswith("SELECT")  # the winner returns the fresh row
+    assert confirmed.status == "confirmed" and confirmed.confirmed_at is not None  # the winner gets the fresh row
 
     with CaptureQueriesContext(connection) as refused, pytest.raises(ProposalAlreadyProcessed):
         Proposal.objects.confirm(proposal.pk, tenant=tenant, session_id="chat-1")
-    statements = [q["sql"] for q in refused.captured_queries if q["sql"] not in ("BEGIN", "ROLLBACK", "COMMIT")]
-    assert len(statements) == 2, statements
-    assert statements[0].startswith('UPDATE "proposals_proposal"') and statements[1].startswith("SELECT")
+    assert len(refused.captured_queries) == 1, refused.captured_queries  # the refusal named by the same statement
 
 
 def test_constraints_executed_needs_a_booking_and_a_booking_serves_one_proposal(tenant, recording_provider):
@@ -129,7 +127,7 @@ def test_constraints_executed_needs_a_booking_and_a_booking_serves_one_proposal(
 
 @pytest.mark.django_db(transaction=True)
 def test_confirm_proposal_round_trips(recording_provider):
-    """The whole confirmation: one transaction (update, read, savepoint + hold, execute), then the provider."""
+    """The whole confirmation: one transaction (the decision, savepoint + hold, execute), then the provider."""
     from tests.factories import TenantFactory
 
     tenant = TenantFactory(slug="acme")
@@ -138,16 +136,13 @@ def test_confirm_proposal_round_trips(recording_provider):
         confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
     sql = [q["sql"] for q in queries.captured_queries]
     kinds = [s.split()[0] for s in sql]
-    # confirm() keeps its own atomic (a savepoint when nested); the hold runs in the explicit savepoint
-    # whose refusal is caught outside it; execute() joins the transaction.
+    # confirm() is one statement (no savepoint of its own: a refused decision raises before any write);
+    # the hold runs in the explicit savepoint whose refusal is caught outside it; execute() joins.
     # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT)
     # with the customer's e-mail owed in it.
     assert kinds == [
         "BEGIN",
-        "SAVEPOINT",
-        "UPDATE",
-        "SELECT",
-        "RELEASE",
+        "WITH",  # confirm: lock, judge, change, return the row
         "SAVEPOINT",
         "SELECT",
         "SELECT",
@@ -164,4 +159,4 @@ def test_confirm_proposal_round_trips(recording_provider):
         "SELECT",  # its queued job (procrastinate_defer_jobs), all in the open's transaction
         "COMMIT",
     ], sql
-    assert sum(1 for s in sql if s.startswith('UPDATE "proposals_proposal"')) == 2  # confirm, then execute
+    assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute

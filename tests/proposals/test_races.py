@@ -5,15 +5,13 @@ import threading
 import time
 from datetime import timedelta
 
-import pgtrigger
 import pytest
-from django.db import transaction
 from django.db.models.functions import Now
 
 from bookings.models import Booking
 from core.guards import constraint_name
-from proposals.exceptions import ProposalAlreadyProcessed
 from proposals.models import Proposal
+from proposals.race_scenarios import ProposalConfirm
 from proposals.services import confirm_proposal, reject_proposal
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
@@ -40,51 +38,24 @@ def test_50_concurrent_confirms_execute_exactly_once(tenant, recording_provider)
     assert recording_provider.checkouts == [winner]
 
 
-# The database's own guards on the proposal row, switched off for the control only.
-DATABASE_GUARDS = (
-    "proposals.Proposal:proposal_status_transition",
-    "proposals.Proposal:proposal_booking_unlink_transition",
-)
+def naive_storm(tenant, *, keep=()):
+    """50 naive confirms (the race scenario's check-then-act) of one proposal, on a date with room for all."""
+    confirms = ProposalConfirm(tenant, window=0.05)
+    proposal = confirms.create_target(PackageFactory(tenant=tenant, daily_capacity=50), future())
+    outcomes = run_concurrently(lambda i: confirms.naive(0, i, keep=keep).pk, 50)
+    return proposal, outcomes
 
 
-def naive_confirm(proposal_id, tenant, *, through_confirmed=False):
-    """Read, check in Python, then act: every request that read ``pending`` executes.
-
-    ``through_confirmed`` walks the machine's own path (pending -> confirmed -> executed),
-    so only the state machine, not a skipped state, can refuse the second execution.
-    """
-    proposal = Proposal.objects.get(pk=proposal_id, tenant=tenant)
-    if proposal.status != Proposal.Status.PENDING:
-        raise ProposalAlreadyProcessed()
-    time.sleep(0.05)
-    with transaction.atomic():
-        booking = Booking.objects.hold(proposal.package, proposal.date, customer_name="A", customer_email="a@x.com")
-        if through_confirmed:
-            Proposal.objects.filter(pk=proposal_id).update(status="confirmed", confirmed_at=Now())
-        Proposal.objects.filter(pk=proposal_id).update(
-            status="executed", confirmed_at=Now(), executed_at=Now(), booking=booking
-        )
-    return booking.pk
-
-
-def test_control_naive_read_check_update_executes_more_than_once(tenant):
-    package = PackageFactory(tenant=tenant, daily_capacity=50)
-    proposal = make_proposal(tenant, package=package)
-
-    def attempt(i):
-        with pgtrigger.ignore(*DATABASE_GUARDS):
-            return naive_confirm(proposal.pk, tenant)
-
-    outcomes = run_concurrently(attempt, 50)
+@pytest.mark.control("proposal confirm")
+def test_naive_read_check_update_executes_more_than_once(tenant):
+    _proposal, outcomes = naive_storm(tenant)
     assert tally(outcomes)["ok"] > 1, [repr(o.error) for o in outcomes][:2]
     assert Booking.objects.count() > 1  # one proposal, several bookings: the race is real
 
 
 def test_the_state_machine_alone_refuses_the_naive_double_execution(tenant):
     """The same naive storm with the database's state machine on: one execution, every other one refused."""
-    package = PackageFactory(tenant=tenant, daily_capacity=50)
-    proposal = make_proposal(tenant, package=package)
-    outcomes = run_concurrently(lambda i: naive_confirm(proposal.pk, tenant, through_confirmed=True), 50)
+    proposal, outcomes = naive_storm(tenant, keep=["proposals.Proposal:proposal_status_transition"])
     codes = tally(outcomes)
     assert codes["ok"] == 1, codes
     refused = [o.error for o in outcomes if not o.ok and o.code != "proposal_already_processed"]

@@ -1,24 +1,13 @@
-from core.exceptions import LockContended
-from core.management.base import GuardedCommand
-from proposals.models import Proposal
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
 
 
-class Command(GuardedCommand):
+class Command(BaseCommand):
     help = (
-        "Reopen executed proposals whose checkout never opened and whose hold lapsed (the confirming process "
-        "died), then mark pending proposals past their expiry as expired (they already read as expired). "
-        "Exit 3 when rows were busy past lock_timeout: run again shortly."
+        "Deprecated: run sweep_proposals, which this calls (the sweep also reopens stranded proposals, "
+        "which this name did not say). Same output and exit codes."
     )
 
     def handle(self, *args, **options):
-        reopened = Proposal.objects.reopen_stranded()
-        self.stdout.write(f"Reopened stranded proposals: {reopened.done}")
-        for proposal_id, refusal in reopened.skipped:
-            self.stderr.write(f"Proposal #{proposal_id} left for the next run: {refusal.code}: {refusal.render()}")
-        self.stdout.write(f"Expired proposals: {Proposal.objects.expire_due()}")
-        # Exit 1 for a refusal (a row the database would not let go: look at it), else 3 when rows
-        # were only busy (cron runs it again shortly), else 0.
-        refusals = [refusal for _pk, refusal in reopened.skipped]
-        refused = [refusal for refusal in refusals if not isinstance(refusal, LockContended)]
-        if refused or refusals:
-            raise (refused or refusals)[0]
+        self.stderr.write("expire_proposals is deprecated: run sweep_proposals (the same sweep).")
+        call_command("sweep_proposals", stdout=self.stdout, stderr=self.stderr)
