@@ -54,6 +54,7 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     list_filter = ["is_active", "tenant", "currency"]
     search_fields = ["name", "tenant__slug"]
     list_select_related = ["tenant"]
+    ordering = ["tenant__slug", "name", "pk"]  # a stable page order (the list is annotated, so no model default)
     fields = ["tenant", *PACKAGE_EDITABLE]
     actions = ["delete_selected_packages"]
     refusal_fields = {

@@ -328,7 +328,8 @@ def test_a_storm_of_bad_tokens_gets_exactly_the_limit_of_401s(settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_control_a_read_then_write_bucket_lets_the_storm_through(settings, monkeypatch):
+@pytest.mark.control("rate limit")
+def test_a_read_then_write_bucket_lets_the_storm_through(settings, monkeypatch):
     """The same storm against DRF's pattern (get, then set): more than the limit pass."""
     monkeypatch.setattr(PostgresRateThrottle, "buckets", ReadThenWriteBuckets())
     only(settings, auth_failure=f"{N}/minute")
