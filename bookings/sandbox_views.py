@@ -13,6 +13,7 @@ never has to call itself.
 
 from django.http import Http404
 from django.shortcuts import render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_POST
 
 from bookings.models import Checkout
@@ -28,6 +29,18 @@ ACTIONS = {
     "fail": (ASYNC_FAILED, "unpaid"),
     "cancel": (EXPIRED, "unpaid"),
 }
+# checkout state -> the buttons the page offers, in order: (action, label)
+BUTTONS = {
+    Checkout.State.OPEN: [("pay", _("Pay")), ("pay_later", _("Pay later (bank transfer)")), ("cancel", _("Cancel"))],
+    Checkout.State.PROCESSING: [("succeed", _("Payment arrives")), ("fail", _("Payment fails"))],
+}
+
+
+def _page(request, checkout, *, status=200, **context):
+    buttons = BUTTONS.get(checkout.state, [])
+    return render(
+        request, "bookings/sandbox_checkout.html", {"checkout": checkout, "buttons": buttons, **context}, status=status
+    )
 
 
 def _checkout(checkout_id):
@@ -43,7 +56,7 @@ def _checkout(checkout_id):
 
 @require_GET
 def checkout_page(request, checkout_id):
-    return render(request, "bookings/sandbox_checkout.html", {"checkout": _checkout(checkout_id), "result": None})
+    return _page(request, _checkout(checkout_id), result=None)
 
 
 @require_POST
@@ -56,10 +69,4 @@ def checkout_action(request, checkout_id, action):
         result, error, status = sandbox_deliver(checkout, event_type, payment_status=payment_status), None, 200
     except DomainError as exc:  # e.g. resource_locked: show it and let the customer press again, not a 500
         result, error, status = None, exc.render(), exc.status_code
-    checkout = _checkout(checkout_id)
-    return render(
-        request,
-        "bookings/sandbox_checkout.html",
-        {"checkout": checkout, "result": result, "error": error, "action": action},
-        status=status,
-    )
+    return _page(request, _checkout(checkout_id), status=status, result=result, error=error, action=action)
