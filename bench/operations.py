@@ -20,6 +20,8 @@ and offers:
 Attempt k acts for customer ``c<k>``.
 """
 
+import re
+import uuid
 from datetime import date, timedelta
 
 from django.db import DatabaseError, connection, transaction
@@ -83,6 +85,12 @@ def columns(model):
 
 # Stand-ins for the row and tenant a decision names, replaced by pgbench variables in its script.
 PGBENCH_ID, PGBENCH_TENANT = 987_654_321, 987_654_322
+PGBENCH_UUID = uuid.UUID("98765432-1098-7654-3210-987654321098")
+PGBENCH_VARIABLES = {  # as Django renders each stand-in -> the script's expression
+    rf"'{PGBENCH_UUID.hex}'::uuid": "md5('bench:' || :t)::uuid",
+    rf"\b{PGBENCH_ID}\b": ":pid",
+    rf"\b{PGBENCH_TENANT}\b": ":tenant",
+}
 
 
 def decide_script(decision):
@@ -93,7 +101,9 @@ def decide_script(decision):
 
     statement, params = decide_statement(**decision)
     text = connection.ops.compose_sql(statement, params)
-    return text.replace(str(PGBENCH_ID), ":pid").replace(str(PGBENCH_TENANT), ":tenant")
+    for stand_in, variable in PGBENCH_VARIABLES.items():
+        text = re.sub(stand_in, variable, text)
+    return text
 
 
 def truncate(*models):
@@ -230,23 +240,14 @@ class SessionConsume(Operation):
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
         from promos.models import RedemptionSession
+        from promos.race_scenarios import SessionConsume
 
-        session = RedemptionSession._meta.db_table
+        consumption = RedemptionSession.objects.consumption(
+            PGBENCH_UUID, tenant=PGBENCH_TENANT, amount=SessionConsume.AMOUNT
+        )
+        # One statement, no transaction around it (the app sends no BEGIN either).
         return f"""\
-BEGIN;
-\\set pgbench_won 0
-UPDATE {session} SET status = 'used', used_at = clock_timestamp(), used_amount = 10.00
- WHERE ({session}.expires_at > (clock_timestamp()) AND {session}.max_amount >= 10.00
-  AND {session}.session_id = md5('bench:' || :t)::uuid AND {session}.status = 'approved'
-  AND {session}.tenant_id = :tenant AND {session}.used_at IS NULL) RETURNING 1 AS pgbench_won \\aset
-\\if :pgbench_won
-COMMIT;
-\\else
-SELECT {columns(RedemptionSession)}, {session}.expires_at <= (clock_timestamp()) AS clock_expired FROM {session}
- WHERE ({session}.session_id = md5('bench:' || :t)::uuid AND {session}.tenant_id = :tenant)
- ORDER BY {session}.created_at DESC, {session}.id DESC LIMIT 1;
-ROLLBACK;
-\\endif
+{decide_script(consumption)};
 """
 
     def race_scenario(self):

@@ -8,7 +8,10 @@
    it asserts one is open and leaves translation to the caller's ``@guarded`` or
    ``database_refusals()``. ``@guarded(statement=True)`` marks a method whose whole
    work is ONE statement (``core.decide``): a statement is atomic by itself, so no
-   BEGIN and COMMIT (or SAVEPOINT) are sent for it, only its refusals translated.
+   BEGIN and COMMIT are sent for it, only its refusals translated. Inside a caller's
+   transaction it takes no savepoint either: a refusal named from the row changed
+   nothing, and a statement the database refused (a trigger, a lock timeout) marks
+   that transaction for rollback, as ``atomic(savepoint=False)`` would.
 2. **One translator.** ``database_refusals()`` turns SQLSTATE 55P03 (NOWAIT refused,
    lock_timeout expired) into ``LockContended`` (409 ``resource_locked`` with
    Retry-After), a state-machine trigger's refusal into ``TransitionRefused`` (409
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 
 import psycopg.errors
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.models import DateTimeField, Func
 
 from core.exceptions import LockContended, TransitionRefused
@@ -149,7 +152,12 @@ def guarded(method=None, *, joins=False, statement=False):
             @wraps(function)
             def wrapper(self, *args, **kwargs):
                 with database_refusals():
-                    return function(self, *args, **kwargs)
+                    try:
+                        return function(self, *args, **kwargs)
+                    except DatabaseError:
+                        if connections[self.db].in_atomic_block:  # the caller's transaction is aborted: say so
+                            transaction.set_rollback(True, using=self.db)
+                        raise
 
         elif joins:
 

@@ -24,6 +24,7 @@ from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery,
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core.db import set_local_lock_timeout
+from core.decide import NOW, decide
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
 from core.managers import TenantScopedQuerySet
@@ -425,109 +426,116 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         return session, secret
 
     def _answer(self, session_id, *, secret, to_status, stamp):
-        """Move a pending, unexpired session whose secret matches to ``to_status`` (one filtered UPDATE)."""
-        won = self.filter(
-            session_id=session_id,
-            secret_hash=hash_secret(secret),
-            status="pending",
-            expires_at__gt=ClockNow(),
-        ).update(status=to_status, **{stamp: ClockNow()})
-        if won:
-            return self.get(session_id=session_id)
-        session = self.with_clock_expiry().filter(session_id=session_id).first()
+        """Move a pending, unexpired session whose secret matches to ``to_status``, in one statement.
+
+        The row comes back either way (core.decide): a refusal is named from it, and a wrong
+        secret is told apart from an unknown id only by SessionNotFound for both.
+        """
+        Status = self.model.Status
+        won, session = decide(
+            self.filter(session_id=session_id),
+            when=Q(secret_hash=hash_secret(secret), status=Status.PENDING, expires_at__gt=ClockNow()),
+            changes={"status": to_status, stamp: NOW},
+        )
         if session is None or not hmac.compare_digest(session.secret_hash, hash_secret(secret)):
             raise errors.SessionNotFound()
-        if session.status == "expired" or (session.status == "pending" and session.clock_expired):
+        if won:
+            return session
+        if session.status == Status.EXPIRED or _lapsed(session):
             raise errors.SessionExpired()
-        raise errors.SessionNotPending(status=self.model.Status(session.status).label)
+        raise errors.SessionNotPending(status=Status(session.status).label)
 
-    @guarded
+    @guarded(statement=True)
     def approve(self, session_id, *, secret):
         """Customer approves with the secret: pending → approved, only before expiry.
 
-        Locks: the session row (one filtered UPDATE).
+        Locks: the session row (FOR NO KEY UPDATE in the deciding statement).
 
-        One filtered UPDATE (status, secret and ``expires_at > clock_timestamp()``
-        in its WHERE). Raises SessionNotFound (unknown id or wrong secret),
+        One statement (status, secret and ``expires_at > clock_timestamp()`` judged on the
+        row's newest version). Raises SessionNotFound (unknown id or wrong secret),
         SessionExpired, SessionNotPending, LockContended.
         """
-        return self._answer(session_id, secret=secret, to_status="approved", stamp="approved_at")
+        return self._answer(session_id, secret=secret, to_status=self.model.Status.APPROVED, stamp="approved_at")
 
-    @guarded
+    @guarded(statement=True)
     def reject(self, session_id, *, secret):
         """Customer rejects with the secret: pending → rejected (same statement and refusals as approve).
 
-        Locks: the session row (one filtered UPDATE).
+        Locks: the session row (FOR NO KEY UPDATE in the deciding statement).
         """
-        return self._answer(session_id, secret=secret, to_status="rejected", stamp="rejected_at")
+        return self._answer(session_id, secret=secret, to_status=self.model.Status.REJECTED, stamp="rejected_at")
 
-    @guarded
+    def consumption(self, session_id, *, tenant, amount):
+        """What using a session locks, requires and writes: ``core.decide``'s arguments (bench/ sends the same)."""
+        Status = self.model.Status
+        return {
+            "queryset": self.filter(session_id=session_id, tenant=tenant),
+            "when": Q(status=Status.APPROVED, expires_at__gt=ClockNow(), used_at__isnull=True, max_amount__gte=amount),
+            "changes": {"status": Status.USED, "used_at": NOW, "used_amount": amount},
+        }
+
+    @guarded(statement=True)
     def consume(self, session_id, *, tenant, amount):
         """Use an approved session once for ``amount``; return ``amount``.
 
-        Locks: the session row (one filtered UPDATE).
+        Locks: the session row (FOR NO KEY UPDATE in the deciding statement).
 
-        ONE UPDATE whose WHERE holds every condition: tenant, ``approved``,
-        ``expires_at > clock_timestamp()``, ``used_at IS NULL``,
-        ``max_amount >= amount``. On 0 rows one read names the refusal:
-        SessionNotFound (also another tenant's), SessionAlreadyUsed,
-        SessionExpired (also when expiry fell between the WHERE and the SET:
-        redemption_used_before_expiry), SessionNotApproved, AmountExceedsLimit.
-        LockContended if the row stays locked past the lock timeout.
+        ONE statement (core.decide) locks the row, judges every condition on its newest
+        version (tenant, ``approved``, ``expires_at > clock_timestamp()``, ``used_at IS
+        NULL``, ``max_amount >= amount``), uses it, and returns the row either way, so the
+        refusal is named from the row that refused it: SessionNotFound (also another
+        tenant's), SessionAlreadyUsed, SessionExpired (also when expiry fell between the
+        judgement and the stamp: redemption_used_before_expiry), SessionNotApproved,
+        AmountExceedsLimit. LockContended if the row stays locked past the lock timeout.
         """
         amount = _require_amount(amount)
-        won = self.filter(
-            session_id=session_id,
-            tenant=tenant,
-            status="approved",
-            expires_at__gt=ClockNow(),
-            used_at__isnull=True,
-            max_amount__gte=amount,
-        ).update(status="used", used_at=ClockNow(), used_amount=amount)
+        won, session = decide(**self.consumption(session_id, tenant=tenant, amount=amount))
         if won:
             return amount
-        raise self._consume_refusal(session_id, tenant=tenant, amount=amount)
+        raise self._consume_refusal(session, amount=amount)
 
-    def _consume_refusal(self, session_id, *, tenant, amount):
-        session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
+    def _consume_refusal(self, session, *, amount):
+        Status = self.model.Status
         if session is None:
             return errors.SessionNotFound()
-        if session.status == "used" or session.used_at is not None:
+        if session.status == Status.USED or session.used_at is not None:
             return errors.SessionAlreadyUsed()
-        if session.status == "expired" or (session.status in ("pending", "approved") and session.clock_expired):
+        if session.status == Status.EXPIRED or (
+            session.status in (Status.PENDING, Status.APPROVED) and _lapsed(session)
+        ):
             return errors.SessionExpired()
-        if session.status != "approved":
+        if session.status != Status.APPROVED:
             return errors.SessionNotApproved()
         if session.max_amount < amount:
             return errors.AmountExceedsLimit()
-        # Approved between our UPDATE and this read: it was not approved when we tried.
-        return errors.SessionNotApproved()
+        # Approved, unused, in limit: the guard's own clock read found it expired a moment
+        # before the row's clock was read.
+        return errors.SessionExpired()
 
-    @guarded
+    @guarded(statement=True)
     def cancel(self, session_id, *, tenant):
-        """Shop cancels a pending or approved, unexpired session (one filtered UPDATE).
+        """Shop cancels a pending or approved, unexpired session; return it.
 
-        Locks: the session row (one filtered UPDATE).
+        Locks: the session row (FOR NO KEY UPDATE in the deciding statement).
 
-        Raises SessionNotFound, SessionAlreadyUsed, SessionExpired,
-        SessionNotCancellable (rejected or already cancelled), LockContended.
+        One statement (core.decide). Raises SessionNotFound, SessionAlreadyUsed,
+        SessionExpired, SessionNotCancellable (rejected or already cancelled), LockContended.
         """
-        won = self.filter(
-            session_id=session_id,
-            tenant=tenant,
-            status__in=["pending", "approved"],
-            expires_at__gt=ClockNow(),
-        ).update(status="cancelled", cancelled_at=ClockNow())
+        Status = self.model.Status
+        won, session = decide(
+            self.filter(session_id=session_id, tenant=tenant),
+            when=Q(status__in=[Status.PENDING, Status.APPROVED], expires_at__gt=ClockNow()),
+            changes={"status": Status.CANCELLED, "cancelled_at": NOW},
+        )
         if won:
-            return self.get(session_id=session_id)
-        session = self.with_clock_expiry().filter(session_id=session_id, tenant=tenant).first()
+            return session
         if session is None:
             raise errors.SessionNotFound()
-        if session.status == "used":
+        if session.status == Status.USED:
             raise errors.SessionAlreadyUsed()
-        if session.status == "expired" or session.clock_expired:
+        if session.status == Status.EXPIRED or _lapsed(session):
             raise errors.SessionExpired()
-        raise errors.SessionNotCancellable(status=self.model.Status(session.status).label)
+        raise errors.SessionNotCancellable(status=Status(session.status).label)
 
     @guarded
     def expire_due(self, *, tenant=None):
@@ -545,3 +553,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
         return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(status="expired")
+
+
+def _lapsed(session):
+    """Past its expiry by the database clock read when ``core.decide`` judged it."""
+    return session.expires_at <= session.judged_at

@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 from django.apps import apps
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 
 from core.discovery import project_apps
 from core.guards import guarded
@@ -66,11 +66,31 @@ class _Probe:
     def statement(self):
         return connection.in_atomic_block
 
+    @guarded(statement=True)
+    def refused_by_the_row(self):
+        from core.exceptions import Conflict
+
+        raise Conflict()
+
+    @guarded(statement=True)
+    def refused_by_the_database(self):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1/0")
+
 
 @pytest.mark.django_db(transaction=True)
-def test_a_one_statement_operation_opens_no_transaction():
+def test_a_one_statement_operation_opens_no_transaction_and_inside_one_takes_no_savepoint():
+    from core.exceptions import Conflict
+
     assert _Probe().statement() is False
     assert _Probe.statement.guard == "statement" and _Probe.statement.alters_data
+    with transaction.atomic():
+        with pytest.raises(Conflict):
+            _Probe().refused_by_the_row()
+        assert connection.needs_rollback is False  # a refusal named from the row changed nothing
+        with pytest.raises(DataError):
+            _Probe().refused_by_the_database()
+        assert connection.needs_rollback is True  # the caller's transaction is aborted, and knows it
 
 
 @pytest.mark.django_db(transaction=True)

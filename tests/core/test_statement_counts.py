@@ -91,3 +91,22 @@ def test_a_proposal_confirm_statements_won_and_refused(acme_member):
     # the checkout opened with the customer's e-mail owed (6); the answer's read (1).
     # Refused: who, then BEGIN, the deciding statement that names the refusal, ROLLBACK.
     assert (len(won_sql), len(refused_sql)) == (19, 4), "\n".join(s[:120] for s in won_sql)
+
+
+@pytest.mark.usefixtures("no_rate_limits")
+def test_a_session_consume_is_one_statement_after_authentication_won_or_refused(acme_member):
+    from decimal import Decimal
+
+    from promos.models import RedemptionSession
+
+    tenant = acme_member.memberships.get().tenant
+    session, secret = RedemptionSession.objects.create_session(tenant=tenant, customer="c", max_amount=Decimal("100"))
+    RedemptionSession.objects.approve(session.session_id, secret=secret)
+    client = token_client(acme_member)
+    path = f"/api/t/acme/redemption-sessions/{session.session_id}/consume"
+    won, won_sql = post(client, path, {"amount": "10.00"})
+    refused, refused_sql = post(client, path, {"amount": "10.00"})
+    assert (won.status_code, refused.status_code) == (200, 409)
+    assert refused.json()["error"]["code"] == "session_already_used"
+    assert (len(won_sql), len(refused_sql)) == (2, 2), (won_sql, refused_sql)
+    assert won_sql[1].startswith("SELECT set_config('pghistory.context_id'")  # who and which URL, same statement

@@ -289,14 +289,14 @@ def test_approve_with_secret_then_consume_once(tenant):
     assert used.approved_at <= used.used_at < used.expires_at
 
 
-def test_consume_success_is_one_update(tenant):
+def test_consume_success_is_one_statement_that_locks_judges_and_uses_the_row(tenant):
     session = RedemptionSessionFactory(tenant=tenant, status="approved")
     with CaptureQueriesContext(connection) as queries:
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
     sql = statements(queries)
     assert len(sql) == 1, sql
     sql = sql[0]
-    assert sql.startswith("UPDATE")
+    assert sql.startswith("WITH locked AS (SELECT") and "FOR NO KEY UPDATE" in sql and "UPDATE" in sql
     for condition in [
         '"tenant_id" =',
         "\"status\" = 'approved'",
@@ -307,12 +307,12 @@ def test_consume_success_is_one_update(tenant):
         assert condition in sql, (condition, sql)
 
 
-def test_consume_refusal_is_named_by_one_read(tenant):
+def test_consume_refusal_is_named_by_the_same_statement(tenant):
     session = RedemptionSessionFactory(tenant=tenant, status="approved")
     with CaptureQueriesContext(connection) as queries:
         with pytest.raises(errors.AmountExceedsLimit):
             RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="1000")
-    assert len(statements(queries)) == 2
+    assert len(statements(queries)) == 1
 
 
 def test_consume_unknown_or_other_tenants_session(tenant, other_tenant):
@@ -367,6 +367,7 @@ def test_cancel_other_tenants_session_is_not_found(tenant, other_tenant):
         RedemptionSession.objects.cancel(theirs.session_id, tenant=tenant)
 
 
+@pytest.mark.django_db(transaction=True)  # as in production: the consume is its own transaction
 def test_consume_when_expiry_falls_between_where_and_set_is_session_expired(tenant):
     """Regression: WHERE and SET each read clock_timestamp(); expiry between the two reads made the
     CHECK used_at < expires_at fail, an IntegrityError (500). It is session_expired, nothing written.
