@@ -126,7 +126,7 @@ if not _pooled:
     )
 _database["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 _database["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-_database["CONN_HEALTH_CHECKS"] = True
+_database["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)
 _database.setdefault("TEST", {})
 if env.str("TEST_DATABASE_NAME", default=""):
     _database["TEST"]["NAME"] = env.str("TEST_DATABASE_NAME")
