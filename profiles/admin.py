@@ -15,7 +15,7 @@ from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from profiles.managers import PROFILE_FIELDS
-from profiles.models import Profile, ProfileAuditLog
+from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
 
 
 def _profile_label(profile):
@@ -244,20 +244,7 @@ class ProfileAuditLogAdmin(DetailActionsMixin, ActionsOnlyMixin, TenantScopedAdm
     list_select_related = ["profile", "actor", "undone_by", "tenant"]
     search_fields = ["=id", "profile__first_name", "profile__last_name", "undo_reason"]
     date_hierarchy = "created_at"
-    readonly_fields = [
-        "tenant",
-        "profile_link",
-        "action",
-        "old_data",
-        "new_data",
-        "actor",
-        "created_at",
-        "undone_at",
-        "undone_by",
-        "undo_reason",
-        "undo_entry",
-        "undoes_link",
-    ]
+    readonly_fields = ["tenant", "profile_link", *AUDIT_RECORD, "undoes_link"]
     fields = readonly_fields
     actions = ["undo_selected"]
 

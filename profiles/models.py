@@ -268,6 +268,20 @@ class AuditInsertedNotUndone(pgtrigger.Trigger):
         return self.format_sql(f"{refuse} RETURN NEW;")
 
 
+# An audit entry as the API, the admin and the guard show it (after its tenant and profile).
+AUDIT_RECORD = (
+    "action",
+    "old_data",
+    "new_data",
+    "actor",
+    "created_at",
+    "undone_at",
+    "undone_by",
+    "undo_reason",
+    "undo_entry",
+)
+
+
 class ProfileAuditLog(GuardedModel):
     """One change of one profile: what it was, what it became, who did it, and whether it was undone.
 
@@ -275,19 +289,7 @@ class ProfileAuditLog(GuardedModel):
     (every column is guarded) and the database keeps the log append-only.
     """
 
-    guarded_fields = (
-        "tenant",
-        "profile",
-        "action",
-        "old_data",
-        "new_data",
-        "actor",
-        "created_at",
-        "undone_at",
-        "undone_by",
-        "undo_reason",
-        "undo_entry",
-    )
+    guarded_fields = ("tenant", "profile", *AUDIT_RECORD)
 
     class Action(models.TextChoices):
         CREATE = "create", _("create")

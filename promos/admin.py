@@ -16,7 +16,7 @@ from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow
-from promos.managers import PROMO_EDITABLE
+from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
 
@@ -55,17 +55,7 @@ REFUSAL_FIELDS = {"promo_code_taken": "code", "promo_limit_below_usage": "total_
 class PromoCodeAdminForm(forms.ModelForm):
     class Meta:
         model = PromoCode
-        fields = [
-            "tenant",
-            "code",
-            "bonus_type",
-            "bonus_value",
-            "max_bonus",
-            "starts_at",
-            "ends_at",
-            "total_usage_limit",
-            "per_customer_limit",
-        ]
+        fields = ["tenant", *PROMO_TERMS]  # activation has its own guarded actions
 
 
 @admin.register(PromoCode)

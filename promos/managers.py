@@ -38,8 +38,8 @@ REDEEM_LOCK_TIMEOUT_MS = getattr(settings, "PROMO_REDEEM_LOCK_TIMEOUT_MS", 1000)
 DEFAULT_SESSION_TTL = timedelta(minutes=15)
 MAX_SESSION_TTL = timedelta(days=7)
 
-# The columns an operator or API client edits (``update_code``); a change of any bumps ``version``.
-PROMO_EDITABLE = (
+# A code's terms: what it gives, when and how often.
+PROMO_TERMS = (
     "code",
     "bonus_type",
     "bonus_value",
@@ -48,8 +48,9 @@ PROMO_EDITABLE = (
     "ends_at",
     "total_usage_limit",
     "per_customer_limit",
-    "is_active",
 )
+# The columns an operator or API client edits (``update_code``); a change of any bumps ``version``.
+PROMO_EDITABLE = (*PROMO_TERMS, "is_active")
 
 
 def _model(name):

@@ -2,7 +2,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from core.api.inputs import MAX_ID, MAX_VERSION, StrictDateField, StrictInput
-from profiles.models import Profile, ProfileAuditLog
+from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
 
 
 class ProfileIdField(serializers.IntegerField):
@@ -84,19 +84,7 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ProfileAuditLog
-        fields = [
-            "id",
-            "profile",
-            "action",
-            "old_data",
-            "new_data",
-            "actor",
-            "created_at",
-            "undone_at",
-            "undone_by",
-            "undo_reason",
-            "undo_entry",
-        ]
+        fields = ["id", "profile", *AUDIT_RECORD]
 
 
 class UndoInputSerializer(StrictInput):

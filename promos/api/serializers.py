@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, StrictDateTimeField, StrictInput
+from promos.managers import PROMO_TERMS
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from promos.money import MAX_AMOUNT, parse_amount
 
@@ -58,14 +59,7 @@ class PromoCodeSerializer(serializers.ModelSerializer):
         model = PromoCode
         fields = [
             "id",
-            "code",
-            "bonus_type",
-            "bonus_value",
-            "max_bonus",
-            "starts_at",
-            "ends_at",
-            "total_usage_limit",
-            "per_customer_limit",
+            *PROMO_TERMS,
             "times_used",
             "is_active",
             "version",
