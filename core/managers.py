@@ -63,8 +63,7 @@ class IdempotencyKeyManager(models.Manager):
             method=method,
             path=path,
             fingerprint=fingerprint,
-            created_at=Now(),
-            expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL,
+            expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL,  # created_at: the database's default, the same clock
         )
         return record, False
 

@@ -19,7 +19,7 @@ class Tenant(models.Model):
     name = models.CharField(_("name"), max_length=200)
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
 
     objects = TenantQuerySet.as_manager()
 
@@ -45,7 +45,7 @@ class Membership(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.STAFF)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
 
     class Meta:
         verbose_name = _("membership")
@@ -71,7 +71,7 @@ class IdempotencyKey(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField()
+    created_at = models.DateTimeField(db_default=Now())
     expires_at = models.DateTimeField(db_index=True)
 
     objects = IdempotencyKeyManager()
