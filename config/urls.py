@@ -1,4 +1,4 @@
-"""URL map. Each domain app's api/urls.py offers three lists, mounted here:
+"""URL map. Each domain app's api/urls.py offers up to three lists (an absent one is empty), mounted here:
 
 - ``tenant_urlpatterns`` under /api/t/<tenant>/ (token auth, members only);
 - ``public_urlpatterns`` under /api/public/<tenant>/ (no auth);
@@ -32,9 +32,9 @@ urlpatterns = [
 
 for app, routes in project_modules("api.urls"):
     urlpatterns += [
-        path("api/t/<slug:tenant>/", include((routes.tenant_urlpatterns, app), namespace=f"{app}-tenant")),
-        path("api/public/<slug:tenant>/", include((routes.public_urlpatterns, app), namespace=f"{app}-public")),
-        path("", include((routes.urlpatterns, app), namespace=app)),
+        path("api/t/<slug:tenant>/", include((getattr(routes, "tenant_urlpatterns", []), app), f"{app}-tenant")),
+        path("api/public/<slug:tenant>/", include((getattr(routes, "public_urlpatterns", []), app), f"{app}-public")),
+        path("", include((getattr(routes, "urlpatterns", []), app), namespace=app)),
     ]
 
 # Last: an /api/ path no route matches ("/api/t/acme/bookings/abc") is the JSON 404 even with

@@ -12,5 +12,3 @@ tenant_urlpatterns = [
     path("audit-log/<int:pk>", views.AuditEntryDetailView.as_view(), name="audit-entry-detail"),
     path("audit-log/<int:pk>/undo", views.AuditEntryUndoView.as_view(), name="audit-entry-undo"),
 ]
-public_urlpatterns = []
-urlpatterns = []

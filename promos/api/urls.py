@@ -2,6 +2,8 @@ from django.urls import path
 
 from promos.api import views
 
+SESSION = "redemption-sessions/<str:session_id>"
+
 tenant_urlpatterns = [
     path("promo-codes", views.PromoCodeListView.as_view(), name="promo-code-list"),
     path("promo-codes/validate", views.PromoCodeValidateView.as_view(), name="promo-code-validate"),
@@ -12,33 +14,14 @@ tenant_urlpatterns = [
     path("promo-usages", views.PromoUsageListView.as_view(), name="promo-usage-list"),
     path("promo-usages/<str:pk>/void", views.PromoUsageVoidView.as_view(), name="promo-usage-void"),
     path("redemption-sessions", views.RedemptionSessionListView.as_view(), name="redemption-session-list"),
-    path(
-        "redemption-sessions/<str:session_id>",
-        views.RedemptionSessionDetailView.as_view(),
-        name="redemption-session-detail",
-    ),
-    path(
-        "redemption-sessions/<str:session_id>/consume",
-        views.RedemptionSessionConsumeView.as_view(),
-        name="redemption-session-consume",
-    ),
-    path(
-        "redemption-sessions/<str:session_id>/cancel",
-        views.RedemptionSessionCancelView.as_view(),
-        name="redemption-session-cancel",
-    ),
+    path(f"{SESSION}", views.RedemptionSessionDetailView.as_view(), name="redemption-session-detail"),
+    path(f"{SESSION}/consume", views.RedemptionSessionConsumeView.as_view(), name="redemption-session-consume"),
+    path(f"{SESSION}/cancel", views.RedemptionSessionCancelView.as_view(), name="redemption-session-cancel"),
 ]
-public_urlpatterns = []
 # Not under a tenant slug: the session id (and the secret) identify the shop's session.
 urlpatterns = [
     path(
-        "api/public/redemption-sessions/<str:session_id>/approve",
-        views.RedemptionSessionApproveView.as_view(),
-        name="redemption-session-approve",
+        f"api/public/{SESSION}/approve", views.RedemptionSessionApproveView.as_view(), name="redemption-session-approve"
     ),
-    path(
-        "api/public/redemption-sessions/<str:session_id>/reject",
-        views.RedemptionSessionRejectView.as_view(),
-        name="redemption-session-reject",
-    ),
+    path(f"api/public/{SESSION}/reject", views.RedemptionSessionRejectView.as_view(), name="redemption-session-reject"),
 ]

@@ -8,5 +8,3 @@ tenant_urlpatterns = [
     path("proposals/<int:pk>/confirm", views.ProposalConfirmView.as_view(), name="proposal-confirm"),
     path("proposals/<int:pk>/reject", views.ProposalRejectView.as_view(), name="proposal-reject"),
 ]
-public_urlpatterns = []
-urlpatterns = []
