@@ -45,7 +45,7 @@ def moved():
 def test_undo_succeeds_with_exit_0(moved, capsys):
     operator = UserFactory(username="operator")
     code, out, err = run(
-        "undo_profile_update", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator", capsys=capsys
+        "undo_audit_entry", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator", capsys=capsys
     )
     assert code == 0, err
     assert f"Undone entry {moved['entry'].pk}" in out and "profile version 3" in out
@@ -57,28 +57,28 @@ def test_undo_succeeds_with_exit_0(moved, capsys):
 def test_refusals_exit_1_with_the_message_in_english_and_arabic(moved, capsys, monkeypatch):
     entry = moved["entry"]
     Profile.objects.soft_delete(moved["dad"].pk, tenant=moved["dad"].tenant, version=1)
-    code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    code, out, err = run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)
     assert (code, out) == (1, "")
     assert err.strip() == "parent_deleted: The father's profile is deleted. Restore the father first."
-    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
     assert code == 1
     assert err.strip() == "parent_deleted: الملف الشخصي للأب محذوف. يجب استعادة الأب أولاً."
     monkeypatch.setenv("DJANGO_LANGUAGE", "ar")
-    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)
     assert code == 1 and "الأب" in err
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
 def test_already_undone_and_unknown_entry_exit_1(moved, capsys):
     entry = moved["entry"]
-    assert run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
-    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+    assert run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
+    code, _out, err = run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)
     assert code == 1 and err.strip() == "already_undone: This change has already been undone."
-    code, _out, err = run("undo_profile_update", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", entry.pk, "--reason", "r", "--language", "ar", capsys=capsys)
     assert code == 1 and err.strip() == "already_undone: تم التراجع عن هذا التغيير مسبقاً."
-    code, _out, err = run("undo_profile_update", 999999, "--reason", "r", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", 999999, "--reason", "r", capsys=capsys)
     assert code == 1 and err.strip() == "audit_entry_not_found: Audit entry not found."
-    code, _out, err = run("undo_profile_update", 999999, "--reason", "r", "--language", "ar", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", 999999, "--reason", "r", "--language", "ar", capsys=capsys)
     assert code == 1 and err.strip() == "audit_entry_not_found: قيد السجل غير موجود."
 
 
@@ -95,28 +95,28 @@ def test_already_undone_and_unknown_entry_exit_1(moved, capsys):
     ],
 )
 def test_bad_usage_exits_2(moved, capsys, args):
-    code, out, err = run("undo_profile_update", *args, capsys=capsys)
+    code, out, err = run("undo_audit_entry", *args, capsys=capsys)
     assert code == 2 and out == "" and err
     assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
 
 
 def test_bad_usage_message_is_localized(moved, capsys):
-    code, _out, err = run("undo_profile_update", "abc", "--reason", "r", "--language", "ar", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", "abc", "--reason", "r", "--language", "ar", capsys=capsys)
     assert code == 2 and err.strip() == "يجب أن يكون معرّف قيد السجل عدداً صحيحاً."
-    code, _out, err = run("undo_profile_update", "1", "--reason", "r", "--actor", "ghost", capsys=capsys)
+    code, _out, err = run("undo_audit_entry", "1", "--reason", "r", "--actor", "ghost", capsys=capsys)
     assert code == 2 and err.strip() == "No user named ghost."
 
 
 def test_blank_reason_exits_2_with_the_localized_message_even_for_a_real_entry(moved, capsys):
     entry = moved["entry"]
-    code, out, err = run("undo_profile_update", entry.pk, "--reason", " ", "--language", "ar", capsys=capsys)
+    code, out, err = run("undo_audit_entry", entry.pk, "--reason", " ", "--language", "ar", capsys=capsys)
     assert (code, out, err.strip()) == (2, "", "undo_reason_required: اذكر سبب التراجع.")
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
 def test_show_history_of_a_profile_and_of_one_entry(moved, capsys):
     kid, entry = moved["kid"], moved["entry"]
-    run("undo_profile_update", entry.pk, "--reason", "back", capsys=capsys)
+    run("undo_audit_entry", entry.pk, "--reason", "back", capsys=capsys)
     code, out, _err = run("show_profile_history", kid.pk, capsys=capsys)
     lines = out.strip().splitlines()
     assert code == 0 and [line.split()[3] for line in lines] == ["create", "update", "undo"]
@@ -135,15 +135,15 @@ def test_show_history_refusals(moved, capsys):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_real_command_line_entry_point(moved, capsys):
-    from profiles.management.commands.undo_profile_update import Command
+    from profiles.management.commands.undo_audit_entry import Command
 
     entry = moved["entry"]
     with pytest.raises(SystemExit) as exit_:
-        Command().run_from_argv(["manage.py", "undo_profile_update", "x", "--reason", "r"])
+        Command().run_from_argv(["manage.py", "undo_audit_entry", "x", "--reason", "r"])
     assert exit_.value.code == 2
-    Command().run_from_argv(["manage.py", "undo_profile_update", str(entry.pk), "--reason", "r"])  # no exit: 0
+    Command().run_from_argv(["manage.py", "undo_audit_entry", str(entry.pk), "--reason", "r"])  # no exit: 0
     with pytest.raises(SystemExit) as exit_:
-        Command().run_from_argv(["manage.py", "undo_profile_update", str(entry.pk), "--reason", "r"])
+        Command().run_from_argv(["manage.py", "undo_audit_entry", str(entry.pk), "--reason", "r"])
     assert exit_.value.code == 1
     assert "already_undone" in capsys.readouterr().err
 
@@ -178,24 +178,30 @@ def _held(what, moved):
 def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, expected):
     entry = moved["entry"]
     with _held(held, moved), lock_timeout(300):
-        code, out, err = run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)
+        code, out, err = run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)
     assert (code, out, err.strip()) == (3, "", expected)
     assert "Traceback" not in err
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(moved["kid"]).version == 2
     # Released: the same command applies it.
-    assert run("undo_profile_update", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
+    assert run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_held_lock_through_the_real_entry_point_is_localized(moved, capsys):
-    from profiles.management.commands.undo_profile_update import Command
+    from profiles.management.commands.undo_audit_entry import Command
 
     with _held("profile", moved), pytest.raises(SystemExit) as exit_:
         Command().run_from_argv(
-            ["manage.py", "undo_profile_update", str(moved["entry"].pk), "--reason", "r", "--language", "ar"]
+            ["manage.py", "undo_audit_entry", str(moved["entry"].pk), "--reason", "r", "--language", "ar"]
         )
     assert exit_.value.code == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after any system-check warnings
     assert last == "resource_locked: يتم تعديل هذا المورد بواسطة طلب آخر. حاول مرة أخرى بعد قليل."
+
+
+def test_the_old_command_name_still_undoes_and_says_it_is_deprecated(moved, capsys):
+    code, _out, err = run("undo_profile_update", moved["entry"].pk, "--reason", "r", capsys=capsys)
+    assert code == 0 and "deprecated: run undo_audit_entry" in err
+    assert ProfileAuditLog.objects.get(pk=moved["entry"].pk).undone_at is not None

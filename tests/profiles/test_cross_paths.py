@@ -99,7 +99,7 @@ def command_code(entry, actor):
     err = io.StringIO()
     try:
         call_command(
-            "undo_profile_update",
+            "undo_audit_entry",
             str(entry.pk),
             "--reason",
             "cli",

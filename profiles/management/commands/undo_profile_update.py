@@ -1,72 +1,11 @@
-from django.contrib.auth import get_user_model
-from django.utils.translation import gettext as _
-
-from core.exceptions import DomainError, LockContended
-from core.management.base import GuardedCommand
-from profiles.exceptions import UndoReasonRequired
-from profiles.management.commands._language import (
-    EXIT_LOCKED,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    add_language_argument,
-    chosen_language,
-    fail,
-    override,
-)
-from profiles.models import ProfileAuditLog
+from profiles.management.commands.undo_audit_entry import Command as UndoAuditEntry
 
 
-class Command(GuardedCommand):
-    help = (
-        "Undo one profile audit entry (update, delete or restore). "
-        "Exit 0 on success, 1 when refused (message on stderr), 2 on bad usage, "
-        "3 when a lock it needs is held by another transaction (run it again shortly)."
+class Command(UndoAuditEntry):
+    help = "Deprecated: run undo_audit_entry, which this is (it undoes any audit entry, not only updates). " + (
+        UndoAuditEntry.help
     )
 
-    def add_arguments(self, parser):
-        parser.add_argument("audit_id", help="id of the audit entry to undo")
-        parser.add_argument("--reason", required=True, help="why the change is undone (stored on the entry)")
-        parser.add_argument("--actor", help="username recorded as the one who undid it")
-        add_language_argument(parser)
-
     def handle(self, *args, **options):
-        with override(chosen_language(options)):
-            self._undo(options)
-
-    def _undo(self, options):
-        try:
-            entry_id = int(options["audit_id"])
-        except ValueError:
-            fail(self, _("The audit entry id must be a whole number."), EXIT_USAGE)
-        if not 1 <= entry_id < 2**63:
-            fail(self, _("The audit entry id must be a whole number."), EXIT_USAGE)
-        actor = None
-        if options["actor"]:
-            actor = get_user_model().objects.filter(username=options["actor"]).first()
-            if actor is None:
-                fail(self, _("No user named %(username)s.") % {"username": options["actor"]}, EXIT_USAGE)
-        # The shell operator is trusted across tenants: the entry names its own tenant. An unknown
-        # entry gives tenant None, which matches nothing: the manager answers audit_entry_not_found
-        # (after its own usage check of the reason).
-        tenant_id = ProfileAuditLog.objects.filter(pk=entry_id).values_list("tenant_id", flat=True).first()
-        try:
-            entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
-        except UndoReasonRequired as exc:  # a blank --reason is bad usage, not a refusal by the data
-            fail(self, f"{exc.code}: {exc.render()}", EXIT_USAGE)
-        except LockContended as exc:  # NOWAIT refused or lock_timeout expired: nothing was written
-            fail(self, f"{exc.code}: {exc.render()}", EXIT_LOCKED)
-        except DomainError as exc:
-            fail(self, f"{exc.code}: {exc.render()}", EXIT_REFUSED)
-        self.stdout.write(
-            _(
-                "Undone entry %(entry)s (%(action)s of profile %(profile)s); "
-                "undo entry %(undo)s, profile version %(version)s."
-            )
-            % {
-                "entry": entry.pk,
-                "action": entry.get_action_display(),
-                "profile": entry.profile_id,
-                "undo": entry.undo_entry.pk,
-                "version": entry.profile.version,
-            }
-        )
+        self.stderr.write("undo_profile_update is deprecated: run undo_audit_entry (the same command).")
+        return super().handle(*args, **options)
