@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
+from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
@@ -46,34 +47,12 @@ def _profile_link(profile_id, label):
     return format_html('<a href="{}">{}</a>', reverse("admin:profiles_profile_change", args=[profile_id]), label)
 
 
-class SoftDeletedFilter(admin.SimpleListFilter):
-    title = _("deleted")
-    parameter_name = "deleted"
-
-    def lookups(self, request, model_admin):
-        return [("no", _("live")), ("yes", _("deleted"))]
-
-    def queryset(self, request, queryset):
-        if self.value() == "no":
-            return queryset.live()
-        if self.value() == "yes":
-            return queryset.deleted()
-        return queryset
-
-
-class UndoneFilter(admin.SimpleListFilter):
-    title = _("undone")
-    parameter_name = "undone"
-
-    def lookups(self, request, model_admin):
-        return [("yes", _("undone")), ("no", _("not undone"))]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.undone()
-        if self.value() == "no":
-            return queryset.not_undone()
-        return queryset
+SoftDeletedFilter = queryset_filter(
+    _("deleted"), "deleted", {"no": (_("live"), "live"), "yes": (_("deleted"), "deleted")}
+)
+UndoneFilter = queryset_filter(
+    _("undone"), "undone", {"yes": (_("undone"), "undone"), "no": (_("not undone"), "not_undone")}
+)
 
 
 # The form field a refusal is about (parent errors name theirs: ``exc.field`` is father or mother);

@@ -12,40 +12,24 @@ from django.utils.translation import ngettext
 
 from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
 from core.admin_display import badge
+from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from core.guards import ClockNow
 from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 
-
-class PromoStateFilter(admin.SimpleListFilter):
-    title = _("state")
-    parameter_name = "state"
-
-    def lookups(self, request, model_admin):
-        return [
-            ("live", _("live")),
-            ("inactive", _("inactive")),
-            ("not_started", _("not started")),
-            ("expired", _("expired")),
-            ("exhausted", _("exhausted")),
-        ]
-
-    def queryset(self, request, queryset):
-        match self.value():
-            case "live":
-                return queryset.live()
-            case "inactive":
-                return queryset.filter(is_active=False)
-            case "not_started":
-                return queryset.not_started()
-            case "expired":
-                return queryset.expired()
-            case "exhausted":
-                return queryset.exhausted()
-        return queryset
+PromoStateFilter = queryset_filter(
+    _("state"),
+    "state",
+    {
+        "live": (_("live"), "live"),
+        "inactive": (_("inactive"), "inactive"),
+        "not_started": (_("not started"), "not_started"),
+        "expired": (_("expired"), "expired"),
+        "exhausted": (_("exhausted"), "exhausted"),
+    },
+)
 
 
 # The form field a manager refusal concerns (others are shown above the form).
@@ -186,19 +170,7 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
         )
 
 
-class VoidedFilter(admin.SimpleListFilter):
-    title = _("voided")
-    parameter_name = "voided"
-
-    def lookups(self, request, model_admin):
-        return [("no", _("live")), ("yes", _("voided"))]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.voided()
-        if self.value() == "no":
-            return queryset.live()
-        return queryset
+VoidedFilter = queryset_filter(_("voided"), "voided", {"no": (_("live"), "live"), "yes": (_("voided"), "voided")})
 
 
 @admin.register(PromoUsage)
@@ -263,19 +235,11 @@ class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, a
         )
 
 
-class SessionLiveFilter(admin.SimpleListFilter):
-    title = _("expiry")
-    parameter_name = "expiry"
-
-    def lookups(self, request, model_admin):
-        return [("open", _("open (not expired)")), ("overdue", _("past expiry, not swept yet"))]
-
-    def queryset(self, request, queryset):
-        if self.value() == "open":
-            return queryset.open()
-        if self.value() == "overdue":
-            return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow())
-        return queryset
+SessionLiveFilter = queryset_filter(
+    _("expiry"),
+    "expiry",
+    {"open": (_("open (not expired)"), "open"), "overdue": (_("past expiry, not swept yet"), "overdue")},
+)
 
 
 @admin.register(RedemptionSession)

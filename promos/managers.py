@@ -121,6 +121,9 @@ class PromoCodeQuerySet(TenantScopedQuerySet):
             Q(total_usage_limit__isnull=True) | Q(times_used__lt=F("total_usage_limit")),
         )
 
+    def inactive(self):
+        return self.filter(is_active=False)
+
     def expired(self):
         return self.filter(ends_at__lte=ClockNow())
 
@@ -387,11 +390,17 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
 
 # --- redemption sessions -------------------------------------------------------
 
+OPEN_STATUSES = ("pending", "approved")  # a session can still be answered, used or cancelled
+
 
 class RedemptionSessionQuerySet(TenantScopedQuerySet):
     def open(self):
         """Pending or approved, and not past expiry by the database clock."""
-        return self.filter(status__in=["pending", "approved"], expires_at__gt=ClockNow())
+        return self.filter(status__in=OPEN_STATUSES, expires_at__gt=ClockNow())
+
+    def overdue(self):
+        """Pending or approved but past expiry by the database clock: the sweep has not reached them yet."""
+        return self.filter(status__in=OPEN_STATUSES, expires_at__lte=ClockNow())
 
     def with_clock_expiry(self):
         return self.annotate(
@@ -553,7 +562,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         again).
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
-        return queryset.filter(status__in=["pending", "approved"], expires_at__lte=ClockNow()).update(status="expired")
+        return queryset.overdue().update(status=self.model.Status.EXPIRED)
 
 
 def _lapsed(session):
