@@ -20,6 +20,7 @@ its own transaction: no BEGIN, no COMMIT.
 from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
 
+from core.db_backend.base import set_timeouts_sql
 from core.guards import ClockNow
 
 # changes={"used_at": NOW}: the database clock read by the lock (the moment the guard judged the row).
@@ -38,8 +39,15 @@ def decide(queryset, *, when, changes):
     connection = connections[db]
     fields = model._meta.concrete_fields
     statement, params = decide_statement(queryset, when=when, changes=changes)
+    if connection.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not connection.in_atomic_block:
+        # Behind a transaction-mode pooler no startup parameter sets the timeouts, and this
+        # statement opens no transaction for core.db_backend to set them in: it carries them.
+        # Sent as one query, the two statements are one implicit transaction (SET LOCAL holds).
+        statement = f"{set_timeouts_sql(connection.settings_dict)}; {statement}"
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
+        while cursor.nextset():  # the deciding statement's rows are the last result
+            pass
         found = cursor.fetchone()
     if found is None:
         return False, None
