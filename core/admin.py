@@ -1,7 +1,11 @@
+import functools
+
 from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.utils.translation import gettext_lazy as _
+from procrastinate.contrib.django import admin as procrastinate_admin
+from procrastinate.contrib.django.models import ProcrastinateJob
 
 from core.admin_actions import ActionsOnlyMixin
 from core.admin_history import RowHistoryMixin
@@ -80,3 +84,22 @@ class NotificationAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     list_filter = ["status", "kind", "language"]
     search_fields = ["subject", "recipients"]
     readonly_fields = [field.name for field in Notification._meta.fields]
+
+
+class JobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
+    """The job queue's own admin, its retry/cancel/abort actions kept to superusers: the queue is
+    shared by every tenant, and procrastinate declares no permission on them."""
+
+    actions = [
+        admin.action(permissions=["operate"], description=function.short_description)(
+            functools.wraps(function)(functools.partial(function))
+        )
+        for function in procrastinate_admin.ProcrastinateJobAdmin.actions
+    ]
+
+    def has_operate_permission(self, request):
+        return request.user.is_superuser
+
+
+admin.site.unregister(ProcrastinateJob)
+admin.site.register(ProcrastinateJob, JobAdmin)

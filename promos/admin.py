@@ -274,11 +274,11 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
     exclude = ["secret_hash"]
     actions = ["cancel_selected"]
 
-    @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, session):
         return badge(session.status, session.get_status_display())
 
+    @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
     def cancel_selected(self, request, queryset):
         return confirm_first(
             self,

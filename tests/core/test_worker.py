@@ -10,15 +10,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.db.models.functions import Now
+from procrastinate.contrib.django.models import ProcrastinateJob
 
 from bookings.models import Booking
 from bookings.services import start_checkout
 from core.health import readiness
 from core.management.base import EXIT_LOCKED, EXIT_OK
 from core.models import Notification
-from core.tasks import HOURLY, SWEEPS, run_sweep
+from core.tasks import HOURLY, SWEEPS, run_sweep, send_notification
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
 from tests.races import row_locked
@@ -179,3 +181,19 @@ def test_not_ready_without_a_fresh_worker_heartbeat(db, settings):
     with connection.cursor() as cursor:
         cursor.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (clock_timestamp())")
     assert readiness()["worker"]["ok"] is True
+
+
+def test_only_a_superuser_is_offered_the_queues_actions(db, client, admin_client, django_user_model):
+    """The queue is every tenant's: a staff user allowed to read it may not cancel or retry a job."""
+    send_notification.defer(notification_id=0)
+    job = ProcrastinateJob.objects.get()
+    reader = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    reader.user_permissions.add(Permission.objects.get(codename="view_procrastinatejob"))
+    client.force_login(reader)
+    listing = "/admin/procrastinate/procrastinatejob/"
+    page = client.get(listing)
+    assert page.status_code == 200 and page.context["action_form"] is None
+    client.post(listing, {"action": "cancel", "_selected_action": [job.pk]})
+    assert ProcrastinateJob.objects.get(pk=job.pk).status == "todo"
+    admin_client.post(listing, {"action": "cancel", "_selected_action": [job.pk]})
+    assert ProcrastinateJob.objects.get(pk=job.pk).status == "cancelled"
