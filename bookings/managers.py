@@ -42,7 +42,7 @@ from bookings.exceptions import (
 )
 from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
-from core.decide import decide
+from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
@@ -498,6 +498,18 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             self.filter(pk=booking_id, status__in=[Status.HELD, Status.PAYMENT_PENDING]).update(status=Status.EXPIRED)
         )
 
+    def releasing(self, booking_id, *, tenant=None):
+        """What releasing a hold locks, requires and writes: ``core.decide``'s arguments."""
+        scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
+        return {
+            "queryset": scope,
+            "when": Q(status=self.model.Status.HELD),
+            "changes": {"status": self.model.Status.EXPIRED},
+        }
+
+    # Without a tenant (an operator's release) the call is not of this kind and compiles as decide does.
+    released = Decision(releasing, booking_id=int, tenant=int)
+
     @guarded(statement=True)
     def release(self, booking_id, *, tenant=None):
         """Release a hold (``held`` -> ``expired``) so its place is free at once.
@@ -508,10 +520,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         judges ``held`` on its newest version, changes it, and returns it either way, so
         the refusal is named from the row that refused: BookingNotFound or BookingNotHeld.
         """
-        scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        won, booking = decide(
-            scope, when=Q(status=self.model.Status.HELD), changes={"status": self.model.Status.EXPIRED}
-        )
+        won, booking = self.released(self, booking_id=booking_id, tenant=tenant)
         if won:
             return True
         if booking is None:

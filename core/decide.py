@@ -17,9 +17,13 @@ UPDATE then changes the row this statement already holds. In autocommit the stat
 its own transaction: no BEGIN, no COMMIT.
 """
 
+import uuid
+from decimal import Decimal
+
 from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
 
+from core import rows
 from core.db_backend.base import set_timeouts_sql
 from core.guards import ClockNow
 
@@ -35,10 +39,100 @@ def decide(queryset, *, when, changes):
     ``row.judged_at`` is the database clock at the moment the row was judged.
     ``changes`` maps field names to values or ``NOW``. One statement.
     """
-    model, db = queryset.model, queryset.db
-    connection = connections[db]
-    fields = model._meta.concrete_fields
     statement, params = decide_statement(queryset, when=when, changes=changes)
+    return _run(queryset.model, queryset.db, statement, params)
+
+
+class Decision:
+    """``decide`` for one call site, its statement built and compiled once per process.
+
+    ``arguments(manager, **values)`` returns decide's keyword arguments (a manager's
+    ``consumption``, say). ``kinds`` names the values that vary from call to call and their
+    types (``uuid.UUID``, ``int``, ``Decimal``, ``str``; a model instance for ``int`` is its pk);
+    any other keyword shapes the statement (each value has its own). The first call compiles
+    it twice with stand-in values and keeps the SQL and, for each parameter, a constant or the
+    value it takes; a later call sends that SQL with its own values. Building and compiling
+    the query was a fifth of a guarded request's CPU.
+
+    If the two compilations differ, or a stand-in comes out transformed (so it cannot be
+    found among the parameters), the call site is not prepared and each call compiles, as
+    ``decide`` does; tests/core/test_decide.py checks every call site is prepared.
+    """
+
+    def __init__(self, arguments, **kinds):
+        self.arguments, self.kinds = arguments, kinds
+        self._prepared = {}  # (db, shape) -> (sql, [(is_value, name or constant)]), or None
+
+    def __call__(self, manager, **keywords):
+        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
+        try:
+            values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
+        except (TypeError, ValueError, ArithmeticError):  # not of its kind: the ORM refuses it as it would
+            return decide(**self.arguments(manager, **keywords))
+        key = (manager.db, tuple(sorted(shape.items())))
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(manager, shape)
+        prepared = self._prepared[key]
+        if prepared is None:
+            return decide(**self.arguments(manager, **keywords))
+        statement, template = prepared
+        return _run(manager.model, manager.db, statement, [values[v] if is_value else v for is_value, v in template])
+
+    def statement(self, manager, **keywords):
+        """The prepared SQL and parameters for these values (None if the call site cannot be prepared)."""
+        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
+        prepared = self._prepare(manager, shape)
+        if prepared is None:
+            return None
+        statement, template = prepared
+        values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
+        return statement, [values[v] if is_value else v for is_value, v in template]
+
+    def _prepare(self, manager, shape):
+        first, second = (
+            {name: _stand_in(kind, 2 * n + i) for n, (name, kind) in enumerate(self.kinds.items())} for i in (0, 1)
+        )
+        sql, params = decide_statement(**self.arguments(manager, **shape, **first))
+        sql_again, params_again = decide_statement(**self.arguments(manager, **shape, **second))
+        if sql != sql_again or len(params) != len(params_again):
+            return None
+        template = []
+        for one, other in zip(params, params_again, strict=True):
+            if one == other:
+                template.append((False, one))
+                continue
+            names = [name for name in self.kinds if first[name] == one and second[name] == other]
+            if len(names) != 1:
+                return None
+            template.append((True, names[0]))
+        return sql, template
+
+
+def _coerce(value, kind):
+    if kind is int and hasattr(value, "pk"):
+        return value.pk
+    return value if isinstance(value, kind) else kind(value)
+
+
+def _stand_in(kind, index):
+    """A value of ``kind`` that no real call passes, a different one for each ``index``."""
+    number = STAND_IN_BASE + index
+    if kind is int:
+        return -number  # no primary key or count is negative
+    if kind is Decimal:
+        return Decimal(-number) / 1000
+    if kind is uuid.UUID:
+        return uuid.UUID(int=number)
+    if kind is str:
+        return f"lockstep-stand-in-{number}"
+    raise TypeError(f"no stand-in for {kind!r}")
+
+
+STAND_IN_BASE = 7_919_000_000
+
+
+def _run(model, db, statement, params):
+    connection = connections[db]
     if connection.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not connection.in_atomic_block:
         # Behind a transaction-mode pooler no startup parameter sets the timeouts, and this
         # statement opens no transaction for core.db_backend to set them in: it carries them.
@@ -52,11 +146,7 @@ def decide(queryset, *, when, changes):
     if found is None:
         return False, None
     won, *values, judged_at = found
-    row = model.from_db(
-        db,
-        [field.attname for field in fields],
-        [_from_db(value, field, connection) for value, field in zip(values, fields, strict=True)],
-    )
+    row = rows.load(model, values, connection, db)
     row.judged_at = judged_at  # the database clock when the row was judged (after any lock wait)
     return won, row
 
@@ -66,7 +156,6 @@ def decide_statement(queryset, *, when, changes):
     model, db = queryset.model, queryset.db
     connection = connections[db]
     quote = connection.ops.quote_name
-    fields = model._meta.concrete_fields
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     judged = queryset.annotate(
         lockstep_won=ExpressionWrapper(when, output_field=BooleanField()), lockstep_now=ClockNow()
@@ -85,7 +174,7 @@ def decide_statement(queryset, *, when, changes):
             set_params.append(field.get_db_prep_save(value, connection))
 
     def columns(source):
-        return ", ".join(f"{source}.{quote(field.column)}" for field in fields)
+        return rows.columns(model, source, quote)
 
     returning = columns(table)
     # Names and columns come from the model's own meta; every value is a parameter.
@@ -98,11 +187,3 @@ def decide_statement(queryset, *, when, changes):
         f"UNION ALL SELECT false, {columns('locked')}, locked.lockstep_now FROM locked WHERE NOT locked.lockstep_won"
     )
     return statement, [*locked_params, *set_params]
-
-
-def _from_db(value, field, connection):
-    """The value as the ORM would load it (the backend's and the field's converters)."""
-    column = field.get_col(field.model._meta.db_table)
-    for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
-        value = converter(value, column, connection)
-    return value

@@ -15,7 +15,9 @@ statement that waited for a lock judges expiry at the moment it actually acts
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import timedelta
+from decimal import Decimal
 
 from django.apps import apps
 from django.conf import settings
@@ -24,7 +26,7 @@ from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery,
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core.db import set_local_lock_timeout
-from core.decide import NOW, decide
+from core.decide import NOW, Decision
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
 from core.managers import TenantScopedQuerySet
@@ -435,6 +437,16 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         session.refresh_from_db(fields=["expires_at", "created_at"])
         return session, secret
 
+    def answer(self, session_id, *, secret_hash, to_status, stamp):
+        """What answering a session locks, requires and writes: ``core.decide``'s arguments."""
+        return {
+            "queryset": self.filter(session_id=session_id),
+            "when": Q(secret_hash=secret_hash, status=self.model.Status.PENDING, expires_at__gt=ClockNow()),
+            "changes": {"status": to_status, stamp: NOW},
+        }
+
+    answered = Decision(answer, session_id=uuid.UUID, secret_hash=str)
+
     def _answer(self, session_id, *, secret, to_status, stamp):
         """Move a pending, unexpired session whose secret matches to ``to_status``, in one statement.
 
@@ -442,10 +454,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         secret is told apart from an unknown id only by SessionNotFound for both.
         """
         Status = self.model.Status
-        won, session = decide(
-            self.filter(session_id=session_id),
-            when=Q(secret_hash=hash_secret(secret), status=Status.PENDING, expires_at__gt=ClockNow()),
-            changes={"status": to_status, stamp: NOW},
+        won, session = self.answered(
+            self, session_id=session_id, secret_hash=hash_secret(secret), to_status=to_status, stamp=stamp
         )
         if session is None or not hmac.compare_digest(session.secret_hash, hash_secret(secret)):
             raise errors.SessionNotFound()
@@ -484,6 +494,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             "changes": {"status": Status.USED, "used_at": NOW, "used_amount": amount},
         }
 
+    consumed = Decision(consumption, session_id=uuid.UUID, tenant=int, amount=Decimal)
+
     @guarded(statement=True)
     def consume(self, session_id, *, tenant, amount):
         """Use an approved session once for ``amount``; return ``amount``.
@@ -499,7 +511,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         AmountExceedsLimit. LockContended if the row stays locked past the lock timeout.
         """
         amount = _require_amount(amount)
-        won, session = decide(**self.consumption(session_id, tenant=tenant, amount=amount))
+        won, session = self.consumed(self, session_id=session_id, tenant=tenant, amount=amount)
         if won:
             return amount
         raise self._consume_refusal(session, amount=amount)
@@ -522,6 +534,17 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         # before the row's clock was read.
         return errors.SessionExpired()
 
+    def cancellation(self, session_id, *, tenant):
+        """What cancelling a session locks, requires and writes: ``core.decide``'s arguments."""
+        Status = self.model.Status
+        return {
+            "queryset": self.filter(session_id=session_id, tenant=tenant),
+            "when": Q(status__in=[Status.PENDING, Status.APPROVED], expires_at__gt=ClockNow()),
+            "changes": {"status": Status.CANCELLED, "cancelled_at": NOW},
+        }
+
+    cancelled = Decision(cancellation, session_id=uuid.UUID, tenant=int)
+
     @guarded(statement=True)
     def cancel(self, session_id, *, tenant):
         """Shop cancels a pending or approved, unexpired session; return it.
@@ -532,11 +555,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         SessionExpired, SessionNotCancellable (rejected or already cancelled), LockContended.
         """
         Status = self.model.Status
-        won, session = decide(
-            self.filter(session_id=session_id, tenant=tenant),
-            when=Q(status__in=[Status.PENDING, Status.APPROVED], expires_at__gt=ClockNow()),
-            changes={"status": Status.CANCELLED, "cancelled_at": NOW},
-        )
+        won, session = self.cancelled(self, session_id=session_id, tenant=tenant)
         if won:
             return session
         if session is None:

@@ -24,7 +24,7 @@ from bookings.choices import CheckoutState
 from bookings.exceptions import DateInPast, PackageNotFound
 from bookings.managers import lock_package_shared
 from bookings.models import Booking, Checkout, Package
-from core.decide import NOW, decide
+from core.decide import NOW, Decision
 from core.exceptions import DomainError
 from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
 from core.managers import TenantScopedQuerySet
@@ -119,9 +119,13 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
             "changes": {"status": decision, DECIDED_AT[decision]: NOW},
         }
 
+    decided = Decision(decision, proposal_id=int, tenant=int, session_id=str)
+
     def _decide(self, proposal_id, decision, *, tenant, session_id):
         """Run the decision in one statement (core.decide); a refusal is named from the row that refused it."""
-        won, proposal = decide(**self.decision(proposal_id, decision, tenant=tenant, session_id=session_id))
+        won, proposal = self.decided(
+            self, proposal_id=proposal_id, decision=decision, tenant=tenant, session_id=session_id
+        )
         if not won:
             raise self._refusal(proposal)
         return proposal

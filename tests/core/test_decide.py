@@ -1,15 +1,20 @@
 """core.decide: lock, judge and change one row in one statement; a loser sees the winner's row."""
 
+import uuid
 from decimal import Decimal
 
 import pytest
+from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 
-from core.decide import NOW, decide
+from bookings.models import Booking
+from core.decide import NOW, Decision, decide, decide_statement
 from core.guards import ClockNow
 from promos.models import RedemptionSession
+from proposals.models import Proposal
 from tests.factories import TenantFactory
 from tests.races import Background, OpenTransaction, run_concurrently, tally
 
@@ -74,3 +79,51 @@ def test_a_loser_that_waited_on_the_lock_judges_the_committed_version():
     holder.commit()
     (won, row) = deciding.join().result
     assert not won and row.status == "used" and row.used_amount == Decimal("1.00")
+
+
+# --- Decision: a call site's statement written once ------------------------------------------------
+
+# Each call site with real values, one per shape it takes.
+CALL_SITES = [
+    (RedemptionSession.objects, "consumed", {"session_id": uuid.uuid4(), "tenant": 7, "amount": Decimal("12.50")}),
+    (RedemptionSession.objects, "cancelled", {"session_id": uuid.uuid4(), "tenant": 7}),
+    *[
+        (
+            RedemptionSession.objects,
+            "answered",
+            {"session_id": uuid.uuid4(), "secret_hash": "ab" * 32, "to_status": status, "stamp": stamp},
+        )
+        for status, stamp in [("approved", "approved_at"), ("rejected", "rejected_at")]
+    ],
+    *[
+        (Proposal.objects, "decided", {"proposal_id": 41, "decision": decision, "tenant": 7, "session_id": "chat-1"})
+        for decision in ("confirmed", "rejected")
+    ],
+    (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
+]
+
+
+def decisions_of(manager):
+    return {name for name in dir(type(manager)) if isinstance(getattr(type(manager), name), Decision)}
+
+
+def test_every_call_site_is_listed_here():
+    found = {(model._meta.label, name) for model in apps.get_models() for name in decisions_of(model._default_manager)}
+    assert found == {(manager.model._meta.label, name) for manager, name, _ in CALL_SITES}
+
+
+@pytest.mark.parametrize("manager, name, values", CALL_SITES, ids=lambda v: v if isinstance(v, str) else "")
+def test_a_prepared_statement_is_the_one_the_orm_compiles_for_the_same_values(manager, name, values):
+    """Prepared (not left to compile on each call), and the same SQL and parameters as decide's own."""
+    decision = getattr(type(manager), name)
+    prepared = decision.statement(manager, **values)
+    assert prepared is not None, f"{name} could not be prepared"
+    assert prepared == decide_statement(**decision.arguments(manager, **values))
+
+
+def test_a_value_not_of_its_kind_is_refused_as_the_orm_refuses_it(session):
+    with pytest.raises(ValidationError):
+        RedemptionSession.objects.consume("not-a-uuid", tenant=session.tenant, amount="10.00")
+    # and a prepared call decides as decide does
+    RedemptionSession.objects.consume(str(session.session_id), tenant=session.tenant_id, amount="10.00")
+    assert RedemptionSession.objects.get(pk=session.pk).status == "used"
