@@ -14,12 +14,12 @@ def columns(model, alias, quote):
 
 def load(model, values, connection, db):
     """An instance of ``model`` from ``values`` (its concrete fields' columns, in order)."""
-    fields = model._meta.concrete_fields
-    return model.from_db(
-        db,
-        [field.attname for field in fields],
-        [_converted(value, field, connection) for value, field in zip(values, fields, strict=True)],
-    )
+    names, converters = _loading(model, connection)
+    converted = [
+        _converted(value, column, functions, connection)
+        for value, (column, functions) in zip(values, converters, strict=True)
+    ]
+    return model.from_db(db, names, converted)
 
 
 def load_joined(models, row, connection, db):
@@ -32,8 +32,27 @@ def load_joined(models, row, connection, db):
     return instances
 
 
-def _converted(value, field, connection):
-    column = field.get_col(field.model._meta.db_table)
-    for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
-        value = converter(value, column, connection)
+def _loading(model, connection):
+    """Each field's attname and (column, converters), worked out once per model and database vendor."""
+    key = (model, connection.vendor)  # every connection of a vendor names the same converters
+    if key not in _LOADED:
+        _LOADED[key] = _worked_out(model, connection)
+    return _LOADED[key]
+
+
+_LOADED = {}
+
+
+def _worked_out(model, connection):
+    fields = model._meta.concrete_fields
+    converters = []
+    for field in fields:
+        column = field.get_col(model._meta.db_table)
+        converters.append((column, connection.ops.get_db_converters(column) + column.get_db_converters(connection)))
+    return [field.attname for field in fields], converters
+
+
+def _converted(value, column, functions, connection):
+    for function in functions:
+        value = function(value, column, connection)
     return value
