@@ -369,25 +369,35 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
     def void(self, usage_id, *, tenant):
         """Void a usage and give its use back to the code, exactly once; return the usage.
 
-        Locks: the usage row (the filtered UPDATE) -> the code row (``times_used - 1``).
+        Locks: the usage row (FOR NO KEY UPDATE in the deciding statement) -> the code row (``times_used - 1``).
 
-        A filtered UPDATE on ``voided_at IS NULL`` decides between concurrent voids;
-        the winner then runs ``times_used = times_used - 1`` on the code in the
-        same transaction (lock order: usage row, then code row). On 0 rows one
-        read names UsageNotFound (also another tenant's) or UsageAlreadyVoided.
+        One statement (core.decide) locks the usage, judges ``voided_at IS NULL`` on its
+        newest version and stamps it, returning the row either way; the winner then runs
+        ``times_used = times_used - 1`` on the code in the same transaction (lock order:
+        usage row, then code row). A refusal is named from the returned row: UsageNotFound
+        (also another tenant's) or UsageAlreadyVoided.
         PromoCounterOutOfStep when the counter would go below zero (it had drifted
         from the usages: nothing is written), LockContended.
         """
-        won = self.filter(pk=usage_id, tenant=tenant, voided_at__isnull=True).update(voided_at=ClockNow())
-        if not won:
-            if self.filter(pk=usage_id, tenant=tenant).exists():
-                raise errors.UsageAlreadyVoided()
+        won, usage = self.voided_once(self, usage_id=usage_id, tenant=tenant)
+        if usage is None:
             raise errors.UsageNotFound()
-        # The subquery reads the usage's promo, which never changes (promo_usage_transition).
-        _model("PromoCode").objects.using(self.db).filter(usages__pk=usage_id).update(
-            times_used=F("times_used") - 1, updated_at=Now()
-        )
-        return self.select_related("promo").get(pk=usage_id)
+        if not won:
+            raise errors.UsageAlreadyVoided()
+        codes = _model("PromoCode").objects.using(self.db).filter(pk=usage.promo_id)
+        codes.update(times_used=F("times_used") - 1, updated_at=Now())
+        usage.promo = codes.get()
+        return usage
+
+    def voiding(self, usage_id, *, tenant):
+        """What voiding a usage locks, requires and writes: ``core.decide``'s arguments."""
+        return {
+            "queryset": self.filter(pk=usage_id, tenant=tenant),
+            "when": Q(voided_at__isnull=True),
+            "changes": {"voided_at": NOW},
+        }
+
+    voided_once = Decision(voiding, usage_id=int, tenant=int)
 
 
 # --- redemption sessions -------------------------------------------------------

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from bookings.models import Booking
 from core.decide import NOW, Decision, decide, decide_statement
 from core.guards import ClockNow
-from promos.models import RedemptionSession
+from promos.models import PromoUsage, RedemptionSession
 from proposals.models import Proposal
 from tests.factories import TenantFactory
 from tests.races import Background, OpenTransaction, run_concurrently, tally
@@ -100,6 +100,7 @@ CALL_SITES = [
         for decision in ("confirmed", "rejected")
     ],
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
+    (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
 ]
 
 

@@ -110,3 +110,29 @@ def test_a_session_consume_is_one_statement_after_authentication_won_or_refused(
     assert refused.json()["error"]["code"] == "session_already_used"
     assert (len(won_sql), len(refused_sql)) == (2, 2), (won_sql, refused_sql)
     assert won_sql[1].startswith("SELECT set_config('pghistory.context_id'")  # who and which URL, same statement
+
+
+@pytest.mark.usefixtures("no_rate_limits")
+def test_a_promo_redeem_and_void_statements_won_and_refused(acme_member):
+    from promos.models import PromoUsage
+    from tests.promos.factories import PromoCodeFactory
+
+    tenant = acme_member.memberships.get().tenant
+    PromoCodeFactory(tenant=tenant, code="ONCE", per_customer_limit=1)
+    client = token_client(acme_member)
+    body = {"code": "ONCE", "customer": "c", "amount": "10.00"}
+    won, won_sql = post(client, "/api/t/acme/promo-codes/redeem", body)
+    refused, refused_sql = post(client, "/api/t/acme/promo-codes/redeem", body)
+    assert (won.status_code, refused.status_code) == (201, 409)
+    assert refused.json()["error"]["code"] == "promo_customer_limit"
+    # who; BEGIN, lock timeout, the code row's lock, the re-read under it; the usage, the counter; COMMIT.
+    # Refused: the same up to the re-read that names the refusal, then ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (8, 6), "\n".join(s[:120] for s in won_sql)
+    path = f"/api/t/acme/promo-usages/{PromoUsage.objects.get().pk}/void"
+    won, won_sql = post(client, path, {})
+    refused, refused_sql = post(client, path, {})
+    assert (won.status_code, refused.status_code) == (200, 409)
+    assert refused.json()["error"]["code"] == "usage_already_voided"
+    # who; BEGIN, the deciding statement (core.decide), the counter, the code for the answer; COMMIT.
+    # Refused: who; BEGIN, the deciding statement that names the refusal, ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (6, 4), "\n".join(s[:120] for s in won_sql)
