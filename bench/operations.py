@@ -23,6 +23,7 @@ Attempt k acts for customer ``c<k>``.
 import re
 import uuid
 from datetime import date, timedelta
+from decimal import Decimal
 
 from django.db import DatabaseError, connection, transaction
 
@@ -86,6 +87,7 @@ def columns(model):
 # Stand-ins for the row and tenant a decision names, replaced by pgbench variables in its script.
 PGBENCH_ID, PGBENCH_TENANT = 987_654_321, 987_654_322
 PGBENCH_UUID = uuid.UUID("98765432-1098-7654-3210-987654321098")
+PGBENCH_CODE, PGBENCH_CUSTOMER, PGBENCH_BONUS = "pgbench-code", "pgbench-customer", Decimal("987654.32")
 PGBENCH_VARIABLES = {  # as Django renders each stand-in -> the script's expression
     rf"'{PGBENCH_UUID.hex}'::uuid": "md5('bench:' || :t)::uuid",
     rf"\b{PGBENCH_ID}\b": ":pid",
@@ -95,13 +97,15 @@ PGBENCH_VARIABLES = {  # as Django renders each stand-in -> the script's express
 
 def decide_script(decision):
     """``core.decide``'s very statement for ``decision`` (a manager's ``decision(...)``), for pgbench."""
-    from django.db import connection
-
     from core.decide import decide_statement
 
-    statement, params = decide_statement(**decision)
+    return script_of(*decide_statement(**decision))
+
+
+def script_of(statement, params, variables=None):
+    """The app's statement with its parameters in place, each stand-in replaced by its pgbench variable."""
     text = connection.ops.compose_sql(statement, params)
-    for stand_in, variable in PGBENCH_VARIABLES.items():
+    for stand_in, variable in (variables or PGBENCH_VARIABLES).items():
         text = re.sub(stand_in, variable, text)
     return text
 
@@ -172,25 +176,33 @@ class PromoRedeem(Operation):
     name = "promo_redeem"
 
     @property
-    def PGBENCH(self):  # a property: the scripts list the models' columns
+    def PGBENCH(self):  # a property: the scripts are the app's statements
         from promos.models import PromoCode
+        from promos.race_scenarios import PromoRedeem
 
-        code = PromoCode._meta.db_table
+        variables = {
+            rf"\b{PGBENCH_TENANT}\b": ":tenant",
+            rf"\b{PGBENCH_ID}\b": ":id",  # the locked row's, from its \gset
+            rf"'{PGBENCH_CODE}'": "'B:t'",
+            rf"'{PGBENCH_CUSTOMER}'": "'c:k'",
+            rf"\b{PGBENCH_BONUS}\b": ":bonus_value",  # the bench's codes give a fixed bonus
+        }
+        with transaction.atomic():  # a locking query compiles only in a transaction
+            lock = PromoCode.objects.by_code(PGBENCH_CODE, tenant=PGBENCH_TENANT).locked()[:1]
+            lock_sql = script_of(*lock.query.get_compiler(lock.db).as_sql(), variables)
+        redemption = script_of(
+            *PromoCode.objects.redemption(
+                PGBENCH_ID, customer=PGBENCH_CUSTOMER, amount=PromoRedeem.AMOUNT, bonus=PGBENCH_BONUS, reference=""
+            ),
+            variables,
+        ).replace(" FROM promo LEFT JOIN used", ", (used.id IS NOT NULL) AS pgbench_won FROM promo LEFT JOIN used")
         # The bench's codes have no window and no per-customer limit (NULL: pgbench cannot test them).
         return f"""\
 BEGIN;
 SELECT set_config('lock_timeout', ':redeem_lock_timeout', true);
-SELECT {code}.id AS pk FROM {code} WHERE (LOWER({code}.code) = (LOWER('B:t')) AND {code}.tenant_id = :tenant)
- ORDER BY 1 ASC LIMIT 1 FOR NO KEY UPDATE OF {code} \\gset
-SELECT {columns(PromoCode)}, clock_timestamp() AS checked_at,
-  COALESCE((SELECT COUNT(U0.id) AS n FROM promos_promousage U0 WHERE (U0.customer = 'c:k'
-    AND U0.promo_id = ({code}.id) AND U0.voided_at IS NULL) GROUP BY U0.promo_id), 0) AS customer_uses
- FROM {code} WHERE {code}.id = :pk LIMIT 21 \\gset
-\\if :is_active and :times_used < :total_usage_limit
-INSERT INTO promos_promousage (tenant_id, promo_id, customer, base_amount, bonus_amount, reference, created_at,
-  voided_at) VALUES (:tenant_id, :pk, 'c:k', 100.00, :bonus_value, '', DEFAULT, NULL)
- RETURNING promos_promousage.id, promos_promousage.created_at \\gset usage_
-UPDATE {code} SET times_used = ({code}.times_used + 1), updated_at = STATEMENT_TIMESTAMP() WHERE {code}.id = :pk;
+{lock_sql} \\gset
+{redemption} \\gset r_
+\\if :r_pgbench_won
 COMMIT;
 \\else
 ROLLBACK;

@@ -21,10 +21,11 @@ from decimal import Decimal
 
 from django.apps import apps
 from django.conf import settings
-from django.db import models
-from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db import connections, models
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
+from core import rows
 from core.db import set_local_lock_timeout
 from core.decide import NOW, Decision
 from core.exceptions import VersionConflict
@@ -101,6 +102,16 @@ constraint_errors(
 # --- promo codes -------------------------------------------------------------
 
 
+def usable_at(now):
+    """A code may be used at ``now``: active, inside its window, not exhausted (``live()``, ``redeem``)."""
+    return (
+        Q(is_active=True)
+        & (Q(starts_at__isnull=True) | Q(starts_at__lte=now))
+        & (Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        & (Q(total_usage_limit__isnull=True) | Q(times_used__lt=F("total_usage_limit")))
+    )
+
+
 class PromoCodeQuerySet(TenantScopedQuerySet):
     def by_code(self, code, *, tenant):
         """Case-insensitive lookup that can use the UNIQUE (lower(code), tenant) index."""
@@ -116,12 +127,7 @@ class PromoCodeQuerySet(TenantScopedQuerySet):
 
     def live(self):
         """Active, inside the window (database clock), not exhausted."""
-        return self.filter(
-            Q(is_active=True),
-            Q(starts_at__isnull=True) | Q(starts_at__lte=ClockNow()),
-            Q(ends_at__isnull=True) | Q(ends_at__gt=ClockNow()),
-            Q(total_usage_limit__isnull=True) | Q(times_used__lt=F("total_usage_limit")),
-        )
+        return self.filter(usable_at(ClockNow()))
 
     def inactive(self):
         return self.filter(is_active=False)
@@ -193,11 +199,14 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout; NOWAIT
         with ``nowait=True``); the usage row is new.
 
-        One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the
-        code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead),
-        then, in a statement issued after the lock is held, read the database
-        clock and this customer's live usage count; re-validate; insert the usage
-        and ``times_used = times_used + 1``. Five statements.
+        One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the code
+        row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead) and read it;
+        then ONE statement (``redemption``), issued after the lock is held so that its
+        snapshot sees every usage and deactivation committed while we waited, reads the
+        database clock and this customer's live usage count, judges the code on them and,
+        if it may be used, inserts the usage and counts it (``times_used + 1``). The row
+        comes back either way and names a refusal. Three statements between BEGIN and
+        COMMIT; the lock is held for the last of them and the COMMIT.
 
         Raises PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
         PromoExhausted, PromoCustomerLimit, InvalidAmount, LockContended
@@ -207,29 +216,65 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         customer = str(customer)
         if not nowait:
             set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-        locked = self.by_code(code, tenant=tenant).locked(nowait=nowait).values_list("pk", flat=True).first()
-        if locked is None:
+        promo = self.by_code(code, tenant=tenant).locked(nowait=nowait).first()
+        if promo is None:
             raise errors.PromoNotFound()
-        # Re-read after the lock is held: this statement's snapshot sees every
-        # usage and deactivation committed while we waited.
-        promo = self._with_checks(self.filter(pk=locked), customer).get()
-        refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
-        if refusal is not None:
-            raise refusal
-        usage = (
-            _model("PromoUsage")
-            .objects.using(self.db)
-            .create(
-                tenant_id=promo.tenant_id,
-                promo=promo,
-                customer=customer,
-                base_amount=amount,
-                bonus_amount=self._bonus(promo, amount),
-                reference=reference or "",
-            )
+        # The bonus terms cannot change while the row is locked (every writer takes the lock).
+        statement, params = self.redemption(
+            promo.pk, customer=customer, amount=amount, bonus=self._bonus(promo, amount), reference=reference or ""
         )
-        self.filter(pk=promo.pk).update(times_used=F("times_used") + 1, updated_at=Now())
+        connection = connections[self.db]
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+        width = len(self.model._meta.concrete_fields)
+        promo = rows.load(self.model, row[:width], connection, self.db)
+        promo.checked_at, promo.customer_uses = row[width : width + 2]
+        if row[width + 2] is None:  # no usage inserted: the returned row says why
+            refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
+            # None: the window closed between the statement's two clock reads.
+            raise refusal or errors.PromoExpired()
+        usage = rows.load(_model("PromoUsage"), row[width + 2 :], connection, self.db)
+        usage.promo = promo
         return usage
+
+    def redemption(self, promo_id, *, customer, amount, bonus, reference):
+        """The statement that judges the locked code and records the use if it may be used.
+
+        ``WITH promo AS (<the code, clock_timestamp(), the customer's live uses, the verdict>),
+        used AS (INSERT usage … SELECT … FROM promo WHERE verdict RETURNING …),
+        counted AS (UPDATE code SET times_used + 1 FROM used …)
+        SELECT promo.*, used.* FROM promo LEFT JOIN used``: SQL and parameters (bench/ sends the same).
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        Usage = _model("PromoUsage")
+        code_table, usage_table = quote(self.model._meta.db_table), quote(Usage._meta.db_table)
+        checked = self._with_checks(self.filter(pk=promo_id), customer)
+        judged = checked.annotate(
+            lockstep_won=ExpressionWrapper(
+                usable_at(F("checked_at"))
+                & (Q(per_customer_limit__isnull=True) | Q(per_customer_limit__gt=F("customer_uses"))),
+                output_field=BooleanField(),
+            )
+        ).order_by()
+        promo_sql, promo_params = judged.query.get_compiler(self.db).as_sql()
+        written = {"customer": customer, "base_amount": amount, "bonus_amount": bonus, "reference": reference}
+        insert_columns = ", ".join(quote(Usage._meta.get_field(name).column) for name in ["tenant", "promo", *written])
+        values = [Usage._meta.get_field(name).get_db_prep_save(value, connection) for name, value in written.items()]
+        pk, times_used = quote(self.model._meta.pk.column), quote("times_used")
+        statement = (
+            f"WITH promo AS ({promo_sql}), "  # noqa: S608 - identifiers from model meta, values parameterised
+            f"used AS (INSERT INTO {usage_table} ({insert_columns}) "
+            f"SELECT promo.{quote('tenant_id')}, promo.{pk}, {', '.join(['%s'] * len(values))} "
+            f"FROM promo WHERE promo.lockstep_won RETURNING {rows.columns(Usage, usage_table, quote)}), "
+            f"counted AS (UPDATE {code_table} SET {times_used} = {code_table}.{times_used} + 1, "
+            f"{quote('updated_at')} = STATEMENT_TIMESTAMP() "
+            f"FROM used WHERE {code_table}.{pk} = used.{quote('promo_id')}) "
+            f"SELECT {rows.columns(self.model, 'promo', quote)}, promo.checked_at, promo.customer_uses, "
+            f"{rows.columns(Usage, 'used', quote)} FROM promo LEFT JOIN used ON true"
+        )
+        return statement, [*promo_params, *values]
 
     def _lock_for_edit(self, promo_id, *, tenant):
         """Lock the code row as a redeem does (FOR NO KEY UPDATE OF self, redeem's lock timeout); return it."""

@@ -41,13 +41,13 @@ def test_redeem_query_count_and_lock_sql(tenant):
     with CaptureQueriesContext(connection) as queries:
         redeem(promo)
     sql = statements(queries)
-    # SET LOCAL lock_timeout, lock the row, re-read (clock + customer's uses), INSERT usage, UPDATE times_used
-    assert len(sql) == 5, sql
+    # SET LOCAL lock_timeout, lock the row; then one statement: re-read (clock + customer's uses),
+    # judge, INSERT the usage and UPDATE times_used
+    assert len(sql) == 3, sql
     assert "set_config('lock_timeout'" in sql[0]
     assert sql[1].endswith(LOCK_SELF) and "JOIN" not in sql[1], sql[1]  # the code row only, never the tenant's
-    assert "clock_timestamp()" in sql[2]
-    assert sql[3].startswith("INSERT INTO")
-    assert sql[4].startswith("UPDATE") and '"times_used" + 1' in sql[4]
+    assert sql[2].startswith("WITH promo AS") and "clock_timestamp()" in sql[2]
+    assert "INSERT INTO" in sql[2] and '"times_used" = "promos_promocode"."times_used" + 1' in sql[2]
 
 
 def test_redeem_nowait_mode_locks_with_nowait(tenant):
@@ -55,7 +55,7 @@ def test_redeem_nowait_mode_locks_with_nowait(tenant):
     with CaptureQueriesContext(connection) as queries:
         redeem(promo, nowait=True)
     sql = statements(queries)
-    assert len(sql) == 4 and sql[0].endswith(f"{LOCK_SELF} NOWAIT") and "JOIN" not in sql[0], sql
+    assert len(sql) == 2 and sql[0].endswith(f"{LOCK_SELF} NOWAIT") and "JOIN" not in sql[0], sql
 
 
 def test_unknown_code_and_other_tenants_code_are_not_found(tenant, other_tenant):
