@@ -23,7 +23,6 @@ class LockNamespace(enum.Enum):
     AUDIT_UNDO = "profiles.audit_undo"
     PROFILE_TREE = "profiles.tree"  # per tenant: serializes parent-edge changes (cycle check)
     IDEMPOTENCY_KEY = "core.idempotency_key"
-    TEST = "core.test"
 
 
 def _require_atomic(using):

@@ -7,13 +7,6 @@ from core.exceptions import IdempotencyKeyInProgress, IdempotencyKeyReused
 from core.guards import guarded
 
 
-class TenantQuerySet(models.QuerySet):
-    def for_member(self, user):
-        if not getattr(user, "is_authenticated", False):
-            return self.none()
-        return self.filter(memberships__user=user)
-
-
 class TenantScopedQuerySet(models.QuerySet):
     """Rows that belong to one tenant: the base of every tenant-owned model's queryset.
 

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from core.guards import ClockNow, guarded
 from core.history import tracked
 from core.integrity import StateMachine
-from core.managers import IdempotencyKeyManager, TenantQuerySet
+from core.managers import IdempotencyKeyManager
 
 
 class Tenant(models.Model):
@@ -20,8 +20,6 @@ class Tenant(models.Model):
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
-
-    objects = TenantQuerySet.as_manager()
 
     class Meta:
         ordering = ["slug"]

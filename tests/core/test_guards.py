@@ -6,10 +6,11 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
-from core.db import LockNamespace, advisory_xact_lock
+from core.db import advisory_xact_lock
 from core.exceptions import Conflict, LockContended, TransitionRefused
 from core.guards import ClockNow, constraint_errors, database_clock, database_refusals
 from core.management.base import EXIT_LOCKED, EXIT_REFUSED, GuardedCommand
+from tests.core.scratch_lock import ScratchLock
 from tests.races import advisory_locked
 
 
@@ -66,10 +67,10 @@ def test_an_unregistered_constraint_stays_an_integrity_error(probe_table):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_lock_held_elsewhere_becomes_resource_locked():
-    with advisory_locked(LockNamespace.TEST, "guard"), pytest.raises(LockContended):
+    with advisory_locked(ScratchLock.TEST, "guard"), pytest.raises(LockContended):
         with database_refusals(), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '50ms'")
-            advisory_xact_lock(LockNamespace.TEST, "guard")
+            advisory_xact_lock(ScratchLock.TEST, "guard")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,10 +17,11 @@ SCRIPT = textwrap.dedent(
     import time, django
     django.setup()
     from django.db import connection, transaction, DatabaseError
-    from core.db import LockNamespace, advisory_xact_lock
+    from core.db import advisory_xact_lock
+    from tests.core.scratch_lock import ScratchLock
     try:
         with transaction.atomic():
-            advisory_xact_lock(LockNamespace.TEST, "idle")
+            advisory_xact_lock(ScratchLock.TEST, "idle")
             time.sleep(1.0)  # a worker stuck between two statements, holding the lock
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")

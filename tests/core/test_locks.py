@@ -5,7 +5,6 @@ import pytest
 from django.db import connections, transaction
 
 from core.db import (
-    LockNamespace,
     advisory_xact_lock,
     advisory_xact_locks,
     set_local_lock_timeout,
@@ -13,24 +12,25 @@ from core.db import (
 )
 from core.exceptions import LockContended
 from core.guards import database_refusals
+from tests.core.scratch_lock import ScratchLock
 from tests.races import Background, advisory_locked
 
 
 @pytest.mark.django_db(transaction=True)
 def test_advisory_lock_refuses_outside_atomic():
     with pytest.raises(RuntimeError, match="transaction-scoped"):
-        advisory_xact_lock(LockNamespace.TEST, "x")
+        advisory_xact_lock(ScratchLock.TEST, "x")
     with pytest.raises(RuntimeError, match="transaction-scoped"):
-        try_advisory_xact_lock(LockNamespace.TEST, "x")
+        try_advisory_xact_lock(ScratchLock.TEST, "x")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_second_connection_waits_for_the_lock_then_gets_it():
-    holder = advisory_locked(LockNamespace.TEST, "date", 1).start()
+    holder = advisory_locked(ScratchLock.TEST, "date", 1).start()
     threading.Timer(0.3, holder.release.set).start()
     started = time.monotonic()
     with transaction.atomic():
-        advisory_xact_lock(LockNamespace.TEST, "date", 1)
+        advisory_xact_lock(ScratchLock.TEST, "date", 1)
     waited = time.monotonic() - started
     holder.commit()
     assert 0.2 < waited < 2.0
@@ -38,24 +38,24 @@ def test_second_connection_waits_for_the_lock_then_gets_it():
 
 @pytest.mark.django_db(transaction=True)
 def test_try_form_is_refused_at_once_while_held_and_free_after():
-    with advisory_locked(LockNamespace.TEST, "date", 2):
+    with advisory_locked(ScratchLock.TEST, "date", 2):
         started = time.monotonic()
         with transaction.atomic():
-            assert try_advisory_xact_lock(LockNamespace.TEST, "date", 2) is False
-            assert try_advisory_xact_lock(LockNamespace.TEST, "date", 3) is True
+            assert try_advisory_xact_lock(ScratchLock.TEST, "date", 2) is False
+            assert try_advisory_xact_lock(ScratchLock.TEST, "date", 3) is True
         assert time.monotonic() - started < 0.5
     with transaction.atomic():
-        assert try_advisory_xact_lock(LockNamespace.TEST, "date", 2) is True
+        assert try_advisory_xact_lock(ScratchLock.TEST, "date", 2) is True
 
 
 @pytest.mark.django_db(transaction=True)
 def test_lock_timeout_becomes_lock_contended():
-    with advisory_locked(LockNamespace.TEST, "busy"):
+    with advisory_locked(ScratchLock.TEST, "busy"):
         started = time.monotonic()
         with pytest.raises(LockContended) as refused:
             with database_refusals(), transaction.atomic():
                 set_local_lock_timeout(100)
-                advisory_xact_lock(LockNamespace.TEST, "busy")
+                advisory_xact_lock(ScratchLock.TEST, "busy")
         assert time.monotonic() - started < 1.0
         assert refused.value.code == "resource_locked"
 
@@ -63,7 +63,7 @@ def test_lock_timeout_becomes_lock_contended():
 @pytest.mark.django_db(transaction=True)
 def test_lock_is_released_at_commit_and_set_local_does_not_leak():
     with transaction.atomic():
-        advisory_xact_locks([(LockNamespace.TEST, "b"), (LockNamespace.TEST, "a")])
+        advisory_xact_locks([(ScratchLock.TEST, "b"), (ScratchLock.TEST, "a")])
         set_local_lock_timeout(50)
     with connections["default"].cursor() as cursor:
         cursor.execute("SHOW lock_timeout")
@@ -90,7 +90,7 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
     with connections["default"].cursor() as cursor:
         cursor.execute(
             "SELECT t FROM unnest(%s::text[]) AS t ORDER BY hashtextextended(t, 0)",
-            [[f"{LockNamespace.TEST.value}:{name}" for name in ("a", "b")]],
+            [[f"{ScratchLock.TEST.value}:{name}" for name in ("a", "b")]],
         )
         lowest, highest = (row[0].rsplit(":", 1)[1] for row in cursor.fetchall())
     waiter_pid = []
@@ -100,9 +100,9 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
             with connections["default"].cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")
                 waiter_pid.append(cursor.fetchone()[0])
-            advisory_xact_locks([(LockNamespace.TEST, highest), (LockNamespace.TEST, lowest)])
+            advisory_xact_locks([(ScratchLock.TEST, highest), (ScratchLock.TEST, lowest)])
 
-    with advisory_locked(LockNamespace.TEST, lowest):
+    with advisory_locked(ScratchLock.TEST, lowest):
         waiter = Background(wait_for_both)
         with connections["default"].cursor() as cursor:
             deadline = time.monotonic() + 5
