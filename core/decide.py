@@ -108,6 +108,16 @@ class Decision:
         return sql, template
 
 
+def verdict_sql(queryset, when, **annotations):
+    """``queryset``'s SELECT with ``when`` judged on each row as ``lockstep_won``: SQL and parameters.
+
+    The first part of a statement that decides and writes in one round trip (``decide``, and
+    ``PromoCodeManager.redemption``, which inserts rather than updates).
+    """
+    judged = queryset.annotate(**annotations, lockstep_won=ExpressionWrapper(when, output_field=BooleanField()))
+    return judged.order_by().query.get_compiler(queryset.db).as_sql()
+
+
 def _coerce(value, kind):
     if kind is int and hasattr(value, "pk"):
         return value.pk
@@ -157,12 +167,9 @@ def decide_statement(queryset, *, when, changes):
     connection = connections[db]
     quote = connection.ops.quote_name
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
-    judged = queryset.annotate(
-        lockstep_won=ExpressionWrapper(when, output_field=BooleanField()), lockstep_now=ClockNow()
-    ).order_by()
     # Compiled without select_for_update (Django refuses that outside atomic(); this statement
     # needs no transaction of its own), the lock clause added here.
-    locked_sql, locked_params = judged.query.get_compiler(db).as_sql()
+    locked_sql, locked_params = verdict_sql(queryset, when, lockstep_now=ClockNow())
     locked_sql = f"{locked_sql} FOR NO KEY UPDATE OF {table}"
     assignments, set_params = [], []
     for name, value in changes.items():

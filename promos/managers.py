@@ -22,12 +22,12 @@ from decimal import Decimal
 from django.apps import apps
 from django.conf import settings
 from django.db import connections, models
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core import rows
 from core.db import set_local_lock_timeout
-from core.decide import NOW, Decision
+from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
 from core.managers import TenantScopedQuerySet
@@ -142,6 +142,16 @@ class PromoCodeQuerySet(TenantScopedQuerySet):
         return self.filter(total_usage_limit__isnull=False, times_used__gte=F("total_usage_limit"))
 
 
+# redeem's deciding statement (``PromoCodeManager.redemption``); names come from the models' meta.
+REDEMPTION = """\
+WITH promo AS ({promo}), \
+used AS (INSERT INTO {usage} ({columns}) SELECT promo."tenant_id", promo."id", {values} \
+FROM promo WHERE promo.lockstep_won RETURNING {returning}), \
+counted AS (UPDATE {code} SET "times_used" = {code}."times_used" + 1, "updated_at" = STATEMENT_TIMESTAMP() \
+FROM used WHERE {code}."id" = used."promo_id") \
+SELECT {promo_columns}, promo.checked_at, promo.customer_uses, {used_columns} FROM promo LEFT JOIN used ON true"""
+
+
 class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     @staticmethod
     def _refusal(promo, *, now, customer_uses):
@@ -249,31 +259,24 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         connection = connections[self.db]
         quote = connection.ops.quote_name
         Usage = _model("PromoUsage")
-        code_table, usage_table = quote(self.model._meta.db_table), quote(Usage._meta.db_table)
-        checked = self._with_checks(self.filter(pk=promo_id), customer)
-        judged = checked.annotate(
-            lockstep_won=ExpressionWrapper(
-                usable_at(F("checked_at"))
-                & (Q(per_customer_limit__isnull=True) | Q(per_customer_limit__gt=F("customer_uses"))),
-                output_field=BooleanField(),
-            )
-        ).order_by()
-        promo_sql, promo_params = judged.query.get_compiler(self.db).as_sql()
-        written = {"customer": customer, "base_amount": amount, "bonus_amount": bonus, "reference": reference}
-        insert_columns = ", ".join(quote(Usage._meta.get_field(name).column) for name in ["tenant", "promo", *written])
-        values = [Usage._meta.get_field(name).get_db_prep_save(value, connection) for name, value in written.items()]
-        pk, times_used = quote(self.model._meta.pk.column), quote("times_used")
-        statement = (
-            f"WITH promo AS ({promo_sql}), "  # noqa: S608 - identifiers from model meta, values parameterised
-            f"used AS (INSERT INTO {usage_table} ({insert_columns}) "
-            f"SELECT promo.{quote('tenant_id')}, promo.{pk}, {', '.join(['%s'] * len(values))} "
-            f"FROM promo WHERE promo.lockstep_won RETURNING {rows.columns(Usage, usage_table, quote)}), "
-            f"counted AS (UPDATE {code_table} SET {times_used} = {code_table}.{times_used} + 1, "
-            f"{quote('updated_at')} = STATEMENT_TIMESTAMP() "
-            f"FROM used WHERE {code_table}.{pk} = used.{quote('promo_id')}) "
-            f"SELECT {rows.columns(self.model, 'promo', quote)}, promo.checked_at, promo.customer_uses, "
-            f"{rows.columns(Usage, 'used', quote)} FROM promo LEFT JOIN used ON true"
+        usage_field = Usage._meta.get_field
+        promo_sql, promo_params = verdict_sql(
+            self._with_checks(self.filter(pk=promo_id), customer),
+            usable_at(F("checked_at"))
+            & (Q(per_customer_limit__isnull=True) | Q(per_customer_limit__gt=F("customer_uses"))),
         )
+        written = {"customer": customer, "base_amount": amount, "bonus_amount": bonus, "reference": reference}
+        statement = REDEMPTION.format(
+            promo=promo_sql,
+            code=quote(self.model._meta.db_table),
+            usage=quote(Usage._meta.db_table),
+            columns=", ".join(quote(usage_field(name).column) for name in ["tenant", "promo", *written]),
+            values=", ".join(["%s"] * len(written)),
+            returning=rows.columns(Usage, quote(Usage._meta.db_table), quote),
+            promo_columns=rows.columns(self.model, "promo", quote),
+            used_columns=rows.columns(Usage, "used", quote),
+        )
+        values = [usage_field(name).get_db_prep_save(value, connection) for name, value in written.items()]
         return statement, [*promo_params, *values]
 
     def _lock_for_edit(self, promo_id, *, tenant):
