@@ -28,7 +28,7 @@ from bookings.models import (
 )
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
-from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action
 from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
@@ -146,25 +146,24 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     def delete_model(self, request, obj):
         Package.objects.delete_package(obj.pk, tenant=None)
 
-    @admin.action(description=_("Delete selected packages (only those nothing refers to)"), permissions=["delete"])
-    def delete_selected_packages(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.order_by("pk"),
-            title=_("Delete selected packages"),
-            explanation=_("Deleted for good; a package that any booking or proposal refers to is refused."),
-            columns={
+    delete_selected_packages = row_action(
+        _("Delete selected packages (only those nothing refers to)"),
+        lambda package: Package.objects.delete_package(package.pk, tenant=None),
+        permissions=["delete"],
+        confirm={
+            "title": _("Delete selected packages"),
+            "explanation": _("Deleted for good; a package that any booking or proposal refers to is refused."),
+            "columns": {
                 _("package"): lambda package: package.name,
                 _("price"): lambda package: f"{in_currency(package.price, package.currency)} {package.currency}",
                 _("bookings"): lambda package: package.bookings.count(),
             },
-            effect=lambda package: _("deleted") if not package.bookings.exists() else _("nothing: it has bookings"),
-            confirm_label=_("Delete these packages"),
-            operation=lambda package: Package.objects.delete_package(package.pk, tenant=None),
-            describe=lambda package: _("Package %(name)s") % {"name": package.name},
-            done_message=lambda n: ngettext("%(n)d package deleted.", "%(n)d packages deleted.", n) % {"n": n},
-        )
+            "effect": lambda package: _("deleted") if not package.bookings.exists() else _("nothing: it has bookings"),
+            "confirm_label": _("Delete these packages"),
+        },
+        describe=lambda package: _("Package %(name)s") % {"name": package.name},
+        done_message=lambda n: ngettext("%(n)d package deleted.", "%(n)d packages deleted.", n) % {"n": n},
+    )
 
 
 class CheckoutInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.StackedInline):
@@ -334,55 +333,50 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     def guarded_edit(self, request, obj, changes, *, version):
         return Booking.objects.edit_contact(obj.pk, version=version, **changes)
 
-    @admin.action(description=_("Cancel selected bookings (refund paid ones)"), permissions=["change"])
-    def cancel_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.select_related("package").order_by("pk"),
-            title=_("Cancel selected bookings"),
-            explanation=_(
+    cancel_selected = row_action(
+        _("Cancel selected bookings (refund paid ones)"),
+        lambda booking: cancel_booking(booking.pk),
+        select_related=["package"],
+        confirm={
+            "title": _("Cancel selected bookings"),
+            "explanation": _(
                 "Each booking is cancelled on its own; a paid one is refunded in full to the customer. "
                 "A booking that can no longer be cancelled is reported with the reason."
             ),
-            columns=BOOKING_COLUMNS,
-            effect=_cancel_effect,
-            confirm_label=_("Cancel these bookings"),
-            operation=lambda booking: cancel_booking(booking.pk),
-            describe=_booking_label,
-            done_each=_cancelled,
-            done_message=lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
-        )
+            "columns": BOOKING_COLUMNS,
+            "effect": _cancel_effect,
+            "confirm_label": _("Cancel these bookings"),
+        },
+        describe=_booking_label,
+        done_each=_cancelled,
+        done_message=lambda n: ngettext("%(n)d booking cancelled.", "%(n)d bookings cancelled.", n) % {"n": n},
+    )
 
-    @admin.action(description=_("Release selected holds"), permissions=["change"])
-    def release_hold_selected(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset.order_by("pk"),
-            lambda booking: Booking.objects.release(booking.pk),
-            describe=_booking_label,
-            done_message=lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
-        )
+    release_hold_selected = row_action(
+        _("Release selected holds"),
+        lambda booking: Booking.objects.release(booking.pk),
+        describe=_booking_label,
+        done_message=lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
+    )
 
-    @admin.action(description=_("Retry failed refunds now (also those given up on)"), permissions=["change"])
-    def retry_refund_selected(self, request, queryset):
-        return confirm_first(  # an operator's explicit retry: not held back by the backoff, takes exhausted ones
-            self,
-            request,
-            queryset.select_related("package", "checkout").order_by("pk"),
-            title=_("Retry failed refunds"),
-            explanation=_("The payment provider is asked again, now, for each failed refund below."),
-            columns={**BOOKING_COLUMNS, _("refund"): lambda b: _refund_state(b)},
-            effect=lambda b: _("refund %(amount)s to %(email)s") % _money_to(b),
-            confirm_label=_("Retry these refunds"),
-            operation=lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
-            describe=_booking_label,
-            done_each=lambda b, _outcome: (
-                _("%(booking)s: %(amount)s refunded to %(email)s.") % {"booking": _booking_label(b), **_money_to(b)}
-            ),
-            done_message=lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
-        )
+    retry_refund_selected = row_action(
+        _("Retry failed refunds now (also those given up on)"),
+        # an operator's explicit retry: not held back by the backoff, takes exhausted ones
+        lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
+        select_related=["package", "checkout"],
+        confirm={
+            "title": _("Retry failed refunds"),
+            "explanation": _("The payment provider is asked again, now, for each failed refund below."),
+            "columns": {**BOOKING_COLUMNS, _("refund"): lambda b: _refund_state(b)},
+            "effect": lambda b: _("refund %(amount)s to %(email)s") % _money_to(b),
+            "confirm_label": _("Retry these refunds"),
+        },
+        describe=_booking_label,
+        done_each=lambda b, _outcome: (
+            _("%(booking)s: %(amount)s refunded to %(email)s.") % {"booking": _booking_label(b), **_money_to(b)}
+        ),
+        done_message=lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
+    )
 
 
 @admin.register(PaymentEvent)
@@ -413,16 +407,10 @@ class PaymentEventAdmin(DetailActionsMixin, ActionsOnlyMixin, TenantScopedAdminM
     ]
     actions = ["mark_reviewed_selected"]
 
-    @admin.action(description=_("Mark selected events reviewed"), permissions=["change"])
-    def mark_reviewed_selected(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset.order_by("pk"),
-            lambda event: PaymentEvent.objects.mark_reviewed(event.pk, operator=request.user),  # False: not flagged
-            describe=str,
-            done_message=lambda n: (
-                ngettext("%(n)d event marked reviewed.", "%(n)d events marked reviewed.", n) % {"n": n}
-            ),
-            nothing_to_do=_("not flagged for review."),
-        )
+    mark_reviewed_selected = row_action(
+        _("Mark selected events reviewed"),
+        lambda event, operator: PaymentEvent.objects.mark_reviewed(event.pk, operator=operator),  # False: not flagged
+        by_operator=True,
+        done_message=lambda n: ngettext("%(n)d event marked reviewed.", "%(n)d events marked reviewed.", n) % {"n": n},
+        nothing_to_do=_("not flagged for review."),
+    )

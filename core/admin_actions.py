@@ -2,14 +2,17 @@
 
 The admin toolkit, with ``core.admin_forms``:
 
-- ``apply_to_each``: the per-row helper every action uses (refusals reported on their row);
+- ``apply_to_each``: the per-row helper every action uses (refusals reported on their row), and
+  ``row_action``, which declares such an action in one call;
 - ``ActionsOnlyMixin``: a model admin (or inline) whose detail page is view-only;
 - ``refusal_text``: how a refusal reads in a message, "<message> (<code>)";
 - ``confirm_first``: a money or irreversible action shows what it will do to each row, and acts
   only on the confirming POST.
 """
 
-from django.contrib import messages
+import functools
+
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -123,6 +126,34 @@ def confirm_first(modeladmin, request, queryset, *, title, explanation, columns,
         "confirm_label": confirm_label,
     }
     return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)
+
+
+def row_action(
+    description, operation, *, permissions=("change",), select_related=(), by_operator=False, confirm=None, **report
+):
+    """An admin action, declared: ``operation(row)`` on each selected row in primary-key order.
+
+    ``report``: ``apply_to_each``'s reporting arguments (``describe``, str by default,
+    ``done_message``, ``done_each``, ``nothing_to_do``...). ``by_operator``: the operation is
+    called as ``operation(row, request.user)``. ``confirm``: ``confirm_first``'s page (title,
+    explanation, columns, effect, confirm_label), so nothing happens before the confirming POST.
+    ``permissions`` as ``@admin.action``'s: an action always declares what it needs.
+    """
+    report.setdefault("describe", str)
+
+    def action(modeladmin, request, queryset):
+        rows = queryset.select_related(*select_related).order_by("pk")
+        act = functools.partial(_as_operator, operation, request.user) if by_operator else operation
+        if confirm is not None:
+            return confirm_first(modeladmin, request, rows, **confirm, operation=act, **report)
+        apply_to_each(modeladmin, request, rows, act, **report)
+        return None
+
+    return admin.action(description=description, permissions=list(permissions))(action)
+
+
+def _as_operator(operation, operator, row):
+    return operation(row, operator)
 
 
 class DetailActionsMixin:

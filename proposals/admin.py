@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.admin_actions import apply_to_each
+from core.admin_actions import row_action
 from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
@@ -61,13 +61,9 @@ class ProposalAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixi
         url = reverse("admin:bookings_booking_change", args=[proposal.booking_id])
         return format_html('<a href="{}">#{} ({})</a>', url, proposal.booking_id, proposal.booking.status)
 
-    @admin.action(description=_("Expire selected pending proposals"), permissions=["change"])
-    def expire_selected(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset.order_by("pk"),
-            lambda proposal: Proposal.objects.expire(proposal.pk),
-            describe=lambda proposal: _("Proposal #%(id)s") % {"id": proposal.pk},
-            done_message=lambda n: ngettext("%(n)d proposal expired.", "%(n)d proposals expired.", n) % {"n": n},
-        )
+    expire_selected = row_action(
+        _("Expire selected pending proposals"),
+        lambda proposal: Proposal.objects.expire(proposal.pk),
+        describe=lambda proposal: _("Proposal #%(id)s") % {"id": proposal.pk},
+        done_message=lambda n: ngettext("%(n)d proposal expired.", "%(n)d proposals expired.", n) % {"n": n},
+    )
