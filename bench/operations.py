@@ -188,8 +188,8 @@ class PromoRedeem(Operation):
             rf"\b{PGBENCH_BONUS}\b": ":bonus_value",  # the bench's codes give a fixed bonus
         }
         with transaction.atomic():  # a locking query compiles only in a transaction
-            lock = PromoCode.objects.by_code(PGBENCH_CODE, tenant=PGBENCH_TENANT).locked()[:1]
-            lock_sql = script_of(*lock.query.get_compiler(lock.db).as_sql(), variables)
+            lock = PromoCode.objects.lock_by_code(code=PGBENCH_CODE, tenant=PGBENCH_TENANT, nowait=False)
+            lock_sql = script_of(*lock, variables)
         redemption = script_of(
             *PromoCode.objects.redemption(
                 PGBENCH_ID, customer=PGBENCH_CUSTOMER, amount=PromoRedeem.AMOUNT, bonus=PGBENCH_BONUS, reference=""

@@ -17,15 +17,13 @@ UPDATE then changes the row this statement already holds. In autocommit the stat
 its own transaction: no BEGIN, no COMMIT.
 """
 
-import uuid
-from decimal import Decimal
-
 from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
 
 from core import rows
 from core.db_backend.base import set_timeouts_sql
 from core.guards import ClockNow
+from core.prepared import Prepared
 
 # changes={"used_at": NOW}: the database clock read by the lock (the moment the guard judged the row).
 NOW = object()
@@ -43,69 +41,19 @@ def decide(queryset, *, when, changes):
     return _run(queryset.model, queryset.db, statement, params)
 
 
-class Decision:
-    """``decide`` for one call site, its statement built and compiled once per process.
+class Decision(Prepared):
+    """``decide`` for one call site, its statement built and compiled once per process (core.prepared).
 
-    ``arguments(manager, **values)`` returns decide's keyword arguments (a manager's
-    ``consumption``, say). ``kinds`` names the values that vary from call to call and their
-    types (``uuid.UUID``, ``int``, ``Decimal``, ``str``; a model instance for ``int`` is its pk);
-    any other keyword shapes the statement (each value has its own). The first call compiles
-    it twice with stand-in values and keeps the SQL and, for each parameter, a constant or the
-    value it takes; a later call sends that SQL with its own values. Building and compiling
-    the query was a fifth of a guarded request's CPU.
-
-    If the two compilations differ, or a stand-in comes out transformed (so it cannot be
-    found among the parameters), the call site is not prepared and each call compiles, as
-    ``decide`` does; tests/core/test_decide.py checks every call site is prepared.
+    ``arguments(manager, **keywords)`` returns decide's keyword arguments (a manager's
+    ``consumption``, say); ``kinds`` as ``Prepared``'s. Calling it decides.
     """
 
     def __init__(self, arguments, **kinds):
-        self.arguments, self.kinds = arguments, kinds
-        self._prepared = {}  # (db, shape) -> (sql, [(is_value, name or constant)]), or None
+        self.arguments = arguments
+        super().__init__(lambda manager, **keywords: decide_statement(**arguments(manager, **keywords)), **kinds)
 
     def __call__(self, manager, **keywords):
-        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
-        try:
-            values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
-        except (TypeError, ValueError, ArithmeticError):  # not of its kind: the ORM refuses it as it would
-            return decide(**self.arguments(manager, **keywords))
-        key = (manager.db, tuple(sorted(shape.items())))
-        if key not in self._prepared:
-            self._prepared[key] = self._prepare(manager, shape)
-        prepared = self._prepared[key]
-        if prepared is None:
-            return decide(**self.arguments(manager, **keywords))
-        statement, template = prepared
-        return _run(manager.model, manager.db, statement, [values[v] if is_value else v for is_value, v in template])
-
-    def statement(self, manager, **keywords):
-        """The prepared SQL and parameters for these values (None if the call site cannot be prepared)."""
-        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
-        prepared = self._prepare(manager, shape)
-        if prepared is None:
-            return None
-        statement, template = prepared
-        values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
-        return statement, [values[v] if is_value else v for is_value, v in template]
-
-    def _prepare(self, manager, shape):
-        first, second = (
-            {name: _stand_in(kind, 2 * n + i) for n, (name, kind) in enumerate(self.kinds.items())} for i in (0, 1)
-        )
-        sql, params = decide_statement(**self.arguments(manager, **shape, **first))
-        sql_again, params_again = decide_statement(**self.arguments(manager, **shape, **second))
-        if sql != sql_again or len(params) != len(params_again):
-            return None
-        template = []
-        for one, other in zip(params, params_again, strict=True):
-            if one == other:
-                template.append((False, one))
-                continue
-            names = [name for name in self.kinds if first[name] == one and second[name] == other]
-            if len(names) != 1:
-                return None
-            template.append((True, names[0]))
-        return sql, template
+        return _run(manager.model, manager.db, *self.statement(manager, **keywords))
 
 
 def verdict_sql(queryset, when, **annotations):
@@ -116,29 +64,6 @@ def verdict_sql(queryset, when, **annotations):
     """
     judged = queryset.annotate(**annotations, lockstep_won=ExpressionWrapper(when, output_field=BooleanField()))
     return judged.order_by().query.get_compiler(queryset.db).as_sql()
-
-
-def _coerce(value, kind):
-    if kind is int and hasattr(value, "pk"):
-        return value.pk
-    return value if isinstance(value, kind) else kind(value)
-
-
-def _stand_in(kind, index):
-    """A value of ``kind`` that no real call passes, a different one for each ``index``."""
-    number = STAND_IN_BASE + index
-    if kind is int:
-        return -number  # no primary key or count is negative
-    if kind is Decimal:
-        return Decimal(-number) / 1000
-    if kind is uuid.UUID:
-        return uuid.UUID(int=number)
-    if kind is str:
-        return f"lockstep-stand-in-{number}"
-    raise TypeError(f"no stand-in for {kind!r}")
-
-
-STAND_IN_BASE = 7_919_000_000
 
 
 def _run(model, db, statement, params):

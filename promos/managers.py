@@ -31,6 +31,7 @@ from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
 from core.managers import TenantScopedQuerySet
+from core.prepared import Prepared
 from promos import exceptions as errors
 from promos.money import compute_bonus, parse_amount
 
@@ -226,16 +227,22 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         customer = str(customer)
         if not nowait:
             set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-        promo = self.by_code(code, tenant=tenant).locked(nowait=nowait).first()
-        if promo is None:
-            raise errors.PromoNotFound()
-        # The bonus terms cannot change while the row is locked (every writer takes the lock).
-        statement, params = self.redemption(
-            promo.pk, customer=customer, amount=amount, bonus=self._bonus(promo, amount), reference=reference or ""
-        )
         connection = connections[self.db]
         with connection.cursor() as cursor:
-            cursor.execute(statement, params)
+            cursor.execute(*self.locking.statement(self, code=str(code).strip(), tenant=tenant, nowait=nowait))
+            row = cursor.fetchone()
+        if row is None:
+            raise errors.PromoNotFound()
+        promo = rows.load(self.model, row, connection, self.db)
+        # The bonus terms cannot change while the row is locked (every writer takes the lock).
+        # The statement is prepared: no query is built or compiled while the lock is held.
+        bonus = self._bonus(promo, amount)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                *self.redeeming.statement(
+                    self, promo_id=promo.pk, customer=customer, amount=amount, bonus=bonus, reference=reference or ""
+                )
+            )
             row = cursor.fetchone()
         width = len(self.model._meta.concrete_fields)
         promo = rows.load(self.model, row[:width], connection, self.db)
@@ -278,6 +285,15 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         )
         values = [usage_field(name).get_db_prep_save(value, connection) for name, value in written.items()]
         return statement, [*promo_params, *values]
+
+    redeeming = Prepared(redemption, promo_id=int, customer=str, amount=Decimal, bonus=Decimal, reference=str)
+
+    def lock_by_code(self, *, code, tenant, nowait):
+        """The code row's lock, by code: SQL and parameters (a locking query compiles only in a transaction)."""
+        locked = self.by_code(code, tenant=tenant).locked(nowait=nowait)[:1]
+        return locked.query.get_compiler(self.db).as_sql()
+
+    locking = Prepared(lock_by_code, code=str, tenant=int)
 
     def _lock_for_edit(self, promo_id, *, tenant):
         """Lock the code row as a redeem does (FOR NO KEY UPDATE OF self, redeem's lock timeout); return it."""

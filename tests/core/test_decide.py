@@ -6,14 +6,15 @@ from decimal import Decimal
 import pytest
 from django.apps import apps
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 
 from bookings.models import Booking
-from core.decide import NOW, Decision, decide, decide_statement
+from core.decide import NOW, decide
 from core.guards import ClockNow
-from promos.models import PromoUsage, RedemptionSession
+from core.prepared import Prepared
+from promos.models import PromoCode, PromoUsage, RedemptionSession
 from proposals.models import Proposal
 from tests.factories import TenantFactory
 from tests.races import Background, OpenTransaction, run_concurrently, tally
@@ -101,11 +102,17 @@ CALL_SITES = [
     ],
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
+    *[(PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait}) for nowait in (False, True)],
+    (
+        PromoCode.objects,
+        "redeeming",
+        {"promo_id": 41, "customer": "c", "amount": Decimal("12.50"), "bonus": Decimal("1.25"), "reference": ""},
+    ),
 ]
 
 
 def decisions_of(manager):
-    return {name for name in dir(type(manager)) if isinstance(getattr(type(manager), name), Decision)}
+    return {name for name in dir(type(manager)) if isinstance(getattr(type(manager), name), Prepared)}
 
 
 def test_every_call_site_is_listed_here():
@@ -115,11 +122,13 @@ def test_every_call_site_is_listed_here():
 
 @pytest.mark.parametrize("manager, name, values", CALL_SITES, ids=lambda v: v if isinstance(v, str) else "")
 def test_a_prepared_statement_is_the_one_the_orm_compiles_for_the_same_values(manager, name, values):
-    """Prepared (not left to compile on each call), and the same SQL and parameters as decide's own."""
-    decision = getattr(type(manager), name)
-    prepared = decision.statement(manager, **values)
-    assert prepared is not None, f"{name} could not be prepared"
-    assert prepared == decide_statement(**decision.arguments(manager, **values))
+    """Prepared (not left to compile on each call), and the same SQL and parameters the ORM builds."""
+    statement = getattr(type(manager), name)
+    with transaction.atomic():  # a locking query compiles only in a transaction
+        prepared = statement.prepared(manager, **values)
+        assert prepared is not None, f"{name} could not be prepared"
+        sql, params = statement.build(manager, **values)
+        assert prepared == (sql, list(params))
 
 
 def test_a_value_not_of_its_kind_is_refused_as_the_orm_refuses_it(session):
