@@ -27,6 +27,7 @@ from bookings.selectors import places_left
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
+from core.api.representation import represented
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
 from core.api.throttles import CheckoutAddressThrottle, CheckoutEmailThrottle
 
@@ -80,7 +81,7 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
             customer_name=data.validated_data["customer"]["name"],
             customer_email=data.validated_data["customer"]["email"],
         )
-        body = CheckoutCreatedSerializer({"booking": booking, "checkout": booking.checkout}).data
+        body = represented(CheckoutCreatedSerializer, {"booking": booking, "checkout": booking.checkout})
         return Response(body, status=status.HTTP_201_CREATED)
 
 
@@ -150,7 +151,7 @@ class PackageListCreateView(TenantScopedMixin, generics.ListAPIView):
         data = PackageCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         package = Package.objects.create_package(tenant=self.tenant, **data.validated_data)
-        return Response(PackageSerializer(package).data, status=status.HTTP_201_CREATED)
+        return Response(represented(PackageSerializer, package), status=status.HTTP_201_CREATED)
 
 
 class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
@@ -173,7 +174,7 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
         changes = dict(data.validated_data)
         version = changes.pop("version", None)
         package = Package.objects.edit_package(pk, tenant=self.tenant, version=version, **changes)
-        return Response(PackageSerializer(package).data)
+        return Response(represented(PackageSerializer, package))
 
     @extend_schema(request=PackageUpdateInputSerializer, responses=PackageSerializer)
     def put(self, request, tenant, pk):
@@ -226,4 +227,4 @@ class BookingCancelView(TenantScopedMixin, APIView):
     def post(self, request, tenant, pk):
         booking = cancel_booking(valid_id(pk, BookingNotFound), tenant=self.tenant)
         booking = Booking.objects.select_related("checkout").get(pk=booking.pk)
-        return Response(BookingSerializer(booking).data)
+        return Response(represented(BookingSerializer, booking))

@@ -9,6 +9,7 @@ from bookings.exceptions import PackageNotFound
 from bookings.models import Package
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
+from core.api.representation import represented
 from core.api.tenancy import TenantScopedMixin
 from proposals.api.serializers import (
     ProposalConfirmedSerializer,
@@ -58,14 +59,14 @@ class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
             customer_email=data.validated_data["customer"]["email"],
             expires_in=timedelta(seconds=data.validated_data["expires_in"]),
         )
-        return Response(ProposalSerializer(proposal).data, status=status.HTTP_201_CREATED)
+        return Response(represented(ProposalSerializer, proposal), status=status.HTTP_201_CREATED)
 
 
 class ProposalDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=ProposalSerializer)
     def get(self, request, tenant, pk):
         proposal = get_for_tenant(Proposal.objects.with_effective_status(), self.tenant, ProposalNotFound, pk=pk)
-        return Response(ProposalSerializer(proposal).data)
+        return Response(represented(ProposalSerializer, proposal))
 
 
 class ProposalConfirmView(TenantScopedMixin, APIView):
@@ -81,7 +82,7 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
         )
         proposal = Proposal.objects.with_effective_status().get(pk=proposal.pk)
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}
-        return Response(ProposalConfirmedSerializer(body).data)
+        return Response(represented(ProposalConfirmedSerializer, body))
 
 
 class ProposalRejectView(TenantScopedMixin, APIView):
@@ -93,4 +94,4 @@ class ProposalRejectView(TenantScopedMixin, APIView):
         proposal = reject_proposal(
             valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
         )
-        return Response(ProposalSerializer(proposal).data)
+        return Response(represented(ProposalSerializer, proposal))
