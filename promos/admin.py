@@ -10,14 +10,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.admin_actions import ActionsOnlyMixin, apply_to_each, confirm_first
+from core.admin_actions import ActionsOnlyMixin, row_action
 from core.admin_display import badge
 from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from promos.managers import PROMO_EDITABLE, PROMO_TERMS
-from promos.models import PromoCode, PromoUsage, RedemptionSession
+from promos.managers import OPEN_STATUSES, PROMO_EDITABLE, PROMO_TERMS
+from promos.models import SESSION_RECORD, PromoCode, PromoUsage, RedemptionSession
 
 PromoStateFilter = queryset_filter(
     _("state"),
@@ -124,50 +124,32 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
     def usage(self, promo):
         return promo.usage_display
 
-    def _set_active(self, request, queryset, *, active, done_message):
-        apply_to_each(
-            self,
-            request,
-            queryset.order_by("pk"),
-            lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=active),
-            describe=str,
-            done_message=done_message,
-        )
-
-    @admin.action(description=_("Deactivate selected promo codes"), permissions=["change"])
-    def deactivate_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.order_by("pk"),
-            title=_("Deactivate selected promo codes"),
-            explanation=_("Customers can no longer redeem these codes; uses already made stay as they are."),
-            columns={
+    deactivate_selected = row_action(
+        _("Deactivate selected promo codes"),
+        lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
+        confirm={
+            "title": _("Deactivate selected promo codes"),
+            "explanation": _("Customers can no longer redeem these codes; uses already made stay as they are."),
+            "columns": {
                 _("code"): lambda promo: promo.code,
                 _("times used"): lambda promo: promo.times_used,
                 _("total usage limit"): lambda promo: promo.total_usage_limit or "-",
                 _("active"): lambda promo: _("yes") if promo.is_active else _("no"),
             },
-            effect=lambda promo: _("deactivated") if promo.is_active else _("nothing: already inactive"),
-            confirm_label=_("Deactivate these codes"),
-            operation=lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
-            describe=str,
-            done_each=lambda promo, _outcome: _("%(code)s: deactivated.") % {"code": promo.code},
-            done_message=lambda n: (
-                ngettext("Deactivated %(n)d promo code.", "Deactivated %(n)d promo codes.", n) % {"n": n}
-            ),
-        )
+            "effect": lambda promo: _("deactivated") if promo.is_active else _("nothing: already inactive"),
+            "confirm_label": _("Deactivate these codes"),
+        },
+        done_each=lambda promo, _outcome: _("%(code)s: deactivated.") % {"code": promo.code},
+        done_message=lambda n: (
+            ngettext("Deactivated %(n)d promo code.", "Deactivated %(n)d promo codes.", n) % {"n": n}
+        ),
+    )
 
-    @admin.action(description=_("Activate selected promo codes"), permissions=["change"])
-    def activate_selected(self, request, queryset):
-        self._set_active(
-            request,
-            queryset,
-            active=True,
-            done_message=lambda n: (
-                ngettext("Activated %(n)d promo code.", "Activated %(n)d promo codes.", n) % {"n": n}
-            ),
-        )
+    activate_selected = row_action(
+        _("Activate selected promo codes"),
+        lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=True),
+        done_message=lambda n: ngettext("Activated %(n)d promo code.", "Activated %(n)d promo codes.", n) % {"n": n},
+    )
 
 
 VoidedFilter = queryset_filter(_("voided"), "voided", {"no": (_("live"), "live"), "yes": (_("voided"), "voided")})
@@ -202,37 +184,35 @@ class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, a
     ]
     actions = ["void_selected"]
 
-    @admin.action(description=_("Void selected usages (give the use back)"), permissions=["change"])
-    def void_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.select_related("promo").order_by("pk"),
-            title=_("Void selected usages"),
-            explanation=_(
+    void_selected = row_action(
+        _("Void selected usages (give the use back)"),
+        lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
+        select_related=["promo"],
+        confirm={
+            "title": _("Void selected usages"),
+            "explanation": _(
                 "Each use is given back to its code (it can be redeemed again); the usage stays, marked voided."
             ),
-            columns={
+            "columns": {
                 _("usage"): lambda usage: usage.pk,
                 _("code"): lambda usage: usage.promo.code,
                 _("customer"): lambda usage: usage.customer,
                 _("base amount"): lambda usage: usage.base_amount,
                 _("bonus amount"): lambda usage: usage.bonus_amount,
             },
-            effect=lambda usage: (
+            "effect": lambda usage: (
                 _("nothing: already voided")
                 if usage.voided_at
                 else _("voided: %(code)s goes back to %(n)d use(s)")
                 % {"code": usage.promo.code, "n": usage.promo.times_used - 1}
             ),
-            confirm_label=_("Void these usages"),
-            operation=lambda usage: PromoUsage.objects.void(usage.pk, tenant=usage.tenant),
-            describe=str,
-            done_each=lambda usage, _outcome: (
-                _("%(usage)s: voided; the use went back to %(code)s.") % {"usage": usage, "code": usage.promo.code}
-            ),
-            done_message=lambda n: ngettext("Voided %(n)d usage.", "Voided %(n)d usages.", n) % {"n": n},
-        )
+            "confirm_label": _("Void these usages"),
+        },
+        done_each=lambda usage, _outcome: (
+            _("%(usage)s: voided; the use went back to %(code)s.") % {"usage": usage, "code": usage.promo.code}
+        ),
+        done_message=lambda n: ngettext("Voided %(n)d usage.", "Voided %(n)d usages.", n) % {"n": n},
+    )
 
 
 SessionLiveFilter = queryset_filter(
@@ -257,20 +237,7 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
     search_fields = ["customer", "=session_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
-    readonly_fields = [
-        "session_id",
-        "tenant",
-        "customer",
-        "max_amount",
-        "status",
-        "created_at",
-        "expires_at",
-        "approved_at",
-        "rejected_at",
-        "cancelled_at",
-        "used_at",
-        "used_amount",
-    ]
+    readonly_fields = ["session_id", "tenant", *SESSION_RECORD, "rejected_at", "cancelled_at"]
     exclude = ["secret_hash"]
     actions = ["cancel_selected"]
 
@@ -278,31 +245,28 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
     def status_badge(self, session):
         return badge(session.status, session.get_status_display())
 
-    @admin.action(description=_("Cancel selected sessions"), permissions=["change"])
-    def cancel_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.order_by("pk"),
-            title=_("Cancel selected sessions"),
-            explanation=_("A cancelled session can no longer be approved or consumed."),
-            columns={
+    cancel_selected = row_action(
+        _("Cancel selected sessions"),
+        lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
+        confirm={
+            "title": _("Cancel selected sessions"),
+            "explanation": _("A cancelled session can no longer be approved or consumed."),
+            "columns": {
                 _("session"): lambda session: session.session_id,
                 _("customer"): lambda session: session.customer,
                 _("maximum amount"): lambda session: session.max_amount,
                 _("status"): lambda session: session.get_status_display(),
                 _("expires at"): lambda session: session.expires_at,
             },
-            effect=lambda session: (
+            "effect": lambda session: (
                 _("cancelled")
-                if session.status in ("pending", "approved")
+                if session.status in OPEN_STATUSES
                 else _("nothing: a %(status)s session cannot be cancelled") % {"status": session.get_status_display()}
             ),
-            confirm_label=_("Cancel these sessions"),
-            operation=lambda session: RedemptionSession.objects.cancel(session.session_id, tenant=session.tenant),
-            describe=str,
-            done_each=lambda session, _outcome: (
-                _("%(session)s (%(customer)s): cancelled.") % {"session": session, "customer": session.customer}
-            ),
-            done_message=lambda n: ngettext("Cancelled %(n)d session.", "Cancelled %(n)d sessions.", n) % {"n": n},
-        )
+            "confirm_label": _("Cancel these sessions"),
+        },
+        done_each=lambda session, _outcome: (
+            _("%(session)s (%(customer)s): cancelled.") % {"session": session, "customer": session.customer}
+        ),
+        done_message=lambda n: ngettext("Cancelled %(n)d session.", "Cancelled %(n)d sessions.", n) % {"n": n},
+    )

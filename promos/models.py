@@ -190,6 +190,12 @@ class PromoUsage(GuardedModel):
         return f"{self.promo_id}:{self.customer}#{self.pk}"
 
 
+# What a session's record shows its shop: who, how much, where it stands and when (read-only to
+# operators and API clients alike).
+SESSION_RECORD = (
+    "customer", "max_amount", "status", "created_at", "expires_at", "approved_at", "used_at", "used_amount",
+)  # fmt: skip
+
 # The documented machine (docs/state-machines.md), one pair per manager operation.
 SESSION_TRANSITIONS = [
     ("pending", "approved"),  # the customer approves with the secret (approve)

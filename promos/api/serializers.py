@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, StrictDateTimeField, StrictInput
 from promos.managers import PROMO_TERMS
-from promos.models import PromoCode, PromoUsage, RedemptionSession
+from promos.models import SESSION_RECORD, PromoCode, PromoUsage, RedemptionSession
 from promos.money import MAX_AMOUNT, parse_amount
 
 CUSTOMER_MAX = 255
@@ -175,17 +175,7 @@ class RedemptionSessionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RedemptionSession
-        fields = [
-            "session_id",
-            "customer",
-            "max_amount",
-            "status",
-            "created_at",
-            "expires_at",
-            "approved_at",
-            "used_at",
-            "used_amount",
-        ]
+        fields = ["session_id", *SESSION_RECORD]
 
 
 class RedemptionSessionCreatedSerializer(RedemptionSessionSerializer):
