@@ -103,14 +103,21 @@ class ActionsOnlyMixin:
         return False
 
 
-def confirm_first(modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, **apply):
+def confirm_first(
+    modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, form=None, **apply
+):
     """Show each selected row and ``effect(row)`` (what will happen to it); act on the confirming POST.
 
     ``columns``: {header: row -> cell}. The confirming POST (``apply``) runs ``apply_to_each`` with
     ``apply``'s arguments, so each row is acted on and reported as every action's rows are.
+    ``form``: a form class the operator fills in on the page (a reason); the operation is then
+    called with its cleaned data as keywords, and an invalid form shows the page again.
     """
     rows = list(queryset)
-    if "apply" in request.POST:
+    filled = form(request.POST if "apply" in request.POST else None) if form is not None else None
+    if "apply" in request.POST and (filled is None or filled.is_valid()):
+        if filled is not None:
+            apply["operation"] = functools.partial(apply["operation"], **filled.cleaned_data)
         apply_to_each(modeladmin, request, rows, **apply)
         return None
     context = {
@@ -124,6 +131,7 @@ def confirm_first(modeladmin, request, queryset, *, title, explanation, columns,
         "action": request.POST.get("action", ""),
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "confirm_label": confirm_label,
+        "form": filled,
     }
     return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)
 
@@ -138,6 +146,7 @@ def row_action(
     called as ``operation(row, request.user)``. ``confirm``: ``confirm_first``'s page (title,
     explanation, columns, effect, confirm_label), so nothing happens before the confirming POST.
     ``permissions`` as ``@admin.action``'s: an action always declares what it needs.
+    ``confirm`` may hold a ``form`` (see ``confirm_first``).
     """
     report.setdefault("describe", str)
 
@@ -152,8 +161,8 @@ def row_action(
     return admin.action(description=description, permissions=list(permissions))(action)
 
 
-def _as_operator(operation, operator, row):
-    return operation(row, operator)
+def _as_operator(operation, operator, row, **filled):
+    return operation(row, operator, **filled)
 
 
 class DetailActionsMixin:

@@ -4,13 +4,11 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
-from django.contrib.admin import helpers
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, apply_to_each, confirm_first
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action
 from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
@@ -168,46 +166,40 @@ class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
         entries = entries.filter(profile_id=object_id)[:100] if str(object_id).isdigit() else []  # else: 404 below
         return super().history_view(request, object_id, {**(extra_context or {}), "audit_entries": entries})
 
-    @admin.action(description=_("Soft-delete selected profiles"), permissions=["change"])
-    def soft_delete_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.order_by("id"),
-            title=_("Soft-delete selected profiles"),
-            explanation=_(
+    soft_delete_selected = row_action(
+        _("Soft-delete selected profiles"),
+        lambda p, actor: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
+        by_operator=True,
+        confirm={
+            "title": _("Soft-delete selected profiles"),
+            "explanation": _(
                 "Each profile is hidden from the tree and recorded in its history (restore or undo brings it "
                 "back). A profile with living children is refused."
             ),
-            columns=PROFILE_COLUMNS,
-            effect=lambda p: _("nothing: already deleted") if p.deleted_at else _("deleted"),
-            confirm_label=_("Delete these profiles"),
-            operation=lambda p: Profile.objects.soft_delete(
-                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user
-            ),
-            describe=_profile_label,
-            done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('deleted')}",
-            code_first=True,
-        )
+            "columns": PROFILE_COLUMNS,
+            "effect": lambda p: _("nothing: already deleted") if p.deleted_at else _("deleted"),
+            "confirm_label": _("Delete these profiles"),
+        },
+        describe=_profile_label,
+        done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('deleted')}",
+        code_first=True,
+    )
 
-    @admin.action(description=_("Restore selected profiles"), permissions=["change"])
-    def restore_selected(self, request, queryset):
-        return confirm_first(
-            self,
-            request,
-            queryset.order_by("id"),
-            title=_("Restore selected profiles"),
-            explanation=_("Each profile comes back into the tree, recorded in its history."),
-            columns=PROFILE_COLUMNS,
-            effect=lambda p: _("restored") if p.deleted_at else _("nothing: not deleted"),
-            confirm_label=_("Restore these profiles"),
-            operation=lambda p: Profile.objects.restore(
-                p.pk, tenant=p.tenant_id, version=p.version, actor=request.user
-            ),
-            describe=_profile_label,
-            done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('restored')}",
-            code_first=True,
-        )
+    restore_selected = row_action(
+        _("Restore selected profiles"),
+        lambda p, actor: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
+        by_operator=True,
+        confirm={
+            "title": _("Restore selected profiles"),
+            "explanation": _("Each profile comes back into the tree, recorded in its history."),
+            "columns": PROFILE_COLUMNS,
+            "effect": lambda p: _("restored") if p.deleted_at else _("nothing: not deleted"),
+            "confirm_label": _("Restore these profiles"),
+        },
+        describe=_profile_label,
+        done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('restored')}",
+        code_first=True,
+    )
 
 
 class UndoReasonForm(forms.Form):
@@ -242,32 +234,33 @@ class ProfileAuditLogAdmin(DetailActionsMixin, ActionsOnlyMixin, TenantScopedAdm
     def has_undo_permission(self, request):
         return self._allowed(request, self.change_roles)  # a manager or owner (core/admin_scope.py)
 
-    @admin.action(description=_("Undo selected changes"), permissions=["undo"])
-    def undo_selected(self, request, queryset):
-        """Ask for a reason on a confirmation page, then undo each entry and report its result."""
-        entries = list(queryset.select_related("profile").order_by("id"))
-        form = UndoReasonForm(request.POST if "apply" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            reason = form.cleaned_data["reason"]
-            apply_to_each(
-                self,
-                request,
-                entries,
-                lambda entry: ProfileAuditLog.objects.undo(
-                    entry.pk, tenant=entry.tenant_id, actor=request.user, reason=reason
-                ),
-                describe=lambda entry: f"#{entry.pk}",
-                done_each=lambda entry, _outcome: _("#%(entry)s: undone.") % {"entry": entry.pk},
-                remedy=_restore_link,
-                code_first=True,
-            )
-            return None
-        context = {
-            **self.admin_site.each_context(request),
+    undo_selected = row_action(
+        _("Undo selected changes"),
+        lambda entry, actor, reason: ProfileAuditLog.objects.undo(
+            entry.pk, tenant=entry.tenant_id, actor=actor, reason=reason
+        ),
+        permissions=["undo"],
+        by_operator=True,
+        select_related=["profile"],
+        confirm={
             "title": _("Undo selected changes"),
-            "opts": self.model._meta,
-            "entries": entries,
-            "form": form,
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        }
-        return TemplateResponse(request, "admin/profiles/profileauditlog/undo_selected.html", context)
+            "explanation": _(
+                "These changes will be undone, each on its own; any that cannot be undone is reported with the reason."
+            ),
+            "columns": {
+                "#": lambda entry: entry.pk,
+                _("action"): lambda entry: entry.get_action_display(),
+                _("profile"): lambda entry: entry.profile,
+                _("old data"): lambda entry: entry.old_data,
+                _("new data"): lambda entry: entry.new_data,
+                _("undone at"): lambda entry: entry.undone_at or "-",
+            },
+            "effect": lambda entry: _("nothing: already undone") if entry.undone_at else _("undone"),
+            "confirm_label": _("Undo these changes"),
+            "form": UndoReasonForm,
+        },
+        describe=lambda entry: f"#{entry.pk}",
+        done_each=lambda entry, _outcome: _("#%(entry)s: undone.") % {"entry": entry.pk},
+        remedy=_restore_link,
+        code_first=True,
+    )
