@@ -17,7 +17,7 @@ from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from promos.managers import OPEN_STATUSES, PROMO_EDITABLE, PROMO_TERMS
-from promos.models import SESSION_RECORD, PromoCode, PromoUsage, RedemptionSession
+from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
 
 PromoStateFilter = queryset_filter(
     _("state"),
@@ -157,31 +157,12 @@ VoidedFilter = queryset_filter(_("voided"), "voided", {"no": (_("live"), "live")
 
 @admin.register(PromoUsage)
 class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
-    list_display = [
-        "id",
-        "promo",
-        "tenant",
-        "customer",
-        "base_amount",
-        "bonus_amount",
-        "reference",
-        "created_at",
-        "voided_at",
-    ]
+    list_display = ["id", "promo", "tenant", *USAGE_RECORD]
     list_filter = [VoidedFilter, "tenant"]
     search_fields = ["customer", "reference", "promo__code"]
     date_hierarchy = "created_at"
     list_select_related = ["promo", "tenant"]
-    readonly_fields = [
-        "tenant",
-        "promo",
-        "customer",
-        "base_amount",
-        "bonus_amount",
-        "reference",
-        "created_at",
-        "voided_at",
-    ]
+    readonly_fields = ["tenant", "promo", *USAGE_RECORD]
     actions = ["void_selected"]
 
     void_selected = row_action(

@@ -190,6 +190,9 @@ class PromoUsage(GuardedModel):
         return f"{self.promo_id}:{self.customer}#{self.pk}"
 
 
+# What a usage's record shows beside its code: who, how much, for what and when (read-only everywhere).
+USAGE_RECORD = ("customer", "base_amount", "bonus_amount", "reference", "created_at", "voided_at")
+
 # What a session's record shows its shop: who, how much, where it stands and when (read-only to
 # operators and API clients alike).
 SESSION_RECORD = (

@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
+from core.api.representation import represented
 from core.api.tenancy import TenantScopedMixin
 from profiles.api import serializers as s
 from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
@@ -51,7 +52,7 @@ class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
     def post(self, request, tenant):
         data = _body(s.ProfileCreateInputSerializer, request)
         profile = Profile.objects.create_profile(tenant=self.tenant, actor=request.user, **data)
-        return Response(s.ProfileSerializer(profile).data, status=status.HTTP_201_CREATED)
+        return Response(represented(s.ProfileSerializer, profile), status=status.HTTP_201_CREATED)
 
 
 class ProfileDetailView(TenantScopedMixin, APIView):
@@ -60,7 +61,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=s.ProfileSerializer)
     def get(self, request, tenant, pk):
         profile = get_for_tenant(Profile, self.tenant, ProfileNotFound, pk=pk)
-        return Response(s.ProfileSerializer(profile).data)
+        return Response(represented(s.ProfileSerializer, profile))
 
     @extend_schema(request=s.ProfileUpdateInputSerializer, responses=s.ProfileSerializer)
     def patch(self, request, tenant, pk):
@@ -69,7 +70,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
         profile = Profile.objects.update_profile(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user, **data
         )
-        return Response(s.ProfileSerializer(profile).data)
+        return Response(represented(s.ProfileSerializer, profile))
 
     @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses={200: s.ProfileSerializer})
     def delete(self, request, tenant, pk):
@@ -77,7 +78,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
         profile = Profile.objects.soft_delete(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
         )
-        return Response(s.ProfileSerializer(profile).data)
+        return Response(represented(s.ProfileSerializer, profile))
 
 
 class ProfileRestoreView(TenantScopedMixin, APIView):
@@ -88,7 +89,7 @@ class ProfileRestoreView(TenantScopedMixin, APIView):
         profile = Profile.objects.restore(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
         )
-        return Response(s.ProfileSerializer(profile).data)
+        return Response(represented(s.ProfileSerializer, profile))
 
 
 class ProfileHistoryView(TenantScopedMixin, APIView):
@@ -129,7 +130,7 @@ class AuditEntryDetailView(TenantScopedMixin, APIView):
     def get(self, request, tenant, pk):
         entries = ProfileAuditLog.objects.select_related("actor", "undone_by")
         entry = get_for_tenant(entries, self.tenant, AuditEntryNotFound, pk=pk)
-        return Response(s.AuditEntrySerializer(entry).data)
+        return Response(represented(s.AuditEntrySerializer, entry))
 
 
 class AuditEntryUndoView(TenantScopedMixin, APIView):
@@ -143,4 +144,4 @@ class AuditEntryUndoView(TenantScopedMixin, APIView):
             valid_id(pk, AuditEntryNotFound), tenant=self.tenant, actor=request.user, reason=reason
         )
         result = {"undone": entry, "undo_entry": entry.undo_entry, "profile": entry.profile}
-        return Response(s.UndoResultSerializer(result).data)
+        return Response(represented(s.UndoResultSerializer, result))

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, StrictDateTimeField, StrictInput
 from promos.managers import PROMO_TERMS
-from promos.models import SESSION_RECORD, PromoCode, PromoUsage, RedemptionSession
+from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
 from promos.money import MAX_AMOUNT, parse_amount
 
 CUSTOMER_MAX = 255
@@ -148,7 +148,7 @@ class PromoUsageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PromoUsage
-        fields = ["usage_id", "code", "customer", "base_amount", "bonus_amount", "reference", "created_at", "voided_at"]
+        fields = ["usage_id", "code", *USAGE_RECORD]
 
 
 # --- redemption sessions -----------------------------------------------------------------------

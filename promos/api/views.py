@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id, valid_uuid
+from core.api.representation import represented
 from core.api.tenancy import TenantScopedMixin
 from core.exceptions import DomainError
 from promos import exceptions as errors
@@ -35,7 +36,7 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
         fields = dict(data.validated_data)
         fields.pop("version", None)  # a new code has no version to be stale against
         promo = PromoCode.objects.create_code(tenant=self.tenant, **fields)
-        return Response(s.PromoCodeSerializer(promo).data, status=status.HTTP_201_CREATED)
+        return Response(represented(s.PromoCodeSerializer, promo), status=status.HTTP_201_CREATED)
 
 
 class PromoCodeDetailView(TenantScopedMixin, APIView):
@@ -44,7 +45,7 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(responses={200: s.PromoCodeSerializer})
     def get(self, request, tenant, pk):
-        return Response(s.PromoCodeSerializer(self._get(pk)).data)
+        return Response(represented(s.PromoCodeSerializer, self._get(pk)))
 
     def _update(self, request, pk, partial):
         """PUT and PATCH: only the fields the body carries, through ``update_code`` under the row lock.
@@ -59,7 +60,7 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
         fields = dict(data.validated_data)
         version = fields.pop("version", None)
         promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, version=version, **fields)
-        return Response(s.PromoCodeSerializer(promo).data)
+        return Response(represented(s.PromoCodeSerializer, promo))
 
     @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer})
     def put(self, request, tenant, pk):
@@ -89,9 +90,9 @@ class PromoCodeValidateView(TenantScopedMixin, APIView):
                 raise
             reason = {"code": refusal.code, "message": refusal.render()}
             body = {"valid": False, "bonus_amount": None, "code": None, "reason": reason}
-            return Response(s.PromoCodeValidationSerializer(body).data)
+            return Response(represented(s.PromoCodeValidationSerializer, body))
         body = {"valid": True, "bonus_amount": bonus, "code": promo.code, "reason": None}
-        return Response(s.PromoCodeValidationSerializer(body).data)
+        return Response(represented(s.PromoCodeValidationSerializer, body))
 
 
 class PromoCodeRedeemView(TenantScopedMixin, APIView):
@@ -104,7 +105,7 @@ class PromoCodeRedeemView(TenantScopedMixin, APIView):
         data = s.PromoCodeRedeemInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         usage = PromoCode.objects.redeem(tenant=self.tenant, **data.validated_data)
-        return Response(s.PromoUsageSerializer(usage).data, status=status.HTTP_201_CREATED)
+        return Response(represented(s.PromoUsageSerializer, usage), status=status.HTTP_201_CREATED)
 
 
 class PromoCodeActivationView(TenantScopedMixin, APIView):
@@ -114,7 +115,7 @@ class PromoCodeActivationView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, pk):
         promo = PromoCode.objects.set_active(valid_id(pk, errors.PromoNotFound), tenant=self.tenant, active=self.active)
-        return Response(s.PromoCodeSerializer(promo).data)
+        return Response(represented(s.PromoCodeSerializer, promo))
 
 
 class PromoCodeDeactivateView(PromoCodeActivationView):
@@ -153,7 +154,7 @@ class PromoUsageVoidView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, pk):
         usage = PromoUsage.objects.void(valid_id(pk, errors.UsageNotFound), tenant=self.tenant)
-        return Response(s.PromoUsageSerializer(usage).data)
+        return Response(represented(s.PromoUsageSerializer, usage))
 
 
 # --- redemption sessions -----------------------------------------------------------------------
@@ -184,14 +185,14 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
         data.is_valid(raise_exception=True)
         session, secret = RedemptionSession.objects.create_session(tenant=self.tenant, **data.validated_data)
         session.approval_secret = secret
-        return Response(s.RedemptionSessionCreatedSerializer(session).data, status=status.HTTP_201_CREATED)
+        return Response(represented(s.RedemptionSessionCreatedSerializer, session), status=status.HTTP_201_CREATED)
 
 
 class RedemptionSessionDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses={200: s.RedemptionSessionSerializer})
     def get(self, request, tenant, session_id):
         session = get_for_tenant(RedemptionSession, self.tenant, errors.SessionNotFound, session_id=session_id)
-        return Response(s.RedemptionSessionSerializer(session).data)
+        return Response(represented(s.RedemptionSessionSerializer, session))
 
 
 class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
@@ -206,7 +207,7 @@ class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
         data.is_valid(raise_exception=True)
         amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data.validated_data)
         body = {"session_id": session_uuid, "status": RedemptionSession.Status.USED, "used_amount": amount}
-        return Response(s.RedemptionSessionConsumedSerializer(body).data)
+        return Response(represented(s.RedemptionSessionConsumedSerializer, body))
 
 
 class RedemptionSessionCancelView(TenantScopedMixin, APIView):
@@ -214,7 +215,7 @@ class RedemptionSessionCancelView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, session_id):
         session = RedemptionSession.objects.cancel(valid_uuid(session_id, errors.SessionNotFound), tenant=self.tenant)
-        return Response(s.RedemptionSessionSerializer(session).data)
+        return Response(represented(s.RedemptionSessionSerializer, session))
 
 
 class RedemptionSessionAnswerView(APIView):
@@ -235,7 +236,7 @@ class RedemptionSessionAnswerView(APIView):
         data.is_valid(raise_exception=True)
         answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject
         session = answer(session_uuid, secret=data.validated_data["approval_secret"])
-        return Response(s.RedemptionSessionSerializer(session).data)
+        return Response(represented(s.RedemptionSessionSerializer, session))
 
 
 class RedemptionSessionApproveView(RedemptionSessionAnswerView):
