@@ -88,6 +88,20 @@ class ProfileAuditLogInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Tabu
         return format_html('<a href="{}">#{}</a>', url, entry.pk)
 
 
+def _profile_action(description, operation, *, done, **confirm):
+    """An action on each selected profile at the version the operator saw: ``operation(pk, tenant=,
+    version=, actor=)`` (soft delete, restore), asked first, each row reported code first."""
+    return row_action(
+        description,
+        lambda p, actor: operation(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
+        by_operator=True,
+        confirm={**confirm, "columns": PROFILE_COLUMNS},
+        describe=_profile_label,
+        done_each=lambda p, _outcome: f"{_profile_label(p)}: {done}",
+        code_first=True,
+    )
+
+
 @admin.register(Profile)
 class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Add and change go through the manager: only the changed fields, with the version the form was opened at.
@@ -166,39 +180,27 @@ class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
         entries = entries.filter(profile_id=object_id)[:100] if str(object_id).isdigit() else []  # else: 404 below
         return super().history_view(request, object_id, {**(extra_context or {}), "audit_entries": entries})
 
-    soft_delete_selected = row_action(
+    soft_delete_selected = _profile_action(
         _("Soft-delete selected profiles"),
-        lambda p, actor: Profile.objects.soft_delete(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
-        by_operator=True,
-        confirm={
-            "title": _("Soft-delete selected profiles"),
-            "explanation": _(
-                "Each profile is hidden from the tree and recorded in its history (restore or undo brings it "
-                "back). A profile with living children is refused."
-            ),
-            "columns": PROFILE_COLUMNS,
-            "effect": lambda p: _("nothing: already deleted") if p.deleted_at else _("deleted"),
-            "confirm_label": _("Delete these profiles"),
-        },
-        describe=_profile_label,
-        done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('deleted')}",
-        code_first=True,
+        Profile.objects.soft_delete,
+        title=_("Soft-delete selected profiles"),
+        explanation=_(
+            "Each profile is hidden from the tree and recorded in its history (restore or undo brings it "
+            "back). A profile with living children is refused."
+        ),
+        effect=lambda p: _("nothing: already deleted") if p.deleted_at else _("deleted"),
+        confirm_label=_("Delete these profiles"),
+        done=_("deleted"),
     )
 
-    restore_selected = row_action(
+    restore_selected = _profile_action(
         _("Restore selected profiles"),
-        lambda p, actor: Profile.objects.restore(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
-        by_operator=True,
-        confirm={
-            "title": _("Restore selected profiles"),
-            "explanation": _("Each profile comes back into the tree, recorded in its history."),
-            "columns": PROFILE_COLUMNS,
-            "effect": lambda p: _("restored") if p.deleted_at else _("nothing: not deleted"),
-            "confirm_label": _("Restore these profiles"),
-        },
-        describe=_profile_label,
-        done_each=lambda p, _outcome: f"{_profile_label(p)}: {_('restored')}",
-        code_first=True,
+        Profile.objects.restore,
+        title=_("Restore selected profiles"),
+        explanation=_("Each profile comes back into the tree, recorded in its history."),
+        effect=lambda p: _("restored") if p.deleted_at else _("nothing: not deleted"),
+        confirm_label=_("Restore these profiles"),
+        done=_("restored"),
     )
 
 

@@ -16,6 +16,7 @@ from core.storm import Outcome, run_concurrently, tally
 
 __all__ = [
     "Background",
+    "attempted_while_held",
     "OpenTransaction",
     "Outcome",
     "advisory_locked",
@@ -76,6 +77,18 @@ class OpenTransaction:
     def __exit__(self, *exc):
         self.release.set()
         self.thread.join(30)
+
+
+def attempted_while_held(work, attempt, *, commit_after=0.3):
+    """``attempt``'s Outcome (a storm of one) when it meets the locks ``work`` holds in an open
+    transaction on another connection, which commits ``commit_after`` seconds later, while
+    ``attempt`` waits for it."""
+    with OpenTransaction(work) as holder:
+        threading.Timer(commit_after, holder.release.set).start()
+        outcome = run_concurrently(attempt, 1)[0]
+    if holder.error is not None:
+        raise holder.error
+    return outcome
 
 
 def row_locked(queryset):

@@ -17,7 +17,7 @@ from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED
 from bookings.services import cancel_booking, retry_refund, start_checkout
 from core.invariants import assert_invariants
 from tests.bookings.factories import PackageFactory, future, hold_without_provider_answer
-from tests.bookings.test_webhooks import completed_event, event, expired_event, stripe_signed
+from tests.bookings.test_webhooks import completed_event, deliver, event, expired_event
 from tests.races import run_concurrently, tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,12 +26,7 @@ ROUNDS = 8
 
 
 def post(payload):
-    response = Client().post(
-        "/api/webhooks/payments",
-        data=payload,
-        content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=stripe_signed(payload),
-    )
+    response = deliver(Client(), payload)
     assert response.status_code == 200, response.content
     return response.json()["result"]
 

@@ -11,11 +11,10 @@ from django.test import Client
 from bookings.exceptions import DateUnavailable
 from bookings.managers import active_q
 from bookings.models import Booking, PaymentEvent
-from bookings.payments.base import sign
 from bookings.services import hold_in_transaction, start_checkout
 from core.db import LockNamespace
-from tests.bookings.factories import PackageFactory, future
-from tests.bookings.test_webhooks import completed_event
+from tests.bookings.factories import PackageFactory, book, future
+from tests.bookings.test_webhooks import completed_event, deliver
 from tests.races import run_concurrently, tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,13 +77,7 @@ def test_no_lock_is_held_during_the_provider_call(settings):
 
     def first_customer():
         try:
-            first["booking"] = start_checkout(
-                tenant=package.tenant,
-                package_id=package.pk,
-                date=slow_day,
-                customer_name="A",
-                customer_email="a@example.com",
-            )
+            first["booking"] = book(package, slow_day, "A")
         finally:
             connections.close_all()
 
@@ -93,26 +86,14 @@ def test_no_lock_is_held_during_the_provider_call(settings):
     try:
         assert SlowProvider.entered.wait(5)  # the first customer's hold is committed and the provider is blocked
         started = time.monotonic()
-        other = start_checkout(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=other_day,
-            customer_name="B",
-            customer_email="b@example.com",
-        )
+        other = book(package, other_day, "B")
         other_took = time.monotonic() - started
         assert other.status == Booking.Status.HELD and other.checkout.url
         assert thread.is_alive()  # the first is still inside the provider call
 
         started = time.monotonic()
         with pytest.raises(DateUnavailable):
-            start_checkout(
-                tenant=package.tenant,
-                package_id=package.pk,
-                date=slow_day,
-                customer_name="C",
-                customer_email="c@example.com",
-            )
+            book(package, slow_day, "C")
         refused_in = time.monotonic() - started
         assert thread.is_alive()
     finally:
@@ -124,21 +105,14 @@ def test_no_lock_is_held_during_the_provider_call(settings):
 
 def test_20_concurrent_deliveries_of_one_event_make_one_transition(recording_provider):
     package = PackageFactory()
-    booking = start_checkout(
-        tenant=package.tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
-    )
+    booking = book(package, future(), "A")
     payload = completed_event(booking.checkout.provider_checkout_id, event_id="evt_storm")
 
-    def deliver(i):
-        response = Client().post(
-            "/api/webhooks/payments",
-            data=payload,
-            content_type="application/json",
-            HTTP_STRIPE_SIGNATURE=sign(payload),
-        )
+    def delivery(i):
+        response = deliver(Client(), payload)
         return response.status_code, response.json()["duplicate"]
 
-    outcomes = run_concurrently(deliver, 20)
+    outcomes = run_concurrently(delivery, 20)
     assert tally(outcomes) == {"ok": 20}
     assert sorted(o.value for o in outcomes) == [(200, False)] + [(200, True)] * 19
     event = PaymentEvent.objects.get()
@@ -153,36 +127,15 @@ def test_late_payment_racing_a_new_checkout_for_the_freed_date(recording_provide
 
     package = PackageFactory(daily_capacity=1)
     days = [future(60 + n) for n in range(25)]
-    late = [
-        start_checkout(
-            tenant=package.tenant,
-            package_id=package.pk,
-            date=day,
-            customer_name="Late",
-            customer_email="late@example.com",
-        )
-        for day in days
-    ]
+    late = [book(package, day, "Late") for day in days]
     Booking.objects.update(hold_expires_at=Now() - timedelta(seconds=1))
     payloads = [completed_event(b.checkout.provider_checkout_id) for b in late]
 
     def attempt(i):
         n = i // 2
         if i % 2:
-            return start_checkout(
-                tenant=package.tenant,
-                package_id=package.pk,
-                date=days[n],
-                customer_name="New",
-                customer_email="new@example.com",
-            ).pk
-        response = Client().post(
-            "/api/webhooks/payments",
-            data=payloads[n],
-            content_type="application/json",
-            HTTP_STRIPE_SIGNATURE=sign(payloads[n]),
-        )
-        return response.json()["result"]
+            return book(package, days[n], "New").pk
+        return deliver(Client(), payloads[n]).json()["result"]
 
     outcomes = run_concurrently(attempt, 50)
     for n, day in enumerate(days):

@@ -5,7 +5,6 @@ for a moment afterwards ("hold"): that is how a caller composing the operation i
 larger transaction behaves, and it widens the race window so a missing guard shows.
 """
 
-import threading
 import time
 
 import pgtrigger
@@ -21,7 +20,7 @@ from profiles.race_scenarios import ProfileUndo
 from tests.factories import TenantFactory
 from tests.profiles.concurrency import five_for_a_cycle, in_flight, paused_at_commit
 from tests.profiles.factories import ProfileFactory, fresh
-from tests.races import lock_timeout, run_concurrently, tally
+from tests.races import lock_timeout, row_locked, run_concurrently, tally
 
 # The database's backstops (profiles/models.py), switched off per connection where a control
 # shows what the naive check-then-act does without them.
@@ -37,6 +36,34 @@ def held(operation, seconds):
         result = operation()
         time.sleep(seconds)
     return result
+
+
+def refusal_and_time(call):
+    """The error ``call()`` raises, and how long it took to raise it."""
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value, time.monotonic() - started
+
+
+# A parent's delete racing a write that points a child at it: one of the two wins, never both.
+ONE_OF_TWO = {
+    ("ok", "profile_has_children"),
+    ("ok", "resource_locked"),
+    ("parent_deleted", "ok"),
+    ("parent_locked", "ok"),
+}
+
+
+def against_parent_delete(link, delete, *, hold):
+    """Outcomes of ``link`` (first) and ``delete`` (second) at once; ``hold`` (one of them, or
+    neither) keeps its transaction open 0.1 s after it is done."""
+
+    def attempt(i):
+        operation, name = (link, "link") if i == 0 else (delete, "delete")
+        return held(operation, 0.1) if hold == name else operation()
+
+    return run_concurrently(attempt, 2)
 
 
 def live_children_of_deleted_parents(tenant):
@@ -131,7 +158,7 @@ def test_the_append_only_trigger_alone_refuses_the_naive_double_undo(acme):
 # --- undo vs soft delete of the parent it restores --------------------------
 
 
-@pytest.mark.parametrize("hold", ["none", "undo", "delete"])
+@pytest.mark.parametrize("hold", ["none", "link", "delete"])
 def test_undo_vs_parent_delete_never_leaves_a_live_child_on_a_deleted_parent(acme, hold):
     for _round in range(5):
         dad, kid, entry = moved_child(acme)
@@ -142,18 +169,9 @@ def test_undo_vs_parent_delete_never_leaves_a_live_child_on_a_deleted_parent(acm
         def delete(dad=dad):
             return Profile.objects.soft_delete(dad.pk, tenant=acme, version=fresh(dad).version)
 
-        def attempt(i, undo=undo, delete=delete):
-            operation = undo if i == 0 else delete
-            return held(operation, 0.1) if hold == ("undo" if i == 0 else "delete") else operation()
-
-        undo_outcome, delete_outcome = run_concurrently(attempt, 2)
+        undo_outcome, delete_outcome = against_parent_delete(undo, delete, hold=hold)
         pair = (undo_outcome.code, delete_outcome.code)
-        assert pair in {
-            ("ok", "profile_has_children"),
-            ("ok", "resource_locked"),
-            ("parent_deleted", "ok"),
-            ("parent_locked", "ok"),
-        }, pair
+        assert pair in ONE_OF_TWO, pair
         assert live_children_of_deleted_parents(acme) == 0
         kid = fresh(kid)
         assert (kid.father_id == dad.pk) == (undo_outcome.code == "ok")
@@ -214,29 +232,11 @@ def test_scenario_3_parent_held_for_update_is_parent_locked_at_once(acme, role):
     kid = ProfileFactory(tenant=acme, **{role: parent})
     Profile.objects.update_profile(kid.pk, tenant=acme, version=1, **{role: other.pk})
     entry = ProfileAuditLog.objects.get(profile=kid, action="update")
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_parent():
-        try:
-            with transaction.atomic():
-                list(Profile.objects.select_for_update().filter(pk=parent.pk))
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_parent)
-    holder.start()
-    assert holding.wait(5)
-    try:
-        started = time.monotonic()
-        with pytest.raises(Exception) as info:
-            ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
-        elapsed = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(10)
-    assert info.value.code == "parent_locked" and info.value.parent == role
+    with row_locked(Profile.objects.filter(pk=parent.pk)):
+        error, elapsed = refusal_and_time(
+            lambda: ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+        )
+    assert error.code == "parent_locked" and error.parent == role
     assert elapsed < 0.5, elapsed  # NOWAIT, not the 2 s lock_timeout
     assert fresh(kid).version == 2 and ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
     ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")  # free again: it applies
@@ -278,7 +278,7 @@ def test_naive_version_check_loses_updates(acme):
     assert fresh(kid).version > 2
 
 
-@pytest.mark.parametrize("hold", ["attach", "delete"])
+@pytest.mark.parametrize("hold", ["link", "delete"])
 def test_attach_child_vs_delete_parent(acme, hold):
     for _round in range(4):
         parent = ProfileFactory(tenant=acme)
@@ -290,17 +290,8 @@ def test_attach_child_vs_delete_parent(acme, hold):
         def delete(parent=parent):
             return Profile.objects.soft_delete(parent.pk, tenant=acme, version=1)
 
-        def attempt(i, attach=attach, delete=delete):
-            operation = attach if i == 0 else delete
-            return held(operation, 0.1) if hold == ("attach" if i == 0 else "delete") else operation()
-
-        pair = tuple(o.code for o in run_concurrently(attempt, 2))
-        assert pair in {
-            ("ok", "profile_has_children"),
-            ("ok", "resource_locked"),
-            ("parent_deleted", "ok"),
-            ("parent_locked", "ok"),
-        }, pair
+        pair = tuple(o.code for o in against_parent_delete(attach, delete, hold=hold))
+        assert pair in ONE_OF_TWO, pair
         assert live_children_of_deleted_parents(acme) == 0
 
 
@@ -432,13 +423,12 @@ def test_undo_steps_2_and_3_refuse_at_once_when_the_entry_or_the_profile_row_is_
     ]:
         finish = in_flight(held_row)
         try:
-            started = time.monotonic()
-            with pytest.raises(Exception) as info:
-                ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
-            elapsed = time.monotonic() - started
+            error, elapsed = refusal_and_time(
+                lambda: ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")
+            )
         finally:
             finish()
-        assert getattr(info.value, "code", None) == code, repr(info.value)
+        assert getattr(error, "code", None) == code, repr(error)
         assert elapsed < 0.5, elapsed  # NOWAIT, not the 2 s lock_timeout
         assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(kid).version == 2
     ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r")

@@ -27,7 +27,7 @@ from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.conftest import token_client
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
-from tests.races import OpenTransaction, run_concurrently
+from tests.races import attempted_while_held, run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -211,12 +211,12 @@ def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(te
     promo = PromoCodeFactory(tenant=tenant, code="HELD", total_usage_limit=20)
     browser = admin_browser(superuser)
     opened_at = form_version(browser, promo)
-    cut = OpenTransaction(lambda: PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=8)).start()
-    threading.Timer(0.3, cut.release.set).start()  # the cut commits while the admin save waits on the row
     url = reverse("admin:promos_promocode_change", args=[promo.pk])
     form = change_form(promo, bonus_value="7.00", per_customer_limit=2, expected_version=opened_at)
-    outcome = run_concurrently(lambda i: form_outcome(browser.post(url, form)), 1)[0]
-    cut.commit()
+    outcome = attempted_while_held(  # the cut commits while the admin save waits on the row
+        lambda: PromoCode.objects.update_code(promo.pk, tenant=tenant, total_usage_limit=8),
+        lambda i: form_outcome(browser.post(url, form)),
+    )
     assert outcome.value == "version_conflict", repr(outcome.error) if outcome.error else outcome.value
     promo.refresh_from_db()
     assert (promo.total_usage_limit, promo.bonus_value, promo.per_customer_limit) == (8, 10, None)
@@ -224,12 +224,12 @@ def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(te
 
 def test_put_waiting_on_a_held_deactivation_does_not_resurrect_it(tenant, member):
     promo = PromoCodeFactory(tenant=tenant, code="OFF")
-    deactivation = OpenTransaction(lambda: PromoCode.objects.deactivate(promo.pk, tenant=tenant)).start()
-    threading.Timer(0.3, deactivation.release.set).start()
     client = token_client(member)
     body = {"code": "OFF", "bonus_type": "fixed", "bonus_value": "3"}
-    outcome = run_concurrently(lambda i: client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json").json(), 1)[0]
-    deactivation.commit()
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.deactivate(promo.pk, tenant=tenant),
+        lambda i: client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json").json(),
+    )
     assert outcome.value["is_active"] is False and outcome.value["bonus_value"] == "3.00"
     promo.refresh_from_db()
     assert (promo.is_active, promo.bonus_value) == (False, 3)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections
 from django.db.models import Value
 
 from core.exceptions import LockContended
@@ -25,7 +25,7 @@ from promos.race_scenarios import PromoRedeem, SessionConsume
 from tests.factories import TenantFactory
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
-from tests.races import lock_timeout, row_locked, run_concurrently, tally
+from tests.races import OpenTransaction, attempted_while_held, lock_timeout, row_locked, run_concurrently, tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,46 +152,22 @@ def test_deactivation_during_a_storm():
     assert assert_invariant(promo) == codes["ok"]
 
 
-def _hold(target, ready, release, **kwargs):
-    try:
-        with transaction.atomic():
-            target(**kwargs)
-            ready.set()
-            release.wait(5)
-    finally:
-        connections.close_all()
-
-
 def test_reserve_waiting_on_a_deactivation_is_refused_when_it_commits():
     promo = PromoCodeFactory(tenant=TenantFactory())
-    ready, release = threading.Event(), threading.Event()
-    holder = threading.Thread(
-        target=_hold,
-        args=(PromoCode.objects.deactivate, ready, release),
-        kwargs=dict(promo_id=promo.pk, tenant=promo.tenant),
+    # the deactivation commits while the reserve waits
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.deactivate(promo.pk, tenant=promo.tenant), redeemer(promo, lambda i: "alice")
     )
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()  # deactivation commits while the reserve waits
-    outcome = run_concurrently(redeemer(promo, lambda i: "alice"), 1)[0]
-    holder.join(5)
     assert outcome.code == "promo_inactive"
     assert assert_invariant(promo) == 0
 
 
 def test_deactivation_waits_for_a_reserve_holding_the_lock_and_counts_it():
     promo = PromoCodeFactory(tenant=TenantFactory())
-    ready, release = threading.Event(), threading.Event()
-
-    def reserve():
-        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10")
-
-    holder = threading.Thread(target=_hold, args=(reserve, ready, release))
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()
-    outcome = run_concurrently(lambda i: PromoCode.objects.deactivate(promo.pk, tenant=promo.tenant), 1)[0]
-    holder.join(5)
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10"),
+        lambda i: PromoCode.objects.deactivate(promo.pk, tenant=promo.tenant),
+    )
     assert outcome.ok
     assert assert_invariant(promo) == 1
     assert run_concurrently(redeemer(promo, lambda i: "bob"), 1)[0].code == "promo_inactive"
@@ -200,20 +176,9 @@ def test_deactivation_waits_for_a_reserve_holding_the_lock_and_counts_it():
 def test_held_code_row_refuses_with_resource_locked_after_the_timeout(monkeypatch):
     monkeypatch.setattr(managers, "REDEEM_LOCK_TIMEOUT_MS", 100)
     promo = PromoCodeFactory(tenant=TenantFactory())
-    ready, release = threading.Event(), threading.Event()
-
-    def hold_row():
-        PromoCode.objects.select_for_update().get(pk=promo.pk)
-
-    holder = threading.Thread(target=_hold, args=(hold_row, ready, release))
-    holder.start()
-    assert ready.wait(5)
-    try:
+    with row_locked(PromoCode.objects.filter(pk=promo.pk)):
         waited = run_concurrently(redeemer(promo, lambda i: "alice", retry=False), 1)[0]
         refused = run_concurrently(redeemer(promo, lambda i: "alice", retry=False, nowait=True), 1)[0]
-    finally:
-        release.set()
-        holder.join(5)
     assert (waited.code, refused.code) == ("resource_locked", "resource_locked")
     assert assert_invariant(promo) == 0
 
@@ -420,34 +385,21 @@ def test_delete_racing_an_uncommitted_redeem_is_refused_in_use():
     """Regression: delete checked for usages before a waiting redeem committed one; the deferred
     foreign key then failed at COMMIT (IntegrityError, a 500). Now delete locks the row first."""
     promo = PromoCodeFactory(tenant=TenantFactory())
-    ready, release = threading.Event(), threading.Event()
-
-    def reserve():
-        PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10")
-
-    holder = threading.Thread(target=_hold, args=(reserve, ready, release))
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()  # the redeem commits while the delete waits for the row
-    outcome = run_concurrently(lambda i: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant), 1)[0]
-    holder.join(5)
+    # the redeem commits while the delete waits for the row
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="alice", amount="10"),
+        lambda i: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant),
+    )
     assert outcome.code == "promo_in_use", repr(outcome.error)
     assert assert_invariant(promo) == 1
 
 
 def test_redeem_waiting_on_a_delete_is_not_found():
     promo = PromoCodeFactory(tenant=TenantFactory())
-    ready, release = threading.Event(), threading.Event()
-    holder = threading.Thread(
-        target=_hold,
-        args=(PromoCode.objects.delete_code, ready, release),
-        kwargs=dict(promo_id=promo.pk, tenant=promo.tenant),
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant),
+        redeemer(promo, lambda i: "alice", retry=False),
     )
-    holder.start()
-    assert ready.wait(5)
-    threading.Timer(0.3, release.set).start()
-    outcome = run_concurrently(redeemer(promo, lambda i: "alice", retry=False), 1)[0]
-    holder.join(5)
     assert outcome.code == "promo_not_found"
     assert not PromoCode.objects.filter(pk=promo.pk).exists()
     assert not PromoUsage.objects.exists()
@@ -488,11 +440,7 @@ def test_a_busy_code_does_not_block_another_code_of_the_same_shop():
         lambda: PromoCode.objects.deactivate(busy.pk, tenant=tenant),
         lambda: PromoCode.objects.update_code(busy.pk, tenant=tenant, bonus_value=Decimal("3.00")),
     ]:
-        ready, release = threading.Event(), threading.Event()
-        holder = threading.Thread(target=_hold, args=(hold_busy_code, ready, release))
-        holder.start()
-        assert ready.wait(5)
-        try:
+        with OpenTransaction(hold_busy_code):
             redeem = redeemer(other, lambda i: f"customer-{i}", retry=False, nowait=True)
             changes = [
                 redeem,
@@ -500,9 +448,6 @@ def test_a_busy_code_does_not_block_another_code_of_the_same_shop():
                 lambda i: PromoCode.objects.activate(other.pk, tenant=tenant),
             ]
             outcomes = [run_concurrently(change, 1)[0] for change in changes]
-        finally:
-            release.set()
-            holder.join(5)
         assert [o.code for o in outcomes] == ["ok", "ok", "ok"], [repr(o.error) for o in outcomes]
     assert assert_invariant(busy) == 1
     assert assert_invariant(other) == 3

@@ -1,8 +1,7 @@
 import inspect
 
-from django.core.management.base import BaseCommand
-
 from core.discovery import project_apps
+from core.management.docs_page import page_command
 
 SERVICES = ["bookings.services", "proposals.services"]
 
@@ -58,8 +57,6 @@ def render():
     return "\n".join(lines) + "\n"
 
 
-class Command(BaseCommand):
-    help = "Print docs/lock-order.md: what each guarded operation locks, in order, from its docstring."
-
-    def handle(self, *args, **options):
-        self.stdout.write(render(), ending="")
+Command = page_command(
+    render, "Print docs/lock-order.md: what each guarded operation locks, in order, from its docstring."
+)

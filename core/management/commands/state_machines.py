@@ -1,7 +1,7 @@
 from django.apps import apps
-from django.core.management.base import BaseCommand
 
 from core.integrity import state_machines
+from core.management.docs_page import page_command
 
 
 def render():
@@ -30,8 +30,6 @@ def render():
     return "\n".join(lines) + "\n"
 
 
-class Command(BaseCommand):
-    help = "Print docs/state-machines.md: every state machine the database enforces, as a diagram and a table."
-
-    def handle(self, *args, **options):
-        self.stdout.write(render(), ending="")
+Command = page_command(
+    render, "Print docs/state-machines.md: every state machine the database enforces, as a diagram and a table."
+)
