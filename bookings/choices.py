@@ -5,7 +5,6 @@
 """
 
 from django.db import models
-from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 
@@ -39,8 +38,3 @@ class CheckoutRefundState(models.TextChoices):
     FAILED = "failed", _("failed, to retry")
     # Retries exhausted (REFUND_MAX_ATTEMPTS): left for an operator, retried only by an explicit admin action.
     EXHAUSTED = "exhausted", _("failed, needs an operator")
-
-
-def within(field, choices, *, name):
-    """A CHECK that ``field`` holds one of ``choices``' values (the state machine's trigger guards the moves)."""
-    return models.CheckConstraint(condition=Q(**{f"{field}__in": choices.values}), name=name)

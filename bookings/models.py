@@ -4,12 +4,12 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState, within
+from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
 from core.exceptions import InvalidInput
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, StateMachine
+from core.integrity import BumpVersion, GuardedModel, StateMachine, within
 
 
 def in_currency(amount, code):

@@ -26,6 +26,7 @@ maps to a stable error code.
 
 import pgtrigger
 from django.db import models
+from django.db.models import Q
 
 from core.exceptions import GuardedWriteError
 
@@ -141,3 +142,8 @@ class BumpVersion(pgtrigger.Trigger):
 def state_machines(model):
     """The StateMachine triggers declared on ``model`` (for docs and the exhaustive transition tests)."""
     return [trigger for trigger in getattr(model._meta, "triggers", []) if isinstance(trigger, StateMachine)]
+
+
+def within(field, choices, *, name):
+    """A CHECK that ``field`` holds one of ``choices``' values (the state machine's trigger guards the moves)."""
+    return models.CheckConstraint(condition=Q(**{f"{field}__in": choices.values}), name=name)

@@ -41,6 +41,7 @@ from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
+from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
     AlreadyUndone,
     AuditEntryNotFound,
@@ -194,7 +195,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         profile = self.model(tenant=tenant, version=1)
         self._check(profile, data, steps=steps, tenant=tenant)
         profile = self.create(tenant=tenant, version=1, **{_attname(f): v for f, v in data.items()})
-        self._record(profile, "create", old={}, new={f: _as_json(v) for f, v in data.items()}, actor=actor)
+        self._record(profile, AuditAction.CREATE, old={}, new={f: _as_json(v) for f, v in data.items()}, actor=actor)
         return profile
 
     @guarded_steps
@@ -222,7 +223,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         delta = {f: v for f, v in wanted.items() if _current(profile, f) != v}
         if delta:
             self._check(profile, delta, steps=steps, tenant=tenant)
-            self._apply(profile, delta, action="update", actor=actor)
+            self._apply(profile, delta, action=AuditAction.UPDATE, actor=actor)
         return profile
 
     @guarded_steps
@@ -242,7 +243,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         if profile.is_deleted:
             raise ProfileDeleted()
         self._refuse_if_parent_of_living(profile)
-        self._apply(profile, {"deleted_at": profile.db_now}, action="delete", actor=actor)
+        self._apply(profile, {"deleted_at": profile.db_now}, action=AuditAction.DELETE, actor=actor)
         return profile
 
     @guarded_steps
@@ -263,7 +264,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         if not profile.is_deleted:
             raise ProfileNotDeleted()
         self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
-        self._apply(profile, {"deleted_at": None}, action="restore", actor=actor)
+        self._apply(profile, {"deleted_at": None}, action=AuditAction.RESTORE, actor=actor)
         return profile
 
     # --- reads --------------------------------------------------------------
@@ -409,10 +410,10 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     def _undo(self, entry, *, steps, actor):
         """Reverse ``entry`` on its locked profile (steps 3-6 of the undo); return (profile, undo entry)."""
         tenant_id = entry.tenant_id
-        if entry.action == "update" and any(entry.old_data.get(role) is not None for role in PARENT_SEX):
+        if entry.action == AuditAction.UPDATE and any(entry.old_data.get(role) is not None for role in PARENT_SEX):
             self._lock_tree(tenant_id, steps)
         profile = self._lock_subject(entry.profile_id, tenant_id, steps)
-        if entry.action == "update":
+        if entry.action == AuditAction.UPDATE:
             if profile.is_deleted:
                 raise ProfileDeleted()
             fields = [f for f in PROFILE_FIELDS if f in entry.new_data]
@@ -421,7 +422,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
                 raise StaleVersion(fields=stale)
             delta = _normalize({f: entry.old_data.get(f) for f in fields})
             self._check(profile, delta, steps=steps, tenant=tenant_id)
-        elif entry.action == "delete":  # undo = restore
+        elif entry.action == AuditAction.DELETE:  # undo = restore
             if _as_json(profile.deleted_at) != entry.new_data.get("deleted_at"):
                 raise StaleVersion(fields=["deleted_at"])
             delta = {"deleted_at": None}
@@ -431,7 +432,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
                 raise StaleVersion(fields=["deleted_at"])
             self._refuse_if_parent_of_living(profile)
             delta = {"deleted_at": profile.db_now}
-        return profile, self._apply(profile, delta, action="undo", actor=actor)
+        return profile, self._apply(profile, delta, action=AuditAction.UNDO, actor=actor)
 
 
 class ProfileAuditLogQuerySet(TenantScopedQuerySet):
@@ -443,8 +444,6 @@ class ProfileAuditLogQuerySet(TenantScopedQuerySet):
 
 
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
-    UNDOABLE = ("update", "delete", "restore")
-
     @guarded_steps
     def undo(self, entry_id, *, tenant, actor, reason, steps):
         """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
@@ -479,7 +478,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
             raise AuditEntryNotFound()
         if entry.undone_at is not None:
             raise AlreadyUndone()
-        if entry.action not in self.UNDOABLE:
+        if entry.action not in UNDOABLE:
             raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
         profile_model = self.model.profile.field.related_model
         profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)

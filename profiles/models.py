@@ -6,8 +6,9 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, refusal_sql
+from core.integrity import BumpVersion, GuardedModel, refusal_sql, within
 from core.models import Tenant
+from profiles.choices import AuditAction, Sex
 from profiles.managers import ProfileAuditLogManager, ProfileManager
 
 # The columns an operator or API client edits (through ``update_profile``).
@@ -125,9 +126,7 @@ class Profile(GuardedModel):
 
     guarded_fields = ("father", "mother", "deleted_at", "version", "tenant", "sex")
 
-    class Sex(models.TextChoices):
-        MALE = "male", _("male")
-        FEMALE = "female", _("female")
+    Sex = Sex
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="profiles", verbose_name=_("tenant"))
     first_name = models.CharField(_("first name"), max_length=100)
@@ -291,12 +290,7 @@ class ProfileAuditLog(GuardedModel):
 
     guarded_fields = ("tenant", "profile", *AUDIT_RECORD)
 
-    class Action(models.TextChoices):
-        CREATE = "create", _("create")
-        UPDATE = "update", _("update")
-        DELETE = "delete", _("delete")
-        RESTORE = "restore", _("restore")
-        UNDO = "undo", _("undo")
+    Action = AuditAction
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", verbose_name=_("tenant"))
     profile = models.ForeignKey(Profile, on_delete=models.PROTECT, related_name="history", verbose_name=_("profile"))
@@ -346,9 +340,7 @@ class ProfileAuditLog(GuardedModel):
             models.Index(fields=["tenant", "action"], name="audit_tenant_action_idx"),
         ]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(action__in=["create", "update", "delete", "restore", "undo"]), name="audit_action_valid"
-            ),
+            within("action", AuditAction, name="audit_action_valid"),
             # An entry is undone exactly when it links to the undo entry that undid it.
             models.CheckConstraint(
                 condition=Q(undone_at__isnull=True, undo_entry__isnull=True)

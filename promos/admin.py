@@ -16,7 +16,8 @@ from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from promos.managers import OPEN_STATUSES, PROMO_EDITABLE, PROMO_TERMS
+from promos.choices import OPEN_STATUSES
+from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
 
 PromoStateFilter = queryset_filter(

@@ -33,6 +33,7 @@ from core.guards import ClockNow, constraint_errors, guarded
 from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared
 from promos import exceptions as errors
+from promos.choices import OPEN_STATUSES
 from promos.money import compute_bonus, parse_amount
 
 # Redeem waits this long for the code's row lock, then answers resource_locked.
@@ -465,8 +466,6 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
 
 
 # --- redemption sessions -------------------------------------------------------
-
-OPEN_STATUSES = ("pending", "approved")  # a session can still be answered, used or cancelled
 
 
 class RedemptionSessionQuerySet(TenantScopedQuerySet):

@@ -7,7 +7,8 @@ from django.db.models.functions import Lower, Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
+from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql, within
+from promos.choices import OPEN_STATUSES, SESSION_TRANSITIONS, BonusType, SessionStatus
 from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
 
 MONEY = dict(max_digits=12, decimal_places=2)
@@ -73,9 +74,7 @@ class PromoCode(GuardedModel):
         "version",
     )
 
-    class BonusType(models.TextChoices):
-        FIXED = "fixed", _("fixed amount")
-        PERCENTAGE = "percentage", _("percentage")
+    BonusType = BonusType
 
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="promo_codes")
     code = models.CharField(_("code"), max_length=64)
@@ -199,17 +198,6 @@ SESSION_RECORD = (
     "customer", "max_amount", "status", "created_at", "expires_at", "approved_at", "used_at", "used_amount",
 )  # fmt: skip
 
-# The documented machine (docs/state-machines.md), one pair per manager operation.
-SESSION_TRANSITIONS = [
-    ("pending", "approved"),  # the customer approves with the secret (approve)
-    ("pending", "rejected"),  # the customer rejects with the secret (reject)
-    ("pending", "expired"),  # past expires_at (expire_due)
-    ("pending", "cancelled"),  # the shop cancels (cancel)
-    ("approved", "used"),  # the shop consumes it, once (consume)
-    ("approved", "expired"),  # past expires_at unused (expire_due)
-    ("approved", "cancelled"),  # the shop cancels (cancel)
-]
-
 
 @tracked(exclude=["secret_hash"])
 class RedemptionSession(GuardedModel):
@@ -235,13 +223,7 @@ class RedemptionSession(GuardedModel):
         "customer",
     )
 
-    class Status(models.TextChoices):
-        PENDING = "pending", _("pending")
-        APPROVED = "approved", _("approved")
-        REJECTED = "rejected", _("rejected")
-        USED = "used", _("used")
-        EXPIRED = "expired", _("expired")
-        CANCELLED = "cancelled", _("cancelled")
+    Status = SessionStatus
 
     session_id = models.UUIDField(_("session id"), default=uuid.uuid4, unique=True, editable=False)
     tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="redemption_sessions")
@@ -264,28 +246,23 @@ class RedemptionSession(GuardedModel):
         verbose_name = _("redemption session")
         verbose_name_plural = _("redemption sessions")
         indexes = [
-            models.Index(
-                fields=["expires_at"], condition=Q(status__in=["pending", "approved"]), name="redemption_live_expiry"
-            ),
+            models.Index(fields=["expires_at"], condition=Q(status__in=OPEN_STATUSES), name="redemption_live_expiry"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(max_amount__gt=0), name="redemption_max_amount_positive"),
-            models.CheckConstraint(
-                condition=Q(status__in=["pending", "approved", "rejected", "used", "expired", "cancelled"]),
-                name="redemption_status_known",
-            ),
+            within("status", SessionStatus, name="redemption_status_known"),
             models.CheckConstraint(
                 condition=(
                     # used_amount IS NOT NULL spelled out: with a NULL amount the comparisons are NULL,
                     # and a CHECK that evaluates to NULL passes (a used session with no amount).
                     Q(
-                        status="used",
+                        status=SessionStatus.USED,
                         used_at__isnull=False,
                         used_amount__isnull=False,
                         used_amount__gt=0,
                         used_amount__lte=F("max_amount"),
                     )
-                    | (~Q(status="used") & Q(used_at__isnull=True, used_amount__isnull=True))
+                    | (~Q(status=SessionStatus.USED) & Q(used_at__isnull=True, used_amount__isnull=True))
                 ),
                 name="redemption_used_iff_used_at",
             ),
@@ -298,7 +275,7 @@ class RedemptionSession(GuardedModel):
             StateMachine(
                 name="redemption_session_status_transition",
                 field="status",
-                initial=["pending"],
+                initial=[SessionStatus.PENDING],
                 transitions=SESSION_TRANSITIONS,
             ),
         ]

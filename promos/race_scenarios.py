@@ -104,7 +104,9 @@ class SessionConsume(Scenario):
 
     def approve_all(self):
         """Born pending (the state machine refuses any other start), then approved all at once."""
-        RedemptionSession.objects.filter(tenant=self.tenant).update(status="approved", approved_at=Now())
+        RedemptionSession.objects.filter(tenant=self.tenant).update(
+            status=RedemptionSession.Status.APPROVED, approved_at=Now()
+        )
 
     def prepare(self):
         self.create_target()

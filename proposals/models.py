@@ -4,9 +4,8 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from bookings.choices import within
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql
+from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql, within
 from proposals.choices import ProposalStatus
 from proposals.managers import ProposalManager
 
