@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from core.api.inputs import MAX_ID, MAX_VERSION, StrictDateField, StrictInput
 from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
+from profiles.selectors import MAX_TREE_DEPTH
 
 
 class ProfileIdField(serializers.IntegerField):
@@ -49,7 +50,7 @@ class ProfileListQuerySerializer(StrictInput):
 
 
 class TreeQuerySerializer(StrictInput):
-    max_depth = serializers.IntegerField(min_value=1, max_value=100, required=False, default=100)
+    max_depth = serializers.IntegerField(min_value=1, max_value=MAX_TREE_DEPTH, required=False, default=MAX_TREE_DEPTH)
 
 
 class ProfileSerializer(serializers.ModelSerializer):

@@ -10,6 +10,7 @@ from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
 from core.api.representation import represented
 from core.api.tenancy import TenantScopedMixin
+from profiles import selectors
 from profiles.api import serializers as s
 from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
 from profiles.models import Profile, ProfileAuditLog
@@ -108,7 +109,7 @@ class _TreeView(TenantScopedMixin, APIView):
     @extend_schema(parameters=[s.TreeQuerySerializer], responses=s.TreeNodeSerializer(many=True))
     def get(self, request, tenant, pk):
         max_depth = _query(s.TreeQuerySerializer, request)["max_depth"]
-        walk = Profile.objects.ancestors if self.up else Profile.objects.descendants
+        walk = selectors.ancestors if self.up else selectors.descendants
         nodes = walk(valid_id(pk, ProfileNotFound), tenant=self.tenant, max_depth=max_depth)
         return Response(s.TreeNodeSerializer(nodes, many=True).data)
 
