@@ -143,9 +143,16 @@ class NotificationManager(models.Manager):
         with connections[self.db].cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language, context, status,"  # noqa: S608 - the table name comes from _meta; values are parameters
-                " attempts, last_error, created_at) VALUES (%s, %s, %s, %s, %s, 'pending', 0, '', clock_timestamp())"
+                " attempts, last_error, created_at) VALUES (%s, %s, %s, %s, %s, %s, 0, '', clock_timestamp())"
                 " ON CONFLICT (kind, subject) DO NOTHING RETURNING id",
-                [kind, subject, json.dumps(recipients), language, json.dumps(context, cls=DjangoJSONEncoder)],
+                [
+                    kind,
+                    subject,
+                    json.dumps(recipients),
+                    language,
+                    json.dumps(context, cls=DjangoJSONEncoder),
+                    NotificationStatus.PENDING,
+                ],
             )
             row = cursor.fetchone()
         if row is None:
@@ -188,11 +195,18 @@ class NotificationManager(models.Manager):
         )
 
 
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", _("pending")
+    SENDING = "sending", _("sending")
+    SENT = "sent", _("sent")
+    FAILED = "failed", _("failed")
+
+
 NOTIFICATION_TRANSITIONS = [
-    ("pending", "sending"),  # a worker claims it (claim)
-    ("sending", "sent"),  # the mail server took it (mark_sent)
-    ("sending", "pending"),  # the mail server refused; the job retries (release)
-    ("sending", "failed"),  # refused on the last attempt (release)
+    (NotificationStatus.PENDING, NotificationStatus.SENDING),  # a worker claims it (claim)
+    (NotificationStatus.SENDING, NotificationStatus.SENT),  # the mail server took it (mark_sent)
+    (NotificationStatus.SENDING, NotificationStatus.PENDING),  # the mail server refused; the job retries (release)
+    (NotificationStatus.SENDING, NotificationStatus.FAILED),  # refused on the last attempt (release)
 ]
 
 
@@ -204,11 +218,7 @@ class Notification(models.Model):
     ``sending`` (the worker died mid-send) is left for an operator rather than risk a second mail.
     """
 
-    class Status(models.TextChoices):
-        PENDING = "pending", _("pending")
-        SENDING = "sending", _("sending")
-        SENT = "sent", _("sent")
-        FAILED = "failed", _("failed")
+    Status = NotificationStatus
 
     kind = models.CharField(_("kind"), max_length=40)
     subject = models.CharField(_("about"), max_length=100)  # "booking:12"
@@ -231,7 +241,7 @@ class Notification(models.Model):
             StateMachine(
                 name="notification_status_transition",
                 field="status",
-                initial=["pending"],
+                initial=[NotificationStatus.PENDING],
                 transitions=NOTIFICATION_TRANSITIONS,
             )
         ]
