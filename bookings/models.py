@@ -40,6 +40,7 @@ BOOKING_RECORD = (
 
 # The booking machine (docs/bookings.md); the database enforces it (booking_status_transition).
 BOOKING_TRANSITIONS = [
+    (None, BookingStatus.HELD),  # a place is held (hold)
     (BookingStatus.HELD, BookingStatus.CONFIRMED),  # paid in time (confirm_payment)
     (BookingStatus.HELD, BookingStatus.PAYMENT_PENDING),  # completed, payment delayed (await_payment)
     # completed late and delayed, the place still free (await_payment)
@@ -62,6 +63,7 @@ BOOKING_TRANSITIONS = [
 
 # The provider checkout's machine (checkout_state_transition).
 CHECKOUT_TRANSITIONS = [
+    (None, CheckoutState.CREATING),  # recorded before the provider is called (start_checkout)
     (CheckoutState.CREATING, CheckoutState.OPEN),  # the provider answered (open)
     (CheckoutState.CREATING, CheckoutState.FAILED),  # the provider refused (fail)
     (CheckoutState.CREATING, CheckoutState.EXPIRED),  # (mark_expired)
@@ -86,6 +88,7 @@ CHECKOUT_TRANSITIONS = [
 
 # The refund's machine (checkout_refund_state_transition).
 REFUND_TRANSITIONS = [
+    (None, CheckoutRefundState.NONE),  # nothing owed yet
     (CheckoutRefundState.NONE, CheckoutRefundState.PENDING),  # a refund is owed and claimed (request_refund)
     (CheckoutRefundState.PENDING, CheckoutRefundState.SUCCEEDED),  # the provider refunded (refund_succeeded)
     # the provider refused, to retry after a backoff (refund_failed)
@@ -200,12 +203,7 @@ class Booking(GuardedModel):
             within("status", BookingStatus, name="booking_status_valid"),
         ]
         triggers = [
-            StateMachine(
-                name="booking_status_transition",
-                field="status",
-                initial=[BookingStatus.HELD],
-                transitions=BOOKING_TRANSITIONS,
-            ),
+            StateMachine(name="booking_status_transition", field="status", transitions=BOOKING_TRANSITIONS),
             BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
         ]
 
@@ -268,18 +266,8 @@ class Checkout(GuardedModel):
             within("refund_state", CheckoutRefundState, name="checkout_refund_state_valid"),
         ]
         triggers = [
-            StateMachine(
-                name="checkout_state_transition",
-                field="state",
-                initial=[CheckoutState.CREATING],
-                transitions=CHECKOUT_TRANSITIONS,
-            ),
-            StateMachine(
-                name="checkout_refund_state_transition",
-                field="refund_state",
-                initial=[CheckoutRefundState.NONE],
-                transitions=REFUND_TRANSITIONS,
-            ),
+            StateMachine(name="checkout_state_transition", field="state", transitions=CHECKOUT_TRANSITIONS),
+            StateMachine(name="checkout_refund_state_transition", field="refund_state", transitions=REFUND_TRANSITIONS),
         ]
 
     def __str__(self):

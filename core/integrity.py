@@ -62,26 +62,49 @@ def refusal_sql(constraint, detail_sql, message_sql):
     )
 
 
-class StateMachine(pgtrigger.Trigger):
-    """Refuse, in the database, every state change not in ``transitions`` and every insert not in ``initial``.
+class Refusal(pgtrigger.Trigger):
+    """Refuse, in the database, every write that meets ``condition``, as a check violation named ``name``.
 
-    ``name`` must end in ``_transition`` (it is the constraint name refusals carry).
-    Rows whose state does not change pass untouched.
+    Subclasses declare ``when``, ``operation``, ``condition`` and the refusal's SQL: ``detail_sql``
+    (``'old->new'``, what the error maps to) and ``message_sql`` (what a human reads).
+    """
+
+    when = pgtrigger.Before
+    detail_sql = message_sql = None
+
+    def get_func(self, model):
+        return self.format_sql(f"{refusal_sql(self.name, self.detail_sql, self.message_sql)} RETURN NEW;")
+
+
+class StateMachine(pgtrigger.Trigger):
+    """Refuse, in the database, every state change and every insert that ``transitions`` does not list.
+
+    ``transitions`` is the whole machine, one ``(old, new)`` pair per edge: ``(None, state)`` is a
+    birth (a new row may start as ``state``), any other pair a change. ``name`` must end in
+    ``_transition`` (it is the constraint name refusals carry). Rows whose state does not change
+    pass untouched.
     """
 
     when = pgtrigger.Before
     operation = pgtrigger.Insert | pgtrigger.Update
 
-    def __init__(self, *, name, field, transitions, initial):
+    def __init__(self, *, name, field, transitions):
         if not name.endswith("_transition"):
             raise ValueError("A StateMachine trigger's name ends in _transition")
-        for value in [*initial, *(state for pair in transitions for state in pair)]:
+        for value in {state for pair in transitions for state in pair if state is not None}:
             if value and not value.replace("_", "").isalnum():
                 raise ValueError(f"State {value!r} must be a plain identifier (or empty)")
         self.field = field
-        self.transitions = sorted(set(transitions))
-        self.initial = sorted(set(initial))
+        self.initial = sorted({new for old, new in transitions if old is None})
+        self.transitions = sorted({(old, new) for old, new in transitions if old is not None})
+        if not self.initial:
+            raise ValueError("A StateMachine needs a birth: a (None, state) pair")
         super().__init__(name=name)
+
+    @property
+    def states(self):
+        """Every state a row of this machine can be in."""
+        return {*self.initial, *(state for pair in self.transitions for state in pair)}
 
     def get_func(self, model):
         column = model._meta.get_field(self.field).column

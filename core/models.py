@@ -203,6 +203,7 @@ class NotificationStatus(models.TextChoices):
 
 
 NOTIFICATION_TRANSITIONS = [
+    (None, NotificationStatus.PENDING),  # owed (Notification.objects.owe)
     (NotificationStatus.PENDING, NotificationStatus.SENDING),  # a worker claims it (claim)
     (NotificationStatus.SENDING, NotificationStatus.SENT),  # the mail server took it (mark_sent)
     (NotificationStatus.SENDING, NotificationStatus.PENDING),  # the mail server refused; the job retries (release)
@@ -238,12 +239,7 @@ class Notification(models.Model):
         verbose_name_plural = _("notifications")
         constraints = [models.UniqueConstraint(fields=["kind", "subject"], name="notification_once_per_event")]
         triggers = [
-            StateMachine(
-                name="notification_status_transition",
-                field="status",
-                initial=[NotificationStatus.PENDING],
-                transitions=NOTIFICATION_TRANSITIONS,
-            )
+            StateMachine(name="notification_status_transition", field="status", transitions=NOTIFICATION_TRANSITIONS)
         ]
 
     def __str__(self):

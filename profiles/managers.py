@@ -400,9 +400,6 @@ class ProfileAuditLogQuerySet(TenantScopedQuerySet):
     def undone(self):
         return self.filter(undone_at__isnull=False)
 
-    def not_undone(self):
-        return self.filter(undone_at__isnull=True)
-
 
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
     @guarded_steps

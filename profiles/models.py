@@ -6,7 +6,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, refusal_sql, within
+from core.integrity import BumpVersion, GuardedModel, Refusal, refusal_sql, within
 from core.models import Tenant
 from profiles.choices import AuditAction, Sex
 from profiles.managers import ProfileAuditLogManager, ProfileManager
@@ -15,7 +15,7 @@ from profiles.managers import ProfileAuditLogManager, ProfileManager
 PROFILE_EDITABLE = ("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")
 
 
-class ProfileVersionOnlyIncreases(pgtrigger.Trigger):
+class ProfileVersionOnlyIncreases(Refusal):
     """Refuse, in the database, an UPDATE that lowers a profile's ``version``.
 
     Optimistic checks (API PATCH, the admin form, soft delete) compare the version a
@@ -23,18 +23,13 @@ class ProfileVersionOnlyIncreases(pgtrigger.Trigger):
     Raises SQLSTATE 23514 named ``profile_version_transition`` (409 invalid_transition).
     """
 
-    when = pgtrigger.Before
     operation = pgtrigger.Update
     condition = pgtrigger.Condition('NEW."version" < OLD."version"')
-
-    def get_func(self, model):
-        refuse = refusal_sql(
-            self.name,
-            'OLD."version"::text || \'->\' || NEW."version"::text',
-            "format('%s: version of profile %s may not go down from %s to %s', "
-            'TG_TABLE_NAME, OLD."id", OLD."version", NEW."version")',
-        )
-        return self.format_sql(f"{refuse} RETURN NEW;")
+    detail_sql = 'OLD."version"::text || \'->\' || NEW."version"::text'
+    message_sql = (
+        "format('%s: version of profile %s may not go down from %s to %s', "
+        'TG_TABLE_NAME, OLD."id", OLD."version", NEW."version")'
+    )
 
 
 class ProfileParentsLive(pgtrigger.Trigger):
@@ -250,21 +245,16 @@ class AuditAppendOnly(pgtrigger.Trigger):
         )
 
 
-class AuditInsertedNotUndone(pgtrigger.Trigger):
+class AuditInsertedNotUndone(Refusal):
     """Refuse inserting an audit entry that is already undone: only ``undo`` marks an entry undone.
 
     Raises SQLSTATE 23514 named ``audit_insert_transition`` (409 invalid_transition).
     """
 
-    when = pgtrigger.Before
     operation = pgtrigger.Insert
     condition = pgtrigger.Condition('NEW."undone_at" IS NOT NULL OR NEW."undo_entry_id" IS NOT NULL')
-
-    def get_func(self, model):
-        refuse = refusal_sql(
-            self.name, "'->undone'", "format('%s: a new audit entry cannot be already undone', TG_TABLE_NAME)"
-        )
-        return self.format_sql(f"{refuse} RETURN NEW;")
+    detail_sql = "'->undone'"
+    message_sql = "format('%s: a new audit entry cannot be already undone', TG_TABLE_NAME)"
 
 
 # An audit entry as the API, the admin and the guard show it (after its tenant and profile).

@@ -24,6 +24,7 @@ OPEN_STATUSES = (SessionStatus.PENDING, SessionStatus.APPROVED)
 
 # The documented machine (docs/state-machines.md), one pair per manager operation.
 SESSION_TRANSITIONS = [
+    (None, SessionStatus.PENDING),  # the shop opens it (create_session)
     (SessionStatus.PENDING, SessionStatus.APPROVED),  # the customer approves with the secret (approve)
     (SessionStatus.PENDING, SessionStatus.REJECTED),  # the customer rejects with the secret (reject)
     (SessionStatus.PENDING, SessionStatus.EXPIRED),  # past expires_at (expire_due)

@@ -272,12 +272,7 @@ class RedemptionSession(GuardedModel):
             ),
         ]
         triggers = [
-            StateMachine(
-                name="redemption_session_status_transition",
-                field="status",
-                initial=[SessionStatus.PENDING],
-                transitions=SESSION_TRANSITIONS,
-            ),
+            StateMachine(name="redemption_session_status_transition", field="status", transitions=SESSION_TRANSITIONS),
         ]
 
     def __str__(self):

@@ -22,6 +22,7 @@ PROPOSAL_RECORD = ("status", "expires_at", "created_at", "confirmed_at", "execut
 
 # The documented machine (docs/proposals.md); the database enforces it (proposal_status_transition).
 PROPOSAL_TRANSITIONS = [
+    (None, ProposalStatus.PENDING),  # the assistant proposes (propose)
     (ProposalStatus.PENDING, ProposalStatus.CONFIRMED),  # confirm (the filtered UPDATE that decides the race)
     (ProposalStatus.PENDING, ProposalStatus.REJECTED),  # reject
     (ProposalStatus.PENDING, ProposalStatus.EXPIRED),  # operator expire, expiry sweep
@@ -164,12 +165,7 @@ class Proposal(GuardedModel):
             within("status", ProposalStatus, name="proposal_status_valid"),
         ]
         triggers = [
-            StateMachine(
-                name="proposal_status_transition",
-                field="status",
-                transitions=PROPOSAL_TRANSITIONS,
-                initial=[ProposalStatus.PENDING],
-            ),
+            StateMachine(name="proposal_status_transition", field="status", transitions=PROPOSAL_TRANSITIONS),
             ProposalBookingUnlink(name="proposal_booking_unlink_transition"),
             BumpVersion(name="proposal_bump_version", fields=PROPOSAL_VERSIONED),
         ]

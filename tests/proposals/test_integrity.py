@@ -89,7 +89,8 @@ def test_every_transition_of_the_machine_is_allowed_or_refused_by_the_database(t
 
 def test_the_machine_is_the_documented_one():
     (machine,) = state_machines(Proposal)
-    assert machine.transitions == sorted(PROPOSAL_TRANSITIONS) and machine.initial == ["pending"]
+    assert machine.initial == ["pending"]
+    assert set(PROPOSAL_TRANSITIONS) == {(None, "pending"), *machine.transitions}
     assert {(a, b) for a, b in itertools.product(STATUSES, STATUSES) if a != b and machine.allows(a, b)} == {
         ("pending", "confirmed"),
         ("pending", "rejected"),
