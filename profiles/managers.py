@@ -400,6 +400,9 @@ class ProfileAuditLogQuerySet(TenantScopedQuerySet):
     def undone(self):
         return self.filter(undone_at__isnull=False)
 
+    def not_undone(self):
+        return self.filter(undone_at__isnull=True)
+
 
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
     @guarded_steps

@@ -425,6 +425,9 @@ class PromoUsageQuerySet(TenantScopedQuerySet):
     def live(self):
         return self.filter(voided_at__isnull=True)
 
+    def voided(self):
+        return self.filter(voided_at__isnull=False)
+
 
 class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
     @guarded

@@ -1,0 +1,87 @@
+"""``python -m bench.profile``: where an operation's server CPU goes, per request, in one process.
+
+Runs each operation's API request (and the framework floor) through Django's test
+client on a fresh ``lockstep_bench`` database, one attempt per target (every attempt
+wins), under cProfile, and prints the CPU per request and the functions it is spent
+in. The numbers are the app's own work without gunicorn and the network: they say
+where to cut, ``make bench`` says what a request costs.
+
+    python -m bench.profile [--operations proposal_confirm date_hold] [--attempts 400] [--top 25]
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+from bench.__main__ import Context, fresh_database  # sets Django up as make bench does
+
+from bench.floor import FrameworkFloor  # noqa: E402
+from bench.operations import OPERATIONS  # noqa: E402
+
+WARM_UP = 50
+
+
+def requests_of(operation, ctx, attempts):
+    """``attempts`` requests after ``WARM_UP`` unmeasured ones, each on its own target: every one wins."""
+    from django.test import Client
+
+    client = Client(HTTP_AUTHORIZATION=f"Token {ctx.token}")
+    anonymous = Client()
+
+    def send(k):
+        path, body, authenticated = operation.http(k, k)
+        sender = client if authenticated else anonymous
+        response = sender.get(path) if body is None else sender.post(path, body, content_type="application/json")
+        if response.status_code >= 300:
+            raise SystemExit(f"{operation.name}: attempt {k} answered {response.status_code}: {response.content!r}")
+
+    for k in range(WARM_UP):
+        send(k)
+    return [lambda k=k: send(k) for k in range(WARM_UP, WARM_UP + attempts)]
+
+
+def profile(operation, ctx, attempts, top):
+    """CPU ms per request without the profiler (the first half), and the profile of the second half."""
+    if hasattr(operation, "setup"):
+        operation.setup(WARM_UP + 2 * attempts)
+    requests = requests_of(operation, ctx, 2 * attempts)
+    started = time.process_time()
+    for request in requests[:attempts]:
+        request()
+    per_request_ms = (time.process_time() - started) * 1000 / attempts
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    for request in requests[attempts:]:
+        request()
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return per_request_ms, out.getvalue()
+
+
+def main():
+    names = [op.name for op in OPERATIONS]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--operations", nargs="+", default=["floor", *names], choices=["floor", *names])
+    parser.add_argument("--attempts", type=int, default=400)
+    parser.add_argument("--top", type=int, default=25, help="functions listed per ordering (0: none)")
+    args = parser.parse_args()
+    fresh_database()
+    ctx = Context()
+    kinds = {"floor": FrameworkFloor, **{op.name: op for op in OPERATIONS}}
+    summary = []
+    for name in args.operations:
+        per_request_ms, listing = profile(kinds[name](ctx), ctx, args.attempts, args.top)
+        if args.top:
+            print(f"=== {name}\n{listing}")
+        summary.append((name, per_request_ms))
+    for name, per_request_ms in summary:
+        print(f"{name:>18}: {per_request_ms:.2f} ms CPU per request (in process, not profiled)")
+
+
+if __name__ == "__main__":
+    main()
