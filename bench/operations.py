@@ -327,7 +327,7 @@ INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id
 NOTICE_SQL = r"""\set notification_id 0
 INSERT INTO core_notification (kind, subject, recipients, language, context, status, attempts, last_error,
   created_at) VALUES ('booking_held', 'booking:' || :booking_id, '["c:k@example.com"]', 'en',
-  '{"booking": :booking_id, "name": "c:k", "email": "c:k@example.com", "package": ":fact_name",
+  '{"booking": :booking_id, "name": "c:k", "email": "c:k@example.com", "package": ":fact_package_name",
   "date": ":fact_date", "amount": ":fact_amount", "currency": ":fact_currency", "pay_url": ":fact_pay_url",
   "hold_expires_at": ":fact_hold_expires_at"}', 'pending', 0, '', clock_timestamp())
  ON CONFLICT (kind, subject) DO NOTHING RETURNING id \aset notification_
@@ -341,8 +341,6 @@ SELECT unnest(procrastinate_defer_jobs_v1(
 
 def open_sql():
     """Checkout.objects.open after the provider answered (the sandbox's id and URL), with its notice."""
-    from bookings.models import Booking, Package
-
     return f"""\
 BEGIN;
 \\set pgbench_opened 0
@@ -352,13 +350,17 @@ UPDATE bookings_checkout SET state = 'open', provider_checkout_id = 'cs_sandbox_
  WHERE (bookings_checkout.id = :checkout_id AND bookings_checkout.state = 'creating')
  RETURNING 1 AS pgbench_opened \\aset
 \\if :pgbench_opened
-SELECT {columns(Booking)}, bookings_checkout.url AS pay_url, bookings_checkout.refund_attempts AS refund_attempts,
-  bookings_checkout.refund_error AS refund_error, (SELECT U0.language AS language FROM core_notification U0
-  WHERE (U0.kind = 'booking_held' AND U0.subject = (COALESCE('booking:', '')
-  || COALESCE((bookings_booking.id)::varchar, ''))) LIMIT 1) AS first_language, {columns(Package)}
+SELECT bookings_booking.id AS pk, bookings_booking.customer_name AS customer_name,
+  bookings_booking.customer_email AS customer_email, bookings_booking.date AS date, bookings_booking.amount AS amount,
+  bookings_booking.currency AS currency, bookings_booking.hold_expires_at AS hold_expires_at,
+  bookings_package.name AS package_name, bookings_checkout.url AS pay_url,
+  bookings_checkout.refund_attempts AS refund_attempts, bookings_checkout.refund_error AS refund_error,
+  (SELECT U0.language AS language FROM core_notification U0 WHERE (U0.kind = 'booking_held'
+  AND U0.subject = (COALESCE('booking:', '') || COALESCE((bookings_booking.id)::varchar, ''))) LIMIT 1)
+  AS first_language
  FROM bookings_booking INNER JOIN bookings_checkout ON (bookings_booking.id = bookings_checkout.booking_id)
  INNER JOIN bookings_package ON (bookings_booking.package_id = bookings_package.id)
- WHERE bookings_checkout.id = :checkout_id LIMIT 21 \\gset fact_
+ WHERE bookings_checkout.id = :checkout_id \\gset fact_
 {NOTICE_SQL}\\endif
 COMMIT;
 """

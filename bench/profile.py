@@ -16,11 +16,11 @@ import pstats
 import time
 
 from bench.__main__ import Context, fresh_database  # sets Django up as make bench does
-
-from bench.floor import FrameworkFloor  # noqa: E402
-from bench.operations import OPERATIONS  # noqa: E402
+from bench.floor import FrameworkFloor
+from bench.operations import OPERATIONS
 
 WARM_UP = 50
+CALLEES = []  # --callees: functions whose callees to list
 
 
 def requests_of(operation, ctx, attempts):
@@ -60,6 +60,8 @@ def profile(operation, ctx, attempts, top):
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top)
+    if CALLEES:
+        stats.sort_stats("cumulative").print_callees(*CALLEES)
     return per_request_ms, out.getvalue()
 
 
@@ -69,7 +71,9 @@ def main():
     parser.add_argument("--operations", nargs="+", default=["floor", *names], choices=["floor", *names])
     parser.add_argument("--attempts", type=int, default=400)
     parser.add_argument("--top", type=int, default=25, help="functions listed per ordering (0: none)")
+    parser.add_argument("--callees", nargs="*", default=[], help="also list what these functions call (regex)")
     args = parser.parse_args()
+    CALLEES.extend(args.callees)
     fresh_database()
     ctx = Context()
     kinds = {"floor": FrameworkFloor, **{op.name: op for op in OPERATIONS}}

@@ -46,6 +46,7 @@ from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
+from core.prepared import Prepared
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
@@ -280,6 +281,9 @@ class BookingQuerySet(TenantScopedQuerySet):
 
 
 class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
+    # Read for every notice, inside the transaction that changes the booking: compiled once.
+    notice_facts = Prepared(notifications.facts_statement, booking=int)
+
     def _taken(self, package_id, date, *, exclude_pk=None):
         """Read the package's terms and count the places taken on the date, in one statement.
 

@@ -5,7 +5,10 @@ notice (the hold, owed during their own request), reused for every later one (a 
 webhook or a sweep has no customer language of its own).
 """
 
+from types import SimpleNamespace
+
 from django.conf import settings
+from django.db import connections
 from django.db.models import CharField, F, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import translation
@@ -66,24 +69,51 @@ _held_language = Notification.objects.filter(
 )[:1]
 
 
+def facts_statement(manager, *, by, booking):
+    """The statement of ``Booking.objects.notice_facts``: what a notice mentions of the booking ``by`` selects."""
+    facts = manager.filter(**{by: booking}).order_by()
+    return (
+        facts.values(
+            "pk",
+            "customer_name",
+            "customer_email",
+            "date",
+            "amount",
+            "currency",
+            "hold_expires_at",
+            package_name=F("package__name"),
+            pay_url=F("checkout__url"),
+            refund_attempts=F("checkout__refund_attempts"),
+            refund_error=F("checkout__refund_error"),
+            first_language=Subquery(_held_language.values("language")),
+        )
+        .query.get_compiler(manager.db)
+        .as_sql()
+    )
+
+
 def _facts(**booking):
-    """The booking (with its package) and what every message may mention, in one read."""
+    """What every message may mention, and the booking's facts the callers decide on, in one read.
+
+    ``booking``: ``pk=`` or ``checkout=`` (the checkout's id).
+    """
     from bookings.models import Booking, in_currency
 
-    booking = (
-        Booking.objects.select_related("package")
-        .annotate(pay_url=F("checkout__url"), refund_attempts=F("checkout__refund_attempts"))
-        .annotate(refund_error=F("checkout__refund_error"), first_language=Subquery(_held_language.values("language")))
-        .get(**booking)
-    )
-    return booking, {
-        "booking": booking.pk,
-        "name": booking.customer_name,
-        "email": booking.customer_email,
-        "package": booking.package.name,
-        "date": booking.date.isoformat(),
-        "amount": str(in_currency(booking.amount, booking.currency)),
-        "currency": booking.currency,
+    ((by, value),) = booking.items()
+    with connections[Booking.objects.db].cursor() as cursor:
+        cursor.execute(*Booking.objects.notice_facts.statement(Booking.objects, by=by, booking=value))
+        row = cursor.fetchone()
+        if row is None:
+            raise Booking.DoesNotExist(f"no booking with {by}={value!r}")
+        facts = SimpleNamespace(**dict(zip((column.name for column in cursor.description), row, strict=True)))
+    return facts, {
+        "booking": facts.pk,
+        "name": facts.customer_name,
+        "email": facts.customer_email,
+        "package": facts.package_name,
+        "date": facts.date.isoformat(),
+        "amount": str(in_currency(facts.amount, facts.currency)),
+        "currency": facts.currency,
     }
 
 

@@ -101,6 +101,7 @@ CALL_SITES = [
         for decision in ("confirmed", "rejected")
     ],
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
+    *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
     *[(PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait}) for nowait in (False, True)],
     (

@@ -91,18 +91,15 @@ def test_the_session_machine_is_the_managers_transitions():
     assert SESSION_MACHINE.name == "redemption_session_status_transition"
     assert SESSION_MACHINE.initial == ["pending"]
     assert set(SESSION_TRANSITIONS) == {(None, "pending"), *SESSION_MACHINE.transitions}
-    assert (
-        set(SESSION_MACHINE.transitions)
-        == {
-            ("pending", "approved"),
-            ("pending", "rejected"),
-            ("pending", "expired"),
-            ("pending", "cancelled"),
-            ("approved", "used"),
-            ("approved", "expired"),
-            ("approved", "cancelled"),
-        }
-    )
+    assert set(SESSION_MACHINE.transitions) == {
+        ("pending", "approved"),
+        ("pending", "rejected"),
+        ("pending", "expired"),
+        ("pending", "cancelled"),
+        ("approved", "used"),
+        ("approved", "expired"),
+        ("approved", "cancelled"),
+    }
 
 
 @pytest.mark.parametrize("old,new", list(itertools.product(STATUSES, STATUSES)))
