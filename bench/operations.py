@@ -85,7 +85,7 @@ def columns(model):
 
 
 # Stand-ins for the row and tenant a decision names, replaced by pgbench variables in its script.
-PGBENCH_ID, PGBENCH_TENANT = 987_654_321, 987_654_322
+PGBENCH_ID, PGBENCH_TENANT, PGBENCH_BOOKING = 987_654_321, 987_654_322, 987_654_323
 PGBENCH_UUID = uuid.UUID("98765432-1098-7654-3210-987654321098")
 PGBENCH_CODE, PGBENCH_CUSTOMER, PGBENCH_BONUS = "pgbench-code", "pgbench-customer", Decimal("987654.32")
 PGBENCH_VARIABLES = {  # as Django renders each stand-in -> the script's expression
@@ -434,6 +434,7 @@ class ProposalConfirm(DateHold):
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
+        from core.decide import decide_statement
         from proposals.models import Proposal
         from proposals.race_scenarios import CHAT
 
@@ -441,6 +442,9 @@ class ProposalConfirm(DateHold):
         decision = Proposal.objects.decision(
             PGBENCH_ID, Proposal.Status.CONFIRMED, tenant=PGBENCH_TENANT, session_id=CHAT
         )
+        execution = Proposal.objects.execution(PGBENCH_ID, PGBENCH_BOOKING)
+        booking = {**PGBENCH_VARIABLES, rf"\b{PGBENCH_BOOKING}\b": ":booking_id"}
+        executed = script_of(*decide_statement(**execution), booking)
         return f"""\
 \\set pid :base_id + :t
 \\set day :base_day + :t
@@ -449,8 +453,7 @@ BEGIN;
 \\if :decided_lockstep_won
 SAVEPOINT hold;
 {hold_sql(":pid")}RELEASE SAVEPOINT hold;
-UPDATE {proposal} SET status = 'executed', booking_id = :booking_id, executed_at = STATEMENT_TIMESTAMP()
- WHERE ({proposal}.id = :pid AND {proposal}.status = 'confirmed');
+{executed};
 COMMIT;
 {open_sql()}\\else
 ROLLBACK TO SAVEPOINT hold;

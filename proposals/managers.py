@@ -151,20 +151,31 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         """
         return self._decide(proposal_id, self.model.Status.REJECTED, tenant=tenant, session_id=session_id)
 
+    def execution(self, proposal_id, booking):
+        """What executing a confirmed proposal writes: its booking and the database clock (``core.decide``)."""
+        return {
+            "queryset": self.filter(pk=proposal_id),
+            "when": Q(status=self.model.Status.CONFIRMED),
+            "changes": {"status": self.model.Status.EXECUTED, "booking": booking, "executed_at": NOW},
+        }
+
+    executed = Decision(execution, proposal_id=int, booking=int)
+
     @guarded(joins=True)
     def execute(self, proposal_id, *, booking):
-        """Record the booking a confirmed proposal produced: ``confirmed`` -> ``executed``.
+        """Record the booking a confirmed proposal produced: ``confirmed`` -> ``executed``; return the proposal.
 
         Locks: proposal row (already held by the confirming transaction's UPDATE).
 
         Joins the confirming transaction (asserted), so the decision, the booking and
-        this link commit together. A proposal that is not ``confirmed`` raises
-        ProposalAlreadyProcessed (the filtered UPDATE matched nothing).
+        this link commit together. One statement (core.decide) that returns the executed
+        row, so nobody reads it again. A proposal that is not ``confirmed`` raises
+        ProposalAlreadyProcessed.
         """
-        if not self.filter(pk=proposal_id, status=self.model.Status.CONFIRMED).update(
-            status=self.model.Status.EXECUTED, booking=booking, executed_at=Now()
-        ):
+        won, proposal = self.executed(self, proposal_id=proposal_id, booking=booking)
+        if not won:
             raise ProposalAlreadyProcessed()
+        return proposal
 
     @guarded(joins=True)
     def fail(self, proposal_id, *, code):

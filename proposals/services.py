@@ -53,7 +53,7 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
             Proposal.objects.fail(proposal.pk, code=exc.code)
             refusal = exc
         else:
-            Proposal.objects.execute(proposal.pk, booking=booking)
+            proposal = Proposal.objects.execute(proposal.pk, booking=booking)
     if refusal is not None:
         raise refusal
     try:
@@ -63,7 +63,7 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
         # pending so "try again" (the 503's advice) can work.
         Proposal.objects.reopen(proposal.pk, booking_id=booking.pk)
         raise
-    proposal.status, proposal.booking = Proposal.Status.EXECUTED, booking
+    proposal.booking = booking
     return proposal, booking
 
 

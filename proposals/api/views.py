@@ -80,7 +80,6 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
         proposal, booking = confirm_proposal(
             valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
         )
-        proposal = Proposal.objects.with_effective_status().get(pk=proposal.pk)
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}
         return Response(represented(ProposalConfirmedSerializer, body))
 

@@ -100,6 +100,7 @@ CALL_SITES = [
         (Proposal.objects, "decided", {"proposal_id": 41, "decision": decision, "tenant": 7, "session_id": "chat-1"})
         for decision in ("confirmed", "rejected")
     ],
+    (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),

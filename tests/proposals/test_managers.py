@@ -150,7 +150,7 @@ def test_confirm_proposal_round_trips(recording_provider):
         "INSERT",
         "INSERT",
         "RELEASE",
-        "UPDATE",
+        "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
         "BEGIN",
         "UPDATE",
