@@ -11,6 +11,20 @@ from core.guards import ClockNow, guarded
 from core.history import tracked
 from core.integrity import StateMachine
 from core.managers import IdempotencyKeyManager
+from core.prepared import Prepared
+
+
+def _tenant_by_slug(manager, *, slug):
+    return manager.filter(slug=slug).order_by().query.get_compiler(manager.db).as_sql()
+
+
+class TenantManager(models.Manager):
+    # The first read of every public request: compiled once per process (core.prepared).
+    slugged = Prepared(_tenant_by_slug, slug=str)
+
+    def by_slug(self, slug):
+        """The tenant with this slug, or None."""
+        return self.slugged.instance(self, slug=slug)
 
 
 class Tenant(models.Model):
@@ -20,6 +34,8 @@ class Tenant(models.Model):
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    objects = TenantManager()
 
     class Meta:
         ordering = ["slug"]

@@ -41,6 +41,21 @@ class Prepared:
         sql, template = self._prepared[key]
         return sql, [values[item] if is_value else item for is_value, item in template]
 
+    def instance(self, manager, **keywords):
+        """The row the statement selects as an instance of the manager's model (core.rows), or None.
+
+        For statements that select the model's concrete columns in field order (a plain queryset's SELECT).
+        """
+        from django.db import connections
+
+        from core import rows
+
+        connection = connections[manager.db]
+        with connection.cursor() as cursor:
+            cursor.execute(*self.statement(manager, **keywords))
+            row = cursor.fetchone()
+        return None if row is None else rows.load(manager.model, row, connection, manager.db)
+
     def prepared(self, manager, **keywords):
         """What ``statement`` sends for these keywords if it can be prepared, else None (for tests)."""
         shape = {name: value for name, value in keywords.items() if name not in self.kinds}

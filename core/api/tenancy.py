@@ -58,7 +58,7 @@ class PublicTenantMixin:
 
     @cached_property
     def tenant(self):
-        tenant = Tenant.objects.filter(slug=self.kwargs.get(self.tenant_url_kwarg)).first()
+        tenant = Tenant.objects.by_slug(self.kwargs.get(self.tenant_url_kwarg))
         if tenant is None:
             raise TenantNotFound()
         return tenant

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from bookings.models import Booking
 from core.decide import NOW, decide
 from core.guards import ClockNow
+from core.models import Tenant
 from core.prepared import Prepared
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from proposals.models import Proposal
@@ -102,6 +103,7 @@ CALL_SITES = [
     ],
     (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
+    (Tenant.objects, "slugged", {"slug": "acme"}),
     *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
     *[(PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait}) for nowait in (False, True)],
