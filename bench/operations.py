@@ -504,16 +504,20 @@ class ProfileUndo(Operation):
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
+        from django.contrib.auth import get_user_model
+
         from profiles.models import Profile, ProfileAuditLog
 
-        log, profile = ProfileAuditLog._meta.db_table, Profile._meta.db_table
+        User = get_user_model()
+        log, profile, user = ProfileAuditLog._meta.db_table, Profile._meta.db_table, User._meta.db_table
         # The bench never edits a profile after its entry, so the script skips the app's stale-field check.
         return f"""\
 \\set eid :base_id + :t
 BEGIN;
 SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :eid, 0)) \\gset
 \\if :pg_try_advisory_xact_lock
-SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open FROM {log}
+SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open, {columns(User)}
+ FROM {log} LEFT OUTER JOIN {user} ON ({log}.actor_id = {user}.id)
  WHERE ({log}.id = :eid AND {log}.tenant_id = :tenant) ORDER BY {log}.id ASC LIMIT 1 FOR UPDATE OF {log} NOWAIT \\gset
 \\if :pgbench_open
 SELECT {columns(Profile)}, clock_timestamp() AS db_now FROM {profile}

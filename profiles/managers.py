@@ -432,8 +432,12 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
             raise OperationLocked()
         steps.at("entry")
+        # With its actor (who made the change), which the undo's answer names: no read after commit.
         entry = (
-            self.select_for_update(nowait=True, no_key=False, of=("self",)).filter(pk=entry_id, tenant=tenant).first()
+            self.select_for_update(nowait=True, no_key=False, of=("self",))
+            .select_related("actor")
+            .filter(pk=entry_id, tenant=tenant)
+            .first()
         )
         if entry is None:
             raise AuditEntryNotFound()

@@ -136,3 +136,45 @@ def test_a_promo_redeem_and_void_statements_won_and_refused(acme_member):
     # who; BEGIN, the deciding statement (core.decide), the counter, the code for the answer; COMMIT.
     # Refused: who; BEGIN, the deciding statement that names the refusal, ROLLBACK.
     assert (len(won_sql), len(refused_sql)) == (6, 4), "\n".join(s[:120] for s in won_sql)
+
+
+@pytest.mark.usefixtures("no_rate_limits")
+def test_a_profile_undo_statements_won_and_refused(acme_member):
+    from profiles.models import Profile
+
+    tenant = acme_member.memberships.get().tenant
+    profile = Profile.objects.create_profile(tenant=tenant, first_name="A", sex="male")
+    Profile.objects.update_profile(
+        profile.pk, tenant=tenant, version=profile.version, actor=acme_member, first_name="B"
+    )
+    entry = profile.history.get(action="update")
+    client = token_client(acme_member)
+    path = f"/api/t/acme/audit-log/{entry.pk}/undo"
+    (won, won_sql), (refused, refused_sql) = (
+        statements(lambda: client.post(path, {"reason": "typo"}, format="json")) for _ in range(2)
+    )
+    assert (won.status_code, refused.status_code) == (200, 409)
+    assert refused.json()["error"]["code"] == "already_undone"
+    # Won: who (1); BEGIN, the try-lock, the entry (with its actor, for the answer), the profile, its
+    # change, the undo entry, the entry marked undone, COMMIT (8): nothing read after the commit.
+    # Refused: who, BEGIN, the try-lock, the entry (already undone), ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (9, 5), "\n".join(s[:120] for s in won_sql)
+
+
+@pytest.mark.usefixtures("no_rate_limits", "recording_provider")
+def test_a_public_checkout_reads_its_tenant_in_one_statement(acme_member):
+    from rest_framework.test import APIClient
+
+    from bookings.models import Package
+
+    package = Package.objects.create(
+        tenant=acme_member.memberships.get().tenant, name="Day", price="100.00", currency="USD", daily_capacity=1
+    )
+    body = {"package": package.pk, "date": "2099-01-01", "customer": {"name": "C", "email": "c@example.com"}}
+    response, sql = statements(lambda: APIClient().post("/api/public/acme/checkouts", body, format="json"))
+    assert response.status_code == 201, response.content
+    assert sql[0].startswith('SELECT "core_tenant"."id"')
+    # The tenant (1); the hold: BEGIN, two locks, the place, the booking, the checkout, COMMIT (7);
+    # the checkout opened with the customer's e-mail owed: BEGIN, UPDATE, the facts, the notice,
+    # its job, COMMIT (6).
+    assert len(sql) == 14, "\n".join(s[:120] for s in sql)
