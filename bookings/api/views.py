@@ -27,7 +27,7 @@ from bookings.selectors import places_left
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
-from core.api.representation import represented
+from core.api.representation import represented, validated
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
 from core.api.throttles import CheckoutAddressThrottle, CheckoutEmailThrottle
 
@@ -55,12 +55,11 @@ class AvailabilityView(PublicTenantMixin, APIView):
         responses=AvailabilitySerializer(many=True),
     )
     def get(self, request, tenant):
-        query = AvailabilityQueryInputSerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        start, end = query.validated_data["start"], query.validated_data["end"]
+        query = validated(AvailabilityQueryInputSerializer, request.query_params)
+        start, end = query["start"], query["end"]
         if end < start or (end - start).days + 1 > MAX_AVAILABILITY_DAYS:
             raise DateRangeInvalid(days=MAX_AVAILABILITY_DAYS)
-        days = places_left(self.tenant, start, end, package_id=query.validated_data.get("package"))
+        days = places_left(self.tenant, start, end, package_id=query.get("package"))
         return Response(AvailabilitySerializer(days, many=True).data)
 
 
@@ -72,14 +71,13 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
     @extend_schema(request=CheckoutCreateInputSerializer, responses={201: CheckoutCreatedSerializer})
     @idempotent(two_phase=True)
     def post(self, request, tenant):
-        data = CheckoutCreateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(CheckoutCreateInputSerializer, request.data)
         booking = start_checkout(
             tenant=self.tenant,
-            package_id=data.validated_data["package"],
-            date=data.validated_data["date"],
-            customer_name=data.validated_data["customer"]["name"],
-            customer_email=data.validated_data["customer"]["email"],
+            package_id=data["package"],
+            date=data["date"],
+            customer_name=data["customer"]["name"],
+            customer_email=data["customer"]["email"],
         )
         body = represented(CheckoutCreatedSerializer, {"booking": booking, "checkout": booking.checkout})
         return Response(body, status=status.HTTP_201_CREATED)
@@ -148,9 +146,8 @@ class PackageListCreateView(TenantScopedMixin, generics.ListAPIView):
     @extend_schema(request=PackageCreateInputSerializer, responses={201: PackageSerializer})
     @idempotent()
     def post(self, request, *args, **kwargs):
-        data = PackageCreateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        package = Package.objects.create_package(tenant=self.tenant, **data.validated_data)
+        data = validated(PackageCreateInputSerializer, request.data)
+        package = Package.objects.create_package(tenant=self.tenant, **data)
         return Response(represented(PackageSerializer, package), status=status.HTTP_201_CREATED)
 
 
@@ -187,9 +184,8 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
     @extend_schema(parameters=[PackageDeleteQueryInputSerializer], responses={204: None})
     def delete(self, request, tenant, pk):
         pk = valid_id(pk, PackageNotFound)
-        query = PackageDeleteQueryInputSerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        Package.objects.delete_package(pk, tenant=self.tenant, version=query.validated_data.get("version"))
+        query = validated(PackageDeleteQueryInputSerializer, request.query_params)
+        Package.objects.delete_package(pk, tenant=self.tenant, version=query.get("version"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -201,10 +197,9 @@ class BookingListView(TenantScopedMixin, generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        query = BookingListQueryInputSerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated(BookingListQueryInputSerializer, self.request.query_params)
         bookings = Booking.objects.for_tenant(self.tenant).select_related("checkout").order_by("date", "pk")
-        filters = {key: value for key, value in query.validated_data.items()}
+        filters = {key: value for key, value in query.items()}
         if "package" in filters:
             filters["package_id"] = filters.pop("package")
         return bookings.filter(**filters)

@@ -8,24 +8,12 @@ from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
-from core.api.representation import represented
+from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
 from profiles import selectors
 from profiles.api import serializers as s
 from profiles.exceptions import AuditEntryNotFound, ProfileNotFound
 from profiles.models import Profile, ProfileAuditLog
-
-
-def _query(serializer_class, request):
-    serializer = serializer_class(data=request.query_params)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def _body(serializer_class, request):
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
@@ -35,7 +23,7 @@ class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
 
     @extend_schema(parameters=[s.ProfileListQuerySerializer], responses=s.ProfileSerializer(many=True))
     def get(self, request, tenant):
-        query = _query(s.ProfileListQuerySerializer, request)
+        query = validated(s.ProfileListQuerySerializer, request.query_params)
         profiles = Profile.objects.for_tenant(self.tenant)
         if query["deleted"] == "false":
             profiles = profiles.live()
@@ -51,7 +39,7 @@ class ProfileListCreateView(TenantScopedMixin, GenericAPIView):
     @extend_schema(request=s.ProfileCreateInputSerializer, responses={201: s.ProfileSerializer})
     @idempotent()
     def post(self, request, tenant):
-        data = _body(s.ProfileCreateInputSerializer, request)
+        data = validated(s.ProfileCreateInputSerializer, request.data)
         profile = Profile.objects.create_profile(tenant=self.tenant, actor=request.user, **data)
         return Response(represented(s.ProfileSerializer, profile), status=status.HTTP_201_CREATED)
 
@@ -66,7 +54,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(request=s.ProfileUpdateInputSerializer, responses=s.ProfileSerializer)
     def patch(self, request, tenant, pk):
-        data = dict(_body(s.ProfileUpdateInputSerializer, request))
+        data = dict(validated(s.ProfileUpdateInputSerializer, request.data))
         version = data.pop("version")
         profile = Profile.objects.update_profile(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user, **data
@@ -75,7 +63,7 @@ class ProfileDetailView(TenantScopedMixin, APIView):
 
     @extend_schema(parameters=[s.ProfileDeleteQuerySerializer], responses={200: s.ProfileSerializer})
     def delete(self, request, tenant, pk):
-        version = _query(s.ProfileDeleteQuerySerializer, request)["version"]
+        version = validated(s.ProfileDeleteQuerySerializer, request.query_params)["version"]
         profile = Profile.objects.soft_delete(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
         )
@@ -86,7 +74,7 @@ class ProfileRestoreView(TenantScopedMixin, APIView):
     @extend_schema(request=s.ProfileRestoreInputSerializer, responses=s.ProfileSerializer)
     @idempotent()
     def post(self, request, tenant, pk):
-        version = _body(s.ProfileRestoreInputSerializer, request).get("version")
+        version = validated(s.ProfileRestoreInputSerializer, request.data).get("version")
         profile = Profile.objects.restore(
             valid_id(pk, ProfileNotFound), tenant=self.tenant, version=version, actor=request.user
         )
@@ -108,7 +96,7 @@ class _TreeView(TenantScopedMixin, APIView):
 
     @extend_schema(parameters=[s.TreeQuerySerializer], responses=s.TreeNodeSerializer(many=True))
     def get(self, request, tenant, pk):
-        max_depth = _query(s.TreeQuerySerializer, request)["max_depth"]
+        max_depth = validated(s.TreeQuerySerializer, request.query_params)["max_depth"]
         walk = selectors.ancestors if self.up else selectors.descendants
         nodes = walk(valid_id(pk, ProfileNotFound), tenant=self.tenant, max_depth=max_depth)
         return Response(s.TreeNodeSerializer(nodes, many=True).data)
@@ -140,7 +128,7 @@ class AuditEntryUndoView(TenantScopedMixin, APIView):
     @extend_schema(request=s.UndoInputSerializer, responses=s.UndoResultSerializer)
     @idempotent()
     def post(self, request, tenant, pk):
-        reason = _body(s.UndoInputSerializer, request)["reason"]
+        reason = validated(s.UndoInputSerializer, request.data)["reason"]
         entry = ProfileAuditLog.objects.undo(
             valid_id(pk, AuditEntryNotFound), tenant=self.tenant, actor=request.user, reason=reason
         )

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id, valid_uuid
-from core.api.representation import represented
+from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
 from core.exceptions import DomainError
 from promos import exceptions as errors
@@ -31,9 +31,8 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
     @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer})
     @idempotent()
     def post(self, request, tenant):
-        data = s.PromoCodeInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        fields = dict(data.validated_data)
+        data = validated(s.PromoCodeInputSerializer, request.data)
+        fields = dict(data)
         fields.pop("version", None)  # a new code has no version to be stale against
         promo = PromoCode.objects.create_code(tenant=self.tenant, **fields)
         return Response(represented(s.PromoCodeSerializer, promo), status=status.HTTP_201_CREATED)
@@ -81,10 +80,9 @@ class PromoCodeValidateView(TenantScopedMixin, APIView):
 
     @extend_schema(request=s.PromoCodeCheckInputSerializer, responses={200: s.PromoCodeValidationSerializer})
     def post(self, request, tenant):
-        data = s.PromoCodeCheckInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(s.PromoCodeCheckInputSerializer, request.data)
         try:
-            promo, bonus = PromoCode.objects.validate(tenant=self.tenant, **data.validated_data)
+            promo, bonus = PromoCode.objects.validate(tenant=self.tenant, **data)
         except DomainError as refusal:
             if refusal.status_code == status.HTTP_400_BAD_REQUEST:
                 raise
@@ -102,9 +100,8 @@ class PromoCodeRedeemView(TenantScopedMixin, APIView):
     )
     @idempotent()
     def post(self, request, tenant):
-        data = s.PromoCodeRedeemInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        usage = PromoCode.objects.redeem(tenant=self.tenant, **data.validated_data)
+        data = validated(s.PromoCodeRedeemInputSerializer, request.data)
+        usage = PromoCode.objects.redeem(tenant=self.tenant, **data)
         return Response(represented(s.PromoUsageSerializer, usage), status=status.HTTP_201_CREATED)
 
 
@@ -135,12 +132,11 @@ class PromoUsageListView(TenantScopedMixin, ListAPIView):
     serializer_class = s.PromoUsageSerializer
 
     def get_queryset(self):
-        query = s.PromoUsageListQueryInputSerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated(s.PromoUsageListQueryInputSerializer, self.request.query_params)
         queryset = PromoUsage.objects.for_tenant(self.tenant).select_related("promo")
-        if code := query.validated_data.get("code"):
+        if code := query.get("code"):
             queryset = queryset.filter(promo__code__iexact=code)
-        if customer := query.validated_data.get("customer"):
+        if customer := query.get("customer"):
             queryset = queryset.filter(customer=customer)
         return queryset
 
@@ -164,10 +160,9 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
     serializer_class = s.RedemptionSessionSerializer
 
     def get_queryset(self):
-        query = s.RedemptionSessionListQueryInputSerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated(s.RedemptionSessionListQueryInputSerializer, self.request.query_params)
         queryset = RedemptionSession.objects.for_tenant(self.tenant)
-        if wanted := query.validated_data.get("status"):
+        if wanted := query.get("status"):
             queryset = queryset.filter(status=wanted)
         return queryset
 
@@ -181,9 +176,8 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
     )
     @idempotent()
     def post(self, request, tenant):
-        data = s.RedemptionSessionCreateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        session, secret = RedemptionSession.objects.create_session(tenant=self.tenant, **data.validated_data)
+        data = validated(s.RedemptionSessionCreateInputSerializer, request.data)
+        session, secret = RedemptionSession.objects.create_session(tenant=self.tenant, **data)
         session.approval_secret = secret
         return Response(represented(s.RedemptionSessionCreatedSerializer, session), status=status.HTTP_201_CREATED)
 
@@ -203,9 +197,8 @@ class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
     @idempotent()
     def post(self, request, tenant, session_id):
         session_uuid = valid_uuid(session_id, errors.SessionNotFound)
-        data = s.RedemptionSessionConsumeInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data.validated_data)
+        data = validated(s.RedemptionSessionConsumeInputSerializer, request.data)
+        amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data)
         body = {"session_id": session_uuid, "status": RedemptionSession.Status.USED, "used_amount": amount}
         return Response(represented(s.RedemptionSessionConsumedSerializer, body))
 
@@ -232,10 +225,9 @@ class RedemptionSessionAnswerView(APIView):
     @idempotent()
     def post(self, request, session_id):
         session_uuid = valid_uuid(session_id, errors.SessionNotFound)
-        data = s.RedemptionSessionAnswerInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(s.RedemptionSessionAnswerInputSerializer, request.data)
         answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject
-        session = answer(session_uuid, secret=data.validated_data["approval_secret"])
+        session = answer(session_uuid, secret=data["approval_secret"])
         return Response(represented(s.RedemptionSessionSerializer, session))
 
 

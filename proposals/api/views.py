@@ -9,7 +9,7 @@ from bookings.exceptions import PackageNotFound
 from bookings.models import Package
 from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id
-from core.api.representation import represented
+from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
 from proposals.api.serializers import (
     ProposalConfirmedSerializer,
@@ -29,11 +29,10 @@ class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
     serializer_class = ProposalSerializer
 
     def get_queryset(self):
-        query = ProposalListQueryInputSerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
+        query = validated(ProposalListQueryInputSerializer, self.request.query_params)
         return (
             Proposal.objects.for_tenant(self.tenant)
-            .filter(session_id=query.validated_data["session_id"])
+            .filter(session_id=query["session_id"])
             .with_effective_status()
             .order_by("-created_at", "-pk")
         )
@@ -45,19 +44,16 @@ class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
     @extend_schema(request=ProposalCreateInputSerializer, responses={201: ProposalSerializer})
     @idempotent()
     def post(self, request, tenant):
-        data = ProposalCreateInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        package = get_for_tenant(
-            Package.objects.active(), self.tenant, PackageNotFound, pk=data.validated_data["package"]
-        )
+        data = validated(ProposalCreateInputSerializer, request.data)
+        package = get_for_tenant(Package.objects.active(), self.tenant, PackageNotFound, pk=data["package"])
         proposal = Proposal.objects.propose(
             tenant=self.tenant,
-            session_id=data.validated_data["session_id"],
+            session_id=data["session_id"],
             package=package,
-            date=data.validated_data["date"],
-            customer_name=data.validated_data["customer"]["name"],
-            customer_email=data.validated_data["customer"]["email"],
-            expires_in=timedelta(seconds=data.validated_data["expires_in"]),
+            date=data["date"],
+            customer_name=data["customer"]["name"],
+            customer_email=data["customer"]["email"],
+            expires_in=timedelta(seconds=data["expires_in"]),
         )
         return Response(represented(ProposalSerializer, proposal), status=status.HTTP_201_CREATED)
 
@@ -75,10 +71,9 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
     @extend_schema(request=ProposalDecisionInputSerializer, responses=ProposalConfirmedSerializer)
     @idempotent(two_phase=True)
     def post(self, request, tenant, pk):
-        data = ProposalDecisionInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(ProposalDecisionInputSerializer, request.data)
         proposal, booking = confirm_proposal(
-            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
+            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data["session_id"]
         )
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}
         return Response(represented(ProposalConfirmedSerializer, body))
@@ -88,9 +83,6 @@ class ProposalRejectView(TenantScopedMixin, APIView):
     @extend_schema(request=ProposalDecisionInputSerializer, responses=ProposalSerializer)
     @idempotent()
     def post(self, request, tenant, pk):
-        data = ProposalDecisionInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        proposal = reject_proposal(
-            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data.validated_data["session_id"]
-        )
+        data = validated(ProposalDecisionInputSerializer, request.data)
+        proposal = reject_proposal(valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data["session_id"])
         return Response(represented(ProposalSerializer, proposal))
