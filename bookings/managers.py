@@ -46,7 +46,7 @@ from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared
+from core.prepared import Prepared, update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
@@ -695,6 +695,19 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         """
         return self.create(booking=booking, provider=provider, amount=booking.amount, currency=booking.currency)
 
+    def opening(self, checkout_id, provider_checkout_id, url, payment_id):
+        return update_statement(
+            self.filter(pk=checkout_id, state=self.model.State.CREATING),
+            state=self.model.State.OPEN,
+            provider_checkout_id=provider_checkout_id,
+            url=url,
+            provider_payment_id=payment_id,
+            updated_at=Now(),
+        )
+
+    # Every checkout opens once, on the hot path of a hold and a proposal confirm: compiled once.
+    opened = Prepared(opening, checkout_id=int, provider_checkout_id=str, url=str, payment_id=str)
+
     @guarded
     def open(self, checkout_id, *, provider_checkout_id, url, payment_id=""):
         """Store the provider's checkout id and URL: ``creating`` -> ``open``; return whether it did.
@@ -704,12 +717,8 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
         expiry, or the provider failure path) that settled it first is never undone.
         """
-        opened = self.filter(pk=checkout_id, state=self.model.State.CREATING).update(
-            state=self.model.State.OPEN,
-            provider_checkout_id=provider_checkout_id,
-            url=url,
-            provider_payment_id=payment_id,
-            updated_at=Now(),
+        opened = self.opened.execute(
+            self, checkout_id=checkout_id, provider_checkout_id=provider_checkout_id, url=url, payment_id=payment_id
         )
         if opened:  # the customer gets the pay link with the hold's expiry
             notifications.owe_customer_notice(notifications.HELD, checkout=checkout_id)

@@ -41,6 +41,14 @@ class Prepared:
         sql, template = self._prepared[key]
         return sql, [values[item] if is_value else item for is_value, item in template]
 
+    def execute(self, manager, **keywords):
+        """Send the statement (an UPDATE or DELETE, say); return the number of rows it changed."""
+        from django.db import connections
+
+        with connections[manager.db].cursor() as cursor:
+            cursor.execute(*self.statement(manager, **keywords))
+            return cursor.rowcount
+
     def instance(self, manager, **keywords):
         """The row the statement selects as an instance of the manager's model (core.rows), or None.
 
@@ -84,6 +92,16 @@ class Prepared:
                 return None
             template.append((True, names[0]))
         return sql, template
+
+
+def update_statement(queryset, **changes):
+    """The SQL and parameters ``queryset.update(**changes)`` sends: a ``build`` for a statement ``execute`` runs."""
+    from django.db.models import sql
+
+    query = queryset.query.chain(sql.UpdateQuery)
+    query.add_update_values(changes)
+    query.annotations = {}
+    return query.get_compiler(queryset.db).as_sql()
 
 
 def _coerce(value, kind):

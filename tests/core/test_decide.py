@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 
-from bookings.models import Booking
+from bookings.models import Booking, Checkout
 from core.decide import NOW, decide
 from core.guards import ClockNow
 from core.models import Tenant
@@ -104,6 +104,11 @@ CALL_SITES = [
     (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     (Tenant.objects, "slugged", {"slug": "acme"}),
+    (
+        Checkout.objects,
+        "opened",
+        {"checkout_id": 41, "provider_checkout_id": "cs_1", "url": "https://pay.example/cs_1", "payment_id": ""},
+    ),
     *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
     *[(PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait}) for nowait in (False, True)],
