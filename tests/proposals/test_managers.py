@@ -31,6 +31,25 @@ def test_confirm_executes_the_booking_once(tenant, recording_provider):
     assert Booking.objects.count() == 1
 
 
+def test_confirm_answers_with_the_executed_row_as_stored(tenant, recording_provider):
+    proposal = make_proposal(tenant)
+    confirmed, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (confirmed.status, confirmed.booking_id, confirmed.version) == ("executed", booking.pk, stored.version)
+    assert (confirmed.confirmed_at, confirmed.executed_at) == (stored.confirmed_at, stored.executed_at)
+    assert stored.confirmed_at <= stored.executed_at
+
+
+def test_only_a_confirmed_proposal_is_executed(tenant, recording_provider):
+    pending = make_proposal(tenant)
+    executed, booking = confirm_proposal(make_proposal(tenant).pk, tenant=tenant, session_id="chat-1")
+    for proposal in (pending, executed):
+        before = Proposal.objects.filter(pk=proposal.pk).values().get()
+        with pytest.raises(ProposalAlreadyProcessed), transaction.atomic():
+            Proposal.objects.execute(proposal.pk, booking=booking)
+        assert Proposal.objects.filter(pk=proposal.pk).values().get() == before
+
+
 def test_confirm_refusals_name_the_reason(tenant, other_tenant):
     proposal = make_proposal(tenant)
     for kwargs in ({"tenant": other_tenant, "session_id": "chat-1"}, {"tenant": tenant, "session_id": "chat-2"}):
