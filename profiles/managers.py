@@ -37,10 +37,12 @@ from functools import wraps
 from django.db import OperationalError, connections, models
 from django.db.models import Q
 
+from core import rows
 from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
+from core.prepared import Prepared
 from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
     AlreadyUndone,
@@ -272,12 +274,25 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         steps.at("tree")
         advisory_xact_lock(LockNamespace.PROFILE_TREE, getattr(tenant, "pk", tenant), using=self.db)
 
+    def subject_lock(self, *, profile_id, tenant):
+        """The profile row FOR UPDATE NOWAIT with the clock: SQL and parameters (compiles only in a transaction)."""
+        locked = self.locked().annotate(db_now=ClockNow()).filter(pk=profile_id, tenant=tenant)[:1]
+        return locked.query.get_compiler(self.db).as_sql()
+
+    # Every guarded profile operation takes it: compiled once per process (core.prepared).
+    subject_locking = Prepared(subject_lock, profile_id=int, tenant=int)
+
     def _lock_subject(self, profile_id, tenant, steps):
         """The profile row FOR UPDATE NOWAIT, with the database clock (clock_timestamp()) as ``db_now``."""
         steps.at("profile")
-        profile = self.locked().annotate(db_now=ClockNow()).filter(pk=profile_id, tenant=tenant).first()
-        if profile is None:
+        connection = connections[self.db]
+        with connection.cursor() as cursor:
+            cursor.execute(*self.subject_locking.statement(self, profile_id=profile_id, tenant=tenant))
+            row = cursor.fetchone()
+        if row is None:
             raise ProfileNotFound()
+        profile = rows.load(self.model, row[:-1], connection, self.db)
+        profile.db_now = row[-1]
         return profile
 
     @staticmethod
@@ -405,6 +420,27 @@ class ProfileAuditLogQuerySet(TenantScopedQuerySet):
 
 
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
+    def entry_lock(self, *, entry_id, tenant):
+        """The entry row FOR UPDATE NOWAIT with its actor (the undo's answer names who made the change)."""
+        locked = self.select_for_update(nowait=True, no_key=False, of=("self",)).select_related("actor")
+        return locked.filter(pk=entry_id, tenant=tenant)[:1].query.get_compiler(self.db).as_sql()
+
+    entry_locking = Prepared(entry_lock, entry_id=int, tenant=int)
+
+    def _lock_entry(self, entry_id, tenant):
+        """The entry, locked, with its actor loaded (None when a command or sweep made the change); or None."""
+        connection = connections[self.db]
+        with connection.cursor() as cursor:
+            cursor.execute(*self.entry_locking.statement(self, entry_id=entry_id, tenant=tenant))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        width = len(self.model._meta.concrete_fields)
+        entry = rows.load(self.model, row[:width], connection, self.db)
+        actor_model = self.model.actor.field.related_model
+        entry.actor = None if row[width] is None else rows.load(actor_model, row[width:], connection, self.db)
+        return entry
+
     @guarded_steps
     def undo(self, entry_id, *, tenant, actor, reason, steps):
         """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
@@ -432,13 +468,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
             raise OperationLocked()
         steps.at("entry")
-        # With its actor (who made the change), which the undo's answer names: no read after commit.
-        entry = (
-            self.select_for_update(nowait=True, no_key=False, of=("self",))
-            .select_related("actor")
-            .filter(pk=entry_id, tenant=tenant)
-            .first()
-        )
+        entry = self._lock_entry(entry_id, tenant)
         if entry is None:
             raise AuditEntryNotFound()
         if entry.undone_at is not None:

@@ -15,6 +15,7 @@ from core.decide import NOW, decide
 from core.guards import ClockNow
 from core.models import Tenant
 from core.prepared import Prepared
+from profiles.models import Profile, ProfileAuditLog
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from proposals.models import Proposal
 from tests.factories import TenantFactory
@@ -104,6 +105,8 @@ CALL_SITES = [
     (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     (Tenant.objects, "slugged", {"slug": "acme"}),
+    (Profile.objects, "subject_locking", {"profile_id": 41, "tenant": 7}),
+    (ProfileAuditLog.objects, "entry_locking", {"entry_id": 41, "tenant": 7}),
     (
         Checkout.objects,
         "opened",

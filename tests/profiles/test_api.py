@@ -86,6 +86,7 @@ def test_undo_with_idempotency_key_replays(api_client, tree):
     body = first.json()
     assert body["undone"]["id"] == entry.pk and body["undone"]["undone_at"] and body["undone"]["undo_reason"]
     assert body["undo_entry"]["action"] == "undo" and body["profile"]["father"] == tree["dad"].pk
+    assert body["undone"]["actor"] is None  # the move was made without a user (a command, say)
     second = api_client.post(url, {"reason": "wrong father"}, format="json", HTTP_IDEMPOTENCY_KEY="u-1")
     assert second.json() == body and second["Idempotent-Replayed"] == "true"
     assert_error(
