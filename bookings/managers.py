@@ -16,9 +16,11 @@ the clock at the moment the statement acts, never the statement's start. No meth
 here talks to anything but the database.
 """
 
+import datetime as dt
 import json
 from collections import namedtuple
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
@@ -46,7 +48,7 @@ from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared, update_statement
+from core.prepared import Prepared, insert_statement, update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
@@ -281,6 +283,20 @@ class BookingQuerySet(TenantScopedQuerySet):
 
 
 class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
+    # A hold's INSERT, compiled once per process (``exclusive`` and a missing origin shape it).
+    inserted = Prepared(
+        insert_statement,
+        tenant_id=int,
+        package_id=int,
+        date=dt.date,
+        customer_name=str,
+        customer_email=str,
+        hold_expires_at=dt.datetime,
+        amount=Decimal,
+        currency=str,
+        origin_proposal_id=int,
+        created_at=dt.datetime,
+    )
     # Read for every notice, inside the transaction that changes the booking: compiled once.
     notice_facts = Prepared(notifications.facts_statement, booking=int)
 
@@ -333,7 +349,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         # Terms a provider cannot charge (a price stored before the currency rules) are refused here,
         # inside the hold's transaction, never after it committed (the hold would block the date).
         _check_terms(place.price, place.currency)
-        return self.create(
+        return self.inserted.create(
+            self,
             tenant_id=place.tenant_id,
             package_id=package_id,
             date=date,
@@ -693,7 +710,12 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
 
         Locks: none of its own (inserts the checkout row in the caller's transaction, after the hold's locks).
         """
-        return self.create(booking=booking, provider=provider, amount=booking.amount, currency=booking.currency)
+        return self.inserted.create(
+            self, booking_id=booking.pk, provider=provider, amount=booking.amount, currency=booking.currency
+        )
+
+    # Every hold records one, in its transaction: compiled once per process.
+    inserted = Prepared(insert_statement, booking_id=int, amount=Decimal, currency=str)
 
     def opening(self, checkout_id, provider_checkout_id, url, payment_id):
         return update_statement(

@@ -7,15 +7,17 @@ two compilations differ is where each value goes, and the rest are constants. La
 send the same SQL with their own values in those places.
 
 ``build(manager, **keywords)`` returns ``(sql, params)``. ``kinds`` names the keywords whose
-values vary from call to call, with their types (``uuid.UUID``, ``int``, ``Decimal``, ``str``;
-a model instance for ``int`` is its pk); any other keyword shapes the statement (each value
-has its own). A value must reach the parameters as it was given: if a stand-in comes out
-transformed, or the compilations differ otherwise, the statement is not prepared and every
-call builds it (tests check each one is prepared). A value not of its kind is left to the
-ORM, which refuses it as it always did.
+values vary from call to call, with their types (``uuid.UUID``, ``int``, ``Decimal``, ``str``,
+``datetime.date``, ``datetime.datetime``; a model instance for ``int`` is its pk); any other
+keyword shapes the statement (each value has its own), and so does a kind given ``None``.
+A value must reach the parameters as it was given: if a stand-in comes out transformed, or
+the compilations differ otherwise, the statement is not prepared and every call builds it
+(tests check each one is prepared). A value not of its kind is left to the ORM, which
+refuses it as it always did.
 """
 
 import uuid
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 STAND_IN_BASE = 7_919_000_000
@@ -28,14 +30,14 @@ class Prepared:
 
     def statement(self, manager, **keywords):
         """SQL and parameters for these keywords: the prepared SQL with their values (or built afresh)."""
-        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
+        shape, kinds = self._split(keywords)
         try:
-            values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
+            values = {name: _coerce(keywords[name], kind) for name, kind in kinds.items()}
         except (TypeError, ValueError, ArithmeticError):  # not of its kind: the ORM refuses it as it would
             return self.build(manager, **keywords)
-        key = (manager.db, tuple(sorted(shape.items())))
+        key = (manager.db, tuple(sorted(shape.items(), key=lambda item: item[0])))
         if key not in self._prepared:
-            self._prepared[key] = self._prepare(manager, shape)
+            self._prepared[key] = self._prepare(manager, shape, kinds)
         if self._prepared[key] is None:
             return self.build(manager, **keywords)
         sql, template = self._prepared[key]
@@ -48,6 +50,19 @@ class Prepared:
         with connections[manager.db].cursor() as cursor:
             cursor.execute(*self.statement(manager, **keywords))
             return cursor.rowcount
+
+    def create(self, manager, **values):
+        """``manager.create(**values)`` through a statement built by ``insert_statement``: the saved instance."""
+        from django.db import connections
+
+        instance = manager.model(**values)
+        with connections[manager.db].cursor() as cursor:
+            cursor.execute(*self.statement(manager, **values))
+            returned = cursor.fetchone()
+        for field, value in zip(manager.model._meta.db_returning_fields, returned, strict=True):
+            setattr(instance, field.attname, value)
+        instance._state.adding, instance._state.db = False, manager.db
+        return instance
 
     def instance(self, manager, **keywords):
         """The row the statement selects as an instance of the manager's model (core.rows), or None.
@@ -66,17 +81,22 @@ class Prepared:
 
     def prepared(self, manager, **keywords):
         """What ``statement`` sends for these keywords if it can be prepared, else None (for tests)."""
-        shape = {name: value for name, value in keywords.items() if name not in self.kinds}
-        prepared = self._prepare(manager, shape)
+        shape, kinds = self._split(keywords)
+        prepared = self._prepare(manager, shape, kinds)
         if prepared is None:
             return None
-        values = {name: _coerce(keywords[name], kind) for name, kind in self.kinds.items()}
+        values = {name: _coerce(keywords[name], kind) for name, kind in kinds.items()}
         sql, template = prepared
         return sql, [values[item] if is_value else item for is_value, item in template]
 
-    def _prepare(self, manager, shape):
+    def _split(self, keywords):
+        """The keywords that shape the statement (a kind given None among them), and the kinds that vary."""
+        kinds = {name: kind for name, kind in self.kinds.items() if keywords[name] is not None}
+        return {name: value for name, value in keywords.items() if name not in kinds}, kinds
+
+    def _prepare(self, manager, shape, kinds):
         first, second = (
-            {name: _stand_in(kind, 2 * n + i) for n, (name, kind) in enumerate(self.kinds.items())} for i in (0, 1)
+            {name: _stand_in(kind, 2 * n + i) for n, (name, kind) in enumerate(kinds.items())} for i in (0, 1)
         )
         sql, params = self.build(manager, **shape, **first)
         sql_again, params_again = self.build(manager, **shape, **second)
@@ -87,11 +107,30 @@ class Prepared:
             if one == other:
                 template.append((False, one))
                 continue
-            names = [name for name in self.kinds if first[name] == one and second[name] == other]
+            names = [name for name in kinds if first[name] == one and second[name] == other]
             if len(names) != 1:
                 return None
             template.append((True, names[0]))
         return sql, template
+
+
+def insert_statement(manager, **values):
+    """The INSERT ``manager.create(**values)`` sends (``Model.save``'s fields and RETURNING): a ``build``.
+
+    For a model with no ``save()`` logic of its own on insert and no signal receivers.
+    """
+    from django.db.models import sql
+
+    instance, meta = manager.model(**values), manager.model._meta
+    fields = [field for field in meta.local_concrete_fields if not field.generated]
+    if instance.pk is None:
+        fields = [field for field in fields if field is not meta.auto_field]
+    query = sql.InsertQuery(manager.model)
+    query.insert_values(fields, [instance])
+    compiler = query.get_compiler(using=manager.db)
+    compiler.returning_fields = meta.db_returning_fields
+    ((statement, params),) = compiler.as_sql()
+    return statement, params
 
 
 def update_statement(queryset, **changes):
@@ -107,6 +146,10 @@ def update_statement(queryset, **changes):
 def _coerce(value, kind):
     if kind is int and hasattr(value, "pk"):
         return value.pk
+    if kind is date and isinstance(value, datetime):  # a datetime is a date to isinstance, not to a DateField
+        raise TypeError("a datetime is not a date")
+    if kind in (date, datetime) and not isinstance(value, kind):
+        raise TypeError(f"not a {kind.__name__}")  # the ORM parses strings: leave them to it
     return value if isinstance(value, kind) else kind(value)
 
 
@@ -121,4 +164,8 @@ def _stand_in(kind, index):
         return uuid.UUID(int=number)
     if kind is str:
         return f"lockstep-stand-in-{number}"
+    if kind is datetime:
+        return datetime(1001, 1, 1, tzinfo=UTC) + timedelta(seconds=index)
+    if kind is date:
+        return date(1001, 1, 1) + timedelta(days=index)
     raise TypeError(f"no stand-in for {kind!r}")

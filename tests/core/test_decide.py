@@ -1,5 +1,6 @@
 """core.decide: lock, judge and change one row in one statement; a loser sees the winner's row."""
 
+import datetime
 import uuid
 from decimal import Decimal
 
@@ -105,6 +106,32 @@ CALL_SITES = [
     (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     (Tenant.objects, "slugged", {"slug": "acme"}),
+    *[
+        (
+            Booking.objects,
+            "inserted",
+            {
+                "tenant_id": 7,
+                "package_id": 41,
+                "date": datetime.date(2030, 1, 2),
+                "customer_name": "C",
+                "customer_email": "c@example.com",
+                "status": "held",
+                "hold_expires_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC),
+                "amount": Decimal("100.00"),
+                "currency": "USD",
+                "exclusive": True,
+                "origin_proposal_id": origin,
+                "created_at": datetime.datetime(2030, 1, 1, 11, 45, tzinfo=datetime.UTC),
+            },
+        )
+        for origin in (None, 42)
+    ],
+    (
+        Checkout.objects,
+        "inserted",
+        {"booking_id": 41, "provider": "sandbox", "amount": Decimal("100.00"), "currency": "USD"},
+    ),
     (Profile.objects, "subject_locking", {"profile_id": 41, "tenant": 7}),
     (ProfileAuditLog.objects, "entry_locking", {"entry_id": 41, "tenant": 7}),
     (
