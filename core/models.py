@@ -14,13 +14,13 @@ from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
 
 
-def _tenant_by_slug(manager, *, slug):
-    return manager.filter(slug=slug).order_by().query.get_compiler(manager.db).as_sql()
-
-
 class TenantManager(models.Manager):
+    def slug_lookup(self, *, slug):
+        """The tenant with this slug: SQL and parameters."""
+        return self.filter(slug=slug).order_by().query.get_compiler(self.db).as_sql()
+
     # The first read of every public request: compiled once per process (core.prepared).
-    slugged = Prepared(_tenant_by_slug, slug=str)
+    slugged = Prepared(slug_lookup, slug=str)
 
     def by_slug(self, slug):
         """The tenant with this slug, or None."""

@@ -20,6 +20,10 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.db import connections
+
+from core import rows
+
 STAND_IN_BASE = 7_919_000_000
 
 
@@ -45,20 +49,20 @@ class Prepared:
 
     def execute(self, manager, **keywords):
         """Send the statement (an UPDATE or DELETE, say); return the number of rows it changed."""
-        from django.db import connections
-
         with connections[manager.db].cursor() as cursor:
             cursor.execute(*self.statement(manager, **keywords))
             return cursor.rowcount
 
+    def fetch_one(self, manager, **keywords):
+        """Send the statement; return its first row (None when it returned none)."""
+        with connections[manager.db].cursor() as cursor:
+            cursor.execute(*self.statement(manager, **keywords))
+            return cursor.fetchone()
+
     def create(self, manager, **values):
         """``manager.create(**values)`` through a statement built by ``insert_statement``: the saved instance."""
-        from django.db import connections
-
         instance = manager.model(**values)
-        with connections[manager.db].cursor() as cursor:
-            cursor.execute(*self.statement(manager, **values))
-            returned = cursor.fetchone()
+        returned = self.fetch_one(manager, **values)
         for field, value in zip(manager.model._meta.db_returning_fields, returned, strict=True):
             setattr(instance, field.attname, value)
         instance._state.adding, instance._state.db = False, manager.db
@@ -69,15 +73,8 @@ class Prepared:
 
         For statements that select the model's concrete columns in field order (a plain queryset's SELECT).
         """
-        from django.db import connections
-
-        from core import rows
-
-        connection = connections[manager.db]
-        with connection.cursor() as cursor:
-            cursor.execute(*self.statement(manager, **keywords))
-            row = cursor.fetchone()
-        return None if row is None else rows.load(manager.model, row, connection, manager.db)
+        row = self.fetch_one(manager, **keywords)
+        return None if row is None else rows.load(manager.model, row, connections[manager.db], manager.db)
 
     def prepared(self, manager, **keywords):
         """What ``statement`` sends for these keywords if it can be prepared, else None (for tests)."""

@@ -285,13 +285,10 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
     def _lock_subject(self, profile_id, tenant, steps):
         """The profile row FOR UPDATE NOWAIT, with the database clock (clock_timestamp()) as ``db_now``."""
         steps.at("profile")
-        connection = connections[self.db]
-        with connection.cursor() as cursor:
-            cursor.execute(*self.subject_locking.statement(self, profile_id=profile_id, tenant=tenant))
-            row = cursor.fetchone()
+        row = self.subject_locking.fetch_one(self, profile_id=profile_id, tenant=tenant)
         if row is None:
             raise ProfileNotFound()
-        profile = rows.load(self.model, row[:-1], connection, self.db)
+        profile = rows.load(self.model, row[:-1], connections[self.db], self.db)
         profile.db_now = row[-1]
         return profile
 
@@ -429,13 +426,10 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
 
     def _lock_entry(self, entry_id, tenant):
         """The entry, locked, with its actor loaded (None when a command or sweep made the change); or None."""
-        connection = connections[self.db]
-        with connection.cursor() as cursor:
-            cursor.execute(*self.entry_locking.statement(self, entry_id=entry_id, tenant=tenant))
-            row = cursor.fetchone()
+        row = self.entry_locking.fetch_one(self, entry_id=entry_id, tenant=tenant)
         if row is None:
             return None
-        width = len(self.model._meta.concrete_fields)
+        connection, width = connections[self.db], len(self.model._meta.concrete_fields)
         entry = rows.load(self.model, row[:width], connection, self.db)
         actor_model = self.model.actor.field.related_model
         entry.actor = None if row[width] is None else rows.load(actor_model, row[width:], connection, self.db)

@@ -228,24 +228,16 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         customer = str(customer)
         if not nowait:
             set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
-        connection = connections[self.db]
-        with connection.cursor() as cursor:
-            cursor.execute(*self.locking.statement(self, code=str(code).strip(), tenant=tenant, nowait=nowait))
-            row = cursor.fetchone()
-        if row is None:
+        promo = self.locking.instance(self, code=str(code).strip(), tenant=tenant, nowait=nowait)
+        if promo is None:
             raise errors.PromoNotFound()
-        promo = rows.load(self.model, row, connection, self.db)
         # The bonus terms cannot change while the row is locked (every writer takes the lock).
         # The statement is prepared: no query is built or compiled while the lock is held.
         bonus = self._bonus(promo, amount)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                *self.redeeming.statement(
-                    self, promo_id=promo.pk, customer=customer, amount=amount, bonus=bonus, reference=reference or ""
-                )
-            )
-            row = cursor.fetchone()
-        width = len(self.model._meta.concrete_fields)
+        row = self.redeeming.fetch_one(
+            self, promo_id=promo.pk, customer=customer, amount=amount, bonus=bonus, reference=reference or ""
+        )
+        connection, width = connections[self.db], len(self.model._meta.concrete_fields)
         promo = rows.load(self.model, row[:width], connection, self.db)
         promo.checked_at, promo.customer_uses = row[width : width + 2]
         if row[width + 2] is None:  # no usage inserted: the returned row says why
