@@ -334,7 +334,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         after both are held, reads the package's capacity, ``is_active``, price and currency
         and counts confirmed bookings and unexpired holds on the date. Raises
         PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
-        DateInPast or DateUnavailable; returns the new ``held`` booking.
+        DateInPast or DateUnavailable, always before it writes anything (a proposal's confirm
+        goes on in the same transaction after a refusal); returns the new ``held`` booking.
         """
         package_id = getattr(package, "pk", package)
         lock_package_shared(package_id, using=self.db)

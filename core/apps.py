@@ -9,3 +9,6 @@ class CoreConfig(AppConfig):
     def ready(self):
         from core import checks  # noqa: F401 - registers the system checks
         from core.api import authentication  # noqa: F401 - registers its OpenAPI security scheme
+        from core.history import install_context_injector
+
+        install_context_injector()

@@ -10,12 +10,18 @@ and the URL to every write request; commands attach their name (``core.managemen
 payment webhook its provider event (``bookings.services``). The context is passed with
 ``set_config(…, true)`` (transaction-local): safe behind a transaction-mode pooler.
 
+pghistory sends it with every writing statement; ``set_once_per_transaction`` (installed in
+place of its injector) sends it with the first write of each transaction only, and again when
+the context changes or a rolled-back savepoint took it back (see there).
+
 Events are append-only (a trigger refuses UPDATE and DELETE of them).
 """
 
+import json
 from dataclasses import dataclass
 
 import pghistory
+import pghistory.runtime
 from django.contrib.auth import get_user_model
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats
@@ -33,6 +39,48 @@ def tracked(**options):
         append_only=True,
         **options,
     )
+
+
+_SENT_WITH_EVERY_WRITE = pghistory.runtime._inject_history_context
+_NOT_WRITES = ("savepoint", "release", "rollback")  # pghistory would prefix these too: nothing they do is recorded
+
+
+def set_once_per_transaction(execute, sql, params, many, context):
+    """pghistory's context injector, sending the context once per transaction instead of once per write.
+
+    ``set_config(…, true)`` lasts until the transaction ends, or until a savepoint rolled back
+    after it; the first write of an atomic block sends it (through pghistory's own injector) and
+    registers a marker with ``on_commit``, which Django drops at commit, at rollback, and at the
+    rollback of any savepoint the marker was registered in: where the marker is still there
+    with the same context, the setting is still in force. Outside an atomic block every write
+    is its own transaction, and sends it.
+    """
+    connection = context["connection"]
+    if not connection.in_atomic_block:
+        return _SENT_WITH_EVERY_WRITE(execute, sql, params, many, context)
+    tracker = pghistory.runtime._tracker.value
+    stamp = (tracker.id, json.dumps(tracker.metadata, cls=pghistory.config.json_encoder()))
+    sent = getattr(connection, "history_context_sent", None)
+    if sent is not None and sent[1] == stamp and any(hook[1] is sent[0] for hook in connection.run_on_commit):
+        return execute(sql, params, many, context)
+    text = sql.decode() if isinstance(sql, bytes) else sql
+    if text.lstrip()[:9].lower().startswith(_NOT_WRITES) or not pghistory.runtime._can_inject_variable(
+        context["cursor"], text
+    ):
+        return execute(sql, params, many, context)
+    result = _SENT_WITH_EVERY_WRITE(execute, sql, params, many, context)
+
+    def marker():  # a new function each time: the marker is found by identity
+        pass
+
+    connection.on_commit(marker)
+    connection.history_context_sent = (marker, stamp)
+    return result
+
+
+def install_context_injector():
+    """Make ``pghistory.context()`` install ``set_once_per_transaction`` (called once, by CoreConfig.ready)."""
+    pghistory.runtime._inject_history_context = set_once_per_transaction
 
 
 @dataclass

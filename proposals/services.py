@@ -22,10 +22,11 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     """Confirm the proposal and execute its booking exactly once; then open the provider checkout.
 
     One transaction: the filtered UPDATE pending -> confirmed decides the winner,
-    then the booking hold (capacity honoured under the date's advisory lock) runs in
-    a savepoint. A booking refusal is caught outside that savepoint: the proposal
-    becomes ``failed`` with the refusal's code, that commits, and the refusal is
-    re-raised (``date_unavailable`` -> 409). On success the proposal is ``executed``
+    then the booking hold (capacity honoured under the date's advisory lock). The hold
+    refuses (BOOKING_REFUSALS) before it writes anything, so no savepoint is needed to
+    go on: the proposal becomes ``failed`` with the refusal's code, that commits, and
+    the refusal is re-raised (``date_unavailable`` -> 409). Any other error (a database
+    refusal, a lock timeout) rolls the whole transaction back. On success the proposal is ``executed``
     with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
     Should the provider then refuse (503 ``payment_provider_unavailable``), the hold is
     released and the proposal reopened (``pending``, no booking), so a retry can succeed.
@@ -40,15 +41,14 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     with database_refusals(), transaction.atomic():
         proposal = Proposal.objects.confirm(proposal_id, tenant=tenant, session_id=session_id)
         try:
-            with transaction.atomic():
-                booking = hold_in_transaction(
-                    tenant=tenant,
-                    package_id=proposal.package_id,
-                    date=proposal.date,
-                    customer_name=proposal.customer_name,
-                    customer_email=proposal.customer_email,
-                    origin_proposal_id=proposal.pk,
-                )
+            booking = hold_in_transaction(
+                tenant=tenant,
+                package_id=proposal.package_id,
+                date=proposal.date,
+                customer_name=proposal.customer_name,
+                customer_email=proposal.customer_email,
+                origin_proposal_id=proposal.pk,
+            )
         except BOOKING_REFUSALS as exc:
             Proposal.objects.fail(proposal.pk, code=exc.code)
             refusal = exc

@@ -87,10 +87,10 @@ def test_a_proposal_reject_is_one_statement_after_authentication_won_or_refused(
 def test_a_proposal_confirm_statements_won_and_refused(acme_member):
     (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "confirm")
     assert (won.status_code, refused.status_code) == (200, 409)
-    # Won: who (1); the decision, the hold in its savepoint, the execution returning the answer's row
-    # (11 with BEGIN/COMMIT); the checkout opened with the customer's e-mail owed (6).
+    # Won: who (1); the decision, the hold (no savepoint), the execution returning the answer's row
+    # (9 with BEGIN/COMMIT); the checkout opened with the customer's e-mail owed (6).
     # Refused: who, then BEGIN, the deciding statement that names the refusal, ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (18, 4), "\n".join(s[:120] for s in won_sql)
+    assert (len(won_sql), len(refused_sql)) == (16, 4), "\n".join(s[:120] for s in won_sql)
 
 
 @pytest.mark.usefixtures("no_rate_limits")

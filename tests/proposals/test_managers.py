@@ -146,7 +146,7 @@ def test_constraints_executed_needs_a_booking_and_a_booking_serves_one_proposal(
 
 @pytest.mark.django_db(transaction=True)
 def test_confirm_proposal_round_trips(recording_provider):
-    """The whole confirmation: one transaction (the decision, savepoint + hold, execute), then the provider."""
+    """The whole confirmation: one transaction (the decision, the hold, execute), then the provider."""
     from tests.factories import TenantFactory
 
     tenant = TenantFactory(slug="acme")
@@ -156,19 +156,17 @@ def test_confirm_proposal_round_trips(recording_provider):
     sql = [q["sql"] for q in queries.captured_queries]
     kinds = [s.split()[0] for s in sql]
     # confirm() is one statement (no savepoint of its own: a refused decision raises before any write);
-    # the hold runs in the explicit savepoint whose refusal is caught outside it; execute() joins.
+    # the hold joins (no savepoint: it refuses before writing anything); execute() joins.
     # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT)
     # with the customer's e-mail owed in it.
     assert kinds == [
         "BEGIN",
         "WITH",  # confirm: lock, judge, change, return the row
-        "SAVEPOINT",
         "SELECT",
         "SELECT",
         "SELECT",
         "INSERT",
         "INSERT",
-        "RELEASE",
         "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
         "BEGIN",
