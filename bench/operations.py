@@ -324,18 +324,14 @@ INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id
 
 
 # The customer's "held" e-mail, owed in the same transaction (bookings.notifications.owe_customer_notice).
-NOTICE_SQL = r"""\set notification_id 0
-INSERT INTO core_notification (kind, subject, recipients, language, context, status, attempts, last_error,
-  created_at) VALUES ('booking_held', 'booking:' || :booking_id, '["c:k@example.com"]', 'en',
+NOTICE_SQL = r"""WITH owed AS (INSERT INTO core_notification (kind, subject, recipients, language, context, status,
+  attempts, last_error, created_at) VALUES ('booking_held', 'booking:' || :booking_id, '["c:k@example.com"]', 'en',
   '{"booking": :booking_id, "name": "c:k", "email": "c:k@example.com", "package": ":fact_package_name",
   "date": ":fact_date", "amount": ":fact_amount", "currency": ":fact_currency", "pay_url": ":fact_pay_url",
   "hold_expires_at": ":fact_hold_expires_at"}', 'pending', 0, '', clock_timestamp())
- ON CONFLICT (kind, subject) DO NOTHING RETURNING id \aset notification_
-\if :notification_id
-SELECT unnest(procrastinate_defer_jobs_v1(
-  E'{"(notifications,notifications.send,0,,,\\"{\\"\\"notification_id\\"\\": :notification_id}\\",)"}'
-  ::procrastinate_job_to_defer_v1[])) AS id;
-\endif
+ ON CONFLICT (kind, subject) DO NOTHING RETURNING id)
+ SELECT owed.id, procrastinate_defer_jobs_v1(ARRAY[ROW('notifications', 'notifications.send', 0, NULL, NULL,
+  jsonb_build_object('notification_id', owed.id), NULL)::procrastinate_job_to_defer_v1]) FROM owed;
 """
 
 
@@ -451,13 +447,9 @@ class ProposalConfirm(DateHold):
 BEGIN;
 {decide_script(decision)} \\gset decided_
 \\if :decided_lockstep_won
-SAVEPOINT hold;
-{hold_sql(":pid")}RELEASE SAVEPOINT hold;
-{executed};
+{hold_sql(":pid")}{executed};
 COMMIT;
 {open_sql()}\\else
-ROLLBACK TO SAVEPOINT hold;
-RELEASE SAVEPOINT hold;
 UPDATE {proposal} SET status = 'failed', failure_code = 'date_unavailable'
  WHERE ({proposal}.id = :pid AND {proposal}.status = 'confirmed');
 COMMIT;

@@ -151,16 +151,21 @@ class NotificationManager(models.Manager):
         twin waits for the first to commit, then inserts nothing).
 
         Called by the state change that causes it, so both commit or neither does: a crash never
-        loses a notification, and the unique (kind, subject) never sends one event twice. Returns
-        the new row's id, or None when this event was already recorded.
+        loses a notification, and the unique (kind, subject) never sends one event twice. The row
+        and its ``send_notification`` job are one statement (``core.tasks.job_to_defer``): a job
+        only for a row inserted. Returns the new row's id, or None when this event was already
+        recorded.
         """
-        from core.tasks import send_notification  # the worker's tasks import this module
+        from core.tasks import job_to_defer, send_notification  # the worker's tasks import this module
 
+        job_sql, job_params = job_to_defer(send_notification, "jsonb_build_object('notification_id', owed.id)")
         with connections[self.db].cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language, context, status,"  # noqa: S608 - the table name comes from _meta; values are parameters
-                " attempts, last_error, created_at) VALUES (%s, %s, %s, %s, %s, %s, 0, '', clock_timestamp())"
-                " ON CONFLICT (kind, subject) DO NOTHING RETURNING id",
+                f"WITH owed AS (INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language,"  # noqa: S608 - the table name comes from _meta; values are parameters
+                " context, status, attempts, last_error, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, 0, '', clock_timestamp())"
+                " ON CONFLICT (kind, subject) DO NOTHING RETURNING id)"
+                f" SELECT owed.id, {job_sql} FROM owed",
                 [
                     kind,
                     subject,
@@ -168,13 +173,11 @@ class NotificationManager(models.Manager):
                     language,
                     json.dumps(context, cls=DjangoJSONEncoder),
                     NotificationStatus.PENDING,
+                    *job_params,
                 ],
             )
             row = cursor.fetchone()
-        if row is None:
-            return None
-        send_notification.defer(notification_id=row[0])  # procrastinate's row, same transaction
-        return row[0]
+        return None if row is None else row[0]
 
     @guarded
     def claim(self, pk):

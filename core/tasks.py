@@ -85,6 +85,18 @@ async def remove_old_jobs(context, timestamp):
     await builtin_tasks.remove_old_jobs(context, max_hours=KEEP_FINISHED_JOBS_HOURS)
 
 
+def job_to_defer(task, args_sql):
+    """SQL deferring one job of ``task`` (as ``task.defer()`` would) whose arguments are ``args_sql``, a jsonb
+    expression of the enclosing statement, and its parameters: procrastinate's own ``procrastinate_defer_jobs_v1``
+    with the job ``task.configure()`` makes. For a job that must be queued in the same statement as the row
+    it names (``Notification.objects.owe``): one round trip, no second statement per write."""
+    job = task.configure().job
+    return (
+        f"procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, %s, %s, %s, {args_sql}, %s)::procrastinate_job_to_defer_v1])",
+        [job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at],
+    )
+
+
 # A mail server that refuses is asked again after 4 s, 16 s, 64 s, 256 s, 1024 s, then given up on.
 NOTIFICATION_RETRIES = 5
 

@@ -112,6 +112,28 @@ def test_a_notification_is_sent_at_most_once(package):
     assert Notification.objects.filter(subject=f"booking:{booking.pk}").count() == 1
 
 
+def test_the_row_and_its_job_are_one_statement_and_the_job_is_procrastinates_own(package):
+    """``owe`` queues in its INSERT the job ``send_notification.defer()`` would queue; a repeat queues none."""
+    from core.tasks import send_notification
+
+    columns = "queue_name, task_name, priority, lock, queueing_lock, scheduled_at, status, attempts, args"
+
+    def job(where, value):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {columns} FROM procrastinate_jobs WHERE {where} = %s", [value])  # noqa: S608
+            return cursor.fetchall()
+
+    booking = book(package)
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    assert queued_jobs() == [pk]
+    ours = job("args ->> 'notification_id'", str(pk))
+    theirs = job("id", send_notification.defer(notification_id=pk))
+    assert ours == theirs and len(ours) == 1
+    with transaction.atomic():
+        assert notices.owe_customer_notice(notices.HELD, pk=booking.pk) is None  # recorded already: no job
+    assert queued_jobs() == [pk, pk]  # (the second is the one this test deferred by hand)
+
+
 def test_an_event_rolled_back_owes_nothing(package):
     booking = book(package)
     before = (Notification.objects.count(), len(queued_jobs()))

@@ -172,8 +172,7 @@ def test_confirm_proposal_round_trips(recording_provider):
         "BEGIN",
         "UPDATE",
         "SELECT",  # the customer's e-mail with the pay link: its facts,
-        "INSERT",  # its row,
-        "SELECT",  # its queued job (procrastinate_defer_jobs), all in the open's transaction
+        "WITH",  # its row and its queued job in one statement, in the open's transaction
         "COMMIT",
     ], sql
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute
