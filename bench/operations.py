@@ -301,8 +301,10 @@ def hold_sql(origin):
     from bookings.managers import ACTIVE_SQL
 
     return f"""\
-SELECT pg_advisory_xact_lock_shared(hashtextextended('bookings.package:' || :package_id, 0));
-SELECT pg_advisory_xact_lock(hashtextextended('bookings.date:' || :package_id || ':' || {DAY}, 0));
+SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))
+  ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END
+ FROM unnest(('{{bookings.package:' || :package_id || ',bookings.date:' || :package_id || ':' || {DAY} || '}}')::text[],
+  '{{t,f}}'::boolean[]) AS t(key, shared);
 SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
   current_date, clock_timestamp() FROM bookings_package p WHERE p.id = :package_id \\gset

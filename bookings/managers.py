@@ -43,7 +43,7 @@ from bookings.exceptions import (
     PackageNotFound,
 )
 from core import money
-from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
+from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks_in_order
 from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
@@ -81,8 +81,13 @@ def lock_package_exclusive(package_id, *, using):
     advisory_xact_lock(LockNamespace.BOOKING_PACKAGE, package_id, using=using)
 
 
-def lock_date(package_id, date, *, using):
-    advisory_xact_lock(LockNamespace.BOOKING_DATE, package_id, date.isoformat(), using=using)
+def lock_place(package_id, date, *, using):
+    """BOOKING_PACKAGE(package) shared, then BOOKING_DATE(package, date): a place's locks, in one round trip."""
+    advisory_xact_locks_in_order(
+        (True, LockNamespace.BOOKING_PACKAGE, package_id),
+        (False, LockNamespace.BOOKING_DATE, package_id, date.isoformat()),
+        using=using,
+    )
 
 
 # Statuses that take a place on their date whatever the clock says (no hold expiry to judge).
@@ -338,8 +343,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         goes on in the same transaction after a refusal); returns the new ``held`` booking.
         """
         package_id = getattr(package, "pk", package)
-        lock_package_shared(package_id, using=self.db)
-        lock_date(package_id, date, using=self.db)
+        lock_place(package_id, date, using=self.db)
         place = self._taken(package_id, date)
         if place is None or not place.is_active or (tenant is not None and place.tenant_id != tenant.pk):
             raise PackageNotFound()
@@ -419,8 +423,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         key = self.filter(pk=booking_id).values("package_id", "date").first()
         if key is None:
             raise BookingNotFound()
-        lock_package_shared(key["package_id"], using=self.db)
-        lock_date(key["package_id"], key["date"], using=self.db)
+        lock_place(key["package_id"], key["date"], using=self.db)
         return self.select_for_update(no_key=True).get(pk=booking_id)
 
     @guarded(joins=True)

@@ -35,14 +35,15 @@ def lock_key(namespace: LockNamespace, *parts) -> str:
     return ":".join([namespace.value, *(str(part) for part in parts)])
 
 
-def _take_advisory(connection, sql, key):
+def _take_advisory(connection, sql, key, shared=None):
     """Run ``sql``, which takes the advisory lock(s) on ``key``; return its answer (a try lock: got it?).
 
-    The one place every advisory lock is taken: a control test switches locks off here
-    (tests/conftest.py, ``locks_switched_off``) to run the product's own code without them.
+    ``key`` is a key or a list of keys; ``shared``, when given, says for each key of the list whether
+    its lock is shared. The one place every advisory lock is taken: a control test switches locks off
+    here (tests/conftest.py, ``locks_switched_off``) to run the product's own code without them.
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [key])
+        cursor.execute(sql, [key] if shared is None else [key, shared])
         row = cursor.fetchone()  # none when advisory_xact_locks was given no key
         return row and row[0]
 
@@ -78,6 +79,23 @@ def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
         "(SELECT hashtextextended(t, 0) AS k FROM unnest(%s::text[]) AS t ORDER BY 1) AS ordered"
     )
     _take_advisory(_require_atomic(using), sql, sorted({lock_key(key[0], *key[1:]) for key in keys}))
+
+
+def advisory_xact_locks_in_order(*locks, using=DEFAULT_DB_ALIAS):
+    """Take several advisory locks in one round trip, one after another in the order given.
+
+    ``locks``: ``(shared, namespace, *parts)`` tuples; each waits as ``advisory_xact_lock_shared``
+    (``shared`` true) or ``advisory_xact_lock`` would, bounded by lock_timeout. For a path whose
+    locks follow the global order (docs/lock-order.md): ``unnest`` reads its arrays in order and
+    the lock of each row is taken before the next row is read, as two statements would.
+    """
+    sql = (
+        "SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))"
+        " ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END"
+        " FROM unnest(%s::text[], %s::boolean[]) AS t(key, shared)"
+    )
+    keys = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks]
+    _take_advisory(_require_atomic(using), sql, keys, [bool(lock[0]) for lock in locks])
 
 
 def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS) -> bool:

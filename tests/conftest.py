@@ -119,10 +119,13 @@ def locks_switched_off(monkeypatch):
         def off(key):
             return key.startswith(prefixes) if prefixes else True
 
-        def take_the_others(connection, sql, key):
-            if isinstance(key, list):  # advisory_xact_locks: several keys in one statement
-                kept = [k for k in key if not off(k)]
-                return take(connection, sql, kept) if kept else None
+        def take_the_others(connection, sql, key, shared=None):
+            if isinstance(key, list):  # several keys in one statement (each with its mode, if given)
+                kept = [n for n, k in enumerate(key) if not off(k)]
+                if not kept:
+                    return None
+                modes = None if shared is None else [shared[n] for n in kept]
+                return take(connection, sql, [key[n] for n in kept], modes)
             return True if off(key) else take(connection, sql, key)
 
         monkeypatch.setattr(db, "_take_advisory", take_the_others)

@@ -6,7 +6,9 @@ from django.db import connections, transaction
 
 from core.db import (
     advisory_xact_lock,
+    advisory_xact_lock_shared,
     advisory_xact_locks,
+    advisory_xact_locks_in_order,
     set_local_lock_timeout,
     try_advisory_xact_lock,
 )
@@ -118,6 +120,42 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
                 time.sleep(0.01)
             assert waiting, "the second caller never queued for the held lock"
             assert granted == 0, "it took the highest-hash key before the lowest: input order, not hash order"
+    assert waiter.join().error is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locks_in_order_are_taken_one_after_another_each_in_its_mode():
+    """(first shared, second exclusive), with the second held elsewhere: the caller holds the first, shared,
+    and queues for the second; a shared holder of the first never blocks it."""
+    from tests.races import OpenTransaction
+
+    waiter_pid = []
+
+    def take_both():
+        with transaction.atomic():
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                waiter_pid.append(cursor.fetchone()[0])
+            advisory_xact_locks_in_order((True, ScratchLock.TEST, "first"), (False, ScratchLock.TEST, "second"))
+
+    def locks_of_waiter():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND pid = %s ORDER BY granted",
+                [waiter_pid[0] if waiter_pid else 0],
+            )
+            return cursor.fetchall()
+
+    with (
+        OpenTransaction(lambda: advisory_xact_lock_shared(ScratchLock.TEST, "first")),
+        advisory_locked(ScratchLock.TEST, "second"),
+    ):
+        waiter = Background(take_both)
+        deadline, held = time.monotonic() + 5, []
+        while len(held) < 2 and time.monotonic() < deadline:
+            held = locks_of_waiter()
+            time.sleep(0.01)
+        assert held == [("ExclusiveLock", False), ("ShareLock", True)], held
     assert waiter.join().error is None
 
 

@@ -175,7 +175,7 @@ def test_a_form_opened_before_a_confirm_in_flight_and_saved_after_it_is_refused(
     form = {**open_change_form(client, proposal), "customer_email": "fixed@example.com"}
     with advisory_locked(LockNamespace.BOOKING_DATE, proposal.package_id, proposal.date.isoformat()):
         confirming = Background(lambda: confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1"))
-        wait_until_blocked("SELECT pg_advisory_xact_lock")  # the confirm holds the proposal row, waits for the date
+        wait_until_blocked("pg_advisory_xact_lock(")  # the confirm holds the proposal row, waits for the date
         saving = Background(lambda: client.post(change_url(proposal), form))
         wait_until_blocked('SELECT "proposals_proposal"."version"')  # the form's edit waits for the row
     confirming.join()

@@ -162,9 +162,8 @@ def test_confirm_proposal_round_trips(recording_provider):
     assert kinds == [
         "BEGIN",
         "WITH",  # confirm: lock, judge, change, return the row
-        "SELECT",
-        "SELECT",
-        "SELECT",
+        "SELECT",  # the hold: the package (shared) and date locks,
+        "SELECT",  # the package's terms and the date's count,
         "INSERT",
         "INSERT",
         "WITH",  # execute: link the booking, stamp the clock, return the row
