@@ -41,40 +41,49 @@ def tracked(**options):
     )
 
 
-_SENT_WITH_EVERY_WRITE = pghistory.runtime._inject_history_context
-_NOT_WRITES = ("savepoint", "release", "rollback")  # pghistory would prefix these too: nothing they do is recorded
+# Statements that write no tracked row: pghistory's own list, and the savepoint commands it would prefix too.
+_NOT_WRITES = (*pghistory.runtime.IGNORED_SQL_PREFIXES, "savepoint", "release", "rollback")
+_SEND = "SELECT set_config('pghistory.context_id', {}, true), set_config('pghistory.context_metadata', {}, true); "
 
 
 def set_once_per_transaction(execute, sql, params, many, context):
     """pghistory's context injector, sending the context once per transaction instead of once per write.
 
-    ``set_config(…, true)`` lasts until the transaction ends, or until a savepoint rolled back
-    after it; the first write of an atomic block sends it (through pghistory's own injector) and
-    registers a marker with ``on_commit``, which Django drops at commit, at rollback, and at the
-    rollback of any savepoint the marker was registered in: where the marker is still there
-    with the same context, the setting is still in force. Outside an atomic block every write
-    is its own transaction, and sends it.
+    What it sends is pghistory's (the two ``set_config(…, true)`` its triggers read), prefixed to
+    the first write of a transaction. A transaction-local setting lasts until the transaction
+    ends, or until a savepoint rolled back after it: the write that sends it registers a marker
+    with ``on_commit``, which Django drops at commit, at rollback, and at the rollback of any
+    savepoint the marker was registered in. Where the marker is still there and the context has
+    not changed, the setting is still in force. Outside an atomic block every write is its own
+    transaction, and sends it. Reads, savepoints and named cursors are sent as they are.
     """
-    connection = context["connection"]
-    if not connection.in_atomic_block:
-        return _SENT_WITH_EVERY_WRITE(execute, sql, params, many, context)
-    tracker = pghistory.runtime._tracker.value
-    stamp = (tracker.id, json.dumps(tracker.metadata, cls=pghistory.config.json_encoder()))
-    sent = getattr(connection, "history_context_sent", None)
-    if sent is not None and sent[1] == stamp and any(hook[1] is sent[0] for hook in connection.run_on_commit):
-        return execute(sql, params, many, context)
     text = sql.decode() if isinstance(sql, bytes) else sql
-    if text.lstrip()[:9].lower().startswith(_NOT_WRITES) or not pghistory.runtime._can_inject_variable(
-        context["cursor"], text
-    ):
+    cursor, connection = context["cursor"], context["connection"]
+    if text.lstrip()[:16].lower().startswith(_NOT_WRITES) or getattr(cursor, "name", None):
         return execute(sql, params, many, context)
-    result = _SENT_WITH_EVERY_WRITE(execute, sql, params, many, context)
+    if pghistory.runtime._is_transaction_errored(cursor):
+        return execute(sql, params, many, context)
+    tracker = pghistory.runtime._tracker.value
+    sent = getattr(connection, "history_context_sent", None) if connection.in_atomic_block else None
+    if sent is not None and sent[1] == (tracker.id, tracker.metadata):
+        if any(hook[1] is sent[0] for hook in connection.run_on_commit):
+            return execute(sql, params, many, context)
+    values = (str(tracker.id), json.dumps(tracker.metadata, cls=pghistory.config.json_encoder()))
+    if isinstance(params, dict):  # psycopg takes named or positional parameters, not both
+        names = ("pghistory__context_id", "pghistory__context_metadata")
+        params = {**params, **dict(zip(names, values, strict=True))}
+        prefix = _SEND.format(*(f"%({name})s" for name in names))
+    else:
+        params = (*values, *(params or ()))
+        prefix = _SEND.format("%s", "%s")
+    result = pghistory.runtime._execute_wrapper(execute(prefix + text, params, many, context))
+    if connection.in_atomic_block:
 
-    def marker():  # a new function each time: the marker is found by identity
-        pass
+        def marker():  # a new function each time: the marker is found by identity
+            pass
 
-    connection.on_commit(marker)
-    connection.history_context_sent = (marker, stamp)
+        connection.on_commit(marker)
+        connection.history_context_sent = (marker, (tracker.id, dict(tracker.metadata)))
     return result
 
 
