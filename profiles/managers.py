@@ -42,7 +42,7 @@ from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared
+from core.prepared import Prepared, update_statement
 from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
     AlreadyUndone,
@@ -364,11 +364,31 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
             if role is not None:
                 raise WouldCreateCycle(parent=role)
 
+    def change(self, *, pk, version, fields, **values):
+        """``_apply``'s UPDATE: the profile's new version and the ``fields`` named (SQL and parameters)."""
+        return update_statement(self.filter(pk=pk), version=version, **{_attname(f): values[f] for f in fields})
+
+    # Every edit, delete, restore and undo writes the profile through it: compiled once per set of fields.
+    changed = Prepared(
+        change,
+        pk=int,
+        version=int,
+        first_name=str,
+        last_name=str,
+        sex=str,
+        birth_date=date,
+        death_date=date,
+        father=int,
+        mother=int,
+        deleted_at=datetime,
+    )
+
     def _apply(self, profile, delta, *, action, actor):
         """Write ``delta`` to the locked profile, bump its version, insert the audit entry."""
         old = {f: _as_json(_current(profile, f)) for f in delta}
         version = profile.version + 1  # the row is locked: no lost update
-        self.filter(pk=profile.pk).update(version=version, **{_attname(f): v for f, v in delta.items()})
+        values = dict.fromkeys((*PROFILE_FIELDS, "deleted_at")) | delta  # absent or None: part of the shape
+        self.changed.execute(self, pk=profile.pk, version=version, fields=tuple(sorted(delta)), **values)
         for field, value in delta.items():
             setattr(profile, _attname(field), value)
         profile.version = version
@@ -424,6 +444,18 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
 
     entry_locking = Prepared(entry_lock, entry_id=int, tenant=int)
 
+    def mark_undone(self, *, pk, undone_at, undone_by, undo_reason, undo_entry):
+        """The undo's last write: the entry undone, when, by whom, why, by which entry (SQL and parameters)."""
+        return update_statement(
+            self.filter(pk=pk),
+            undone_at=undone_at,
+            undone_by=undone_by,
+            undo_reason=undo_reason,
+            undo_entry=undo_entry,
+        )
+
+    marked_undone = Prepared(mark_undone, pk=int, undone_at=datetime, undone_by=int, undo_reason=str, undo_entry=int)
+
     def _lock_entry(self, entry_id, tenant):
         """The entry, locked, with its actor loaded (None when a command or sweep made the change); or None."""
         row = self.entry_locking.fetch_one(self, entry_id=entry_id, tenant=tenant)
@@ -473,8 +505,8 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
         # db_now is clock_timestamp() read by the profile lock: the database's clock, and the
         # same instant the undo entry's profile change is stamped with.
-        self.filter(pk=entry.pk).update(
-            undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
+        self.marked_undone.execute(
+            self, pk=entry.pk, undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
         )
         entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
         entry.undo_entry, entry.profile = undo_entry, profile

@@ -134,6 +134,39 @@ CALL_SITES = [
     ),
     (Profile.objects, "subject_locking", {"profile_id": 41, "tenant": 7}),
     (ProfileAuditLog.objects, "entry_locking", {"entry_id": 41, "tenant": 7}),
+    *[
+        (
+            Profile.objects,
+            "changed",
+            {
+                **dict.fromkeys(("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")),
+                "deleted_at": None,
+                "pk": 41,
+                "version": 3,
+                **change,
+                "fields": tuple(sorted(change)),
+            },
+        )
+        for change in (
+            {"first_name": "Ada", "birth_date": datetime.date(1815, 12, 10), "father": 40, "death_date": None},
+            {"deleted_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC)},
+            {"deleted_at": None},
+        )
+    ],
+    *[
+        (
+            ProfileAuditLog.objects,
+            "marked_undone",
+            {
+                "pk": 41,
+                "undone_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC),
+                "undone_by": actor,
+                "undo_reason": "typo",
+                "undo_entry": 42,
+            },
+        )
+        for actor in (None, 7)
+    ],
     (
         Checkout.objects,
         "opened",
