@@ -8,9 +8,11 @@ send the same SQL with their own values in those places.
 
 ``build(manager, **keywords)`` returns ``(sql, params)``. ``kinds`` names the keywords whose
 values vary from call to call, with their types (``uuid.UUID``, ``int``, ``Decimal``, ``str``,
-``datetime.date``, ``datetime.datetime``; a model instance for ``int`` is its pk); any other
+``datetime.date``, ``datetime.datetime``, ``dict`` for a JSON field's value; a model instance for ``int``
+is its pk); any other
 keyword shapes the statement (each value has its own), and so does a kind given ``None``.
-A value must reach the parameters as it was given: if a stand-in comes out transformed, or
+A value must reach the parameters as it was given (a JSON value in the adapter the ORM wraps it in, the
+same for every call): if a stand-in comes out otherwise transformed, or
 the compilations differ otherwise, the statement is not prepared and every call builds it
 (tests check each one is prepared). A value not of its kind is left to the ORM, which
 refuses it as it always did.
@@ -21,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connections
+from psycopg.types.json import Json, Jsonb
 
 from core import rows
 
@@ -30,7 +33,7 @@ STAND_IN_BASE = 7_919_000_000
 class Prepared:
     def __init__(self, build, **kinds):
         self.build, self.kinds = build, kinds
-        self._prepared = {}  # (db, shape) -> (sql, [(is_value, name or constant)]), or None
+        self._prepared = {}  # (db, shape) -> (sql, template), or None: see _prepare
 
     def statement(self, manager, **keywords):
         """SQL and parameters for these keywords: the prepared SQL with their values (or built afresh)."""
@@ -45,7 +48,7 @@ class Prepared:
         if self._prepared[key] is None:
             return self.build(manager, **keywords)
         sql, template = self._prepared[key]
-        return sql, [values[item] if is_value else item for is_value, item in template]
+        return sql, _filled(template, values)
 
     def execute(self, manager, **keywords):
         """Send the statement (an UPDATE or DELETE, say); return the number of rows it changed."""
@@ -84,7 +87,7 @@ class Prepared:
             return None
         values = {name: _coerce(keywords[name], kind) for name, kind in kinds.items()}
         sql, template = prepared
-        return sql, [values[item] if is_value else item for is_value, item in template]
+        return sql, _filled(template, values)
 
     def _split(self, keywords):
         """The keywords that shape the statement (a kind given None among them), and the kinds that vary."""
@@ -99,15 +102,18 @@ class Prepared:
         sql_again, params_again = self.build(manager, **shape, **second)
         if sql != sql_again or len(params) != len(params_again):
             return None
-        template = []
+        template = []  # per parameter: (None, constant), (name, None) or (name, the JSON adapter's class and dumps)
         for one, other in zip(params, params_again, strict=True):
-            if one == other:
-                template.append((False, one))
+            wrapper = (type(one), one.dumps) if isinstance(one, Json | Jsonb) and type(one) is type(other) else None
+            if wrapper is not None:
+                one, other = one.obj, other.obj
+            elif one == other:
+                template.append((None, one))
                 continue
             names = [name for name in kinds if first[name] == one and second[name] == other]
             if len(names) != 1:
                 return None
-            template.append((True, names[0]))
+            template.append((names[0], wrapper))
         return sql, template
 
 
@@ -140,11 +146,25 @@ def update_statement(queryset, **changes):
     return query.get_compiler(queryset.db).as_sql()
 
 
+def _filled(template, values):
+    """The parameters of a prepared statement: its constants, and these values where they go."""
+    return [
+        constant_or_wrapper
+        if name is None
+        else values[name]
+        if constant_or_wrapper is None
+        else constant_or_wrapper[0](values[name], dumps=constant_or_wrapper[1])
+        for name, constant_or_wrapper in template
+    ]
+
+
 def _coerce(value, kind):
     if kind is int and hasattr(value, "pk"):
         return value.pk
     if kind is date and isinstance(value, datetime):  # a datetime is a date to isinstance, not to a DateField
         raise TypeError("a datetime is not a date")
+    if kind is dict and not isinstance(value, dict):
+        raise TypeError("not a JSON object")
     if kind in (date, datetime) and not isinstance(value, kind):
         raise TypeError(f"not a {kind.__name__}")  # the ORM parses strings: leave them to it
     return value if isinstance(value, kind) else kind(value)
@@ -165,4 +185,6 @@ def _stand_in(kind, index):
         return datetime(1001, 1, 1, tzinfo=UTC) + timedelta(seconds=index)
     if kind is date:
         return date(1001, 1, 1) + timedelta(days=index)
+    if kind is dict:
+        return {"lockstep-stand-in": number}
     raise TypeError(f"no stand-in for {kind!r}")

@@ -42,7 +42,7 @@ from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared, update_statement
+from core.prepared import Prepared, insert_statement, update_statement
 from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
     AlreadyUndone,
@@ -395,10 +395,18 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         return self._record(profile, action, old=old, new={f: _as_json(v) for f, v in delta.items()}, actor=actor)
 
     def _record(self, profile, action, *, old, new, actor):
-        audit_model = self.model.history.field.model
-        return audit_model.objects.create(
-            tenant_id=profile.tenant_id, profile=profile, action=action, old_data=old, new_data=new, actor=actor
+        audit = self.model.history.field.model.objects
+        entry = audit.recorded.create(
+            audit,
+            tenant_id=profile.tenant_id,
+            profile_id=profile.pk,
+            action=action,
+            old_data=old,
+            new_data=new,
+            actor_id=getattr(actor, "pk", None),
         )
+        entry.profile, entry.actor = profile, actor
+        return entry
 
     def _undo(self, entry, *, steps, actor):
         """Reverse ``entry`` on its locked profile (steps 3-6 of the undo); return (profile, undo entry)."""
@@ -443,6 +451,11 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         return locked.filter(pk=entry_id, tenant=tenant)[:1].query.get_compiler(self.db).as_sql()
 
     entry_locking = Prepared(entry_lock, entry_id=int, tenant=int)
+
+    # Every change of a profile records one, in its transaction: compiled once per process.
+    recorded = Prepared(
+        insert_statement, tenant_id=int, profile_id=int, action=str, old_data=dict, new_data=dict, actor_id=int
+    )
 
     def mark_undone(self, *, pk, undone_at, undone_by, undo_reason, undo_entry):
         """The undo's last write: the entry undone, when, by whom, why, by which entry (SQL and parameters)."""
