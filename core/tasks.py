@@ -13,6 +13,7 @@ next period, 1 (a refusal an operator must look at) fails the job, so it shows a
 the admin's procrastinate jobs and in the metrics.
 """
 
+import functools
 import logging
 from io import StringIO
 
@@ -85,6 +86,7 @@ async def remove_old_jobs(context, timestamp):
     await builtin_tasks.remove_old_jobs(context, max_hours=KEEP_FINISHED_JOBS_HOURS)
 
 
+@functools.cache  # a task's job is the same every time: made once per process
 def job_to_defer(task, args_sql):
     """SQL deferring one job of ``task`` (as ``task.defer()`` would) whose arguments are ``args_sql``, a jsonb
     expression of the enclosing statement, and its parameters: procrastinate's own ``procrastinate_defer_jobs_v1``
@@ -93,7 +95,7 @@ def job_to_defer(task, args_sql):
     job = task.configure().job
     return (
         f"procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, %s, %s, %s, {args_sql}, %s)::procrastinate_job_to_defer_v1])",
-        [job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at],
+        (job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at),
     )
 
 
