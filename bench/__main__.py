@@ -165,6 +165,17 @@ def measure(operation, variant, case, clients, args, *, server=None, token=None,
     return cell
 
 
+def warm_up(operation, server, token, args):
+    """Unmeasured attempts of the operation from as many clients as the server has threads, before its
+    first HTTP cell: every server thread has opened its connection, every process has compiled the
+    operation's statements (core.prepared) and built its serializers. One-time costs a long-running
+    server pays once, not per request; the rows are re-created before the first measured cell."""
+    operation.setup(args.rows)
+    connections.close_all()  # no shared sockets across the fork
+    clients = args.workers * args.threads
+    http.run(operation, server, token, clients=clients, case="spread", duration=0.5, targets=args.rows)
+
+
 def fmt(value, width, digits=1):
     if value is None:
         return "-".rjust(width)
@@ -283,6 +294,8 @@ def main(argv=None):
                     )
             for operation in operations:
                 for variant in variants:
+                    if variant == "http":
+                        warm_up(operation, server, ctx.token, args)
                     for case in args.cases:
                         for clients in args.clients:
                             began = time.monotonic()
