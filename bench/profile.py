@@ -3,8 +3,9 @@
 Runs each operation's API request (and the framework floor) through Django's test
 client on a fresh ``lockstep_bench`` database, one attempt per target (every attempt
 wins), under cProfile, and prints the CPU per request and the functions it is spent
-in. The numbers are the app's own work without gunicorn and the network: they say
-where to cut, ``make bench`` says what a request costs.
+in, then the CPU one statement costs the app through Django's cursor and through psycopg alone. The
+numbers are the app's own work without gunicorn and the network: they say where to cut, ``make
+bench`` says what a request costs.
 
     python -m bench.profile [--operations proposal_confirm date_hold] [--attempts 400] [--top 25]
 """
@@ -62,7 +63,35 @@ def profile(operation, ctx, attempts, top):
     stats.sort_stats("tottime").print_stats(top)
     if CALLEES:
         stats.sort_stats("cumulative").print_callees(*CALLEES)
-    return per_request_ms, out.getvalue()
+    return per_request_ms, stats.total_calls / attempts, out.getvalue()
+
+
+def round_trip_cost(repeat=3000):
+    """CPU per statement (µs) of one small SELECT with three parameters, in a transaction: through
+    Django's cursor (what every Lockstep statement goes through), and through psycopg's own
+    client-side-binding cursor on the same connection (what Django adds is the difference)."""
+    import psycopg
+    from django.db import connection, transaction
+
+    def through_django():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s, %s, %s", [1, "abc", 2.5])
+            cursor.fetchone()
+
+    def through_psycopg():
+        with psycopg.ClientCursor(connection.connection) as cursor:
+            cursor.execute("SELECT %s, %s, %s", [1, "abc", 2.5])
+            cursor.fetchone()
+
+    costs = {}
+    with transaction.atomic():
+        for name, send in (("Django cursor", through_django), ("psycopg ClientCursor", through_psycopg)):
+            send()
+            started = time.process_time()
+            for _ in range(repeat):
+                send()
+            costs[name] = (time.process_time() - started) * 1e6 / repeat
+    return costs
 
 
 def main():
@@ -79,12 +108,15 @@ def main():
     kinds = {"floor": FrameworkFloor, **{op.name: op for op in OPERATIONS}}
     summary = []
     for name in args.operations:
-        per_request_ms, listing = profile(kinds[name](ctx), ctx, args.attempts, args.top)
+        per_request_ms, calls, listing = profile(kinds[name](ctx), ctx, args.attempts, args.top)
         if args.top:
             print(f"=== {name}\n{listing}")
-        summary.append((name, per_request_ms))
-    for name, per_request_ms in summary:
-        print(f"{name:>18}: {per_request_ms:.2f} ms CPU per request (in process, not profiled)")
+        summary.append((name, per_request_ms, calls))
+    # Function calls per request do not move with the machine's speed: compare them across commits.
+    for name, per_request_ms, calls in summary:
+        print(f"{name:>18}: {per_request_ms:.2f} ms CPU per request (in process, not profiled), {calls:,.0f} calls")
+    for name, cost in round_trip_cost().items():
+        print(f"{'one statement':>18}: {cost:.0f} µs CPU through {name}")
 
 
 if __name__ == "__main__":
