@@ -104,8 +104,22 @@ def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_AL
     return _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts))
 
 
+LOCAL_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+
+
 def set_local_lock_timeout(milliseconds: int, using=DEFAULT_DB_ALIAS):
     """Tighten lock_timeout for the rest of this transaction only (SET LOCAL cannot leak)."""
     connection = _require_atomic(using)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(milliseconds)}ms"])
+        cursor.execute(LOCAL_LOCK_TIMEOUT, [f"{int(milliseconds)}ms"])
+
+
+def after_local_lock_timeout(statement, milliseconds: int):
+    """``statement`` (SQL, parameters) preceded by ``set_local_lock_timeout``'s, in the same round trip.
+
+    Two statements in one query, run in order: the timeout is in force before the statement
+    waits for anything. The caller reads the last result (``cursor.nextset()``; ``Prepared``
+    does). Only inside a transaction, like ``set_local_lock_timeout``.
+    """
+    sql, params = statement
+    return f"{LOCAL_LOCK_TIMEOUT}; {sql}", [f"{int(milliseconds)}ms", *params]

@@ -57,9 +57,15 @@ class Prepared:
             return cursor.rowcount
 
     def fetch_one(self, manager, **keywords):
-        """Send the statement; return its first row (None when it returned none)."""
+        """Send the statement; return its first row (None when it returned none).
+
+        A statement preceded by others in the same query (``core.db.after_local_lock_timeout``)
+        answers with its own row: the last result is read.
+        """
         with connections[manager.db].cursor() as cursor:
             cursor.execute(*self.statement(manager, **keywords))
+            while cursor.nextset():
+                pass
             return cursor.fetchone()
 
     def create(self, manager, **values):

@@ -26,7 +26,7 @@ from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery,
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core import rows
-from core.db import set_local_lock_timeout
+from core.db import after_local_lock_timeout, set_local_lock_timeout
 from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
@@ -211,13 +211,13 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout; NOWAIT
         with ``nowait=True``); the usage row is new.
 
-        One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS), lock the code
-        row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once instead) and read it;
-        then ONE statement (``redemption``), issued after the lock is held so that its
+        One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS) and, in the same
+        round trip, lock the code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once
+        instead) and read it; then ONE statement (``redemption``), issued after the lock is held so that its
         snapshot sees every usage and deactivation committed while we waited, reads the
         database clock and this customer's live usage count, judges the code on them and,
         if it may be used, inserts the usage and counts it (``times_used + 1``). The row
-        comes back either way and names a refusal. Three statements between BEGIN and
+        comes back either way and names a refusal. Two round trips between BEGIN and
         COMMIT; the lock is held for the last of them and the COMMIT.
 
         Raises PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
@@ -226,8 +226,6 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         """
         amount = _require_amount(amount)
         customer = str(customer)
-        if not nowait:
-            set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
         promo = self.locking.instance(self, code=str(code).strip(), tenant=tenant, nowait=nowait)
         if promo is None:
             raise errors.PromoNotFound()
@@ -282,9 +280,13 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     redeeming = Prepared(redemption, promo_id=int, customer=str, amount=Decimal, bonus=Decimal, reference=str)
 
     def lock_by_code(self, *, code, tenant, nowait):
-        """The code row's lock, by code: SQL and parameters (a locking query compiles only in a transaction)."""
+        """The code row's lock, by code: SQL and parameters (a locking query compiles only in a transaction).
+
+        Waiting (not ``nowait``), it is preceded by redeem's lock timeout in the same round trip.
+        """
         locked = self.by_code(code, tenant=tenant).locked(nowait=nowait)[:1]
-        return locked.query.get_compiler(self.db).as_sql()
+        statement = locked.query.get_compiler(self.db).as_sql()
+        return statement if nowait else after_local_lock_timeout(statement, REDEEM_LOCK_TIMEOUT_MS)
 
     locking = Prepared(lock_by_code, code=str, tenant=int)
 
