@@ -177,6 +177,7 @@ class PromoRedeem(Operation):
 
     @property
     def PGBENCH(self):  # a property: the scripts are the app's statements
+        from promos.managers import REDEEM_LOCK_TIMEOUT_MS
         from promos.models import PromoCode
         from promos.race_scenarios import PromoRedeem
 
@@ -188,7 +189,9 @@ class PromoRedeem(Operation):
             rf"\b{PGBENCH_BONUS}\b": ":bonus_value",  # the bench's codes give a fixed bonus
         }
         with transaction.atomic():  # a locking query compiles only in a transaction
-            lock = PromoCode.objects.lock_by_code(code=PGBENCH_CODE, tenant=PGBENCH_TENANT, nowait=False)
+            lock = PromoCode.objects.lock_by_code(
+                code=PGBENCH_CODE, tenant=PGBENCH_TENANT, nowait=False, lock_timeout_ms=REDEEM_LOCK_TIMEOUT_MS
+            )
             # the lock timeout and the lock, one query as the app sends them (pgbench's compound: "\;")
             lock_sql = script_of(*lock, variables).replace("; ", " \\; ", 1)
         redemption = script_of(

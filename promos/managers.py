@@ -226,7 +226,10 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         """
         amount = _require_amount(amount)
         customer = str(customer)
-        promo = self.locking.instance(self, code=str(code).strip(), tenant=tenant, nowait=nowait)
+        timeout = None if nowait else REDEEM_LOCK_TIMEOUT_MS  # NOWAIT needs none
+        promo = self.locking.instance(
+            self, code=str(code).strip(), tenant=tenant, nowait=nowait, lock_timeout_ms=timeout
+        )
         if promo is None:
             raise errors.PromoNotFound()
         # The bonus terms cannot change while the row is locked (every writer takes the lock).
@@ -279,14 +282,14 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
     redeeming = Prepared(redemption, promo_id=int, customer=str, amount=Decimal, bonus=Decimal, reference=str)
 
-    def lock_by_code(self, *, code, tenant, nowait):
+    def lock_by_code(self, *, code, tenant, nowait, lock_timeout_ms=None):
         """The code row's lock, by code: SQL and parameters (a locking query compiles only in a transaction).
 
-        Waiting (not ``nowait``), it is preceded by redeem's lock timeout in the same round trip.
+        With ``lock_timeout_ms``, preceded by that lock timeout in the same round trip.
         """
         locked = self.by_code(code, tenant=tenant).locked(nowait=nowait)[:1]
         statement = locked.query.get_compiler(self.db).as_sql()
-        return statement if nowait else after_local_lock_timeout(statement, REDEEM_LOCK_TIMEOUT_MS)
+        return statement if lock_timeout_ms is None else after_local_lock_timeout(statement, lock_timeout_ms)
 
     locking = Prepared(lock_by_code, code=str, tenant=int)
 

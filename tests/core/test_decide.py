@@ -190,7 +190,10 @@ CALL_SITES = [
     ),
     *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
-    *[(PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait}) for nowait in (False, True)],
+    *[
+        (PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait, "lock_timeout_ms": timeout})
+        for nowait, timeout in ((False, 1000), (True, None))
+    ],
     (
         PromoCode.objects,
         "redeeming",
