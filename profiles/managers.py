@@ -373,14 +373,8 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         change,
         pk=int,
         version=int,
-        first_name=str,
-        last_name=str,
-        sex=str,
-        birth_date=date,
-        death_date=date,
-        father=int,
-        mother=int,
         deleted_at=datetime,
+        **{field: date if field in DATE_FIELDS else int if field in PARENT_SEX else str for field in PROFILE_FIELDS},
     )
 
     def _apply(self, profile, delta, *, action, actor):

@@ -85,6 +85,30 @@ def test_every_connection_has_timeouts():
     assert statement_timeout not in ("0", "0ms")
 
 
+def locking_in_background(take):
+    """Run ``take()`` in a transaction on its own connection: (the Background, a list that receives its backend pid)."""
+    pid = []
+
+    def run():
+        with transaction.atomic():
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pid.append(cursor.fetchone()[0])
+            take()
+
+    return Background(run), pid
+
+
+def advisory_locks_of(pid):
+    """(mode, granted) of every advisory lock the backend in ``pid`` holds or waits for, the waits first."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND pid = %s ORDER BY granted",
+            [pid[0] if pid else 0],
+        )
+        return cursor.fetchall()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
     """Deadlock freedom: with the lowest-hash key held elsewhere, a caller asking for (highest, lowest)
@@ -95,31 +119,20 @@ def test_several_locks_are_taken_in_hash_order_whatever_the_input_order():
             [[f"{ScratchLock.TEST.value}:{name}" for name in ("a", "b")]],
         )
         lowest, highest = (row[0].rsplit(":", 1)[1] for row in cursor.fetchall())
-    waiter_pid = []
-
-    def wait_for_both():
-        with transaction.atomic():
-            with connections["default"].cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                waiter_pid.append(cursor.fetchone()[0])
-            advisory_xact_locks([(ScratchLock.TEST, highest), (ScratchLock.TEST, lowest)])
 
     with advisory_locked(ScratchLock.TEST, lowest):
-        waiter = Background(wait_for_both)
-        with connections["default"].cursor() as cursor:
-            deadline = time.monotonic() + 5
-            waiting = False
-            while not waiting and time.monotonic() < deadline:
-                cursor.execute(
-                    "SELECT count(*) FILTER (WHERE NOT granted), count(*) FILTER (WHERE granted) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND pid = %s",
-                    [waiter_pid[0] if waiter_pid else 0],
-                )
-                blocked, granted = cursor.fetchone()
-                waiting = blocked == 1
-                time.sleep(0.01)
-            assert waiting, "the second caller never queued for the held lock"
-            assert granted == 0, "it took the highest-hash key before the lowest: input order, not hash order"
+        waiter, pid = locking_in_background(
+            lambda: advisory_xact_locks([(ScratchLock.TEST, highest), (ScratchLock.TEST, lowest)])
+        )
+        deadline = time.monotonic() + 5
+        waiting = False
+        while not waiting and time.monotonic() < deadline:
+            locks = advisory_locks_of(pid)
+            blocked, granted = sum(not g for _m, g in locks), sum(g for _m, g in locks)
+            waiting = blocked == 1
+            time.sleep(0.01)
+        assert waiting, "the second caller never queued for the held lock"
+        assert granted == 0, "it took the highest-hash key before the lowest: input order, not hash order"
     assert waiter.join().error is None
 
 
@@ -129,31 +142,16 @@ def test_locks_in_order_are_taken_one_after_another_each_in_its_mode():
     and queues for the second; a shared holder of the first never blocks it."""
     from tests.races import OpenTransaction
 
-    waiter_pid = []
-
-    def take_both():
-        with transaction.atomic():
-            with connections["default"].cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                waiter_pid.append(cursor.fetchone()[0])
-            advisory_xact_locks_in_order((True, ScratchLock.TEST, "first"), (False, ScratchLock.TEST, "second"))
-
-    def locks_of_waiter():
-        with connections["default"].cursor() as cursor:
-            cursor.execute(
-                "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND pid = %s ORDER BY granted",
-                [waiter_pid[0] if waiter_pid else 0],
-            )
-            return cursor.fetchall()
-
     with (
         OpenTransaction(lambda: advisory_xact_lock_shared(ScratchLock.TEST, "first")),
         advisory_locked(ScratchLock.TEST, "second"),
     ):
-        waiter = Background(take_both)
+        waiter, pid = locking_in_background(
+            lambda: advisory_xact_locks_in_order((True, ScratchLock.TEST, "first"), (False, ScratchLock.TEST, "second"))
+        )
         deadline, held = time.monotonic() + 5, []
         while len(held) < 2 and time.monotonic() < deadline:
-            held = locks_of_waiter()
+            held = advisory_locks_of(pid)
             time.sleep(0.01)
         assert held == [("ExclusiveLock", False), ("ShareLock", True)], held
     assert waiter.join().error is None
