@@ -295,14 +295,17 @@ DAY = "(DATE '2000-01-01' + :day)"
 
 
 def hold_sql(origin):
-    """Booking.objects.hold + Checkout.objects.record; ends inside the ``\\if`` of a won hold (caller closes it)."""
+    """Booking.objects.hold + Checkout.objects.record; ends inside the ``\\if`` of a won hold (caller closes it).
+
+    The place's locks and its read are one query, as the app sends them (pgbench's compound: "\\;").
+    """
     from bookings.managers import ACTIVE_SQL
 
     return f"""\
 SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))
   ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END
  FROM unnest(('{{bookings.package:' || :package_id || ',bookings.date:' || :package_id || ':' || {DAY} || '}}')::text[],
-  '{{t,f}}'::boolean[]) AS t(key, shared);
+  '{{t,f}}'::boolean[]) AS t(key, shared) \\;
 SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
   current_date, clock_timestamp() FROM bookings_package p WHERE p.id = :package_id \\gset
@@ -336,27 +339,20 @@ NOTICE_SQL = r"""WITH owed AS (INSERT INTO core_notification (kind, subject, rec
 
 
 def open_sql():
-    """Checkout.objects.open after the provider answered (the sandbox's id and URL), with its notice."""
-    return f"""\
+    """Checkout.objects.open after the provider answered (the sandbox's id and URL): the app's statement,
+    which answers with the facts of the customer's notice, then the notice."""
+    from bookings.models import Checkout
+
+    provider_id = f"cs-sandbox-{PGBENCH_ID}"  # a word boundary before the id: each checkout its own
+    opening = Checkout.objects.opening(
+        PGBENCH_ID, provider_id, f"http://127.0.0.1:8000/sandbox/checkout/{provider_id}", ""
+    )
+    statement = script_of(*opening, {rf"\b{PGBENCH_ID}\b": ":checkout_id"})
+    return f"""\\
 BEGIN;
-\\set pgbench_opened 0
-UPDATE bookings_checkout SET state = 'open', provider_checkout_id = 'cs_sandbox_:checkout_id',
-  url = 'http://127.0.0.1:8000/sandbox/checkout/cs_sandbox_:checkout_id', provider_payment_id = '',
-  updated_at = STATEMENT_TIMESTAMP()
- WHERE (bookings_checkout.id = :checkout_id AND bookings_checkout.state = 'creating')
- RETURNING 1 AS pgbench_opened \\aset
-\\if :pgbench_opened
-SELECT bookings_booking.id AS pk, bookings_booking.customer_name AS customer_name,
-  bookings_booking.customer_email AS customer_email, bookings_booking.date AS date, bookings_booking.amount AS amount,
-  bookings_booking.currency AS currency, bookings_booking.hold_expires_at AS hold_expires_at,
-  bookings_package.name AS package_name, bookings_checkout.url AS pay_url,
-  bookings_checkout.refund_attempts AS refund_attempts, bookings_checkout.refund_error AS refund_error,
-  (SELECT U0.language AS language FROM core_notification U0 WHERE (U0.kind = 'booking_held'
-  AND U0.subject = (COALESCE('booking:', '') || COALESCE((bookings_booking.id)::varchar, ''))) LIMIT 1)
-  AS first_language
- FROM bookings_booking INNER JOIN bookings_checkout ON (bookings_booking.id = bookings_checkout.booking_id)
- INNER JOIN bookings_package ON (bookings_booking.package_id = bookings_package.id)
- WHERE bookings_checkout.id = :checkout_id \\gset fact_
+\\set fact_pk 0
+{statement} \\aset fact_
+\\if :fact_pk
 {NOTICE_SQL}\\endif
 COMMIT;
 """

@@ -81,11 +81,15 @@ def lock_package_exclusive(package_id, *, using):
     advisory_xact_lock(LockNamespace.BOOKING_PACKAGE, package_id, using=using)
 
 
-def lock_place(package_id, date, *, using):
-    """BOOKING_PACKAGE(package) shared, then BOOKING_DATE(package, date): a place's locks, in one round trip."""
-    advisory_xact_locks_in_order(
+def lock_place(package_id, date, *, then=None, using):
+    """BOOKING_PACKAGE(package) shared, then BOOKING_DATE(package, date): a place's locks, in one round trip.
+
+    ``then``: a statement to run once both are held, in the same round trip; its row is returned.
+    """
+    return advisory_xact_locks_in_order(
         (True, LockNamespace.BOOKING_PACKAGE, package_id),
         (False, LockNamespace.BOOKING_DATE, package_id, date.isoformat()),
+        then=then,
         using=using,
     )
 
@@ -305,25 +309,29 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     # Read for every notice, inside the transaction that changes the booking: compiled once.
     notice_facts = Prepared(notifications.facts_statement, booking=int)
 
-    def _taken(self, package_id, date, *, exclude_pk=None):
-        """Read the package's terms and count the places taken on the date, in one statement.
+    def _place_statement(self, package_id, date, exclude_pk=None):
+        """The package's terms and the places taken on the date, in one statement: (SQL, parameters).
 
-        Returns a Place (tenant, is_active, capacity, price, currency, places taken, the
-        database's date and clock) or None when the package does not exist. Issued only
-        after BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED
-        its snapshot includes every edit and every booking committed by their previous
-        holders; a hold's expiry is judged by ``clock_timestamp()``, the clock now.
+        Its row is a Place (tenant, is_active, capacity, price, currency, places taken, the
+        database's date and clock); none when the package does not exist. Issued only after
+        BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED its snapshot
+        includes every edit and every booking committed by their previous holders; a hold's
+        expiry is judged by ``clock_timestamp()``, the clock now.
         """
         booking, package = self.model._meta.db_table, self.model._meta.get_field("package").related_model
+        return (
+            f"SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
+            f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
+            f"AND {ACTIVE_SQL} "
+            f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
+            f"FROM {package._meta.db_table} p WHERE p.id = %s",
+            [date, exclude_pk, package_id],
+        )
+
+    def _taken(self, package_id, date, *, exclude_pk=None):
+        """The Place (``_place_statement``) read now, under locks the caller already holds; None if no package."""
         with connections[self.db].cursor() as cursor:
-            cursor.execute(
-                f"SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
-                f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
-                f"AND {ACTIVE_SQL} "
-                f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
-                f"FROM {package._meta.db_table} p WHERE p.id = %s",
-                [date, exclude_pk, package_id],
-            )
+            cursor.execute(*self._place_statement(package_id, date, exclude_pk))
             row = cursor.fetchone()
         return Place(*row) if row is not None else None
 
@@ -335,16 +343,17 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
 
         ``package`` is a Package or its id. Joins the caller's transaction (the checkout
         record joins it too). Takes BOOKING_PACKAGE(package) shared, then
-        BOOKING_DATE(package, date), both until commit; then, in one statement issued
-        after both are held, reads the package's capacity, ``is_active``, price and currency
-        and counts confirmed bookings and unexpired holds on the date. Raises
-        PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
+        BOOKING_DATE(package, date), both until commit; then, in one statement run after
+        both are held (sent in the same round trip as the locks), reads the package's
+        capacity, ``is_active``, price and currency and counts confirmed bookings and
+        unexpired holds on the date. Raises PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
         DateInPast or DateUnavailable, always before it writes anything (a proposal's confirm
         goes on in the same transaction after a refusal); returns the new ``held`` booking.
         """
         package_id = getattr(package, "pk", package)
-        lock_place(package_id, date, using=self.db)
-        place = self._taken(package_id, date)
+        # The locks, then the place read under them: one round trip.
+        place = lock_place(package_id, date, then=self._place_statement(package_id, date), using=self.db)
+        place = Place(*place) if place is not None else None
         if place is None or not place.is_active or (tenant is not None and place.tenant_id != tenant.pk):
             raise PackageNotFound()
         if date < place.today:
@@ -722,13 +731,26 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     inserted = Prepared(insert_statement, booking_id=int, amount=Decimal, currency=str)
 
     def opening(self, checkout_id, provider_checkout_id, url, payment_id):
-        return update_statement(
+        """The filtered UPDATE that opens a checkout, answering with what its customer's notice tells:
+        one statement. No row when the checkout was no longer ``creating``."""
+        quote = connections[self.db].ops.quote_name
+        update_sql, update_params = update_statement(
             self.filter(pk=checkout_id, state=self.model.State.CREATING),
             state=self.model.State.OPEN,
             provider_checkout_id=provider_checkout_id,
             url=url,
             provider_payment_id=payment_id,
             updated_at=Now(),
+        )
+        bookings = self.model._meta.get_field("booking").related_model._default_manager.db_manager(self.db)
+        facts_sql, facts_params = notifications.facts_statement(bookings, by="checkout", booking=checkout_id)
+        # The facts are read on the statement's snapshot, before the UPDATE: the URL it stores comes
+        # from RETURNING, after the facts' own (the later of two equal names is the one kept).
+        url_column = quote(self.model._meta.get_field("url").column)
+        return (
+            f"WITH opened AS ({update_sql} RETURNING {url_column}) "  # noqa: S608 - compiled by the ORM, values parameterised
+            f"SELECT facts.*, opened.{url_column} AS pay_url FROM ({facts_sql}) AS facts, opened",
+            [*update_params, *facts_params],
         )
 
     # Every checkout opens once, on the hot path of a hold and a proposal confirm: compiled once.
@@ -741,14 +763,15 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
         One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
-        expiry, or the provider failure path) that settled it first is never undone.
+        expiry, or the provider failure path) that settled it first is never undone. The same
+        statement answers with the facts of the customer's notice, owed in the same transaction.
         """
-        opened = self.opened.execute(
+        facts = self.opened.fetch_named(
             self, checkout_id=checkout_id, provider_checkout_id=provider_checkout_id, url=url, payment_id=payment_id
         )
-        if opened:  # the customer gets the pay link with the hold's expiry
-            notifications.owe_customer_notice(notifications.HELD, checkout=checkout_id)
-        return bool(opened)
+        if facts is not None:  # the customer gets the pay link with the hold's expiry
+            notifications.owe_customer_notice(notifications.HELD, facts=facts)
+        return facts is not None
 
     @guarded
     def fail(self, checkout_id, *, error):

@@ -97,7 +97,7 @@ def _facts(**booking):
 
     ``booking``: ``pk=`` or ``checkout=`` (the checkout's id).
     """
-    from bookings.models import Booking, in_currency
+    from bookings.models import Booking
 
     ((by, value),) = booking.items()
     with connections[Booking.objects.db].cursor() as cursor:
@@ -105,7 +105,14 @@ def _facts(**booking):
         row = cursor.fetchone()
         if row is None:
             raise Booking.DoesNotExist(f"no booking with {by}={value!r}")
-        facts = SimpleNamespace(**dict(zip((column.name for column in cursor.description), row, strict=True)))
+        return _told(dict(zip((column.name for column in cursor.description), row, strict=True)))
+
+
+def _told(facts):
+    """The facts (the columns of ``facts_statement``, by name) and what every message may mention of them."""
+    from bookings.models import in_currency
+
+    facts = SimpleNamespace(**facts)
     return facts, {
         "booking": facts.pk,
         "name": facts.customer_name,
@@ -117,12 +124,14 @@ def _facts(**booking):
     }
 
 
-def owe_customer_notice(kind, **booking):
+def owe_customer_notice(kind, *, facts=None, **booking):
     """Record the customer's e-mail for this event of the booking (``pk=`` or ``checkout=``).
 
-    Call inside the transaction that changes the booking: one read, one insert, one queued job.
+    Call inside the transaction that changes the booking: one read, then its row and its job in one
+    statement. ``facts``: the booking's facts (the columns of ``facts_statement``, by name) when the
+    statement that changed it read them already (a checkout opening): no read.
     """
-    booking, context = _facts(**booking)
+    booking, context = _told(facts) if facts is not None else _facts(**booking)
     if kind == HELD:
         language = customer_language(translation.get_language())
         expires = booking.hold_expires_at

@@ -35,15 +35,24 @@ def lock_key(namespace: LockNamespace, *parts) -> str:
     return ":".join([namespace.value, *(str(part) for part in parts)])
 
 
-def _take_advisory(connection, sql, key, shared=None):
+def _take_advisory(connection, sql, key, shared=None, then=None):
     """Run ``sql``, which takes the advisory lock(s) on ``key``; return its answer (a try lock: got it?).
 
     ``key`` is a key or a list of keys; ``shared``, when given, says for each key of the list whether
-    its lock is shared. The one place every advisory lock is taken: a control test switches locks off
-    here (tests/conftest.py, ``locks_switched_off``) to run the product's own code without them.
+    its lock is shared. ``then``, a statement (SQL, parameters), is sent in the same query after
+    ``sql`` and its first row is returned instead (see ``advisory_xact_locks_in_order``). The one
+    place every advisory lock is taken: a control test switches locks off here (tests/conftest.py,
+    ``locks_switched_off``) to run the product's own code without them.
     """
+    params = [key] if shared is None else [key, shared]
+    if then is not None:
+        sql, params = f"{sql}; {then[0]}", [*params, *then[1]]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [key] if shared is None else [key, shared])
+        cursor.execute(sql, params)
+        if then is not None:
+            while cursor.nextset():  # the last statement's rows are the last result
+                pass
+            return cursor.fetchone()
         row = cursor.fetchone()  # none when advisory_xact_locks was given no key
         return row and row[0]
 
@@ -81,13 +90,18 @@ def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
     _take_advisory(_require_atomic(using), sql, sorted({lock_key(key[0], *key[1:]) for key in keys}))
 
 
-def advisory_xact_locks_in_order(*locks, using=DEFAULT_DB_ALIAS):
+def advisory_xact_locks_in_order(*locks, then=None, using=DEFAULT_DB_ALIAS):
     """Take several advisory locks in one round trip, one after another in the order given.
 
     ``locks``: ``(shared, namespace, *parts)`` tuples; each waits as ``advisory_xact_lock_shared``
     (``shared`` true) or ``advisory_xact_lock`` would, bounded by lock_timeout. For a path whose
     locks follow the global order (docs/lock-order.md): ``unnest`` reads its arrays in order and
     the lock of each row is taken before the next row is read, as two statements would.
+
+    ``then``: a statement (SQL, parameters) to run once every lock is held, sent in the same
+    query; its first row is returned (None when it selects none). Two statements of one query
+    run in order, each on its own snapshot (READ COMMITTED): ``then`` sees every commit of the
+    locks' previous holders, as a statement sent after them would.
     """
     sql = (
         "SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))"
@@ -95,7 +109,7 @@ def advisory_xact_locks_in_order(*locks, using=DEFAULT_DB_ALIAS):
         " FROM unnest(%s::text[], %s::boolean[]) AS t(key, shared)"
     )
     keys = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks]
-    _take_advisory(_require_atomic(using), sql, keys, [bool(lock[0]) for lock in locks])
+    return _take_advisory(_require_atomic(using), sql, keys, [bool(lock[0]) for lock in locks], then)
 
 
 def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS) -> bool:

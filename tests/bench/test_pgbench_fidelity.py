@@ -86,11 +86,14 @@ def planned(statements):
 
 
 def split_compound(sql):
-    """The statements of one query that sends several (a lock timeout before its lock: app "; ", pgbench " ;")."""
-    head, separator, rest = sql.partition(";")
-    if separator and head.startswith("SELECT set_config('lock_timeout'") and rest.strip():
-        return [head, rest.strip()]
-    return [sql]
+    """The statements of one query that sends several (a lock timeout before its lock, a place's locks
+    before its read: app "; ", pgbench " ;"), split at the semicolons outside string literals."""
+    masked = STRINGS.sub(lambda literal: "'" * len(literal.group()), sql)
+    parts, start = [], 0
+    for at in (n for n, character in enumerate(masked) if character == ";"):
+        parts.append(sql[start:at])
+        start = at + 1
+    return [part.strip() for part in [*parts, sql[start:]] if part.strip()]
 
 
 @pytest.fixture

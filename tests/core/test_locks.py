@@ -86,7 +86,8 @@ def test_every_connection_has_timeouts():
 
 
 def locking_in_background(take):
-    """Run ``take()`` in a transaction on its own connection: (the Background, a list that receives its backend pid)."""
+    """Run ``take()`` in a transaction on its own connection: (the Background, with ``take``'s answer as its
+    result, and a list that receives its backend pid)."""
     pid = []
 
     def run():
@@ -94,7 +95,7 @@ def locking_in_background(take):
             with connections["default"].cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")
                 pid.append(cursor.fetchone()[0])
-            take()
+            return take()
 
     return Background(run), pid
 
@@ -155,6 +156,32 @@ def test_locks_in_order_are_taken_one_after_another_each_in_its_mode():
             time.sleep(0.01)
         assert held == [("ExclusiveLock", False), ("ShareLock", True)], held
     assert waiter.join().error is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_statement_sent_after_locks_reads_what_their_last_holder_committed():
+    """``then`` shares the locks' round trip but not their snapshot: it sees a row the holder of a lock
+    committed while the caller waited for it (a read on the query's first snapshot would not)."""
+    from core.models import Tenant
+    from tests.races import OpenTransaction
+
+    def hold_and_write():
+        advisory_xact_lock(ScratchLock.TEST, "place")
+        Tenant.objects.create(slug="written-under-the-lock", name="W")
+
+    holder = OpenTransaction(hold_and_write)
+    holder.start()
+    read = ("SELECT count(*) FROM core_tenant WHERE slug = %s", ["written-under-the-lock"])
+    waiter, pid = locking_in_background(
+        lambda: advisory_xact_locks_in_order((False, ScratchLock.TEST, "place"), then=read)
+    )
+    deadline = time.monotonic() + 5
+    while advisory_locks_of(pid) != [("ExclusiveLock", False)] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert advisory_locks_of(pid) == [("ExclusiveLock", False)]  # queued, its query already started
+    holder.commit()
+    assert waiter.join().error is None
+    assert waiter.result == (1,)
 
 
 def test_database_url_options_are_kept_beside_the_timeouts():

@@ -162,16 +162,16 @@ def test_confirm_proposal_round_trips(recording_provider):
     assert kinds == [
         "BEGIN",
         "WITH",  # confirm: lock, judge, change, return the row
-        "SELECT",  # the hold: the package (shared) and date locks,
-        "SELECT",  # the package's terms and the date's count,
+        "SELECT",  # the hold: the package (shared) and date locks, then the package's terms and the date's count
         "INSERT",
         "INSERT",
         "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
         "BEGIN",
-        "UPDATE",
-        "SELECT",  # the customer's e-mail with the pay link: its facts,
+        "WITH",  # the checkout opened, returning the facts of the customer's e-mail with the pay link;
         "WITH",  # its row and its queued job in one statement, in the open's transaction
         "COMMIT",
     ], sql
+    assert "pg_advisory_xact_lock_shared" in sql[2] and "; SELECT p.tenant_id" in sql[2]
+    assert sql[8].startswith('WITH opened AS (UPDATE "bookings_checkout"')
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute
