@@ -22,7 +22,7 @@ Attempt k acts for customer ``c<k>``.
 
 import re
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import DatabaseError, connection, transaction
@@ -308,7 +308,7 @@ SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.k
   '{{t,f}}'::boolean[]) AS t(key, shared) \\;
 SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
-  current_date, clock_timestamp() FROM bookings_package p WHERE p.id = :package_id \\gset
+  current_date, clock_timestamp(), p.name FROM bookings_package p WHERE p.id = :package_id \\gset
 \\if :is_active and :tenant_id = :tenant and :count < :daily_capacity
 \\set exclusive :daily_capacity = 1
 INSERT INTO bookings_booking (tenant_id, package_id, date, customer_name, customer_email, status, hold_expires_at,
@@ -326,36 +326,38 @@ INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id
 """
 
 
-# The customer's "held" e-mail, owed in the same transaction (bookings.notifications.owe_customer_notice).
-NOTICE_SQL = r"""WITH owed AS (INSERT INTO core_notification (kind, subject, recipients, language, context, status,
-  attempts, last_error, created_at) VALUES ('booking_held', 'booking:' || :booking_id, '["c:k@example.com"]', 'en',
-  '{"booking": :booking_id, "name": "c:k", "email": "c:k@example.com", "package": ":fact_package_name",
-  "date": ":fact_date", "amount": ":fact_amount", "currency": ":fact_currency", "pay_url": ":fact_pay_url",
-  "hold_expires_at": ":fact_hold_expires_at"}', 'pending', 0, '', clock_timestamp())
- ON CONFLICT (kind, subject) DO NOTHING RETURNING id)
- SELECT owed.id, procrastinate_defer_jobs_v1(ARRAY[ROW('notifications', 'notifications.send', 0, NULL, NULL,
-  jsonb_build_object('notification_id', owed.id), NULL)::procrastinate_job_to_defer_v1]) FROM owed;
-"""
-
-
 def open_sql():
-    """Checkout.objects.open after the provider answered (the sandbox's id and URL): the app's statement,
-    which answers with the facts of the customer's notice, then the notice."""
+    """Checkout.objects.open after the provider answered (the sandbox's id and URL): the app's one statement,
+    which opens the checkout and owes the customer's e-mail with its job (Notification.objects.owe_if)."""
+    from types import SimpleNamespace
+
     from bookings.models import Checkout
+    from bookings.notifications import held_notice
+    from core.models import Notification
 
     provider_id = f"cs-sandbox-{PGBENCH_ID}"  # a word boundary before the id: each checkout its own
-    opening = Checkout.objects.opening(
-        PGBENCH_ID, provider_id, f"http://127.0.0.1:8000/sandbox/checkout/{provider_id}", ""
+    url = f"http://127.0.0.1:8000/sandbox/checkout/{provider_id}"
+    held = SimpleNamespace(  # what the hold's \\gset gave the script, as stand-ins
+        pk=PGBENCH_BOOKING,
+        customer_name="c-pgbench",
+        customer_email="c-pgbench@example.com",
+        package_name="Bench day",
+        date=EPOCH,
+        amount=Decimal("100.00"),
+        currency="USD",
+        hold_expires_at=datetime(2000, 1, 1, tzinfo=UTC),
     )
-    statement = script_of(*opening, {rf"\b{PGBENCH_ID}\b": ":checkout_id"})
-    return f"""\\
-BEGIN;
-\\set fact_pk 0
-{statement} \\aset fact_
-\\if :fact_pk
-{NOTICE_SQL}\\endif
-COMMIT;
-"""
+    opening = Checkout.objects.opening(PGBENCH_ID, provider_id, url, "")
+    statement = script_of(
+        *Notification.objects.owe_if_statement(opening, **held_notice(held, pay_url=url)),
+        {
+            rf"\b{PGBENCH_ID}\b": ":checkout_id",
+            rf"'booking:{PGBENCH_BOOKING}'": "'booking:' || :booking_id",
+            rf"\b{PGBENCH_BOOKING}\b": ":booking_id",
+            r"\bc-pgbench\b": "c:k",
+        },
+    )
+    return f"{statement};\n"
 
 
 def date_anomalies():

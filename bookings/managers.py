@@ -278,7 +278,7 @@ class CurrentDate(models.Func):
 
 # --- bookings ----------------------------------------------------------------------
 
-Place = namedtuple("Place", "tenant_id is_active capacity price currency taken today now")
+Place = namedtuple("Place", "tenant_id is_active capacity price currency taken today now name")
 
 
 class BookingQuerySet(TenantScopedQuerySet):
@@ -313,7 +313,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """The package's terms and the places taken on the date, in one statement: (SQL, parameters).
 
         Its row is a Place (tenant, is_active, capacity, price, currency, places taken, the
-        database's date and clock); none when the package does not exist. Issued only after
+        database's date and clock, the package's name); none when the package does not exist. Issued only after
         BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED its snapshot
         includes every edit and every booking committed by their previous holders; a hold's
         expiry is judged by ``clock_timestamp()``, the clock now.
@@ -323,7 +323,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             f"SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
             f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
             f"AND {ACTIVE_SQL} "
-            f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp() "
+            f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp(), p.name "
             f"FROM {package._meta.db_table} p WHERE p.id = %s",
             [date, exclude_pk, package_id],
         )
@@ -348,7 +348,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         capacity, ``is_active``, price and currency and counts confirmed bookings and
         unexpired holds on the date. Raises PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
         DateInPast or DateUnavailable, always before it writes anything (a proposal's confirm
-        goes on in the same transaction after a refusal); returns the new ``held`` booking.
+        goes on in the same transaction after a refusal); returns the new ``held`` booking,
+        with ``package_name`` (its package's name as the hold read it) for the customer's notice.
         """
         package_id = getattr(package, "pk", package)
         # The locks, then the place read under them: one round trip.
@@ -363,7 +364,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         # Terms a provider cannot charge (a price stored before the currency rules) are refused here,
         # inside the hold's transaction, never after it committed (the hold would block the date).
         _check_terms(place.price, place.currency)
-        return self.inserted.create(
+        booking = self.inserted.create(
             self,
             tenant_id=place.tenant_id,
             package_id=package_id,
@@ -378,6 +379,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             origin_proposal_id=origin_proposal_id,
             created_at=place.now,  # the database clock the hold's expiry counts from, not the INSERT's
         )
+        booking.package_name = place.name  # read under the package lock: what the customer's notice names
+        return booking
 
     @guarded(joins=True)
     def confirm_payment(self, booking_id):
@@ -421,7 +424,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             scope.update(status=Status.REFUND_PENDING)
         else:
             booking.confirmed_at, booking.exclusive = place.now, place.capacity == 1
-            notifications.owe_customer_notice(notifications.CONFIRMED, pk=booking.pk)
+            notifications.owe_customer_notice(notifications.CONFIRMED, booking.pk)
         booking.status = outcome
         return booking, outcome
 
@@ -596,7 +599,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         )
         if not won:
             raise self._refusal(scope, BookingNotCancellable)
-        notifications.owe_customer_notice(notifications.CANCELLED, pk=booking_id)
+        notifications.owe_customer_notice(notifications.CANCELLED, booking_id)
         return scope.select_related("package").get()
 
     @guarded
@@ -631,7 +634,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         if scope.filter(status=self.model.Status.REFUND_PENDING).update(
             status=self.model.Status.REFUNDED, refunded_at=Now()
         ):
-            notifications.owe_customer_notice(notifications.REFUNDED, pk=booking_id)
+            notifications.owe_customer_notice(notifications.REFUNDED, booking_id)
             return True
         raise self._refusal(scope, BookingNotRefundPending)
 
@@ -731,10 +734,8 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     inserted = Prepared(insert_statement, booking_id=int, amount=Decimal, currency=str)
 
     def opening(self, checkout_id, provider_checkout_id, url, payment_id):
-        """The filtered UPDATE that opens a checkout, answering with what its customer's notice tells:
-        one statement. No row when the checkout was no longer ``creating``."""
-        quote = connections[self.db].ops.quote_name
-        update_sql, update_params = update_statement(
+        """The filtered UPDATE that opens a checkout still ``creating``, returning its id."""
+        sql, params = update_statement(
             self.filter(pk=checkout_id, state=self.model.State.CREATING),
             state=self.model.State.OPEN,
             provider_checkout_id=provider_checkout_id,
@@ -742,36 +743,33 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             provider_payment_id=payment_id,
             updated_at=Now(),
         )
-        bookings = self.model._meta.get_field("booking").related_model._default_manager.db_manager(self.db)
-        facts_sql, facts_params = notifications.facts_statement(bookings, by="checkout", booking=checkout_id)
-        # The facts are read on the statement's snapshot, before the UPDATE: the URL it stores comes
-        # from RETURNING, after the facts' own (the later of two equal names is the one kept).
-        url_column = quote(self.model._meta.get_field("url").column)
-        return (
-            f"WITH opened AS ({update_sql} RETURNING {url_column}) "  # noqa: S608 - compiled by the ORM, values parameterised
-            f"SELECT facts.*, opened.{url_column} AS pay_url FROM ({facts_sql}) AS facts, opened",
-            [*update_params, *facts_params],
-        )
+        pk = connections[self.db].ops.quote_name(self.model._meta.pk.column)
+        return f"{sql} RETURNING {pk}", params
 
     # Every checkout opens once, on the hot path of a hold and a proposal confirm: compiled once.
     opened = Prepared(opening, checkout_id=int, provider_checkout_id=str, url=str, payment_id=str)
 
-    @guarded
-    def open(self, checkout_id, *, provider_checkout_id, url, payment_id=""):
+    @guarded(statement=True)
+    def open(self, checkout_id, *, provider_checkout_id, url, payment_id="", booking):
         """Store the provider's checkout id and URL: ``creating`` -> ``open``; return whether it did.
 
-        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes, until its statement or
+        the caller's transaction ends).
 
-        One filtered UPDATE: only a checkout still ``creating`` opens, so a payment (or an
-        expiry, or the provider failure path) that settled it first is never undone. The same
-        statement answers with the facts of the customer's notice, owed in the same transaction.
+        One statement, its own transaction: the filtered UPDATE, so only a checkout still
+        ``creating`` opens (a payment, an expiry or the provider failure path that settled it
+        first is never undone), and, only if it opened, the customer's e-mail with the pay link
+        and the hold's expiry owed with its job (``Notification.objects.owe_if``). ``booking``:
+        the hold this checkout pays for, as ``Booking.objects.hold`` returned it (the e-mail
+        tells what the customer held, ``bookings.notifications.held_notice``).
         """
-        facts = self.opened.fetch_named(
+        from core.models import Notification
+
+        opening = self.opened.statement(
             self, checkout_id=checkout_id, provider_checkout_id=provider_checkout_id, url=url, payment_id=payment_id
         )
-        if facts is not None:  # the customer gets the pay link with the hold's expiry
-            notifications.owe_customer_notice(notifications.HELD, facts=facts)
-        return facts is not None
+        opened, _notification = Notification.objects.owe_if(opening, **notifications.held_notice(booking, pay_url=url))
+        return opened > 0
 
     @guarded
     def fail(self, checkout_id, *, error):

@@ -69,9 +69,9 @@ _held_language = Notification.objects.filter(
 )[:1]
 
 
-def facts_statement(manager, *, by, booking):
-    """The statement of ``Booking.objects.notice_facts``: what a notice mentions of the booking ``by`` selects."""
-    facts = manager.filter(**{by: booking}).order_by()
+def facts_statement(manager, *, booking):
+    """The statement of ``Booking.objects.notice_facts``: what a notice mentions of the booking ``booking``."""
+    facts = manager.filter(pk=booking).order_by()
     return (
         facts.values(
             "pk",
@@ -80,9 +80,7 @@ def facts_statement(manager, *, by, booking):
             "date",
             "amount",
             "currency",
-            "hold_expires_at",
             package_name=F("package__name"),
-            pay_url=F("checkout__url"),
             refund_attempts=F("checkout__refund_attempts"),
             refund_error=F("checkout__refund_error"),
             first_language=Subquery(_held_language.values("language")),
@@ -92,19 +90,15 @@ def facts_statement(manager, *, by, booking):
     )
 
 
-def _facts(**booking):
-    """What every message may mention, and the booking's facts the callers decide on, in one read.
-
-    ``booking``: ``pk=`` or ``checkout=`` (the checkout's id).
-    """
+def _facts(booking_id):
+    """What every message may mention, and the booking's facts the callers decide on, in one read."""
     from bookings.models import Booking
 
-    ((by, value),) = booking.items()
     with connections[Booking.objects.db].cursor() as cursor:
-        cursor.execute(*Booking.objects.notice_facts.statement(Booking.objects, by=by, booking=value))
+        cursor.execute(*Booking.objects.notice_facts.statement(Booking.objects, booking=booking_id))
         row = cursor.fetchone()
         if row is None:
-            raise Booking.DoesNotExist(f"no booking with {by}={value!r}")
+            raise Booking.DoesNotExist(f"no booking with pk={booking_id!r}")
         return _told(dict(zip((column.name for column in cursor.description), row, strict=True)))
 
 
@@ -124,30 +118,53 @@ def _told(facts):
     }
 
 
-def owe_customer_notice(kind, *, facts=None, **booking):
-    """Record the customer's e-mail for this event of the booking (``pk=`` or ``checkout=``).
+def owe_customer_notice(kind, booking_id):
+    """Record the customer's e-mail for this event of the booking, in the language of their first one.
 
     Call inside the transaction that changes the booking: one read, then its row and its job in one
-    statement. ``facts``: the booking's facts (the columns of ``facts_statement``, by name) when the
-    statement that changed it read them already (a checkout opening): no read.
+    statement.
     """
-    booking, context = _told(facts) if facts is not None else _facts(**booking)
-    if kind == HELD:
-        language = customer_language(translation.get_language())
-        expires = booking.hold_expires_at
-        context |= {"pay_url": booking.pay_url, "hold_expires_at": expires.strftime("%Y-%m-%d %H:%M")}
-    else:
-        language = booking.first_language or settings.LANGUAGE_CODE
+    booking, context = _facts(booking_id)
+    language = booking.first_language or settings.LANGUAGE_CODE
     return Notification.objects.owe(
         kind, subject=f"booking:{booking.pk}", recipients=[booking.customer_email], language=language, context=context
     )
+
+
+def held_notice(booking, *, pay_url):
+    """The customer's first e-mail, with the pay link and the hold's expiry: ``Notification.objects.owe``'s
+    keywords, for the statement that opens the checkout (``Checkout.objects.open``).
+
+    Told what the hold just made, in the customer's own request (``booking`` as ``Booking.objects.hold``
+    returned it, with the package's name it read), in the language of that request: the one every later
+    notice of the booking is written in.
+    """
+    facts, context = _told(
+        {
+            "pk": booking.pk,
+            "customer_name": booking.customer_name,
+            "customer_email": booking.customer_email,
+            "package_name": booking.package_name,
+            "date": booking.date,
+            "amount": booking.amount,
+            "currency": booking.currency,
+        }
+    )
+    context |= {"pay_url": pay_url, "hold_expires_at": booking.hold_expires_at.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "kind": HELD,
+        "subject": f"booking:{booking.pk}",
+        "recipients": [booking.customer_email],
+        "language": customer_language(translation.get_language()),
+        "context": context,
+    }
 
 
 def owe_operator_alert(booking_id):
     """Tell the operators (OPERATOR_EMAILS) that a refund was given up on; nothing to send without any."""
     if not settings.OPERATOR_EMAILS:
         return None
-    booking, context = _facts(pk=booking_id)
+    booking, context = _facts(booking_id)
     context |= {"attempts": booking.refund_attempts, "error": booking.refund_error or "-"}
     return Notification.objects.owe(
         REFUND_GAVE_UP,

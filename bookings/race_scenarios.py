@@ -33,6 +33,8 @@ def naive_hold(tenant, package, day, k, *, pause, origin_proposal_id=None):
         origin_proposal_id=origin_proposal_id,
         created_at=Now(),
     )
+    booking.refresh_from_db(fields=["hold_expires_at"])  # the database clock's expiry, for the customer's notice
+    booking.package_name = package.name  # what Booking.objects.hold returns with the booking
     booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
     return booking
 

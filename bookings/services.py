@@ -74,7 +74,9 @@ def create_provider_checkout(booking):
             Booking.objects.release_if_held(booking.pk)
             Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
         raise PaymentProviderUnavailable()
-    Checkout.objects.open(checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id)
+    Checkout.objects.open(
+        checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id, booking=booking
+    )
     checkout.state, checkout.provider_checkout_id, checkout.url = Checkout.State.OPEN, created.id, created.url
     return checkout
 

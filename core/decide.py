@@ -21,7 +21,7 @@ from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
 
 from core import rows
-from core.db_backend.base import set_timeouts_sql
+from core.db_backend.base import carrying_timeouts
 from core.guards import ClockNow
 from core.prepared import Prepared
 
@@ -68,13 +68,8 @@ def verdict_sql(queryset, when, **annotations):
 
 def _run(model, db, statement, params):
     connection = connections[db]
-    if connection.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not connection.in_atomic_block:
-        # Behind a transaction-mode pooler no startup parameter sets the timeouts, and this
-        # statement opens no transaction for core.db_backend to set them in: it carries them.
-        # Sent as one query, the two statements are one implicit transaction (SET LOCAL holds).
-        statement = f"{set_timeouts_sql(connection.settings_dict)}; {statement}"
     with connection.cursor() as cursor:
-        cursor.execute(statement, params)
+        cursor.execute(carrying_timeouts(connection, statement), params)
         while cursor.nextset():  # the deciding statement's rows are the last result
             pass
         found = cursor.fetchone()

@@ -7,6 +7,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from core.db_backend.base import carrying_timeouts
 from core.guards import ClockNow, guarded
 from core.history import tracked
 from core.integrity import StateMachine
@@ -156,28 +157,65 @@ class NotificationManager(models.Manager):
         only for a row inserted. Returns the new row's id, or None when this event was already
         recorded.
         """
-        from core.tasks import job_to_defer, send_notification  # the worker's tasks import this module
-
-        job_sql, job_params = job_to_defer(send_notification, "jsonb_build_object('notification_id', owed.id)")
+        insert, params, job_sql, job_params = self._owing(kind, subject, recipients, language, context)
         with connections[self.db].cursor() as cursor:
-            cursor.execute(
-                f"WITH owed AS (INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language,"  # noqa: S608 - the table name comes from _meta; values are parameters
-                " context, status, attempts, last_error, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, 0, '', clock_timestamp())"
-                " ON CONFLICT (kind, subject) DO NOTHING RETURNING id)"
-                f" SELECT owed.id, {job_sql} FROM owed",
-                [
-                    kind,
-                    subject,
-                    json.dumps(recipients),
-                    language,
-                    json.dumps(context, cls=DjangoJSONEncoder),
-                    NotificationStatus.PENDING,
-                    *job_params,
-                ],
-            )
+            statement = f"WITH owed AS ({insert}) SELECT owed.id, {job_sql} FROM owed"  # noqa: S608 - no value in it
+            cursor.execute(statement, [*params, *job_params])
             row = cursor.fetchone()
         return None if row is None else row[0]
+
+    @guarded(statement=True)
+    def owe_if(self, event, kind, *, subject, recipients, language, context):
+        """Send ``event`` and, only if it returned a row, record and queue this e-mail: one statement.
+
+        Locks: those ``event`` takes (a filtered UPDATE's row lock, say); none of its own (as ``owe``).
+
+        ``event``: (SQL, parameters) of a data-modifying statement with RETURNING, the state
+        change the e-mail tells of. Both happen or neither, inside the caller's transaction or
+        without one. Returns (the rows ``event`` returned, the new notification's id or None).
+        """
+        sql, params = self.owe_if_statement(
+            event, kind, subject=subject, recipients=recipients, language=language, context=context
+        )
+        connection = connections[self.db]
+        with connection.cursor() as cursor:
+            cursor.execute(carrying_timeouts(connection, sql), params)
+            while cursor.nextset():  # the last statement's row (after the timeouts, behind a pooler)
+                pass
+            happened, notification_id, _jobs = cursor.fetchone()
+        return happened, notification_id
+
+    def owe_if_statement(self, event, kind, *, subject, recipients, language, context):
+        """The SQL and parameters of ``owe_if`` (bench/ sends the same statement through pgbench)."""
+        event_sql, event_params = event
+        insert, params, job_sql, job_params = self._owing(kind, subject, recipients, language, context, "event")
+        return (
+            f"WITH event AS ({event_sql}), owed AS ({insert}) "  # noqa: S608 - every value a parameter
+            f"SELECT (SELECT count(*) FROM event), (SELECT owed.id FROM owed), (SELECT {job_sql} FROM owed)",
+            [*event_params, *params, *job_params],
+        )
+
+    def _owing(self, kind, subject, recipients, language, context, source=None):
+        """The INSERT of an owed e-mail (one row, or one per row of the CTE ``source``) and its
+        parameters, then the SQL queueing its job for ``owed.id`` and that SQL's parameters."""
+        from core.tasks import job_to_defer, send_notification  # the worker's tasks import this module
+
+        values = "%s, %s, %s, %s, %s, %s, 0, '', clock_timestamp()"
+        rows = f"VALUES ({values})" if source is None else f"SELECT {values} FROM {source}"  # noqa: S608 - a CTE's name
+        insert = (
+            f"INSERT INTO {self.model._meta.db_table} (kind, subject, recipients, language,"
+            f" context, status, attempts, last_error, created_at) {rows}"
+            " ON CONFLICT (kind, subject) DO NOTHING RETURNING id"
+        )
+        params = [
+            kind,
+            subject,
+            json.dumps(recipients),
+            language,
+            json.dumps(context, cls=DjangoJSONEncoder),
+            NotificationStatus.PENDING,
+        ]
+        return (insert, params, *job_to_defer(send_notification, "jsonb_build_object('notification_id', owed.id)"))
 
     @guarded
     def claim(self, pk):

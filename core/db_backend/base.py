@@ -27,6 +27,19 @@ def set_timeouts_sql(settings_dict):
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
 
 
+def carrying_timeouts(connection, sql):
+    """``sql``, to be sent as one query, preceded where needed by the statement setting the timeouts.
+
+    Behind a transaction-mode pooler no startup parameter sets the timeouts, and a statement sent
+    outside a transaction opens none for ``_set_autocommit`` to set them in: it carries them.
+    Sent as one query, the two statements are one implicit transaction (SET LOCAL holds). The
+    caller reads the last result (``cursor.nextset()``).
+    """
+    if connection.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not connection.in_atomic_block:
+        return f"{set_timeouts_sql(connection.settings_dict)}; {sql}"
+    return sql
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     def _set_autocommit(self, autocommit):
         super()._set_autocommit(autocommit)

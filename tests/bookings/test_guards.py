@@ -18,6 +18,7 @@ from bookings.services import (
     retry_refund,
     sandbox_deliver,
 )
+from core.models import Notification
 from tests.bookings.factories import PackageFactory, book, future, hold_without_provider_answer
 from tests.bookings.test_webhooks import completed_event, deliver
 from tests.races import OpenTransaction, run_concurrently, tally
@@ -107,11 +108,14 @@ def test_complete_refund_stamps_a_refunded_booking_once(package):
 def test_open_never_reopens_a_checkout_a_payment_or_a_failure_settled(package):
     """The provider's answer stored after the payment's webhook (or after the failure path) must not
     move the checkout back to open."""
-    checkout = hold_without_provider_answer(package).checkout
+    booking = hold_without_provider_answer(package)
+    checkout = booking.checkout
     Checkout.objects.filter(pk=checkout.pk).update(provider_checkout_id="cs_early")
     with transaction.atomic():
         Checkout.objects.mark_completed(checkout.pk, provider_checkout_id="cs_early")
-    assert Checkout.objects.open(checkout.pk, provider_checkout_id="cs_early", url="http://x/") is False
+    assert (
+        Checkout.objects.open(checkout.pk, provider_checkout_id="cs_early", url="http://x/", booking=booking) is False
+    )
     assert Checkout.objects.get(pk=checkout.pk).state == "completed"
     with transaction.atomic():
         other = hold_in_transaction(
@@ -122,8 +126,12 @@ def test_open_never_reopens_a_checkout_a_payment_or_a_failure_settled(package):
             customer_email="b@example.com",
         )
     Checkout.objects.fail(other.checkout.pk, error="down")
-    assert Checkout.objects.open(other.checkout.pk, provider_checkout_id="cs_late", url="http://x/") is False
+    assert (
+        Checkout.objects.open(other.checkout.pk, provider_checkout_id="cs_late", url="http://x/", booking=other)
+        is False
+    )
     assert Checkout.objects.get(pk=other.checkout.pk).state == "failed"
+    assert not Notification.objects.exists()  # no checkout opened: no pay link owed
 
 
 # --- the provider is asked for a refund only by the caller that claimed it ---------------------

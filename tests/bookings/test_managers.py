@@ -87,13 +87,13 @@ def test_hold_in_transaction_refuses_inactive_and_foreign_packages(tenant, other
 
 @pytest.mark.django_db(transaction=True)
 def test_successful_checkout_round_trips(recording_provider):
-    """8 round trips: BEGIN, the package lock (shared) and the date lock with the read of the package's
+    """6 round trips: BEGIN, the package lock (shared) and the date lock with the read of the package's
     terms and the date's count after them (one query), insert booking, insert checkout, COMMIT; then
-    the provider call (no lock, no query) and BEGIN, one filtered UPDATE storing its answer and
-    returning the facts of the customer's e-mail, the e-mail's row and job in one statement, COMMIT.
+    the provider call (no lock, no query) and one statement, its own transaction, that stores its
+    answer (a filtered UPDATE) and owes the customer's e-mail with its job.
 
-    Was 11 before the locks and the read shared a query and the UPDATE read the facts (issue 16); 13
-    before the two locks shared a statement and the e-mail's row its job's.
+    Was 11 before the locks and the read shared a query and the opening owed its e-mail in its own
+    statement (issue 16); 13 before the two locks shared a statement and the e-mail's row its job's.
 
     Was 10 before notifications (1.1.0).
 
@@ -106,7 +106,7 @@ def test_successful_checkout_round_trips(recording_provider):
         booking = checkout(package.tenant, package)
     sql = [q["sql"] for q in queries.captured_queries]
     assert booking.checkout.state == Checkout.State.OPEN
-    assert sql == ["BEGIN", *sql[1:4], "COMMIT", "BEGIN", *sql[6:8], "COMMIT"], sql
+    assert sql == ["BEGIN", *sql[1:4], "COMMIT", sql[5]], sql
     locks, place = sql[1].split("; ")
     assert locks.startswith("SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(")
     assert f"'{{bookings.package:{package.pk},bookings.date:{package.pk}:" in locks and "'{t,f}'" in locks
@@ -114,8 +114,9 @@ def test_successful_checkout_round_trips(recording_provider):
     assert "clock_timestamp()" in place and "statement_timestamp" not in place
     assert sql[2].startswith('INSERT INTO "bookings_booking"')
     assert sql[3].startswith('INSERT INTO "bookings_checkout"')
-    assert sql[6].startswith('WITH opened AS (UPDATE "bookings_checkout"')  # after the provider answered
-    assert sql[7].startswith("WITH owed AS (INSERT INTO core_notification") and "procrastinate_defer_jobs" in sql[7]
+    # after the provider answered: the opening, the e-mail's row and its job, one statement
+    assert sql[5].startswith('WITH event AS (UPDATE "bookings_checkout"')
+    assert "INSERT INTO core_notification" in sql[5] and "procrastinate_defer_jobs" in sql[5]
     assert recording_provider.checkouts == [booking.pk]
 
 

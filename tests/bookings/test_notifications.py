@@ -109,7 +109,7 @@ def test_a_notification_is_sent_at_most_once(package):
     assert send(pk, final_attempt=False) is False  # a duplicate job, or a retry after the send
     assert len(mail.outbox) == 1
     with transaction.atomic():  # the same event owed again (a redelivery): recorded once
-        assert notices.owe_customer_notice(notices.HELD, pk=booking.pk) is None
+        assert Notification.objects.owe(**notices.held_notice(booking, pay_url="https://pay.example/again")) is None
     assert Notification.objects.filter(subject=f"booking:{booking.pk}").count() == 1
 
 
@@ -131,7 +131,9 @@ def test_the_row_and_its_job_are_one_statement_and_the_job_is_procrastinates_own
     theirs = job("id", send_notification.defer(notification_id=pk))
     assert ours == theirs and len(ours) == 1
     with transaction.atomic():
-        assert notices.owe_customer_notice(notices.HELD, pk=booking.pk) is None  # recorded already: no job
+        assert (
+            Notification.objects.owe(**notices.held_notice(booking, pay_url="https://pay.example/again")) is None
+        )  # recorded already: no job
     assert queued_jobs() == [pk, pk]  # (the second is the one this test deferred by hand)
 
 

@@ -229,7 +229,9 @@ def test_a_reference_matched_event_is_judged_against_the_session_stored_while_it
     checkout_pk = booking.checkout.pk
     foreign = completed_event("cs_foreign", reference=str(checkout_pk), booking_id=booking.pk)
     storing = OpenTransaction(
-        lambda: Checkout.objects.open(checkout_pk, provider_checkout_id="cs_ours", url="https://pay.example/ours")
+        lambda: Checkout.objects.open(
+            checkout_pk, provider_checkout_id="cs_ours", url="https://pay.example/ours", booking=booking
+        )
     ).start()
     delivery = Background(lambda: post(foreign))
     assert wait_until_blocked_or_done(delivery)  # it waits for the checkout row the answer holds

@@ -188,7 +188,7 @@ CALL_SITES = [
         "opened",
         {"checkout_id": 41, "provider_checkout_id": "cs_1", "url": "https://pay.example/cs_1", "payment_id": ""},
     ),
-    *[(Booking.objects, "notice_facts", {"by": by, "booking": 41}) for by in ("pk", "checkout")],
+    (Booking.objects, "notice_facts", {"booking": 41}),
     (PromoUsage.objects, "voided_once", {"usage_id": 41, "tenant": 7}),
     *[
         (PromoCode.objects, "locking", {"code": "SPRING", "tenant": 7, "nowait": nowait, "lock_timeout_ms": timeout})

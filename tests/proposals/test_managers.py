@@ -157,8 +157,8 @@ def test_confirm_proposal_round_trips(recording_provider):
     kinds = [s.split()[0] for s in sql]
     # confirm() is one statement (no savepoint of its own: a refused decision raises before any write);
     # the hold joins (no savepoint: it refuses before writing anything); execute() joins.
-    # Then the provider, then Checkout.objects.open: its own guarded transaction (BEGIN, UPDATE, COMMIT)
-    # with the customer's e-mail owed in it.
+    # Then the provider, then Checkout.objects.open: one statement, its own transaction, that opens the
+    # checkout and owes the customer's e-mail with the pay link and its job.
     assert kinds == [
         "BEGIN",
         "WITH",  # confirm: lock, judge, change, return the row
@@ -167,11 +167,8 @@ def test_confirm_proposal_round_trips(recording_provider):
         "INSERT",
         "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
-        "BEGIN",
-        "WITH",  # the checkout opened, returning the facts of the customer's e-mail with the pay link;
-        "WITH",  # its row and its queued job in one statement, in the open's transaction
-        "COMMIT",
+        "WITH",  # the checkout opened, the e-mail owed and queued
     ], sql
     assert "pg_advisory_xact_lock_shared" in sql[2] and "; SELECT p.tenant_id" in sql[2]
-    assert sql[8].startswith('WITH opened AS (UPDATE "bookings_checkout"')
+    assert sql[7].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[7]
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute
