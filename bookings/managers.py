@@ -313,10 +313,10 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         """The package's terms and the places taken on the date, in one statement: (SQL, parameters).
 
         Its row is a Place (tenant, is_active, capacity, price, currency, places taken, the
-        database's date and clock, the package's name); none when the package does not exist. Issued only after
-        BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ COMMITTED its snapshot
-        includes every edit and every booking committed by their previous holders; a hold's
-        expiry is judged by ``clock_timestamp()``, the clock now.
+        database's date and clock, the package's name); none when the package does not exist.
+        Issued only after BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ
+        COMMITTED its snapshot includes every edit and every booking committed by their
+        previous holders; a hold's expiry is judged by ``clock_timestamp()``, the clock now.
         """
         booking, package = self.model._meta.db_table, self.model._meta.get_field("package").related_model
         return (
@@ -346,10 +346,11 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         BOOKING_DATE(package, date), both until commit; then, in one statement run after
         both are held (sent in the same round trip as the locks), reads the package's
         capacity, ``is_active``, price and currency and counts confirmed bookings and
-        unexpired holds on the date. Raises PackageNotFound (unknown, inactive, deleted meanwhile, or not ``tenant``'s),
-        DateInPast or DateUnavailable, always before it writes anything (a proposal's confirm
-        goes on in the same transaction after a refusal); returns the new ``held`` booking,
-        with ``package_name`` (its package's name as the hold read it) for the customer's notice.
+        unexpired holds on the date. Raises PackageNotFound (unknown, inactive, deleted
+        meanwhile, or not ``tenant``'s), DateInPast or DateUnavailable, always before it
+        writes anything (a proposal's confirm goes on in the same transaction after a
+        refusal); returns the new ``held`` booking, with ``package_name`` (its package's name
+        as the hold read it) for the customer's notice.
         """
         package_id = getattr(package, "pk", package)
         # The locks, then the place read under them: one round trip.

@@ -68,16 +68,6 @@ class Prepared:
                 pass
             return cursor.fetchone()
 
-    def fetch_named(self, manager, **keywords):
-        """Send the statement; return its first row as a dict by column name (None when it returned none).
-
-        Of two columns with one name, the later one's value is kept.
-        """
-        with connections[manager.db].cursor() as cursor:
-            cursor.execute(*self.statement(manager, **keywords))
-            row = cursor.fetchone()
-            return None if row is None else dict(zip((column.name for column in cursor.description), row, strict=True))
-
     def create(self, manager, **values):
         """``manager.create(**values)`` through a statement built by ``insert_statement``: the saved instance."""
         instance = manager.model(**values)
