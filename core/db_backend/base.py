@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction.
+"""Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction, and a
+health check that costs a round trip only when the connection has heard from the server.
 
 Directly connected, the timeouts are startup parameters of each connection (config/settings.py).
 Behind a transaction-mode pooler (PgBouncer: ``DATABASE_POOL_MODE=transaction``) startup
@@ -8,6 +9,8 @@ true)`` (``SET LOCAL``): one statement as it begins, gone at its COMMIT or ROLLB
 outside a transaction (autocommit reads) get the server's defaults: set those too with
 ``ALTER ROLE … SET lock_timeout …`` (docs/operations.md).
 """
+
+import select
 
 from django.conf import settings
 from django.db.backends.postgresql import base
@@ -41,6 +44,26 @@ def carrying_timeouts(connection, sql):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def close_if_health_check_failed(self):
+        """Django's check before a request reuses the connection, without the ``SELECT 1`` when quiet.
+
+        Django sends that statement before each request's first one (CONN_HEALTH_CHECKS): one
+        round trip per request, as much as a guarded write's. A connection the server has said
+        nothing on since its last statement is as usable as that statement left it (errors are
+        checked apart, with the round trip: ``close_if_unusable_or_obsolete``); only one that
+        heard something gets the real check, and is closed when it fails it.
+        """
+        if (
+            self.connection is not None
+            and self.health_check_enabled
+            and not self.health_check_done
+            and not self.pool
+            and not heard_from_server(self.connection)
+        ):
+            self.health_check_done = True
+            return
+        super().close_if_health_check_failed()
+
     def _set_autocommit(self, autocommit):
         super()._set_autocommit(autocommit)
         if not autocommit and self.settings_dict.get("TIMEOUTS_PER_TRANSACTION"):
@@ -48,3 +71,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # the connection's housekeeping, like BEGIN, not one of the operation's statements.
             with self.connection.cursor() as cursor:
                 cursor.execute(set_timeouts_sql(self.settings_dict))
+
+
+def heard_from_server(connection):
+    """Whether an idle psycopg connection has anything to read, or is known to be gone.
+
+    Between two requests a healthy connection hears nothing: the server answers only what it
+    is asked. A server that ends the session (a restart, ``pg_terminate_backend``, an idle
+    timeout, a pooler going away) sends its FATAL message or closes the socket, and either
+    makes it readable. A notice or a parameter change can too: then the real check runs.
+    """
+    if connection.closed or connection.broken:
+        return True
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))  # POLLERR and POLLHUP are always reported

@@ -1,0 +1,84 @@
+"""The health check before a request reuses its connection: a round trip only when the server spoke.
+
+Each request begins with ``close_old_connections`` (Django's ``request_started`` handler), and its
+first statement with the check of CONN_HEALTH_CHECKS (core/db_backend). What reaches the server is
+read off the wire, from libpq's own trace of the connection.
+"""
+
+import contextlib
+import tempfile
+import time
+
+import psycopg
+import pytest
+from django.db import close_old_connections, connection
+from psycopg import pq
+
+from core.db_backend.base import heard_from_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@contextlib.contextmanager
+def wire(django_connection):
+    """The queries the client sends on this connection while the block runs (a list, filled at its end)."""
+    sent = []
+    with tempfile.TemporaryFile() as trace:
+        pgconn = django_connection.connection.pgconn
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            yield sent
+        finally:
+            pgconn.untrace()
+            trace.seek(0)
+            for line in trace.read().decode().splitlines():
+                direction, _length, message, *rest = line.split("\t")
+                if direction == "F" and message in ("Query", "Parse"):
+                    sent.append(rest[0].strip())
+
+
+def a_request_reads(sql):
+    """What a request does with the connection: the request's housekeeping, then its first statement."""
+    close_old_connections()
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
+def test_a_request_on_a_quiet_kept_connection_sends_only_its_own_statements():
+    assert connection.settings_dict["CONN_HEALTH_CHECKS"] and connection.settings_dict["CONN_MAX_AGE"]
+    a_request_reads("SELECT 1")  # the connection is open and kept
+    with wire(connection) as sent:
+        assert a_request_reads("SELECT 42") == 42
+        assert a_request_reads("SELECT 43") == 43
+    assert sent == ['"SELECT 42"', '"SELECT 43"']  # no "SELECT 1" before either
+
+
+def test_a_connection_the_server_ended_is_replaced_before_the_request_needs_it():
+    ended = a_request_reads("SELECT pg_backend_pid()")
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [ended])
+    deadline = time.monotonic() + 10
+    while not heard_from_server(connection.connection):  # the server's FATAL message is on its way
+        assert time.monotonic() < deadline, "the ended session never reached the client"
+        time.sleep(0.01)
+    assert a_request_reads("SELECT pg_backend_pid()") != ended  # answered, on a new connection
+
+
+def test_a_kept_connection_that_heard_something_gets_the_real_check():
+    a_request_reads("SELECT 1")
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        listener = a_request_reads("SELECT pg_backend_pid()")
+        with connection.cursor() as cursor:
+            cursor.execute("LISTEN lockstep_health_check_test")
+        other.execute("NOTIFY lockstep_health_check_test")
+        deadline = time.monotonic() + 10
+        while not heard_from_server(connection.connection):
+            assert time.monotonic() < deadline, "the notification never reached the client"
+            time.sleep(0.01)
+        with wire(connection) as sent:
+            assert a_request_reads("SELECT pg_backend_pid()") == listener  # still usable: kept
+        with connection.cursor() as cursor:
+            cursor.execute("UNLISTEN *")
+    assert sent == ['"SELECT 1"', '"SELECT pg_backend_pid()"']
