@@ -295,9 +295,12 @@ DAY = "(DATE '2000-01-01' + :day)"
 
 
 def hold_sql(origin):
-    """Booking.objects.hold + Checkout.objects.record; ends inside the ``\\if`` of a won hold (caller closes it).
+    """Booking.objects.hold with its checkout intent; ends inside the ``\\if`` of a won hold (caller closes it).
 
-    The place's locks and its read are one query, as the app sends them (pgbench's compound: "\\;").
+    The place's locks and its read are one query, as the app sends them (pgbench's compound: "\\;"); the
+    booking and its checkout are one statement. Its row's last ``id`` is the checkout's (``\\gset`` keeps
+    the last of a name): the booking's comes as ``pgbench_booking_id``, which the comparison with the app
+    leaves out (tests/bench/test_pgbench_fidelity.py).
     """
     from bookings.managers import ACTIVE_SQL
 
@@ -311,18 +314,21 @@ SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT 
   current_date, clock_timestamp(), p.name FROM bookings_package p WHERE p.id = :package_id \\gset
 \\if :is_active and :tenant_id = :tenant and :count < :daily_capacity
 \\set exclusive :daily_capacity = 1
-INSERT INTO bookings_booking (tenant_id, package_id, date, customer_name, customer_email, status, hold_expires_at,
-  amount, currency, exclusive, origin_proposal_id, created_at, confirmed_at, cancelled_at, refunded_at, version)
+WITH booking AS (INSERT INTO bookings_booking (tenant_id, package_id, date, customer_name, customer_email, status,
+  hold_expires_at, amount, currency, exclusive, origin_proposal_id, created_at, confirmed_at, cancelled_at,
+  refunded_at, version)
  VALUES (:tenant_id, :package_id, {DAY}, 'c:k', 'c:k@example.com', 'held',
   ':clock_timestamp'::timestamptz + interval ':hold_ttl seconds', :price, ':currency', :exclusive, {origin},
   ':clock_timestamp'::timestamptz, NULL, NULL, NULL, 1)
- RETURNING bookings_booking.id, bookings_booking.created_at \\gset booking_
-INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url, provider_payment_id, amount,
-  currency, error, refund_state, provider_refund_id, refund_attempts, refund_error, refund_requested_at,
-  next_retry_at, created_at, updated_at)
- VALUES (:booking_id, 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '', 0, '', NULL, NULL,
-  DEFAULT, DEFAULT)
- RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at \\gset checkout_
+ RETURNING bookings_booking.id, bookings_booking.created_at),
+checkout AS (INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url,
+  provider_payment_id, amount, currency, error, refund_state, provider_refund_id, refund_attempts, refund_error,
+  refund_requested_at, next_retry_at, created_at, updated_at)
+ VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '', 0, '',
+  NULL, NULL, DEFAULT, DEFAULT)
+ RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at)
+SELECT *, (SELECT id FROM booking) AS pgbench_booking_id FROM booking, checkout \\gset checkout_
+\\set booking_id :checkout_pgbench_booking_id
 """
 
 

@@ -48,7 +48,7 @@ from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared, insert_statement, update_statement
+from core.prepared import Prepared, insert_statement, insert_with, saved, update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
@@ -306,6 +306,17 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         origin_proposal_id=int,
         created_at=dt.datetime,
     )
+
+    def inserting_with_checkout(self, *, checkout_provider, **values):
+        """The hold's INSERT of the booking and of its checkout intent (``creating``, the booking's amount
+        and currency), as one statement (``core.prepared.insert_with``)."""
+        checkouts = self.model.checkout.related.related_model._default_manager.db_manager(self.db)
+        terms = {"provider": checkout_provider, "amount": values["amount"], "currency": values["currency"]}
+        return insert_with(self, values, checkouts, terms, link="booking")
+
+    # The same, with the checkout intent: every hold of a checkout (bookings.services).
+    inserted_with_checkout = Prepared(inserting_with_checkout, **inserted.kinds)
+
     # Read for every notice, inside the transaction that changes the booking: compiled once.
     notice_facts = Prepared(notifications.facts_statement, booking=int)
 
@@ -336,7 +347,17 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return Place(*row) if row is not None else None
 
     @guarded(joins=True)
-    def hold(self, package, date, *, customer_name, customer_email, origin_proposal_id=None, tenant=None):
+    def hold(
+        self,
+        package,
+        date,
+        *,
+        customer_name,
+        customer_email,
+        origin_proposal_id=None,
+        tenant=None,
+        checkout_provider=None,
+    ):
         """Hold one place on ``date`` for this customer, or refuse.
 
         Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date), until commit.
@@ -350,7 +371,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         meanwhile, or not ``tenant``'s), DateInPast or DateUnavailable, always before it
         writes anything (a proposal's confirm goes on in the same transaction after a
         refusal); returns the new ``held`` booking, with ``package_name`` (its package's name
-        as the hold read it) for the customer's notice.
+        as the hold read it) for the customer's notice. With ``checkout_provider``, the same
+        statement records the intent to create that provider's checkout (``creating``, the
+        booking's amount and currency): the booking's ``checkout``.
         """
         package_id = getattr(package, "pk", package)
         # The locks, then the place read under them: one round trip.
@@ -365,8 +388,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         # Terms a provider cannot charge (a price stored before the currency rules) are refused here,
         # inside the hold's transaction, never after it committed (the hold would block the date).
         _check_terms(place.price, place.currency)
-        booking = self.inserted.create(
-            self,
+        values = dict(
             tenant_id=place.tenant_id,
             package_id=package_id,
             date=date,
@@ -380,6 +402,15 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             origin_proposal_id=origin_proposal_id,
             created_at=place.now,  # the database clock the hold's expiry counts from, not the INSERT's
         )
+        if checkout_provider is None:
+            booking = self.inserted.create(self, **values)
+        else:
+            row = self.inserted_with_checkout.fetch_one(self, checkout_provider=checkout_provider, **values)
+            width = len(self.model._meta.db_returning_fields)
+            booking = saved(self, values, row[:width])
+            checkouts = self.model.checkout.related.related_model._default_manager.db_manager(self.db)
+            terms = {"provider": checkout_provider, "amount": booking.amount, "currency": booking.currency}
+            booking.checkout = saved(checkouts, {"booking": booking, **terms}, row[width:])
         booking.package_name = place.name  # read under the package lock: what the customer's notice names
         return booking
 
@@ -721,19 +752,6 @@ class CheckoutQuerySet(models.QuerySet):
 
 
 class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
-    @guarded(joins=True)
-    def record(self, booking, *, provider):
-        """Record the intent to create a provider checkout (state ``creating``) in the caller's transaction.
-
-        Locks: none of its own (inserts the checkout row in the caller's transaction, after the hold's locks).
-        """
-        return self.inserted.create(
-            self, booking_id=booking.pk, provider=provider, amount=booking.amount, currency=booking.currency
-        )
-
-    # Every hold records one, in its transaction: compiled once per process.
-    inserted = Prepared(insert_statement, booking_id=int, amount=Decimal, currency=str)
-
     def opening(self, checkout_id, provider_checkout_id, url, payment_id):
         """The filtered UPDATE that opens a checkout still ``creating``, returning its id."""
         sql, params = update_statement(

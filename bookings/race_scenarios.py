@@ -35,7 +35,9 @@ def naive_hold(tenant, package, day, k, *, pause, origin_proposal_id=None):
     )
     booking.refresh_from_db(fields=["hold_expires_at"])  # the database clock's expiry, for the customer's notice
     booking.package_name = package.name  # what Booking.objects.hold returns with the booking
-    booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
+    booking.checkout = Checkout.objects.create(
+        booking=booking, provider=get_provider().name, amount=booking.amount, currency=booking.currency
+    )
     return booking
 
 

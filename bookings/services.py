@@ -46,16 +46,15 @@ def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_ema
     deleted meanwhile or another tenant's package), DateInPast or DateUnavailable.
     Returns the held booking with ``.checkout``.
     """
-    booking = Booking.objects.hold(
+    return Booking.objects.hold(
         package_id,
         date,
         tenant=tenant,
         customer_name=customer_name,
         customer_email=customer_email,
         origin_proposal_id=origin_proposal_id,
+        checkout_provider=get_provider().name,  # the checkout intent, in the booking's INSERT
     )
-    booking.checkout = Checkout.objects.record(booking, provider=get_provider().name)
-    return booking
 
 
 def create_provider_checkout(booking):

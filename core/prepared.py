@@ -70,12 +70,7 @@ class Prepared:
 
     def create(self, manager, **values):
         """``manager.create(**values)`` through a statement built by ``insert_statement``: the saved instance."""
-        instance = manager.model(**values)
-        returned = self.fetch_one(manager, **values)
-        for field, value in zip(manager.model._meta.db_returning_fields, returned, strict=True):
-            setattr(instance, field.attname, value)
-        instance._state.adding, instance._state.db = False, manager.db
-        return instance
+        return saved(manager, values, self.fetch_one(manager, **values))
 
     def instance(self, manager, **keywords):
         """The row the statement selects as an instance of the manager's model (core.rows), or None.
@@ -140,6 +135,40 @@ def insert_statement(manager, **values):
     compiler.returning_fields = meta.db_returning_fields
     ((statement, params),) = compiler.as_sql()
     return statement, params
+
+
+def insert_with(manager, values, child_manager, child_values, *, link):
+    """One statement inserting a row and a row pointing at it (``link``, the child's foreign key): a ``build``.
+
+    ``WITH <parent> AS (INSERT … RETURNING …), <child> AS (INSERT … VALUES ((SELECT <pk> FROM <parent>),
+    …) RETURNING …) SELECT * FROM <parent>, <child>``: one round trip where two INSERTs took two. Its
+    row is what each INSERT returns (``db_returning_fields``), the parent's first (``saved``). The
+    child's foreign key is checked at the end of the statement, when the parent row is there.
+    """
+    from django.db.models.expressions import RawSQL
+
+    parent, child = manager.model._meta, child_manager.model._meta
+    quote = connections[manager.db].ops.quote_name
+    parent_name, child_name = quote(parent.model_name), quote(child.model_name)
+    parent_pk = RawSQL(f"SELECT {quote(parent.pk.column)} FROM {parent_name}", [])  # noqa: S608 - identifiers
+    parent_sql, parent_params = insert_statement(manager, **values)
+    child_sql, child_params = insert_statement(
+        child_manager, **child_values, **{child.get_field(link).attname: parent_pk}
+    )
+    return (
+        f"WITH {parent_name} AS ({parent_sql}), {child_name} AS ({child_sql}) "  # noqa: S608 - identifiers
+        f"SELECT * FROM {parent_name}, {child_name}",
+        [*parent_params, *child_params],
+    )
+
+
+def saved(manager, values, returned):
+    """``manager.model(**values)`` as the INSERT that returned ``returned`` (its ``db_returning_fields``) saved it."""
+    instance = manager.model(**values)
+    for field, value in zip(manager.model._meta.db_returning_fields, returned, strict=True):
+        setattr(instance, field.attname, value)
+    instance._state.adding, instance._state.db = False, manager.db
+    return instance
 
 
 def update_statement(queryset, **changes):

@@ -1,4 +1,5 @@
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
@@ -87,13 +88,14 @@ def test_hold_in_transaction_refuses_inactive_and_foreign_packages(tenant, other
 
 @pytest.mark.django_db(transaction=True)
 def test_successful_checkout_round_trips(recording_provider):
-    """6 round trips: BEGIN, the package lock (shared) and the date lock with the read of the package's
-    terms and the date's count after them (one query), insert booking, insert checkout, COMMIT; then
-    the provider call (no lock, no query) and one statement, its own transaction, that stores its
-    answer (a filtered UPDATE) and owes the customer's e-mail with its job.
+    """5 round trips: BEGIN, the package lock (shared) and the date lock with the read of the package's
+    terms and the date's count after them (one query), one statement inserting the booking and its
+    checkout intent, COMMIT; then the provider call (no lock, no query) and one statement, its own
+    transaction, that stores its answer (a filtered UPDATE) and owes the customer's e-mail with its job.
 
-    Was 11 before the locks and the read shared a query and the opening owed its e-mail in its own
-    statement (issue 16); 13 before the two locks shared a statement and the e-mail's row its job's.
+    Was 6 before the booking and its checkout were inserted by one statement (issue 16); 11 before
+    the locks and the read shared a query and the opening owed its e-mail in its own statement
+    (issue 16); 13 before the two locks shared a statement and the e-mail's row its job's.
 
     Was 10 before notifications (1.1.0).
 
@@ -106,18 +108,31 @@ def test_successful_checkout_round_trips(recording_provider):
         booking = checkout(package.tenant, package)
     sql = [q["sql"] for q in queries.captured_queries]
     assert booking.checkout.state == Checkout.State.OPEN
-    assert sql == ["BEGIN", *sql[1:4], "COMMIT", sql[5]], sql
+    assert sql == ["BEGIN", *sql[1:3], "COMMIT", sql[4]], sql
     locks, place = sql[1].split("; ")
     assert locks.startswith("SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(")
     assert f"'{{bookings.package:{package.pk},bookings.date:{package.pk}:" in locks and "'{t,f}'" in locks
     assert place.startswith("SELECT p.tenant_id, p.is_active, p.daily_capacity")
     assert "clock_timestamp()" in place and "statement_timestamp" not in place
-    assert sql[2].startswith('INSERT INTO "bookings_booking"')
-    assert sql[3].startswith('INSERT INTO "bookings_checkout"')
+    assert sql[2].startswith('WITH "booking" AS (INSERT INTO "bookings_booking"')
+    assert '"checkout" AS (INSERT INTO "bookings_checkout"' in sql[2]
     # after the provider answered: the opening, the e-mail's row and its job, one statement
-    assert sql[5].startswith('WITH event AS (UPDATE "bookings_checkout"')
-    assert "INSERT INTO core_notification" in sql[5] and "procrastinate_defer_jobs" in sql[5]
+    assert sql[4].startswith('WITH event AS (UPDATE "bookings_checkout"')
+    assert "INSERT INTO core_notification" in sql[4] and "procrastinate_defer_jobs" in sql[4]
     assert recording_provider.checkouts == [booking.pk]
+
+
+def test_a_hold_with_its_checkout_intent_returns_both_rows_as_one_statement_wrote_them(tenant):
+    package = PackageFactory(tenant=tenant, price="120.50", currency="EUR")
+    with transaction.atomic():
+        booking = Booking.objects.hold(
+            package, future(), customer_name="Ann", customer_email="ann@example.com", checkout_provider="sandbox"
+        )
+    stored = Checkout.objects.select_related("booking").get()
+    assert (booking.pk, booking.checkout.pk, booking.checkout.booking_id) == (stored.booking_id, stored.pk, booking.pk)
+    assert (stored.state, stored.provider, stored.amount, stored.currency) == ("creating", "sandbox", Decimal("120.50"), "EUR")
+    assert booking.checkout.created_at == stored.created_at and booking.created_at == stored.booking.created_at
+    assert booking.checkout.booking is booking and not booking.checkout._state.adding
 
 
 def test_provider_failure_releases_the_hold(tenant, settings):

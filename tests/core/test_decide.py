@@ -110,7 +110,7 @@ CALL_SITES = [
     *[
         (
             Booking.objects,
-            "inserted",
+            name,
             {
                 "tenant_id": 7,
                 "package_id": 41,
@@ -124,15 +124,12 @@ CALL_SITES = [
                 "exclusive": True,
                 "origin_proposal_id": origin,
                 "created_at": datetime.datetime(2030, 1, 1, 11, 45, tzinfo=datetime.UTC),
+                **extra,
             },
         )
+        for name, extra in (("inserted", {}), ("inserted_with_checkout", {"checkout_provider": "sandbox"}))
         for origin in (None, 42)
     ],
-    (
-        Checkout.objects,
-        "inserted",
-        {"booking_id": 41, "provider": "sandbox", "amount": Decimal("100.00"), "currency": "USD"},
-    ),
     (Profile.objects, "subject_locking", {"profile_id": 41, "tenant": 7}),
     (ProfileAuditLog.objects, "entry_locking", {"entry_id": 41, "tenant": 7}),
     *[

@@ -87,11 +87,11 @@ def test_a_proposal_reject_is_one_statement_after_authentication_won_or_refused(
 def test_a_proposal_confirm_statements_won_and_refused(acme_member):
     (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "confirm")
     assert (won.status_code, refused.status_code) == (200, 409)
-    # Won: who (1); the decision, the hold (its locks and its read in one query; no savepoint), the
-    # execution returning the answer's row (7 with BEGIN/COMMIT); the checkout opened with the
-    # customer's e-mail owed, one statement (1). Refused: who, then BEGIN, the deciding statement that
-    # names the refusal, ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (9, 4), "\n".join(s[:120] for s in won_sql)
+    # Won: who (1); the decision, the hold (its locks and its read in one query, then the booking and
+    # its checkout intent in one statement; no savepoint), the execution returning the answer's row
+    # (6 with BEGIN/COMMIT); the checkout opened with the customer's e-mail owed, one statement (1).
+    # Refused: who, then BEGIN, the deciding statement that names the refusal, ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (8, 4), "\n".join(s[:120] for s in won_sql)
 
 
 @pytest.mark.usefixtures("no_rate_limits")
@@ -178,6 +178,6 @@ def test_a_public_checkout_reads_its_tenant_in_one_statement(acme_member):
     assert response.status_code == 201, response.content
     assert sql[0].startswith('SELECT "core_tenant"."id"')
     # The tenant (1); the hold: BEGIN, its two locks and the place read after them in one query, the
-    # booking, the checkout, COMMIT (5); the checkout opened with the customer's e-mail and its job
-    # owed, one statement (1).
-    assert len(sql) == 7, "\n".join(s[:120] for s in sql)
+    # booking and its checkout in one statement, COMMIT (4); the checkout opened with the customer's
+    # e-mail and its job owed, one statement (1).
+    assert len(sql) == 6, "\n".join(s[:120] for s in sql)

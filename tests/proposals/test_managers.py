@@ -163,12 +163,12 @@ def test_confirm_proposal_round_trips(recording_provider):
         "BEGIN",
         "WITH",  # confirm: lock, judge, change, return the row
         "SELECT",  # the hold: the package (shared) and date locks, then the package's terms and the date's count
-        "INSERT",
-        "INSERT",
+        "WITH",  # the booking and its checkout intent, inserted together
         "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
         "WITH",  # the checkout opened, the e-mail owed and queued
     ], sql
     assert "pg_advisory_xact_lock_shared" in sql[2] and "; SELECT p.tenant_id" in sql[2]
-    assert sql[7].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[7]
+    assert sql[3].startswith('WITH "booking" AS (INSERT INTO "bookings_booking"') and '"bookings_checkout"' in sql[3]
+    assert sql[6].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[6]
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute
