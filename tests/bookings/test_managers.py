@@ -130,7 +130,8 @@ def test_a_hold_with_its_checkout_intent_returns_both_rows_as_one_statement_wrot
         )
     stored = Checkout.objects.select_related("booking").get()
     assert (booking.pk, booking.checkout.pk, booking.checkout.booking_id) == (stored.booking_id, stored.pk, booking.pk)
-    assert (stored.state, stored.provider, stored.amount, stored.currency) == ("creating", "sandbox", Decimal("120.50"), "EUR")
+    terms = (stored.state, stored.provider, stored.amount, stored.currency)
+    assert terms == ("creating", "sandbox", Decimal("120.50"), "EUR")
     assert booking.checkout.created_at == stored.created_at and booking.created_at == stored.booking.created_at
     assert booking.checkout.booking is booking and not booking.checkout._state.adding
 
