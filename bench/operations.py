@@ -519,13 +519,14 @@ SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open, {c
 SELECT {columns(Profile)}, clock_timestamp() AS db_now FROM {profile}
  WHERE ({profile}.id = :profile_id AND {profile}.tenant_id = :tenant) ORDER BY {profile}.id ASC LIMIT 1
  FOR UPDATE OF {profile} NOWAIT \\gset
-UPDATE {profile} SET version = :version + 1, first_name = 'A' WHERE {profile}.id = :profile_id;
-INSERT INTO {log} (tenant_id, profile_id, action, old_data, new_data, actor_id, created_at, undone_at, undone_by_id,
-  undo_reason, undo_entry_id) VALUES (:tenant, :profile_id, 'undo', '{{"first_name": "B"}}'::jsonb,
+WITH changed AS (UPDATE {profile} SET version = :version + 1, first_name = 'A' WHERE {profile}.id = :profile_id),
+entry AS (INSERT INTO {log} (tenant_id, profile_id, action, old_data, new_data, actor_id, created_at, undone_at,
+  undone_by_id, undo_reason, undo_entry_id) VALUES (:tenant, :profile_id, 'undo', '{{"first_name": "B"}}'::jsonb,
   '{{"first_name": "A"}}'::jsonb, :user, DEFAULT, NULL, NULL, '', NULL)
- RETURNING {log}.id, {log}.created_at \\gset undo_
-UPDATE {log} SET undone_at = ':db_now'::timestamptz, undone_by_id = :user, undo_reason = 'bench',
-  undo_entry_id = :undo_id WHERE {log}.id = :eid;
+ RETURNING {log}.id, {log}.created_at),
+undone AS (UPDATE {log} SET undone_at = ':db_now'::timestamptz, undone_by_id = :user, undo_reason = 'bench',
+  undo_entry_id = (SELECT id FROM entry) WHERE {log}.id = :eid)
+SELECT * FROM entry;
 COMMIT;
 \\else
 ROLLBACK;

@@ -137,29 +137,45 @@ def insert_statement(manager, **values):
     return statement, params
 
 
+def in_one_statement(writes, last):
+    """``WITH <name> AS (<write>), … <last>``: writes and the statement after them sent as one.
+
+    ``writes`` are ``(name, (sql, params))``; ``last`` may read what each returns (``SELECT … FROM
+    <name>``), and so may a later write. PostgreSQL runs every write once and to completion, whether
+    or not anything reads it; constraints and AFTER triggers act at the end of the statement, when
+    every write is done. One round trip where each write took one.
+    """
+    sql = ", ".join(f"{name} AS ({write_sql})" for name, (write_sql, _params) in writes)
+    params = [param for _name, (_sql, write_params) in writes for param in write_params]
+    return f"WITH {sql} {last[0]}", [*params, *last[1]]
+
+
 def insert_with(manager, values, child_manager, child_values, *, link):
     """One statement inserting a row and a row pointing at it (``link``, the child's foreign key): a ``build``.
 
     ``WITH <parent> AS (INSERT … RETURNING …), <child> AS (INSERT … VALUES ((SELECT <pk> FROM <parent>),
-    …) RETURNING …) SELECT * FROM <parent>, <child>``: one round trip where two INSERTs took two. Its
-    row is what each INSERT returns (``db_returning_fields``), the parent's first (``saved``). The
-    child's foreign key is checked at the end of the statement, when the parent row is there.
+    …) RETURNING …) SELECT * FROM <parent>, <child>``: its row is what each INSERT returns
+    (``db_returning_fields``), the parent's first (``saved``).
     """
-    from django.db.models.expressions import RawSQL
-
     parent, child = manager.model._meta, child_manager.model._meta
     quote = connections[manager.db].ops.quote_name
     parent_name, child_name = quote(parent.model_name), quote(child.model_name)
-    parent_pk = RawSQL(f"SELECT {quote(parent.pk.column)} FROM {parent_name}", [])  # noqa: S608 - identifiers
-    parent_sql, parent_params = insert_statement(manager, **values)
-    child_sql, child_params = insert_statement(
-        child_manager, **child_values, **{child.get_field(link).attname: parent_pk}
+    parent_pk = returned_by(parent_name, parent.pk.column, quote)
+    child_values = {**child_values, child.get_field(link).attname: parent_pk}
+    return in_one_statement(
+        [
+            (parent_name, insert_statement(manager, **values)),
+            (child_name, insert_statement(child_manager, **child_values)),
+        ],
+        (f"SELECT * FROM {parent_name}, {child_name}", []),  # noqa: S608 - identifiers
     )
-    return (
-        f"WITH {parent_name} AS ({parent_sql}), {child_name} AS ({child_sql}) "  # noqa: S608 - identifiers
-        f"SELECT * FROM {parent_name}, {child_name}",
-        [*parent_params, *child_params],
-    )
+
+
+def returned_by(name, column, quote):
+    """``(SELECT <column> FROM <name>)``: a value a write of ``in_one_statement`` returned, for a later one."""
+    from django.db.models.expressions import RawSQL
+
+    return RawSQL(f"SELECT {quote(column)} FROM {name}", [])  # noqa: S608 - identifiers
 
 
 def saved(manager, values, returned):

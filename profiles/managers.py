@@ -42,7 +42,7 @@ from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
-from core.prepared import Prepared, insert_statement, update_statement
+from core.prepared import Prepared, in_one_statement, insert_statement, returned_by, saved, update_statement
 from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
     AlreadyUndone,
@@ -70,6 +70,8 @@ from profiles.exceptions import (
 PROFILE_FIELDS = ("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")
 PARENT_SEX = {"father": "male", "mother": "female"}
 DATE_FIELDS = ("birth_date", "death_date")
+# What an audit entry records besides its profile (``change_recorded``).
+ENTRY_VALUES = ("tenant_id", "action", "old_data", "new_data", "actor_id")
 
 
 def _attname(field):
@@ -368,25 +370,75 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         """``_apply``'s UPDATE: the profile's new version and the ``fields`` named (SQL and parameters)."""
         return update_statement(self.filter(pk=pk), version=version, **{_attname(f): values[f] for f in fields})
 
-    # Every edit, delete, restore and undo writes the profile through it: compiled once per set of fields.
-    changed = Prepared(
-        change,
+    def change_recorded(self, *, pk, version, fields, undone_pk=None, undone_at=None, undone_by=None, **values):
+        """``_apply``'s one statement (SQL and parameters; ``core.prepared.in_one_statement``).
+
+        ``WITH changed AS (<change>)`` then the audit entry's INSERT (``ENTRY_VALUES``, the profile's
+        ``pk``); for an undo, ``entry AS (<the INSERT>), undone AS (<the undone entry marked: when, by
+        whom, why, by the new entry>)``. Its row is what the INSERT returns.
+        """
+        audit = self.model.history.field.model._default_manager.db_manager(self.db)
+        entry = insert_statement(audit, profile_id=pk, **{name: values.pop(name) for name in ENTRY_VALUES})
+        undo_reason = values.pop("undo_reason", None)
+        writes = [("changed", self.change(pk=pk, version=version, fields=fields, **values))]
+        if undone_pk is None:
+            return in_one_statement(writes, entry)
+        mark = update_statement(
+            audit.filter(pk=undone_pk),
+            undone_at=undone_at,
+            undone_by=undone_by,
+            undo_reason=undo_reason,
+            undo_entry=returned_by("entry", audit.model._meta.pk.column, connections[self.db].ops.quote_name),
+        )
+        return in_one_statement([*writes, ("entry", entry), ("undone", mark)], ("SELECT * FROM entry", []))
+
+    # Every edit, delete, restore and undo writes the profile and its entry through it: compiled once per shape.
+    changed_and_recorded = Prepared(
+        change_recorded,
         pk=int,
         version=int,
         deleted_at=datetime,
         **{field: date if field in DATE_FIELDS else int if field in PARENT_SEX else str for field in PROFILE_FIELDS},
+        tenant_id=int,
+        action=str,
+        old_data=dict,
+        new_data=dict,
+        actor_id=int,
+        undone_pk=int,
+        undone_at=datetime,
+        undone_by=int,
+        undo_reason=str,
     )
 
-    def _apply(self, profile, delta, *, action, actor):
-        """Write ``delta`` to the locked profile, bump its version, insert the audit entry."""
+    def _apply(self, profile, delta, *, action, actor, undoing=None):
+        """Write ``delta`` to the locked profile, bump its version and insert the audit entry, one statement.
+
+        ``undoing``: (the entry this change undoes, the reason), marked undone by the same statement.
+        """
         old = {f: _as_json(_current(profile, f)) for f in delta}
+        new = {f: _as_json(v) for f, v in delta.items()}
         version = profile.version + 1  # the row is locked: no lost update
         values = dict.fromkeys((*PROFILE_FIELDS, "deleted_at")) | delta  # absent or None: part of the shape
-        self.changed.execute(self, pk=profile.pk, version=version, fields=tuple(sorted(delta)), **values)
+        entry_values = dict(
+            tenant_id=profile.tenant_id, action=action, old_data=old, new_data=new, actor_id=getattr(actor, "pk", None)
+        )
+        undone, reason = undoing or (None, None)
+        marks = dict(
+            undone_pk=getattr(undone, "pk", None),
+            undone_at=profile.db_now if undone else None,
+            undone_by=getattr(actor, "pk", None) if undone else None,
+            undo_reason=reason,
+        )
+        row = self.changed_and_recorded.fetch_one(
+            self, pk=profile.pk, version=version, fields=tuple(sorted(delta)), **values, **entry_values, **marks
+        )
         for field, value in delta.items():
             setattr(profile, _attname(field), value)
         profile.version = version
-        return self._record(profile, action, old=old, new={f: _as_json(v) for f, v in delta.items()}, actor=actor)
+        audit = self.model.history.field.model._default_manager.db_manager(self.db)
+        entry = saved(audit, {**entry_values, "profile_id": profile.pk}, row)
+        entry.profile, entry.actor = profile, actor
+        return entry
 
     def _record(self, profile, action, *, old, new, actor):
         audit = self.model.history.field.model.objects
@@ -402,8 +454,11 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         entry.profile, entry.actor = profile, actor
         return entry
 
-    def _undo(self, entry, *, steps, actor):
-        """Reverse ``entry`` on its locked profile (steps 3-6 of the undo); return (profile, undo entry)."""
+    def _undo(self, entry, *, steps, actor, reason):
+        """Reverse ``entry`` on its locked profile and mark it undone (steps 3-6 of the undo).
+
+        Returns (profile, undo entry).
+        """
         tenant_id = entry.tenant_id
         if entry.action == AuditAction.UPDATE and any(entry.old_data.get(role) is not None for role in PARENT_SEX):
             self._lock_tree(tenant_id, steps)
@@ -427,7 +482,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
                 raise StaleVersion(fields=["deleted_at"])
             self._refuse_if_parent_of_living(profile)
             delta = {"deleted_at": profile.db_now}
-        return profile, self._apply(profile, delta, action=AuditAction.UNDO, actor=actor)
+        return profile, self._apply(profile, delta, action=AuditAction.UNDO, actor=actor, undoing=(entry, reason))
 
 
 class ProfileAuditLogQuerySet(TenantScopedQuerySet):
@@ -450,18 +505,6 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
     recorded = Prepared(
         insert_statement, tenant_id=int, profile_id=int, action=str, old_data=dict, new_data=dict, actor_id=int
     )
-
-    def mark_undone(self, *, pk, undone_at, undone_by, undo_reason, undo_entry):
-        """The undo's last write: the entry undone, when, by whom, why, by which entry (SQL and parameters)."""
-        return update_statement(
-            self.filter(pk=pk),
-            undone_at=undone_at,
-            undone_by=undone_by,
-            undo_reason=undo_reason,
-            undo_entry=undo_entry,
-        )
-
-    marked_undone = Prepared(mark_undone, pk=int, undone_at=datetime, undone_by=int, undo_reason=str, undo_entry=int)
 
     def _lock_entry(self, entry_id, tenant):
         """The entry, locked, with its actor loaded (None when a command or sweep made the change); or None."""
@@ -492,7 +535,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
            every field this entry wrote that no longer holds its value;
         5. each parent it restores FOR UPDATE NOWAIT, deleted_at IS NULL: ParentLocked /
            ParentDeleted naming father or mother; WouldCreateCycle if now a descendant;
-        6. apply, bump version, insert the ``undo`` entry, mark this one undone.
+        6. apply, bump version, insert the ``undo`` entry, mark this one undone: one statement.
         Returns the original entry (now undone; ``undo_entry`` and ``profile`` loaded).
         """
         reason = (reason or "").strip()
@@ -509,12 +552,10 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         if entry.action not in UNDOABLE:
             raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
         profile_model = self.model.profile.field.related_model
-        profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor)
-        # db_now is clock_timestamp() read by the profile lock: the database's clock, and the
-        # same instant the undo entry's profile change is stamped with.
-        self.marked_undone.execute(
-            self, pk=entry.pk, undone_at=profile.db_now, undone_by=actor, undo_reason=reason, undo_entry=undo_entry
-        )
+        # Marked undone by the statement that writes the profile and the undo entry. Its undone_at is
+        # db_now, clock_timestamp() read by the profile lock: the database's clock, and the same
+        # instant the undo entry's profile change is stamped with.
+        profile, undo_entry = profile_model.objects._undo(entry, steps=steps, actor=actor, reason=reason)
         entry.undone_at, entry.undone_by, entry.undo_reason = profile.db_now, actor, reason
         entry.undo_entry, entry.profile = undo_entry, profile
         return entry

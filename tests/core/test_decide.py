@@ -135,7 +135,7 @@ CALL_SITES = [
     *[
         (
             Profile.objects,
-            "changed",
+            "changed_and_recorded",
             {
                 **dict.fromkeys(("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")),
                 "deleted_at": None,
@@ -143,6 +143,15 @@ CALL_SITES = [
                 "version": 3,
                 **change,
                 "fields": tuple(sorted(change)),
+                "tenant_id": 7,
+                "action": "undo" if undone else "update",
+                "old_data": {"first_name": "Ada"},
+                "new_data": {"first_name": "Augusta"},
+                "actor_id": actor,
+                "undone_pk": 40 if undone else None,
+                "undone_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC) if undone else None,
+                "undone_by": actor if undone else None,
+                "undo_reason": "typo" if undone else None,
             },
         )
         for change in (
@@ -150,6 +159,7 @@ CALL_SITES = [
             {"deleted_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC)},
             {"deleted_at": None},
         )
+        for undone, actor in ((False, None), (False, 7), (True, None), (True, 7))
     ],
     *[
         (
@@ -162,20 +172,6 @@ CALL_SITES = [
                 "old_data": {"first_name": "Ada", "birth_date": None},
                 "new_data": {"first_name": "Augusta", "birth_date": "1815-12-10"},
                 "actor_id": actor,
-            },
-        )
-        for actor in (None, 7)
-    ],
-    *[
-        (
-            ProfileAuditLog.objects,
-            "marked_undone",
-            {
-                "pk": 41,
-                "undone_at": datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC),
-                "undone_by": actor,
-                "undo_reason": "typo",
-                "undo_entry": 42,
             },
         )
         for actor in (None, 7)
