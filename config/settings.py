@@ -51,7 +51,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "core.middleware.LazyMessageMiddleware",  # Django's, its storage built only when a request uses it
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # who and which URL, on the history of every row a write request changes (core/history.py)
     "pghistory.middleware.HistoryMiddleware",

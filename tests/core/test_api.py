@@ -283,3 +283,14 @@ def test_a_staging_site_may_allow_the_sandbox(production):
     production.STRIPE_API_KEY = ""
     production.PAYMENT_SANDBOX_ALLOWED = True
     assert _lockstep_issues(deploy=True) == []
+
+
+def test_an_api_request_never_builds_the_admin_message_storage(api_client, tenant):
+    """core.middleware.LazyMessageMiddleware: built on first use, and an API request never uses it (the
+    admin's messages still reach the next page: tests/bookings/test_admin.py follows its redirects)."""
+    from django.utils.functional import empty
+
+    response = api_client.get(f"/api/t/{tenant.slug}/")
+    assert response.status_code == 200
+    assert response.wsgi_request._messages._wrapped is empty
+    assert "messages" not in response.cookies
