@@ -370,7 +370,9 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         """``_apply``'s UPDATE: the profile's new version and the ``fields`` named (SQL and parameters)."""
         return update_statement(self.filter(pk=pk), version=version, **{_attname(f): values[f] for f in fields})
 
-    def change_recorded(self, *, pk, version, fields, undone_pk=None, undone_at=None, undone_by=None, **values):
+    def change_recorded(
+        self, *, pk, version, fields, undone_pk=None, undone_at=None, undone_by=None, undo_reason=None, **values
+    ):
         """``_apply``'s one statement (SQL and parameters; ``core.prepared.in_one_statement``).
 
         ``WITH changed AS (<change>)`` then the audit entry's INSERT (``ENTRY_VALUES``, the profile's
@@ -379,7 +381,6 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         """
         audit = self.model.history.field.model._default_manager.db_manager(self.db)
         entry = insert_statement(audit, profile_id=pk, **{name: values.pop(name) for name in ENTRY_VALUES})
-        undo_reason = values.pop("undo_reason", None)
         writes = [("changed", self.change(pk=pk, version=version, fields=fields, **values))]
         if undone_pk is None:
             return in_one_statement(writes, entry)
