@@ -307,11 +307,19 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         created_at=dt.datetime,
     )
 
-    def inserting_with_checkout(self, *, checkout_provider, **values):
-        """The hold's INSERT of the booking and of its checkout intent (``creating``, the booking's amount
-        and currency), as one statement (``core.prepared.insert_with``)."""
+    def _checkout_intent(self, provider, booking_values):
+        """The checkouts' manager and the values of a hold's checkout intent (its booking's amount and currency)."""
         checkouts = self.model.checkout.related.related_model._default_manager.db_manager(self.db)
-        terms = {"provider": checkout_provider, "amount": values["amount"], "currency": values["currency"]}
+        return checkouts, {
+            "provider": provider,
+            "amount": booking_values["amount"],
+            "currency": booking_values["currency"],
+        }
+
+    def inserting_with_checkout(self, *, checkout_provider, **values):
+        """The hold's INSERT of the booking and of its checkout intent (``creating``), as one statement
+        (``core.prepared.insert_with``)."""
+        checkouts, terms = self._checkout_intent(checkout_provider, values)
         return insert_with(self, values, checkouts, terms, link="booking")
 
     # The same, with the checkout intent: every hold of a checkout (bookings.services).
@@ -408,8 +416,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             row = self.inserted_with_checkout.fetch_one(self, checkout_provider=checkout_provider, **values)
             width = len(self.model._meta.db_returning_fields)
             booking = saved(self, values, row[:width])
-            checkouts = self.model.checkout.related.related_model._default_manager.db_manager(self.db)
-            terms = {"provider": checkout_provider, "amount": booking.amount, "currency": booking.currency}
+            checkouts, terms = self._checkout_intent(checkout_provider, values)
             booking.checkout = saved(checkouts, {"booking": booking, **terms}, row[width:])
         booking.package_name = place.name  # read under the package lock: what the customer's notice names
         return booking

@@ -370,6 +370,10 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         """``_apply``'s UPDATE: the profile's new version and the ``fields`` named (SQL and parameters)."""
         return update_statement(self.filter(pk=pk), version=version, **{_attname(f): values[f] for f in fields})
 
+    def _audit_log(self):
+        """The audit log's manager, on this manager's database."""
+        return self.model.history.field.model._default_manager.db_manager(self.db)
+
     def change_recorded(
         self, *, pk, version, fields, undone_pk=None, undone_at=None, undone_by=None, undo_reason=None, **values
     ):
@@ -379,7 +383,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         ``pk``); for an undo, ``entry AS (<the INSERT>), undone AS (<the undone entry marked: when, by
         whom, why, by the new entry>)``. Its row is what the INSERT returns.
         """
-        audit = self.model.history.field.model._default_manager.db_manager(self.db)
+        audit = self._audit_log()
         entry = insert_statement(audit, profile_id=pk, **{name: values.pop(name) for name in ENTRY_VALUES})
         writes = [("changed", self.change(pk=pk, version=version, fields=fields, **values))]
         if undone_pk is None:
@@ -436,7 +440,7 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
         for field, value in delta.items():
             setattr(profile, _attname(field), value)
         profile.version = version
-        audit = self.model.history.field.model._default_manager.db_manager(self.db)
+        audit = self._audit_log()
         entry = saved(audit, {**entry_values, "profile_id": profile.pk}, row)
         entry.profile, entry.actor = profile, actor
         return entry
