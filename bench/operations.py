@@ -202,7 +202,7 @@ class PromoRedeem(Operation):
         ).replace(" FROM promo LEFT JOIN used", ", (used.id IS NOT NULL) AS pgbench_won FROM promo LEFT JOIN used")
         # The bench's codes have no window and no per-customer limit (NULL: pgbench cannot test them).
         return f"""\
-BEGIN;
+BEGIN \\;
 {lock_sql} \\gset
 {redemption} \\gset r_
 \\if :r_pgbench_won
@@ -381,7 +381,7 @@ class DateHold(Operation):
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
-        hold = "\\set day :base_day + :t\nBEGIN;\n" + hold_sql("NULL")
+        hold = "\\set day :base_day + :t\nBEGIN \\;\n" + hold_sql("NULL")
         return hold + "COMMIT;\n" + open_sql() + "\\else\nROLLBACK;\n\\endif\n"
 
     def variables(self):
@@ -448,7 +448,7 @@ class ProposalConfirm(DateHold):
         return f"""\
 \\set pid :base_id + :t
 \\set day :base_day + :t
-BEGIN;
+BEGIN \\;
 {decide_script(decision)} \\gset decided_
 \\if :decided_lockstep_won
 {hold_sql(":pid")}{executed};
@@ -509,7 +509,7 @@ class ProfileUndo(Operation):
         # The bench never edits a profile after its entry, so the script skips the app's stale-field check.
         return f"""\
 \\set eid :base_id + :t
-BEGIN;
+BEGIN \\;
 SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :eid, 0)) \\gset
 \\if :pg_try_advisory_xact_lock
 SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open, {columns(User)}

@@ -1,5 +1,6 @@
-"""Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction, and a
-health check that costs a round trip only when the connection has heard from the server.
+"""Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction, a
+transaction's BEGIN sent with its first statement, and a health check that costs a round trip
+only when the connection has heard from the server.
 
 Directly connected, the timeouts are startup parameters of each connection (config/settings.py).
 Behind a transaction-mode pooler (PgBouncer: ``DATABASE_POOL_MODE=transaction``) startup
@@ -8,12 +9,26 @@ pooler hands to another client next. So each transaction sets them itself, with 
 true)`` (``SET LOCAL``): one statement as it begins, gone at its COMMIT or ROLLBACK. Statements
 outside a transaction (autocommit reads) get the server's defaults: set those too with
 ``ALTER ROLE … SET lock_timeout …`` (docs/operations.md).
+
+**BEGIN with the first statement.** psycopg, left to open transactions itself, sends BEGIN as a
+round trip of its own before a transaction's first statement: one per guarded operation, as
+much as any of its statements. Here psycopg stays in autocommit and Django's transaction is
+opened by this backend: ``atomic()`` only notes it is owed (``_start_transaction_under_autocommit``,
+Django's own hook for backends that begin explicitly), and the cursor sends the opening
+(``BEGIN``, and behind a pooler the timeouts) in the same query as the first statement, then
+moves past its results, so the caller reads its own statement's rows, row count and errors as
+before. COMMIT and ROLLBACK are psycopg's, as before (each a round trip, skipped when nothing
+was begun). Statements sent as one query run in order on one server connection: behind a
+transaction-mode pooler the transaction starts with them and ends at COMMIT, as it would.
 """
 
 import select
 
 from django.conf import settings
+from django.db.backends import utils
 from django.db.backends.postgresql import base
+from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
 
 # PostgreSQL parameter -> the setting (milliseconds) that configures it
 TIMEOUTS = {
@@ -65,12 +80,74 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().close_if_health_check_failed()
 
     def _set_autocommit(self, autocommit):
-        super()._set_autocommit(autocommit)
-        if not autocommit and self.settings_dict.get("TIMEOUTS_PER_TRANSACTION"):
-            # The transaction's first statement (psycopg sends BEGIN before it). Raw cursor: it is
-            # the connection's housekeeping, like BEGIN, not one of the operation's statements.
-            with self.connection.cursor() as cursor:
-                cursor.execute(set_timeouts_sql(self.settings_dict))
+        """psycopg stays in autocommit whatever Django asks: a transaction Django wants is opened
+        here, with its first statement (``transaction_opening``)."""
+        if not self.connection.autocommit:
+            super()._set_autocommit(True)
+
+    def _start_transaction_under_autocommit(self):
+        """``atomic()``'s BEGIN: owed from now on (Django sets ``autocommit`` False), sent with the first statement."""
+
+    def transaction_opening(self):
+        """The statements a transaction Django wants but the server has not begun opens with, or ().
+
+        BEGIN (with the connection's isolation level, as psycopg would send it) and, behind a
+        transaction-mode pooler, the statement setting the timeouts for the transaction.
+        """
+        if self.autocommit or self.connection.pgconn.transaction_status != TransactionStatus.IDLE:
+            return ()
+        begin = ["BEGIN"]
+        psycopg_connection = self.connection
+        if psycopg_connection.isolation_level is not None:
+            begin.append("ISOLATION LEVEL " + IsolationLevel(psycopg_connection.isolation_level).name.replace("_", " "))
+        if psycopg_connection.read_only is not None:
+            begin.append("READ ONLY" if psycopg_connection.read_only else "READ WRITE")
+        if psycopg_connection.deferrable is not None:
+            begin.append("DEFERRABLE" if psycopg_connection.deferrable else "NOT DEFERRABLE")
+        if self.settings_dict.get("TIMEOUTS_PER_TRANSACTION"):
+            return (" ".join(begin), set_timeouts_sql(self.settings_dict))
+        return (" ".join(begin),)
+
+    def open_transaction(self):
+        """Send the owed opening on its own (before what cannot carry it: a named cursor, executemany)."""
+        with self.connection.cursor() as cursor:
+            for statement in self.transaction_opening():
+                cursor.execute(statement)
+
+    def make_cursor(self, cursor):
+        return CursorWrapper(cursor, self)
+
+    def make_debug_cursor(self, cursor):
+        return CursorDebugWrapper(cursor, self)
+
+
+class _OpensOwedTransaction:
+    """A cursor that sends the transaction's opening in the same query as its first statement."""
+
+    def _execute(self, sql, params, *ignored_wrapper_args):
+        opening = self.db.transaction_opening()
+        if not opening:
+            return super()._execute(sql, params, *ignored_wrapper_args)
+        if not isinstance(sql, str) or getattr(self.cursor, "name", None):  # composed SQL, a named cursor
+            self.db.open_transaction()
+            return super()._execute(sql, params, *ignored_wrapper_args)
+        result = super()._execute("; ".join((*opening, sql)), params, *ignored_wrapper_args)
+        for _statement in opening:  # past the opening's results: the caller reads its own statement's
+            self.cursor.nextset()
+        return result
+
+    def _executemany(self, sql, param_list, *ignored_wrapper_args):
+        if self.db.transaction_opening():
+            self.db.open_transaction()
+        return super()._executemany(sql, param_list, *ignored_wrapper_args)
+
+
+class CursorWrapper(_OpensOwedTransaction, utils.CursorWrapper):
+    pass
+
+
+class CursorDebugWrapper(_OpensOwedTransaction, utils.CursorDebugWrapper):
+    pass
 
 
 def heard_from_server(connection):

@@ -5,37 +5,16 @@ first statement with the check of CONN_HEALTH_CHECKS (core/db_backend). What rea
 read off the wire, from libpq's own trace of the connection.
 """
 
-import contextlib
-import tempfile
 import time
 
 import psycopg
 import pytest
 from django.db import close_old_connections, connection
-from psycopg import pq
 
 from core.db_backend.base import heard_from_server
+from tests.wire import wire
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@contextlib.contextmanager
-def wire(django_connection):
-    """The queries the client sends on this connection while the block runs (a list, filled at its end)."""
-    sent = []
-    with tempfile.TemporaryFile() as trace:
-        pgconn = django_connection.connection.pgconn
-        pgconn.trace(trace.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            yield sent
-        finally:
-            pgconn.untrace()
-            trace.seek(0)
-            for line in trace.read().decode().splitlines():
-                direction, _length, message, *rest = line.split("\t")
-                if direction == "F" and message in ("Query", "Parse"):
-                    sent.append(rest[0].strip())
 
 
 def a_request_reads(sql):

@@ -20,7 +20,7 @@ def rename(package, name):
 
 
 def sent(queries):
-    return sum(query["sql"].startswith(SENT) for query in queries)
+    return sum(SENT in query["sql"] for query in queries)
 
 
 def contexts(package):

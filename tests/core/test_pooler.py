@@ -32,7 +32,7 @@ def timeouts(conn):
 
 
 def timeouts_in_a_transaction(conn):
-    conn.set_autocommit(False)  # what transaction.atomic() does first: the backend's hook runs here
+    conn.set_autocommit(False)  # as transaction.atomic() does: the next statement opens the transaction
     try:
         return timeouts(conn)
     finally:

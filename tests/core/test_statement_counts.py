@@ -1,7 +1,8 @@
 """Statements per request and per guarded operation: stable numbers, asserted (issue 16).
 
-Counted with autocommit as in production (``transactional_db``): BEGIN, COMMIT and
-ROLLBACK count, as each is a round trip to the server.
+Counted with autocommit as in production (``transactional_db``), as round trips to the server:
+COMMIT and ROLLBACK count, each being one; a transaction's BEGIN goes in the same query as its
+first statement (core/db_backend), which is captured as one entry starting ``BEGIN; ``.
 """
 
 import pytest
@@ -87,11 +88,13 @@ def test_a_proposal_reject_is_one_statement_after_authentication_won_or_refused(
 def test_a_proposal_confirm_statements_won_and_refused(acme_member):
     (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "confirm")
     assert (won.status_code, refused.status_code) == (200, 409)
-    # Won: who (1); the decision, the hold (its locks and its read in one query, then the booking and
-    # its checkout intent in one statement; no savepoint), the execution returning the answer's row
-    # (6 with BEGIN/COMMIT); the checkout opened with the customer's e-mail owed, one statement (1).
-    # Refused: who, then BEGIN, the deciding statement that names the refusal, ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (8, 4), "\n".join(s[:120] for s in won_sql)
+    # Won: who (1); BEGIN with the decision, the hold (its locks and its read in one query, then the
+    # booking and its checkout intent in one statement; no savepoint), the execution returning the
+    # answer's row, COMMIT (5); the checkout opened with the customer's e-mail owed, one statement (1).
+    # Refused: who, then BEGIN with the deciding statement that names the refusal, ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (7, 3), "\n".join(s[:120] for s in won_sql)
+    for first in (won_sql[1], refused_sql[1]):  # BEGIN, who and which URL (core/history.py), the decision
+        assert first.startswith("BEGIN; SELECT set_config('pghistory.context_id'") and "; WITH locked AS" in first
 
 
 @pytest.mark.usefixtures("no_rate_limits")
@@ -129,15 +132,15 @@ def test_a_promo_redeem_and_void_statements_won_and_refused(acme_member):
     # who; BEGIN, the lock timeout and the code row's lock in one round trip, then one statement that
     # re-reads under it, judges and writes the usage and the counter; COMMIT. Refused: the same,
     # ROLLBACK for COMMIT.
-    assert (len(won_sql), len(refused_sql)) == (5, 5), "\n".join(s[:120] for s in won_sql)
+    assert (len(won_sql), len(refused_sql)) == (4, 4), "\n".join(s[:120] for s in won_sql)
     path = f"/api/t/acme/promo-usages/{PromoUsage.objects.get().pk}/void"
     won, won_sql = post(client, path, {})
     refused, refused_sql = post(client, path, {})
     assert (won.status_code, refused.status_code) == (200, 409)
     assert refused.json()["error"]["code"] == "usage_already_voided"
-    # who; BEGIN, the deciding statement (core.decide), the counter, the code for the answer; COMMIT.
-    # Refused: who; BEGIN, the deciding statement that names the refusal, ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (6, 4), "\n".join(s[:120] for s in won_sql)
+    # who; BEGIN with the deciding statement (core.decide), the counter, the code for the answer; COMMIT.
+    # Refused: who; BEGIN with the deciding statement that names the refusal, ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (5, 3), "\n".join(s[:120] for s in won_sql)
 
 
 @pytest.mark.usefixtures("no_rate_limits")
@@ -158,10 +161,10 @@ def test_a_profile_undo_statements_won_and_refused(acme_member):
     assert (won.status_code, refused.status_code) == (200, 409)
     assert refused.json()["error"]["code"] == "already_undone"
     assert won.json()["undone"]["actor"] == won.json()["undone"]["undone_by"] == "member"
-    # Won: who (1); BEGIN, the try-lock, the entry (with its actor, for the answer), the profile, one
-    # statement writing its change, the undo entry and the entry marked undone, COMMIT (6): nothing
-    # read after the commit. Refused: who, BEGIN, the try-lock, the entry (already undone), ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (7, 5), "\n".join(s[:120] for s in won_sql)
+    # Won: who (1); BEGIN with the try-lock, the entry (with its actor, for the answer), the profile,
+    # one statement writing its change, the undo entry and the entry marked undone, COMMIT (5): nothing
+    # read after the commit. Refused: who, BEGIN with the try-lock, the entry (already undone), ROLLBACK.
+    assert (len(won_sql), len(refused_sql)) == (6, 4), "\n".join(s[:120] for s in won_sql)
 
 
 @pytest.mark.usefixtures("no_rate_limits", "recording_provider")
@@ -178,6 +181,6 @@ def test_a_public_checkout_reads_its_tenant_in_one_statement(acme_member):
     assert response.status_code == 201, response.content
     assert sql[0].startswith('SELECT "core_tenant"."id"')
     # The tenant (1); the hold: BEGIN, its two locks and the place read after them in one query, the
-    # booking and its checkout in one statement, COMMIT (4); the checkout opened with the customer's
+    # booking and its checkout in one statement, COMMIT (3); the checkout opened with the customer's
     # e-mail and its job owed, one statement (1).
-    assert len(sql) == 6, "\n".join(s[:120] for s in sql)
+    assert len(sql) == 5, "\n".join(s[:120] for s in sql)

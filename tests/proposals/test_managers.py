@@ -160,15 +160,15 @@ def test_confirm_proposal_round_trips(recording_provider):
     # Then the provider, then Checkout.objects.open: one statement, its own transaction, that opens the
     # checkout and owes the customer's e-mail with the pay link and its job.
     assert kinds == [
-        "BEGIN",
-        "WITH",  # confirm: lock, judge, change, return the row
+        "BEGIN;",  # with confirm's statement: lock, judge, change, return the row
         "SELECT",  # the hold: the package (shared) and date locks, then the package's terms and the date's count
         "WITH",  # the booking and its checkout intent, inserted together
         "WITH",  # execute: link the booking, stamp the clock, return the row
         "COMMIT",
         "WITH",  # the checkout opened, the e-mail owed and queued
     ], sql
-    assert "pg_advisory_xact_lock_shared" in sql[2] and "; SELECT p.tenant_id" in sql[2]
-    assert sql[3].startswith('WITH "booking" AS (INSERT INTO "bookings_booking"') and '"bookings_checkout"' in sql[3]
-    assert sql[6].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[6]
+    assert sql[0].startswith("BEGIN; WITH locked AS (SELECT")
+    assert "pg_advisory_xact_lock_shared" in sql[1] and "; SELECT p.tenant_id" in sql[1]
+    assert sql[2].startswith('WITH "booking" AS (INSERT INTO "bookings_booking"') and '"bookings_checkout"' in sql[2]
+    assert sql[5].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[5]
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute

@@ -1,0 +1,117 @@
+"""A transaction's BEGIN goes to the server with its first statement: one round trip, not two.
+
+psycopg stays in autocommit and ``atomic()`` only notes the transaction is owed
+(core/db_backend); the cursor sends the opening in the same query as the first statement and
+moves past its results. What reaches the server is read off the wire (libpq's trace).
+"""
+
+import copy
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
+
+from bookings.models import Package
+from core.db_backend.base import DatabaseWrapper
+from tests.bookings.factories import PackageFactory
+from tests.wire import wire
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def server_status():
+    return connection.connection.pgconn.transaction_status
+
+
+def one(sql, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def test_a_transaction_is_its_statements_and_commit_on_the_wire():
+    one("SELECT 1")  # connected
+    with wire(connection) as sent, transaction.atomic():
+        assert one("SELECT %s::int", [41]) == (41,)  # the caller reads its own statement's row
+        assert server_status() == TransactionStatus.INTRANS
+        assert one("SELECT txid_current_if_assigned() IS NULL") == (True,)
+    assert sent == ['"BEGIN; SELECT 41::int"', '"SELECT txid_current_if_assigned() IS NULL"', '"COMMIT"']
+    assert server_status() == TransactionStatus.IDLE
+
+
+def test_an_empty_transaction_sends_nothing_and_autocommit_statements_no_begin():
+    one("SELECT 1")
+    with wire(connection) as sent:
+        with transaction.atomic():
+            pass
+        one("SELECT 2")
+    assert sent == ['"SELECT 2"']
+
+
+def test_row_counts_and_rows_are_the_statements_own(tenant):
+    PackageFactory.create_batch(3, tenant=tenant)
+    with transaction.atomic():
+        assert Package.objects.filter(tenant=tenant).update(name="Renamed") == 3
+    with transaction.atomic():
+        assert sorted(Package.objects.filter(tenant=tenant).values_list("name", flat=True)) == ["Renamed"] * 3
+
+
+def test_a_failing_first_statement_rolls_the_transaction_back_and_the_connection_goes_on(tenant):
+    package = PackageFactory(tenant=tenant)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Package.objects.create(pk=package.pk, tenant=tenant, name="Duplicate", price="1.00", currency="USD")
+    assert server_status() == TransactionStatus.IDLE
+    with transaction.atomic():
+        Package.objects.filter(pk=package.pk).update(name="After")
+        with pytest.raises(IntegrityError), transaction.atomic():  # a savepoint, rolled back alone
+            Package.objects.create(pk=package.pk, tenant=tenant, name="Again", price="1.00", currency="USD")
+    assert Package.objects.get(pk=package.pk).name == "After"
+
+
+def test_a_rolled_back_transaction_leaves_nothing(tenant):
+    package = PackageFactory(tenant=tenant, name="Before")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Package.objects.filter(pk=package.pk).update(name="Lost")
+        raise RuntimeError
+    assert Package.objects.get(pk=package.pk).name == "Before"
+
+
+def test_a_named_cursor_and_executemany_open_the_transaction_first(tenant):
+    PackageFactory.create_batch(3, tenant=tenant)
+    with transaction.atomic():
+        names = [package.name for package in Package.objects.filter(tenant=tenant).iterator(chunk_size=2)]
+        assert len(names) == 3 and server_status() == TransactionStatus.INTRANS
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE opening_probe (n int) ON COMMIT DROP")
+        cursor.executemany("INSERT INTO opening_probe VALUES (%s)", [(1,), (2,)])
+        cursor.execute("SELECT count(*) FROM opening_probe")
+        assert cursor.fetchone() == (2,)
+    with transaction.atomic(), connection.cursor() as cursor:  # executemany first: BEGIN on its own
+        cursor.executemany("SELECT %s", [(1,), (2,)])
+        assert server_status() == TransactionStatus.INTRANS
+
+
+@pytest.fixture
+def serializable(db):
+    settings_dict = copy.deepcopy(connection.settings_dict)
+    settings_dict["OPTIONS"]["isolation_level"] = IsolationLevel.SERIALIZABLE
+    wrapper = DatabaseWrapper(settings_dict, alias="serializable-probe")
+    yield wrapper
+    wrapper.close()
+
+
+def test_the_connections_isolation_level_opens_its_transactions(serializable):
+    serializable.set_autocommit(False)  # as atomic() does
+    try:
+        with serializable.cursor() as cursor:
+            cursor.execute("SHOW transaction_isolation")
+            assert cursor.fetchone() == ("serializable",)
+            cursor.execute("SELECT 1")  # no second BEGIN inside the transaction
+            assert cursor.fetchone() == (1,)
+    finally:
+        serializable.rollback()
+        serializable.set_autocommit(True)
+    with serializable.cursor() as cursor:  # autocommit: the server's default, no transaction of ours
+        cursor.execute("SHOW transaction_isolation")
+        assert cursor.fetchone() == ("read committed",)
