@@ -115,3 +115,15 @@ def test_the_connections_isolation_level_opens_its_transactions(serializable):
     with serializable.cursor() as cursor:  # autocommit: the server's default, no transaction of ours
         cursor.execute("SHOW transaction_isolation")
         assert cursor.fetchone() == ("read committed",)
+
+
+def test_a_transaction_opened_by_hand_opens_the_same_way():
+    one("SELECT 1")
+    with wire(connection) as sent:
+        transaction.set_autocommit(False)
+        try:
+            assert one("SELECT 7") == (7,)
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+    assert sent == ['"BEGIN; SELECT 7"', '"ROLLBACK"']
