@@ -93,7 +93,8 @@ def test_successful_checkout_round_trips(recording_provider):
     and its checkout intent, COMMIT; then the provider call (no lock, no query) and one statement, its
     own transaction, that stores its answer (a filtered UPDATE) and owes the customer's e-mail with its job.
 
-    Was 5 before a transaction's BEGIN went with its first statement (core/db_backend, issue 16); 6 before the booking and its checkout were inserted by one statement (issue 16); 11 before
+    Was 5 before a transaction's BEGIN went with its first statement (core/db_backend, issue 16); 6
+    before the booking and its checkout were inserted by one statement (issue 16); 11 before
     the locks and the read shared a query and the opening owed its e-mail in its own statement
     (issue 16); 13 before the two locks shared a statement and the e-mail's row its job's.
 

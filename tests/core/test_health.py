@@ -44,7 +44,8 @@ def test_not_ready_when_a_timeout_is_missing_on_the_connection(client, worker_al
 
 
 def test_not_ready_when_the_configuration_differs_from_the_connection(db, settings):
-    settings.STATEMENT_TIMEOUT_MS += 1
+    assert readiness()["statement_timeout"]["ok"] is True  # the connection (behind a pooler: the test's transaction)
+    settings.STATEMENT_TIMEOUT_MS += 1  # ...took its timeouts before this change
     checks = readiness()
     assert checks["statement_timeout"]["ok"] is False
     assert checks["lock_timeout"]["ok"] is True

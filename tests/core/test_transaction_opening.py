@@ -13,11 +13,18 @@ from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 from bookings.models import Package
-from core.db_backend.base import DatabaseWrapper
+from core.db_backend.base import DatabaseWrapper, set_timeouts_sql
 from tests.bookings.factories import PackageFactory
 from tests.wire import wire
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def opening(first):
+    """The query that opens a transaction with ``first``: BEGIN and, behind a pooler, the timeouts (core/db_backend)."""
+    pooled = connection.settings_dict["TIMEOUTS_PER_TRANSACTION"]
+    timeouts = [set_timeouts_sql(connection.settings_dict)] if pooled else []
+    return '"' + "; ".join(["BEGIN", *timeouts, first]) + '"'
 
 
 def server_status():
@@ -36,7 +43,7 @@ def test_a_transaction_is_its_statements_and_commit_on_the_wire():
         assert one("SELECT %s::int", [41]) == (41,)  # the caller reads its own statement's row
         assert server_status() == TransactionStatus.INTRANS
         assert one("SELECT txid_current_if_assigned() IS NULL") == (True,)
-    assert sent == ['"BEGIN; SELECT 41::int"', '"SELECT txid_current_if_assigned() IS NULL"', '"COMMIT"']
+    assert sent == [opening("SELECT 41::int"), '"SELECT txid_current_if_assigned() IS NULL"', '"COMMIT"']
     assert server_status() == TransactionStatus.IDLE
 
 
@@ -126,4 +133,4 @@ def test_a_transaction_opened_by_hand_opens_the_same_way():
         finally:
             transaction.rollback()
             transaction.set_autocommit(True)
-    assert sent == ['"BEGIN; SELECT 7"', '"ROLLBACK"']
+    assert sent == [opening("SELECT 7"), '"ROLLBACK"']
