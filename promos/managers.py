@@ -217,8 +217,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         snapshot sees every usage and deactivation committed while we waited, reads the
         database clock and this customer's live usage count, judges the code on them and,
         if it may be used, inserts the usage and counts it (``times_used + 1``). The row
-        comes back either way and names a refusal. Two round trips between BEGIN and
-        COMMIT; the lock is held for the last of them and the COMMIT.
+        comes back either way and names a refusal. Two round trips (BEGIN goes with the first),
+        then COMMIT; the lock is held for the last of them and the COMMIT.
 
         Raises PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
         PromoExhausted, PromoCustomerLimit, InvalidAmount, LockContended
