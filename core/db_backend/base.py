@@ -27,7 +27,7 @@ import select
 from django.conf import settings
 from django.db.backends import utils
 from django.db.backends.postgresql import base
-from psycopg import IsolationLevel
+from psycopg import IsolationLevel, ProgrammingError
 from psycopg.pq import TransactionStatus
 
 # PostgreSQL parameter -> the setting (milliseconds) that configures it
@@ -81,9 +81,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _set_autocommit(self, autocommit):
         """psycopg stays in autocommit whatever Django asks: a transaction Django wants is opened
-        here, with its first statement (``transaction_opening``)."""
+        here, with its first statement (``transaction_opening``).
+
+        Back to autocommit with a transaction still open on the server (manual mode, left without
+        COMMIT or ROLLBACK) is refused, as psycopg refuses it: Django would take the connection for
+        idle while the server holds the work, and a later COMMIT would commit it.
+        """
+        status = TransactionStatus(self.connection.pgconn.transaction_status)
+        if autocommit and status != TransactionStatus.IDLE:
+            with self.wrap_database_errors:
+                raise ProgrammingError(f"can't change autocommit now: transaction status {status.name}")
         if not self.connection.autocommit:
             super()._set_autocommit(True)
+
+    def create_cursor(self, name=None):
+        cursor = super().create_cursor(name)
+        if name:  # Django holds a named cursor past COMMIT outside a transaction: Django's, not psycopg's
+            cursor._withhold = self.autocommit  # (Django reads psycopg's, always on here)
+        return cursor
 
     def _start_transaction_under_autocommit(self):
         """``atomic()``'s BEGIN: owed from now on (Django sets ``autocommit`` False), sent with the first statement."""
@@ -109,7 +124,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return (" ".join(begin),)
 
     def open_transaction(self):
-        """Send the owed opening on its own (before what cannot carry it: a named cursor, executemany)."""
+        """Send the owed opening, if any, on its own (before what cannot carry it: a named cursor,
+        executemany, COPY)."""
         with self.connection.cursor() as cursor:
             for statement in self.transaction_opening():
                 cursor.execute(statement)
@@ -137,9 +153,17 @@ class _OpensOwedTransaction:
         return result
 
     def _executemany(self, sql, param_list, *ignored_wrapper_args):
-        if self.db.transaction_opening():
-            self.db.open_transaction()
+        self.db.open_transaction()
         return super()._executemany(sql, param_list, *ignored_wrapper_args)
+
+    # psycopg's own, passed through by Django's wrapper untouched: the opening goes first.
+    def copy(self, *args, **kwargs):
+        self.db.open_transaction()
+        return self.cursor.copy(*args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        self.db.open_transaction()
+        return self.cursor.stream(*args, **kwargs)
 
 
 class CursorWrapper(_OpensOwedTransaction, utils.CursorWrapper):

@@ -8,7 +8,7 @@ moves past its results. What reaches the server is read off the wire (libpq's tr
 import copy
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, ProgrammingError, connection, transaction
 from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
@@ -134,3 +134,44 @@ def test_a_transaction_opened_by_hand_opens_the_same_way():
             transaction.rollback()
             transaction.set_autocommit(True)
     assert sent == [opening("SELECT 7"), '"ROLLBACK"']
+
+
+def test_a_named_cursor_is_held_past_commit_only_outside_a_transaction(tenant):
+    PackageFactory.create_batch(3, tenant=tenant)
+    with transaction.atomic():  # WITH HOLD ... FOR UPDATE would be refused
+        locked = Package.objects.select_for_update().filter(tenant=tenant).iterator(chunk_size=2)
+        assert len(list(locked)) == 3
+        rows = Package.objects.filter(tenant=tenant).iterator(chunk_size=1)
+        next(rows)
+        assert one("SELECT bool_or(is_holdable) FROM pg_cursors") == (False,)
+        rows.close()
+    rows = Package.objects.filter(tenant=tenant).iterator(chunk_size=1)
+    next(rows)
+    assert one("SELECT bool_or(is_holdable) FROM pg_cursors") == (True,)
+    rows.close()
+
+
+def test_back_to_autocommit_with_the_transaction_still_open_is_refused(tenant):
+    package = PackageFactory(tenant=tenant, name="Before")
+    transaction.set_autocommit(False)
+    Package.objects.filter(pk=package.pk).update(name="Left open")
+    with pytest.raises(ProgrammingError):  # as psycopg refuses it: the work is neither kept nor lost
+        transaction.set_autocommit(True)
+    transaction.rollback()
+    transaction.set_autocommit(True)
+    assert server_status() == TransactionStatus.IDLE
+    assert Package.objects.get(pk=package.pk).name == "Before"
+
+
+def test_copy_first_in_a_transaction_is_rolled_back_with_it():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE opening_copy_probe (n int)")
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic(), connection.cursor() as cursor:
+            with cursor.copy("COPY opening_copy_probe (n) FROM STDIN") as copy:
+                copy.write_row((1,))
+            raise RuntimeError
+        assert one("SELECT count(*) FROM opening_copy_probe") == (0,)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE opening_copy_probe")
