@@ -27,7 +27,7 @@ import select
 from django.conf import settings
 from django.db.backends import utils
 from django.db.backends.postgresql import base
-from psycopg import IsolationLevel, ProgrammingError
+from psycopg import ProgrammingError
 from psycopg.pq import TransactionStatus
 
 # PostgreSQL parameter -> the setting (milliseconds) that configures it
@@ -111,24 +111,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """
         if self.autocommit or self.connection.pgconn.transaction_status != TransactionStatus.IDLE:
             return ()
-        begin = ["BEGIN"]
-        psycopg_connection = self.connection
-        if psycopg_connection.isolation_level is not None:
-            begin.append("ISOLATION LEVEL " + IsolationLevel(psycopg_connection.isolation_level).name.replace("_", " "))
-        if psycopg_connection.read_only is not None:
-            begin.append("READ ONLY" if psycopg_connection.read_only else "READ WRITE")
-        if psycopg_connection.deferrable is not None:
-            begin.append("DEFERRABLE" if psycopg_connection.deferrable else "NOT DEFERRABLE")
+        begin = self.connection._get_tx_start_command().decode()  # psycopg's own BEGIN for this connection
         if self.settings_dict.get("TIMEOUTS_PER_TRANSACTION"):
-            return (" ".join(begin), set_timeouts_sql(self.settings_dict))
-        return (" ".join(begin),)
+            return (begin, set_timeouts_sql(self.settings_dict))
+        return (begin,)
 
     def open_transaction(self):
         """Send the owed opening, if any, on its own (before what cannot carry it: a named cursor,
         executemany, COPY)."""
-        with self.connection.cursor() as cursor:
-            for statement in self.transaction_opening():
-                cursor.execute(statement)
+        opening = self.transaction_opening()
+        if opening:
+            with self.connection.cursor() as cursor:
+                for statement in opening:
+                    cursor.execute(statement)
 
     def make_cursor(self, cursor):
         return CursorWrapper(cursor, self)
