@@ -22,13 +22,15 @@ was begun). Statements sent as one query run in order on one server connection: 
 transaction-mode pooler the transaction starts with them and ends at COMMIT, as it would.
 """
 
+import datetime
 import select
 
+import psycopg
 from django.conf import settings
 from django.db.backends import utils
 from django.db.backends.postgresql import base
 from psycopg import ProgrammingError
-from psycopg.pq import TransactionStatus
+from psycopg.pq import Format, TransactionStatus
 
 # PostgreSQL parameter -> the setting (milliseconds) that configures it
 TIMEOUTS = {
@@ -58,7 +60,32 @@ def carrying_timeouts(connection, sql):
     return sql
 
 
+class UtcTimestamptzLoader:
+    """psycopg's own timestamptz loader (its C one when psycopg's binary package is installed), under
+    the ``timezone`` Django's ``create_cursor`` compares with the connection's.
+
+    Django loads every timestamptz through a Python subclass of psycopg's Python loader that
+    stamps Django's time zone on the result: about 4 µs a value, against 0.2 µs through the C
+    loader, which returns the same datetime in the session's time zone; Django sets that to UTC
+    on connect. Where Django's time zone is no longer UTC (a test overriding ``USE_TZ``), Django's
+    check sees the difference and registers its own loader on the cursor, as it would.
+    """
+
+    timezone = datetime.UTC
+    format = Format.TEXT
+    _native = psycopg.adapters.get_loader(base.TIMESTAMPTZ_OID, Format.TEXT)
+
+    def __new__(cls, oid, context=None):
+        return cls._native(oid, context)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        if self.timezone is datetime.UTC:  # Django's loader would stamp UTC on what the session says is UTC
+            params["context"].register_loader("timestamptz", UtcTimestamptzLoader)
+        return params
+
     def close_if_health_check_failed(self):
         """Django's check before a request reuses the connection, without the ``SELECT 1`` when quiet.
 
