@@ -510,11 +510,14 @@ class ProfileUndo(Operation):
         return f"""\
 \\set eid :base_id + :t
 BEGIN \\;
-SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :eid, 0)) \\gset
-\\if :pg_try_advisory_xact_lock
+WITH lockstep_tried(got) AS MATERIALIZED (
+SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :eid, 0)))
+SELECT lockstep_tried.got, gated.* FROM lockstep_tried LEFT JOIN LATERAL (
 SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open, {columns(User)}
  FROM {log} LEFT OUTER JOIN {user} ON ({log}.actor_id = {user}.id)
- WHERE ({log}.id = :eid AND {log}.tenant_id = :tenant) ORDER BY {log}.id ASC LIMIT 1 FOR UPDATE OF {log} NOWAIT \\gset
+ WHERE ((lockstep_tried.got) AND {log}.id = :eid AND {log}.tenant_id = :tenant) ORDER BY {log}.id ASC LIMIT 1
+ FOR UPDATE OF {log} NOWAIT) AS gated ON true \\gset
+\\if :got
 \\if :pgbench_open
 SELECT {columns(Profile)}, clock_timestamp() AS db_now FROM {profile}
  WHERE ({profile}.id = :profile_id AND {profile}.tenant_id = :tenant) ORDER BY {profile}.id ASC LIMIT 1

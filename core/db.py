@@ -35,26 +35,50 @@ def lock_key(namespace: LockNamespace, *parts) -> str:
     return ":".join([namespace.value, *(str(part) for part in parts)])
 
 
-def _take_advisory(connection, sql, key, shared=None, then=None):
+def _take_advisory(connection, sql, key, shared=None, then=None, gated=None):
     """Run ``sql``, which takes the advisory lock(s) on ``key``; return its answer (a try lock: got it?).
 
     ``key`` is a key or a list of keys; ``shared``, when given, says for each key of the list whether
     its lock is shared. ``then``, a statement (SQL, parameters), is sent in the same query after
-    ``sql`` and its first row is returned instead (see ``advisory_xact_locks_in_order``). The one
-    place every advisory lock is taken: a control test switches locks off here (tests/conftest.py,
-    ``locks_switched_off``) to run the product's own code without them.
+    ``sql`` and its first row is returned instead (see ``advisory_xact_locks_in_order``). ``gated``,
+    a SELECT filtering on ``TRIED``, runs in the same statement as a try lock and only where it got
+    the lock (see ``try_advisory_xact_lock``). The one place every advisory lock is taken: a control
+    test switches locks off here (tests/conftest.py, ``locks_switched_off``) to run the product's own
+    code without them.
     """
     params = [key] if shared is None else [key, shared]
     if then is not None:
         sql, params = f"{sql}; {then[0]}", [*params, *then[1]]
+    if gated is not None:
+        sql, params = GATED.format(lock=sql, gated=gated[0]), [*params, *gated[1]]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if then is not None:
             while cursor.nextset():  # the last statement's rows are the last result
                 pass
             return cursor.fetchone()
+        if gated is not None:
+            return cursor.fetchone()
         row = cursor.fetchone()  # none when advisory_xact_locks was given no key
         return row and row[0]
+
+
+# A try lock and a SELECT run only where it got the lock, in one statement. The CTE is evaluated once
+# (MATERIALIZED, and volatile); ``TRIED`` in the SELECT's WHERE is a constant for it, which the planner
+# checks before the scan, below any FOR UPDATE: where the lock was not got, no row is read or locked.
+TRIED = "lockstep_tried.got"
+GATED = (
+    "WITH lockstep_tried(got) AS MATERIALIZED ({lock}) "
+    "SELECT lockstep_tried.got, gated.* FROM lockstep_tried LEFT JOIN LATERAL ({gated}) AS gated ON true"
+)
+
+
+def tried_lock():
+    """The filter a ``gated`` SELECT of ``try_advisory_xact_lock`` carries: true where the try lock was got."""
+    from django.db.models import BooleanField
+    from django.db.models.expressions import RawSQL
+
+    return RawSQL(TRIED, [], output_field=BooleanField())
 
 
 def advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS):
@@ -112,10 +136,15 @@ def advisory_xact_locks_in_order(*locks, then=None, using=DEFAULT_DB_ALIAS):
     return _take_advisory(_require_atomic(using), sql, keys, [bool(lock[0]) for lock in locks], then)
 
 
-def try_advisory_xact_lock(namespace: LockNamespace, *parts, using=DEFAULT_DB_ALIAS) -> bool:
-    """Take the advisory lock if it is free; return False at once if another transaction holds it."""
+def try_advisory_xact_lock(namespace: LockNamespace, *parts, gated=None, using=DEFAULT_DB_ALIAS):
+    """Take the advisory lock if it is free; return False at once if another transaction holds it.
+
+    ``gated``: a SELECT (SQL, parameters) whose WHERE includes ``tried_lock()``, run in the same
+    statement, and only where the lock was got (its row locks are not even tried where it was
+    not): returns ``(got, *the SELECT's first row)``, its columns None where it found none.
+    """
     sql = "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
-    return _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts))
+    return _take_advisory(_require_atomic(using), sql, lock_key(namespace, *parts), gated=gated)
 
 
 LOCAL_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"

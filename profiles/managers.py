@@ -38,7 +38,7 @@ from django.db import OperationalError, connections, models
 from django.db.models import Q
 
 from core import rows
-from core.db import LockNamespace, advisory_xact_lock, try_advisory_xact_lock
+from core.db import LockNamespace, advisory_xact_lock, tried_lock, try_advisory_xact_lock
 from core.exceptions import LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
@@ -500,9 +500,10 @@ class ProfileAuditLogQuerySet(TenantScopedQuerySet):
 
 class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySet)):
     def entry_lock(self, *, entry_id, tenant):
-        """The entry row FOR UPDATE NOWAIT with its actor (the undo's answer names who made the change)."""
+        """The entry row FOR UPDATE NOWAIT with its actor (the undo's answer names who made the change),
+        where the undo's try lock was got (``core.db.try_advisory_xact_lock``'s ``gated``)."""
         locked = self.select_for_update(nowait=True, no_key=False, of=("self",)).select_related("actor")
-        return locked.filter(pk=entry_id, tenant=tenant)[:1].query.get_compiler(self.db).as_sql()
+        return locked.filter(tried_lock(), pk=entry_id, tenant=tenant)[:1].query.get_compiler(self.db).as_sql()
 
     entry_locking = Prepared(entry_lock, entry_id=int, tenant=int)
 
@@ -512,9 +513,17 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
     )
 
     def _lock_entry(self, entry_id, tenant):
-        """The entry, locked, with its actor loaded (None when a command or sweep made the change); or None."""
-        row = self.entry_locking.fetch_one(self, entry_id=entry_id, tenant=tenant)
-        if row is None:
+        """The undo's try lock and the entry, locked, in one statement: the entry with its actor loaded
+        (None when a command or sweep made the change), or None; OperationLocked when the try lock was busy."""
+        got, *row = try_advisory_xact_lock(
+            LockNamespace.AUDIT_UNDO,
+            entry_id,
+            gated=self.entry_locking.statement(self, entry_id=entry_id, tenant=tenant),
+            using=self.db,
+        )
+        if not got:
+            raise OperationLocked()
+        if row[0] is None:  # the entry's id: no entry
             return None
         connection, width = connections[self.db], len(self.model._meta.concrete_fields)
         entry = rows.load(self.model, row[:width], connection, self.db)
@@ -532,7 +541,8 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
 
         1. try-lock advisory AUDIT_UNDO:<entry>: busy -> OperationLocked at once;
         2. the entry FOR UPDATE NOWAIT (busy -> OperationLocked; done -> AlreadyUndone;
-           create/undo entries -> UndoNotSupported);
+           create/undo entries -> UndoNotSupported), in the same statement as 1 and only
+           where 1 got the lock;
         3. when it restores a father/mother: the tenant's PROFILE_TREE advisory lock
            (waits at most lock_timeout -> resource_locked), so no concurrent re-parenting
            can close a cycle the check below does not see;
@@ -546,8 +556,6 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         reason = (reason or "").strip()
         if not reason:
             raise UndoReasonRequired()
-        if not try_advisory_xact_lock(LockNamespace.AUDIT_UNDO, entry_id, using=self.db):
-            raise OperationLocked()
         steps.at("entry")
         entry = self._lock_entry(entry_id, tenant)
         if entry is None:

@@ -1,3 +1,4 @@
+import contextlib
 import threading
 import time
 
@@ -203,3 +204,34 @@ def test_database_url_options_are_kept_beside_the_timeouts():
     ).stdout.strip()
     assert options.startswith("-c search_path=lockstep -c lock_timeout=")
     assert "-c statement_timeout=" in options
+
+
+def locked_elsewhere(model, pk):
+    """Whether another connection finds the row locked: its ``FOR UPDATE NOWAIT`` refused."""
+
+    def probe():
+        with transaction.atomic():
+            list(model.objects.select_for_update(nowait=True).filter(pk=pk))
+
+    outcome = Background(probe).join().outcome
+    return not outcome.ok
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("held", [False, True], ids=["free", "held elsewhere"])
+def test_what_a_try_lock_gates_runs_and_locks_only_where_it_got_the_lock(tenant, held):
+    """One statement: the try lock, then the gated SELECT … FOR UPDATE NOWAIT only where it got it.
+
+    Where the lock is held elsewhere, the row is not even locked: a gate checked after the row
+    lock (a join filter) would lock it, and could refuse the holder its own next lock.
+    """
+
+    from core.db import tried_lock
+
+    holder = advisory_locked(ScratchLock.TEST, "gate") if held else contextlib.nullcontext()
+    with holder, transaction.atomic():
+        locking = type(tenant).objects.select_for_update(nowait=True).filter(tried_lock(), pk=tenant.pk)
+        gated = locking.values_list("slug").query.get_compiler("default").as_sql()
+        answer = try_advisory_xact_lock(ScratchLock.TEST, "gate", gated=gated)
+        row_locked = locked_elsewhere(type(tenant), tenant.pk)
+    assert (answer, row_locked) == (((False, None), False) if held else ((True, tenant.slug), True))

@@ -399,13 +399,14 @@ def test_undo_round_trips(tree):
     with CaptureQueriesContext(connection) as queries:
         ProfileAuditLog.objects.undo(entry.pk, tenant=tenant, actor=None, reason="r")
     sql = real(queries)
-    # try-lock, entry lock, tree lock, profile lock, father lock, cycle CTE, then one statement: the
-    # profile's UPDATE, the undo entry's INSERT and the undone entry's mark
-    assert len(sql) == 7, sql
-    assert "pg_try_advisory_xact_lock" in sql[0]
-    assert "FOR UPDATE OF" in sql[1] and "NOWAIT" in sql[1]
-    assert "NOWAIT" in sql[3] and "NOWAIT" in sql[4]
-    assert sql[6].startswith('WITH changed AS (UPDATE "profiles_profile"') and "undone AS (UPDATE" in sql[6]
+    # try-lock and entry lock in one statement, tree lock, profile lock, father lock, cycle CTE, then
+    # one statement: the profile's UPDATE, the undo entry's INSERT and the undone entry's mark
+    assert len(sql) == 6, sql
+    assert "pg_try_advisory_xact_lock" in sql[0] and "FOR UPDATE OF" in sql[0] and "NOWAIT" in sql[0]
+    # the entry is read and locked only where the try-lock was got (core.db.try_advisory_xact_lock)
+    assert sql[0].index("WHERE ((lockstep_tried.got) AND") < sql[0].index("FOR UPDATE OF")
+    assert "NOWAIT" in sql[2] and "NOWAIT" in sql[3]
+    assert sql[5].startswith('WITH changed AS (UPDATE "profiles_profile"') and "undone AS (UPDATE" in sql[5]
 
 
 # --- demo data --------------------------------------------------------------
