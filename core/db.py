@@ -56,8 +56,7 @@ def _take_advisory(connection, sql, key, shared=None, then=None, gated=None):
         if then is not None:
             while cursor.nextset():  # the last statement's rows are the last result
                 pass
-            return cursor.fetchone()
-        if gated is not None:
+        if then is not None or gated is not None:
             return cursor.fetchone()
         row = cursor.fetchone()  # none when advisory_xact_locks was given no key
         return row and row[0]
