@@ -21,7 +21,7 @@ from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
 
 from core import rows
-from core.db_backend.base import carrying_timeouts
+from core.db_backend.base import execute_carrying_timeouts
 from core.guards import ClockNow
 from core.prepared import Prepared
 
@@ -69,9 +69,7 @@ def verdict_sql(queryset, when, **annotations):
 def _run(model, db, statement, params):
     connection = connections[db]
     with connection.cursor() as cursor:
-        cursor.execute(carrying_timeouts(connection, statement), params)
-        while cursor.nextset():  # the deciding statement's rows are the last result
-            pass
+        execute_carrying_timeouts(cursor, statement, params)
         found = cursor.fetchone()
     if found is None:
         return False, None

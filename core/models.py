@@ -7,7 +7,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from core.db_backend.base import carrying_timeouts
+from core.db_backend.base import execute_carrying_timeouts
 from core.guards import ClockNow, guarded
 from core.history import tracked
 from core.integrity import StateMachine
@@ -179,9 +179,7 @@ class NotificationManager(models.Manager):
         )
         connection = connections[self.db]
         with connection.cursor() as cursor:
-            cursor.execute(carrying_timeouts(connection, sql), params)
-            while cursor.nextset():  # the last statement's row (after the timeouts, behind a pooler)
-                pass
+            execute_carrying_timeouts(cursor, sql, params)
             happened, notification_id, _jobs = cursor.fetchone()
         return happened, notification_id
 

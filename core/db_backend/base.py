@@ -47,17 +47,21 @@ def set_timeouts_sql(settings_dict):
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in values.items())
 
 
-def carrying_timeouts(connection, sql):
-    """``sql``, to be sent as one query, preceded where needed by the statement setting the timeouts.
+def execute_carrying_timeouts(cursor, sql, params):
+    """Execute ``sql``, a statement that may run outside any transaction, carrying the timeouts where
+    it must (``DatabaseWrapper.carried_timeouts``); the cursor is left on ``sql``'s own result.
 
     Behind a transaction-mode pooler no startup parameter sets the timeouts, and a statement sent
-    outside a transaction opens none for ``_set_autocommit`` to set them in: it carries them.
-    Sent as one query, the two statements are one implicit transaction (SET LOCAL holds). The
-    caller reads the last result (``cursor.nextset()``).
+    outside a transaction opens none for ``transaction_opening`` to set them in: it carries them,
+    in the same query (one implicit transaction, so SET LOCAL holds). The backend puts them in
+    front after Django's execute wrappers ran, so those (the history context's injector) see
+    ``sql`` as it is.
     """
-    if connection.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not connection.in_atomic_block:
-        return f"{set_timeouts_sql(connection.settings_dict)}; {sql}"
-    return sql
+    cursor.carries_timeouts = True
+    try:
+        cursor.execute(sql, params)
+    finally:
+        cursor.carries_timeouts = False
 
 
 class UtcTimestamptzLoader:
@@ -143,6 +147,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return (begin, set_timeouts_sql(self.settings_dict))
         return (begin,)
 
+    def carried_timeouts(self):
+        """What a statement sent outside a transaction carries (``execute_carrying_timeouts``): behind
+        a transaction-mode pooler, the statement setting the timeouts; else nothing."""
+        if self.settings_dict.get("TIMEOUTS_PER_TRANSACTION") and not self.in_atomic_block:
+            return (set_timeouts_sql(self.settings_dict),)
+        return ()
+
     def open_transaction(self):
         """Send the owed opening, if any, on its own (before what cannot carry it: a named cursor,
         executemany, COPY)."""
@@ -160,14 +171,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
 
 class _OpensOwedTransaction:
-    """A cursor that sends the transaction's opening in the same query as its first statement."""
+    """A cursor that sends the transaction's opening (or the timeouts a statement outside one
+    carries) in the same query as its first statement, after Django's execute wrappers."""
+
+    carries_timeouts = False  # for one statement, set by execute_carrying_timeouts
 
     def _execute(self, sql, params, *ignored_wrapper_args):
         opening = self.db.transaction_opening()
-        if not opening:
-            return super()._execute(sql, params, *ignored_wrapper_args)
-        if not isinstance(sql, str) or getattr(self.cursor, "name", None):  # composed SQL, a named cursor
+        if opening and (not isinstance(sql, str) or getattr(self.cursor, "name", None)):  # composed SQL, a named cursor
             self.db.open_transaction()
+            return super()._execute(sql, params, *ignored_wrapper_args)
+        if not opening and self.carries_timeouts:
+            opening = self.db.carried_timeouts()
+        if not opening:
             return super()._execute(sql, params, *ignored_wrapper_args)
         result = super()._execute("; ".join((*opening, sql)), params, *ignored_wrapper_args)
         for _statement in opening:  # past the opening's results: the caller reads its own statement's

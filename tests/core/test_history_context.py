@@ -1,5 +1,7 @@
 """The history context is sent once per transaction, and is still in force for every write (core/history.py)."""
 
+from decimal import Decimal
+
 import pghistory
 import pghistory.runtime
 import pytest
@@ -8,7 +10,9 @@ from django.test.utils import CaptureQueriesContext
 
 from bookings.models import Package
 from core.history import set_once_per_transaction
+from promos.models import RedemptionSession
 from tests.bookings.factories import PackageFactory
+from tests.promos.factories import RedemptionSessionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,3 +102,16 @@ def test_savepoints_and_reads_do_not_send_it(package):
             list(Package.objects.filter(pk=package.pk))
     assert sent(queries) == 0
     assert all(query["sql"].startswith(("SAVEPOINT", "RELEASE", "SELECT", "BEGIN", "COMMIT")) for query in queries)
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["direct", "behind a transaction-mode pooler"])
+def test_a_one_statement_guard_outside_a_transaction_carries_the_context(tenant, monkeypatch, pooled):
+    """Behind the pooler such a statement also carries the timeouts, put in front after the injector
+    ran (core.db_backend.execute_carrying_timeouts): the injector still sees a write, and sends the context."""
+    session = RedemptionSessionFactory(tenant=tenant, status=RedemptionSession.Status.APPROVED)
+    monkeypatch.setitem(connection.settings_dict, "TIMEOUTS_PER_TRANSACTION", pooled)
+    with pghistory.context(command="consume"):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount=Decimal("10.00"))
+    consumed = session.row_history.select_related("pgh_context").order_by("-pgh_id").first()
+    assert consumed.status == RedemptionSession.Status.USED
+    assert consumed.pgh_context is not None and consumed.pgh_context.metadata == {"command": "consume"}

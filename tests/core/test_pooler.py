@@ -14,7 +14,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from bookings.managers import lock_package_exclusive
-from core.db_backend.base import DatabaseWrapper
+from core.db_backend.base import DatabaseWrapper, execute_carrying_timeouts
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
 from tests.races import OpenTransaction
@@ -22,13 +22,16 @@ from tests.races import OpenTransaction
 ROOT = Path(__file__).resolve().parents[2]
 
 
+TIMEOUTS = (
+    "SELECT (SELECT setting::int FROM pg_settings WHERE name = 'lock_timeout'),"
+    " (SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout')"
+)  # milliseconds
+
+
 def timeouts(conn):
     with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT (SELECT setting::int FROM pg_settings WHERE name = 'lock_timeout'),"
-            " (SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout')"
-        )
-        return cursor.fetchone()  # milliseconds
+        cursor.execute(TIMEOUTS)
+        return cursor.fetchone()
 
 
 def timeouts_in_a_transaction(conn):
@@ -128,3 +131,25 @@ def test_the_pool_mode_decides_where_the_timeouts_go(mode, expected):
         [sys.executable, "-c", POOLED_SETTINGS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert probe.stdout.strip() == expected, probe.stderr
+
+
+def test_a_statement_outside_a_transaction_carries_the_timeouts_the_pooler_dropped(startup_options_dropped):
+    """A one-statement guard runs outside any transaction: behind the pooler it carries the timeouts in
+    the same query (core.db_backend.execute_carrying_timeouts); a transaction's opening carries them instead."""
+    pooled = startup_options_dropped
+    configured = (settings.LOCK_TIMEOUT_MS, settings.STATEMENT_TIMEOUT_MS)
+    with pooled.cursor() as cursor:
+        cursor.execute(TIMEOUTS)
+        assert cursor.fetchone() == (0, 0)  # not carried: the server's defaults
+        execute_carrying_timeouts(cursor, TIMEOUTS, [])
+        assert cursor.fetchone() == configured  # the cursor is on the statement's own result
+        cursor.execute(TIMEOUTS)
+        assert cursor.fetchone() == (0, 0)  # SET LOCAL: gone with the statement's implicit transaction
+    pooled.set_autocommit(False)
+    try:
+        with pooled.cursor() as cursor:
+            execute_carrying_timeouts(cursor, TIMEOUTS, [])  # the opening carries them, once
+            assert cursor.fetchone() == configured
+    finally:
+        pooled.rollback()
+        pooled.set_autocommit(True)
