@@ -4,25 +4,30 @@ A filtered ``UPDATE … WHERE <conditions>`` decides a race in one statement, bu
 row count says only *that* it lost, so naming the refusal took a second read. Here the
 row is locked, judged and changed in one data-modifying CTE:
 
-    WITH locked AS (SELECT <row>, <when> AS lockstep_won, clock_timestamp() AS lockstep_now
-                    FROM t WHERE <key> FOR NO KEY UPDATE OF t),
+    WITH locked AS (SELECT lockstep_row.*, <when> AS lockstep_won, clock_timestamp() AS lockstep_now
+                    FROM (SELECT <row> FROM t WHERE <key> FOR NO KEY UPDATE OF t) AS lockstep_row),
          changed AS (UPDATE t SET … FROM locked WHERE t.pk = locked.pk AND locked.lockstep_won
                      RETURNING <row>)
     SELECT true, <row> FROM changed UNION ALL SELECT false, <row> FROM locked WHERE NOT lockstep_won
 
 ``FOR NO KEY UPDATE`` waits for a concurrent writer (bounded by lock_timeout) and then
-reads the row as that writer committed it, with ``when`` judged on that version; so a
-loser gets the winner's row back, which names its refusal without another read. The
-UPDATE then changes the row this statement already holds. In autocommit the statement is
-its own transaction: no BEGIN, no COMMIT.
+reads the row as that writer committed it. ``when`` and the clock are evaluated *above*
+the lock, on the row it returns, once the lock is held: had they been in the locking
+SELECT itself, PostgreSQL would have computed them before the wait and recomputed them
+only for a row the other transaction had changed, so a holder that only locked the row
+would have left the verdict (an expiry by ``clock_timestamp()``) and the stamped clock
+from before the wait. A loser gets the winner's row back, which names its refusal without
+another read. The UPDATE then changes the row this statement already holds. In autocommit
+the statement is its own transaction: no BEGIN, no COMMIT.
 """
 
+from django.core.exceptions import FullResultSet
 from django.db import connections
 from django.db.models import BooleanField, ExpressionWrapper
+from django.db.models.sql import Query
 
 from core import rows
 from core.db_backend.base import execute_carrying_timeouts
-from core.guards import ClockNow
 from core.prepared import Prepared
 
 # changes={"used_at": NOW}: the database clock read by the lock (the moment the guard judged the row).
@@ -66,6 +71,17 @@ def verdict_sql(queryset, when, **annotations):
     return judged.order_by().query.get_compiler(queryset.db).as_sql()
 
 
+def condition_sql(model, condition, connection):
+    """``condition`` (a Q on ``model``'s own fields) as SQL naming its columns unqualified, as Django
+    compiles a CheckConstraint's: it judges whatever row source the statement puts in front of it."""
+    query = Query(model, alias_cols=False)
+    where = query.build_where(condition)
+    try:
+        return where.as_sql(query.get_compiler(connection=connection), connection)
+    except FullResultSet:  # an empty Q: every row passes
+        return "true", []
+
+
 def _run(model, db, statement, params):
     connection = connections[db]
     with connection.cursor() as cursor:
@@ -86,9 +102,15 @@ def decide_statement(queryset, *, when, changes):
     quote = connection.ops.quote_name
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
     # Compiled without select_for_update (Django refuses that outside atomic(); this statement
-    # needs no transaction of its own), the lock clause added here.
-    locked_sql, locked_params = verdict_sql(queryset, when, lockstep_now=ClockNow())
-    locked_sql = f"{locked_sql} FOR NO KEY UPDATE OF {table}"
+    # needs no transaction of its own), the lock clause added here. The row's own columns only:
+    # ``when`` and the clock are judged on it above the lock (see the module's docstring).
+    row_sql, row_params = queryset.order_by().query.get_compiler(db).as_sql()
+    when_sql, when_params = condition_sql(model, when, connection)
+    locked_sql = (
+        f"SELECT lockstep_row.*, ({when_sql}) AS lockstep_won, clock_timestamp() AS lockstep_now "  # noqa: S608
+        f"FROM ({row_sql} FOR NO KEY UPDATE OF {table}) AS lockstep_row"
+    )
+    locked_params = [*when_params, *row_params]  # in the order they appear
     assignments, set_params = [], []
     for name, value in changes.items():
         field = model._meta.get_field(name)

@@ -1,6 +1,7 @@
 """core.decide: lock, judge and change one row in one statement; a loser sees the winner's row."""
 
 import datetime
+import time
 import uuid
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ from psycopg.types.json import Json, Jsonb
 
 from bookings.models import Booking, Checkout
 from core.decide import NOW, decide
-from core.guards import ClockNow
+from core.guards import ClockNow, database_clock
 from core.models import Tenant
 from core.prepared import Prepared
 from profiles.models import Profile, ProfileAuditLog
@@ -84,6 +85,25 @@ def test_a_loser_that_waited_on_the_lock_judges_the_committed_version():
     holder.commit()
     (won, row) = deciding.join().result
     assert not won and row.status == "used" and row.used_amount == Decimal("1.00")
+
+
+def test_a_row_only_locked_meanwhile_is_judged_by_the_clock_once_the_lock_is_held():
+    """Forced interleaving: another connection only locks the row (as a refused decide holds it) until
+    the session has expired; decide waits, then judges the unchanged row by the clock after the wait."""
+    tenant = TenantFactory(slug="acme")
+    created, secret = RedemptionSession.objects.create_session(
+        tenant=tenant, customer="c", max_amount=Decimal("100"), expires_in=datetime.timedelta(seconds=1)
+    )
+    RedemptionSession.objects.approve(created.session_id, secret=secret)
+    locked_only = RedemptionSession.objects.select_for_update(no_key=True).filter(pk=created.pk)
+    holder = OpenTransaction(lambda: list(locked_only)).start()
+    deciding = Background(lambda: use(created.session_id))
+    assert not deciding.done.wait(0.3), "decide must wait for the row lock"
+    time.sleep(max((created.expires_at - database_clock()).total_seconds(), 0) + 0.1)
+    holder.commit()
+    (won, row) = deciding.join().result
+    assert not won and row.status == "approved" and row.used_at is None  # expired while it waited
+    assert row.judged_at > row.expires_at
 
 
 # --- Decision: a call site's statement written once ------------------------------------------------
