@@ -1,6 +1,6 @@
 """Django's PostgreSQL backend, with Lockstep's timeouts in effect inside every transaction, a
 transaction's BEGIN sent with its first statement, and a health check that costs a round trip
-only when the connection has heard from the server.
+only when the connection has heard from the server or has been idle a while.
 
 Directly connected, the timeouts are startup parameters of each connection (config/settings.py).
 Behind a transaction-mode pooler (PgBouncer: ``DATABASE_POOL_MODE=transaction``) startup
@@ -8,7 +8,8 @@ parameters never reach the server, and a session ``SET`` would stay on a server 
 pooler hands to another client next. So each transaction sets them itself, with ``set_config(…,
 true)`` (``SET LOCAL``): one statement as it begins, gone at its COMMIT or ROLLBACK. Statements
 outside a transaction (autocommit reads) get the server's defaults: set those too with
-``ALTER ROLE … SET lock_timeout …`` (docs/operations.md).
+``ALTER ROLE … SET lock_timeout …`` (docs/operations.md). A guard that is one statement, run
+outside any transaction, carries the timeouts in its own query (``execute_carrying_timeouts``).
 
 **BEGIN with the first statement.** psycopg, left to open transactions itself, sends BEGIN as a
 round trip of its own before a transaction's first statement: one per guarded operation, as
@@ -24,6 +25,7 @@ transaction-mode pooler the transaction starts with them and ends at COMMIT, as 
 
 import datetime
 import select
+import time
 
 import psycopg
 from django.conf import settings
@@ -90,22 +92,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
             params["context"].register_loader("timestamptz", UtcTimestamptzLoader)
         return params
 
+    # A connection quiet for longer than this gets the real check all the same: a peer gone without a
+    # word (a dropped NAT or firewall entry, a failover without FIN) leaves nothing to read.
+    HEALTH_CHECK_QUIET_SECONDS = 30.0
+    health_checked_at = None  # time.monotonic() of the last request's check (real or skipped)
+
     def close_if_health_check_failed(self):
         """Django's check before a request reuses the connection, without the ``SELECT 1`` when quiet.
 
         Django sends that statement before each request's first one (CONN_HEALTH_CHECKS): one
         round trip per request, as much as a guarded write's. A connection the server has said
-        nothing on since its last statement is as usable as that statement left it (errors are
-        checked apart, with the round trip: ``close_if_unusable_or_obsolete``); only one that
-        heard something gets the real check, and is closed when it fails it.
+        nothing on since its last statement, used by a request within the last
+        ``HEALTH_CHECK_QUIET_SECONDS``, is as usable as that statement left it (errors are checked
+        apart, with the round trip: ``close_if_unusable_or_obsolete``); one that heard something,
+        or has been idle longer, gets the real check, and is closed when it fails it.
         """
-        if (
-            self.connection is not None
-            and self.health_check_enabled
-            and not self.health_check_done
-            and not self.pool
-            and not heard_from_server(self.connection)
-        ):
+        if self.connection is None or not self.health_check_enabled or self.health_check_done:
+            return super().close_if_health_check_failed()
+        now, last = time.monotonic(), self.health_checked_at
+        self.health_checked_at = now
+        recently = last is not None and now - last < self.HEALTH_CHECK_QUIET_SECONDS
+        if recently and not self.pool and not heard_from_server(self.connection):
             self.health_check_done = True
             return
         super().close_if_health_check_failed()

@@ -61,3 +61,14 @@ def test_a_kept_connection_that_heard_something_gets_the_real_check():
         with connection.cursor() as cursor:
             cursor.execute("UNLISTEN *")
     assert sent == ['"SELECT 1"', '"SELECT pg_backend_pid()"']
+
+
+def test_a_kept_connection_idle_for_a_while_gets_the_real_check_even_when_quiet():
+    """A peer gone without a word (a dropped NAT entry, a failover without FIN) leaves nothing to read."""
+    a_request_reads("SELECT 1")
+    a_request_reads("SELECT 1")  # checked within the window: the next one would skip the round trip
+    connection.health_checked_at -= connection.HEALTH_CHECK_QUIET_SECONDS + 1  # as if idle since
+    with wire(connection) as sent:
+        assert a_request_reads("SELECT 42") == 42
+        assert a_request_reads("SELECT 43") == 43
+    assert sent == ['"SELECT 1"', '"SELECT 42"', '"SELECT 43"']  # the real check once, then quiet again
