@@ -150,8 +150,9 @@ WITH promo AS ({promo}), \
 used AS (INSERT INTO {usage} ({columns}) SELECT promo."tenant_id", promo."id", {values} \
 FROM promo WHERE promo.lockstep_won RETURNING {returning}), \
 counted AS (UPDATE {code} SET "times_used" = {code}."times_used" + 1, "updated_at" = STATEMENT_TIMESTAMP() \
-FROM used WHERE {code}."id" = used."promo_id") \
-SELECT {promo_columns}, promo.checked_at, promo.customer_uses, {used_columns} FROM promo LEFT JOIN used ON true"""
+FROM used WHERE {code}."id" = used."promo_id" RETURNING {code}."times_used", {code}."updated_at") \
+SELECT {promo_columns}, promo.checked_at, promo.customer_uses, counted.times_used AS counted_times_used, \
+counted.updated_at AS counted_updated_at, {used_columns} FROM promo LEFT JOIN used ON true LEFT JOIN counted ON true"""
 
 
 class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
@@ -240,12 +241,13 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         )
         connection, width = connections[self.db], len(self.model._meta.concrete_fields)
         promo = rows.load(self.model, row[:width], connection, self.db)
-        promo.checked_at, promo.customer_uses = row[width : width + 2]
-        if row[width + 2] is None:  # no usage inserted: the returned row says why
+        promo.checked_at, promo.customer_uses, *counted = row[width : width + 4]
+        if row[width + 4] is None:  # no usage inserted: the returned row says why
             refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
             # None: the window closed between the statement's two clock reads.
             raise refusal or errors.PromoExpired()
-        usage = rows.load(_model("PromoUsage"), row[width + 2 :], connection, self.db)
+        usage = rows.load(_model("PromoUsage"), row[width + 4 :], connection, self.db)
+        promo.times_used, promo.updated_at = counted  # the code as the use left it, counted
         usage.promo = promo
         return usage
 
@@ -254,8 +256,9 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
         ``WITH promo AS (<the code, clock_timestamp(), the customer's live uses, the verdict>),
         used AS (INSERT usage … SELECT … FROM promo WHERE verdict RETURNING …),
-        counted AS (UPDATE code SET times_used + 1 FROM used …)
-        SELECT promo.*, used.* FROM promo LEFT JOIN used``: SQL and parameters (bench/ sends the same).
+        counted AS (UPDATE code SET times_used + 1 FROM used … RETURNING times_used, updated_at)
+        SELECT promo.*, counted.*, used.* FROM promo LEFT JOIN used LEFT JOIN counted``: SQL and
+        parameters (bench/ sends the same). ``promo`` is the code as judged, before the use is counted.
         """
         connection = connections[self.db]
         quote = connection.ops.quote_name

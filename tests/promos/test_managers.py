@@ -34,6 +34,8 @@ def test_redeem_inserts_usage_and_counts_it(tenant):
     assert (usage.customer, usage.reference, usage.tenant_id) == ("alice", "order-1", tenant.pk)
     assert usage.created_at is not None
     assert assert_invariant(promo) == 1
+    stored = PromoCode.objects.get(pk=promo.pk)
+    assert (usage.promo.times_used, usage.promo.updated_at) == (1, stored.updated_at)  # as the use left it
 
 
 def test_redeem_query_count_and_lock_sql(tenant):
