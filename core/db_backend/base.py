@@ -145,7 +145,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """The statements a transaction Django wants but the server has not begun opens with, or ().
 
         BEGIN (with the connection's isolation level, as psycopg would send it) and, behind a
-        transaction-mode pooler, the statement setting the timeouts for the transaction.
+        transaction-mode pooler, the statement setting the timeouts for the transaction. There the
+        transaction's first statement is no longer its first query, so ``SET TRANSACTION`` is refused:
+        give the isolation level to the connection instead (``OPTIONS["isolation_level"]``), BEGIN carries it.
         """
         if self.autocommit or self.connection.pgconn.transaction_status != TransactionStatus.IDLE:
             return ()
