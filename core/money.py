@@ -18,6 +18,10 @@ NOT_PAYABLE = frozenset({"XXX", "XTS", "XAU", "XAG", "XPD", "XPT", "XDR", "XBA",
 
 # Stripe: three-decimal currencies are sent in thousandths, and the last digit must be 0.
 STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+# Where the integer Stripe takes does not count ISO 4217's minor unit (docs.stripe.com/currencies):
+# MGA is zero-decimal there (ISO: 2 places), so whole ariary only; ISK stays two-decimal in Stripe's
+# API (100 is 1 króna; ISO: 0 places), so whole krónur are sent times 100.
+STRIPE_EXPONENT = {"MGA": 0, "ISK": 2}
 
 
 class UnknownCurrency(InvalidInput):
@@ -87,20 +91,31 @@ def check_precision(amount, code):
     return amount.quantize(quantum)
 
 
-def to_minor_units(amount, code):
-    """The integer a card processor (Stripe's convention) is sent: amount × 10^exponent.
+def provider_exponent(code):
+    """Decimal places of the integer a card processor is sent (Stripe's convention): ISO 4217's but
+    for ``STRIPE_EXPONENT``."""
+    return STRIPE_EXPONENT.get(code, exponent(code))
 
-    Refuses an amount with more decimals than the currency has, and, for Stripe's
-    three-decimal currencies, one whose last (thousandth) digit is not 0.
+
+def to_minor_units(amount, code):
+    """The integer a card processor (Stripe's convention) is sent: amount × 10^provider_exponent.
+
+    Refuses an amount with more decimals than the currency has, or than the processor takes (an
+    MGA amount in fractions of an ariary; for Stripe's three-decimal currencies, one whose last
+    (thousandth) digit is not 0).
     """
     amount = check_precision(amount, code)
-    minor = int(amount.scaleb(exponent(code)))
+    places = provider_exponent(code)
+    minor = amount.scaleb(places)
+    if minor != minor.to_integral_value():
+        raise TooManyDecimals(code, places)
+    minor = int(minor)
     if code in STRIPE_THREE_DECIMAL and minor % 10:
         raise TooManyDecimals(code, 2)
     return minor
 
 
 def from_minor_units(minor, code):
-    """The Decimal amount for a provider's integer amount in the currency's minor unit."""
+    """The Decimal amount, with the currency's own places, for a processor's integer amount."""
     places = exponent(code)
-    return (Decimal(int(minor)).scaleb(-places)).quantize(Decimal(1).scaleb(-places))
+    return Decimal(int(minor)).scaleb(-provider_exponent(code)).quantize(Decimal(1).scaleb(-places))

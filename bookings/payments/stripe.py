@@ -7,14 +7,17 @@ from django.conf import settings
 from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError
 from core.money import to_minor_units
 
-# Stripe refuses a Checkout Session expiring sooner than this.
+# Stripe refuses a Checkout Session expiring sooner than this after it creates it.
 STRIPE_MIN_EXPIRY = timedelta(minutes=30)
+# The session is asked for after the hold committed: the expiry counts from the hold's clock (the
+# same on a retry, which Stripe's idempotency key requires), with room for the delay until the call.
+STRIPE_EXPIRY_MARGIN = timedelta(minutes=5)
 
 
 def checkout_params(booking, checkout):
     """The Checkout Session parameters for a held booking."""
     base = settings.PUBLIC_BASE_URL.rstrip("/")
-    expires_at = max(booking.hold_expires_at, booking.created_at + STRIPE_MIN_EXPIRY)
+    expires_at = max(booking.hold_expires_at, booking.created_at + STRIPE_MIN_EXPIRY + STRIPE_EXPIRY_MARGIN)
     return {
         "mode": "payment",
         "client_reference_id": str(checkout.pk),

@@ -95,7 +95,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
     # A connection quiet for longer than this gets the real check all the same: a peer gone without a
     # word (a dropped NAT or firewall entry, a failover without FIN) leaves nothing to read.
     HEALTH_CHECK_QUIET_SECONDS = 30.0
-    health_checked_at = None  # time.monotonic() of the last request's check (real or skipped)
+    health_checked_at = None  # time.monotonic() of the connection's opening or last check (real or skipped)
+
+    def connect(self):
+        super().connect()
+        self.health_checked_at = time.monotonic()  # a connection just opened needs no check (Django's view too)
 
     def close_if_health_check_failed(self):
         """Django's check before a request reuses the connection, without the ``SELECT 1`` when quiet.

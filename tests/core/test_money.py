@@ -33,6 +33,9 @@ def test_only_payable_iso_4217_codes_are_currencies(code):
         ("12.340", "KWD", 12340),
         ("1.5", "KWD", 1500),
         ("99999999.99", "USD", 9999999999),
+        ("1000.00", "MGA", 1000),  # zero-decimal at Stripe, two places in ISO 4217
+        ("1500", "ISK", 150000),  # two-decimal in Stripe's API, none in ISO 4217
+        ("5000", "UGX", 5000),  # zero-decimal in both
     ],
 )
 def test_provider_amounts_follow_the_exponent(amount, code, minor):
@@ -40,7 +43,9 @@ def test_provider_amounts_follow_the_exponent(amount, code, minor):
     assert from_minor_units(minor, code) == Decimal(amount)
 
 
-@pytest.mark.parametrize(("amount", "code"), [("1.001", "USD"), ("1500.5", "JPY"), ("1.2345", "KWD"), ("1.234", "KWD")])
+@pytest.mark.parametrize(
+    ("amount", "code"), [("1.001", "USD"), ("1500.5", "JPY"), ("1.2345", "KWD"), ("1.234", "KWD"), ("1000.50", "MGA")]
+)
 def test_more_precision_than_the_currency_or_the_provider_allows_is_refused(amount, code):
     with pytest.raises(TooManyDecimals):
         to_minor_units(Decimal(amount), code)
