@@ -760,9 +760,22 @@ class CheckoutQuerySet(models.QuerySet):
 
 class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
     def opening(self, checkout_id, provider_checkout_id, url, payment_id):
-        """The filtered UPDATE that opens a checkout still ``creating``, returning its id."""
+        """The filtered UPDATE that opens a checkout still ``creating`` of a booking still held (a live hold),
+        returning its id."""
+        booking = self.model._meta.get_field("booking").related_model._meta.db_table
+        # FOR SHARE, not a plain read: a cancel, release or expiry of the booking in flight when this
+        # statement starts is waited for and its committed status judged (a plain EXISTS would judge the
+        # snapshot's "held" and open a cancelled booking's checkout). The booking row is locked before the
+        # checkout row, in this statement: the global order (booking -> checkout), so no deadlock with a
+        # cancel or a payment; and FOR SHARE never blocks another share lock (reopen_if_stranded's).
+        still_held = RawSQL(
+            f"EXISTS (SELECT 1 FROM {booking} b WHERE b.id = {self.model._meta.db_table}.booking_id "  # noqa: S608
+            f"AND b.status = %s AND b.hold_expires_at > clock_timestamp() FOR SHARE)",
+            [BookingStatus.HELD.value],
+            output_field=models.BooleanField(),
+        )
         sql, params = update_statement(
-            self.filter(pk=checkout_id, state=self.model.State.CREATING),
+            self.filter(still_held, pk=checkout_id, state=self.model.State.CREATING),
             state=self.model.State.OPEN,
             provider_checkout_id=provider_checkout_id,
             url=url,
@@ -947,6 +960,22 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         return checkout["refund_state"]
 
 
+def without_nul(value):
+    """``value`` (decoded JSON) with every U+0000, in strings and keys alike, replaced by U+FFFD.
+
+    jsonb (and text) cannot hold U+0000: a signed event carrying one (a customer-typed name, say)
+    would be refused on every delivery and retried by the provider forever. The signature was
+    verified on the raw body before; only the stored copy differs.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
+
+
 class PaymentEventManager(models.Manager):
     @guarded(joins=True)
     def receive(self, *, provider, event_id, type, payload):
@@ -966,7 +995,7 @@ class PaymentEventManager(models.Manager):
                 f"VALUES (%s, %s, %s, %s::jsonb, statement_timestamp(), '', 1, false) "
                 f"ON CONFLICT (event_id) DO UPDATE SET deliveries = {table}.deliveries + 1 "
                 f"RETURNING id, processed_at IS NOT NULL",
-                [provider, event_id, type[:100], json.dumps(payload)],
+                [provider, event_id, without_nul(type)[:100], json.dumps(without_nul(payload))],
             )
             return cursor.fetchone()
 

@@ -28,7 +28,7 @@ from bookings.payments.base import parse_event, verify_signature
 from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
 from core import metrics
 from core.exceptions import DomainError
-from core.guards import database_refusals
+from core.guards import SweepResult, database_refusals
 from core.money import to_minor_units
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ def create_provider_checkout(booking):
     """Call the provider for a committed hold, then store its checkout id and URL.
 
     Call outside any transaction. On a provider failure the hold is released and
-    the checkout marked failed, then PaymentProviderUnavailable is raised.
+    the checkout marked failed, then PaymentProviderUnavailable is raised. When the
+    booking is no longer held by the time the provider answers, the checkout is not
+    opened (no pay link is e-mailed): it is recorded ``expired`` and the provider's
+    session closed.
     """
     checkout = booking.checkout
     provider = get_provider()
@@ -73,10 +76,22 @@ def create_provider_checkout(booking):
             Booking.objects.release_if_held(booking.pk)
             Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
         raise PaymentProviderUnavailable()
-    Checkout.objects.open(
+    opened = Checkout.objects.open(
         checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id, booking=booking
     )
-    checkout.state, checkout.provider_checkout_id, checkout.url = Checkout.State.OPEN, created.id, created.url
+    checkout.provider_checkout_id = created.id
+    if opened:
+        checkout.state, checkout.url = Checkout.State.OPEN, created.url
+        return checkout
+    # The booking moved on while the provider answered (cancelled, released, its hold lapsed, its proposal
+    # reopened): nobody else will close the session this call made, so record it expired (creating ->
+    # expired, with its id, so a payment that still arrives is matched and refunded) and close it after
+    # commit. A checkout a payment event settled first is no longer creating: left as it is.
+    with transaction.atomic():
+        abandoned = Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=created.id)
+    if abandoned:
+        checkout.state = Checkout.State.EXPIRED
+        expire_provider_checkout(checkout)
     return checkout
 
 
@@ -191,6 +206,26 @@ def retry_refund(booking_id, *, operator=False):
     if checkout is None or not Checkout.objects.claim_refund_retry(checkout.pk, operator=operator):
         return False
     return refund_booking(booking_id)
+
+
+def retry_due_refunds():
+    """Retry every refund due (``refunds_to_retry``), one by one; return (SweepResult, how many were tried).
+
+    Each retry is judged and claimed on its own (``retry_refund``), so a refund whose row is busy
+    past lock_timeout (LockContended) or refused is left in ``skipped`` for the next run while the
+    later ones are still retried. ``done`` counts the refunds made.
+    """
+    result, tried = SweepResult(), 0
+    for booking_id in Checkout.objects.refunds_to_retry().order_by("pk").values_list("booking_id", flat=True):
+        try:
+            with database_refusals():  # recording a refund opens a plain atomic block: translate its refusals here
+                refunded = retry_refund(booking_id)
+        except DomainError as refusal:
+            result.skipped.append((booking_id, refusal))
+            continue
+        tried += 1
+        result.done += refunded
+    return result, tried
 
 
 @dataclass

@@ -70,11 +70,7 @@ class PromoCodeSerializer(serializers.ModelSerializer):
 
 
 class PromoCodeInputSerializer(StrictInput):
-    """A code's definition. On PUT and PATCH an omitted field is left as it is: defaults belong to create.
-
-    ``version`` (optional, the one a read returned): when given, the edit is refused with
-    409 version_conflict if the code changed since.
-    """
+    """A code's definition. On PUT and PATCH an omitted field is left as it is: defaults belong to create."""
 
     code = serializers.RegexField(r"^[A-Za-z0-9_-]+$", max_length=CODE_MAX)
     # DRF's default message quotes the input back; a lone surrogate in it cannot be encoded (500).
@@ -90,12 +86,8 @@ class PromoCodeInputSerializer(StrictInput):
     per_customer_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_VERSION)
     # No default here: on PUT a default would re-activate a deactivated code (create uses the model's).
     is_active = serializers.BooleanField(required=False)
-    version = serializers.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=MAX_VERSION,
-        help_text="The version this edit is based on; a stale one is refused with 409 version_conflict.",
-    )
+    # On create a code has no version to be stale against: accepted (a body echoed from a read) and ignored.
+    version = serializers.IntegerField(required=False, min_value=1, max_value=MAX_VERSION, help_text="Ignored.")
 
     def validate(self, attrs):
         merged = {**self._current(), **attrs}
@@ -111,6 +103,32 @@ class PromoCodeInputSerializer(StrictInput):
         if instance is None:
             return {}
         return {name: getattr(instance, name) for name in ("bonus_type", "bonus_value", "starts_at", "ends_at")}
+
+
+class PromoCodeEditInputSerializer(PromoCodeInputSerializer):
+    """PUT: the code's whole definition, and the version it was read at.
+
+    ``version`` is required: an edit built on a read is refused with 409 version_conflict when the
+    code changed since (an edit, a deactivation), never written over it.
+    """
+
+    version = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_VERSION,
+        help_text="The version this edit is based on; a stale one is refused with 409 version_conflict.",
+    )
+
+
+class PromoCodePatchInputSerializer(PromoCodeEditInputSerializer):
+    """PATCH: the fields to change, and the version they were read at (required, as on PUT)."""
+
+    required_in_patch = ("version",)  # the PATCH schema says so too (core.api.schema)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            if name != "version":
+                field.required = False
 
 
 class PromoCodeCheckInputSerializer(StrictInput):

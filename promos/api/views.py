@@ -31,8 +31,7 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
     @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer})
     @idempotent()
     def post(self, request, tenant):
-        data = validated(s.PromoCodeInputSerializer, request.data)
-        fields = dict(data)
+        fields = dict(validated(s.PromoCodeInputSerializer, request.data))
         fields.pop("version", None)  # a new code has no version to be stale against
         promo = PromoCode.objects.create_code(tenant=self.tenant, **fields)
         return Response(represented(s.PromoCodeSerializer, promo), status=status.HTTP_201_CREATED)
@@ -46,28 +45,29 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
     def get(self, request, tenant, pk):
         return Response(represented(s.PromoCodeSerializer, self._get(pk)))
 
-    def _update(self, request, pk, partial):
+    def _update(self, request, pk, serializer):
         """PUT and PATCH: only the fields the body carries, through ``update_code`` under the row lock.
 
         An omitted field is never reset (the input serializer has no defaults), ``is_active``
-        takes effect exactly as deactivate/activate do, and a ``version`` in the body makes
-        the edit optimistic: 409 version_conflict when the code changed since it was read.
+        takes effect exactly as deactivate/activate do, and the ``version`` the body must carry
+        makes the edit optimistic: 409 version_conflict when the code changed since it was read,
+        so a body echoed from a stale read cannot write back what changed since (a deactivation).
         """
         current = self._get(pk)
-        data = s.PromoCodeInputSerializer(current, data=request.data, partial=partial)
+        data = serializer(current, data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
-        version = fields.pop("version", None)
+        version = fields.pop("version")
         promo = PromoCode.objects.update_code(current.pk, tenant=self.tenant, version=version, **fields)
         return Response(represented(s.PromoCodeSerializer, promo))
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer})
+    @extend_schema(request=s.PromoCodeEditInputSerializer, responses={200: s.PromoCodeSerializer})
     def put(self, request, tenant, pk):
-        return self._update(request, pk, partial=False)
+        return self._update(request, pk, s.PromoCodeEditInputSerializer)
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={200: s.PromoCodeSerializer})
+    @extend_schema(request=s.PromoCodePatchInputSerializer, responses={200: s.PromoCodeSerializer})
     def patch(self, request, tenant, pk):
-        return self._update(request, pk, partial=True)
+        return self._update(request, pk, s.PromoCodePatchInputSerializer)
 
     @extend_schema(responses={204: None})
     def delete(self, request, tenant, pk):

@@ -111,3 +111,16 @@ class RefusingEmailBackend(BaseEmailBackend):
 
     def send_messages(self, email_messages):
         raise ConnectionRefusedError("no SMTP")
+
+
+class InterruptedProvider(RecordingProvider):
+    """While create_checkout waits on the provider, ``meanwhile()`` runs (another path's work, committed)."""
+
+    name = "interrupted"
+    meanwhile = None
+
+    def create_checkout(self, booking, checkout):
+        created = super().create_checkout(booking, checkout)
+        if self.meanwhile is not None:
+            type(self).meanwhile()
+        return created

@@ -19,13 +19,16 @@ from django.db.models.functions import Now
 from django.test import Client
 from django.urls import reverse
 
+from bookings import notifications as notices
 from bookings.managers import active_q
 from bookings.models import Booking, Checkout, Package
 from bookings.payments.sandbox import build_event
-from bookings.services import COMPLETED, hold_in_transaction, start_checkout
+from bookings.services import COMPLETED, cancel_booking, create_provider_checkout, hold_in_transaction, start_checkout
 from core.invariants import assert_invariants
-from tests.bookings.factories import PackageFactory, book, future, withdraw
+from tests.bookings.factories import PackageFactory, book, future, hold_without_provider_answer, withdraw
 from tests.bookings.interleave import admin_change_data
+from tests.bookings.providers import InterruptedProvider
+from tests.bookings.test_notifications import owed
 from tests.bookings.test_webhooks import URL
 from tests.conftest import token_client
 from tests.races import Background, OpenTransaction, run_concurrently, tally, wait_until_blocked_or_done
@@ -477,3 +480,58 @@ def test_confirm_payment_called_directly_waits_for_a_cancel_and_settles_it_as_a_
     assert paying.error is None, paying.error
     assert paying.result == "refund_pending"
     assert Booking.objects.get(pk=booking.pk).status == "refund_pending"
+
+
+@pytest.fixture
+def interrupted_provider(settings):
+    InterruptedProvider.reset()
+    InterruptedProvider.meanwhile = None
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.InterruptedProvider"
+    yield InterruptedProvider
+    InterruptedProvider.meanwhile = None
+
+
+def assert_closed_unopened(booking, checkout, provider):
+    """No pay link e-mailed, the provider's session closed, the checkout recorded expired with its session id."""
+    assert notices.HELD not in owed(booking)
+    assert provider.expired == [booking.pk]
+    row = Checkout.objects.get(pk=booking.checkout.pk)
+    assert (row.state, row.url, row.provider_checkout_id) == ("expired", "", checkout.provider_checkout_id)
+    assert (checkout.state, checkout.url) == ("expired", "")
+
+
+def test_a_cancel_while_the_provider_answers_never_opens_the_checkout(tenant, interrupted_provider):
+    """Regression: the cancel left the ``creating`` checkout alone and the provider's answer then opened it,
+    e-mailing the pay link after the cancellation and leaving the session payable."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))  # the hold, committed
+    interrupted_provider.meanwhile = lambda: cancel_booking(booking.pk)  # the API or admin cancel
+    checkout = create_provider_checkout(booking)  # ... then the provider answers
+    assert owed(booking) == {notices.CANCELLED: "pending"}
+    assert_closed_unopened(booking, checkout, interrupted_provider)
+    assert status_of(booking) == "cancelled"
+
+
+def test_the_opening_waits_for_a_cancel_in_flight_and_judges_its_commit(tenant, recording_provider):
+    """The cancel's transaction has changed the booking row, not committed, when the provider's answer is
+    stored: the opening waits for it (a plain read would judge the snapshot's ``held`` and open)."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    cancel = OpenTransaction(lambda: Booking.objects.cancel(booking.pk)).start()
+    answering = Background(lambda: create_provider_checkout(booking))
+    try:
+        assert wait_until_blocked_or_done(answering), "the opening must wait for the cancel's booking row"
+    finally:
+        cancel.commit()
+        answering.join()
+    assert answering.error is None, answering.error
+    assert_closed_unopened(booking, answering.result, recording_provider)
+
+
+def test_a_hold_that_lapsed_while_the_provider_answered_is_not_opened(tenant, interrupted_provider):
+    """A lapsed hold is what reopen_if_stranded reopens a proposal over: its checkout must never open after."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    interrupted_provider.meanwhile = lambda: Booking.objects.filter(pk=booking.pk).update(
+        hold_expires_at=Now() - timedelta(seconds=1)
+    )
+    checkout = create_provider_checkout(booking)
+    assert_closed_unopened(booking, checkout, interrupted_provider)
+    assert status_of(booking) == "expired"  # the session's expiry event released the lapsed hold

@@ -317,3 +317,21 @@ def test_cancel_and_the_refund_it_owes_commit_together(client, package, monkeypa
         cancel_booking(booking.pk)
     assert status_of(booking) == Booking.Status.CONFIRMED  # all or nothing
     assert Checkout.objects.get(booking=booking).refund_state == ""
+
+
+def test_a_signed_event_carrying_u0000_is_stored_without_it_and_processed(client, package, recording_provider):
+    """Regression: jsonb cannot hold U+0000, so such an event was answered 400 on every delivery and never
+    processed. The signature is checked on the raw body; the stored copy has U+FFFD in its place."""
+    booking = book(package)
+    data = json.loads(completed_event(booking.checkout.provider_checkout_id, event_id="evt_nul"))
+    data["data"]["object"]["customer_details"] = {"name": "Ann\u0000Lee", "extra\u0000key": ["x\u0000"]}
+    response = deliver(client, json.dumps(data).encode())
+    assert response.status_code == 200, response.content
+    assert response.json()["result"] == "confirmed"
+    assert status_of(booking) == Booking.Status.CONFIRMED
+    stored = PaymentEvent.objects.get(event_id="evt_nul")
+    assert stored.payload["data"]["object"]["customer_details"] == {
+        "name": "Ann\ufffdLee",
+        "extra\ufffdkey": ["x\ufffd"],
+    }
+    assert stored.processed_at is not None

@@ -50,10 +50,11 @@ def test_create_list_get_update_delete_code(api_client, tenant):
     assert [c["code"] for c in listed["results"]] == ["Welcome10"]
     pk = body["id"]
     assert api_client.get(f"{BASE}/promo-codes/{pk}").json()["code"] == "Welcome10"
-    read_only = api_client.patch(f"{BASE}/promo-codes/{pk}", {"max_bonus": "5.50", "times_used": 99}, format="json")
+    edit = {"max_bonus": "5.50", "version": body["version"]}
+    read_only = api_client.patch(f"{BASE}/promo-codes/{pk}", {**edit, "times_used": 99}, format="json")
     assert_error(read_only, 400, "invalid_input")  # strict input: a read-only field is refused by name
     assert read_only.json()["error"]["fields"] == {"times_used": ["Unknown field."]}
-    patched = api_client.patch(f"{BASE}/promo-codes/{pk}", {"max_bonus": "5.50"}, format="json")
+    patched = api_client.patch(f"{BASE}/promo-codes/{pk}", edit, format="json")
     assert patched.status_code == 200, patched.content
     assert patched.json()["max_bonus"] == "5.50" and patched.json()["times_used"] == 0
     assert api_client.delete(f"{BASE}/promo-codes/{pk}").status_code == 204
@@ -95,7 +96,8 @@ def test_bad_definitions_are_400(api_client, tenant, body):
 def test_lowering_limit_below_uses_is_409(api_client, promo):
     PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="a", amount="10")
     PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="b", amount="10")
-    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"total_usage_limit": 1}, format="json")
+    body = {"total_usage_limit": 1, "version": promo.version}
+    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", body, format="json")
     assert_error(response, 409, "promo_limit_below_usage")
     assert_error(api_client.delete(f"{BASE}/promo-codes/{promo.pk}"), 409, "promo_in_use")
 
@@ -476,8 +478,10 @@ def test_odd_values_in_any_field_are_never_a_500(api_client, anon_client, tenant
 
 def test_put_without_is_active_never_reactivates_a_deactivated_code(api_client, promo):
     """Regression: the input serializer's default=True re-activated a deactivated code on PUT (and it redeemed)."""
-    assert post(api_client, f"promo-codes/{promo.pk}/deactivate").json()["is_active"] is False
-    body = {"code": "SPRING15", "bonus_type": "percentage", "bonus_value": "20"}  # no is_active, no limits
+    deactivated = post(api_client, f"promo-codes/{promo.pk}/deactivate").json()
+    assert deactivated["is_active"] is False
+    body = {"code": "SPRING15", "bonus_type": "percentage", "bonus_value": "20", "version": deactivated["version"]}
+    # no is_active, no limits
     response = api_client.put(f"{BASE}/promo-codes/{promo.pk}", body, format="json")
     assert response.status_code == 200, response.content
     data = response.json()
@@ -513,15 +517,32 @@ def test_edits_answer_the_version_and_a_stale_one_is_409(api_client, promo):
     )
 
 
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_an_edit_without_the_version_it_was_read_at_is_refused(api_client, promo, method):
+    """Unversioned, a body echoed from a read wrote back what changed since: a deactivation, say."""
+    read = api_client.get(f"{BASE}/promo-codes/{promo.pk}").json()
+    assert post(api_client, f"promo-codes/{promo.pk}/deactivate").json()["is_active"] is False
+    echoed = {name: read[name] for name in ("code", "bonus_type", "bonus_value", "is_active")}
+    unversioned = getattr(api_client, method)(f"{BASE}/promo-codes/{promo.pk}", echoed, format="json")
+    assert assert_error(unversioned, 400, "invalid_input")["fields"] == {"version": ["This field is required."]}
+    stale = getattr(api_client, method)(
+        f"{BASE}/promo-codes/{promo.pk}", {**echoed, "version": read["version"]}, format="json"
+    )
+    assert_error(stale, 409, "version_conflict")
+    promo.refresh_from_db()
+    assert promo.is_active is False
+
+
 def test_patch_is_active_is_a_deactivation(api_client, promo):
-    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"is_active": False}, format="json")
+    response = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"is_active": False, "version": 1}, format="json")
     assert response.status_code == 200 and response.json()["is_active"] is False
     assert_error(
         post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}),
         409,
         "promo_inactive",
     )
-    assert api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {"is_active": True}, format="json").json()["is_active"]
+    again = {"is_active": True, "version": response.json()["version"]}
+    assert api_client.patch(f"{BASE}/promo-codes/{promo.pk}", again, format="json").json()["is_active"]
     assert (
         post(api_client, "promo-codes/redeem", {"code": "SPRING15", "customer": "a", "amount": "5"}).status_code == 201
     )
