@@ -6,17 +6,25 @@ tenants exist.
 
 from functools import cached_property
 
-from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission, IsAuthenticated
 
 from core.api.throttles import TenantApiThrottle
 from core.exceptions import TenantNotFound
 from core.models import Membership, Tenant
 
 
-class TenantScopedMixin:
-    """For views under /api/t/<tenant>/: the authenticated user must be a member."""
+class ViewerReadsOnly(BasePermission):
+    """A viewer reads only, through the API as in the admin (core/admin_scope.py): any other method is
+    403 ``permission_denied`` before the view does anything. A non-member is still 404 (``membership``)."""
 
-    permission_classes = [IsAuthenticated]
+    def has_permission(self, request, view):
+        return request.method in SAFE_METHODS or view.membership.role != Membership.Role.VIEWER
+
+
+class TenantScopedMixin:
+    """For views under /api/t/<tenant>/: the authenticated user must be a member (a viewer reads only)."""
+
+    permission_classes = [IsAuthenticated, ViewerReadsOnly]
     throttle_classes = [TenantApiThrottle]  # per user, checked in initial() before any work
     tenant_url_kwarg = "tenant"
 

@@ -9,14 +9,18 @@ from django.apps import apps
 from django.db import transaction
 
 from bookings.models import Booking
+from core.api.tenancy import ViewerReadsOnly
 from core.managers import TenantScopedQuerySet
+from core.models import Membership
 from profiles.models import ProfileAuditLog
-from promos.models import PromoUsage
+from promos.models import PromoCode, PromoUsage
 from tests.bookings.factories import PackageFactory, future
-from tests.factories import TenantFactory
+from tests.conftest import token_client
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
 from tests.profiles.factories import ProfileFactory
 from tests.promos.factories import PromoCodeFactory, PromoUsageFactory, RedemptionSessionFactory
 from tests.proposals.factories import make_proposal
+from tests.refusals import assert_error
 
 
 def tenant_scoped_models():
@@ -88,3 +92,54 @@ def test_tenant_field_may_reach_the_tenant_through_a_relation():
     scoped = ThroughPromo(model=PromoUsage).for_tenant(ours)
     assert '"promos_promocode"."tenant_id"' in str(scoped.query)  # joined through the promo
     assert list(scoped) == [usage]
+
+
+# --- a viewer reads only, through the API as in the admin ---------------------------------------
+
+
+@pytest.fixture
+def viewer_client(tenant):
+    viewer = MembershipFactory(tenant=tenant, user=UserFactory(username="viewer"), role=Membership.Role.VIEWER)
+    return token_client(viewer.user)
+
+
+def test_a_viewer_reads_but_every_write_is_403_and_changes_nothing(viewer_client, tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="VIEW")
+    max_bonus = promo.max_bonus
+    profile = ProfileFactory(tenant=tenant)
+    base = f"/api/t/{tenant.slug}"
+    assert viewer_client.get(f"{base}/promo-codes/{promo.pk}").status_code == 200
+    assert viewer_client.get(f"{base}/").json()["role"] == Membership.Role.VIEWER
+    writes = [
+        viewer_client.post(f"{base}/promo-codes/{promo.pk}/deactivate"),
+        viewer_client.patch(f"{base}/promo-codes/{promo.pk}", {"max_bonus": "1", "version": 1}, format="json"),
+        viewer_client.delete(f"{base}/promo-codes/{promo.pk}"),
+        viewer_client.post(f"{base}/promo-codes", {"code": "NEW", "bonus_type": "fixed", "bonus_value": "1"}),
+        viewer_client.patch(f"{base}/profiles/{profile.pk}", {"first_name": "X", "version": 1}, format="json"),
+    ]
+    for response in writes:
+        assert_error(response, 403, "permission_denied")
+    promo.refresh_from_db()
+    assert (promo.is_active, promo.max_bonus, promo.version) == (True, max_bonus, 1)
+    assert PromoCode.objects.filter(tenant=tenant).count() == 1
+    profile.refresh_from_db()
+    assert profile.version == 1
+
+
+def test_every_write_route_under_a_tenant_is_kept_from_viewers():
+    """Every view under /api/t/<tenant>/ takes TenantScopedMixin's permissions, the viewer's rule among them."""
+    from config.urls import urlpatterns
+
+    tenant_routes = urlpatterns[0]
+    views = [pattern.callback.view_class for pattern in _patterns(tenant_routes.url_patterns)]
+    assert views and all(ViewerReadsOnly in view.permission_classes for view in views), [
+        view.__name__ for view in views if ViewerReadsOnly not in view.permission_classes
+    ]
+
+
+def _patterns(patterns):
+    for pattern in patterns:
+        if hasattr(pattern, "url_patterns"):
+            yield from _patterns(pattern.url_patterns)
+        else:
+            yield pattern
