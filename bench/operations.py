@@ -511,7 +511,7 @@ class ProfileUndo(Operation):
 \\set eid :base_id + :t
 BEGIN \\;
 WITH lockstep_tried(got) AS MATERIALIZED (
-SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :eid, 0)))
+SELECT pg_try_advisory_xact_lock(hashtextextended('profiles.audit_undo:' || :tenant || ':' || :eid, 0)))
 SELECT lockstep_tried.got, gated.* FROM lockstep_tried LEFT JOIN LATERAL (
 SELECT {columns(ProfileAuditLog)}, ({log}.undone_at IS NULL) AS pgbench_open, {columns(User)}
  FROM {log} LEFT OUTER JOIN {user} ON ({log}.actor_id = {user}.id)

@@ -11,7 +11,7 @@ columns (``GuardedModel``).
 
 Global lock order (each operation takes a subset, always in this order):
 
-1. advisory ``AUDIT_UNDO:<entry id>``        undo only; try-lock, busy -> operation_locked
+1. advisory ``AUDIT_UNDO:<tenant>:<entry>``   undo only; try-lock, busy -> operation_locked
 2. the audit entry row, FOR UPDATE NOWAIT     undo only; busy -> operation_locked
 3. advisory ``PROFILE_TREE:<tenant id>``      only when a write sets a non-null father/mother;
                                               waits at most lock_timeout -> resource_locked
@@ -517,6 +517,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         (None when a command or sweep made the change), or None; OperationLocked when the try lock was busy."""
         got, *row = try_advisory_xact_lock(
             LockNamespace.AUDIT_UNDO,
+            getattr(tenant, "pk", tenant),  # another tenant's undo of this id neither waits for it nor blocks it
             entry_id,
             gated=self.entry_locking.statement(self, entry_id=entry_id, tenant=tenant),
             using=self.db,
@@ -535,11 +536,11 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
     def undo(self, entry_id, *, tenant, actor, reason, steps):
         """Reverse one audit entry exactly once, never pointing a profile at a deleted, busy or descendant parent.
 
-        Locks: AUDIT_UNDO(entry) advisory try-lock -> the entry row FOR UPDATE NOWAIT ->
+        Locks: AUDIT_UNDO(tenant, entry) advisory try-lock -> the entry row FOR UPDATE NOWAIT ->
         PROFILE_TREE(tenant) advisory (only when a parent is restored) -> the profile row
         FOR UPDATE NOWAIT -> the restored parent rows FOR UPDATE NOWAIT, ascending id.
 
-        1. try-lock advisory AUDIT_UNDO:<entry>: busy -> OperationLocked at once;
+        1. try-lock advisory AUDIT_UNDO:<tenant>:<entry>: busy -> OperationLocked at once;
         2. the entry FOR UPDATE NOWAIT (busy -> OperationLocked; done -> AlreadyUndone;
            create/undo entries -> UndoNotSupported), in the same statement as 1 and only
            where 1 got the lock;

@@ -435,6 +435,23 @@ def test_undo_steps_2_and_3_refuse_at_once_when_the_entry_or_the_profile_row_is_
     assert fresh(kid).father_id == dad.pk
 
 
+def test_another_tenants_undo_of_the_entry_id_meanwhile_is_404_there_not_409(acme):
+    """The try-lock is per tenant and entry: while this tenant's undo holds it (done, not yet committed),
+    another tenant's undo of the same id answers 404, as for any id not its own, instead of a 409 that
+    would tell it the entry exists (and, taken first, would have made this tenant's undo fail)."""
+    from profiles.exceptions import AuditEntryNotFound
+
+    dad, kid, entry = moved_child(acme)
+    globex = TenantFactory(slug="globex")
+    finish = in_flight(lambda: ProfileAuditLog.objects.undo(entry.pk, tenant=acme, actor=None, reason="r"))
+    try:
+        with pytest.raises(AuditEntryNotFound):
+            ProfileAuditLog.objects.undo(entry.pk, tenant=globex, actor=None, reason="r")
+    finally:
+        finish()
+    assert fresh(kid).father_id == dad.pk and ProfileAuditLog.objects.get(pk=entry.pk).undone_at is not None
+
+
 # --- the tree lock, proven by behaviour: an undo racing a re-parenting ----------------
 
 
