@@ -45,6 +45,11 @@ class PromoLimitBelowUsage(Conflict):
     message = _("The total usage limit cannot be lower than the number of times the code was already used.")
 
 
+class PromoCustomerLimitBelowUsage(Conflict):
+    code = "promo_customer_limit_below_usage"
+    message = _("The per-customer limit cannot be lower than the uses a customer has already made of this code.")
+
+
 class PromoInUse(Conflict):
     code = "promo_in_use"
     message = _("This promo code has usages and cannot be deleted; deactivate it instead.")

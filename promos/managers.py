@@ -381,7 +381,9 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
         Raises PromoNotFound, VersionConflict (version_conflict, someone changed
         the code since ``version`` was read), PromoCodeTaken, PromoLimitBelowUsage
-        (a limit under the uses already made), PromoInvalid, LockContended.
+        (a limit under the uses already made), PromoCustomerLimitBelowUsage (a per-customer
+        limit under some customer's live uses, counted after the lock: every redeem inserts
+        its usage holding it), PromoInvalid, LockContended.
         """
         unknown = set(fields) - set(PROMO_EDITABLE)
         if unknown:
@@ -391,7 +393,16 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         # that committed while we waited, and this write would silently undo it.
         if version is not None and promo.version != version:
             raise VersionConflict(current=promo.version)
+        limit = fields.get("per_customer_limit")
+        if limit is not None and limit < (promo.per_customer_limit or limit + 1) and self._most_uses(promo) > limit:
+            raise errors.PromoCustomerLimitBelowUsage()
         return self._write(promo, fields)
+
+    def _most_uses(self, promo):
+        """The most live (non-voided) uses any one customer has made of ``promo``: 0 when none."""
+        uses = _model("PromoUsage").objects.filter(promo=promo, voided_at__isnull=True)
+        most = uses.values("customer").annotate(n=Count("pk")).order_by("-n").values_list("n", flat=True).first()
+        return most or 0
 
     @guarded
     def delete_code(self, promo_id, *, tenant):

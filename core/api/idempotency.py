@@ -16,14 +16,25 @@ domain guards make the retry safe.
 
 Answers are not stored for 5xx or for lock contention (``Retry-After``): those
 are worth retrying, so the key stays free.
+
+``sealed=("field", …)`` names top-level fields of the answer that are secrets shown once (a
+redemption session's approval secret, whose row keeps only its hash): the record keeps them
+encrypted (Fernet, from the ``cryptography`` package, under a key derived from SECRET_KEY; the
+SECRET_KEY_FALLBACKS still open what they sealed), so the table, a backup of it or its admin page
+never shows one, and a replay decrypts them. One sealed under a key no longer configured is
+replayed as null.
 """
 
+import base64
 import hashlib
 import json
 import re
 from functools import wraps
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
 from django.db import transaction
+from django.utils.crypto import salted_hmac
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -77,8 +88,42 @@ def _jsonb_safe(value):
     return value
 
 
+def _sealer():
+    """Fernet under SECRET_KEY's derived key, opening with SECRET_KEY_FALLBACKS' too."""
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    derived = (salted_hmac("lockstep.idempotency.sealed", "", secret=key, algorithm="sha256").digest() for key in keys)
+    return MultiFernet([Fernet(base64.urlsafe_b64encode(key)) for key in derived])
+
+
+def _stored(data, sealed):
+    """The answer as the record keeps it: plain JSON, each ``sealed`` field encrypted."""
+    body = _as_json(data)
+    if sealed and isinstance(body, dict):
+        sealer = _sealer()
+        for name in sealed:
+            if isinstance(body.get(name), str):
+                body[name] = {"sealed": sealer.encrypt(body[name].encode()).decode()}
+    return body
+
+
+def _opened(body):
+    """The stored answer with every sealed field decrypted (null where its key is gone)."""
+    if not isinstance(body, dict) or not any(isinstance(value, dict) and "sealed" in value for value in body.values()):
+        return body
+    sealer, body = _sealer(), dict(body)
+    for name, value in body.items():
+        if isinstance(value, dict) and set(value) == {"sealed"}:
+            try:
+                body[name] = sealer.decrypt(value["sealed"].encode()).decode()
+            except InvalidToken:
+                body[name] = None
+    return body
+
+
 def _replay(record):
-    return Response(record.response_body, status=record.response_status, headers={"Idempotent-Replayed": "true"})
+    return Response(
+        _opened(record.response_body), status=record.response_status, headers={"Idempotent-Replayed": "true"}
+    )
 
 
 def _storable(response):
@@ -94,7 +139,7 @@ def _run(view, handler, request, args, kwargs):
         return view.handle_exception(exc)
 
 
-def idempotent(two_phase=False):
+def idempotent(two_phase=False, sealed=()):
     def decorator(handler):
         @wraps(handler)
         def wrapper(view, request, *args, **kwargs):
@@ -111,14 +156,15 @@ def idempotent(two_phase=False):
                 fingerprint=_fingerprint(request),
             )
             if two_phase:
-                return _two_phase(view, handler, request, args, kwargs, claim)
+                return _two_phase(view, handler, request, args, kwargs, claim, sealed)
             with database_refusals(), transaction.atomic():
                 record, replay = IdempotencyKey.objects.claim(**claim)
                 if replay:
                     return _replay(record)
                 response = _run(view, handler, request, args, kwargs)
                 if _storable(response):
-                    IdempotencyKey.objects.complete(record, status=response.status_code, body=_as_json(response.data))
+                    body = _stored(response.data, sealed)
+                    IdempotencyKey.objects.complete(record, status=response.status_code, body=body)
                 else:
                     transaction.set_rollback(True)
                 return response
@@ -129,7 +175,7 @@ def idempotent(two_phase=False):
     return decorator
 
 
-def _two_phase(view, handler, request, args, kwargs, claim):
+def _two_phase(view, handler, request, args, kwargs, claim, sealed):
     with database_refusals(), transaction.atomic():
         record, replay = IdempotencyKey.objects.claim(**claim)
     if replay:
@@ -144,7 +190,7 @@ def _two_phase(view, handler, request, args, kwargs, claim):
             raise
     with transaction.atomic():
         if _storable(response):
-            IdempotencyKey.objects.complete(record, status=response.status_code, body=_as_json(response.data))
+            IdempotencyKey.objects.complete(record, status=response.status_code, body=_stored(response.data, sealed))
         else:
             IdempotencyKey.objects.filter(pk=record.pk).delete()
     return response

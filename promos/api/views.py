@@ -174,7 +174,7 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
         request=s.RedemptionSessionCreateInputSerializer,
         responses={201: s.RedemptionSessionCreatedSerializer},
     )
-    @idempotent()
+    @idempotent(sealed=("approval_secret",))  # shown once: its record keeps it encrypted, for a replay
     def post(self, request, tenant):
         data = validated(s.RedemptionSessionCreateInputSerializer, request.data)
         session, secret = RedemptionSession.objects.create_session(tenant=self.tenant, **data)

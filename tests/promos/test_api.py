@@ -102,6 +102,22 @@ def test_lowering_limit_below_uses_is_409(api_client, promo):
     assert_error(api_client.delete(f"{BASE}/promo-codes/{promo.pk}"), 409, "promo_in_use")
 
 
+def test_lowering_the_per_customer_limit_below_a_customers_uses_is_409(api_client, tenant):
+    promo = PromoCodeFactory(tenant=tenant, code="TWICE", per_customer_limit=None, total_usage_limit=None)
+    for _ in range(2):
+        PromoCode.objects.redeem("TWICE", tenant=tenant, customer="alice", amount="10")
+    PromoCode.objects.redeem("TWICE", tenant=tenant, customer="bob", amount="10")
+    cut = {"per_customer_limit": 1, "version": promo.version}
+    assert_error(
+        api_client.patch(f"{BASE}/promo-codes/{promo.pk}", cut, format="json"), 409, "promo_customer_limit_below_usage"
+    )
+    promo.refresh_from_db()
+    assert promo.per_customer_limit is None
+    kept = api_client.patch(f"{BASE}/promo-codes/{promo.pk}", {**cut, "per_customer_limit": 2}, format="json")
+    assert kept.status_code == 200 and kept.json()["per_customer_limit"] == 2, kept.content
+    assert_invariant(promo)
+
+
 def test_codes_of_another_tenant_and_non_members_are_404(api_client, outsider_client, other_tenant, promo):
     theirs = PromoCodeFactory(tenant=other_tenant)
     assert_error(api_client.get(f"{BASE}/promo-codes/{theirs.pk}"), 404, "promo_not_found")
@@ -303,6 +319,26 @@ def test_void_of_another_tenants_usage_is_404(api_client, other_tenant):
 
 def public(client, session_id, verb, body):
     return client.post(f"/api/public/redemption-sessions/{session_id}/{verb}", body, format="json")
+
+
+def test_an_idempotent_session_creation_keeps_its_secret_encrypted_and_replays_it(api_client, anon_client, settings):
+    """The session row keeps only the secret's hash: the idempotency record must not keep it in clear."""
+    from core.models import IdempotencyKey
+
+    body, key = {"customer": "alice", "max_amount": "80", "expires_in": 600}, {"HTTP_IDEMPOTENCY_KEY": "sess-1"}
+    first = post(api_client, "redemption-sessions", body, **key)
+    assert first.status_code == 201, first.content
+    secret = first.json()["approval_secret"]
+    record = IdempotencyKey.objects.get(key="sess-1")
+    assert secret not in json.dumps(record.response_body) and set(record.response_body["approval_secret"]) == {"sealed"}
+    replayed = post(api_client, "redemption-sessions", body, **key)
+    assert replayed["Idempotent-Replayed"] == "true" and replayed.json() == first.json()
+    settings.SECRET_KEY_FALLBACKS, settings.SECRET_KEY = [settings.SECRET_KEY], "a-new-key-" + "x" * 50
+    assert post(api_client, "redemption-sessions", body, **key).json()["approval_secret"] == secret  # rotated
+    settings.SECRET_KEY_FALLBACKS = []
+    assert post(api_client, "redemption-sessions", body, **key).json()["approval_secret"] is None  # key gone
+    approved = public(anon_client, first.json()["session_id"], "approve", {"approval_secret": secret})
+    assert approved.status_code == 200, approved.content
 
 
 def test_session_lifecycle_over_the_api(api_client, anon_client, tenant):
