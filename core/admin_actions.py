@@ -104,7 +104,7 @@ class ActionsOnlyMixin:
 
 
 def confirm_first(
-    modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, form=None, **apply
+    modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, form=None, seen=None, **apply
 ):
     """Show each selected row and ``effect(row)`` (what will happen to it); act on the confirming POST.
 
@@ -112,12 +112,19 @@ def confirm_first(
     ``apply``'s arguments, so each row is acted on and reported as every action's rows are.
     ``form``: a form class the operator fills in on the page (a reason); the operation is then
     called with its cleaned data as keywords, and an invalid form shows the page again.
+    ``seen``: row -> an integer (its version) the page carries for each row; on the confirming
+    POST each row gets it back as ``row.seen`` (None where the POST lacks it), so the operation
+    acts at what the operator saw, not at the rows as read again then.
     """
     rows = list(queryset)
     filled = form(request.POST if "apply" in request.POST else None) if form is not None else None
     if "apply" in request.POST and (filled is None or filled.is_valid()):
         if filled is not None:
             apply["operation"] = functools.partial(apply["operation"], **filled.cleaned_data)
+        if seen is not None:
+            for row in rows:
+                carried = request.POST.get(f"seen_{row.pk}", "")
+                row.seen = int(carried) if carried.isascii() and carried.isdigit() else None
         apply_to_each(modeladmin, request, rows, **apply)
         return None
     context = {
@@ -127,7 +134,7 @@ def confirm_first(
         "opts": modeladmin.model._meta,
         "headers": list(columns),
         "rows": [([cell(row) for cell in columns.values()], effect(row)) for row in rows],
-        "selected": [row.pk for row in rows],
+        "selected": [(row.pk, None if seen is None else seen(row)) for row in rows],
         "action": request.POST.get("action", ""),
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "confirm_label": confirm_label,

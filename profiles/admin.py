@@ -90,16 +90,24 @@ class ProfileAuditLogInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.Tabu
 
 def _profile_action(description, operation, *, done, **confirm):
     """An action on each selected profile at the version the operator saw: ``operation(pk, tenant=,
-    version=, actor=)`` (soft delete, restore), asked first, each row reported code first."""
+    version=, actor=)`` (soft delete, restore), asked first, each row reported code first. The
+    confirmation page carries each row's version (``seen``): a profile changed since the page was
+    shown is refused version_conflict, not acted on."""
     return row_action(
         description,
-        lambda p, actor: operation(p.pk, tenant=p.tenant_id, version=p.version, actor=actor),
+        lambda p, actor: operation(p.pk, tenant=p.tenant_id, version=_seen_version(p), actor=actor),
         by_operator=True,
-        confirm={**confirm, "columns": PROFILE_COLUMNS},
+        confirm={**confirm, "columns": PROFILE_COLUMNS, "seen": lambda p: p.version},
         describe=_profile_label,
         done_each=lambda p, _outcome: f"{_profile_label(p)}: {done}",
         code_first=True,
     )
+
+
+def _seen_version(profile):
+    """The version the confirmation page showed (carried by its POST), else the one read now."""
+    seen = getattr(profile, "seen", None)
+    return profile.version if seen is None else seen
 
 
 @admin.register(Profile)

@@ -198,6 +198,26 @@ def test_admin_cannot_hard_delete_and_soft_delete_action_reports_each(admin_clie
     assert fresh(tree["kid"]).deleted_at is None
 
 
+def test_the_soft_delete_confirmation_acts_at_the_version_the_operator_was_shown(admin_client, tree):
+    """The page carries each row's version: a profile changed between the page and Confirm is refused."""
+    kid = tree["kid"]
+    page = admin_client.post(PROFILE_LIST, {"action": "soft_delete_selected", "_selected_action": [kid.pk]})
+    assert f'name="seen_{kid.pk}" value="{kid.version}"' in page.content.decode()
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=kid.version, actor=None, first_name="Renamed")
+    confirm = {
+        "action": "soft_delete_selected",
+        "apply": "1",
+        "_selected_action": [kid.pk],
+        f"seen_{kid.pk}": kid.version,
+    }
+    messages = texts(admin_client.post(PROFILE_LIST, confirm, follow=True))
+    assert any("version_conflict" in m and f"#{kid.pk}" in m for m in messages), messages
+    assert fresh(kid).deleted_at is None and fresh(kid).first_name == "Renamed"
+    confirm[f"seen_{kid.pk}"] = fresh(kid).version  # shown again, confirmed at what it is now
+    admin_client.post(PROFILE_LIST, confirm, follow=True)
+    assert fresh(kid).deleted_at is not None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(admin_client, django_user_model):
     """Regression: the admin commits after the manager returned, so a lock timeout at that COMMIT
