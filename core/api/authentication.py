@@ -26,7 +26,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
 from core import rows
-from core.api.throttles import AuthFailureThrottle
+from core.api.throttles import count_failure
 from core.models import Membership, Tenant
 
 KEYWORDS = ("Token", "Bearer")
@@ -36,7 +36,6 @@ class TokenAuthentication(authentication.TokenAuthentication):
     """DRF's TokenAuthentication, also under the ``Bearer`` keyword; failures are throttled per address."""
 
     keywords = KEYWORDS
-    failure_throttle_class = AuthFailureThrottle
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).split()
@@ -50,7 +49,7 @@ class TokenAuthentication(authentication.TokenAuthentication):
                 return membership.user, membership.user.auth_token
             return self.authenticate_credentials(key)
         except exceptions.AuthenticationFailed:
-            self._count_failure(request)
+            count_failure(request)
             raise
 
     @staticmethod
@@ -85,12 +84,6 @@ class TokenAuthentication(authentication.TokenAuthentication):
                 _("Invalid token header. Token string should not contain invalid characters.")
             )
         return key
-
-    def _count_failure(self, request):
-        """Take a cell of this address's auth_failure bucket; raise Throttled when it is empty."""
-        throttle = self.failure_throttle_class()
-        if not throttle.allow_request(request, None):
-            raise exceptions.Throttled(wait=throttle.wait())
 
 
 def _member_models():

@@ -32,6 +32,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
+from rest_framework import exceptions
 from rest_framework.throttling import SimpleRateThrottle
 
 from core.models import ThrottleBucket
@@ -164,9 +165,18 @@ class TenantApiThrottle(PostgresRateThrottle):
 
 
 class AuthFailureThrottle(PostgresRateThrottle):
-    """Failed token authentications per client address; counted by the authentication class only."""
+    """Failed authentications per client address: a bad token (counted by the authentication class)
+    or a wrong approval secret (a redemption session's public approve or reject); see ``count_failure``."""
 
     scope = "auth_failure"
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+def count_failure(request):
+    """Take a cell of this address's ``auth_failure`` bucket for a failed authentication; raise
+    Throttled (429, ``Retry-After``) when it is empty, so guessing is slowed to the scope's rate."""
+    throttle = AuthFailureThrottle()
+    if not throttle.allow_request(request, None):
+        raise exceptions.Throttled(wait=throttle.wait())

@@ -10,6 +10,7 @@ from core.api.idempotency import idempotent
 from core.api.lookup import get_for_tenant, valid_id, valid_uuid
 from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
+from core.api.throttles import count_failure
 from core.exceptions import DomainError
 from promos import exceptions as errors
 from promos.api import serializers as s
@@ -224,10 +225,13 @@ class RedemptionSessionAnswerView(APIView):
     )
     @idempotent()
     def post(self, request, session_id):
-        session_uuid = valid_uuid(session_id, errors.SessionNotFound)
         data = validated(s.RedemptionSessionAnswerInputSerializer, request.data)
         answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject
-        session = answer(session_uuid, secret=data["approval_secret"])
+        try:
+            session = answer(valid_uuid(session_id, errors.SessionNotFound), secret=data["approval_secret"])
+        except errors.SessionNotFound:  # an unknown session or a wrong secret: a failed authentication
+            count_failure(request)
+            raise
         return Response(represented(s.RedemptionSessionSerializer, session))
 
 

@@ -105,6 +105,22 @@ def test_failed_authentications_per_address_turn_into_429_and_a_valid_token_stil
     assert APIClient().get("/api/t/acme/", HTTP_AUTHORIZATION=f"Token {key}").status_code == 200
 
 
+def test_wrong_approval_secrets_per_address_turn_into_429_and_the_right_one_still_works(settings, tenant):
+    """A session's public approve/reject with a wrong secret is a failed authentication: counted per
+    address like a bad token, so guessing (and the answers an Idempotency-Key would store) is bounded."""
+    from tests.promos.factories import SECRET, RedemptionSessionFactory
+
+    only(settings, auth_failure="2/minute")
+    session = RedemptionSessionFactory(tenant=tenant)
+    url = f"/api/public/redemption-sessions/{session.session_id}/approve"
+    for secret in ("wrong-1", "wrong-2"):
+        assert_error(APIClient().post(url, {"approval_secret": secret}, format="json"), 404, "session_not_found")
+    unknown = "/api/public/redemption-sessions/00000000-0000-0000-0000-000000000000/reject"
+    assert_throttled(APIClient().post(unknown, {"approval_secret": "x"}, format="json"), at_most=30)
+    answered = APIClient().post(url, {"approval_secret": SECRET}, format="json")
+    assert answered.status_code == 200 and answered.json()["status"] == "approved", answered.content
+
+
 def test_tenant_api_requests_per_user_refuse_the_n_plus_first(settings, tenant, member, api_client):
     only(settings, tenant_api="2/minute")
     assert api_client.get("/api/t/acme/").status_code == 200
