@@ -47,6 +47,7 @@ from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared
 from core.decide import Decision
 from core.exceptions import DomainError, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
+from core.jsonb import jsonb_safe
 from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared, insert_statement, insert_with, saved, update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
@@ -960,22 +961,6 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         return checkout["refund_state"]
 
 
-def without_nul(value):
-    """``value`` (decoded JSON) with every U+0000, in strings and keys alike, replaced by U+FFFD.
-
-    jsonb (and text) cannot hold U+0000: a signed event carrying one (a customer-typed name, say)
-    would be refused on every delivery and retried by the provider forever. The signature was
-    verified on the raw body before; only the stored copy differs.
-    """
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {without_nul(key): without_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [without_nul(item) for item in value]
-    return value
-
-
 class PaymentEventManager(models.Manager):
     @guarded(joins=True)
     def receive(self, *, provider, event_id, type, payload):
@@ -995,7 +980,7 @@ class PaymentEventManager(models.Manager):
                 f"VALUES (%s, %s, %s, %s::jsonb, statement_timestamp(), '', 1, false) "
                 f"ON CONFLICT (event_id) DO UPDATE SET deliveries = {table}.deliveries + 1 "
                 f"RETURNING id, processed_at IS NOT NULL",
-                [provider, event_id, without_nul(type)[:100], json.dumps(without_nul(payload))],
+                [provider, event_id, jsonb_safe(type)[:100], json.dumps(jsonb_safe(payload))],
             )
             return cursor.fetchone()
 

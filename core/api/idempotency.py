@@ -41,6 +41,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from core.api.inputs import IDEMPOTENCY_KEY_PATTERN
 from core.exceptions import IdempotencyKeyInvalid
 from core.guards import database_refusals
+from core.jsonb import jsonb_safe
 from core.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -75,22 +76,12 @@ def _as_json(data):
     back from the client's input; they are stored as U+FFFD / "?" so storing the
     answer can never fail (and leave the key stuck, or turn the answer into another).
     """
-    return _jsonb_safe(json.loads(json.dumps(data, cls=JSONEncoder)))
-
-
-def _jsonb_safe(value):
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode().replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {_jsonb_safe(key): _jsonb_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonb_safe(item) for item in value]
-    return value
+    return jsonb_safe(json.loads(json.dumps(data, cls=JSONEncoder)))
 
 
 def _sealer():
     """Fernet under SECRET_KEY's derived key, opening with SECRET_KEY_FALLBACKS' too."""
-    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    keys = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
     derived = (salted_hmac("lockstep.idempotency.sealed", "", secret=key, algorithm="sha256").digest() for key in keys)
     return MultiFernet([Fernet(base64.urlsafe_b64encode(key)) for key in derived])
 
@@ -108,15 +99,16 @@ def _stored(data, sealed):
 
 def _opened(body):
     """The stored answer with every sealed field decrypted (null where its key is gone)."""
-    if not isinstance(body, dict) or not any(isinstance(value, dict) and "sealed" in value for value in body.values()):
+    items = body.items() if isinstance(body, dict) else ()
+    sealed = [name for name, value in items if isinstance(value, dict) and set(value) == {"sealed"}]
+    if not sealed:
         return body
     sealer, body = _sealer(), dict(body)
-    for name, value in body.items():
-        if isinstance(value, dict) and set(value) == {"sealed"}:
-            try:
-                body[name] = sealer.decrypt(value["sealed"].encode()).decode()
-            except InvalidToken:
-                body[name] = None
+    for name in sealed:
+        try:
+            body[name] = sealer.decrypt(body[name]["sealed"].encode()).decode()
+        except InvalidToken:
+            body[name] = None
     return body
 
 

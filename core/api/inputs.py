@@ -71,6 +71,20 @@ def _has_type(value, expected):
     return True
 
 
+class OnlyVersionRequired:
+    """A PATCH body's serializer (mixed in before it): every field optional but ``version``, the one
+    the client read, so an edit is always judged against what it was built on. The PATCH schema
+    marks it required too (core.api.schema)."""
+
+    required_in_patch = ("version",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            if name != "version":
+                field.required = False
+
+
 class StrictInput(serializers.Serializer):
     """A request body or query: unknown fields and wrongly typed values are 400 per field.
 

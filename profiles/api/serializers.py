@@ -1,7 +1,7 @@
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-from core.api.inputs import MAX_ID, MAX_VERSION, StrictDateField, StrictInput
+from core.api.inputs import MAX_ID, MAX_VERSION, OnlyVersionRequired, StrictDateField, StrictInput
 from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
 from profiles.selectors import MAX_TREE_DEPTH
 
@@ -25,15 +25,8 @@ class ProfileCreateInputSerializer(_ProfileFieldsSerializer):
     pass
 
 
-class ProfileUpdateInputSerializer(_ProfileFieldsSerializer):
-    required_in_patch = ("version",)  # the PATCH schema says so too (core.api.schema)
+class ProfileUpdateInputSerializer(OnlyVersionRequired, _ProfileFieldsSerializer):
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, help_text=_("the version you read"))
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for name, field in self.fields.items():
-            if name != "version":
-                field.required = False
 
 
 class ProfileDeleteQuerySerializer(StrictInput):

@@ -7,7 +7,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, StrictDateTimeField, StrictInput
+from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, OnlyVersionRequired, StrictDateTimeField, StrictInput
 from promos.managers import PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
 from promos.money import MAX_AMOUNT, parse_amount
@@ -119,16 +119,8 @@ class PromoCodeEditInputSerializer(PromoCodeInputSerializer):
     )
 
 
-class PromoCodePatchInputSerializer(PromoCodeEditInputSerializer):
+class PromoCodePatchInputSerializer(OnlyVersionRequired, PromoCodeEditInputSerializer):
     """PATCH: the fields to change, and the version they were read at (required, as on PUT)."""
-
-    required_in_patch = ("version",)  # the PATCH schema says so too (core.api.schema)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for name, field in self.fields.items():
-            if name != "version":
-                field.required = False
 
 
 class PromoCodeCheckInputSerializer(StrictInput):
