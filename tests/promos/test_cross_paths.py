@@ -229,6 +229,22 @@ def test_admin_save_waiting_on_an_uncommitted_api_edit_sees_it_and_is_refused(te
     assert (promo.total_usage_limit, promo.bonus_value, promo.per_customer_limit) == (8, 10, None)
 
 
+def test_a_per_customer_limit_cut_waiting_on_a_redeem_counts_the_use_it_commits(tenant):
+    """The cut waits for the code's row lock the redeem holds, then counts the customer's live uses:
+    the use committed meanwhile puts alice at 2, so a limit of 1 is refused and nothing is written."""
+    from promos.exceptions import PromoCustomerLimitBelowUsage
+
+    promo = PromoCodeFactory(tenant=tenant, code="CUT1", per_customer_limit=None, total_usage_limit=None)
+    PromoCode.objects.redeem("CUT1", tenant=tenant, customer="alice", amount="10")
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.redeem("CUT1", tenant=tenant, customer="alice", amount="10"),
+        lambda i: PromoCode.objects.update_code(promo.pk, tenant=tenant, per_customer_limit=1),
+    )
+    assert isinstance(outcome.error, PromoCustomerLimitBelowUsage), repr(outcome.error)
+    promo.refresh_from_db()
+    assert promo.per_customer_limit is None and assert_invariant(promo) == 2
+
+
 def test_put_read_before_a_held_deactivation_waits_and_is_refused_resurrecting_nothing(tenant, member):
     """The PUT echoes what its client read (``is_active`` true, the version then): it waits for the
     deactivation's row lock, then finds the version moved on, and writes nothing back."""
