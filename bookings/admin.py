@@ -1,5 +1,6 @@
 """Operator screens. State changes only through actions that call the managers and services."""
 
+from collections import defaultdict
 from datetime import date, timedelta
 from urllib.parse import urlencode
 
@@ -276,8 +277,42 @@ def _cancelled(booking, result):
     if result.status == Booking.Status.REFUNDED:
         return _("%(booking)s: cancelled, %(amount)s refunded to %(email)s.") % money
     if result.status == Booking.Status.REFUND_PENDING:
-        return _("%(booking)s: cancelled; the refund of %(amount)s failed for now and is retried by itself.") % money
+        return _REFUND_UNDER_WAY[_refund_state_of(booking)] % money
     return _("%(booking)s: cancelled.") % money
+
+
+def _refund_state_of(booking):
+    return Checkout.objects.filter(booking_id=booking.pk).values_list("refund_state", flat=True).first()
+
+
+# A cancelled booking whose refund is not made yet, by its refund state.
+_REFUND_UNDER_WAY = defaultdict(
+    lambda: _("%(booking)s: cancelled; the refund of %(amount)s failed for now and is retried by itself."),
+    {
+        Checkout.RefundState.SUBMITTED: _(
+            "%(booking)s: cancelled; the refund of %(amount)s is submitted, and the booking is refunded when "
+            "the payment provider confirms it."
+        ),
+        Checkout.RefundState.EXHAUSTED: _(
+            "%(booking)s: cancelled; the payment provider failed the refund of %(amount)s: an operator must act."
+        ),
+    },
+)
+
+# What an operator's refund retry left, by the refund state it recorded.
+_RETRIED = {
+    Checkout.RefundState.SUCCEEDED: _("%(booking)s: %(amount)s refunded to %(email)s."),
+    Checkout.RefundState.SUBMITTED: _(
+        "%(booking)s: refund of %(amount)s submitted; the booking is refunded when the payment provider confirms it."
+    ),
+    Checkout.RefundState.FAILED: _("%(booking)s: the payment provider refused again (%(error)s); retried by itself."),
+    Checkout.RefundState.EXHAUSTED: _("%(booking)s: the payment provider refused again (%(error)s): act on it."),
+}
+
+
+def _retried(booking, state):
+    error = Checkout.objects.filter(booking_id=booking.pk).values_list("refund_error", flat=True).first()
+    return _RETRIED[state] % {"booking": _booking_label(booking), "error": error or "-", **_money_to(booking)}
 
 
 @admin.register(Booking)
@@ -362,7 +397,7 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
     retry_refund_selected = row_action(
         _("Retry failed refunds now (also those given up on)"),
         # an operator's explicit retry: not held back by the backoff, takes exhausted ones
-        lambda booking: retry_refund(booking.pk, operator=True),  # False: no refund to retry
+        lambda booking: retry_refund(booking.pk, operator=True) or False,  # False: no refund to retry
         select_related=["package", "checkout"],
         confirm={
             "title": _("Retry failed refunds"),
@@ -372,10 +407,10 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
             "confirm_label": _("Retry these refunds"),
         },
         describe=_booking_label,
-        done_each=lambda b, _outcome: (
-            _("%(booking)s: %(amount)s refunded to %(email)s.") % {"booking": _booking_label(b), **_money_to(b)}
+        done_each=_retried,
+        done_message=lambda n: (
+            ngettext("%(n)d refund asked for again.", "%(n)d refunds asked for again.", n) % {"n": n}
         ),
-        done_message=lambda n: ngettext("%(n)d refund completed.", "%(n)d refunds completed.", n) % {"n": n},
     )
 
 

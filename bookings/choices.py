@@ -34,6 +34,9 @@ class CheckoutState(models.TextChoices):
 class CheckoutRefundState(models.TextChoices):
     NONE = "", _("none")
     PENDING = "pending", _("pending")
+    # The provider accepted the refund but has not settled it (Stripe: ``pending``, ``requires_action``);
+    # its ``refund.updated`` / ``refund.failed`` event says how it ended.
+    SUBMITTED = "submitted", _("submitted, awaiting the provider")
     SUCCEEDED = "succeeded", _("succeeded")
     FAILED = "failed", _("failed, to retry")
     # Retries exhausted (REFUND_MAX_ATTEMPTS): left for an operator, retried only by an explicit admin action.

@@ -40,10 +40,11 @@ def settled_bookings_are_stamped(tenant):
     return [f"booking {pk}" for pk in broken.values_list("pk", flat=True)]
 
 
-@invariant("a checkout whose payment completed has a confirmed booking or a refund (pending, failed, exhausted, done)")
+@invariant("a checkout whose payment completed has a confirmed booking or a refund owed or made")
 def paid_checkouts_are_placed_or_refunded(tenant):
     refunded = [
         Checkout.RefundState.PENDING,
+        Checkout.RefundState.SUBMITTED,
         Checkout.RefundState.FAILED,
         Checkout.RefundState.EXHAUSTED,
         Checkout.RefundState.SUCCEEDED,
@@ -57,6 +58,22 @@ def paid_checkouts_are_placed_or_refunded(tenant):
     return [
         f"checkout {pk}: paid, booking {booking} is {status} and refund is {refund or 'none'}"
         for pk, booking, status, refund in broken
+    ]
+
+
+@invariant("a booking is refunded exactly when its refund succeeded, and refund pending while one is owed")
+def booking_refunds_follow_their_checkout(tenant):
+    State, Status = Checkout.RefundState, Booking.Status
+    owed = [State.PENDING, State.SUBMITTED, State.FAILED, State.EXHAUSTED]
+    broken = _scoped(Checkout.objects.all(), tenant, "booking__tenant").filter(
+        (Q(booking__status=Status.REFUNDED) & ~Q(refund_state=State.SUCCEEDED))
+        | (Q(refund_state=State.SUCCEEDED) & ~Q(booking__status=Status.REFUNDED))
+        | (Q(booking__status=Status.REFUND_PENDING) & ~Q(refund_state__in=owed))
+        | (Q(refund_state__in=owed) & ~Q(booking__status=Status.REFUND_PENDING))
+    )
+    return [
+        f"checkout {pk}: booking {booking} is {status}, refund is {refund or 'none'}"
+        for pk, booking, status, refund in broken.values_list("pk", "booking_id", "booking__status", "refund_state")
     ]
 
 

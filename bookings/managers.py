@@ -29,7 +29,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Now
 
 from bookings import notifications
-from bookings.choices import BookingStatus, CheckoutState
+from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
 from bookings.exceptions import (
     BookingNotCancellable,
     BookingNotFound,
@@ -678,6 +678,19 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             return True
         raise self._refusal(scope, BookingNotRefundPending)
 
+    @guarded(joins=True)
+    def reopen_refund(self, booking_id):
+        """Move ``refunded`` -> ``refund_pending``: the provider's refund failed after it had succeeded.
+
+        Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
+
+        One filtered UPDATE; returns whether the booking was refunded (one that was not is left alone).
+        """
+        Status = self.model.Status
+        return bool(
+            self.filter(pk=booking_id, status=Status.REFUNDED).update(status=Status.REFUND_PENDING, refunded_at=None)
+        )
+
     @guarded
     def expire_hold(self, booking_id):
         """Mark one hold ``expired`` if it is still held and past its expiry now; return whether it was.
@@ -742,6 +755,29 @@ def refund_retry_policy():
 REFUND_STALE_AFTER = timedelta(minutes=10)
 
 
+def refund_check_every():
+    """How long a ``submitted`` refund waits for its event before ``retry_refunds`` asks the provider, and again."""
+    return getattr(settings, "REFUND_CHECK_EVERY", timedelta(hours=1))
+
+
+# The refund state a provider refund's outcome (bookings.payments.base.refund_outcome) is recorded as.
+REFUND_RECORDED = {
+    "succeeded": CheckoutRefundState.SUCCEEDED,
+    "pending": CheckoutRefundState.SUBMITTED,
+    "failed": CheckoutRefundState.EXHAUSTED,
+}
+# Refund states in which a refund is owed and the provider's refund for it is not recorded yet: a new
+# refund of the payment is this one's (its answer, or, should the answer have been lost, its event).
+REFUND_OWED = (CheckoutRefundState.PENDING, CheckoutRefundState.FAILED, CheckoutRefundState.EXHAUSTED)
+# What a provider's refund may do to a refund state (Checkout.objects.record_refund): (was, becomes).
+REFUND_RECORDS = {
+    *((owed, recorded) for owed in REFUND_OWED for recorded in REFUND_RECORDED.values()),
+    (CheckoutRefundState.SUBMITTED, CheckoutRefundState.SUCCEEDED),
+    (CheckoutRefundState.SUBMITTED, CheckoutRefundState.EXHAUSTED),
+    (CheckoutRefundState.SUCCEEDED, CheckoutRefundState.EXHAUSTED),
+}
+
+
 class CheckoutQuerySet(models.QuerySet):
     def refunds_to_retry(self, *, operator=False):
         """Refunds owed but not in flight: failed and due (its backoff over), or pending and stale (the caller
@@ -753,6 +789,10 @@ class CheckoutQuerySet(models.QuerySet):
             return self.filter(Q(refund_state__in=[State.FAILED, State.EXHAUSTED]) | stale)
         due = Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=ClockNow())
         return self.filter((Q(refund_state=State.FAILED) & due) | stale)
+
+    def refunds_to_check(self):
+        """Submitted refunds whose event has not come by ``next_retry_at``: ``retry_refunds`` asks the provider."""
+        return self.filter(refund_state=self.model.RefundState.SUBMITTED, next_retry_at__lte=ClockNow())
 
     def refunds_for_an_operator(self):
         """Refunds whose retries are exhausted: nothing retries them until an operator does."""
@@ -906,25 +946,65 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             .update(refund_state=self.model.RefundState.PENDING, next_retry_at=None, updated_at=Now())
         )
 
-    @guarded(joins=True)
-    def refund_succeeded(self, checkout_id, *, refund_id):
-        """Record the provider's refund: ``pending`` -> ``succeeded``; return whether it did.
+    @guarded
+    def claim_refund_check(self, checkout_id):
+        """Claim a submitted refund's look-up (``next_retry_at`` pushed on by REFUND_CHECK_EVERY); True for one caller.
 
         Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
-        One filtered UPDATE: a refund not pending (never claimed, failed, already
-        recorded) is left alone, so a second answer never overwrites the first refund id.
+        One filtered UPDATE (``submitted`` and due in its WHERE), so of two sweeps one asks the provider.
         """
         return bool(
-            self.filter(pk=checkout_id, refund_state=self.model.RefundState.PENDING).update(
-                refund_state=self.model.RefundState.SUCCEEDED,
-                provider_refund_id=refund_id,
-                refund_attempts=F("refund_attempts") + 1,
-                refund_error="",
-                next_retry_at=None,
-                updated_at=Now(),
-            )
+            self.refunds_to_check()
+            .filter(pk=checkout_id)
+            .update(next_retry_at=ClockNow() + refund_check_every(), updated_at=Now())
         )
+
+    @guarded(joins=True)
+    def record_refund(self, checkout_id, refund, *, was):
+        """Record how far the provider's refund went, from the refund state ``was``; return whether it did.
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+
+        ``refund`` (a ProviderRefund) is the provider's answer to this caller's claim (``was``
+        ``pending``), what its event says or what a look-up found (``was`` as the caller read it
+        under the row lock). A refund owed (REFUND_OWED: ``pending``, ``failed``, ``exhausted``)
+        takes a refund other than the one recorded (that one failed); a ``submitted`` or
+        ``succeeded`` one only news of the refund recorded. Its outcome moves the refund:
+
+        - ``succeeded``: owed or ``submitted`` -> ``succeeded`` (the caller then completes the booking's refund);
+        - ``pending``: owed -> ``submitted``, settled later by its event or a look-up;
+        - ``failed``: owed, ``submitted`` or ``succeeded`` -> ``exhausted``, for an operator: a refund the
+          provider failed (a closed card) would fail again, and its idempotency key would replay the failure.
+
+        Any other pair (a repeated or out-of-order event) changes nothing. One filtered UPDATE
+        (``was`` in its WHERE); an attempt's own answer counts in ``refund_attempts``.
+        """
+        State = self.model.RefundState
+        target = REFUND_RECORDED[refund.status]
+        if (was, target) not in REFUND_RECORDS:
+            return False
+        scope = self.filter(pk=checkout_id, refund_state=was)
+        if was in REFUND_OWED:
+            scope = scope.exclude(provider_refund_id=refund.id)
+        else:
+            scope = scope.filter(provider_refund_id=refund.id)
+        failed = target == State.EXHAUSTED
+        # a submitted refund is looked up if its event has not come by then (refunds_to_check)
+        check_at = ClockNow() + refund_check_every() if target == State.SUBMITTED else None
+        changed = scope.update(
+            refund_state=target,
+            provider_refund_id=refund.id,
+            refund_attempts=F("refund_attempts") + (1 if was == State.PENDING else 0),
+            refund_error=f"refund {refund.id} failed: {refund.failure_reason or 'no reason given'}"[:500]
+            if failed
+            else "",
+            next_retry_at=check_at,
+            updated_at=Now(),
+        )
+        if changed and failed:
+            notifications.owe_operator_alert(self.filter(pk=checkout_id).values_list("booking_id", flat=True).get())
+        return bool(changed)
 
     @guarded
     def refund_failed(self, checkout_id, *, error):

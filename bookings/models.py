@@ -59,6 +59,8 @@ BOOKING_TRANSITIONS = [
     (BookingStatus.HELD, BookingStatus.CANCELLED),  # cancel before payment
     (BookingStatus.CONFIRMED, BookingStatus.REFUND_PENDING),  # cancel after payment
     (BookingStatus.REFUND_PENDING, BookingStatus.REFUNDED),  # the provider refunded (complete_refund)
+    # the provider's refund failed after it had succeeded: the money is owed again (reopen_refund)
+    (BookingStatus.REFUNDED, BookingStatus.REFUND_PENDING),
 ]
 
 # The provider checkout's machine (checkout_state_transition).
@@ -90,11 +92,23 @@ CHECKOUT_TRANSITIONS = [
 REFUND_TRANSITIONS = [
     (None, CheckoutRefundState.NONE),  # nothing owed yet
     (CheckoutRefundState.NONE, CheckoutRefundState.PENDING),  # a refund is owed and claimed (request_refund)
-    (CheckoutRefundState.PENDING, CheckoutRefundState.SUCCEEDED),  # the provider refunded (refund_succeeded)
+    (CheckoutRefundState.PENDING, CheckoutRefundState.SUCCEEDED),  # the provider refunded (record_refund)
+    # the provider accepted it, to settle later (record_refund: its answer, or its event first)
+    (CheckoutRefundState.PENDING, CheckoutRefundState.SUBMITTED),
+    (CheckoutRefundState.SUBMITTED, CheckoutRefundState.SUCCEEDED),  # its event: succeeded (record_refund)
+    # the provider's refund failed or was canceled (its answer or its event): an operator's, never retried blindly
+    (CheckoutRefundState.SUBMITTED, CheckoutRefundState.EXHAUSTED),
+    (CheckoutRefundState.SUCCEEDED, CheckoutRefundState.EXHAUSTED),  # failed after it succeeded (record_refund)
     # the provider refused, to retry after a backoff (refund_failed)
     (CheckoutRefundState.PENDING, CheckoutRefundState.FAILED),
-    # refused REFUND_MAX_ATTEMPTS times: an operator's (refund_failed)
+    # refused REFUND_MAX_ATTEMPTS times (refund_failed), or the provider's failed (record_refund): an operator's
     (CheckoutRefundState.PENDING, CheckoutRefundState.EXHAUSTED),
+    # a refund made after all (its answer was lost, its event or a look-up says so), or by an operator elsewhere
+    (CheckoutRefundState.FAILED, CheckoutRefundState.SUCCEEDED),
+    (CheckoutRefundState.FAILED, CheckoutRefundState.SUBMITTED),
+    (CheckoutRefundState.FAILED, CheckoutRefundState.EXHAUSTED),
+    (CheckoutRefundState.EXHAUSTED, CheckoutRefundState.SUCCEEDED),
+    (CheckoutRefundState.EXHAUSTED, CheckoutRefundState.SUBMITTED),
     (CheckoutRefundState.FAILED, CheckoutRefundState.PENDING),  # claimed again by a retry (claim_refund_retry)
     # an operator's explicit retry (claim_refund_retry(operator=True))
     (CheckoutRefundState.EXHAUSTED, CheckoutRefundState.PENDING),
@@ -264,6 +278,13 @@ class Checkout(GuardedModel):
             ),
             within("state", CheckoutState, name="checkout_state_valid"),
             within("refund_state", CheckoutRefundState, name="checkout_refund_state_valid"),
+        ]
+        indexes = [
+            # a refund's event names the refund, or (its answer not recorded yet) the payment refunded
+            models.Index(fields=["provider_refund_id"], condition=~Q(provider_refund_id=""), name="checkout_refund_id"),
+            models.Index(
+                fields=["provider_payment_id"], condition=~Q(provider_payment_id=""), name="checkout_payment_id"
+            ),
         ]
         triggers = [
             StateMachine(name="checkout_state_transition", field="state", transitions=CHECKOUT_TRANSITIONS),

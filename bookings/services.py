@@ -15,6 +15,7 @@ currency that checkout charges. Anything else is stored for an operator
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import pghistory
@@ -22,10 +23,19 @@ from django.db import transaction
 from django.db.models.functions import Now
 
 from bookings.exceptions import BookingNotFound, PaymentProviderUnavailable
+from bookings.managers import REFUND_OWED, REFUND_RECORDED
 from bookings.models import Booking, Checkout, PaymentEvent
-from bookings.payments import ProviderError, get_provider, provider_for
+from bookings.payments import ProviderError, ProviderRefund, get_provider, provider_for
 from bookings.payments.base import parse_event, verify_signature
-from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
+from bookings.payments.sandbox import (
+    ASYNC_FAILED,
+    ASYNC_SUCCEEDED,
+    COMPLETED,
+    EXPIRED,
+    REFUND_FAILED,
+    REFUND_UPDATED,
+    build_refund_event,
+)
 from core import metrics
 from core.exceptions import DomainError
 from core.guards import SweepResult, database_refusals
@@ -34,6 +44,14 @@ from core.money import to_minor_units
 logger = logging.getLogger(__name__)
 
 HANDLED = (COMPLETED, EXPIRED, ASYNC_SUCCEEDED, ASYNC_FAILED)
+# A refund event's result by the refund state it recorded.
+REFUND_EVENT_RESULTS = {
+    Checkout.RefundState.SUCCEEDED: "refunded",
+    Checkout.RefundState.SUBMITTED: "refund_submitted",
+    Checkout.RefundState.EXHAUSTED: "refund_failed",
+}
+# A refund's events; Stripe sends ``charge.refund.updated`` too (the older name of the same change).
+REFUND_EVENTS = (REFUND_UPDATED, REFUND_FAILED, "charge.refund.updated")
 # payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
 PAID = ("paid", "no_payment_required")
 
@@ -144,50 +162,104 @@ def expire_provider_checkout(checkout):
 
 
 def refund_booking(booking_id):
-    """Ask the provider for the refund already recorded as pending; mark it refunded or failed.
+    """Ask the provider for the refund already recorded as pending; record how far it went.
 
     Call outside any transaction, only after this caller's own committed claim
     (``request_refund`` or ``claim_refund_retry`` returned True). A refund that is not
     ``pending`` (never claimed, failed, done) is not this caller's to make: the provider
-    is not asked. Returns True when the booking is now refunded. A failure leaves the
-    checkout's refund ``failed`` for ``retry_refunds``.
+    is not asked (None). The provider's answer is recorded by ``record_refund``: succeeded
+    (the booking refunded), still pending (``submitted``, settled by its event) or failed
+    (``exhausted``, for an operator); no answer (ProviderError) leaves the refund ``failed``
+    for ``retry_refunds`` (or ``exhausted`` after REFUND_MAX_ATTEMPTS). Returns the refund
+    state this caller recorded, or None when it recorded nothing (its event came first).
     """
     checkout = Checkout.objects.select_related("booking__package").filter(booking_id=booking_id).first()
     if checkout is None:
         raise BookingNotFound()
     if checkout.refund_state != Checkout.RefundState.PENDING:
-        return False  # no refund claimed for this caller: never ask the provider unasked
+        return None  # no refund claimed for this caller: never ask the provider unasked
     provider = provider_for(checkout.provider)
     try:
-        refund_id = None
+        refund = None
         if _past_idempotency_window(checkout, provider):
             # The provider no longer replays this key: a refund made by an earlier attempt whose answer
             # was lost (or whose caller died) would be made twice. Ask first; record the one found.
-            refund_id = provider.find_refund(checkout)
-        if refund_id is None:
-            refund_id = provider.refund(checkout, idempotency_key=refund_idempotency_key(checkout))
+            refund = provider.find_refund(checkout)
+        if refund is None:
+            refund = provider.refund(checkout, idempotency_key=refund_idempotency_key(checkout))
     except ProviderError as exc:
         logger.warning("refund failed for booking %s: %s", booking_id, exc)
         state = Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
         if state == Checkout.RefundState.EXHAUSTED:
-            # Counted once the exhausted state is committed (at once here, outside any transaction).
-            transaction.on_commit(metrics.REFUNDS_FAILED.inc)
-            logger.error(
-                "refund of booking %s gave up after %s attempts: an operator must act",
-                booking_id,
-                checkout.refund_attempts + 1,
-            )
-        return False
+            _gave_up(booking_id, f"after {checkout.refund_attempts + 1} attempts")
+        return state
     with transaction.atomic():
         Booking.objects.lock_row(booking_id)  # booking row before checkout row: the order of every path
-        if Checkout.objects.refund_succeeded(checkout.pk, refund_id=refund_id):
-            Booking.objects.complete_refund(booking_id)
-    return True
+        return _record_refund(checkout, refund, was=Checkout.RefundState.PENDING)
+
+
+def _record_refund(checkout, refund, *, was):
+    """Record the provider's refund from ``was`` and move the booking with it; return the state recorded, or None.
+
+    Under the caller's locks (the booking row, then the checkout row taken here): a succeeded
+    refund refunds the booking, a failed one leaves it (or puts it back) ``refund_pending`` and
+    alerts the operators. The one place that records a refund: its answer (``refund_booking``),
+    its event (``_settle_refund``) and its look-up (``check_submitted_refunds``).
+    """
+    if not Checkout.objects.record_refund(checkout.pk, refund, was=was):
+        return None
+    if refund.status == "succeeded":
+        Booking.objects.complete_refund(checkout.booking_id)
+    elif refund.status == "failed":
+        Booking.objects.reopen_refund(checkout.booking_id)  # a refund that had succeeded is owed again
+        _gave_up(
+            checkout.booking_id, f"the provider failed refund {refund.id} ({refund.failure_reason or 'no reason'})"
+        )
+    return REFUND_RECORDED[refund.status]
+
+
+def check_submitted_refunds():
+    """Ask the provider about every submitted refund whose event has not come (``refunds_to_check``); record it.
+
+    Each look-up is claimed first (``claim_refund_check``: one sweep asks, the next look-up is
+    due REFUND_CHECK_EVERY later), the provider is asked outside any transaction, and the answer
+    recorded under the booking row as the event would be. Returns a SweepResult whose ``done``
+    counts the refunds that moved on (succeeded or failed).
+    """
+    result = SweepResult()
+    for checkout in Checkout.objects.refunds_to_check().order_by("pk"):
+        try:
+            with database_refusals():
+                if not Checkout.objects.claim_refund_check(checkout.pk):
+                    continue
+                refund = provider_for(checkout.provider).get_refund(checkout)
+                with transaction.atomic():
+                    Booking.objects.lock_row(checkout.booking_id)
+                    result.done += _record_refund(checkout, refund, was=Checkout.RefundState.SUBMITTED) is not None
+        except ProviderError as exc:
+            logger.warning(
+                "could not look up refund %s of booking %s: %s", checkout.provider_refund_id, checkout.booking_id, exc
+            )
+        except DomainError as refusal:
+            result.skipped.append((checkout.booking_id, refusal))
+    return result
+
+
+def _gave_up(booking_id, why):
+    """Count and log a refund left for an operator (counted once its state is committed)."""
+    transaction.on_commit(metrics.REFUNDS_FAILED.inc)
+    logger.error("refund of booking %s gave up %s: an operator must act", booking_id, why)
 
 
 def refund_idempotency_key(checkout):
-    """The provider idempotency key of a checkout's refund: one refund per checkout, the same on every attempt."""
-    return f"lockstep-refund-{checkout.pk}"
+    """The provider idempotency key of a checkout's refund: the same on every attempt at one refund.
+
+    A refund the provider made and then failed is recorded (``provider_refund_id``, refund
+    ``exhausted``): an operator's retry asks for a new one under a new key, since the old key
+    would replay the failed refund.
+    """
+    key = f"lockstep-refund-{checkout.pk}"
+    return f"{key}-after-{checkout.provider_refund_id}" if checkout.provider_refund_id else key
 
 
 def _past_idempotency_window(checkout, provider):
@@ -200,32 +272,35 @@ def retry_refund(booking_id, *, operator=False):
     """Retry a refund once if it is due; the claim makes concurrent retriers call the provider at most once.
 
     ``operator=True`` (the admin's explicit retry) also retries a refund still backing off
-    and one left ``exhausted`` after REFUND_MAX_ATTEMPTS.
+    and one left ``exhausted``. Returns the refund state the retry recorded (``refund_booking``),
+    or None when there was nothing to retry.
     """
     checkout = Checkout.objects.filter(booking_id=booking_id).first()
     if checkout is None or not Checkout.objects.claim_refund_retry(checkout.pk, operator=operator):
-        return False
+        return None
     return refund_booking(booking_id)
 
 
 def retry_due_refunds():
-    """Retry every refund due (``refunds_to_retry``), one by one; return (SweepResult, how many were tried).
+    """Retry every refund due (``refunds_to_retry``), one by one; return (SweepResult, Counter of states recorded).
 
     Each retry is judged and claimed on its own (``retry_refund``), so a refund whose row is busy
     past lock_timeout (LockContended) or refused is left in ``skipped`` for the next run while the
-    later ones are still retried. ``done`` counts the refunds made.
+    later ones are still retried. ``done`` counts the refunds made; the counter, each tried one by
+    the refund state it was left in (``succeeded``, ``submitted``, ``failed``, ``exhausted``; None:
+    recorded meanwhile by its event).
     """
-    result, tried = SweepResult(), 0
+    result, recorded = SweepResult(), Counter()
     for booking_id in Checkout.objects.refunds_to_retry().order_by("pk").values_list("booking_id", flat=True):
         try:
             with database_refusals():  # recording a refund opens a plain atomic block: translate its refusals here
-                refunded = retry_refund(booking_id)
+                state = retry_refund(booking_id)
         except DomainError as refusal:
             result.skipped.append((booking_id, refusal))
             continue
-        tried += 1
-        result.done += refunded
-    return result, tried
+        recorded[state] += 1
+        result.done += state == Checkout.RefundState.SUCCEEDED
+    return result, recorded
 
 
 @dataclass
@@ -304,6 +379,51 @@ def _settle(event, checkout):
     return ("released" if released else "unchanged"), False
 
 
+def _refund_candidate(event):
+    """The checkout a refund event names, read without locks: by the refund recorded, else by the payment refunded."""
+    checkout = None
+    if event.refund_id:
+        checkout = Checkout.objects.filter(provider_refund_id=event.refund_id).first()
+        if checkout is None and event.payment_id:
+            checkout = Checkout.objects.filter(provider_payment_id=event.payment_id).first()
+    return checkout, ("unknown_refund" if checkout is None else "")
+
+
+def match_refund(event, checkout):
+    """Why a signed refund event does not belong to ``checkout`` (a result code), or "" when it does.
+
+    - the refund: the one recorded on the checkout, or, while a refund is owed and its
+      refund not recorded (REFUND_OWED: ``pending``, ``failed``, ``exhausted``), a new refund
+      of the checkout's payment (its answer lost or not in yet). While a new refund is asked
+      for (``pending``, ``failed``), the recorded one is the earlier, failed refund:
+      ``superseded_refund``. A refund of our payment that Lockstep did not ask for (none
+      owed, or another than the one recorded) is ``unrequested_refund``, for an operator.
+    - the money: ``currency`` and ``amount`` equal to what the checkout charged (a full refund).
+    """
+    State = Checkout.RefundState
+    if event.refund_id == checkout.provider_refund_id:
+        if checkout.refund_state in (State.PENDING, State.FAILED):
+            return "superseded_refund"
+    elif (
+        checkout.refund_state not in REFUND_OWED
+        or not event.payment_id
+        or event.payment_id != checkout.provider_payment_id
+    ):
+        return "unrequested_refund"
+    if event.currency != checkout.currency.lower():
+        return "mismatch_currency"
+    if event.amount_total != to_minor_units(checkout.amount, checkout.currency):
+        return "mismatch_amount"
+    return ""
+
+
+def _settle_refund(event, checkout):
+    """Apply a matched refund event under the locks taken by ``lock_settlement``; return the result code."""
+    refund = ProviderRefund(id=event.refund_id, status=event.refund_status, failure_reason=event.failure_reason)
+    recorded = _record_refund(checkout, refund, was=checkout.refund_state)
+    return REFUND_EVENT_RESULTS.get(recorded, "unchanged")  # None: repeated, or older than what is recorded
+
+
 def receive_payment_event(payload: bytes, signature: str | None, *, provider_name=None):
     """Verify, store once and process once a provider event; refund after commit if owed.
 
@@ -320,6 +440,9 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     - ``async_payment_failed``: the place released, the checkout ``payment_failed``;
     - ``expired``: a hold released, the checkout ``expired``.
 
+    A refund event (``refund.updated``, ``refund.failed``) takes the same locks and is matched
+    by ``match_refund``; ``record_refund`` moves the refund as far as the provider says it went.
+
     Raises InvalidSignature or MalformedEvent before anything is stored.
     """
     verify_signature(payload, signature)
@@ -333,16 +456,23 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
         if processed:
             stored = PaymentEvent.objects.filter(pk=event_pk).values("result", "booking_id").get()
             return WebhookResult(event.id, True, stored["result"], stored["booking_id"])
-        checkout, result = _candidate(event) if event.type in HANDLED else (None, "ignored_type")
+        refund_event = event.type in REFUND_EVENTS
+        if refund_event:
+            checkout, result = _refund_candidate(event)
+        else:
+            checkout, result = _candidate(event) if event.type in HANDLED else (None, "ignored_type")
         booking_id = checkout.booking_id if checkout else None
         if checkout is not None:
             checkout = Booking.objects.lock_settlement(checkout.booking_id, checkout_id=checkout.pk)
-            result = match_event(event, checkout)
-            if not result:
-                result, refund_owed = _settle(event, checkout)
+            if refund_event:
+                result = match_refund(event, checkout) or _settle_refund(event, checkout)
+            else:
+                result = match_event(event, checkout)
+                if not result:
+                    result, refund_owed = _settle(event, checkout)
         review = (
             result.startswith("mismatch_")
-            or result == "unexpected_payment_status"
+            or result in ("unexpected_payment_status", "unrequested_refund")
             or (result == "unknown_checkout" and _claims_money(event))
         )
         if review:
@@ -351,6 +481,12 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     if refund_owed:
         refund_booking(booking_id)
     return WebhookResult(event.id, False, result, booking_id)
+
+
+def sandbox_deliver_refund(checkout, *, status, failure_reason=None, refund_id=None):
+    """Build, sign and deliver a sandbox refund event (``refund.updated``/``refund.failed``) like the webhook's."""
+    payload, signature = build_refund_event(checkout, status=status, failure_reason=failure_reason, refund_id=refund_id)
+    return receive_payment_event(payload, signature, provider_name="sandbox")
 
 
 def sandbox_deliver(checkout, event_type, *, payment_status=None):

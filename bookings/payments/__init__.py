@@ -7,9 +7,17 @@
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderEvent
+from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderEvent, ProviderRefund
 
-__all__ = ["PaymentProvider", "ProviderCheckout", "ProviderError", "ProviderEvent", "get_provider", "provider_for"]
+__all__ = [
+    "PaymentProvider",
+    "ProviderCheckout",
+    "ProviderError",
+    "ProviderEvent",
+    "ProviderRefund",
+    "get_provider",
+    "provider_for",
+]
 
 BUILTIN = {
     "sandbox": "bookings.payments.sandbox.SandboxProvider",

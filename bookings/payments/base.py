@@ -30,6 +30,32 @@ class ProviderCheckout:
 
 
 @dataclass(frozen=True)
+class ProviderRefund:
+    """A refund the provider made, as far as it has gone: ``status`` is one of REFUND_OUTCOMES."""
+
+    id: str
+    status: str
+    failure_reason: str = ""
+
+
+# What a provider refund's own status means here (Stripe's five): the money reached the customer, is on
+# its way (Stripe: ``pending``, or ``requires_action`` for a method that needs the customer), or did not
+# and will not without someone acting (``failed``, ``canceled``: Stripe returned it to the balance).
+REFUND_OUTCOMES = {
+    "succeeded": "succeeded",
+    "pending": "pending",
+    "requires_action": "pending",
+    "failed": "failed",
+    "canceled": "failed",
+}
+
+
+def refund_outcome(status):
+    """``succeeded``, ``pending`` or ``failed`` for a provider refund status; an unknown one waits (``pending``)."""
+    return REFUND_OUTCOMES.get(status, "pending")
+
+
+@dataclass(frozen=True)
 class ProviderEvent:
     """What the webhook needs from a Stripe-shaped event."""
 
@@ -45,6 +71,11 @@ class ProviderEvent:
     amount_total: int | None = None
     currency: str = ""
     metadata_booking_id: str = ""
+    # A refund's event (``refund.updated``, ``refund.failed``): the refund, its status (refund_outcome) and
+    # why it failed; ``checkout_id`` is then empty and ``amount_total`` is the amount refunded.
+    refund_id: str = ""
+    refund_status: str = ""
+    failure_reason: str = ""
     payload: dict = field(default_factory=dict, compare=False)
 
 
@@ -59,12 +90,16 @@ class PaymentProvider:
     def create_checkout(self, booking, checkout) -> ProviderCheckout:
         raise NotImplementedError
 
-    def refund(self, checkout, *, idempotency_key) -> str:
-        """Refund the checkout's payment in full under ``idempotency_key``; return the provider's refund id."""
+    def refund(self, checkout, *, idempotency_key) -> ProviderRefund:
+        """Refund the checkout's payment in full under ``idempotency_key``; return the refund as the provider has it."""
         raise NotImplementedError
 
-    def find_refund(self, checkout) -> str | None:
-        """The id of a refund the provider already made for the checkout's payment, or None."""
+    def find_refund(self, checkout) -> ProviderRefund | None:
+        """A refund the provider made or is making for the checkout's payment (not a failed one), or None."""
+        raise NotImplementedError
+
+    def get_refund(self, checkout) -> ProviderRefund:
+        """The refund recorded on the checkout (``provider_refund_id``) as it stands now."""
         raise NotImplementedError
 
     def expire_checkout(self, checkout) -> None:
@@ -111,7 +146,7 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
 
 
 def parse_event(payload: bytes) -> ProviderEvent:
-    """Read a Stripe-shaped checkout event; raise MalformedEvent for anything else."""
+    """Read a Stripe-shaped checkout or refund event; raise MalformedEvent for anything else."""
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -128,13 +163,19 @@ def parse_event(payload: bytes) -> ProviderEvent:
     if isinstance(payment_id, dict):  # an expanded PaymentIntent
         payment_id = payment_id.get("id")
     reference = obj.get("client_reference_id")
-    amount, currency, status = obj.get("amount_total"), obj.get("currency"), obj.get("payment_status")
+    is_refund = obj.get("object") == "refund"
+    amount = obj.get("amount" if is_refund else "amount_total")
+    currency, status = obj.get("currency"), obj.get("payment_status")
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     booking = metadata.get("booking_id")
+    refund_status, reason = obj.get("status"), obj.get("failure_reason")
     return ProviderEvent(
         id=event_id,
         type=event_type,
-        checkout_id=obj["id"][:255],
+        checkout_id="" if is_refund else obj["id"][:255],
+        refund_id=obj["id"][:255] if is_refund else "",
+        refund_status=refund_outcome(refund_status) if is_refund else "",
+        failure_reason=reason[:200] if is_refund and isinstance(reason, str) else "",
         payment_id=payment_id[:255] if isinstance(payment_id, str) else "",
         client_reference_id=reference if isinstance(reference, str) else "",
         payment_status=status if isinstance(status, str) else "",

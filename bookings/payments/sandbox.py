@@ -16,7 +16,7 @@ import threading
 from django.conf import settings
 from django.urls import reverse
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, sign
+from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderRefund, sign
 from core.money import to_minor_units
 
 COMPLETED = "checkout.session.completed"
@@ -27,10 +27,14 @@ ASYNC_FAILED = "checkout.session.async_payment_failed"
 
 class SandboxProvider(PaymentProvider):
     name = "sandbox"
-    # The sandbox "account": payment id -> refund id, and refunds made per idempotency key.
+    # The sandbox "account": every refund made by id (as it stands now), the refund standing against each
+    # payment (not a failed one), and the first answer given per idempotency key (Stripe replays it as given).
+    _made = {}
     _refunds = {}
     _by_key = {}
     _lock = threading.Lock()
+    # What a new refund's status is (Stripe: ``succeeded`` for most cards, ``pending`` for some methods).
+    refund_status = "succeeded"
 
     def create_checkout(self, booking, checkout) -> ProviderCheckout:
         to_minor_units(booking.amount, booking.currency)  # what Stripe would refuse, the sandbox refuses
@@ -44,7 +48,7 @@ class SandboxProvider(PaymentProvider):
         # mixes two checkouts that happen to share a primary key or a payment id.
         return (checkout.provider_checkout_id or f"checkout-{checkout.pk}", checkout.provider_payment_id)
 
-    def refund(self, checkout, *, idempotency_key) -> str:
+    def refund(self, checkout, *, idempotency_key) -> ProviderRefund:
         payment = self._payment(checkout)
         with self._lock:
             if (payment, idempotency_key) in self._by_key:  # Stripe replays the first answer for the same key
@@ -52,12 +56,33 @@ class SandboxProvider(PaymentProvider):
             if payment in self._refunds:  # Stripe: charge_already_refunded
                 raise ProviderError(f"payment {payment[1] or payment[0]} was already refunded")
             digest = hashlib.sha256(f"{idempotency_key}:{secrets.token_hex(8)}".encode()).hexdigest()[:24]
-            self._refunds[payment] = self._by_key[payment, idempotency_key] = f"re_sandbox_{digest}"
-            return self._refunds[payment]
+            made = ProviderRefund(id=f"re_sandbox_{digest}", status=self.refund_status)
+            self._made[made.id] = made
+            if made.status != "failed":
+                self._refunds[payment] = made.id
+            self._by_key[payment, idempotency_key] = made
+            return made
 
-    def find_refund(self, checkout) -> str | None:
+    def find_refund(self, checkout) -> ProviderRefund | None:
         with self._lock:
-            return self._refunds.get(self._payment(checkout))
+            refund_id = self._refunds.get(self._payment(checkout))
+            return self._made[refund_id] if refund_id else None
+
+    def get_refund(self, checkout) -> ProviderRefund:
+        with self._lock:
+            if checkout.provider_refund_id not in self._made:
+                raise ProviderError(f"no such refund: {checkout.provider_refund_id}")
+            return self._made[checkout.provider_refund_id]
+
+    @classmethod
+    def settle_refund(cls, refund_id, status, failure_reason=""):
+        """The provider moves a refund on (``succeeded`` or ``failed``); a failed one no longer stands against its
+        payment, so a new refund may be made. Returns the refund as it now stands."""
+        with cls._lock:
+            cls._made[refund_id] = settled = ProviderRefund(refund_id, status, failure_reason)
+            if status == "failed":
+                cls._refunds = {payment: made for payment, made in cls._refunds.items() if made != refund_id}
+            return settled
 
     def expire_checkout(self, checkout) -> None:
         """Expire the session like Stripe: an open session sends ``checkout.session.expired``."""
@@ -93,6 +118,36 @@ def build_event(checkout, event_type, *, payment_status=None):
                 "amount_total": to_minor_units(checkout.amount, checkout.currency),
                 "currency": checkout.currency.lower(),
                 "metadata": {"booking_id": str(checkout.booking_id), "checkout_id": str(checkout.pk)},
+            }
+        },
+    }
+    payload = json.dumps(event).encode()
+    return payload, sign(payload)
+
+
+REFUND_UPDATED = "refund.updated"
+REFUND_FAILED = "refund.failed"
+
+
+def build_refund_event(checkout, *, status, failure_reason=None, refund_id=None):
+    """A Stripe-shaped ``refund.updated`` (or, for ``failed``, ``refund.failed``) event for the checkout's refund.
+
+    ``refund_id`` defaults to the refund recorded on the checkout; returns (payload bytes, Stripe-Signature).
+    """
+    event = {
+        "id": f"evt_sandbox_{secrets.token_hex(12)}",
+        "object": "event",
+        "type": REFUND_FAILED if status == "failed" else REFUND_UPDATED,
+        "data": {
+            "object": {
+                "id": refund_id or checkout.provider_refund_id,
+                "object": "refund",
+                "payment_intent": checkout.provider_payment_id or None,
+                "status": status,
+                "failure_reason": failure_reason,
+                "amount": to_minor_units(checkout.amount, checkout.currency),
+                "currency": checkout.currency.lower(),
+                "metadata": {},
             }
         },
     }

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError
+from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderRefund, refund_outcome
 from core.money import to_minor_units
 
 # Stripe refuses a Checkout Session expiring sooner than this after it creates it.
@@ -39,6 +39,13 @@ def checkout_params(booking, checkout):
     }
 
 
+def as_refund(refund):
+    """A Stripe Refund as far as it has gone: ``succeeded``, ``pending`` (also ``requires_action``) or ``failed``."""
+    return ProviderRefund(
+        id=refund.id, status=refund_outcome(refund.status), failure_reason=getattr(refund, "failure_reason", None) or ""
+    )
+
+
 class StripeProvider(PaymentProvider):
     name = "stripe"
 
@@ -58,7 +65,7 @@ class StripeProvider(PaymentProvider):
             raise ProviderError(str(exc)) from exc
         return ProviderCheckout(id=session.id, url=session.url or "")
 
-    def refund(self, checkout, *, idempotency_key) -> str:
+    def refund(self, checkout, *, idempotency_key) -> ProviderRefund:
         if not checkout.provider_payment_id:
             raise ProviderError("no payment intent recorded for this checkout")
         try:
@@ -68,9 +75,9 @@ class StripeProvider(PaymentProvider):
             )
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc)) from exc
-        return refund.id
+        return as_refund(refund)
 
-    def find_refund(self, checkout) -> str | None:
+    def find_refund(self, checkout) -> ProviderRefund | None:
         """A refund of the checkout's PaymentIntent that Stripe made or is making (not a failed or canceled one)."""
         if not checkout.provider_payment_id:
             return None
@@ -78,8 +85,15 @@ class StripeProvider(PaymentProvider):
             refunds = self.client.v1.refunds.list(params={"payment_intent": checkout.provider_payment_id, "limit": 10})
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc)) from exc
-        made = [refund.id for refund in refunds.data if refund.status in ("succeeded", "pending", "requires_action")]
+        made = [as_refund(refund) for refund in refunds.data]
+        made = [refund for refund in made if refund.status != "failed"]
         return made[0] if made else None
+
+    def get_refund(self, checkout) -> ProviderRefund:
+        try:
+            return as_refund(self.client.v1.refunds.retrieve(checkout.provider_refund_id))
+        except self.stripe.StripeError as exc:
+            raise ProviderError(str(exc)) from exc
 
     def expire_checkout(self, checkout) -> None:
         """Expire the open Checkout Session (Stripe then sends checkout.session.expired)."""

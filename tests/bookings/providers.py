@@ -18,11 +18,12 @@ class RecordingProvider(SandboxProvider):
     keys = []
     lookups = []
     expired = []
+    got = []
     lock = threading.Lock()
 
     @classmethod
     def reset(cls):
-        cls.checkouts, cls.refunds, cls.keys, cls.lookups, cls.expired = [], [], [], [], []
+        cls.checkouts, cls.refunds, cls.keys, cls.lookups, cls.expired, cls.got = [], [], [], [], [], []
 
     def create_checkout(self, booking, checkout):
         with self.lock:
@@ -39,6 +40,11 @@ class RecordingProvider(SandboxProvider):
         with self.lock:
             self.lookups.append(checkout.booking_id)
         return super().find_refund(checkout)
+
+    def get_refund(self, checkout):
+        with self.lock:
+            self.got.append(checkout.booking_id)
+        return super().get_refund(checkout)
 
     def expire_checkout(self, checkout):
         with self.lock:
@@ -124,3 +130,10 @@ class InterruptedProvider(RecordingProvider):
         if self.meanwhile is not None:
             type(self).meanwhile()
         return created
+
+
+class PendingRefundProvider(RecordingProvider):
+    """Refunds are accepted and settle later (Stripe: ``pending``), by their ``refund.updated`` event."""
+
+    name = "pending-refund"
+    refund_status = "pending"

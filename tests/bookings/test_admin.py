@@ -96,7 +96,7 @@ def test_retry_refund_action(admin_client, package, client, settings):
     assert Checkout.objects.get(booking=late).refund_state == "failed"
     settings.PAYMENT_PROVIDER = "sandbox"
     msgs = messages_of(act(admin_client, "retry_refund_selected", late, book(package)))
-    assert any("1 refund completed" in m for m in msgs) and any("nothing to do" in m for m in msgs), msgs
+    assert any("1 refund asked for again" in m for m in msgs) and any("nothing to do" in m for m in msgs), msgs
     assert Booking.objects.get(pk=late.pk).status == "refunded"
 
 

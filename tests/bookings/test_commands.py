@@ -61,5 +61,8 @@ def test_retry_refunds_skips_a_busy_refund_and_still_retries_the_later_ones(tena
     assert recording_provider.refunds == [later.pk]
     assert Booking.objects.get(pk=later.pk).status == "refunded"
     assert Checkout.objects.get(booking=busy).refund_state == "failed"  # still due: the next run takes it
-    assert "Refunds retried: 1, refunded: 1, still failing: 0" in out.getvalue()
+    assert (
+        "Refunds retried: 1, refunded: 1, submitted (the provider settles them later): 0, still failing: 0"
+        in out.getvalue()
+    )
     assert f"Booking #{busy.pk} left for the next run: resource_locked" in err.getvalue()

@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 
 from bookings.exceptions import BookingNotRefundPending
 from bookings.models import Booking, Checkout
-from bookings.payments.base import SIGNATURE_TOLERANCE_SECONDS, sign
+from bookings.payments.base import SIGNATURE_TOLERANCE_SECONDS, ProviderRefund, sign
 from bookings.services import (
     cancel_booking,
     hold_in_transaction,
@@ -27,6 +27,10 @@ from tests.races import OpenTransaction, run_concurrently, tally
 @pytest.fixture
 def package(tenant):
     return PackageFactory(tenant=tenant)
+
+
+def succeeded(refund_id):
+    return ProviderRefund(id=refund_id, status="succeeded")
 
 
 def paid(package):
@@ -77,14 +81,15 @@ def test_request_refund_claims_only_a_checkout_with_no_refund_yet(package):
     assert Checkout.objects.get(pk=checkout_pk).refund_state == "failed"
 
 
-def test_refund_succeeded_records_one_refund_only(package):
+def test_a_refund_answer_records_one_refund_only(package):
     booking = paid(package)
     checkout_pk = booking.checkout.pk
+    pending = Checkout.RefundState.PENDING
     with transaction.atomic():
-        assert Checkout.objects.refund_succeeded(checkout_pk, refund_id="re_never_claimed") is False
+        assert Checkout.objects.record_refund(checkout_pk, succeeded("re_never_claimed"), was=pending) is False
         Checkout.objects.request_refund(checkout_pk)
-        assert Checkout.objects.refund_succeeded(checkout_pk, refund_id="re_first") is True
-        assert Checkout.objects.refund_succeeded(checkout_pk, refund_id="re_second") is False
+        assert Checkout.objects.record_refund(checkout_pk, succeeded("re_first"), was=pending) is True
+        assert Checkout.objects.record_refund(checkout_pk, succeeded("re_second"), was=pending) is False
     checkout = Checkout.objects.get(pk=checkout_pk)
     assert (checkout.refund_state, checkout.provider_refund_id, checkout.refund_attempts) == (
         "succeeded",
@@ -149,8 +154,8 @@ def test_refund_booking_never_asks_the_provider_for_a_refund_nobody_claimed(pack
             Checkout.objects.refund_failed(booking.checkout.pk, error="down")
         else:
             with transaction.atomic():
-                Checkout.objects.refund_succeeded(booking.checkout.pk, refund_id="re_done")
-    assert refund_booking(booking.pk) is False
+                Checkout.objects.record_refund(booking.checkout.pk, succeeded("re_done"), was="pending")
+    assert refund_booking(booking.pk) is None
     assert recording_provider.refunds == []
 
 

@@ -93,6 +93,7 @@ def test_the_machines_are_the_documented_ones():
             ("held", "cancelled"),
             ("confirmed", "refund_pending"),
             ("refund_pending", "refunded"),
+            ("refunded", "refund_pending"),
             ("held", "payment_pending"),
             ("expired", "payment_pending"),
             ("payment_pending", "confirmed"),
@@ -120,10 +121,17 @@ def test_the_machines_are_the_documented_ones():
         [
             ("", "pending"),
             ("pending", "succeeded"),
+            ("pending", "submitted"),
             ("pending", "failed"),
             ("pending", "exhausted"),
+            ("submitted", "succeeded"),
+            ("submitted", "exhausted"),
+            ("succeeded", "exhausted"),
             ("failed", "pending"),
             ("exhausted", "pending"),
+            # a refund made after all (its answer lost): recorded from its event or a look-up
+            *[(owed, recorded) for owed in ("failed", "exhausted") for recorded in ("succeeded", "submitted")],
+            ("failed", "exhausted"),
         ]
     )
 

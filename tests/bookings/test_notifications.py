@@ -178,7 +178,7 @@ def test_operators_hear_about_a_refund_given_up_on(package, settings):
     sandbox_deliver(booking.checkout, "checkout.session.completed")
     cancel_booking(booking.pk)
     assert Checkout.objects.get(booking=booking).refund_state == "exhausted"
-    assert refund_booking(booking.pk) is False
+    assert refund_booking(booking.pk) is None
     send_all()
     [alert] = [m for m in mail.outbox if m.to == ["ops@example.com"]]
     assert alert.subject == f"Refund of booking #{booking.pk} failed 1 times: act on it"

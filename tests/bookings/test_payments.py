@@ -404,7 +404,7 @@ def test_every_refund_call_carries_the_same_idempotency_key(client, package, set
     # the provider replayed the first refund for the same key: one refund made, recorded once
     assert (
         checkout_of(booking).provider_refund_id
-        == SandboxProvider._by_key[(SandboxProvider._payment(checkout), keys[0])]
+        == SandboxProvider._by_key[(SandboxProvider._payment(checkout), keys[0])].id
     )
     assert status_of(booking) == "refunded"
 
