@@ -24,6 +24,7 @@ from bookings.services import (
     check_submitted_refunds,
     receive_payment_event,
     refund_booking,
+    retry_refund,
     sandbox_deliver,
     sandbox_deliver_refund,
 )
@@ -431,3 +432,46 @@ def test_the_admin_says_how_far_each_refund_went(admin_client, package, pending_
     assert any("the payment provider refused again (refund re_sandbox_" in m and "act on it" in m for m in msgs), msgs
     assert any("1 refund asked for again" in m for m in msgs), msgs
     assert state_of(booking) == ("refund_pending", "exhausted")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_writer_of_a_lost_refund_racing_records_it_once(tenant, settings, admin_user):
+    """The refund was made but its answer lost (refund ``exhausted``): its events, the look-up sweep, the command,
+    the admin's retry and a direct operator retry, at once. One refund at the provider, recorded once."""
+    from django.test import Client
+
+    from tests.bookings.providers import RecordingProvider
+
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.LostAnswerRefundProvider"
+    settings.REFUND_MAX_ATTEMPTS = 1
+    booking = cancelled(PackageFactory(tenant=tenant))
+    checkout = Checkout.objects.get(booking=booking)
+    assert checkout.refund_state == "exhausted"
+    made = SandboxProvider().find_refund(checkout)
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RecordingProvider"  # the provider answers again
+    RecordingProvider.reset()
+    events = [build_refund_event(checkout, status="succeeded", refund_id=made.id) for _ in range(3)]
+    admin = Client()
+    admin.force_login(admin_user)
+    writers = [
+        *[lambda i=i: receive_payment_event(*events[i], provider_name="sandbox").result for i in range(3)],
+        lambda: check_submitted_refunds().done,
+        lambda: call_command("retry_refunds", stdout=io.StringIO(), stderr=io.StringIO()),
+        lambda: (
+            admin.post(
+                "/admin/bookings/booking/",
+                {"action": "retry_refund_selected", "apply": "1", "_selected_action": [booking.pk]},
+            ).status_code
+        ),
+        lambda: retry_refund(booking.pk, operator=True),
+    ]
+    outcomes = run_concurrently(lambda i: writers[i](), len(writers))
+    assert all(outcome.error is None for outcome in outcomes), outcomes
+    assert state_of(booking) == ("refunded", "succeeded")
+    assert Checkout.objects.get(pk=checkout.pk).provider_refund_id == made.id
+    # at most one retrier asked (the key replays the refund made), and no second refund exists
+    assert len(RecordingProvider.refunds) <= 1
+    payment = SandboxProvider._payment(checkout)
+    assert {answer.id for (paid, _key), answer in SandboxProvider._by_key.items() if paid == payment} == {made.id}
+    assert Notification.objects.filter(kind="booking_refunded").count() == 1
+    assert drift() == ""
