@@ -475,3 +475,38 @@ def test_every_writer_of_a_lost_refund_racing_records_it_once(tenant, settings, 
     assert {answer.id for (paid, _key), answer in SandboxProvider._by_key.items() if paid == payment} == {made.id}
     assert Notification.objects.filter(kind="booking_refunded").count() == 1
     assert drift() == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refund_event_that_waited_for_the_answer_being_recorded_is_judged_on_the_row_it_then_locks(
+    tenant, recording_provider
+):
+    """The event reads the refund ``pending`` (no refund id yet) and waits for the booking row the provider's
+    answer holds while it records ``submitted``; once the answer commits, the event is matched against the
+    row as locked (its refund, now recorded) and settles it: never judged on what it read before the wait."""
+    from tests.races import Background, OpenTransaction, wait_until_blocked_or_done
+
+    booking = paid(PackageFactory(tenant=tenant))
+    with transaction.atomic():
+        Booking.objects.cancel(booking.pk)
+        Checkout.objects.request_refund(booking.checkout.pk)
+    checkout = Checkout.objects.get(booking=booking)
+
+    def answer():  # refund_booking's recording, held open
+        Booking.objects.lock_row(booking.pk)
+        return Checkout.objects.record_refund(checkout.pk, ProviderRefund("re_1", "pending"), was="pending")
+
+    holder = OpenTransaction(answer).start()
+    event = Background(
+        lambda: receive_payment_event(*build_refund_event(checkout, status="succeeded", refund_id="re_1"))
+    )
+    try:
+        assert wait_until_blocked_or_done(event), "the event must wait for the booking row the answer holds"
+        assert not event.done.is_set()
+    finally:
+        assert holder.commit() is True
+        event.join()
+    assert event.error is None, event.error
+    assert event.result.result == "refunded"
+    assert state_of(booking) == ("refunded", "succeeded")
+    assert drift() == ""
