@@ -92,6 +92,17 @@ def scenarios():
     return list(_scenarios)
 
 
+def leftover_throwaway_databases():
+    """Throwaway databases of runs that never dropped theirs (killed mid-storm), or of runs going on now."""
+    original = connections.settings[DEFAULT_DB_ALIAS]["NAME"]
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY datname",
+            [original.replace("_", r"\_") + r"\_race\_%"],
+        )
+        return [name for (name,) in cursor.fetchall()]
+
+
 @contextmanager
 def throwaway_database(run):
     """A fresh, migrated database that every connection of this process uses meanwhile; dropped after.

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from core.models import Tenant
-from core.race_demo import scenarios
+from core.race_demo import leftover_throwaway_databases, scenarios
 from promos.models import PromoCode
 from tests.factories import TenantFactory
 
@@ -26,11 +26,7 @@ def run(*args):
 
 
 def throwaway_databases():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", [connection.settings_dict["NAME"] + "_race_%"]
-        )
-        return {name for (name,) in cursor.fetchall()}
+    return set(leftover_throwaway_databases())
 
 
 @pytest.mark.django_db(transaction=True)
@@ -59,6 +55,22 @@ def test_race_demo_naive_shows_what_breaks():
         assert int(rows[name]["winners"]) > int(rows[name]["expected"]), output
     assert rows["promo redeem"]["held"] == "BROKEN"
     assert_nothing_left_behind(before)  # the broken rows went with the throwaway database
+
+
+@pytest.mark.django_db(transaction=True)
+def test_race_demo_names_a_throwaway_database_another_run_left(settings):
+    left = connection.settings_dict["NAME"] + "_race_killed00"
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{left}"')
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        call_command("race_demo", "--only", "promo", stdout=out, stderr=err)
+        assert f"{left} is another run's throwaway database" in err.getvalue()
+        assert f'DROP DATABASE "{left}" WITH (FORCE)' in err.getvalue()
+        assert left in leftover_throwaway_databases()  # named, never dropped: it may be a run going on now
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{left}" WITH (FORCE)')
 
 
 def test_every_race_scenario_has_a_control():

@@ -3,7 +3,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from core.models import Tenant
-from core.race_demo import run_storm, scenarios, throwaway_database
+from core.race_demo import leftover_throwaway_databases, run_storm, scenarios, throwaway_database
 
 
 class Command(BaseCommand):
@@ -21,6 +21,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         run = uuid.uuid4().hex[:8]
         mode = "NAIVE check-then-act (no guards)" if options["naive"] else "Lockstep guards"
+        for leftover in leftover_throwaway_databases():
+            self.stderr.write(
+                f"Note: {leftover} is another run's throwaway database: one going on now, or one killed before it "
+                f'could drop it (then: DROP DATABASE "{leftover}" WITH (FORCE)).'
+            )
         with throwaway_database(run) as database:
             self.stdout.write(f"Race demo: {mode}, in the throwaway database {database} (dropped after)\n")
             self.storms(run, options)
