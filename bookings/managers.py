@@ -23,6 +23,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.expressions import RawSQL
@@ -778,6 +779,13 @@ REFUND_RECORDS = {
 }
 
 
+class ArrayAppend(models.Func):
+    """``array_append(array, element)``: one more element at the end of an array column."""
+
+    function = "array_append"
+    output_field = ArrayField(models.CharField(max_length=255))
+
+
 class CheckoutQuerySet(models.QuerySet):
     def refunds_to_retry(self, *, operator=False):
         """Refunds owed but not in flight: failed and due (its backoff over), or pending and stale (the caller
@@ -985,8 +993,8 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         if (was, target) not in REFUND_RECORDS:
             return False
         scope = self.filter(pk=checkout_id, refund_state=was)
-        if was in REFUND_OWED:
-            scope = scope.exclude(provider_refund_id=refund.id)
+        if was in REFUND_OWED:  # never a refund the provider already failed, however late its news comes
+            scope = scope.exclude(failed_refund_ids__contains=[refund.id])
         else:
             scope = scope.filter(provider_refund_id=refund.id)
         failed = target == State.EXHAUSTED
@@ -1000,10 +1008,12 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
             if failed
             else "",
             next_retry_at=check_at,
+            **({"failed_refund_ids": ArrayAppend("failed_refund_ids", Value(refund.id))} if failed else {}),
             updated_at=Now(),
         )
         if changed and failed:
-            notifications.owe_operator_alert(self.filter(pk=checkout_id).values_list("booking_id", flat=True).get())
+            booking_id = self.filter(pk=checkout_id).values_list("booking_id", flat=True).get()
+            notifications.owe_operator_alert(booking_id, failed_refund=refund.id)
         return bool(changed)
 
     @guarded

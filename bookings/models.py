@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -237,6 +238,7 @@ class Checkout(GuardedModel):
     guarded_fields = (
         "state", "provider_checkout_id", "provider_payment_id", "url", "refund_state", "provider_refund_id",
         "refund_attempts", "refund_error", "amount", "currency", "booking", "next_retry_at", "refund_requested_at",
+        "failed_refund_ids",
     )  # fmt: skip
 
     State = CheckoutState
@@ -253,6 +255,9 @@ class Checkout(GuardedModel):
     error = models.CharField(max_length=500, blank=True)
     refund_state = models.CharField(max_length=16, choices=RefundState.choices, default=RefundState.NONE, blank=True)
     provider_refund_id = models.CharField(max_length=255, blank=True)
+    # Every refund of this checkout the provider failed: its late events, and a late answer, are never taken
+    # for the refund owed now (match_refund, record_refund), whatever order they arrive in.
+    failed_refund_ids = ArrayField(models.CharField(max_length=255), default=list, blank=True)
     refund_attempts = models.PositiveIntegerField(default=0)
     refund_error = models.CharField(max_length=500, blank=True)
     # When the refund was first claimed: past the provider's idempotency window a retry first asks

@@ -160,15 +160,21 @@ def held_notice(booking, *, pay_url):
     }
 
 
-def owe_operator_alert(booking_id):
-    """Tell the operators (OPERATOR_EMAILS) that a refund was given up on; nothing to send without any."""
+def owe_operator_alert(booking_id, *, failed_refund=None):
+    """Tell the operators (OPERATOR_EMAILS) that a refund was given up on; nothing to send without any.
+
+    Once per give-up: after REFUND_MAX_ATTEMPTS refusals (by the attempt count), or when the
+    provider failed the refund ``failed_refund`` (by its id: a booking's second failed refund
+    is news, even at the same attempt count).
+    """
     if not settings.OPERATOR_EMAILS:
         return None
     booking, context = _facts(booking_id)
     context |= {"attempts": booking.refund_attempts, "error": booking.refund_error or "-"}
+    given_up = f"failed:{failed_refund}" if failed_refund else booking.refund_attempts
     return Notification.objects.owe(
         REFUND_GAVE_UP,
-        subject=f"booking:{booking_id}:refund:{booking.refund_attempts}",
+        subject=f"booking:{booking_id}:refund:{given_up}",
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,

@@ -50,8 +50,10 @@ REFUND_EVENT_RESULTS = {
     Checkout.RefundState.SUBMITTED: "refund_submitted",
     Checkout.RefundState.EXHAUSTED: "refund_failed",
 }
-# A refund's events; Stripe sends ``charge.refund.updated`` too (the older name of the same change).
-REFUND_EVENTS = (REFUND_UPDATED, REFUND_FAILED, "charge.refund.updated")
+# A refund's events. Which of them Stripe sends for a card payment's refund depends on the endpoint's API
+# version (``refund.*`` for every refund since 2024-10-28.acacia, ``charge.refund.updated`` before and
+# beside): each is handled, and a twin of a change already recorded changes nothing.
+REFUND_EVENTS = ("refund.created", REFUND_UPDATED, REFUND_FAILED, "charge.refund.updated")
 # payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
 PAID = ("paid", "no_payment_required")
 
@@ -286,9 +288,9 @@ def retry_due_refunds():
 
     Each retry is judged and claimed on its own (``retry_refund``), so a refund whose row is busy
     past lock_timeout (LockContended) or refused is left in ``skipped`` for the next run while the
-    later ones are still retried. ``done`` counts the refunds made; the counter, each tried one by
-    the refund state it was left in (``succeeded``, ``submitted``, ``failed``, ``exhausted``; None:
-    recorded meanwhile by its event).
+    later ones are still retried. ``done`` counts the refunds made; the counter, each one this
+    sweep asked the provider for by the refund state it was left in (``succeeded``, ``submitted``,
+    ``failed``, ``exhausted``).
     """
     result, recorded = SweepResult(), Counter()
     for booking_id in Checkout.objects.refunds_to_retry().order_by("pk").values_list("booking_id", flat=True):
@@ -298,7 +300,8 @@ def retry_due_refunds():
         except DomainError as refusal:
             result.skipped.append((booking_id, refusal))
             continue
-        recorded[state] += 1
+        if state is not None:  # None: another retrier claimed it, or its event recorded it first
+            recorded[state] += 1
         result.done += state == Checkout.RefundState.SUCCEEDED
     return result, recorded
 
@@ -394,21 +397,18 @@ def match_refund(event, checkout):
 
     - the refund: the one recorded on the checkout, or, while a refund is owed and its
       refund not recorded (REFUND_OWED: ``pending``, ``failed``, ``exhausted``), a new refund
-      of the checkout's payment (its answer lost or not in yet). While a new refund is asked
-      for (``pending``, ``failed``), the recorded one is the earlier, failed refund:
-      ``superseded_refund``. A refund of our payment that Lockstep did not ask for (none
-      owed, or another than the one recorded) is ``unrequested_refund``, for an operator.
+      of the checkout's payment (its answer lost or not in yet). Any refund the provider
+      already failed for this checkout (``failed_refund_ids``), whatever its event says and
+      however late it comes, is ``superseded_refund``. A refund of our payment that Lockstep
+      did not ask for (none owed, or another than the one recorded) is ``unrequested_refund``,
+      for an operator.
     - the money: ``currency`` and ``amount`` equal to what the checkout charged (a full refund).
     """
-    State = Checkout.RefundState
-    if event.refund_id == checkout.provider_refund_id:
-        if checkout.refund_state in (State.PENDING, State.FAILED):
-            return "superseded_refund"
-    elif (
-        checkout.refund_state not in REFUND_OWED
-        or not event.payment_id
-        or event.payment_id != checkout.provider_payment_id
-    ):
+    if event.refund_id in checkout.failed_refund_ids:
+        return "superseded_refund"
+    recorded = event.refund_id == checkout.provider_refund_id
+    owed_here = checkout.refund_state in REFUND_OWED and event.payment_id == checkout.provider_payment_id
+    if not recorded and not (owed_here and event.payment_id):
         return "unrequested_refund"
     if event.currency != checkout.currency.lower():
         return "mismatch_currency"
@@ -483,9 +483,9 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
     return WebhookResult(event.id, False, result, booking_id)
 
 
-def sandbox_deliver_refund(checkout, *, status, failure_reason=None, refund_id=None):
-    """Build, sign and deliver a sandbox refund event (``refund.updated``/``refund.failed``) like the webhook's."""
-    payload, signature = build_refund_event(checkout, status=status, failure_reason=failure_reason, refund_id=refund_id)
+def sandbox_deliver_refund(checkout, *, status, **event):
+    """Build, sign and deliver a sandbox refund event (``build_refund_event``) through the webhook's path."""
+    payload, signature = build_refund_event(checkout, status=status, **event)
     return receive_payment_event(payload, signature, provider_name="sandbox")
 
 

@@ -129,15 +129,16 @@ REFUND_UPDATED = "refund.updated"
 REFUND_FAILED = "refund.failed"
 
 
-def build_refund_event(checkout, *, status, failure_reason=None, refund_id=None):
+def build_refund_event(checkout, *, status, failure_reason=None, refund_id=None, event_type=None):
     """A Stripe-shaped ``refund.updated`` (or, for ``failed``, ``refund.failed``) event for the checkout's refund.
 
-    ``refund_id`` defaults to the refund recorded on the checkout; returns (payload bytes, Stripe-Signature).
+    ``refund_id`` defaults to the refund recorded on the checkout, ``event_type`` to the type for the
+    status (or ``refund.created``, ``charge.refund.updated``); returns (payload bytes, Stripe-Signature).
     """
     event = {
         "id": f"evt_sandbox_{secrets.token_hex(12)}",
         "object": "event",
-        "type": REFUND_FAILED if status == "failed" else REFUND_UPDATED,
+        "type": event_type or (REFUND_FAILED if status == "failed" else REFUND_UPDATED),
         "data": {
             "object": {
                 "id": refund_id or checkout.provider_refund_id,

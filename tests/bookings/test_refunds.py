@@ -135,7 +135,7 @@ def test_a_submitted_refund_that_fails_is_an_operators_whose_retry_asks_for_a_ne
     assert state_of(booking) == ("refund_pending", "exhausted")
     assert checkout.refund_error == f"refund {failed} failed: expired_or_canceled_card"
     assert gave_up_alerts(booking) == 1
-    assert deliver(booking, "failed", failure_reason="expired_or_canceled_card").result == "unchanged"  # its twin
+    assert deliver(booking, "failed", failure_reason="expired_or_canceled_card").result == "superseded_refund"  # twin
     assert gave_up_alerts(booking) == 1
     assert drift() == ""
 
@@ -150,10 +150,46 @@ def test_a_submitted_refund_that_fails_is_an_operators_whose_retry_asks_for_a_ne
     assert checkout.refund_state == "submitted" and checkout.provider_refund_id != failed
     assert checkout.refund_attempts == 2 and checkout.refund_error == ""
 
-    # The old refund's late events belong to it, not to the new one.
-    assert deliver(booking, "failed", refund_id=failed).result == "unrequested_refund"
+    # The old refund's late events belong to it, not to the new one, and are no one's to review.
+    assert deliver(booking, "failed", refund_id=failed).result == "superseded_refund"
+    assert deliver(booking, "succeeded", refund_id=failed).result == "superseded_refund"
     assert deliver(booking, "succeeded").result == "refunded"
     assert state_of(booking) == ("refunded", "succeeded")
+
+
+def test_a_late_success_of_an_earlier_failed_refund_is_not_taken_for_the_refund_owed_now(
+    package, pending_refunds, operators, monkeypatch
+):
+    """re_1 succeeds, then fails; its "succeeded" event is delivered last, after re_2 failed too."""
+    booking = cancelled(package)  # re_1 submitted
+    first = Checkout.objects.get(booking=booking).provider_refund_id
+    late_success = build_refund_event(Checkout.objects.get(booking=booking), status="succeeded")
+    assert deliver(booking, "failed", failure_reason="expired_or_canceled_card").result == "refund_failed"
+    SandboxProvider.settle_refund(first, "failed")
+    monkeypatch.setattr(PendingRefundProvider, "refund_status", "failed")
+    assert retry_refund(booking.pk, operator=True) == "exhausted"
+    second = Checkout.objects.get(booking=booking).provider_refund_id
+    assert second not in ("", first)
+    assert receive_payment_event(*late_success, provider_name="sandbox").result == "superseded_refund"
+    assert state_of(booking) == ("refund_pending", "exhausted")
+    assert Checkout.objects.get(booking=booking).failed_refund_ids == [first, second]
+    assert gave_up_alerts(booking) == 2  # each failed refund is news to the operators
+    # nor is a late answer for it recorded over a new claim
+    assert Checkout.objects.claim_refund_retry(Checkout.objects.get(booking=booking).pk, operator=True)
+    with transaction.atomic():
+        assert not Checkout.objects.record_refund(
+            Checkout.objects.get(booking=booking).pk, ProviderRefund(first, "succeeded"), was="pending"
+        )
+
+
+def test_a_refund_given_up_on_twice_alerts_the_operators_twice(package, pending_refunds, operators):
+    booking = cancelled(package)
+    assert deliver(booking, "failed").result == "refund_failed"
+    assert gave_up_alerts(booking) == 1
+    assert deliver(booking, "succeeded", refund_id="re_dashboard").result == "refunded"  # refunded by hand
+    assert deliver(booking, "failed", refund_id="re_dashboard").result == "refund_failed"  # and that failed too
+    assert state_of(booking) == ("refund_pending", "exhausted")
+    assert gave_up_alerts(booking) == 2
 
 
 def test_a_refund_that_fails_after_it_succeeded_is_owed_again(package, recording_provider, operators):
@@ -164,7 +200,7 @@ def test_a_refund_that_fails_after_it_succeeded_is_owed_again(package, recording
     assert Booking.objects.get(pk=booking.pk).refunded_at is None
     assert gave_up_alerts(booking) == 1
     # an older "succeeded" delivered late changes nothing: a failed refund does not come back
-    assert deliver(booking, "succeeded").result == "unchanged"
+    assert deliver(booking, "succeeded").result == "superseded_refund"
     assert state_of(booking) == ("refund_pending", "exhausted")
     assert drift() == ""
 
@@ -197,14 +233,17 @@ def test_an_event_for_another_refund_is_never_recorded_over_the_one_submitted(pa
     assert state_of(booking) == ("refund_pending", "submitted")
 
 
+@pytest.mark.parametrize("event_type", ["refund.created", "refund.updated", "charge.refund.updated"])
 @pytest.mark.parametrize("exhausted", [False, True])
-def test_a_refund_whose_answer_was_lost_is_recorded_from_its_event(package, settings, recording_provider, exhausted):
+def test_a_refund_whose_answer_was_lost_is_recorded_from_its_event(
+    package, settings, recording_provider, exhausted, event_type
+):
     settings.PAYMENT_PROVIDER = "tests.bookings.providers.LostAnswerRefundProvider"
     settings.REFUND_MAX_ATTEMPTS = 1 if exhausted else 8
     booking = cancelled(package)
     assert state_of(booking) == ("refund_pending", "exhausted" if exhausted else "failed")
     made = SandboxProvider().find_refund(Checkout.objects.get(booking=booking))
-    assert deliver(booking, "succeeded", refund_id=made.id).result == "refunded"
+    assert deliver(booking, "succeeded", refund_id=made.id, event_type=event_type).result == "refunded"
     assert state_of(booking) == ("refunded", "succeeded")
     assert Checkout.objects.get(booking=booking).provider_refund_id == made.id
     assert Checkout.objects.refunds_to_retry(operator=True).filter(booking=booking).count() == 0  # nothing to retry
