@@ -322,10 +322,10 @@ WITH booking AS (INSERT INTO bookings_booking (tenant_id, package_id, date, cust
   ':clock_timestamp'::timestamptz, NULL, NULL, NULL, 1)
  RETURNING bookings_booking.id, bookings_booking.created_at),
 checkout AS (INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url,
-  provider_payment_id, amount, currency, error, refund_state, provider_refund_id, refund_attempts, refund_error,
-  refund_requested_at, next_retry_at, created_at, updated_at)
- VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '', 0, '',
-  NULL, NULL, DEFAULT, DEFAULT)
+  provider_payment_id, amount, currency, error, refund_state, provider_refund_id, failed_refund_ids,
+  refund_attempts, refund_error, refund_requested_at, next_retry_at, created_at, updated_at)
+ VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '',
+  '{{}}'::varchar(255)[], 0, '', NULL, NULL, DEFAULT, DEFAULT)
  RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at)
 SELECT *, (SELECT id FROM booking) AS pgbench_booking_id FROM booking, checkout \\gset checkout_
 \\set booking_id :checkout_pgbench_booking_id
