@@ -149,10 +149,14 @@ OPERATOR_EMAILS = env.list("OPERATOR_EMAILS", default=[])
 SWEEP_SCHEDULE = env.str("SWEEP_SCHEDULE", default="* * * * *")
 # /ready fails unless some worker's heartbeat is at most this old (procrastinate beats every 10 s).
 WORKER_HEARTBEAT_MAX_AGE_S = env.int("WORKER_HEARTBEAT_MAX_AGE_S", default=60)
+# A worker whose heartbeat is older than this is dead (killed, out of memory, its node lost): other workers
+# forget it, and ``jobs.retry_stalled`` puts the jobs it was doing back in the queue, so a sweep whose lock it
+# held runs again instead of never. Beats come three times per period.
+WORKER_STALLED_AFTER_S = env.int("WORKER_STALLED_AFTER_S", default=30)
 # Behind a transaction-mode pooler LISTEN/NOTIFY cannot work: the worker polls for jobs (every 5 s) instead.
 PROCRASTINATE_WORKER_DEFAULTS = {
-    "update_heartbeat_interval": 10,
-    "stalled_worker_timeout": 30,
+    "update_heartbeat_interval": max(1, WORKER_STALLED_AFTER_S // 3),
+    "stalled_worker_timeout": WORKER_STALLED_AFTER_S,
     "listen_notify": not _pooled,
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

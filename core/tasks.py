@@ -83,7 +83,29 @@ sweeps = {command: _schedule(command, schedule) for command, schedule in SWEEPS.
 @app.periodic(cron=HOURLY, periodic_id="remove_old_jobs")
 @app.task(name="jobs.remove_old", queue="sweeps", lock="jobs.remove_old", pass_context=True)
 async def remove_old_jobs(context, timestamp):
-    await builtin_tasks.remove_old_jobs(context, max_hours=KEEP_FINISHED_JOBS_HOURS)
+    await builtin_tasks.remove_old_jobs(
+        context, max_hours=KEEP_FINISHED_JOBS_HOURS, remove_failed=True, remove_aborted=True, remove_cancelled=True
+    )
+
+
+# No lock of its own: it must run while a dead worker's sweep still holds that sweep's lock.
+@app.periodic(cron=settings.SWEEP_SCHEDULE, periodic_id="retry_stalled_jobs")
+@app.task(name="jobs.retry_stalled", queue="sweeps", pass_context=True)
+async def retry_stalled_jobs(context, timestamp):
+    """Put back in the queue every job a dead worker was doing (procrastinate's recipe for stalled jobs).
+
+    A job in ``doing`` keeps its lock, and procrastinate fetches no job whose lock a ``doing`` job
+    holds: without this, a sweep whose worker died mid-run would never run again. Safe to re-run:
+    every sweep is (any number of times), and a notification is claimed before it is sent (at most once).
+    """
+    manager = context.app.job_manager
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=settings.WORKER_STALLED_AFTER_S):
+        try:
+            await manager.retry_job(job)
+        except Exception as error:  # noqa: BLE001 - another worker retried it first: nothing to do
+            logger.info("stalled job %s (%s) not retried: %s", job.id, job.task_name, error)
+            continue
+        logger.warning("job %s (%s) of a dead worker put back in the queue", job.id, job.task_name)
 
 
 @functools.cache  # a task's job is the same every time: made once per process

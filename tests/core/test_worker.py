@@ -125,6 +125,33 @@ def test_two_workers_expire_a_lapsed_hold_and_run_each_period_once():
         assert cursor.fetchone() == (0,)  # both unregistered on a graceful stop
 
 
+def job_statuses(task):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", [task])
+        return [status for (status,) in cursor.fetchall()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_sweep_does_not_stop_that_sweep_for_good():
+    """The dead worker's job stays ``doing`` and keeps the sweep's lock; a live worker puts it back in the
+    queue (jobs.retry_stalled) once the dead one's heartbeat is stale, and the sweep runs again."""
+    booking = lapsed_hold(TenantFactory())
+    stale = {"WORKER_STALLED_AFTER_S": "2"}
+    with row_locked(Booking.objects.filter(pk=booking.pk)):  # worker A is surely mid-sweep...
+        dying = start_worker("worker-a", LOCK_TIMEOUT_MS="30000", **stale)
+        assert wait_until(lambda: "doing" in job_statuses("sweep.expire_holds"))
+        dying.send_signal(signal.SIGKILL)  # ...and dies there
+        dying.wait()
+    healthy = start_worker("worker-b", **stale)
+    try:
+        swept = wait_until(lambda: Booking.objects.get(pk=booking.pk).status == "expired", timeout=30)
+        statuses = job_statuses("sweep.expire_holds")
+    finally:
+        output = stop(healthy)
+    assert swept, (statuses, output[-2000:])
+    assert "of a dead worker put back in the queue" in output
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_sends_the_e_mail_owed_by_a_hold_once():
     booking = lapsed_hold(TenantFactory())  # owes its customer the pay link
