@@ -82,9 +82,11 @@ def create_provider_checkout(booking):
 
     Call outside any transaction. On a provider failure the hold is released and
     the checkout marked failed, then PaymentProviderUnavailable is raised. When the
-    booking is no longer held by the time the provider answers, the checkout is not
-    opened (no pay link is e-mailed): it is recorded ``expired`` and the provider's
-    session closed.
+    booking is no longer held by the time the provider answers (its hold lapsed, or it
+    was cancelled or released meanwhile), the checkout is not opened (no pay link is
+    e-mailed): it is recorded ``expired``, the provider's session closed, and
+    PaymentProviderUnavailable raised too (nothing was charged, the date is free: the
+    caller's answer is "try again", never a booking without a way to pay it).
     """
     checkout = booking.checkout
     provider = get_provider()
@@ -112,6 +114,7 @@ def create_provider_checkout(booking):
     if abandoned:
         checkout.state = Checkout.State.EXPIRED
         expire_provider_checkout(checkout)
+        raise PaymentProviderUnavailable()
     return checkout
 
 

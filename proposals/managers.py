@@ -36,8 +36,17 @@ logger = logging.getLogger(__name__)
 
 # What a reopen unlinks: the proposal is pending again, as if never confirmed.
 REOPENED = dict(status=ProposalStatus.PENDING, booking=None, confirmed_at=None, executed_at=None)
-# A stranded proposal's checkout never reached the customer: nothing can be paid through it.
-UNOPENED_CHECKOUT = (CheckoutState.CREATING, CheckoutState.FAILED)
+
+
+# A stranded proposal's checkout never reached the customer: nothing can be paid through it. Still being
+# created, refused by the provider, or recorded expired with no URL (the provider answered after the hold
+# ended: create_provider_checkout closed that session, the customer never saw it).
+def never_opened(prefix=""):
+    return Q(**{f"{prefix}state__in": (CheckoutState.CREATING, CheckoutState.FAILED)}) | Q(
+        **{f"{prefix}state": CheckoutState.EXPIRED, f"{prefix}url": ""}
+    )
+
+
 # What each decision records beside the new status: when it was taken (a fact, the statement's time).
 DECIDED_AT = {ProposalStatus.CONFIRMED: "confirmed_at", ProposalStatus.REJECTED: "rejected_at"}
 
@@ -60,9 +69,13 @@ class ProposalQuerySet(TenantScopedQuerySet):
         A plain read, stale the moment it returns: each candidate is judged again on its
         locked rows by ``reopen_if_stranded`` before anything is written.
         """
-        return self.filter(status=self.model.Status.EXECUTED, booking__checkout__state__in=UNOPENED_CHECKOUT).filter(
-            Q(booking__status=Booking.Status.EXPIRED)
-            | Q(booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=ClockNow())
+        return (
+            self.filter(status=self.model.Status.EXECUTED)
+            .filter(never_opened("booking__checkout__"))
+            .filter(
+                Q(booking__status=Booking.Status.EXPIRED)
+                | Q(booking__status=Booking.Status.HELD, booking__hold_expires_at__lte=ClockNow())
+            )
         )
 
     def with_effective_status(self):
@@ -219,7 +232,7 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         clock at that moment: the proposal is still ``executed`` and still linked to
         ``booking_id`` (the candidate the sweep saw: a re-confirmation meanwhile linked
         another booking, which is left alone); the booking is ``expired``, or ``held``
-        with a lapsed hold; the checkout is still ``creating`` or ``failed`` (no customer
+        with a lapsed hold; the checkout never opened (``never_opened``: no customer
         ever got a URL to pay). Then the same UPDATE as ``reopen``. A lock held past
         lock_timeout raises LockContended.
         """
@@ -240,8 +253,9 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         booking_gone = _first_for_share(gone, "gone")
         if not booking_gone:
             return False
-        checkout_state = _first_for_share(Checkout.objects.using(self.db).filter(booking_id=booking_id), "state")
-        if checkout_state not in UNOPENED_CHECKOUT:
+        unopened = Checkout.objects.using(self.db).filter(booking_id=booking_id)
+        unopened = unopened.annotate(never=ExpressionWrapper(never_opened(), output_field=BooleanField()))
+        if not _first_for_share(unopened, "never"):
             return False
         # The proposal row is locked and was judged above (executed, this booking): no condition to repeat.
         return bool(self.filter(pk=proposal_id).update(**REOPENED))

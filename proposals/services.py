@@ -28,8 +28,10 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     the refusal is re-raised (``date_unavailable`` -> 409). Any other error (a database
     refusal, a lock timeout) rolls the whole transaction back. On success the proposal is ``executed``
     with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
-    Should the provider then refuse (503 ``payment_provider_unavailable``), the hold is
-    released and the proposal reopened (``pending``, no booking), so a retry can succeed.
+    Should the provider then refuse, or answer only after the hold ended (lapsed, or
+    released or cancelled meanwhile: the checkout is closed unopened), the answer is 503
+    ``payment_provider_unavailable`` and the proposal is reopened (``pending``, no booking),
+    so a retry can succeed.
     The reopen is scoped to *this* booking: should a sweep have reopened the proposal and
     a new confirmation have executed it meanwhile, the late reopen matches nothing.
 

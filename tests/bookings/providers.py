@@ -137,3 +137,19 @@ class PendingRefundProvider(RecordingProvider):
 
     name = "pending-refund"
     refund_status = "pending"
+
+
+class SlowerThanTheHoldProvider(RecordingProvider):
+    """The provider answers only after the hold has ended (its hold lapses while the call is out)."""
+
+    name = "slower-than-the-hold"
+
+    def create_checkout(self, booking, checkout):
+        from datetime import timedelta
+
+        from django.db.models.functions import Now
+
+        from bookings.models import Booking
+
+        Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+        return super().create_checkout(booking, checkout)

@@ -191,6 +191,53 @@ def test_provider_down_at_confirm_reopens_the_proposal_so_a_retry_succeeds(api_c
     assert Booking.objects.get(pk=stored.booking_id).status == "held"
 
 
+def test_a_confirm_whose_provider_answered_after_the_hold_ended_is_503_and_the_proposal_stays_confirmable(
+    api_client, tenant, package, settings
+):
+    """Regression: the provider answered after the hold lapsed; the checkout was closed unopened, yet the
+    confirm answered 200 "executed" with an empty pay URL, and the proposal stayed executed for good
+    (the stranded sweep looked only at creating or failed checkouts)."""
+    proposal = make_proposal(tenant, package=package)
+    url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.SlowerThanTheHoldProvider"
+    assert_error(api_client.post(url, {"session_id": "chat-1"}, format="json"), 503, "payment_provider_unavailable")
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (stored.status, stored.booking_id) == ("pending", None)
+    settings.PAYMENT_PROVIDER = "sandbox"
+    retried = api_client.post(url, {"session_id": "chat-1"}, format="json")
+    assert retried.status_code == 200 and retried.json()["checkout"]["url"], retried.content
+
+
+def test_the_public_checkout_whose_provider_answered_after_the_hold_ended_is_503_never_a_booking_without_a_url(
+    api_client, package, settings
+):
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.SlowerThanTheHoldProvider"
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "A", "email": "a@example.com"}}
+    assert_error(
+        api_client.post("/api/public/acme/checkouts", body, format="json"), 503, "payment_provider_unavailable"
+    )
+    assert Booking.objects.get().checkout.state == "expired"
+
+
+@pytest.mark.parametrize("url, after", [("", "pending"), ("http://pay.example/cs_1", "executed")])
+def test_a_proposal_stranded_with_a_checkout_closed_unopened_is_reopened_by_the_sweep(tenant, package, url, after):
+    """The confirming process died between closing the checkout unopened and reopening the proposal. A
+    checkout that expired after the customer had its pay link is no stranding: that proposal stays executed."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from bookings.models import Checkout
+    from proposals.services import confirm_proposal
+
+    proposal = make_proposal(tenant, package=package)
+    _proposal, booking = confirm_proposal(proposal.pk, tenant=tenant, session_id="chat-1")
+    Booking.objects.filter(pk=booking.pk).update(status="expired")
+    Checkout.objects.filter(booking=booking).update(state="expired", url=url)  # "": never opened
+    call_command("sweep_proposals", stdout=StringIO())
+    assert Proposal.objects.get(pk=proposal.pk).status == after
+
+
 def test_propose_for_a_past_date_is_400_date_in_past(api_client, package):
     """Regression: a proposal for yesterday was accepted (201) although it could never be booked."""
     yesterday = (future() - timedelta(days=60)).isoformat()
