@@ -10,8 +10,8 @@ Nothing here takes a booking or checkout row lock and then a proposal row lock; 
 sweeps handle one proposal per transaction, so a sweep never holds one proposal's
 booking while waiting for another proposal. Every guard judging expiry uses
 ``ClockNow()`` (``clock_timestamp()``: the clock when the row is judged, after any lock
-wait), never ``Now()`` (``STATEMENT_TIMESTAMP()``, fixed before the wait). Recorded
-timestamps (``confirmed_at``…) keep the statement's time: they are facts, not guards.
+wait), never ``Now()`` (``STATEMENT_TIMESTAMP()``, fixed before the wait). Decision
+timestamps (``confirmed_at``, ``executed_at``…) are that same clock, read when the row was judged.
 """
 
 import logging
@@ -47,7 +47,7 @@ def never_opened(prefix=""):
     )
 
 
-# What each decision records beside the new status: when it was taken (a fact, the statement's time).
+# What each decision records beside the new status: when it was taken (the clock when the row was judged).
 DECIDED_AT = {ProposalStatus.CONFIRMED: "confirmed_at", ProposalStatus.REJECTED: "rejected_at"}
 
 

@@ -97,3 +97,18 @@ def test_a_stranded_proposal_busy_past_lock_timeout_is_left_for_the_next_run_wit
     assert f"Proposal #{busy.pk} left for the next run: resource_locked" in err.getvalue()
     assert Proposal.objects.get(pk=free.pk).status == "pending"
     assert Proposal.objects.get(pk=busy.pk).status == "executed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lapsed_proposal_busy_past_lock_timeout_leaves_the_expiry_for_the_next_run_after_the_reopens():
+    """The expiry's one UPDATE meets a row a confirm holds: nothing expired, exit 3, and the stranded proposals
+    reopened before it are still reported (not lost to the expiry's refusal)."""
+    tenant = TenantFactory(slug="acme")
+    lapsed = make_proposal(tenant, session_id="chat-9")
+    Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
+    out, err = StringIO(), StringIO()
+    with row_locked(Proposal.objects.filter(pk=lapsed.pk)), pytest.raises(SystemExit) as exited:
+        call_command("sweep_proposals", stdout=out, stderr=err)
+    assert exited.value.code == 3
+    assert "Reopened stranded proposals: 0" in out.getvalue() and "Expired proposals: 0" in out.getvalue()
+    assert Proposal.objects.get(pk=lapsed.pk).status == "pending"
