@@ -154,7 +154,11 @@ WORKER_HEARTBEAT_MAX_AGE_S = env.int("WORKER_HEARTBEAT_MAX_AGE_S", default=60)
 # held runs again instead of never. Beats come three times per period.
 WORKER_STALLED_AFTER_S = env.int("WORKER_STALLED_AFTER_S", default=30)
 # Behind a transaction-mode pooler LISTEN/NOTIFY cannot work: the worker polls for jobs (every 5 s) instead.
+# Jobs one worker runs at once (each in its own thread, on its own connection): a sweep waiting on the payment
+# provider, or on a busy row until lock_timeout, never holds back the customers' e-mails or the other sweeps.
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=4)
 PROCRASTINATE_WORKER_DEFAULTS = {
+    "concurrency": WORKER_CONCURRENCY,
     "update_heartbeat_interval": max(1, WORKER_STALLED_AFTER_S // 3),
     "stalled_worker_timeout": WORKER_STALLED_AFTER_S,
     "listen_notify": not _pooled,

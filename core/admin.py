@@ -8,6 +8,7 @@ from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from core.admin_actions import ActionsOnlyMixin
+from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
@@ -37,12 +38,32 @@ class MembershipForm(forms.ModelForm):
 
 
 class MembershipInline(TenantScopedAdminMixin, admin.TabularInline):
-    """A tenant's members, managed by its owners."""
+    """A tenant's members, read-only here: a role is changed on the member's own page, at the version read
+    (a tenant's Save would write back every row as the page showed it, undoing a colleague's demotion)."""
+
+    model = Membership
+    change_roles = MANAGE_MEMBERS
+    fields = readonly_fields = ["user", "role"]
+    show_change_link = True
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False  # NewMembershipInline adds
+
+
+class NewMembershipInline(TenantScopedAdminMixin, admin.TabularInline):
+    """Add members to the tenant: inserts only, so nothing read earlier is written back."""
 
     model = Membership
     form = MembershipForm
     change_roles = MANAGE_MEMBERS
+    fields = ["user", "role"]
     extra = 0
+    verbose_name = _("new member")
+    verbose_name_plural = _("add members")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).none()
 
 
 @admin.register(Tenant)
@@ -54,16 +75,29 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [MembershipInline]
+    readonly_fields = ["created_at"]
+    inlines = [MembershipInline, NewMembershipInline]
 
 
 @admin.register(Membership)
-class MembershipAdmin(RowHistoryMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class MembershipAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    """A member's role, written only where the owner changed it and only at the version they read."""
+
     change_roles = MANAGE_MEMBERS
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
     search_fields = ["user__username", "tenant__slug"]
     form = MembershipForm
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        changes.pop("tenant", None)  # a membership never moves to another tenant
+        return Membership.objects.edit_member(obj.pk, version=version, **changes)
+
+    def guarded_create(self, request, form):
+        return form.save()
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["tenant"] if obj is not None else []
 
 
 @admin.register(IdempotencyKey)

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from core.db_backend.base import execute_carrying_timeouts
 from core.guards import ClockNow, guarded
 from core.history import tracked
-from core.integrity import StateMachine
+from core.integrity import BumpVersion, StateMachine
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
 
@@ -47,6 +47,29 @@ class Tenant(models.Model):
         return self.name
 
 
+# What an owner edits on a membership (MembershipAdmin, through Membership.objects.edit_member); an edit by
+# anyone bumps ``version``, so a page read before a demotion cannot write the old role back.
+MEMBERSHIP_EDITABLE = ("user", "role")
+
+
+class MembershipManager(models.Manager):
+    @guarded
+    def edit_member(self, membership_id, *, version, **changes):
+        """Write only the changed fields (user, role) of a membership, at the version the caller read.
+
+        Locks: the membership row FOR NO KEY UPDATE (waits up to lock_timeout; no other lock).
+
+        Refuses with VersionConflict when another edit committed since the caller read the row
+        (membership_version bumped it): a form opened before a colleague demoted a member never
+        promotes them back. Raises NotFound, VersionConflict; ValueError for another field.
+        """
+        from core.exceptions import NotFound
+        from core.versioned_edit import edit_at_version, refuse_unknown_fields
+
+        refuse_unknown_fields(changes, MEMBERSHIP_EDITABLE, model="Membership", edit="a member edit")
+        return edit_at_version(self.filter(pk=membership_id), version=version, changes=changes, missing=NotFound)
+
+
 @tracked()
 class Membership(models.Model):
     class Role(models.TextChoices):
@@ -60,12 +83,16 @@ class Membership(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.STAFF)
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    objects = MembershipManager()
 
     class Meta:
         verbose_name = _("membership")
         verbose_name_plural = _("memberships")
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_user_per_tenant")]
+        triggers = [BumpVersion(name="membership_version", fields=MEMBERSHIP_EDITABLE)]
 
     def __str__(self):
         return f"{self.user} @ {self.tenant}"

@@ -207,3 +207,71 @@ def test_an_owner_adds_a_colleague_by_user_name_to_their_tenant_only(demo, clien
     client.force_login(staff_of(other, Membership.Role.STAFF, django_user_model, client))
     assert client.get(add).status_code == 403
     assert owner.memberships.count() == 1
+
+
+def form_data(page):
+    """What the change page would POST back as it shows it: the main form and every inline formset."""
+    data = {}
+    for bound in page.context["adminform"].form:
+        value = bound.value()
+        if isinstance(value, list):
+            data.update({f"{bound.html_name}_{i}": part for i, part in enumerate(value)})
+        elif value is not None:
+            data[bound.html_name] = getattr(value, "pk", value)
+    for inline in page.context["inline_admin_formsets"]:
+        for form in [inline.formset.management_form, *inline.formset.forms]:
+            for name in form.fields:
+                value = form[name].value()
+                if value is not None:
+                    data[form.add_prefix(name)] = getattr(value, "pk", value)
+    return data
+
+
+@pytest.mark.django_db
+def test_renaming_a_tenant_never_writes_back_a_role_a_colleague_changed_meanwhile(client, django_user_model):
+    """Regression: the members inline saved every row as the page showed it: an owner's rename promoted back
+    a member another owner had just demoted."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
+    member = Membership.objects.create(tenant=tenant, user=mallory, role=Membership.Role.STAFF)
+    change = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(change))
+    data["name"] = "Acme Ltd"
+    Membership.objects.edit_member(member.pk, version=member.version, role=Membership.Role.VIEWER)  # meanwhile
+    assert client.post(change, data).status_code == 302
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme Ltd"
+    assert Membership.objects.get(pk=member.pk).role == Membership.Role.VIEWER
+
+
+@pytest.mark.django_db
+def test_a_member_page_opened_before_a_demotion_is_refused_not_written(client, django_user_model):
+    tenant = TenantFactory(slug="acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
+    member = Membership.objects.create(tenant=tenant, user=mallory, role=Membership.Role.STAFF)
+    change = url(Membership, "change", member.pk)
+    data = form_data(client.get(change))
+    Membership.objects.edit_member(member.pk, version=member.version, role=Membership.Role.VIEWER)  # meanwhile
+    data["role"] = Membership.Role.OWNER  # this owner's edit, from the page read before
+    refused = client.post(change, data)
+    assert refused.status_code == 200 and "changed by someone else" in refused.content.decode()
+    assert Membership.objects.get(pk=member.pk).role == Membership.Role.VIEWER
+    fresh = form_data(client.get(change))
+    fresh["role"] = Membership.Role.OWNER
+    assert client.post(change, fresh).status_code == 302
+    assert Membership.objects.get(pk=member.pk).role == Membership.Role.OWNER
+
+
+@pytest.mark.django_db
+def test_an_owner_adds_a_member_from_the_tenant_page(client, django_user_model):
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    django_user_model.objects.create_user("colleague", password="pw", is_staff=True)
+    change = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(change))
+    new = next(key[: -len("-TOTAL_FORMS")] for key in data if key.endswith("-TOTAL_FORMS") and data[key] == 0)
+    data.update({f"{new}-TOTAL_FORMS": 1, f"{new}-0-user": "colleague", f"{new}-0-role": "viewer"})
+    response = client.post(change, data)
+    assert response.status_code == 302, response.context and response.context.get("errors")
+    assert Membership.objects.get(user__username="colleague").tenant == tenant

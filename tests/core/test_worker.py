@@ -166,6 +166,31 @@ def test_the_worker_sends_the_e_mail_owed_by_a_hold_once():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_sweep_waiting_on_a_busy_row_does_not_hold_back_the_e_mails():
+    """The worker runs jobs side by side (WORKER_CONCURRENCY): the hold sweep waits on a row another
+    transaction holds, and the pay-link e-mail owed meanwhile still goes out."""
+    tenant = TenantFactory()
+    waiting = lapsed_hold(tenant)
+    earlier = Notification.objects.get(subject=f"booking:{waiting.pk}")
+    assert Notification.objects.claim(earlier.pk)  # sent before: this test watches the next booking's mail only
+    Notification.objects.mark_sent(earlier.pk)
+    worker, output = None, ""
+    try:
+        with row_locked(Booking.objects.filter(pk=waiting.pk)):
+            worker = start_worker("worker-busy", LOCK_TIMEOUT_MS="20000")
+            assert wait_until(lambda: "doing" in job_statuses("sweep.expire_holds"))
+            booking = lapsed_hold(tenant)  # owes its customer the pay link now
+            notification = Notification.objects.get(subject=f"booking:{booking.pk}")
+            sent = wait_until(lambda: Notification.objects.get(pk=notification.pk).status == "sent", timeout=15)
+            still_waiting = "doing" in job_statuses("sweep.expire_holds")
+    finally:
+        if worker is not None:
+            output = stop(worker)
+    assert sent and still_waiting, (sent, still_waiting, output[-2000:])
+    assert output.count("To: a@example.com") == 1, output
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_mail_server_that_refuses_gets_the_job_retried_later():
     booking = lapsed_hold(TenantFactory())
     notification = Notification.objects.get(subject=f"booking:{booking.pk}")
