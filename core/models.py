@@ -8,11 +8,13 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.db_backend.base import execute_carrying_timeouts
+from core.exceptions import NotFound
 from core.guards import ClockNow, guarded
 from core.history import tracked
 from core.integrity import BumpVersion, StateMachine
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
+from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 
 class TenantManager(models.Manager):
@@ -63,9 +65,6 @@ class MembershipManager(models.Manager):
         (membership_version bumped it): a form opened before a colleague demoted a member never
         promotes them back. Raises NotFound, VersionConflict; ValueError for another field.
         """
-        from core.exceptions import NotFound
-        from core.versioned_edit import edit_at_version, refuse_unknown_fields
-
         refuse_unknown_fields(changes, MEMBERSHIP_EDITABLE, model="Membership", edit="a member edit")
         return edit_at_version(self.filter(pk=membership_id), version=version, changes=changes, missing=NotFound)
 

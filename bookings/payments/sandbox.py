@@ -81,7 +81,9 @@ class SandboxProvider(PaymentProvider):
         with cls._lock:
             cls._made[refund_id] = settled = ProviderRefund(refund_id, status, failure_reason)
             if status == "failed":
-                cls._refunds = {payment: made for payment, made in cls._refunds.items() if made != refund_id}
+                # in place: the "account" is SandboxProvider's, whichever subclass is asked
+                for payment in [payment for payment, made in cls._refunds.items() if made == refund_id]:
+                    del cls._refunds[payment]
             return settled
 
     def expire_checkout(self, checkout) -> None:
