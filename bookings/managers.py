@@ -663,8 +663,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return edit_at_version(scope, version=version, changes=changes, missing=BookingNotFound)
 
     @guarded
-    def complete_refund(self, booking_id):
-        """Move ``refund_pending`` -> ``refunded`` (the provider confirmed the refund).
+    def complete_refund(self, booking_id, *, refund_id):
+        """Move ``refund_pending`` -> ``refunded`` (the provider confirmed its refund ``refund_id``).
 
         Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
 
@@ -675,22 +675,24 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         if scope.filter(status=self.model.Status.REFUND_PENDING).update(
             status=self.model.Status.REFUNDED, refunded_at=Now()
         ):
-            notifications.owe_customer_notice(notifications.REFUNDED, booking_id)
+            notifications.owe_customer_notice(notifications.REFUNDED, booking_id, refund=refund_id)
             return True
         raise self._refusal(scope, BookingNotRefundPending)
 
     @guarded(joins=True)
-    def reopen_refund(self, booking_id):
-        """Move ``refunded`` -> ``refund_pending``: the provider's refund failed after it had succeeded.
+    def reopen_refund(self, booking_id, *, refund_id):
+        """Move ``refunded`` -> ``refund_pending``: the provider's refund ``refund_id`` failed after it had succeeded.
 
         Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
 
-        One filtered UPDATE; returns whether the booking was refunded (one that was not is left alone).
+        One filtered UPDATE; the customer, told it was refunded, is told it was not. Returns
+        whether the booking was refunded (one that was not is left alone).
         """
         Status = self.model.Status
-        return bool(
-            self.filter(pk=booking_id, status=Status.REFUNDED).update(status=Status.REFUND_PENDING, refunded_at=None)
-        )
+        if self.filter(pk=booking_id, status=Status.REFUNDED).update(status=Status.REFUND_PENDING, refunded_at=None):
+            notifications.owe_customer_notice(notifications.REFUND_REVERSED, booking_id, refund=refund_id)
+            return True
+        return False
 
     @guarded
     def expire_hold(self, booking_id):

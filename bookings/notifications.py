@@ -17,11 +17,12 @@ from django.utils.translation import gettext_lazy as _
 from core.models import Notification
 from core.notifications import customer_language, register
 
-HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_GAVE_UP = (
+HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP = (
     "booking_held",
     "booking_confirmed",
     "booking_cancelled",
     "booking_refunded",
+    "refund_reversed",
     "refund_gave_up",
 )
 
@@ -49,6 +50,14 @@ MESSAGES = {
     REFUNDED: (
         _("Your refund for %(package)s on %(date)s"),
         _("Hello %(name)s,\n\n%(amount)s %(currency)s for booking #%(booking)s has been refunded to you."),
+    ),
+    REFUND_REVERSED: (
+        _("Your refund for %(package)s on %(date)s did not go through"),
+        _(
+            "Hello %(name)s,\n\nThe refund of %(amount)s %(currency)s for booking #%(booking)s that we told you "
+            "about was returned by the payment provider, so the money has not reached you. Our team has been "
+            "told and will make the refund again; we will write to you when it has been made."
+        ),
     ),
     REFUND_GAVE_UP: (
         _("Refund of booking #%(booking)s failed %(attempts)s times: act on it"),
@@ -118,16 +127,19 @@ def _told(facts):
     }
 
 
-def owe_customer_notice(kind, booking_id):
+def owe_customer_notice(kind, booking_id, *, refund=None):
     """Record the customer's e-mail for this event of the booking, in the language of their first one.
 
+    Once per booking and kind, or, for a refund's news, once per refund (the provider's id
+    ``refund``): a refund that failed after the customer was told, then made again, is news twice.
     Call inside the transaction that changes the booking: one read, then its row and its job in one
     statement.
     """
     booking, context = _facts(booking_id)
     language = booking.first_language or settings.LANGUAGE_CODE
+    subject = f"booking:{booking.pk}" if refund is None else f"booking:{booking.pk}:refund:{refund}"
     return Notification.objects.owe(
-        kind, subject=f"booking:{booking.pk}", recipients=[booking.customer_email], language=language, context=context
+        kind, subject=subject, recipients=[booking.customer_email], language=language, context=context
     )
 
 

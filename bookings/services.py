@@ -214,9 +214,10 @@ def _record_refund(checkout, refund, *, was):
     if not Checkout.objects.record_refund(checkout.pk, refund, was=was):
         return None
     if refund.status == "succeeded":
-        Booking.objects.complete_refund(checkout.booking_id)
+        Booking.objects.complete_refund(checkout.booking_id, refund_id=refund.id)
     elif refund.status == "failed":
-        Booking.objects.reopen_refund(checkout.booking_id)  # a refund that had succeeded is owed again
+        # a refund that had succeeded is owed again
+        Booking.objects.reopen_refund(checkout.booking_id, refund_id=refund.id)
         _gave_up(
             checkout.booking_id, f"the provider failed refund {refund.id} ({refund.failure_reason or 'no reason'})"
         )

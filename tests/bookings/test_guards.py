@@ -101,12 +101,12 @@ def test_a_refund_answer_records_one_refund_only(package):
 def test_complete_refund_stamps_a_refunded_booking_once(package):
     booking = paid(package)
     with pytest.raises(BookingNotRefundPending):
-        Booking.objects.complete_refund(booking.pk)  # confirmed, nothing owed
+        Booking.objects.complete_refund(booking.pk, refund_id="re_x")  # confirmed, nothing owed
     cancel_booking(booking.pk)
     refunded = Booking.objects.get(pk=booking.pk)
     assert refunded.status == "refunded"
     with pytest.raises(BookingNotRefundPending):
-        Booking.objects.complete_refund(booking.pk)
+        Booking.objects.complete_refund(booking.pk, refund_id="re_x")
     assert Booking.objects.get(pk=booking.pk).refunded_at == refunded.refunded_at
 
 

@@ -3,6 +3,7 @@
 import pytest
 from django.core import mail
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import translation
 
 from bookings import notifications as notices
@@ -21,7 +22,9 @@ def book(package, *, language="en"):
 
 
 def owed(booking):
-    return dict(Notification.objects.filter(subject=f"booking:{booking.pk}").values_list("kind", "status"))
+    """The booking's notices by kind (a refund's are about the booking and that refund)."""
+    about = Q(subject=f"booking:{booking.pk}") | Q(subject__startswith=f"booking:{booking.pk}:refund:")
+    return dict(Notification.objects.filter(about).values_list("kind", "status"))
 
 
 def send_all():

@@ -135,6 +135,7 @@ def test_a_submitted_refund_that_fails_is_an_operators_whose_retry_asks_for_a_ne
     assert state_of(booking) == ("refund_pending", "exhausted")
     assert checkout.refund_error == f"refund {failed} failed: expired_or_canceled_card"
     assert gave_up_alerts(booking) == 1
+    assert customer_news(booking) == []  # never told it was refunded: nothing to take back
     assert deliver(booking, "failed", failure_reason="expired_or_canceled_card").result == "superseded_refund"  # twin
     assert gave_up_alerts(booking) == 1
     assert drift() == ""
@@ -203,6 +204,33 @@ def test_a_refund_that_fails_after_it_succeeded_is_owed_again(package, recording
     assert deliver(booking, "succeeded").result == "superseded_refund"
     assert state_of(booking) == ("refund_pending", "exhausted")
     assert drift() == ""
+
+
+def customer_news(booking):
+    """What the customer is told about the booking's refunds, in the order it was owed."""
+    about = f"booking:{booking.pk}:refund:"
+    notices = Notification.objects.filter(subject__startswith=about, recipients=[booking.customer_email])
+    return list(notices.order_by("pk").values_list("kind", "subject"))
+
+
+def test_the_customer_told_of_a_refund_that_then_failed_is_told_so_and_told_again_when_it_is_made(
+    package, recording_provider, operators
+):
+    booking = cancelled(package)
+    first = Checkout.objects.get(booking=booking).provider_refund_id
+    assert customer_news(booking) == [("booking_refunded", f"booking:{booking.pk}:refund:{first}")]
+
+    assert deliver(booking, "failed", failure_reason="lost_or_stolen_card").result == "refund_failed"
+    assert deliver(booking, "failed").result == "superseded_refund"  # its twin tells no one again
+    SandboxProvider.settle_refund(first, "failed")
+    assert retry_refund(booking.pk, operator=True) == "succeeded"  # the operator's retry: a new refund
+    second = Checkout.objects.get(booking=booking).provider_refund_id
+    assert customer_news(booking) == [
+        ("booking_refunded", f"booking:{booking.pk}:refund:{first}"),
+        ("refund_reversed", f"booking:{booking.pk}:refund:{first}"),
+        ("booking_refunded", f"booking:{booking.pk}:refund:{second}"),
+    ]
+    assert gave_up_alerts(booking) == 1  # the operators: once, for the failed refund
 
 
 def test_a_refund_event_before_the_answer_is_recorded_by_the_payment_and_the_answer_then_changes_nothing(
