@@ -5,6 +5,7 @@ notice (the hold, owed during their own request), reused for every later one (a 
 webhook or a sweep has no customer language of its own).
 """
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -15,15 +16,18 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from core.models import Notification
+from core.money import from_minor_units
 from core.notifications import customer_language, register
 
-HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP = (
+HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP, DISPUTE_OPENED, DISPUTE_CLOSED = (
     "booking_held",
     "booking_confirmed",
     "booking_cancelled",
     "booking_refunded",
     "refund_reversed",
     "refund_gave_up",
+    "dispute_opened",
+    "dispute_closed",
 )
 
 # Each message: its subject and body, with the facts of _facts (and the kind's own extras).
@@ -65,6 +69,23 @@ MESSAGES = {
             "The payment provider refused the refund of booking #%(booking)s (%(amount)s %(currency)s, "
             "%(email)s) %(attempts)s times; it is no longer retried by itself. Last error: %(error)s\n\n"
             "Admin: Bookings, filter by refund state, action 'Retry failed refunds now'."
+        ),
+    ),
+    DISPUTE_OPENED: (
+        _("The payment of booking #%(booking)s is disputed: answer by %(due_by)s"),
+        _(
+            "The customer's bank disputes %(disputed)s %(currency)s of the payment for booking #%(booking)s "
+            "(%(package)s on %(date)s, %(email)s); reason given: %(reason)s. The money is held back until "
+            "the dispute is decided. Send the evidence from the payment provider's dashboard (dispute "
+            "%(dispute)s) by %(due_by)s (UTC).\n\n"
+            "Admin: Payment events, filter 'needs review'."
+        ),
+    ),
+    DISPUTE_CLOSED: (
+        _("The dispute of booking #%(booking)s is closed: %(outcome)s"),
+        _(
+            "The dispute %(dispute)s of the payment for booking #%(booking)s (%(package)s on %(date)s, "
+            "%(disputed)s %(currency)s) is closed: %(outcome)s."
         ),
     ),
 }
@@ -191,3 +212,47 @@ def owe_operator_alert(booking_id, *, failed_refund=None):
         language=settings.LANGUAGE_CODE,
         context=context,
     )
+
+
+# What the operators read of a dispute's end, by its result (services._note_dispute).
+DISPUTE_OUTCOMES = {
+    "dispute_won": _("won, the money is returned to the account"),
+    "dispute_lost": _("lost, the money went back to the customer"),
+    "dispute_closed": _("closed without a decision (an inquiry or a warning)"),
+}
+
+
+def owe_dispute_alert(booking_id, event, *, result):
+    """Tell the operators (OPERATOR_EMAILS) that a payment's dispute opened or closed; once per dispute and news."""
+    if not settings.OPERATOR_EMAILS:
+        return None
+    from bookings.models import in_currency
+
+    booking, context = _facts(booking_id)
+    context |= {
+        "dispute": event.dispute_id,
+        "reason": event.dispute_reason or "-",
+        "disputed": str(in_currency(from_minor_units(event.amount_total, booking.currency), booking.currency)),
+        "due_by": _utc(event.evidence_due_by),
+    }
+    if result == "dispute_opened":
+        kind = DISPUTE_OPENED
+    else:
+        kind = DISPUTE_CLOSED
+        with translation.override(settings.LANGUAGE_CODE):
+            context["outcome"] = str(DISPUTE_OUTCOMES[result])
+    return Notification.objects.owe(
+        kind,
+        subject=f"booking:{booking_id}:dispute:{event.dispute_id}"[:100],
+        recipients=list(settings.OPERATOR_EMAILS),
+        language=settings.LANGUAGE_CODE,
+        context=context,
+    )
+
+
+def _utc(timestamp):
+    """A Unix time as ``YYYY-MM-DD HH:MM``, or "-" when missing or out of range."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"

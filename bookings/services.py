@@ -22,6 +22,7 @@ import pghistory
 from django.db import transaction
 from django.db.models.functions import Now
 
+from bookings import notifications
 from bookings.exceptions import BookingNotFound, PaymentProviderUnavailable
 from bookings.managers import REFUND_OWED, REFUND_RECORDED
 from bookings.models import Booking, Checkout, PaymentEvent
@@ -54,6 +55,17 @@ REFUND_EVENT_RESULTS = {
 # version (``refund.*`` for every refund since 2024-10-28.acacia, ``charge.refund.updated`` before and
 # beside): each is handled, and a twin of a change already recorded changes nothing.
 REFUND_EVENTS = ("refund.created", REFUND_UPDATED, REFUND_FAILED, "charge.refund.updated")
+# A dispute's (a chargeback's) events: the customer's bank took the payment back, or may. Nothing of the
+# booking changes (whether it stands is the operator's call, and the evidence is answered at the provider);
+# each is recorded against its booking, and the operators are told when one opens and when it closes.
+DISPUTE_CREATED, DISPUTE_CLOSED = "charge.dispute.created", "charge.dispute.closed"
+DISPUTE_EVENTS = (
+    DISPUTE_CREATED,
+    "charge.dispute.updated",
+    DISPUTE_CLOSED,
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+)
 # payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
 PAID = ("paid", "no_payment_required")
 
@@ -428,6 +440,46 @@ def _settle_refund(event, checkout):
     return REFUND_EVENT_RESULTS.get(recorded, "unchanged")  # None: repeated, or older than what is recorded
 
 
+def _dispute_candidate(event):
+    """The checkout whose payment a dispute event names, or "unknown_dispute"."""
+    checkout = None
+    if event.payment_id:
+        checkout = Checkout.objects.filter(provider_payment_id=event.payment_id).first()
+    return checkout, ("unknown_dispute" if checkout is None else "")
+
+
+def match_dispute(event, checkout):
+    """Why a dispute event does not fit ``checkout`` (a result code), or "": the checkout's currency, and
+    no more than it charged (a dispute may be for part of the payment)."""
+    if event.currency != checkout.currency.lower():
+        return "mismatch_currency"
+    charged = to_minor_units(checkout.amount, checkout.currency)
+    if event.amount_total is None or not 0 < event.amount_total <= charged:
+        return "mismatch_amount"
+    return ""
+
+
+def _note_dispute(event, checkout):
+    """Record a matched dispute event's news (its result code) and tell the operators when it opens or closes.
+
+    Changes no row of the booking: an alert per dispute and result (notifications.owe_dispute_alert).
+    """
+    if event.type == DISPUTE_CREATED:
+        result = "dispute_opened"
+    elif event.type == DISPUTE_CLOSED:
+        result = {"won": "dispute_won", "lost": "dispute_lost"}.get(event.dispute_status, "dispute_closed")
+    else:
+        result = "dispute_" + event.type.rsplit(".", 1)[1]  # dispute_updated, dispute_funds_withdrawn, …
+    if result in DISPUTE_ALERTS:
+        notifications.owe_dispute_alert(checkout.booking_id, event, result=result)
+    return result
+
+
+# The dispute results the operators are told of; the ones they must act on are flagged for review.
+DISPUTE_ALERTS = ("dispute_opened", "dispute_won", "dispute_lost", "dispute_closed")
+DISPUTE_REVIEW = ("dispute_opened", "dispute_lost", "unknown_dispute")
+
+
 def receive_payment_event(payload: bytes, signature: str | None, *, provider_name=None):
     """Verify, store once and process once a provider event; refund after commit if owed.
 
@@ -446,6 +498,9 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
 
     A refund event (``refund.updated``, ``refund.failed``) takes the same locks and is matched
     by ``match_refund``; ``record_refund`` moves the refund as far as the provider says it went.
+    A dispute event (``charge.dispute.*``) is matched to the checkout of the payment it disputes
+    (``match_dispute``) and recorded against its booking, which it does not change; an opened or
+    lost dispute (or one of a payment not ours) is flagged for review, and the operators are told.
 
     Raises InvalidSignature or MalformedEvent before anything is stored.
     """
@@ -460,13 +515,17 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
         if processed:
             stored = PaymentEvent.objects.filter(pk=event_pk).values("result", "booking_id").get()
             return WebhookResult(event.id, True, stored["result"], stored["booking_id"])
-        refund_event = event.type in REFUND_EVENTS
+        refund_event, dispute_event = event.type in REFUND_EVENTS, event.type in DISPUTE_EVENTS
         if refund_event:
             checkout, result = _refund_candidate(event)
+        elif dispute_event:
+            checkout, result = _dispute_candidate(event)
         else:
             checkout, result = _candidate(event) if event.type in HANDLED else (None, "ignored_type")
         booking_id = checkout.booking_id if checkout else None
-        if checkout is not None:
+        if checkout is not None and dispute_event:  # changes no row of the booking: no lock to take
+            result = match_dispute(event, checkout) or _note_dispute(event, checkout)
+        elif checkout is not None:
             checkout = Booking.objects.lock_settlement(checkout.booking_id, checkout_id=checkout.pk)
             if refund_event:
                 result = match_refund(event, checkout) or _settle_refund(event, checkout)
@@ -476,7 +535,7 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
                     result, refund_owed = _settle(event, checkout)
         review = (
             result.startswith("mismatch_")
-            or result in ("unexpected_payment_status", "unrequested_refund")
+            or result in ("unexpected_payment_status", "unrequested_refund", *DISPUTE_REVIEW)
             or (result == "unknown_checkout" and _claims_money(event))
         )
         if review:

@@ -86,8 +86,10 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
 WEBHOOK_EVENT = {
     "type": "object",
     "description": "A Stripe-shaped event: checkout.session.completed, .expired, .async_payment_succeeded, "
-    ".async_payment_failed, charge.refunded, refund.updated, refund.failed. It is verified against the "
-    "exact bytes sent, so a client must sign what it sends.",
+    ".async_payment_failed; refund.created, refund.updated, refund.failed, charge.refund.updated; "
+    "charge.dispute.created, .updated, .closed, .funds_withdrawn, .funds_reinstated. Any other type is "
+    "stored and answered ignored_type. It is verified against the exact bytes sent, so a client must "
+    "sign what it sends.",
     "properties": {
         "id": {"type": "string"},
         "type": {"type": "string"},

@@ -76,6 +76,13 @@ class ProviderEvent:
     refund_id: str = ""
     refund_status: str = ""
     failure_reason: str = ""
+    # A dispute's event (``charge.dispute.*``): the dispute, its status (Stripe's, e.g. ``needs_response``,
+    # ``won``, ``lost``), its reason and when the evidence is due (Unix time, None when not given);
+    # ``amount_total`` is then the amount disputed.
+    dispute_id: str = ""
+    dispute_status: str = ""
+    dispute_reason: str = ""
+    evidence_due_by: int | None = None
     payload: dict = field(default_factory=dict, compare=False)
 
 
@@ -145,8 +152,17 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
         raise InvalidSignature()
 
 
+def _text(value, limit):
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _whole(value):
+    """An integer of the event (bool is an int in Python: ``true`` is not an amount), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def parse_event(payload: bytes) -> ProviderEvent:
-    """Read a Stripe-shaped checkout or refund event; raise MalformedEvent for anything else."""
+    """Read a Stripe-shaped checkout, refund or dispute event; raise MalformedEvent for anything else."""
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -163,24 +179,28 @@ def parse_event(payload: bytes) -> ProviderEvent:
     if isinstance(payment_id, dict):  # an expanded PaymentIntent
         payment_id = payment_id.get("id")
     reference = obj.get("client_reference_id")
-    is_refund = obj.get("object") == "refund"
-    amount = obj.get("amount" if is_refund else "amount_total")
+    kind = obj.get("object")
+    is_refund, is_dispute = kind == "refund", kind == "dispute"
+    amount = obj.get("amount" if is_refund or is_dispute else "amount_total")
     currency, status = obj.get("currency"), obj.get("payment_status")
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     booking = metadata.get("booking_id")
-    refund_status, reason = obj.get("status"), obj.get("failure_reason")
+    evidence = obj.get("evidence_details") if isinstance(obj.get("evidence_details"), dict) else {}
     return ProviderEvent(
         id=event_id,
         type=event_type,
-        checkout_id="" if is_refund else obj["id"][:255],
+        checkout_id="" if is_refund or is_dispute else obj["id"][:255],
         refund_id=obj["id"][:255] if is_refund else "",
-        refund_status=refund_outcome(refund_status) if is_refund else "",
-        failure_reason=reason[:200] if is_refund and isinstance(reason, str) else "",
+        refund_status=refund_outcome(obj.get("status")) if is_refund else "",
+        failure_reason=_text(obj.get("failure_reason"), 200) if is_refund else "",
+        dispute_id=obj["id"][:255] if is_dispute else "",
+        dispute_status=_text(obj.get("status"), 50) if is_dispute else "",
+        dispute_reason=_text(obj.get("reason"), 100) if is_dispute else "",
+        evidence_due_by=_whole(evidence.get("due_by")) if is_dispute else None,
         payment_id=payment_id[:255] if isinstance(payment_id, str) else "",
         client_reference_id=reference if isinstance(reference, str) else "",
         payment_status=status if isinstance(status, str) else "",
-        # bool is an int in Python: ``true`` is not an amount
-        amount_total=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+        amount_total=_whole(amount),
         currency=currency if isinstance(currency, str) else "",
         metadata_booking_id=booking if isinstance(booking, str) else "",
         payload=data,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 
 from django.conf import settings
 from django.urls import reverse
@@ -151,6 +152,35 @@ def build_refund_event(checkout, *, status, failure_reason=None, refund_id=None,
                 "amount": to_minor_units(checkout.amount, checkout.currency),
                 "currency": checkout.currency.lower(),
                 "metadata": {},
+            }
+        },
+    }
+    payload = json.dumps(event).encode()
+    return payload, sign(payload)
+
+
+def build_dispute_event(
+    checkout, event_type, *, status="needs_response", amount=None, reason="fraudulent", dispute_id="dp_sandbox_1"
+):
+    """A Stripe-shaped ``charge.dispute.*`` event for the checkout's payment, evidence due in a week.
+
+    ``amount`` defaults to the whole charge (minor units); returns (payload bytes, Stripe-Signature).
+    """
+    event = {
+        "id": f"evt_sandbox_{secrets.token_hex(12)}",
+        "object": "event",
+        "type": event_type,
+        "data": {
+            "object": {
+                "id": dispute_id,
+                "object": "dispute",
+                "charge": f"ch_sandbox_{checkout.pk}",
+                "payment_intent": checkout.provider_payment_id or None,
+                "status": status,
+                "reason": reason,
+                "amount": to_minor_units(checkout.amount, checkout.currency) if amount is None else amount,
+                "currency": checkout.currency.lower(),
+                "evidence_details": {"due_by": int(time.time()) + 7 * 86400},
             }
         },
     }
