@@ -126,16 +126,19 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
     secret = secret or settings.PAYMENT_WEBHOOK_SECRET
     if not header:
         raise InvalidSignature()
-    timestamp, candidates = None, []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            timestamp = value
-        elif key == "v1":
-            candidates.append(value)
+    # Read as Stripe's verifier reads it (items split on "," and "=", nothing stripped, its *first* t), and
+    # refuse what it would read otherwise than we do: a second t (ours the last, Stripe's the first, so a
+    # future-dated signature could pass our check on a t of now appended). Each v1 is a SHA-256 in hex:
+    # anything else is no signature, and a non-ASCII one would make Stripe's comparison raise (a 500).
+    items = [item.split("=", 2) for item in header.split(",")]
+    timestamps = [item[1] for item in items if item[0] == "t" and len(item) > 1]
+    candidates = [item[1] if len(item) > 1 else "" for item in items if item[0] == "v1"]
     # ASCII digits, bounded: str.isdigit() accepts "²", which int() refuses (a 500).
-    if timestamp is None or not re.fullmatch(r"[0-9]{1,12}", timestamp) or not candidates:
+    if len(timestamps) != 1 or not re.fullmatch(r"[0-9]{1,12}", timestamps[0]) or not candidates:
         raise InvalidSignature()
+    if not all(re.fullmatch(r"[0-9a-f]{64}", candidate) for candidate in candidates):
+        raise InvalidSignature()
+    timestamp = timestamps[0]
     # Stripe's own verifier (below) refuses a stale timestamp but accepts any future one; we refuse one
     # more than ``tolerance`` ahead too: a signature dated in the future would stay replayable for as
     # long as it is ahead (a leaked or mis-clocked signer's event kept for later), and a provider whose

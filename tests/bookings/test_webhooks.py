@@ -69,7 +69,7 @@ def deliver(client, payload, signature=None):
         try:
             signature = stripe_signed(payload)
         except UnicodeDecodeError:  # bytes Stripe would never send: any well-formed header will do
-            signature = f"t={int(time.time())},v1=00"
+            signature = f"t={int(time.time())},v1={'0' * 64}"
     return client.post(URL, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
 
 
@@ -243,6 +243,26 @@ def test_signature_timestamp_must_be_ascii_digits_never_a_500(client, db, timest
     """Regression: ``t=²`` passed str.isdigit() and crashed int() (a 500 for an unauthenticated caller)."""
     response = deliver(client, b"{}", f"t={timestamp},v1=abc")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_signature"
+
+
+@pytest.mark.parametrize("candidate", ["é", "ＡＢ", "0" * 63 + "é", "A" * 64, "0" * 65, ""])
+def test_a_signature_that_is_not_a_sha256_in_hex_is_refused_never_a_500(client, db, candidate):
+    """Regression: ``v1=é`` reached Stripe's hmac.compare_digest, which refuses non-ASCII str (a 500)."""
+    response = deliver(client, b"{}", f"t={int(time.time())},v1={candidate}")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_signature"
+
+
+def test_a_future_dated_signature_is_refused_however_many_timestamps_follow_it(client, package):
+    """Regression: we read the last ``t``, Stripe the first: a ``t`` of now appended to a signature made an
+    hour ahead passed our check of the future, and Stripe, which refuses only stale ones, accepted it."""
+    booking = book(package)
+    payload = completed_event(booking.checkout.provider_checkout_id)
+    future = sign(payload, timestamp=time.time() + 3600)
+    now = int(time.time())
+    for header in (future, f"{future},t={now}", f"t={now},{future}", f"{future}, t={now}"):
+        response = deliver(client, payload, header)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_signature", header
+    assert not PaymentEvent.objects.exists() and status_of(booking) == Booking.Status.HELD
 
 
 def test_non_ascii_digit_client_reference_is_an_unknown_checkout(client, db):
