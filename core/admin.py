@@ -2,15 +2,18 @@ import functools
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.utils.translation import gettext_lazy as _
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
-from core.admin_actions import ActionsOnlyMixin
+from core.admin_actions import ActionsOnlyMixin, SelectionGuardMixin
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
+from core.exceptions import MemberAlreadyExists
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 
 
@@ -35,6 +38,19 @@ class MembershipForm(forms.ModelForm):
             return User.objects.get(**{User.USERNAME_FIELD: self.cleaned_data["user"]})
         except User.DoesNotExist:
             raise forms.ValidationError(_("No user has this name.")) from None
+
+    def clean(self):
+        """One membership per user and tenant, said on the user field (the tenant is read-only on a member's
+        page and the inline's parent on the tenant's, so Django's own unique check never sees it); two
+        owners adding one user at once meet the constraint (MemberAlreadyExists), also on the form."""
+        cleaned = super().clean()
+        user, tenant = cleaned.get("user"), cleaned.get("tenant")
+        tenant_id = tenant.pk if tenant is not None else self.instance.tenant_id
+        if user is not None and tenant_id is not None:
+            others = Membership.objects.filter(tenant_id=tenant_id, user=user).exclude(pk=self.instance.pk)
+            if others.exists():
+                self.add_error("user", MemberAlreadyExists.message)
+        return cleaned
 
 
 class MembershipInline(TenantScopedAdminMixin, admin.TabularInline):
@@ -67,8 +83,9 @@ class NewMembershipInline(TenantScopedAdminMixin, admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
-    """Staff see their tenants; owners rename theirs and manage members; only superusers add tenants."""
+class TenantAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    """Staff see their tenants; owners rename theirs (only what they changed, at the version they read) and
+    manage members; only superusers add or delete tenants."""
 
     tenant_path = ""
     change_roles = MANAGE_MEMBERS
@@ -77,6 +94,17 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
     inlines = [MembershipInline, NewMembershipInline]
+    refusal_fields = {"member_exists": None}
+
+    def guarded_edit(self, request, obj, changes, *, version):
+        return Tenant.objects.edit_tenant(obj.pk, version=version, **changes)
+
+    def guarded_create(self, request, form):
+        return form.save()
+
+    def has_delete_permission(self, request, obj=None):
+        # a tenant's deletion takes every booking, code and profile with it: not an owner's call
+        return request.user.is_active and request.user.is_superuser
 
 
 @admin.register(Membership)
@@ -84,6 +112,7 @@ class MembershipAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdmin
     """A member's role, written only where the owner changed it and only at the version they read."""
 
     change_roles = MANAGE_MEMBERS
+    refusal_fields = {"member_exists": "user"}
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
     search_fields = ["user__username", "tenant__slug"]
@@ -120,7 +149,7 @@ class NotificationAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     readonly_fields = [field.name for field in Notification._meta.fields]
 
 
-class JobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
+class JobAdmin(SelectionGuardMixin, procrastinate_admin.ProcrastinateJobAdmin):
     """The job queue's own admin, its retry/cancel/abort actions kept to superusers: the queue is
     shared by every tenant, and procrastinate declares no permission on them."""
 
@@ -137,3 +166,18 @@ class JobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
 
 admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, JobAdmin)
+
+
+# Django's own user and group pages, with the same guard on their actions.
+class UserAdmin(SelectionGuardMixin, auth_admin.UserAdmin):
+    pass
+
+
+class GroupAdmin(SelectionGuardMixin, auth_admin.GroupAdmin):
+    pass
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserAdmin)
+admin.site.unregister(Group)
+admin.site.register(Group, GroupAdmin)

@@ -5,6 +5,7 @@ The admin toolkit, with ``core.admin_forms``:
 - ``apply_to_each``: the per-row helper every action uses (refusals reported on their row), and
   ``row_action``, which declares such an action in one call;
 - ``ActionsOnlyMixin``: a model admin (or inline) whose detail page is view-only;
+- ``SelectionGuardMixin``: an action on a selection that is not row ids changes nothing (every admin);
 - ``refusal_text``: how a refusal reads in a message, "<message> (<code>)";
 - ``confirm_first``: a money or irreversible action shows what it will do to each row, and acts
   only on the confirming POST.
@@ -14,14 +15,40 @@ import functools
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import DomainError
 from core.guards import database_refusals
 
 NOTHING_TO_DO = _("nothing to do.")  # what a row reports when its operation returned False
+
+
+class SelectionGuardMixin:
+    """An action on a selection that is not row ids (a forged or garbled POST) changes nothing and says so.
+
+    Django filters on the posted ids as they came: a text where an integer goes was a 500.
+    """
+
+    def response_action(self, request, queryset):
+        if not _are_row_ids(self.model, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)):
+            self.message_user(request, gettext("No such rows: nothing was changed."), messages.WARNING)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
+
+
+def _are_row_ids(model, values):
+    """Whether every value could be one of ``model``'s primary keys (an integer within bigint's range)."""
+    field = model._meta.pk
+    try:
+        keys = [field.to_python(value) for value in values]
+    except ValidationError:
+        return False
+    return all(not isinstance(key, int) or -(2**63) <= key < 2**63 for key in keys)
 
 
 def refusal_text(refusal, *, code_first=False):

@@ -17,6 +17,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.http import Http404
 from django.utils.translation import ngettext
 
+from core.admin_actions import SelectionGuardMixin
 from core.models import Membership, Tenant
 
 READ = frozenset({Membership.Role.OWNER, Membership.Role.STAFF, Membership.Role.VIEWER})
@@ -37,7 +38,7 @@ def tenant_ids(request, roles):
     return cache[roles]
 
 
-class TenantScopedAdminMixin:
+class TenantScopedAdminMixin(SelectionGuardMixin):
     """A model admin (or inline) whose rows belong to a tenant through ``tenant_path`` (a lookup:
     "tenant", "booking__tenant", or "" for the Tenant model itself).
 

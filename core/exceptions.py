@@ -90,6 +90,13 @@ class VersionConflict(Conflict):
     message = _("This record was changed by someone else (now version %(current)s). Reload it and try again.")
 
 
+class MemberAlreadyExists(Conflict):
+    """The user is a member of the tenant already (one membership per user and tenant)."""
+
+    code = "member_exists"
+    message = _("This user is already a member of this tenant.")
+
+
 class TransitionRefused(Conflict):
     """The database's state-machine trigger refused a change of state (a bug or a lost race upstream)."""
 

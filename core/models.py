@@ -8,8 +8,8 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.db_backend.base import execute_carrying_timeouts
-from core.exceptions import NotFound
-from core.guards import ClockNow, guarded
+from core.exceptions import MemberAlreadyExists, NotFound
+from core.guards import ClockNow, constraint_errors, guarded
 from core.history import tracked
 from core.integrity import BumpVersion, StateMachine
 from core.managers import IdempotencyKeyManager
@@ -29,6 +29,24 @@ class TenantManager(models.Manager):
         """The tenant with this slug, or None."""
         return self.slugged.instance(self, slug=slug)
 
+    @guarded
+    def edit_tenant(self, tenant_id, *, version, **changes):
+        """Write only the changed fields (name, slug) of a tenant, at the version the caller read.
+
+        Locks: the tenant row FOR NO KEY UPDATE (waits up to lock_timeout; no other lock).
+
+        Refuses with VersionConflict when another edit committed since the caller read the row
+        (tenant_version bumped it): a page opened before a colleague changed the slug, every API
+        client's path, never writes the old one back. Raises NotFound, VersionConflict; ValueError
+        for another field.
+        """
+        refuse_unknown_fields(changes, TENANT_EDITABLE, model="Tenant", edit="a tenant edit")
+        return edit_at_version(self.filter(pk=tenant_id), version=version, changes=changes, missing=NotFound)
+
+
+# What an owner edits on their tenant (TenantAdmin, through Tenant.objects.edit_tenant); an edit bumps ``version``.
+TENANT_EDITABLE = ("name", "slug")
+
 
 class Tenant(models.Model):
     """A business using Lockstep: its packages, codes, sessions and family trees belong to it."""
@@ -37,6 +55,7 @@ class Tenant(models.Model):
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
+    version = models.PositiveIntegerField(_("version"), default=1, editable=False)
 
     objects = TenantManager()
 
@@ -44,6 +63,7 @@ class Tenant(models.Model):
         ordering = ["slug"]
         verbose_name = _("tenant")
         verbose_name_plural = _("tenants")
+        triggers = [BumpVersion(name="tenant_version", fields=TENANT_EDITABLE)]
 
     def __str__(self):
         return self.name
@@ -95,6 +115,9 @@ class Membership(models.Model):
 
     def __str__(self):
         return f"{self.user} @ {self.tenant}"
+
+
+constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists})
 
 
 class IdempotencyKey(models.Model):

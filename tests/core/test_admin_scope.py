@@ -275,3 +275,109 @@ def test_an_owner_adds_a_member_from_the_tenant_page(client, django_user_model):
     response = client.post(change, data)
     assert response.status_code == 302, response.context and response.context.get("errors")
     assert Membership.objects.get(user__username="colleague").tenant == tenant
+
+
+@pytest.mark.parametrize("model, model_admin", REGISTERED, ids=lambda item: getattr(item, "__name__", ""))
+@pytest.mark.parametrize("selected", ["abc", "1.5", "9" * 30, "²"])
+def test_an_action_on_a_garbled_selection_changes_nothing_and_is_never_a_500(
+    model, model_admin, selected, admin_client
+):
+    """Regression: Django filters on the posted ids as they came; a text where an integer goes was a 500.
+    (A list offering no action, even to a superuser, is asked for Django's delete.)"""
+    actions = list(model_admin.get_actions(admin_client.get("/admin/").wsgi_request)) or ["delete_selected"]
+    admin_client.raise_request_exception = False
+    before = list(model._default_manager.order_by("pk").values())
+    for action in actions:
+        response = admin_client.post(
+            url(model, "changelist"), {"action": action, "index": 0, "_selected_action": [selected]}
+        )
+        assert response.status_code in (200, 302), (action, response.status_code)
+    assert list(model._default_manager.order_by("pk").values()) == before
+
+
+@pytest.mark.django_db
+def test_a_tenant_page_opened_before_a_colleague_changed_the_slug_is_refused_not_written(client, django_user_model):
+    """Regression: Save wrote every field back as the page showed it: a rename put back the old slug, the
+    path of every API client, that a colleague had just changed."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    change = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(change))
+    Tenant.objects.edit_tenant(tenant.pk, version=tenant.version, slug="acme-ltd")  # a colleague, meanwhile
+    data["name"] = "Acme Ltd"
+    refused = client.post(change, data)
+    assert refused.status_code == 200 and "changed by someone else" in refused.content.decode()
+    assert Tenant.objects.filter(pk=tenant.pk).values_list("name", "slug").get() == ("Acme", "acme-ltd")
+    fresh = form_data(client.get(change))
+    fresh["name"] = "Acme Ltd"
+    assert client.post(change, fresh).status_code == 302
+    assert Tenant.objects.filter(pk=tenant.pk).values_list("name", "slug", "version").get() == (
+        "Acme Ltd",
+        "acme-ltd",
+        3,
+    )
+
+
+@pytest.mark.django_db
+def test_a_user_already_a_member_is_a_form_error_on_either_page_never_a_500(client, django_user_model):
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    alice = django_user_model.objects.create_user("alice", password="pw", is_staff=True)
+    bob = django_user_model.objects.create_user("bob", password="pw", is_staff=True)
+    Membership.objects.create(tenant=tenant, user=alice, role=Membership.Role.VIEWER)
+    bobs = Membership.objects.create(tenant=tenant, user=bob, role=Membership.Role.STAFF)
+    client.raise_request_exception = False
+
+    member_page = url(Membership, "change", bobs.pk)
+    data = form_data(client.get(member_page))
+    data["user"] = "alice"
+    refused = client.post(member_page, data)
+    assert refused.status_code == 200 and "already a member of this tenant" in refused.content.decode()
+    assert Membership.objects.get(pk=bobs.pk).user == bob
+
+    tenant_page = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(tenant_page))
+    new = next(key[: -len("-TOTAL_FORMS")] for key in data if key.endswith("-TOTAL_FORMS") and data[key] == 0)
+    data.update({f"{new}-TOTAL_FORMS": 1, f"{new}-0-user": "alice", f"{new}-0-role": "owner"})
+    refused = client.post(tenant_page, data)
+    assert refused.status_code == 200 and "already a member of this tenant" in refused.content.decode()
+    assert Membership.objects.get(tenant=tenant, user=alice).role == Membership.Role.VIEWER
+
+
+@pytest.mark.django_db
+def test_a_member_added_by_a_colleague_after_the_check_is_refused_by_the_constraint_on_the_form(
+    client, django_user_model, monkeypatch
+):
+    """The insert race: the form's check passed, a colleague's insert of the same user committed before
+    this one. The unique constraint refuses it, and the page says so (nothing written, no 500)."""
+    from core.admin import MembershipForm
+
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    alice = django_user_model.objects.create_user("alice", password="pw", is_staff=True)
+    tenant_page = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(tenant_page))
+    new = next(key[: -len("-TOTAL_FORMS")] for key in data if key.endswith("-TOTAL_FORMS") and data[key] == 0)
+    data.update({f"{new}-TOTAL_FORMS": 1, f"{new}-0-user": "alice", f"{new}-0-role": "owner"})
+    checked = MembershipForm.clean
+
+    def colleague_first(form):  # the colleague's row lands between this form's check and its insert
+        cleaned = checked(form)
+        Membership.objects.get_or_create(tenant=tenant, user=alice, defaults={"role": Membership.Role.VIEWER})
+        return cleaned
+
+    monkeypatch.setattr(MembershipForm, "clean", colleague_first)
+    client.raise_request_exception = False
+    refused = client.post(tenant_page, data)
+    assert refused.status_code == 200 and "already a member of this tenant" in refused.content.decode()
+    assert Membership.objects.get(tenant=tenant, user=alice).role == Membership.Role.VIEWER
+
+
+@pytest.mark.django_db
+def test_only_a_superuser_deletes_a_tenant(client, admin_client, django_user_model):
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    assert client.post(url(Tenant, "delete", tenant.pk), {"post": "yes"}).status_code == 403
+    assert Tenant.objects.filter(pk=tenant.pk).exists()
+    assert admin_client.post(url(Tenant, "delete", tenant.pk), {"post": "yes"}).status_code == 302
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
