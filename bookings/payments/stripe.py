@@ -78,15 +78,22 @@ class StripeProvider(PaymentProvider):
         return as_refund(refund)
 
     def find_refund(self, checkout) -> ProviderRefund | None:
-        """A refund of the checkout's PaymentIntent that Stripe made or is making (not a failed or canceled one)."""
+        """The full refund of the checkout's PaymentIntent that Stripe made or is making (not a failed or canceled
+        one). A refund of part of it (a goodwill refund from the dashboard) is not the refund owed: taking it
+        would mark the booking refunded with the rest never paid back."""
         if not checkout.provider_payment_id:
             return None
         try:
             refunds = self.client.v1.refunds.list(params={"payment_intent": checkout.provider_payment_id, "limit": 10})
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc)) from exc
-        made = [as_refund(refund) for refund in refunds.data]
-        made = [refund for refund in made if refund.status != "failed"]
+        charged, currency = to_minor_units(checkout.amount, checkout.currency), checkout.currency.lower()
+        full = [
+            refund
+            for refund in refunds.data
+            if getattr(refund, "amount", None) == charged and getattr(refund, "currency", None) == currency
+        ]
+        made = [refund for refund in map(as_refund, full) if refund.status != "failed"]
         return made[0] if made else None
 
     def get_refund(self, checkout) -> ProviderRefund:

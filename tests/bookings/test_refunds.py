@@ -8,6 +8,8 @@ operator, and the booking is refunded exactly when its refund succeeded.
 
 import io
 import json
+from datetime import timedelta
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,7 @@ from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
+from bookings import services
 from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments.base import ProviderRefund, parse_event
 from bookings.payments.sandbox import SandboxProvider, build_refund_event
@@ -444,15 +447,40 @@ def test_stripe_refund_statuses_are_read_as_outcomes(status, outcome):
     assert refunds.calls == [({"payment_intent": "pi_1"}, {"idempotency_key": "k"})]
 
 
-def test_stripe_find_refund_skips_failed_and_canceled_ones():
+def stripe_refund(refund_id, status, *, amount=10000, currency="usd", failure_reason=None):
+    return SimpleNamespace(id=refund_id, status=status, amount=amount, currency=currency, failure_reason=failure_reason)
+
+
+def test_stripe_find_refund_takes_only_a_full_refund_not_failed_or_canceled():
     listed = [
-        SimpleNamespace(id="re_failed", status="failed", failure_reason="lost_or_stolen_card"),
-        SimpleNamespace(id="re_canceled", status="canceled", failure_reason=None),
-        SimpleNamespace(id="re_on_its_way", status="pending", failure_reason=None),
+        stripe_refund("re_failed", "failed", failure_reason="lost_or_stolen_card"),
+        stripe_refund("re_canceled", "canceled"),
+        stripe_refund("re_goodwill", "succeeded", amount=2000),  # part of it, from the dashboard
+        stripe_refund("re_other_currency", "succeeded", currency="eur"),
+        stripe_refund("re_on_its_way", "pending"),
     ]
-    checkout = SimpleNamespace(provider_payment_id="pi_1")
+    checkout = SimpleNamespace(provider_payment_id="pi_1", amount=Decimal("100.00"), currency="USD")
     assert stripe_with(FakeRefunds(listed=listed)).find_refund(checkout) == ProviderRefund("re_on_its_way", "pending")
-    assert stripe_with(FakeRefunds(listed=listed[:2])).find_refund(checkout) is None
+    assert stripe_with(FakeRefunds(listed=listed[:4])).find_refund(checkout) is None
+
+
+def test_a_refund_looked_up_past_the_key_window_is_never_a_partial_one_from_the_dashboard(package, monkeypatch):
+    """Regression: a 20.00 goodwill refund made in the dashboard was taken for the 100.00 refund owed, when
+    its retry came more than a day after the first ask: the booking refunded, 80.00 never paid back."""
+    booking = paid(package)
+    with transaction.atomic():  # cancelled, its refund claimed; the first call died a day ago
+        Booking.objects.cancel(booking.pk)
+        Checkout.objects.request_refund(booking.checkout.pk)
+    Checkout.objects.filter(booking=booking).update(refund_requested_at=Now() - timedelta(hours=25))
+    refunds = FakeRefunds(
+        created=stripe_refund("re_full", "succeeded"), listed=[stripe_refund("re_goodwill", "succeeded", amount=2000)]
+    )
+    monkeypatch.setattr(services, "provider_for", lambda name: stripe_with(refunds))
+
+    assert refund_booking(booking.pk) == "succeeded"
+    checkout = Checkout.objects.get(booking=booking)
+    assert (checkout.provider_refund_id, len(refunds.calls)) == ("re_full", 1)  # asked for the refund owed
+    assert state_of(booking) == ("refunded", "succeeded")
 
 
 def test_a_refund_event_is_read_as_its_refund():
