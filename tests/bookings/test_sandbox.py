@@ -76,3 +76,29 @@ def test_a_refused_delivery_is_shown_on_the_page_not_a_500(anon_client, browser,
     assert "being changed by another request" in response.content.decode()
     assert 'name="pay"' in response.content.decode()  # still open: the customer can press again
     assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.HELD
+
+
+def test_a_button_the_checkout_no_longer_offers_sends_nothing(anon_client, browser, tenant):
+    """Regression: the page acted on any checkout: "pay" on an expired session confirmed a booking."""
+    created = start(anon_client, tenant)
+    html = browser.get(created["checkout"]["url"].removeprefix("http://127.0.0.1:8000")).content.decode()
+    assert press(browser, html, "cancel").status_code == 200  # expired: the page offers nothing now
+    refused = press(browser, html, "pay")  # the page as it was before, still open in another tab
+    assert refused.status_code == 409 and "no longer offers that" in refused.content.decode()
+    assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.EXPIRED
+    assert PaymentEvent.objects.count() == 1  # the cancel's only
+
+
+def test_no_sandbox_page_where_stripe_takes_the_payments(anon_client, browser, tenant, settings):
+    """Regression: a pay link a sandbox e-mailed (staging promoted, a site before its Stripe keys) still
+    confirmed the booking, unpaid, once Stripe was the provider."""
+    created = start(anon_client, tenant)
+    path = created["checkout"]["url"].removeprefix("http://127.0.0.1:8000")
+    html = browser.get(path).content.decode()
+    settings.PAYMENT_PROVIDER, settings.STRIPE_API_KEY, settings.PAYMENT_SANDBOX_ALLOWED = "", "sk_test_x", False
+    assert browser.get(path).status_code == 404
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    assert browser.post(path + "/pay", {"csrfmiddlewaretoken": token}).status_code == 404
+    assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.HELD
+    settings.PAYMENT_SANDBOX_ALLOWED = True  # a staging site that keeps the sandbox beside Stripe
+    assert browser.get(path).status_code == 200
