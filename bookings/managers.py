@@ -685,12 +685,13 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
 
         Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
 
-        One filtered UPDATE; the customer, told it was refunded, is told it was not. Returns
-        whether the booking was refunded (one that was not is left alone).
+        One filtered UPDATE; the customer's "refunded" e-mail is withdrawn if it has not gone out, else
+        they are told it was not (take_back_refund_notice). Returns whether the booking was refunded
+        (one that was not is left alone).
         """
         Status = self.model.Status
         if self.filter(pk=booking_id, status=Status.REFUNDED).update(status=Status.REFUND_PENDING, refunded_at=None):
-            notifications.owe_customer_notice(notifications.REFUND_REVERSED, booking_id, refund=refund_id)
+            notifications.take_back_refund_notice(booking_id, refund=refund_id)
             return True
         return False
 

@@ -164,6 +164,18 @@ def owe_customer_notice(kind, booking_id, *, refund=None):
     )
 
 
+def take_back_refund_notice(booking_id, *, refund):
+    """The provider failed the refund ``refund`` after it succeeded: withdraw the customer's "refunded" e-mail
+    if it has not gone out (no retry of its job sends it after this), else tell them it did not go through.
+
+    Locks: the notice's row (``Notification.objects.take_back``). Returns the reversal owed, or None.
+    """
+    subject = f"booking:{booking_id}:refund:{refund}"
+    if Notification.objects.take_back(REFUNDED, subject=subject):
+        return owe_customer_notice(REFUND_REVERSED, booking_id, refund=refund)
+    return None
+
+
 def held_notice(booking, *, pay_url):
     """The customer's first e-mail, with the pay link and the hold's expiry: ``Notification.objects.owe``'s
     keywords, for the statement that opens the checkout (``Checkout.objects.open``).

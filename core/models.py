@@ -298,12 +298,30 @@ class NotificationManager(models.Manager):
             status=Status.FAILED if final else Status.PENDING, last_error=error[:500]
         )
 
+    @guarded
+    def take_back(self, kind, *, subject):
+        """Withdraw the notice of an event that turned out untrue (a refund the provider failed after it
+        succeeded); return whether it may have reached its recipients (sent, or being sent).
+
+        Locks: the notification row FOR UPDATE (what the worker's claim waits for), then a filtered UPDATE.
+
+        One not yet sent (``pending``) or being sent (``sending``) becomes ``superseded``: no retry of
+        its job sends it later, after the news that contradicts it. One being sent may still go out.
+        """
+        Status = self.model.Status
+        notice = self.filter(kind=kind, subject=subject).select_for_update()
+        was = notice.values_list("status", flat=True).first()
+        if was in (Status.PENDING, Status.SENDING):
+            notice.filter(status=was).update(status=Status.SUPERSEDED)
+        return was in (Status.SENDING, Status.SENT)
+
 
 class NotificationStatus(models.TextChoices):
     PENDING = "pending", _("pending")
     SENDING = "sending", _("sending")
     SENT = "sent", _("sent")
     FAILED = "failed", _("failed")
+    SUPERSEDED = "superseded", _("superseded")
 
 
 NOTIFICATION_TRANSITIONS = [
@@ -312,6 +330,8 @@ NOTIFICATION_TRANSITIONS = [
     (NotificationStatus.SENDING, NotificationStatus.SENT),  # the mail server took it (mark_sent)
     (NotificationStatus.SENDING, NotificationStatus.PENDING),  # the mail server refused; the job retries (release)
     (NotificationStatus.SENDING, NotificationStatus.FAILED),  # refused on the last attempt (release)
+    (NotificationStatus.PENDING, NotificationStatus.SUPERSEDED),  # its news turned out untrue (take_back)
+    (NotificationStatus.SENDING, NotificationStatus.SUPERSEDED),  # the same, while it was being sent
 ]
 
 

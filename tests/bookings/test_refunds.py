@@ -13,6 +13,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.core import mail
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
@@ -34,7 +35,7 @@ from bookings.services import (
 from core.models import Notification
 from tests.bookings.factories import PackageFactory, book
 from tests.bookings.providers import PendingRefundProvider
-from tests.races import run_concurrently, tally
+from tests.races import attempted_while_held, run_concurrently, tally
 
 State = Checkout.RefundState
 
@@ -210,10 +211,17 @@ def test_a_refund_that_fails_after_it_succeeded_is_owed_again(package, recording
 
 
 def customer_news(booking):
-    """What the customer is told about the booking's refunds, in the order it was owed."""
+    """What the customer is told about the booking's refunds, in the order it was owed, with how far it went."""
     about = f"booking:{booking.pk}:refund:"
     notices = Notification.objects.filter(subject__startswith=about, recipients=[booking.customer_email])
-    return list(notices.order_by("pk").values_list("kind", "subject"))
+    return list(notices.order_by("pk").values_list("kind", "subject", "status"))
+
+
+def send_owed():
+    from core.notifications import send
+
+    for pk in Notification.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True):
+        send(pk, final_attempt=False)
 
 
 def test_the_customer_told_of_a_refund_that_then_failed_is_told_so_and_told_again_when_it_is_made(
@@ -221,7 +229,8 @@ def test_the_customer_told_of_a_refund_that_then_failed_is_told_so_and_told_agai
 ):
     booking = cancelled(package)
     first = Checkout.objects.get(booking=booking).provider_refund_id
-    assert customer_news(booking) == [("booking_refunded", f"booking:{booking.pk}:refund:{first}")]
+    send_owed()  # "refunded" went out
+    assert customer_news(booking) == [("booking_refunded", f"booking:{booking.pk}:refund:{first}", "sent")]
 
     assert deliver(booking, "failed", failure_reason="lost_or_stolen_card").result == "refund_failed"
     assert deliver(booking, "failed").result == "superseded_refund"  # its twin tells no one again
@@ -229,11 +238,69 @@ def test_the_customer_told_of_a_refund_that_then_failed_is_told_so_and_told_agai
     assert retry_refund(booking.pk, operator=True) == "succeeded"  # the operator's retry: a new refund
     second = Checkout.objects.get(booking=booking).provider_refund_id
     assert customer_news(booking) == [
-        ("booking_refunded", f"booking:{booking.pk}:refund:{first}"),
-        ("refund_reversed", f"booking:{booking.pk}:refund:{first}"),
-        ("booking_refunded", f"booking:{booking.pk}:refund:{second}"),
+        ("booking_refunded", f"booking:{booking.pk}:refund:{first}", "sent"),
+        ("refund_reversed", f"booking:{booking.pk}:refund:{first}", "pending"),
+        ("booking_refunded", f"booking:{booking.pk}:refund:{second}", "pending"),
     ]
     assert gave_up_alerts(booking) == 1  # the operators: once, for the failed refund
+
+
+def test_a_refunded_e_mail_not_yet_out_when_its_refund_fails_is_withdrawn_never_sent_after(
+    package, recording_provider, settings
+):
+    """Regression: the "refunded" e-mail met a refusing mail server (its job retried minutes later); the
+    refund failed meanwhile; the retry then told the customer "refunded", after the news that it was not."""
+    from core.notifications import send
+
+    booking = cancelled(package)
+    first = Checkout.objects.get(booking=booking).provider_refund_id
+    refunded = Notification.objects.get(kind="booking_refunded")
+    settings.EMAIL_BACKEND = "tests.bookings.providers.RefusingEmailBackend"
+    with pytest.raises(ConnectionRefusedError):
+        send(refunded.pk, final_attempt=False)  # back to pending, for the job's retry
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+    assert deliver(booking, "failed").result == "refund_failed"
+    assert send(refunded.pk, final_attempt=False) is False  # the job's retry sends nothing
+    assert mail.outbox == []  # never told it was refunded, so nothing to take back either
+    assert customer_news(booking) == [("booking_refunded", f"booking:{booking.pk}:refund:{first}", "superseded")]
+
+
+def test_a_refunded_e_mail_being_sent_when_its_refund_fails_is_withdrawn_and_the_failure_told(
+    package, recording_provider
+):
+    """The worker claimed the "refunded" e-mail (it may be on the wire) when the failure comes: it is not
+    retried should the mail server refuse it, and the customer is told the refund did not go through."""
+    booking = cancelled(package)
+    first = Checkout.objects.get(booking=booking).provider_refund_id
+    refunded = Notification.objects.get(kind="booking_refunded")
+    assert Notification.objects.claim(refunded.pk) is not None  # sending
+    assert deliver(booking, "failed").result == "refund_failed"
+    assert not Notification.objects.release(refunded.pk, error="SMTP 451", final=False)  # no retry now
+    assert not Notification.objects.mark_sent(refunded.pk)
+    assert customer_news(booking) == [
+        ("booking_refunded", f"booking:{booking.pk}:refund:{first}", "superseded"),
+        ("refund_reversed", f"booking:{booking.pk}:refund:{first}", "pending"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refund_failure_that_waited_for_the_workers_claim_judges_the_e_mail_as_the_claim_left_it(
+    tenant, recording_provider
+):
+    """Forced interleaving: the worker's claim of the "refunded" e-mail holds its row (pending -> sending, not
+    yet committed) when the refund's failure arrives; the failure waits for that row, then finds it being
+    sent: withdrawn (no retry), and the customer told the refund did not go through."""
+    booking = cancelled(PackageFactory(tenant=tenant))
+    refunded = Notification.objects.get(kind="booking_refunded")
+    outcome = attempted_while_held(
+        lambda: Notification.objects.claim(refunded.pk), lambda _i: deliver(booking, "failed").result
+    )
+    assert outcome.value == "refund_failed", outcome
+    assert [kind_status[0::2] for kind_status in customer_news(booking)] == [
+        ("booking_refunded", "superseded"),
+        ("refund_reversed", "pending"),
+    ]
 
 
 def test_a_refund_event_before_the_answer_is_recorded_by_the_payment_and_the_answer_then_changes_nothing(
