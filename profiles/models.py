@@ -33,49 +33,91 @@ class ProfileVersionOnlyIncreases(Refusal):
 
 
 class ProfileParentsLive(pgtrigger.Trigger):
-    """Refuse a live profile that starts pointing at a soft-deleted (or missing) father or mother.
+    """Refuse a live profile that starts pointing at a father or mother it may not have.
 
-    Fires when a row is inserted, when its father or mother changes, or when it is
-    restored (``deleted_at`` back to NULL), for rows that are live afterwards. A backstop
-    behind the manager's locks, not the guard: the manager locks each parent FOR UPDATE
-    NOWAIT with ``deleted_at IS NULL`` first and names the refusal (parent_deleted,
-    father or mother); this unlocked read only makes a writer that skipped the manager
-    fail loudly. Raises SQLSTATE 23514 named ``profile_parent_transition``.
+    Fires when a row is inserted, when its father or mother changes, or when it is restored
+    (``deleted_at`` back to NULL), for rows that are live afterwards; each parent so referenced
+    must be live (not soft-deleted, not missing), of the same tenant, of its role's sex (a father
+    male, a mother female) and, on an update, not the profile itself or one of its descendants
+    (a cycle). A profile's own sex may not change while a live child has it as the other parent.
+    A backstop behind the manager's locks, not the guard: the manager locks each parent FOR
+    UPDATE NOWAIT under the tenant's tree lock and names the refusal (parent_deleted,
+    parent_not_found, parent_wrong_sex, would_create_cycle, sex_change_conflict); these unlocked
+    reads only make a writer that skipped the manager fail loudly. Raises SQLSTATE 23514 named
+    ``profile_parent_transition``.
     """
 
     when = pgtrigger.Before
     operation = pgtrigger.Insert | pgtrigger.Update
-    declare = [("v_role", "text")]
+    declare = [
+        ("v_role", "text"),
+        ("v_why", "text"),
+        ("v_parent", "bigint"),
+        ("v_was", "bigint"),
+        ("v_sex", "text"),
+        ("v_found", "record"),
+        ("v_again", "boolean"),
+    ]
 
     def get_func(self, model):
+        # v_again: inserted or restored, the row points at every parent again; else only at a changed one.
+        # (No SQL comment in the body: the migration stores it on one line.)
         table = model._meta.db_table
         refuse = refusal_sql(
             self.name,
-            "'live->' || v_role || ' deleted'",
-            "format('%s: profile %s may not point at a deleted or missing %s', TG_TABLE_NAME, NEW.\"id\", v_role)",
-        )
-        dead = (
-            'NEW."{col}" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "' + table + '" p '  # noqa: S608 - trigger SQL from _meta names, run by the migration
-            'WHERE p."id" = NEW."{col}" AND p."deleted_at" IS NULL)'
+            "'live->' || v_why",
+            "format('%s: profile %s may not have that %s (%s)', TG_TABLE_NAME, NEW.\"id\", v_role, v_why)",
         )
         return self.format_sql(
             f"""
             IF NEW."deleted_at" IS NOT NULL THEN RETURN NEW; END IF;
             IF TG_OP = 'UPDATE' AND OLD."deleted_at" IS NOT DISTINCT FROM NEW."deleted_at"
                AND OLD."father_id" IS NOT DISTINCT FROM NEW."father_id"
-               AND OLD."mother_id" IS NOT DISTINCT FROM NEW."mother_id" THEN
+               AND OLD."mother_id" IS NOT DISTINCT FROM NEW."mother_id"
+               AND OLD."sex" IS NOT DISTINCT FROM NEW."sex" THEN
                 RETURN NEW;
             END IF;
-            IF (TG_OP = 'INSERT' OR OLD."father_id" IS DISTINCT FROM NEW."father_id"
-                OR OLD."deleted_at" IS NOT NULL) AND {dead.format(col="father_id")} THEN
-                v_role := 'father';
-            ELSIF (TG_OP = 'INSERT' OR OLD."mother_id" IS DISTINCT FROM NEW."mother_id"
-                OR OLD."deleted_at" IS NOT NULL) AND {dead.format(col="mother_id")} THEN
-                v_role := 'mother';
+            v_again := TG_OP = 'INSERT' OR OLD."deleted_at" IS NOT NULL;
+            FOREACH v_role IN ARRAY ARRAY['father', 'mother'] LOOP
+                IF v_role = 'father' THEN
+                    v_parent := NEW."father_id"; v_sex := 'male';
+                    v_was := CASE WHEN TG_OP = 'UPDATE' THEN OLD."father_id" END;
+                ELSE
+                    v_parent := NEW."mother_id"; v_sex := 'female';
+                    v_was := CASE WHEN TG_OP = 'UPDATE' THEN OLD."mother_id" END;
+                END IF;
+                CONTINUE WHEN v_parent IS NULL OR NOT (v_again OR v_was IS DISTINCT FROM v_parent);
+                SELECT p."deleted_at", p."tenant_id", p."sex" INTO v_found
+                  FROM "{table}" p WHERE p."id" = v_parent;
+                IF NOT FOUND OR v_found."deleted_at" IS NOT NULL THEN
+                    v_why := v_role || ' deleted';
+                ELSIF v_found."tenant_id" IS DISTINCT FROM NEW."tenant_id" THEN
+                    v_why := v_role || ' of another tenant';
+                ELSIF v_found."sex" IS DISTINCT FROM v_sex THEN
+                    v_why := v_role || ' not ' || v_sex;
+                ELSIF TG_OP = 'UPDATE' AND EXISTS (
+                    WITH RECURSIVE up("id") AS (
+                        SELECT v_parent
+                        UNION
+                        SELECT x."pid" FROM up JOIN "{table}" p ON p."id" = up."id"
+                        CROSS JOIN LATERAL (VALUES (p."father_id"), (p."mother_id")) AS x("pid")
+                        WHERE x."pid" IS NOT NULL
+                    ) SELECT 1 FROM up WHERE up."id" = NEW."id"
+                ) THEN
+                    v_why := v_role || ' a descendant';
+                END IF;
+                IF v_why IS NOT NULL THEN {refuse} END IF;
+            END LOOP;
+            IF TG_OP = 'UPDATE' AND OLD."sex" IS DISTINCT FROM NEW."sex" AND EXISTS (
+                SELECT 1 FROM "{table}" c WHERE c."deleted_at" IS NULL AND (
+                    (c."father_id" = NEW."id" AND NEW."sex" <> 'male')
+                    OR (c."mother_id" = NEW."id" AND NEW."sex" <> 'female'))
+            ) THEN
+                v_role := 'sex'; v_why := 'sex of a parent of live children';
+                {refuse}
             END IF;
-            IF v_role IS NOT NULL THEN {refuse} END IF;
             RETURN NEW;
-            """
+            """,  # noqa: S608 - trigger SQL from _meta names, run by the migration
         )
 
 

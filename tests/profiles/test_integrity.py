@@ -253,6 +253,7 @@ def family(tenant):
     Profile.objects.soft_delete(rows["gone_mum"].pk, tenant=tenant, version=1)
     rows["deleted_kid"] = ProfileFactory(tenant=tenant, first_name="DeletedKid")
     Profile.objects.soft_delete(rows["deleted_kid"].pk, tenant=tenant, version=1)
+    rows["stranger"] = ProfileFactory(tenant=TenantFactory(slug="elsewhere"), first_name="Stranger")
     return {key: fresh(row) for key, row in rows.items()}
 
 
@@ -271,12 +272,37 @@ PARENT_CASES = [
     ("deleted_kid", {"deleted_at": None, "father": "@gone_dad"}, "profile_parent_transition"),
     ("deleted_kid", {"deleted_at": None, "mother": "@gone_mum"}, "profile_parent_transition"),
     ("deleted_kid", {"deleted_at": None, "father": "@dad", "mother": "@mum"}, "ok"),
+    # a parent of another tenant, of the other sex, or a descendant (a cycle), live or restored
+    ("kid", {"father": "@stranger"}, "profile_parent_transition"),
+    ("kid", {"father": "@mum"}, "profile_parent_transition"),
+    ("kid", {"mother": "@uncle"}, "profile_parent_transition"),
+    ("dad", {"father": "@kid"}, "profile_parent_transition"),
+    ("deleted_kid", {"father": "@stranger"}, "ok"),  # a deleted row is no one's tree…
+    ("deleted_kid", {"deleted_at": None, "father": "@stranger"}, "profile_parent_transition"),  # …till restored
+    # a parent's sex, while a live child has them as father or mother
+    ("dad", {"sex": "female"}, "profile_parent_transition"),
+    ("mum", {"sex": "male"}, "profile_parent_transition"),
+    ("uncle", {"sex": "female"}, "ok"),
+    ("dad", {"first_name": "Renamed", "sex": "male"}, "ok"),
 ]
 
 
 @pytest.mark.parametrize("profile,change,expected", cases(PARENT_CASES))
 def test_a_live_profile_never_takes_a_deleted_parent(family, profile, change, expected):
     assert outcome(lambda: Profile.objects.filter(pk=family[profile].pk).update(**resolve(change, family))) == expected
+
+
+def test_a_descendant_is_never_an_ancestor_however_far_down(family):
+    tenant = family["kid"].tenant
+    grandkid = ProfileFactory(tenant=tenant, first_name="Grandkid", father=family["kid"])
+    great = ProfileFactory(tenant=tenant, first_name="Great", father=grandkid)
+    assert outcome(lambda: Profile.objects.filter(pk=family["dad"].pk).update(father=great)) == (
+        "profile_parent_transition"
+    )
+    assert outcome(lambda: Profile.objects.filter(pk=family["mum"].pk).update(father=great)) == (
+        "profile_parent_transition"
+    )
+    assert outcome(lambda: Profile.objects.filter(pk=family["uncle"].pk).update(father=great)) == "ok"
 
 
 def test_restoring_a_profile_whose_parent_was_deleted_meanwhile_is_refused(family):
