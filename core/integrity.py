@@ -40,6 +40,10 @@ class GuardedModel(models.Model):
         abstract = True
 
     def save(self, *args, update_fields=None, **kwargs):
+        if self._state.adding and self.pk is not None and self.guarded_fields:
+            # A new instance given an existing row's pk would be written over that row (Django tries an
+            # UPDATE first), guarded columns and all: a new instance is inserted, or refused as a duplicate.
+            kwargs["force_insert"] = True
         if not self._state.adding and self.guarded_fields:
             # update_fields may name a foreign key by its column attribute ("package_id"): compare fields.
             names = self.guarded_fields if update_fields is None else update_fields

@@ -64,6 +64,17 @@ def test_a_plain_save_of_a_profile_cannot_write_a_guarded_column(tenant):
     assert fresh(kid).first_name == "Renamed"
 
 
+def test_a_new_instance_with_an_existing_profiles_pk_is_refused_never_written_over_it(tenant):
+    """Regression: ``Profile(pk=existing, …).save()`` is an UPDATE to Django (it tries one first): every
+    column written over the row, its father cleared, without the guard save() has on a loaded row."""
+    dad = ProfileFactory(tenant=tenant)
+    kid = ProfileFactory(tenant=tenant, first_name="Kid", father=dad)
+    forged = Profile(pk=kid.pk, tenant=tenant, first_name="Kid", sex="male")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        forged.save()
+    assert (fresh(kid).father_id, fresh(kid).version) == (dad.pk, 1)
+
+
 def test_no_save_of_an_existing_audit_entry_is_allowed(tenant):
     entry = ProfileFactory(tenant=tenant).history.get()
     entry.undo_reason = "tampered"
@@ -288,7 +299,7 @@ PARENT_CASES = [
 
 
 @pytest.mark.parametrize("profile,change,expected", cases(PARENT_CASES))
-def test_a_live_profile_never_takes_a_deleted_parent(family, profile, change, expected):
+def test_a_live_profile_never_takes_a_parent_it_may_not_have(family, profile, change, expected):
     assert outcome(lambda: Profile.objects.filter(pk=family[profile].pk).update(**resolve(change, family))) == expected
 
 
