@@ -463,6 +463,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
                     raise
         if outcome == Status.REFUND_PENDING:
             scope.update(status=Status.REFUND_PENDING)
+            if booking.status != Status.CANCELLED:  # a cancelled booking's customer was told; the refund follows
+                notifications.owe_customer_notice(notifications.NOT_PLACED, booking.pk)
         else:
             booking.confirmed_at, booking.exclusive = place.now, place.capacity == 1
             notifications.owe_customer_notice(notifications.CONFIRMED, booking.pk)

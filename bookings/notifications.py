@@ -19,9 +19,10 @@ from core.models import Notification
 from core.money import from_minor_units
 from core.notifications import customer_language, register
 
-HELD, CONFIRMED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP, DISPUTE_OPENED, DISPUTE_CLOSED = (
+HELD, CONFIRMED, NOT_PLACED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP, DISPUTE_OPENED, DISPUTE_CLOSED = (
     "booking_held",
     "booking_confirmed",
+    "booking_not_placed",
     "booking_cancelled",
     "booking_refunded",
     "refund_reversed",
@@ -43,6 +44,14 @@ MESSAGES = {
     CONFIRMED: (
         _("Your booking for %(package)s on %(date)s is confirmed"),
         _("Hello %(name)s,\n\nYour payment was received: %(package)s on %(date)s is yours (booking #%(booking)s)."),
+    ),
+    NOT_PLACED: (
+        _("Your booking for %(package)s on %(date)s could not be confirmed"),
+        _(
+            "Hello %(name)s,\n\nYour payment for booking #%(booking)s arrived, but %(package)s on %(date)s "
+            "could no longer be kept for you (the hold had ended and the date was taken meanwhile). "
+            "The %(amount)s %(currency)s you paid is being refunded: a separate e-mail follows when it is."
+        ),
     ),
     CANCELLED: (
         _("Your booking for %(package)s on %(date)s is cancelled"),

@@ -105,6 +105,37 @@ def test_cancel_and_refund_of_a_paid_booking_are_told_once_each(package):
     assert "100.00 USD for booking" in mail.outbox[3].body
 
 
+def test_a_payment_that_came_after_the_date_was_taken_is_told_before_its_refund(package):
+    """Regression: the customer whose late payment could not be placed heard only "refunded" (or, were the
+    refund given up on, nothing), never why the booking they paid for was not theirs."""
+    from datetime import timedelta
+
+    from django.db.models.functions import Now
+
+    late = book(package)
+    Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    Booking.objects.expire_holds()
+    taker = book(package)  # the date, free again, is held and paid by someone else
+    sandbox_deliver(taker.checkout, "checkout.session.completed")
+    assert sandbox_deliver(late.checkout, "checkout.session.completed").result == "refund_pending"
+    assert Booking.objects.get(pk=late.pk).status == "refunded"  # refunded after the commit
+    assert owed(late) == dict.fromkeys((notices.HELD, notices.NOT_PLACED, notices.REFUNDED), "pending")
+    send_all()
+    told = [m.subject for m in mail.outbox if f"booking #{late.pk} " in m.body or f"#{late.pk} (" in m.body]
+    assert told == [
+        f"Your booking for Sunset cruise on {late.date.isoformat()} could not be confirmed",
+        f"Your refund for Sunset cruise on {late.date.isoformat()}",
+    ]
+    assert notices.NOT_PLACED not in owed(taker)
+
+
+def test_a_cancelled_booking_paid_afterwards_is_not_told_twice_why(package):
+    booking = book(package)
+    cancel_booking(booking.pk)  # held: cancelled, "cancelled, the refund follows in a separate e-mail"
+    assert sandbox_deliver(booking.checkout, "checkout.session.completed").result == "refund_pending"
+    assert notices.NOT_PLACED not in owed(booking) and notices.CANCELLED in owed(booking)
+
+
 def test_a_notification_is_sent_at_most_once(package):
     booking = book(package)
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
