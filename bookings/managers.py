@@ -766,6 +766,11 @@ def refund_check_every():
     return getattr(settings, "REFUND_CHECK_EVERY", timedelta(hours=1))
 
 
+def refund_stuck_after():
+    """How long after it was first asked for a refund may stay ``submitted`` before the operators are told."""
+    return getattr(settings, "REFUND_STUCK_AFTER", timedelta(days=3))
+
+
 # The refund state a provider refund's outcome (bookings.payments.base.refund_outcome) is recorded as.
 REFUND_RECORDED = {
     "succeeded": CheckoutRefundState.SUCCEEDED,
@@ -806,6 +811,12 @@ class CheckoutQuerySet(models.QuerySet):
     def refunds_to_check(self):
         """Submitted refunds whose event has not come by ``next_retry_at``: ``retry_refunds`` asks the provider."""
         return self.filter(refund_state=self.model.RefundState.SUBMITTED, next_retry_at__lte=ClockNow())
+
+    def stuck_refunds(self):
+        """Submitted refunds first asked for longer than REFUND_STUCK_AFTER ago: the customer still waits."""
+        return self.filter(
+            refund_state=self.model.RefundState.SUBMITTED, refund_requested_at__lte=ClockNow() - refund_stuck_after()
+        )
 
     def refunds_for_an_operator(self):
         """Refunds whose retries are exhausted: nothing retries them until an operator does."""

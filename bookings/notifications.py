@@ -19,7 +19,18 @@ from core.models import Notification
 from core.money import from_minor_units
 from core.notifications import customer_language, register
 
-HELD, CONFIRMED, NOT_PLACED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_UP, DISPUTE_OPENED, DISPUTE_CLOSED = (
+(
+    HELD,
+    CONFIRMED,
+    NOT_PLACED,
+    CANCELLED,
+    REFUNDED,
+    REFUND_REVERSED,
+    REFUND_GAVE_UP,
+    REFUND_STUCK,
+    DISPUTE_OPENED,
+    DISPUTE_CLOSED,
+) = (
     "booking_held",
     "booking_confirmed",
     "booking_not_placed",
@@ -27,6 +38,7 @@ HELD, CONFIRMED, NOT_PLACED, CANCELLED, REFUNDED, REFUND_REVERSED, REFUND_GAVE_U
     "booking_refunded",
     "refund_reversed",
     "refund_gave_up",
+    "refund_stuck",
     "dispute_opened",
     "dispute_closed",
 )
@@ -78,6 +90,16 @@ MESSAGES = {
             "The payment provider refused the refund of booking #%(booking)s (%(amount)s %(currency)s, "
             "%(email)s) %(attempts)s times; it is no longer retried by itself. Last error: %(error)s\n\n"
             "Admin: Bookings, filter by refund state, action 'Retry failed refunds now'."
+        ),
+    ),
+    REFUND_STUCK: (
+        _("Refund of booking #%(booking)s still not through: check it"),
+        _(
+            "The payment provider accepted the refund %(refund)s of booking #%(booking)s (%(amount)s "
+            "%(currency)s, %(email)s), first asked for on %(requested)s (UTC), but has not settled it "
+            "(Stripe: pending, or requires_action: the customer's bank or payment method needs an action). "
+            "Lockstep keeps asking; check the refund in the payment provider's dashboard.\n\n"
+            "Admin: Bookings, filter by refund state 'submitted'."
         ),
     ),
     DISPUTE_OPENED: (
@@ -229,6 +251,24 @@ def owe_operator_alert(booking_id, *, failed_refund=None):
     return Notification.objects.owe(
         REFUND_GAVE_UP,
         subject=f"booking:{booking_id}:refund:{given_up}",
+        recipients=list(settings.OPERATOR_EMAILS),
+        language=settings.LANGUAGE_CODE,
+        context=context,
+    )
+
+
+def owe_stuck_refund_alert(booking_id, *, refund):
+    """Tell the operators (OPERATOR_EMAILS) that the refund ``refund`` is still not settled; once per refund."""
+    if not settings.OPERATOR_EMAILS:
+        return None
+    from bookings.models import Checkout
+
+    booking, context = _facts(booking_id)
+    requested = Checkout.objects.filter(booking_id=booking_id).values_list("refund_requested_at", flat=True).get()
+    context |= {"refund": refund, "requested": requested.strftime("%Y-%m-%d %H:%M")}
+    return Notification.objects.owe(
+        REFUND_STUCK,
+        subject=f"booking:{booking_id}:refund:{refund}:stuck"[:100],
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,

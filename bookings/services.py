@@ -241,8 +241,10 @@ def check_submitted_refunds():
 
     Each look-up is claimed first (``claim_refund_check``: one sweep asks, the next look-up is
     due REFUND_CHECK_EVERY later), the provider is asked outside any transaction, and the answer
-    recorded under the booking row as the event would be. Returns a SweepResult whose ``done``
-    counts the refunds that moved on (succeeded or failed).
+    recorded under the booking row as the event would be. A refund still not settled (or not
+    answered for) REFUND_STUCK_AFTER after it was first asked for is told to the operators, once
+    per refund. Returns a SweepResult whose ``done`` counts the refunds that moved on (succeeded
+    or failed).
     """
     result = SweepResult()
     for checkout in Checkout.objects.refunds_to_check().order_by("pk"):
@@ -250,14 +252,22 @@ def check_submitted_refunds():
             with database_refusals():
                 if not Checkout.objects.claim_refund_check(checkout.pk):
                     continue
-                refund = provider_for(checkout.provider).get_refund(checkout)
-                with transaction.atomic():
-                    Booking.objects.lock_row(checkout.booking_id)
-                    result.done += _record_refund(checkout, refund, was=Checkout.RefundState.SUBMITTED) is not None
-        except ProviderError as exc:
-            logger.warning(
-                "could not look up refund %s of booking %s: %s", checkout.provider_refund_id, checkout.booking_id, exc
-            )
+                try:
+                    refund = provider_for(checkout.provider).get_refund(checkout)
+                    with transaction.atomic():
+                        Booking.objects.lock_row(checkout.booking_id)
+                        moved = _record_refund(checkout, refund, was=Checkout.RefundState.SUBMITTED) is not None
+                    result.done += moved
+                except ProviderError as exc:
+                    moved = False
+                    logger.warning(
+                        "could not look up refund %s of booking %s: %s",
+                        checkout.provider_refund_id,
+                        checkout.booking_id,
+                        exc,
+                    )
+                if not moved and Checkout.objects.stuck_refunds().filter(pk=checkout.pk).exists():
+                    notifications.owe_stuck_refund_alert(checkout.booking_id, refund=checkout.provider_refund_id)
         except DomainError as refusal:
             result.skipped.append((checkout.booking_id, refusal))
     return result

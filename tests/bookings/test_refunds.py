@@ -20,7 +20,7 @@ from django.db.models.functions import Now
 
 from bookings import services
 from bookings.models import Booking, Checkout, PaymentEvent
-from bookings.payments.base import ProviderRefund, parse_event
+from bookings.payments.base import ProviderError, ProviderRefund, parse_event
 from bookings.payments.sandbox import SandboxProvider, build_refund_event
 from bookings.payments.stripe import StripeProvider
 from bookings.services import (
@@ -461,6 +461,36 @@ def test_a_submitted_refund_whose_event_never_comes_is_looked_up_by_the_sweep(pa
     assert "settled by asking the provider: 1" in sweep()
     assert state_of(booking) == ("refunded", "succeeded")
     assert drift() == ""
+
+
+def test_a_refund_still_not_through_days_after_it_was_asked_for_is_told_to_the_operators_once(
+    package, pending_refunds, operators, monkeypatch
+):
+    """Regression: a refund left pending at the provider (requires_action never completed), or never
+    answered for, was looked up every hour for ever, and no one told."""
+    booking = cancelled(package)
+    checkout = Checkout.objects.get(booking=booking)
+
+    def sweep():
+        Checkout.objects.filter(pk=checkout.pk).update(next_retry_at=Now())
+        call_command("retry_refunds", stdout=io.StringIO())
+
+    def stuck_alerts():
+        return list(Notification.objects.filter(kind="refund_stuck").values_list("subject", flat=True))
+
+    sweep()
+    assert stuck_alerts() == []  # asked for just now: its event may still come
+    Checkout.objects.filter(pk=checkout.pk).update(refund_requested_at=Now() - timedelta(days=3, minutes=1))
+    sweep()
+    sweep()
+    assert stuck_alerts() == [f"booking:{booking.pk}:refund:{checkout.provider_refund_id}:stuck"]  # once
+
+    def unanswered(provider, checkout):
+        raise ProviderError("timeout")
+
+    monkeypatch.setattr(PendingRefundProvider, "get_refund", unanswered)
+    sweep()  # no answer from the provider: still told once, still looked up
+    assert len(stuck_alerts()) == 1 and state_of(booking) == ("refund_pending", "submitted")
 
 
 @pytest.mark.django_db(transaction=True)
