@@ -381,3 +381,17 @@ def test_only_a_superuser_deletes_a_tenant(client, admin_client, django_user_mod
     assert Tenant.objects.filter(pk=tenant.pk).exists()
     assert admin_client.post(url(Tenant, "delete", tenant.pk), {"post": "yes"}).status_code == 302
     assert not Tenant.objects.filter(pk=tenant.pk).exists()
+
+
+@pytest.mark.django_db
+def test_a_superuser_adds_a_tenant_with_its_first_owner(admin_client, django_user_model):
+    django_user_model.objects.create_user("founder", password="pw", is_staff=True)
+    data = form_data(admin_client.get(url(Tenant, "add")))
+    *_listed, new = [key[: -len("-TOTAL_FORMS")] for key in data if key.endswith("-TOTAL_FORMS")]  # "add members"
+    data.update({"name": "Globex", "slug": "globex", f"{new}-TOTAL_FORMS": 1})
+    data.update({f"{new}-0-user": "founder", f"{new}-0-role": "owner"})
+    response = admin_client.post(url(Tenant, "add"), data)
+    assert response.status_code == 302, response.context and response.context.get("errors")
+    tenant = Tenant.objects.get(slug="globex")
+    assert (tenant.name, tenant.version) == ("Globex", 1)
+    assert Membership.objects.get(tenant=tenant).user.username == "founder"
