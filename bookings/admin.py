@@ -109,6 +109,8 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
         today = database_clock().date()
         try:
             year, month = (int(part) for part in request.GET.get("month", "").split("-"))
+            if not 1 < year < 9999:  # the month before and after, and each day's next day, must be dates too
+                raise ValueError(year)
             first = date(year, month, 1)
         except ValueError:
             first = today.replace(day=1)

@@ -168,7 +168,7 @@ def parse_event(payload: bytes) -> ProviderEvent:
     """Read a Stripe-shaped checkout, refund or dispute event; raise MalformedEvent for anything else."""
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the recursion limit: not an event
         raise MalformedEvent()
     if not isinstance(data, dict):
         raise MalformedEvent()

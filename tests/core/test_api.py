@@ -43,6 +43,19 @@ def test_malformed_json_is_400(api_client, tenant):
     assert_error(response, 400, "malformed_request")
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/t/acme/test-bump", "/api/t/acme/packages", "/api/public/acme/checkouts", "/api/webhooks/payments"]
+)
+def test_json_nested_past_the_recursion_limit_is_400_never_a_500(api_client, tenant, path):
+    """Regression: ``json`` raises RecursionError, not ValueError, about a thousand levels down: a 2 KB body
+    of brackets was a 500 on every JSON endpoint (the public checkout's throttle read it before the view)."""
+    api_client.raise_request_exception = False
+    body = "[" * 100_000 + "]" * 100_000
+    response = api_client.post(path, data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE="t=1,v1=00")
+    assert response.status_code == 400, response.status_code
+    assert response.json()["error"]["code"] in ("malformed_request", "invalid_signature")
+
+
 def test_wrong_method_is_405(api_client, tenant):
     assert_error(api_client.delete("/api/t/acme/"), 405, "method_not_allowed")
 
