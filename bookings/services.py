@@ -266,8 +266,12 @@ def check_submitted_refunds():
                         checkout.booking_id,
                         exc,
                     )
-                if not moved and Checkout.objects.stuck_refunds().filter(pk=checkout.pk).exists():
-                    notifications.owe_stuck_refund_alert(checkout.booking_id, refund=checkout.provider_refund_id)
+                if not moved:
+                    with transaction.atomic():
+                        if Checkout.objects.stuck_refunds().filter(pk=checkout.pk).exists():
+                            notifications.owe_stuck_refund_alert(
+                                checkout.booking_id, refund=checkout.provider_refund_id
+                            )
         except DomainError as refusal:
             result.skipped.append((checkout.booking_id, refusal))
     return result
