@@ -39,7 +39,8 @@ class ProfileParentsLive(pgtrigger.Trigger):
     (``deleted_at`` back to NULL), for rows that are live afterwards; each parent so referenced
     must be live (not soft-deleted, not missing), of the same tenant, of its role's sex (a father
     male, a mother female) and, on an update, not the profile itself or one of its descendants
-    (a cycle). A profile's own sex may not change while a live child has it as the other parent.
+    (a cycle). A profile's own sex may not change while a live child has it as the other parent,
+    and no profile moves to another tenant (its parents and children would be another tenant's).
     A backstop behind the manager's locks, not the guard: the manager locks each parent FOR
     UPDATE NOWAIT under the tenant's tree lock and names the refusal (parent_deleted,
     parent_not_found, parent_wrong_sex, would_create_cycle, sex_change_conflict); these unlocked
@@ -70,6 +71,10 @@ class ProfileParentsLive(pgtrigger.Trigger):
         )
         return self.format_sql(
             f"""
+            IF TG_OP = 'UPDATE' AND OLD."tenant_id" IS DISTINCT FROM NEW."tenant_id" THEN
+                v_role := 'tenant'; v_why := 'another tenant';
+                {refuse}
+            END IF;
             IF NEW."deleted_at" IS NOT NULL THEN RETURN NEW; END IF;
             IF TG_OP = 'UPDATE' AND OLD."deleted_at" IS NOT DISTINCT FROM NEW."deleted_at"
                AND OLD."father_id" IS NOT DISTINCT FROM NEW."father_id"

@@ -265,7 +265,8 @@ def family(tenant):
     rows["deleted_kid"] = ProfileFactory(tenant=tenant, first_name="DeletedKid")
     Profile.objects.soft_delete(rows["deleted_kid"].pk, tenant=tenant, version=1)
     rows["stranger"] = ProfileFactory(tenant=TenantFactory(slug="elsewhere"), first_name="Stranger")
-    return {key: fresh(row) for key, row in rows.items()}
+    rows = {key: fresh(row) for key, row in rows.items()}
+    return {**rows, "stranger_tenant": rows["stranger"].tenant}
 
 
 PARENT_CASES = [
@@ -295,6 +296,11 @@ PARENT_CASES = [
     ("mum", {"sex": "male"}, "profile_parent_transition"),
     ("uncle", {"sex": "female"}, "ok"),
     ("dad", {"first_name": "Renamed", "sex": "male"}, "ok"),
+    # no profile moves to another tenant: its parents and children would be another tenant's
+    ("kid", {"tenant": "@stranger_tenant"}, "profile_parent_transition"),
+    ("dad", {"tenant": "@stranger_tenant"}, "profile_parent_transition"),
+    ("uncle", {"tenant": "@stranger_tenant"}, "profile_parent_transition"),
+    ("deleted_kid", {"tenant": "@stranger_tenant"}, "profile_parent_transition"),
 ]
 
 
