@@ -5,6 +5,7 @@ notice (the hold, owed during their own request), reused for every later one (a 
 webhook or a sweep has no customer language of its own).
 """
 
+import hashlib
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -61,7 +62,7 @@ MESSAGES = {
         _("Your booking for %(package)s on %(date)s could not be confirmed"),
         _(
             "Hello %(name)s,\n\nYour payment for booking #%(booking)s arrived, but %(package)s on %(date)s "
-            "could no longer be kept for you (the hold had ended and the date was taken meanwhile). "
+            "could no longer be kept for you: the date is no longer available. "
             "The %(amount)s %(currency)s you paid is being refunded: a separate e-mail follows when it is."
         ),
     ),
@@ -151,6 +152,19 @@ def facts_statement(manager, *, booking):
     )
 
 
+def about(booking_id, news, provider_id):
+    """A notice's subject for news of one provider object of the booking: ``booking:12:refund:re_1``.
+
+    Once per subject and kind (Notification's unique pair). A provider id is at most 255 characters
+    (parse_event) and a subject 100: a long one is stood for by its digest, never cut (two ids
+    sharing a prefix would share the notice, and the second be dropped).
+    """
+    provider_id = str(provider_id)
+    if len(provider_id) > 40:
+        provider_id = "sha256-" + hashlib.sha256(provider_id.encode()).hexdigest()[:33]
+    return f"booking:{booking_id}:{news}:{provider_id}"
+
+
 def _facts(booking_id):
     """What every message may mention, and the booking's facts the callers decide on, in one read."""
     from bookings.models import Booking
@@ -189,7 +203,7 @@ def owe_customer_notice(kind, booking_id, *, refund=None):
     """
     booking, context = _facts(booking_id)
     language = booking.first_language or settings.LANGUAGE_CODE
-    subject = f"booking:{booking.pk}" if refund is None else f"booking:{booking.pk}:refund:{refund}"
+    subject = f"booking:{booking.pk}" if refund is None else about(booking.pk, "refund", refund)
     return Notification.objects.owe(
         kind, subject=subject, recipients=[booking.customer_email], language=language, context=context
     )
@@ -201,8 +215,10 @@ def take_back_refund_notice(booking_id, *, refund):
 
     Locks: the notice's row (``Notification.objects.take_back``). Returns the reversal owed, or None.
     """
-    subject = f"booking:{booking_id}:refund:{refund}"
-    if Notification.objects.take_back(REFUNDED, subject=subject):
+    was = Notification.objects.take_back(REFUNDED, subject=about(booking_id, "refund", refund))
+    if was is None:  # recorded before refund news were keyed by refund: one per booking
+        was = Notification.objects.take_back(REFUNDED, subject=f"booking:{booking_id}")
+    if was in (Notification.Status.SENDING, Notification.Status.SENT):  # it may have reached them
         return owe_customer_notice(REFUND_REVERSED, booking_id, refund=refund)
     return None
 
@@ -250,7 +266,7 @@ def owe_operator_alert(booking_id, *, failed_refund=None):
     given_up = f"failed:{failed_refund}" if failed_refund else booking.refund_attempts
     return Notification.objects.owe(
         REFUND_GAVE_UP,
-        subject=f"booking:{booking_id}:refund:{given_up}",
+        subject=about(booking_id, "refund", given_up),
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,
@@ -268,7 +284,7 @@ def owe_stuck_refund_alert(booking_id, *, refund):
     context |= {"refund": refund, "requested": requested.strftime("%Y-%m-%d %H:%M")}
     return Notification.objects.owe(
         REFUND_STUCK,
-        subject=f"booking:{booking_id}:refund:{refund}:stuck"[:100],
+        subject=about(booking_id, "stuck-refund", refund),
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,
@@ -304,7 +320,7 @@ def owe_dispute_alert(booking_id, event, *, result):
             context["outcome"] = str(DISPUTE_OUTCOMES[result])
     return Notification.objects.owe(
         kind,
-        subject=f"booking:{booking_id}:dispute:{event.dispute_id}"[:100],
+        subject=about(booking_id, "dispute", event.dispute_id),
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,

@@ -476,10 +476,16 @@ def match_dispute(event, checkout):
 def _note_dispute(event, checkout):
     """Record a matched dispute event's news (its result code) and tell the operators when it opens or closes.
 
-    Changes no row of the booking: an alert per dispute and result (notifications.owe_dispute_alert).
+    Changes no row of the booking: an alert per dispute and result (notifications.owe_dispute_alert); an
+    opening delivered after the dispute closed is ``superseded_dispute``.
     """
     if event.type == DISPUTE_CREATED:
-        result = "dispute_opened"
+        # Stripe keeps no order, and retries a failed delivery for days: an opening that comes after the
+        # dispute closed asks for evidence on a decided dispute. It is recorded, told to no one.
+        closed = PaymentEvent.objects.filter(
+            type=DISPUTE_CLOSED, payload__data__object__id=event.dispute_id, processed_at__isnull=False
+        )
+        result = "superseded_dispute" if closed.exists() else "dispute_opened"
     elif event.type == DISPUTE_CLOSED:
         result = {"won": "dispute_won", "lost": "dispute_lost"}.get(event.dispute_status, "dispute_closed")
     else:

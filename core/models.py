@@ -301,7 +301,7 @@ class NotificationManager(models.Manager):
     @guarded
     def take_back(self, kind, *, subject):
         """Withdraw the notice of an event that turned out untrue (a refund the provider failed after it
-        succeeded); return whether it may have reached its recipients (sent, or being sent).
+        succeeded); return the status it had, or None when there is no such notice.
 
         Locks: the notification row FOR UPDATE (what the worker's claim waits for), then a filtered UPDATE.
 
@@ -313,7 +313,7 @@ class NotificationManager(models.Manager):
         was = notice.values_list("status", flat=True).first()
         if was in (Status.PENDING, Status.SENDING):
             notice.filter(status=was).update(status=Status.SUPERSEDED)
-        return was in (Status.SENDING, Status.SENT)
+        return was
 
 
 class NotificationStatus(models.TextChoices):

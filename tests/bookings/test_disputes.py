@@ -92,6 +92,18 @@ def test_a_won_dispute_is_told_and_needs_no_review(package, operators):
     assert unchanged(booking)
 
 
+def test_a_disputes_opening_delivered_after_its_close_asks_no_one_for_evidence(package, operators):
+    """Stripe keeps no order, and retries a failed delivery for days."""
+    booking = paid(package)
+    late_opening = build_dispute_event(booking.checkout, "charge.dispute.created")
+    assert dispute(booking, "charge.dispute.closed", status="won").result == "dispute_won"
+    result = receive_payment_event(*late_opening, provider_name="sandbox")
+    assert (result.result, flagged(result)) == ("superseded_dispute", False)
+    assert alerts(booking) == ["dispute_closed"]
+    # another dispute of the same payment still opens
+    assert dispute(booking, dispute_id="dp_sandbox_2").result == "dispute_opened"
+
+
 def test_a_dispute_of_part_of_the_payment_fits_and_one_of_more_or_another_currency_does_not(package, operators):
     booking = paid(package)
     assert dispute(booking, amount=2500, dispute_id="dp_part").result == "dispute_opened"

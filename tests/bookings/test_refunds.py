@@ -187,6 +187,20 @@ def test_a_late_success_of_an_earlier_failed_refund_is_not_taken_for_the_refund_
         )
 
 
+def test_refunds_with_long_ids_are_told_each_under_its_own_subject(package, pending_refunds, operators):
+    """A provider id may be 255 characters, a notice's subject 100: two long ids sharing a prefix must not
+    share a notice (the second dropped), nor overflow the column (a 400, the event retried for ever)."""
+    booking = cancelled(package)
+    first, second = "re_" + "x" * 200 + "1", "re_" + "x" * 200 + "2"
+    assert deliver(booking, "failed").result == "refund_failed"
+    assert deliver(booking, "succeeded", refund_id=first).result == "refunded"
+    assert deliver(booking, "failed", refund_id=first).result == "refund_failed"
+    assert deliver(booking, "succeeded", refund_id=second).result == "refunded"
+    refunded = Notification.objects.filter(kind="booking_refunded").values_list("subject", flat=True)
+    assert len(set(refunded)) == 2 and all(len(subject) <= 100 for subject in refunded)
+    assert gave_up_alerts(booking) == 2
+
+
 def test_a_refund_given_up_on_twice_alerts_the_operators_twice(package, pending_refunds, operators):
     booking = cancelled(package)
     assert deliver(booking, "failed").result == "refund_failed"
@@ -282,6 +296,24 @@ def test_a_refunded_e_mail_being_sent_when_its_refund_fails_is_withdrawn_and_the
         ("booking_refunded", f"booking:{booking.pk}:refund:{first}", "superseded"),
         ("refund_reversed", f"booking:{booking.pk}:refund:{first}", "pending"),
     ]
+
+
+@pytest.mark.parametrize("status, reversal", [("sent", True), ("pending", False)])
+def test_a_refunded_e_mail_recorded_before_refund_news_were_keyed_by_refund_is_taken_back_too(
+    package, recording_provider, status, reversal
+):
+    """Rows owed before this change are keyed ``booking:<id>`` (one per booking): still withdrawn or
+    followed by the reversal."""
+    booking = cancelled(package)
+    Notification.objects.filter(kind="booking_refunded").update(subject=f"booking:{booking.pk}")
+    if status == "sent":
+        notice = Notification.objects.get(kind="booking_refunded")
+        Notification.objects.claim(notice.pk)
+        Notification.objects.mark_sent(notice.pk)
+    assert deliver(booking, "failed").result == "refund_failed"
+    legacy = Notification.objects.get(kind="booking_refunded")
+    assert legacy.status == ("sent" if status == "sent" else "superseded")
+    assert Notification.objects.filter(kind="refund_reversed").exists() is reversal
 
 
 @pytest.mark.django_db(transaction=True)
@@ -485,7 +517,7 @@ def test_a_refund_still_not_through_days_after_it_was_asked_for_is_told_to_the_o
     Checkout.objects.filter(pk=checkout.pk).update(refund_requested_at=Now() - timedelta(days=3, minutes=1))
     sweep()
     sweep()
-    assert stuck_alerts() == [f"booking:{booking.pk}:refund:{checkout.provider_refund_id}:stuck"]  # once
+    assert stuck_alerts() == [f"booking:{booking.pk}:stuck-refund:{checkout.provider_refund_id}"]  # once
 
     def unanswered(provider, checkout):
         raise ProviderError("timeout")
