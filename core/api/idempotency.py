@@ -12,7 +12,8 @@ stores the answer, so the record and the work commit together or not at all.
 provider): the claim commits first as "in progress", the handler runs with its own
 transactions, and the answer is stored afterwards; should the process die in
 between, the key is reclaimable after IDEMPOTENCY_IN_PROGRESS_TIMEOUT and the
-domain guards make the retry safe.
+domain guards make the retry safe (never twice; what the dead attempt committed stands until its
+own expiry or sweep: docs/architecture.md).
 
 Answers are not stored for 5xx or for lock contention (``Retry-After``): those
 are worth retrying, so the key stays free.
