@@ -290,6 +290,12 @@ class Checkout(GuardedModel):
             models.Index(
                 fields=["provider_payment_id"], condition=~Q(provider_payment_id=""), name="checkout_payment_id"
             ),
+            # the refunds under way, few among all checkouts: the retry sweeps and the scrape's count read these
+            models.Index(
+                fields=["refund_state"],
+                condition=Q(refund_state__in=["pending", "failed", "submitted", "exhausted"]),
+                name="checkout_refund_under_way",
+            ),
         ]
         triggers = [
             StateMachine(name="checkout_state_transition", field="state", transitions=CHECKOUT_TRANSITIONS),

@@ -156,7 +156,9 @@ WORKER_STALLED_AFTER_S = env.int("WORKER_STALLED_AFTER_S", default=30)
 # Behind a transaction-mode pooler LISTEN/NOTIFY cannot work: the worker polls for jobs (every 5 s) instead.
 # Jobs one worker runs at once (each in its own thread, on its own connection): a sweep waiting on the payment
 # provider, or on a busy row until lock_timeout, never holds back the customers' e-mails or the other sweeps.
-WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=4)
+# The periodic jobs (core/tasks.py: five sweeps, remove_old, retry_stalled) run one at a time each, so 10
+# leaves the e-mails at least three threads however slow every sweep is.
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=10)
 PROCRASTINATE_WORKER_DEFAULTS = {
     "concurrency": WORKER_CONCURRENCY,
     "update_heartbeat_interval": max(1, WORKER_STALLED_AFTER_S // 3),

@@ -10,7 +10,8 @@ any worker answers the scrape with the totals of all of them. Without the variab
 Labels are bounded: a route is the URL *pattern* (``/api/t/<slug:tenant>/promo-codes/redeem``),
 never the path; a code is one of the error catalog's codes. No tenant, user or id is a label.
 Recording costs a few in-memory (or mmap) writes per request and no database statement; a
-scrape costs one (the worker's job counts, read from the queue's table at that moment).
+scrape costs one statement per gauge read at that moment (``AT_SCRAPE``: the worker's jobs, the
+refunds under way).
 """
 
 import hmac
@@ -89,29 +90,51 @@ def _authorized(request):
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-class JobCounts:
-    """``lockstep_jobs{queue, status}``: the worker's jobs now (todo = queue depth, failed = given up on).
+class CountsAtScrape:
+    """A gauge of rows counted at scrape time by one grouped statement (``sql``: the label values, then the count).
 
-    Read at scrape time from procrastinate's table (finished jobs are kept 72 h), so every process
-    answers the same; nothing when the database does not answer (the scrape still succeeds).
+    Read from the database, so every process answers the same, whichever process (a web worker, the
+    job worker, a cron command) changed the rows; ``always`` label values are shown at 0 when none
+    is counted. Nothing when the database does not answer (the scrape still succeeds).
     """
 
+    def __init__(self, name, documentation, labels, sql, *, always=()):
+        self.name, self.documentation, self.labels, self.sql, self.always = name, documentation, labels, sql, always
+
     def collect(self):
-        jobs = Metric("lockstep_jobs", "Worker jobs by queue and status (procrastinate_jobs, now).", "gauge")
+        gauge = Metric(self.name, self.documentation, "gauge")
         try:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2")
-                counts = cursor.fetchall()
+                cursor.execute(self.sql)
+                counts = {tuple(row[:-1]): row[-1] for row in cursor.fetchall()}
         except DatabaseError:
             return
-        for queue, status, count in counts:
-            jobs.add_sample("lockstep_jobs", {"queue": queue, "status": status}, count)
-        yield jobs
+        for values in self.always:
+            counts.setdefault(values, 0)
+        for values, count in sorted(counts.items()):
+            gauge.add_sample(self.name, dict(zip(self.labels, values, strict=True)), count)
+        yield gauge
 
 
-def job_counts():
+# The gauges read at scrape time, one statement each; an app adds its own (read_at_scrape) in its ready().
+AT_SCRAPE = [
+    CountsAtScrape(
+        "lockstep_jobs",
+        "Worker jobs by queue and status (procrastinate_jobs, now).",
+        ("queue", "status"),
+        "SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2",
+    )
+]
+
+
+def read_at_scrape(collector):
+    AT_SCRAPE.append(collector)
+
+
+def counted_at_scrape():
     registry = CollectorRegistry()
-    registry.register(JobCounts())
+    for collector in AT_SCRAPE:
+        registry.register(collector)
     return registry
 
 
@@ -122,4 +145,5 @@ def metrics(request):
         response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(generate_latest(registry()) + generate_latest(job_counts()), content_type=CONTENT_TYPE_LATEST)
+    scraped = generate_latest(registry()) + generate_latest(counted_at_scrape())
+    return HttpResponse(scraped, content_type=CONTENT_TYPE_LATEST)

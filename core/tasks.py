@@ -4,7 +4,9 @@ Why procrastinate (pinned in requirements.txt): a job queue whose jobs are rows 
 PostgreSQL Lockstep already has — no Redis or RabbitMQ — so a job deferred inside a
 transaction (Django's connection) commits or rolls back with the state change that caused it.
 Periodic jobs are deferred through a unique row per (task, period), so two workers never run
-one period twice; a task ``lock`` keeps a slow sweep from overlapping its next run.
+one period twice; a task ``lock`` keeps a slow sweep from overlapping its next run, and its
+``queueing_lock`` keeps at most one run waiting behind it (a period that finds one waiting is
+skipped: a sweep slower than its period never piles up a run per period).
 
 Each sweep *is* its management command (one place per rule: the command is what cron ran
 before and what an operator runs by hand); the worker calls it and logs what it printed.
@@ -73,7 +75,13 @@ def _schedule(command, schedule):
             close_old_connections()
 
     sweep.__name__ = sweep.__qualname__ = command
-    task = app.task(name=f"sweep.{command}", queue="sweeps", lock=f"sweep.{command}", pass_context=False)(sweep)
+    task = app.task(
+        name=f"sweep.{command}",
+        queue="sweeps",
+        lock=f"sweep.{command}",
+        queueing_lock=f"sweep.{command}",
+        pass_context=False,
+    )(sweep)
     return app.periodic(cron=schedule, periodic_id=command)(task)
 
 
@@ -81,7 +89,9 @@ sweeps = {command: _schedule(command, schedule) for command, schedule in SWEEPS.
 
 
 @app.periodic(cron=HOURLY, periodic_id="remove_old_jobs")
-@app.task(name="jobs.remove_old", queue="sweeps", lock="jobs.remove_old", pass_context=True)
+@app.task(
+    name="jobs.remove_old", queue="sweeps", lock="jobs.remove_old", queueing_lock="jobs.remove_old", pass_context=True
+)
 async def remove_old_jobs(context, timestamp):
     await builtin_tasks.remove_old_jobs(
         context, max_hours=KEEP_FINISHED_JOBS_HOURS, remove_failed=True, remove_aborted=True, remove_cancelled=True
@@ -90,7 +100,7 @@ async def remove_old_jobs(context, timestamp):
 
 # No lock of its own: it must run while a dead worker's sweep still holds that sweep's lock.
 @app.periodic(cron=settings.SWEEP_SCHEDULE, periodic_id="retry_stalled_jobs")
-@app.task(name="jobs.retry_stalled", queue="sweeps", pass_context=True)
+@app.task(name="jobs.retry_stalled", queue="sweeps", queueing_lock="jobs.retry_stalled", pass_context=True)
 async def retry_stalled_jobs(context, timestamp):
     """Put back in the queue every job a dead worker was doing (procrastinate's recipe for stalled jobs).
 

@@ -289,6 +289,24 @@ def test_a_refund_given_up_on_is_counted_when_its_state_commits(
     assert scraped.delta("lockstep_refunds_failed_total") == 1
 
 
+def test_the_refunds_under_way_are_counted_from_the_rows_whichever_process_moved_them(client, tenant, settings):
+    """Regression: refunds given up on by the worker (its retry_refunds, where most reach REFUND_MAX_ATTEMPTS)
+    were counted in the worker's memory, which a scrape of the web server never sees: the alert stayed quiet.
+    The gauge reads the rows at the scrape."""
+    before = scrape(client)
+    assert [value(before, "lockstep_refunds", state=state) for state in ("pending", "failed", "exhausted")] == [0] * 3
+    settings.REFUND_MAX_ATTEMPTS = 2
+    booking = paid_then_cancelled(client, PackageFactory(tenant=tenant), settings, "RefundDownProvider")
+    assert value(scrape(client), "lockstep_refunds", state="failed") == 1
+    Checkout.objects.filter(booking=booking).update(next_retry_at=None)
+    assert retry_refund(booking.pk) == "exhausted"
+    after = scrape(client)
+    assert (value(after, "lockstep_refunds", state="failed"), value(after, "lockstep_refunds", state="exhausted")) == (
+        0,
+        1,
+    )
+
+
 def test_the_route_label_is_the_url_pattern_never_the_path(client, api_client, tenant):
     api_client.get("/api/t/acme/promo-codes/CODE-ZQX")
     client.get("/nowhere-at-all-zqx")
@@ -310,7 +328,7 @@ def statements(client, url):
 def test_metrics_add_no_database_statement(member, tenant, settings):
     observed = token_client(member)
     assert statements(observed, "/health")[0] == 0
-    assert statements(observed, "/metrics")[0] == 1  # the scrape's own: the worker's job counts
+    assert statements(observed, "/metrics")[0] == 2  # the scrape's own: the worker's jobs, the refunds under way
     with_middleware, response = statements(observed, "/api/t/acme/promo-codes/NOPE")
     assert response.status_code == 404 and "X-Request-ID" in response
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "core.observability.ObservabilityMiddleware"]

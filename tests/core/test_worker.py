@@ -249,3 +249,66 @@ def test_only_a_superuser_is_offered_the_queues_actions(db, client, admin_client
     assert ProcrastinateJob.objects.get(pk=job.pk).status == "todo"
     admin_client.post(listing, {"action": "cancel", "_selected_action": [job.pk]})
     assert ProcrastinateJob.objects.get(pk=job.pk).status == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_slower_than_its_period_keeps_one_run_waiting_not_one_per_period():
+    """Regression: each period of a sweep still running queued one more run behind its lock (seven after
+    8 s of an every-second schedule): a refund sweep slower than a minute grew the queue by one a minute.
+    The queueing lock skips a period that finds a run already waiting."""
+    booking = lapsed_hold(TenantFactory())
+    worker = None
+    try:
+        with row_locked(Booking.objects.filter(pk=booking.pk)):
+            worker = start_worker("worker-slow", LOCK_TIMEOUT_MS="30000")
+            assert wait_until(lambda: "doing" in job_statuses("sweep.expire_holds"))
+            time.sleep(5)
+            statuses = job_statuses("sweep.expire_holds")
+    finally:
+        if worker is not None:
+            stop(worker)
+    assert statuses.count("doing") == 1 and statuses.count("todo") <= 1, statuses
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_minute_sweep_waiting_on_a_busy_row_at_once_leaves_the_e_mails_their_threads(client, settings):
+    """Regression: four workers' threads for four minute sweeps: all four waiting on busy rows took every
+    thread, and a customer's pay-link e-mail waited behind them (WORKER_CONCURRENCY was 4)."""
+    from contextlib import ExitStack
+
+    from bookings.models import Checkout
+    from promos.models import RedemptionSession
+    from proposals.models import Proposal
+    from tests.bookings.test_payments import paid_then_cancelled
+    from tests.promos.factories import RedemptionSessionFactory
+    from tests.proposals.factories import make_proposal
+
+    tenant = TenantFactory()
+    hold = lapsed_hold(tenant)
+    proposal = make_proposal(tenant, expires_in=timedelta(seconds=-1))
+    session = RedemptionSessionFactory(tenant=tenant, expires_in=timedelta(seconds=-1))
+    refunded = paid_then_cancelled(client, PackageFactory(tenant=tenant), settings, "RefundDownProvider")
+    Checkout.objects.filter(booking=refunded).update(next_retry_at=Now())
+    busy_rows = [
+        Booking.objects.filter(pk=hold.pk),
+        Proposal.objects.filter(pk=proposal.pk),
+        RedemptionSession.objects.filter(pk=session.pk),
+        Checkout.objects.filter(booking=refunded),
+    ]
+    sweeps = ["sweep.expire_holds", "sweep.sweep_proposals", "sweep.expire_redemption_sessions", "sweep.retry_refunds"]
+    worker = None
+    with ExitStack() as busy:
+        for rows in busy_rows:
+            busy.enter_context(row_locked(rows))
+        try:
+            worker = start_worker("worker-all-busy", LOCK_TIMEOUT_MS="25000")
+            assert wait_until(lambda: all(job_statuses(sweep)[:1] == ["doing"] for sweep in sweeps))
+            fresh = lapsed_hold(tenant)  # its pay-link e-mail, owed now
+            mail = Notification.objects.get(kind="booking_held", subject=f"booking:{fresh.pk}")
+            sent = wait_until(lambda: Notification.objects.get(pk=mail.pk).status == "sent", timeout=12)
+            doing = {sweep: job_statuses(sweep) for sweep in sweeps}
+        finally:
+            busy.close()
+            if worker is not None:
+                stop(worker)
+    assert sent, doing
