@@ -112,7 +112,7 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
             if not 1 < year < 9999:  # the month before and after, and each day's next day, must be dates too
                 raise ValueError(year)
             first = date(year, month, 1)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a month past C's int, date() refuses it so
             first = today.replace(day=1)
         days = month_of_dates(package, first.year, first.month)
         bookings_url = reverse("admin:bookings_booking_changelist")

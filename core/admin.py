@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
-from core.admin_actions import ActionsOnlyMixin, SelectionGuardMixin
+from core.admin_actions import ActionsOnlyMixin, BadInputMixin
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
@@ -149,7 +149,7 @@ class NotificationAdmin(ActionsOnlyMixin, admin.ModelAdmin):
     readonly_fields = [field.name for field in Notification._meta.fields]
 
 
-class JobAdmin(SelectionGuardMixin, procrastinate_admin.ProcrastinateJobAdmin):
+class JobAdmin(BadInputMixin, procrastinate_admin.ProcrastinateJobAdmin):
     """The job queue's own admin, its retry/cancel/abort actions kept to superusers: the queue is
     shared by every tenant, and procrastinate declares no permission on them."""
 
@@ -169,11 +169,11 @@ admin.site.register(ProcrastinateJob, JobAdmin)
 
 
 # Django's own user and group pages, with the same guard on their actions.
-class UserAdmin(SelectionGuardMixin, auth_admin.UserAdmin):
+class UserAdmin(BadInputMixin, auth_admin.UserAdmin):
     pass
 
 
-class GroupAdmin(SelectionGuardMixin, auth_admin.GroupAdmin):
+class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):
     pass
 
 

@@ -5,7 +5,8 @@ The admin toolkit, with ``core.admin_forms``:
 - ``apply_to_each``: the per-row helper every action uses (refusals reported on their row), and
   ``row_action``, which declares such an action in one call;
 - ``ActionsOnlyMixin``: a model admin (or inline) whose detail page is view-only;
-- ``SelectionGuardMixin``: an action on a selection that is not row ids changes nothing (every admin);
+- ``BadInputMixin``: a forged or garbled query string or selection is a message or Django's "bad
+  parameters" page, never a 500 (every admin);
 - ``refusal_text``: how a refusal reads in a message, "<message> (<code>)";
 - ``confirm_first``: a money or irreversible action shows what it will do to each row, and acts
   only on the confirming POST.
@@ -15,7 +16,10 @@ import functools
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
+from django.db import DataError
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -28,10 +32,16 @@ from core.guards import database_refusals
 NOTHING_TO_DO = _("nothing to do.")  # what a row reports when its operation returned False
 
 
-class SelectionGuardMixin:
-    """An action on a selection that is not row ids (a forged or garbled POST) changes nothing and says so.
+class BadInputMixin:
+    """What Django's admin takes as it comes, checked first: a forged or garbled request is a message, Django's
+    "bad parameters" page or an empty answer, never a 500.
 
-    Django filters on the posted ids as they came: a text where an integer goes was a 500.
+    - an action on a selection that is not row ids changes nothing and says so (Django filters on
+      the posted ids as they came: a text where an integer goes);
+    - a list's filter or date drill-down that Python or the database cannot take (``?date__year=9999``
+      drills to year 10000, ``?created_at__year=0``, a value outside an enum) is Django's bad parameters
+      page (``?e=1``): BadInputChangeList;
+    - a search term with a NUL (PostgreSQL text cannot hold one: the autocomplete's) finds nothing.
     """
 
     def response_action(self, request, queryset):
@@ -39,6 +49,36 @@ class SelectionGuardMixin:
             self.message_user(request, gettext("No such rows: nothing was changed."), messages.WARNING)
             return HttpResponseRedirect(request.get_full_path())
         return super().response_action(request, queryset)
+
+    def get_changelist(self, request, **kwargs):
+        return BadInputChangeList
+
+    def get_search_results(self, request, queryset, search_term):
+        if "\x00" in search_term:
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+
+class BadInputChangeList(ChangeList):
+    """A list whose filters Python or the database refuses answers Django's bad parameters page, never a 500."""
+
+    def get_filters(self, request):
+        try:
+            return super().get_filters(request)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+    def get_queryset(self, request, exclude_parameters=None):
+        try:
+            return super().get_queryset(request, exclude_parameters)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+    def get_results(self, request):
+        try:
+            return super().get_results(request)
+        except (DataError, ValueError, OverflowError) as exc:  # counted: the database refused a value
+            raise IncorrectLookupParameters(exc) from exc
 
 
 def _are_row_ids(model, values):

@@ -13,11 +13,12 @@ like one that does not exist.
 """
 
 from django.contrib import admin, messages
-from django.core.exceptions import FieldDoesNotExist
+from django.contrib.admin import widgets
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.http import Http404
 from django.utils.translation import ngettext
 
-from core.admin_actions import SelectionGuardMixin
+from core.admin_actions import BadInputMixin
 from core.models import Membership, Tenant
 
 READ = frozenset({Membership.Role.OWNER, Membership.Role.STAFF, Membership.Role.VIEWER})
@@ -38,7 +39,7 @@ def tenant_ids(request, roles):
     return cache[roles]
 
 
-class TenantScopedAdminMixin(SelectionGuardMixin):
+class TenantScopedAdminMixin(BadInputMixin):
     """A model admin (or inline) whose rows belong to a tenant through ``tenant_path`` (a lookup:
     "tenant", "booking__tenant", or "" for the Tenant model itself).
 
@@ -98,7 +99,8 @@ class TenantScopedAdminMixin(SelectionGuardMixin):
             return False
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        """Choices limited to the tenants where the user may change, and to those tenants' rows."""
+        """Choices limited to the tenants where the user may change, and to those tenants' rows; an id box
+        (``raw_id_fields``) names only a row among those choices."""
         ids = tenant_ids(request, self.change_roles)
         if ids is not None:
             related = db_field.related_model
@@ -106,7 +108,13 @@ class TenantScopedAdminMixin(SelectionGuardMixin):
                 kwargs["queryset"] = Tenant.objects.filter(pk__in=ids)
             elif any(field.name == "tenant" for field in related._meta.fields):
                 kwargs["queryset"] = related._default_manager.filter(tenant_id__in=ids)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        widget = getattr(formfield, "widget", None)
+        if "queryset" in kwargs and isinstance(widget, widgets.ForeignKeyRawIdWidget):
+            formfield.widget = ScopedRawIdWidget(
+                widget.rel, widget.admin_site, choices=kwargs["queryset"], attrs=widget.attrs, using=widget.db
+            )
+        return formfield
 
     # --- what the user may do: the role, in place of Django's per-model permissions ---------------
 
@@ -142,3 +150,24 @@ class TenantScopedAdminMixin(SelectionGuardMixin):
                 self.message_user(request, message, messages.WARNING)
             queryset = queryset.filter(**{self._lookup(): ids})
         return super().response_action(request, queryset)
+
+
+class ScopedRawIdWidget(widgets.ForeignKeyRawIdWidget):
+    """Django's id box, whose name beside the id is looked up among the field's choices only.
+
+    Django's looks the id up among all rows: ``?father=<id>`` on an add page named any tenant's profile
+    to a member of another, one id at a time.
+    """
+
+    def __init__(self, rel, admin_site, *, choices, **kwargs):
+        super().__init__(rel, admin_site, **kwargs)
+        self.scope = choices  # not ``choices``: the form field sets that attribute on its widget
+
+    def label_and_url_for_value(self, value):
+        key = self.rel.get_related_field().name
+        try:
+            if not self.scope.filter(**{key: value}).exists():
+                return "", ""
+        except (ValueError, TypeError, ValidationError):
+            return "", ""
+        return super().label_and_url_for_value(value)

@@ -10,11 +10,13 @@ import pytest
 from django.contrib import admin
 from django.core.management import call_command
 from django.urls import reverse
+from procrastinate.contrib.django.models import ProcrastinateJob
 
-from bookings.models import Booking, Package
+from bookings.models import Booking, Package, PaymentEvent
 from bookings.services import start_checkout
 from core.admin_scope import TenantScopedAdminMixin
 from core.models import Membership, Tenant
+from profiles.models import Profile
 from tests.bookings.factories import future
 from tests.factories import TenantFactory
 
@@ -395,3 +397,41 @@ def test_a_superuser_adds_a_tenant_with_its_first_owner(admin_client, django_use
     tenant = Tenant.objects.get(slug="globex")
     assert (tenant.name, tenant.version) == ("Globex", 1)
     assert Membership.objects.get(tenant=tenant).user.username == "founder"
+
+
+@pytest.mark.parametrize(
+    "model, query",
+    [
+        (Profile, "created_at__year=9999"),  # the drill-down's next year is 10000
+        (PaymentEvent, "received_at__year=9999"),
+        (Booking, "date__year=9999&date__month=12&date__day=31"),
+        (Booking, "created_at__year=99999"),  # any date field of the row, offered in the sidebar or not
+        (Package, "created_at__year=0"),
+        (ProcrastinateJob, "status__exact=zzz"),  # not one of the enum's values: the database refuses it
+    ],
+)
+def test_a_list_filter_python_or_the_database_cannot_take_is_bad_parameters_never_a_500(
+    model, query, demo, admin_client
+):
+    """Regression: Django's list page builds its dates and query from the parameters as they came: a 500."""
+    admin_client.raise_request_exception = False
+    response = admin_client.get(f"{url(model, 'changelist')}?{query}")
+    assert response.status_code == 302 and response["Location"].endswith("?e=1"), response.status_code
+
+
+def test_an_autocomplete_term_with_a_nul_finds_nothing_never_a_500(demo, admin_client):
+    admin_client.raise_request_exception = False
+    query = {"app_label": "proposals", "model_name": "proposal", "field_name": "package", "term": "a\x00"}
+    response = admin_client.get("/admin/autocomplete/", query)
+    assert response.status_code == 200 and response.json()["results"] == []
+
+
+def test_an_id_box_names_only_a_row_of_the_users_tenants(demo, client, django_user_model):
+    """Regression: ``?father=<id>`` on the profile add page named any tenant's profile beside the id box:
+    a member of one tenant read another's profiles one id at a time."""
+    theirs = Profile.objects.filter(tenant=demo).exclude(first_name="").first()
+    other = TenantFactory(slug="other")
+    ours = Profile.objects.create_profile(tenant=other, first_name="Omar", last_name="Ours", sex="male")
+    staff_of(other, Membership.Role.STAFF, django_user_model, client)
+    assert str(theirs) not in client.get(url(Profile, "add") + f"?father={theirs.pk}").content.decode()
+    assert str(ours) in client.get(url(Profile, "add") + f"?father={ours.pk}").content.decode()
