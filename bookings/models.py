@@ -127,7 +127,9 @@ class Package(GuardedModel):
 
     guarded_fields = ("daily_capacity", "is_active", "currency", "price", "tenant")
 
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="packages")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="packages", verbose_name=_("tenant")
+    )
     name = models.CharField(_("name"), max_length=200)
     # Three places so KWD, BHD, JOD, OMR and TND fit; the currency's own exponent is checked by the
     # manager (core.money.check_precision), so a USD price never carries a third digit.
@@ -136,7 +138,7 @@ class Package(GuardedModel):
     is_active = models.BooleanField(_("active"), default=True)
     daily_capacity = models.PositiveIntegerField(_("daily capacity"), default=1)
     version = models.PositiveIntegerField(_("version"), default=1, editable=False)
-    created_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(db_default=Now(), verbose_name=_("created at"))
 
     objects = PackageManager()
 
@@ -171,8 +173,10 @@ class Booking(GuardedModel):
 
     Status = BookingStatus
 
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="bookings")
-    package = models.ForeignKey(Package, on_delete=models.PROTECT, related_name="bookings")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="bookings", verbose_name=_("tenant")
+    )
+    package = models.ForeignKey(Package, on_delete=models.PROTECT, related_name="bookings", verbose_name=_("package"))
     date = models.DateField(_("date"))
     customer_name = models.CharField(_("customer name"), max_length=200)
     customer_email = models.EmailField(_("customer e-mail"))
@@ -182,11 +186,13 @@ class Booking(GuardedModel):
     currency = models.CharField(_("currency"), max_length=3)
     # Copied from the package when the hold is taken: confirmed bookings of a
     # capacity-1 package are unique per date (the constraint below is the backstop).
-    exclusive = models.BooleanField(default=False, editable=False)
+    exclusive = models.BooleanField(default=False, editable=False, verbose_name=_("exclusive"))
     # The proposal this booking executes, if any (set once at the hold). A plain id, not a
     # foreign key: proposals depend on bookings. check_invariants matches it against
     # Proposal.booking, so a proposal unlinked from a live booking is detected.
-    origin_proposal_id = models.BigIntegerField(null=True, blank=True, editable=False, db_index=True)
+    origin_proposal_id = models.BigIntegerField(
+        null=True, blank=True, editable=False, db_index=True, verbose_name=_("origin proposal")
+    )
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     confirmed_at = models.DateTimeField(_("confirmed at"), null=True, blank=True)
     cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)
@@ -244,29 +250,39 @@ class Checkout(GuardedModel):
     State = CheckoutState
     RefundState = CheckoutRefundState
 
-    booking = models.OneToOneField(Booking, on_delete=models.CASCADE, related_name="checkout")
+    booking = models.OneToOneField(
+        Booking, on_delete=models.CASCADE, related_name="checkout", verbose_name=_("booking")
+    )
     provider = models.CharField(_("provider"), max_length=32)
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.CREATING)
-    provider_checkout_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
-    url = models.URLField(max_length=1000, blank=True)
-    provider_payment_id = models.CharField(max_length=255, blank=True)
+    provider_checkout_id = models.CharField(
+        max_length=255, null=True, blank=True, unique=True, verbose_name=_("provider checkout id")
+    )
+    url = models.URLField(max_length=1000, blank=True, verbose_name=_("pay URL"))
+    provider_payment_id = models.CharField(max_length=255, blank=True, verbose_name=_("provider payment id"))
     amount = models.DecimalField(_("amount"), max_digits=13, decimal_places=3)
     currency = models.CharField(_("currency"), max_length=3)
-    error = models.CharField(max_length=500, blank=True)
-    refund_state = models.CharField(max_length=16, choices=RefundState.choices, default=RefundState.NONE, blank=True)
-    provider_refund_id = models.CharField(max_length=255, blank=True)
+    error = models.CharField(max_length=500, blank=True, verbose_name=_("error"))
+    refund_state = models.CharField(
+        max_length=16, choices=RefundState.choices, default=RefundState.NONE, blank=True, verbose_name=_("refund state")
+    )
+    provider_refund_id = models.CharField(max_length=255, blank=True, verbose_name=_("provider refund id"))
     # Every refund of this checkout the provider failed: its late events, and a late answer, are never taken
     # for the refund owed now (match_refund, record_refund), whatever order they arrive in.
-    failed_refund_ids = ArrayField(models.CharField(max_length=255), default=list, blank=True)
-    refund_attempts = models.PositiveIntegerField(default=0)
-    refund_error = models.CharField(max_length=500, blank=True)
+    failed_refund_ids = ArrayField(
+        models.CharField(max_length=255), default=list, blank=True, verbose_name=_("failed refund ids")
+    )
+    refund_attempts = models.PositiveIntegerField(default=0, verbose_name=_("refund attempts"))
+    refund_error = models.CharField(max_length=500, blank=True, verbose_name=_("refund error"))
     # When the refund was first claimed: past the provider's idempotency window a retry first asks
     # the provider whether it already refunded (find_refund). When a failed refund is due again
     # (exponential backoff, services.refund_backoff).
-    refund_requested_at = models.DateTimeField(null=True, blank=True)
-    next_retry_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(db_default=Now())
-    updated_at = models.DateTimeField(db_default=Now())  # .update() skips auto_now: every guarded write sets it
+    refund_requested_at = models.DateTimeField(null=True, blank=True, verbose_name=_("refund requested at"))
+    next_retry_at = models.DateTimeField(null=True, blank=True, verbose_name=_("next retry at"))
+    created_at = models.DateTimeField(db_default=Now(), verbose_name=_("created at"))
+    updated_at = models.DateTimeField(
+        db_default=Now(), verbose_name=_("updated at")
+    )  # .update() skips auto_now: every guarded write sets it
 
     objects = CheckoutManager()
 
@@ -313,15 +329,17 @@ class Checkout(GuardedModel):
 class PaymentEvent(models.Model):
     """The inbox: each provider event stored once by its id, processed once."""
 
-    provider = models.CharField(max_length=32)
-    event_id = models.CharField(max_length=255, unique=True)
-    type = models.CharField(max_length=100)
-    payload = models.JSONField()
-    received_at = models.DateTimeField()
-    processed_at = models.DateTimeField(null=True, blank=True)
-    result = models.CharField(max_length=100, blank=True)
-    booking = models.ForeignKey(Booking, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
-    deliveries = models.PositiveIntegerField(default=1)
+    provider = models.CharField(max_length=32, verbose_name=_("provider"))
+    event_id = models.CharField(max_length=255, unique=True, verbose_name=_("event id"))
+    type = models.CharField(max_length=100, verbose_name=_("type"))
+    payload = models.JSONField(verbose_name=_("payload"))
+    received_at = models.DateTimeField(verbose_name=_("received at"))
+    processed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("processed at"))
+    result = models.CharField(max_length=100, blank=True, verbose_name=_("result"))
+    booking = models.ForeignKey(
+        Booking, null=True, blank=True, on_delete=models.SET_NULL, related_name="events", verbose_name=_("booking")
+    )
+    deliveries = models.PositiveIntegerField(default=1, verbose_name=_("deliveries"))
     # Set when a signed event does not belong to what it names (another session, another amount or
     # currency, an unknown checkout claiming money): nothing was changed, an operator looks at it.
     needs_review = models.BooleanField(_("needs review"), default=False, db_index=True)

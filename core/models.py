@@ -53,7 +53,9 @@ class Tenant(models.Model):
 
     name = models.CharField(_("name"), max_length=200)
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True, verbose_name=_("members")
+    )
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     version = models.PositiveIntegerField(_("version"), default=1, editable=False)
 
@@ -99,9 +101,11 @@ class Membership(models.Model):
         VIEWER = "viewer", _("viewer")  # reads only
         API = "api", _("API client")
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.STAFF)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("tenant"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("user")
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.STAFF, verbose_name=_("role"))
     version = models.PositiveIntegerField(_("version"), default=1, editable=False)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
 
@@ -127,16 +131,17 @@ class IdempotencyKey(models.Model):
         IN_PROGRESS = "in_progress", _("in progress")
         COMPLETED = "completed", _("completed")
 
-    principal = models.CharField(max_length=100)  # "user:<id>" or "anonymous:<sha256 of the path>"
-    key = models.CharField(max_length=255)
-    method = models.CharField(max_length=10)
-    path = models.CharField(max_length=500)
-    fingerprint = models.CharField(max_length=64)  # sha256 of method, path and body
-    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(db_default=Now())
-    expires_at = models.DateTimeField(db_index=True)
+    # "user:<id>" or "anonymous:<sha256 of the path>"
+    principal = models.CharField(max_length=100, verbose_name=_("principal"))
+    key = models.CharField(max_length=255, verbose_name=_("key"))
+    method = models.CharField(max_length=10, verbose_name=_("method"))
+    path = models.CharField(max_length=500, verbose_name=_("path"))
+    fingerprint = models.CharField(max_length=64, verbose_name=_("fingerprint"))  # sha256 of method, path and body
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS, verbose_name=_("state"))
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True, verbose_name=_("response status"))
+    response_body = models.JSONField(null=True, blank=True, verbose_name=_("response body"))
+    created_at = models.DateTimeField(db_default=Now(), verbose_name=_("created at"))
+    expires_at = models.DateTimeField(db_index=True, verbose_name=_("expires at"))
 
     objects = IdempotencyKeyManager()
 
@@ -179,8 +184,8 @@ class ThrottleBucket(models.Model):
     migration): losing it in a crash only forgives the requests counted so far.
     """
 
-    key = models.TextField(primary_key=True)  # "throttle_<scope>_<ident>"
-    tat = models.DateTimeField()  # theoretical arrival time; at most one period ahead of now
+    key = models.TextField(_("key"), primary_key=True)  # "throttle_<scope>_<ident>"
+    tat = models.DateTimeField(_("theoretical arrival time"))  # at most one period ahead of now
 
     objects = ThrottleBucketManager()
 

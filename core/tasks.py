@@ -22,8 +22,9 @@ from io import StringIO
 from django.conf import settings
 from django.core.management import call_command
 from django.db import close_old_connections
-from procrastinate import RetryStrategy, builtin_tasks
+from procrastinate import RetryStrategy, builtin_tasks, exceptions
 from procrastinate.contrib.django import app
+from procrastinate.jobs import Status
 
 from core import notifications
 from core.management.base import EXIT_LOCKED, EXIT_OK
@@ -112,10 +113,24 @@ async def retry_stalled_jobs(context, timestamp):
     for job in await manager.get_stalled_jobs(seconds_since_heartbeat=settings.WORKER_STALLED_AFTER_S):
         try:
             await manager.retry_job(job)
+        except exceptions.UniqueViolation:
+            # A later run of the same sweep already waits (its queueing lock allows one): it runs once this
+            # dead run lets go of the sweep's lock, so this one ends ``aborted`` instead of queued again.
+            await _abort_stalled(manager, job)
+            continue
         except Exception as error:  # noqa: BLE001 - another worker retried it first: nothing to do
             logger.info("stalled job %s (%s) not retried: %s", job.id, job.task_name, error)
             continue
         logger.warning("job %s (%s) of a dead worker put back in the queue", job.id, job.task_name)
+
+
+async def _abort_stalled(manager, job):
+    try:
+        await manager.finish_job(job, status=Status.ABORTED, delete_job=False)
+    except Exception as error:  # noqa: BLE001 - another worker settled it first: nothing to do
+        logger.info("stalled job %s (%s) not aborted: %s", job.id, job.task_name, error)
+        return
+    logger.warning("job %s (%s) of a dead worker aborted: its next run already waits", job.id, job.task_name)
 
 
 @functools.cache  # a task's job is the same every time: made once per process

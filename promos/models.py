@@ -76,7 +76,9 @@ class PromoCode(GuardedModel):
 
     BonusType = BonusType
 
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="promo_codes")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="promo_codes", verbose_name=_("tenant")
+    )
     code = models.CharField(_("code"), max_length=64)
     bonus_type = models.CharField(_("bonus type"), max_length=16, choices=BonusType.choices)
     bonus_value = models.DecimalField(_("bonus value"), **MONEY)
@@ -156,8 +158,10 @@ class PromoUsage(GuardedModel):
         "bonus_amount",
     )
 
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="promo_usages")
-    promo = models.ForeignKey(PromoCode, on_delete=models.PROTECT, related_name="usages")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="promo_usages", verbose_name=_("tenant")
+    )
+    promo = models.ForeignKey(PromoCode, on_delete=models.PROTECT, related_name="usages", verbose_name=_("promo code"))
     customer = models.CharField(_("customer"), max_length=255)
     base_amount = models.DecimalField(_("base amount"), **MONEY)
     bonus_amount = models.DecimalField(_("bonus amount"), **MONEY)
@@ -226,11 +230,15 @@ class RedemptionSession(GuardedModel):
     Status = SessionStatus
 
     session_id = models.UUIDField(_("session id"), default=uuid.uuid4, unique=True, editable=False)
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="redemption_sessions")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="redemption_sessions", verbose_name=_("tenant")
+    )
     customer = models.CharField(_("customer"), max_length=255)
     max_amount = models.DecimalField(_("maximum amount"), **MONEY)
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
-    secret_hash = models.CharField(max_length=64, editable=False)  # sha256 hex of the approval secret
+    secret_hash = models.CharField(
+        max_length=64, editable=False, verbose_name=_("secret hash")
+    )  # sha256 hex of the approval secret
     created_at = models.DateTimeField(_("created at"), db_default=Now(), editable=False)
     expires_at = models.DateTimeField(_("expires at"))
     approved_at = models.DateTimeField(_("approved at"), null=True, blank=True)

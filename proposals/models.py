@@ -118,9 +118,13 @@ class Proposal(GuardedModel):
         "version",
     )
 
-    tenant = models.ForeignKey("core.Tenant", on_delete=models.CASCADE, related_name="proposals")
+    tenant = models.ForeignKey(
+        "core.Tenant", on_delete=models.CASCADE, related_name="proposals", verbose_name=_("tenant")
+    )
     session_id = models.CharField(_("chat session"), max_length=128)
-    package = models.ForeignKey("bookings.Package", on_delete=models.PROTECT, related_name="proposals")
+    package = models.ForeignKey(
+        "bookings.Package", on_delete=models.PROTECT, related_name="proposals", verbose_name=_("package")
+    )
     date = models.DateField(_("date"))
     customer_name = models.CharField(_("customer name"), max_length=200)
     customer_email = models.EmailField(_("customer e-mail"))
@@ -132,7 +136,12 @@ class Proposal(GuardedModel):
     rejected_at = models.DateTimeField(_("rejected at"), null=True, blank=True)
     failure_code = models.CharField(_("failure code"), max_length=64, blank=True)
     booking = models.OneToOneField(
-        "bookings.Booking", on_delete=models.PROTECT, null=True, blank=True, related_name="proposal"
+        "bookings.Booking",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="proposal",
+        verbose_name=_("booking"),
     )
     version = models.PositiveIntegerField(_("version"), default=1, editable=False)
 

@@ -64,3 +64,25 @@ def test_every_admin_page_name_is_arabic():
                 if any("a" <= ch.lower() <= "z" for ch in str(text).replace("Lockstep", "")):  # the name stays
                     untranslated.append(f"{opts.label}: {text}")
     assert not untranslated, untranslated
+
+
+def test_every_field_an_operator_reads_is_labelled_for_translation():
+    """Regression: fields without a label showed Django's own, the field's name in English, on Arabic pages
+    ("Refund state:", "حسب role"). Every field of our models (and of their history rows) declares one."""
+    from django.apps import apps
+
+    from core.discovery import project_apps
+
+    ours = {config.label for config in project_apps()}
+    unlabelled = [
+        f"{model._meta.label}.{field.name}"
+        for model in apps.get_models()
+        if model._meta.app_label in ours
+        for field in model._meta.get_fields()
+        if getattr(field, "concrete", False)
+        and not field.auto_created
+        and not field.name.startswith("pgh_")  # django-pghistory's own columns of a history row
+        and field.name != "id"
+        and field._verbose_name is None
+    ]
+    assert not unlabelled, unlabelled

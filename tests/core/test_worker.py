@@ -133,8 +133,9 @@ def job_statuses(task):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_sweep_does_not_stop_that_sweep_for_good():
-    """The dead worker's job stays ``doing`` and keeps the sweep's lock; a live worker puts it back in the
-    queue (jobs.retry_stalled) once the dead one's heartbeat is stale, and the sweep runs again."""
+    """The dead worker's job stays ``doing`` and keeps the sweep's lock; once the dead one's heartbeat is stale
+    a live worker (jobs.retry_stalled) puts it back in the queue or, when the sweep's next run already waits
+    (its queueing lock allows one; every period here), ends it ``aborted``; either way the sweep runs again."""
     booking = lapsed_hold(TenantFactory())
     stale = {"WORKER_STALLED_AFTER_S": "2"}
     with row_locked(Booking.objects.filter(pk=booking.pk)):  # worker A is surely mid-sweep...
@@ -149,7 +150,7 @@ def test_a_worker_killed_mid_sweep_does_not_stop_that_sweep_for_good():
     finally:
         output = stop(healthy)
     assert swept, (statuses, output[-2000:])
-    assert "of a dead worker put back in the queue" in output
+    assert "(sweep.expire_holds) of a dead worker aborted: its next run already waits" in output
 
 
 @pytest.mark.django_db(transaction=True)
@@ -312,3 +313,27 @@ def test_every_minute_sweep_waiting_on_a_busy_row_at_once_leaves_the_e_mails_the
             if worker is not None:
                 stop(worker)
     assert sent, doing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_already_waits():
+    """jobs.retry_stalled, on the rows a dead worker left (``doing``, no live worker): an e-mail's job is queued
+    again; a sweep's run is queued again when no later run waits, aborted when one does (the queueing lock
+    allows one waiting run: queueing this one again would be refused)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from procrastinate.contrib.django import app
+
+    from core.tasks import retry_stalled_jobs, sweeps
+
+    booking = lapsed_hold(TenantFactory())  # owes an e-mail: its job
+    sweeps["expire_holds"].defer(timestamp=1)
+    sweeps["sweep_proposals"].defer(timestamp=1)
+    with connection.cursor() as cursor:  # what a worker killed mid-job leaves: doing, its worker gone
+        cursor.execute("UPDATE procrastinate_jobs SET status = 'doing'")
+    sweeps["expire_holds"].defer(timestamp=2)  # the next period's run of one sweep, waiting
+    asyncio.run(retry_stalled_jobs.func(SimpleNamespace(app=app), timestamp=3))
+    assert job_statuses("notifications.send") == ["todo"], booking
+    assert job_statuses("sweep.sweep_proposals") == ["todo"]
+    assert job_statuses("sweep.expire_holds") == ["aborted", "todo"]
