@@ -65,19 +65,40 @@ def run(mutant, tree, database):
         path.write_text(original)
 
 
+DROP_TEST_DATABASE = """
+import sys, django, psycopg, psycopg.sql
+django.setup()
+from django.db import connection
+params = connection.get_connection_params()
+params["dbname"] = "postgres"
+with psycopg.connect(**params, autocommit=True) as conn:
+    conn.execute("DROP DATABASE IF EXISTS " + psycopg.sql.Identifier(sys.argv[1]).as_string(conn) + " WITH (FORCE)")
+"""
+
+
+def drop_database(tree, database):
+    """pytest-django keeps a test database under --reuse-db (the project's addopts): drop the one the mutants used."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    subprocess.run([str(ROOT / ".venv/bin/python"), "-c", DROP_TEST_DATABASE, database], cwd=tree, env=env, check=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-k", default="", help="only mutants whose name contains this")
     args = parser.parse_args()
     mutants = [m for m in json.loads(MUTANTS.read_text()) if args.k.lower() in m["name"].lower()]
     results = []
+    database = f"test_lockstep_mutant_{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="lockstep-mutants-") as tmp:
         tree = Path(tmp) / "tree"
         copy_tree(tree)
-        for number, mutant in enumerate(mutants, 1):
-            verdict, detail = run(mutant, tree, database=f"test_lockstep_mutant_{os.getpid()}")
-            results.append((mutant["name"], verdict))
-            print(f"[{number}/{len(mutants)}] {verdict:8} {mutant['name']}  ({detail})", flush=True)
+        try:
+            for number, mutant in enumerate(mutants, 1):
+                verdict, detail = run(mutant, tree, database=database)
+                results.append((mutant["name"], verdict))
+                print(f"[{number}/{len(mutants)}] {verdict:8} {mutant['name']}  ({detail})", flush=True)
+        finally:
+            drop_database(tree, database)
     survived = [name for name, verdict in results if verdict != "KILLED"]
     print(f"\n{len(results) - len(survived)} of {len(results)} guards proven (a test failed without each).")
     for name in survived:
