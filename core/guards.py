@@ -29,6 +29,7 @@
    order backwards). It returns a ``SweepResult``.
 """
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
@@ -38,6 +39,8 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, Operation
 from django.db.models import DateTimeField, Func
 
 from core.exceptions import LockContended, TransitionRefused
+
+logger = logging.getLogger(__name__)
 
 # --- transactions --------------------------------------------------------------
 
@@ -98,6 +101,11 @@ def is_lock_error(exc):
     return cause_of(exc, psycopg.errors.LockNotAvailable) is not None
 
 
+def is_deadlock(exc):
+    """True for SQLSTATE 40P01: PostgreSQL broke a deadlock by rolling this transaction back."""
+    return cause_of(exc, psycopg.errors.DeadlockDetected) is not None
+
+
 def constraint_name(exc):
     """The name of the constraint (or transition trigger) an IntegrityError violated, if any."""
     diag = getattr(cause_of(exc, psycopg.Error), "diag", None)
@@ -107,6 +115,11 @@ def constraint_name(exc):
 def refusal_for(exc):
     """The DomainError a database error means, or None when it is not a refusal (a bug, an outage)."""
     if isinstance(exc, OperationalError) and is_lock_error(exc):
+        return LockContended()
+    if isinstance(exc, OperationalError) and is_deadlock(exc):
+        # Rolled back whole, so safe to retry like any lock conflict; but every path takes its locks in
+        # the one global order (docs/lock-order.md), so a deadlock is a slip to find: said in the log.
+        logger.warning("deadlock: PostgreSQL rolled this transaction back (%s)", str(cause_of(exc, psycopg.Error)))
         return LockContended()
     if isinstance(exc, IntegrityError):
         name = constraint_name(exc)

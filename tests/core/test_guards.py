@@ -1,15 +1,17 @@
 """core.guards: the one translator of database refusals, the clock, and commands over guards."""
 
 import io
+import threading
 
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
-from core.db import advisory_xact_lock
+from core.db import LockNamespace, advisory_xact_lock
 from core.exceptions import Conflict, LockContended, TransitionRefused
 from core.guards import ClockNow, constraint_errors, database_clock, database_refusals
 from core.management.base import EXIT_LOCKED, EXIT_REFUSED, GuardedCommand
+from core.storm import run_concurrently
 from tests.core.scratch_lock import ScratchLock
 from tests.races import advisory_locked
 
@@ -100,3 +102,25 @@ def test_a_command_answers_a_refusal_with_a_message_and_an_exit_code(error, exit
         call_command(command, stderr=stderr)
     assert exited.value.code == exit_code
     assert stderr.getvalue().startswith(f"{error.code}: ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deadlock_is_a_lock_conflict_to_retry_never_a_crash(caplog):
+    """Two transactions taking two locks in opposite orders: PostgreSQL rolls one back (40P01). Every path
+    keeps the one lock order, so this is a slip; still the loser gets resource_locked (409 and Retry-After
+    over the API, exit 3 from a command), not a 500 or a traceback, and the log names it."""
+    barrier = threading.Barrier(2)
+
+    def attempt(i):
+        first, second = ("x", "y") if i == 0 else ("y", "x")
+        with database_refusals(), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL deadlock_timeout = '50ms'")
+            advisory_xact_lock(LockNamespace.BOOKING_DATE, "deadlock-probe", first)
+            barrier.wait(5)
+            advisory_xact_lock(LockNamespace.BOOKING_DATE, "deadlock-probe", second)
+        return "won"
+
+    outcomes = run_concurrently(attempt, 2)
+    assert sorted(outcome.code for outcome in outcomes) == ["ok", "resource_locked"], outcomes
+    assert "deadlock: PostgreSQL rolled this transaction back" in caplog.text
