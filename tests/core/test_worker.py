@@ -321,6 +321,7 @@ def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_al
     again; a sweep's run is queued again when no later run waits, aborted when one does (the queueing lock
     allows one waiting run: queueing this one again would be refused)."""
     import asyncio
+    import threading
     from types import SimpleNamespace
 
     from procrastinate.contrib.django import app
@@ -333,7 +334,11 @@ def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_al
     with connection.cursor() as cursor:  # what a worker killed mid-job leaves: doing, its worker gone
         cursor.execute("UPDATE procrastinate_jobs SET status = 'doing'")
     sweeps["expire_holds"].defer(timestamp=2)  # the next period's run of one sweep, waiting
-    asyncio.run(retry_stalled_jobs.func(SimpleNamespace(app=app), timestamp=3))
+    # its own thread and event loop, as in the worker (a loop may already run in this test's thread)
+    rescue_once = retry_stalled_jobs.func(SimpleNamespace(app=app), timestamp=3)
+    rescue = threading.Thread(target=asyncio.run, args=(rescue_once,))
+    rescue.start()
+    rescue.join(30)
     assert job_statuses("notifications.send") == ["todo"], booking
     assert job_statuses("sweep.sweep_proposals") == ["todo"]
     assert job_statuses("sweep.expire_holds") == ["aborted", "todo"]
