@@ -41,13 +41,16 @@ def readiness(using=DEFAULT_DB_ALIAS):
                 [list(TIMEOUTS)],
             )
             effective = {name: int(value) for name, value in cursor.fetchall()}
-            # procrastinate's workers beat every few seconds; the youngest beat, by the database clock
-            cursor.execute(
-                "SELECT extract(epoch FROM clock_timestamp() - max(last_heartbeat)) FROM procrastinate_workers"
-            )
-            (heartbeat_age,) = cursor.fetchone()
         executor = MigrationExecutor(connection)
         pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        heartbeat_age = None
+        if not pending:  # procrastinate's table comes with its migrations: missing, it is those that fail
+            with transaction.atomic(using=using), connection.cursor() as cursor:
+                # procrastinate's workers beat every few seconds; the youngest beat, by the database clock
+                cursor.execute(
+                    "SELECT extract(epoch FROM clock_timestamp() - max(last_heartbeat)) FROM procrastinate_workers"
+                )
+                (heartbeat_age,) = cursor.fetchone()
     except DatabaseError as error:
         return {"database": {"ok": False, "error": error.__class__.__name__}}
     checks = {"database": {"ok": True}, "migrations": {"ok": not pending, "pending": len(pending)}}

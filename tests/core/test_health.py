@@ -53,3 +53,17 @@ def test_not_ready_when_the_configuration_differs_from_the_connection(db, settin
 
 def test_only_get(client, db):
     assert client.post("/ready").status_code == 405
+
+
+def test_not_ready_with_pending_migrations_says_so_even_before_the_workers_table_exists(client, db, monkeypatch):
+    """Regression: before procrastinate's migrations ran, reading the workers' heartbeat failed and /ready
+    blamed the database; it names the pending migrations (and no worker seen) instead."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    monkeypatch.setattr(MigrationExecutor, "migration_plan", lambda self, targets: [("procrastinate", "0001")])
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE procrastinate_workers RENAME TO procrastinate_workers_not_yet")
+    body = client.get("/ready").json()
+    assert body["checks"]["database"] == {"ok": True}
+    assert body["checks"]["migrations"] == {"ok": False, "pending": 1}
+    assert body["checks"]["worker"]["ok"] is False
