@@ -264,13 +264,7 @@ def owe_operator_alert(booking_id, *, failed_refund=None):
     booking, context = _facts(booking_id)
     context |= {"attempts": booking.refund_attempts, "error": booking.refund_error or "-"}
     given_up = f"failed:{failed_refund}" if failed_refund else booking.refund_attempts
-    return Notification.objects.owe(
-        REFUND_GAVE_UP,
-        subject=about(booking_id, "refund", given_up),
-        recipients=list(settings.OPERATOR_EMAILS),
-        language=settings.LANGUAGE_CODE,
-        context=context,
-    )
+    return _owe_operators(REFUND_GAVE_UP, subject=about(booking_id, "refund", given_up), context=context)
 
 
 def owe_stuck_refund_alert(booking_id, *, refund):
@@ -282,13 +276,7 @@ def owe_stuck_refund_alert(booking_id, *, refund):
     booking, context = _facts(booking_id)
     requested = Checkout.objects.filter(booking_id=booking_id).values_list("refund_requested_at", flat=True).get()
     context |= {"refund": refund, "requested": requested.strftime("%Y-%m-%d %H:%M")}
-    return Notification.objects.owe(
-        REFUND_STUCK,
-        subject=about(booking_id, "stuck-refund", refund),
-        recipients=list(settings.OPERATOR_EMAILS),
-        language=settings.LANGUAGE_CODE,
-        context=context,
-    )
+    return _owe_operators(REFUND_STUCK, subject=about(booking_id, "stuck-refund", refund), context=context)
 
 
 # What the operators read of a dispute's end, by its result (services._note_dispute).
@@ -318,9 +306,14 @@ def owe_dispute_alert(booking_id, event, *, result):
         kind = DISPUTE_CLOSED
         with translation.override(settings.LANGUAGE_CODE):
             context["outcome"] = str(DISPUTE_OUTCOMES[result])
+    return _owe_operators(kind, subject=about(booking_id, "dispute", event.dispute_id), context=context)
+
+
+def _owe_operators(kind, *, subject, context):
+    """An e-mail to every address of OPERATOR_EMAILS, in the site's language (the callers checked there are any)."""
     return Notification.objects.owe(
         kind,
-        subject=about(booking_id, "dispute", event.dispute_id),
+        subject=subject,
         recipients=list(settings.OPERATOR_EMAILS),
         language=settings.LANGUAGE_CODE,
         context=context,
