@@ -38,6 +38,7 @@ from bookings.payments.sandbox import (
     build_refund_event,
 )
 from core import metrics
+from core.db import LockNamespace, advisory_xact_lock
 from core.exceptions import DomainError
 from core.guards import SweepResult, database_refusals
 from core.money import to_minor_units
@@ -478,7 +479,11 @@ def _note_dispute(event, checkout):
 
     Changes no row of the booking: an alert per dispute and result (notifications.owe_dispute_alert); an
     opening delivered after the dispute closed is ``superseded_dispute``.
+
+    Locks: PAYMENT_DISPUTE(dispute), after the event's row: one dispute's events are judged one at a
+    time, so an opening delivered as its close commits reads the close (else both would alert).
     """
+    advisory_xact_lock(LockNamespace.PAYMENT_DISPUTE, event.dispute_id or "")
     if event.type == DISPUTE_CREATED:
         # Stripe keeps no order, and retries a failed delivery for days: an opening that comes after the
         # dispute closed asks for evidence on a decided dispute. It is recorded, told to no one.
@@ -543,7 +548,7 @@ def receive_payment_event(payload: bytes, signature: str | None, *, provider_nam
         else:
             checkout, result = _candidate(event) if event.type in HANDLED else (None, "ignored_type")
         booking_id = checkout.booking_id if checkout else None
-        if checkout is not None and dispute_event:  # changes no row of the booking: no lock to take
+        if checkout is not None and dispute_event:  # changes no row of the booking: only the dispute's lock
             result = match_dispute(event, checkout) or _note_dispute(event, checkout)
         elif checkout is not None:
             checkout = Booking.objects.lock_settlement(checkout.booking_id, checkout_id=checkout.pk)

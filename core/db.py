@@ -23,6 +23,8 @@ class LockNamespace(enum.Enum):
     AUDIT_UNDO = "profiles.audit_undo"
     PROFILE_TREE = "profiles.tree"  # per tenant: serializes parent-edge changes (cycle check)
     IDEMPOTENCY_KEY = "core.idempotency_key"
+    # per provider dispute: its events judged one at a time (an opening read while its close commits)
+    PAYMENT_DISPUTE = "bookings.dispute"
 
 
 def _require_atomic(using):

@@ -8,10 +8,12 @@ and when it closes, once each.
 """
 
 import json
+import threading
 
 import pytest
 from django.core import mail
 
+from bookings import services
 from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments.sandbox import build_dispute_event
 from bookings.services import receive_payment_event, sandbox_deliver
@@ -19,7 +21,7 @@ from core.models import Notification
 from core.notifications import send
 from tests.bookings.factories import PackageFactory, book
 from tests.bookings.test_webhooks import deliver
-from tests.races import run_concurrently, tally
+from tests.races import Background, Outcome, run_concurrently, tally, wait_until_blocked_or_done
 
 
 @pytest.fixture
@@ -175,3 +177,35 @@ def test_a_dispute_delivered_again_and_again_at_once_is_recorded_and_told_once(t
     assert alerts(booking) == ["dispute_opened"]
     assert PaymentEvent.objects.filter(booking=booking, result="dispute_opened").count() == 2
     assert Checkout.objects.get(pk=booking.checkout.pk).refund_state == booking.checkout.refund_state
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_disputes_opening_delivered_while_its_close_commits_waits_for_it_and_alerts_no_one(
+    tenant, operators, monkeypatch
+):
+    """Forced interleaving: the close holds the dispute's lock, mid-transaction, while the opening arrives."""
+    booking = paid(PackageFactory(tenant=tenant))
+    closing = build_dispute_event(booking.checkout, "charge.dispute.closed", status="won")
+    opening = build_dispute_event(booking.checkout, "charge.dispute.created")
+    judged, go_on = threading.Event(), threading.Event()
+    note = services._note_dispute
+
+    def held_after_judging(event, checkout):
+        result = note(event, checkout)
+        if event.type == "charge.dispute.closed":
+            judged.set()
+            assert go_on.wait(10)
+        return result
+
+    monkeypatch.setattr(services, "_note_dispute", held_after_judging)
+    close = Background(lambda: receive_payment_event(*closing, provider_name="sandbox").result)
+    assert judged.wait(10)
+    open_ = Background(lambda: receive_payment_event(*opening, provider_name="sandbox").result)
+    blocked = wait_until_blocked_or_done(open_)
+    go_on.set()
+    assert (close.join().outcome, open_.join().outcome) == (
+        Outcome("dispute_won", None),
+        Outcome("superseded_dispute", None),
+    )
+    assert blocked  # it waited for the close's commit, on the dispute's lock
+    assert alerts(booking) == ["dispute_closed"]
