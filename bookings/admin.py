@@ -29,7 +29,7 @@ from bookings.models import (
 )
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
-from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action, seen_version
 from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
@@ -372,9 +372,11 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
 
     cancel_selected = row_action(
         _("Cancel selected bookings (refund paid ones)"),
-        lambda booking: cancel_booking(booking.pk),
+        # at the version the page showed: a booking paid (or otherwise moved) since is refused, not refunded
+        lambda booking: cancel_booking(booking.pk, version=seen_version(booking)),
         select_related=["package"],
         confirm={
+            "seen": lambda booking: booking.version,
             "title": _("Cancel selected bookings"),
             "explanation": _(
                 "Each booking is cancelled on its own; a paid one is refunded in full to the customer. "

@@ -618,7 +618,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         return bool(self.filter(pk=booking_id, status=self.model.Status.HELD).update(status=self.model.Status.EXPIRED))
 
     @guarded
-    def cancel(self, booking_id, *, tenant=None):
+    def cancel(self, booking_id, *, tenant=None, version=None):
         """Cancel a held, payment-pending or confirmed booking; a confirmed (paid) one goes to ``refund_pending``.
 
         Locks: the booking row (a filtered UPDATE: the row lock it takes until commit).
@@ -629,11 +629,16 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         One filtered UPDATE decides (a CASE picks the new status; it waits for the row
         lock of a payment settling the booking and re-checks the status on the row); on
         0 rows one read names the refusal: BookingNotFound or BookingNotCancellable.
+        With ``version`` (what the caller showed an operator), only the booking at that
+        version is cancelled: one paid, or otherwise moved, since then raises VersionConflict
+        (a cancel shown as "nothing was paid" never refunds a payment made meanwhile).
         Returns the booking; its status tells the caller whether to refund.
         """
         Status = self.model.Status
+        cancellable = [Status.HELD, Status.PAYMENT_PENDING, Status.CONFIRMED]
         scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        won = scope.filter(status__in=[Status.HELD, Status.PAYMENT_PENDING, Status.CONFIRMED]).update(
+        deciding = scope if version is None else scope.filter(version=version)
+        won = deciding.filter(status__in=cancellable).update(
             status=Case(
                 When(status__in=[Status.HELD, Status.PAYMENT_PENDING], then=Value(Status.CANCELLED)),
                 default=Value(Status.REFUND_PENDING),
@@ -641,7 +646,12 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             cancelled_at=Now(),
         )
         if not won:
-            raise self._refusal(scope, BookingNotCancellable)
+            found = scope.values_list("status", "version").first()
+            if found is None:
+                raise BookingNotFound()
+            if found[0] in cancellable:  # only a version can have kept it from the UPDATE
+                raise VersionConflict(current=found[1])
+            raise BookingNotCancellable(status=Status(found[0]).label)
         notifications.owe_customer_notice(notifications.CANCELLED, booking_id)
         return scope.select_related("package").get()
 

@@ -145,8 +145,9 @@ def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
     return booking
 
 
-def cancel_booking(booking_id, *, tenant=None):
-    """Cancel a booking; a paid one is refunded after the cancellation commits.
+def cancel_booking(booking_id, *, tenant=None, version=None):
+    """Cancel a booking (at ``version``, when given: ``Booking.objects.cancel``); a paid one is refunded
+    after the cancellation commits.
 
     The cancellation and the refund owed (checkout refund ``pending``) commit in one
     transaction, so a crash before the provider call leaves a refund that
@@ -157,7 +158,7 @@ def cancel_booking(booking_id, *, tenant=None):
     """
     claimed = False
     with database_refusals(), transaction.atomic():
-        booking = Booking.objects.cancel(booking_id, tenant=tenant)
+        booking = Booking.objects.cancel(booking_id, tenant=tenant, version=version)
         checkout = Checkout.objects.filter(booking_id=booking.pk).first()
         if booking.status == Booking.Status.REFUND_PENDING and checkout is not None:
             claimed = Checkout.objects.request_refund(checkout.pk)

@@ -210,6 +210,12 @@ def confirm_first(
     return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)
 
 
+def seen_version(row):
+    """The version ``confirm_first``'s page showed of ``row`` (carried by its POST), else the one read now."""
+    seen = getattr(row, "seen", None)
+    return row.version if seen is None else seen
+
+
 def row_action(
     description, operation, *, permissions=("change",), select_related=(), by_operator=False, confirm=None, **report
 ):

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action
+from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action, seen_version
 from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
@@ -95,19 +95,13 @@ def _profile_action(description, operation, *, done, **confirm):
     shown is refused version_conflict, not acted on."""
     return row_action(
         description,
-        lambda p, actor: operation(p.pk, tenant=p.tenant_id, version=_seen_version(p), actor=actor),
+        lambda p, actor: operation(p.pk, tenant=p.tenant_id, version=seen_version(p), actor=actor),
         by_operator=True,
         confirm={**confirm, "columns": PROFILE_COLUMNS, "seen": lambda p: p.version},
         describe=_profile_label,
         done_each=lambda p, _outcome: f"{_profile_label(p)}: {done}",
         code_first=True,
     )
-
-
-def _seen_version(profile):
-    """The version the confirmation page showed (carried by its POST), else the one read now."""
-    seen = getattr(profile, "seen", None)
-    return profile.version if seen is None else seen
 
 
 @admin.register(Profile)

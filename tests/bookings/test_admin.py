@@ -79,6 +79,25 @@ def test_cancel_asks_first_stating_the_money_and_the_customers(admin_client, pac
     assert [Booking.objects.get(pk=b.pk).status for b in (held, paid)] == ["cancelled", "refunded"]
 
 
+def test_cancel_acts_at_the_version_the_operator_was_shown_never_refunding_a_payment_made_since(
+    admin_client, package, client
+):
+    """The page said "nothing was paid": the customer paying before Confirm makes it a refund, so it is refused."""
+    held = book(package)
+    page = admin_client.post("/admin/bookings/booking/", {"action": "cancel_selected", "_selected_action": [held.pk]})
+    shown = Booking.objects.get(pk=held.pk).version
+    assert f'name="seen_{held.pk}" value="{shown}"' in page.content.decode()
+    deliver(client, completed_event(held.checkout.provider_checkout_id))  # paid meanwhile
+    confirm = {"action": "cancel_selected", "apply": "1", "_selected_action": [held.pk], f"seen_{held.pk}": shown}
+    msgs = messages_of(admin_client.post("/admin/bookings/booking/", confirm, follow=True))
+    assert any("version_conflict" in m and f"#{held.pk}" in m for m in msgs), msgs
+    assert Booking.objects.get(pk=held.pk).status == "confirmed"
+    assert Checkout.objects.get(booking=held).refund_state == Checkout.RefundState.NONE
+    confirm[f"seen_{held.pk}"] = Booking.objects.get(pk=held.pk).version  # shown again: now a refund
+    admin_client.post("/admin/bookings/booking/", confirm, follow=True)
+    assert Booking.objects.get(pk=held.pk).status == "refunded"
+
+
 def test_release_hold_action(admin_client, package):
     held, other = book(package), book(package, 31)
     Booking.objects.cancel(other.pk)

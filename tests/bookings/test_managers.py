@@ -16,6 +16,7 @@ from bookings.exceptions import (
 )
 from bookings.models import Booking, Checkout
 from bookings.services import hold_in_transaction, start_checkout
+from core.exceptions import VersionConflict
 from tests.bookings.factories import PackageFactory, future
 
 
@@ -204,6 +205,22 @@ def test_cancel_of_a_confirmed_booking_awaits_refund(tenant):
     with transaction.atomic():
         Booking.objects.confirm_payment(booking.pk)
     assert Booking.objects.cancel(booking.pk).status == Booking.Status.REFUND_PENDING
+
+
+def test_cancel_at_a_version_refuses_a_booking_moved_since_and_names_a_state_first(tenant):
+    booking = hold(PackageFactory(tenant=tenant))
+    shown = Booking.objects.get(pk=booking.pk).version
+    with transaction.atomic():
+        Booking.objects.confirm_payment(booking.pk)  # paid after the operator looked
+    with pytest.raises(VersionConflict):
+        Booking.objects.cancel(booking.pk, version=shown)
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.CONFIRMED
+    now = Booking.objects.get(pk=booking.pk).version
+    assert Booking.objects.cancel(booking.pk, version=now).status == Booking.Status.REFUND_PENDING
+    with pytest.raises(BookingNotCancellable):  # no longer cancellable, whatever version was seen
+        Booking.objects.cancel(booking.pk, version=now)
+    with pytest.raises(BookingNotFound):
+        Booking.objects.cancel(10**12, version=1)
 
 
 def test_expire_holds_sweeps_only_expired_holds(tenant):
