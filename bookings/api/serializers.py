@@ -165,11 +165,17 @@ class BookingSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Booking
-        fields = ["id", "package", "date", "customer_name", "customer_email", *BOOKING_RECORD, "checkout"]
+        fields = ["id", "package", "date", "customer_name", "customer_email", *BOOKING_RECORD, "version", "checkout"]
 
     def get_checkout(self, booking) -> BookingCheckoutSerializer(allow_null=True):
         checkout = getattr(booking, "checkout", None)  # the reverse accessor raises an AttributeError subclass
         return BookingCheckoutSerializer(checkout).data if checkout else None
+
+
+class BookingCancelInputSerializer(StrictInput):
+    # The version the client showed its user: a booking paid (or otherwise moved) since is refused
+    # version_conflict rather than cancelled as it now stands (a refund nobody was shown).
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
 class BookingListQueryInputSerializer(StrictInput):

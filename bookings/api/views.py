@@ -6,6 +6,7 @@ from rest_framework.views import APIView
 from bookings.api.serializers import (
     AvailabilityQueryInputSerializer,
     AvailabilitySerializer,
+    BookingCancelInputSerializer,
     BookingListQueryInputSerializer,
     BookingSerializer,
     CheckoutCreatedSerializer,
@@ -219,9 +220,10 @@ class BookingDetailView(TenantScopedMixin, generics.RetrieveAPIView):
 class BookingCancelView(TenantScopedMixin, APIView):
     """Cancel a held or confirmed booking; a paid one is refunded."""
 
-    @extend_schema(request=None, responses=BookingSerializer)
+    @extend_schema(request=BookingCancelInputSerializer, responses=BookingSerializer)
     @idempotent(two_phase=True)
     def post(self, request, tenant, pk):
-        booking = cancel_booking(valid_id(pk, BookingNotFound), tenant=self.tenant)
+        data = validated(BookingCancelInputSerializer, request.data)
+        booking = cancel_booking(valid_id(pk, BookingNotFound), tenant=self.tenant, version=data.get("version"))
         booking = Booking.objects.select_related("checkout").get(pk=booking.pk)
         return Response(represented(BookingSerializer, booking))

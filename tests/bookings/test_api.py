@@ -272,6 +272,25 @@ def test_booking_list_filters_detail_and_cancel(api_client, anon_client, client,
     assert refunded["status"] == "refunded" and refunded["checkout"]["refund_state"] == "succeeded"
 
 
+def test_a_cancel_at_the_version_shown_is_refused_once_the_booking_was_paid_since(
+    api_client, anon_client, client, package
+):
+    """The storefront showed "cancel your hold (nothing paid)"; the payment lands first: no unseen refund."""
+    held = anon_client.post("/api/public/acme/checkouts", checkout_body(package, future()), format="json").json()
+    path = f"/api/t/acme/bookings/{held['booking']['id']}"
+    shown = api_client.get(path).json()
+    assert shown["status"] == "held" and shown["version"] >= 1
+    deliver(client, completed_event(held["checkout"]["id"], amount_total=45000))
+    refused = api_client.post(f"{path}/cancel", {"version": shown["version"]}, format="json")
+    assert_error(refused, 409, "version_conflict")
+    now = api_client.get(path).json()
+    assert now["status"] == "confirmed" and refused.json()["error"]["details"] == {"current": now["version"]}
+    assert_error(api_client.post(f"{path}/cancel", {"version": 0}, format="json"), 400, "invalid_input")
+    assert_error(api_client.post(f"{path}/cancel", {"versoin": now["version"]}, format="json"), 400, "invalid_input")
+    refunded = api_client.post(f"{path}/cancel", {"version": now["version"]}, format="json").json()
+    assert refunded["status"] == "refunded" and refunded["version"] > now["version"]
+
+
 def test_booking_ids_of_other_tenants_unknown_and_malformed(api_client, other_tenant, tenant):
     foreign = PackageFactory(tenant=other_tenant)
     from bookings.services import start_checkout
