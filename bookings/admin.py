@@ -312,6 +312,14 @@ _RETRIED = {
 }
 
 
+def _retry_effect(booking):
+    """What an operator's retry would do now: ask for the refund, or nothing (no refund to retry)."""
+    checkout = getattr(booking, "checkout", None)
+    if checkout is not None and Checkout.objects.refunds_to_retry(operator=True).filter(pk=checkout.pk).exists():
+        return _("refund %(amount)s to %(email)s") % _money_to(booking)
+    return _("nothing: no failed refund to retry")
+
+
 def _retried(booking, state):
     error = Checkout.objects.filter(booking_id=booking.pk).values_list("refund_error", flat=True).first()
     return _RETRIED[state] % {"booking": _booking_label(booking), "error": error or "-", **_money_to(booking)}
@@ -407,7 +415,7 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
             "title": _("Retry failed refunds"),
             "explanation": _("The payment provider is asked again, now, for each failed refund below."),
             "columns": {**BOOKING_COLUMNS, _("refund"): lambda b: _refund_state(b)},
-            "effect": lambda b: _("refund %(amount)s to %(email)s") % _money_to(b),
+            "effect": _retry_effect,
             "confirm_label": _("Retry these refunds"),
         },
         describe=_booking_label,

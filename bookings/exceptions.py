@@ -38,7 +38,7 @@ class DateRangeInvalid(InvalidInput):
 
 class BookingNotCancellable(Conflict):
     code = "booking_not_cancellable"
-    message = _("Only a held or confirmed booking can be cancelled; this one is %(status)s.")
+    message = _("Only a held, payment-pending or confirmed booking can be cancelled; this one is %(status)s.")
 
 
 class BookingNotHeld(Conflict):

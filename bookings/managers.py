@@ -46,7 +46,7 @@ from bookings.exceptions import (
 from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks_in_order
 from core.decide import Decision
-from core.exceptions import DomainError, VersionConflict
+from core.exceptions import DomainError, LockContended, VersionConflict
 from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
 from core.jsonb import jsonb_safe
 from core.managers import TenantScopedQuerySet
@@ -605,7 +605,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             return True
         if booking is None:
             raise BookingNotFound()
-        raise BookingNotHeld(status=self.model.Status(booking.status).label)
+        raise BookingNotHeld(status=self.model.Status(booking.status))
 
     @guarded
     def release_if_held(self, booking_id):
@@ -637,21 +637,28 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         Status = self.model.Status
         cancellable = [Status.HELD, Status.PAYMENT_PENDING, Status.CONFIRMED]
         scope = self.filter(pk=booking_id) if tenant is None else self.filter(pk=booking_id, tenant=tenant)
-        deciding = scope if version is None else scope.filter(version=version)
-        won = deciding.filter(status__in=cancellable).update(
-            status=Case(
-                When(status__in=[Status.HELD, Status.PAYMENT_PENDING], then=Value(Status.CANCELLED)),
-                default=Value(Status.REFUND_PENDING),
-            ),
-            cancelled_at=Now(),
-        )
-        if not won:
+        deciding = (scope if version is None else scope.filter(version=version)).filter(status__in=cancellable)
+        for _attempt in range(CANCEL_ATTEMPTS):
+            won = deciding.update(
+                status=Case(
+                    When(status__in=[Status.HELD, Status.PAYMENT_PENDING], then=Value(Status.CANCELLED)),
+                    default=Value(Status.REFUND_PENDING),
+                ),
+                cancelled_at=Now(),
+            )
+            if won:
+                break
             found = scope.values_list("status", "version").first()
             if found is None:
                 raise BookingNotFound()
-            if found[0] in cancellable:  # only a version can have kept it from the UPDATE
+            if found[0] not in cancellable:
+                raise BookingNotCancellable(status=Status(found[0]))
+            if version is not None and found[1] != version:
                 raise VersionConflict(current=found[1])
-            raise BookingNotCancellable(status=Status(found[0]).label)
+            # Cancellable at the version asked for, yet the UPDATE missed it: a payment made it so in between
+            # (a released hold paid late). Decide again on the row as it is now.
+        else:
+            raise LockContended()
         notifications.owe_customer_notice(notifications.CANCELLED, booking_id)
         return scope.select_related("package").get()
 
@@ -747,7 +754,12 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         status = scope.values_list("status", flat=True).first()
         if status is None:
             return BookingNotFound()
-        return wrong_state(status=self.model.Status(status).label)
+        return wrong_state(status=self.model.Status(status))
+
+
+# A cancel decides again when the row became cancellable between its UPDATE and its read (a late
+# payment); twice in a row would take two settlements of one booking in a few microseconds.
+CANCEL_ATTEMPTS = 3
 
 
 def _first_payment_id(payment_id):

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from bookings.models import Checkout
 from bookings.payments import configured_name
-from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, EXPIRED
+from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, CHECKOUT_ID, COMPLETED, EXPIRED
 from bookings.services import sandbox_deliver
 from core.exceptions import DomainError
 
@@ -50,6 +50,8 @@ def _page(request, checkout, *, status=200, **context):
 
 def _checkout(checkout_id):
     if not (settings.PAYMENT_SANDBOX_ALLOWED or configured_name() == "sandbox"):
+        raise Http404("No such sandbox checkout.")
+    if not CHECKOUT_ID.fullmatch(checkout_id):  # never sent to the database (a NUL was a 500)
         raise Http404("No such sandbox checkout.")
     checkout = (
         Checkout.objects.select_related("booking__package", "booking__tenant")

@@ -170,6 +170,10 @@ class ActionsOnlyMixin:
         return False
 
 
+# What a confirming POST without a row's version carries for it: versions start at 1.
+NOT_SEEN = 0
+
+
 def confirm_first(
     modeladmin, request, queryset, *, title, explanation, columns, effect, confirm_label, form=None, seen=None, **apply
 ):
@@ -180,18 +184,21 @@ def confirm_first(
     ``form``: a form class the operator fills in on the page (a reason); the operation is then
     called with its cleaned data as keywords, and an invalid form shows the page again.
     ``seen``: row -> an integer (its version) the page carries for each row; on the confirming
-    POST each row gets it back as ``row.seen`` (None where the POST lacks it), so the operation
-    acts at what the operator saw, not at the rows as read again then.
+    POST each row gets it back as ``row.seen``, so the operation acts at what the operator saw, not
+    at the rows as read again then. A POST that lacks a row's version (a page from before, a
+    script) carries NOT_SEEN for it, which no row has: refused version_conflict, never acted on
+    as the row now stands.
     """
     rows = list(queryset)
     filled = form(request.POST if "apply" in request.POST else None) if form is not None else None
     if "apply" in request.POST and (filled is None or filled.is_valid()):
         if filled is not None:
             apply["operation"] = functools.partial(apply["operation"], **filled.cleaned_data)
+        _report_left_the_list(modeladmin, request, rows)
         if seen is not None:
             for row in rows:
                 carried = request.POST.get(f"seen_{row.pk}", "")
-                row.seen = int(carried) if carried.isascii() and carried.isdigit() else None
+                row.seen = int(carried) if carried.isascii() and carried.isdigit() else NOT_SEEN
         apply_to_each(modeladmin, request, rows, **apply)
         return None
     context = {
@@ -210,10 +217,25 @@ def confirm_first(
     return TemplateResponse(request, "admin/lockstep/confirm_action.html", context)
 
 
+def _report_left_the_list(modeladmin, request, rows):
+    """Name every row the operator confirmed that the list's filter no longer yields (it changed meanwhile):
+    Django leaves it out of the action's rows, and it would go unmentioned."""
+    if request.POST.get("select_across") == "1":
+        return
+    acted_on = {str(row.pk) for row in rows}
+    left = [pk for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if pk not in acted_on]
+    if left:
+        modeladmin.message_user(
+            request,
+            _("Left unchanged, as they no longer match the list's filter (changed meanwhile): #%(ids)s.")
+            % {"ids": ", #".join(left[:20])},
+            messages.WARNING,
+        )
+
+
 def seen_version(row):
-    """The version ``confirm_first``'s page showed of ``row`` (carried by its POST), else the one read now."""
-    seen = getattr(row, "seen", None)
-    return row.version if seen is None else seen
+    """The version ``confirm_first``'s page showed of ``row`` (carried by its POST; NOT_SEEN if it lacked it)."""
+    return row.seen
 
 
 def row_action(

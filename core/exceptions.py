@@ -23,8 +23,9 @@ class DomainError(Exception):
         super().__init__(self.code)
 
     def render(self):
-        """Return the message in the active language, parameters filled in."""
-        params = {key: str(value) for key, value in self.params.items()}
+        """Return the message in the active language, parameters filled in (a choice by its label: its value
+        is what ``details`` carries, stable for programs)."""
+        params = {key: str(getattr(value, "label", value)) for key, value in self.params.items()}
         return str(self.message) % params if params else str(self.message)
 
     def __str__(self):

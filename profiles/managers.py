@@ -564,7 +564,7 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         if entry.undone_at is not None:
             raise AlreadyUndone()
         if entry.action not in UNDOABLE:
-            raise UndoNotSupported(action=self.model.Action(entry.action).label)  # lazy: rendered per language
+            raise UndoNotSupported(action=self.model.Action(entry.action))  # its label rendered per language
         profile_model = self.model.profile.field.related_model
         # Marked undone by the statement that writes the profile and the undo entry. Its undone_at is
         # db_now, clock_timestamp() read by the profile lock: the database's clock, and the same

@@ -547,7 +547,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             return session
         if session.status == Status.EXPIRED or _lapsed(session):
             raise errors.SessionExpired()
-        raise errors.SessionNotPending(status=Status(session.status).label)
+        raise errors.SessionNotPending(status=Status(session.status))
 
     @guarded(statement=True)
     def approve(self, session_id, *, secret):
@@ -648,7 +648,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             raise errors.SessionAlreadyUsed()
         if session.status == Status.EXPIRED or _lapsed(session):
             raise errors.SessionExpired()
-        raise errors.SessionNotCancellable(status=Status(session.status).label)
+        raise errors.SessionNotCancellable(status=Status(session.status))
 
     @guarded
     def expire_due(self, *, tenant=None):

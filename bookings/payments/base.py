@@ -155,8 +155,20 @@ def verify_signature(payload: bytes, header: str | None, *, secret=None, toleran
         raise InvalidSignature()
 
 
-def _text(value, limit):
-    return value[:limit] if isinstance(value, str) else ""
+def _storable(value):
+    """``value`` if it is a string PostgreSQL's text takes (no NUL, no lone surrogate), else None: a signed
+    event is the provider's word, yet what it names is looked up and stored, and must never be a 500."""
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def _text(value, limit=None):
+    return (_storable(value) or "")[:limit]
 
 
 def _whole(value):
@@ -172,11 +184,11 @@ def parse_event(payload: bytes) -> ProviderEvent:
         raise MalformedEvent()
     if not isinstance(data, dict):
         raise MalformedEvent()
-    event_id, event_type = data.get("id"), data.get("type")
+    event_id, event_type = _storable(data.get("id")), _storable(data.get("type"))
     obj = (data.get("data") or {}).get("object") if isinstance(data.get("data"), dict) else None
-    if not (isinstance(event_id, str) and 0 < len(event_id) <= 255 and isinstance(event_type, str) and event_type):
+    if not (event_id and len(event_id) <= 255 and event_type):
         raise MalformedEvent()
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
+    if not isinstance(obj, dict) or not _storable(obj.get("id")):
         raise MalformedEvent()
     payment_id = obj.get("payment_intent")
     if isinstance(payment_id, dict):  # an expanded PaymentIntent
@@ -200,11 +212,11 @@ def parse_event(payload: bytes) -> ProviderEvent:
         dispute_status=_text(obj.get("status"), 50) if is_dispute else "",
         dispute_reason=_text(obj.get("reason"), 100) if is_dispute else "",
         evidence_due_by=_whole(evidence.get("due_by")) if is_dispute else None,
-        payment_id=payment_id[:255] if isinstance(payment_id, str) else "",
-        client_reference_id=reference if isinstance(reference, str) else "",
-        payment_status=status if isinstance(status, str) else "",
+        payment_id=_text(payment_id, 255),
+        client_reference_id=_text(reference),
+        payment_status=_text(status),
         amount_total=_whole(amount),
-        currency=currency if isinstance(currency, str) else "",
-        metadata_booking_id=booking if isinstance(booking, str) else "",
+        currency=_text(currency),
+        metadata_booking_id=_text(booking),
         payload=data,
     )

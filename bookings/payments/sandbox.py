@@ -10,6 +10,7 @@ sessions) lives in this process, like a test-mode account that is wiped on resta
 
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -19,6 +20,9 @@ from django.urls import reverse
 
 from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderRefund, sign
 from core.money import to_minor_units
+
+# What a sandbox checkout id looks like (``create_checkout``): the sandbox page refuses anything else unread.
+CHECKOUT_ID = re.compile(r"cs_sandbox_[0-9a-f]{1,64}")
 
 COMPLETED = "checkout.session.completed"
 EXPIRED = "checkout.session.expired"

@@ -4,7 +4,8 @@ import pytest
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout, PaymentEvent
-from bookings.services import start_checkout
+from bookings.payments.sandbox import COMPLETED
+from bookings.services import sandbox_deliver, start_checkout
 from tests.bookings.factories import PackageFactory, future
 from tests.bookings.test_webhooks import completed_event, deliver
 from tests.factories import TenantFactory
@@ -24,7 +25,12 @@ def book(package, days=30):
 def act(admin_client, action, *bookings):
     return admin_client.post(
         "/admin/bookings/booking/",
-        {"action": action, "apply": "1", "_selected_action": [b.pk for b in bookings]},
+        {
+            "action": action,
+            "apply": "1",
+            "_selected_action": [b.pk for b in bookings],
+            **{f"seen_{b.pk}": Booking.objects.get(pk=b.pk).version for b in bookings},  # as the page showed now
+        },
         follow=True,
     )
 
@@ -214,3 +220,52 @@ def test_the_date_picker_jumps_to_one_date(admin_client, package):
     assert 'type="date" name="on"' in page.content.decode()
     everything = admin_client.get("/admin/bookings/booking/?on=not-a-date").context["cl"].result_list
     assert {b.pk for b in everything} == {first.pk, second.pk}
+
+
+def test_a_cancel_confirmed_without_the_version_shown_is_refused_never_refunding_unseen(admin_client, package):
+    """A confirming POST without ``seen_<pk>`` (a page from before, a script) is not a licence to act on the
+    booking as it now stands: the hold was paid meanwhile, so it is refused, not refunded."""
+    booking = book(package)
+    page = admin_client.post(
+        "/admin/bookings/booking/", {"action": "cancel_selected", "_selected_action": [booking.pk]}
+    )
+    assert [str(effect) for _cells, effect in page.context["rows"]] == ["cancelled (nothing was paid)"]
+    sandbox_deliver(Booking.objects.get(pk=booking.pk).checkout, COMPLETED, payment_status="paid")
+    done = admin_client.post(
+        "/admin/bookings/booking/",
+        {"action": "cancel_selected", "apply": "1", "_selected_action": [booking.pk]},
+        follow=True,
+    )
+    assert any("version_conflict" in m and f"#{booking.pk}" in m for m in messages_of(done)), messages_of(done)
+    assert Booking.objects.get(pk=booking.pk).status == "confirmed"
+
+
+def test_a_row_that_left_the_lists_filter_before_confirm_is_named_not_dropped_in_silence(admin_client, package):
+    """Confirmed from ``?status__exact=held``; paid meanwhile, Django leaves it out of the action's rows."""
+    booking = book(package)
+    url = "/admin/bookings/booking/?status__exact=held"
+    page = admin_client.post(url, {"action": "cancel_selected", "_selected_action": [booking.pk]})
+    ((_pk, seen),) = page.context["selected"]
+    sandbox_deliver(Booking.objects.get(pk=booking.pk).checkout, COMPLETED, payment_status="paid")
+    confirm = {"action": "cancel_selected", "apply": "1", "_selected_action": [booking.pk], f"seen_{booking.pk}": seen}
+    msgs = messages_of(admin_client.post(url, confirm, follow=True))
+    assert Booking.objects.get(pk=booking.pk).status == "confirmed"
+    assert any("no longer match the list" in m and f"#{booking.pk}" in m for m in msgs), msgs
+
+
+def test_the_refund_retry_page_promises_a_refund_only_where_one_is_owed(admin_client, package, client, settings):
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.RefundDownProvider"
+    late = book(PackageFactory(tenant=package.tenant, daily_capacity=1))
+    Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    book(late.package)
+    deliver(client, completed_event(late.checkout.provider_checkout_id))  # its place taken: a refund, failed
+    settings.PAYMENT_PROVIDER = "sandbox"
+    unpaid = book(package)  # held, never paid: no refund at all
+    page = admin_client.post(
+        "/admin/bookings/booking/", {"action": "retry_refund_selected", "_selected_action": [late.pk, unpaid.pk]}
+    )
+    effects = {cells[0]: str(effect) for cells, effect in page.context["rows"]}
+    assert effects == {
+        late.pk: "refund 100.00 USD to zed@example.com",
+        unpaid.pk: "nothing: no failed refund to retry",
+    }, effects

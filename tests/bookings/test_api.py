@@ -5,7 +5,7 @@ import pytest
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Package
-from tests.bookings.factories import PackageFactory, future
+from tests.bookings.factories import PackageFactory, book, future
 from tests.bookings.test_webhooks import completed_event, deliver
 from tests.refusals import assert_error
 
@@ -315,3 +315,16 @@ def test_refusals_speak_arabic_when_asked(anon_client, package):
         "date_unavailable",
     )
     assert error["message"] == "هذا التاريخ محجوز بالكامل لهذه الباقة."
+
+
+@pytest.mark.parametrize("language", ["en", "ar"])
+def test_a_refusals_details_carry_the_status_itself_in_any_language(api_client, package, language):
+    """``details`` are for programs: the status's value, never its label in the request's language."""
+    held = book(package)
+    Booking.objects.release(held.pk)
+    response = api_client.post(
+        f"/api/t/acme/bookings/{held.pk}/cancel", {}, format="json", HTTP_ACCEPT_LANGUAGE=language
+    )
+    error = assert_error(response, 409, "booking_not_cancellable")
+    assert error["details"] == {"status": "expired"}
+    assert ("expired" in error["message"]) == (language == "en")  # the message shows the label, translated

@@ -541,3 +541,34 @@ def test_a_hold_that_lapsed_while_the_provider_answered_is_not_opened(tenant, in
         create_provider_checkout(booking)
     assert_closed_unopened(booking, booking.checkout, interrupted_provider)
     assert status_of(booking) == "expired"  # the session's expiry event released the lapsed hold
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_whose_booking_a_late_payment_makes_cancellable_between_its_update_and_its_read_decides_again(
+    api_client, tenant, monkeypatch
+):
+    """Forced interleaving: a released hold (not cancellable: the UPDATE matches nothing) is paid, from another
+    connection, just before the cancel reads why. The cancel, sent with no version, is decided again on the row
+    as it now is (cancelled, refunded), never answered version_conflict it could not have caused."""
+    from bookings import managers
+    from bookings.payments.sandbox import COMPLETED
+    from bookings.services import sandbox_deliver
+    from tests.races import Background
+
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    Booking.objects.release(booking.pk)
+    checkout = Booking.objects.get(pk=booking.pk).checkout
+    read, paid = managers.BookingQuerySet.values_list, []
+
+    def payment_lands_first(self, *fields, **kwargs):
+        if fields == ("status", "version") and not paid:  # the cancel's read of why its UPDATE missed
+            paid.append(Background(lambda: sandbox_deliver(checkout, COMPLETED, payment_status="paid")).join())
+        return read(self, *fields, **kwargs)
+
+    monkeypatch.setattr(managers.BookingQuerySet, "values_list", payment_lands_first)
+    response = api_client.post(f"/api/t/acme/bookings/{booking.pk}/cancel", {}, format="json")
+    assert paid and paid[0].error is None and paid[0].result.result == "confirmed"
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == Booking.Status.REFUNDED
+    assert Checkout.objects.get(booking=booking).refund_state == Checkout.RefundState.SUCCEEDED
+    assert_invariants()

@@ -102,3 +102,11 @@ def test_no_sandbox_page_where_stripe_takes_the_payments(anon_client, browser, t
     assert Booking.objects.get(pk=created["booking"]["id"]).status == Booking.Status.HELD
     settings.PAYMENT_SANDBOX_ALLOWED = True  # a staging site that keeps the sandbox beside Stripe
     assert browser.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "method,path", [("get", "/sandbox/checkout/cs_sandbox_%00x"), ("post", "/sandbox/checkout/cs_sandbox_%00x/pay")]
+)
+def test_a_sandbox_checkout_id_that_is_not_one_is_404_never_sent_to_the_database(db, method, path):
+    """A NUL in the id reached PostgreSQL (text refuses it): a 500."""
+    assert getattr(Client(raise_request_exception=False), method)(path).status_code == 404

@@ -355,3 +355,45 @@ def test_a_signed_event_carrying_u0000_is_stored_without_it_and_processed(client
         "extra\ufffdkey": ["x\ufffd"],
     }
     assert stored.processed_at is not None
+
+
+def _with_lone_surrogate(where, checkout_id):
+    """A signed event whose ``where`` carries "\\ud800" (no UTF-8 has it: PostgreSQL's text cannot take it)."""
+    session = {
+        "id": checkout_id, "object": "checkout.session", "payment_status": "paid",
+        "amount_total": 10000, "currency": "usd", "payment_intent": "pi_1",
+    }  # fmt: skip
+    dispute = {"id": "dp_1", "object": "dispute", "amount": 100, "currency": "usd", "payment_intent": "pi_\ud800"}
+    refund = {
+        "id": "re_\ud800", "object": "refund", "amount": 10000, "currency": "usd",
+        "status": "succeeded", "payment_intent": "pi_1",
+    }  # fmt: skip
+    event_id = f"evt_{time.monotonic_ns()}"
+    return {
+        "event id": {"id": "evt_\ud800", "type": "checkout.session.completed", "data": {"object": session}},
+        "session id": {
+            "id": event_id,
+            "type": "checkout.session.completed",
+            "data": {"object": {**session, "id": "cs_\ud800"}},
+        },
+        "payment id": {"id": event_id, "type": "charge.dispute.created", "data": {"object": dispute}},
+        "refund id": {"id": event_id, "type": "refund.updated", "data": {"object": refund}},
+        "reference": {
+            "id": event_id,
+            "type": "checkout.session.completed",
+            "data": {"object": {**session, "client_reference_id": "\ud800\x00"}},
+        },
+    }[where]
+
+
+@pytest.mark.parametrize("where", ["event id", "session id", "payment id", "refund id", "reference"])
+def test_a_signed_event_naming_what_no_text_column_takes_is_answered_never_a_500(db, client, where):
+    """Stripe retries a 5xx for days: a lone surrogate (or a NUL) where an id goes is malformed, or not a match."""
+    booking = book(PackageFactory())
+    payload = json.dumps(_with_lone_surrogate(where, booking.checkout.provider_checkout_id)).encode()
+    response = deliver(client, payload)
+    assert response.status_code in (200, 400), (where, response.status_code, response.content)
+    if where in ("event id", "session id", "refund id"):
+        assert response.json()["error"]["code"] == "malformed_event"
+    # an unusable optional field is no field: the session's id still names the booking, which is paid
+    assert Booking.objects.get(pk=booking.pk).status == ("confirmed" if where == "reference" else "held")

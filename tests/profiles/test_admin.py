@@ -185,7 +185,12 @@ def test_admin_cannot_hard_delete_and_soft_delete_action_reports_each(admin_clie
     assert admin_client.get(reverse("admin:profiles_profile_delete", args=[tree["kid"].pk])).status_code == 403
     response = admin_client.post(
         PROFILE_LIST,
-        {"action": "soft_delete_selected", "apply": "1", "_selected_action": [tree["kid"].pk, tree["dad"].pk]},
+        {
+            "action": "soft_delete_selected",
+            "apply": "1",
+            "_selected_action": [tree["kid"].pk, tree["dad"].pk],
+            **{f"seen_{p.pk}": fresh(p).version for p in (tree["kid"], tree["dad"])},
+        },
         follow=True,
     )
     messages = texts(response)
@@ -193,7 +198,14 @@ def test_admin_cannot_hard_delete_and_soft_delete_action_reports_each(admin_clie
     assert any("profile_has_children" in m and f"#{tree['dad'].pk}" in m for m in messages), messages
     assert fresh(tree["kid"]).deleted_at is not None and fresh(tree["dad"]).deleted_at is None
     response = admin_client.post(
-        PROFILE_LIST, {"action": "restore_selected", "apply": "1", "_selected_action": [tree["kid"].pk]}, follow=True
+        PROFILE_LIST,
+        {
+            "action": "restore_selected",
+            "apply": "1",
+            "_selected_action": [tree["kid"].pk],
+            f"seen_{tree['kid'].pk}": fresh(tree["kid"]).version,
+        },
+        follow=True,
     )
     assert fresh(tree["kid"]).deleted_at is None
 

@@ -175,7 +175,9 @@ def test_every_writer_of_one_profile_at_once(acme, people):
             if path in ("delete_action", "restore_action"):
                 action = "soft_delete_selected" if path == "delete_action" else "restore_selected"
                 response = clients[path].post(
-                    PROFILE_LIST, {"action": action, "apply": "1", "_selected_action": [kid.pk]}, follow=True
+                    PROFILE_LIST,
+                    {"action": action, "apply": "1", "_selected_action": [kid.pk], f"seen_{kid.pk}": version},
+                    follow=True,
                 )
                 return action_code(response, kid)
             if path == "api_undo":
@@ -277,11 +279,13 @@ def test_an_admin_soft_delete_of_a_parent_racing_an_api_undo_that_restores_it(ac
     entry = ProfileAuditLog.objects.get(profile=kid, action="update")
     api, admin = token_client(people["api_undo"]), logged_in(people["delete_action"])
 
+    seen = Profile.objects.get(pk=dad.pk).version  # the page the operator confirms showed this
+
     def delete_dad():
         return action_code(
             admin.post(
                 PROFILE_LIST,
-                {"action": "soft_delete_selected", "apply": "1", "_selected_action": [dad.pk]},
+                {"action": "soft_delete_selected", "apply": "1", "_selected_action": [dad.pk], f"seen_{dad.pk}": seen},
                 follow=True,
             ),
             dad,
