@@ -571,12 +571,16 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         Joins the caller's transaction. One filtered UPDATE on the booking row (status in
         its WHERE, re-checked after waiting for a payment or a cancel holding the row): a
         confirmed, cancelled or refunded booking is left alone. Nothing is refunded:
-        nothing was paid. Returns whether the place was released.
+        nothing was paid; the customer is told the date was released (once). Returns whether
+        the place was released.
         """
         Status = self.model.Status
-        return bool(
-            self.filter(pk=booking_id, status__in=[Status.HELD, Status.PAYMENT_PENDING]).update(status=Status.EXPIRED)
+        released = self.filter(pk=booking_id, status__in=[Status.HELD, Status.PAYMENT_PENDING]).update(
+            status=Status.EXPIRED
         )
+        if released:
+            notifications.owe_customer_notice(notifications.PAYMENT_FAILED, booking_id)
+        return bool(released)
 
     def releasing(self, booking_id, *, tenant=None):
         """What releasing a hold locks, requires and writes: ``core.decide``'s arguments."""

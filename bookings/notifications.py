@@ -24,6 +24,7 @@ from core.notifications import customer_language, register
     HELD,
     CONFIRMED,
     NOT_PLACED,
+    PAYMENT_FAILED,
     CANCELLED,
     REFUNDED,
     REFUND_REVERSED,
@@ -35,6 +36,7 @@ from core.notifications import customer_language, register
     "booking_held",
     "booking_confirmed",
     "booking_not_placed",
+    "booking_payment_failed",
     "booking_cancelled",
     "booking_refunded",
     "refund_reversed",
@@ -64,6 +66,14 @@ MESSAGES = {
             "Hello %(name)s,\n\nYour payment for booking #%(booking)s arrived, but %(package)s on %(date)s "
             "could no longer be kept for you: the date is no longer available. "
             "The %(amount)s %(currency)s you paid is being refunded: a separate e-mail follows when it is."
+        ),
+    ),
+    PAYMENT_FAILED: (
+        _("Your payment for %(package)s on %(date)s did not go through"),
+        _(
+            "Hello %(name)s,\n\nThe payment of %(amount)s %(currency)s for booking #%(booking)s (%(package)s on "
+            "%(date)s) did not go through, so the date was released and nothing was charged. "
+            "To have it, book again."
         ),
     ),
     CANCELLED: (

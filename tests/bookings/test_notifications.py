@@ -129,6 +129,21 @@ def test_a_payment_that_came_after_the_date_was_taken_is_told_before_its_refund(
     assert notices.NOT_PLACED not in owed(taker)
 
 
+def test_a_delayed_payment_that_failed_is_told_once_the_date_released_and_nothing_charged(package):
+    """Regression: a bank debit that failed days later released the date and no one told the customer."""
+    booking = book(package)
+    assert sandbox_deliver(booking.checkout, "checkout.session.completed", payment_status="unpaid").result == (
+        "payment_pending"
+    )
+    assert sandbox_deliver(booking.checkout, "checkout.session.async_payment_failed").result == "released"
+    assert sandbox_deliver(booking.checkout, "checkout.session.async_payment_failed").result != "released"
+    assert owed(booking) == dict.fromkeys((notices.HELD, notices.PAYMENT_FAILED), "pending")
+    send_all()
+    (told,) = [m for m in mail.outbox if m.subject.startswith("Your payment")]
+    assert told.subject == f"Your payment for Sunset cruise on {booking.date.isoformat()} did not go through"
+    assert "100.00 USD" in told.body and "nothing was charged" in told.body
+
+
 def test_a_cancelled_booking_paid_afterwards_is_not_told_twice_why(package):
     booking = book(package)
     cancel_booking(booking.pk)  # held: cancelled, "cancelled, the refund follows in a separate e-mail"
