@@ -8,6 +8,8 @@ from django.contrib.auth.models import Group
 from django.utils.translation import gettext_lazy as _
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
+from rest_framework.authtoken import admin as authtoken_admin
+from rest_framework.authtoken.models import TokenProxy
 
 from core.admin_actions import ActionsOnlyMixin, BadInputMixin
 from core.admin_forms import GuardedChangeFormMixin
@@ -130,7 +132,7 @@ class MembershipAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdmin
 
 
 @admin.register(IdempotencyKey)
-class IdempotencyKeyAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class IdempotencyKeyAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
     """Read-only: deleting a key still in progress would let its retry run the operation twice
     (``prune_idempotency_keys`` deletes expired ones)."""
 
@@ -140,7 +142,7 @@ class IdempotencyKeyAdmin(ActionsOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ActionsOnlyMixin, admin.ModelAdmin):
+class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
     """What was owed to whom and whether it went: read-only (the worker writes these rows)."""
 
     list_display = ["kind", "subject", "language", "status", "attempts", "created_at", "sent_at"]
@@ -168,7 +170,7 @@ admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, JobAdmin)
 
 
-# Django's own user and group pages, with the same guard on their actions.
+# Django's own user and group pages, and DRF's tokens, with the same guard on their actions and filters.
 class UserAdmin(BadInputMixin, auth_admin.UserAdmin):
     pass
 
@@ -177,7 +179,13 @@ class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):
     pass
 
 
+class TokenAdmin(BadInputMixin, authtoken_admin.TokenAdmin):
+    pass
+
+
 admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), UserAdmin)
 admin.site.unregister(Group)
 admin.site.register(Group, GroupAdmin)
+admin.site.unregister(TokenProxy)
+admin.site.register(TokenProxy, TokenAdmin)

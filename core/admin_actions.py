@@ -45,10 +45,14 @@ class BadInputMixin:
     """
 
     def response_action(self, request, queryset):
-        if not _are_row_ids(self.model, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)):
+        if not self.selection_is_row_ids(request):
             self.message_user(request, gettext("No such rows: nothing was changed."), messages.WARNING)
             return HttpResponseRedirect(request.get_full_path())
         return super().response_action(request, queryset)
+
+    def selection_is_row_ids(self, request):
+        """Whether the action's posted selection could be row ids (what a mixin filtering on it checks first)."""
+        return _are_row_ids(self.model, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
 
     def get_changelist(self, request, **kwargs):
         return BadInputChangeList
@@ -198,7 +202,7 @@ def confirm_first(
         if seen is not None:
             for row in rows:
                 carried = request.POST.get(f"seen_{row.pk}", "")
-                row.seen = int(carried) if carried.isascii() and carried.isdigit() else NOT_SEEN
+                row.seen = int(carried) if carried.isascii() and carried.isdigit() and len(carried) <= 10 else NOT_SEEN
         apply_to_each(modeladmin, request, rows, **apply)
         return None
     context = {

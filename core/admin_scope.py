@@ -138,7 +138,7 @@ class TenantScopedAdminMixin(BadInputMixin):
     def response_action(self, request, queryset):
         """An action runs only on the rows of tenants where the user may change; the others are named."""
         ids = tenant_ids(request, self.change_roles)
-        if ids is not None:
+        if ids is not None and self.selection_is_row_ids(request):  # else BadInputMixin answers it, unfiltered
             selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
             read_only = self.get_queryset(request).filter(pk__in=selected).exclude(**{self._lookup(): ids}).count()
             if read_only:

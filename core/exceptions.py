@@ -91,6 +91,14 @@ class VersionConflict(Conflict):
     message = _("This record was changed by someone else (now version %(current)s). Reload it and try again.")
 
 
+class TenantSlugTaken(Conflict):
+    """Another tenant has this slug (one created or renamed to it meanwhile: the form's check had passed)."""
+
+    code = "tenant_slug_taken"
+    field = "slug"
+    message = _("Another tenant already has this slug.")
+
+
 class MemberAlreadyExists(Conflict):
     """The user is a member of the tenant already (one membership per user and tenant)."""
 

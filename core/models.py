@@ -8,7 +8,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.db_backend.base import execute_carrying_timeouts
-from core.exceptions import MemberAlreadyExists, NotFound
+from core.exceptions import MemberAlreadyExists, NotFound, TenantSlugTaken
 from core.guards import ClockNow, constraint_errors, guarded
 from core.history import tracked
 from core.integrity import BumpVersion, StateMachine
@@ -121,7 +121,7 @@ class Membership(models.Model):
         return f"{self.user} @ {self.tenant}"
 
 
-constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists})
+constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists, "core_tenant_slug_key": TenantSlugTaken})
 
 
 class IdempotencyKey(models.Model):

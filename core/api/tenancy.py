@@ -28,9 +28,11 @@ class TenantScopedMixin:
     throttle_classes = [TenantApiThrottle]  # per user, checked in initial() before any work
     tenant_url_kwarg = "tenant"
 
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
-        _ = self.tenant  # resolve now, so a non-member gets 404 before any work
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        # Resolved now, so a non-member gets 404 before any work, and before the per-user throttle (next in
+        # DRF's initial) counts a request that was never theirs to make.
+        _ = self.tenant
 
     @cached_property
     def membership(self):

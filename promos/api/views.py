@@ -229,9 +229,11 @@ class RedemptionSessionAnswerView(APIView):
         answer = RedemptionSession.objects.approve if self.approve else RedemptionSession.objects.reject
         try:
             session = answer(valid_uuid(session_id, errors.SessionNotFound), secret=data["approval_secret"])
-        except errors.SessionNotFound:  # an unknown session or a wrong secret: a failed authentication
-            count_failure(request)
-            raise
+        except errors.SessionNotFound as refusal:  # an unknown session or a wrong secret: a failed authentication
+            count_failure(request)  # 429 once this address has guessed too often
+            # Answered, not raised: under an Idempotency-Key the handler runs in a savepoint that a raised
+            # refusal rolls back, taking the failure's count with it (a fresh key per guess went uncounted).
+            return self.handle_exception(refusal)
         return Response(represented(s.RedemptionSessionSerializer, session))
 
 

@@ -352,3 +352,31 @@ def test_a_read_then_write_bucket_lets_the_storm_through(settings, monkeypatch):
     TenantFactory(slug="acme")
     statuses = storm(bad_token)
     assert statuses.count(401) > N, sorted(statuses)
+
+
+def test_wrong_approval_secrets_sent_each_with_a_new_idempotency_key_are_counted_all_the_same(settings, tenant):
+    """Regression: the refusal, raised inside the key's savepoint, rolled the failure's count back with it: a
+    fresh key per guess let anyone try secrets at full speed."""
+    from tests.promos.factories import RedemptionSessionFactory
+
+    only(settings, auth_failure="2/hour")
+    session = RedemptionSessionFactory(tenant=tenant)
+    url = f"/api/public/redemption-sessions/{session.session_id}/approve"
+    answers = [
+        APIClient().post(url, {"approval_secret": f"wrong-{n}"}, format="json", HTTP_IDEMPOTENCY_KEY=f"guess-{n}")
+        for n in range(4)
+    ]
+    assert [a.status_code for a in answers] == [404, 404, 429, 429]
+    again = APIClient().post(url, {"approval_secret": "wrong-0"}, format="json", HTTP_IDEMPOTENCY_KEY="guess-0")
+    assert again.status_code == 404 and again["Idempotent-Replayed"] == "true"  # the stored answer, not a guess
+
+
+def test_a_non_members_404_is_not_counted_against_their_own_tenants_requests(
+    settings, outsider_client, tenant, other_tenant
+):
+    """docs/api.md: a request refused 401, 403 or 404 is not counted. A GET to a tenant they are not a member of
+    took a cell before the 404 was decided (the throttle ran first)."""
+    only(settings, tenant_api="2/hour")
+    for _ in range(3):
+        assert_error(outsider_client.get("/api/t/acme/"), 404, "not_found")
+    assert outsider_client.get(f"/api/t/{other_tenant.slug}/").status_code == 200

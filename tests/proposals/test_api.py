@@ -247,3 +247,24 @@ def test_propose_for_a_past_date_is_400_date_in_past(api_client, package):
         "date_in_past",
     )
     assert not Proposal.objects.exists()
+
+
+@pytest.mark.parametrize("action", ["confirm", "reject"])
+def test_an_id_past_any_column_is_proposal_not_found_with_or_without_an_idempotency_key(api_client, tenant, action):
+    """Regression: the key's record keeps the path (500 characters): a 600-digit id made the claim fail, 400."""
+    url = f"/api/t/acme/proposals/{'9' * 600}/{action}"
+    for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "k-1"}):
+        assert_error(
+            api_client.post(url, {"session_id": "chat-1"}, format="json", **headers), 404, "proposal_not_found"
+        )
+
+
+def test_confirming_a_proposal_whose_package_was_paused_fails_it_with_the_documented_code(api_client, tenant):
+    from bookings.models import Package
+
+    proposal = make_proposal(tenant)
+    Package.objects.edit_package(proposal.package_id, tenant=tenant, is_active=False)
+    answer = api_client.post(f"/api/t/acme/proposals/{proposal.pk}/confirm", {"session_id": "chat-1"}, format="json")
+    assert_error(answer, 404, "package_not_found")
+    proposal.refresh_from_db()
+    assert (proposal.status, proposal.failure_code) == ("failed", "package_not_found")
