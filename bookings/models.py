@@ -10,7 +10,7 @@ from bookings.managers import BookingManager, CheckoutManager, PackageManager, P
 from core import money
 from core.exceptions import InvalidInput
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, StateMachine, within
+from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, within
 
 
 def in_currency(amount, code):
@@ -226,6 +226,8 @@ class Booking(GuardedModel):
         triggers = [
             StateMachine(name="booking_status_transition", field="status", transitions=BOOKING_TRANSITIONS),
             BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
+            # the place counted under the date's lock and the money charged: moving them skips both guards
+            FrozenColumns(name="booking_terms_transition", fields=("tenant", "package", "date", "amount", "currency")),
         ]
 
     def __str__(self):

@@ -80,6 +80,34 @@ class Refusal(pgtrigger.Trigger):
         return self.format_sql(f"{refusal_sql(self.name, self.detail_sql, self.message_sql)} RETURN NEW;")
 
 
+class FrozenColumns(pgtrigger.Trigger):
+    """Refuse, in the database, every UPDATE of ``fields``: what the row was made for (its tenant, its
+    package and date...) never changes, whoever writes (GuardedModel only stops ``save()``).
+
+    ``name`` ends in ``_transition``: the refusal is 409 ``invalid_transition`` (``made->altered``).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+
+    def __init__(self, *, name, fields):
+        if not name.endswith("_transition"):
+            raise ValueError("A FrozenColumns trigger's name ends in _transition")
+        self.fields = tuple(fields)
+        super().__init__(name=name)
+
+    def get_func(self, model):
+        columns = [model._meta.get_field(field).column for field in self.fields]
+        changed = " OR ".join(f'OLD."{column}" IS DISTINCT FROM NEW."{column}"' for column in columns)
+        message = "format('%s: %s of row %s may not change', TG_TABLE_NAME, '" + ", ".join(columns) + '\', OLD."id")'
+        return self.format_sql(
+            f"""
+            IF {changed} THEN {refusal_sql(self.name, "'made->altered'", message)} END IF;
+            RETURN NEW;
+            """
+        )
+
+
 class StateMachine(pgtrigger.Trigger):
     """Refuse, in the database, every state change and every insert that ``transitions`` does not list.
 

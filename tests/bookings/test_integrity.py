@@ -295,3 +295,24 @@ def test_unique_index_backstop_maps_to_a_domain_error(tenant):
         Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
     with pytest.raises(IntegrityError), transaction.atomic():  # the raw refusal, without the translator
         Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"date": "date"}, {"package": "package"}, {"tenant": "tenant"}, {"amount": "1.00"}, {"currency": "EUR"}],
+    ids=lambda c: next(iter(c)),
+)
+def test_the_database_refuses_moving_a_booking_or_changing_what_it_charged(tenant, other_tenant, change):
+    """A raw writer (past GuardedModel) moving a booking skips the date's lock and its count; one changing the
+    amount or currency makes every payment check compare against a price nobody charged."""
+    package = PackageFactory(tenant=tenant)
+    booking = hold_in_transaction(
+        tenant=tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@b.co"
+    )
+    field = next(iter(change))
+    others = {"date": future(9), "package": PackageFactory(tenant=tenant), "tenant": other_tenant}
+    terms = Booking.objects.filter(pk=booking.pk).values_list("date", "package", "tenant", "amount", "currency")
+    before = terms.get()
+    with pytest.raises(TransitionRefused), database_refusals(), transaction.atomic():
+        Booking.objects.filter(pk=booking.pk).update(**{field: others.get(field, change[field])})
+    assert terms.get() == before

@@ -2,6 +2,7 @@
 
 import io
 
+import pgtrigger
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
@@ -124,7 +125,8 @@ def test_a_changed_relation_reads_as_a_link_to_the_named_row(admin_client, tenan
 
     proposal = make_proposal(tenant)
     other = PackageFactory(tenant=tenant, name="Sunset sail")
-    Proposal.objects.filter(pk=proposal.pk).update(package=other)
+    with pgtrigger.ignore("proposals.Proposal:proposal_terms_transition"):  # a raw writer past the trigger
+        Proposal.objects.filter(pk=proposal.pk).update(package=other)
     [change] = [c for c in row_history(Proposal.objects.get(pk=proposal.pk))[0].changes if c[0] == "package"]
     assert change[2] == f'<a href="/admin/bookings/package/{other.pk}/change/">Sunset sail</a>'
     page = admin_client.get(f"/admin/proposals/proposal/{proposal.pk}/history/").content.decode()

@@ -6,6 +6,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.urls import path
 from rest_framework import status
+from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,7 +30,7 @@ class CounterBumpView(TenantScopedMixin, APIView):
         if request.data.get("fail") == "locked":
             raise LockContended()
         if request.data.get("fail") == "duplicate":  # a constraint no guard names
-            Tenant.objects.create(name="dup", slug=self.tenant.slug)
+            Token.objects.create(user=request.user, key="x" * 40)  # one token per user: it has one
         if request.data.get("fail") == "bad-value":  # the ORM raises Django's ValidationError
             Tenant.objects.filter(created_at="not-a-date").exists()
         Tenant.objects.filter(pk=self.tenant.pk).update(name=Concat(F("name"), Value("+")))

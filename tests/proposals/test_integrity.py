@@ -341,9 +341,11 @@ def test_invariant_detects_an_executed_proposal_whose_booking_is_not_its_own(ten
     assert check(tenant) == [f"proposal {proposal.pk}"]
     Booking.objects.filter(pk=booking.pk).update(origin_proposal_id=proposal.pk + 1000)  # made for another
     assert check(tenant) == [f"proposal {proposal.pk}"]
-    Booking.objects.filter(pk=booking.pk).update(origin_proposal_id=proposal.pk, date=future(90))  # another date
+    with pgtrigger.ignore("bookings.Booking:booking_terms_transition"):  # planted: the database refuses it
+        Booking.objects.filter(pk=booking.pk).update(origin_proposal_id=proposal.pk, date=future(90))  # another date
     assert check(tenant) == [f"proposal {proposal.pk}"]
-    Booking.objects.filter(pk=booking.pk).update(date=proposal.date, package=PackageFactory(tenant=tenant))
+    with pgtrigger.ignore("bookings.Booking:booking_terms_transition"):
+        Booking.objects.filter(pk=booking.pk).update(date=proposal.date, package=PackageFactory(tenant=tenant))
     assert check(tenant) == [f"proposal {proposal.pk}"]
 
 
@@ -444,3 +446,29 @@ def test_the_stranded_sweep_reopens_only_what_nothing_can_be_paid_for(
     assert (stored.status, stored.booking_id) == (("pending", None) if reopened else ("executed", linked.pk))
     result = Proposal.objects.reopen_stranded()
     assert (result.done, result.skipped) == (0, [])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"date": "2099-01-02"},
+        {"session_id": "another-chat"},
+        {"package": "other"},
+        {"tenant": "other"},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_the_database_refuses_moving_what_a_proposal_was_made_for(tenant, other_tenant, change):
+    """A raw writer (past GuardedModel) changing its date, chat, package or tenant would book what no one proposed."""
+    proposal = make_proposal(tenant)
+    value = next(iter(change.values()))
+    if value == "other":
+        value = PackageFactory(tenant=tenant) if "package" in change else other_tenant
+    with pytest.raises(TransitionRefused), database_refusals(), transaction.atomic():
+        Proposal.objects.filter(pk=proposal.pk).update(**{next(iter(change)): value})
+    assert Proposal.objects.filter(pk=proposal.pk).values_list("date", "session_id", "package", "tenant").get() == (
+        proposal.date,
+        proposal.session_id,
+        proposal.package_id,
+        proposal.tenant_id,
+    )
