@@ -21,7 +21,9 @@ def assert_bounded_in_cents(bonus, amount, max_bonus):
 
 @given(amount=amounts, value=percentages, max_bonus=max_bonuses)
 def test_percentage_bonus_bounds_and_places(amount, value, max_bonus):
-    bonus = compute_bonus(currency="USD", bonus_type="percentage", bonus_value=value, amount=amount, max_bonus=max_bonus)
+    bonus = compute_bonus(
+        currency="USD", bonus_type="percentage", bonus_value=value, amount=amount, max_bonus=max_bonus
+    )
     assert_bounded_in_cents(bonus, amount, max_bonus)
 
 
@@ -52,16 +54,22 @@ def test_percentage_is_half_up_to_cents(amount, value):
     ],
 )
 def test_percentage_examples(value, amount, expected):
-    assert compute_bonus(currency="USD", bonus_type="percentage", bonus_value=Decimal(value), amount=Decimal(amount)) == Decimal(
-        expected
-    )
+    assert compute_bonus(
+        currency="USD", bonus_type="percentage", bonus_value=Decimal(value), amount=Decimal(amount)
+    ) == Decimal(expected)
 
 
 def test_caps():
-    assert compute_bonus(currency="USD", 
-        bonus_type="percentage", bonus_value=Decimal("50"), amount=Decimal("400"), max_bonus=Decimal("25")
+    assert compute_bonus(
+        currency="USD",
+        bonus_type="percentage",
+        bonus_value=Decimal("50"),
+        amount=Decimal("400"),
+        max_bonus=Decimal("25"),
     ) == Decimal("25.00")
-    assert compute_bonus(currency="USD", bonus_type="fixed", bonus_value=Decimal("50"), amount=Decimal("20")) == Decimal("20.00")
+    assert compute_bonus(
+        currency="USD", bonus_type="fixed", bonus_value=Decimal("50"), amount=Decimal("20")
+    ) == Decimal("20.00")
 
 
 def test_unknown_bonus_type_is_a_bug():
@@ -167,14 +175,16 @@ def test_parse_amount_without_a_currency_keeps_up_to_three_places_for_the_row_to
     ],
 )
 def test_percentage_rounds_half_up_to_the_currency_minor_unit(value, amount, currency, expected):
-    bonus = compute_bonus(bonus_type="percentage", bonus_value=Decimal(value), amount=Decimal(amount), currency=currency)
+    bonus = compute_bonus(
+        bonus_type="percentage", bonus_value=Decimal(value), amount=Decimal(amount), currency=currency
+    )
     assert str(bonus) == expected
 
 
 def test_fixed_bonus_and_caps_have_the_currency_places():
-    assert str(compute_bonus(bonus_type="fixed", bonus_value=Decimal("500"), amount=Decimal("300"), currency="JPY")) == (
-        "300"
-    )
+    assert str(
+        compute_bonus(bonus_type="fixed", bonus_value=Decimal("500"), amount=Decimal("300"), currency="JPY")
+    ) == ("300")
     assert str(
         compute_bonus(
             bonus_type="percentage",
