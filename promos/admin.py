@@ -223,6 +223,7 @@ class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, a
     date_hierarchy = "created_at"
     list_select_related = ["promo", "tenant"]
     readonly_fields = ["tenant", "promo", *with_currency_columns(USAGE_RECORD, USAGE_MONEY)]
+    exclude = [*USAGE_MONEY]  # shown by their columns, in their currency
     base_amount_shown = in_its_currency("base_amount", _("base amount"))
     bonus_amount_shown = in_its_currency("bonus_amount", _("bonus amount"))
     actions = ["void_selected"]
@@ -296,7 +297,7 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
     ]
     max_amount_shown = in_its_currency("max_amount", _("maximum amount"))
     used_amount_shown = in_its_currency("used_amount", _("used amount"))
-    exclude = ["secret_hash"]
+    exclude = ["secret_hash", *SESSION_MONEY]  # the amounts are shown by their columns, in their currency
     actions = ["cancel_selected"]
 
     @admin.display(description=_("status"), ordering="status")
