@@ -16,9 +16,28 @@ from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
+from core.money import payable_currencies
 from promos.choices import OPEN_STATUSES
 from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
+from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES, in_currency
+
+
+def in_its_currency(field, description):
+    """An admin column (or read-only field) showing ``field`` with its row's currency's places and code."""
+
+    @admin.display(description=description, ordering=field)
+    def show(self, row):
+        amount = in_currency(getattr(row, field), row.currency)
+        return "-" if amount is None else f"{amount} {row.currency}"
+
+    return show
+
+
+def with_currency_columns(names, columns):
+    """``names`` with each money field replaced by its ``in_its_currency`` column (``columns``: field -> column)."""
+    return [columns.get(name, name) for name in names]
+
 
 PromoStateFilter = queryset_filter(
     _("state"),
@@ -34,13 +53,42 @@ PromoStateFilter = queryset_filter(
 
 
 # The form field a manager refusal concerns (others are shown above the form).
-REFUSAL_FIELDS = {"promo_code_taken": "code", "promo_limit_below_usage": "total_usage_limit"}
+REFUSAL_FIELDS = {
+    "promo_code_taken": "code",
+    "promo_limit_below_usage": "total_usage_limit",
+    "promo_currency_frozen": "currency",
+    "unknown_currency": "currency",
+    "amount_precision": "bonus_value",
+}
 
 
 class PromoCodeAdminForm(forms.ModelForm):
+    """The code's terms; amounts open written with the code's currency's places (10.00 USD, 500 JPY)."""
+
+    currency = forms.ChoiceField(
+        label=_("currency"),
+        choices=[("", "---------"), *((code, code) for code in payable_currencies())],
+        required=False,  # a post without it (a form from before currencies) keeps the code's
+        help_text=_("ISO 4217. It cannot change once the code has been used."),
+    )
+
     class Meta:
         model = PromoCode
         fields = ["tenant", *PROMO_TERMS]  # activation has its own guarded actions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        promo = self.instance
+        if promo.pk is None or self.is_bound:
+            return
+        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
+            self.initial["bonus_value"] = f"{promo.bonus_value:.{PERCENT_PLACES}f}"
+        else:
+            self.initial["bonus_value"] = in_currency(promo.bonus_value, promo.currency)
+        self.initial["max_bonus"] = in_currency(promo.max_bonus, promo.currency)
+
+    def clean_currency(self):
+        return self.cleaned_data.get("currency") or self.instance.currency or DEFAULT_CURRENCY
 
 
 @admin.register(PromoCode)
@@ -60,15 +108,15 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
         "code",
         "tenant",
         "bonus_type",
-        "bonus_value",
-        "max_bonus",
+        "bonus",
+        "maximum_bonus",
         "usage",
         "per_customer_limit",
         "is_active",
         "starts_at",
         "ends_at",
     ]
-    list_filter = ["is_active", PromoStateFilter, "bonus_type", "tenant"]
+    list_filter = ["is_active", PromoStateFilter, "bonus_type", "currency", "tenant"]
     search_fields = ["code", "tenant__slug"]
     date_hierarchy = "created_at"
     readonly_fields = ["times_used", "is_active", "version", "created_at", "updated_at"]
@@ -90,8 +138,8 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
                     reverse("admin:promos_promousage_change", args=[u.pk]),
                     u.pk,
                     u.customer,
-                    u.base_amount,
-                    u.bonus_amount,
+                    in_currency(u.base_amount, u.currency),
+                    in_currency(u.bonus_amount, u.currency),
                     formats.localize(u.created_at),
                     _("voided") if u.voided_at else "",
                 )
@@ -125,6 +173,14 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
     def usage(self, promo):
         return promo.usage_display
 
+    @admin.display(description=_("bonus value"), ordering="bonus_value")
+    def bonus(self, promo):
+        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
+            return f"{promo.bonus_value:.{PERCENT_PLACES}f} %"
+        return f"{in_currency(promo.bonus_value, promo.currency)} {promo.currency}"
+
+    maximum_bonus = in_its_currency("max_bonus", _("maximum bonus"))
+
     deactivate_selected = row_action(
         _("Deactivate selected promo codes"),
         lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
@@ -156,14 +212,20 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
 VoidedFilter = queryset_filter(_("voided"), "voided", {"no": (_("live"), "live"), "yes": (_("voided"), "voided")})
 
 
+USAGE_MONEY = {"base_amount": "base_amount_shown", "bonus_amount": "bonus_amount_shown"}
+
+
 @admin.register(PromoUsage)
 class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "promo", "tenant", *USAGE_RECORD]
-    list_filter = [VoidedFilter, "tenant"]
+    list_display = ["id", "promo", "tenant", *with_currency_columns(USAGE_RECORD, USAGE_MONEY)]
+    list_filter = [VoidedFilter, "currency", "tenant"]
     search_fields = ["customer", "reference", "promo__code"]
     date_hierarchy = "created_at"
     list_select_related = ["promo", "tenant"]
-    readonly_fields = ["tenant", "promo", *USAGE_RECORD]
+    readonly_fields = ["tenant", "promo", *with_currency_columns(USAGE_RECORD, USAGE_MONEY)]
+    exclude = [*USAGE_MONEY]  # shown by their columns, in their currency
+    base_amount_shown = in_its_currency("base_amount", _("base amount"))
+    bonus_amount_shown = in_its_currency("bonus_amount", _("bonus amount"))
     actions = ["void_selected"]
 
     void_selected = row_action(
@@ -179,8 +241,9 @@ class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, a
                 _("usage"): lambda usage: usage.pk,
                 _("code"): lambda usage: usage.promo.code,
                 _("customer"): lambda usage: usage.customer,
-                _("base amount"): lambda usage: usage.base_amount,
-                _("bonus amount"): lambda usage: usage.bonus_amount,
+                _("base amount"): lambda usage: in_currency(usage.base_amount, usage.currency),
+                _("bonus amount"): lambda usage: in_currency(usage.bonus_amount, usage.currency),
+                _("currency"): lambda usage: usage.currency,
             },
             "effect": lambda usage: (
                 _("nothing: already voided")
@@ -204,23 +267,37 @@ SessionLiveFilter = queryset_filter(
 )
 
 
+SESSION_MONEY = {"max_amount": "max_amount_shown", "used_amount": "used_amount_shown"}
+
+
 @admin.register(RedemptionSession)
 class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    """Sessions are opened over the API (the customer must be given the secret): here they are read
+    and cancelled. The currency is shown with every amount, in its own places."""
+
     list_display = [
         "session_id",
         "tenant",
         "customer",
-        "max_amount",
+        "max_amount_shown",
         "status_badge",
         "expires_at",
-        "used_amount",
+        "used_amount_shown",
     ]  # approved_at and used_at on the detail page: the list must fit 1366 px
-    list_filter = ["status", SessionLiveFilter, "tenant"]
+    list_filter = ["status", SessionLiveFilter, "currency", "tenant"]
     search_fields = ["customer", "=session_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
-    readonly_fields = ["session_id", "tenant", *SESSION_RECORD, "rejected_at", "cancelled_at"]
-    exclude = ["secret_hash"]
+    readonly_fields = [
+        "session_id",
+        "tenant",
+        *with_currency_columns(SESSION_RECORD, SESSION_MONEY),
+        "rejected_at",
+        "cancelled_at",
+    ]
+    max_amount_shown = in_its_currency("max_amount", _("maximum amount"))
+    used_amount_shown = in_its_currency("used_amount", _("used amount"))
+    exclude = ["secret_hash", *SESSION_MONEY]  # the amounts are shown by their columns, in their currency
     actions = ["cancel_selected"]
 
     @admin.display(description=_("status"), ordering="status")
@@ -236,7 +313,9 @@ class RedemptionSessionAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminM
             "columns": {
                 _("session"): lambda session: session.session_id,
                 _("customer"): lambda session: session.customer,
-                _("maximum amount"): lambda session: session.max_amount,
+                _("maximum amount"): lambda session: (
+                    f"{in_currency(session.max_amount, session.currency)} {session.currency}"
+                ),
                 _("status"): lambda session: session.get_status_display(),
                 _("expires at"): lambda session: session.expires_at,
             },

@@ -74,7 +74,19 @@ class PromoInvalid(InvalidInput):
 
 class InvalidAmount(InvalidInput):
     code = "invalid_amount"
-    message = _("The amount must be a positive number with at most two decimal places, up to %(maximum)s.")
+    message = _("The amount must be a positive number with at most three decimal places, up to %(maximum)s.")
+
+
+class CurrencyMismatch(InvalidInput):
+    """The caller named a currency other than the code's or the session's: nothing was written."""
+
+    code = "currency_mismatch"
+    message = _("The amount is in %(currency)s, but this is in %(expected)s.")
+
+
+class PromoCurrencyFrozen(Conflict):
+    code = "promo_currency_frozen"
+    message = _("This promo code has been used, so its currency cannot change; create a new code instead.")
 
 
 class SessionLifetimeOutOfRange(InvalidInput):

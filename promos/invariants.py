@@ -4,10 +4,12 @@ Each check here has a test that plants its defect past the guards (tests/promos/
 """
 
 from django.db.models import Count, F, Q
+from django.db.models.functions import Round
 
 from core.integrity import state_machines
 from core.invariants import invariant
 from promos.models import PromoCode, PromoUsage, RedemptionSession
+from promos.money import currencies_coarser_than
 
 
 def _scoped(queryset, tenant):
@@ -46,6 +48,30 @@ def usage_in_its_codes_tenant(tenant):
         f"usage {pk}: tenant {t}, code's tenant {pt}"
         for pk, t, pt in stray.values_list("pk", "tenant_id", "promo__tenant_id")
     ]
+
+
+@invariant("a usage is in its code's currency; no usage or session has a fraction of a currency without one")
+def amounts_in_their_currency(tenant):
+    found = [
+        f"usage {pk}: {currency}, code's {promo_currency}"
+        for pk, currency, promo_currency in _scoped(
+            PromoUsage.objects.exclude(currency=F("promo__currency")), tenant
+        ).values_list("pk", "currency", "promo__currency")
+    ]
+    # Whole-unit currencies (JPY, KRW...): the commonest slip. Finer places (a fourth digit of
+    # KWD) the columns cannot hold, and a third of USD is judged by every manager and API call.
+    whole = currencies_coarser_than(1)
+    fractional_usage = ~Q(base_amount=Round("base_amount")) | ~Q(bonus_amount=Round("bonus_amount"))
+    usages = _scoped(PromoUsage.objects.filter(fractional_usage, currency__in=whole), tenant)
+    found += [f"usage {pk}: a fraction of {currency}" for pk, currency in usages.values_list("pk", "currency")]
+    fractional_session = ~Q(max_amount=Round("max_amount")) | (
+        Q(used_amount__isnull=False) & ~Q(used_amount=Round("used_amount"))
+    )
+    sessions = _scoped(RedemptionSession.objects.filter(fractional_session, currency__in=whole), tenant)
+    found += [
+        f"session {sid}: a fraction of {currency}" for sid, currency in sessions.values_list("session_id", "currency")
+    ]
+    return found
 
 
 def _session_states():

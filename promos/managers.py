@@ -25,7 +25,7 @@ from django.db import connections, models
 from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
-from core import rows
+from core import money, rows
 from core.db import after_local_lock_timeout, set_local_lock_timeout
 from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
@@ -34,7 +34,15 @@ from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared
 from promos import exceptions as errors
 from promos.choices import OPEN_STATUSES
-from promos.money import compute_bonus, parse_amount
+from promos.money import (
+    DEFAULT_CURRENCY,
+    MAX_AMOUNT,
+    compute_bonus,
+    currencies_coarser_than,
+    parse_amount,
+    places_needed,
+    require_places,
+)
 
 # Redeem waits this long for the code's row lock, then answers resource_locked.
 # Measured against NOWAIT in docs/promos.md: waiting a little serialises a storm
@@ -46,6 +54,7 @@ MAX_SESSION_TTL = timedelta(days=7)
 # A code's terms: what it gives, when and how often.
 PROMO_TERMS = (
     "code",
+    "currency",
     "bonus_type",
     "bonus_value",
     "max_bonus",
@@ -66,11 +75,43 @@ def hash_secret(secret):
     return hashlib.sha256(str(secret).encode()).hexdigest()
 
 
-def _require_amount(amount):
+def _require_amount(amount, *, currency):
+    """``amount`` parsed (promos.money.parse_amount); InvalidAmount, or TooManyDecimals for the currency's places.
+
+    ``currency=None``: the currency is the row's, not known yet; judged again once it is.
+    """
     try:
-        return parse_amount(amount)
+        return parse_amount(amount, currency=currency)
     except ValueError:
-        raise errors.InvalidAmount(maximum="1000000.00")
+        raise errors.InvalidAmount(maximum=f"{MAX_AMOUNT:f}")
+
+
+def _require_currency(code):
+    """``code`` when it is an ISO 4217 currency a customer pays in (or None: not given); else UnknownCurrency."""
+    if code is not None:
+        money.currency(code)
+    return code
+
+
+def _refuse_other_currency(given, actual):
+    """CurrencyMismatch when the caller named a currency (``given``) other than the row's."""
+    if given is not None and given != actual:
+        raise errors.CurrencyMismatch(currency=given, expected=actual)
+
+
+def _check_terms(terms):
+    """Refuse a code's terms (new or kept, together) that its currency cannot express.
+
+    UnknownCurrency for a code outside ISO 4217; TooManyDecimals for a fixed bonus or a
+    ``max_bonus`` finer than the currency's minor unit. A percentage's own places (two)
+    are the database's to judge (``promo_percentage_places``: PromoInvalid).
+    """
+    currency = terms.get("currency", DEFAULT_CURRENCY)
+    money.currency(currency)
+    if terms.get("bonus_type") == "fixed" and terms.get("bonus_value") is not None:
+        require_places(terms["bonus_value"], currency)
+    if terms.get("max_bonus") is not None:
+        require_places(terms["max_bonus"], currency)
 
 
 # What each named constraint means when the database refuses a write (core.guards.database_refusals).
@@ -91,12 +132,16 @@ constraint_errors(
                 "promo_total_limit_positive",
                 "promo_customer_limit_positive",
                 "promo_code_not_blank",
+                "promo_percentage_places",
+                "promo_currency_iso",
             ],
             errors.PromoInvalid,
         ),
         # clock_timestamp() is read once for consume's WHERE and again for its SET: when expiry falls
         # between the two reads, the CHECK used_at < expires_at refuses the write. It was too late.
         "redemption_used_before_expiry": errors.SessionExpired,
+        # A currency change of a code that has been used (update_code refuses it first).
+        "promo_currency_frozen": errors.PromoCurrencyFrozen,
     }
 )
 
@@ -147,7 +192,7 @@ class PromoCodeQuerySet(TenantScopedQuerySet):
 # redeem's deciding statement (``PromoCodeManager.redemption``); names come from the models' meta.
 REDEMPTION = """\
 WITH promo AS ({promo}), \
-used AS (INSERT INTO {usage} ({columns}) SELECT promo."tenant_id", promo."id", {values} \
+used AS (INSERT INTO {usage} ({columns}) SELECT promo."tenant_id", promo."id", promo."currency", {values} \
 FROM promo WHERE promo.lockstep_won RETURNING {returning}), \
 counted AS (UPDATE {code} SET "times_used" = {code}."times_used" + 1, "updated_at" = STATEMENT_TIMESTAMP() \
 FROM used WHERE {code}."id" = used."promo_id" RETURNING {code}."times_used", {code}."updated_at") \
@@ -182,18 +227,21 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         )
         return queryset.annotate(checked_at=ClockNow(), customer_uses=Coalesce(Subquery(live_uses), Value(0)))
 
-    def validate(self, code, *, tenant, customer, amount):
+    def validate(self, code, *, tenant, customer, amount, currency=None):
         """Preview a redeem: one plain read, no lock, no write.
 
         Returns ``(promo, bonus)``; raises exactly what ``redeem`` would raise at
         this instant (PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
-        PromoExhausted, PromoCustomerLimit, InvalidAmount). Nothing is reserved:
-        a later redeem re-validates under the row lock.
+        PromoExhausted, PromoCustomerLimit, InvalidAmount, UnknownCurrency,
+        CurrencyMismatch, TooManyDecimals). Nothing is reserved: a later redeem
+        re-validates under the row lock.
         """
-        amount = _require_amount(amount)
+        amount = _require_amount(amount, currency=_require_currency(currency))
         promo = self._with_checks(self.by_code(code, tenant=tenant), customer).first()
         if promo is None:
             raise errors.PromoNotFound()
+        _refuse_other_currency(currency, promo.currency)
+        amount = _require_amount(amount, currency=promo.currency)
         refusal = self._refusal(promo, now=promo.checked_at, customer_uses=promo.customer_uses)
         if refusal is not None:
             raise refusal
@@ -202,11 +250,15 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     @staticmethod
     def _bonus(promo, amount):
         return compute_bonus(
-            bonus_type=promo.bonus_type, bonus_value=promo.bonus_value, amount=amount, max_bonus=promo.max_bonus
+            bonus_type=promo.bonus_type,
+            bonus_value=promo.bonus_value,
+            amount=amount,
+            currency=promo.currency,
+            max_bonus=promo.max_bonus,
         )
 
     @guarded
-    def redeem(self, code, *, tenant, customer, amount, reference=None, nowait=False):
+    def redeem(self, code, *, tenant, customer, amount, reference=None, currency=None, nowait=False):
         """Reserve one use of ``code`` for ``customer`` and return the new PromoUsage.
 
         Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout; NOWAIT
@@ -221,11 +273,16 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         comes back either way and names a refusal. Two round trips (BEGIN goes with the first),
         then COMMIT; the lock is held for the last of them and the COMMIT.
 
+        The usage is in the code's currency (copied from the locked row by the statement). A
+        ``currency`` the caller names must be the code's, and the amount must have no more places
+        than it: both judged on the row the lock read, before anything is written.
+
         Raises PromoNotFound, PromoInactive, PromoNotStarted, PromoExpired,
-        PromoExhausted, PromoCustomerLimit, InvalidAmount, LockContended
-        (resource_locked) when the row stays busy.
+        PromoExhausted, PromoCustomerLimit, InvalidAmount, UnknownCurrency,
+        CurrencyMismatch, TooManyDecimals, LockContended (resource_locked) when the
+        row stays busy.
         """
-        amount = _require_amount(amount)
+        amount = _require_amount(amount, currency=_require_currency(currency))
         customer = str(customer)
         timeout = None if nowait else REDEEM_LOCK_TIMEOUT_MS  # NOWAIT needs none
         promo = self.locking.instance(
@@ -233,6 +290,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         )
         if promo is None:
             raise errors.PromoNotFound()
+        _refuse_other_currency(currency, promo.currency)
+        amount = _require_amount(amount, currency=promo.currency)
         # The bonus terms cannot change while the row is locked (every writer takes the lock).
         # The statement is prepared: no query is built or compiled while the lock is held.
         bonus = self._bonus(promo, amount)
@@ -255,7 +314,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         """The statement that judges the locked code and records the use if it may be used.
 
         ``WITH promo AS (<the code, clock_timestamp(), the customer's live uses, the verdict>),
-        used AS (INSERT usage … SELECT … FROM promo WHERE verdict RETURNING …),
+        used AS (INSERT usage … SELECT …, promo.currency, … FROM promo WHERE verdict RETURNING …),
         counted AS (UPDATE code SET times_used + 1 FROM used … RETURNING times_used, updated_at)
         SELECT promo.*, counted.*, used.* FROM promo LEFT JOIN used LEFT JOIN counted``: SQL and
         parameters (bench/ sends the same). ``promo`` is the code as judged, before the use is counted.
@@ -274,7 +333,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
             promo=promo_sql,
             code=quote(self.model._meta.db_table),
             usage=quote(Usage._meta.db_table),
-            columns=", ".join(quote(usage_field(name).column) for name in ["tenant", "promo", *written]),
+            columns=", ".join(quote(usage_field(name).column) for name in ["tenant", "promo", "currency", *written]),
             values=", ".join(["%s"] * len(written)),
             returning=rows.columns(Usage, quote(Usage._meta.db_table), quote),
             promo_columns=rows.columns(self.model, "promo", quote),
@@ -356,11 +415,13 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
         Raises PromoCodeTaken when the tenant has it in any letter case (the unique
         index decides a race between two creates), PromoInvalid for a definition a
-        CHECK refuses.
+        CHECK refuses, UnknownCurrency, TooManyDecimals (a fixed bonus or ``max_bonus``
+        finer than the currency's minor unit; USD when no currency is given).
         """
         unknown = set(fields) - set(PROMO_EDITABLE)
         if unknown:
             raise TypeError(f"create_code() got fields it does not set: {sorted(unknown)}")
+        _check_terms(fields)
         return self.create(tenant=tenant, **fields)
 
     @guarded
@@ -383,7 +444,11 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         the code since ``version`` was read), PromoCodeTaken, PromoLimitBelowUsage
         (a limit under the uses already made), PromoCustomerLimitBelowUsage (a per-customer
         limit under some customer's live uses, counted after the lock: every redeem inserts
-        its usage holding it), PromoInvalid, LockContended.
+        its usage holding it), PromoInvalid, LockContended; PromoCurrencyFrozen for a new
+        ``currency`` once the code has been used (``times_used > 0`` or any usage, voided too:
+        their amounts are in the old one; judged under the lock, which every redeem holds to
+        insert its usage), UnknownCurrency, TooManyDecimals (the terms, new or kept, in the
+        currency, new or kept).
         """
         unknown = set(fields) - set(PROMO_EDITABLE)
         if unknown:
@@ -393,6 +458,11 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         # that committed while we waited, and this write would silently undo it.
         if version is not None and promo.version != version:
             raise VersionConflict(current=promo.version)
+        if fields.get("currency", promo.currency) != promo.currency and (promo.times_used or promo.usages.exists()):
+            raise errors.PromoCurrencyFrozen(currency=promo.currency)
+        if {"currency", "bonus_type", "bonus_value", "max_bonus"} & set(fields):
+            kept = ("currency", "bonus_type", "bonus_value", "max_bonus")
+            _check_terms({**{name: getattr(promo, name) for name in kept}, **fields})
         limit = fields.get("per_customer_limit")
         if limit is not None and limit < (promo.per_customer_limit or limit + 1) and self._most_uses(promo) > limit:
             raise errors.PromoCustomerLimitBelowUsage()
@@ -496,7 +566,7 @@ class RedemptionSessionQuerySet(TenantScopedQuerySet):
 
 class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQuerySet)):
     @guarded
-    def create_session(self, *, tenant, customer, max_amount, expires_in=None):
+    def create_session(self, *, tenant, customer, max_amount, currency=DEFAULT_CURRENCY, expires_in=None):
         """Create a pending session; return ``(session, approval_secret)``.
 
         Locks: none (an INSERT).
@@ -504,9 +574,11 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         The secret is shown only here: the row keeps its sha256. ``expires_in``
         (a timedelta, default 15 minutes, at most 7 days) counts from the
         database clock. No lock: a new row (the state machine refuses any other
-        initial status).
+        initial status). ``max_amount`` is in ``currency`` (USD when not given):
+        UnknownCurrency, TooManyDecimals, InvalidAmount.
         """
-        max_amount = _require_amount(max_amount)
+        currency = _require_currency(currency)
+        max_amount = _require_amount(max_amount, currency=currency)
         ttl = expires_in if expires_in is not None else DEFAULT_SESSION_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_SESSION_TTL:
             raise errors.SessionLifetimeOutOfRange(minimum=1, maximum=int(MAX_SESSION_TTL.total_seconds()))
@@ -515,6 +587,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             tenant=tenant,
             customer=str(customer),
             max_amount=max_amount,
+            currency=currency,
             secret_hash=hash_secret(secret),
             expires_at=ClockNow() + Value(ttl),
         )
@@ -569,41 +642,63 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         """
         return self._answer(session_id, secret=secret, to_status=self.model.Status.REJECTED, stamp="rejected_at")
 
-    def consumption(self, session_id, *, tenant, amount):
-        """What using a session locks, requires and writes: ``core.decide``'s arguments (bench/ sends the same)."""
+    def consumption(self, session_id, *, tenant, amount, currency=None, places=0):
+        """What using a session locks, requires and writes: ``core.decide``'s arguments (bench/ sends the same).
+
+        The session's currency is judged in the same statement: the one the caller named
+        (``currency``), or, when none, one whose minor unit can express ``amount``, which
+        needs ``places`` decimals (nothing to judge for a whole amount: every currency has it).
+        """
         Status = self.model.Status
-        return {
+        decision = {
             "queryset": self.filter(session_id=session_id, tenant=tenant),
             "when": Q(status=Status.APPROVED, expires_at__gt=ClockNow(), used_at__isnull=True, max_amount__gte=amount),
             "changes": {"status": Status.USED, "used_at": NOW, "used_amount": amount},
         }
+        if currency is not None:
+            decision["when"] &= Q(currency=currency)
+        elif too_coarse := currencies_coarser_than(places):
+            fine = sorted(set(money.payable_currencies()) - set(too_coarse))
+            # The shorter list: 17 codes without cents for 12.50, 9 with thousandths for 1.255.
+            decision["when"] &= ~Q(currency__in=too_coarse) if len(too_coarse) <= len(fine) else Q(currency__in=fine)
+        return decision
 
-    consumed = Decision(consumption, session_id=uuid.UUID, tenant=int, amount=Decimal)
+    consumed = Decision(consumption, session_id=uuid.UUID, tenant=int, amount=Decimal, currency=str)
 
     @guarded(statement=True)
-    def consume(self, session_id, *, tenant, amount):
-        """Use an approved session once for ``amount``; return ``amount``.
+    def consume(self, session_id, *, tenant, amount, currency=None):
+        """Use an approved session once for ``amount``; return the session as used.
 
         Locks: the session row (FOR NO KEY UPDATE in the deciding statement).
 
         ONE statement (core.decide) locks the row, judges every condition on its newest
         version (tenant, ``approved``, ``expires_at > clock_timestamp()``, ``used_at IS
-        NULL``, ``max_amount >= amount``), uses it, and returns the row either way, so the
-        refusal is named from the row that refused it: SessionNotFound (also another
-        tenant's), SessionAlreadyUsed, SessionExpired (also when expiry fell between the
+        NULL``, ``max_amount >= amount``, the currency: the caller's ``currency`` when
+        named, else one with the amount's places), uses it, and returns the row either
+        way, so the refusal is named from the row that refused it: SessionNotFound (also
+        another tenant's), CurrencyMismatch, TooManyDecimals (finer than the session's
+        currency), SessionAlreadyUsed, SessionExpired (also when expiry fell between the
         judgement and the stamp: redemption_used_before_expiry), SessionNotApproved,
         AmountExceedsLimit. LockContended if the row stays locked past the lock timeout.
+        UnknownCurrency and InvalidAmount before any statement.
         """
-        amount = _require_amount(amount)
-        won, session = self.consumed(self, session_id=session_id, tenant=tenant, amount=amount)
+        currency = _require_currency(currency)
+        amount = _require_amount(amount, currency=currency)
+        # A named currency's places were judged above; the session's are judged in the statement.
+        needed = 0 if currency is not None else places_needed(amount)
+        won, session = self.consumed(
+            self, session_id=session_id, tenant=tenant, amount=amount, currency=currency, places=needed
+        )
         if won:
-            return amount
-        raise self._consume_refusal(session, amount=amount)
+            return session
+        raise self._consume_refusal(session, amount=amount, currency=currency)
 
-    def _consume_refusal(self, session, *, amount):
+    def _consume_refusal(self, session, *, amount, currency=None):
         Status = self.model.Status
         if session is None:
             return errors.SessionNotFound()
+        _refuse_other_currency(currency, session.currency)
+        require_places(amount, session.currency)
         if session.status == Status.USED or session.used_at is not None:
             return errors.SessionAlreadyUsed()
         if session.status == Status.EXPIRED or (

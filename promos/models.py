@@ -3,15 +3,25 @@ import uuid
 import pgtrigger
 from django.db import models
 from django.db.models import F, Q
-from django.db.models.functions import Lower, Now
+from django.db.models.functions import Lower, Now, Round
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
 from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql, within
 from promos.choices import OPEN_STATUSES, SESSION_TRANSITIONS, BonusType, SessionStatus
 from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
+from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES, STORED_PLACES
 
-MONEY = dict(max_digits=12, decimal_places=2)
+# Three places so KWD, BHD, JOD, OMR and TND fit, ten digits before the point as before (bookings'
+# DecimalField(13, 3)); the currency's own places are judged by promos.money, so a USD amount never
+# carries a third digit nor a JPY one a first.
+MONEY = dict(max_digits=13, decimal_places=STORED_PLACES)
+ISO_CODE = r"^[A-Z]{3}$"
+
+
+def currency_field():
+    """An ISO 4217 code; USD for rows and clients from before currencies (core.money judges the code)."""
+    return models.CharField(_("currency"), max_length=3, default=DEFAULT_CURRENCY)
 
 
 class UsageWriteOnce(pgtrigger.Trigger):
@@ -20,7 +30,8 @@ class UsageWriteOnce(pgtrigger.Trigger):
     ``voided_at`` goes from NULL to a time exactly once and never back (un-voiding
     would count a use the code already gave back); the promo, customer, tenant and
     amounts never change (they are what the code's counter and the customer's limit
-    counted). A usage is also born live: a voided insert would never have been counted.
+    counted). A usage is also born live: a voided insert would never have been counted, and
+    in its code's currency (which cannot change once a usage exists: ``PromoCurrencyFrozen``).
     Raises SQLSTATE 23514 named ``promo_usage_transition`` (409 invalid_transition).
     """
 
@@ -35,12 +46,24 @@ class UsageWriteOnce(pgtrigger.Trigger):
 
         frozen = " OR ".join(
             f'OLD."{column}" IS DISTINCT FROM NEW."{column}"'
-            for column in ("promo_id", "tenant_id", "customer", "base_amount", "bonus_amount", "created_at")
+            for column in (
+                "promo_id",
+                "tenant_id",
+                "customer",
+                "base_amount",
+                "bonus_amount",
+                "currency",
+                "created_at",
+            )  # fmt: skip
         )
+        codes = model._meta.get_field("promo").related_model._meta.db_table
         return self.format_sql(
             f"""
             IF TG_OP = 'INSERT' THEN
                 IF NEW."voided_at" IS NOT NULL THEN {refuse("", "voided", "cannot start voided")} END IF;
+                IF NOT EXISTS (SELECT 1 FROM "{codes}" WHERE "id" = NEW."promo_id" AND "currency" = NEW."currency") THEN
+                    {refuse("", "usage", "is not in the currency of its code")}
+                END IF;
                 RETURN NEW;
             END IF;
             IF OLD."voided_at" IS NOT NULL AND NEW."voided_at" IS NULL THEN
@@ -51,7 +74,38 @@ class UsageWriteOnce(pgtrigger.Trigger):
                 {refuse("usage", "altered usage", "cannot change what it counted")}
             END IF;
             RETURN NEW;
-            """
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
+
+class PromoCurrencyFrozen(pgtrigger.Trigger):
+    """Refuse, in the database, a change of a code's currency once it has been used.
+
+    Its usages' amounts are in that currency: a new currency would re-denominate them (and the
+    counter and limits that counted them). Refused when ``times_used > 0`` or any usage, voided
+    or live, exists. The manager refuses first, under the row lock (``update_code``); this is the
+    backstop for every other writer. Raises SQLSTATE 23514 named ``promo_currency_frozen``
+    (409 promo_currency_frozen).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition('OLD."currency" IS DISTINCT FROM NEW."currency"')
+
+    def get_func(self, model):
+        usages = model._meta.get_field("usages").related_model._meta.db_table
+        refusal = refusal_sql(
+            self.name,
+            "'currency->currency'",
+            'format(\'%s: promo %s has been used in %s\', TG_TABLE_NAME, OLD."id", OLD."currency")',
+        )
+        return self.format_sql(
+            f"""
+            IF OLD."times_used" > 0 OR EXISTS (SELECT 1 FROM "{usages}" WHERE "promo_id" = OLD."id") THEN
+                {refusal}
+            END IF;
+            RETURN NEW;
+            """  # noqa: S608 - identifiers from model meta, no values
         )
 
 
@@ -81,6 +135,8 @@ class PromoCode(GuardedModel):
     )
     code = models.CharField(_("code"), max_length=64)
     bonus_type = models.CharField(_("bonus type"), max_length=16, choices=BonusType.choices)
+    currency = currency_field()
+    # An amount in ``currency`` for a fixed bonus; a rate (at most 100, two places) for a percentage.
     bonus_value = models.DecimalField(_("bonus value"), **MONEY)
     max_bonus = models.DecimalField(_("maximum bonus"), null=True, blank=True, **MONEY)
     starts_at = models.DateTimeField(_("starts at"), null=True, blank=True)
@@ -113,7 +169,12 @@ class PromoCode(GuardedModel):
             models.CheckConstraint(
                 condition=~Q(bonus_type="percentage") | Q(bonus_value__lte=100), name="promo_percentage_at_most_100"
             ),
+            models.CheckConstraint(
+                condition=~Q(bonus_type="percentage") | Q(bonus_value=Round("bonus_value", PERCENT_PLACES)),
+                name="promo_percentage_places",
+            ),
             models.CheckConstraint(condition=Q(bonus_type__in=["fixed", "percentage"]), name="promo_bonus_type_known"),
+            models.CheckConstraint(condition=Q(currency__regex=ISO_CODE), name="promo_currency_iso"),
             models.CheckConstraint(
                 condition=Q(starts_at__isnull=True) | Q(ends_at__isnull=True) | Q(ends_at__gt=F("starts_at")),
                 name="promo_ends_after_start",
@@ -128,7 +189,10 @@ class PromoCode(GuardedModel):
             ),
             models.CheckConstraint(condition=~Q(code=""), name="promo_code_not_blank"),
         ]
-        triggers = [BumpVersion(name="promo_code_version", fields=PROMO_EDITABLE)]
+        triggers = [
+            BumpVersion(name="promo_code_version", fields=PROMO_EDITABLE),
+            PromoCurrencyFrozen(name="promo_currency_frozen"),
+        ]
 
     def __str__(self):
         return self.code
@@ -156,6 +220,7 @@ class PromoUsage(GuardedModel):
         "customer",
         "base_amount",
         "bonus_amount",
+        "currency",
     )
 
     tenant = models.ForeignKey(
@@ -165,6 +230,7 @@ class PromoUsage(GuardedModel):
     customer = models.CharField(_("customer"), max_length=255)
     base_amount = models.DecimalField(_("base amount"), **MONEY)
     bonus_amount = models.DecimalField(_("bonus amount"), **MONEY)
+    currency = currency_field()  # its code's, copied by redeem; the database checks and freezes it
     reference = models.CharField(_("reference"), max_length=255, blank=True, default="")
     created_at = models.DateTimeField(_("created at"), db_default=Now(), editable=False)
     voided_at = models.DateTimeField(_("voided at"), null=True, blank=True, editable=False)
@@ -182,6 +248,7 @@ class PromoUsage(GuardedModel):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(base_amount__gt=0), name="promo_usage_base_positive"),
+            models.CheckConstraint(condition=Q(currency__regex=ISO_CODE), name="promo_usage_currency_iso"),
             models.CheckConstraint(
                 condition=Q(bonus_amount__gte=0) & Q(bonus_amount__lte=F("base_amount")),
                 name="promo_usage_bonus_within_amount",
@@ -194,12 +261,12 @@ class PromoUsage(GuardedModel):
 
 
 # What a usage's record shows beside its code: who, how much, for what and when (read-only everywhere).
-USAGE_RECORD = ("customer", "base_amount", "bonus_amount", "reference", "created_at", "voided_at")
+USAGE_RECORD = ("customer", "base_amount", "bonus_amount", "currency", "reference", "created_at", "voided_at")
 
 # What a session's record shows its shop: who, how much, where it stands and when (read-only to
 # operators and API clients alike).
 SESSION_RECORD = (
-    "customer", "max_amount", "status", "created_at", "expires_at", "approved_at", "used_at", "used_amount",
+    "customer", "max_amount", "currency", "status", "created_at", "expires_at", "approved_at", "used_at", "used_amount",
 )  # fmt: skip
 
 
@@ -221,6 +288,7 @@ class RedemptionSession(GuardedModel):
         "cancelled_at",
         "expires_at",
         "max_amount",
+        "currency",
         "secret_hash",
         "tenant",
         "tenant_id",
@@ -235,6 +303,7 @@ class RedemptionSession(GuardedModel):
     )
     customer = models.CharField(_("customer"), max_length=255)
     max_amount = models.DecimalField(_("maximum amount"), **MONEY)
+    currency = currency_field()
     status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
     secret_hash = models.CharField(
         max_length=64, editable=False, verbose_name=_("secret hash")
@@ -258,6 +327,7 @@ class RedemptionSession(GuardedModel):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(max_amount__gt=0), name="redemption_max_amount_positive"),
+            models.CheckConstraint(condition=Q(currency__regex=ISO_CODE), name="redemption_currency_iso"),
             within("status", SessionStatus, name="redemption_status_known"),
             models.CheckConstraint(
                 condition=(

@@ -5,8 +5,15 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from bookings.models import BOOKING_RECORD, Booking, Checkout, Package, in_currency
-from core.api.inputs import MAX_ID, MAX_VERSION, PRICE_PATTERN, PatternField, StrictDateField, StrictInput
-from core.money import payable_currencies
+from core.api.inputs import (
+    MAX_ID,
+    MAX_VERSION,
+    PRICE_PATTERN,
+    CurrencyField,
+    PatternField,
+    StrictDateField,
+    StrictInput,
+)
 
 
 @extend_schema_field(
@@ -49,14 +56,6 @@ class PriceField(PatternField):
 
 def price_input(**kwargs):
     return PriceField(**kwargs)
-
-
-@extend_schema_field({"type": "string", "enum": payable_currencies(), "example": "USD"})
-class CurrencyField(serializers.CharField):
-    """An ISO 4217 code a customer can pay in; the manager refuses any other (400 ``unknown_currency``)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(max_length=3, trim_whitespace=False, **kwargs)
 
 
 class PackageSerializer(serializers.ModelSerializer):

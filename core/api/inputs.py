@@ -11,7 +11,10 @@ from collections.abc import Mapping
 
 from django.http import QueryDict
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import pagination, serializers
+
+from core.money import payable_currencies
 
 MAX_ID = 2**63 - 1  # bigint ids
 MAX_VERSION = 2**31 - 1
@@ -19,6 +22,10 @@ MAX_VERSION = 2**31 - 1
 # Money as sent over the API: a decimal string, digits [0-9] only (Python's \d also takes
 # Arabic-Indic digits, which the schema's ECMA pattern does not).
 POSITIVE_CENTS_PATTERN = r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,2})?|0\.(?:0[1-9]|[1-9][0-9]?)|1000000(?:\.00?)?)$"
+# The same up to three places (KWD, BHD...): the currency's own minor unit is judged by its app (amount_precision).
+POSITIVE_AMOUNT_PATTERN = (
+    r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,3})?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|1000000(?:\.0{1,3})?)$"
+)
 PRICE_PATTERN = r"^(?:0|[1-9][0-9]{0,9})(?:\.[0-9]{1,3})?$"
 # An Idempotency-Key: 1-255 printable ASCII characters, no space at either end (HTTP strips it).
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
@@ -132,6 +139,14 @@ class PatternField(serializers.CharField):
         if not re.fullmatch(self.pattern, text):
             raise serializers.ValidationError(self.message, code="invalid")
         return text
+
+
+@extend_schema_field({"type": "string", "enum": payable_currencies(), "example": "USD"})
+class CurrencyField(serializers.CharField):
+    """An ISO 4217 code a customer can pay in; the manager refuses any other (400 ``unknown_currency``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=3, trim_whitespace=False, **kwargs)
 
 
 class StrictDateField(serializers.DateField):

@@ -1,42 +1,88 @@
 """Input and output shapes of the promos API: one input and one output serializer per operation."""
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api.inputs import MAX_VERSION, POSITIVE_CENTS_PATTERN, OnlyVersionRequired, StrictDateTimeField, StrictInput
+from core.api.inputs import (
+    MAX_VERSION,
+    POSITIVE_AMOUNT_PATTERN,
+    CurrencyField,
+    OnlyVersionRequired,
+    StrictDateTimeField,
+    StrictInput,
+)
 from promos.managers import PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import MAX_AMOUNT, parse_amount
+from promos.money import MAX_AMOUNT, PERCENT_PLACES, in_currency, parse_amount, parse_percentage
 
 CUSTOMER_MAX = 255
 CODE_MAX = 64
 
 
-@extend_schema_field({"type": "string", "format": "decimal", "pattern": r"^[0-9]+\.[0-9]{2}$", "example": "12.50"})
-class AmountField(serializers.Field):
-    """A money amount as a decimal string: > 0, at most 2 decimal places, at most 1,000,000.00.
+# An amount as answered: exactly its currency's places ("12.50" USD, "1500" JPY, "1.250" KWD).
+AMOUNT_OUT = {"type": "string", "format": "decimal", "pattern": r"^[0-9]+(\.[0-9]{1,3})?$", "example": "12.50"}
 
-    Anything else (a JSON number included) is 400 invalid_input on the field.
+
+@extend_schema_field(AMOUNT_OUT)
+class AmountField(serializers.Field):
+    """A money amount as sent: a decimal string, > 0, at most 3 decimal places, at most 1,000,000.
+
+    Anything else (a JSON number included) is 400 invalid_input on the field. The currency's own
+    places are the manager's to judge, against the code's or session's currency (400
+    ``amount_precision``: no cents in JPY). Input only: answers use ``InCurrencyField``.
     """
 
     json_type = "string"
-    request_pattern = POSITIVE_CENTS_PATTERN  # answers may carry 0.00 (a bonus capped to nothing)
+    request_pattern = POSITIVE_AMOUNT_PATTERN
 
     def to_internal_value(self, data):
         try:
-            if not isinstance(data, str) or not re.fullmatch(POSITIVE_CENTS_PATTERN, data):
+            if not isinstance(data, str) or not re.fullmatch(POSITIVE_AMOUNT_PATTERN, data):
                 raise ValueError("not an amount string")
-            return parse_amount(data)
+            return parse_amount(data, currency=None)
         except ValueError:
-            message = _("Enter a positive amount with at most two decimal places, up to %(maximum)s.")
+            message = _("Enter a positive amount with at most three decimal places, up to %(maximum)s.")
             raise serializers.ValidationError(str(message) % {"maximum": MAX_AMOUNT}, code="invalid")
 
     def to_representation(self, value):
-        return None if value is None else f"{value:.2f}"
+        raise NotImplementedError("answers write amounts with InCurrencyField")
+
+
+def _read(source, name):
+    return source.get(name) if isinstance(source, Mapping) else getattr(source, name)
+
+
+@extend_schema_field({**AMOUNT_OUT, "readOnly": True})
+class InCurrencyField(serializers.Field):
+    """An amount of the answered object, written with its ``currency``'s places; null stays null.
+
+    Any amount of the answer may be 0 (a bonus capped to nothing).
+    """
+
+    def __init__(self, amount_attr, **kwargs):
+        self.amount_attr = amount_attr
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, obj):
+        return in_currency(_read(obj, self.amount_attr), _read(obj, "currency"))
+
+
+@extend_schema_field({**AMOUNT_OUT, "readOnly": True})
+class BonusValueField(serializers.Field):
+    """A code's ``bonus_value``: an amount in its currency (fixed) or a rate with two places (percentage)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, promo):
+        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
+            return f"{promo.bonus_value:.{PERCENT_PLACES}f}"
+        return in_currency(promo.bonus_value, promo.currency)
 
 
 class CustomerField(serializers.CharField):
@@ -50,10 +96,10 @@ class CustomerField(serializers.CharField):
 
 
 class PromoCodeSerializer(serializers.ModelSerializer):
-    """A promo code as the shop sees it; ``times_used`` is read-only."""
+    """A promo code as the shop sees it; ``times_used`` is read-only. Amounts have the currency's places."""
 
-    bonus_value = AmountField()
-    max_bonus = AmountField(required=False, allow_null=True)
+    bonus_value = BonusValueField()
+    max_bonus = InCurrencyField("max_bonus", allow_null=True)
 
     class Meta:
         model = PromoCode
@@ -78,7 +124,11 @@ class PromoCodeInputSerializer(StrictInput):
         choices=PromoCode.BonusType.choices,
         error_messages={"invalid_choice": _("The bonus type must be fixed or percentage.")},
     )
-    bonus_value = AmountField()
+    # A new code without one is in USD; on PUT and PATCH an omitted currency is left as it is.
+    currency = CurrencyField(required=False, help_text="ISO 4217; USD when a new code has none.")
+    bonus_value = AmountField(
+        help_text="An amount in the code's currency (fixed), or a percentage up to 100 with two places."
+    )
     max_bonus = AmountField(required=False, allow_null=True)
     starts_at = StrictDateTimeField(required=False, allow_null=True)
     ends_at = StrictDateTimeField(required=False, allow_null=True)
@@ -91,8 +141,14 @@ class PromoCodeInputSerializer(StrictInput):
 
     def validate(self, attrs):
         merged = {**self._current(), **attrs}
-        if merged.get("bonus_type") == "percentage" and merged.get("bonus_value") and merged["bonus_value"] > 100:
-            raise serializers.ValidationError({"bonus_value": _("A percentage cannot exceed 100.")})
+        if merged.get("bonus_type") == "percentage" and merged.get("bonus_value"):
+            if merged["bonus_value"] > 100:
+                raise serializers.ValidationError({"bonus_value": _("A percentage cannot exceed 100.")})
+            try:
+                parse_percentage(merged["bonus_value"])
+            except ValueError:
+                message = _("A percentage has at most two decimal places.")
+                raise serializers.ValidationError({"bonus_value": message})
         starts, ends = merged.get("starts_at"), merged.get("ends_at")
         if starts and ends and ends <= starts:
             raise serializers.ValidationError({"ends_at": _("The end must be after the start.")})
@@ -127,6 +183,9 @@ class PromoCodeCheckInputSerializer(StrictInput):
     code = serializers.CharField(max_length=CODE_MAX, trim_whitespace=True)
     customer = CustomerField()
     amount = AmountField()
+    currency = CurrencyField(
+        required=False, help_text="The amount's currency; when given, it must be the code's (400 currency_mismatch)."
+    )
 
 
 class PromoCodeRedeemInputSerializer(PromoCodeCheckInputSerializer):
@@ -145,7 +204,8 @@ class PromoRefusalSerializer(serializers.Serializer):
 
 class PromoCodeValidationSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
-    bonus_amount = AmountField(allow_null=True)
+    bonus_amount = InCurrencyField("bonus_amount", allow_null=True)
+    currency = serializers.CharField(allow_null=True, help_text="The code's currency (null when refused).")
     code = serializers.CharField(allow_null=True)
     reason = PromoRefusalSerializer(allow_null=True)
 
@@ -153,8 +213,8 @@ class PromoCodeValidationSerializer(serializers.Serializer):
 class PromoUsageSerializer(serializers.ModelSerializer):
     usage_id = serializers.IntegerField(source="pk")
     code = serializers.CharField(source="promo.code")
-    base_amount = AmountField()
-    bonus_amount = AmountField()
+    base_amount = InCurrencyField("base_amount")
+    bonus_amount = InCurrencyField("bonus_amount")
 
     class Meta:
         model = PromoUsage
@@ -167,6 +227,7 @@ class PromoUsageSerializer(serializers.ModelSerializer):
 class RedemptionSessionCreateInputSerializer(StrictInput):
     customer = CustomerField()
     max_amount = AmountField()
+    currency = CurrencyField(required=False, help_text="ISO 4217 (default USD); consumes are in it.")
     expires_in = serializers.IntegerField(
         required=False, min_value=1, max_value=7 * 24 * 3600, help_text="Seconds until expiry (default 900)."
     )
@@ -180,8 +241,8 @@ class RedemptionSessionListQueryInputSerializer(StrictInput):
 
 
 class RedemptionSessionSerializer(serializers.ModelSerializer):
-    max_amount = AmountField()
-    used_amount = AmountField(allow_null=True)
+    max_amount = InCurrencyField("max_amount")
+    used_amount = InCurrencyField("used_amount", allow_null=True)
 
     class Meta:
         model = RedemptionSession
@@ -201,9 +262,14 @@ class RedemptionSessionAnswerInputSerializer(StrictInput):
 
 class RedemptionSessionConsumeInputSerializer(StrictInput):
     amount = AmountField()
+    currency = CurrencyField(
+        required=False,
+        help_text="The amount's currency; when given, it must be the session's (400 currency_mismatch).",
+    )
 
 
 class RedemptionSessionConsumedSerializer(serializers.Serializer):
     session_id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=RedemptionSession.Status.choices)
-    used_amount = AmountField()
+    used_amount = InCurrencyField("used_amount")
+    currency = serializers.CharField()

@@ -88,9 +88,9 @@ class PromoCodeValidateView(TenantScopedMixin, APIView):
             if refusal.status_code == status.HTTP_400_BAD_REQUEST:
                 raise
             reason = {"code": refusal.code, "message": refusal.render()}
-            body = {"valid": False, "bonus_amount": None, "code": None, "reason": reason}
+            body = {"valid": False, "bonus_amount": None, "currency": None, "code": None, "reason": reason}
             return Response(represented(s.PromoCodeValidationSerializer, body))
-        body = {"valid": True, "bonus_amount": bonus, "code": promo.code, "reason": None}
+        body = {"valid": True, "bonus_amount": bonus, "currency": promo.currency, "code": promo.code, "reason": None}
         return Response(represented(s.PromoCodeValidationSerializer, body))
 
 
@@ -199,8 +199,13 @@ class RedemptionSessionConsumeView(TenantScopedMixin, APIView):
     def post(self, request, tenant, session_id):
         session_uuid = valid_uuid(session_id, errors.SessionNotFound)
         data = validated(s.RedemptionSessionConsumeInputSerializer, request.data)
-        amount = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data)
-        body = {"session_id": session_uuid, "status": RedemptionSession.Status.USED, "used_amount": amount}
+        session = RedemptionSession.objects.consume(session_uuid, tenant=self.tenant, **data)
+        body = {
+            "session_id": session_uuid,
+            "status": RedemptionSession.Status.USED,
+            "used_amount": session.used_amount,
+            "currency": session.currency,
+        }
         return Response(represented(s.RedemptionSessionConsumedSerializer, body))
 
 

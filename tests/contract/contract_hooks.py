@@ -16,6 +16,14 @@ CROSS_FIELD_CODES = {
     "POST /api/t/{tenant}/packages": {"amount_precision"},
     "PUT /api/t/{tenant}/packages/{id}": {"amount_precision"},
     "PATCH /api/t/{tenant}/packages/{id}": {"amount_precision"},
+    # a promo amount's places are its code's or session's currency's, which the schema cannot know
+    "POST /api/t/{tenant}/promo-codes": {"amount_precision"},
+    "PUT /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
+    "PATCH /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
+    "POST /api/t/{tenant}/promo-codes/validate": {"amount_precision", "currency_mismatch"},
+    "POST /api/t/{tenant}/promo-codes/redeem": {"amount_precision", "currency_mismatch"},
+    "POST /api/t/{tenant}/redemption-sessions": {"amount_precision"},
+    "POST /api/t/{tenant}/redemption-sessions/{session_id}/consume": {"amount_precision", "currency_mismatch"},
     "POST /api/t/{tenant}/profiles": {"invalid_dates", "parent_not_found", "parent_wrong_sex"},
     "PATCH /api/t/{tenant}/profiles/{id}": {"invalid_dates", "parent_not_found", "parent_wrong_sex"},
     # a signature cannot be generated from the schema: it is an HMAC of the body

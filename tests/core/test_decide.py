@@ -110,7 +110,21 @@ def test_a_row_only_locked_meanwhile_is_judged_by_the_clock_once_the_lock_is_hel
 
 # Each call site with real values, one per shape it takes.
 CALL_SITES = [
-    (RedemptionSession.objects, "consumed", {"session_id": uuid.uuid4(), "tenant": 7, "amount": Decimal("12.50")}),
+    *[
+        (
+            RedemptionSession.objects,
+            "consumed",
+            {"session_id": uuid.uuid4(), "tenant": 7, "amount": amount, "currency": currency, "places": places},
+        )
+        # no currency named: the session's judged against the amount's places (none, 1 or 2, 3); one named
+        for amount, currency, places in [
+            (Decimal("12"), None, 0),
+            (Decimal("12.50"), None, 1),
+            (Decimal("1.250"), None, 2),
+            (Decimal("1.255"), None, 3),
+            (Decimal("12.50"), "USD", 0),
+        ]
+    ],
     (RedemptionSession.objects, "cancelled", {"session_id": uuid.uuid4(), "tenant": 7}),
     *[
         (

@@ -143,7 +143,13 @@ def test_malformed_code_ids_are_404(api_client, tenant):
 def test_validate_previews_without_reserving(api_client, promo):
     response = post(api_client, "promo-codes/validate", {"code": "spring15", "customer": "alice", "amount": "33.33"})
     assert response.status_code == 200
-    assert response.json() == {"valid": True, "bonus_amount": "5.00", "code": "SPRING15", "reason": None}
+    assert response.json() == {
+        "valid": True,
+        "bonus_amount": "5.00",
+        "currency": "USD",
+        "code": "SPRING15",
+        "reason": None,
+    }
     assert assert_invariant(promo) == 0
 
 
@@ -220,7 +226,7 @@ BAD_AMOUNTS = [
     "1e400",
     "-5",
     "0",
-    "12.345",
+    "12.3456",  # more places than any currency here (finer than the code's: amount_precision, below)
     "abc",
     "",
     None,
@@ -367,7 +373,7 @@ def test_session_lifecycle_over_the_api(api_client, anon_client, tenant):
         api_client, f"redemption-sessions/{session_id}/consume", {"amount": "80"}, HTTP_IDEMPOTENCY_KEY="c1"
     )
     assert consumed.status_code == 200
-    assert consumed.json() == {"session_id": session_id, "status": "used", "used_amount": "80.00"}
+    assert consumed.json() == {"session_id": session_id, "status": "used", "used_amount": "80.00", "currency": "USD"}
     replay = post(api_client, f"redemption-sessions/{session_id}/consume", {"amount": "80"}, HTTP_IDEMPOTENCY_KEY="c1")
     assert replay.json() == consumed.json() and replay["Idempotent-Replayed"] == "true"
     assert_error(

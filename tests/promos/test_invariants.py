@@ -81,6 +81,24 @@ def test_a_usage_in_another_shop_than_its_code_is_detected(tenant):
     ]
 
 
+def test_a_usage_in_another_currency_or_a_fraction_of_a_yen_is_detected(tenant):
+    promo = PromoCode.objects.create_code(tenant=tenant, code="YEN", currency="JPY", bonus_type="fixed", bonus_value=5)
+    usage = PromoCode.objects.redeem("YEN", tenant=tenant, customer="a", amount="100")
+    session = RedemptionSessionFactory(tenant=tenant, currency="JPY", max_amount=Decimal("100"))
+    assert violations(invariants.amounts_in_their_currency) == []
+    with bypassing(PromoUsage, triggers=["promo_usage_transition"]):
+        PromoUsage.objects.filter(pk=usage.pk).update(currency="USD")
+    assert violations(invariants.amounts_in_their_currency) == [f"usage {usage.pk}: USD, code's JPY"]
+    with bypassing(PromoUsage, triggers=["promo_usage_transition"]):
+        PromoUsage.objects.filter(pk=usage.pk).update(currency="JPY", base_amount=Decimal("100.5"))
+    RedemptionSession.objects.filter(pk=session.pk).update(max_amount=Decimal("99.5"))
+    assert violations(invariants.amounts_in_their_currency) == [
+        f"usage {usage.pk}: a fraction of JPY",
+        f"session {session.session_id}: a fraction of JPY",
+    ]
+    assert promo.currency == "JPY"
+
+
 def test_a_session_status_outside_the_machine_is_detected(tenant):
     session = RedemptionSessionFactory(tenant=tenant)
     assert violations(invariants.session_status_in_machine) == []

@@ -284,7 +284,8 @@ def test_approve_with_secret_then_consume_once(tenant):
         RedemptionSession.objects.reject(session.session_id, secret=SECRET)
     with pytest.raises(errors.AmountExceedsLimit):
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="100.01")
-    assert RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="100") == Decimal("100.00")
+    used = RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="100")
+    assert (used.status, used.used_amount, used.currency) == ("used", Decimal("100.00"), "USD")
     with pytest.raises(errors.SessionAlreadyUsed):
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="1")
     used = RedemptionSession.objects.get(pk=session.pk)
