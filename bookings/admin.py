@@ -25,7 +25,6 @@ from bookings.models import (
     Checkout,
     Package,
     PaymentEvent,
-    in_currency,
 )
 from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, retry_refund
@@ -35,6 +34,7 @@ from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow, database_clock
+from core.money import in_currency
 
 
 @admin.register(Package)

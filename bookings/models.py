@@ -8,24 +8,8 @@ from django.utils.translation import gettext_lazy as _
 from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
-from core.exceptions import InvalidInput
 from core.history import tracked
 from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, within
-
-
-def in_currency(amount, code):
-    """``amount`` with exactly its currency's decimals ("450.00" USD, "1500" JPY, "1.250" KWD) for display.
-
-    The columns keep three places for every currency; the manager refuses finer prices,
-    so quantizing never rounds. A code outside ISO 4217 (a row older than that rule) is shown as stored.
-    """
-    if amount is None:
-        return None
-    try:
-        return money.check_precision(amount, code)
-    except InvalidInput:
-        return amount
-
 
 # What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
 PACKAGE_EDITABLE = ("name", "price", "currency", "is_active", "daily_capacity")
@@ -325,7 +309,7 @@ class Checkout(GuardedModel):
 
     @property
     def display_amount(self):
-        return in_currency(self.amount, self.currency)
+        return money.in_currency(self.amount, self.currency)
 
 
 class PaymentEvent(models.Model):

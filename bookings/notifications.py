@@ -17,7 +17,7 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from core.models import Notification
-from core.money import from_minor_units
+from core.money import from_minor_units, in_currency
 from core.notifications import customer_language, register
 
 (
@@ -189,7 +189,6 @@ def _facts(booking_id):
 
 def _told(facts):
     """The facts (the columns of ``facts_statement``, by name) and what every message may mention of them."""
-    from bookings.models import in_currency
 
     facts = SimpleNamespace(**facts)
     return facts, {
@@ -301,7 +300,6 @@ def owe_dispute_alert(booking_id, event, *, result):
     """Tell the operators (OPERATOR_EMAILS) that a payment's dispute opened or closed; once per dispute and news."""
     if not settings.OPERATOR_EMAILS:
         return None
-    from bookings.models import in_currency
 
     booking, context = _facts(booking_id)
     context |= {

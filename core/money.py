@@ -91,6 +91,20 @@ def check_precision(amount, code):
     return amount.quantize(quantum)
 
 
+def in_currency(amount, code):
+    """``amount`` written with exactly its currency's places ("450.00" USD, "1500" JPY, "1.250" KWD), for display.
+
+    None stays None. The managers refuse finer amounts, so this never rounds; a code outside ISO 4217, or an
+    amount finer than its currency (a row older than those rules), is written as stored, never a 500.
+    """
+    if amount is None:
+        return None
+    try:
+        return f"{check_precision(amount, code):f}"
+    except InvalidInput:
+        return f"{Decimal(amount):f}"
+
+
 def provider_exponent(code):
     """Decimal places of the integer a card processor is sent (Stripe's convention): ISO 4217's but
     for ``STRIPE_EXPONENT``."""

@@ -16,11 +16,11 @@ from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from core.money import payable_currencies
+from core.money import in_currency, payable_currencies
 from promos.choices import OPEN_STATUSES
 from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES, in_currency
+from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES
 
 
 def in_its_currency(field, description):

@@ -8,7 +8,6 @@ currency (as bookings' do); the currency's own places are judged here, nowhere e
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from core import money
-from core.exceptions import InvalidInput
 from core.money import TooManyDecimals
 
 HUNDRED = Decimal("100")
@@ -28,20 +27,6 @@ def places(currency):
 def quantum(currency):
     """The currency's smallest amount here: 0.01 USD, 1 JPY, 0.001 KWD."""
     return Decimal(1).scaleb(-places(currency))
-
-
-def in_currency(amount, currency):
-    """``amount`` written with exactly the currency's places ("12.50" USD, "1500" JPY, "1.250" KWD); None stays.
-
-    A code outside ISO 4217 (a row written past the managers) is shown as stored, never a 500.
-    """
-    if amount is None:
-        return None
-    try:
-        step = quantum(currency)
-    except InvalidInput:
-        return f"{Decimal(amount):f}"
-    return f"{Decimal(amount).quantize(step):f}"
 
 
 def places_needed(amount):

@@ -4,36 +4,17 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from bookings.models import BOOKING_RECORD, Booking, Checkout, Package, in_currency
+from bookings.models import BOOKING_RECORD, Booking, Checkout, Package
 from core.api.inputs import (
     MAX_ID,
     MAX_VERSION,
     PRICE_PATTERN,
     CurrencyField,
+    InCurrencyField,
     PatternField,
     StrictDateField,
     StrictInput,
 )
-
-
-@extend_schema_field(
-    {
-        "type": "string",
-        "format": "decimal",
-        "pattern": r"^[0-9]+(\.[0-9]{1,4})?$",
-        "example": "450.00",
-        "readOnly": True,
-    },
-)
-class InCurrencyField(serializers.Field):
-    """An amount written with its currency's decimals: "450.00" USD, "1500" JPY, "1.250" KWD, up to 4 (CLF)."""
-
-    def __init__(self, amount_attr, **kwargs):
-        self.amount_attr = amount_attr
-        super().__init__(source="*", read_only=True, **kwargs)
-
-    def to_representation(self, obj):
-        return str(in_currency(getattr(obj, self.amount_attr), obj.currency))
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "pattern": PRICE_PATTERN, "example": "450.00"})

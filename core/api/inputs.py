@@ -14,15 +14,14 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import pagination, serializers
 
-from core.money import payable_currencies
+from core.money import in_currency, payable_currencies
 
 MAX_ID = 2**63 - 1  # bigint ids
 MAX_VERSION = 2**31 - 1
 
-# Money as sent over the API: a decimal string, digits [0-9] only (Python's \d also takes
-# Arabic-Indic digits, which the schema's ECMA pattern does not).
-POSITIVE_CENTS_PATTERN = r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,2})?|0\.(?:0[1-9]|[1-9][0-9]?)|1000000(?:\.00?)?)$"
-# The same up to three places (KWD, BHD...): the currency's own minor unit is judged by its app (amount_precision).
+# Money as sent over the API: a decimal string, digits [0-9] only (Python's \d also takes Arabic-Indic
+# digits, which the schema's ECMA pattern does not), up to three places (KWD, BHD...): the currency's own
+# minor unit is judged by its app (amount_precision).
 POSITIVE_AMOUNT_PATTERN = (
     r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,3})?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|1000000(?:\.0{1,3})?)$"
 )
@@ -203,3 +202,22 @@ class StrictLimitOffsetPagination(pagination.LimitOffsetPagination):
         for parameter in parameters:
             parameter["schema"].update(bounds.get(parameter["name"], {}))
         return parameters
+
+
+@extend_schema_field(
+    {"type": "string", "format": "decimal", "pattern": r"^[0-9]+(\.[0-9]{1,4})?$", "example": "12.50", "readOnly": True}
+)
+class InCurrencyField(serializers.Field):
+    """An amount of the answered object (or dict), written with its ``currency``'s places: "450.00" USD,
+    "1500" JPY, "1.250" KWD, up to 4 (CLF); null stays null (core.money.in_currency)."""
+
+    def __init__(self, amount_attr, **kwargs):
+        self.amount_attr = amount_attr
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, obj):
+        return in_currency(_read(obj, self.amount_attr), _read(obj, "currency"))
+
+
+def _read(source, name):
+    return source.get(name) if isinstance(source, Mapping) else getattr(source, name)

@@ -1,7 +1,6 @@
 """Input and output shapes of the promos API: one input and one output serializer per operation."""
 
 import re
-from collections.abc import Mapping
 from datetime import timedelta
 
 from django.utils.translation import gettext_lazy as _
@@ -12,13 +11,15 @@ from core.api.inputs import (
     MAX_VERSION,
     POSITIVE_AMOUNT_PATTERN,
     CurrencyField,
+    InCurrencyField,
     OnlyVersionRequired,
     StrictDateTimeField,
     StrictInput,
 )
+from core.money import in_currency
 from promos.managers import PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import MAX_AMOUNT, PERCENT_PLACES, in_currency, parse_amount, parse_percentage
+from promos.money import MAX_AMOUNT, PERCENT_PLACES, parse_amount, parse_percentage
 
 CUSTOMER_MAX = 255
 CODE_MAX = 64
@@ -51,25 +52,6 @@ class AmountField(serializers.Field):
 
     def to_representation(self, value):
         raise NotImplementedError("answers write amounts with InCurrencyField")
-
-
-def _read(source, name):
-    return source.get(name) if isinstance(source, Mapping) else getattr(source, name)
-
-
-@extend_schema_field({**AMOUNT_OUT, "readOnly": True})
-class InCurrencyField(serializers.Field):
-    """An amount of the answered object, written with its ``currency``'s places; null stays null.
-
-    Any amount of the answer may be 0 (a bonus capped to nothing).
-    """
-
-    def __init__(self, amount_attr, **kwargs):
-        self.amount_attr = amount_attr
-        super().__init__(source="*", read_only=True, **kwargs)
-
-    def to_representation(self, obj):
-        return in_currency(_read(obj, self.amount_attr), _read(obj, "currency"))
 
 
 @extend_schema_field({**AMOUNT_OUT, "readOnly": True})

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.money import TooManyDecimals
-from promos.money import MAX_AMOUNT, compute_bonus, in_currency, parse_amount, parse_percentage
+from core.money import TooManyDecimals, in_currency
+from promos.money import MAX_AMOUNT, compute_bonus, parse_amount, parse_percentage
 
 amounts = st.decimals(min_value=Decimal("0.01"), max_value=MAX_AMOUNT, places=2)
 money_values = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("9999999999.99"), places=2)
