@@ -217,7 +217,9 @@ USAGE_MONEY = {"base_amount": "base_amount_shown", "bonus_amount": "bonus_amount
 
 @admin.register(PromoUsage)
 class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    # each amount shows its currency ("100.00 USD"): no column of its own (the list fits a 1366 px laptop)
     list_display = ["id", "promo", "tenant", *with_currency_columns(USAGE_RECORD, USAGE_MONEY)]
+    list_display.remove("currency")
     list_filter = [VoidedFilter, "currency", "tenant"]
     search_fields = ["customer", "reference", "promo__code"]
     date_hierarchy = "created_at"
