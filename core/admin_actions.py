@@ -198,7 +198,6 @@ def confirm_first(
     if "apply" in request.POST and (filled is None or filled.is_valid()):
         if filled is not None:
             apply["operation"] = functools.partial(apply["operation"], **filled.cleaned_data)
-        _report_left_the_list(modeladmin, request, rows)
         if seen is not None:
             for row in rows:
                 carried = request.POST.get(f"seen_{row.pk}", "")
@@ -226,7 +225,7 @@ def _report_left_the_list(modeladmin, request, rows):
     Django leaves it out of the action's rows, and it would go unmentioned."""
     if request.POST.get("select_across") == "1":
         return
-    acted_on = {str(row.pk) for row in rows}
+    acted_on = {str(row.pk) for row in rows} | getattr(request, "lockstep_left_alone", set())  # told already
     left = [pk for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if pk not in acted_on]
     if left:
         modeladmin.message_user(
@@ -258,6 +257,7 @@ def row_action(
 
     def action(modeladmin, request, queryset):
         rows = queryset.select_related(*select_related).order_by("pk")
+        _report_left_the_list(modeladmin, request, rows)
         act = functools.partial(_as_operator, operation, request.user) if by_operator else operation
         if confirm is not None:
             return confirm_first(modeladmin, request, rows, **confirm, operation=act, **report)

@@ -140,7 +140,9 @@ class TenantScopedAdminMixin(BadInputMixin):
         ids = tenant_ids(request, self.change_roles)
         if ids is not None and self.selection_is_row_ids(request):  # else BadInputMixin answers it, unfiltered
             selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
-            read_only = self.get_queryset(request).filter(pk__in=selected).exclude(**{self._lookup(): ids}).count()
+            left_alone = self.get_queryset(request).filter(pk__in=selected).exclude(**{self._lookup(): ids})
+            request.lockstep_left_alone = {str(pk) for pk in left_alone.values_list("pk", flat=True)}
+            read_only = len(request.lockstep_left_alone)
             if read_only:
                 message = ngettext(
                     "%(n)d selected row is in a tenant you may only view: left alone.",

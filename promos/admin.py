@@ -20,7 +20,7 @@ from core.money import in_currency, payable_currencies
 from promos.choices import OPEN_STATUSES
 from promos.managers import PROMO_EDITABLE, PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES
+from promos.money import DEFAULT_CURRENCY, written_bonus_value
 
 
 def in_its_currency(field, description):
@@ -81,10 +81,7 @@ class PromoCodeAdminForm(forms.ModelForm):
         promo = self.instance
         if promo.pk is None or self.is_bound:
             return
-        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
-            self.initial["bonus_value"] = f"{promo.bonus_value:.{PERCENT_PLACES}f}"
-        else:
-            self.initial["bonus_value"] = in_currency(promo.bonus_value, promo.currency)
+        self.initial["bonus_value"] = written_bonus_value(promo)
         self.initial["max_bonus"] = in_currency(promo.max_bonus, promo.currency)
 
     def clean_currency(self):
@@ -175,9 +172,8 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
 
     @admin.display(description=_("bonus value"), ordering="bonus_value")
     def bonus(self, promo):
-        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
-            return f"{promo.bonus_value:.{PERCENT_PLACES}f} %"
-        return f"{in_currency(promo.bonus_value, promo.currency)} {promo.currency}"
+        unit = "%" if promo.bonus_type == PromoCode.BonusType.PERCENTAGE else promo.currency
+        return f"{written_bonus_value(promo)} {unit}"
 
     maximum_bonus = in_its_currency("max_bonus", _("maximum bonus"))
 
@@ -218,8 +214,9 @@ USAGE_MONEY = {"base_amount": "base_amount_shown", "bonus_amount": "bonus_amount
 @admin.register(PromoUsage)
 class PromoUsageAdmin(RowPagesMixin, ActionsOnlyMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     # each amount shows its currency ("100.00 USD"): no column of its own (the list fits a 1366 px laptop)
-    list_display = ["id", "promo", "tenant", *with_currency_columns(USAGE_RECORD, USAGE_MONEY)]
-    list_display.remove("currency")
+    list_display = [
+        "id", "promo", "tenant", *(c for c in with_currency_columns(USAGE_RECORD, USAGE_MONEY) if c != "currency")
+    ]  # fmt: skip
     list_filter = [VoidedFilter, "currency", "tenant"]
     search_fields = ["customer", "reference", "promo__code"]
     date_hierarchy = "created_at"

@@ -93,6 +93,14 @@ def require_places(amount, currency):
     return amount.quantize(quantum(currency))
 
 
+def written_bonus_value(promo):
+    """A code's ``bonus_value`` as written everywhere: a rate with ``PERCENT_PLACES`` places ("12.50") for a
+    percentage, an amount with its currency's places ("500" JPY) for a fixed bonus."""
+    if promo.bonus_type == "percentage":
+        return f"{promo.bonus_value:.{PERCENT_PLACES}f}"
+    return money.in_currency(promo.bonus_value, promo.currency)
+
+
 def parse_percentage(value):
     """A percentage bonus_value: > 0, at most 100, at most ``PERCENT_PLACES`` places; ValueError otherwise."""
     rate = _decimal(value)

@@ -16,10 +16,9 @@ from core.api.inputs import (
     StrictDateTimeField,
     StrictInput,
 )
-from core.money import in_currency
 from promos.managers import PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import MAX_AMOUNT, PERCENT_PLACES, parse_amount, parse_percentage
+from promos.money import MAX_AMOUNT, parse_amount, parse_percentage, written_bonus_value
 
 CUSTOMER_MAX = 255
 CODE_MAX = 64
@@ -62,9 +61,7 @@ class BonusValueField(serializers.Field):
         super().__init__(source="*", read_only=True, **kwargs)
 
     def to_representation(self, promo):
-        if promo.bonus_type == PromoCode.BonusType.PERCENTAGE:
-            return f"{promo.bonus_value:.{PERCENT_PLACES}f}"
-        return in_currency(promo.bonus_value, promo.currency)
+        return written_bonus_value(promo)
 
 
 class CustomerField(serializers.CharField):

@@ -253,6 +253,17 @@ def test_a_row_that_left_the_lists_filter_before_confirm_is_named_not_dropped_in
     assert any("no longer match the list" in m and f"#{booking.pk}" in m for m in msgs), msgs
 
 
+def test_an_action_without_a_confirmation_names_a_row_that_left_the_lists_filter_too(admin_client, package):
+    held = book(package)
+    url = "/admin/bookings/booking/?status__exact=held"
+    Booking.objects.cancel(held.pk)  # after the list was shown, before the operator's click
+    msgs = messages_of(
+        admin_client.post(url, {"action": "release_hold_selected", "_selected_action": [held.pk]}, follow=True)
+    )
+    assert any("no longer match the list" in m and f"#{held.pk}" in m for m in msgs), msgs
+    assert Booking.objects.get(pk=held.pk).status == "cancelled"
+
+
 def test_the_refund_retry_page_promises_a_refund_only_where_one_is_owed(admin_client, package, client, settings):
     settings.PAYMENT_PROVIDER = "tests.bookings.providers.RefundDownProvider"
     late = book(PackageFactory(tenant=package.tenant, daily_capacity=1))
