@@ -88,6 +88,37 @@ def test_async_success_and_a_cancel_at_once_refund_exactly_once(recording_provid
     assert sorted(recording_provider.refunds) == sorted(b.pk for b in booked)  # once each
 
 
+def test_a_payment_and_a_cancel_at_the_version_shown_at_once_never_refund_what_the_cancel_did_not_see(
+    recording_provider,
+):
+    """The operator's (or storefront's) cancel carries the held booking's version; the payment lands at once."""
+    from core.exceptions import VersionConflict
+
+    package = PackageFactory()
+    booked = bookings(package, ROUNDS)
+    shown = {b.pk: Booking.objects.get(pk=b.pk).version for b in booked}
+    payloads = [completed_event(session(b)) for b in booked]
+
+    def attempt(i):
+        booking = booked[i // 2]
+        if i % 2 == 0:
+            return post(payloads[i // 2])
+        try:
+            return cancel_booking(booking.pk, version=shown[booking.pk]).status
+        except VersionConflict as refusal:
+            return refusal.code
+
+    outcomes = run_concurrently(attempt, 2 * ROUNDS)
+    assert tally(outcomes) == {"ok": 2 * ROUNDS}
+    for booking, (payment, cancel) in zip(booked, pairs(outcomes), strict=True):
+        # payment first: the cancel saw another booking, refused; cancel first: the late payment is refunded
+        assert (payment.value, cancel.value) in [("confirmed", "version_conflict"), ("refund_pending", "cancelled")]
+        expected = "confirmed" if cancel.value == "version_conflict" else "refunded"
+        assert Booking.objects.get(pk=booking.pk).status == expected
+    refunded = sorted(b.pk for b, (_p, c) in zip(booked, pairs(outcomes), strict=True) if c.value == "cancelled")
+    assert sorted(recording_provider.refunds) == refunded  # only payments made after a cancel, once each
+
+
 def test_async_failure_and_a_cancel_at_once_have_one_winner(recording_provider):
     package = PackageFactory()
     booked = bookings(package, ROUNDS)
