@@ -12,7 +12,7 @@ from rest_framework.authtoken import admin as authtoken_admin
 from rest_framework.authtoken.models import TokenProxy
 
 from core.admin_actions import ActionsOnlyMixin, BadInputMixin
-from core.admin_forms import GuardedChangeFormMixin
+from core.admin_forms import GuardedChangeFormMixin, RefusalMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.exceptions import MemberAlreadyExists
@@ -171,8 +171,9 @@ admin.site.register(ProcrastinateJob, JobAdmin)
 
 
 # Django's own user and group pages, and DRF's tokens, with the same guard on their actions and filters.
-class UserAdmin(BadInputMixin, auth_admin.UserAdmin):
-    pass
+class UserAdmin(BadInputMixin, RefusalMixin, auth_admin.UserAdmin):
+    """A user's deletion takes their memberships with it: refused (said on the list) where it would leave
+    a tenant without an owner."""
 
 
 class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):

@@ -13,8 +13,11 @@ committed meanwhile. ``GuardedChangeFormMixin`` replaces it:
   nothing is written (``RefusalMixin``, which also reports a refused delete).
 """
 
+import functools
+
 from django import forms
 from django.contrib import messages
+from django.db import router, transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
@@ -63,6 +66,31 @@ class RefusalMixin:
             setattr(request, REFUSAL_ATTR, refusal)
             return super().changeform_view(request, object_id, form_url, extra_context)
 
+    def judge_now(self):
+        """Have the database judge this transaction's deferred checks (foreign keys, constraint triggers such
+        as a tenant's last owner) now, not at the admin's COMMIT: a refusal must come before the admin
+        reports success and logs the change, so that both roll back with the refused write."""
+        transaction.get_connection(router.db_for_write(self.model)).check_constraints()
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        self.judge_now()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        self.judge_now()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        self.judge_now()
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            function, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (_all_or_nothing(function), name, description)
+        return actions
+
     def delete_view(self, request, object_id, extra_context=None):
         try:
             with database_refusals():
@@ -72,6 +100,22 @@ class RefusalMixin:
             opts = self.opts
             changelist = f"admin:{opts.app_label}_{opts.model_name}_changelist"
             return HttpResponseRedirect(reverse(changelist, current_app=self.admin_site.name))
+
+
+def _all_or_nothing(delete_selected):
+    """Django's bulk delete in one transaction: its log entries, the rows, and the database's verdict on
+    them (``judge_now``) stand or fall together; a refusal is reported on the list and nothing is deleted."""
+
+    @functools.wraps(delete_selected)  # its name, description and permissions
+    def action(modeladmin, request, queryset):
+        try:
+            with database_refusals(), transaction.atomic(using=router.db_for_write(modeladmin.model)):
+                return delete_selected(modeladmin, request, queryset)
+        except DomainError as refusal:
+            modeladmin.message_user(request, refusal_text(refusal), messages.ERROR)
+            return None
+
+    return action
 
 
 class GuardedChangeFormMixin(RefusalMixin):

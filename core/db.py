@@ -25,6 +25,9 @@ class LockNamespace(enum.Enum):
     IDEMPOTENCY_KEY = "core.idempotency_key"
     # per provider dispute: its events judged one at a time (an opening read while its close commits)
     PAYMENT_DISPUTE = "bookings.dispute"
+    # per tenant: a change that takes an owner away counts the owners left one at a time (at commit,
+    # in the membership_keeps_an_owner trigger)
+    TENANT_OWNERS = "core.tenant_owners"
 
 
 def _require_atomic(using):

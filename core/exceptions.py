@@ -106,6 +106,14 @@ class MemberAlreadyExists(Conflict):
     message = _("This user is already a member of this tenant.")
 
 
+class LastOwner(Conflict):
+    """The change would leave a tenant that has an owner without one (the membership_keeps_an_owner trigger)."""
+
+    code = "last_owner"
+    field = "role"
+    message = _("A tenant keeps at least one owner: make another member an owner first.")
+
+
 class TransitionRefused(Conflict):
     """The database's state-machine trigger refused a change of state (a bug or a lost race upstream)."""
 

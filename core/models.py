@@ -1,5 +1,6 @@
 import json
 
+import pgtrigger
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models
@@ -7,11 +8,12 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from core.db import LockNamespace, lock_key
 from core.db_backend.base import execute_carrying_timeouts
-from core.exceptions import MemberAlreadyExists, NotFound, TenantSlugTaken
+from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken
 from core.guards import ClockNow, constraint_errors, guarded
 from core.history import tracked
-from core.integrity import BumpVersion, StateMachine
+from core.integrity import BumpVersion, StateMachine, refusal_sql
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
@@ -81,14 +83,49 @@ class MembershipManager(models.Manager):
     def edit_member(self, membership_id, *, version, **changes):
         """Write only the changed fields (user, role) of a membership, at the version the caller read.
 
-        Locks: the membership row FOR NO KEY UPDATE (waits up to lock_timeout; no other lock).
+        Locks: the membership row FOR NO KEY UPDATE (waits up to lock_timeout); at commit, when an owner
+        was demoted, TENANT_OWNERS(tenant) (the membership_keeps_an_owner trigger, which counts the owners left).
 
         Refuses with VersionConflict when another edit committed since the caller read the row
         (membership_version bumped it): a form opened before a colleague demoted a member never
-        promotes them back. Raises NotFound, VersionConflict; ValueError for another field.
+        promotes them back; with LastOwner when the tenant's last owner would be demoted (at the
+        commit: inside a caller's transaction, at that one's). Raises NotFound, VersionConflict,
+        LastOwner; ValueError for another field.
         """
         refuse_unknown_fields(changes, MEMBERSHIP_EDITABLE, model="Membership", edit="a member edit")
         return edit_at_version(self.filter(pk=membership_id), version=version, changes=changes, missing=NotFound)
+
+
+class KeepsAnOwner(pgtrigger.Trigger):
+    """A tenant that has an owner keeps one: refuse, at commit, a change that took its last owner away (a
+    demotion, a deletion, a user's deletion cascading to it), whichever path wrote it.
+
+    Deferred to the commit so that a transaction may hand ownership over (promote, then demote), and so
+    that a tenant's own deletion, which Django carries out members first, passes: the tenant row is gone
+    by then. Two owners demoting each other at once would each count the other as still an owner; the
+    count is therefore taken under the tenant's TENANT_OWNERS advisory lock, on a snapshot taken after it,
+    so the second sees the first's commit and is refused.
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Update | pgtrigger.Delete
+    timing = pgtrigger.Deferred
+    condition = pgtrigger.Q(old__role="owner")
+
+    def get_func(self, model):
+        key = lock_key(LockNamespace.TENANT_OWNERS, "")
+        message = "format('tenant %s would have no owner', OLD.tenant_id)"
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'UPDATE' AND NEW.role = 'owner' AND NEW.tenant_id = OLD.tenant_id THEN RETURN NULL; END IF;
+            PERFORM pg_advisory_xact_lock(hashtextextended('{key}' || OLD.tenant_id, 0));
+            IF NOT EXISTS (SELECT 1 FROM {Tenant._meta.db_table} WHERE id = OLD.tenant_id) THEN RETURN NULL; END IF;
+            IF NOT EXISTS (SELECT 1 FROM {model._meta.db_table} WHERE tenant_id = OLD.tenant_id AND role = 'owner') THEN
+                {refusal_sql(self.name, "'owner->none'", message)}
+            END IF;
+            RETURN NULL;
+            """  # noqa: S608 - table names and a constant key, no input
+        )
 
 
 @tracked()
@@ -115,13 +152,17 @@ class Membership(models.Model):
         verbose_name = _("membership")
         verbose_name_plural = _("memberships")
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_user_per_tenant")]
-        triggers = [BumpVersion(name="membership_version", fields=MEMBERSHIP_EDITABLE)]
+        triggers = [
+            BumpVersion(name="membership_version", fields=MEMBERSHIP_EDITABLE),
+            KeepsAnOwner(name="membership_keeps_an_owner"),
+        ]
 
     def __str__(self):
         return f"{self.user} @ {self.tenant}"
 
 
 constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists, "core_tenant_slug_key": TenantSlugTaken})
+constraint_errors({"membership_keeps_an_owner": LastOwner})
 
 
 class IdempotencyKey(models.Model):

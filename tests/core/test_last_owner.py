@@ -1,0 +1,155 @@
+"""A tenant that has an owner keeps one, whichever path writes its memberships.
+
+The rule lives in the database (the ``membership_keeps_an_owner`` constraint trigger, judged at
+commit under the tenant's ``core.tenant_owners`` advisory lock): the manager, the admin's member
+page, its delete view and bulk delete, a user's deletion and a raw UPDATE all meet it.
+"""
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, connection, transaction
+
+from core.db import LockNamespace
+from core.exceptions import LastOwner
+from core.guards import database_refusals
+from core.models import Membership, Tenant
+from tests.core.test_admin_scope import form_data, url
+from tests.factories import TenantFactory
+from tests.races import Background, advisory_locked, lock_waiters, run_concurrently, tally, wait_until
+
+OWNER, STAFF = Membership.Role.OWNER, Membership.Role.STAFF
+
+
+def members(tenant, *roles, prefix="u"):
+    User = get_user_model()
+    return [
+        Membership.objects.create(
+            tenant=tenant, role=role, user=User.objects.create_user(f"{prefix}{i}", password="pw", is_staff=True)
+        )
+        for i, role in enumerate(roles)
+    ]
+
+
+def demote(membership):
+    fresh = Membership.objects.get(pk=membership.pk)
+    return Membership.objects.edit_member(fresh.pk, version=fresh.version, role=STAFF)
+
+
+def owners(tenant):
+    return Membership.objects.filter(tenant=tenant, role=OWNER).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_owner_is_not_demoted_and_another_owner_may_be():
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    demote(first)
+    with pytest.raises(LastOwner):
+        demote(second)
+    assert owners(tenant) == 1 and Membership.objects.get(pk=second.pk).role == OWNER
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_writer_meets_the_rule_a_raw_update_a_delete_and_a_users_deletion():
+    tenant = TenantFactory(slug="acme")
+    (owner,) = members(tenant, OWNER)
+    for statement in (
+        "UPDATE core_membership SET role = 'staff' WHERE id = %s",
+        "DELETE FROM core_membership WHERE id = %s",
+    ):
+        with pytest.raises(IntegrityError, match="would have no owner"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(statement, [owner.pk])
+    with pytest.raises(LastOwner), database_refusals(), transaction.atomic():
+        owner.user.delete()
+    assert owners(tenant) == 1 and get_user_model().objects.filter(pk=owner.user_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ownership_may_be_handed_over_in_one_transaction_and_a_tenant_deleted_with_its_owner():
+    tenant = TenantFactory(slug="acme")
+    owner, colleague = members(tenant, OWNER, STAFF)
+    with transaction.atomic():
+        Membership.objects.edit_member(colleague.pk, version=colleague.version, role=OWNER)
+        demote(owner)
+    assert list(Membership.objects.filter(tenant=tenant, role=OWNER)) == [colleague]
+    tenant.delete()  # Django deletes the members first: the tenant row is gone by the commit
+    assert not Tenant.objects.filter(pk=tenant.pk).exists() and not Membership.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_owners_demoting_themselves_at_once_leave_exactly_one():
+    """Each commit would count the others as owners still (none committed yet): counted one at a time,
+    the last to count sees every other demotion and is refused."""
+    tenant = TenantFactory(slug="acme")
+    everyone = members(tenant, *[OWNER] * 6)
+    outcomes = run_concurrently(lambda i: demote(everyone[i]), len(everyone))
+    assert tally(outcomes) == {"ok": 5, "last_owner": 1}
+    refused = next(member for member, outcome in zip(everyone, outcomes, strict=True) if not outcome.ok)
+    assert list(Membership.objects.filter(tenant=tenant, role=OWNER)) == [refused]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_demotions_whose_commits_meet_are_counted_one_after_the_other():
+    """Forced: both transactions reach their COMMIT while another connection holds the tenant's owner
+    lock, so both are ready to count at once; when it is released, exactly one is refused."""
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    with advisory_locked(LockNamespace.TENANT_OWNERS, tenant.pk):
+        attempts = [Background(lambda m=m: demote(m)) for m in (first, second)]
+        wait_until(lambda: lock_waiters() == 2)  # both COMMITs wait for the count
+    for attempt in attempts:
+        attempt.join()
+    assert sorted(attempt.outcome.code for attempt in attempts) == ["last_owner", "ok"]
+    assert owners(tenant) == 1
+
+
+@pytest.fixture
+def sole_owner(client):
+    tenant = TenantFactory(slug="acme")
+    owner, colleague = members(tenant, OWNER, STAFF)
+    client.force_login(owner.user)
+    return owner, colleague
+
+
+def refusal_said(response):
+    texts = [str(message) for message in response.context["messages"]] if response.context else []
+    return [text for text in texts if "last_owner" in text or "owner first" in text], texts
+
+
+@pytest.mark.django_db
+def test_the_member_page_refuses_a_last_owner_demoting_themselves(client, sole_owner):
+    owner, _colleague = sole_owner
+    change = url(Membership, "change", owner.pk)
+    data = form_data(client.get(change))
+    data["role"] = STAFF
+    refused = client.post(change, data)
+    assert refused.status_code == 200 and "make another member an owner first" in refused.content.decode()
+    assert Membership.objects.get(pk=owner.pk).role == OWNER
+    assert not any("successfully" in str(message) for message in refused.context["messages"])
+    assert not LogEntry.objects.exists()  # nothing logged for a change that did not happen
+
+
+@pytest.mark.django_db
+def test_the_delete_page_and_the_bulk_delete_refuse_to_remove_the_last_owner(client, sole_owner):
+    owner, colleague = sole_owner
+    response = client.post(url(Membership, "delete", owner.pk), {"post": "yes"}, follow=True)
+    said, texts = refusal_said(response)
+    assert said and not any("successfully" in text for text in texts)
+    bulk = {"action": "delete_selected", "post": "yes", "_selected_action": [owner.pk, colleague.pk]}
+    response = client.post(url(Membership, "changelist"), bulk, follow=True)
+    said, texts = refusal_said(response)
+    assert said and not any("Successfully deleted" in text for text in texts)
+    assert Membership.objects.filter(tenant=owner.tenant).count() == 2
+    assert not LogEntry.objects.exists()  # Django logs a bulk delete before it deletes: rolled back with it
+
+
+@pytest.mark.django_db
+def test_deleting_a_user_who_is_a_tenants_last_owner_is_refused_on_the_users_page(admin_client):
+    tenant = TenantFactory(slug="acme")
+    (owner,) = members(tenant, OWNER)
+    response = admin_client.post(url(get_user_model(), "delete", owner.user_id), {"post": "yes"}, follow=True)
+    said, _texts = refusal_said(response)
+    assert said and get_user_model().objects.filter(pk=owner.user_id).exists()
+    assert owners(tenant) == 1
