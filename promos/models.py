@@ -7,7 +7,7 @@ from django.db.models.functions import Lower, Now, Round
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, StateMachine, refusal_sql, within
+from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, refusal_sql, within
 from promos.choices import OPEN_STATUSES, SESSION_TRANSITIONS, BonusType, SessionStatus
 from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
 from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES, STORED_PLACES
@@ -270,13 +270,18 @@ SESSION_RECORD = (
 )  # fmt: skip
 
 
+# What a session was made for: never changed after creation, by any writer (FrozenColumns).
+SESSION_TERMS = ("tenant", "session_id", "customer", "max_amount", "currency", "secret_hash")
+
+
 @tracked(exclude=["secret_hash"])
 class RedemptionSession(GuardedModel):
     """A customer-approved allowance a shop may consume exactly once before ``expires_at``.
 
     Status, stamps, amounts, expiry and the secret change only through
     ``RedemptionSession.objects``; the database refuses any status change outside
-    ``SESSION_TRANSITIONS`` and any new session not ``pending``.
+    ``SESSION_TRANSITIONS``, any new session not ``pending`` and any change of ``SESSION_TERMS``
+    (``redemption_session_terms_transition``: 409 invalid_transition).
     """
 
     guarded_fields = (
@@ -351,6 +356,9 @@ class RedemptionSession(GuardedModel):
         ]
         triggers = [
             StateMachine(name="redemption_session_status_transition", field="status", transitions=SESSION_TRANSITIONS),
+            # What the customer approved and who may use it: a raise of the limit, another currency,
+            # tenant or customer, or a new secret after approval would use a consent never given.
+            FrozenColumns(name="redemption_session_terms_transition", fields=SESSION_TERMS),
         ]
 
     def __str__(self):

@@ -136,6 +136,45 @@ def test_a_session_is_born_pending_only(tenant, status):
     assert name == (None if status == "pending" else "redemption_session_status_transition"), (status, name)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(currency="EUR"),
+        dict(max_amount=Decimal("1000.00")),
+        dict(customer="mallory"),
+        dict(secret_hash="0" * 64),
+        dict(session_id="00000000-0000-0000-0000-000000000001"),
+        "tenant",
+    ],
+    ids=lambda change: change if isinstance(change, str) else next(iter(change)),
+)
+def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change):
+    """redemption_session_terms_transition: a raw UPDATE of a session's currency (or tenant, customer, limit,
+    secret, public id) is refused by the database (409 invalid_transition), not only by GuardedModel's save()."""
+    from tests.factories import TenantFactory
+
+    session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("100.00"))
+    if change == "tenant":
+        change = dict(tenant=TenantFactory())
+    rows = RedemptionSession.objects.filter(pk=session.pk)
+    assert refused_by(lambda: rows.update(**change)) == "redemption_session_terms_transition"
+    with pytest.raises(TransitionRefused) as refusal:
+        with database_refusals(), transaction.atomic():
+            rows.update(**change)
+    assert refusal.value.code == "invalid_transition"
+    assert refusal.value.params == {"old": "made", "new": "altered"}
+    stored = rows.get()
+    assert (stored.tenant_id, stored.currency, stored.max_amount, stored.customer) == (
+        tenant.pk,
+        "USD",
+        Decimal("100.00"),
+        "alice",
+    )
+    assert (stored.secret_hash, stored.session_id) == (session.secret_hash, session.session_id)
+    # What the machine moves is still free to move: the trigger freezes terms, not states.
+    RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
+
+
 # --- usages: voided once, never changed ---------------------------------------------------------
 
 
