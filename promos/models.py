@@ -192,6 +192,8 @@ class PromoCode(GuardedModel):
         triggers = [
             BumpVersion(name="promo_code_version", fields=PROMO_EDITABLE),
             PromoCurrencyFrozen(name="promo_currency_frozen"),
+            # A code never moves to another shop: its usages, counter and limits were counted in this one.
+            FrozenColumns(name="promo_code_tenant_transition", fields=("tenant",)),
         ]
 
     def __str__(self):

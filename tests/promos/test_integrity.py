@@ -175,6 +175,24 @@ def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change
     RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
 
 
+def test_a_promo_code_never_moves_to_another_shop_whoever_writes(tenant):
+    """promo_code_tenant_transition: a raw UPDATE of a code's tenant is refused by the database (409
+    invalid_transition); its usages, counter and limits were counted in its shop (only save() was stopped)."""
+    from tests.factories import TenantFactory
+
+    promo = PromoCodeFactory(tenant=tenant)
+    PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    rows = PromoCode.objects.filter(pk=promo.pk)
+    elsewhere = TenantFactory()
+    assert refused_by(lambda: rows.update(tenant=elsewhere)) == "promo_code_tenant_transition"
+    with pytest.raises(TransitionRefused) as refusal:
+        with database_refusals(), transaction.atomic():
+            rows.update(tenant=elsewhere)
+    assert refusal.value.code == "invalid_transition"
+    assert rows.get().tenant_id == tenant.pk
+    assert assert_invariant(promo) == 1
+
+
 # --- usages: voided once, never changed ---------------------------------------------------------
 
 
