@@ -30,8 +30,9 @@ class UsageWriteOnce(pgtrigger.Trigger):
     ``voided_at`` goes from NULL to a time exactly once and never back (un-voiding
     would count a use the code already gave back); the promo, customer, tenant and
     amounts never change (they are what the code's counter and the customer's limit
-    counted). A usage is also born live: a voided insert would never have been counted, and
-    in its code's currency (which cannot change once a usage exists: ``PromoCurrencyFrozen``).
+    counted). A usage is also born live: a voided insert would never have been counted, in its
+    code's currency (which cannot change once a usage exists: ``PromoCurrencyFrozen``) and in its
+    code's shop (another tenant would list and void it, giving a use back to a code not its own).
     Raises SQLSTATE 23514 named ``promo_usage_transition`` (409 invalid_transition).
     """
 
@@ -61,8 +62,11 @@ class UsageWriteOnce(pgtrigger.Trigger):
             f"""
             IF TG_OP = 'INSERT' THEN
                 IF NEW."voided_at" IS NOT NULL THEN {refuse("", "voided", "cannot start voided")} END IF;
-                IF NOT EXISTS (SELECT 1 FROM "{codes}" WHERE "id" = NEW."promo_id" AND "currency" = NEW."currency") THEN
-                    {refuse("", "usage", "is not in the currency of its code")}
+                IF NOT EXISTS (
+                    SELECT 1 FROM "{codes}"
+                    WHERE "id" = NEW."promo_id" AND "currency" = NEW."currency" AND "tenant_id" = NEW."tenant_id"
+                ) THEN
+                    {refuse("", "usage", "is not in the currency and shop of its code")}
                 END IF;
                 RETURN NEW;
             END IF;

@@ -234,6 +234,21 @@ def test_a_usage_is_born_live(tenant):
     assert name == "promo_usage_transition"
 
 
+def test_a_usage_is_born_in_its_codes_shop(tenant, api_client):
+    """promo_usage_transition: a usage inserted under another tenant than its code's is refused by the
+    database. Let through, that tenant listed and voided it: the void gave a use back to a code of
+    another shop (usage_in_its_codes_tenant only told afterwards)."""
+    from tests.factories import TenantFactory
+
+    promo = PromoCodeFactory(tenant=TenantFactory(), total_usage_limit=1)
+    PromoCode.objects.redeem(promo.code, tenant=promo.tenant, customer="a", amount="10")
+    stray = dict(tenant=tenant, promo=promo, customer="b", base_amount=Decimal("10"), bonus_amount=Decimal("1"))
+    assert refused_by(lambda: PromoUsage.objects.create(**stray)) == "promo_usage_transition"
+    assert not PromoUsage.objects.for_tenant(tenant).exists()
+    assert api_client.get("/api/t/acme/promo-usages").json()["results"] == []
+    assert assert_invariant(promo) == 1
+
+
 # --- promo codes: version ----------------------------------------------------------------------
 
 
