@@ -302,3 +302,9 @@ def test_a_profiles_history_page_shows_its_changes_and_its_audit_entries(admin_c
     assert [e.pk for e in page.context["audit_entries"]][0] == entry.pk
     assert f'href="/admin/profiles/profileauditlog/{entry.pk}/change/"' in page.content.decode()
     assert admin_client.get("/admin/profiles/profile/abc/history/").status_code == 404
+
+
+@pytest.mark.parametrize("object_id", ["%C2%B2", "99999999999999999999", "%00"])
+def test_a_profiles_history_page_with_a_garbled_id_is_404_not_500(admin_client, tree, object_id):
+    # "²" is str.isdigit(), yet no integer: filtering the audit entries on it raised ValueError (a 500)
+    assert admin_client.get(f"/admin/profiles/profile/{object_id}/history/").status_code == 404
