@@ -48,6 +48,17 @@ def test_create_read_update_delete_restore(api_client, tenant, member):
     assert set(history[0]) >= {"id", "profile", "action", "old_data", "new_data", "actor", "created_at", "undone_at"}
 
 
+def test_restore_at_a_stale_version_is_409_version_conflict(api_client, tree):
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    Profile.objects.restore(kid.pk, tenant=tenant, version=2)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    response = api_client.post(f"{BASE}/profiles/{kid.pk}/restore", {"version": 2}, format="json")
+    assert_error(response, 409, "version_conflict")
+    assert response.json()["error"]["details"] == {"current": 4}
+    assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
+
+
 def test_list_search(api_client, tenant):
     ProfileFactory(tenant=tenant, first_name="Zaid")
     ProfileFactory(tenant=tenant, first_name="Omar")
