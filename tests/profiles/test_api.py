@@ -193,6 +193,33 @@ def test_parent_rule_refusals(api_client, tree):
     assert fresh(kid).version == 1
 
 
+def test_a_rule_that_stored_values_break_on_restore_or_undo_is_409_not_400(api_client, tree):
+    """A restore or an undo carries no value to correct (DESIGN: 400 is invalid input, 409 refused by the
+    current state): when what it would bring back breaks a rule, the code is the rule's, the status 409."""
+    kid, dad, tenant = tree["kid"], tree["dad"], tree["kid"].tenant
+    # The father's sex changed while his only child was deleted: restoring the child cannot be fixed by the caller.
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    Profile.objects.update_profile(dad.pk, tenant=tenant, version=1, sex="female")
+    assert_error(api_client.post(f"{BASE}/profiles/{kid.pk}/restore", {}, format="json"), 409, "parent_wrong_sex")
+    assert fresh(kid).deleted_at is not None
+    # An undo bringing back a date of death before a date of birth written since.
+    mum = tree["mum"]
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=1, death_date="2000-01-01")
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=2, death_date="2050-01-01")
+    entry = ProfileAuditLog.objects.filter(profile=mum).order_by("-id").first()
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=3, birth_date="2020-01-01")
+    response = api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json")
+    assert_error(response, 409, "invalid_dates")
+    assert fresh(mum).version == 4 and ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+    # A request's own values breaking the same rules stay 400.
+    assert_error(create(api_client, birth_date="2000-01-02", death_date="1999-12-31"), 400, "invalid_dates")
+    grandpa = tree["grandpa"]
+    response = api_client.patch(
+        f"{BASE}/profiles/{grandpa.pk}", {"version": 1, "father": tree["grandma"].pk}, format="json"
+    )
+    assert_error(response, 400, "parent_wrong_sex")
+
+
 # --- bad input never 500 -----------------------------------------------------
 
 
