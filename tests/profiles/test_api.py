@@ -193,6 +193,22 @@ def test_parent_rule_refusals(api_client, tree):
     assert fresh(kid).version == 1
 
 
+def test_stale_version_details_name_the_fields_by_key_in_every_language(api_client, tree):
+    """Details are values for programs, the same in every language (docs/api.md); the message names labels."""
+    kid = tree["kid"]
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="B", last_name="L")
+    entry = ProfileAuditLog.objects.get(profile=kid, action="update")
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=2, first_name="C", last_name="M")
+    url = f"{BASE}/audit-log/{entry.pk}/undo"
+    english = assert_error(api_client.post(url, {"reason": "r"}, format="json"), 409, "stale_version")
+    arabic = assert_error(
+        api_client.post(url, {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "stale_version"
+    )
+    assert english["details"] == arabic["details"] == {"fields": "first_name, last_name"}
+    assert english["message"].endswith(": first name, last name.")
+    assert arabic["message"].endswith(": الاسم الأول، الاسم الأخير.")
+
+
 def test_a_rule_that_stored_values_break_on_restore_or_undo_is_409_not_400(api_client, tree):
     """A restore or an undo carries no value to correct (DESIGN: 400 is invalid input, 409 refused by the
     current state): when what it would bring back breaks a rule, the code is the rule's, the status 409."""
