@@ -4,6 +4,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -178,8 +179,8 @@ class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
 
     def history_view(self, request, object_id, extra_context=None):
         """One page: every change of the row, then its audit entries (reasons, undo) linked."""
-        entries = ProfileAuditLog.objects.select_related("actor").order_by("-id")
-        entries = entries.filter(profile_id=object_id)[:100] if str(object_id).isdigit() else []  # else: 404 below
+        profile = self.get_object(request, unquote(object_id))  # a garbled id, or another tenant's: 404
+        entries = ProfileAuditLog.objects.select_related("actor").filter(profile=profile).order_by("-id")[:100]
         return super().history_view(request, object_id, {**(extra_context or {}), "audit_entries": entries})
 
     soft_delete_selected = _profile_action(

@@ -131,13 +131,17 @@ FIELD_LABELS = {
 }
 
 
-class _FieldList:
-    """Field names rendered as their labels in the language active when the message is rendered."""
+class _FieldList(str):
+    """Field keys as a value, ``"first_name, last_name"``: what the API's ``details`` carry, the same in every
+    language; the message names their ``label``s, in the language active when it is rendered."""
 
-    def __init__(self, fields):
-        self.fields = tuple(fields)
+    def __new__(cls, fields):
+        keys = super().__new__(cls, ", ".join(fields))
+        keys.fields = tuple(fields)
+        return keys
 
-    def __str__(self):
+    @property
+    def label(self):
         return str(_(", ")).join(str(FIELD_LABELS.get(field, field)) for field in self.fields)
 
 

@@ -39,7 +39,7 @@ from django.db.models import Q
 
 from core import rows
 from core.db import LockNamespace, advisory_xact_lock, tried_lock, try_advisory_xact_lock
-from core.exceptions import LockContended, VersionConflict
+from core.exceptions import Conflict, InvalidInput, LockContended, VersionConflict
 from core.guards import ClockNow, guarded, is_lock_error
 from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared, in_one_statement, insert_statement, returned_by, saved, update_statement
@@ -103,6 +103,17 @@ def _normalize(changes):
             value = ""
         out[field] = value
     return out
+
+
+@contextmanager
+def _stored_values():
+    """A rule broken by values the caller did not send (a restore or an undo brings back stored ones) is a
+    refusal by the current state: 409, under the rule's own code (DESIGN: 400 is invalid input)."""
+    try:
+        yield
+    except InvalidInput as refusal:
+        refusal.status_code = Conflict.status_code
+        raise
 
 
 class _LockSteps:
@@ -266,7 +277,8 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
             raise VersionConflict(current=profile.version)
         if not profile.is_deleted:
             raise ProfileNotDeleted()
-        self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
+        with _stored_values():
+            self._check(profile, {"deleted_at": None}, steps=steps, tenant=tenant, parents=self._parents_of(profile))
         self._apply(profile, {"deleted_at": None}, action=AuditAction.RESTORE, actor=actor)
         return profile
 
@@ -476,12 +488,14 @@ class ProfileManager(models.Manager.from_queryset(ProfileQuerySet)):
             if stale:
                 raise StaleVersion(fields=stale)
             delta = _normalize({f: entry.old_data.get(f) for f in fields})
-            self._check(profile, delta, steps=steps, tenant=tenant_id)
+            with _stored_values():
+                self._check(profile, delta, steps=steps, tenant=tenant_id)
         elif entry.action == AuditAction.DELETE:  # undo = restore
             if _as_json(profile.deleted_at) != entry.new_data.get("deleted_at"):
                 raise StaleVersion(fields=["deleted_at"])
             delta = {"deleted_at": None}
-            self._check(profile, delta, steps=steps, tenant=tenant_id, parents=self._parents_of(profile))
+            with _stored_values():
+                self._check(profile, delta, steps=steps, tenant=tenant_id, parents=self._parents_of(profile))
         else:  # "restore": undo = soft delete
             if profile.is_deleted:
                 raise StaleVersion(fields=["deleted_at"])

@@ -39,7 +39,8 @@ class ProfileParentsLive(pgtrigger.Trigger):
     (``deleted_at`` back to NULL), for rows that are live afterwards; each parent so referenced
     must be live (not soft-deleted, not missing), of the same tenant, of its role's sex (a father
     male, a mother female) and, on an update, not the profile itself or one of its descendants
-    (a cycle). A profile's own sex may not change while a live child has it as the other parent,
+    (a cycle). A deleted row may keep or take any parent, but never a descendant: no profile, live
+    or deleted, is its own ancestor. A profile's own sex may not change while a live child has it as the other parent,
     and no profile moves to another tenant (its parents and children would be another tenant's).
     A backstop behind the manager's locks, not the guard: the manager locks each parent FOR
     UPDATE NOWAIT under the tenant's tree lock and names the refusal (parent_deleted,
@@ -58,10 +59,12 @@ class ProfileParentsLive(pgtrigger.Trigger):
         ("v_sex", "text"),
         ("v_found", "record"),
         ("v_again", "boolean"),
+        ("v_live", "boolean"),
     ]
 
     def get_func(self, model):
         # v_again: inserted or restored, the row points at every parent again; else only at a changed one.
+        # v_live: the parent rules hold for a live row; a deleted one is only kept from closing a cycle.
         # (No SQL comment in the body: the migration stores it on one line.)
         table = model._meta.db_table
         refuse = refusal_sql(
@@ -75,14 +78,14 @@ class ProfileParentsLive(pgtrigger.Trigger):
                 v_role := 'tenant'; v_why := 'another tenant';
                 {refuse}
             END IF;
-            IF NEW."deleted_at" IS NOT NULL THEN RETURN NEW; END IF;
             IF TG_OP = 'UPDATE' AND OLD."deleted_at" IS NOT DISTINCT FROM NEW."deleted_at"
                AND OLD."father_id" IS NOT DISTINCT FROM NEW."father_id"
                AND OLD."mother_id" IS NOT DISTINCT FROM NEW."mother_id"
                AND OLD."sex" IS NOT DISTINCT FROM NEW."sex" THEN
                 RETURN NEW;
             END IF;
-            v_again := TG_OP = 'INSERT' OR OLD."deleted_at" IS NOT NULL;
+            v_live := NEW."deleted_at" IS NULL;
+            v_again := v_live AND (TG_OP = 'INSERT' OR OLD."deleted_at" IS NOT NULL);
             FOREACH v_role IN ARRAY ARRAY['father', 'mother'] LOOP
                 IF v_role = 'father' THEN
                     v_parent := NEW."father_id"; v_sex := 'male';
@@ -92,15 +95,18 @@ class ProfileParentsLive(pgtrigger.Trigger):
                     v_was := CASE WHEN TG_OP = 'UPDATE' THEN OLD."mother_id" END;
                 END IF;
                 CONTINUE WHEN v_parent IS NULL OR NOT (v_again OR v_was IS DISTINCT FROM v_parent);
-                SELECT p."deleted_at", p."tenant_id", p."sex" INTO v_found
-                  FROM "{table}" p WHERE p."id" = v_parent;
-                IF NOT FOUND OR v_found."deleted_at" IS NOT NULL THEN
-                    v_why := v_role || ' deleted';
-                ELSIF v_found."tenant_id" IS DISTINCT FROM NEW."tenant_id" THEN
-                    v_why := v_role || ' of another tenant';
-                ELSIF v_found."sex" IS DISTINCT FROM v_sex THEN
-                    v_why := v_role || ' not ' || v_sex;
-                ELSIF TG_OP = 'UPDATE' AND EXISTS (
+                IF v_live THEN
+                    SELECT p."deleted_at", p."tenant_id", p."sex" INTO v_found
+                      FROM "{table}" p WHERE p."id" = v_parent;
+                    IF NOT FOUND OR v_found."deleted_at" IS NOT NULL THEN
+                        v_why := v_role || ' deleted';
+                    ELSIF v_found."tenant_id" IS DISTINCT FROM NEW."tenant_id" THEN
+                        v_why := v_role || ' of another tenant';
+                    ELSIF v_found."sex" IS DISTINCT FROM v_sex THEN
+                        v_why := v_role || ' not ' || v_sex;
+                    END IF;
+                END IF;
+                IF v_why IS NULL AND TG_OP = 'UPDATE' AND EXISTS (
                     WITH RECURSIVE up("id") AS (
                         SELECT v_parent
                         UNION
@@ -113,7 +119,7 @@ class ProfileParentsLive(pgtrigger.Trigger):
                 END IF;
                 IF v_why IS NOT NULL THEN {refuse} END IF;
             END LOOP;
-            IF TG_OP = 'UPDATE' AND OLD."sex" IS DISTINCT FROM NEW."sex" AND EXISTS (
+            IF v_live AND TG_OP = 'UPDATE' AND OLD."sex" IS DISTINCT FROM NEW."sex" AND EXISTS (
                 SELECT 1 FROM "{table}" c WHERE c."deleted_at" IS NULL AND (
                     (c."father_id" = NEW."id" AND NEW."sex" <> 'male')
                     OR (c."mother_id" = NEW."id" AND NEW."sex" <> 'female'))

@@ -230,6 +230,20 @@ def test_the_soft_delete_confirmation_acts_at_the_version_the_operator_was_shown
     assert fresh(kid).deleted_at is not None
 
 
+def test_the_restore_confirmation_acts_at_the_version_the_operator_was_shown(admin_client, tree):
+    """Restored and deleted again between the page and Confirm: refused, not restored at a state not shown."""
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    page = admin_client.post(PROFILE_LIST, {"action": "restore_selected", "_selected_action": [kid.pk]})
+    assert f'name="seen_{kid.pk}" value="2"' in page.content.decode()
+    Profile.objects.restore(kid.pk, tenant=tenant, version=2)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    confirm = {"action": "restore_selected", "apply": "1", "_selected_action": [kid.pk], f"seen_{kid.pk}": 2}
+    messages = texts(admin_client.post(PROFILE_LIST, confirm, follow=True))
+    assert any("version_conflict" in m and f"#{kid.pk}" in m for m in messages), messages
+    assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
+
+
 @pytest.mark.django_db(transaction=True)
 def test_admin_save_whose_commit_hits_a_lock_comes_back_as_a_refusal_not_a_500(admin_client, django_user_model):
     """Regression: the admin commits after the manager returned, so a lock timeout at that COMMIT
@@ -302,3 +316,9 @@ def test_a_profiles_history_page_shows_its_changes_and_its_audit_entries(admin_c
     assert [e.pk for e in page.context["audit_entries"]][0] == entry.pk
     assert f'href="/admin/profiles/profileauditlog/{entry.pk}/change/"' in page.content.decode()
     assert admin_client.get("/admin/profiles/profile/abc/history/").status_code == 404
+
+
+@pytest.mark.parametrize("object_id", ["%C2%B2", "99999999999999999999", "%00"])
+def test_a_profiles_history_page_with_a_garbled_id_is_404_not_500(admin_client, tree, object_id):
+    # "²" is str.isdigit(), yet no integer: filtering the audit entries on it raised ValueError (a 500)
+    assert admin_client.get(f"/admin/profiles/profile/{object_id}/history/").status_code == 404

@@ -48,6 +48,17 @@ def test_create_read_update_delete_restore(api_client, tenant, member):
     assert set(history[0]) >= {"id", "profile", "action", "old_data", "new_data", "actor", "created_at", "undone_at"}
 
 
+def test_restore_at_a_stale_version_is_409_version_conflict(api_client, tree):
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    Profile.objects.restore(kid.pk, tenant=tenant, version=2)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    response = api_client.post(f"{BASE}/profiles/{kid.pk}/restore", {"version": 2}, format="json")
+    assert_error(response, 409, "version_conflict")
+    assert response.json()["error"]["details"] == {"current": 4}
+    assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
+
+
 def test_list_search(api_client, tenant):
     ProfileFactory(tenant=tenant, first_name="Zaid")
     ProfileFactory(tenant=tenant, first_name="Omar")
@@ -180,6 +191,49 @@ def test_parent_rule_refusals(api_client, tree):
     assert_error(api_client.delete(f"{BASE}/profiles/{dad.pk}?version=1"), 409, "profile_has_children")
     assert_error(create(api_client, birth_date="2000-01-02", death_date="1999-12-31"), 400, "invalid_dates")
     assert fresh(kid).version == 1
+
+
+def test_stale_version_details_name_the_fields_by_key_in_every_language(api_client, tree):
+    """Details are values for programs, the same in every language (docs/api.md); the message names labels."""
+    kid = tree["kid"]
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=1, first_name="B", last_name="L")
+    entry = ProfileAuditLog.objects.get(profile=kid, action="update")
+    Profile.objects.update_profile(kid.pk, tenant=kid.tenant, version=2, first_name="C", last_name="M")
+    url = f"{BASE}/audit-log/{entry.pk}/undo"
+    english = assert_error(api_client.post(url, {"reason": "r"}, format="json"), 409, "stale_version")
+    arabic = assert_error(
+        api_client.post(url, {"reason": "r"}, format="json", HTTP_ACCEPT_LANGUAGE="ar"), 409, "stale_version"
+    )
+    assert english["details"] == arabic["details"] == {"fields": "first_name, last_name"}
+    assert english["message"].endswith(": first name, last name.")
+    assert arabic["message"].endswith(": الاسم الأول، الاسم الأخير.")
+
+
+def test_a_rule_that_stored_values_break_on_restore_or_undo_is_409_not_400(api_client, tree):
+    """A restore or an undo carries no value to correct (DESIGN: 400 is invalid input, 409 refused by the
+    current state): when what it would bring back breaks a rule, the code is the rule's, the status 409."""
+    kid, dad, tenant = tree["kid"], tree["dad"], tree["kid"].tenant
+    # The father's sex changed while his only child was deleted: restoring the child cannot be fixed by the caller.
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    Profile.objects.update_profile(dad.pk, tenant=tenant, version=1, sex="female")
+    assert_error(api_client.post(f"{BASE}/profiles/{kid.pk}/restore", {}, format="json"), 409, "parent_wrong_sex")
+    assert fresh(kid).deleted_at is not None
+    # An undo bringing back a date of death before a date of birth written since.
+    mum = tree["mum"]
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=1, death_date="2000-01-01")
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=2, death_date="2050-01-01")
+    entry = ProfileAuditLog.objects.filter(profile=mum).order_by("-id").first()
+    Profile.objects.update_profile(mum.pk, tenant=tenant, version=3, birth_date="2020-01-01")
+    response = api_client.post(f"{BASE}/audit-log/{entry.pk}/undo", {"reason": "r"}, format="json")
+    assert_error(response, 409, "invalid_dates")
+    assert fresh(mum).version == 4 and ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
+    # A request's own values breaking the same rules stay 400.
+    assert_error(create(api_client, birth_date="2000-01-02", death_date="1999-12-31"), 400, "invalid_dates")
+    grandpa = tree["grandpa"]
+    response = api_client.patch(
+        f"{BASE}/profiles/{grandpa.pk}", {"version": 1, "father": tree["grandma"].pk}, format="json"
+    )
+    assert_error(response, 400, "parent_wrong_sex")
 
 
 # --- bad input never 500 -----------------------------------------------------

@@ -114,6 +114,16 @@ def test_blank_reason_exits_2_with_the_localized_message_even_for_a_real_entry(m
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
+@pytest.mark.parametrize("option", ["--reason", "--actor"])
+def test_a_reason_or_actor_that_is_not_utf8_exits_2_not_a_traceback(moved, capsys, option):
+    # A byte that is not UTF-8 on the command line (e.g. Latin-1 "caf\xe9" from a terminal) reaches Python as a
+    # lone surrogate (surrogateescape), which PostgreSQL's text cannot take: it was a UnicodeEncodeError traceback.
+    args = {"--reason": ["--reason", "caf\udce9"], "--actor": ["--reason", "r", "--actor", "caf\udce9"]}[option]
+    code, out, err = run("undo_audit_entry", moved["entry"].pk, *args, "--language", "ar", capsys=capsys)
+    assert (code, out) == (2, "") and option in err and "UTF-8" in err and "Traceback" not in err
+    assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
+
+
 def test_show_history_of_a_profile_and_of_one_entry(moved, capsys):
     kid, entry = moved["kid"], moved["entry"]
     run("undo_audit_entry", entry.pk, "--reason", "back", capsys=capsys)

@@ -322,6 +322,21 @@ def test_a_descendant_is_never_an_ancestor_however_far_down(family):
     assert outcome(lambda: Profile.objects.filter(pk=family["uncle"].pk).update(father=great)) == "ok"
 
 
+def test_deleted_rows_never_close_a_cycle_either(family):
+    """A deleted row may keep or take a deleted parent (the parent rules are about live rows), but no profile,
+    live or deleted, is its own ancestor (``check_invariants``' no_cycles reads them all): a raw write that closes a
+    cycle among deleted rows is refused as one among live rows is."""
+    tenant = family["kid"].tenant
+    grandkid = ProfileFactory(tenant=tenant, first_name="Grandkid", father=family["kid"])
+    for row in (grandkid, family["kid"], family["dad"]):  # children first: a parent with live children stays
+        Profile.objects.soft_delete(row.pk, tenant=tenant, version=fresh(row).version)
+    assert outcome(lambda: Profile.objects.filter(pk=family["dad"].pk).update(father=grandkid)) == (
+        "profile_parent_transition"
+    )
+    assert outcome(lambda: Profile.objects.filter(pk=family["kid"].pk).update(mother=family["gone_mum"])) == "ok"
+    assert outcome(lambda: Profile.objects.filter(pk=family["dad"].pk).update(father=family["gone_dad"])) == "ok"
+
+
 def test_restoring_a_profile_whose_parent_was_deleted_meanwhile_is_refused(family):
     """The parent column does not change, but the row comes back to life pointing at a deleted parent."""
     tenant = family["kid"].tenant

@@ -103,6 +103,19 @@ def test_soft_delete_and_restore(tree):
     refused("profile_not_deleted", Profile.objects.restore, kid.pk, tenant=kid.tenant)
 
 
+def test_restore_at_a_version_the_profile_no_longer_has_is_version_conflict(tree):
+    """The admin's restore action and the API's ``{version}`` act at the version the caller saw: a profile
+    restored and deleted again since is refused, not restored unseen."""
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)  # the caller sees version 2, deleted
+    Profile.objects.restore(kid.pk, tenant=tenant, version=2)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    error = refused("version_conflict", Profile.objects.restore, kid.pk, tenant=tenant, version=2)
+    assert error.params == {"current": 4}
+    assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
+    assert Profile.objects.restore(kid.pk, tenant=tenant, version=4).deleted_at is None
+
+
 def test_parent_with_living_children_cannot_be_deleted(tree):
     dad = tree["dad"]
     error = refused("profile_has_children", Profile.objects.soft_delete, dad.pk, tenant=dad.tenant, version=1)
@@ -330,6 +343,34 @@ def test_undo_of_delete_is_stale_once_the_profile_was_restored_and_deleted_again
     )
     assert error.fields == ("deleted_at",) and error.render().endswith(": deleted at.")
     assert fresh(kid).deleted_at is not None and fresh(kid).version == 4
+
+
+def test_undo_of_restore_is_stale_once_the_profile_was_deleted_again(tree):
+    """Undoing a restore deletes; a profile deleted again since keeps that delete's time and entry as they are."""
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=1)
+    Profile.objects.restore(kid.pk, tenant=tenant, version=2)
+    restore_entry = last_entry(kid)
+    deleted_again = Profile.objects.soft_delete(kid.pk, tenant=tenant, version=3)
+    error = refused(
+        "stale_version", ProfileAuditLog.objects.undo, restore_entry.pk, tenant=tenant, actor=None, reason="r"
+    )
+    assert error.fields == ("deleted_at",)
+    assert (fresh(kid).deleted_at, fresh(kid).version) == (deleted_again.deleted_at, 4)
+    assert ProfileAuditLog.objects.get(pk=restore_entry.pk).undone_at is None
+    # The second delete can still be undone: its time was not overwritten.
+    ProfileAuditLog.objects.undo(last_entry(kid).pk, tenant=tenant, actor=None, reason="r")
+    assert fresh(kid).deleted_at is None
+
+
+def test_undo_of_an_update_of_a_profile_deleted_since_is_refused_and_writes_nothing(tree):
+    kid, tenant = tree["kid"], tree["kid"].tenant
+    update(kid, first_name="Renamed")
+    entry = last_entry(kid)
+    Profile.objects.soft_delete(kid.pk, tenant=tenant, version=2)
+    refused("profile_deleted", ProfileAuditLog.objects.undo, entry.pk, tenant=tenant, actor=None, reason="r")
+    assert (fresh(kid).first_name, fresh(kid).version) == ("Renamed", 3)
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
 def test_undo_of_restore_refused_while_children_live(tree):

@@ -24,6 +24,16 @@ def chosen_language(options):
     return language if language in dict(settings.LANGUAGES) else settings.LANGUAGE_CODE
 
 
+def is_text(value):
+    """Whether ``value`` is text PostgreSQL can store: a byte of argv that is not UTF-8 reaches Python as a lone
+    surrogate (surrogateescape), which the database driver cannot encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 def fail(command, message, code):
     """Print the (already localized) message on stderr and exit with ``code``."""
     command.stderr.write(str(message))

@@ -11,6 +11,7 @@ from profiles.management.commands._language import (
     add_language_argument,
     chosen_language,
     fail,
+    is_text,
     override,
 )
 from profiles.models import ProfileAuditLog
@@ -41,6 +42,9 @@ class Command(GuardedCommand):
             fail(self, _("The audit entry id must be a whole number."), EXIT_USAGE)
         if not 1 <= entry_id < 2**63:
             fail(self, _("The audit entry id must be a whole number."), EXIT_USAGE)
+        for option in ("reason", "actor"):
+            if options[option] is not None and not is_text(options[option]):
+                fail(self, _("--%(option)s must be UTF-8 text.") % {"option": option}, EXIT_USAGE)
         actor = None
         if options["actor"]:
             actor = get_user_model().objects.filter(username=options["actor"]).first()
