@@ -14,6 +14,7 @@ from core.admin_filters import queryset_filter
 from core.admin_forms import GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
+from profiles.exceptions import UNDO_REASON_MAX_LENGTH
 from profiles.managers import PROFILE_FIELDS
 from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
 
@@ -208,7 +209,9 @@ class ProfileAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
 
 
 class UndoReasonForm(forms.Form):
-    reason = forms.CharField(label=_("Reason"), max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+    reason = forms.CharField(
+        label=_("Reason"), max_length=UNDO_REASON_MAX_LENGTH, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
 
 @admin.register(ProfileAuditLog)

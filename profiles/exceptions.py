@@ -161,9 +161,18 @@ class UndoNotSupported(Conflict):
     message = _("Entries of this kind (%(action)s) cannot be undone.")
 
 
+# Every path that takes an undo's reason (API, admin, command) keeps it to this (UndoReasonTooLong).
+UNDO_REASON_MAX_LENGTH = 500
+
+
 class UndoReasonRequired(InvalidInput):
     code = "undo_reason_required"
     message = _("Give a reason for the undo.")
+
+
+class UndoReasonTooLong(InvalidInput):
+    code = "undo_reason_too_long"
+    message = _("An undo's reason has at most %(maximum)s characters.")
 
 
 class InvalidProfileData(InvalidInput):

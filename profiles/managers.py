@@ -45,6 +45,7 @@ from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared, in_one_statement, insert_statement, returned_by, saved, update_statement
 from profiles.choices import UNDOABLE, AuditAction
 from profiles.exceptions import (
+    UNDO_REASON_MAX_LENGTH,
     AlreadyUndone,
     AuditEntryNotFound,
     DateNotParsable,
@@ -63,6 +64,7 @@ from profiles.exceptions import (
     StaleVersion,
     UndoNotSupported,
     UndoReasonRequired,
+    UndoReasonTooLong,
     UnknownField,
     WouldCreateCycle,
 )
@@ -571,6 +573,8 @@ class ProfileAuditLogManager(models.Manager.from_queryset(ProfileAuditLogQuerySe
         reason = (reason or "").strip()
         if not reason:
             raise UndoReasonRequired()
+        if len(reason) > UNDO_REASON_MAX_LENGTH:
+            raise UndoReasonTooLong(maximum=UNDO_REASON_MAX_LENGTH)
         steps.at("entry")
         entry = self._lock_entry(entry_id, tenant)
         if entry is None:

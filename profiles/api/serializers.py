@@ -2,6 +2,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from core.api.inputs import MAX_ID, MAX_VERSION, OnlyVersionRequired, StrictDateField, StrictInput
+from profiles.exceptions import UNDO_REASON_MAX_LENGTH
 from profiles.models import AUDIT_RECORD, Profile, ProfileAuditLog
 from profiles.selectors import MAX_TREE_DEPTH
 
@@ -82,7 +83,7 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 
 class UndoInputSerializer(StrictInput):
-    reason = serializers.CharField(max_length=500, help_text=_("why the change is undone"))
+    reason = serializers.CharField(max_length=UNDO_REASON_MAX_LENGTH, help_text=_("why the change is undone"))
 
 
 class UndoResultSerializer(serializers.Serializer):

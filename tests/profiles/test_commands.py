@@ -124,6 +124,15 @@ def test_a_reason_or_actor_that_is_not_utf8_exits_2_not_a_traceback(moved, capsy
     assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
 
 
+def test_a_reason_longer_than_the_api_and_the_admin_take_exits_2_and_one_that_fits_is_kept(moved, capsys):
+    # The API and the admin cap the reason at 500 characters; the command (through the manager) did not.
+    code, out, err = run("undo_audit_entry", moved["entry"].pk, "--reason", "x" * 501, capsys=capsys)
+    assert (code, out) == (2, "") and err.startswith("undo_reason_too_long:") and "500" in err
+    assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
+    assert run("undo_audit_entry", moved["entry"].pk, "--reason", "x" * 500, capsys=capsys)[0] == 0
+    assert ProfileAuditLog.objects.get(pk=moved["entry"].pk).undo_reason == "x" * 500
+
+
 def test_show_history_of_a_profile_and_of_one_entry(moved, capsys):
     kid, entry = moved["kid"], moved["entry"]
     run("undo_audit_entry", entry.pk, "--reason", "back", capsys=capsys)

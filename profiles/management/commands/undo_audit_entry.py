@@ -3,7 +3,7 @@ from django.utils.translation import gettext as _
 
 from core.exceptions import DomainError, LockContended
 from core.management.base import GuardedCommand
-from profiles.exceptions import UndoReasonRequired
+from profiles.exceptions import UndoReasonRequired, UndoReasonTooLong
 from profiles.management.commands._language import (
     EXIT_LOCKED,
     EXIT_REFUSED,
@@ -56,7 +56,7 @@ class Command(GuardedCommand):
         tenant_id = ProfileAuditLog.objects.filter(pk=entry_id).values_list("tenant_id", flat=True).first()
         try:
             entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
-        except UndoReasonRequired as exc:  # a blank --reason is bad usage, not a refusal by the data
+        except (UndoReasonRequired, UndoReasonTooLong) as exc:  # bad usage, not a refusal by the data
             fail(self, f"{exc.code}: {exc.render()}", EXIT_USAGE)
         except LockContended as exc:  # NOWAIT refused or lock_timeout expired: nothing was written
             fail(self, f"{exc.code}: {exc.render()}", EXIT_LOCKED)
