@@ -151,9 +151,11 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
 
     delete_selected_packages = row_action(
         _("Delete selected packages (only those nothing refers to)"),
-        lambda package: Package.objects.delete_package(package.pk, tenant=None),
+        # at the version the page showed: a package changed since (renamed, repriced…) is refused, not deleted
+        lambda package: Package.objects.delete_package(package.pk, tenant=None, version=seen_version(package)),
         permissions=["delete"],
         confirm={
+            "seen": lambda package: package.version,
             "title": _("Delete selected packages"),
             "explanation": _("Deleted for good; a package that any booking or proposal refers to is refused."),
             "columns": {
@@ -161,7 +163,9 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
                 _("price"): lambda package: f"{in_currency(package.price, package.currency)} {package.currency}",
                 _("bookings"): lambda package: package.bookings.count(),
             },
-            "effect": lambda package: _("deleted") if not package.bookings.exists() else _("nothing: it has bookings"),
+            "effect": lambda package: (
+                _("nothing: bookings or proposals refer to it") if Package.objects.in_use(package.pk) else _("deleted")
+            ),
             "confirm_label": _("Delete these packages"),
         },
         describe=lambda package: _("Package %(name)s") % {"name": package.name},

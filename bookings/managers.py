@@ -234,11 +234,8 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         it. Raises PackageNotFound, VersionConflict, PackageInUse.
         """
         package = self._locked_for_edit(package_id, tenant=tenant, version=version)
-        for relation in self.model._meta.related_objects:  # bookings and proposals (PROTECT), found generically
-            if relation.on_delete is models.PROTECT:
-                referring = relation.related_model._base_manager.using(self.db)
-                if referring.filter(**{relation.field.name: package.pk}).exists():
-                    raise PackageInUse()
+        if self.in_use(package.pk):
+            raise PackageInUse()
         try:
             with transaction.atomic(using=self.db):
                 self.filter(pk=package.pk)._raw_delete(self.db)
@@ -246,6 +243,18 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         except IntegrityError as exc:  # a row the package lock does not cover (a proposal) refers to it
             raise PackageInUse() from exc
         return package
+
+    def in_use(self, package_id):
+        """Whether any row that keeps a package from being deleted (a booking, a proposal: PROTECT) refers to it.
+
+        Locks: none (a read; ``delete_package`` asks it under the package lock, the admin's delete page to
+        tell what will happen)."""
+        for relation in self.model._meta.related_objects:  # bookings and proposals, found generically
+            if relation.on_delete is models.PROTECT:
+                referring = relation.related_model._base_manager.using(self.db)
+                if referring.filter(**{relation.field.name: package_id}).exists():
+                    return True
+        return False
 
     def _check_references_now(self):
         """Run the deferred foreign-key checks of the rows referring to packages now, not at COMMIT.

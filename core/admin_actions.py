@@ -225,13 +225,15 @@ def _report_left_the_list(modeladmin, request, rows):
     Django leaves it out of the action's rows, and it would go unmentioned."""
     if request.POST.get("select_across") == "1":
         return
-    acted_on = {str(row.pk) for row in rows} | getattr(request, "lockstep_left_alone", set())  # told already
-    left = [pk for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if pk not in acted_on]
+    acted_on = {row.pk for row in rows} | getattr(request, "lockstep_left_alone", set())  # told already
+    # as Django took each posted id ("05" is row 5), not as it was spelled (checked first: BadInputMixin)
+    posted = {modeladmin.model._meta.pk.to_python(pk) for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)}
+    left = sorted(posted - acted_on)
     if left:
         modeladmin.message_user(
             request,
             _("Left unchanged, as they no longer match the list's filter (changed meanwhile): #%(ids)s.")
-            % {"ids": ", #".join(left[:20])},
+            % {"ids": ", #".join(str(pk) for pk in left[:20])},
             messages.WARNING,
         )
 

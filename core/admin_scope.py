@@ -141,7 +141,7 @@ class TenantScopedAdminMixin(BadInputMixin):
         if ids is not None and self.selection_is_row_ids(request):  # else BadInputMixin answers it, unfiltered
             selected = request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)
             left_alone = self.get_queryset(request).filter(pk__in=selected).exclude(**{self._lookup(): ids})
-            request.lockstep_left_alone = {str(pk) for pk in left_alone.values_list("pk", flat=True)}
+            request.lockstep_left_alone = set(left_alone.values_list("pk", flat=True))
             read_only = len(request.lockstep_left_alone)
             if read_only:
                 message = ngettext(

@@ -280,3 +280,19 @@ def test_the_refund_retry_page_promises_a_refund_only_where_one_is_owed(admin_cl
         late.pk: "refund 100.00 USD to zed@example.com",
         unpaid.pk: "nothing: no failed refund to retry",
     }, effects
+
+
+@pytest.mark.parametrize("spelled", ["0{pk}", " {pk}", "+{pk}"])
+def test_a_row_acted_on_is_never_reported_left_unchanged_however_its_id_was_spelled(admin_client, package, spelled):
+    """Review regression: Django's action takes "0<id>" as row <id> and releases it; the report compared the
+    posted text with the id and also told the operator it was left unchanged."""
+    held = book(package)
+    posted = spelled.format(pk=held.pk)
+    msgs = messages_of(
+        admin_client.post(
+            "/admin/bookings/booking/", {"action": "release_hold_selected", "_selected_action": [posted]}, follow=True
+        )
+    )
+    assert Booking.objects.get(pk=held.pk).status == "expired"
+    assert any("1 hold released" in m for m in msgs), msgs
+    assert not any("no longer match the list" in m for m in msgs), msgs

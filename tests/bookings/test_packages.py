@@ -266,7 +266,12 @@ def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
     assert [name for name, _label in choices if name] == ["delete_selected_packages"]  # no bulk delete
     response = admin_client.post(
         reverse("admin:bookings_package_changelist"),
-        {"action": "delete_selected_packages", "apply": "1", "_selected_action": [new.pk, used.pk]},
+        {
+            "action": "delete_selected_packages",
+            "apply": "1",
+            "_selected_action": [new.pk, used.pk],
+            **{f"seen_{p.pk}": p.version for p in (new, used)},  # as the page showed them
+        },
         follow=True,
     )
     msgs = [str(m) for m in response.context["messages"]]
@@ -317,3 +322,44 @@ def test_a_plain_save_naming_a_foreign_key_by_its_column_is_still_refused(tenant
         booking.save(update_fields=["package_id"])
     booking.customer_name = "Fixed"
     booking.save(update_fields=["customer_name"])  # an unguarded column still saves
+
+
+def _delete_page(admin_client, *packages):
+    return admin_client.post(
+        reverse("admin:bookings_package_changelist"),
+        {"action": "delete_selected_packages", "_selected_action": [p.pk for p in packages]},
+    )
+
+
+def test_the_delete_page_tells_a_package_a_proposal_refers_to_is_not_deleted(admin_client, tenant):
+    """Review regression: the page judged by bookings alone and promised "deleted" to a package that only a
+    proposal refers to; confirming it was refused package_in_use."""
+    from tests.proposals.factories import make_proposal
+
+    proposed = PackageFactory(tenant=tenant)
+    make_proposal(tenant, package=proposed)
+    ((_cells, effect),) = _delete_page(admin_client, proposed).context["rows"]
+    assert str(effect) != "deleted", effect
+    assert "nothing" in str(effect), effect
+
+
+def test_a_package_changed_after_the_delete_page_is_not_deleted(admin_client, tenant):
+    """Review regression: the confirming POST deleted the package as it stood then, not as the page showed it
+    (renamed, repriced or reactivated meanwhile); at the version shown it is refused version_conflict."""
+    package = PackageFactory(tenant=tenant, name="Old")
+    _delete_page(admin_client, package)
+    seen = package.version  # what the page showed
+    Package.objects.edit_package(package.pk, tenant=None, version=package.version, name="Now in use elsewhere")
+    response = admin_client.post(
+        reverse("admin:bookings_package_changelist"),
+        {
+            "action": "delete_selected_packages",
+            "apply": "1",
+            "_selected_action": [package.pk],
+            f"seen_{package.pk}": seen,
+        },
+        follow=True,
+    )
+    msgs = [str(m) for m in response.context["messages"]]
+    assert Package.objects.filter(pk=package.pk).exists(), msgs
+    assert any("version_conflict" in m for m in msgs), msgs
