@@ -27,7 +27,7 @@ from bookings.models import (
     PaymentEvent,
 )
 from bookings.selectors import month_of_dates, weeks
-from bookings.services import cancel_booking, retry_refund
+from bookings.services import cancel_booking, release_hold, retry_refund
 from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action, seen_version
 from core.admin_display import badge
 from core.admin_forms import GuardedChangeFormMixin
@@ -405,7 +405,7 @@ class BookingAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
 
     release_hold_selected = row_action(
         _("Release selected holds"),
-        lambda booking: Booking.objects.release(booking.pk),
+        lambda booking: release_hold(booking.pk),  # then its payment page is closed, as a cancel's
         describe=_booking_label,
         done_message=lambda n: ngettext("%(n)d hold released.", "%(n)d holds released.", n) % {"n": n},
     )

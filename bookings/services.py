@@ -170,6 +170,20 @@ def cancel_booking(booking_id, *, tenant=None, version=None):
     return booking
 
 
+def release_hold(booking_id, *, tenant=None):
+    """Release a hold (``Booking.objects.release``: its place free at once), then close its provider session.
+
+    The release commits first (one statement); the provider is asked after, outside any transaction,
+    as a cancel does, so the customer can no longer pay for a place that may go to someone else. Should
+    closing fail (logged, not fatal) and a payment still arrive, confirm_payment places or refunds it.
+    """
+    Booking.objects.release(booking_id, tenant=tenant)
+    checkout = Checkout.objects.filter(booking_id=booking_id).first()
+    if checkout is not None and checkout.state == Checkout.State.OPEN:
+        expire_provider_checkout(checkout)
+    return True
+
+
 def expire_provider_checkout(checkout):
     """Ask the provider to expire an open session; a failure is logged, never raised (the cancel stands)."""
     try:

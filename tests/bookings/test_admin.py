@@ -296,3 +296,13 @@ def test_a_row_acted_on_is_never_reported_left_unchanged_however_its_id_was_spel
     assert Booking.objects.get(pk=held.pk).status == "expired"
     assert any("1 hold released" in m for m in msgs), msgs
     assert not any("no longer match the list" in m for m in msgs), msgs
+
+
+def test_a_released_hold_can_no_longer_be_paid(admin_client, package, client):
+    """Review regression: the release freed the place but left the customer's payment page open (a cancel
+    closes it): paid after someone else took the place, the customer was charged, then refunded."""
+    held = book(PackageFactory(tenant=package.tenant, daily_capacity=1))
+    msgs = messages_of(act(admin_client, "release_hold_selected", held))
+    assert any("1 hold released" in m for m in msgs), msgs
+    assert Checkout.objects.get(booking=held).state == Checkout.State.EXPIRED  # the provider's session closed
+    assert Booking.objects.get(pk=held.pk).status == "expired"
