@@ -185,6 +185,50 @@ def test_twenty_concurrent_same_key_posts_do_the_work_once(path):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_stale_two_phase_attempt_never_releases_the_claim_a_retry_took_over(settings, monkeypatch):
+    """Regression: a two-phase attempt that outlived IDEMPOTENCY_IN_PROGRESS_TIMEOUT (its key reclaimed by a
+    retry) then failed deleted the record by id, the retry's claim included: a third request with the key
+    ran the work once more while the retry was still running, instead of 409 idempotency_key_in_progress."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from django.db import connection
+
+    from tests.core import urls
+
+    settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT = timedelta(seconds=2)
+    monkeypatch.setattr(urls, "LOCKED_ONCE", ["the first attempt to finish"])
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    path, body = "/api/t/acme/test-bump-two-phase", {"sleep": 3}
+    answers = {}
+
+    def attempt(name):
+        try:
+            answers[name] = bump(token_client(user), body, key="slow", path=path)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=attempt, args=("first",))
+    first.start()  # claims, works, then sleeps 3 s and meets lock contention (409 + Retry-After)
+    time.sleep(2.5)
+    retry = threading.Thread(target=attempt, args=("retry",))
+    retry.start()  # the claim is older than the timeout: taken over, the work runs again, 3 s
+    time.sleep(1.1)  # the first has failed by now; the retry, its claim 1.1 s old, is still running
+    third = bump(token_client(user), body, key="slow", path=path)
+    first.join()
+    retry.join()
+
+    assert_error(answers["first"], 409, "resource_locked")
+    assert_error(third, 409, "idempotency_key_in_progress")
+    assert answers["retry"].status_code == 201
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"  # the first attempt and the retry, no third
+    replay = bump(token_client(user), body, key="slow", path=path)
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == answers["retry"].json()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_record_and_work_commit_together():
     """A handler that crashes leaves neither work nor a replayable record."""
     tenant = TenantFactory(slug="acme", name="Acme")
