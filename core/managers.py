@@ -27,7 +27,8 @@ class IdempotencyKeyManager(models.Manager):
     def claim(self, *, principal, key, method, path, fingerprint):
         """Claim ``key`` for this request, or return the completed record to replay.
 
-        Locks: IDEMPOTENCY_KEY(principal, key) advisory try-lock (busy -> in progress, at once).
+        Locks: IDEMPOTENCY_KEY(principal, key) advisory try-lock (busy -> in progress, at once); to take over
+        a stale two-phase claim, its row (a filtered UPDATE that waits for a late attempt's complete or release).
 
         Must run inside the transaction that does the work, so the record and the
         work commit (or vanish) together. A transaction-scoped advisory try-lock on
@@ -44,12 +45,22 @@ class IdempotencyKeyManager(models.Manager):
                 raise IdempotencyKeyReused()
             if record.state == record.State.COMPLETED:
                 return record, True
-            # In progress and committed: a two-phase request is calling out, or crashed.
-            if not self.filter(pk=record.pk, created_at__lt=Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT).exists():
+            # In progress and committed: a two-phase request is calling out, or crashed. Taken over by one
+            # filtered UPDATE, still in progress and stale judged on the row it changes: a late attempt that
+            # stores its answer (or frees the key) meanwhile holds the row, and the UPDATE then sees that.
+            stale = self.filter(
+                pk=record.pk,
+                state=record.State.IN_PROGRESS,
+                created_at__lt=Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT,
+            )
+            if stale.update(created_at=Now(), expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL):
+                record.refresh_from_db(fields=["created_at", "expires_at"])  # this claim's mark (complete, release)
+                return record, False
+            record = self.filter(pk=record.pk).first()
+            if record is not None:
+                if record.state == record.State.COMPLETED:
+                    return record, True
                 raise IdempotencyKeyInProgress()
-            self.filter(pk=record.pk).update(created_at=Now(), expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL)
-            record.refresh_from_db(fields=["created_at", "expires_at"])  # this claim's mark (complete, release)
-            return record, False
         self.filter(principal=principal, key=key).delete()  # an expired record frees its key
         record = self.create(
             principal=principal,

@@ -229,6 +229,40 @@ def test_a_stale_two_phase_attempt_never_releases_the_claim_a_retry_took_over(se
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_stale_claim_completed_while_a_retry_takes_it_over_is_replayed_not_run_again():
+    """Regression: the takeover of a two-phase claim past IDEMPOTENCY_IN_PROGRESS_TIMEOUT judged it stale on
+    one read, then updated it by id: when the late first attempt stored its answer in between (the UPDATE
+    waited for that row lock), the retry still took the key over and ran the work a second time."""
+    from datetime import timedelta
+
+    from django.db.models.functions import Now
+
+    from tests.races import attempted_while_held
+
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    path = "/api/t/acme/test-bump-two-phase"
+    answer = bump(token_client(user), key="late", path=path).json()  # the work, once: Acme+
+    IdempotencyKey.objects.filter(key="late").update(  # ... its claim as if still running, an hour on
+        state=IdempotencyKey.State.IN_PROGRESS,
+        response_status=None,
+        response_body=None,
+        created_at=Now() - timedelta(hours=1),
+    )
+    late = IdempotencyKey.objects.get(key="late")
+
+    outcome = attempted_while_held(
+        lambda: IdempotencyKey.objects.complete(late, status=201, body=answer),  # the first attempt stores it
+        lambda i: bump(token_client(user), key="late", path=path),  # a retry, meanwhile
+    )
+
+    assert outcome.ok, outcome
+    assert outcome.value.status_code == 201 and outcome.value["Idempotent-Replayed"] == "true"
+    assert outcome.value.json() == answer == {"name": "Acme+"}
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_record_and_work_commit_together():
     """A handler that crashes leaves neither work nor a replayable record."""
     tenant = TenantFactory(slug="acme", name="Acme")
