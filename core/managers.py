@@ -27,7 +27,8 @@ class IdempotencyKeyManager(models.Manager):
     def claim(self, *, principal, key, method, path, fingerprint):
         """Claim ``key`` for this request, or return the completed record to replay.
 
-        Locks: IDEMPOTENCY_KEY(principal, key) advisory try-lock (busy -> in progress, at once).
+        Locks: IDEMPOTENCY_KEY(principal, key) advisory try-lock (busy -> in progress, at once); to take over
+        a stale two-phase claim, its row (a filtered UPDATE that waits for a late attempt's complete or release).
 
         Must run inside the transaction that does the work, so the record and the
         work commit (or vanish) together. A transaction-scoped advisory try-lock on
@@ -44,11 +45,22 @@ class IdempotencyKeyManager(models.Manager):
                 raise IdempotencyKeyReused()
             if record.state == record.State.COMPLETED:
                 return record, True
-            # In progress and committed: a two-phase request is calling out, or crashed.
-            if not self.filter(pk=record.pk, created_at__lt=Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT).exists():
+            # In progress and committed: a two-phase request is calling out, or crashed. Taken over by one
+            # filtered UPDATE, still in progress and stale judged on the row it changes: a late attempt that
+            # stores its answer (or frees the key) meanwhile holds the row, and the UPDATE then sees that.
+            stale = self.filter(
+                pk=record.pk,
+                state=record.State.IN_PROGRESS,
+                created_at__lt=Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT,
+            )
+            if stale.update(created_at=Now(), expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL):
+                record.refresh_from_db(fields=["created_at", "expires_at"])  # this claim's mark (complete, release)
+                return record, False
+            record = self.filter(pk=record.pk).first()
+            if record is not None:
+                if record.state == record.State.COMPLETED:
+                    return record, True
                 raise IdempotencyKeyInProgress()
-            self.filter(pk=record.pk).update(created_at=Now(), expires_at=Now() + settings.IDEMPOTENCY_KEY_TTL)
-            return record, False
         self.filter(principal=principal, key=key).delete()  # an expired record frees its key
         record = self.create(
             principal=principal,
@@ -65,9 +77,25 @@ class IdempotencyKeyManager(models.Manager):
         """Store the answer to replay; part of the caller's transaction.
 
         Locks: the record's row (a filtered UPDATE), already claimed under the key's advisory lock.
+
+        Only while the claim is still this one (its ``created_at``): a two-phase attempt that outlived
+        IDEMPOTENCY_IN_PROGRESS_TIMEOUT, its key taken over by a retry, stores nothing over the retry's.
         """
-        self.filter(pk=record.pk).update(state=self.model.State.COMPLETED, response_status=status, response_body=body)
+        self.claimed(record).update(state=self.model.State.COMPLETED, response_status=status, response_body=body)
         record.state, record.response_status, record.response_body = self.model.State.COMPLETED, status, body
+
+    @guarded
+    def release(self, record):
+        """Free the key of a two-phase claim whose answer is not kept (5xx, lock contention).
+
+        Locks: the record's row (one DELETE), only while the claim is still this one: a stale attempt
+        never frees the key under a retry that took it over (a third request would run the work too).
+        """
+        self.claimed(record).delete()
+
+    def claimed(self, record):
+        """The record while ``record``'s claim holds it: same row, not taken over since (``created_at``)."""
+        return self.filter(pk=record.pk, created_at=record.created_at)
 
     @guarded
     def prune(self):

@@ -80,6 +80,8 @@ class TokenAuthentication(authentication.TokenAuthentication):
         try:
             key = header[1].decode()
         except UnicodeError:
+            key = None
+        if key is None or "\x00" in key:  # a NUL no token has, and no PostgreSQL text can hold (not a 400)
             raise exceptions.AuthenticationFailed(
                 _("Invalid token header. Token string should not contain invalid characters.")
             )

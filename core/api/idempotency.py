@@ -187,11 +187,11 @@ def _two_phase(view, handler, request, args, kwargs, claim, sealed):
         try:
             response = view.handle_exception(exc)
         except Exception:
-            IdempotencyKey.objects.filter(pk=record.pk).delete()
+            IdempotencyKey.objects.release(record)
             raise
     with transaction.atomic():
         if _storable(response):
             IdempotencyKey.objects.complete(record, status=response.status_code, body=_stored(response.data, sealed))
         else:
-            IdempotencyKey.objects.filter(pk=record.pk).delete()
+            IdempotencyKey.objects.release(record)
     return response

@@ -185,6 +185,84 @@ def test_twenty_concurrent_same_key_posts_do_the_work_once(path):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_stale_two_phase_attempt_never_releases_the_claim_a_retry_took_over(settings, monkeypatch):
+    """Regression: a two-phase attempt that outlived IDEMPOTENCY_IN_PROGRESS_TIMEOUT (its key reclaimed by a
+    retry) then failed deleted the record by id, the retry's claim included: a third request with the key
+    ran the work once more while the retry was still running, instead of 409 idempotency_key_in_progress."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from django.db import connection
+
+    from tests.core import urls
+
+    settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT = timedelta(seconds=3)
+    monkeypatch.setattr(urls, "LOCKED_ONCE", ["the first attempt to finish"])
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    path, body = "/api/t/acme/test-bump-two-phase", {"sleep": 5}
+    answers = {}
+
+    def attempt(name):
+        try:
+            answers[name] = bump(token_client(user), body, key="slow", path=path)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=attempt, args=("first",))
+    first.start()  # claims, works, then sleeps 5 s and meets lock contention (409 + Retry-After)
+    time.sleep(3.8)  # margins of 0.8 s or more either side: a loaded machine may start a thread late
+    retry = threading.Thread(target=attempt, args=("retry",))
+    retry.start()  # the claim is older than the timeout: taken over, the work runs again, 5 s
+    time.sleep(2.2)  # the first has failed by now (at 5 s); the retry, its claim 2.2 s old, is still running
+    third = bump(token_client(user), body, key="slow", path=path)
+    first.join()
+    retry.join()
+
+    assert_error(answers["first"], 409, "resource_locked")
+    assert_error(third, 409, "idempotency_key_in_progress")
+    assert answers["retry"].status_code == 201
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"  # the first attempt and the retry, no third
+    replay = bump(token_client(user), body, key="slow", path=path)
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == answers["retry"].json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_claim_completed_while_a_retry_takes_it_over_is_replayed_not_run_again():
+    """Regression: the takeover of a two-phase claim past IDEMPOTENCY_IN_PROGRESS_TIMEOUT judged it stale on
+    one read, then updated it by id: when the late first attempt stored its answer in between (the UPDATE
+    waited for that row lock), the retry still took the key over and ran the work a second time."""
+    from datetime import timedelta
+
+    from django.db.models.functions import Now
+
+    from tests.races import attempted_while_held
+
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    path = "/api/t/acme/test-bump-two-phase"
+    answer = bump(token_client(user), key="late", path=path).json()  # the work, once: Acme+
+    IdempotencyKey.objects.filter(key="late").update(  # ... its claim as if still running, an hour on
+        state=IdempotencyKey.State.IN_PROGRESS,
+        response_status=None,
+        response_body=None,
+        created_at=Now() - timedelta(hours=1),
+    )
+    late = IdempotencyKey.objects.get(key="late")
+
+    outcome = attempted_while_held(
+        lambda: IdempotencyKey.objects.complete(late, status=201, body=answer),  # the first attempt stores it
+        lambda i: bump(token_client(user), key="late", path=path),  # a retry, meanwhile
+    )
+
+    assert outcome.ok, outcome
+    assert outcome.value.status_code == 201 and outcome.value["Idempotent-Replayed"] == "true"
+    assert outcome.value.json() == answer == {"name": "Acme+"}
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_record_and_work_commit_together():
     """A handler that crashes leaves neither work nor a replayable record."""
     tenant = TenantFactory(slug="acme", name="Acme")

@@ -49,6 +49,18 @@ def test_a_malformed_header_is_refused_as_drf_refuses_it(tenant, header, message
     assert assert_error(get(header), 401, "authentication_failed")["message"] == message
 
 
+@pytest.mark.parametrize("path", [TENANT, "/api/schema/"])
+@pytest.mark.parametrize("token", ["a\x00b", "\x00", "{key}\x00"])
+def test_a_nul_byte_in_the_token_is_401_and_counts_as_a_failure(tenant, key, settings, path, token):
+    """Regression: a NUL reached the token query, which PostgreSQL cannot take: 400 value_out_of_range
+    instead of 401, and the failure went uncounted by the auth_failure bucket."""
+    settings.LOCKSTEP_THROTTLE_RATES = {**settings.LOCKSTEP_THROTTLE_RATES, "auth_failure": "1/minute"}
+    header = f"Bearer {token.format(key=key)}"
+    error = assert_error(get(header, path, HTTP_ACCEPT="application/json"), 401, "authentication_failed")
+    assert error["message"] == "Invalid token header. Token string should not contain invalid characters."
+    assert_error(get(header, path, HTTP_ACCEPT="application/json"), 429, "throttled")
+
+
 def test_an_inactive_users_token_is_refused(tenant, member, key):
     member.is_active = False
     member.save()

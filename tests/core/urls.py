@@ -37,6 +37,9 @@ class CounterBumpView(TenantScopedMixin, APIView):
         return Response({"name": Tenant.objects.get(pk=self.tenant.pk).name}, status=status.HTTP_201_CREATED)
 
 
+LOCKED_ONCE = []
+
+
 class TwoPhaseBumpView(TenantScopedMixin, APIView):
     @idempotent(two_phase=True)
     def post(self, request, tenant):
@@ -44,6 +47,9 @@ class TwoPhaseBumpView(TenantScopedMixin, APIView):
             raise ValidationError({"echo": [f"{request.data['echo']!s} is not a valid choice."]})
         Tenant.objects.filter(pk=self.tenant.pk).update(name=Concat(F("name"), Value("+")))
         time.sleep(float(request.data.get("sleep", 0)))
+        if LOCKED_ONCE:  # a test lets the next attempt that gets here meet lock contention (and only it)
+            LOCKED_ONCE.pop()
+            raise LockContended()
         return Response({"name": Tenant.objects.get(pk=self.tenant.pk).name}, status=status.HTTP_201_CREATED)
 
 
