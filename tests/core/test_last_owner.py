@@ -153,3 +153,27 @@ def test_deleting_a_user_who_is_a_tenants_last_owner_is_refused_on_the_users_pag
     said, _texts = refusal_said(response)
     assert said and get_user_model().objects.filter(pk=owner.user_id).exists()
     assert owners(tenant) == 1
+
+
+@pytest.mark.django_db
+def test_the_tenant_pages_members_inline_refuses_to_delete_the_last_owner(client, sole_owner):
+    """The tenant's page saves its inlines in ``save_related``: the delete box on the last owner's row is
+    judged there (``judge_now``), before Django reports success or logs the change."""
+    owner, colleague = sole_owner
+    change = url(Tenant, "change", owner.tenant_id)
+    page = client.get(change)
+    data = form_data(page)
+    (members_inline,) = [i.formset for i in page.context["inline_admin_formsets"] if i.formset.initial_form_count()]
+    (row,) = [form for form in members_inline.forms if form.instance.pk == owner.pk]
+    data[row.add_prefix("DELETE")] = "on"
+    refused = client.post(change, data)
+    assert refused.status_code == 200 and "make another member an owner first" in refused.content.decode()
+    assert not any("successfully" in str(message) for message in refused.context["messages"])
+    assert Membership.objects.filter(tenant=owner.tenant).count() == 2 and owners(owner.tenant) == 1
+    assert not LogEntry.objects.exists()
+
+    (row,) = [form for form in members_inline.forms if form.instance.pk == colleague.pk]
+    data = form_data(client.get(change))
+    data[row.add_prefix("DELETE")] = "on"  # a colleague who is not an owner may go
+    assert client.post(change, data).status_code == 302
+    assert list(Membership.objects.filter(tenant=owner.tenant)) == [owner]
