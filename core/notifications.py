@@ -23,6 +23,16 @@ class Message:
 
 MESSAGES = {}
 
+# A mail server that refuses is asked again after 4 s, 16 s, 64 s, 256 s, 1024 s (core/tasks.py), then given up on:
+# counted on the notification's own row (``attempts``, raised at each claim), so a retry that never reached
+# the mail server (its row busy at the claim) does not use one up.
+NOTIFICATION_RETRIES = 5
+
+
+class GivenUp(Exception):
+    """The mail server refused a notification's last attempt: it is left ``failed`` and its job fails."""
+
+
 # The languages a customer can be written to in (settings.LANGUAGES); anything else gets the default.
 LANGUAGES = {code for code, _name in settings.LANGUAGES}
 
@@ -44,11 +54,13 @@ def render(notification):
         return str(message.subject) % notification.context, str(message.body) % notification.context
 
 
-def send(notification_id, *, final_attempt):
+def send(notification_id):
     """Send one owed notification at most once; return whether this call sent it.
 
     Claimed (committed) before the mail server is called; a refusal from the server puts it
-    back to ``pending`` and raises, so the job's retry tries again (``failed`` after the last).
+    back to ``pending`` and raises, so the job's retry tries again; the last one (its
+    ``NOTIFICATION_RETRIES``-th claim) leaves it ``failed`` and raises ``GivenUp``. A row busy
+    at the claim raises ``LockContended``: nothing was attempted, and no attempt is counted.
     """
     notification = Notification.objects.claim(notification_id)
     if notification is None:
@@ -57,7 +69,10 @@ def send(notification_id, *, final_attempt):
         subject, body = render(notification)
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
     except Exception as error:  # any refusal from the backend: recorded, then the job retries
-        Notification.objects.release(notification_id, error=f"{type(error).__name__}: {error}", final=final_attempt)
+        final = notification.attempts >= NOTIFICATION_RETRIES
+        Notification.objects.release(notification_id, error=f"{type(error).__name__}: {error}", final=final)
+        if final:
+            raise GivenUp(f"notification {notification_id}: {type(error).__name__}: {error}") from error
         raise
     Notification.objects.mark_sent(notification_id)
     return True

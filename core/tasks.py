@@ -25,6 +25,7 @@ from django.db import close_old_connections
 from procrastinate import RetryStrategy, builtin_tasks, exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
+from procrastinate.retry import RetryDecision
 
 from core import notifications
 from core.management.base import EXIT_LOCKED, EXIT_OK
@@ -146,19 +147,27 @@ def job_to_defer(task, args_sql):
     )
 
 
-# A mail server that refuses is asked again after 4 s, 16 s, 64 s, 256 s, 1024 s, then given up on.
-NOTIFICATION_RETRIES = 5
+class NotificationRetry(RetryStrategy):
+    """Retry a notification's job until its row is sent or given up on (``notifications.GivenUp``, decided by the
+    row's own count of attempts at the mail server). Counting the job's runs instead left a notification
+    ``pending`` with no job for good when its last run met the row busy at the claim (``LockContended``): a
+    run that attempted nothing. The wait grows as procrastinate's exponential one, up to its last step."""
+
+    def get_retry_decision(self, *, exception, job):
+        if isinstance(exception, notifications.GivenUp):
+            return None
+        step = min(job.attempts, self.max_attempts - 1)
+        return RetryDecision(retry_in={"seconds": self.exponential_wait ** (step + 1)})
 
 
 @app.task(
     name="notifications.send",
     queue="notifications",
-    pass_context=True,
-    retry=RetryStrategy(max_attempts=NOTIFICATION_RETRIES, exponential_wait=4),
+    retry=NotificationRetry(max_attempts=notifications.NOTIFICATION_RETRIES, exponential_wait=4),
 )
-def send_notification(context, notification_id):
+def send_notification(notification_id):
     close_old_connections()
     try:
-        return notifications.send(notification_id, final_attempt=context.job.attempts >= NOTIFICATION_RETRIES)
+        return notifications.send(notification_id)
     finally:
         close_old_connections()

@@ -76,7 +76,7 @@ def test_a_dispute_is_recorded_against_its_booking_flagged_and_told_when_it_open
     assert alerts(booking) == ["dispute_opened", "dispute_closed"]
 
     for notification in Notification.objects.filter(kind__startswith="dispute_").order_by("pk"):
-        send(notification.pk, final_attempt=False)
+        send(notification.pk)
     opened_mail, closed_mail = mail.outbox
     assert opened_mail.to == ["ops@example.com"]
     assert opened_mail.subject.startswith(f"The payment of booking #{booking.pk} is disputed: answer by 20")

@@ -9,9 +9,11 @@ from django.utils import translation
 from bookings import notifications as notices
 from bookings.models import Booking, Checkout
 from bookings.services import cancel_booking, refund_booking, sandbox_deliver, start_checkout
+from core.exceptions import LockContended
 from core.models import Notification
-from core.notifications import send
+from core.notifications import NOTIFICATION_RETRIES, GivenUp, send
 from tests.bookings.factories import PackageFactory, future
+from tests.races import row_locked
 
 
 def book(package, *, language="en"):
@@ -30,7 +32,7 @@ def owed(booking):
 def send_all():
     """What the worker does with each queued job (tests/core/test_worker.py runs the real worker)."""
     for pk in Notification.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True):
-        send(pk, final_attempt=False)
+        send(pk)
 
 
 def _last_job():
@@ -154,8 +156,8 @@ def test_a_cancelled_booking_paid_afterwards_is_not_told_twice_why(package):
 def test_a_notification_is_sent_at_most_once(package):
     booking = book(package)
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
-    assert send(pk, final_attempt=False) is True
-    assert send(pk, final_attempt=False) is False  # a duplicate job, or a retry after the send
+    assert send(pk) is True
+    assert send(pk) is False  # a duplicate job, or a retry after the send
     assert len(mail.outbox) == 1
     with transaction.atomic():  # the same event owed again (a redelivery): recorded once
         assert Notification.objects.owe(**notices.held_notice(booking, pay_url="https://pay.example/again")) is None
@@ -201,12 +203,31 @@ def test_a_mail_server_refusal_is_retried_then_given_up_on(package, settings):
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
     settings.EMAIL_BACKEND = "tests.bookings.providers.RefusingEmailBackend"
     with pytest.raises(ConnectionRefusedError):
-        send(pk, final_attempt=False)
+        send(pk)
     row = Notification.objects.get(pk=pk)
     assert (row.status, row.attempts, row.last_error) == ("pending", 1, "ConnectionRefusedError: no SMTP")
-    with pytest.raises(ConnectionRefusedError):
-        send(pk, final_attempt=True)
-    assert Notification.objects.get(pk=pk).status == "failed"
+    for _attempt in range(2, NOTIFICATION_RETRIES):
+        with pytest.raises(ConnectionRefusedError):
+            send(pk)
+        assert Notification.objects.get(pk=pk).status == "pending"
+    with pytest.raises(GivenUp):
+        send(pk)
+    row = Notification.objects.get(pk=pk)
+    assert (row.status, row.attempts) == ("failed", NOTIFICATION_RETRIES)
+    assert send(pk) is False  # a job's run after that sends nothing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_row_at_the_claim_attempts_nothing_and_uses_up_no_retry(package):
+    """The claim meets the row locked (here by another connection, as ``take_back`` locks it): the run
+    raises ``LockContended``, its job is retried, and the row's count of mail attempts is untouched."""
+    booking = book(package)
+    pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
+    with row_locked(Notification.objects.filter(pk=pk)), pytest.raises(LockContended):
+        send(pk)
+    row = Notification.objects.get(pk=pk)
+    assert (row.status, row.attempts) == ("pending", 0)
+    assert send(pk) is True
 
 
 def test_the_database_refuses_a_notification_sent_twice(package):
@@ -214,7 +235,7 @@ def test_the_database_refuses_a_notification_sent_twice(package):
 
     booking = book(package)
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
-    send(pk, final_attempt=False)
+    send(pk)
     with pytest.raises(IntegrityError, match="notification_status_transition"), transaction.atomic():
         Notification.objects.filter(pk=pk).update(status="sending")  # a buggy resend: sent -> sending
 
@@ -241,7 +262,7 @@ def test_senders_racing_for_one_notification_send_it_once(tenant):
 
     booking = book(PackageFactory(tenant=tenant, name="Sunset cruise"))
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
-    outcomes = run_concurrently(lambda i: send(pk, final_attempt=False), 8)
+    outcomes = run_concurrently(lambda i: send(pk), 8)
     assert tally(outcomes) == {"ok": 8}, [repr(o.error) for o in outcomes if not o.ok]
     assert sorted(o.value for o in outcomes) == [False] * 7 + [True]
     assert len(mail.outbox) == 1

@@ -235,7 +235,7 @@ def send_owed():
     from core.notifications import send
 
     for pk in Notification.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True):
-        send(pk, final_attempt=False)
+        send(pk)
 
 
 def test_the_customer_told_of_a_refund_that_then_failed_is_told_so_and_told_again_when_it_is_made(
@@ -271,11 +271,11 @@ def test_a_refunded_e_mail_not_yet_out_when_its_refund_fails_is_withdrawn_never_
     refunded = Notification.objects.get(kind="booking_refunded")
     settings.EMAIL_BACKEND = "tests.bookings.providers.RefusingEmailBackend"
     with pytest.raises(ConnectionRefusedError):
-        send(refunded.pk, final_attempt=False)  # back to pending, for the job's retry
+        send(refunded.pk)  # back to pending, for the job's retry
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
     assert deliver(booking, "failed").result == "refund_failed"
-    assert send(refunded.pk, final_attempt=False) is False  # the job's retry sends nothing
+    assert send(refunded.pk) is False  # the job's retry sends nothing
     assert mail.outbox == []  # never told it was refunded, so nothing to take back either
     assert customer_news(booking) == [("booking_refunded", f"booking:{booking.pk}:refund:{first}", "superseded")]
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,12 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 
 from bookings.models import Booking
 from bookings.services import start_checkout
+from core import notifications
+from core.exceptions import LockContended
 from core.health import readiness
 from core.management.base import EXIT_LOCKED, EXIT_OK
 from core.models import Notification
+from core.notifications import NOTIFICATION_RETRIES
 from core.tasks import HOURLY, SWEEPS, run_sweep, send_notification
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import TenantFactory
@@ -342,3 +345,21 @@ def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_al
     assert job_statuses("notifications.send") == ["todo"], booking
     assert job_statuses("sweep.sweep_proposals") == ["todo"]
     assert job_statuses("sweep.expire_holds") == ["aborted", "todo"]
+
+
+def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
+    """The row counts the mail server's refusals (``GivenUp`` on the last); the job's own runs do not decide,
+    so a last run that met the row busy (nothing attempted) is retried, not left failed with the row pending."""
+    strategy = send_notification.retry_strategy
+    job = send_notification.configure().job
+
+    def waits(exception, runs):
+        decision = strategy.get_retry_decision(exception=exception, job=job.evolve(attempts=runs))
+        return decision and round((decision.retry_at - datetime.now(UTC)).total_seconds())
+
+    assert waits(notifications.GivenUp("last refusal"), 1) is None
+    last_step = 4**NOTIFICATION_RETRIES  # 1024 s
+    runs_and_waits = [(0, 4), (1, 16), (NOTIFICATION_RETRIES - 1, last_step), (NOTIFICATION_RETRIES, last_step)]
+    for runs, wait in [*runs_and_waits, (15, last_step)]:
+        for error in (LockContended(), ConnectionRefusedError("no SMTP")):
+            assert waits(error, runs) == wait, (error, runs)
