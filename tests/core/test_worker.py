@@ -347,6 +347,7 @@ def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_al
     assert job_statuses("sweep.expire_holds") == ["aborted", "todo"]
 
 
+@pytest.mark.django_db  # the queue is emptied before every test here
 def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
     """The row counts the mail server's refusals (``GivenUp`` on the last); the job's own runs do not decide,
     so a last run that met the row busy (nothing attempted) is retried, not left failed with the row pending."""
