@@ -24,18 +24,21 @@ WARM_UP = 50
 CALLEES = []  # --callees: functions whose callees to list
 
 
-def requests_of(operation, ctx, attempts):
-    """``attempts`` requests after ``WARM_UP`` unmeasured ones, each on its own target: every one wins."""
+def requests_of(operation, ctx, attempts, *, refused=False):
+    """``attempts`` requests after ``WARM_UP`` unmeasured ones, each on its own target: every one wins; or,
+    with ``refused``, every one on the first target, which the first warm-up attempt won: each is refused
+    (409), the HOT case's usual request."""
     from django.test import Client
 
     client = Client(HTTP_AUTHORIZATION=f"Token {ctx.token}")
     anonymous = Client()
 
     def send(k):
-        path, body, authenticated = operation.http(k, k)
+        path, body, authenticated = operation.http(0 if refused else k, k)
         sender = client if authenticated else anonymous
         response = sender.get(path) if body is None else sender.post(path, body, content_type="application/json")
-        if response.status_code >= 300:
+        expected = 409 if refused and k else None
+        if response.status_code != expected and (expected or response.status_code >= 300):
             raise SystemExit(f"{operation.name}: attempt {k} answered {response.status_code}: {response.content!r}")
 
     for k in range(WARM_UP):
@@ -43,11 +46,11 @@ def requests_of(operation, ctx, attempts):
     return [lambda k=k: send(k) for k in range(WARM_UP, WARM_UP + attempts)]
 
 
-def profile(operation, ctx, attempts, top):
+def profile(operation, ctx, attempts, top, *, refused=False):
     """CPU ms per request without the profiler (the first half), and the profile of the second half."""
     if hasattr(operation, "setup"):
         operation.setup(WARM_UP + 2 * attempts)
-    requests = requests_of(operation, ctx, 2 * attempts)
+    requests = requests_of(operation, ctx, 2 * attempts, refused=refused)
     started = time.process_time()
     for request in requests[:attempts]:
         request()
@@ -101,14 +104,16 @@ def main():
     parser.add_argument("--attempts", type=int, default=400)
     parser.add_argument("--top", type=int, default=25, help="functions listed per ordering (0: none)")
     parser.add_argument("--callees", nargs="*", default=[], help="also list what these functions call (regex)")
+    parser.add_argument("--refused", action="store_true", help="every measured attempt refused (409), as in HOT")
     args = parser.parse_args()
     CALLEES.extend(args.callees)
     fresh_database()
     ctx = Context()
     kinds = {"floor": FrameworkFloor, **{op.name: op for op in OPERATIONS}}
     summary = []
-    for name in args.operations:
-        per_request_ms, calls, listing = profile(kinds[name](ctx), ctx, args.attempts, args.top)
+    operations = [name for name in args.operations if not (args.refused and name == "floor")]  # nothing to refuse
+    for name in operations:
+        per_request_ms, calls, listing = profile(kinds[name](ctx), ctx, args.attempts, args.top, refused=args.refused)
         if args.top:
             print(f"=== {name}\n{listing}")
         summary.append((name, per_request_ms, calls))
