@@ -30,7 +30,7 @@ from bookings.selectors import month_of_dates, weeks
 from bookings.services import cancel_booking, release_hold, retry_refund
 from core.admin_actions import ActionsOnlyMixin, DetailActionsMixin, row_action, seen_version
 from core.admin_display import badge
-from core.admin_forms import GuardedChangeFormMixin
+from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.guards import ClockNow, database_clock
@@ -38,7 +38,9 @@ from core.money import in_currency
 
 
 @admin.register(Package)
-class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PackageAdmin(
+    RowPagesMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin
+):
     """Packages: the change form writes only the changed fields through ``edit_package`` (the package
     lock exclusive, the version the form was opened at); delete goes through ``delete_package``."""
 
@@ -147,7 +149,7 @@ class PackageAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin
         return Package.objects.edit_package(obj.pk, tenant=None, version=version, **changes)
 
     def delete_model(self, request, obj):
-        Package.objects.delete_package(obj.pk, tenant=None)
+        Package.objects.delete_package(obj.pk, tenant=None, version=self.version_seen_on_delete_page(request))
 
     delete_selected_packages = row_action(
         _("Delete selected packages (only those nothing refers to)"),

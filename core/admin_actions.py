@@ -200,8 +200,7 @@ def confirm_first(
             apply["operation"] = functools.partial(apply["operation"], **filled.cleaned_data)
         if seen is not None:
             for row in rows:
-                carried = request.POST.get(f"seen_{row.pk}", "")
-                row.seen = int(carried) if carried.isascii() and carried.isdigit() and len(carried) <= 10 else NOT_SEEN
+                row.seen = carried_version(request.POST.get(f"seen_{row.pk}", ""))
         apply_to_each(modeladmin, request, rows, **apply)
         return None
     context = {
@@ -236,6 +235,11 @@ def _report_left_the_list(modeladmin, request, rows):
             % {"ids": ", #".join(str(pk) for pk in left[:20])},
             messages.WARNING,
         )
+
+
+def carried_version(carried):
+    """The version a page carried back in its POST, or NOT_SEEN when it is missing or no version."""
+    return int(carried) if carried.isascii() and carried.isdigit() and len(carried) <= 10 else NOT_SEEN
 
 
 def seen_version(row):

@@ -21,11 +21,12 @@ from django.db import router, transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
-from core.admin_actions import refusal_text
+from core.admin_actions import carried_version, refusal_text
 from core.exceptions import DomainError, VersionConflict
 from core.guards import database_refusals
 
 VERSION_FIELD = "expected_version"
+SEEN_VERSION_FIELD = "seen_version"  # on the delete page: the version it showed
 REFUSAL_ATTR = "_guarded_refusal"  # on the request: the refusal the re-rendered form shows
 
 
@@ -100,6 +101,22 @@ class RefusalMixin:
             opts = self.opts
             changelist = f"admin:{opts.app_label}_{opts.model_name}_changelist"
             return HttpResponseRedirect(reverse(changelist, current_app=self.admin_site.name))
+
+
+class DeleteAtSeenVersionMixin:
+    """Mix in before RefusalMixin where the manager deletes at a version: Django's delete page carries the
+    version it shows, and ``delete_model`` gets it back (``version_seen_on_delete_page``), as the bulk delete's
+    confirmation does, so a row changed after the page showed it is refused ``version_conflict``, not
+    deleted as it now stands. A POST without it (a page from before, a script) is refused the same way."""
+
+    delete_confirmation_template = "admin/lockstep/delete_confirmation.html"
+
+    def render_delete_form(self, request, context):
+        context["seen_version"] = context["object"].version
+        return super().render_delete_form(request, context)
+
+    def version_seen_on_delete_page(self, request):
+        return carried_version(request.POST.get(SEEN_VERSION_FIELD, ""))
 
 
 def _all_or_nothing(delete_selected):

@@ -13,7 +13,7 @@ from django.utils.translation import ngettext
 from core.admin_actions import ActionsOnlyMixin, row_action
 from core.admin_display import badge
 from core.admin_filters import queryset_filter
-from core.admin_forms import GuardedChangeFormMixin
+from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
 from core.money import in_currency, payable_currencies
@@ -89,7 +89,9 @@ class PromoCodeAdminForm(forms.ModelForm):
 
 
 @admin.register(PromoCode)
-class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+class PromoCodeAdmin(
+    RowPagesMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin
+):
     """Codes: the change form writes only what the operator changed, through ``update_code``.
 
     A plain ``obj.save()`` would write back the ``times_used`` (and the limit, the
@@ -162,9 +164,9 @@ class PromoCodeAdmin(RowPagesMixin, GuardedChangeFormMixin, TenantScopedAdminMix
         return actions
 
     def delete_model(self, request, obj):
-        # A refusal (promo_in_use: a usage just arrived, resource_locked, promo_not_found) is reported
-        # on the list by the mixin's delete_view.
-        PromoCode.objects.delete_code(obj.pk, tenant=obj.tenant)
+        # A refusal (promo_in_use: a usage just arrived, version_conflict: changed since the page showed it,
+        # resource_locked, promo_not_found) is reported on the list by the mixin's delete_view.
+        PromoCode.objects.delete_code(obj.pk, tenant=obj.tenant, version=self.version_seen_on_delete_page(request))
 
     @admin.display(description=_("used / limit"), ordering="times_used")
     def usage(self, promo):

@@ -475,8 +475,9 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         return most or 0
 
     @guarded
-    def delete_code(self, promo_id, *, tenant):
-        """Delete a code that was never used; PromoInUse when usages exist (void keeps history).
+    def delete_code(self, promo_id, *, tenant, version=None):
+        """Delete a code that was never used; PromoInUse when usages exist (void keeps history); with
+        ``version`` (the one the caller read), VersionConflict when the code changed since.
 
         Locks: the code row FOR UPDATE (after SET LOCAL lock_timeout).
 
@@ -485,12 +486,14 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         can appear, and the usages check (a statement issued after the lock)
         sees every usage committed while we waited. Without the lock, a usage
         committed after the check failed the deferred foreign key at COMMIT (500).
-        Raises PromoNotFound, PromoInUse, LockContended.
+        Raises PromoNotFound, VersionConflict, PromoInUse, LockContended.
         """
         set_local_lock_timeout(REDEEM_LOCK_TIMEOUT_MS, using=self.db)
         promo = self.for_tenant(tenant).locked(no_key=False).filter(pk=promo_id).first()
         if promo is None:
             raise errors.PromoNotFound()
+        if version is not None and version != promo.version:
+            raise VersionConflict(current=promo.version)
         if promo.usages.exists():
             raise errors.PromoInUse()
         try:

@@ -76,10 +76,6 @@ class PackageUpdateInputSerializer(StrictInput):
     version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
 
 
-class PackageDeleteQueryInputSerializer(StrictInput):
-    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
-
-
 class PublicPackageSerializer(serializers.ModelSerializer):
     price = InCurrencyField("price")
 

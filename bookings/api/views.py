@@ -12,7 +12,6 @@ from bookings.api.serializers import (
     CheckoutCreatedSerializer,
     CheckoutCreateInputSerializer,
     PackageCreateInputSerializer,
-    PackageDeleteQueryInputSerializer,
     PackageSerializer,
     PackageUpdateInputSerializer,
     PublicPackageSerializer,
@@ -27,6 +26,7 @@ from bookings.models import Booking, Package
 from bookings.selectors import places_left
 from bookings.services import cancel_booking, receive_payment_event, start_checkout
 from core.api.idempotency import idempotent
+from core.api.inputs import DeleteQueryInputSerializer
 from core.api.lookup import get_for_tenant, valid_id
 from core.api.representation import represented, validated
 from core.api.tenancy import PublicTenantMixin, TenantScopedMixin
@@ -184,10 +184,10 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
     def patch(self, request, tenant, pk):
         return self._edit(request, pk, partial=True)
 
-    @extend_schema(parameters=[PackageDeleteQueryInputSerializer], responses={204: None})
+    @extend_schema(parameters=[DeleteQueryInputSerializer], responses={204: None})
     def delete(self, request, tenant, pk):
         pk = valid_id(pk, PackageNotFound)
-        query = validated(PackageDeleteQueryInputSerializer, request.query_params)
+        query = validated(DeleteQueryInputSerializer, request.query_params)
         Package.objects.delete_package(pk, tenant=self.tenant, version=query.get("version"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -125,6 +125,13 @@ class StrictInput(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class DeleteQueryInputSerializer(StrictInput):
+    """A DELETE's query: the ``version`` the client read (optional); a row changed since is refused
+    ``version_conflict`` (409), never deleted as it now stands."""
+
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
+
+
 class PatternField(serializers.CharField):
     """A string that must match ``pattern`` exactly (the schema carries the same pattern)."""
 

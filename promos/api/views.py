@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.idempotency import idempotent
+from core.api.inputs import DeleteQueryInputSerializer
 from core.api.lookup import get_for_tenant, valid_id, valid_uuid
 from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
@@ -70,9 +71,11 @@ class PromoCodeDetailView(TenantScopedMixin, APIView):
     def patch(self, request, tenant, pk):
         return self._update(request, pk, s.PromoCodePatchInputSerializer)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(parameters=[DeleteQueryInputSerializer], responses={204: None})
     def delete(self, request, tenant, pk):
-        PromoCode.objects.delete_code(valid_id(pk, errors.PromoNotFound), tenant=self.tenant)
+        pk = valid_id(pk, errors.PromoNotFound)
+        query = validated(DeleteQueryInputSerializer, request.query_params)
+        PromoCode.objects.delete_code(pk, tenant=self.tenant, version=query.get("version"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

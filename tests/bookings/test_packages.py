@@ -14,6 +14,7 @@ from bookings.exceptions import CapacityBelowOccupancy, PackageInUse, PackageInv
 from bookings.models import Booking, Package
 from core.exceptions import VersionConflict
 from tests.bookings.factories import PackageFactory, book, future
+from tests.core.test_admin_scope import confirm_delete
 from tests.refusals import assert_error
 
 
@@ -277,8 +278,28 @@ def test_admin_add_and_delete_go_through_the_manager(admin_client, tenant):
     msgs = [str(m) for m in response.context["messages"]]
     assert any("1 package deleted" in m for m in msgs) and any("package_in_use" in m for m in msgs), msgs
     assert list(Package.objects.values_list("pk", flat=True)) == [used.pk]
-    response = admin_client.post(reverse("admin:bookings_package_delete", args=[used.pk]), {"post": "yes"})
-    assert response.status_code in (200, 302) and Package.objects.filter(pk=used.pk).exists()
+    page, _response = confirm_delete(admin_client, Package, used.pk)
+    assert "Cannot delete" in page.content.decode()  # Django lists the bookings that keep it
+    assert Package.objects.filter(pk=used.pk).exists()
+
+
+def test_the_delete_page_deletes_the_package_at_the_version_it_showed(admin_client, tenant):
+    """Django's delete page carries the version it shows, as the bulk delete's page does: a package changed
+    after the operator opened it is refused ``version_conflict``, not deleted as it now stands."""
+    package = PackageFactory(tenant=tenant, name="Sunset")
+
+    def renamed_meanwhile():
+        Package.objects.edit_package(package.pk, tenant=tenant, version=1, name="Sunrise")
+
+    page, refused = confirm_delete(admin_client, Package, package.pk, meanwhile=renamed_meanwhile)
+    assert page.context["seen_version"] == 1 and 'name="seen_version" value="1"' in page.content.decode()
+    assert any("version_conflict" in str(m) for m in refused.context["messages"])
+    assert Package.objects.get(pk=package.pk).name == "Sunrise"
+    without = admin_client.post(reverse("admin:bookings_package_delete", args=[package.pk]), {"post": "yes"})
+    assert without.status_code == 302 and Package.objects.filter(pk=package.pk).exists()  # a POST that saw nothing
+    _page, deleted = confirm_delete(admin_client, Package, package.pk)
+    assert any("deleted successfully" in str(m) for m in deleted.context["messages"])
+    assert not Package.objects.filter(pk=package.pk).exists()
 
 
 def test_a_price_the_currency_cannot_charge_refuses_the_hold_and_leaves_nothing(tenant):

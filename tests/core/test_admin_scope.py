@@ -231,6 +231,16 @@ def form_data(page):
     return data
 
 
+def confirm_delete(client, model, pk, *, meanwhile=lambda: None):
+    """Open the row's delete page, run ``meanwhile`` (a colleague's write), then confirm as the page would:
+    with the version it showed. Returns the page and the confirming POST's answer (followed)."""
+    page = client.get(url(model, "delete", pk))
+    assert page.status_code == 200, page.content
+    meanwhile()
+    confirmed = {"post": "yes", "seen_version": page.context["seen_version"]}
+    return page, client.post(url(model, "delete", pk), confirmed, follow=True)
+
+
 @pytest.mark.django_db
 def test_renaming_a_tenant_never_writes_back_a_role_a_colleague_changed_meanwhile(client, django_user_model):
     """Regression: the members inline saved every row as the page showed it: an owner's rename promoted back

@@ -8,6 +8,7 @@ from django.urls import reverse
 from core.guards import database_clock
 from promos import managers
 from promos.models import PromoCode, PromoUsage, RedemptionSession
+from tests.core.test_admin_scope import confirm_delete
 from tests.factories import TenantFactory
 from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
@@ -182,11 +183,27 @@ def test_code_delete_goes_through_the_manager(admin_client, tenant):
     PromoCode.objects.redeem("USED", tenant=tenant, customer="a", amount="10")
     changelist = admin_client.get(reverse("admin:promos_promocode_changelist"))
     assert "delete_selected" not in changelist.content.decode()  # the unlocked bulk delete is gone
-    response = admin_client.post(reverse("admin:promos_promocode_delete", args=[unused.pk]), {"post": "yes"})
-    assert response.status_code == 302 and not PromoCode.objects.filter(pk=unused.pk).exists()
+    _page, deleted = confirm_delete(admin_client, PromoCode, unused.pk)
+    assert deleted.status_code == 200 and not PromoCode.objects.filter(pk=unused.pk).exists()
     page = admin_client.get(reverse("admin:promos_promocode_delete", args=[used.pk]))
     assert page.status_code == 200 and "Cannot delete" in page.content.decode()  # Django lists the usages
     assert PromoCode.objects.filter(pk=used.pk).exists()
+
+
+def test_the_delete_page_deletes_the_code_at_the_version_it_showed(admin_client, tenant):
+    """A code raised to 50 after the operator opened its delete page is refused ``version_conflict``."""
+    promo = PromoCodeFactory(tenant=tenant, code="SPRING")
+
+    def raised_meanwhile():
+        PromoCode.objects.update_code(promo.pk, tenant=tenant, version=promo.version, bonus_value=Decimal("50.00"))
+
+    _page, refused = confirm_delete(admin_client, PromoCode, promo.pk, meanwhile=raised_meanwhile)
+    assert any("version_conflict" in m for m in texts(refused)), texts(refused)
+    assert PromoCode.objects.get(pk=promo.pk).bonus_value == Decimal("50.00")
+    without = admin_client.post(reverse("admin:promos_promocode_delete", args=[promo.pk]), {"post": "yes"})
+    assert without.status_code == 302 and PromoCode.objects.filter(pk=promo.pk).exists()
+    _page, deleted = confirm_delete(admin_client, PromoCode, promo.pk)
+    assert not PromoCode.objects.filter(pk=promo.pk).exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -57,7 +57,11 @@ def test_create_list_get_update_delete_code(api_client, tenant):
     patched = api_client.patch(f"{BASE}/promo-codes/{pk}", edit, format="json")
     assert patched.status_code == 200, patched.content
     assert patched.json()["max_bonus"] == "5.50" and patched.json()["times_used"] == 0
-    assert api_client.delete(f"{BASE}/promo-codes/{pk}").status_code == 204
+    stale = api_client.delete(f"{BASE}/promo-codes/{pk}?version={body['version']}")  # the version before the PATCH
+    stale = assert_error(stale, 409, "version_conflict")
+    assert stale["details"] == {"current": patched.json()["version"]}
+    assert_error(api_client.delete(f"{BASE}/promo-codes/{pk}?version=x"), 400, "invalid_input")
+    assert api_client.delete(f"{BASE}/promo-codes/{pk}?version={patched.json()['version']}").status_code == 204
     assert_error(api_client.get(f"{BASE}/promo-codes/{pk}"), 404, "promo_not_found")
 
 
