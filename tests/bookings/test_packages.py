@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pgtrigger
 import pytest
+from django.contrib.admin.models import DELETION, LogEntry
 from django.db import transaction
 from django.db.models.functions import Now
 from django.urls import reverse
@@ -295,6 +296,7 @@ def test_the_delete_page_deletes_the_package_at_the_version_it_showed(admin_clie
     assert page.context["seen_version"] == 1 and 'name="seen_version" value="1"' in page.content.decode()
     assert any("version_conflict" in str(m) for m in refused.context["messages"])
     assert Package.objects.get(pk=package.pk).name == "Sunrise"
+    assert not LogEntry.objects.filter(action_flag=DELETION).exists()  # logged in the transaction it rolled back
     without = admin_client.post(reverse("admin:bookings_package_delete", args=[package.pk]), {"post": "yes"})
     assert without.status_code == 302 and Package.objects.filter(pk=package.pk).exists()  # a POST that saw nothing
     _page, deleted = confirm_delete(admin_client, Package, package.pk)
