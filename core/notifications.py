@@ -6,13 +6,17 @@ of the event, records one with ``Notification.objects.owe`` (core/models.py). Th
 e-mail backend (console by default, SMTP from the environment: docs/operations.md).
 """
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import translation
 
+from core.exceptions import LockContended
 from core.models import Notification
+
+logger = logging.getLogger("lockstep.worker")
 
 
 @dataclass(frozen=True)
@@ -23,14 +27,19 @@ class Message:
 
 MESSAGES = {}
 
-# A mail server that refuses is asked again after 4 s, 16 s, 64 s, 256 s, 1024 s (core/tasks.py), then given up on:
-# counted on the notification's own row (``attempts``, raised at each claim), so a retry that never reached
-# the mail server (its row busy at the claim) does not use one up.
+# A mail server that refuses is asked again 5 times, after 4 s, 16 s, 64 s, 256 s and 1024 s (core/tasks.py), then
+# given up on: 6 attempts, counted on the notification's own row (``attempts``, raised at each claim), so a run
+# that never reached the mail server (its row busy at the claim) does not use one up.
 NOTIFICATION_RETRIES = 5
 
 
-class GivenUp(Exception):
-    """The mail server refused a notification's last attempt: it is left ``failed`` and its job fails."""
+class MailRefused(Exception):
+    """The mail server refused a notification: back to ``pending`` for the job's retry, or, ``final``, after
+    its last attempt, left ``failed`` (its job fails with it)."""
+
+    def __init__(self, message, *, final):
+        super().__init__(message)
+        self.final = final
 
 
 # The languages a customer can be written to in (settings.LANGUAGES); anything else gets the default.
@@ -58,9 +67,9 @@ def send(notification_id):
     """Send one owed notification at most once; return whether this call sent it.
 
     Claimed (committed) before the mail server is called; a refusal from the server puts it
-    back to ``pending`` and raises, so the job's retry tries again; the last one (its
-    ``NOTIFICATION_RETRIES``-th claim) leaves it ``failed`` and raises ``GivenUp``. A row busy
-    at the claim raises ``LockContended``: nothing was attempted, and no attempt is counted.
+    back to ``pending`` and raises ``MailRefused``, so the job's retry tries again; after the
+    last retry (its ``NOTIFICATION_RETRIES + 1``-th claim) it is left ``failed``. A row busy at
+    the claim raises ``LockContended``: nothing was attempted, and no attempt is counted.
     """
     notification = Notification.objects.claim(notification_id)
     if notification is None:
@@ -69,10 +78,12 @@ def send(notification_id):
         subject, body = render(notification)
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
     except Exception as error:  # any refusal from the backend: recorded, then the job retries
-        final = notification.attempts >= NOTIFICATION_RETRIES
-        Notification.objects.release(notification_id, error=f"{type(error).__name__}: {error}", final=final)
-        if final:
-            raise GivenUp(f"notification {notification_id}: {type(error).__name__}: {error}") from error
-        raise
+        final = notification.attempts > NOTIFICATION_RETRIES
+        try:
+            Notification.objects.release(notification_id, error=f"{type(error).__name__}: {error}", final=final)
+        except LockContended:  # the row stays `sending`, as after a worker's death: said, for an operator
+            logger.error("notification %s left sending: refused (%s) while its row was busy", notification_id, error)
+            raise
+        raise MailRefused(f"notification {notification_id}: {type(error).__name__}: {error}", final=final) from error
     Notification.objects.mark_sent(notification_id)
     return True

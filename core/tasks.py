@@ -21,13 +21,14 @@ from io import StringIO
 
 from django.conf import settings
 from django.core.management import call_command
-from django.db import close_old_connections
+from django.db import OperationalError, close_old_connections
 from procrastinate import RetryStrategy, builtin_tasks, exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 from procrastinate.retry import RetryDecision
 
 from core import notifications
+from core.exceptions import LockContended
 from core.management.base import EXIT_LOCKED, EXIT_OK
 
 logger = logging.getLogger("lockstep.worker")
@@ -148,16 +149,20 @@ def job_to_defer(task, args_sql):
 
 
 class NotificationRetry(RetryStrategy):
-    """Retry a notification's job until its row is sent or given up on (``notifications.GivenUp``, decided by the
-    row's own count of attempts at the mail server). Counting the job's runs instead left a notification
-    ``pending`` with no job for good when its last run met the row busy at the claim (``LockContended``): a
-    run that attempted nothing. The wait grows as procrastinate's exponential one, up to its last step."""
+    """A notification's job is retried until its row is sent or given up on, as the row counts the mail
+    server's refusals (``MailRefused``, ``final`` after the last); a run that attempted nothing (its row busy
+    at the claim, ``LockContended``, or the database unreachable) is retried however often that happens, as
+    its notification is still owed. Counting the job's runs left a notification ``pending`` with no job for
+    good when its last run met the row busy. Anything else (a bug) fails the job after ``max_attempts``
+    retries, for an operator to see. The wait grows as procrastinate's exponential one, up to its last step."""
 
     def get_retry_decision(self, *, exception, job):
-        if isinstance(exception, notifications.GivenUp):
+        if isinstance(exception, notifications.MailRefused) and exception.final:
             return None
-        step = min(job.attempts, self.max_attempts - 1)
-        return RetryDecision(retry_in={"seconds": self.exponential_wait ** (step + 1)})
+        if isinstance(exception, notifications.MailRefused | LockContended | OperationalError):
+            step = min(job.attempts, self.max_attempts - 1)
+            return RetryDecision(retry_in={"seconds": self.exponential_wait ** (step + 1)})
+        return super().get_retry_decision(exception=exception, job=job)
 
 
 @app.task(

@@ -11,7 +11,7 @@ from bookings.models import Booking, Checkout
 from bookings.services import cancel_booking, refund_booking, sandbox_deliver, start_checkout
 from core.exceptions import LockContended
 from core.models import Notification
-from core.notifications import NOTIFICATION_RETRIES, GivenUp, send
+from core.notifications import NOTIFICATION_RETRIES, MailRefused, send
 from tests.bookings.factories import PackageFactory, future
 from tests.races import row_locked
 
@@ -202,18 +202,20 @@ def test_a_mail_server_refusal_is_retried_then_given_up_on(package, settings):
     booking = book(package)
     pk = Notification.objects.get(subject=f"booking:{booking.pk}").pk
     settings.EMAIL_BACKEND = "tests.bookings.providers.RefusingEmailBackend"
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(MailRefused) as refused:
         send(pk)
+    assert not refused.value.final and isinstance(refused.value.__cause__, ConnectionRefusedError)
     row = Notification.objects.get(pk=pk)
     assert (row.status, row.attempts, row.last_error) == ("pending", 1, "ConnectionRefusedError: no SMTP")
-    for _attempt in range(2, NOTIFICATION_RETRIES):
-        with pytest.raises(ConnectionRefusedError):
+    for attempt in range(2, NOTIFICATION_RETRIES + 1):  # the retries but the last
+        with pytest.raises(MailRefused) as refused:
             send(pk)
-        assert Notification.objects.get(pk=pk).status == "pending"
-    with pytest.raises(GivenUp):
+        assert not refused.value.final and Notification.objects.get(pk=pk).status == "pending", attempt
+    with pytest.raises(MailRefused) as refused:
         send(pk)
+    assert refused.value.final
     row = Notification.objects.get(pk=pk)
-    assert (row.status, row.attempts) == ("failed", NOTIFICATION_RETRIES)
+    assert (row.status, row.attempts) == ("failed", NOTIFICATION_RETRIES + 1)  # the first attempt and 5 retries
     assert send(pk) is False  # a job's run after that sends nothing
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.models.functions import Now
 from procrastinate.contrib.django.models import ProcrastinateJob
 
@@ -349,8 +349,9 @@ def test_a_dead_workers_jobs_are_queued_again_or_aborted_where_their_next_run_al
 
 @pytest.mark.django_db  # the queue is emptied before every test here
 def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
-    """The row counts the mail server's refusals (``GivenUp`` on the last); the job's own runs do not decide,
-    so a last run that met the row busy (nothing attempted) is retried, not left failed with the row pending."""
+    """The row counts the mail server's refusals (``MailRefused``, final on the last); the job's own runs do
+    not decide, so a last run that met the row busy or the database away (nothing attempted) is retried, not
+    left failed with the row pending. Anything else, a bug, fails the job after the usual retries."""
     strategy = send_notification.retry_strategy
     job = send_notification.configure().job
 
@@ -358,9 +359,17 @@ def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
         decision = strategy.get_retry_decision(exception=exception, job=job.evolve(attempts=runs))
         return decision and round((decision.retry_at - datetime.now(UTC)).total_seconds())
 
-    assert waits(notifications.GivenUp("last refusal"), 1) is None
+    assert waits(notifications.MailRefused("last refusal", final=True), 1) is None
     last_step = 4**NOTIFICATION_RETRIES  # 1024 s
     runs_and_waits = [(0, 4), (1, 16), (NOTIFICATION_RETRIES - 1, last_step), (NOTIFICATION_RETRIES, last_step)]
+    nothing_attempted_or_counted = (
+        LockContended(),
+        OperationalError("connection refused"),
+        notifications.MailRefused("no SMTP", final=False),
+    )
     for runs, wait in [*runs_and_waits, (15, last_step)]:
-        for error in (LockContended(), ConnectionRefusedError("no SMTP")):
+        for error in nothing_attempted_or_counted:
             assert waits(error, runs) == wait, (error, runs)
+    bug = TypeError("a bug before the claim")
+    assert waits(bug, 0) == 4 and waits(bug, NOTIFICATION_RETRIES - 1) == last_step
+    assert waits(bug, NOTIFICATION_RETRIES) is None  # failed, for an operator to see
