@@ -159,7 +159,8 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
 
     Edits and deletes take the package lock exclusive (Package.objects.edit_package /
     delete_package): 409 ``capacity_below_occupancy``, ``package_in_use``,
-    ``version_conflict`` (when the body's ``version`` is stale), ``resource_locked``.
+    ``version_conflict`` (when the ``version`` sent, in the body or DELETE's query, is stale),
+    ``resource_locked``.
     """
 
     serializer_class = PackageSerializer

@@ -129,7 +129,12 @@ class DeleteQueryInputSerializer(StrictInput):
     """A DELETE's query: the ``version`` the client read (optional); a row changed since is refused
     ``version_conflict`` (409), never deleted as it now stands."""
 
-    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
+    version = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_VERSION,
+        required=False,
+        help_text="The version you read; a row changed since is not deleted (409 version_conflict).",
+    )
 
 
 class PatternField(serializers.CharField):
