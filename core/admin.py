@@ -6,12 +6,13 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
 from rest_framework.authtoken import admin as authtoken_admin
 from rest_framework.authtoken.models import TokenProxy
 
-from core.admin_actions import ActionsOnlyMixin, BadInputMixin
+from core.admin_actions import ActionsOnlyMixin, BadInputMixin, row_action
 from core.admin_forms import GuardedChangeFormMixin, RefusalMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
@@ -149,6 +150,18 @@ class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
     list_filter = ["status", "kind", "language"]
     search_fields = ["subject", "recipients"]
     readonly_fields = [field.name for field in Notification._meta.fields]
+    actions = ["queue_again"]
+
+    queue_again = row_action(
+        _("Queue the sending again (pending ones whose job is gone)"),
+        lambda notification: Notification.objects.queue_again(notification.pk),
+        permissions=["operate"],
+        nothing_to_do=_("not pending: nothing to send"),
+        done_message=lambda n: ngettext("%(n)d notification queued.", "%(n)d notifications queued.", n) % {"n": n},
+    )
+
+    def has_operate_permission(self, request):
+        return request.user.is_active and request.user.is_superuser  # the queue is shared by every tenant
 
 
 class JobAdmin(BadInputMixin, procrastinate_admin.ProcrastinateJobAdmin):

@@ -324,6 +324,21 @@ class NotificationManager(models.Manager):
         return self.get(pk=pk)
 
     @guarded
+    def queue_again(self, pk):
+        """Queue another send job for a notification still ``pending`` whose own job is gone (a job given up on
+        by a release before the row counted its attempts, a queue emptied by hand); return whether one was
+        queued. A second job for a row that has one is harmless: the claim sends it at most once.
+
+        Locks: none (a read, then the job's row, in one transaction).
+        """
+        from core.tasks import send_notification  # the worker's tasks import this module
+
+        if not self.filter(pk=pk, status=self.model.Status.PENDING).exists():
+            return False
+        send_notification.defer(notification_id=pk)
+        return True
+
+    @guarded
     def mark_sent(self, pk):
         """``sending`` -> ``sent``, stamped by the database clock.
 

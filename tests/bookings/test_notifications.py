@@ -270,3 +270,28 @@ def test_senders_racing_for_one_notification_send_it_once(tenant):
     assert len(mail.outbox) == 1
     row = Notification.objects.get(pk=pk)
     assert (row.status, row.attempts) == ("sent", 1)
+
+
+def test_an_operator_queues_again_a_pending_notification_whose_job_is_gone(package, admin_client, client):
+    """A notification left ``pending`` without a job (given up on by a release before the row counted its
+    attempts) is sent once a superuser queues it again; one already sent is left alone."""
+    from django.contrib.auth import get_user_model
+    from django.urls import reverse
+
+    other = PackageFactory(tenant=package.tenant, name="Dhow dinner")
+    lost, sent = (Notification.objects.get(subject=f"booking:{book(p).pk}") for p in (package, other))
+    send(sent.pk)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs WHERE (args ->> 'notification_id')::bigint = %s", [lost.pk])
+    assert lost.pk not in queued_jobs()
+    changelist = reverse("admin:core_notification_changelist")
+    chosen = {"action": "queue_again", "_selected_action": [lost.pk, sent.pk]}
+    said = [str(m) for m in admin_client.post(changelist, chosen, follow=True).context["messages"]]
+    assert "1 notification queued." in said and f"{sent}: not pending: nothing to send" in said, said
+    assert queued_jobs().count(lost.pk) == 1
+    send_all()
+    assert Notification.objects.get(pk=lost.pk).status == "sent"
+
+    staff = get_user_model().objects.create_user("staff", password="pw", is_staff=True)  # not a superuser
+    client.force_login(staff)
+    assert client.post(changelist, chosen).status_code == 403  # the queue is shared by every tenant
