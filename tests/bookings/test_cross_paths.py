@@ -572,3 +572,16 @@ def test_a_cancel_whose_booking_a_late_payment_makes_cancellable_between_its_upd
     assert response.json()["status"] == Booking.Status.REFUNDED
     assert Checkout.objects.get(booking=booking).refund_state == Checkout.RefundState.SUCCEEDED
     assert_invariants()
+
+
+def test_a_package_delete_at_a_version_waiting_on_an_edit_is_refused_when_the_edit_commits(tenant):
+    """The delete takes the package lock exclusive before it reads the version: an edit holding it wins."""
+    package = PackageFactory(tenant=tenant, name="Sunset")
+    renaming = OpenTransaction(lambda: Package.objects.edit_package(package.pk, tenant=tenant, version=1, name="Dawn"))
+    with renaming as edit:
+        deleting = Background(lambda: Package.objects.delete_package(package.pk, tenant=tenant, version=1))
+        assert wait_until_blocked_or_done(deleting)  # waits for the edit's package lock
+        edit.commit()
+    deleting.join()
+    assert deleting.outcome.code == "version_conflict", repr(deleting.outcome)
+    assert Package.objects.get(pk=package.pk).name == "Dawn"

@@ -531,3 +531,21 @@ def test_a_definition_edit_on_a_held_code_row_waits_then_answers_resource_locked
     assert outcome.code == "resource_locked" and 0.1 <= waited < 1.5, (outcome.code, waited)
     promo.refresh_from_db()
     assert (promo.total_usage_limit, promo.version) == (5, 1)
+
+
+def test_a_delete_at_a_version_waiting_on_an_edit_is_refused_when_the_edit_commits():
+    """The version is judged under the row lock: a delete that waited for a colleague's edit sees its version."""
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    outcome = attempted_while_held(
+        lambda: PromoCode.objects.update_code(promo.pk, tenant=promo.tenant, version=1, bonus_value=Decimal("50")),
+        lambda i: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant, version=1),
+    )
+    assert outcome.code == "version_conflict", repr(outcome.error)
+    assert PromoCode.objects.get(pk=promo.pk).bonus_value == Decimal("50.00")
+
+
+def test_deletes_at_one_version_at_once_delete_the_code_once():
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    outcomes = run_concurrently(lambda i: PromoCode.objects.delete_code(promo.pk, tenant=promo.tenant, version=1), 6)
+    assert tally(outcomes) == {"ok": 1, "promo_not_found": 5}
+    assert not PromoCode.objects.filter(pk=promo.pk).exists()
