@@ -25,7 +25,6 @@ from django.db import OperationalError, close_old_connections
 from procrastinate import RetryStrategy, builtin_tasks, exceptions
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
-from procrastinate.retry import RetryDecision
 
 from core import notifications
 from core.exceptions import LockContended
@@ -160,8 +159,7 @@ class NotificationRetry(RetryStrategy):
         if isinstance(exception, notifications.MailRefused) and exception.final:
             return None
         if isinstance(exception, notifications.MailRefused | LockContended | OperationalError):
-            step = min(job.attempts, self.max_attempts - 1)
-            return RetryDecision(retry_in={"seconds": self.exponential_wait ** (step + 1)})
+            job = job.evolve(attempts=min(job.attempts, self.max_attempts - 1))  # past the budget: its last wait
         return super().get_retry_decision(exception=exception, job=job)
 
 
