@@ -234,10 +234,16 @@ def parse_args(argv):
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cases", default=f"{HOT},{SPREAD}")
     parser.add_argument(
-        "--workers", type=int, default=http.server_workers(), help="gunicorn worker processes (default 1 per core)"
+        "--workers", type=int, default=http.server_workers(), help="HTTP server processes (default 1 per core)"
     )
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
+    parser.add_argument("--threads", type=int, default=8, help="HTTP server threads per process (default 8)")
     parser.add_argument("--pool", action="store_true", help="serve HTTP with Django's native psycopg pool")
+    parser.add_argument(
+        "--server",
+        choices=list(http.SERVERS),
+        default="gunicorn",
+        help="what serves HTTP: gunicorn (production's, the default), or uWSGI or Granian to compare with",
+    )
     parser.add_argument("--output", default=None, help="JSON file (default var/bench/results-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -280,7 +286,9 @@ def main(argv=None):
         if phase == "http":
             log = Path(settings.BASE_DIR) / "var" / "bench" / "gunicorn.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            server = http.Server(db, workers=args.workers, threads=args.threads, log=log, pool=args.pool)
+            server = http.Server(
+                db, workers=args.workers, threads=args.threads, log=log, pool=args.pool, kind=args.server
+            )
             server.warm_up(f"/api/t/{ctx.slug}/proposals", ctx.token)
         try:
             if server:
@@ -359,10 +367,11 @@ def main(argv=None):
                 "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
                 "duration_s": args.duration,
                 "targets": args.rows,
-                "gunicorn": {
+                "http_server": {
+                    "name": args.server,
                     "workers": args.workers,
                     "threads": args.threads,
-                    "worker_class": "gthread",
+                    "worker_class": "gthread" if args.server == "gunicorn" else None,
                     "psycopg_pool": args.pool,
                 },
                 "cells": [c.as_dict() for c in cells],

@@ -1,5 +1,7 @@
 """Lockstep over HTTP: gunicorn (gthread, several workers) and a small Python load generator.
 
+``--server`` serves it with uWSGI or Granian instead, to compare: see ``SERVERS``.
+
 The load generator is ``multiprocessing`` x threads, each thread holding one
 keep-alive ``http.client`` connection and timing every request. It needs nothing
 beyond the standard library, so ``make bench`` runs on a fresh machine (wrk, hey
@@ -37,31 +39,52 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class Server:
-    """gunicorn serving config.wsgi against the benchmark database."""
+# What serves config.wsgi over HTTP (--server). gunicorn is what production runs (``make serve``); the
+# others are there to compare with, to read how much of a request's server CPU is the server's own
+# loop rather than the app's: a C or Rust loop against gunicorn's Python one. They are not in the
+# requirements; install the version measured to run them.
+SERVERS = {
+    "gunicorn": None,
+    "uwsgi": "pyuwsgi==2.0.30.post1",
+    "granian": "granian==2.8.9",
+}
 
-    def __init__(self, db, *, workers, threads, log, pool=False):
+
+def server_command(kind, port, *, workers, threads):
+    """The command serving config.wsgi on 127.0.0.1:``port``: ``workers`` processes of ``threads`` threads,
+    keep-alive on, no access log."""
+    executable = os.path.join(os.path.dirname(sys.executable), kind)
+    if not os.path.exists(executable):
+        raise SystemExit(f"--server {kind}: {executable} not found (pip install {SERVERS[kind]})")
+    if kind == "uwsgi":
+        return [
+            *(executable, "--http11-socket", f"127.0.0.1:{port}", "--http-keepalive"),
+            *("--module", "config.wsgi:application", "--need-app", "--master", "--die-on-term"),
+            *("--processes", str(workers), "--threads", str(threads), "--enable-threads", "--lazy-apps"),
+            "--disable-logging",
+        ]
+    if kind == "granian":
+        return [
+            *(executable, "--interface", "wsgi", "config.wsgi:application", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads)),
+            *("--runtime-threads", "1", "--log-level", "warning"),
+        ]
+    return [
+        *(executable, "config.wsgi", "--bind", f"127.0.0.1:{port}", "-k", "gthread"),
+        *("--workers", str(workers), "--threads", str(threads), "--keep-alive", "30", "--log-level", "warning"),
+    ]
+
+
+class Server:
+    """gunicorn (or ``kind``, to compare with) serving config.wsgi against the benchmark database."""
+
+    def __init__(self, db, *, workers, threads, log, pool=False, kind="gunicorn"):
         self.port = free_port()
+        command = server_command(kind, self.port, workers=workers, threads=threads)
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "DATABASE_URL": database_url(db), "DEBUG": "false", "LOG_LEVEL": "ERROR"}
         if pool:
             env.update(DJANGO_SETTINGS_MODULE="bench.pool_settings", BENCH_POOL_SIZE=str(threads))
-        command = [
-            os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "-k",
-            "gthread",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--keep-alive",
-            "30",
-            "--log-level",
-            "warning",
-        ]
         self.process = subprocess.Popen(
             command, env=env, start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -71,7 +94,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("gunicorn exited during start-up")
+                raise RuntimeError("the HTTP server exited during start-up")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/api/public/none/packages")
@@ -79,7 +102,7 @@ class Server:
                 return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("gunicorn did not answer")
+        raise RuntimeError("the HTTP server did not answer")
 
     def warm_up(self, path, token, *, requests=64, threads=8):
         """Send a few authenticated GETs so every worker has imported the app and opened its connection."""
