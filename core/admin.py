@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.forms.models import BaseInlineFormSet
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from procrastinate.contrib.django import admin as procrastinate_admin
@@ -12,8 +13,8 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from rest_framework.authtoken import admin as authtoken_admin
 from rest_framework.authtoken.models import TokenProxy
 
-from core.admin_actions import ActionsOnlyMixin, BadInputMixin, row_action
-from core.admin_forms import GuardedChangeFormMixin, RefusalMixin
+from core.admin_actions import ActionsOnlyMixin, BadInputMixin, carried_version, row_action, seen_version
+from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin, RefusalMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.exceptions import MemberAlreadyExists
@@ -56,13 +57,43 @@ class MembershipForm(forms.ModelForm):
         return cleaned
 
 
+class ShownMemberForm(forms.ModelForm):
+    """A row of the tenant page's members: read-only, carrying the version the page showed."""
+
+    seen_version = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    class Meta:
+        model = Membership
+        fields = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial["seen_version"] = self.instance.version
+
+
+class MembersAtSeenVersion(BaseInlineFormSet):
+    """A ticked delete box removes the member at the version its row showed (``delete_member``): a member a
+    colleague changed meanwhile (promoted to owner, say) is refused version_conflict, not removed as they now are;
+    a POST without it (a page from before) is refused the same way."""
+
+    def delete_existing(self, obj, commit=True):
+        if commit:
+            (form,) = [form for form in self.initial_forms if form.instance is obj]
+            carried = form.data.get(form.add_prefix("seen_version"), "")
+            Membership.objects.delete_member(obj.pk, version=carried_version(carried))
+
+
 class MembershipInline(TenantScopedAdminMixin, admin.TabularInline):
     """A tenant's members, read-only here: a role is changed on the member's own page, at the version read
-    (a tenant's Save would write back every row as the page showed it, undoing a colleague's demotion)."""
+    (a tenant's Save would write back every row as the page showed it, undoing a colleague's demotion); a
+    member is removed at the version the page showed (``MembersAtSeenVersion``)."""
 
     model = Membership
+    form = ShownMemberForm
+    formset = MembersAtSeenVersion
     change_roles = MANAGE_MEMBERS
-    fields = readonly_fields = ["user", "role"]
+    fields = ["user", "role", "seen_version"]
+    readonly_fields = ["user", "role"]
     show_change_link = True
     extra = 0
 
@@ -111,15 +142,54 @@ class TenantAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdm
 
 
 @admin.register(Membership)
-class MembershipAdmin(RowHistoryMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
-    """A member's role, written only where the owner changed it and only at the version they read."""
+class MembershipAdmin(
+    RowHistoryMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin
+):
+    """A member's role, written only where the owner changed it and only at the version they read; a member
+    removed only at the version the page showed (the delete page, the bulk delete's confirmation)."""
 
     change_roles = MANAGE_MEMBERS
     refusal_fields = {"member_exists": "user"}
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
+    list_select_related = ["user", "tenant"]
     search_fields = ["user__username", "tenant__slug"]
     form = MembershipForm
+    actions = ["delete_selected_members"]
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # deletes the rows as they stand: at the version shown instead
+        return actions
+
+    def delete_model(self, request, obj):
+        Membership.objects.delete_member(obj.pk, version=self.version_seen_on_delete_page(request))
+
+    delete_selected_members = row_action(
+        _("Remove selected members"),
+        lambda membership: Membership.objects.delete_member(membership.pk, version=seen_version(membership)),
+        permissions=["delete"],
+        select_related=["user", "tenant"],
+        confirm={
+            "seen": lambda membership: membership.version,
+            "title": _("Remove selected members"),
+            "explanation": _(
+                "Each member loses access to the tenant. A member changed since this page showed them is refused, "
+                "and so is a tenant's last owner."
+            ),
+            "columns": {
+                _("user"): lambda membership: membership.user.get_username(),
+                _("tenant"): lambda membership: str(membership.tenant),
+                _("role"): lambda membership: membership.get_role_display(),
+            },
+            "effect": lambda membership: _("removed"),
+            "confirm_label": _("Remove these members"),
+        },
+        describe=lambda membership: (
+            _("Member %(user)s of %(tenant)s") % {"user": membership.user.get_username(), "tenant": membership.tenant}
+        ),
+        done_message=lambda n: ngettext("%(n)d member removed.", "%(n)d members removed.", n) % {"n": n},
+    )
 
     def guarded_edit(self, request, obj, changes, *, version):
         changes.pop("tenant", None)  # a membership never moves to another tenant

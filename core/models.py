@@ -16,7 +16,7 @@ from core.history import tracked
 from core.integrity import BumpVersion, StateMachine, refusal_sql
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
-from core.versioned_edit import edit_at_version, refuse_unknown_fields
+from core.versioned_edit import delete_at_version, edit_at_version, refuse_unknown_fields
 
 
 class TenantManager(models.Manager):
@@ -94,6 +94,22 @@ class MembershipManager(models.Manager):
         """
         refuse_unknown_fields(changes, MEMBERSHIP_EDITABLE, model="Membership", edit="a member edit")
         return edit_at_version(self.filter(pk=membership_id), version=version, changes=changes, missing=NotFound)
+
+    @guarded
+    def delete_member(self, membership_id, *, version):
+        """Remove a member, at the version the caller read (the member's page, the list's bulk delete, the
+        tenant page's inline all show one).
+
+        Locks: the membership row FOR UPDATE (waits up to lock_timeout); then, when an owner was removed,
+        TENANT_OWNERS(tenant) (the membership_keeps_an_owner trigger, which counts the owners left).
+
+        Refuses with VersionConflict when the membership changed since the caller read it: a page opened
+        before a colleague promoted the member to owner does not remove an owner nobody was shown; with
+        LastOwner when it is the tenant's last owner, judged before it returns (not at a caller's commit),
+        so each row of a bulk removal is refused on its own. Raises NotFound, VersionConflict, LastOwner.
+        """
+        delete_at_version(self.filter(pk=membership_id), version=version, missing=NotFound)
+        connections[self.db].check_constraints()  # the deferred owner count, now: SET CONSTRAINTS ALL IMMEDIATE
 
 
 class KeepsAnOwner(pgtrigger.Trigger):

@@ -1,7 +1,8 @@
-"""The edit of a guarded row's editable fields: only the fields named, only at the version the caller read.
+"""The edit of a guarded row's editable fields: only the fields named, only at the version the caller read;
+and its deletion, only at that version.
 
 Shared by the managers' ``edit_*`` operations (a package's terms, a booking's or a proposal's
-contact); each calls these inside its own ``@guarded`` transaction.
+contact) and ``delete_*`` ones (a member); each calls these inside its own ``@guarded`` transaction.
 """
 
 from core.exceptions import VersionConflict
@@ -28,3 +29,17 @@ def edit_at_version(scope, *, version, changes, missing):
     if changes:
         scope.update(**changes)
     return scope.get()
+
+
+def delete_at_version(scope, *, version, missing):
+    """Lock the row of ``scope`` FOR UPDATE, refuse a stale ``version``, then delete it.
+
+    Raises ``missing`` when there is no such row, VersionConflict when ``version`` is not the
+    row's: a page that showed the row before a colleague changed it does not delete it as it now is.
+    """
+    current = scope.select_for_update().values_list("version", flat=True).first()
+    if current is None:
+        raise missing()
+    if version != current:
+        raise VersionConflict(current=current)
+    scope.delete()
