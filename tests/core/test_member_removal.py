@@ -182,3 +182,13 @@ def test_the_tenant_pages_delete_box_removes_the_member_as_the_page_showed_them(
     assert not Membership.objects.filter(pk=viewer.pk).exists()
     assert owners(owner.tenant) == 2 and Membership.objects.get(pk=owner.pk).role == OWNER
     assert STAFF not in Membership.objects.values_list("role", flat=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_removing_each_other_at_once_leave_the_tenant_one():
+    """Each removal counts the owners left under the tenant's owner lock: the second sees the first's commit."""
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    outcomes = run_concurrently(lambda i: Membership.objects.delete_member((first, second)[i].pk, version=1), 2)
+    assert tally(outcomes) == {"ok": 1, "last_owner": 1}
+    assert owners(tenant) == 1
