@@ -192,3 +192,18 @@ def test_two_owners_removing_each_other_at_once_leave_the_tenant_one():
     outcomes = run_concurrently(lambda i: Membership.objects.delete_member((first, second)[i].pk, version=1), 2)
     assert tally(outcomes) == {"ok": 1, "last_owner": 1}
     assert owners(tenant) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_removal_meeting_an_uncommitted_removal_of_the_other_owner_is_refused_when_it_commits():
+    """Forced: the first removal has counted (an owner left) and holds the tenant's owner lock, uncommitted; the
+    second waits for it, then counts on a snapshot that sees the first gone: last_owner. Without the lock it
+    would count the first as still there, and both would commit."""
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    outcome = attempted_while_held(
+        lambda: Membership.objects.delete_member(first.pk, version=1),
+        lambda i: Membership.objects.delete_member(second.pk, version=1),
+    )
+    assert outcome.code == "last_owner", repr(outcome.error)
+    assert list(Membership.objects.filter(tenant=tenant)) == [second]
