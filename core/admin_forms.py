@@ -17,6 +17,8 @@ import functools
 
 from django import forms
 from django.contrib import messages
+from django.contrib.admin.options import IS_POPUP_VAR, TO_FIELD_VAR
+from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.db import router, transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
@@ -99,8 +101,14 @@ class RefusalMixin:
         except DomainError as refusal:  # in use, locked, or gone meanwhile: the list is there either way
             self.message_user(request, refusal_text(refusal), messages.ERROR)
             opts = self.opts
-            changelist = f"admin:{opts.app_label}_{opts.model_name}_changelist"
-            return HttpResponseRedirect(reverse(changelist, current_app=self.admin_site.name))
+            name = f"admin:{opts.app_label}_{opts.model_name}_changelist"
+            changelist = reverse(name, current_app=self.admin_site.name)
+            # as the page was opened: in a popup (a related field's delete link) the list stays a popup, and
+            # the list's filters the operator came from stay applied
+            kept = {"preserved_filters": self.get_preserved_filters(request), "opts": opts}
+            popup = IS_POPUP_VAR in request.POST or IS_POPUP_VAR in request.GET
+            to_field = request.POST.get(TO_FIELD_VAR, request.GET.get(TO_FIELD_VAR))
+            return HttpResponseRedirect(add_preserved_filters(kept, changelist, popup=popup, to_field=to_field))
 
 
 class DeleteAtSeenVersionMixin:

@@ -29,6 +29,10 @@ PRICE_PATTERN = r"^(?:0|[1-9][0-9]{0,9})(?:\.[0-9]{1,3})?$"
 # An Idempotency-Key: 1-255 printable ASCII characters, no space at either end (HTTP strips it).
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 
+# An integer in a query string: ASCII digits, as the schema's "integer" reads. DRF's IntegerField (and
+# int()) also take " 3", "3.0" and Arabic-Indic digits ("٣"): a client's mistake read as a number.
+INTEGER_TEXT = re.compile(r"-?[0-9]+")
+
 UNKNOWN_FIELD = _("Unknown field.")
 GIVEN_TWICE = _("Give this parameter once.")
 WRONG_TYPE = {
@@ -106,6 +110,10 @@ class StrictInput(serializers.Serializer):
             if repeated:
                 raise serializers.ValidationError({name: [GIVEN_TWICE] for name in repeated})
             data = {name: data[name] for name in data}
+            integers = [name for name in data if name in self.fields and json_type(self.fields[name]) == "integer"]
+            not_integers = [name for name in integers if not INTEGER_TEXT.fullmatch(data[name])]
+            if not_integers:
+                raise serializers.ValidationError({name: [WRONG_TYPE["integer"]] for name in not_integers})
         elif isinstance(data, Mapping):
             errors = {}
             writable = {name for name, field in self.fields.items() if not field.read_only}
@@ -199,6 +207,8 @@ class StrictLimitOffsetPagination(pagination.LimitOffsetPagination):
     def _integer(request, name, *, minimum, maximum):
         if len(request.query_params.getlist(name)) > 1:
             raise serializers.ValidationError({name: [GIVEN_TWICE]})
+        if not INTEGER_TEXT.fullmatch(request.query_params[name]):
+            raise serializers.ValidationError({name: [WRONG_TYPE["integer"]]})
         field = serializers.IntegerField(min_value=minimum, max_value=maximum)
         try:
             return field.run_validation(request.query_params[name])

@@ -270,7 +270,13 @@ def test_json_nan_literal_is_400(api_client, tree):
     assert response.status_code == 400, response.content
 
 
-@pytest.mark.parametrize("query", ["", "?version=abc", "?version=NaN", "?version=0", f"?version={10**30}"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        *("", "?version=abc", "?version=NaN", "?version=0", f"?version={10**30}"),
+        *("?version=٣", "?version=3.0", "?version=+3", "?version=%203"),  # no integer as the schema writes one
+    ],
+)
 def test_bad_delete_versions_are_400(api_client, tree, query):
     assert_error(api_client.delete(f"{BASE}/profiles/{tree['kid'].pk}{query}"), 400, "invalid_input")
 
