@@ -194,6 +194,9 @@ class PromoRedeem(Operation):
             )
             # the lock timeout and the lock, one query as the app sends them (pgbench's compound: "\;")
             lock_sql = script_of(*lock, variables).replace("; ", " \\; ", 1)
+        # what the app's Python judges on the locked row (inactive, used up) before sending a second statement
+        refused = "(NOT locked.is_active OR locked.times_used >= locked.total_usage_limit IS TRUE) AS pgbench_refused"
+        lock_sql = lock_sql.replace("clock_timestamp() FROM (", f"clock_timestamp(), {refused} FROM (", 1)
         redemption = script_of(
             *PromoCode.objects.redemption(
                 PGBENCH_ID, customer=PGBENCH_CUSTOMER, amount=PromoRedeem.AMOUNT, bonus=PGBENCH_BONUS, reference=""
@@ -204,11 +207,15 @@ class PromoRedeem(Operation):
         return f"""\
 BEGIN \\;
 {lock_sql} \\gset
+\\if :pgbench_refused
+ROLLBACK;
+\\else
 {redemption} \\gset r_
 \\if :r_pgbench_won
 COMMIT;
 \\else
 ROLLBACK;
+\\endif
 \\endif
 """
 

@@ -266,12 +266,14 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
 
         One transaction: SET LOCAL lock_timeout (REDEEM_LOCK_TIMEOUT_MS) and, in the same
         round trip, lock the code row ``FOR NO KEY UPDATE`` (``nowait=True`` refuses at once
-        instead) and read it; then ONE statement (``redemption``), issued after the lock is held so that its
-        snapshot sees every usage and deactivation committed while we waited, reads the
-        database clock and this customer's live usage count, judges the code on them and,
+        instead) and read it with the database clock once the lock is held (``lock_by_code``). A code
+        inactive, outside its window or used up is refused there: the row cannot change while locked,
+        so that refusal is final, and ROLLBACK follows. Otherwise ONE statement (``redemption``), issued
+        after the lock is held so that its snapshot sees every usage committed while we waited, reads
+        the database clock and this customer's live usage count, judges the code on them and,
         if it may be used, inserts the usage and counts it (``times_used + 1``). The row
         comes back either way and names a refusal. Two round trips (BEGIN goes with the first),
-        then COMMIT; the lock is held for the last of them and the COMMIT.
+        then COMMIT; one, then ROLLBACK, for a code the locked row refuses.
 
         The usage is in the code's currency (copied from the locked row by the statement). A
         ``currency`` the caller names must be the code's, and the amount must have no more places
@@ -285,20 +287,27 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         amount = _require_amount(amount, currency=_require_currency(currency))
         customer = str(customer)
         timeout = None if nowait else REDEEM_LOCK_TIMEOUT_MS  # NOWAIT needs none
-        promo = self.locking.instance(
+        locked = self.locking.fetch_one(
             self, code=str(code).strip(), tenant=tenant, nowait=nowait, lock_timeout_ms=timeout
         )
-        if promo is None:
+        if locked is None:
             raise errors.PromoNotFound()
+        connection, width = connections[self.db], len(self.model._meta.concrete_fields)
+        promo = rows.load(self.model, locked[:width], connection, self.db)
         _refuse_other_currency(currency, promo.currency)
         amount = _require_amount(amount, currency=promo.currency)
+        # Judged on the row as the lock read it, at the clock read once the lock was held: a refusal that no
+        # usage of this customer's bears on (inactive, outside its window, used up) is final, since every
+        # writer of those columns takes this lock; it needs no second statement, and the lock is let go sooner.
+        refusal = self._refusal(promo, now=locked[width], customer_uses=0)
+        if refusal is not None:
+            raise refusal
         # The bonus terms cannot change while the row is locked (every writer takes the lock).
         # The statement is prepared: no query is built or compiled while the lock is held.
         bonus = self._bonus(promo, amount)
         row = self.redeeming.fetch_one(
             self, promo_id=promo.pk, customer=customer, amount=amount, bonus=bonus, reference=reference or ""
         )
-        connection, width = connections[self.db], len(self.model._meta.concrete_fields)
         promo = rows.load(self.model, row[:width], connection, self.db)
         promo.checked_at, promo.customer_uses, *counted = row[width : width + 4]
         if row[width + 4] is None:  # no usage inserted: the returned row says why
@@ -345,12 +354,18 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
     redeeming = Prepared(redemption, promo_id=int, customer=str, amount=Decimal, bonus=Decimal, reference=str)
 
     def lock_by_code(self, *, code, tenant, nowait, lock_timeout_ms=None):
-        """The code row's lock, by code: SQL and parameters (a locking query compiles only in a transaction).
+        """The code row's lock, by code, and the database clock once it is held: SQL and parameters (a
+        locking query compiles only in a transaction).
 
-        With ``lock_timeout_ms``, preceded by that lock timeout in the same round trip.
+        ``SELECT locked.<the code's columns>, clock_timestamp() FROM (<the locking SELECT>) locked``: the
+        clock is read above the lock, so after any wait for it. With ``lock_timeout_ms``, preceded by that
+        lock timeout in the same round trip.
         """
-        locked = self.by_code(code, tenant=tenant).locked(nowait=nowait)[:1]
-        statement = locked.query.get_compiler(self.db).as_sql()
+        quote = connections[self.db].ops.quote_name
+        locking = self.by_code(code, tenant=tenant).locked(nowait=nowait)[:1]
+        locking_sql, params = locking.query.get_compiler(self.db).as_sql()
+        columns = rows.columns(self.model, "locked", quote)
+        statement = f"SELECT {columns}, clock_timestamp() FROM ({locking_sql}) locked", params  # noqa: S608 - compiled SQL, column names
         return statement if lock_timeout_ms is None else after_local_lock_timeout(statement, lock_timeout_ms)
 
     locking = Prepared(lock_by_code, code=str, tenant=int)

@@ -133,7 +133,15 @@ def test_a_promo_redeem_and_void_statements_won_and_refused(acme_member):
     # re-reads under it, judges and writes the usage and the counter; COMMIT. Refused: the same,
     # ROLLBACK for COMMIT.
     assert (len(won_sql), len(refused_sql)) == (4, 4), "\n".join(s[:120] for s in won_sql)
-    path = f"/api/t/acme/promo-usages/{PromoUsage.objects.get().pk}/void"
+    PromoCodeFactory(tenant=tenant, code="LAST", total_usage_limit=1)
+    body = {"code": "LAST", "customer": "c", "amount": "10.00"}
+    assert post(client, "/api/t/acme/promo-codes/redeem", body)[0].status_code == 201
+    used_up, used_up_sql = post(client, "/api/t/acme/promo-codes/redeem", {**body, "customer": "d"})
+    assert (used_up.status_code, used_up.json()["error"]["code"]) == (409, "promo_exhausted")
+    # A code the locked row refuses (used up, inactive, outside its window): who; BEGIN with the lock and the
+    # clock read above it; ROLLBACK. No judging statement: the lock is let go one round trip sooner.
+    assert len(used_up_sql) == 3, "\n".join(s[:120] for s in used_up_sql)
+    path = f"/api/t/acme/promo-usages/{PromoUsage.objects.get(promo__code='ONCE').pk}/void"
     won, won_sql = post(client, path, {})
     refused, refused_sql = post(client, path, {})
     assert (won.status_code, refused.status_code) == (200, 409)

@@ -43,12 +43,13 @@ def test_redeem_query_count_and_lock_sql(tenant):
     with CaptureQueriesContext(connection) as queries:
         redeem(promo)
     sql = statements(queries)
-    # SET LOCAL lock_timeout, then the row's lock, in one round trip; then one statement: re-read
-    # (clock + customer's uses), judge, INSERT the usage and UPDATE times_used
+    # SET LOCAL lock_timeout, then the row's lock and the clock above it, in one round trip; then one
+    # statement: re-read (clock + customer's uses), judge, INSERT the usage and UPDATE times_used
     assert len(sql) == 2, sql
     timeout, lock = sql[0].split("; ", 1)
     assert timeout == "SELECT set_config('lock_timeout', '1000ms', true)"
-    assert lock.endswith(LOCK_SELF) and "JOIN" not in lock, lock  # the code row only, never the tenant's
+    assert lock.endswith(f"{LOCK_SELF}) locked") and "JOIN" not in lock, lock  # the code row only, never the tenant's
+    assert lock.startswith("SELECT locked.") and ", clock_timestamp() FROM (SELECT" in lock  # once the lock is held
     assert sql[1].startswith("WITH promo AS") and "clock_timestamp()" in sql[1]
     assert "INSERT INTO" in sql[1] and '"times_used" = "promos_promocode"."times_used" + 1' in sql[1]
 
@@ -58,7 +59,46 @@ def test_redeem_nowait_mode_locks_with_nowait(tenant):
     with CaptureQueriesContext(connection) as queries:
         redeem(promo, nowait=True)
     sql = statements(queries)
-    assert len(sql) == 2 and sql[0].endswith(f"{LOCK_SELF} NOWAIT") and "JOIN" not in sql[0], sql
+    assert len(sql) == 2 and sql[0].endswith(f"{LOCK_SELF} NOWAIT) locked") and "JOIN" not in sql[0], sql
+
+
+@pytest.mark.parametrize(
+    ("terms", "refused"),
+    [
+        ({"is_active": False}, errors.PromoInactive),
+        ({"ends_at_in_past": True}, errors.PromoExpired),
+        ({"starts_at_in_future": True}, errors.PromoNotStarted),
+        ({"total_usage_limit": 1, "times_used": 1}, errors.PromoExhausted),
+    ],
+)
+def test_a_code_the_locked_row_refuses_is_refused_without_a_second_statement(tenant, terms, refused):
+    """Inactive, outside its window, used up: judged on the row as the lock read it, at the clock read above the
+    lock; no usage of the customer's bears on it, so the judging statement is not sent and the lock goes sooner."""
+    now = database_clock()
+    fields = {"is_active": terms.get("is_active", True), "total_usage_limit": terms.get("total_usage_limit")}
+    if terms.get("ends_at_in_past"):
+        fields.update(starts_at=now - timedelta(days=2), ends_at=now - timedelta(days=1))
+    if terms.get("starts_at_in_future"):
+        fields.update(starts_at=now + timedelta(days=1))
+    promo = PromoCodeFactory(tenant=tenant, **fields)
+    if terms.get("times_used"):
+        redeem(promo)
+    with CaptureQueriesContext(connection) as queries, pytest.raises(refused):
+        redeem(promo)
+    sql = statements(queries)
+    assert len(sql) == 1 and sql[0].endswith(f"{LOCK_SELF}) locked"), sql
+    assert PromoUsage.objects.filter(promo=promo).count() == terms.get("times_used", 0)
+
+
+def test_a_customer_over_their_own_limit_is_judged_by_the_second_statement(tenant):
+    """The customer's live uses are another table's rows: counted by the judging statement, on a snapshot taken
+    once the lock is held, never from the locked row."""
+    promo = PromoCodeFactory(tenant=tenant, per_customer_limit=1, total_usage_limit=10)
+    redeem(promo)
+    with CaptureQueriesContext(connection) as queries, pytest.raises(errors.PromoCustomerLimit):
+        redeem(promo)
+    sql = statements(queries)
+    assert len(sql) == 2 and sql[1].startswith("WITH promo AS"), sql
 
 
 def test_unknown_code_and_other_tenants_code_are_not_found(tenant, other_tenant):
