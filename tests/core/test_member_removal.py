@@ -72,10 +72,10 @@ def test_a_removal_waiting_on_a_colleagues_promotion_is_refused_when_it_commits(
 @pytest.mark.django_db(transaction=True)
 def test_removals_at_one_version_at_once_remove_the_member_once():
     tenant = TenantFactory(slug="acme")
-    _owner, viewer = members(tenant, OWNER, VIEWER)
+    owner, viewer = members(tenant, OWNER, VIEWER)
     outcomes = run_concurrently(lambda i: Membership.objects.delete_member(viewer.pk, version=1), 6)
     assert tally(outcomes) == {"ok": 1, "not_found": 5}
-    assert list(Membership.objects.filter(tenant=tenant)) == [_owner]
+    assert list(Membership.objects.filter(tenant=tenant)) == [owner]
 
 
 # --- the member's delete page -------------------------------------------------------------------------
