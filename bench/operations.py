@@ -301,16 +301,20 @@ BOOKING_ACTIVE = "(status = 'confirmed' OR (status = 'held' AND hold_expires_at 
 DAY = "(DATE '2000-01-01' + :day)"
 
 
-def hold_sql(origin):
+def hold_sql(origin, then=None):
     """Booking.objects.hold with its checkout intent; ends inside the ``\\if`` of a won hold (caller closes it).
 
     The place's locks and its read are one query, as the app sends them (pgbench's compound: "\\;"); the
-    booking and its checkout are one statement. Its row's last ``id`` is the checkout's (``\\gset`` keeps
-    the last of a name): the booking's comes as ``pgbench_booking_id``, which the comparison with the app
-    leaves out (tests/bench/test_pgbench_fidelity.py).
+    booking and its checkout are one statement, and so is ``then``, the script of a write that follows
+    from the hold (the hold's ``then``: a proposal's execution). ``\\gset`` keeps the last column of a
+    name, so the booking's and the checkout's ids come as ``pgbench_booking_id`` and ``pgbench_checkout_id``,
+    which the comparison with the app leaves out (tests/bench/test_pgbench_fidelity.py).
     """
     from bookings.managers import ACTIVE_SQL
 
+    followed, joined = ("", "")
+    if then is not None:
+        followed, joined = f",\nlockstep_then AS ({then})", " LEFT JOIN lockstep_then ON true"
     return f"""\
 SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))
   ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END
@@ -333,9 +337,11 @@ checkout AS (INSERT INTO bookings_checkout (booking_id, provider, state, provide
   refund_attempts, refund_error, refund_requested_at, next_retry_at, created_at, updated_at)
  VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '',
   '{{}}'::varchar(255)[], 0, '', NULL, NULL, DEFAULT, DEFAULT)
- RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at)
-SELECT *, (SELECT id FROM booking) AS pgbench_booking_id FROM booking, checkout \\gset checkout_
+ RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at){followed}
+SELECT *, (SELECT id FROM booking) AS pgbench_booking_id, (SELECT id FROM checkout) AS pgbench_checkout_id
+ FROM booking, checkout{joined} \\gset checkout_
 \\set booking_id :checkout_pgbench_booking_id
+\\set checkout_id :checkout_pgbench_checkout_id
 """
 
 
@@ -441,7 +447,7 @@ class ProposalConfirm(DateHold):
 
     @property
     def PGBENCH(self):  # a property: the scripts list the models' columns
-        from core.decide import decide_statement
+        from core.prepared import returned_by
         from proposals.models import Proposal
         from proposals.race_scenarios import CHAT
 
@@ -449,17 +455,17 @@ class ProposalConfirm(DateHold):
         decision = Proposal.objects.decision(
             PGBENCH_ID, Proposal.Status.CONFIRMED, tenant=PGBENCH_TENANT, session_id=CHAT
         )
-        execution = Proposal.objects.execution(PGBENCH_ID, PGBENCH_BOOKING)
-        booking = {**PGBENCH_VARIABLES, rf"\b{PGBENCH_BOOKING}\b": ":booking_id"}
-        executed = script_of(*decide_statement(**execution), booking)
+        quote = connection.ops.quote_name
+        new_booking = returned_by(quote("booking"), "id", quote)  # as the hold's statement names it
+        hold = {"origin_proposal_id": PGBENCH_ID}
+        execution = script_of(*Proposal.objects.execution(connection.alias, hold, new_booking))
         return f"""\
 \\set pid :base_id + :t
 \\set day :base_day + :t
 BEGIN \\;
 {decide_script(decision)} \\gset decided_
 \\if :decided_lockstep_won
-{hold_sql(":pid")}{executed};
-COMMIT;
+{hold_sql(":pid", then=execution)}COMMIT;
 {open_sql()}\\else
 UPDATE {proposal} SET status = 'failed', failure_code = 'date_unavailable'
  WHERE ({proposal}.id = :pid AND {proposal}.status = 'confirmed');

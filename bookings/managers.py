@@ -327,11 +327,12 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             "currency": booking_values["currency"],
         }
 
-    def inserting_with_checkout(self, *, checkout_provider, **values):
+    def inserting_with_checkout(self, *, checkout_provider, then=None, **values):
         """The hold's INSERT of the booking and of its checkout intent (``creating``), as one statement
-        (``core.prepared.insert_with``)."""
+        (``core.prepared.insert_with``); with ``then``, the write that follows from the hold too (see ``hold``)."""
         checkouts, terms = self._checkout_intent(checkout_provider, values)
-        return insert_with(self, values, checkouts, terms, link="booking")
+        follow = None if then is None else lambda booking_id: then(self.db, values, booking_id)
+        return insert_with(self, values, checkouts, terms, link="booking", then=follow)
 
     # The same, with the checkout intent: every hold of a checkout (bookings.services).
     inserted_with_checkout = Prepared(inserting_with_checkout, **inserted.kinds)
@@ -376,6 +377,7 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         origin_proposal_id=None,
         tenant=None,
         checkout_provider=None,
+        then=None,
     ):
         """Hold one place on ``date`` for this customer, or refuse.
 
@@ -392,8 +394,14 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         refusal); returns the new ``held`` booking, with ``package_name`` (its package's name
         as the hold read it) for the customer's notice. With ``checkout_provider``, the same
         statement records the intent to create that provider's checkout (``creating``, the
-        booking's amount and currency): the booking's ``checkout``.
+        booking's amount and currency): the booking's ``checkout``. With ``then`` too, a write that
+        follows from the hold goes in that statement as well (a proposal's execution, linking this
+        booking): ``then(db, values, booking_id)`` returns the (SQL, parameters) of a data-modifying
+        statement with RETURNING, given the booking's values and ``booking_id``, the SQL of its new id;
+        what it returned is the booking's ``followed`` (a tuple of NULLs when it changed nothing).
         """
+        if then is not None and checkout_provider is None:
+            raise TypeError("then is a write of the statement recording the checkout intent: give checkout_provider")
         package_id = getattr(package, "pk", package)
         # The locks, then the place read under them: one round trip.
         place = lock_place(package_id, date, then=self._place_statement(package_id, date), using=self.db)
@@ -424,11 +432,13 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         if checkout_provider is None:
             booking = self.inserted.create(self, **values)
         else:
-            row = self.inserted_with_checkout.fetch_one(self, checkout_provider=checkout_provider, **values)
-            width = len(self.model._meta.db_returning_fields)
-            booking = saved(self, values, row[:width])
+            row = self.inserted_with_checkout.fetch_one(self, checkout_provider=checkout_provider, then=then, **values)
             checkouts, terms = self._checkout_intent(checkout_provider, values)
-            booking.checkout = saved(checkouts, {"booking": booking, **terms}, row[width:])
+            width, checkout_width = (len(model._meta.db_returning_fields) for model in (self.model, checkouts.model))
+            booking = saved(self, values, row[:width])
+            booking.checkout = saved(checkouts, {"booking": booking, **terms}, row[width : width + checkout_width])
+            if then is not None:
+                booking.followed = row[width + checkout_width :]
         booking.package_name = place.name  # read under the package lock: what the customer's notice names
         return booking
 

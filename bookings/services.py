@@ -71,13 +71,14 @@ DISPUTE_EVENTS = (
 PAID = ("paid", "no_payment_required")
 
 
-def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None):
+def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None, then=None):
     """Hold a place and record the checkout intent, inside the caller's transaction.
 
     Locks as ``Booking.objects.hold``: BOOKING_PACKAGE(package) shared, BOOKING_DATE,
     then the package's terms read after both. Raises PackageNotFound (unknown, inactive,
     deleted meanwhile or another tenant's package), DateInPast or DateUnavailable.
-    Returns the held booking with ``.checkout``.
+    Returns the held booking with ``.checkout``; ``then``: a write in the same statement, as
+    ``Booking.objects.hold``'s (a proposal's execution).
     """
     return Booking.objects.hold(
         package_id,
@@ -87,6 +88,7 @@ def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_ema
         customer_email=customer_email,
         origin_proposal_id=origin_proposal_id,
         checkout_provider=get_provider().name,  # the checkout intent, in the booking's INSERT
+        then=then,
     )
 
 

@@ -150,25 +150,31 @@ def in_one_statement(writes, last):
     return f"WITH {sql} {last[0]}", [*params, *last[1]]
 
 
-def insert_with(manager, values, child_manager, child_values, *, link):
+def insert_with(manager, values, child_manager, child_values, *, link, then=None):
     """One statement inserting a row and a row pointing at it (``link``, the child's foreign key): a ``build``.
 
     ``WITH <parent> AS (INSERT … RETURNING …), <child> AS (INSERT … VALUES ((SELECT <pk> FROM <parent>),
     …) RETURNING …) SELECT * FROM <parent>, <child>``: its row is what each INSERT returns
     (``db_returning_fields``), the parent's first (``saved``).
+
+    ``then(parent_pk)``: a third write of the same statement, (SQL, parameters) of a data-modifying
+    statement with RETURNING that may use ``parent_pk`` (the SQL of the new parent's pk). What it
+    returns follows on the row, NULLs when it changed nothing.
     """
     parent, child = manager.model._meta, child_manager.model._meta
     quote = connections[manager.db].ops.quote_name
     parent_name, child_name = quote(parent.model_name), quote(child.model_name)
     parent_pk = returned_by(parent_name, parent.pk.column, quote)
     child_values = {**child_values, child.get_field(link).attname: parent_pk}
-    return in_one_statement(
-        [
-            (parent_name, insert_statement(manager, **values)),
-            (child_name, insert_statement(child_manager, **child_values)),
-        ],
-        (f"SELECT * FROM {parent_name}, {child_name}", []),  # noqa: S608 - identifiers
-    )
+    writes = [
+        (parent_name, insert_statement(manager, **values)),
+        (child_name, insert_statement(child_manager, **child_values)),
+    ]
+    last = f"SELECT * FROM {parent_name}, {child_name}"  # noqa: S608 - identifiers
+    if then is not None:
+        writes.append(("lockstep_then", then(parent_pk)))
+        last += " LEFT JOIN lockstep_then ON true"
+    return in_one_statement(writes, (last, []))
 
 
 def returned_by(name, column, quote):

@@ -24,10 +24,12 @@ from bookings.choices import CheckoutState
 from bookings.exceptions import DateInPast, PackageNotFound
 from bookings.managers import lock_package_shared
 from bookings.models import Booking, Checkout, Package
+from core import rows
 from core.decide import NOW, Decision
 from core.exceptions import DomainError
 from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
 from core.managers import TenantScopedQuerySet
+from core.prepared import update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 from proposals.choices import ProposalStatus
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
@@ -164,31 +166,39 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         """
         return self._decide(proposal_id, self.model.Status.REJECTED, tenant=tenant, session_id=session_id)
 
-    def execution(self, proposal_id, booking):
-        """What executing a confirmed proposal writes: its booking and the database clock (``core.decide``)."""
-        return {
-            "queryset": self.filter(pk=proposal_id),
-            "when": Q(status=self.model.Status.CONFIRMED),
-            "changes": {"status": self.model.Status.EXECUTED, "booking": booking, "executed_at": NOW},
-        }
-
-    executed = Decision(execution, proposal_id=int, booking=int)
+    def execution(self, db, values, booking_id):
+        """``confirmed`` -> ``executed`` for the hold's origin proposal, linking the booking that hold makes:
+        (SQL, parameters) of a write of the hold's own statement (``Booking.objects.hold``'s ``then``),
+        returning the proposal's row. ``booking_id``: the SQL of the new booking's id."""
+        proposals = self.db_manager(db)
+        sql, params = update_statement(
+            proposals.filter(pk=values["origin_proposal_id"], status=self.model.Status.CONFIRMED),
+            status=self.model.Status.EXECUTED,
+            booking=booking_id,
+            executed_at=ClockNow(),
+        )
+        quote = connections[db].ops.quote_name
+        return f"{sql} RETURNING {rows.columns(self.model, quote(self.model._meta.db_table), quote)}", params
 
     @guarded(joins=True)
-    def execute(self, proposal_id, *, booking):
-        """Record the booking a confirmed proposal produced: ``confirmed`` -> ``executed``; return the proposal.
+    def execute(self, proposal_id, *, hold):
+        """Book a confirmed proposal and record that booking: ``confirmed`` -> ``executed``; return (proposal, booking).
 
-        Locks: proposal row (already held by the confirming transaction's UPDATE).
+        Locks: proposal row (already held by the confirming transaction's UPDATE), then the hold's:
+        BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the new booking and checkout rows.
 
-        Joins the confirming transaction (asserted), so the decision, the booking and
-        this link commit together. One statement (core.decide) that returns the executed
-        row, so nobody reads it again. A proposal that is not ``confirmed`` raises
-        ProposalAlreadyProcessed.
+        Joins the confirming transaction (asserted). ``hold(origin_proposal_id=, then=)`` makes the
+        booking (``bookings.services.hold_in_transaction`` with its terms), and its statement also
+        writes the execution (``execution``), returning the executed row, so the booking and this link
+        are one round trip and nobody reads them again. The hold's refusals propagate, before anything
+        is written. A proposal that is not ``confirmed`` raises ProposalAlreadyProcessed (the caller's
+        transaction, with the booking, rolls back).
         """
-        won, proposal = self.executed(self, proposal_id=proposal_id, booking=booking)
-        if not won:
+        booking = hold(origin_proposal_id=proposal_id, then=self.execution)
+        if booking.followed[0] is None:  # the UPDATE matched nothing: every returned column NULL
             raise ProposalAlreadyProcessed()
-        return proposal
+        connection = connections[self.db]
+        return rows.load(self.model, booking.followed, connection, self.db), booking
 
     @guarded(joins=True)
     def fail(self, proposal_id, *, code):

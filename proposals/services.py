@@ -6,6 +6,8 @@ BOOKING_PACKAGE(package) shared and BOOKING_DATE(package, date), taken by
 is created after commit, exactly as for the public checkout.
 """
 
+import functools
+
 from django.db import transaction
 
 from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound, PaymentProviderUnavailable
@@ -27,7 +29,8 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     go on: the proposal becomes ``failed`` with the refusal's code, that commits, and
     the refusal is re-raised (``date_unavailable`` -> 409). Any other error (a database
     refusal, a lock timeout) rolls the whole transaction back. On success the proposal is ``executed``
-    with its booking. Returns (proposal, booking) with ``booking.checkout`` open.
+    with its booking, written by the statement that makes the booking (``Proposal.objects.execute``).
+    Returns (proposal, booking) with ``booking.checkout`` open.
     Should the provider then refuse, or answer only after the hold ended (lapsed, or
     released or cancelled meanwhile: the checkout is closed unopened), the answer is 503
     ``payment_provider_unavailable`` and the proposal is reopened (``pending``, no booking),
@@ -42,20 +45,19 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     refusal = None
     with database_refusals(), transaction.atomic():
         proposal = Proposal.objects.confirm(proposal_id, tenant=tenant, session_id=session_id)
+        hold = functools.partial(
+            hold_in_transaction,
+            tenant=tenant,
+            package_id=proposal.package_id,
+            date=proposal.date,
+            customer_name=proposal.customer_name,
+            customer_email=proposal.customer_email,
+        )
         try:
-            booking = hold_in_transaction(
-                tenant=tenant,
-                package_id=proposal.package_id,
-                date=proposal.date,
-                customer_name=proposal.customer_name,
-                customer_email=proposal.customer_email,
-                origin_proposal_id=proposal.pk,
-            )
+            proposal, booking = Proposal.objects.execute(proposal.pk, hold=hold)
         except BOOKING_REFUSALS as exc:
             Proposal.objects.fail(proposal.pk, code=exc.code)
             refusal = exc
-        else:
-            proposal = Proposal.objects.execute(proposal.pk, booking=booking)
     if refusal is not None:
         raise refusal
     try:

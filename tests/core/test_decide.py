@@ -138,7 +138,6 @@ CALL_SITES = [
         (Proposal.objects, "decided", {"proposal_id": 41, "decision": decision, "tenant": 7, "session_id": "chat-1"})
         for decision in ("confirmed", "rejected")
     ],
-    (Proposal.objects, "executed", {"proposal_id": 41, "booking": 42}),
     (Booking.objects, "released", {"booking_id": 41, "tenant": 7}),
     (Tenant.objects, "slugged", {"slug": "acme"}),
     *[
@@ -161,8 +160,14 @@ CALL_SITES = [
                 **extra,
             },
         )
-        for name, extra in (("inserted", {}), ("inserted_with_checkout", {"checkout_provider": "sandbox"}))
+        for name, extra in (
+            ("inserted", {}),
+            ("inserted_with_checkout", {"checkout_provider": "sandbox", "then": None}),
+            # a proposal's confirmation: the hold's statement executes its origin proposal too
+            ("inserted_with_checkout", {"checkout_provider": "sandbox", "then": Proposal.objects.execution}),
+        )
         for origin in (None, 42)
+        if origin or not extra.get("then")
     ],
     (Profile.objects, "subject_locking", {"profile_id": 41, "tenant": 7}),
     (ProfileAuditLog.objects, "entry_locking", {"entry_id": 41, "tenant": 7}),

@@ -89,10 +89,10 @@ def test_a_proposal_confirm_statements_won_and_refused(acme_member):
     (won, won_sql), (refused, refused_sql) = decide_twice(acme_member, "confirm")
     assert (won.status_code, refused.status_code) == (200, 409)
     # Won: who (1); BEGIN with the decision, the hold (its locks and its read in one query, then the
-    # booking and its checkout intent in one statement; no savepoint), the execution returning the
-    # answer's row, COMMIT (5); the checkout opened with the customer's e-mail owed, one statement (1).
+    # booking, its checkout intent and the execution returning the answer's row in one statement; no
+    # savepoint), COMMIT (4); the checkout opened with the customer's e-mail owed, one statement (1).
     # Refused: who, then BEGIN with the deciding statement that names the refusal, ROLLBACK.
-    assert (len(won_sql), len(refused_sql)) == (7, 3), "\n".join(s[:120] for s in won_sql)
+    assert (len(won_sql), len(refused_sql)) == (6, 3), "\n".join(s[:120] for s in won_sql)
     for first in (won_sql[1], refused_sql[1]):  # BEGIN, who and which URL (core/history.py), the decision
         assert first.startswith("BEGIN; SELECT set_config('pghistory.context_id'") and "; WITH locked AS" in first
 

@@ -1,3 +1,4 @@
+import functools
 from datetime import timedelta
 
 import pytest
@@ -7,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from bookings.exceptions import DateUnavailable, PackageNotFound
 from bookings.models import Booking
+from bookings.services import hold_in_transaction
 from proposals.exceptions import ProposalAlreadyProcessed, ProposalExpired, ProposalNotFound
 from proposals.models import Proposal
 from proposals.services import confirm_proposal, reject_proposal
@@ -41,13 +43,25 @@ def test_confirm_answers_with_the_executed_row_as_stored(tenant, recording_provi
 
 
 def test_only_a_confirmed_proposal_is_executed(tenant, recording_provider):
+    """The execution is a write of the hold's own statement: on a proposal that is not confirmed it
+    matches nothing, the caller is refused and the booking that statement made rolls back with it."""
     pending = make_proposal(tenant)
-    executed, booking = confirm_proposal(make_proposal(tenant).pk, tenant=tenant, session_id="chat-1")
+    executed, _booking = confirm_proposal(make_proposal(tenant).pk, tenant=tenant, session_id="chat-1")
+    bookings = Booking.objects.count()
     for proposal in (pending, executed):
         before = Proposal.objects.filter(pk=proposal.pk).values().get()
+        hold = functools.partial(
+            hold_in_transaction,
+            tenant=tenant,
+            package_id=proposal.package_id,
+            date=proposal.date + timedelta(days=1),
+            customer_name="c",
+            customer_email="c@example.com",
+        )
         with pytest.raises(ProposalAlreadyProcessed), transaction.atomic():
-            Proposal.objects.execute(proposal.pk, booking=booking)
+            Proposal.objects.execute(proposal.pk, hold=hold)
         assert Proposal.objects.filter(pk=proposal.pk).values().get() == before
+    assert Booking.objects.count() == bookings
 
 
 def test_confirm_refusals_name_the_reason(tenant, other_tenant):
@@ -156,19 +170,19 @@ def test_confirm_proposal_round_trips(recording_provider):
     sql = [q["sql"] for q in queries.captured_queries]
     kinds = [s.split()[0] for s in sql]
     # confirm() is one statement (no savepoint of its own: a refused decision raises before any write);
-    # the hold joins (no savepoint: it refuses before writing anything); execute() joins.
-    # Then the provider, then Checkout.objects.open: one statement, its own transaction, that opens the
-    # checkout and owes the customer's e-mail with the pay link and its job.
+    # the hold joins (no savepoint: it refuses before writing anything), and execute() is a write of the
+    # hold's own statement. Then the provider, then Checkout.objects.open: one statement, its own
+    # transaction, that opens the checkout and owes the customer's e-mail with the pay link and its job.
     assert kinds == [
         "BEGIN;",  # with confirm's statement: lock, judge, change, return the row
         "SELECT",  # the hold: the package (shared) and date locks, then the package's terms and the date's count
-        "WITH",  # the booking and its checkout intent, inserted together
-        "WITH",  # execute: link the booking, stamp the clock, return the row
+        "WITH",  # the booking and its checkout intent inserted, the proposal executed: link, clock, its row
         "COMMIT",
         "WITH",  # the checkout opened, the e-mail owed and queued
     ], sql
     assert sql[0].startswith("BEGIN; WITH locked AS (SELECT")
     assert "pg_advisory_xact_lock_shared" in sql[1] and "; SELECT p.tenant_id" in sql[1]
     assert sql[2].startswith('WITH "booking" AS (INSERT INTO "bookings_booking"') and '"bookings_checkout"' in sql[2]
-    assert sql[5].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[5]
+    assert 'lockstep_then AS (UPDATE "proposals_proposal"' in sql[2]
+    assert sql[4].startswith('WITH event AS (UPDATE "bookings_checkout"') and "core_notification" in sql[4]
     assert sum(1 for s in sql if 'UPDATE "proposals_proposal"' in s) == 2  # confirm, then execute
