@@ -8,13 +8,25 @@ version they showed. A colleague's change in between (a promotion to owner, say)
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_user_model
+from django.db import transaction
 
+from core.db import LockNamespace
 from core.exceptions import NotFound, VersionConflict
+from core.guards import database_refusals
 from core.models import Membership, Tenant
 from tests.core.test_admin_scope import confirm_delete, form_data, url
 from tests.core.test_last_owner import OWNER, STAFF, members, owners
 from tests.factories import TenantFactory
-from tests.races import attempted_while_held, run_concurrently, tally
+from tests.races import (
+    Background,
+    advisory_locked,
+    attempted_while_held,
+    lock_waiters,
+    run_concurrently,
+    tally,
+    wait_until,
+)
 
 VIEWER = Membership.Role.VIEWER
 CHANGED = "changed by someone else"  # version_conflict, as the admin says it
@@ -207,3 +219,72 @@ def test_a_removal_meeting_an_uncommitted_removal_of_the_other_owner_is_refused_
     )
     assert outcome.code == "last_owner", repr(outcome.error)
     assert list(Membership.objects.filter(tenant=tenant)) == [second]
+
+
+# --- a user's deletion, the other writer of a membership ----------------------------------------------
+
+
+def delete_user(membership):
+    """The users page's delete: the user and, by cascade, their memberships, the database's refusals named."""
+    with database_refusals(), transaction.atomic():
+        get_user_model().objects.get(pk=membership.user_id).delete()
+
+
+def users_left(*memberships):
+    return get_user_model().objects.filter(pk__in=[membership.user_id for membership in memberships]).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_removal_waiting_on_the_members_uncommitted_deletion_as_a_user_finds_nothing_to_remove():
+    """Forced: the user's deletion has cascaded to the membership and holds it, uncommitted; the removal waits
+    for the row, then finds it gone: not_found, nothing else written."""
+    tenant = TenantFactory(slug="acme")
+    owner, viewer = members(tenant, OWNER, VIEWER)
+    outcome = attempted_while_held(
+        lambda: delete_user(viewer), lambda i: Membership.objects.delete_member(viewer.pk, version=1)
+    )
+    assert outcome.code == "not_found", repr(outcome.error)
+    assert list(Membership.objects.filter(tenant=tenant)) == [owner] and users_left(viewer) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_users_deletion_waiting_on_an_uncommitted_removal_of_their_membership_still_deletes_the_user():
+    """Forced the other way: the removal holds the deleted row; the user's cascade waits for it, then deletes
+    the user with nothing left to cascade to."""
+    tenant = TenantFactory(slug="acme")
+    owner, viewer = members(tenant, OWNER, VIEWER)
+    outcome = attempted_while_held(
+        lambda: Membership.objects.delete_member(viewer.pk, version=1), lambda i: delete_user(viewer)
+    )
+    assert outcome.ok, repr(outcome.error)
+    assert list(Membership.objects.filter(tenant=tenant)) == [owner] and users_left(viewer) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_owners_deletion_as_a_user_and_the_removal_of_the_other_owner_at_once_leave_the_tenant_one():
+    """A user's deletion is judged at its commit, a removal at once: both count under the tenant's owner lock."""
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    outcomes = run_concurrently(
+        lambda i: delete_user(first) if i == 0 else Membership.objects.delete_member(second.pk, version=1), 2
+    )
+    assert tally(outcomes) == {"ok": 1, "last_owner": 1}
+    assert owners(tenant) == 1 and users_left(first, second) == 2 - outcomes[0].ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_owners_deletion_and_a_removal_whose_counts_meet_are_judged_one_after_the_other():
+    """Forced: another connection holds the tenant's owner lock until both the user's deletion (at its
+    COMMIT) and the removal (its count, at once) wait for it; released, exactly one is refused."""
+    tenant = TenantFactory(slug="acme")
+    first, second = members(tenant, OWNER, OWNER)
+    with advisory_locked(LockNamespace.TENANT_OWNERS, tenant.pk):
+        attempts = [
+            Background(lambda: delete_user(first)),
+            Background(lambda: Membership.objects.delete_member(second.pk, version=1)),
+        ]
+        wait_until(lambda: lock_waiters() == 2)
+    for attempt in attempts:
+        attempt.join()
+    assert sorted(attempt.outcome.code for attempt in attempts) == ["last_owner", "ok"]
+    assert owners(tenant) == 1
