@@ -65,6 +65,7 @@ class PackageAdmin(
         "package_invalid": None,
         "unknown_currency": "currency",
         "amount_precision": "price",
+        "amount_too_large": "price",
     }
 
     def get_queryset(self, request):

@@ -138,4 +138,8 @@ def package_prices_fit_their_currency(tenant):
             continue
         finer = packages.filter(currency=code).exclude(price=Round("price", places))
         found += [f"package {pk}: price {price} {code}" for pk, price in finer.values_list("pk", "price")]
+        above = packages.filter(currency=code, price__gt=money.max_amount(code))  # more than is charged at once
+        found += [
+            f"package {pk}: price {price} {code} above its ceiling" for pk, price in above.values_list("pk", "price")
+        ]
     return found

@@ -114,11 +114,13 @@ ACTIVE_SQL = (
 
 
 def _check_terms(price, code):
-    """Refuse a currency that is not a payable ISO 4217 code (UnknownCurrency, 400 ``unknown_currency``)
-    or a price with more decimals than it allows, or than the provider takes (TooManyDecimals, 400
-    ``amount_precision``: both providers send Stripe's minor units, so a three-decimal price ends in 0)."""
+    """Refuse a currency that is not a payable ISO 4217 code (UnknownCurrency, 400 ``unknown_currency``),
+    a price with more decimals than it allows, or than the provider takes (TooManyDecimals, 400
+    ``amount_precision``: both providers send Stripe's minor units, so a three-decimal price ends in 0),
+    or above what the provider charges at once (AmountTooLarge, 400 ``amount_too_large``)."""
     money.currency(code)
     money.to_minor_units(price, code)
+    money.check_maximum(price, code)
 
 
 # --- packages ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ nothing else we do not need; Babel's CLDR digits differ from ISO 4217 for severa
 currencies (cash rounding), which is not what a card processor charges in.
 """
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 import moneyed
 
@@ -22,6 +22,9 @@ STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 # MGA is zero-decimal there (ISO: 2 places), so whole ariary only; ISK stays two-decimal in Stripe's
 # API (100 is 1 króna; ISO: 0 places), so whole krónur are sent times 100.
 STRIPE_EXPONENT = {"MGA": 0, "ISK": 2}
+# The largest integer Stripe charges in one amount: eight digits of what it is sent in
+# (docs.stripe.com/currencies, "maximum charge amount"): $999,999.99, ¥99,999,999, 99,999.990 KWD.
+MAX_MINOR_UNITS = 99_999_999
 
 
 class UnknownCurrency(InvalidInput):
@@ -42,6 +45,15 @@ class TooManyDecimals(InvalidInput):
         super().__init__(
             _("Amounts in %(currency)s have at most %(places)s decimal places."), currency=currency, places=places
         )
+
+
+class AmountTooLarge(InvalidInput):
+    code = "amount_too_large"
+
+    def __init__(self, currency, maximum):
+        from django.utils.translation import gettext_lazy as _
+
+        super().__init__(_("Amounts in %(currency)s are at most %(maximum)s."), currency=currency, maximum=maximum)
 
 
 class AmountNotANumber(InvalidInput):
@@ -109,6 +121,21 @@ def provider_exponent(code):
     """Decimal places of the integer a card processor is sent (Stripe's convention): ISO 4217's but
     for ``STRIPE_EXPONENT``."""
     return STRIPE_EXPONENT.get(code, exponent(code))
+
+
+def max_amount(code):
+    """The largest amount a card processor charges in ``code`` (``MAX_MINOR_UNITS`` of what it is sent in),
+    with the currency's own places: 999999.99 USD, 99999999 JPY, 99999.990 KWD, 999999 ISK."""
+    minor = MAX_MINOR_UNITS - (MAX_MINOR_UNITS % 10 if code in STRIPE_THREE_DECIMAL else 0)  # ends in 0 there
+    largest = Decimal(minor).scaleb(-provider_exponent(code))
+    return largest.quantize(Decimal(1).scaleb(-exponent(code)), rounding=ROUND_DOWN)
+
+
+def check_maximum(amount, code):
+    """``amount`` when a card processor could charge it in ``code``; else AmountTooLarge (400 ``amount_too_large``)."""
+    if Decimal(amount) > max_amount(code):
+        raise AmountTooLarge(code, in_currency(max_amount(code), code))
+    return amount
 
 
 def to_minor_units(amount, code):

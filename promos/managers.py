@@ -36,12 +36,12 @@ from promos import exceptions as errors
 from promos.choices import OPEN_STATUSES
 from promos.money import (
     DEFAULT_CURRENCY,
-    MAX_AMOUNT,
     compute_bonus,
     currencies_coarser_than,
     parse_amount,
     places_needed,
     require_places,
+    written_maximum,
 )
 
 # Redeem waits this long for the code's row lock, then answers resource_locked.
@@ -83,7 +83,7 @@ def _require_amount(amount, *, currency):
     try:
         return parse_amount(amount, currency=currency)
     except ValueError:
-        raise errors.InvalidAmount(maximum=f"{MAX_AMOUNT:f}")
+        raise errors.InvalidAmount(maximum=written_maximum(currency))
 
 
 def _require_currency(code):
@@ -595,7 +595,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         initial status). ``max_amount`` is in ``currency`` (USD when not given):
         UnknownCurrency, TooManyDecimals, InvalidAmount.
         """
-        currency = _require_currency(currency)
+        currency = _require_currency(currency) or DEFAULT_CURRENCY  # the row's: its places and ceiling judge
         max_amount = _require_amount(max_amount, currency=currency)
         ttl = expires_in if expires_in is not None else DEFAULT_SESSION_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_SESSION_TTL:

@@ -11,7 +11,9 @@ from core import money
 from core.money import TooManyDecimals
 
 HUNDRED = Decimal("100")
-MAX_AMOUNT = Decimal("1000000.00")  # a sane ceiling for one purchase; also well inside max_digits=13
+# The ceiling of an amount whose currency is not known yet (the code's or session's row will tell): the
+# largest any currency has, a zero-decimal one's (core.money.max_amount); well inside max_digits=13.
+ANY_CURRENCY_MAX = Decimal(money.MAX_MINOR_UNITS)
 # The promo amount columns' decimal_places: every ISO 4217 currency but CLF and UYW (4) fits.
 STORED_PLACES = 3
 # A percentage bonus_value is a rate, not money: at most two places (12.50 %), whatever the currency.
@@ -61,22 +63,33 @@ def _decimal(value):
     raise ValueError("not a number")
 
 
-def parse_amount(value, *, currency, maximum=MAX_AMOUNT):
+def maximum(currency):
+    """The largest amount in ``currency`` (what a card processor charges at once, ``core.money.max_amount``),
+    or of any currency (``ANY_CURRENCY_MAX``) when it is not known yet."""
+    return ANY_CURRENCY_MAX if currency is None else money.max_amount(currency)
+
+
+def written_maximum(currency):
+    """``maximum(currency)`` as an answer writes it: "999999.99" USD, "99999999" JPY or any currency."""
+    return f"{ANY_CURRENCY_MAX:f}" if currency is None else money.in_currency(maximum(currency), currency)
+
+
+def parse_amount(value, *, currency):
     """Return ``value`` as a Decimal with exactly the currency's places, or refuse it.
 
     Accepts a Decimal, an int or a numeric string (floats only via their shortest
     repr, so 0.1 stays 0.1). Raises ValueError for bools, NaN, infinities, zero or
-    negative amounts and anything above ``maximum``; TooManyDecimals (400
+    negative amounts and anything above the currency's ``maximum``; TooManyDecimals (400
     ``amount_precision``) for more places than the currency has (1.5 JPY, 1.2345 KWD).
     ``currency=None`` (not known yet: the code's or session's row will tell) allows the
-    places of any currency (``STORED_PLACES``) and keeps the amount as written.
+    places and the ceiling of any currency and keeps the amount as written.
     """
     amount = _decimal(value)
     if not amount.is_finite():
         raise ValueError("not finite")
     if amount <= 0:
         raise ValueError("not positive")
-    if amount > maximum:
+    if amount > maximum(currency):
         raise ValueError("too large")
     if currency is None:
         if places_needed(amount) > STORED_PLACES:

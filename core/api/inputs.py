@@ -20,10 +20,12 @@ MAX_ID = 2**63 - 1  # bigint ids
 MAX_VERSION = 2**31 - 1
 
 # Money as sent over the API: a decimal string, digits [0-9] only (Python's \d also takes Arabic-Indic
-# digits, which the schema's ECMA pattern does not), up to three places (KWD, BHD...): the currency's own
-# minor unit is judged by its app (amount_precision).
+# digits, which the schema's ECMA pattern does not), up to three places (KWD, BHD...), at most 99,999,999
+# (eight digits; fractions only below 10,000,000: every currency charged in fractions has its ceiling
+# below that, core.money.max_amount). The currency's own minor unit and ceiling are judged by its app
+# (amount_precision, invalid_amount).
 POSITIVE_AMOUNT_PATTERN = (
-    r"^(?:[1-9][0-9]{0,5}(?:\.[0-9]{1,3})?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])|1000000(?:\.0{1,3})?)$"
+    r"^(?:[1-9][0-9]{0,6}(?:\.[0-9]{1,3})?|[1-9][0-9]{7}(?:\.0{1,3})?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9]))$"
 )
 PRICE_PATTERN = r"^(?:0|[1-9][0-9]{0,9})(?:\.[0-9]{1,3})?$"
 # An Idempotency-Key: 1-255 printable ASCII characters, no space at either end (HTTP strips it).

@@ -18,7 +18,7 @@ from core.api.inputs import (
 )
 from promos.managers import PROMO_TERMS
 from promos.models import SESSION_RECORD, USAGE_RECORD, PromoCode, PromoUsage, RedemptionSession
-from promos.money import MAX_AMOUNT, parse_amount, parse_percentage, written_bonus_value
+from promos.money import parse_amount, parse_percentage, written_bonus_value, written_maximum
 
 CUSTOMER_MAX = 255
 CODE_MAX = 64
@@ -30,11 +30,12 @@ AMOUNT_OUT = {"type": "string", "format": "decimal", "pattern": r"^[0-9]+(\.[0-9
 
 @extend_schema_field(AMOUNT_OUT)
 class AmountField(serializers.Field):
-    """A money amount as sent: a decimal string, > 0, at most 3 decimal places, at most 1,000,000.
+    """A money amount as sent: a decimal string, > 0, at most 3 decimal places, at most 99,999,999.
 
     Anything else (a JSON number included) is 400 invalid_input on the field. The currency's own
-    places are the manager's to judge, against the code's or session's currency (400
-    ``amount_precision``: no cents in JPY). Input only: answers use ``InCurrencyField``.
+    places and ceiling are the manager's to judge, against the code's or session's currency (400
+    ``amount_precision``: no cents in JPY; 400 ``invalid_amount`` above 999999.99 USD, say: what a
+    card processor charges at once). Input only: answers use ``InCurrencyField``.
     """
 
     json_type = "string"
@@ -47,7 +48,7 @@ class AmountField(serializers.Field):
             return parse_amount(data, currency=None)
         except ValueError:
             message = _("Enter a positive amount with at most three decimal places, up to %(maximum)s.")
-            raise serializers.ValidationError(str(message) % {"maximum": MAX_AMOUNT}, code="invalid")
+            raise serializers.ValidationError(str(message) % {"maximum": written_maximum(None)}, code="invalid")
 
     def to_representation(self, value):
         raise NotImplementedError("answers write amounts with InCurrencyField")

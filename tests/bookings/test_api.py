@@ -207,6 +207,10 @@ def test_package_bad_input_is_400(api_client, tenant, body):
         ({"name": "X", "price": "10", "currency": "XXX"}, "unknown_currency"),  # ISO 4217, but not money
         ({"name": "X", "price": "1500.5", "currency": "JPY"}, "amount_precision"),
         ({"name": "X", "price": "1.255", "currency": "KWD"}, "amount_precision"),  # Stripe: last digit 0
+        # more than a processor charges at once: eight digits of its unit
+        ({"name": "X", "price": "1000000.00"}, "amount_too_large"),
+        ({"name": "X", "price": "100000000", "currency": "JPY"}, "amount_too_large"),
+        ({"name": "X", "price": "100000.000", "currency": "KWD"}, "amount_too_large"),
     ],
 )
 def test_package_currency_and_price_precision_are_checked(api_client, tenant, body, code):
@@ -328,3 +332,29 @@ def test_a_refusals_details_carry_the_status_itself_in_any_language(api_client, 
     error = assert_error(response, 409, "booking_not_cancellable")
     assert error["details"] == {"status": "expired"}
     assert ("expired" in error["message"]) == (language == "en")  # the message shows the label, translated
+
+
+@pytest.mark.parametrize("currency, largest", [("USD", "999999.99"), ("JPY", "99999999"), ("KWD", "99999.990")])
+def test_a_package_may_cost_what_a_processor_charges_at_once_and_no_more(api_client, tenant, currency, largest):
+    created = api_client.post(
+        "/api/t/acme/packages", {"name": "P", "price": largest, "currency": currency}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    package = Package.objects.get()
+    changed = api_client.patch(
+        f"/api/t/acme/packages/{package.pk}",
+        {"price": str(Decimal(largest) * 10)},
+        format="json",
+    )
+    error = assert_error(changed, 400, "amount_too_large")
+    assert error["details"] == {"currency": currency, "maximum": largest}
+    assert Package.objects.get().price == Decimal(largest)
+
+
+def test_a_checkout_of_a_package_priced_above_the_ceiling_before_it_is_refused_before_any_hold(anon_client, package):
+    """A price stored before the rule (a raw UPDATE here) is refused by the hold, before it writes: 400, not a
+    hold the provider then refuses (503) and a date blocked meanwhile."""
+    Package.objects.filter(pk=package.pk).update(price=Decimal("1000000.00"))
+    response = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
+    assert_error(response, 400, "amount_too_large")
+    assert not Booking.objects.exists()

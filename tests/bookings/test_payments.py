@@ -325,14 +325,18 @@ def test_checkout_sandbox_pay_confirmed_in_every_currency(
     assert detail["amount"] == shown
 
 
-def test_the_package_admin_refuses_an_unknown_currency_and_a_finer_price(admin_client, tenant):
+def test_the_package_admin_refuses_an_unknown_currency_a_finer_price_and_one_too_large(admin_client, tenant):
     package = PackageFactory(tenant=tenant)
     url = f"/admin/bookings/package/{package.pk}/change/"
     form = admin_client.get(url).context["adminform"].form
     data = {name: form[name].value() for name in ("name", "price", "currency", "is_active", "daily_capacity")}
     data = {k: v for k, v in data.items() if v is not None}
     data["expected_version"] = package.version
-    for change, field in [({"currency": "ABC"}, "currency"), ({"price": "10.005"}, "price")]:
+    for change, field in [
+        ({"currency": "ABC"}, "currency"),
+        ({"price": "10.005"}, "price"),
+        ({"price": "1000000"}, "price"),
+    ]:
         response = admin_client.post(url, {**data, **change})
         assert response.status_code == 200  # re-rendered with the refusal, nothing written
         assert response.context["adminform"].form.errors.get(field), response.context["adminform"].form.errors
@@ -344,6 +348,10 @@ def test_prices_fit_their_currency_invariant_reports_a_planted_defect(tenant):
     assert invariants.package_prices_fit_their_currency(None) == []
     Package.objects.filter(pk=package.pk).update(currency="JPY", price=Decimal("10.50"))  # bypassing the manager
     assert invariants.package_prices_fit_their_currency(None) == [f"package {package.pk}: price 10.500 JPY"]
+    Package.objects.filter(pk=package.pk).update(currency="USD", price=Decimal("1000000.00"))
+    assert invariants.package_prices_fit_their_currency(None) == [
+        f"package {package.pk}: price 1000000.000 USD above its ceiling"
+    ]
     Package.objects.filter(pk=package.pk).update(currency="ZZZ")
     assert invariants.package_prices_fit_their_currency(None) == [f"package {package.pk}: currency 'ZZZ'"]
 

@@ -237,7 +237,8 @@ BAD_AMOUNTS = [
     True,
     [],
     {"a": 1},
-    "1000000.01",
+    "100000000",  # nine digits: above any currency's ceiling
+    "10000000.5",  # eight digits with a fraction: no currency charged in fractions goes that high
     "9" * 100,
 ]
 
@@ -249,6 +250,22 @@ def test_bad_amounts_are_400(api_client, promo, path):
         error = assert_error(response, 400, "invalid_input")
         assert "amount" in error["fields"], amount
     assert assert_invariant(promo) == 0
+
+
+def test_an_amount_is_judged_against_its_codes_currency_ceiling(api_client, tenant):
+    """What a card processor charges at once: 999999.99 USD, 99999999 JPY (core.money.max_amount). Above the
+    largest ceiling the field itself refuses the amount; above its code's, the code's currency does."""
+    for currency, largest, above, code in (
+        ("USD", "999999.99", "1000000", "invalid_amount"),
+        ("JPY", "99999999", "100000000", "invalid_input"),
+    ):
+        PromoCodeFactory(tenant=tenant, code=f"BIG{currency}", currency=currency, bonus_value=Decimal("10"))
+        body = {"code": f"BIG{currency}", "customer": "alice", "amount": largest}
+        fine = post(api_client, "promo-codes/validate", body)
+        assert fine.status_code == 200 and fine.json()["valid"], fine.content
+        error = assert_error(post(api_client, "promo-codes/validate", {**body, "amount": above}), 400, code)
+        if code == "invalid_amount":
+            assert error["details"] == {"maximum": largest}
 
 
 def test_non_standard_json_numbers_are_400(api_client, promo):

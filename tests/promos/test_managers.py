@@ -303,6 +303,19 @@ def test_create_session_keeps_only_the_secret_hash(tenant):
     assert timedelta(minutes=14) < session.expires_at - session.created_at <= timedelta(minutes=15, seconds=1)
 
 
+def test_a_sessions_limit_is_at_most_its_currencys_ceiling(tenant):
+    """What a card processor charges at once in the session's currency (USD when none is named)."""
+    for currency in ({}, {"currency": "USD"}, {"currency": None}):
+        with pytest.raises(errors.InvalidAmount) as refusal:
+            RedemptionSession.objects.create_session(tenant=tenant, customer="a", max_amount="1000000", **currency)
+        assert refusal.value.params == {"maximum": "999999.99"}
+    assert not RedemptionSession.objects.exists()
+    session, _secret = RedemptionSession.objects.create_session(
+        tenant=tenant, customer="a", max_amount="99999999", currency="JPY"
+    )
+    assert (session.max_amount, session.currency) == (Decimal("99999999"), "JPY")
+
+
 @pytest.mark.parametrize("ttl", [timedelta(0), timedelta(days=8)])
 def test_create_session_refuses_silly_ttls(tenant, ttl):
     with pytest.raises(InvalidInput) as refusal:

@@ -4,10 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.money import TooManyDecimals, in_currency
-from promos.money import MAX_AMOUNT, compute_bonus, parse_amount, parse_percentage
+from core.money import TooManyDecimals, in_currency, max_amount
+from promos.money import ANY_CURRENCY_MAX, compute_bonus, parse_amount, parse_percentage
 
-amounts = st.decimals(min_value=Decimal("0.01"), max_value=MAX_AMOUNT, places=2)
+USD_MAX = max_amount("USD")  # 999999.99: what a card processor charges at once
+
+amounts = st.decimals(min_value=Decimal("0.01"), max_value=USD_MAX, places=2)
 money_values = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("9999999999.99"), places=2)
 percentages = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100"), places=2)
 max_bonuses = st.none() | money_values
@@ -77,7 +79,7 @@ def test_unknown_bonus_type_is_a_bug():
         compute_bonus(currency="USD", bonus_type="free", bonus_value=Decimal("1"), amount=Decimal("1"))
 
 
-@pytest.mark.parametrize("value", ["10", "10.5", "10.50", 10, 10.5, Decimal("0.01"), "1000000.00", "  7.10 ", "1E+1"])
+@pytest.mark.parametrize("value", ["10", "10.5", "10.50", 10, 10.5, Decimal("0.01"), "999999.99", "  7.10 ", "1E+1"])
 def test_parse_amount_accepts(value):
     amount = parse_amount(value, currency="USD")
     assert amount > 0 and amount.as_tuple().exponent == -2
@@ -98,7 +100,7 @@ def test_parse_amount_accepts(value):
         "-1",
         "0",
         "0.00",
-        "1000000.01",
+        "1000000.00",
         "abc",
         "",
         "10,00",
@@ -123,7 +125,7 @@ def test_parse_amount_never_crashes_otherwise(value):
         amount = parse_amount(value, currency="USD")
     except (ValueError, TooManyDecimals):
         return
-    assert Decimal("0.01") <= amount <= MAX_AMOUNT and amount.as_tuple().exponent == -2
+    assert Decimal("0.01") <= amount <= USD_MAX and amount.as_tuple().exponent == -2
 
 
 @pytest.mark.parametrize("value", ["1.001", "0.001", "12.345", "1.0000000000000000000000000000001"])
@@ -217,3 +219,22 @@ def test_a_percentage_has_two_places(value):
 def test_a_percentage_with_more_places_or_out_of_range_is_refused(value):
     with pytest.raises(ValueError):
         parse_percentage(value)
+
+
+@pytest.mark.parametrize(
+    "currency, largest",
+    [("USD", "999999.99"), ("JPY", "99999999"), ("KWD", "99999.990"), ("ISK", "999999"), ("MGA", "99999999.00")],
+)
+def test_the_ceiling_is_eight_digits_of_what_a_processor_is_sent_in_each_currency(currency, largest):
+    """Stripe's largest charge, 99,999,999 of the unit it is sent in (ISK in hundredths, MGA in whole ariary,
+    KWD in thousandths ending in 0)."""
+    assert parse_amount(largest, currency=currency) == Decimal(largest)
+    step = Decimal(1).scaleb(Decimal(largest).as_tuple().exponent)
+    with pytest.raises(ValueError):
+        parse_amount(Decimal(largest) + step, currency=currency)
+
+
+def test_an_amount_whose_currency_is_not_known_yet_may_reach_any_currencys_ceiling():
+    assert parse_amount("99999999", currency=None) == ANY_CURRENCY_MAX
+    with pytest.raises(ValueError):
+        parse_amount("99999999.001", currency=None)
