@@ -13,17 +13,22 @@ CROSS_FIELD_CODES = {
     "GET /api/public/{tenant}/availability": {"date_range_invalid"},
     "POST /api/public/{tenant}/checkouts": {"date_in_past"},
     "POST /api/t/{tenant}/proposals": {"date_in_past"},
-    "POST /api/t/{tenant}/packages": {"amount_precision"},
-    "PUT /api/t/{tenant}/packages/{id}": {"amount_precision"},
-    "PATCH /api/t/{tenant}/packages/{id}": {"amount_precision"},
-    # a promo amount's places are its code's or session's currency's, which the schema cannot know
+    # a price's places and ceiling are its currency's (core.money.max_amount), another field
+    "POST /api/t/{tenant}/packages": {"amount_precision", "amount_too_large"},
+    "PUT /api/t/{tenant}/packages/{id}": {"amount_precision", "amount_too_large"},
+    "PATCH /api/t/{tenant}/packages/{id}": {"amount_precision", "amount_too_large"},
+    # a promo amount's places and ceiling are its code's or session's currency's, which the schema cannot know
     "POST /api/t/{tenant}/promo-codes": {"amount_precision"},
     "PUT /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
     "PATCH /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
-    "POST /api/t/{tenant}/promo-codes/validate": {"amount_precision", "currency_mismatch"},
-    "POST /api/t/{tenant}/promo-codes/redeem": {"amount_precision", "currency_mismatch"},
-    "POST /api/t/{tenant}/redemption-sessions": {"amount_precision"},
-    "POST /api/t/{tenant}/redemption-sessions/{session_id}/consume": {"amount_precision", "currency_mismatch"},
+    "POST /api/t/{tenant}/promo-codes/validate": {"amount_precision", "invalid_amount", "currency_mismatch"},
+    "POST /api/t/{tenant}/promo-codes/redeem": {"amount_precision", "invalid_amount", "currency_mismatch"},
+    "POST /api/t/{tenant}/redemption-sessions": {"amount_precision", "invalid_amount"},
+    "POST /api/t/{tenant}/redemption-sessions/{session_id}/consume": {
+        "amount_precision",
+        "invalid_amount",
+        "currency_mismatch",
+    },
     "POST /api/t/{tenant}/profiles": {"invalid_dates", "parent_not_found", "parent_wrong_sex"},
     "PATCH /api/t/{tenant}/profiles/{id}": {"invalid_dates", "parent_not_found", "parent_wrong_sex"},
     # a signature cannot be generated from the schema: it is an HMAC of the body
