@@ -31,7 +31,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, connections  # noqa: E402
 
 from bench import http, pgbench  # noqa: E402
-from bench.cpu import Meter, postmaster_pid  # noqa: E402
+from bench.cpu import Meter, close_connections, postmaster_pid  # noqa: E402
 from bench.floor import FrameworkFloor  # noqa: E402
 from bench.operations import OPERATIONS  # noqa: E402
 from bench.report import LABELS, issue16_targets  # noqa: E402
@@ -114,7 +114,7 @@ def measure_floor(ctx, clients, args, *, server, db_pid):
     floor = FrameworkFloor(ctx)
     cell = Cell(floor.name, "http", "floor", clients)
     meter = Meter(db_pid=db_pid, server_pid=server.process.pid)
-    connections.close_all()
+    close_connections()  # no shared sockets across the fork
     with meter:
         latencies, codes, span = http.run(
             floor, server, ctx.token, clients=clients, case="spread", duration=args.duration, targets=10**9
@@ -144,7 +144,7 @@ def measure(operation, variant, case, clients, args, *, server=None, token=None,
         cell.finish(latencies, dict(codes), span)
     else:
         if variant == "http":
-            connections.close_all()  # no shared sockets across the fork
+            close_connections()  # no shared sockets across the fork
             with meter:
                 latencies, codes, span = http.run(
                     operation, server, token, clients=clients, case=case, duration=args.duration, targets=args.rows
