@@ -6,6 +6,7 @@ nothing else we do not need; Babel's CLDR digits differ from ISO 4217 for severa
 currencies (cash rounding), which is not what a card processor charges in.
 """
 
+import functools
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 import moneyed
@@ -123,6 +124,7 @@ def provider_exponent(code):
     return STRIPE_EXPONENT.get(code, exponent(code))
 
 
+@functools.cache  # a known currency's is fixed (an unknown one raises, which is not kept)
 def max_amount(code):
     """The largest amount a card processor charges in ``code`` (``MAX_MINOR_UNITS`` of what it is sent in),
     with the currency's own places: 999999.99 USD, 99999999 JPY, 99999.990 KWD, 999999 ISK."""
@@ -133,8 +135,9 @@ def max_amount(code):
 
 def check_maximum(amount, code):
     """``amount`` when a card processor could charge it in ``code``; else AmountTooLarge (400 ``amount_too_large``)."""
-    if Decimal(amount) > max_amount(code):
-        raise AmountTooLarge(code, in_currency(max_amount(code), code))
+    largest = max_amount(code)
+    if Decimal(amount) > largest:
+        raise AmountTooLarge(code, in_currency(largest, code))
     return amount
 
 
