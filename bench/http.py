@@ -50,9 +50,13 @@ SERVERS = {
 }
 
 
+# make serve's settings: gunicorn is measured as production runs it (worker model, access log, metrics)
+GUNICORN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "gunicorn.py")
+
+
 def server_command(kind, port, *, workers, threads):
     """The command serving config.wsgi on 127.0.0.1:``port``: ``workers`` processes of ``threads`` threads,
-    keep-alive on, no access log."""
+    keep-alive on; gunicorn with make serve's settings (its access log too), the others without a log."""
     executable = os.path.join(os.path.dirname(sys.executable), kind)
     if not os.path.exists(executable):
         raise SystemExit(f"--server {kind}: {executable} not found (pip install {SERVERS[kind]})")
@@ -70,7 +74,7 @@ def server_command(kind, port, *, workers, threads):
             *("--runtime-threads", "1", "--log-level", "warning"),
         ]
     return [
-        *(executable, "config.wsgi", "--bind", f"127.0.0.1:{port}", "-k", "gthread"),
+        *(executable, "config.wsgi", "--config", GUNICORN_CONFIG, "--bind", f"127.0.0.1:{port}"),
         *("--workers", str(workers), "--threads", str(threads), "--keep-alive", "30", "--log-level", "warning"),
     ]
 
@@ -81,8 +85,11 @@ class Server:
     def __init__(self, db, *, workers, threads, log, pool=False, kind="gunicorn"):
         self.port = free_port()
         command = server_command(kind, self.port, workers=workers, threads=threads)
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop(); the access log of this run only
         env = {**os.environ, "DATABASE_URL": database_url(db), "DEBUG": "false", "LOG_LEVEL": "ERROR"}
+        # production's multi-process metrics (config/gunicorn.py), in files of the benchmark's own: a server
+        # started on this checkout (var/prometheus) would have its files removed when this one starts
+        env["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(os.path.dirname(os.path.abspath(log)), "prometheus")
         if pool:
             env.update(DJANGO_SETTINGS_MODULE="bench.pool_settings", BENCH_POOL_SIZE=str(threads))
         self.process = subprocess.Popen(

@@ -17,6 +17,14 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(_de
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
+# The worker model the benchmark measured and chose (docs/performance.md, "gunicorn threads per worker"):
+# gthread, one process per core (WORKERS, in make serve) with THREADS threads each. A request waiting for
+# a row lock (up to LOCK_TIMEOUT_MS) or for the database holds a thread, not its whole process as a sync
+# worker would: two such waits would stall a 2-core server. Each thread keeps its own database
+# connection: WORKERS x THREADS of them, to count against max_connections (or put PgBouncer in front).
+worker_class = "gthread"
+threads = int(os.environ.get("THREADS", "8"))
+
 accesslog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus request_id=%({x-request-id}o)s'
 

@@ -7,12 +7,12 @@ import pytest
 from bench import http
 
 
-def test_gunicorn_is_served_as_production_runs_it_gthread_with_keep_alive():
+def test_gunicorn_is_served_as_production_runs_it_with_keep_alive():
     command = http.server_command("gunicorn", 8123, workers=2, threads=8)
 
     assert os.path.basename(command[0]) == "gunicorn"
     assert command[1] == "config.wsgi"
-    assert command[command.index("-k") + 1] == "gthread"
+    assert command[command.index("--config") + 1] == http.GUNICORN_CONFIG  # make serve's (tests/core/test_serving.py)
     assert command[command.index("--workers") + 1] == "2"
     assert command[command.index("--threads") + 1] == "8"
     assert "--keep-alive" in command

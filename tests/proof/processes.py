@@ -98,7 +98,8 @@ def free_port():
 
 @contextmanager
 def gunicorn(database, log_path, workers=2):
-    """Serve the app with gunicorn; its output goes to ``log_path``.
+    """Serve the app as make serve does (config/gunicorn.py: gthread workers of 8 threads, each thread its own
+    connection), with ``workers`` processes; its output goes to ``log_path``.
 
     Never to an unread pipe: once the pipe's buffer is full, every worker blocks
     on its next log line and requests hang.
@@ -111,6 +112,8 @@ def gunicorn(database, log_path, workers=2):
             "-m",
             "gunicorn",
             "config.wsgi",
+            "--config",
+            "config/gunicorn.py",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
@@ -119,7 +122,7 @@ def gunicorn(database, log_path, workers=2):
             "warning",
         ],
         cwd=ROOT,
-        env=child_env(database),
+        env={**child_env(database), "PROMETHEUS_MULTIPROC_DIR": str(Path(log_path).parent / "prometheus")},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
