@@ -284,6 +284,12 @@ def main(argv=None):
             continue
         server = None
         if phase == "http":
+            free = http.free_connections()
+            fitted = http.fit_to_connections(args.workers, args.threads, free)
+            if fitted != (args.workers, args.threads):
+                workers, threads = fitted
+                print(f"  HTTP server: {workers} workers x {threads} threads (one connection each; {free} are free)")
+                args.workers, args.threads = fitted
             log = Path(settings.BASE_DIR) / "var" / "bench" / "gunicorn.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             server = http.Server(

@@ -149,6 +149,33 @@ def server_workers():
     return os.cpu_count() or 1
 
 
+# Connections kept free of the HTTP server's: the benchmark's own, reopened between cells, and a spare.
+CONNECTION_HEADROOM = 4
+
+
+def free_connections():
+    """Connections the database may still open for the HTTP server: ``max_connections`` less those
+    reserved for superusers, those open now and ``CONNECTION_HEADROOM``."""
+    from django.db import connection  # the load generator's processes need none of Django
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )
+        return cursor.fetchone()[0] - CONNECTION_HEADROOM
+
+
+def fit_to_connections(workers, threads, free):
+    """Server processes and threads per process whose connections (one per thread) fit in ``free``:
+    fewer threads per process first, then fewer processes. On many cores one worker per core x 8
+    threads asks more than a server's usual 100 connections (16 cores: 128)."""
+    if workers * threads <= free:
+        return workers, threads
+    threads = max(1, min(threads, free // workers))
+    return max(1, min(workers, free // threads)), threads
+
+
 def _code(status, body):
     if 200 <= status < 300:
         return WON

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from django.db import connection
 
 from bench import http
 
@@ -44,3 +45,31 @@ def test_a_server_to_compare_with_gets_the_same_processes_threads_and_app(kind, 
     assert command[command.index(processes) + 1] == "3"
     assert command[command.index(threads) + 1] == "5"
     assert "8123" in " ".join(command)
+
+
+@pytest.mark.parametrize(
+    ("asked", "free", "fitted"),
+    [
+        ((2, 8), 95, (2, 8)),  # this machine: 16 connections
+        ((16, 8), 95, (16, 5)),  # 16 cores: 128 would not fit in a server of 100
+        ((16, 8), 10, (10, 1)),  # fewer free than processes: one thread each, fewer processes
+        ((4, 4), 16, (4, 4)),  # exactly fits
+    ],
+)
+def test_the_http_server_asks_no_more_connections_than_the_database_has_free(asked, free, fitted):
+    workers, threads = http.fit_to_connections(*asked, free)
+
+    assert (workers, threads) == fitted
+    assert workers * threads <= free
+
+
+@pytest.mark.django_db
+def test_free_connections_are_the_servers_limit_less_those_open_reserved_and_kept_spare():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+        )
+        most, reserved = cursor.fetchone()
+    free = http.free_connections()
+
+    assert 0 < free <= most - reserved - 1 - http.CONNECTION_HEADROOM  # this test's own connection is open
