@@ -34,13 +34,14 @@ worker: install
 	$(BIN)/python manage.py procrastinate worker
 
 # Production-style: gunicorn with several workers and one job worker (set DEBUG=false, SECRET_KEY, ALLOWED_HOSTS);
-# access log on stdout, metrics of all workers summed through var/prometheus (config/gunicorn.py).
+# WORKERS processes (one per core) of THREADS threads, access log on stdout, metrics of all workers summed
+# through var/prometheus (config/gunicorn.py).
 serve: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput
 	$(BIN)/python manage.py procrastinate worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
-	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT) --workers $${WORKERS:-$$(nproc)}
+	$(BIN)/gunicorn config.wsgi --config config/gunicorn.py --bind $(HOST):$(PORT)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -18,12 +18,15 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 # The worker model the benchmark measured and chose (docs/performance.md, "gunicorn threads per worker"):
-# gthread, one process per core (WORKERS, in make serve) with THREADS threads each. A request waiting for
-# a row lock (up to LOCK_TIMEOUT_MS) or for the database holds a thread, not its whole process as a sync
-# worker would: two such waits would stall a 2-core server. Each thread keeps its own database
-# connection: WORKERS x THREADS of them, to count against max_connections (or put PgBouncer in front).
+# gthread, WORKERS processes (default one per core) of THREADS threads. A request waiting for a row lock
+# (up to LOCK_TIMEOUT_MS) or for the database holds a thread, not its whole process as a sync worker
+# would: two such waits would stall a 2-core server. Each thread keeps its own database connection, so
+# THREADS defaults to 8 within CONNECTION_BUDGET in all (16 cores: 4 threads each), which leaves a
+# server's usual 100 connections room for the job worker, the shell and the pooler's own.
+CONNECTION_BUDGET = 64
 worker_class = "gthread"
-threads = int(os.environ.get("THREADS", "8"))
+workers = int(os.environ.get("WORKERS") or os.cpu_count() or 1)
+threads = int(os.environ.get("THREADS") or max(1, min(8, CONNECTION_BUDGET // workers)))
 
 accesslog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus request_id=%({x-request-id}o)s'

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import http
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +29,28 @@ def effective_settings(command, tmp_path, **env):
     return {name.strip(): value.strip() for name, value in pairs}
 
 
-def test_make_serve_runs_gthread_workers_of_eight_threads(tmp_path):
+def test_make_serve_runs_gthread_workers_of_eight_threads_one_per_core(tmp_path):
     """A request waiting for a row lock holds a thread, not its whole process as a sync worker would."""
-    settings = effective_settings(MAKE_SERVE, tmp_path)
+    settings = effective_settings(MAKE_SERVE, tmp_path, WORKERS="", THREADS="")
 
     assert settings["worker_class"] == "gthread"
-    assert settings["threads"] == "8"
+    assert settings["workers"] == str(os.cpu_count())
+    assert settings["threads"] == str(min(8, 64 // os.cpu_count()))
     assert settings["accesslog"] == "-"
 
 
-def test_threads_per_worker_come_from_the_environment(tmp_path):
-    assert effective_settings(MAKE_SERVE, tmp_path, THREADS="3")["threads"] == "3"
+@pytest.mark.parametrize(("workers", "threads"), [("2", "8"), ("8", "8"), ("16", "4"), ("32", "2"), ("128", "1")])
+def test_many_workers_get_fewer_threads_each_so_their_connections_stay_within_64(tmp_path, workers, threads):
+    """Each thread keeps a database connection: 16 cores x 8 threads would be 128, more than a server's usual 100."""
+    settings = effective_settings(MAKE_SERVE, tmp_path, WORKERS=workers, THREADS="")
+
+    assert (settings["workers"], settings["threads"]) == (workers, threads)
+
+
+def test_workers_and_threads_are_the_operators_to_set(tmp_path):
+    settings = effective_settings(MAKE_SERVE, tmp_path, WORKERS="3", THREADS="12")
+
+    assert (settings["workers"], settings["threads"]) == ("3", "12")
 
 
 def test_the_benchmark_serves_with_make_serves_settings_in_the_shape_it_measures(tmp_path):
