@@ -401,8 +401,21 @@ def test_make_serve_gunicorn_sums_its_workers_and_logs_request_ids(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DEBUG": "true"}
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--config", "config/gunicorn.py"]
-        # each worker exits after 8 requests and a new one (another pid, other files) takes its place
-        + ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--max-requests", "8"],
+        # each worker exits after 8 requests and a new one (another pid, other files) takes its place; sync
+        # workers of one thread here (more threads would make it gthread), so that it is exactly 8: a gthread
+        # worker accepts more before it has counted them
+        + [
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--threads",
+            "1",
+            "--max-requests",
+            "8",
+        ],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
