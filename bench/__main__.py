@@ -36,6 +36,7 @@ from bench.floor import FrameworkFloor  # noqa: E402
 from bench.operations import OPERATIONS  # noqa: E402
 from bench.report import LABELS, issue16_targets  # noqa: E402
 from bench.runner import HOT, SPREAD, Cell, outcome, run_threads  # noqa: E402
+from config.workers import default_threads, default_workers  # noqa: E402
 
 DATABASE = "lockstep_bench"
 VARIANTS = list(LABELS)
@@ -234,9 +235,17 @@ def parse_args(argv):
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cases", default=f"{HOT},{SPREAD}")
     parser.add_argument(
-        "--workers", type=int, default=http.server_workers(), help="HTTP server processes (default 1 per core)"
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="HTTP server processes (default make serve's: 1 per core)",
     )
-    parser.add_argument("--threads", type=int, default=8, help="HTTP server threads per process (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="HTTP server threads per process (default make serve's: 8, fewer where the workers' pass 64)",
+    )
     parser.add_argument("--pool", action="store_true", help="serve HTTP with Django's native psycopg pool")
     parser.add_argument(
         "--server",
@@ -249,6 +258,8 @@ def parse_args(argv):
     if args.quick:
         args.duration, args.rows = 1, 2_000
     args.duration = max(1, args.duration)
+    if args.threads is None:
+        args.threads = default_threads(args.workers)
     args.clients = [int(n) for n in args.clients.split(",")]
     args.operations = args.operations.split(",")
     args.variants = args.variants.split(",")

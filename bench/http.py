@@ -142,13 +142,6 @@ def generator_processes():
     return max(2, (os.cpu_count() or 1) // 4)
 
 
-def server_workers():
-    """gunicorn workers by default: one per core. Measured on 2 cores (gthread, 8 threads each), the
-    framework floor costs 2.4-2.8 ms of server CPU per request with 2 workers, 2.4-3.8 with 4 and
-    3.4-4.5 with 8: more processes than cores only add switching."""
-    return os.cpu_count() or 1
-
-
 # Connections kept free of the HTTP server's: the benchmark's own, reopened between cells, and a spare.
 CONNECTION_HEADROOM = 4
 

@@ -10,23 +10,25 @@ Access log: one line per request on stdout, ending with the request's ``X-Reques
 """
 
 import os
+import sys
 from pathlib import Path
 
-_default_dir = Path(__file__).resolve().parent.parent / "var" / "prometheus"
+# gunicorn reads this file before it adds --chdir to sys.path: the project first, from wherever it runs
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+from config.workers import default_threads, default_workers  # noqa: E402
+
+_default_dir = PROJECT_ROOT / "var" / "prometheus"
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(_default_dir)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
-# The worker model the benchmark measured and chose (docs/performance.md, "gunicorn threads per worker"):
-# gthread, WORKERS processes (default one per core) of THREADS threads. A request waiting for a row lock
-# (up to LOCK_TIMEOUT_MS) or for the database holds a thread, not its whole process as a sync worker
-# would: two such waits would stall a 2-core server. Each thread keeps its own database connection, so
-# THREADS defaults to 8 within CONNECTION_BUDGET in all (16 cores: 4 threads each), which leaves a
-# server's usual 100 connections room for the job worker, the shell and the pooler's own.
-CONNECTION_BUDGET = 64
+# gthread: a request waiting for a row lock (up to LOCK_TIMEOUT_MS) or for the database holds a
+# thread, not its whole process as a sync worker would (two such waits would stall a 2-core server).
+# WORKERS processes of THREADS threads, by default config/workers.py's (one rule with the benchmark's).
 worker_class = "gthread"
-workers = int(os.environ.get("WORKERS") or os.cpu_count() or 1)
-threads = int(os.environ.get("THREADS") or max(1, min(8, CONNECTION_BUDGET // workers)))
+workers = int(os.environ.get("WORKERS") or default_workers())
+threads = int(os.environ.get("THREADS") or default_threads(workers))
 
 accesslog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus request_id=%({x-request-id}o)s'

@@ -59,3 +59,17 @@ def test_the_benchmark_serves_with_make_serves_settings_in_the_shape_it_measures
     assert settings["worker_class"] == "gthread"
     assert (settings["workers"], settings["threads"], settings["keepalive"]) == ("2", "8", "30")
     assert settings["accesslog"] == "-"  # production's access log is part of what a request costs
+
+
+@pytest.mark.parametrize("cores", [2, 16])
+def test_the_benchmark_serves_by_default_as_many_workers_and_threads_as_make_serve(tmp_path, cores):
+    """One rule (config/workers.py): make bench measures the shape production runs, on any core count."""
+    probe = f"import os; os.cpu_count = lambda: {cores}; from bench.__main__ import parse_args; a = parse_args([]); "
+    probe += "print(a.workers, a.threads)"
+    printed = subprocess.run(  # its own process: importing bench.__main__ sets the benchmark's environment
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    settings = effective_settings(MAKE_SERVE, tmp_path, WORKERS=str(cores), THREADS="")
+
+    assert printed.split() == [settings["workers"], settings["threads"]]
+    assert printed.split() == [str(cores), "8" if cores == 2 else "4"]
