@@ -9,7 +9,7 @@ from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
 from core.history import tracked
-from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, within
+from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, VersionOnlyIncreases, within
 
 # What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
 PACKAGE_EDITABLE = ("name", "price", "currency", "is_active", "daily_capacity")
@@ -135,7 +135,10 @@ class Package(GuardedModel):
             models.CheckConstraint(condition=Q(daily_capacity__gte=1), name="package_capacity_positive"),
             models.CheckConstraint(condition=Q(currency__regex=r"^[A-Z]{3}$"), name="package_currency_iso"),
         ]
-        triggers = [BumpVersion(name="package_version", fields=PACKAGE_EDITABLE)]
+        triggers = [
+            BumpVersion(name="package_version", fields=PACKAGE_EDITABLE),
+            VersionOnlyIncreases(name="package_version_transition"),
+        ]
 
     def __str__(self):
         return self.name
@@ -210,6 +213,7 @@ class Booking(GuardedModel):
         triggers = [
             StateMachine(name="booking_status_transition", field="status", transitions=BOOKING_TRANSITIONS),
             BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
+            VersionOnlyIncreases(name="booking_version_transition"),
             # the place counted under the date's lock and the money charged: moving them skips both guards
             FrozenColumns(name="booking_terms_transition", fields=("tenant", "package", "date", "amount", "currency")),
         ]

@@ -14,7 +14,8 @@ webhooks). Three layers keep "exactly once" a property of the row, not of one pa
   ``core.guards.database_refusals`` turns into TransitionRefused (409).
 - ``BumpVersion``: a trigger that increments ``version`` whenever a column an
   operator or API client edits changes, whoever the writer, so an edit carrying the
-  version it read is refused (VersionConflict) when someone changed those fields since.
+  version it read is refused (VersionConflict) when someone changed those fields since;
+  ``VersionOnlyIncreases`` beside it refuses a write that takes ``version`` back.
 
 Why django-pgtrigger (pinned in requirements.txt): triggers are declared in the
 model's ``Meta.triggers`` beside its constraints and reach the database through
@@ -78,6 +79,30 @@ class Refusal(pgtrigger.Trigger):
 
     def get_func(self, model):
         return self.format_sql(f"{refusal_sql(self.name, self.detail_sql, self.message_sql)} RETURN NEW;")
+
+
+class VersionOnlyIncreases(Refusal):
+    """Refuse, in the database, an UPDATE that lowers a row's ``version``.
+
+    Optimistic checks (API PATCH, admin forms, deletes at a version) compare the version a
+    client read with the row's: a version that went back, as a full-row ``save()`` of a row
+    read before a colleague's edit would write it, lets a stale edit pass and undoes the
+    colleague's. Declared beside every ``BumpVersion``; ``name`` is ``<model>_version_transition``
+    (409 invalid_transition, ``old->new``).
+    """
+
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition('NEW."version" < OLD."version"')
+    detail_sql = 'OLD."version"::text || \'->\' || NEW."version"::text'
+    message_sql = (
+        "format('%s: version of row %s may not go down from %s to %s', "
+        'TG_TABLE_NAME, OLD."id", OLD."version", NEW."version")'
+    )
+
+    def __init__(self, *, name):
+        if not name.endswith("_version_transition"):
+            raise ValueError("A VersionOnlyIncreases trigger's name ends in _version_transition")
+        super().__init__(name=name)
 
 
 class FrozenColumns(pgtrigger.Trigger):

@@ -13,7 +13,7 @@ from core.db_backend.base import execute_carrying_timeouts
 from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken
 from core.guards import ClockNow, constraint_errors, guarded
 from core.history import tracked
-from core.integrity import BumpVersion, StateMachine, refusal_sql
+from core.integrity import BumpVersion, StateMachine, VersionOnlyIncreases, refusal_sql
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
 from core.versioned_edit import delete_at_version, edit_at_version, refuse_unknown_fields
@@ -67,7 +67,10 @@ class Tenant(models.Model):
         ordering = ["slug"]
         verbose_name = _("tenant")
         verbose_name_plural = _("tenants")
-        triggers = [BumpVersion(name="tenant_version", fields=TENANT_EDITABLE)]
+        triggers = [
+            BumpVersion(name="tenant_version", fields=TENANT_EDITABLE),
+            VersionOnlyIncreases(name="tenant_version_transition"),
+        ]
 
     def __str__(self):
         return self.name
@@ -170,6 +173,7 @@ class Membership(models.Model):
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_user_per_tenant")]
         triggers = [
             BumpVersion(name="membership_version", fields=MEMBERSHIP_EDITABLE),
+            VersionOnlyIncreases(name="membership_version_transition"),
             KeepsAnOwner(name="membership_keeps_an_owner"),
         ]
 

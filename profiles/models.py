@@ -6,30 +6,13 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, Refusal, refusal_sql, within
+from core.integrity import BumpVersion, GuardedModel, Refusal, VersionOnlyIncreases, refusal_sql, within
 from core.models import Tenant
 from profiles.choices import AuditAction, Sex
 from profiles.managers import ProfileAuditLogManager, ProfileManager
 
 # The columns an operator or API client edits (through ``update_profile``).
 PROFILE_EDITABLE = ("first_name", "last_name", "sex", "birth_date", "death_date", "father", "mother")
-
-
-class ProfileVersionOnlyIncreases(Refusal):
-    """Refuse, in the database, an UPDATE that lowers a profile's ``version``.
-
-    Optimistic checks (API PATCH, the admin form, soft delete) compare the version a
-    client read with the row's: a version that went back would let a stale edit pass.
-    Raises SQLSTATE 23514 named ``profile_version_transition`` (409 invalid_transition).
-    """
-
-    operation = pgtrigger.Update
-    condition = pgtrigger.Condition('NEW."version" < OLD."version"')
-    detail_sql = 'OLD."version"::text || \'->\' || NEW."version"::text'
-    message_sql = (
-        "format('%s: version of profile %s may not go down from %s to %s', "
-        'TG_TABLE_NAME, OLD."id", OLD."version", NEW."version")'
-    )
 
 
 class ProfileParentsLive(pgtrigger.Trigger):
@@ -210,7 +193,7 @@ class Profile(GuardedModel):
         verbose_name_plural = _("profiles")
         indexes = [models.Index(fields=["tenant", "last_name", "first_name"], name="profile_tenant_name_idx")]
         triggers = [
-            ProfileVersionOnlyIncreases(name="profile_version_transition"),
+            VersionOnlyIncreases(name="profile_version_transition"),
             # A writer that changes an edited column without bumping the version still bumps it,
             # so an edit carrying the version it read cannot overwrite that change.
             BumpVersion(name="profile_version_bump", fields=[*PROFILE_EDITABLE, "deleted_at"]),

@@ -7,7 +7,15 @@ from django.db.models.functions import Lower, Now, Round
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, refusal_sql, within
+from core.integrity import (
+    BumpVersion,
+    FrozenColumns,
+    GuardedModel,
+    StateMachine,
+    VersionOnlyIncreases,
+    refusal_sql,
+    within,
+)
 from promos.choices import OPEN_STATUSES, SESSION_TRANSITIONS, BonusType, SessionStatus
 from promos.managers import PROMO_EDITABLE, PromoCodeManager, PromoUsageManager, RedemptionSessionManager
 from promos.money import DEFAULT_CURRENCY, PERCENT_PLACES, STORED_PLACES
@@ -195,6 +203,7 @@ class PromoCode(GuardedModel):
         ]
         triggers = [
             BumpVersion(name="promo_code_version", fields=PROMO_EDITABLE),
+            VersionOnlyIncreases(name="promo_code_version_transition"),
             PromoCurrencyFrozen(name="promo_currency_frozen"),
             # A code never moves to another shop: its usages, counter and limits were counted in this one.
             FrozenColumns(name="promo_code_tenant_transition", fields=("tenant",)),

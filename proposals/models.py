@@ -5,7 +5,15 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, refusal_sql, within
+from core.integrity import (
+    BumpVersion,
+    FrozenColumns,
+    GuardedModel,
+    StateMachine,
+    VersionOnlyIncreases,
+    refusal_sql,
+    within,
+)
 from proposals.choices import ProposalStatus
 from proposals.managers import ProposalManager
 
@@ -177,6 +185,7 @@ class Proposal(GuardedModel):
             StateMachine(name="proposal_status_transition", field="status", transitions=PROPOSAL_TRANSITIONS),
             ProposalBookingUnlink(name="proposal_booking_unlink_transition"),
             BumpVersion(name="proposal_bump_version", fields=PROPOSAL_VERSIONED),
+            VersionOnlyIncreases(name="proposal_version_transition"),
             # what the assistant proposed and to whom: a raw UPDATE moving it would book another date
             FrozenColumns(name="proposal_terms_transition", fields=("tenant", "session_id", "package", "date")),
         ]

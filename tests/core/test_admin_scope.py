@@ -8,6 +8,7 @@ import io
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
 from django.urls import reverse
 from procrastinate.contrib.django.models import ProcrastinateJob
@@ -20,6 +21,7 @@ from core.models import IdempotencyKey, Membership, Notification, Tenant
 from profiles.models import Profile
 from tests.bookings.factories import future
 from tests.factories import TenantFactory
+from tests.races import Background, row_locked, wait_until_blocked
 
 REGISTERED = sorted(admin.site._registry.items(), key=lambda item: item[0]._meta.label)
 
@@ -256,6 +258,32 @@ def test_renaming_a_tenant_never_writes_back_a_role_a_colleague_changed_meanwhil
     assert client.post(change, data).status_code == 302
     assert Tenant.objects.get(pk=tenant.pk).name == "Acme Ltd"
     assert Membership.objects.get(pk=member.pk).role == Membership.Role.VIEWER
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_demotion_committed_while_a_tenant_save_waits_for_its_lock_is_not_written_back(client, django_user_model):
+    """Regression: the members inline saved each row it had read, in full, whenever its hidden version field
+    compared "changed" (an int against the posted text: always). A colleague's demotion committed between the
+    inline's read and its save was written back, version and all, by a Save of the tenant's name. Forced here:
+    the tenant's row is held from another connection, so the Save waits for it after reading its members."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
+    member = Membership.objects.create(tenant=tenant, user=mallory, role=Membership.Role.OWNER)
+    change = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(change))
+    data["name"] = "Acme Ltd"
+    with row_locked(Tenant.objects.filter(pk=tenant.pk)) as holder:
+        saving = Background(lambda: client.post(change, data))
+        wait_until_blocked("core_tenant")  # the members are read; the rename waits for the tenant's row
+        Membership.objects.edit_member(member.pk, version=1, role=Membership.Role.VIEWER)  # a colleague
+        holder.commit()
+    saving.join()
+    assert saving.error is None and saving.result.status_code == 302
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme Ltd"
+    assert Membership.objects.values_list("role", "version").get(pk=member.pk) == (Membership.Role.VIEWER, 2)
+    logged = LogEntry.objects.get(object_id=str(tenant.pk)).get_change_message()
+    assert "member" not in logged.lower(), logged  # the members were not changed, nor said to be
 
 
 @pytest.mark.django_db
