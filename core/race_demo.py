@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pgtrigger
 from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.test.utils import override_settings
 
 from core.discovery import project_modules
 from core.invariants import run_checks
@@ -101,6 +102,15 @@ def leftover_throwaway_databases():
             [original.replace("_", r"\_") + r"\_race\_%"],
         )
         return [name for (name,) in cursor.fetchall()]
+
+
+@contextmanager
+def sandbox_payments():
+    """The storms pay through the sandbox, whatever this server pays through: each winning hold calls the
+    provider, and against Stripe would open a real checkout session, its idempotency key
+    (``lockstep-checkout-<id>``) reusing the id of one of production's (the throwaway database counts from 1)."""
+    with override_settings(PAYMENT_PROVIDER="sandbox"):
+        yield
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from bookings.payments.stripe import StripeProvider
 from core.models import Tenant
 from core.race_demo import leftover_throwaway_databases, scenarios
 from promos.models import PromoCode
@@ -71,6 +72,21 @@ def test_race_demo_names_a_throwaway_database_another_run_left(settings):
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{left}" WITH (FORCE)')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_race_demo_pays_through_the_sandbox_on_a_server_that_pays_through_stripe(settings, monkeypatch):
+    """Its winning holds call the provider: against Stripe each would open a real checkout session."""
+    settings.PAYMENT_PROVIDER, settings.STRIPE_API_KEY = "stripe", "sk_live_not_for_storms"
+    called = []
+    monkeypatch.setattr(StripeProvider, "create_checkout", lambda provider, *args: called.append(args))
+    before = throwaway_databases()
+    rows, output = run("--only", "c")  # the checkout hold and the proposal confirm (and the consume)
+    assert {"date checkout hold", "proposal confirm"} <= set(rows), output
+    for row in rows.values():
+        assert row["winners"] == row["expected"] != "0", output
+    assert called == []
+    assert_nothing_left_behind(before)
 
 
 def test_every_race_scenario_has_a_control():

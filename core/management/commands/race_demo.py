@@ -3,7 +3,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from core.models import Tenant
-from core.race_demo import leftover_throwaway_databases, run_storm, scenarios, throwaway_database
+from core.race_demo import leftover_throwaway_databases, run_storm, sandbox_payments, scenarios, throwaway_database
 
 
 class Command(BaseCommand):
@@ -26,7 +26,7 @@ class Command(BaseCommand):
                 f"Note: {leftover} is another run's throwaway database: one going on now, or one killed before it "
                 f'could drop it (then: DROP DATABASE "{leftover}" WITH (FORCE)).'
             )
-        with throwaway_database(run) as database:
+        with throwaway_database(run) as database, sandbox_payments():
             self.stdout.write(f"Race demo: {mode}, in the throwaway database {database} (dropped after)\n")
             self.storms(run, options)
 
