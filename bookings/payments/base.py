@@ -206,7 +206,7 @@ def parse_event(payload: bytes) -> ProviderEvent:
         type=event_type,
         checkout_id="" if is_refund or is_dispute else obj["id"][:255],
         refund_id=obj["id"][:255] if is_refund else "",
-        refund_status=refund_outcome(obj.get("status")) if is_refund else "",
+        refund_status=refund_outcome(_text(obj.get("status"))) if is_refund else "",
         failure_reason=_text(obj.get("failure_reason"), 200) if is_refund else "",
         dispute_id=obj["id"][:255] if is_dispute else "",
         dispute_status=_text(obj.get("status"), 50) if is_dispute else "",

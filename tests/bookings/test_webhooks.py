@@ -7,7 +7,7 @@ import stripe
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout, PaymentEvent
-from bookings.payments.base import sign
+from bookings.payments.base import parse_event, sign
 from tests.bookings.factories import PackageFactory, book, hold_without_provider_answer
 
 URL = "/api/webhooks/payments"
@@ -146,6 +146,17 @@ def test_malformed_payload_is_400(client, db, payload):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "malformed_event"
     assert not PaymentEvent.objects.exists()
+
+
+@pytest.mark.parametrize("status", [{"state": "failed"}, ["failed"], 7, None])
+def test_a_signed_refund_event_whose_status_is_not_text_is_read_as_pending_never_a_500(client, db, status):
+    """Regression: an unhashable status (an object, a list) raised TypeError reading its outcome: a 500."""
+    refund = {"id": "re_odd", "object": "refund", "payment_intent": "pi_1", "status": status, "amount": 100}
+    payload = json.dumps({"id": "evt_odd", "type": "refund.updated", "data": {"object": refund}}).encode()
+    assert parse_event(payload).refund_status == "pending"  # an unknown status waits, as an unknown word does
+    response = deliver(client, payload)
+    assert response.status_code == 200, response.content
+    assert PaymentEvent.objects.filter(event_id="evt_odd", processed_at__isnull=False).exists()
 
 
 def test_unknown_checkout_and_other_event_types_are_stored_and_acknowledged(client, db):
