@@ -88,6 +88,15 @@ class PromoCodeAdminForm(forms.ModelForm):
         return self.cleaned_data.get("currency") or self.instance.currency or DEFAULT_CURRENCY
 
 
+# What the (de)activation confirmation pages show of each selected code.
+CODE_STATE_COLUMNS = {
+    _("code"): lambda promo: promo.code,
+    _("times used"): lambda promo: promo.times_used,
+    _("total usage limit"): lambda promo: promo.total_usage_limit or "-",
+    _("active"): lambda promo: _("yes") if promo.is_active else _("no"),
+}
+
+
 @admin.register(PromoCode)
 class PromoCodeAdmin(
     RowPagesMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin
@@ -185,12 +194,7 @@ class PromoCodeAdmin(
         confirm={
             "title": _("Deactivate selected promo codes"),
             "explanation": _("Customers can no longer redeem these codes; uses already made stay as they are."),
-            "columns": {
-                _("code"): lambda promo: promo.code,
-                _("times used"): lambda promo: promo.times_used,
-                _("total usage limit"): lambda promo: promo.total_usage_limit or "-",
-                _("active"): lambda promo: _("yes") if promo.is_active else _("no"),
-            },
+            "columns": CODE_STATE_COLUMNS,
             "effect": lambda promo: _("deactivated") if promo.is_active else _("nothing: already inactive"),
             "confirm_label": _("Deactivate these codes"),
         },
@@ -200,9 +204,22 @@ class PromoCodeAdmin(
         ),
     )
 
+    # Confirmed first, as deactivating is: a code a colleague deactivated (a leaked one, say) is shown as
+    # such before "select all" over a filter puts it back in customers' hands.
     activate_selected = row_action(
         _("Activate selected promo codes"),
         lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=True),
+        confirm={
+            "title": _("Activate selected promo codes"),
+            "explanation": _(
+                "Customers can redeem these codes again, within their dates and limits. A code deactivated "
+                "because it leaked would be live again."
+            ),
+            "columns": CODE_STATE_COLUMNS,
+            "effect": lambda promo: _("activated") if not promo.is_active else _("nothing: already active"),
+            "confirm_label": _("Activate these codes"),
+        },
+        done_each=lambda promo, _outcome: _("%(code)s: activated.") % {"code": promo.code},
         done_message=lambda n: ngettext("Activated %(n)d promo code.", "Activated %(n)d promo codes.", n) % {"n": n},
     )
 

@@ -232,9 +232,11 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
 def test_money_and_irreversible_actions_ask_first(admin_client, tenant):
     """Without the confirming POST nothing changes; the page says what will happen to each row."""
     promo = PromoCodeFactory(tenant=tenant, code="ASKME")
+    leaked = PromoCodeFactory(tenant=tenant, code="LEAKED", is_active=False)  # a colleague took it off
     session = RedemptionSessionFactory(tenant=tenant, customer="carol")
     for model, name, obj, effect in [
         ("promocode", "deactivate_selected", promo, "deactivated"),
+        ("promocode", "activate_selected", leaked, "activated"),
         ("redemptionsession", "cancel_selected", session, "cancelled"),
     ]:
         page = admin_client.post(
@@ -242,6 +244,7 @@ def test_money_and_irreversible_actions_ask_first(admin_client, tenant):
         )
         assert page.status_code == 200 and [str(e) for _cells, e in page.context["rows"]] == [effect]
     assert PromoCode.objects.get(pk=promo.pk).is_active
+    assert not PromoCode.objects.get(pk=leaked.pk).is_active
     assert RedemptionSession.objects.get(pk=session.pk).status == "pending"
 
 
