@@ -71,8 +71,10 @@ class ShownMemberForm(forms.ModelForm):
         self.initial["seen_version"] = self.instance.version
 
     def has_changed(self):
-        """Never: nothing of this row is written from here (a carried version that differs from the row's
-        is what a delete checks, not an edit), so no tenant Save saves it or logs it as changed."""
+        """Never, so a tenant's Save neither saves this row nor logs it as changed (a carried version that
+        differs from the row's is what a delete checks, not an edit). The formset saves a changed row in
+        full: it would write back the user and role the page read, undoing a colleague's demotion
+        committed since, version and all (the database now refuses the version going back)."""
         return False
 
 
@@ -80,11 +82,6 @@ class MembersAtSeenVersion(BaseInlineFormSet):
     """A ticked delete box removes the member at the version its row showed (``delete_member``): a member a
     colleague changed meanwhile (promoted to owner, say) is refused version_conflict, not removed as they now are;
     a POST without it (a page from before) is refused the same way."""
-
-    def save_existing(self, form, obj, commit=True):
-        """Write nothing: a member's row is read-only here. A full-row save() would write back the user and
-        role the page read, undoing a colleague's demotion committed since (and its version with them)."""
-        return obj
 
     def delete_existing(self, obj, commit=True):
         if commit:
