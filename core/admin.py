@@ -14,7 +14,7 @@ from rest_framework.authtoken import admin as authtoken_admin
 from rest_framework.authtoken.models import TokenProxy
 
 from core.admin_actions import ActionsOnlyMixin, BadInputMixin, carried_version, row_action, seen_version
-from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin, RefusalMixin
+from core.admin_forms import ChangedFieldsOnlyMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, RefusalMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.exceptions import MemberAlreadyExists
@@ -261,9 +261,9 @@ admin.site.register(ProcrastinateJob, JobAdmin)
 
 
 # Django's own user and group pages, and DRF's tokens, with the same guard on their actions and filters.
-class UserAdmin(BadInputMixin, RefusalMixin, auth_admin.UserAdmin):
+class UserAdmin(BadInputMixin, ChangedFieldsOnlyMixin, RefusalMixin, auth_admin.UserAdmin):
     """A user's deletion takes their memberships with it: refused (said on the list) where it would leave
-    a tenant without an owner."""
+    a tenant without an owner. A Save writes only what the operator changed (ChangedFieldsOnlyMixin)."""
 
 
 class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):
@@ -271,7 +271,14 @@ class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):
 
 
 class TokenAdmin(BadInputMixin, authtoken_admin.TokenAdmin):
-    pass
+    """Tokens are made (for a user) and deleted (revoked), never changed: a token's page is view-only.
+
+    DRF's change form saves the token by its key, and Django inserts a row whose UPDATE found nothing:
+    a Save of a page opened before a colleague revoked the token brought the revoked key back to life.
+    """
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 admin.site.unregister(get_user_model())

@@ -24,7 +24,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 
 from core.admin_actions import carried_version, refusal_text
-from core.exceptions import DomainError, VersionConflict
+from core.exceptions import DomainError, NotFound, VersionConflict
 from core.guards import database_refusals
 
 VERSION_FIELD = "expected_version"
@@ -45,9 +45,10 @@ class RefusalMixin:
     refusal_fields: dict = {}
 
     def get_form(self, request, obj=None, change=False, **kwargs):
+        # ``change=`` by name: Django's UserAdmin.get_form takes it only so (passed by position: a 500)
         refusal = getattr(request, REFUSAL_ATTR, None)
         if refusal is None:
-            return super().get_form(request, obj, change, **kwargs)
+            return super().get_form(request, obj, change=change, **kwargs)
         base = kwargs.pop("form", None) or self.form
         field = self.refusal_fields.get(refusal.code) or getattr(refusal, "field", None)
 
@@ -57,7 +58,7 @@ class RefusalMixin:
                 self.add_error(field if field in self.fields else None, refusal.render())
 
         RefusedForm.__name__ = base.__name__
-        return super().get_form(request, obj, change, form=RefusedForm, **kwargs)
+        return super().get_form(request, obj, change=change, form=RefusedForm, **kwargs)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
@@ -183,7 +184,7 @@ class GuardedChangeFormMixin(RefusalMixin):
                     self.fields[VERSION_FIELD].initial = self.instance.version
 
         GuardedForm.__name__ = base.__name__
-        return super().get_form(request, obj, change, form=GuardedForm, **kwargs)
+        return super().get_form(request, obj, change=change, form=GuardedForm, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
@@ -191,3 +192,40 @@ class GuardedChangeFormMixin(RefusalMixin):
             return fieldsets
         (name, options), *rest = fieldsets
         return [(name, {**options, "fields": [*options["fields"], VERSION_FIELD]}), *rest]
+
+
+class ChangedFieldsOnlyMixin:
+    """Mix into the admin of a model without ``version`` (Django's user): a Save writes only what the operator
+    changed on the page, never back what the page read.
+
+    Django's change form is a full-row ``save()`` of every field with the values the page showed: a
+    colleague's change committed meanwhile (a user deactivated, made staff) is silently undone by a Save
+    that only fixed a name. Here each field also posts the value it showed (Django's hidden initial), so
+    ``changed_data`` is what this operator changed since the page opened, and only those columns are
+    updated; an unchanged Save writes nothing. A row deleted meanwhile is refused NotFound.
+    """
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if not change:
+            return form
+
+        class ShownValuesForm(form):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                for field in self.fields.values():
+                    field.show_hidden_initial = True
+
+        ShownValuesForm.__name__ = form.__name__
+        return ShownValuesForm
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        columns = {field.name for field in obj._meta.concrete_fields}
+        changed = [name for name in form.changed_data if name in columns]
+        if changed and not type(obj)._default_manager.filter(pk=obj.pk).update(
+            **{name: getattr(obj, name) for name in changed}
+        ):
+            raise NotFound()
+        return None

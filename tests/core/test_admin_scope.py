@@ -5,13 +5,18 @@ bookings with checkouts, promo codes and usages, sessions, profiles and their hi
 """
 
 import io
+import re
 
 import pytest
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from procrastinate.contrib.django.models import ProcrastinateJob
+from rest_framework.authtoken.models import Token, TokenProxy
 
 from bookings.models import Booking, Package, PaymentEvent
 from bookings.services import start_checkout
@@ -215,15 +220,25 @@ def test_an_owner_adds_a_colleague_by_user_name_to_their_tenant_only(demo, clien
     assert owner.memberships.count() == 1
 
 
+def shown(bound, name):
+    """The inputs a field renders under ``name``, as a browser posts them back."""
+    value, widget = bound.value(), bound.field.widget
+    if isinstance(widget, forms.MultiWidget):  # a date and a time, say: one input each
+        parts = value if isinstance(value, list) else widget.decompress(value)
+        return {f"{name}_{i}": "" if part is None else part for i, part in enumerate(parts)}
+    if isinstance(value, list | tuple):  # a multiple choice: the name once per value
+        return {name: [getattr(item, "pk", item) for item in value]}
+    return {} if value is None else {name: getattr(value, "pk", value)}
+
+
 def form_data(page):
-    """What the change page would POST back as it shows it: the main form and every inline formset."""
+    """What the change page would POST back as it shows it: the main form (with the values it showed, where
+    a field keeps them) and every inline formset."""
     data = {}
     for bound in page.context["adminform"].form:
-        value = bound.value()
-        if isinstance(value, list):
-            data.update({f"{bound.html_name}_{i}": part for i, part in enumerate(value)})
-        elif value is not None:
-            data[bound.html_name] = getattr(value, "pk", value)
+        data.update(shown(bound, bound.html_name))
+        if bound.field.show_hidden_initial:
+            data.update(shown(bound, bound.html_initial_name))
     for inline in page.context["inline_admin_formsets"]:
         for form in [inline.formset.management_form, *inline.formset.forms]:
             for name in form.fields:
@@ -547,3 +562,78 @@ def test_a_rename_to_a_slug_another_tenant_took_meanwhile_is_a_form_error_never_
     assert save.error is None, save.error
     assert response.status_code == 200 and "Another tenant already has this slug" in response.content.decode()
     assert Tenant.objects.get(pk=tenant.pk).slug == "acme"
+
+
+WRITE = re.compile(r'\b(?:INSERT INTO|UPDATE|DELETE FROM)\s+"(\w+)"', re.IGNORECASE)
+# What a Save writes whatever the page: the admin's log of it, and the operator's session
+NOT_THE_ROWS = {"django_admin_log", "django_session"}
+
+
+def test_saving_any_change_page_as_it_shows_writes_no_row(demo, admin_client):
+    """The class of the members-inline defect: a Save that writes back what its page read. A page posted
+    back unchanged must write nothing (only the admin's log), whichever admin, inline or field it has."""
+    saved, wrote = set(), {}
+    for model, _model_admin in REGISTERED:
+        row = model._default_manager.order_by("pk").first()
+        if row is None:
+            continue
+        change = url(model, "change", row.pk)
+        page = admin_client.get(change)
+        if page.status_code != 200 or not page.context["adminform"].form.fields:
+            continue
+        if not page.context.get("has_change_permission"):
+            continue  # a view-only page: no Save
+        with CaptureQueriesContext(connection) as queries:
+            answered = admin_client.post(change, form_data(page))
+        assert answered.status_code == 302, (
+            model._meta.label,
+            answered.context and answered.context["adminform"].form.errors,
+        )
+        written = {table for query in queries for table in WRITE.findall(query["sql"])} - NOT_THE_ROWS
+        if written:
+            wrote[model._meta.label] = written
+        saved.add(model._meta.label)
+    assert wrote == {}
+    assert {"core.Tenant", "core.Membership", "bookings.Package", "promos.PromoCode", "profiles.Profile"} <= saved
+
+
+@pytest.mark.django_db
+def test_an_operator_adds_a_user_and_opens_their_page(admin_client, django_user_model):
+    """Regression: the user pages passed ``change`` to Django's UserAdmin.get_form by position: both were a 500."""
+    add = url(django_user_model, "add")
+    assert admin_client.get(add).status_code == 200
+    created = admin_client.post(add, {"username": "newcomer", "usable_password": "false"})
+    assert created.status_code == 302, created.context and created.context["adminform"].form.errors
+    newcomer = django_user_model.objects.get(username="newcomer")
+    assert admin_client.get(url(django_user_model, "change", newcomer.pk)).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_user_page_opened_before_a_colleague_deactivated_them_saves_only_what_was_changed(
+    admin_client, django_user_model
+):
+    """Regression: a Save wrote every field as the page showed it: fixing a name re-activated a user a
+    colleague had just deactivated (and so restored their access)."""
+    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True, first_name="Mal")
+    change = url(django_user_model, "change", mallory.pk)
+    data = form_data(admin_client.get(change))
+    django_user_model.objects.filter(pk=mallory.pk).update(is_active=False)  # a colleague, meanwhile
+    data["first_name"] = "Mallory"
+    assert admin_client.post(change, data).status_code == 302
+    mallory.refresh_from_db()
+    assert (mallory.first_name, mallory.is_active, mallory.is_staff) == ("Mallory", False, True)
+    assert mallory.check_password("pw")
+
+
+@pytest.mark.django_db
+def test_a_token_page_opened_before_the_token_was_revoked_cannot_bring_it_back(admin_client, django_user_model):
+    """Regression: a token's page saved the token by its key; a Save after a colleague revoked (deleted) it
+    inserted the revoked key again. Tokens are made and revoked, never changed: the page is view-only."""
+    user = django_user_model.objects.create_user("api-client", password="pw")
+    token = Token.objects.create(user=user)
+    change = url(TokenProxy, "change", user.pk)  # DRF's token pages are keyed by the user
+    page = admin_client.get(change)
+    assert page.status_code == 200 and not page.context["has_change_permission"]
+    Token.objects.filter(key=token.key).delete()  # revoked, meanwhile
+    assert admin_client.post(change, {"user": user.pk}).status_code == 403
+    assert not Token.objects.filter(key=token.key).exists()
