@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pghistory
 from django.db import transaction
+from django.db.models import F
 from django.db.models.functions import Now
 
 from bookings import notifications
@@ -133,8 +134,11 @@ def create_provider_checkout(booking):
     return checkout
 
 
-def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
-    """Hold the date (transaction 1, committed), then create the provider checkout. Returns the booking."""
+def start_checkout(*, tenant, package_id, date, customer_name, customer_email, note=None):
+    """Hold the date (transaction 1, committed), then create the provider checkout. Returns the booking.
+
+    ``note(booking_id)``, when given, runs in the hold's transaction (an Idempotency-Key's ``note_work``).
+    """
     with database_refusals(), transaction.atomic():
         booking = hold_in_transaction(
             tenant=tenant,
@@ -143,11 +147,28 @@ def start_checkout(*, tenant, package_id, date, customer_name, customer_email):
             customer_name=customer_name,
             customer_email=customer_email,
         )
+        if note is not None:
+            note(booking.pk)
     create_provider_checkout(booking)
     return booking
 
 
-def cancel_booking(booking_id, *, tenant=None, version=None):
+def resume_checkout(booking_id):
+    """The booking of a checkout whose request died before it answered, its provider checkout opened first
+    where that request committed the hold but never opened it. Returns the booking, with ``.checkout``.
+
+    The provider is asked as the first time, under the same idempotency key (``lockstep-checkout-<id>``):
+    a session the dead request had made comes back, not a second one. A checkout settled since (opened,
+    paid, expired) is answered as it is. Raises PaymentProviderUnavailable as create_provider_checkout.
+    """
+    # with its package's name, as Booking.objects.hold returns it: what the opening's e-mail names
+    booking = Booking.objects.select_related("checkout").annotate(package_name=F("package__name")).get(pk=booking_id)
+    if booking.checkout.state == Checkout.State.CREATING:
+        create_provider_checkout(booking)
+    return booking
+
+
+def cancel_booking(booking_id, *, tenant=None, version=None, note=None):
     """Cancel a booking (at ``version``, when given: ``Booking.objects.cancel``); a paid one is refunded
     after the cancellation commits.
 
@@ -161,6 +182,8 @@ def cancel_booking(booking_id, *, tenant=None, version=None):
     claimed = False
     with database_refusals(), transaction.atomic():
         booking = Booking.objects.cancel(booking_id, tenant=tenant, version=version)
+        if note is not None:  # an Idempotency-Key's note_work: a retry after a crash answers this cancel
+            note(booking.pk)
         checkout = Checkout.objects.filter(booking_id=booking.pk).first()
         if booking.status == Booking.Status.REFUND_PENDING and checkout is not None:
             claimed = Checkout.objects.request_refund(checkout.pk)

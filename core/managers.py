@@ -93,6 +93,15 @@ class IdempotencyKeyManager(models.Manager):
         """
         self.claimed(record).delete()
 
+    @guarded(joins=True)
+    def note_work(self, record, work_id):
+        """Note on a two-phase claim the row its work made or changed; part of the transaction committing that work.
+
+        Locks: the record's row (a filtered UPDATE), only while the claim is still this one.
+        """
+        self.claimed(record).update(work_id=work_id)
+        record.work_id = work_id
+
     def claimed(self, record):
         """The record while ``record``'s claim holds it: same row, not taken over since (``created_at``)."""
         return self.filter(pk=record.pk, created_at=record.created_at)

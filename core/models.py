@@ -203,6 +203,9 @@ class IdempotencyKey(models.Model):
     response_body = models.JSONField(null=True, blank=True, verbose_name=_("response body"))
     created_at = models.DateTimeField(db_default=Now(), verbose_name=_("created at"))
     expires_at = models.DateTimeField(db_index=True, verbose_name=_("expires at"))
+    # A two-phase request's work, noted in the transaction that commits it (the booking it held or
+    # cancelled): a retry after the request died unanswered resumes it instead of doing it again.
+    work_id = models.BigIntegerField(null=True, blank=True, verbose_name=_("work"))
 
     objects = IdempotencyKeyManager()
 

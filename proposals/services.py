@@ -11,7 +11,7 @@ import functools
 from django.db import transaction
 
 from bookings.exceptions import DateInPast, DateUnavailable, PackageNotFound, PaymentProviderUnavailable
-from bookings.services import create_provider_checkout, hold_in_transaction
+from bookings.services import create_provider_checkout, hold_in_transaction, resume_checkout
 from core.guards import database_refusals
 from proposals.models import Proposal
 
@@ -20,7 +20,7 @@ from proposals.models import Proposal
 BOOKING_REFUSALS = (DateUnavailable, PackageNotFound, DateInPast)
 
 
-def confirm_proposal(proposal_id, *, tenant, session_id):
+def confirm_proposal(proposal_id, *, tenant, session_id, note=None):
     """Confirm the proposal and execute its booking exactly once; then open the provider checkout.
 
     One transaction: the filtered UPDATE pending -> confirmed decides the winner,
@@ -34,7 +34,8 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
     Should the provider then refuse, or answer only after the hold ended (lapsed, or
     released or cancelled meanwhile: the checkout is closed unopened), the answer is 503
     ``payment_provider_unavailable`` and the proposal is reopened (``pending``, no booking),
-    so a retry can succeed.
+    so a retry can succeed. ``note(booking_id)``, when given, runs in the transaction that books
+    (an Idempotency-Key's ``note_work``).
     The reopen is scoped to *this* booking: should a sweep have reopened the proposal and
     a new confirmation have executed it meanwhile, the late reopen matches nothing.
 
@@ -58,8 +59,30 @@ def confirm_proposal(proposal_id, *, tenant, session_id):
         except BOOKING_REFUSALS as exc:
             Proposal.objects.fail(proposal.pk, code=exc.code)
             refusal = exc
+        else:
+            if note is not None:
+                note(booking.pk)
     if refusal is not None:
         raise refusal
+    return _open_checkout(proposal, booking)
+
+
+def resume_confirmation(proposal_id, booking_id):
+    """The proposal and booking of a confirmation whose request died before it answered, the booking's
+    provider checkout opened first where that request booked but never opened it (as ``resume_checkout``;
+    should the provider refuse, the proposal is reopened, as a confirmation's would be).
+    Returns (proposal, booking) as ``confirm_proposal``."""
+    try:
+        booking = resume_checkout(booking_id)
+    except PaymentProviderUnavailable:
+        Proposal.objects.reopen(proposal_id, booking_id=booking_id)
+        raise
+    proposal = Proposal.objects.with_effective_status().get(pk=proposal_id)
+    proposal.booking = booking
+    return proposal, booking
+
+
+def _open_checkout(proposal, booking):
     try:
         create_provider_checkout(booking)
     except PaymentProviderUnavailable:

@@ -1,3 +1,5 @@
+import functools
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -24,8 +26,8 @@ from bookings.exceptions import (
 )
 from bookings.models import Booking, Package
 from bookings.selectors import places_left
-from bookings.services import cancel_booking, receive_payment_event, start_checkout
-from core.api.idempotency import idempotent
+from bookings.services import cancel_booking, receive_payment_event, resume_checkout, start_checkout
+from core.api.idempotency import idempotent, note_work
 from core.api.inputs import DeleteQueryInputSerializer
 from core.api.lookup import get_for_tenant, valid_id
 from core.api.representation import represented, validated
@@ -79,7 +81,15 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
             date=data["date"],
             customer_name=data["customer"]["name"],
             customer_email=data["customer"]["email"],
+            note=functools.partial(note_work, request),
         )
+        return self.created(booking)
+
+    def resume(self, request, booking_id, tenant):
+        """The retry of a request that died after its hold committed (its Idempotency-Key): that booking."""
+        return self.created(resume_checkout(booking_id))
+
+    def created(self, booking):
         body = represented(CheckoutCreatedSerializer, {"booking": booking, "checkout": booking.checkout})
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -225,6 +235,16 @@ class BookingCancelView(TenantScopedMixin, APIView):
     @idempotent(two_phase=True)
     def post(self, request, tenant, pk):
         data = validated(BookingCancelInputSerializer, request.data)
-        booking = cancel_booking(valid_id(pk, BookingNotFound), tenant=self.tenant, version=data.get("version"))
-        booking = Booking.objects.select_related("checkout").get(pk=booking.pk)
+        booking = cancel_booking(
+            valid_id(pk, BookingNotFound),
+            tenant=self.tenant,
+            version=data.get("version"),
+            note=functools.partial(note_work, request),
+        )
+        return self.resume(request, booking.pk, tenant, pk)
+
+    def resume(self, request, booking_id, tenant, pk):
+        """The booking as it stands (also the retry of a request that died after its cancellation committed:
+        a refund it owed and never asked for is retry_refunds' to ask)."""
+        booking = Booking.objects.select_related("checkout").get(pk=booking_id)
         return Response(represented(BookingSerializer, booking))

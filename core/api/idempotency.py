@@ -11,9 +11,13 @@ stores the answer, so the record and the work commit together or not at all.
 ``two_phase=True`` is for handlers that must commit before calling out (a payment
 provider): the claim commits first as "in progress", the handler runs with its own
 transactions, and the answer is stored afterwards; should the process die in
-between, the key is reclaimable after IDEMPOTENCY_IN_PROGRESS_TIMEOUT and the
-domain guards make the retry safe (never twice; what the dead attempt committed stands until its
-own expiry or sweep: docs/architecture.md).
+between, the key is reclaimable after IDEMPOTENCY_IN_PROGRESS_TIMEOUT. The handler
+notes its work on the key in the transaction that commits it (``note_work(request, id)``:
+the booking it held or cancelled), so a retry that takes over the key of an attempt that
+died after that commit calls the view's ``resume(request, work_id, …)`` — finish that work
+(open the checkout it never opened) and answer with it — instead of doing the work again
+(a second hold, a second pay link). An attempt that died before that commit left no work,
+and the retry runs the handler.
 
 Answers are not stored for 5xx or for lock contention (``Retry-After``): those
 are worth retrying, so the key stays free.
@@ -46,6 +50,7 @@ from core.jsonb import jsonb_safe
 from core.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
+CLAIM_ATTR = "_two_phase_claim"  # on the request: the claim its handler notes its work on
 
 
 def _principal(request):
@@ -131,6 +136,14 @@ def _storable(response):
     return response.status_code < 500 and not response.has_header("Retry-After")
 
 
+def note_work(request, work_id):
+    """Note ``work_id`` (the row the request's work made or changed) on its two-phase Idempotency-Key claim,
+    inside the transaction that commits that work; without such a claim (no key, a one-phase one): nothing."""
+    record = getattr(request, CLAIM_ATTR, None)
+    if record is not None:
+        IdempotencyKey.objects.note_work(record, work_id)
+
+
 def _run(view, handler, request, args, kwargs):
     """Run the handler; turn a handled exception into its Response, re-raise bugs."""
     try:
@@ -181,8 +194,12 @@ def _two_phase(view, handler, request, args, kwargs, claim, sealed):
         record, replay = IdempotencyKey.objects.claim(**claim)
     if replay:
         return _replay(record)
+    setattr(request, CLAIM_ATTR, record)
     try:
-        response = handler(view, request, *args, **kwargs)
+        if record.work_id is not None:  # taken over from an attempt that died after committing its work
+            response = view.resume(request, record.work_id, *args, **kwargs)
+        else:
+            response = handler(view, request, *args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the key is released whatever failed, then it is re-raised
         try:
             response = view.handle_exception(exc)

@@ -1,3 +1,4 @@
+import functools
 from datetime import timedelta
 
 from drf_spectacular.utils import extend_schema
@@ -7,7 +8,7 @@ from rest_framework.views import APIView
 
 from bookings.exceptions import PackageNotFound
 from bookings.models import Package
-from core.api.idempotency import idempotent
+from core.api.idempotency import idempotent, note_work
 from core.api.lookup import get_for_tenant, valid_id
 from core.api.representation import represented, validated
 from core.api.tenancy import TenantScopedMixin
@@ -20,7 +21,7 @@ from proposals.api.serializers import (
 )
 from proposals.exceptions import ProposalNotFound
 from proposals.models import Proposal
-from proposals.services import confirm_proposal, reject_proposal
+from proposals.services import confirm_proposal, reject_proposal, resume_confirmation
 
 
 class ProposalListCreateView(TenantScopedMixin, generics.ListAPIView):
@@ -73,8 +74,18 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
     def post(self, request, tenant, pk):
         data = validated(ProposalDecisionInputSerializer, request.data)
         proposal, booking = confirm_proposal(
-            valid_id(pk, ProposalNotFound), tenant=self.tenant, session_id=data["session_id"]
+            valid_id(pk, ProposalNotFound),
+            tenant=self.tenant,
+            session_id=data["session_id"],
+            note=functools.partial(note_work, request),
         )
+        return self.confirmed(proposal, booking)
+
+    def resume(self, request, booking_id, tenant, pk):
+        """The retry of a request that died after its booking committed (its Idempotency-Key): that booking."""
+        return self.confirmed(*resume_confirmation(valid_id(pk, ProposalNotFound), booking_id))
+
+    def confirmed(self, proposal, booking):
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}
         return Response(represented(ProposalConfirmedSerializer, body))
 

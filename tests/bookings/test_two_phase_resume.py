@@ -1,0 +1,169 @@
+"""A two-phase request (it calls the payment provider between its own transactions) that died before it
+stored its answer: once its Idempotency-Key's claim is stale, the retry resumes the work the dead attempt
+committed, noted on the key in the same transaction (``note_work``), instead of doing it again.
+
+Before, the retry ran the handler afresh: a second hold and a second pay link beside the first (already
+e-mailed) on a package taking two bookings a day, the customer's own hold refused ``date_unavailable`` on
+one taking one, a confirmation answered ``proposal_already_processed`` for good, a cancel
+``booking_not_cancellable``. "Died" is the process killed at that point: an exception no handler catches.
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models.functions import Now
+
+from bookings import services as booking_services
+from bookings.models import Booking, Checkout
+from core.managers import IdempotencyKeyManager
+from core.models import IdempotencyKey, Notification
+from proposals import services as proposal_services
+from proposals.models import Proposal
+from tests.bookings.factories import PackageFactory, book, future
+from tests.proposals.factories import make_proposal
+from tests.refusals import assert_error
+
+
+class Died(BaseException):
+    """The process killed here: not an error any handler or middleware catches."""
+
+
+def die(*args, **kwargs):
+    raise Died()
+
+
+def stale(settings):
+    """Every claim older than IDEMPOTENCY_IN_PROGRESS_TIMEOUT: a retry now takes it over."""
+    past = Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT - timedelta(seconds=1)
+    IdempotencyKey.objects.update(created_at=past)
+
+
+@pytest.fixture
+def package(tenant):
+    # two a day: the old retry held a second place beside the first, both payable
+    return PackageFactory(tenant=tenant, price=Decimal("450.00"), daily_capacity=2)
+
+
+AFTER_THE_HOLD = "after the hold committed, before the provider was called"
+BEFORE_THE_ANSWER = "after the checkout opened, before the answer was stored"
+
+
+def died_at(monkeypatch, point, provider_call):
+    if point == AFTER_THE_HOLD:
+        monkeypatch.setattr(*provider_call, die)
+    else:
+        monkeypatch.setattr(IdempotencyKeyManager, "complete", die)
+
+
+@pytest.mark.parametrize("point", [AFTER_THE_HOLD, BEFORE_THE_ANSWER])
+def test_a_checkout_retried_after_its_request_died_answers_the_booking_it_held(
+    anon_client, package, monkeypatch, settings, recording_provider, point
+):
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@b.co"}}
+
+    def post():
+        return anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    with monkeypatch.context() as dying:
+        died_at(dying, point, (booking_services, "create_provider_checkout"))
+        with pytest.raises(Died):
+            post()
+    (held,) = Booking.objects.all()
+    stale(settings)
+    retried = post()
+
+    assert retried.status_code == 201, retried.content
+    assert Booking.objects.get() == held and retried.json()["booking"]["id"] == held.pk
+    checkout = Checkout.objects.get(booking=held)
+    assert checkout.state == "open" and retried.json()["checkout"]["url"] == checkout.url
+    assert recording_provider.checkouts == [held.pk]  # one session asked for, by the dead attempt or the retry
+    assert Notification.objects.filter(kind="booking_held").count() == 1  # one pay link e-mailed
+    replay = post()
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == retried.json()
+
+
+@pytest.mark.parametrize("point", [AFTER_THE_HOLD, BEFORE_THE_ANSWER])
+def test_a_confirmation_retried_after_its_request_died_answers_the_booking_it_made(
+    api_client, tenant, package, monkeypatch, settings, recording_provider, point
+):
+    proposal = make_proposal(tenant, package=package)
+
+    def post():
+        url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
+        return api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1")
+
+    with monkeypatch.context() as dying:
+        died_at(dying, point, (proposal_services, "create_provider_checkout"))
+        with pytest.raises(Died):
+            post()
+    stale(settings)
+    retried = post()
+
+    assert retried.status_code == 200, retried.content
+    (booking,) = Booking.objects.all()
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (stored.status, stored.booking_id) == ("executed", booking.pk)
+    assert retried.json()["booking"]["id"] == booking.pk and retried.json()["proposal"]["status"] == "executed"
+    assert Checkout.objects.get(booking=booking).state == "open"
+    assert recording_provider.checkouts == [booking.pk]
+
+
+def test_a_confirmation_resumed_while_the_provider_is_down_reopens_the_proposal(
+    api_client, tenant, package, monkeypatch, settings
+):
+    """As a confirmation whose provider call fails: the hold released, the proposal pending again, so a
+    later retry (the 503 says "try again") books anew."""
+    proposal = make_proposal(tenant, package=package)
+    url = f"/api/t/acme/proposals/{proposal.pk}/confirm"
+    with monkeypatch.context() as dying:
+        dying.setattr(proposal_services, "create_provider_checkout", die)
+        with pytest.raises(Died):
+            api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1")
+    stale(settings)
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+
+    down = api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1")
+
+    assert_error(down, 503, "payment_provider_unavailable")
+    stored = Proposal.objects.get(pk=proposal.pk)
+    assert (stored.status, stored.booking_id) == ("pending", None)
+    assert Booking.objects.get().status == "expired"  # released: the date is free
+    settings.PAYMENT_PROVIDER = "sandbox"
+    again = api_client.post(url, {"session_id": "chat-1"}, format="json", HTTP_IDEMPOTENCY_KEY="c-1")
+    assert again.status_code == 200 and Proposal.objects.get(pk=proposal.pk).status == "executed"
+
+
+def test_a_cancel_retried_after_its_request_died_answers_the_cancelled_booking(
+    api_client, package, monkeypatch, settings
+):
+    held = book(package)
+
+    def post():
+        url = f"/api/t/acme/bookings/{held.pk}/cancel"
+        return api_client.post(url, {}, format="json", HTTP_IDEMPOTENCY_KEY="x-1")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(IdempotencyKeyManager, "complete", die)
+        with pytest.raises(Died):
+            post()
+    stale(settings)
+    retried = post()
+
+    assert retried.status_code == 200, retried.content
+    assert retried.json()["id"] == held.pk and retried.json()["status"] == "cancelled"
+
+
+def test_a_claim_taken_over_from_an_attempt_that_died_before_its_work_committed_runs_the_work(
+    anon_client, package, monkeypatch, settings
+):
+    """Nothing was noted (the hold never committed): the retry holds, as a first attempt would."""
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@b.co"}}
+    with monkeypatch.context() as dying:
+        dying.setattr(booking_services, "hold_in_transaction", die)
+        with pytest.raises(Died):
+            anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert not Booking.objects.exists() and IdempotencyKey.objects.get().work_id is None
+    stale(settings)
+    retried = anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert retried.status_code == 201 and Booking.objects.get().pk == retried.json()["booking"]["id"]
