@@ -6,6 +6,7 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.forms.models import BaseInlineFormSet
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from procrastinate.contrib.django import admin as procrastinate_admin
@@ -18,7 +19,7 @@ from core.admin_forms import ChangedFieldsOnlyMixin, DeleteAtSeenVersionMixin, G
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
 from core.exceptions import MemberAlreadyExists
-from core.models import IdempotencyKey, Membership, Notification, Tenant
+from core.models import SENDING_LEFT_AFTER, IdempotencyKey, Membership, Notification, Tenant
 
 
 class MembershipForm(forms.ModelForm):
@@ -219,15 +220,18 @@ class IdempotencyKeyAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
     search_fields = ["key", "principal", "path"]
 
 
+LEFT_MINUTES = int(SENDING_LEFT_AFTER.total_seconds() // 60)  # said on the send-again page
+
+
 @admin.register(Notification)
 class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
     """What was owed to whom and whether it went: read-only (the worker writes these rows)."""
 
-    list_display = ["kind", "subject", "language", "status", "attempts", "created_at", "sent_at"]
+    list_display = ["kind", "subject", "language", "status", "attempts", "created_at", "claimed_at", "sent_at"]
     list_filter = ["status", "kind", "language"]
     search_fields = ["subject", "recipients"]
     readonly_fields = [field.name for field in Notification._meta.fields]
-    actions = ["queue_again"]
+    actions = ["queue_again", "send_again"]
 
     queue_again = row_action(
         _("Queue the sending again (pending ones whose job is gone)"),
@@ -235,6 +239,43 @@ class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
         permissions=["operate"],
         nothing_to_do=_("not pending: nothing to send"),
         done_message=lambda n: ngettext("%(n)d notification queued.", "%(n)d notifications queued.", n) % {"n": n},
+    )
+
+    # A row left sending has no job that will ever send it: only an operator, after the mail log, can say.
+    send_again = row_action(
+        _("Send again (left sending by a worker that stopped)"),
+        lambda notification: Notification.objects.send_again(notification.pk),
+        permissions=["operate"],
+        confirm={
+            "title": _("Send again notifications left sending"),
+            "explanation": format_lazy(
+                _(
+                    "Each was taken by a worker that stopped before the mail server answered (or met its row "
+                    "busy). The mail server may have taken it first: check the mail log, or the recipient may "
+                    "get it twice. Only one taken more than {minutes} minutes ago is sent again."
+                ),
+                minutes=LEFT_MINUTES,
+            ),
+            "columns": {
+                _("kind"): lambda notification: notification.kind,
+                _("about"): lambda notification: notification.subject,
+                _("status"): lambda notification: notification.get_status_display(),
+                _("claimed at"): lambda notification: notification.claimed_at or "-",
+                _("attempts"): lambda notification: notification.attempts,
+            },
+            "effect": lambda notification: (
+                format_lazy(_("sent again, if taken more than {minutes} minutes ago"), minutes=LEFT_MINUTES)
+                if notification.status == Notification.Status.SENDING
+                else _("nothing: not left sending")
+            ),
+            "confirm_label": _("Send these again"),
+        },
+        nothing_to_do=format_lazy(
+            _("not left sending for {minutes} minutes: nothing to send again"), minutes=LEFT_MINUTES
+        ),
+        done_message=lambda n: (
+            ngettext("%(n)d notification queued again.", "%(n)d notifications queued again.", n) % {"n": n}
+        ),
     )
 
     def has_operate_permission(self, request):

@@ -1,4 +1,5 @@
 import json
+from datetime import timedelta
 
 import pgtrigger
 from django.conf import settings
@@ -261,6 +262,10 @@ class ThrottleBucket(models.Model):
         return self.key
 
 
+# A claim older than this is no send in flight (EMAIL_TIMEOUT is seconds): its worker died, or met its row busy.
+SENDING_LEFT_AFTER = timedelta(minutes=10)
+
+
 class NotificationManager(models.Manager):
     @guarded(joins=True)
     def owe(self, kind, *, subject, recipients, language, context):
@@ -341,10 +346,31 @@ class NotificationManager(models.Manager):
         called, so a second worker (a retried job) finds it taken and sends nothing: at most once.
         """
         if not self.filter(pk=pk, status=self.model.Status.PENDING).update(
-            status=self.model.Status.SENDING, attempts=F("attempts") + 1
+            status=self.model.Status.SENDING, attempts=F("attempts") + 1, claimed_at=ClockNow()
         ):
             return None
         return self.get(pk=pk)
+
+    @guarded
+    def send_again(self, pk):
+        """Queue again a notification left ``sending`` (its worker died between the claim and the mail server's
+        answer, or a refusal met its row busy): ``sending`` -> ``pending`` and a new send job, in one
+        transaction; return whether it was. An operator's call, after the mail log: the mail server may have
+        taken it before the worker died, and it would then arrive twice.
+
+        Locks: the notification row (a filtered UPDATE), then the job's row.
+
+        Only a claim older than ``SENDING_LEFT_AFTER``, judged by the database clock on the row it
+        changes: a send in flight (``EMAIL_TIMEOUT`` is seconds) is never taken from its worker.
+        """
+        from core.tasks import send_notification  # the worker's tasks import this module
+
+        left = self.filter(
+            pk=pk, status=self.model.Status.SENDING, claimed_at__lt=ClockNow() - SENDING_LEFT_AFTER
+        ).update(status=self.model.Status.PENDING, last_error="left sending; queued again by an operator")
+        if left:
+            send_notification.defer(notification_id=pk)
+        return bool(left)
 
     @guarded
     def queue_again(self, pk):
@@ -439,6 +465,7 @@ class Notification(models.Model):
     last_error = models.TextField(_("last error"), blank=True, default="")
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)  # by a worker, to send it
 
     objects = NotificationManager()
 

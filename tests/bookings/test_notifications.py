@@ -295,3 +295,35 @@ def test_an_operator_queues_again_a_pending_notification_whose_job_is_gone(packa
     staff = get_user_model().objects.create_user("staff", password="pw", is_staff=True)  # not a superuser
     client.force_login(staff)
     assert client.post(changelist, chosen).status_code == 403  # the queue is shared by every tenant
+
+
+def test_an_operator_sends_again_a_notification_left_sending_by_a_worker_that_died(package, admin_client):
+    """Regression: a worker that died between its claim and the mail server's answer left the row
+    ``sending``: its job's retry found it taken and sent nothing, and no action could send it. A
+    superuser now sends it again, after a confirmation that says to check the mail log first; a claim
+    too recent to be no send in flight (``SENDING_LEFT_AFTER``) is left to its worker."""
+    from django.db.models.functions import Now
+    from django.urls import reverse
+
+    from core.models import SENDING_LEFT_AFTER
+
+    other = PackageFactory(tenant=package.tenant, name="Dhow dinner")
+    left, recent = (Notification.objects.get(subject=f"booking:{book(p).pk}") for p in (package, other))
+    for row in (left, recent):
+        assert Notification.objects.claim(row.pk) is not None  # claimed; then the worker died
+    Notification.objects.filter(pk=left.pk).update(claimed_at=Now() - SENDING_LEFT_AFTER)
+    assert send(left.pk) is False and not mail.outbox  # the job's retry: taken, nothing sent
+    changelist = reverse("admin:core_notification_changelist")
+    chosen = {"action": "send_again", "_selected_action": [left.pk, recent.pk]}
+
+    page = admin_client.post(changelist, chosen)  # the confirmation: nothing happens before it is confirmed
+    assert page.status_code == 200 and "mail log" in page.content.decode()
+    assert Notification.objects.get(pk=left.pk).status == "sending"
+    said = [str(m) for m in admin_client.post(changelist, {**chosen, "apply": "1"}, follow=True).context["messages"]]
+
+    assert "1 notification queued again." in said, said
+    assert any(m.startswith(str(recent)) and "nothing to send again" in m for m in said), said
+    assert queued_jobs()[-1] == left.pk
+    assert Notification.objects.get(pk=recent.pk).status == "sending"  # in flight, as far as anyone knows
+    assert send(left.pk) is True and len(mail.outbox) == 1
+    assert Notification.objects.values_list("status", "attempts").get(pk=left.pk) == ("sent", 2)
