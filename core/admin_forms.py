@@ -24,7 +24,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 
 from core.admin_actions import carried_version, refusal_text
-from core.exceptions import DomainError, NotFound, VersionConflict
+from core.exceptions import DeletedMeanwhile, DomainError, VersionConflict
 from core.guards import database_refusals
 
 VERSION_FIELD = "expected_version"
@@ -202,7 +202,7 @@ class ChangedFieldsOnlyMixin:
     colleague's change committed meanwhile (a user deactivated, made staff) is silently undone by a Save
     that only fixed a name. Here each field also posts the value it showed (Django's hidden initial), so
     ``changed_data`` is what this operator changed since the page opened, and only those columns are
-    updated; an unchanged Save writes nothing. A row deleted meanwhile is refused NotFound.
+    updated; an unchanged Save writes nothing. A row deleted meanwhile is refused (DeletedMeanwhile).
     """
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -227,5 +227,5 @@ class ChangedFieldsOnlyMixin:
         if changed and not type(obj)._default_manager.filter(pk=obj.pk).update(
             **{name: getattr(obj, name) for name in changed}
         ):
-            raise NotFound()
+            raise DeletedMeanwhile()
         return None

@@ -68,6 +68,13 @@ class TenantNotFound(NotFound):
     message = _("Not found.")
 
 
+class DeletedMeanwhile(NotFound):
+    """A row an admin page was saving was deleted after the page read it (``ChangedFieldsOnlyMixin``)."""
+
+    code = "not_found"
+    message = _("Someone else deleted this while it was being saved.")
+
+
 class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
     status_code = 422

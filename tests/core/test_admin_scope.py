@@ -637,3 +637,18 @@ def test_a_token_page_opened_before_the_token_was_revoked_cannot_bring_it_back(a
     Token.objects.filter(key=token.key).delete()  # revoked, meanwhile
     assert admin_client.post(change, {"user": user.pk}).status_code == 403
     assert not Token.objects.filter(key=token.key).exists()
+
+
+@pytest.mark.django_db
+def test_a_user_deleted_while_their_page_was_being_saved_is_refused_not_inserted_again(rf, django_user_model):
+    """The Save's UPDATE found no row (deleted after the POST read it): refused, never a row made anew."""
+    from core.admin import UserAdmin
+    from core.exceptions import DeletedMeanwhile
+
+    gone = django_user_model.objects.create_user("gone", password="pw")
+    form = type("Changed", (), {"changed_data": ["first_name"]})()
+    django_user_model.objects.filter(pk=gone.pk).delete()  # a colleague, meanwhile
+    gone.first_name = "Renamed"
+    with pytest.raises(DeletedMeanwhile):
+        UserAdmin(django_user_model, admin.site).save_model(rf.post("/"), gone, form, change=True)
+    assert not django_user_model.objects.filter(username="gone").exists()

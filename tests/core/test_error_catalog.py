@@ -29,7 +29,8 @@ KINDS = (DomainError, InvalidInput, NotFound, Conflict)
 ALIASES = {
     # A tenant that does not exist, or is not the caller's, must answer exactly like any other
     # missing thing (docs/api.md, Auth: the API never reveals which tenants exist).
-    "not_found": {"core.exceptions.NotFound", "core.exceptions.TenantNotFound"},
+    # A row deleted while an admin page saved it is missing like any other (said in the admin's words).
+    "not_found": {"core.exceptions.NotFound", "core.exceptions.TenantNotFound", "core.exceptions.DeletedMeanwhile"},
 }
 
 
