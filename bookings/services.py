@@ -154,8 +154,10 @@ def start_checkout(*, tenant, package_id, date, customer_name, customer_email, n
 
 
 def resume_checkout(booking_id):
-    """The booking of a checkout whose request died before it answered, its provider checkout opened first
-    where that request committed the hold but never opened it. Returns the booking, with ``.checkout``.
+    """The booking of a checkout whose request died or failed before it answered, its provider checkout
+    opened first where that request committed the hold but never opened it. Returns the booking, with
+    ``.checkout``; or None when that hold was undone before its checkout ever opened (the provider refused,
+    or the hold ended first: the request's answer was a 503), so a retry holds anew.
 
     The provider is asked as the first time, under the same idempotency key (``lockstep-checkout-<id>``):
     a session the dead request had made comes back, not a second one. A checkout settled since (opened,
@@ -163,8 +165,11 @@ def resume_checkout(booking_id):
     """
     # with its package's name, as Booking.objects.hold returns it: what the opening's e-mail names
     booking = Booking.objects.select_related("checkout").annotate(package_name=F("package__name")).get(pk=booking_id)
-    if booking.checkout.state == Checkout.State.CREATING:
+    checkout = booking.checkout
+    if checkout.state == Checkout.State.CREATING:
         create_provider_checkout(booking)
+    elif checkout.state in (Checkout.State.FAILED, Checkout.State.EXPIRED) and not checkout.url:
+        return None
     return booking
 
 

@@ -81,7 +81,9 @@ class IdempotencyKeyReused(DomainError):
     message = _("This Idempotency-Key was already used with a different request.")
 
 
-class IdempotencyKeyInProgress(Conflict):
+class IdempotencyKeyInProgress(LockContended):
+    """The key's try-lock is another request's: a lock conflict like any other, answered with Retry-After."""
+
     code = "idempotency_key_in_progress"
     message = _("A request with this Idempotency-Key is still being processed.")
 

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
@@ -92,6 +94,17 @@ class IdempotencyKeyManager(models.Manager):
         never frees the key under a retry that took it over (a third request would run the work too).
         """
         self.claimed(record).delete()
+
+    @guarded
+    def keep_for_resume(self, record):
+        """Free the key of a two-phase claim whose answer is not kept (a 5xx, lock contention) though its work
+        committed (noted): the next request with the key takes it over at once and resumes that work, as
+        after a crash, instead of doing it again (``release`` would forget it).
+
+        Locks: the record's row (a filtered UPDATE), only while the claim is still this one.
+        """
+        stale = Now() - settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT - timedelta(seconds=1)
+        self.claimed(record).update(created_at=stale)
 
     @guarded(joins=True)
     def note_work(self, record, work_id):

@@ -71,12 +71,17 @@ def resume_confirmation(proposal_id, booking_id):
     """The proposal and booking of a confirmation whose request died before it answered, the booking's
     provider checkout opened first where that request booked but never opened it (as ``resume_checkout``;
     should the provider refuse, the proposal is reopened, as a confirmation's would be).
-    Returns (proposal, booking) as ``confirm_proposal``."""
+    Returns (proposal, booking) as ``confirm_proposal``; or None when that confirmation was undone (the
+    proposal reopened, its hold released: the request's answer was a 503), so a retry confirms anew."""
+    if not Proposal.objects.filter(pk=proposal_id, booking_id=booking_id).exists():
+        return None
     try:
         booking = resume_checkout(booking_id)
     except PaymentProviderUnavailable:
         Proposal.objects.reopen(proposal_id, booking_id=booking_id)
         raise
+    if booking is None:
+        return None
     proposal = Proposal.objects.with_effective_status().get(pk=proposal_id)
     proposal.booking = booking
     return proposal, booking

@@ -86,8 +86,10 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
         return self.created(booking)
 
     def resume(self, request, booking_id, tenant):
-        """The retry of a request that died after its hold committed (its Idempotency-Key): that booking."""
-        return self.created(resume_checkout(booking_id))
+        """The retry of a request that committed its hold, then died or failed (its Idempotency-Key): that
+        booking; None (hold anew) when the hold was undone before its checkout opened."""
+        booking = resume_checkout(booking_id)
+        return None if booking is None else self.created(booking)
 
     def created(self, booking):
         body = represented(CheckoutCreatedSerializer, {"booking": booking, "checkout": booking.checkout})

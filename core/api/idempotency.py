@@ -72,11 +72,12 @@ def _fingerprint(request):
 
 
 def _stored_path(path):
-    """The path as the record keeps it: a path longer than its column (a 600-digit id still routes) by its
-    digest, so the key is claimed as for any path and the handler gives its own answer (a 404)."""
-    if len(path) <= IdempotencyKey._meta.get_field("path").max_length:
+    """The path as the record keeps it: a path its column cannot hold (longer than it: a 600-digit id still
+    routes; or with a NUL, ``%00``, which PostgreSQL's text refuses) by its digest, so the key is claimed as
+    for any path and the handler gives its own answer (a 404)."""
+    if len(path) <= IdempotencyKey._meta.get_field("path").max_length and "\x00" not in path:
         return path
-    return "sha256:" + hashlib.sha256(path.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _valid_key(key):
@@ -196,19 +197,29 @@ def _two_phase(view, handler, request, args, kwargs, claim, sealed):
         return _replay(record)
     setattr(request, CLAIM_ATTR, record)
     try:
-        if record.work_id is not None:  # taken over from an attempt that died after committing its work
-            response = view.resume(request, record.work_id, *args, **kwargs)
-        else:
+        response = None
+        if record.work_id is not None:  # taken over from an attempt that committed its work, then died or failed
+            response = view.resume(request, record.work_id, *args, **kwargs)  # None: that work was undone since
+        if response is None:
             response = handler(view, request, *args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the key is released whatever failed, then it is re-raised
+    except Exception as exc:  # noqa: BLE001 - the key is freed whatever failed, then it is re-raised
         try:
             response = view.handle_exception(exc)
         except Exception:
-            IdempotencyKey.objects.release(record)
+            _free(record)
             raise
     with transaction.atomic():
         if _storable(response):
             IdempotencyKey.objects.complete(record, status=response.status_code, body=_stored(response.data, sealed))
         else:
-            IdempotencyKey.objects.release(record)
+            _free(record)
     return response
+
+
+def _free(record):
+    """An answer not kept: the key is free for a retry, which resumes the work noted on it (if any) rather
+    than do it again: a hold committed before the provider call failed or a later lock timed out."""
+    if record.work_id is not None:
+        IdempotencyKey.objects.keep_for_resume(record)
+    else:
+        IdempotencyKey.objects.release(record)

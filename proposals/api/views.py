@@ -82,8 +82,10 @@ class ProposalConfirmView(TenantScopedMixin, APIView):
         return self.confirmed(proposal, booking)
 
     def resume(self, request, booking_id, tenant, pk):
-        """The retry of a request that died after its booking committed (its Idempotency-Key): that booking."""
-        return self.confirmed(*resume_confirmation(valid_id(pk, ProposalNotFound), booking_id))
+        """The retry of a request that committed its booking, then died or failed (its Idempotency-Key): that
+        booking; None (confirm anew) when the confirmation was undone since."""
+        resumed = resume_confirmation(valid_id(pk, ProposalNotFound), booking_id)
+        return None if resumed is None else self.confirmed(*resumed)
 
     def confirmed(self, proposal, booking):
         body = {"proposal": proposal, "booking": booking, "checkout": booking.checkout}

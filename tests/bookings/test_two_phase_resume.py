@@ -15,7 +15,9 @@ import pytest
 from django.db.models.functions import Now
 
 from bookings import services as booking_services
+from bookings.managers import CheckoutManager
 from bookings.models import Booking, Checkout
+from core.exceptions import LockContended
 from core.managers import IdempotencyKeyManager
 from core.models import IdempotencyKey, Notification
 from proposals import services as proposal_services
@@ -167,3 +169,49 @@ def test_a_claim_taken_over_from_an_attempt_that_died_before_its_work_committed_
     stale(settings)
     retried = anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
     assert retried.status_code == 201 and Booking.objects.get().pk == retried.json()["booking"]["id"]
+
+
+# --- a request that answered, but with an answer worth retrying (not kept) ------------------------------
+
+
+def test_a_checkout_whose_checkout_met_a_busy_row_after_the_hold_is_resumed_by_its_retry(
+    anon_client, package, monkeypatch, recording_provider
+):
+    """Regression: the 409 resource_locked (with Retry-After) is not kept, and freeing the key forgot the hold
+    it had committed: the retry held a second place beside the first."""
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@b.co"}}
+
+    def post():
+        return anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+
+    def busy(*args, **kwargs):
+        raise LockContended()
+
+    with monkeypatch.context() as locked:
+        locked.setattr(CheckoutManager, "open", busy)
+        refused = post()
+    assert_error(refused, 409, "resource_locked")
+    assert refused.has_header("Retry-After")
+    (held,) = Booking.objects.all()
+
+    retried = post()  # at once, as Retry-After says: no claim to wait out
+
+    assert retried.status_code == 201, retried.content
+    assert Booking.objects.get() == held and retried.json()["booking"]["id"] == held.pk
+    assert Checkout.objects.get(booking=held).state == "open"
+
+
+def test_a_checkout_refused_by_the_provider_holds_anew_on_its_retry(anon_client, package, settings):
+    """The 503's hold was released before its checkout ever opened: that work was undone, and the retry
+    (the 503 says "try again") holds anew rather than answer with the released booking."""
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@b.co"}}
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
+    down = anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+    assert_error(down, 503, "payment_provider_unavailable")
+    settings.PAYMENT_PROVIDER = "sandbox"
+
+    retried = anon_client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+
+    assert retried.status_code == 201, retried.content
+    first, second = Booking.objects.order_by("pk")
+    assert (first.status, second.status, retried.json()["booking"]["id"]) == ("expired", "held", second.pk)

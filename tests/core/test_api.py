@@ -177,6 +177,7 @@ def test_twenty_concurrent_same_key_posts_do_the_work_once(path):
     for r in responses:
         if r.status_code == 409:
             assert r.json()["error"]["code"] == "idempotency_key_in_progress"
+            assert int(r["Retry-After"]) >= 1  # a lock conflict like any other
         else:
             assert r.json() == {"name": "Acme+"}
     # after the storm, the key replays

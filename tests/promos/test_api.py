@@ -615,3 +615,18 @@ def test_create_ignores_a_version_and_defaults_to_active(api_client, tenant):
     created = post(api_client, "promo-codes", {"code": "NEW", "bonus_type": "fixed", "bonus_value": "1", "version": 9})
     assert created.status_code == 201, created.content
     assert (created.json()["version"], created.json()["is_active"]) == (1, True)
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("redemption-sessions/%00/consume", "session_not_found"),
+        ("redemption-sessions/%00/cancel", "session_not_found"),
+        ("promo-codes/%00/deactivate", "promo_not_found"),
+    ],
+)
+def test_a_nul_in_the_id_is_not_found_with_or_without_an_idempotency_key(api_client, path, code):
+    """Regression: with an Idempotency-Key, the key's record kept the path, NUL and all, which PostgreSQL's
+    text refuses: 400 value_out_of_range instead of the 404 a malformed id gets."""
+    for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "k-nul"}):
+        assert_error(post(api_client, path, {"amount": "1"}, **headers), 404, code)
