@@ -153,7 +153,13 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         return self.create(tenant=tenant, **fields)
 
     def _locked_for_edit(self, package_id, *, tenant, version):
-        """Take BOOKING_PACKAGE exclusive, then read the row; check ``version`` when the caller sent one."""
+        """Take BOOKING_PACKAGE exclusive, then read the row; check ``version`` when the caller sent one.
+
+        Another tenant's package is refused before its lock: an edit sent with its id never queues for it,
+        holding up that tenant's checkouts, nor tells by a 409 that it exists (a package never changes tenant).
+        """
+        if tenant is not None and not self.filter(pk=package_id, tenant=tenant).exists():
+            raise PackageNotFound()
         lock_package_exclusive(package_id, using=self.db)
         scope = self.filter(pk=package_id) if tenant is None else self.filter(pk=package_id, tenant=tenant)
         package = scope.first()

@@ -358,3 +358,19 @@ def test_a_checkout_of_a_package_priced_above_the_ceiling_before_it_is_refused_b
     response = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json")
     assert_error(response, 400, "amount_too_large")
     assert not Booking.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method", ["patch", "delete"])
+def test_an_edit_of_another_tenants_package_is_not_found_without_waiting_for_its_lock(api_client, other_tenant, method):
+    """Regression: the package's lock was taken before its tenant was checked: an edit sent with another
+    tenant's package id queued for that lock, holding up their checkouts, and answered 409 resource_locked
+    (telling the id exists) while they held it."""
+    from core.db import LockNamespace
+    from tests.races import advisory_locked, lock_timeout
+
+    theirs = PackageFactory(tenant=other_tenant)
+    with advisory_locked(LockNamespace.BOOKING_PACKAGE, theirs.pk), lock_timeout(300):
+        answer = getattr(api_client, method)(f"/api/t/acme/packages/{theirs.pk}", {"name": "Mine"}, format="json")
+    assert_error(answer, 404, "package_not_found")
+    assert Package.objects.get(pk=theirs.pk).name == theirs.name
