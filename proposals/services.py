@@ -6,6 +6,7 @@ BOOKING_PACKAGE(package) shared and BOOKING_DATE(package, date), taken by
 is created after commit, exactly as for the public checkout.
 """
 
+import contextlib
 import functools
 
 from django.db import transaction
@@ -64,7 +65,10 @@ def confirm_proposal(proposal_id, *, tenant, session_id, note=None):
                 note(booking.pk)
     if refusal is not None:
         raise refusal
-    return _open_checkout(proposal, booking)
+    with _reopened_if_the_provider_refuses(proposal.pk, booking.pk):
+        create_provider_checkout(booking)
+    proposal.booking = booking
+    return proposal, booking
 
 
 def resume_confirmation(proposal_id, booking_id):
@@ -75,11 +79,8 @@ def resume_confirmation(proposal_id, booking_id):
     proposal reopened, its hold released: the request's answer was a 503), so a retry confirms anew."""
     if not Proposal.objects.filter(pk=proposal_id, booking_id=booking_id).exists():
         return None
-    try:
+    with _reopened_if_the_provider_refuses(proposal_id, booking_id):
         booking = resume_checkout(booking_id)
-    except PaymentProviderUnavailable:
-        Proposal.objects.reopen(proposal_id, booking_id=booking_id)
-        raise
     if booking is None:
         return None
     proposal = Proposal.objects.with_effective_status().get(pk=proposal_id)
@@ -87,16 +88,15 @@ def resume_confirmation(proposal_id, booking_id):
     return proposal, booking
 
 
-def _open_checkout(proposal, booking):
+@contextlib.contextmanager
+def _reopened_if_the_provider_refuses(proposal_id, booking_id):
+    """Around the provider call of a confirmation (first or resumed): on a refusal the hold is released and
+    nothing was charged, so the proposal goes back to pending and "try again" (the 503's advice) can work."""
     try:
-        create_provider_checkout(booking)
+        yield
     except PaymentProviderUnavailable:
-        # The hold is released and nothing was charged: the proposal goes back to
-        # pending so "try again" (the 503's advice) can work.
-        Proposal.objects.reopen(proposal.pk, booking_id=booking.pk)
+        Proposal.objects.reopen(proposal_id, booking_id=booking_id)
         raise
-    proposal.booking = booking
-    return proposal, booking
 
 
 def reject_proposal(proposal_id, *, tenant, session_id):
