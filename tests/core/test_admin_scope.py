@@ -258,17 +258,24 @@ def confirm_delete(client, model, pk, *, meanwhile=lambda: None):
     return page, client.post(url(model, "delete", pk), confirmed, follow=True)
 
 
+def renaming_with_a_member(client, django_user_model, role):
+    """An owner logged in on tenant "acme" with member mallory of ``role``, and the tenant page's POST
+    renaming it to "Acme Ltd" as read now: (tenant, member, change URL, data)."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
+    member = Membership.objects.create(tenant=tenant, user=mallory, role=role)
+    change = url(Tenant, "change", tenant.pk)
+    data = form_data(client.get(change))
+    data["name"] = "Acme Ltd"
+    return tenant, member, change, data
+
+
 @pytest.mark.django_db
 def test_renaming_a_tenant_never_writes_back_a_role_a_colleague_changed_meanwhile(client, django_user_model):
     """Regression: the members inline saved every row as the page showed it: an owner's rename promoted back
     a member another owner had just demoted."""
-    tenant = TenantFactory(slug="acme", name="Acme")
-    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
-    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
-    member = Membership.objects.create(tenant=tenant, user=mallory, role=Membership.Role.STAFF)
-    change = url(Tenant, "change", tenant.pk)
-    data = form_data(client.get(change))
-    data["name"] = "Acme Ltd"
+    tenant, member, change, data = renaming_with_a_member(client, django_user_model, Membership.Role.STAFF)
     Membership.objects.edit_member(member.pk, version=member.version, role=Membership.Role.VIEWER)  # meanwhile
     assert client.post(change, data).status_code == 302
     assert Tenant.objects.get(pk=tenant.pk).name == "Acme Ltd"
@@ -281,13 +288,7 @@ def test_a_demotion_committed_while_a_tenant_save_waits_for_its_lock_is_not_writ
     compared "changed" (an int against the posted text: always). A colleague's demotion committed between the
     inline's read and its save was written back, version and all, by a Save of the tenant's name. Forced here:
     the tenant's row is held from another connection, so the Save waits for it after reading its members."""
-    tenant = TenantFactory(slug="acme", name="Acme")
-    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
-    mallory = django_user_model.objects.create_user("mallory", password="pw", is_staff=True)
-    member = Membership.objects.create(tenant=tenant, user=mallory, role=Membership.Role.OWNER)
-    change = url(Tenant, "change", tenant.pk)
-    data = form_data(client.get(change))
-    data["name"] = "Acme Ltd"
+    tenant, member, change, data = renaming_with_a_member(client, django_user_model, Membership.Role.OWNER)
     with row_locked(Tenant.objects.filter(pk=tenant.pk)) as holder:
         saving = Background(lambda: client.post(change, data))
         wait_until_blocked("core_tenant")  # the members are read; the rename waits for the tenant's row
