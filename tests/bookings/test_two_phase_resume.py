@@ -215,3 +215,51 @@ def test_a_checkout_refused_by_the_provider_holds_anew_on_its_retry(anon_client,
     assert retried.status_code == 201, retried.content
     first, second = Booking.objects.order_by("pk")
     assert (first.status, second.status, retried.json()["booking"]["id"]) == ("expired", "held", second.pk)
+
+
+# --- retries racing for the one resume ------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_retries_racing_after_a_checkout_died_resume_it_once(package, monkeypatch, settings, recording_provider):
+    """The key's try-lock and its one-row takeover let exactly one retry resume the dead attempt's hold:
+    the others are told the key is in progress (409 with Retry-After) or replayed the answer it stored.
+    One booking, one provider session, one pay link e-mailed."""
+    from rest_framework.test import APIClient
+
+    from tests.races import run_concurrently
+
+    # one customer's eleven requests in a second: past the checkout rate limits, which are not what is raced here
+    settings.LOCKSTEP_THROTTLE_RATES = {
+        **settings.LOCKSTEP_THROTTLE_RATES,
+        "checkout_address": None,
+        "checkout_email": None,
+    }
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "Ann", "email": "a@b.co"}}
+
+    def post(client):
+        return client.post("/api/public/acme/checkouts", body, format="json", HTTP_IDEMPOTENCY_KEY="k-race")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(booking_services, "create_provider_checkout", die)
+        with pytest.raises(Died):
+            post(APIClient())
+    (held,) = Booking.objects.all()
+    stale(settings)
+    clients = [APIClient() for _ in range(10)]
+
+    outcomes = run_concurrently(lambda i: post(clients[i]), 10)
+
+    assert all(outcome.ok for outcome in outcomes), [outcome.error for outcome in outcomes]
+    answers = [outcome.value for outcome in outcomes]
+    resumed = [a for a in answers if a.status_code == 201 and not a.has_header("Idempotent-Replayed")]
+    assert len(resumed) == 1, [(a.status_code, a.content) for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_error(answer, 409, "idempotency_key_in_progress")
+            assert answer.has_header("Retry-After")
+        else:
+            assert answer.status_code == 201 and answer.json()["booking"]["id"] == held.pk
+    assert Booking.objects.get() == held and Checkout.objects.get(booking=held).state == "open"
+    assert recording_provider.checkouts == [held.pk]
+    assert Notification.objects.filter(kind="booking_held").count() == 1
