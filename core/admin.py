@@ -307,8 +307,8 @@ class UserAdmin(BadInputMixin, ChangedFieldsOnlyMixin, RefusalMixin, auth_admin.
     a tenant without an owner. A Save writes only what the operator changed (ChangedFieldsOnlyMixin)."""
 
 
-class GroupAdmin(BadInputMixin, auth_admin.GroupAdmin):
-    pass
+class GroupAdmin(BadInputMixin, ChangedFieldsOnlyMixin, RefusalMixin, auth_admin.GroupAdmin):
+    """A Save writes only what the operator changed: a group's name, the permissions added and removed."""
 
 
 class TokenAdmin(BadInputMixin, authtoken_admin.TokenAdmin):

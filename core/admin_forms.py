@@ -19,6 +19,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.admin.options import IS_POPUP_VAR, TO_FIELD_VAR
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+from django.core.exceptions import ValidationError
 from django.db import router, transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
@@ -202,7 +203,10 @@ class ChangedFieldsOnlyMixin:
     colleague's change committed meanwhile (a user deactivated, made staff) is silently undone by a Save
     that only fixed a name. Here each field also posts the value it showed (Django's hidden initial), so
     ``changed_data`` is what this operator changed since the page opened, and only those columns are
-    updated; an unchanged Save writes nothing. A row deleted meanwhile is refused (DeletedMeanwhile).
+    updated; an unchanged Save writes nothing. A many-to-many field (a user's groups, a group's
+    permissions) gets only the operator's additions and removals, never the whole set as the page showed
+    it (Django's ``save_m2m``: a group a colleague granted meanwhile would be taken away again). A row
+    deleted meanwhile is refused (DeletedMeanwhile).
     """
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -215,6 +219,9 @@ class ChangedFieldsOnlyMixin:
                 super().__init__(*args, **kwargs)
                 for field in self.fields.values():
                     field.show_hidden_initial = True
+
+            def _save_m2m(self):  # what form.save_m2m() runs: the admin's save_related calls it
+                save_changed_relations(self)
 
         ShownValuesForm.__name__ = form.__name__
         return ShownValuesForm
@@ -229,3 +236,33 @@ class ChangedFieldsOnlyMixin:
         ):
             raise DeletedMeanwhile()
         return None
+
+
+def save_changed_relations(form):
+    """Apply to each many-to-many field the operator changed only what they added and removed, against the
+    values the page showed (its hidden initial); leave the others as they now stand. The row is locked first
+    (FOR NO KEY UPDATE): one deleted meanwhile is refused (DeletedMeanwhile), not a foreign key at COMMIT."""
+    instance = form.instance
+    changed = [field for field in instance._meta.many_to_many if field.name in form.changed_data]
+    if not changed:
+        return
+    still_there = type(instance)._default_manager.filter(pk=instance.pk).select_for_update(no_key=True)
+    if not still_there.values_list("pk", flat=True):
+        raise DeletedMeanwhile()
+    for field in changed:
+        bound, pk = form[field.name], field.related_model._meta.pk
+        posted = bound.field.hidden_widget().value_from_datadict(form.data, form.files, bound.html_initial_name)
+        shown = set(_parsed(pk, posted or ()))
+        chosen = {item.pk for item in form.cleaned_data[field.name]}
+        related = getattr(instance, field.name)
+        related.remove(*(shown - chosen))
+        related.add(*(chosen - shown))
+
+
+def _parsed(pk, values):
+    """The primary keys among ``values`` (a hidden input's strings); one that does not parse was never shown."""
+    for value in values:
+        try:
+            yield pk.to_python(value)
+        except ValidationError:
+            continue

@@ -11,6 +11,7 @@ import pytest
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -624,6 +625,70 @@ def test_a_user_page_opened_before_a_colleague_deactivated_them_saves_only_what_
     mallory.refresh_from_db()
     assert (mallory.first_name, mallory.is_active, mallory.is_staff) == ("Mallory", False, True)
     assert mallory.check_password("pw")
+
+
+@pytest.mark.django_db
+def test_a_user_save_changes_only_the_groups_the_operator_added_or_removed(admin_client, django_user_model):
+    """Regression: Django's save_m2m set every many-to-many field as the page showed it: a Save that only
+    fixed a name took away a group a colleague had just granted, and gave back a permission they revoked."""
+    readers, writers, auditors = (Group.objects.create(name=name) for name in ("readers", "writers", "auditors"))
+    grant = Permission.objects.get(codename="view_booking")
+    mallory = django_user_model.objects.create_user("mallory", password="pw", first_name="Mal")
+    mallory.groups.set([readers, auditors])
+    mallory.user_permissions.set([grant])
+    change = url(django_user_model, "change", mallory.pk)
+    data = form_data(admin_client.get(change))
+    mallory.groups.add(writers)  # a colleague, meanwhile: a group granted,
+    mallory.user_permissions.remove(grant)  # a permission revoked
+    data["first_name"] = "Mallory"
+    assert admin_client.post(change, data).status_code == 302
+    assert set(mallory.groups.all()) == {readers, writers, auditors}
+    assert not mallory.user_permissions.exists()
+
+    data = form_data(admin_client.get(change))
+    mallory.groups.remove(readers)  # meanwhile again
+    data["groups"] = [auditors.pk]  # this operator: writers taken away (and readers, which is already gone)
+    assert admin_client.post(change, data).status_code == 302
+    assert set(mallory.groups.all()) == {auditors}
+
+
+@pytest.mark.django_db
+def test_a_group_save_changes_only_the_permissions_the_operator_added_or_removed(admin_client):
+    view, change_booking, delete = (
+        Permission.objects.get(codename=codename) for codename in ("view_booking", "change_booking", "delete_booking")
+    )
+    support = Group.objects.create(name="support")
+    support.permissions.set([view, change_booking])
+    change = url(Group, "change", support.pk)
+    data = form_data(admin_client.get(change))
+    support.permissions.remove(change_booking)  # a colleague revokes one, meanwhile
+    data["permissions"] = [view.pk, change_booking.pk, delete.pk]  # this operator adds another
+    assert admin_client.post(change, data).status_code == 302
+    assert set(support.permissions.all()) == {view, delete}
+
+
+@pytest.mark.django_db
+def test_a_user_deleted_before_a_save_of_their_groups_is_refused_not_a_server_error(
+    admin_client, admin_user, rf, django_user_model
+):
+    """Only a many-to-many field changed, so no column UPDATE finds the row gone: the user deleted after the
+    POST read it is refused (DeletedMeanwhile, on the page), never a foreign key failing at COMMIT (a 500)."""
+    from core.admin import UserAdmin
+    from core.exceptions import DeletedMeanwhile
+
+    readers = Group.objects.create(name="readers")
+    gone = django_user_model.objects.create_user("gone", password="pw")
+    data = form_data(admin_client.get(url(django_user_model, "change", gone.pk)))
+    data["groups"] = [readers.pk]
+    request = rf.post("/")
+    request.user = admin_user
+    form = UserAdmin(django_user_model, admin.site).get_form(request, gone, change=True)(data, instance=gone)
+    assert form.is_valid(), form.errors
+    form.save(commit=False)  # as the admin's save_form
+    django_user_model.objects.filter(pk=gone.pk).delete()  # a colleague, meanwhile
+    with pytest.raises(DeletedMeanwhile):
+        form.save_m2m()  # as the admin's save_related
+    assert not django_user_model.groups.through.objects.filter(group=readers).exists()
 
 
 @pytest.mark.django_db
