@@ -9,15 +9,23 @@ from core.money import to_minor_units
 
 # Stripe refuses a Checkout Session expiring sooner than this after it creates it.
 STRIPE_MIN_EXPIRY = timedelta(minutes=30)
-# The session is asked for after the hold committed: the expiry counts from the hold's clock (the
-# same on a retry, which Stripe's idempotency key requires), with room for the delay until the call.
-STRIPE_EXPIRY_MARGIN = timedelta(minutes=5)
+# Room for the request's own way to Stripe and the two clocks' skew.
+STRIPE_EXPIRY_MARGIN = timedelta(minutes=2)
+
+
+def checkout_expiry(booking):
+    """When the session expires: Stripe's minimum after the hold's own expiry, the last moment the session
+    can still be asked for (a checkout opens only while its hold is live: right after the hold, or when a
+    retry resumes a request that died before asking, up to that moment). The same on every call, as Stripe's
+    idempotency key requires: a margin counted from the hold's creation was spent by a resume, which only
+    comes once the dead request's key is IDEMPOTENCY_IN_PROGRESS_TIMEOUT old, and Stripe refused it."""
+    return booking.hold_expires_at + STRIPE_MIN_EXPIRY + STRIPE_EXPIRY_MARGIN
 
 
 def checkout_params(booking, checkout):
     """The Checkout Session parameters for a held booking."""
     base = settings.PUBLIC_BASE_URL.rstrip("/")
-    expires_at = max(booking.hold_expires_at, booking.created_at + STRIPE_MIN_EXPIRY + STRIPE_EXPIRY_MARGIN)
+    expires_at = checkout_expiry(booking)
     return {
         "mode": "payment",
         "client_reference_id": str(checkout.pk),

@@ -10,7 +10,9 @@ import pytest
 from bookings.exceptions import InvalidSignature
 from bookings.payments import get_provider
 from bookings.payments.base import parse_event, sign, verify_signature
-from bookings.payments.stripe import checkout_params
+from bookings.payments.stripe import STRIPE_MIN_EXPIRY, checkout_params
+from bookings.services import hold_in_transaction
+from tests.bookings.factories import PackageFactory, future
 
 # Trimmed from a real `checkout.session.completed` delivery (Stripe API 2024-06-20).
 RECORDED_COMPLETED = {
@@ -134,9 +136,9 @@ def test_checkout_params_for_a_booking():
         "unit_amount": 45000,
         "product_data": {"name": "Cruise - 2026-12-24"},
     }
-    # Stripe's minimum counts from its own session's creation, after the hold committed: a margin
-    # over it, from the hold's clock (the same on a retry under the same idempotency key)
-    assert params["expires_at"] == int((created + timedelta(minutes=35)).timestamp())
+    # Stripe's minimum counts from its own session's creation, which may come as late as the hold's expiry
+    # (a resume): the minimum and a margin after that, the same on every call under the same idempotency key
+    assert params["expires_at"] == int((created + timedelta(minutes=15 + 30 + 2)).timestamp())
     assert params["metadata"] == {"booking_id": "42", "checkout_id": "17"}
 
 
@@ -158,6 +160,22 @@ def test_checkout_params_send_minor_units_from_the_currency_exponent(currency, a
     )
     price_data = checkout_params(booking, SimpleNamespace(pk=1))["line_items"][0]["price_data"]
     assert (price_data["currency"], price_data["unit_amount"]) == (currency.lower(), unit_amount)
+
+
+@pytest.mark.django_db
+def test_a_checkout_resumed_at_the_last_moment_of_its_hold_still_leaves_stripe_its_minimum(settings, tenant):
+    """Regression: the expiry was the hold's creation + 35 minutes. A resume (a retry of a request that died
+    after its hold committed) takes the key over only once it is IDEMPOTENCY_IN_PROGRESS_TIMEOUT (5 minutes)
+    old: Stripe was asked for a session expiring under 30 minutes later, refused it, and the hold was given up.
+    Asked at any moment its hold is live, Stripe gets a session at least its minimum away."""
+    package = PackageFactory(tenant=tenant)
+    booking = hold_in_transaction(
+        tenant=tenant, package_id=package.pk, date=future(3), customer_name="Ann", customer_email="ann@example.com"
+    )
+    latest_call = booking.hold_expires_at  # after it, the checkout never opens (Checkout.objects.opening)
+    assert latest_call - booking.created_at >= settings.IDEMPOTENCY_IN_PROGRESS_TIMEOUT  # a resume can come
+    expires_at = datetime.fromtimestamp(checkout_params(booking, booking.checkout)["expires_at"], tz=UTC)
+    assert expires_at - latest_call >= STRIPE_MIN_EXPIRY
 
 
 def test_recorded_event_carries_what_the_match_needs():
