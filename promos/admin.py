@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.admin_actions import ActionsOnlyMixin, row_action
+from core.admin_actions import ActionsOnlyMixin, row_action, seen_version
 from core.admin_display import badge
 from core.admin_filters import queryset_filter
 from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin
@@ -190,8 +190,11 @@ class PromoCodeAdmin(
 
     deactivate_selected = row_action(
         _("Deactivate selected promo codes"),
-        lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=False),
+        lambda promo: PromoCode.objects.set_active(
+            promo.pk, tenant=promo.tenant, active=False, version=seen_version(promo)
+        ),
         confirm={
+            "seen": lambda promo: promo.version,  # acted on as the page showed it (changed since: refused)
             "title": _("Deactivate selected promo codes"),
             "explanation": _("Customers can no longer redeem these codes; uses already made stay as they are."),
             "columns": CODE_STATE_COLUMNS,
@@ -208,8 +211,11 @@ class PromoCodeAdmin(
     # such before "select all" over a filter puts it back in customers' hands.
     activate_selected = row_action(
         _("Activate selected promo codes"),
-        lambda promo: PromoCode.objects.set_active(promo.pk, tenant=promo.tenant, active=True),
+        lambda promo: PromoCode.objects.set_active(
+            promo.pk, tenant=promo.tenant, active=True, version=seen_version(promo)
+        ),
         confirm={
+            "seen": lambda promo: promo.version,  # acted on as the page showed it (changed since: refused)
             "title": _("Activate selected promo codes"),
             "explanation": _(
                 "Customers can redeem these codes again, within their dates and limits. A code deactivated "

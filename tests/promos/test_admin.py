@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from core.guards import database_clock
 from promos import managers
+from promos.exceptions import PromoInactive
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.core.test_admin_scope import confirm_delete
 from tests.factories import TenantFactory
@@ -18,9 +19,11 @@ pytestmark = pytest.mark.django_db
 
 
 def action(admin_client, model, name, objects):
+    """Confirm ``name`` on ``objects``, each at the version its page would show now (a code's)."""
     url = reverse(f"admin:promos_{model}_changelist")
+    shown = {f"seen_{o.pk}": type(o).objects.get(pk=o.pk).version for o in objects if hasattr(o, "version")}
     return admin_client.post(
-        url, {"action": name, "apply": "1", "_selected_action": [str(o.pk) for o in objects]}, follow=True
+        url, {"action": name, "apply": "1", "_selected_action": [str(o.pk) for o in objects], **shown}, follow=True
     )
 
 
@@ -227,6 +230,28 @@ def test_code_screens_report_a_locked_row_instead_of_failing(admin_client, monke
     locked.refresh_from_db()
     assert (locked.is_active, locked.bonus_value) == (True, Decimal("10.00"))
     assert not PromoCode.objects.get(pk=free.pk).is_active
+
+
+def test_a_code_deactivated_after_the_activate_page_showed_it_active_stays_inactive(admin_client, tenant):
+    """Regression: the confirming POST switched each code as it then stood: a code a colleague took off (it
+    leaked) after the page said "nothing: already active" was put back in customers' hands. Each code is
+    acted on at the version the page showed; one changed since is refused, and left as it is."""
+    leaked, other = PromoCodeFactory(tenant=tenant, code="LEAKED"), PromoCodeFactory(tenant=tenant, code="OTHER")
+    url = reverse("admin:promos_promocode_changelist")
+    chosen = {"action": "activate_selected", "_selected_action": [leaked.pk, other.pk]}
+    page = admin_client.post(url, chosen)
+    assert [str(effect) for _cells, effect in page.context["rows"]] == ["nothing: already active"] * 2
+    assert f'name="seen_{leaked.pk}" value="{leaked.version}"' in page.content.decode()
+    PromoCode.objects.set_active(leaked.pk, tenant=tenant, active=False)  # a colleague, meanwhile
+    shown = {f"seen_{pk}": version for pk, version in page.context["selected"]}
+    reported = texts(admin_client.post(url, {**chosen, "apply": "1", **shown}, follow=True))
+    assert any(m.startswith("LEAKED") and "version_conflict" in m for m in reported), reported
+    assert not PromoCode.objects.get(pk=leaked.pk).is_active
+    with pytest.raises(PromoInactive):
+        PromoCode.objects.redeem("LEAKED", tenant=tenant, customer="mallory", amount="10")
+    assert PromoCode.objects.get(pk=other.pk).is_active
+    without = texts(admin_client.post(url, {**chosen, "apply": "1"}, follow=True))  # a page from before
+    assert sum("version_conflict" in m for m in without) == 2, without
 
 
 def test_money_and_irreversible_actions_ask_first(admin_client, tenant):

@@ -150,13 +150,15 @@ def test_every_writer_of_a_promo_code_at_once(tenant, member, superuser):
         if i == redeems + voids + 2:  # the admin change form cutting the limit
             url = reverse("admin:promos_promocode_change", args=[promo.pk])
             return form_outcome(admin_form.post(url, form))
-        # the admin deactivate action
+        # the admin deactivate action, confirmed at the version its page showed: shown again when an edit
+        # committed since (version_conflict), as when the row was busy
         url = reverse("admin:promos_promocode_changelist")
         body = {"action": "deactivate_selected", "apply": "1", "_selected_action": [str(promo.pk)]}
         codes = ["resource_locked"]
         for _ in range(8):
-            codes = message_codes(admin_action.post(url, body, follow=True))
-            if LOCKED not in codes:
+            shown = {f"seen_{promo.pk}": PromoCode.objects.get(pk=promo.pk).version}
+            codes = message_codes(admin_action.post(url, {**body, **shown}, follow=True))
+            if not {LOCKED, "version_conflict"} & set(codes):
                 break
             time.sleep(0.1)
         deactivated["at"] = clock()  # after its commit: an upper bound of the instant it took effect
