@@ -133,6 +133,39 @@ class FrozenColumns(pgtrigger.Trigger):
         )
 
 
+class SetOnce(pgtrigger.Trigger):
+    """Refuse, in the database, every UPDATE that changes one of ``fields`` once it is set (not NULL): a
+    stamp of what happened (used at, for that amount; approved at) is written by the transition that
+    happened and never again. A state machine only sees the state change: a second "consume" of a used
+    session, rewriting its amount and time with the status left ``used``, would pass it silently.
+
+    ``name`` ends in ``_transition``: the refusal is 409 ``invalid_transition`` (``set->altered``).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Update
+
+    def __init__(self, *, name, fields):
+        if not name.endswith("_transition"):
+            raise ValueError("A SetOnce trigger's name ends in _transition")
+        self.fields = tuple(fields)
+        super().__init__(name=name)
+
+    def get_func(self, model):
+        columns = [model._meta.get_field(field).column for field in self.fields]
+        rewritten = " OR ".join(
+            f'(OLD."{column}" IS NOT NULL AND OLD."{column}" IS DISTINCT FROM NEW."{column}")' for column in columns
+        )
+        listed = ", ".join(columns)
+        message = f"format('%s: %s of row %s may not change once set', TG_TABLE_NAME, '{listed}', OLD.\"id\")"
+        return self.format_sql(
+            f"""
+            IF {rewritten} THEN {refusal_sql(self.name, "'set->altered'", message)} END IF;
+            RETURN NEW;
+            """
+        )
+
+
 class StateMachine(pgtrigger.Trigger):
     """Refuse, in the database, every state change and every insert that ``transitions`` does not list.
 

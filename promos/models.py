@@ -11,6 +11,7 @@ from core.integrity import (
     BumpVersion,
     FrozenColumns,
     GuardedModel,
+    SetOnce,
     StateMachine,
     VersionOnlyIncreases,
     refusal_sql,
@@ -287,6 +288,8 @@ SESSION_RECORD = (
 
 # What a session was made for: never changed after creation, by any writer (FrozenColumns).
 SESSION_TERMS = ("tenant", "session_id", "customer", "max_amount", "currency", "secret_hash")
+# A session's stamps: each written by the one transition that sets it, never changed after.
+SESSION_STAMPS = ("used_at", "used_amount", "approved_at", "rejected_at", "cancelled_at")
 
 
 @tracked(exclude=["secret_hash"])
@@ -374,6 +377,9 @@ class RedemptionSession(GuardedModel):
             # What the customer approved and who may use it: a raise of the limit, another currency,
             # tenant or customer, or a new secret after approval would use a consent never given.
             FrozenColumns(name="redemption_session_terms_transition", fields=SESSION_TERMS),
+            # What happened, once: a used session's amount and time (a second consume would rewrite them with
+            # the status left "used", which the state machine does not see), each decision's time.
+            SetOnce(name="redemption_session_stamps_transition", fields=SESSION_STAMPS),
         ]
 
     def __str__(self):

@@ -3,9 +3,11 @@
 import itertools
 from decimal import Decimal
 
+import pgtrigger
 import pytest
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 
 from core.exceptions import GuardedWriteError, TransitionRefused, VersionConflict
 from core.guards import ClockNow, database_refusals
@@ -83,8 +85,10 @@ PATHS = {
 
 
 def _move(session, status):
-    clear = {"used_at": None, "used_amount": None} if status != "used" else {}
-    RedemptionSession.objects.filter(pk=session.pk).update(status=status, **{**clear, **STAMPS.get(status, {})})
+    """Set ``status`` and the stamps it needs, each only where not set yet (a stamp never changes:
+    redemption_session_stamps_transition, a refusal of its own)."""
+    stamps = {column: Coalesce(column, value) for column, value in STAMPS.get(status, {}).items()}
+    RedemptionSession.objects.filter(pk=session.pk).update(status=status, **stamps)
 
 
 def test_the_session_machine_is_the_managers_transitions():
@@ -173,6 +177,36 @@ def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change
     assert (stored.secret_hash, stored.session_id) == (session.secret_hash, session.session_id)
     # What the machine moves is still free to move: the trigger freezes terms, not states.
     RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(used_amount=F("used_amount") + Decimal("10.00"), used_at=ClockNow()),  # consumed again, status kept
+        dict(used_amount=Decimal("1.00")),
+        dict(used_at=ClockNow()),
+        dict(approved_at=ClockNow()),
+    ],
+    ids=["consumed-again", "amount", "time", "approval"],
+)
+def test_a_used_sessions_stamps_never_change_whoever_writes(tenant, change):
+    """redemption_session_stamps_transition: a second "consume" written straight to a used session (its
+    amount and time rewritten, its status left ``used``, which the state machine does not see) is refused by
+    the database (409 invalid_transition), as is any rewrite of a decision's time."""
+    session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("100.00"))
+    used = RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
+    rows = RedemptionSession.objects.filter(pk=session.pk)
+    assert refused_by(lambda: rows.update(**change)) == "redemption_session_stamps_transition"
+    with pytest.raises(TransitionRefused) as refusal:
+        with database_refusals(), transaction.atomic():
+            rows.update(**change)
+    assert refusal.value.params == {"old": "set", "new": "altered"}
+    stored = rows.get()
+    assert (stored.used_amount, stored.used_at, stored.approved_at) == (
+        Decimal("10.00"),
+        used.used_at,
+        used.approved_at,
+    )
 
 
 def test_a_promo_code_never_moves_to_another_shop_whoever_writes(tenant):
@@ -328,7 +362,11 @@ def test_a_session_is_used_exactly_when_used_at_is_set(tenant):
     )
     assert refused_by(lambda: rows.update(status="used", used_at=ClockNow())) == "redemption_used_iff_used_at"
     RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="5")
-    assert refused_by(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
-    assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
+    # a used session's stamps never change (the trigger refuses first); the CHECK stands behind it
+    assert refused_by(lambda: rows.update(used_at=None)) == "redemption_session_stamps_transition"
+    assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_session_stamps_transition"
+    with pgtrigger.ignore("promos.RedemptionSession:redemption_session_stamps_transition"):
+        assert refused_by(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
+        assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
     session = rows.get()
     assert (session.status, session.used_amount) == ("used", Decimal("5.00")) and session.used_at is not None

@@ -134,7 +134,11 @@ def test_a_session_used_after_expiry_or_over_its_amount_is_detected(tenant):
     late, over = (RedemptionSessionFactory(tenant=tenant, status="approved") for _ in range(2))
     for session in (late, over):
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
-    with bypassing(RedemptionSession, constraints=["redemption_used_before_expiry", "redemption_used_iff_used_at"]):
+    with bypassing(
+        RedemptionSession,
+        triggers=["redemption_session_stamps_transition"],  # a used session's stamps never change: planted
+        constraints=["redemption_used_before_expiry", "redemption_used_iff_used_at"],
+    ):
         RedemptionSession.objects.filter(pk=late.pk).update(used_at=F("expires_at") + Value(timedelta(seconds=1)))
         RedemptionSession.objects.filter(pk=over.pk).update(used_amount=F("max_amount") + 1)
     assert sorted(violations(invariants.sessions_consumed_within_terms)) == sorted(
