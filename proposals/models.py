@@ -49,7 +49,9 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
     and its checkout never opened (``creating``, ``failed``, ``expired``) with no refund
     under way. A confirmed, payment_pending, refund_pending or refunded booking, a live
     hold, or an open, processing or completed checkout keeps the link: unlinking it would let the proposal be
-    confirmed again while the first booking can still be (or was) paid.
+    confirmed again while the first booking can still be (or was) paid. A link never moves from one booking to
+    another (an execution links, a reopen unlinks): a relinked proposal would answer for a booking of
+    another date, or another shop, that it never made.
 
     The booking row, then the checkout row, are locked FOR SHARE (after the proposal row
     the UPDATE holds: the global lock order), so a payment settling that booking either
@@ -86,7 +88,8 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
               FROM "{Booking._meta.db_table}" WHERE "id" = OLD."booking_id" FOR SHARE;
             SELECT "state", "refund_state" INTO v_checkout_state, v_refund_state
               FROM "{Checkout._meta.db_table}" WHERE "booking_id" = OLD."booking_id" FOR SHARE;
-            IF v_booking_status IN ('confirmed', 'payment_pending', 'refund_pending', 'refunded')
+            IF NEW."booking_id" IS NOT NULL
+               OR v_booking_status IN ('confirmed', 'payment_pending', 'refund_pending', 'refunded')
                OR (v_booking_status = 'held' AND v_hold_expires > clock_timestamp())
                OR coalesce(v_checkout_state IN ('open', 'processing', 'completed'), false)
                OR coalesce(v_refund_state <> '', false) THEN

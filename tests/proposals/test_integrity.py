@@ -75,6 +75,8 @@ def test_every_transition_of_the_machine_is_allowed_or_refused_by_the_database(t
     (machine,) = state_machines(Proposal)
     proposal = proposal_in(old, tenant)
     changes = columns_for(new, tenant)
+    if old == new == "executed":
+        del changes["booking"]  # it keeps its booking: a link never moves to another (a refusal of its own)
     refusal = refused_by(lambda: Proposal.objects.filter(pk=proposal.pk).update(**changes))
     if machine.allows(old, new):
         assert refusal is None, f"{old}->{new} should be allowed, refused by {refusal}"
@@ -165,6 +167,19 @@ def test_the_database_refuses_to_unlink_a_live_or_paid_booking(tenant, recording
     assert Proposal.objects.get(pk=proposal.pk).booking_id == linked.pk
 
 
+def test_the_database_refuses_to_move_an_executed_proposal_to_another_booking(tenant, recording_provider):
+    """Regression: only an unlink was judged, so a raw UPDATE moving an executed proposal from its lapsed
+    booking to another (another date's, another shop's) passed every trigger and CHECK."""
+    from tests.factories import TenantFactory
+
+    proposal, linked = executed_proposal(tenant)
+    set_booking(linked, status="expired", checkout={"state": "failed"})  # nothing payable: it may be unlinked
+    for other in (spare_booking(tenant), spare_booking(TenantFactory())):
+        assert refused_by(lambda other=other: Proposal.objects.filter(pk=proposal.pk).update(booking=other)) == UNLINK
+    assert Proposal.objects.get(pk=proposal.pk).booking_id == linked.pk
+    assert Proposal.objects.reopen(proposal.pk, booking_id=linked.pk) is True  # the unlink itself still goes
+
+
 @pytest.mark.parametrize(
     "booking, checkout",
     [
@@ -232,9 +247,10 @@ def test_one_booking_is_linked_by_one_proposal(tenant, recording_provider):
     first, booking = executed_proposal(tenant)
     second, own = executed_proposal(tenant, session_id="chat-2")
     set_booking(own, status="expired", checkout={"state": "failed"})
-    assert refused_by(lambda: Proposal.objects.filter(pk=second.pk).update(booking=booking)) == (
-        "proposals_proposal_booking_id_key"
-    )
+    moving = Proposal.objects.filter(pk=second.pk)
+    assert refused_by(lambda: moving.update(booking=booking)) == UNLINK  # a link never moves, and behind it:
+    with pgtrigger.ignore(f"proposals.Proposal:{UNLINK}"):
+        assert refused_by(lambda: moving.update(booking=booking)) == "proposals_proposal_booking_id_key"
 
 
 # --- guarded columns, the version, the contact edit ----------------------------------------------
