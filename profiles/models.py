@@ -21,8 +21,9 @@ class ProfileParentsLive(pgtrigger.Trigger):
     Fires when a row is inserted, when its father or mother changes, or when it is restored
     (``deleted_at`` back to NULL), for rows that are live afterwards; each parent so referenced
     must be live (not soft-deleted, not missing), of the same tenant, of its role's sex (a father
-    male, a mother female) and, on an update, not the profile itself or one of its descendants
-    (a cycle). A deleted row may keep or take any parent, but never a descendant: no profile, live
+    male, a mother female) and not the profile itself or one of its descendants (a cycle; on an
+    insert too: with foreign keys deferred, a row inserted earlier in the transaction may already
+    name the new one as its parent). A deleted row may keep or take any parent, but never a descendant: no profile, live
     or deleted, is its own ancestor. A profile's own sex may not change while a live child has it as the other parent,
     and no profile moves to another tenant (its parents and children would be another tenant's).
     A backstop behind the manager's locks, not the guard: the manager locks each parent FOR
@@ -89,7 +90,7 @@ class ProfileParentsLive(pgtrigger.Trigger):
                         v_why := v_role || ' not ' || v_sex;
                     END IF;
                 END IF;
-                IF v_why IS NULL AND TG_OP = 'UPDATE' AND EXISTS (
+                IF v_why IS NULL AND EXISTS (
                     WITH RECURSIVE up("id") AS (
                         SELECT v_parent
                         UNION

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -335,6 +335,32 @@ def test_deleted_rows_never_close_a_cycle_either(family):
     )
     assert outcome(lambda: Profile.objects.filter(pk=family["kid"].pk).update(mother=family["gone_mum"])) == "ok"
     assert outcome(lambda: Profile.objects.filter(pk=family["dad"].pk).update(father=family["gone_dad"])) == "ok"
+
+
+def test_two_deleted_profiles_inserted_as_each_others_fathers_are_refused(tenant):
+    """Regression: the cycle walk ran on an update only. Foreign keys are deferred, so one transaction could
+    insert a deleted profile naming a row not inserted yet as its father, then that row naming the first:
+    two profiles each their own ancestor, committed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')), nextval(pg_get_serial_sequence(%s, 'id'))",
+            [Profile._meta.db_table] * 2,
+        )
+        first, second = cursor.fetchone()
+
+    def inserted(pk, father):
+        return Profile(
+            id=pk, tenant=tenant, first_name=f"P{pk}", sex="male", deleted_at=timezone.now(), father_id=father
+        )
+
+    def both():
+        Profile.objects.bulk_create([inserted(first, second)])
+        Profile.objects.bulk_create([inserted(second, first)])
+        connection.check_constraints()  # the deferred foreign keys, as at COMMIT
+
+    assert outcome(both) == "profile_parent_transition"
+    assert outcome(lambda: Profile.objects.bulk_create([inserted(first, first)])) == "profile_parent_transition"
+    assert not Profile.objects.filter(pk__in=(first, second)).exists()
 
 
 def test_restoring_a_profile_whose_parent_was_deleted_meanwhile_is_refused(family):
