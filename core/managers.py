@@ -6,7 +6,17 @@ from django.db.models.functions import Now
 
 from core.db import LockNamespace, try_advisory_xact_lock
 from core.exceptions import IdempotencyKeyInProgress, IdempotencyKeyReused
-from core.guards import guarded
+from core.guards import ClockNow, guarded
+
+
+def effective_status(open_statuses, expired):
+    """A row's ``status`` as its readers see it: one still in ``open_statuses`` past its ``expires_at``, by the
+    database clock, reads ``expired`` (lazy expiry: the sweep writes it later; every guard judges the clock)."""
+    return models.Case(
+        models.When(status__in=open_statuses, expires_at__lte=ClockNow(), then=models.Value(expired)),
+        default=models.F("status"),
+        output_field=models.CharField(),
+    )
 
 
 class TenantScopedQuerySet(models.QuerySet):

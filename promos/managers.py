@@ -22,7 +22,7 @@ from decimal import Decimal
 from django.apps import apps
 from django.conf import settings
 from django.db import connections, models
-from django.db.models import Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Value
+from django.db.models import Count, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core import money, rows
@@ -30,7 +30,7 @@ from core.db import after_local_lock_timeout, set_local_lock_timeout
 from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
 from core.guards import ClockNow, constraint_errors, guarded
-from core.managers import TenantScopedQuerySet
+from core.managers import TenantScopedQuerySet, effective_status
 from core.prepared import Prepared
 from promos import exceptions as errors
 from promos.choices import OPEN_STATUSES
@@ -581,10 +581,10 @@ class RedemptionSessionQuerySet(TenantScopedQuerySet):
         """Pending or approved but past expiry by the database clock: the sweep has not reached them yet."""
         return self.filter(status__in=OPEN_STATUSES, expires_at__lte=ClockNow())
 
-    def with_clock_expiry(self):
-        return self.annotate(
-            clock_expired=ExpressionWrapper(Q(expires_at__lte=ClockNow()), output_field=models.BooleanField())
-        )
+    def with_effective_status(self):
+        """Annotate ``effective_status``: a pending or approved session past expiry reads as expired (lazy
+        expiry: the sweep writes it later; a consume or an answer already refuses it)."""
+        return self.annotate(effective_status=effective_status(OPEN_STATUSES, self.model.Status.EXPIRED))
 
 
 class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQuerySet)):

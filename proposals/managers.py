@@ -17,7 +17,7 @@ timestamps (``confirmed_at``, ``executed_at``…) are that same clock, read when
 import logging
 
 from django.db import connections, models
-from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, Value, When
+from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 
 from bookings.choices import CheckoutState
@@ -28,7 +28,7 @@ from core import rows
 from core.decide import NOW, Decision
 from core.exceptions import DomainError
 from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
-from core.managers import TenantScopedQuerySet
+from core.managers import TenantScopedQuerySet, effective_status
 from core.prepared import update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
 from proposals.choices import ProposalStatus
@@ -83,13 +83,7 @@ class ProposalQuerySet(TenantScopedQuerySet):
     def with_effective_status(self):
         """Annotate ``effective_status``: a lapsed pending proposal reads as expired (lazy expiry)."""
         Status = self.model.Status
-        return self.annotate(
-            effective_status=Case(
-                When(status=Status.PENDING, expires_at__lte=ClockNow(), then=Value(Status.EXPIRED)),
-                default=F("status"),
-                output_field=models.CharField(),
-            )
-        )
+        return self.annotate(effective_status=effective_status([Status.PENDING], Status.EXPIRED))
 
 
 class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):

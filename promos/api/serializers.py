@@ -221,12 +221,19 @@ class RedemptionSessionListQueryInputSerializer(StrictInput):
 
 
 class RedemptionSessionSerializer(serializers.ModelSerializer):
+    """A session; ``status`` reads ``expired`` as soon as a pending or approved session's expiry passes."""
+
     max_amount = InCurrencyField("max_amount")
     used_amount = InCurrencyField("used_amount", allow_null=True)
+    status = serializers.SerializerMethodField()
 
     class Meta:
         model = RedemptionSession
         fields = ["session_id", *SESSION_RECORD]
+
+    @extend_schema_field(serializers.ChoiceField(choices=RedemptionSession.Status.choices))
+    def get_status(self, session):
+        return getattr(session, "effective_status", session.status)
 
 
 class RedemptionSessionCreatedSerializer(RedemptionSessionSerializer):

@@ -165,9 +165,9 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
 
     def get_queryset(self):
         query = validated(s.RedemptionSessionListQueryInputSerializer, self.request.query_params)
-        queryset = RedemptionSession.objects.for_tenant(self.tenant)
-        if wanted := query.get("status"):
-            queryset = queryset.filter(status=wanted)
+        queryset = RedemptionSession.objects.for_tenant(self.tenant).with_effective_status()
+        if wanted := query.get("status"):  # as the sessions read: one past its expiry is expired
+            queryset = queryset.filter(effective_status=wanted)
         return queryset
 
     @extend_schema(parameters=[s.RedemptionSessionListQueryInputSerializer])
@@ -189,7 +189,8 @@ class RedemptionSessionListView(TenantScopedMixin, ListAPIView):
 class RedemptionSessionDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses={200: s.RedemptionSessionSerializer})
     def get(self, request, tenant, session_id):
-        session = get_for_tenant(RedemptionSession, self.tenant, errors.SessionNotFound, session_id=session_id)
+        sessions = RedemptionSession.objects.with_effective_status()
+        session = get_for_tenant(sessions, self.tenant, errors.SessionNotFound, session_id=session_id)
         return Response(represented(s.RedemptionSessionSerializer, session))
 
 

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from core.guards import database_clock
+from core.guards import ClockNow, database_clock
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.promos.factories import SECRET, PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
@@ -402,6 +402,27 @@ def test_session_lifecycle_over_the_api(api_client, anon_client, tenant):
     )
     detail = api_client.get(f"{BASE}/redemption-sessions/{session_id}").json()
     assert detail["status"] == "used" and detail["used_amount"] == "80.00"
+
+
+def test_a_session_past_its_expiry_reads_expired_before_the_sweep_writes_it(api_client, tenant):
+    """Regression: the API answered a session's stored status: past its expiry, before the sweep, it read
+    ``approved`` (and was listed under ?status=approved, not ?status=expired), though every consume refused it."""
+    lapsed, live = (RedemptionSessionFactory(tenant=tenant, status="approved") for _ in range(2))
+    RedemptionSession.objects.filter(pk=lapsed.pk).update(expires_at=ClockNow() - timedelta(seconds=1))
+    assert api_client.get(f"{BASE}/redemption-sessions/{lapsed.session_id}").json()["status"] == "expired"
+    assert api_client.get(f"{BASE}/redemption-sessions/{live.session_id}").json()["status"] == "approved"
+
+    def listed(status):
+        return [
+            row["session_id"] for row in api_client.get(f"{BASE}/redemption-sessions?status={status}").json()["results"]
+        ]
+
+    assert listed("expired") == [str(lapsed.session_id)]
+    assert listed("approved") == [str(live.session_id)]
+    assert_error(
+        post(api_client, f"redemption-sessions/{lapsed.session_id}/consume", {"amount": "1"}), 409, "session_expired"
+    )
+    assert RedemptionSession.objects.get(pk=lapsed.pk).status == "approved"  # nothing written: the sweep will
 
 
 def test_reject_and_cancel_over_the_api(api_client, anon_client, tenant):
