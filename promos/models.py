@@ -378,8 +378,10 @@ class RedemptionSession(GuardedModel):
             # tenant or customer, or a new secret after approval would use a consent never given.
             FrozenColumns(name="redemption_session_terms_transition", fields=SESSION_TERMS),
             # What happened, once: a used session's amount and time (a second consume would rewrite them with
-            # the status left "used", which the state machine does not see), each decision's time.
-            SetOnce(name="redemption_session_stamps_transition", fields=SESSION_STAMPS),
+            # the status left "used", which the state machine does not see), each decision's time. Named to
+            # fire after the status machine (PostgreSQL runs a table's triggers in name order): a raw "un-use"
+            # clears the stamps too, and is refused as the status move it is.
+            SetOnce(name="redemption_session_used_stamps_transition", fields=SESSION_STAMPS),
         ]
 
     def __str__(self):

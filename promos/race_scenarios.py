@@ -89,7 +89,7 @@ class SessionConsume(Scenario):
     name = "session consume"
     attempts = 30
     expected_winners = 1
-    backstops = ("promos.RedemptionSession:redemption_session_stamps_transition",)
+    backstops = ("promos.RedemptionSession:redemption_session_used_stamps_transition",)
     AMOUNT = Decimal("10.00")
 
     def create_target(self, *, expires_in=timedelta(days=1)):

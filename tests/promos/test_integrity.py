@@ -86,9 +86,11 @@ PATHS = {
 
 def _move(session, status):
     """Set ``status`` and the stamps it needs, each only where not set yet (a stamp never changes:
-    redemption_session_stamps_transition, a refusal of its own)."""
+    redemption_session_used_stamps_transition, which fires after the machine); leaving ``used`` clears its
+    stamps, as the CHECKs require, so the un-use is judged by the machine."""
+    clear = {"used_at": None, "used_amount": None} if status != "used" else {}
     stamps = {column: Coalesce(column, value) for column, value in STAMPS.get(status, {}).items()}
-    RedemptionSession.objects.filter(pk=session.pk).update(status=status, **stamps)
+    RedemptionSession.objects.filter(pk=session.pk).update(status=status, **clear, **stamps)
 
 
 def test_the_session_machine_is_the_managers_transitions():
@@ -190,13 +192,13 @@ def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change
     ids=["consumed-again", "amount", "time", "approval"],
 )
 def test_a_used_sessions_stamps_never_change_whoever_writes(tenant, change):
-    """redemption_session_stamps_transition: a second "consume" written straight to a used session (its
+    """redemption_session_used_stamps_transition: a second "consume" written straight to a used session (its
     amount and time rewritten, its status left ``used``, which the state machine does not see) is refused by
     the database (409 invalid_transition), as is any rewrite of a decision's time."""
     session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("100.00"))
     used = RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="10")
     rows = RedemptionSession.objects.filter(pk=session.pk)
-    assert refused_by(lambda: rows.update(**change)) == "redemption_session_stamps_transition"
+    assert refused_by(lambda: rows.update(**change)) == "redemption_session_used_stamps_transition"
     with pytest.raises(TransitionRefused) as refusal:
         with database_refusals(), transaction.atomic():
             rows.update(**change)
@@ -363,9 +365,9 @@ def test_a_session_is_used_exactly_when_used_at_is_set(tenant):
     assert refused_by(lambda: rows.update(status="used", used_at=ClockNow())) == "redemption_used_iff_used_at"
     RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="5")
     # a used session's stamps never change (the trigger refuses first); the CHECK stands behind it
-    assert refused_by(lambda: rows.update(used_at=None)) == "redemption_session_stamps_transition"
-    assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_session_stamps_transition"
-    with pgtrigger.ignore("promos.RedemptionSession:redemption_session_stamps_transition"):
+    assert refused_by(lambda: rows.update(used_at=None)) == "redemption_session_used_stamps_transition"
+    assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_session_used_stamps_transition"
+    with pgtrigger.ignore("promos.RedemptionSession:redemption_session_used_stamps_transition"):
         assert refused_by(lambda: rows.update(used_at=None)) == "redemption_used_iff_used_at"
         assert refused_by(lambda: rows.update(used_amount=None)) == "redemption_used_iff_used_at"
     session = rows.get()

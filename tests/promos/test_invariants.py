@@ -136,7 +136,7 @@ def test_a_session_used_after_expiry_or_over_its_amount_is_detected(tenant):
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
     with bypassing(
         RedemptionSession,
-        triggers=["redemption_session_stamps_transition"],  # a used session's stamps never change: planted
+        triggers=["redemption_session_used_stamps_transition"],  # a used session's stamps never change: planted
         constraints=["redemption_used_before_expiry", "redemption_used_iff_used_at"],
     ):
         RedemptionSession.objects.filter(pk=late.pk).update(used_at=F("expires_at") + Value(timedelta(seconds=1)))
