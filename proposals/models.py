@@ -82,14 +82,20 @@ class ProposalBookingUnlink(pgtrigger.Trigger):
             "format('%s: proposal %s may not leave booking %s (%s, checkout %s): it is live or was paid', "
             'TG_TABLE_NAME, OLD."id", OLD."booking_id", v_booking_status, coalesce(v_checkout_state, \'none\'))',
         )
+        refuse_move = refusal_sql(
+            self.name,
+            'format(\'booking %s->booking %s\', OLD."booking_id", NEW."booking_id")',
+            "format('%s: proposal %s may not move from booking %s to booking %s: a link never moves', "
+            'TG_TABLE_NAME, OLD."id", OLD."booking_id", NEW."booking_id")',
+        )
         return self.format_sql(
             f"""
+            IF NEW."booking_id" IS NOT NULL THEN {refuse_move} END IF;
             SELECT "status", "hold_expires_at" INTO v_booking_status, v_hold_expires
               FROM "{Booking._meta.db_table}" WHERE "id" = OLD."booking_id" FOR SHARE;
             SELECT "state", "refund_state" INTO v_checkout_state, v_refund_state
               FROM "{Checkout._meta.db_table}" WHERE "booking_id" = OLD."booking_id" FOR SHARE;
-            IF NEW."booking_id" IS NOT NULL
-               OR v_booking_status IN ('confirmed', 'payment_pending', 'refund_pending', 'refunded')
+            IF v_booking_status IN ('confirmed', 'payment_pending', 'refund_pending', 'refunded')
                OR (v_booking_status = 'held' AND v_hold_expires > clock_timestamp())
                OR coalesce(v_checkout_state IN ('open', 'processing', 'completed'), false)
                OR coalesce(v_refund_state <> '', false) THEN

@@ -176,6 +176,10 @@ def test_the_database_refuses_to_move_an_executed_proposal_to_another_booking(te
     set_booking(linked, status="expired", checkout={"state": "failed"})  # nothing payable: it may be unlinked
     for other in (spare_booking(tenant), spare_booking(TenantFactory())):
         assert refused_by(lambda other=other: Proposal.objects.filter(pk=proposal.pk).update(booking=other)) == UNLINK
+        with pytest.raises(TransitionRefused) as refusal:
+            with database_refusals(), transaction.atomic():
+                Proposal.objects.filter(pk=proposal.pk).update(booking=other)
+        assert refusal.value.params == {"old": f"booking {linked.pk}", "new": f"booking {other.pk}"}
     assert Proposal.objects.get(pk=proposal.pk).booking_id == linked.pk
     assert Proposal.objects.reopen(proposal.pk, booking_id=linked.pk) is True  # the unlink itself still goes
 
