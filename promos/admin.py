@@ -16,6 +16,7 @@ from core.admin_filters import queryset_filter
 from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
+from core.exceptions import VersionConflict
 from core.money import in_currency, payable_currencies
 from promos.choices import OPEN_STATUSES
 from promos.managers import PROMO_EDITABLE, PROMO_TERMS
@@ -95,6 +96,20 @@ CODE_STATE_COLUMNS = {
     _("total usage limit"): lambda promo: promo.total_usage_limit or "-",
     _("active"): lambda promo: _("yes") if promo.is_active else _("no"),
 }
+
+
+def shown_state(promo):
+    """What the activation pages carry for each code: the state they show it in (1 inactive, 2 active; a POST
+    without it carries NOT_SEEN, no state), so a code is refused only when switched since, not for another edit."""
+    return 2 if promo.is_active else 1
+
+
+def state_seen(promo):
+    """Whether the confirmation page showed ``promo`` active; a POST that did not carry it is refused."""
+    seen = seen_version(promo)
+    if seen not in (1, 2):
+        raise VersionConflict(current=promo.version)
+    return seen == 2
 
 
 @admin.register(PromoCode)
@@ -191,10 +206,10 @@ class PromoCodeAdmin(
     deactivate_selected = row_action(
         _("Deactivate selected promo codes"),
         lambda promo: PromoCode.objects.set_active(
-            promo.pk, tenant=promo.tenant, active=False, version=seen_version(promo)
+            promo.pk, tenant=promo.tenant, active=False, shown_active=state_seen(promo)
         ),
         confirm={
-            "seen": lambda promo: promo.version,  # acted on as the page showed it (changed since: refused)
+            "seen": shown_state,  # acted on as the page showed it (switched since: refused)
             "title": _("Deactivate selected promo codes"),
             "explanation": _("Customers can no longer redeem these codes; uses already made stay as they are."),
             "columns": CODE_STATE_COLUMNS,
@@ -212,10 +227,10 @@ class PromoCodeAdmin(
     activate_selected = row_action(
         _("Activate selected promo codes"),
         lambda promo: PromoCode.objects.set_active(
-            promo.pk, tenant=promo.tenant, active=True, version=seen_version(promo)
+            promo.pk, tenant=promo.tenant, active=True, shown_active=state_seen(promo)
         ),
         confirm={
-            "seen": lambda promo: promo.version,  # acted on as the page showed it (changed since: refused)
+            "seen": shown_state,  # acted on as the page showed it (switched since: refused)
             "title": _("Activate selected promo codes"),
             "explanation": _(
                 "Customers can redeem these codes again, within their dates and limits. A code deactivated "

@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from core.guards import database_clock
 from promos import managers
+from promos.admin import shown_state
 from promos.exceptions import PromoInactive
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.core.test_admin_scope import confirm_delete
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.django_db
 
 
 def action(admin_client, model, name, objects):
-    """Confirm ``name`` on ``objects``, each at the version its page would show now (a code's)."""
+    """Confirm ``name`` on ``objects``, each as its page would show it now (a code's state)."""
     url = reverse(f"admin:promos_{model}_changelist")
-    shown = {f"seen_{o.pk}": type(o).objects.get(pk=o.pk).version for o in objects if hasattr(o, "version")}
+    shown = {f"seen_{o.pk}": shown_state(type(o).objects.get(pk=o.pk)) for o in objects if isinstance(o, PromoCode)}
     return admin_client.post(
         url, {"action": name, "apply": "1", "_selected_action": [str(o.pk) for o in objects], **shown}, follow=True
     )
@@ -241,7 +242,7 @@ def test_a_code_deactivated_after_the_activate_page_showed_it_active_stays_inact
     chosen = {"action": "activate_selected", "_selected_action": [leaked.pk, other.pk]}
     page = admin_client.post(url, chosen)
     assert [str(effect) for _cells, effect in page.context["rows"]] == ["nothing: already active"] * 2
-    assert f'name="seen_{leaked.pk}" value="{leaked.version}"' in page.content.decode()
+    assert f'name="seen_{leaked.pk}" value="{shown_state(leaked)}"' in page.content.decode()
     PromoCode.objects.set_active(leaked.pk, tenant=tenant, active=False)  # a colleague, meanwhile
     shown = {f"seen_{pk}": version for pk, version in page.context["selected"]}
     reported = texts(admin_client.post(url, {**chosen, "apply": "1", **shown}, follow=True))
@@ -252,6 +253,20 @@ def test_a_code_deactivated_after_the_activate_page_showed_it_active_stays_inact
     assert PromoCode.objects.get(pk=other.pk).is_active
     without = texts(admin_client.post(url, {**chosen, "apply": "1"}, follow=True))  # a page from before
     assert sum("version_conflict" in m for m in without) == 2, without
+
+
+def test_a_code_whose_dates_were_changed_after_the_deactivate_page_showed_it_is_still_deactivated(admin_client, tenant):
+    """Only a switch of the code's state since the page showed it refuses the action: a leaked code is taken
+    off even when a colleague changed its dates or bonus meanwhile (its version moved)."""
+    leaked = PromoCodeFactory(tenant=tenant, code="LEAKED")
+    url = reverse("admin:promos_promocode_changelist")
+    chosen = {"action": "deactivate_selected", "_selected_action": [leaked.pk]}
+    page = admin_client.post(url, chosen)
+    PromoCode.objects.update_code(leaked.pk, tenant=tenant, bonus_value=Decimal("5.00"))  # a colleague, meanwhile
+    shown = {f"seen_{pk}": state for pk, state in page.context["selected"]}
+    reported = texts(admin_client.post(url, {**chosen, "apply": "1", **shown}, follow=True))
+    assert "Deactivated 1 promo code." in reported, reported
+    assert not PromoCode.objects.get(pk=leaked.pk).is_active
 
 
 def test_money_and_irreversible_actions_ask_first(admin_client, tenant):
