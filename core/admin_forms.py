@@ -14,6 +14,7 @@ committed meanwhile. ``GuardedChangeFormMixin`` replaces it:
 """
 
 import functools
+import json
 
 from django import forms
 from django.contrib import messages
@@ -219,6 +220,8 @@ class ChangedFieldsOnlyMixin:
                 super().__init__(*args, **kwargs)
                 for field in self.fields.values():
                     field.show_hidden_initial = True
+                    if issubclass(field.hidden_widget, forms.MultipleHiddenInput):
+                        field.hidden_widget = ShownChoicesInput
 
             def _save_m2m(self):  # what form.save_m2m() runs: the admin's save_related calls it
                 save_changed_relations(self)
@@ -238,6 +241,25 @@ class ChangedFieldsOnlyMixin:
         return None
 
 
+class ShownChoicesInput(forms.HiddenInput):
+    """What a multiple choice showed, as one hidden input (a JSON list), posted even when the list is empty.
+
+    Django's MultipleHiddenInput writes one input per value, so an empty list posts nothing; a page shown
+    again after an error then takes the operator's own selection for what it first showed, and the next
+    Save sees no change: a group added on that page was silently dropped.
+    """
+
+    def format_value(self, value):
+        return json.dumps([str(item) for item in value or ()])
+
+    def value_from_datadict(self, data, files, name):
+        try:
+            shown = json.loads(data.get(name) or "[]")
+        except ValueError:
+            return []  # not a page's: nothing was shown, so nothing is taken away
+        return [str(item) for item in shown] if isinstance(shown, list) else []
+
+
 def save_changed_relations(form):
     """Apply to each many-to-many field the operator changed only what they added and removed, against the
     values the page showed (its hidden initial); leave the others as they now stand. The row is locked first
@@ -250,19 +272,22 @@ def save_changed_relations(form):
     if not still_there.values_list("pk", flat=True):
         raise DeletedMeanwhile()
     for field in changed:
-        bound, pk = form[field.name], field.related_model._meta.pk
+        bound, related = form[field.name], field.related_model
+        key = bound.field.to_field_name or related._meta.pk.name  # what the choices post: pk, or to_field_name
         posted = bound.field.hidden_widget().value_from_datadict(form.data, form.files, bound.html_initial_name)
-        shown = set(_parsed(pk, posted or ()))
-        chosen = {item.pk for item in form.cleaned_data[field.name]}
-        related = getattr(instance, field.name)
-        related.remove(*(shown - chosen))
-        related.add(*(chosen - shown))
+        valid = list(_parsed(related._meta.get_field(key), posted or ()))
+        shown = set(related._default_manager.filter(**{f"{key}__in": valid}))  # the rows still there
+        chosen = set(form.cleaned_data[field.name])
+        relation = getattr(instance, field.name)
+        relation.remove(*(shown - chosen))
+        relation.add(*(chosen - shown))
 
 
-def _parsed(pk, values):
-    """The primary keys among ``values`` (a hidden input's strings); one that does not parse was never shown."""
+def _parsed(key, values):
+    """The values of the model field ``key`` among ``values`` (a hidden input's strings); one that does not
+    parse was never shown."""
     for value in values:
         try:
-            yield pk.to_python(value)
+            yield key.to_python(value)
         except ValidationError:
             continue

@@ -4,7 +4,9 @@ Every registered model admin is tried with the demo tenant's rows (``seed_demo``
 bookings with checkouts, promo codes and usages, sessions, profiles and their history, proposals).
 """
 
+import html
 import io
+import json
 import re
 
 import pytest
@@ -22,6 +24,7 @@ from rest_framework.authtoken.models import Token, TokenProxy
 from bookings.models import Booking, Package, PaymentEvent
 from bookings.services import start_checkout
 from core.admin_actions import BadInputMixin
+from core.admin_forms import ShownChoicesInput
 from core.admin_scope import TenantScopedAdminMixin
 from core.models import IdempotencyKey, Membership, Notification, Tenant
 from profiles.models import Profile
@@ -238,7 +241,9 @@ def form_data(page):
     data = {}
     for bound in page.context["adminform"].form:
         data.update(shown(bound, bound.html_name))
-        if bound.field.show_hidden_initial:
+        if isinstance(bound.field.hidden_widget(), ShownChoicesInput):  # one input, whatever it holds
+            data[bound.html_initial_name] = bound.field.hidden_widget().format_value(bound.value())
+        elif bound.field.show_hidden_initial:
             data.update(shown(bound, bound.html_initial_name))
     for inline in page.context["inline_admin_formsets"]:
         for form in [inline.formset.management_form, *inline.formset.forms]:
@@ -650,6 +655,25 @@ def test_a_user_save_changes_only_the_groups_the_operator_added_or_removed(admin
     data["groups"] = [auditors.pk]  # this operator: writers taken away (and readers, which is already gone)
     assert admin_client.post(change, data).status_code == 302
     assert set(mallory.groups.all()) == {auditors}
+
+
+@pytest.mark.django_db
+def test_a_group_added_on_a_user_page_shown_again_after_an_error_is_saved(admin_client, django_user_model):
+    """Regression: Django posts a multiple choice's shown values one input each, so an empty list posts
+    nothing; the page shown again after an error then took the operator's selection for what it had shown,
+    and the corrected Save added no group, though it said "changed successfully"."""
+    writers = Group.objects.create(name="writers")
+    newcomer = django_user_model.objects.create_user("newcomer", password="pw")
+    change = url(django_user_model, "change", newcomer.pk)
+    data = form_data(admin_client.get(change))
+    data.update(groups=[writers.pk], email="not an address")
+    again = admin_client.post(change, data)
+    assert again.status_code == 200 and again.context["adminform"].form.errors  # shown again, with the error
+    rendered = re.search(r'name="initial-groups" value="([^"]*)"', again.content.decode())
+    assert rendered and json.loads(html.unescape(rendered.group(1))) == []  # still what it first showed
+    data.update(email="newcomer@example.com", **{"initial-groups": html.unescape(rendered.group(1))})
+    assert admin_client.post(change, data).status_code == 302
+    assert list(newcomer.groups.all()) == [writers]
 
 
 @pytest.mark.django_db
