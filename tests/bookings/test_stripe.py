@@ -1,6 +1,9 @@
 """The Stripe provider's mapping, checked against recorded Stripe payloads (no network here)."""
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
@@ -195,3 +198,16 @@ def test_provider_choice(settings):
     assert get_provider().name == "stripe"
     settings.PAYMENT_PROVIDER = "sandbox"
     assert get_provider().name == "sandbox"
+
+
+@pytest.mark.parametrize("minutes,starts", [("1380", True), ("1381", False), ("0", False)])
+def test_a_hold_longer_than_stripe_lets_its_session_last_is_a_configuration_error(minutes, starts):
+    """A session lasts the hold and 32 minutes more; Stripe refuses one lasting over 24 hours: every checkout of
+    a longer hold would fail, so the server does not start with one."""
+    env = {**os.environ, "BOOKING_HOLD_TTL_MINUTES": minutes, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (started.returncode == 0) == starts, started.stderr[-500:]
+    if not starts:
+        assert f"BOOKING_HOLD_TTL_MINUTES={minutes}: expected 1 to 1380" in started.stderr
