@@ -9,7 +9,15 @@ from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
 from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
 from core.history import tracked
-from core.integrity import BumpVersion, FrozenColumns, GuardedModel, StateMachine, VersionOnlyIncreases, within
+from core.integrity import (
+    BumpVersion,
+    FrozenColumns,
+    GuardedModel,
+    SetOnce,
+    StateMachine,
+    VersionOnlyIncreases,
+    within,
+)
 
 # What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
 PACKAGE_EDITABLE = ("name", "price", "currency", "is_active", "daily_capacity")
@@ -216,6 +224,10 @@ class Booking(GuardedModel):
             VersionOnlyIncreases(name="booking_version_transition"),
             # the place counted under the date's lock and the money charged: moving them skips both guards
             FrozenColumns(name="booking_terms_transition", fields=("tenant", "package", "date", "amount", "currency")),
+            # when it was confirmed, when cancelled: written by that transition, never again (a second "confirm"
+            # of a confirmed booking leaves its status as it is, which the machine does not see); named to
+            # fire after the machine, so a status move is refused as what it is
+            SetOnce(name="booking_times_set_once_transition", fields=("confirmed_at", "cancelled_at")),
         ]
 
     def __str__(self):

@@ -9,6 +9,7 @@ from core.integrity import (
     BumpVersion,
     FrozenColumns,
     GuardedModel,
+    SetOnce,
     StateMachine,
     VersionOnlyIncreases,
     refusal_sql,
@@ -197,6 +198,8 @@ class Proposal(GuardedModel):
             VersionOnlyIncreases(name="proposal_version_transition"),
             # what the assistant proposed and to whom: a raw UPDATE moving it would book another date
             FrozenColumns(name="proposal_terms_transition", fields=("tenant", "session_id", "package", "date")),
+            # a rejection's time, written once (a confirmation's and an execution's are cleared by a reopen)
+            SetOnce(name="proposal_times_set_once_transition", fields=("rejected_at",)),
         ]
 
     def __str__(self):

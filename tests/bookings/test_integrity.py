@@ -15,6 +15,7 @@ from core.exceptions import GuardedWriteError, TransitionRefused
 from core.guards import database_refusals
 from core.integrity import state_machines
 from tests.bookings.factories import PackageFactory, future
+from tests.refusals import refused_by
 
 
 def machine(model, field):
@@ -49,15 +50,22 @@ def force_state(model, pk, field, value):
     sql(f'ALTER TABLE {table} ENABLE TRIGGER "{trigger}"')
 
 
-@pytest.fixture
-def checkout_row(tenant):
-    """A booking and its checkout, with every column a state's CHECK asks for already filled."""
+def held_checkout(tenant):
+    """A held booking and its open checkout, as a checkout leaves them."""
     package = PackageFactory(tenant=tenant, daily_capacity=1)
     booking = start_checkout(
         tenant=tenant, package_id=package.pk, date=future(), customer_name="Ann", customer_email="ann@example.com"
     )
-    Booking.objects.filter(pk=booking.pk).update(confirmed_at=Now())
     return Checkout.objects.get(booking=booking)
+
+
+@pytest.fixture
+def checkout_row(tenant):
+    """A booking and its checkout, with every column a state's CHECK asks for already filled (so only the
+    machines judge a move; a stamp once set never changes, so no operation that writes it is run on it)."""
+    checkout = held_checkout(tenant)
+    Booking.objects.filter(pk=checkout.booking_id).update(confirmed_at=Now())
+    return checkout
 
 
 @pytest.mark.parametrize(
@@ -175,8 +183,24 @@ def test_a_full_save_of_a_guarded_row_fails_loudly_and_writes_nothing(checkout_r
             row.save(update_fields=fields)
 
 
-def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit(checkout_row):
-    booking = Booking.objects.get(pk=checkout_row.booking_id)
+def test_when_a_booking_was_confirmed_or_cancelled_never_changes_whoever_writes(tenant):
+    """booking_times_set_once_transition: a second "confirm" written straight to a confirmed booking (its time
+    rewritten, its status left as it is, which the machine does not see) is refused, as is a cancellation's."""
+    confirmed = Booking.objects.get(pk=held_checkout(tenant).booking_id)
+    with transaction.atomic():
+        Booking.objects.confirm_payment(confirmed.pk)
+    rows = Booking.objects.filter(pk=confirmed.pk)
+    first = rows.get().confirmed_at
+    assert refused_by(lambda: rows.update(confirmed_at=Now())) == "booking_times_set_once_transition"
+    assert refused_by(lambda: rows.update(status="confirmed", confirmed_at=None)) == "booking_times_set_once_transition"
+    Booking.objects.cancel(confirmed.pk)
+    assert refused_by(lambda: rows.update(cancelled_at=Now())) == "booking_times_set_once_transition"
+    stored = rows.get()
+    assert stored.confirmed_at == first and stored.cancelled_at is not None
+
+
+def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit(tenant):
+    booking = Booking.objects.get(pk=held_checkout(tenant).booking_id)
     assert booking.version == 1
     booking.customer_email = "new@example.com"
     booking.save(update_fields=["customer_email"])

@@ -167,6 +167,17 @@ def test_the_database_refuses_to_unlink_a_live_or_paid_booking(tenant, recording
     assert Proposal.objects.get(pk=proposal.pk).booking_id == linked.pk
 
 
+def test_when_a_proposal_was_rejected_never_changes_whoever_writes(tenant):
+    proposal = make_proposal(tenant)
+    Proposal.objects.reject(proposal.pk, tenant=tenant, session_id=proposal.session_id)
+    rows = Proposal.objects.filter(pk=proposal.pk)
+    rejected_at = rows.get().rejected_at
+    assert rejected_at is not None
+    assert refused_by(lambda: rows.update(rejected_at=Now())) == "proposal_times_set_once_transition"
+    assert refused_by(lambda: rows.update(rejected_at=None)) == "proposal_times_set_once_transition"
+    assert rows.get().rejected_at == rejected_at
+
+
 def test_the_database_refuses_to_move_an_executed_proposal_to_another_booking(tenant, recording_provider):
     """Regression: only an unlink was judged, so a raw UPDATE moving an executed proposal from its lapsed
     booking to another (another date's, another shop's) passed every trigger and CHECK."""
