@@ -55,7 +55,8 @@ class BadInputMixin:
         return _are_row_ids(self.model, request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
 
     def get_changelist(self, request, **kwargs):
-        return BadInputChangeList
+        # the model admin's own list (DRF's tokens link each row by its user) with the refusals below
+        return _refusing_bad_input(super().get_changelist(request, **kwargs))
 
     def get_search_results(self, request, queryset, search_term):
         if "\x00" in search_term:
@@ -83,6 +84,14 @@ class BadInputChangeList(ChangeList):
             return super().get_results(request)
         except (DataError, ValueError, OverflowError) as exc:  # counted: the database refused a value
             raise IncorrectLookupParameters(exc) from exc
+
+
+@functools.cache
+def _refusing_bad_input(changelist):
+    """``changelist`` (a ChangeList class) whose bad filter parameters are BadInputChangeList's refusals."""
+    if issubclass(changelist, BadInputChangeList):
+        return changelist
+    return type(changelist.__name__, (BadInputChangeList, changelist), {"__module__": __name__})
 
 
 def _are_row_ids(model, values):

@@ -716,6 +716,19 @@ def test_a_user_deleted_before_a_save_of_their_groups_is_refused_not_a_server_er
 
 
 @pytest.mark.django_db
+def test_each_token_on_the_list_links_to_its_page(admin_client, django_user_model):
+    """Regression: the list's bad-input guard replaced DRF's, which links a token by its user: every row's link
+    led to "doesn't exist", so a leaked token could not be reached (and revoked) from the list."""
+    user = django_user_model.objects.create_user("api-client", password="pw")
+    Token.objects.create(user=user)
+    listing = admin_client.get(url(TokenProxy, "changelist"))
+    assert listing.status_code == 200
+    link = url(TokenProxy, "change", user.pk)
+    assert f'href="{link}"' in listing.content.decode()
+    assert admin_client.get(link).status_code == 200
+
+
+@pytest.mark.django_db
 def test_a_token_page_opened_before_the_token_was_revoked_cannot_bring_it_back(admin_client, django_user_model):
     """Regression: a token's page saved the token by its key; a Save after a colleague revoked (deleted) it
     inserted the revoked key again. Tokens are made and revoked, never changed: the page is view-only."""
