@@ -241,3 +241,13 @@ def test_promo_code_create_honours_the_idempotency_key(api_client, tenant):
 def test_an_id_that_is_not_a_number_is_the_json_404_whatever_the_method(api_client, tenant, method):
     response = getattr(api_client, method)(f"{BASE}/packages/null,null")
     assert_error(response, 404, "not_found")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("version", ["%0A", "1%0D%0ASet-Cookie:%20x=1", "2"])
+def test_a_version_asked_of_the_schema_is_ignored_never_a_server_error(client, version):
+    """Regression: drf-spectacular put ``?version=`` unchecked in Content-Disposition: a newline was a 500
+    (for anyone: the schema is public), after building the whole schema."""
+    answer = client.get(f"/api/schema/?version={version}")
+    assert answer.status_code == 200
+    assert answer["Content-Disposition"] == 'inline; filename="Lockstep API.yaml"'
