@@ -1,14 +1,18 @@
 import functools
 
 from django import forms
-from django.contrib import admin
+from django.apps import apps
+from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import transaction
 from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
 from rest_framework.authtoken import admin as authtoken_admin
@@ -282,13 +286,40 @@ class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
         return request.user.is_active and request.user.is_superuser  # the queue is shared by every tenant
 
 
+def retry_jobs(modeladmin, request, queryset):
+    """procrastinate's *Retry Job*, one job at a time: a job whose task already has a run waiting (a sweep's
+    queueing lock allows one) is left as it is and named, where procrastinate's action answered 500 after
+    retrying the jobs before it."""
+    manager = apps.get_app_config("procrastinate").app.job_manager
+    retried, left = 0, []
+    for job in queryset.filter(status__in=("failed", "doing")).order_by("pk"):
+        try:
+            with transaction.atomic():  # the refused UPDATE rolls back alone
+                manager.retry_job_by_id(job.id, timezone.now(), job.priority, job.queue_name, job.lock)
+        except procrastinate_exceptions.UniqueViolation:
+            left.append(job.pk)
+            continue
+        retried += 1
+    if retried:
+        modeladmin.message_user(
+            request, ngettext("Retried %(n)d job.", "Retried %(n)d jobs.", retried) % {"n": retried}
+        )
+    if left:
+        modeladmin.message_user(
+            request,
+            _("Left as they are, a run of the same task being already queued: #%(ids)s.")
+            % {"ids": ", #".join(map(str, left))},
+            messages.WARNING,
+        )
+
+
 class JobAdmin(BadInputMixin, procrastinate_admin.ProcrastinateJobAdmin):
     """The job queue's own admin, its retry/cancel/abort actions kept to superusers: the queue is
     shared by every tenant, and procrastinate declares no permission on them."""
 
     actions = [
         admin.action(permissions=["operate"], description=function.short_description)(
-            functools.wraps(function)(functools.partial(function))
+            functools.wraps(function)(functools.partial(retry_jobs if function.__name__ == "retry" else function))
         )
         for function in procrastinate_admin.ProcrastinateJobAdmin.actions
     ]

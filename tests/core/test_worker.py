@@ -255,6 +255,26 @@ def test_only_a_superuser_is_offered_the_queues_actions(db, client, admin_client
     assert ProcrastinateJob.objects.get(pk=job.pk).status == "cancelled"
 
 
+def test_retrying_two_failed_runs_of_one_sweep_queues_one_and_names_the_other(db, admin_client):
+    """Regression: a sweep's queueing lock allows one waiting run; procrastinate's Retry queued the first of two
+    failed runs, then answered 500 on the second (the unique index), with the first already retried."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, queueing_lock, status) VALUES "
+            "('sweeps', 'sweep.expire_holds', 'sweep.expire_holds', 'sweep.expire_holds', 'failed'), "
+            "('sweeps', 'sweep.expire_holds', 'sweep.expire_holds', 'sweep.expire_holds', 'failed') RETURNING id"
+        )
+        first, second = sorted(row[0] for row in cursor.fetchall())
+    listing = "/admin/procrastinate/procrastinatejob/"
+    answer = admin_client.post(listing, {"action": "retry", "_selected_action": [first, second]}, follow=True)
+    assert answer.status_code == 200
+    statuses = dict(ProcrastinateJob.objects.filter(pk__in=(first, second)).values_list("pk", "status"))
+    assert statuses == {first: "todo", second: "failed"}
+    told = [str(message) for message in answer.context["messages"]]
+    assert "Retried 1 job." in told
+    assert f"Left as they are, a run of the same task being already queued: #{second}." in told
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_sweep_slower_than_its_period_keeps_one_run_waiting_not_one_per_period():
     """Regression: each period of a sweep still running queued one more run behind its lock (seven after
