@@ -8,6 +8,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
@@ -18,11 +20,18 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from rest_framework.authtoken import admin as authtoken_admin
 from rest_framework.authtoken.models import TokenProxy
 
-from core.admin_actions import ActionsOnlyMixin, BadInputMixin, carried_version, row_action, seen_version
+from core.admin_actions import (
+    ActionsOnlyMixin,
+    BadInputMixin,
+    carried_version,
+    refusal_text,
+    row_action,
+    seen_version,
+)
 from core.admin_forms import ChangedFieldsOnlyMixin, DeleteAtSeenVersionMixin, GuardedChangeFormMixin, RefusalMixin
 from core.admin_history import RowHistoryMixin
 from core.admin_scope import MANAGE_MEMBERS, TenantScopedAdminMixin
-from core.exceptions import MemberAlreadyExists
+from core.exceptions import DeletedMeanwhile, MemberAlreadyExists
 from core.models import SENDING_LEFT_AFTER, IdempotencyKey, Membership, Notification, Tenant
 
 
@@ -332,10 +341,31 @@ admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, JobAdmin)
 
 
+class PasswordOnlyChangeForm(auth_admin.AdminPasswordChangeForm):
+    """Django's password page saves the whole user row as it read it (``user.save()``, after hashing for up to a
+    second): a colleague's deactivation committed meanwhile was undone. This one writes the password alone."""
+
+    def save(self, commit=True):
+        user = super().save(commit=False)  # hashed (or made unusable) on the instance
+        if commit and not type(user)._default_manager.filter(pk=user.pk).update(password=user.password):
+            raise DeletedMeanwhile()
+        return user
+
+
 # Django's own user and group pages, and DRF's tokens, with the same guard on their actions and filters.
 class UserAdmin(BadInputMixin, ChangedFieldsOnlyMixin, RefusalMixin, auth_admin.UserAdmin):
     """A user's deletion takes their memberships with it: refused (said on the list) where it would leave
-    a tenant without an owner. A Save writes only what the operator changed (ChangedFieldsOnlyMixin)."""
+    a tenant without an owner. A Save writes only what the operator changed (ChangedFieldsOnlyMixin), and
+    the password page only the password."""
+
+    change_password_form = PasswordOnlyChangeForm
+
+    def user_change_password(self, request, id, form_url=""):
+        try:
+            return super().user_change_password(request, id, form_url)
+        except DeletedMeanwhile as refusal:  # deleted after the page read it: nothing written
+            self.message_user(request, refusal_text(refusal), messages.ERROR)
+            return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"))
 
 
 class GroupAdmin(BadInputMixin, ChangedFieldsOnlyMixin, RefusalMixin, auth_admin.GroupAdmin):

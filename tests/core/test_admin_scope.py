@@ -716,6 +716,52 @@ def test_a_user_deleted_before_a_save_of_their_groups_is_refused_not_a_server_er
 
 
 @pytest.mark.django_db
+def test_a_password_set_while_a_colleague_deactivates_the_user_keeps_them_deactivated(
+    admin_client, django_user_model, monkeypatch
+):
+    """Regression: the password page saved the whole user row as it had read it, after hashing the password
+    (up to a second): a deactivation committed meanwhile was undone, and the user's tokens worked again."""
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+    mallory = django_user_model.objects.create_user("mallory", password="old", is_staff=True)
+    hashing = AbstractBaseUser.set_password
+
+    def hashing_while_a_colleague_deactivates(user, raw):
+        hashing(user, raw)
+        django_user_model.objects.filter(pk=user.pk).update(is_active=False, is_staff=False)
+
+    monkeypatch.setattr(AbstractBaseUser, "set_password", hashing_while_a_colleague_deactivates)
+    page = url(django_user_model, "password_change", mallory.pk)
+    new = {"password1": "a new Passw0rd!", "password2": "a new Passw0rd!", "usable_password": "true"}
+    assert admin_client.post(page, new).status_code == 302
+    mallory.refresh_from_db()
+    assert (mallory.is_active, mallory.is_staff) == (False, False)
+    assert mallory.check_password("a new Passw0rd!")
+
+
+@pytest.mark.django_db
+def test_a_password_set_for_a_user_deleted_meanwhile_is_refused_not_a_server_error(
+    admin_client, django_user_model, monkeypatch
+):
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+    gone = django_user_model.objects.create_user("gone", password="old")
+    hashing = AbstractBaseUser.set_password
+
+    def hashing_while_a_colleague_deletes(user, raw):
+        hashing(user, raw)
+        django_user_model.objects.filter(pk=user.pk).delete()
+
+    monkeypatch.setattr(AbstractBaseUser, "set_password", hashing_while_a_colleague_deletes)
+    page = url(django_user_model, "password_change", gone.pk)
+    new = {"password1": "a new Passw0rd!", "password2": "a new Passw0rd!", "usable_password": "true"}
+    answer = admin_client.post(page, new, follow=True)
+    assert answer.status_code == 200
+    told = [str(message) for message in answer.context["messages"]]
+    assert "Someone else deleted this while it was being saved. (not_found)" in told, told
+
+
+@pytest.mark.django_db
 def test_each_token_on_the_list_links_to_its_page(admin_client, django_user_model):
     """Regression: the list's bad-input guard replaced DRF's, which links a token by its user: every row's link
     led to "doesn't exist", so a leaked token could not be reached (and revoked) from the list."""
