@@ -25,6 +25,9 @@ error with free text; ours raises a check violation that names itself, so a refu
 maps to a stable error code.
 """
 
+import functools
+import operator
+
 import pgtrigger
 from django.db import models
 from django.db.models import Q
@@ -133,37 +136,33 @@ class FrozenColumns(pgtrigger.Trigger):
         )
 
 
-class SetOnce(pgtrigger.Trigger):
+class SetOnce(Refusal):
     """Refuse, in the database, every UPDATE that changes one of ``fields`` once it is set (not NULL): a
     stamp of what happened (used at, for that amount; approved at) is written by the transition that
     happened and never again. A state machine only sees the state change: a second "consume" of a used
     session, rewriting its amount and time with the status left ``used``, would pass it silently.
 
-    ``name`` ends in ``_transition``: the refusal is 409 ``invalid_transition`` (``set->altered``).
+    The trigger's WHEN clause judges the row, so an UPDATE that sets no stamp anew (every guarded write but
+    a rewrite) never calls its function. ``name`` ends in ``_transition``: the refusal is 409
+    ``invalid_transition`` (``set->altered``). PostgreSQL runs a table's triggers in name order: name it to
+    sort after the state machine's, so a status move that also clears a stamp is refused as the move it is.
     """
 
-    when = pgtrigger.Before
     operation = pgtrigger.Update
+    detail_sql = "'set->altered'"
 
     def __init__(self, *, name, fields):
         if not name.endswith("_transition"):
             raise ValueError("A SetOnce trigger's name ends in _transition")
         self.fields = tuple(fields)
-        super().__init__(name=name)
-
-    def get_func(self, model):
-        columns = [model._meta.get_field(field).column for field in self.fields]
-        rewritten = " OR ".join(
-            f'(OLD."{column}" IS NOT NULL AND OLD."{column}" IS DISTINCT FROM NEW."{column}")' for column in columns
+        rewritten = [
+            pgtrigger.Q(**{f"old__{field}__isnull": False, f"old__{field}__df": pgtrigger.F(f"new__{field}")})
+            for field in self.fields
+        ]
+        self.message_sql = (
+            f"format('%s: %s of row %s may not change once set', TG_TABLE_NAME, '{', '.join(self.fields)}', OLD.\"id\")"
         )
-        listed = ", ".join(columns)
-        message = f"format('%s: %s of row %s may not change once set', TG_TABLE_NAME, '{listed}', OLD.\"id\")"
-        return self.format_sql(
-            f"""
-            IF {rewritten} THEN {refusal_sql(self.name, "'set->altered'", message)} END IF;
-            RETURN NEW;
-            """
-        )
+        super().__init__(name=name, condition=functools.reduce(operator.or_, rewritten))
 
 
 class StateMachine(pgtrigger.Trigger):
