@@ -715,47 +715,48 @@ def test_a_user_deleted_before_a_save_of_their_groups_is_refused_not_a_server_er
     assert not django_user_model.groups.through.objects.filter(group=readers).exists()
 
 
+NEW_PASSWORD = {"password1": "a new Passw0rd!", "password2": "a new Passw0rd!", "usable_password": "true"}
+
+
+def set_password_while(client, user, meanwhile, monkeypatch):
+    """Post ``user``'s password page, ``meanwhile(user)`` (a colleague's write) committing as it hashes."""
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+    hashing = AbstractBaseUser.set_password
+
+    def hashing_meanwhile(target, raw):
+        hashing(target, raw)
+        meanwhile(target)
+
+    monkeypatch.setattr(AbstractBaseUser, "set_password", hashing_meanwhile)
+    return client.post(url(type(user), "password_change", user.pk), NEW_PASSWORD, follow=True)
+
+
 @pytest.mark.django_db
 def test_a_password_set_while_a_colleague_deactivates_the_user_keeps_them_deactivated(
     admin_client, django_user_model, monkeypatch
 ):
     """Regression: the password page saved the whole user row as it had read it, after hashing the password
     (up to a second): a deactivation committed meanwhile was undone, and the user's tokens worked again."""
-    from django.contrib.auth.base_user import AbstractBaseUser
-
     mallory = django_user_model.objects.create_user("mallory", password="old", is_staff=True)
-    hashing = AbstractBaseUser.set_password
+    users = django_user_model.objects
 
-    def hashing_while_a_colleague_deactivates(user, raw):
-        hashing(user, raw)
-        django_user_model.objects.filter(pk=user.pk).update(is_active=False, is_staff=False)
+    def deactivated(user):
+        users.filter(pk=user.pk).update(is_active=False, is_staff=False)
 
-    monkeypatch.setattr(AbstractBaseUser, "set_password", hashing_while_a_colleague_deactivates)
-    page = url(django_user_model, "password_change", mallory.pk)
-    new = {"password1": "a new Passw0rd!", "password2": "a new Passw0rd!", "usable_password": "true"}
-    assert admin_client.post(page, new).status_code == 302
+    assert set_password_while(admin_client, mallory, deactivated, monkeypatch).status_code == 200
     mallory.refresh_from_db()
     assert (mallory.is_active, mallory.is_staff) == (False, False)
-    assert mallory.check_password("a new Passw0rd!")
+    assert mallory.check_password(NEW_PASSWORD["password1"])
 
 
 @pytest.mark.django_db
 def test_a_password_set_for_a_user_deleted_meanwhile_is_refused_not_a_server_error(
     admin_client, django_user_model, monkeypatch
 ):
-    from django.contrib.auth.base_user import AbstractBaseUser
-
     gone = django_user_model.objects.create_user("gone", password="old")
-    hashing = AbstractBaseUser.set_password
-
-    def hashing_while_a_colleague_deletes(user, raw):
-        hashing(user, raw)
-        django_user_model.objects.filter(pk=user.pk).delete()
-
-    monkeypatch.setattr(AbstractBaseUser, "set_password", hashing_while_a_colleague_deletes)
-    page = url(django_user_model, "password_change", gone.pk)
-    new = {"password1": "a new Passw0rd!", "password2": "a new Passw0rd!", "usable_password": "true"}
-    answer = admin_client.post(page, new, follow=True)
+    users = django_user_model.objects
+    answer = set_password_while(admin_client, gone, lambda user: users.filter(pk=user.pk).delete(), monkeypatch)
     assert answer.status_code == 200
     told = [str(message) for message in answer.context["messages"]]
     assert "Someone else deleted this while it was being saved. (not_found)" in told, told
