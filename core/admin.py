@@ -297,18 +297,22 @@ class NotificationAdmin(BadInputMixin, ActionsOnlyMixin, admin.ModelAdmin):
 
 def retry_jobs(modeladmin, request, queryset):
     """procrastinate's *Retry Job*, one job at a time: a job whose task already has a run waiting (a sweep's
-    queueing lock allows one) is left as it is and named, where procrastinate's action answered 500 after
-    retrying the jobs before it."""
+    queueing lock allows one), or that changed since the list was read (finished, retried by a colleague, its
+    abort completed), is left as it is and named, where procrastinate's action answered 500 after retrying
+    the jobs before it."""
     manager = apps.get_app_config("procrastinate").app.job_manager
     retried, left = 0, []
     for job in queryset.filter(status__in=("failed", "doing")).order_by("pk"):
         try:
-            with transaction.atomic():  # the refused UPDATE rolls back alone
+            with transaction.atomic():  # a refused UPDATE rolls back alone
                 manager.retry_job_by_id(job.id, timezone.now(), job.priority, job.queue_name, job.lock)
-        except procrastinate_exceptions.UniqueViolation:
+        except procrastinate_exceptions.ConnectorException:  # UniqueViolation among them
             left.append(job.pk)
             continue
-        retried += 1
+        if type(job).objects.filter(pk=job.pk, status="todo").exists():
+            retried += 1
+        else:  # a doing job whose abort was asked is ended (failed), not queued again
+            left.append(job.pk)
     if retried:
         modeladmin.message_user(
             request, ngettext("Retried %(n)d job.", "Retried %(n)d jobs.", retried) % {"n": retried}
@@ -316,7 +320,7 @@ def retry_jobs(modeladmin, request, queryset):
     if left:
         modeladmin.message_user(
             request,
-            _("Left as they are, a run of the same task being already queued: #%(ids)s.")
+            _("Left as they are (a run of the same task already waits, or the job changed meanwhile): #%(ids)s.")
             % {"ids": ", #".join(map(str, left))},
             messages.WARNING,
         )

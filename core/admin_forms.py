@@ -219,6 +219,8 @@ class ChangedFieldsOnlyMixin:
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 for field in self.fields.values():
+                    if field.disabled:  # never posted, never saved; and a user's password hash must not be shown
+                        continue
                     field.show_hidden_initial = True
                     if issubclass(field.hidden_widget, forms.MultipleHiddenInput):
                         field.hidden_widget = ShownChoicesInput

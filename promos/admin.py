@@ -227,10 +227,10 @@ class PromoCodeAdmin(
     activate_selected = row_action(
         _("Activate selected promo codes"),
         lambda promo: PromoCode.objects.set_active(
-            promo.pk, tenant=promo.tenant, active=True, shown_active=state_seen(promo)
+            promo.pk, tenant=promo.tenant, active=True, version=seen_version(promo)
         ),
         confirm={
-            "seen": shown_state,  # acted on as the page showed it (switched since: refused)
+            "seen": lambda promo: promo.version,  # as the page showed it, terms and all (changed since: refused)
             "title": _("Activate selected promo codes"),
             "explanation": _(
                 "Customers can redeem these codes again, within their dates and limits. A code deactivated "

@@ -390,7 +390,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         return promo
 
     @guarded
-    def set_active(self, promo_id, *, tenant, active, shown_active=None):
+    def set_active(self, promo_id, *, tenant, active, version=None, shown_active=None):
         """Activate or deactivate a code; return it.
 
         Locks: the code row FOR NO KEY UPDATE OF self (after SET LOCAL lock_timeout).
@@ -399,15 +399,17 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         timeout), so it commits after every reserve already holding the lock and
         before any reserve still waiting: every reserve not committed when the
         deactivation commits sees ``is_active = false`` and is refused
-        PromoInactive. ``shown_active``, when given (whether the admin's confirmation
-        page showed the code active), is checked on the locked row: a code a colleague
-        deactivated or re-activated since is refused VersionConflict, never switched
-        back; an edit of its terms meanwhile does not stand in the way (a leaked code is
-        deactivated however its dates were changed). Raises PromoNotFound,
-        VersionConflict, LockContended.
+        PromoInactive. What an admin confirmation page showed is checked on the locked
+        row, VersionConflict if it changed: for an activation, the ``version`` (a code
+        deactivated, or re-activated and taken off again, or whose terms changed since, is
+        never put in customers' hands unseen); for a deactivation, only ``shown_active``
+        (a leaked code is taken off however its dates were changed meanwhile). Raises
+        PromoNotFound, VersionConflict, LockContended.
         """
         promo = self._lock_for_edit(promo_id, tenant=tenant)
-        if shown_active is not None and shown_active != promo.is_active:
+        if (version is not None and version != promo.version) or (
+            shown_active is not None and shown_active != promo.is_active
+        ):
             raise VersionConflict(current=promo.version)
         return self._write(promo, {"is_active": active} if promo.is_active != active else {})
 

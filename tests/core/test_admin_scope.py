@@ -633,6 +633,16 @@ def test_a_user_page_opened_before_a_colleague_deactivated_them_saves_only_what_
 
 
 @pytest.mark.django_db
+def test_a_users_page_never_shows_their_password_hash(admin_client, django_user_model):
+    """Regression: every field posted the value it showed, the read-only password too: its full hash was in a
+    hidden input for any staff member who could open the page (Django's own widget masks it)."""
+    mallory = django_user_model.objects.create_user("mallory", password="pw")
+    page = admin_client.get(url(django_user_model, "change", mallory.pk)).content.decode()
+    assert mallory.password.split("$")[-1] not in page
+    assert 'name="initial-password"' not in page
+
+
+@pytest.mark.django_db
 def test_a_user_save_changes_only_the_groups_the_operator_added_or_removed(admin_client, django_user_model):
     """Regression: Django's save_m2m set every many-to-many field as the page showed it: a Save that only
     fixed a name took away a group a colleague had just granted, and gave back a permission they revoked."""

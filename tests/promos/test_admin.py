@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db
 def action(admin_client, model, name, objects):
     """Confirm ``name`` on ``objects``, each as its page would show it now (a code's state)."""
     url = reverse(f"admin:promos_{model}_changelist")
-    shown = {f"seen_{o.pk}": shown_state(type(o).objects.get(pk=o.pk)) for o in objects if isinstance(o, PromoCode)}
+    # a code's activation carries the version the page showed, its deactivation the state
+    seen = (lambda code: code.version) if name == "activate_selected" else shown_state
+    shown = {f"seen_{o.pk}": seen(type(o).objects.get(pk=o.pk)) for o in objects if isinstance(o, PromoCode)}
     return admin_client.post(
         url, {"action": name, "apply": "1", "_selected_action": [str(o.pk) for o in objects], **shown}, follow=True
     )
@@ -242,7 +244,7 @@ def test_a_code_deactivated_after_the_activate_page_showed_it_active_stays_inact
     chosen = {"action": "activate_selected", "_selected_action": [leaked.pk, other.pk]}
     page = admin_client.post(url, chosen)
     assert [str(effect) for _cells, effect in page.context["rows"]] == ["nothing: already active"] * 2
-    assert f'name="seen_{leaked.pk}" value="{shown_state(leaked)}"' in page.content.decode()
+    assert f'name="seen_{leaked.pk}" value="{leaked.version}"' in page.content.decode()
     PromoCode.objects.set_active(leaked.pk, tenant=tenant, active=False)  # a colleague, meanwhile
     shown = {f"seen_{pk}": version for pk, version in page.context["selected"]}
     reported = texts(admin_client.post(url, {**chosen, "apply": "1", **shown}, follow=True))
@@ -253,6 +255,21 @@ def test_a_code_deactivated_after_the_activate_page_showed_it_active_stays_inact
     assert PromoCode.objects.get(pk=other.pk).is_active
     without = texts(admin_client.post(url, {**chosen, "apply": "1"}, follow=True))  # a page from before
     assert sum("version_conflict" in m for m in without) == 2, without
+
+
+def test_a_leaked_code_switched_on_and_off_again_after_the_activate_page_showed_it_stays_off(admin_client, tenant):
+    """An activation carries the version the page showed, not only the state: a code a colleague activated,
+    then took off again (it leaked), reads inactive as the page showed it, and is still refused."""
+    leaked = PromoCodeFactory(tenant=tenant, code="LEAKED", is_active=False)
+    url = reverse("admin:promos_promocode_changelist")
+    chosen = {"action": "activate_selected", "_selected_action": [leaked.pk]}
+    page = admin_client.post(url, chosen)
+    PromoCode.objects.set_active(leaked.pk, tenant=tenant, active=True)  # a colleague, meanwhile,
+    PromoCode.objects.set_active(leaked.pk, tenant=tenant, active=False)  # then takes it off: it leaked
+    shown = {f"seen_{pk}": version for pk, version in page.context["selected"]}
+    reported = texts(admin_client.post(url, {**chosen, "apply": "1", **shown}, follow=True))
+    assert any(m.startswith("LEAKED") and "version_conflict" in m for m in reported), reported
+    assert not PromoCode.objects.get(pk=leaked.pk).is_active
 
 
 def test_a_code_whose_dates_were_changed_after_the_deactivate_page_showed_it_is_still_deactivated(admin_client, tenant):
