@@ -7,7 +7,8 @@ without the guard, plus the tests that should catch it. The runner copies the tr
 once (the venv is linked, not copied), applies one mutant at a time, runs its tests
 against a throwaway database and restores the file. The tree is HEAD's
 (``git archive``): commit before running. A mutant that leaves every
-test green is reported as SURVIVED and the run exits 1.
+test green is reported as SURVIVED, one whose tests only error (a broken migration,
+fixture or import: no test got to check the guard) as ERROR, and the run exits 1.
 
     .venv/bin/python tools/mutants.py            # all
     .venv/bin/python tools/mutants.py -k refund  # names containing "refund"
@@ -57,10 +58,14 @@ def run(mutant, tree, database):
         took = f"{time.monotonic() - started:.0f} s"
         if done.returncode == 0:
             return "SURVIVED", took
-        if done.returncode == 1:
-            failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-            return "KILLED", f"{took}: {failed[0] if failed else 'tests failed'}"
-        return "ERROR", f"pytest exited {done.returncode}: {done.stdout[-400:]}{done.stderr[-400:]}"
+        failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
+        if done.returncode == 1 and failed:
+            return "KILLED", f"{took}: {failed[0]}"
+        # An error is not a failed assertion: a mutant that breaks its migration, a fixture or an import
+        # errors every test before any checks the guard, so the guard is not proven by it.
+        errors = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
+        said = errors[0] if errors else done.stdout[-400:] + done.stderr[-400:]
+        return "ERROR", f"pytest exited {done.returncode}: {said}"
     finally:
         path.write_text(original)
 
