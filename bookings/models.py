@@ -1,3 +1,4 @@
+import pgtrigger
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -16,8 +17,48 @@ from core.integrity import (
     SetOnce,
     StateMachine,
     VersionOnlyIncreases,
+    refusal_sql,
     within,
 )
+
+
+class BookingOfItsPackage(pgtrigger.Trigger):
+    """Refuse, in the database, a booking that is not its package's: made under another tenant (that shop
+    would list, cancel and refund it), in another currency than the package charges, or with an
+    ``exclusive`` flag that disagrees with the package's capacity (the flag is what makes the
+    one-confirmed-per-exclusive-date index the last guard against a double booking of a capacity-1 date).
+
+    Judged when the booking is made, and whenever its ``exclusive`` changes (``edit_package`` recomputes it
+    after writing the capacity; ``confirm_payment`` sets it from the capacity it read). One primary-key
+    probe of the package the hold has just read. Raises SQLSTATE 23514 named
+    ``booking_of_its_package_transition`` (409 invalid_transition, ``package->booking``).
+    """
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert | pgtrigger.UpdateOf("exclusive")
+
+    def get_func(self, model):
+        packages = model._meta.get_field("package").related_model._meta.db_table
+        message = 'format(\'%s: booking %s is not of its package %s\', TG_TABLE_NAME, NEW."id", NEW."package_id")'
+        refuse = refusal_sql(self.name, "'package->booking'", message)
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'UPDATE' THEN
+                IF OLD."exclusive" IS DISTINCT FROM NEW."exclusive" AND NOT EXISTS (
+                    SELECT 1 FROM "{packages}"
+                    WHERE "id" = NEW."package_id" AND ("daily_capacity" = 1) = NEW."exclusive"
+                ) THEN {refuse} END IF;
+                RETURN NEW;
+            END IF;
+            IF NOT EXISTS (
+                SELECT 1 FROM "{packages}"
+                WHERE "id" = NEW."package_id" AND "tenant_id" = NEW."tenant_id" AND "currency" = NEW."currency"
+                  AND ("daily_capacity" = 1) = NEW."exclusive"
+            ) THEN {refuse} END IF;
+            RETURN NEW;
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
 
 # What operators and API clients edit on a package (edit_package); a change by anyone bumps ``version``.
 PACKAGE_EDITABLE = ("name", "price", "currency", "is_active", "daily_capacity")
@@ -146,6 +187,8 @@ class Package(GuardedModel):
         triggers = [
             BumpVersion(name="package_version", fields=PACKAGE_EDITABLE),
             VersionOnlyIncreases(name="package_version_transition"),
+            # whose package it is: its bookings' tenant follows it (booking_of_its_package_transition)
+            FrozenColumns(name="package_tenant_transition", fields=("tenant",)),
         ]
 
     def __str__(self):
@@ -228,6 +271,7 @@ class Booking(GuardedModel):
             # of a confirmed booking leaves its status as it is, which the machine does not see); named to
             # fire after the machine, so a status move is refused as what it is
             SetOnce(name="booking_times_set_once_transition", fields=("confirmed_at", "cancelled_at")),
+            BookingOfItsPackage(name="booking_of_its_package_transition"),
         ]
 
     def __str__(self):
@@ -318,6 +362,15 @@ class Checkout(GuardedModel):
         triggers = [
             StateMachine(name="checkout_state_transition", field="state", transitions=CHECKOUT_TRANSITIONS),
             StateMachine(name="checkout_refund_state_transition", field="refund_state", transitions=REFUND_TRANSITIONS),
+            # the money the provider charges and refunds, and whose it is: copied from the booking by the hold
+            FrozenColumns(name="checkout_terms_transition", fields=("booking", "provider", "amount", "currency")),
+            # the provider's session and payment, once recorded: a refund of another payment, a payment matched to
+            # another session, otherwise. Named to fire after the state machines (name order).
+            SetOnce(
+                name="checkout_written_once_transition",
+                fields=("provider_checkout_id", "provider_payment_id"),
+                blank_unset=("provider_payment_id",),
+            ),
         ]
 
     def __str__(self):

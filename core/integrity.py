@@ -151,18 +151,38 @@ class SetOnce(Refusal):
     operation = pgtrigger.Update
     detail_sql = "'set->altered'"
 
-    def __init__(self, *, name, fields):
+    def __init__(self, *, name, fields, blank_unset=()):
+        """``blank_unset``: those of ``fields`` (text columns) where ``''``, not NULL, means not set yet."""
         if not name.endswith("_transition"):
             raise ValueError("A SetOnce trigger's name ends in _transition")
         self.fields = tuple(fields)
-        rewritten = [
-            pgtrigger.Q(**{f"old__{field}__isnull": False, f"old__{field}__df": pgtrigger.F(f"new__{field}")})
-            for field in self.fields
-        ]
+
+        def rewritten(field):
+            once = pgtrigger.Q(**{f"old__{field}__isnull": False, f"old__{field}__df": pgtrigger.F(f"new__{field}")})
+            return once & ~pgtrigger.Q(**{f"old__{field}": ""}) if field in blank_unset else once
+
         self.message_sql = (
             f"format('%s: %s of row %s may not change once set', TG_TABLE_NAME, '{', '.join(self.fields)}', OLD.\"id\")"
         )
-        super().__init__(name=name, condition=functools.reduce(operator.or_, rewritten))
+        super().__init__(name=name, condition=functools.reduce(operator.or_, map(rewritten, self.fields)))
+
+
+class NeverLater(Refusal):
+    """Refuse, in the database, every UPDATE that moves ``field`` (a deadline) later: a consent given until a
+    time, pushed back by a later write, would be used after it lapsed. Bringing it forward stays allowed
+    (an expiry written as it happens). ``name`` ends in ``_transition``: 409 ``invalid_transition``
+    (``earlier->later``).
+    """
+
+    operation = pgtrigger.Update
+    detail_sql = "'earlier->later'"
+
+    def __init__(self, *, name, field):
+        if not name.endswith("_transition"):
+            raise ValueError("A NeverLater trigger's name ends in _transition")
+        self.field = field
+        self.message_sql = f"format('%s: %s of row %s may not move later', TG_TABLE_NAME, '{field}', OLD.\"id\")"
+        super().__init__(name=name, condition=pgtrigger.Q(**{f"new__{field}__gt": pgtrigger.F(f"old__{field}")}))
 
 
 class StateMachine(pgtrigger.Trigger):

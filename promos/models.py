@@ -11,6 +11,7 @@ from core.integrity import (
     BumpVersion,
     FrozenColumns,
     GuardedModel,
+    NeverLater,
     SetOnce,
     StateMachine,
     VersionOnlyIncreases,
@@ -287,7 +288,7 @@ SESSION_RECORD = (
 
 
 # What a session was made for: never changed after creation, by any writer (FrozenColumns).
-SESSION_TERMS = ("tenant", "session_id", "customer", "max_amount", "currency", "secret_hash")
+SESSION_TERMS = ("tenant", "session_id", "customer", "max_amount", "currency", "secret_hash", "created_at")
 # A session's stamps: each written by the one transition that sets it, never changed after.
 SESSION_STAMPS = ("used_at", "used_amount", "approved_at", "rejected_at", "cancelled_at")
 
@@ -382,6 +383,8 @@ class RedemptionSession(GuardedModel):
             # fire after the status machine (PostgreSQL runs a table's triggers in name order): a raw "un-use"
             # clears the stamps too, and is refused as the status move it is.
             SetOnce(name="redemption_session_used_stamps_transition", fields=SESSION_STAMPS),
+            # a consent given until a time: pushed back, a lapsed one would be consumed (brought forward: expired)
+            NeverLater(name="redemption_session_expiry_transition", field="expires_at"),
         ]
 
     def __str__(self):

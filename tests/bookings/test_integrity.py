@@ -2,6 +2,7 @@
 
 import itertools
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -340,3 +341,87 @@ def test_the_database_refuses_moving_a_booking_or_changing_what_it_charged(tenan
     with pytest.raises(TransitionRefused), database_refusals(), transaction.atomic():
         Booking.objects.filter(pk=booking.pk).update(**{field: others.get(field, change[field])})
     assert terms.get() == before
+
+
+# --- rows that copy another's terms -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(amount=Decimal("1.00")), dict(currency="EUR"), dict(provider="other"), "booking"],
+    ids=lambda change: change if isinstance(change, str) else next(iter(change)),
+)
+def test_what_a_checkout_charges_and_for_which_booking_never_changes_whoever_writes(tenant, change):
+    """checkout_terms_transition: the amount the provider charges (and a refund is matched against), its
+    currency, its provider and its booking, copied from the booking by the hold, are refused any change."""
+    checkout = held_checkout(tenant)
+    if change == "booking":
+        change = dict(booking_id=held_checkout(tenant).booking_id)
+        Checkout.objects.filter(booking_id=change["booking_id"]).delete()  # the other booking's slot is free
+    rows = Checkout.objects.filter(pk=checkout.pk)
+    assert refused_by(lambda: rows.update(**change)) == "checkout_terms_transition"
+    stored = rows.get()
+    assert (stored.amount, stored.currency, stored.booking_id) == (
+        checkout.amount,
+        checkout.currency,
+        checkout.booking_id,
+    )
+
+
+def test_a_checkouts_provider_session_and_payment_are_written_once(tenant):
+    """checkout_written_once_transition: once recorded, the provider's session id and payment id never change
+    (a refund would go to another customer's payment; a payment would be matched to another session), and a
+    payment id is still recorded once where the session was opened without one (``''``: not yet)."""
+    checkout = held_checkout(tenant)
+    rows = Checkout.objects.filter(pk=checkout.pk)
+    assert checkout.provider_checkout_id and checkout.provider_payment_id == ""
+    assert refused_by(lambda: rows.update(provider_checkout_id="cs_other")) == "checkout_written_once_transition"
+    assert refused_by(lambda: rows.update(provider_checkout_id=None)) == "checkout_written_once_transition"
+    assert refused_by(lambda: rows.update(provider_payment_id="pi_first")) is None  # '' -> set: the first payment
+    assert refused_by(lambda: rows.update(provider_payment_id="pi_other")) == "checkout_written_once_transition"
+    assert refused_by(lambda: rows.update(provider_payment_id="")) == "checkout_written_once_transition"
+    assert rows.values_list("provider_checkout_id", "provider_payment_id").get() == (
+        checkout.provider_checkout_id,
+        "pi_first",
+    )
+
+
+def booking_of(package, **overrides):
+    fields = dict(
+        tenant=package.tenant,
+        package=package,
+        date=future(),
+        customer_name="A",
+        customer_email="a@example.com",
+        hold_expires_at=Now() + timedelta(minutes=5),
+        amount=package.price,
+        currency=package.currency,
+        exclusive=package.daily_capacity == 1,
+        created_at=Now(),
+    )
+    return Booking.objects.create(**{**fields, **overrides})
+
+
+def test_a_booking_not_of_its_package_is_refused_whoever_writes(tenant):
+    """booking_of_its_package_transition: a booking made under another tenant than its package's (that shop
+    would list, cancel and refund it), in another currency, or with an ``exclusive`` flag that disagrees with
+    the capacity (the flag arms the last guard of a capacity-1 date), is refused; so is a package moved to
+    another tenant (package_tenant_transition), which would take its bookings' shop with it."""
+    from tests.factories import TenantFactory
+
+    package, other = PackageFactory(tenant=tenant, daily_capacity=1), TenantFactory()
+    assert refused_by(lambda: booking_of(package, tenant=other)) == "booking_of_its_package_transition"
+    assert refused_by(lambda: booking_of(package, currency="EUR")) == "booking_of_its_package_transition"
+    assert refused_by(lambda: booking_of(package, exclusive=False)) == "booking_of_its_package_transition"
+    booking = booking_of(package)
+    rows = Booking.objects.filter(pk=booking.pk)
+    assert refused_by(lambda: rows.update(exclusive=False)) == "booking_of_its_package_transition"
+    packages = Package.objects.filter(pk=package.pk)
+    assert refused_by(lambda: packages.update(tenant=other)) == "package_tenant_transition"
+    with pytest.raises(TransitionRefused) as refusal, database_refusals(), transaction.atomic():
+        booking_of(package, tenant=other)
+    assert refusal.value.params == {"old": "package", "new": "booking"}
+    # The capacity crossing 1 still moves the flag, with the capacity written first (edit_package).
+    Package.objects.edit_package(package.pk, tenant=tenant, daily_capacity=2)
+    assert rows.get().exclusive is False
+    assert Booking.objects.filter(tenant=other).count() == 0

@@ -1,6 +1,7 @@
 """Guarded rows of the promos app: what save() may not write, and what the database itself refuses."""
 
 import itertools
+from datetime import timedelta
 from decimal import Decimal
 
 import pgtrigger
@@ -150,13 +151,15 @@ def test_a_session_is_born_pending_only(tenant, status):
         dict(customer="mallory"),
         dict(secret_hash="0" * 64),
         dict(session_id="00000000-0000-0000-0000-000000000001"),
+        dict(created_at=F("created_at") - timedelta(days=1)),
         "tenant",
     ],
     ids=lambda change: change if isinstance(change, str) else next(iter(change)),
 )
 def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change):
     """redemption_session_terms_transition: a raw UPDATE of a session's currency (or tenant, customer, limit,
-    secret, public id) is refused by the database (409 invalid_transition), not only by GuardedModel's save()."""
+    secret, public id, time of making) is refused by the database (409 invalid_transition), not only by
+    GuardedModel's save()."""
     from tests.factories import TenantFactory
 
     session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("100.00"))
@@ -179,6 +182,23 @@ def test_what_a_session_was_made_for_never_changes_whoever_writes(tenant, change
     assert (stored.secret_hash, stored.session_id) == (session.secret_hash, session.session_id)
     # What the machine moves is still free to move: the trigger freezes terms, not states.
     RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
+
+
+def test_a_sessions_expiry_is_never_pushed_back_whoever_writes(tenant):
+    """redemption_session_expiry_transition: a consent given until a time, moved later by a raw UPDATE, would be
+    consumed after it lapsed (the sweep had not reached it yet); refused (409 invalid_transition,
+    ``earlier->later``). Brought forward (an expiry written as it happens) it stays allowed."""
+    session = RedemptionSessionFactory(tenant=tenant, status="approved", max_amount=Decimal("100.00"))
+    rows = RedemptionSession.objects.filter(pk=session.pk)
+    later = dict(expires_at=F("expires_at") + timedelta(days=30))
+    assert refused_by(lambda: rows.update(**later)) == "redemption_session_expiry_transition"
+    with pytest.raises(TransitionRefused) as refusal, database_refusals(), transaction.atomic():
+        rows.update(**later)
+    assert refusal.value.params == {"old": "earlier", "new": "later"}
+    assert rows.get().expires_at == session.expires_at
+    assert refused_by(lambda: rows.update(expires_at=ClockNow() - timedelta(seconds=1))) is None
+    with pytest.raises(errors.SessionExpired):
+        RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
 
 
 @pytest.mark.parametrize(
