@@ -319,7 +319,8 @@ def hold_sql(origin, then=None):
 SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.key, 0))
   ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END
  FROM unnest(('{{bookings.package:' || :package_id || ',bookings.date:' || :package_id || ':' || {DAY} || '}}')::text[],
-  '{{t,f}}'::boolean[]) AS t(key, shared) \\;
+  '{{t,f}}'::boolean[]) AS t(key, shared)
+ WHERE EXISTS (SELECT 1 FROM "bookings_package" WHERE "id" = :package_id AND "tenant_id" = :tenant) \\;
 SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
   current_date, clock_timestamp(), p.name FROM bookings_package p WHERE p.id = :package_id \\gset

@@ -83,14 +83,25 @@ def lock_package_exclusive(package_id, *, using):
     advisory_xact_lock(LockNamespace.BOOKING_PACKAGE, package_id, using=using)
 
 
-def lock_place(package_id, date, *, then=None, using):
+def lock_place(package_id, date, *, tenant_id=None, then=None, using):
     """BOOKING_PACKAGE(package) shared, then BOOKING_DATE(package, date): a place's locks, in one round trip.
 
-    ``then``: a statement to run once both are held, in the same round trip; its row is returned.
+    ``tenant_id``: take them only where the package is that tenant's (a package never changes tenant:
+    ``package_tenant_transition``), so a caller naming another shop's package (the public checkout
+    takes any id) never queues for, nor holds, that shop's locks. ``then``: a statement to run once both
+    are held (or were not taken), in the same round trip; its row is returned.
     """
+    from bookings.models import Package
+
+    only_if = None
+    if tenant_id is not None:
+        table = Package._meta.db_table
+        gate = f'EXISTS (SELECT 1 FROM "{table}" WHERE "id" = %s AND "tenant_id" = %s)'  # noqa: S608
+        only_if = (gate, [package_id, tenant_id])
     return advisory_xact_locks_in_order(
         (True, LockNamespace.BOOKING_PACKAGE, package_id),
         (False, LockNamespace.BOOKING_DATE, package_id, date.isoformat()),
+        only_if=only_if,
         then=then,
         using=using,
     )
@@ -389,7 +400,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     ):
         """Hold one place on ``date`` for this customer, or refuse.
 
-        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date), until commit.
+        Locks: BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date), until commit (none when the
+        package is not ``tenant``'s).
 
         ``package`` is a Package or its id. Joins the caller's transaction (the checkout
         record joins it too). Takes BOOKING_PACKAGE(package) shared, then
@@ -412,7 +424,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             raise TypeError("then is a write of the statement recording the checkout intent: give checkout_provider")
         package_id = getattr(package, "pk", package)
         # The locks, then the place read under them: one round trip.
-        place = lock_place(package_id, date, then=self._place_statement(package_id, date), using=self.db)
+        read = self._place_statement(package_id, date)
+        place = lock_place(package_id, date, tenant_id=getattr(tenant, "pk", None), then=read, using=self.db)
         place = Place(*place) if place is not None else None
         if place is None or not place.is_active or (tenant is not None and place.tenant_id != tenant.pk):
             raise PackageNotFound()

@@ -40,18 +40,20 @@ def lock_key(namespace: LockNamespace, *parts) -> str:
     return ":".join([namespace.value, *(str(part) for part in parts)])
 
 
-def _take_advisory(connection, sql, key, shared=None, then=None, gated=None):
+def _take_advisory(connection, sql, key, shared=None, then=None, gated=None, condition=()):
     """Run ``sql``, which takes the advisory lock(s) on ``key``; return its answer (a try lock: got it?).
 
     ``key`` is a key or a list of keys; ``shared``, when given, says for each key of the list whether
     its lock is shared. ``then``, a statement (SQL, parameters), is sent in the same query after
     ``sql`` and its first row is returned instead (see ``advisory_xact_locks_in_order``). ``gated``,
     a SELECT filtering on ``TRIED``, runs in the same statement as a try lock and only where it got
-    the lock (see ``try_advisory_xact_lock``). The one place every advisory lock is taken: a control
+    the lock (see ``try_advisory_xact_lock``). ``condition``: the parameters of a condition ``sql`` ends
+    with (``advisory_xact_locks_in_order``'s ``only_if``). The one place every advisory lock is taken: a control
     test switches locks off here (tests/conftest.py, ``locks_switched_off``) to run the product's own
     code without them.
     """
     params = [key] if shared is None else [key, shared]
+    params += condition
     if then is not None:
         sql, params = f"{sql}; {then[0]}", [*params, *then[1]]
     if gated is not None:
@@ -118,13 +120,17 @@ def advisory_xact_locks(keys, using=DEFAULT_DB_ALIAS):
     _take_advisory(_require_atomic(using), sql, sorted({lock_key(key[0], *key[1:]) for key in keys}))
 
 
-def advisory_xact_locks_in_order(*locks, then=None, using=DEFAULT_DB_ALIAS):
+def advisory_xact_locks_in_order(*locks, only_if=None, then=None, using=DEFAULT_DB_ALIAS):
     """Take several advisory locks in one round trip, one after another in the order given.
 
     ``locks``: ``(shared, namespace, *parts)`` tuples; each waits as ``advisory_xact_lock_shared``
     (``shared`` true) or ``advisory_xact_lock`` would, bounded by lock_timeout. For a path whose
     locks follow the global order (docs/lock-order.md): ``unnest`` reads its arrays in order and
     the lock of each row is taken before the next row is read, as two statements would.
+
+    ``only_if``: a condition (SQL, parameters) of no row, judged once before the first lock: where it
+    is false no lock is taken (a caller that names another tenant's package never queues for, nor
+    holds, that tenant's locks; ``then`` still runs and tells the caller what it named).
 
     ``then``: a statement (SQL, parameters) to run once every lock is held, sent in the same
     query; its first row is returned (None when it selects none). Two statements of one query
@@ -136,8 +142,11 @@ def advisory_xact_locks_in_order(*locks, then=None, using=DEFAULT_DB_ALIAS):
         " ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END"
         " FROM unnest(%s::text[], %s::boolean[]) AS t(key, shared)"
     )
-    keys = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks]
-    return _take_advisory(_require_atomic(using), sql, keys, [bool(lock[0]) for lock in locks], then)
+    keys, shared = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks], [bool(lk[0]) for lk in locks]
+    if only_if is not None:  # an uncorrelated condition: the planner judges it once, before the scan
+        sql = f"{sql} WHERE {only_if[0]}"
+    condition = () if only_if is None else tuple(only_if[1])
+    return _take_advisory(_require_atomic(using), sql, keys, shared, then, condition=condition)
 
 
 def try_advisory_xact_lock(namespace: LockNamespace, *parts, gated=None, using=DEFAULT_DB_ALIAS):

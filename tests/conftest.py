@@ -119,13 +119,13 @@ def locks_switched_off(monkeypatch):
         def off(key):
             return key.startswith(prefixes) if prefixes else True
 
-        def take_the_others(connection, sql, key, shared=None, then=None, gated=None):
+        def take_the_others(connection, sql, key, shared=None, then=None, gated=None, condition=()):
             if isinstance(key, list):  # several keys in one statement (each with its mode, if given)
                 kept = [n for n, k in enumerate(key) if not off(k)]
                 if not kept:
                     return None if then is None else only(connection, then)
                 modes = None if shared is None else [shared[n] for n in kept]
-                return take(connection, sql, [key[n] for n in kept], modes, then)
+                return take(connection, sql, [key[n] for n in kept], modes, then, condition=condition)
             if off(key):  # a try lock, got; what it gates runs as it would
                 return True if gated is None else take(connection, "SELECT %s::text IS NOT NULL", key, gated=gated)
             return take(connection, sql, key, gated=gated)

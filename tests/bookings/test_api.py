@@ -374,3 +374,28 @@ def test_an_edit_of_another_tenants_package_is_not_found_without_waiting_for_its
         answer = getattr(api_client, method)(f"/api/t/acme/packages/{theirs.pk}", {"name": "Mine"}, format="json")
     assert_error(answer, 404, "package_not_found")
     assert Package.objects.get(pk=theirs.pk).name == theirs.name
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("held", ["package", "date"])
+def test_a_public_checkout_of_another_tenants_package_is_not_found_without_waiting_for_its_locks(
+    anon_client, tenant, other_tenant, held
+):
+    """Regression: the public checkout took the package's and the date's locks before its tenant was checked:
+    anyone could send another shop's package id (they are sequential), queue for and hold the locks that decide
+    that shop's dates, and read 409 resource_locked (the id exists, and a sale is under way) while they were
+    held. Now no lock is taken for another tenant's package: 404 at once, whoever holds them."""
+    from core.db import LockNamespace
+    from tests.races import advisory_locked, lock_timeout
+
+    theirs = PackageFactory(tenant=other_tenant)
+    body = checkout_body(theirs)
+    lock = (
+        (LockNamespace.BOOKING_PACKAGE, theirs.pk)
+        if held == "package"
+        else (LockNamespace.BOOKING_DATE, theirs.pk, body["date"])
+    )
+    with advisory_locked(*lock), lock_timeout(300):
+        answer = anon_client.post("/api/public/acme/checkouts", body, format="json")
+    assert_error(answer, 404, "package_not_found")
+    assert not Booking.objects.filter(package=theirs).exists()
