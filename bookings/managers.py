@@ -1099,8 +1099,12 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
         return bool(changed)
 
     @guarded
-    def refund_failed(self, checkout_id, *, error):
+    def refund_failed(self, checkout_id, *, error, answered=False):
         """Record the provider's refusal: ``pending`` -> ``failed``, due again after a backoff, or ``exhausted``.
+
+        ``answered``: the provider answered the request with its error (ProviderError.answered). The next
+        attempt then goes under a new idempotency key (``refund_key_round`` + 1): Stripe replays an answered
+        error to every retry under the old one, so retries under it would never ask again.
 
         Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
 
@@ -1122,6 +1126,7 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
                 output_field=models.DateTimeField(),
             ),
             refund_attempts=F("refund_attempts") + 1,
+            refund_key_round=F("refund_key_round") + int(answered),
             refund_error=error[:500],
             updated_at=Now(),
         )

@@ -290,7 +290,7 @@ class Checkout(GuardedModel):
     guarded_fields = (
         "state", "provider_checkout_id", "provider_payment_id", "url", "refund_state", "provider_refund_id",
         "refund_attempts", "refund_error", "amount", "currency", "booking", "next_retry_at", "refund_requested_at",
-        "failed_refund_ids",
+        "failed_refund_ids", "refund_key_round",
     )  # fmt: skip
 
     State = CheckoutState
@@ -319,6 +319,9 @@ class Checkout(GuardedModel):
         models.CharField(max_length=255), default=list, blank=True, verbose_name=_("failed refund ids")
     )
     refund_attempts = models.PositiveIntegerField(default=0, verbose_name=_("refund attempts"))
+    # Which idempotency key the next refund request goes under: raised each time the provider answered one
+    # with an error, which Stripe keeps under that key and replays to any retry with it (refund_idempotency_key).
+    refund_key_round = models.PositiveIntegerField(default=0, verbose_name=_("refund key round"))
     refund_error = models.CharField(max_length=500, blank=True, verbose_name=_("refund error"))
     # When the refund was first claimed: past the provider's idempotency window a retry first asks
     # the provider whether it already refunded (find_refund). When a failed refund is due again

@@ -244,15 +244,18 @@ def refund_booking(booking_id):
     provider = provider_for(checkout.provider)
     try:
         refund = None
-        if _past_idempotency_window(checkout, provider):
-            # The provider no longer replays this key: a refund made by an earlier attempt whose answer
-            # was lost (or whose caller died) would be made twice. Ask first; record the one found.
+        if checkout.refund_key_round or _past_idempotency_window(checkout, provider):
+            # A new key (the provider answered the last one with an error), or the provider no longer replays
+            # this one: a refund made by an earlier attempt whose answer was lost (or whose caller died) would
+            # be made twice. Ask first; record the one found.
             refund = provider.find_refund(checkout)
         if refund is None:
             refund = provider.refund(checkout, idempotency_key=refund_idempotency_key(checkout))
     except ProviderError as exc:
         logger.warning("refund failed for booking %s: %s", booking_id, exc)
-        state = Checkout.objects.refund_failed(checkout.pk, error=str(exc) or type(exc).__name__)
+        state = Checkout.objects.refund_failed(
+            checkout.pk, error=str(exc) or type(exc).__name__, answered=getattr(exc, "answered", False)
+        )
         if state == Checkout.RefundState.EXHAUSTED:
             _gave_up(booking_id, f"after {checkout.refund_attempts + 1} attempts")
         return state
@@ -330,13 +333,17 @@ def _gave_up(booking_id, why):
 
 
 def refund_idempotency_key(checkout):
-    """The provider idempotency key of a checkout's refund: the same on every attempt at one refund.
+    """The provider idempotency key of a checkout's refund: the same on every attempt at one refund that
+    the provider did not answer (a timeout, a refused connection: the refund may have been made).
 
-    A refund the provider made and then failed is recorded (``provider_refund_id``, refund
-    ``exhausted``): an operator's retry asks for a new one under a new key, since the old key
-    would replay the failed refund.
+    An attempt the provider answered with an error moves the key on (``refund_key_round``): Stripe keeps
+    that answer under the key and replays it, so a retry under it would never be a new attempt. A refund
+    the provider made and then failed is recorded (``provider_refund_id``, refund ``exhausted``): an
+    operator's retry asks for a new one under a new key, since the old key would replay the failed refund.
     """
     key = f"lockstep-refund-{checkout.pk}"
+    if checkout.refund_key_round:
+        key = f"{key}-{checkout.refund_key_round}"
     return f"{key}-after-{checkout.provider_refund_id}" if checkout.provider_refund_id else key
 
 

@@ -19,7 +19,17 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 
 
 class ProviderError(Exception):
-    """The provider refused or could not be reached; nothing was created or refunded."""
+    """The provider refused or could not be reached; nothing was created or refunded.
+
+    ``answered``: the provider answered the request with this error (an HTTP status), rather than not at
+    all (a connection refused, a timeout). Stripe keeps such an answer under the request's idempotency key
+    and replays it to every retry with that key; an unanswered request may have been made, and only a
+    retry with the same key is safe.
+    """
+
+    def __init__(self, *args, answered=False):
+        super().__init__(*args)
+        self.answered = answered
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,17 @@ class SandboxProvider(PaymentProvider):
     def refund(self, checkout, *, idempotency_key) -> ProviderRefund:
         payment = self._payment(checkout)
         with self._lock:
-            if (payment, idempotency_key) in self._by_key:  # Stripe replays the first answer for the same key
-                return self._by_key[payment, idempotency_key]
-            if payment in self._refunds:  # Stripe: charge_already_refunded
-                raise ProviderError(f"payment {payment[1] or payment[0]} was already refunded")
+            if (payment, idempotency_key) in self._by_key:  # Stripe replays the first answer for the same key,
+                answer = self._by_key[payment, idempotency_key]  # an error it answered too
+                if isinstance(answer, ProviderError):
+                    raise answer
+                return answer
+            try:
+                self.refuse_refund(checkout)
+            except ProviderError as refused:
+                if refused.answered:
+                    self._by_key[payment, idempotency_key] = refused
+                raise
             digest = hashlib.sha256(f"{idempotency_key}:{secrets.token_hex(8)}".encode()).hexdigest()[:24]
             made = ProviderRefund(id=f"re_sandbox_{digest}", status=self.refund_status)
             self._made[made.id] = made
@@ -67,6 +74,12 @@ class SandboxProvider(PaymentProvider):
                 self._refunds[payment] = made.id
             self._by_key[payment, idempotency_key] = made
             return made
+
+    def refuse_refund(self, checkout):
+        """Raise the ProviderError the provider would answer a refund of ``checkout`` with, if any (under the lock)."""
+        payment = self._payment(checkout)
+        if payment in self._refunds:  # Stripe: charge_already_refunded
+            raise ProviderError(f"payment {payment[1] or payment[0]} was already refunded", answered=True)
 
     def find_refund(self, checkout) -> ProviderRefund | None:
         with self._lock:

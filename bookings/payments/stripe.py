@@ -81,8 +81,8 @@ class StripeProvider(PaymentProvider):
                 params={"payment_intent": checkout.provider_payment_id},
                 options={"idempotency_key": idempotency_key},
             )
-        except self.stripe.StripeError as exc:
-            raise ProviderError(str(exc)) from exc
+        except self.stripe.StripeError as exc:  # no HTTP status: not answered (APIConnectionError)
+            raise ProviderError(str(exc), answered=exc.http_status is not None) from exc
         return as_refund(refund)
 
     def find_refund(self, checkout) -> ProviderRefund | None:

@@ -103,6 +103,20 @@ class LostAnswerRefundProvider(RecordingProvider):
         raise ProviderError("read timed out")
 
 
+class DecliningRefundProvider(RecordingProvider):
+    """Declines the next ``declines`` refunds with an error it answered (Stripe: ``balance_insufficient``), which,
+    like Stripe, it keeps under the request's idempotency key and replays to every retry with that key."""
+
+    name = "declining"
+    declines = 0
+
+    def refuse_refund(self, checkout):
+        if DecliningRefundProvider.declines:
+            DecliningRefundProvider.declines -= 1
+            raise ProviderError("balance_insufficient: the account's balance cannot cover the refund", answered=True)
+        super().refuse_refund(checkout)
+
+
 class ExpireDownProvider(RecordingProvider):
     """Sessions cannot be expired (the provider is unreachable for that call)."""
 

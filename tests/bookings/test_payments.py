@@ -397,6 +397,29 @@ def paid_then_cancelled(client, package, settings, provider):
     return booking
 
 
+def test_a_refund_the_provider_declined_is_asked_for_again_under_a_new_key(client, package, settings):
+    """Regression: every attempt at a refund went under one idempotency key, and Stripe keeps an error it
+    answered under its key and replays it: after a decline (a short balance, a disputed charge) every
+    retry, the backoff's and the operator's, got the same decline back without Stripe being asked again,
+    until the refund was given up. An answered error moves the key on (an unanswered one keeps it: see the
+    test below), and the provider is first asked whether a refund was made after all."""
+    from tests.bookings.providers import DecliningRefundProvider
+
+    DecliningRefundProvider.reset()
+    DecliningRefundProvider.declines = 1
+    booking = paid_then_cancelled(client, package, settings, "DecliningRefundProvider")
+    checkout = checkout_of(booking)
+    assert (checkout.refund_state, checkout.refund_attempts, checkout.refund_key_round) == ("failed", 1, 1)
+    Checkout.objects.filter(pk=checkout.pk).update(next_retry_at=Now())
+    call_command("retry_refunds", stdout=io.StringIO())
+    first = f"lockstep-refund-{checkout.pk}"
+    assert DecliningRefundProvider.keys == [first, f"{first}-1"]
+    assert DecliningRefundProvider.lookups == [booking.pk]  # asked first, under the new key
+    assert checkout_of(booking).refund_state == "succeeded"
+    booking.refresh_from_db()
+    assert booking.status == "refunded"
+
+
 def test_every_refund_call_carries_the_same_idempotency_key(client, package, settings, recording_provider):
     from tests.bookings.providers import LostAnswerRefundProvider
 
