@@ -133,8 +133,23 @@ def _replay(record):
     )
 
 
+# Answers given before the endpoint acted: the request itself was refused (a body that does not parse, a
+# field that does not validate). Stripe keeps no result for such a request, so the same key with the
+# corrected body goes through; keeping it would answer that retry 422 idempotency_key_reused for 24 h.
+NOT_ACTED = {"malformed_request", "invalid_input"}
+
+
+def _error_code(response):
+    error = response.data.get("error") if isinstance(response.data, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 def _storable(response):
-    return response.status_code < 500 and not response.has_header("Retry-After")
+    """Whether the answer is kept under its key: not a failure to retry (5xx, or anything with Retry-After: a lock
+    busy, a rate limit) and not a request refused before the endpoint acted (NOT_ACTED)."""
+    if response.status_code >= 500 or response.has_header("Retry-After"):
+        return False
+    return _error_code(response) not in NOT_ACTED
 
 
 def note_work(request, work_id):

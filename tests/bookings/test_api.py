@@ -58,6 +58,17 @@ def test_full_date_is_409_date_unavailable(anon_client, package):
     assert "fully booked" in error["message"]
 
 
+def test_a_checkout_refused_before_it_acted_leaves_its_idempotency_key_for_the_corrected_body(anon_client, package):
+    """Two-phase keys too (a checkout): a customer's mistyped e-mail, 400 invalid_input, keeps no answer, so the
+    corrected checkout with the same key holds the date (it was 422 idempotency_key_reused for 24 h)."""
+    key = {"HTTP_IDEMPOTENCY_KEY": "chk-typo"}
+    mistyped = checkout_body(package, customer={"name": "Ann", "email": "ann@"})
+    assert_error(anon_client.post("/api/public/acme/checkouts", mistyped, format="json", **key), 400, "invalid_input")
+    corrected = anon_client.post("/api/public/acme/checkouts", checkout_body(package), format="json", **key)
+    assert corrected.status_code == 201, corrected.content
+    assert Booking.objects.filter(package=package).count() == 1
+
+
 def test_checkout_with_idempotency_key_replays_the_first_answer(anon_client, package):
     first = anon_client.post(
         "/api/public/acme/checkouts", checkout_body(package), format="json", HTTP_IDEMPOTENCY_KEY="k1"

@@ -185,6 +185,26 @@ def test_redeem_returns_201_with_usage_and_is_idempotent(api_client, promo):
     assert assert_invariant(promo) == 1
 
 
+def test_a_request_refused_before_it_acted_leaves_its_idempotency_key_for_the_corrected_body(api_client, promo):
+    """As Stripe does: a body that does not validate (400 invalid_input) keeps no answer under its key, so the
+    client's corrected retry with the same key goes through (it was 422 idempotency_key_reused for 24 h). An
+    answer the endpoint gave after it acted (a refusal: 409) is kept and replayed, as before."""
+    body = {"code": "SPRING15", "customer": "alice", "amount": "400"}
+    assert_error(
+        post(api_client, "promo-codes/redeem", {**body, "amount": "4x"}, HTTP_IDEMPOTENCY_KEY="k2"),
+        400,
+        "invalid_input",
+    )
+    corrected = post(api_client, "promo-codes/redeem", body, HTTP_IDEMPOTENCY_KEY="k2")
+    assert corrected.status_code == 201, corrected.content
+    assert "Idempotent-Replayed" not in corrected
+    refused = post(api_client, "promo-codes/redeem", {**body, "code": "NOPE"}, HTTP_IDEMPOTENCY_KEY="k3")
+    assert_error(refused, 404, "promo_not_found")
+    replayed = post(api_client, "promo-codes/redeem", {**body, "code": "NOPE"}, HTTP_IDEMPOTENCY_KEY="k3")
+    assert replayed.status_code == 404 and replayed["Idempotent-Replayed"] == "true"
+    assert assert_invariant(promo) == 1
+
+
 @pytest.mark.parametrize(
     ("setup", "status", "code"),
     [
