@@ -157,6 +157,12 @@ class TenantAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdm
     def guarded_create(self, request, form):
         return form.save()
 
+    def save_related(self, request, form, formsets, change):
+        """New members first, then the delete boxes: an owner who adds the next owner and removes themselves in
+        one Save hands the tenant over (a removal is judged on the members the transaction then has)."""
+        added = [formset for formset in formsets if issubclass(formset.form, MembershipForm)]  # NewMembershipInline
+        super().save_related(request, form, added + [formset for formset in formsets if formset not in added], change)
+
     def has_delete_permission(self, request, obj=None):
         # a tenant's deletion takes every booking, code and profile with it: not an owner's call
         return request.user.is_active and request.user.is_superuser

@@ -50,6 +50,13 @@ class Conflict(DomainError):
     message = _("The request conflicts with the current state.")
 
 
+class ChangedMeanwhile(Conflict):
+    """An admin write the database refused for a reason no guard names (a foreign key to a row deleted
+    meanwhile, a unique index two pages met at once): nothing was written, and the operator is told so."""
+
+    message = _("Someone else changed this meanwhile: nothing was saved. Reload the page and try again.")
+
+
 class LockContended(Conflict):
     """Another transaction holds the lock this operation needs; retry shortly."""
 

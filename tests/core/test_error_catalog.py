@@ -31,6 +31,8 @@ ALIASES = {
     # missing thing (docs/api.md, Auth: the API never reveals which tenants exist).
     # A row deleted while an admin page saved it is missing like any other (said in the admin's words).
     "not_found": {"core.exceptions.NotFound", "core.exceptions.TenantNotFound", "core.exceptions.DeletedMeanwhile"},
+    # A refusal no guard names, said in the admin's words (the API answers the same code for it).
+    "conflict": {"core.exceptions.Conflict", "core.exceptions.ChangedMeanwhile"},
 }
 
 
