@@ -1,12 +1,16 @@
 import functools
+from datetime import timedelta
 
 from django import forms
 from django.apps import apps
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Q
+from django.db.models.functions import Now
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.urls import reverse
@@ -305,10 +309,15 @@ def retry_jobs(modeladmin, request, queryset):
     """procrastinate's *Retry Job*, one job at a time: a job whose task already has a run waiting (a sweep's
     queueing lock allows one), or that changed since the list was read (finished, retried by a colleague, its
     abort completed), is left as it is and named, where procrastinate's action answered 500 after retrying
-    the jobs before it."""
+    the jobs before it. A job still ``doing`` is retried only where its worker is gone (no heartbeat for
+    WORKER_STALLED_AFTER_S, as ``jobs.retry_stalled`` judges): a live worker's run would otherwise run twice at
+    once, or end by marking the retry succeeded, and a sweep never overlaps its own run."""
     manager = apps.get_app_config("procrastinate").app.job_manager
     retried, left = 0, []
-    for job in queryset.filter(status__in=("failed", "doing")).order_by("pk"):
+    gone = Now() - timedelta(seconds=settings.WORKER_STALLED_AFTER_S)
+    stalled = Q(status="doing") & (Q(worker__isnull=True) | Q(worker__last_heartbeat__lt=gone))
+    running = list(queryset.filter(status="doing").exclude(stalled).order_by("pk").values_list("pk", flat=True))
+    for job in queryset.filter(Q(status="failed") | stalled).order_by("pk"):
         try:
             with transaction.atomic():  # a refused UPDATE rolls back alone
                 manager.retry_job_by_id(job.id, timezone.now(), job.priority, job.queue_name, job.lock)
@@ -328,6 +337,12 @@ def retry_jobs(modeladmin, request, queryset):
             request,
             _("Left as they are (a run of the same task already waits, or the job changed meanwhile): #%(ids)s.")
             % {"ids": ", #".join(map(str, left))},
+            messages.WARNING,
+        )
+    if running:
+        modeladmin.message_user(
+            request,
+            _("Still running on a live worker, not retried: #%(ids)s.") % {"ids": ", #".join(map(str, running))},
             messages.WARNING,
         )
 

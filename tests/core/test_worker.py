@@ -393,3 +393,30 @@ def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
     bug = TypeError("a bug before the claim")
     assert waits(bug, 0) == 4 and waits(bug, NOTIFICATION_RETRIES - 1) == last_step
     assert waits(bug, NOTIFICATION_RETRIES) is None  # failed, for an operator to see
+
+
+def test_retry_job_leaves_a_job_its_live_worker_is_running_and_retries_one_whose_worker_is_gone(db, admin_client):
+    """Regression: *Retry Job* put a ``doing`` job back in the queue whoever was running it: a live worker's
+    sweep then ran twice at once (a sweep never overlaps its own run), or finished and marked the retry
+    succeeded. Only a job whose worker stopped beating (as ``jobs.retry_stalled`` judges) is retried now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO procrastinate_workers (last_heartbeat) "
+            "VALUES (now()), (now() - interval '1 hour') RETURNING id"
+        )
+        alive, dead = (row[0] for row in cursor.fetchall())
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, status, worker_id) VALUES "
+            "('sweeps', 'sweep.retry_refunds', 'sweep.retry_refunds', 'doing', %s), "
+            "('sweeps', 'sweep.expire_holds', 'sweep.expire_holds', 'doing', %s) RETURNING id",
+            [alive, dead],
+        )
+        running, stalled = (row[0] for row in cursor.fetchall())
+    listing = "/admin/procrastinate/procrastinatejob/"
+    answer = admin_client.post(listing, {"action": "retry", "_selected_action": [running, stalled]}, follow=True)
+    assert answer.status_code == 200
+    statuses = dict(ProcrastinateJob.objects.filter(pk__in=(running, stalled)).values_list("pk", "status"))
+    assert statuses == {running: "doing", stalled: "todo"}
+    told = [str(message) for message in answer.context["messages"]]
+    assert "Retried 1 job." in told
+    assert f"Still running on a live worker, not retried: #{running}." in told
