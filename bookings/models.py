@@ -402,11 +402,13 @@ class PaymentEvent(models.Model):
     # currency, an unknown checkout claiming money): nothing was changed, an operator looks at it.
     needs_review = models.BooleanField(_("needs review"), default=False, db_index=True)
     reviewed_at = models.DateTimeField(_("reviewed at"), null=True, blank=True)
+    # who looked at money that was not ours to place: a user who reviewed one is deactivated, never deleted
+    # (SET_NULL erased the name, and the event is not in the row history)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
         verbose_name=_("reviewed by"),
     )

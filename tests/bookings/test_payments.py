@@ -248,6 +248,24 @@ def test_admin_lists_events_that_need_review_with_a_filter(admin_client, client,
     assert "needs review" in admin_client.get("/admin/bookings/paymentevent/").content.decode().lower()
 
 
+def test_a_user_who_reviewed_a_payment_event_is_not_deleted_and_the_event_keeps_their_name(
+    admin_client, client, package, django_user_model
+):
+    """Regression: deleting the operator who cleared an event set its ``reviewed_by`` to nobody, and payment events
+    keep no row history: who looked at money that was not ours was lost. Their delete page now names the event
+    (Django's protected objects) and deletes nothing; deactivating them is the way to off-board."""
+    booking = book(package)
+    result_of(client, completed_event(session(booking), amount_total=1, event_id="evt_wrong_amount"))
+    flagged = PaymentEvent.objects.get(event_id="evt_wrong_amount")
+    reviewer = django_user_model.objects.create_user("reviewer", password="pw", is_staff=True)
+    assert PaymentEvent.objects.mark_reviewed(flagged.pk, operator=reviewer)
+    page = admin_client.post(f"/admin/auth/user/{reviewer.pk}/delete/", {"post": "yes"})
+    assert page.status_code == 200 and "Cannot delete user" in page.content.decode()  # the event is protected
+    assert django_user_model.objects.filter(pk=reviewer.pk).exists()
+    flagged.refresh_from_db()
+    assert flagged.reviewed_by_id == reviewer.pk
+
+
 def test_an_operator_marks_a_flagged_event_reviewed_once_and_it_leaves_the_review_list(
     admin_client, admin_user, client, package
 ):
