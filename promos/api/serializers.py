@@ -54,7 +54,8 @@ class AmountField(serializers.Field):
         raise NotImplementedError("answers write amounts with InCurrencyField")
 
 
-@extend_schema_field({**AMOUNT_OUT, "readOnly": True})
+# Written with the currency's own places, up to 4 (CLF, UYW: the 4th is always 0), as InCurrencyField's answers.
+@extend_schema_field({**AMOUNT_OUT, "pattern": r"^[0-9]+(\.[0-9]{1,4})?$", "readOnly": True})
 class BonusValueField(serializers.Field):
     """A code's ``bonus_value``: an amount in its currency (fixed) or a rate with two places (percentage)."""
 

@@ -251,3 +251,18 @@ def test_a_version_asked_of_the_schema_is_ignored_never_a_server_error(client, v
     answer = client.get(f"/api/schema/?version={version}")
     assert answer.status_code == 200
     assert answer["Content-Disposition"] == 'inline; filename="Lockstep API.yaml"'
+
+
+@pytest.mark.parametrize("currency, written", [("UYW", "0.0050"), ("KWD", "0.005"), ("JPY", "5")])
+def test_a_fixed_bonus_is_written_as_the_schema_says_in_every_currency(api_client, tenant, schema, currency, written):
+    """Regression (schemathesis, ST108): a fixed bonus is written with its currency's own places, four for UYW and
+    CLF, where the schema's pattern allowed three, so a client validating answers refused a valid code."""
+    import re
+
+    value = {"UYW": "0.005", "KWD": "0.005", "JPY": "5"}[currency]
+    body = {"code": f"B{currency}", "bonus_type": "fixed", "bonus_value": value, "currency": currency}
+    created = api_client.post(f"{BASE}/promo-codes", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["bonus_value"] == written
+    pattern = schema["components"]["schemas"]["PromoCode"]["properties"]["bonus_value"]["pattern"]
+    assert re.fullmatch(pattern, written)
