@@ -51,8 +51,8 @@ class MembershipForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.user_id:
-            self.initial["user"] = self.instance.user.get_username()
+        if self.instance.pk is not None:  # whose membership it is: shown read-only (MembershipAdmin), never posted
+            del self.fields["user"]
 
     def clean_user(self):
         User = get_user_model()
@@ -230,7 +230,10 @@ class MembershipAdmin(
         return form.save()
 
     def get_readonly_fields(self, request, obj=None):
-        return ["tenant"] if obj is not None else []
+        # Whose membership it is, too: the page named the user as it read them, and a Save posted that name
+        # back; renamed meanwhile and the name given to another account, the membership moved to that
+        # person (the name no longer matched, so it counted as changed). Another person: remove, then add.
+        return ["tenant", "user"] if obj is not None else []
 
 
 @admin.register(IdempotencyKey)
