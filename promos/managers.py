@@ -624,8 +624,10 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
     def answer(self, session_id, *, secret_hash, to_status, stamp):
         """What answering a session locks, requires and writes: ``core.decide``'s arguments."""
         return {
-            "queryset": self.filter(session_id=session_id),
-            "when": Q(secret_hash=secret_hash, status=self.model.Status.PENDING, expires_at__gt=ClockNow()),
+            # The secret in the locking query's WHERE: a caller without it never locks the row (a storm of wrong
+            # secrets would hold up the customer's answer and the shop's consume, and read 409 resource_locked).
+            "queryset": self.filter(session_id=session_id, secret_hash=secret_hash),
+            "when": Q(status=self.model.Status.PENDING, expires_at__gt=ClockNow()),
             "changes": {"status": to_status, stamp: NOW},
         }
 

@@ -671,3 +671,20 @@ def test_a_nul_in_the_id_is_not_found_with_or_without_an_idempotency_key(api_cli
     text refuses: 400 value_out_of_range instead of the 404 a malformed id gets."""
     for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "k-nul"}):
         assert_error(post(api_client, path, {"amount": "1"}, **headers), 404, code)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_a_wrong_secret_is_not_found_without_waiting_for_the_sessions_lock(anon_client, tenant, verb):
+    """Regression: approve and reject locked the session row before judging the secret: anyone with a session's
+    public id could queue for its lock, holding up the customer's own answer and the shop's consume, and read 409
+    resource_locked (the session exists, and is busy) while it was held. Without the secret no lock is taken now:
+    404 at once, whoever holds it."""
+    from tests.races import lock_timeout, row_locked
+
+    session = RedemptionSessionFactory(tenant=tenant)
+    with row_locked(RedemptionSession.objects.filter(pk=session.pk)), lock_timeout(300):
+        answer = public(anon_client, session.session_id, verb, {"approval_secret": "not-the-secret"})
+    assert_error(answer, 404, "session_not_found")
+    assert RedemptionSession.objects.get(pk=session.pk).status == "pending"
+    assert public(anon_client, session.session_id, verb, {"approval_secret": SECRET}).status_code == 200
