@@ -71,6 +71,10 @@ class CheckoutCreateView(PublicTenantMixin, APIView):
 
     throttle_classes = [CheckoutAddressThrottle, CheckoutEmailThrottle]
 
+    def get_throttles(self):
+        # only a checkout counts: an OPTIONS, a HEAD or a stray GET (405) used up a customer's budget
+        return super().get_throttles() if self.request.method == "POST" else []
+
     @extend_schema(request=CheckoutCreateInputSerializer, responses={201: CheckoutCreatedSerializer})
     @idempotent(two_phase=True)
     def post(self, request, tenant):

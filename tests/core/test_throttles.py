@@ -74,6 +74,18 @@ def test_checkouts_per_address_refuse_the_n_plus_first(settings, package):
     assert checkout(package, "c9@example.com", address="10.0.0.2").status_code == 201  # another address
 
 
+def test_only_a_checkout_counts_against_the_checkout_rate_not_an_options_head_or_get(settings, package):
+    """Regression: the throttles were the whole view's, so OPTIONS, HEAD and a stray GET (405) used up the
+    address's checkouts, as the docs say only a POST does."""
+    only(settings, checkout_address="1/minute")
+    client = APIClient(REMOTE_ADDR="10.0.0.1")
+    assert client.options(CHECKOUTS).status_code == 200
+    assert client.get(CHECKOUTS).status_code == 405
+    assert client.head(CHECKOUTS).status_code == 405
+    assert checkout(package, "c1@example.com").status_code == 201
+    assert_throttled(checkout(package, "c2@example.com"), at_most=60)
+
+
 def test_checkouts_per_email_refuse_the_n_plus_first_whatever_the_case_or_address(settings, package):
     only(settings, checkout_email="2/hour")
     assert checkout(package, "Ann@Example.com", address="10.0.0.1").status_code == 201
