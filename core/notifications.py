@@ -8,9 +8,10 @@ e-mail backend (console by default, SMTP from the environment: docs/operations.m
 
 import logging
 from dataclasses import dataclass
+from email.utils import parseaddr
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
 from django.utils import translation
 
 from core.exceptions import LockContended
@@ -63,11 +64,23 @@ def render(notification):
         return str(message.subject) % notification.context, str(message.body) % notification.context
 
 
+def message_id(notification):
+    """The notification's own Message-ID, the same on every attempt to send it.
+
+    A mail server that accepted the message but whose answer was lost (a timeout after the data went out)
+    looks like a refusal here, and the retry sends it again: under the same Message-ID, which mail
+    systems use to drop the copy. Its time of making keeps it unique where ids repeat (a restored database).
+    """
+    domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or "lockstep.invalid"
+    return f"<lockstep.notification.{notification.pk}.{notification.created_at.timestamp():.6f}@{domain}>"
+
+
 def send(notification_id):
     """Send one owed notification at most once; return whether this call sent it.
 
     Claimed (committed) before the mail server is called; a refusal from the server puts it
-    back to ``pending`` and raises ``MailRefused``, so the job's retry tries again; after the
+    back to ``pending`` and raises ``MailRefused``, so the job's retry tries again (under the same
+    Message-ID: a message the server took before its answer was lost is dropped as a copy); after the
     last retry (its ``NOTIFICATION_RETRIES + 1``-th claim) it is left ``failed``. A row busy at
     the claim raises ``LockContended``: nothing was attempted, and no attempt is counted.
     """
@@ -76,7 +89,8 @@ def send(notification_id):
         return False  # sent, being sent, or given up on by another attempt
     try:
         subject, body = render(notification)
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, notification.recipients)
+        headers = {"Message-ID": message_id(notification)}
+        EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, notification.recipients, headers=headers).send()
     except Exception as error:  # any refusal from the backend: recorded, then the job retries
         final = notification.attempts > NOTIFICATION_RETRIES
         try:

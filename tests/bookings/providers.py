@@ -133,6 +133,19 @@ class RefusingEmailBackend(BaseEmailBackend):
         raise ConnectionRefusedError("no SMTP")
 
 
+class LostAnswerEmailBackend(BaseEmailBackend):
+    """A mail server that takes the first message, then its answer is lost (a timeout after the data went out);
+    later messages are taken and answered. What it took is in ``taken`` (class-level)."""
+
+    taken = []
+
+    def send_messages(self, email_messages):
+        LostAnswerEmailBackend.taken.extend(email_messages)
+        if len(LostAnswerEmailBackend.taken) == 1:
+            raise TimeoutError("timed out waiting for the answer to the end of the data")
+        return len(email_messages)
+
+
 class InterruptedProvider(RecordingProvider):
     """While create_checkout waits on the provider, ``meanwhile()`` runs (another path's work, committed)."""
 

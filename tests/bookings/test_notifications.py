@@ -11,7 +11,7 @@ from bookings.models import Booking, Checkout
 from bookings.services import cancel_booking, refund_booking, sandbox_deliver, start_checkout
 from core.exceptions import LockContended
 from core.models import Notification
-from core.notifications import NOTIFICATION_RETRIES, MailRefused, send
+from core.notifications import NOTIFICATION_RETRIES, MailRefused, message_id, send
 from tests.bookings.factories import PackageFactory, future
 from tests.races import row_locked
 
@@ -217,6 +217,24 @@ def test_a_mail_server_refusal_is_retried_then_given_up_on(package, settings):
     row = Notification.objects.get(pk=pk)
     assert (row.status, row.attempts) == ("failed", NOTIFICATION_RETRIES + 1)  # the first attempt and 5 retries
     assert send(pk) is False  # a job's run after that sends nothing
+
+
+def test_a_message_taken_before_its_answer_was_lost_is_retried_under_the_same_message_id(package, settings):
+    """A mail server that took the message but whose answer was lost (a timeout) looks like a refusal, and the
+    retry sends it again: both copies carry the notification's own Message-ID, which mail systems use to
+    drop the second (it was a new one per attempt, so the customer got the pay link twice)."""
+    from tests.bookings.providers import LostAnswerEmailBackend
+
+    booking = book(package)
+    notification = Notification.objects.get(subject=f"booking:{booking.pk}")
+    settings.EMAIL_BACKEND = "tests.bookings.providers.LostAnswerEmailBackend"
+    LostAnswerEmailBackend.taken = []
+    with pytest.raises(MailRefused):
+        send(notification.pk)
+    assert send(notification.pk) is True
+    first, second = LostAnswerEmailBackend.taken
+    assert first.extra_headers["Message-ID"] == second.extra_headers["Message-ID"] == message_id(notification)
+    assert first.message()["Message-ID"] == message_id(notification)  # on the wire, not Django's own
 
 
 @pytest.mark.django_db(transaction=True)
