@@ -335,9 +335,9 @@ WITH booking AS (INSERT INTO bookings_booking (tenant_id, package_id, date, cust
  RETURNING bookings_booking.id, bookings_booking.created_at),
 checkout AS (INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url,
   provider_payment_id, amount, currency, error, refund_state, provider_refund_id, failed_refund_ids,
-  refund_attempts, refund_error, refund_requested_at, next_retry_at, created_at, updated_at)
+  refund_attempts, refund_key_round, refund_error, refund_requested_at, next_retry_at, created_at, updated_at)
  VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '',
-  '{{}}'::varchar(255)[], 0, '', NULL, NULL, DEFAULT, DEFAULT)
+  '{{}}'::varchar(255)[], 0, 0, '', NULL, NULL, DEFAULT, DEFAULT)
  RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at){followed}
 SELECT *, (SELECT id FROM booking) AS pgbench_booking_id, (SELECT id FROM checkout) AS pgbench_checkout_id
  FROM booking, checkout{joined} \\gset checkout_
