@@ -191,7 +191,7 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         of the package running now (they hold it shared) and new ones wait for it, so
         the occupancy it checks cannot grow before it commits. Then:
 
-        - ``version`` (optional over the API, required by the admin form): refused with
+        - ``version`` (required by the API and the admin form; optional to internal callers): refused with
           VersionConflict when the package changed since the caller read it;
         - a lower ``daily_capacity`` is refused with CapacityBelowOccupancy (naming the
           first dates) if any date from today on holds more confirmed bookings and live

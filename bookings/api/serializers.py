@@ -11,6 +11,7 @@ from core.api.inputs import (
     PRICE_PATTERN,
     CurrencyField,
     InCurrencyField,
+    OnlyVersionRequired,
     PatternField,
     StrictDateField,
     StrictInput,
@@ -64,8 +65,9 @@ class PackageCreateInputSerializer(StrictInput):
 class PackageUpdateInputSerializer(StrictInput):
     """An edit: only the fields sent are written (no defaults, so PUT never resets an omitted field).
 
-    PUT still needs ``name`` and ``price`` (as it always did); PATCH needs nothing.
-    ``version``, when sent, must be the package's current one (409 ``version_conflict``).
+    PUT still needs ``name`` and ``price`` (as it always did). ``version`` is required, PUT and PATCH alike,
+    and must be the package's current one (409 ``version_conflict``): an edit from a page or a cache read
+    before a colleague's would write back what it read (a paused package active again, an old price).
     """
 
     name = serializers.CharField(max_length=200)
@@ -73,7 +75,11 @@ class PackageUpdateInputSerializer(StrictInput):
     currency = CurrencyField(required=False)
     daily_capacity = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     active = serializers.BooleanField(source="is_active", required=False)
-    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION, required=False)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_VERSION)
+
+
+class PackagePatchInputSerializer(OnlyVersionRequired, PackageUpdateInputSerializer):
+    """PATCH: the fields to change, and the version they were read at (required, as on PUT)."""
 
 
 class PublicPackageSerializer(serializers.ModelSerializer):

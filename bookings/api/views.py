@@ -14,6 +14,7 @@ from bookings.api.serializers import (
     CheckoutCreatedSerializer,
     CheckoutCreateInputSerializer,
     PackageCreateInputSerializer,
+    PackagePatchInputSerializer,
     PackageSerializer,
     PackageUpdateInputSerializer,
     PublicPackageSerializer,
@@ -186,9 +187,7 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
 
     def _edit(self, request, pk, *, partial):
         pk = valid_id(pk, PackageNotFound)
-        data = PackageUpdateInputSerializer(data=request.data, partial=partial)
-        data.is_valid(raise_exception=True)
-        changes = dict(data.validated_data)
+        changes = validated(PackagePatchInputSerializer if partial else PackageUpdateInputSerializer, request.data)
         version = changes.pop("version", None)
         package = Package.objects.edit_package(pk, tenant=self.tenant, version=version, **changes)
         return Response(represented(PackageSerializer, package))
@@ -197,7 +196,7 @@ class PackageDetailView(TenantScopedMixin, generics.RetrieveAPIView):
     def put(self, request, tenant, pk):
         return self._edit(request, pk, partial=False)
 
-    @extend_schema(request=PackageUpdateInputSerializer, responses=PackageSerializer)
+    @extend_schema(request=PackagePatchInputSerializer, responses=PackageSerializer)
     def patch(self, request, tenant, pk):
         return self._edit(request, pk, partial=True)
 

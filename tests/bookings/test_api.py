@@ -183,7 +183,7 @@ def test_package_crud(api_client, tenant):
     pk = created.json()["id"]
     assert created.json()["active"] is True and created.json()["price"] == "99.90"
     assert api_client.get("/api/t/acme/packages").json()["results"][0]["name"] == "Boat"
-    patched = api_client.patch(f"/api/t/acme/packages/{pk}", {"active": False}, format="json")
+    patched = api_client.patch(f"/api/t/acme/packages/{pk}", {"active": False, "version": 1}, format="json")
     assert patched.status_code == 200 and patched.json()["active"] is False
     assert api_client.delete(f"/api/t/acme/packages/{pk}").status_code == 204
     assert_error(api_client.get(f"/api/t/acme/packages/{pk}"), 404, "package_not_found")
@@ -238,7 +238,9 @@ def test_package_prices_are_written_with_their_currency_decimals(api_client, ten
     )
     assert created.status_code == 201 and created.json()["price"] == shown
     package = Package.objects.get()
-    changed = api_client.patch(f"/api/t/acme/packages/{package.pk}", {"currency": "JPY"}, format="json")
+    changed = api_client.patch(
+        f"/api/t/acme/packages/{package.pk}", {"currency": "JPY", "version": package.version}, format="json"
+    )
     if currency == "JPY":
         assert changed.status_code == 200
     else:  # the kept price has decimals JPY does not: refused, nothing written
@@ -354,7 +356,7 @@ def test_a_package_may_cost_what_a_processor_charges_at_once_and_no_more(api_cli
     package = Package.objects.get()
     changed = api_client.patch(
         f"/api/t/acme/packages/{package.pk}",
-        {"price": str(Decimal(largest) * 10)},
+        {"price": str(Decimal(largest) * 10), "version": package.version},
         format="json",
     )
     error = assert_error(changed, 400, "amount_too_large")
@@ -382,7 +384,8 @@ def test_an_edit_of_another_tenants_package_is_not_found_without_waiting_for_its
 
     theirs = PackageFactory(tenant=other_tenant)
     with advisory_locked(LockNamespace.BOOKING_PACKAGE, theirs.pk), lock_timeout(300):
-        answer = getattr(api_client, method)(f"/api/t/acme/packages/{theirs.pk}", {"name": "Mine"}, format="json")
+        body = {"name": "Mine", "version": 1}
+        answer = getattr(api_client, method)(f"/api/t/acme/packages/{theirs.pk}", body, format="json")
     assert_error(answer, 404, "package_not_found")
     assert Package.objects.get(pk=theirs.pk).name == theirs.name
 

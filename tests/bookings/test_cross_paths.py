@@ -211,8 +211,9 @@ def test_capacity_edits_racing_a_storm_of_checkouts(round_, staff, tenant):
 
     The checkouts are staggered over the edits, which repeat (the PATCH raising back to 6 and lowering
     again, so each lowering can meet a checkout in flight): every edit either lands (the occupancy
-    at that moment fits) or is refused with capacity_below_occupancy (or version_conflict for the form
-    read before the storm); every checkout gets a place or date_unavailable; the places taken never
+    at that moment fits) or is refused with capacity_below_occupancy (or version_conflict: the form was
+    read before the storm, and each API edit names the version it read, which the other may have changed);
+    every checkout gets a place or date_unavailable; the places taken never
     exceed the capacity the package ends with. Never a 500.
     """
     package = PackageFactory(tenant=tenant, daily_capacity=6, price=Decimal("10.00"))
@@ -221,15 +222,18 @@ def test_capacity_edits_racing_a_storm_of_checkouts(round_, staff, tenant):
     change_url = reverse("admin:bookings_package_change", args=[package.pk])
     form = admin_change_data(admin.get(change_url), daily_capacity=3)
     apis = [staff["api"]() for _ in range(2)]
+    path = f"/api/t/acme/packages/{package.pk}"
+
+    def read(api):  # each edit names the version it read (the other API client may write in between)
+        return api.get(path).json()["version"]
+
     edits = {
         24: lambda: apis[0].put(
-            f"/api/t/acme/packages/{package.pk}",
-            {"name": package.name, "price": "10.00", "daily_capacity": 3},
-            format="json",
+            path, {"name": package.name, "price": "10.00", "daily_capacity": 3, "version": read(apis[0])}, format="json"
         ),
         # raise back to 6, then lower to 3 again: every lowering is another chance to race a checkout
         25: lambda repeat: apis[1].patch(
-            f"/api/t/acme/packages/{package.pk}", {"daily_capacity": 6 if repeat % 2 == 0 else 3}, format="json"
+            path, {"daily_capacity": 6 if repeat % 2 == 0 else 3, "version": read(apis[1])}, format="json"
         ),
     }
 
@@ -257,7 +261,7 @@ def test_capacity_edits_racing_a_storm_of_checkouts(round_, staff, tenant):
     codes = tally(outcomes[:24])
     assert set(codes) <= {"ok", "date_unavailable"}, [o.error for o in outcomes if not o.ok]
     for i in edits:
-        assert set(outcomes[i].value) <= {"edited", "capacity_below_occupancy"}, outcomes[i]
+        assert set(outcomes[i].value) <= {"edited", "capacity_below_occupancy", "version_conflict"}, outcomes[i]
     admin_result = outcomes[26].value
     assert admin_result == "edited" or "changed by someone else" in admin_result or "below" in admin_result
     final = Package.objects.get(pk=package.pk)
@@ -316,7 +320,9 @@ def test_raising_capacity_over_two_holds_on_an_exclusive_date_then_paying_both(a
     Booking.objects.filter(pk=first.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
     second = book(package, day, name="Bob")  # the date was free again
     assert Booking.objects.filter(package=package, exclusive=True).count() == 2
-    patched = api_client.patch(f"/api/t/acme/packages/{package.pk}", {"daily_capacity": 2}, format="json")
+    patched = api_client.patch(
+        f"/api/t/acme/packages/{package.pk}", {"daily_capacity": 2, "version": package.version}, format="json"
+    )
     assert patched.status_code == 200, patched.content
 
     outcomes = run_concurrently(lambda i: pay((first, second)[i].checkout), 2)
@@ -336,9 +342,8 @@ def test_lowering_capacity_between_a_hold_and_its_payment_refunds_instead_of_a_5
     day = future()
     late, live = book(package, day), book(package, day, name="Bob")
     Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
-    assert (
-        api_client.patch(f"/api/t/acme/packages/{package.pk}", {"daily_capacity": 1}, format="json").status_code == 200
-    )
+    edit = {"daily_capacity": 1, "version": package.version}
+    assert api_client.patch(f"/api/t/acme/packages/{package.pk}", edit, format="json").status_code == 200
     assert pay(live.checkout).json()["result"] == "confirmed"
     response = pay(late.checkout)
     assert response.status_code == 200 and response.json()["result"] == "refund_pending"

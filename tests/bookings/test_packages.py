@@ -144,7 +144,7 @@ def url(package):
 
 def test_put_never_resets_an_omitted_field(api_client, tenant):
     package = PackageFactory(tenant=tenant, currency="EUR", daily_capacity=4, is_active=False)
-    response = api_client.put(url(package), {"name": "Boat", "price": "99.00"}, format="json")
+    response = api_client.put(url(package), {"name": "Boat", "price": "99.00", "version": 1}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
     assert (body["currency"], body["daily_capacity"], body["active"], body["version"]) == ("EUR", 4, False, 2)
@@ -156,7 +156,7 @@ def test_put_never_resets_an_omitted_field(api_client, tenant):
         4,
         False,
     )
-    assert_error(api_client.put(url(package), {"name": "Boat"}, format="json"), 400, "invalid_input")
+    assert_error(api_client.put(url(package), {"name": "Boat", "version": 2}, format="json"), 400, "invalid_input")
 
 
 def test_patch_with_a_stale_version_is_409_and_writes_nothing(api_client, tenant):
@@ -172,12 +172,28 @@ def test_patch_with_a_stale_version_is_409_and_writes_nothing(api_client, tenant
     assert api_client.delete(url(package) + "?version=2").status_code == 204
 
 
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_an_edit_without_the_version_it_read_is_refused_and_writes_nothing(api_client, tenant, method):
+    """Regression: ``version`` was optional on PUT and PATCH: a storefront's edit from a copy read before a
+    colleague paused the package wrote back what it read, ``active`` and the old price with it, over the pause.
+    An edit must say which version it read, as a promo code's does."""
+    package = PackageFactory(tenant=tenant, name="Tour", price="450.00")
+    Package.objects.edit_package(package.pk, tenant=tenant, version=1, is_active=False)  # a colleague pauses it
+    body = {"name": "Tour", "price": "400.00", "active": True}
+    error = assert_error(getattr(api_client, method)(url(package), body, format="json"), 400, "invalid_input")
+    assert "version" in error["fields"]
+    stored = fresh(package)
+    assert (stored.is_active, stored.price, stored.version) == (False, Decimal("450.00"), 2)
+
+
 def test_api_capacity_below_occupancy_is_409_naming_the_dates(api_client, tenant):
     package = PackageFactory(tenant=tenant, daily_capacity=2)
     day = future()
     book(package, day), book(package, day)
     error = assert_error(
-        api_client.patch(url(package), {"daily_capacity": 1}, format="json"), 409, "capacity_below_occupancy"
+        api_client.patch(url(package), {"daily_capacity": 1, "version": 1}, format="json"),
+        409,
+        "capacity_below_occupancy",
     )
     assert day.isoformat() in error["message"] and error["details"]["count"] == 1
     assert fresh(package).daily_capacity == 2
@@ -192,10 +208,11 @@ def test_api_create_keeps_its_defaults_and_reports_the_version(api_client, tenan
         "active": True,
         "version": 1,
     }
+    edit = {"version": 1}
     assert_error(
-        api_client.patch("/api/t/acme/packages/99999999999999999999", {}, format="json"), 404, "package_not_found"
+        api_client.patch("/api/t/acme/packages/99999999999999999999", edit, format="json"), 404, "package_not_found"
     )
-    assert_error(api_client.patch("/api/t/acme/packages/999999", {}, format="json"), 404, "package_not_found")
+    assert_error(api_client.patch("/api/t/acme/packages/999999", edit, format="json"), 404, "package_not_found")
 
 
 # --- the admin form ----------------------------------------------------------------
