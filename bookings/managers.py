@@ -862,7 +862,18 @@ class ArrayAppend(models.Func):
     output_field = ArrayField(models.CharField(max_length=255))
 
 
+# A session ends CHECKOUT_SESSION_OUTLIVES_HOLD after its hold (Stripe's minimum life, stripe.checkout_expiry) and
+# its event comes within minutes: an open checkout still unheard this long after its hold ended lost its event.
+CHECKOUT_SESSION_OUTLIVES_HOLD = timedelta(minutes=32)
+UNHEARD_AFTER = CHECKOUT_SESSION_OUTLIVES_HOLD + timedelta(minutes=30)
+
+
 class CheckoutQuerySet(models.QuerySet):
+    def unheard(self):
+        """Checkouts still ``open`` UNHEARD_AFTER after their hold ended: the session has ended at the provider
+        (paid, or expired), and the event that should have said so never got through."""
+        return self.filter(state=self.model.State.OPEN, booking__hold_expires_at__lt=Now() - UNHEARD_AFTER)
+
     def refunds_to_retry(self, *, operator=False):
         """Refunds owed but not in flight: failed and due (its backoff over), or pending and stale (the caller
         died mid-refund). ``operator=True`` (an explicit admin retry) also takes failed ones not yet due and

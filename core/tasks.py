@@ -40,6 +40,7 @@ SWEEPS = {
     "sweep_proposals": settings.SWEEP_SCHEDULE,
     "expire_redemption_sessions": settings.SWEEP_SCHEDULE,
     "retry_refunds": settings.SWEEP_SCHEDULE,  # each refund's own backoff is in its row
+    "reconcile_checkouts": HOURLY,  # asks the provider: a lost event is found within the hour
     "prune_idempotency_keys": HOURLY,
 }
 

@@ -123,6 +123,21 @@ class PaymentProvider:
         """Make the checkout's hosted session unpayable (Stripe: expire the Checkout Session)."""
         raise NotImplementedError
 
+    def checkout_outcome(self, checkout) -> "ProviderEvent | None":
+        """How the checkout's hosted session ended, as the event that should have told it (a payment
+        ``checkout.session.completed``, or ``checkout.session.expired``), under an id of its own
+        (``lookup_<session>_<type>``: a second look-up is the same event, and the inbox takes it once);
+        None while the session is still open. For ``reconcile_checkouts``: a webhook that never got
+        through (an outage longer than the provider's retries, a wrong signing secret)."""
+        raise NotImplementedError
+
+
+def looked_up_event(session: dict, event_type: str) -> "ProviderEvent":
+    """The event a provider's session (a Stripe-shaped ``checkout.session`` object) stands for, read as a
+    delivered one would be (``parse_event``), under the look-up's own id."""
+    event = {"id": f"lookup_{session.get('id')}_{event_type}", "object": "event", "type": event_type}
+    return parse_event(json.dumps({**event, "data": {"object": session}}).encode())
+
 
 def sign(payload: bytes, *, secret=None, timestamp=None) -> str:
     """Return a ``Stripe-Signature`` header value for ``payload``, made by the stripe library."""

@@ -18,7 +18,14 @@ import time
 from django.conf import settings
 from django.urls import reverse
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderRefund, sign
+from bookings.payments.base import (
+    PaymentProvider,
+    ProviderCheckout,
+    ProviderError,
+    ProviderRefund,
+    looked_up_event,
+    sign,
+)
 from core.money import to_minor_units
 
 # What a sandbox checkout id looks like (``create_checkout``): the sandbox page refuses anything else unread.
@@ -37,6 +44,7 @@ class SandboxProvider(PaymentProvider):
     _made = {}
     _refunds = {}
     _by_key = {}
+    _sessions = {}  # session id -> (event type, payment_status): how it ended, as the customer left it
     _lock = threading.Lock()
     # What a new refund's status is (Stripe: ``succeeded`` for most cards, ``pending`` for some methods).
     refund_status = "succeeded"
@@ -103,6 +111,26 @@ class SandboxProvider(PaymentProvider):
                 for payment in [payment for payment, made in cls._refunds.items() if made == refund_id]:
                     del cls._refunds[payment]
             return settled
+
+    @classmethod
+    def session_ended(cls, checkout, event_type, payment_status):
+        """The customer ended the session on the sandbox page (paid, or left it to expire): the account
+        remembers it, whether or not its event reaches the webhook."""
+        with cls._lock:
+            cls._sessions[checkout.provider_checkout_id] = (event_type, payment_status)
+
+    def checkout_outcome(self, checkout):
+        from bookings.managers import CHECKOUT_SESSION_OUTLIVES_HOLD
+        from core.guards import database_clock
+
+        with self._lock:
+            ended = self._sessions.get(checkout.provider_checkout_id)
+        if ended is None and database_clock() > checkout.booking.hold_expires_at + CHECKOUT_SESSION_OUTLIVES_HOLD:
+            ended = (EXPIRED, "unpaid")  # never paid: it expired, as a Stripe session does
+        if ended is None:
+            return None
+        payload, _signature = build_event(checkout, ended[0], payment_status=ended[1])
+        return looked_up_event(json.loads(payload)["data"]["object"], ended[0])
 
     def expire_checkout(self, checkout) -> None:
         """Expire the session like Stripe: an open session sends ``checkout.session.expired``."""

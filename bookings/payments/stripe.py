@@ -4,7 +4,14 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from bookings.payments.base import PaymentProvider, ProviderCheckout, ProviderError, ProviderRefund, refund_outcome
+from bookings.payments.base import (
+    PaymentProvider,
+    ProviderCheckout,
+    ProviderError,
+    ProviderRefund,
+    looked_up_event,
+    refund_outcome,
+)
 from core.money import to_minor_units
 
 # Stripe refuses a Checkout Session expiring sooner than this after it creates it.
@@ -109,6 +116,17 @@ class StripeProvider(PaymentProvider):
             return as_refund(self.client.v1.refunds.retrieve(checkout.provider_refund_id))
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc)) from exc
+
+    def checkout_outcome(self, checkout):
+        try:
+            session = self.client.v1.checkout.sessions.retrieve(checkout.provider_checkout_id)
+        except self.stripe.StripeError as exc:
+            raise ProviderError(str(exc), answered=exc.http_status is not None) from exc
+        status = getattr(session, "status", None)
+        if status not in ("complete", "expired"):
+            return None  # open: the customer may still pay, and its own events will come
+        event_type = "checkout.session.completed" if status == "complete" else "checkout.session.expired"
+        return looked_up_event(session.to_dict(for_json=True), event_type)
 
     def expire_checkout(self, checkout) -> None:
         """Expire the open Checkout Session (Stripe then sends checkout.session.expired)."""

@@ -211,3 +211,39 @@ def test_a_hold_longer_than_stripe_lets_its_session_last_is_a_configuration_erro
     assert (started.returncode == 0) == starts, started.stderr[-500:]
     if not starts:
         assert f"BOOKING_HOLD_TTL_MINUTES={minutes}: expected 1 to 1380" in started.stderr
+
+
+@pytest.mark.parametrize(
+    "recorded, expected",
+    [(RECORDED_COMPLETED, "checkout.session.completed"), (RECORDED_EXPIRED, "checkout.session.expired"), (None, None)],
+)
+def test_a_looked_up_session_maps_to_the_event_its_webhook_would_have_sent(settings, recorded, expected):
+    """``checkout_outcome``: a session Stripe calls complete or expired is read as its event would be (under the
+    look-up's own id); an open one is None (its events will come)."""
+    import stripe
+
+    settings.STRIPE_API_KEY = "sk_test_x"
+    provider = get_provider("stripe")
+    data = (
+        recorded["data"]["object"]
+        if recorded
+        else {"id": "cs_test_open", "object": "checkout.session", "status": "open"}
+    )
+    session = stripe.StripeObject.construct_from(data, "sk_test_x")
+    asked = []
+
+    def retrieve(session_id, *args, **kwargs):
+        asked.append(session_id)
+        return session
+
+    provider.client.v1.checkout.sessions.retrieve = retrieve
+    checkout = SimpleNamespace(provider_checkout_id=data["id"])
+    event = provider.checkout_outcome(checkout)
+    assert asked == [data["id"]]
+    if expected is None:
+        assert event is None
+        return
+    assert (event.id, event.type, event.checkout_id) == (f"lookup_{data['id']}_{expected}", expected, data["id"])
+    assert (event.payment_id, event.client_reference_id) == (data["payment_intent"] or "", data["client_reference_id"])
+    if expected == "checkout.session.completed":
+        assert (event.payment_status, event.amount_total, event.currency) == ("paid", 45000, "usd")

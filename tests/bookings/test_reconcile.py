@@ -1,0 +1,80 @@
+"""A payment whose webhook never got through is found by asking the provider (``reconcile_checkouts``).
+
+An outage longer than the provider's retries, or a wrong signing secret, leaves a paid checkout ``open`` and
+its booking expired: the money taken, the customer told nothing. The sweep asks the provider how each
+checkout still open an hour after its hold ended was settled, and settles it as the lost event would have.
+"""
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db.models.functions import Now
+
+from bookings.managers import UNHEARD_AFTER
+from bookings.models import Booking, Checkout, PaymentEvent
+from bookings.payments.sandbox import COMPLETED, SandboxProvider
+from bookings.services import reconcile_checkouts
+from core.invariants import assert_invariants
+from tests.bookings.factories import PackageFactory, book, future
+
+pytestmark = pytest.mark.django_db
+
+
+def checkout_of(booking):
+    return Checkout.objects.select_related("booking").get(booking_id=booking.pk)
+
+
+def ended_unheard(booking, minutes=1):
+    """The hold ended UNHEARD_AFTER (and ``minutes``) ago, and the expiry sweep has run."""
+    Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - UNHEARD_AFTER - timedelta(minutes=minutes))
+    call_command("expire_holds", stdout=io.StringIO())
+
+
+def test_a_payment_whose_event_never_came_confirms_its_booking_when_the_date_is_still_free(tenant):
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    booking = book(package)
+    SandboxProvider.session_ended(checkout_of(booking), COMPLETED, "paid")  # paid; the webhook never got through
+    ended_unheard(booking)
+    assert Booking.objects.get(pk=booking.pk).status == "expired"
+    out = io.StringIO()
+    call_command("reconcile_checkouts", stdout=out)
+    assert "settled from the provider's own record: 1" in out.getvalue()
+    assert Booking.objects.get(pk=booking.pk).status == "confirmed"
+    checkout = checkout_of(booking)
+    assert checkout.state == "completed" and checkout.provider_payment_id == f"pi_sandbox_{checkout.pk}"
+    event = PaymentEvent.objects.get(booking_id=booking.pk)
+    assert event.event_id == f"lookup_{checkout.provider_checkout_id}_{COMPLETED}" and not event.needs_review
+    assert reconcile_checkouts().done == 0  # settled: not asked again
+    assert_invariants()
+
+
+def test_a_payment_whose_event_never_came_is_refunded_when_its_date_was_taken_meanwhile(tenant, recording_provider):
+    package = PackageFactory(tenant=tenant, daily_capacity=1)
+    day = future()
+    lost = book(package, day)
+    SandboxProvider.session_ended(checkout_of(lost), COMPLETED, "paid")
+    ended_unheard(lost)
+    taken = book(package, day, name="Bea")  # the date was free again: someone else holds it
+    assert reconcile_checkouts().done == 1
+    assert Booking.objects.get(pk=lost.pk).status == "refunded"
+    assert recording_provider.refunds == [lost.pk]
+    assert Booking.objects.get(pk=taken.pk).status == "held"
+    assert_invariants()
+
+
+def test_a_session_never_paid_is_closed_as_expired_and_nothing_is_charged(tenant, recording_provider):
+    booking = book(PackageFactory(tenant=tenant))
+    ended_unheard(booking)
+    assert reconcile_checkouts().done == 1
+    assert checkout_of(booking).state == "expired"
+    assert Booking.objects.get(pk=booking.pk).status == "expired" and recording_provider.refunds == []
+
+
+def test_a_checkout_whose_session_may_still_be_settling_is_not_asked(tenant):
+    booking = book(PackageFactory(tenant=tenant))
+    SandboxProvider.session_ended(checkout_of(booking), COMPLETED, "paid")
+    Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(minutes=5))  # its event may come
+    assert reconcile_checkouts().done == 0
+    assert checkout_of(booking).state == "open"
