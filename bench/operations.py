@@ -568,7 +568,7 @@ ROLLBACK;
         profile = Profile.objects.create(id=BASE_ID, tenant=self.ctx.tenant, first_name="B", sex="male", version=2)
         clone(Profile, profile.pk, rows, {"id": f"{BASE_ID} + g"})
         # Version 2 = its create entry + the update to undo (the audit invariant); the create
-        # entries take ids 1..rows, so the runs' undo entries follow them, below BASE_ID.
+        # entries take ids 1..rows.
         created = ProfileAuditLog.objects.create(
             tenant=self.ctx.tenant,
             profile=profile,
@@ -588,6 +588,12 @@ ROLLBACK;
             actor=self.ctx.user,
         )
         clone(ProfileAuditLog, entry.pk, rows, {"id": f"{BASE_ID} + g", "profile_id": f"{BASE_ID} + g"})
+        # An undo entry is later than the entry it undoes (audit_links_transition): the runs' undo entries
+        # take ids after the targets', as they would in a log written in order.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", [ProfileAuditLog._meta.db_table, BASE_ID + rows]
+            )
         analyze(Profile, ProfileAuditLog)
 
     def http(self, t, k):

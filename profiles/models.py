@@ -6,7 +6,14 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import BumpVersion, GuardedModel, Refusal, VersionOnlyIncreases, refusal_sql, within
+from core.integrity import (
+    BumpVersion,
+    GuardedModel,
+    Refusal,
+    VersionOnlyIncreases,
+    refusal_sql,
+    within,
+)
 from core.models import Tenant
 from profiles.choices import AuditAction, Sex
 from profiles.managers import ProfileAuditLogManager, ProfileManager
@@ -299,6 +306,46 @@ class AuditInsertedNotUndone(Refusal):
     message_sql = "format('%s: a new audit entry cannot be already undone', TG_TABLE_NAME)"
 
 
+class AuditLinks(pgtrigger.Trigger):
+    """Refuse, in the database, an audit entry that points where it may not: written under another tenant than
+    its profile's (that tenant's operators would read another's personal data), or marked undone by an entry
+    that is not a later ``undo`` of the same profile (marked undone without the change being reversed, the
+    real undo would then be refused ``already_undone``).
+
+    An AFTER trigger: the undo writes its own entry and the undone entry's mark in one statement, and only at
+    that statement's end is the new entry there to be judged. One primary-key probe per entry written.
+    Raises SQLSTATE 23514 named ``audit_links_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Insert | pgtrigger.UpdateOf("undo_entry_id")
+
+    def get_func(self, model):
+        profiles = model._meta.get_field("profile").related_model._meta.db_table
+        entries = model._meta.db_table
+
+        def refuse(old, new, why):
+            message = f"format('%s: audit entry %s {why}', TG_TABLE_NAME, NEW.\"id\")"
+            return refusal_sql(self.name, f"'{old}->{new}'", message)
+
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'INSERT' THEN
+                IF NOT EXISTS (
+                    SELECT 1 FROM "{profiles}" WHERE "id" = NEW."profile_id" AND "tenant_id" = NEW."tenant_id"
+                ) THEN {refuse("profile", "entry", "is not in the tenant of its profile")} END IF;
+                RETURN NULL;
+            END IF;
+            IF NEW."undo_entry_id" IS NOT NULL AND NEW."undo_entry_id" IS DISTINCT FROM OLD."undo_entry_id"
+               AND NOT EXISTS (
+                    SELECT 1 FROM "{entries}" WHERE "id" = NEW."undo_entry_id" AND "action" = 'undo'
+                    AND "profile_id" = NEW."profile_id" AND "id" > NEW."id"
+               ) THEN {refuse("entry", "undo", "is marked undone by no later undo of its profile")} END IF;
+            RETURN NULL;
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
+
 # An audit entry as the API, the admin and the guard show it (after its tenant and profile).
 AUDIT_RECORD = (
     "action",
@@ -366,6 +413,7 @@ class ProfileAuditLog(GuardedModel):
         triggers = [
             AuditAppendOnly(name="audit_append_only_transition"),
             AuditInsertedNotUndone(name="audit_insert_transition"),
+            AuditLinks(name="audit_links_transition"),
         ]
         indexes = [
             models.Index(fields=["profile", "id"], name="audit_profile_idx"),

@@ -96,18 +96,26 @@ def log(tenant):
     Profile.objects.update_profile(kid.pk, tenant=tenant, version=1, actor=alice, first_name="One")
     done = ProfileAuditLog.objects.filter(profile=kid, action="update").get()
     ProfileAuditLog.objects.undo(done.pk, tenant=tenant, actor=alice, reason="wrong")
+    earlier_undo = ProfileAuditLog.objects.create(  # an unlinked undo entry of kid's, made before "open"
+        tenant=tenant, profile=kid, action="undo", old_data={}, new_data={}
+    )
     Profile.objects.update_profile(kid.pk, tenant=tenant, version=3, actor=alice, first_name="Two")
     open_ = ProfileAuditLog.objects.filter(profile=kid, action="update").latest("pk")
     spare_undo = ProfileAuditLog.objects.create(  # an unlinked undo entry, to link in the cases below
         tenant=tenant, profile=kid, action="undo", old_data={}, new_data={}
     )
+    other_profile = ProfileFactory(tenant=tenant)
     return {
         "open": open_,
         "done": ProfileAuditLog.objects.get(pk=done.pk),
         "spare_undo": spare_undo,
+        "earlier_undo": earlier_undo,
+        "foreign_undo": ProfileAuditLog.objects.create(  # a later undo entry, of another profile
+            tenant=tenant, profile=other_profile, action="undo", old_data={}, new_data={}
+        ),
         "alice": alice,
         "bob": bob,
-        "other_profile": ProfileFactory(tenant=tenant),
+        "other_profile": other_profile,
         "other_tenant": TenantFactory(slug="elsewhere"),
     }
 
@@ -149,6 +157,11 @@ AUDIT_CASES = [
     # marking it undone, as ProfileAuditLog.objects.undo does: set together
     ("open", {"undone_at": NOW, "undo_entry": "@spare_undo", "undone_by": "@bob", "undo_reason": "why"}, "ok"),
     ("open", {"undone_at": NOW, "undo_entry": "@spare_undo"}, "ok"),
+    # ... but only by a later undo entry of the same profile (audit_links_transition)
+    ("open", {"undone_at": NOW, "undo_entry": "@open"}, "audit_links_transition"),
+    ("open", {"undone_at": NOW, "undo_entry": "@earlier_undo"}, "audit_links_transition"),
+    ("open", {"undone_at": NOW, "undo_entry": "@foreign_undo"}, "audit_links_transition"),
+    ("open", {"undone_at": NOW, "undo_entry": "@done"}, "audit_links_transition"),  # not an undo
     # undone without its undo entry, or linked while not undone: the CHECK, not the trigger
     ("open", {"undone_at": NOW}, "audit_undone_has_undo_entry"),
     ("open", {"undo_entry": "@spare_undo"}, "audit_undone_has_undo_entry"),
@@ -188,6 +201,17 @@ def test_an_audit_entry_is_never_inserted_already_undone(log):
 
     assert outcome(insert()) == "ok"
     assert outcome(insert(undone_at=timezone.now(), undo_entry=log["spare_undo"])) == "audit_insert_transition"
+
+
+def test_an_audit_entry_is_written_only_in_its_profiles_tenant(log):
+    """audit_links_transition: an entry under another tenant than its profile's would show that tenant's operators
+    another's personal data (a profile itself never moves: profile_parent_transition)."""
+    kid = log["open"].profile
+    entry = dict(profile=kid, action="update", old_data={}, new_data={})
+    assert (
+        outcome(lambda: ProfileAuditLog.objects.create(tenant=log["other_tenant"], **entry)) == "audit_links_transition"
+    )
+    assert outcome(lambda: ProfileAuditLog.objects.create(tenant=kid.tenant, **entry)) == "ok"
 
 
 def test_deleting_a_user_clears_their_name_from_the_log_and_nothing_else(log):
