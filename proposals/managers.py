@@ -17,8 +17,8 @@ timestamps (``confirmed_at``, ``executed_at``…) are that same clock, read when
 import logging
 
 from django.db import connections, models
-from django.db.models import BooleanField, ExpressionWrapper, Q
-from django.db.models.functions import Now
+from django.db.models import BooleanField, ExpressionWrapper, F, Q
+from django.db.models.functions import Least, Now
 
 from bookings.choices import CheckoutState
 from bookings.exceptions import DateInPast, PackageNotFound
@@ -297,7 +297,9 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         Locks: proposal row (the filtered UPDATE).
         """
         if not self.filter(pk=proposal_id, status=self.model.Status.PENDING).update(
-            status=self.model.Status.EXPIRED, expires_at=Now()
+            # when it ended: now, or when it lapsed if that was earlier (an expiry never moves later)
+            status=self.model.Status.EXPIRED,
+            expires_at=Least(F("expires_at"), Now()),
         ):
             raise ProposalNotFound() if not self.filter(pk=proposal_id).exists() else ProposalAlreadyProcessed()
 

@@ -9,6 +9,7 @@ from core.integrity import (
     BumpVersion,
     FrozenColumns,
     GuardedModel,
+    NeverLater,
     SetOnce,
     StateMachine,
     VersionOnlyIncreases,
@@ -200,6 +201,8 @@ class Proposal(GuardedModel):
             FrozenColumns(name="proposal_terms_transition", fields=("tenant", "session_id", "package", "date")),
             # a rejection's time, written once (a confirmation's and an execution's are cleared by a reopen)
             SetOnce(name="proposal_times_set_once_transition", fields=("rejected_at",)),
+            # how long the customer was offered it: pushed back, a lapsed offer would be confirmed after all
+            NeverLater(name="proposal_expiry_transition", field="expires_at"),
         ]
 
     def __str__(self):

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pgtrigger
 import pytest
 from django.db import transaction
+from django.db.models import F
 from django.db.models.functions import Now
 
 from bookings.models import Booking, Checkout
@@ -286,10 +287,22 @@ def test_a_plain_save_may_not_write_a_guarded_column(tenant):
     assert (stored.customer_name, stored.status, stored.version) == ("Bea", "pending", 2)
 
 
+def test_a_proposals_expiry_is_never_pushed_back_whoever_writes(tenant):
+    """proposal_expiry_transition: an offer pushed past the time the customer was given would be confirmed after
+    it lapsed; refused (409 invalid_transition, ``earlier->later``). Brought forward, as an expiry, it is allowed."""
+    proposal = make_proposal(tenant)
+    rows = Proposal.objects.filter(pk=proposal.pk)
+    assert (
+        refused_by(lambda: rows.update(expires_at=F("expires_at") + timedelta(days=1))) == "proposal_expiry_transition"
+    )
+    assert rows.get().expires_at == proposal.expires_at
+    assert refused_by(lambda: rows.update(expires_at=Now())) is None
+
+
 def test_every_decision_and_contact_change_bumps_the_version(tenant, recording_provider):
     proposal = make_proposal(tenant)
     assert proposal.version == 1
-    Proposal.objects.filter(pk=proposal.pk).update(expires_at=Now() + timedelta(hours=1))  # not a versioned field
+    Proposal.objects.filter(pk=proposal.pk).update(expires_at=Now() + timedelta(minutes=5))  # not a versioned field
     assert Proposal.objects.get(pk=proposal.pk).version == 1
     edited = Proposal.objects.edit_contact(proposal.pk, version=1, customer_email="new@example.com")
     assert (edited.customer_email, edited.version) == ("new@example.com", 2)

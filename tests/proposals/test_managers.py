@@ -126,6 +126,16 @@ def test_operator_expire(tenant):
         Proposal.objects.expire(10**12)
 
 
+def test_an_operator_expiring_a_lapsed_proposal_keeps_when_it_lapsed(tenant):
+    """Expiring a pending proposal whose offer already lapsed (the sweep has not reached it) records when it
+    lapsed, not now: an expiry never moves later (proposal_expiry_transition refused the operator's action)."""
+    proposal = make_proposal(tenant)
+    lapse(proposal)
+    lapsed_at = Proposal.objects.get(pk=proposal.pk).expires_at
+    Proposal.objects.expire(proposal.pk)
+    assert Proposal.objects.values_list("status", "expires_at").get(pk=proposal.pk) == ("expired", lapsed_at)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_confirm_won_or_refused_is_one_statement_and_no_transaction():
     from tests.factories import TenantFactory
