@@ -43,6 +43,7 @@ from bookings.exceptions import (
     PackageInUse,
     PackageNotFound,
 )
+from bookings.payments.stripe import SESSION_OUTLIVES_HOLD
 from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks_in_order
 from core.decide import Decision
@@ -862,10 +863,9 @@ class ArrayAppend(models.Func):
     output_field = ArrayField(models.CharField(max_length=255))
 
 
-# A session ends CHECKOUT_SESSION_OUTLIVES_HOLD after its hold (Stripe's minimum life, stripe.checkout_expiry) and
-# its event comes within minutes: an open checkout still unheard this long after its hold ended lost its event.
-CHECKOUT_SESSION_OUTLIVES_HOLD = timedelta(minutes=32)
-UNHEARD_AFTER = CHECKOUT_SESSION_OUTLIVES_HOLD + timedelta(minutes=30)
+# A session ends SESSION_OUTLIVES_HOLD after its hold (stripe.checkout_expiry) and its event comes within
+# minutes: an open checkout still unheard this long after its hold ended lost its event.
+UNHEARD_AFTER = SESSION_OUTLIVES_HOLD + timedelta(minutes=30)
 
 
 class CheckoutQuerySet(models.QuerySet):

@@ -677,8 +677,6 @@ def sandbox_deliver(checkout, event_type, *, payment_status=None):
     from bookings.payments.sandbox import SandboxProvider, build_event
 
     if event_type in (COMPLETED, EXPIRED):
-        SandboxProvider.session_ended(
-            checkout, event_type, payment_status or ("paid" if event_type == COMPLETED else "unpaid")
-        )
+        SandboxProvider.session_ended(checkout, event_type, payment_status)
     payload, signature = build_event(checkout, event_type, payment_status=payment_status)
     return receive_payment_event(payload, signature, provider_name="sandbox")

@@ -142,10 +142,10 @@ def advisory_xact_locks_in_order(*locks, only_if=None, then=None, using=DEFAULT_
         " ELSE pg_advisory_xact_lock(hashtextextended(t.key, 0)) END"
         " FROM unnest(%s::text[], %s::boolean[]) AS t(key, shared)"
     )
-    keys, shared = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks], [bool(lk[0]) for lk in locks]
+    keys = [lock_key(namespace, *parts) for _shared, namespace, *parts in locks]
+    shared, condition = [bool(lock[0]) for lock in locks], ()
     if only_if is not None:  # an uncorrelated condition: the planner judges it once, before the scan
-        sql = f"{sql} WHERE {only_if[0]}"
-    condition = () if only_if is None else tuple(only_if[1])
+        sql, condition = f"{sql} WHERE {only_if[0]}", tuple(only_if[1])
     return _take_advisory(_require_atomic(using), sql, keys, shared, then, condition=condition)
 
 

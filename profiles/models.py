@@ -6,14 +6,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from core.history import tracked
-from core.integrity import (
-    BumpVersion,
-    GuardedModel,
-    Refusal,
-    VersionOnlyIncreases,
-    refusal_sql,
-    within,
-)
+from core.integrity import BumpVersion, GuardedModel, Refusal, VersionOnlyIncreases, refusal_sql, within
 from core.models import Tenant
 from profiles.choices import AuditAction, Sex
 from profiles.managers import ProfileAuditLogManager, ProfileManager

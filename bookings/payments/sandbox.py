@@ -113,19 +113,19 @@ class SandboxProvider(PaymentProvider):
             return settled
 
     @classmethod
-    def session_ended(cls, checkout, event_type, payment_status):
+    def session_ended(cls, checkout, event_type, payment_status=None):
         """The customer ended the session on the sandbox page (paid, or left it to expire): the account
-        remembers it, whether or not its event reaches the webhook."""
+        remembers it, whether or not its event reaches the webhook (``payment_status`` as ``build_event``)."""
         with cls._lock:
             cls._sessions[checkout.provider_checkout_id] = (event_type, payment_status)
 
     def checkout_outcome(self, checkout):
-        from bookings.managers import CHECKOUT_SESSION_OUTLIVES_HOLD
+        from bookings.payments.stripe import checkout_expiry
         from core.guards import database_clock
 
         with self._lock:
             ended = self._sessions.get(checkout.provider_checkout_id)
-        if ended is None and database_clock() > checkout.booking.hold_expires_at + CHECKOUT_SESSION_OUTLIVES_HOLD:
+        if ended is None and database_clock() > checkout_expiry(checkout.booking):
             ended = (EXPIRED, "unpaid")  # never paid: it expired, as a Stripe session does
         if ended is None:
             return None

@@ -18,6 +18,8 @@ from core.money import to_minor_units
 STRIPE_MIN_EXPIRY = timedelta(minutes=30)
 # Room for the request's own way to Stripe and the two clocks' skew.
 STRIPE_EXPIRY_MARGIN = timedelta(minutes=2)
+# How long a checkout session lives past its hold (checkout_expiry).
+SESSION_OUTLIVES_HOLD = STRIPE_MIN_EXPIRY + STRIPE_EXPIRY_MARGIN
 
 
 def checkout_expiry(booking):
@@ -26,7 +28,7 @@ def checkout_expiry(booking):
     retry resumes a request that died before asking, up to that moment). The same on every call, as Stripe's
     idempotency key requires: a margin counted from the hold's creation was spent by a resume, which only
     comes once the dead request's key is IDEMPOTENCY_IN_PROGRESS_TIMEOUT old, and Stripe refused it."""
-    return booking.hold_expires_at + STRIPE_MIN_EXPIRY + STRIPE_EXPIRY_MARGIN
+    return booking.hold_expires_at + SESSION_OUTLIVES_HOLD
 
 
 def checkout_params(booking, checkout):
