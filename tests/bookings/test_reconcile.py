@@ -78,3 +78,33 @@ def test_a_checkout_whose_session_may_still_be_settling_is_not_asked(tenant):
     Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(minutes=5))  # its event may come
     assert reconcile_checkouts().done == 0
     assert checkout_of(booking).state == "open"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_the_look_up_and_the_late_webhook_racing_settle_the_payment_once(tenant, recording_provider, round_):
+    """Every writer of the checkout at once: the sweep's look-up and the real event arriving late, each on its own
+    connection. Whichever locks the checkout first confirms the booking; the other finds it settled (or the sweep
+    no longer finds it open): one confirmation, no refund, the invariants hold."""
+    from bookings.payments.sandbox import build_event
+    from bookings.services import receive_payment_event
+    from tests.races import run_concurrently
+
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    checkout = checkout_of(booking)
+    SandboxProvider.session_ended(checkout, COMPLETED, "paid")
+    ended_unheard(booking)
+    payload, signature = build_event(checkout, COMPLETED)
+
+    def attempt(i):
+        if i == 0:
+            return reconcile_checkouts().done
+        return receive_payment_event(payload, signature, provider_name="sandbox").result
+
+    outcomes = run_concurrently(attempt, 2)
+    assert [o.error for o in outcomes] == [None, None]
+    assert Booking.objects.get(pk=booking.pk).status == "confirmed" and checkout_of(booking).state == "completed"
+    results = list(PaymentEvent.objects.filter(booking_id=booking.pk).values_list("result", flat=True))
+    assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged"}, results
+    assert recording_provider.refunds == []
+    assert_invariants()
