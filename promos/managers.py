@@ -193,11 +193,9 @@ class PromoCodeQuerySet(TenantScopedQuerySet):
 REDEMPTION = """\
 WITH promo AS ({promo}), \
 used AS (INSERT INTO {usage} ({columns}) SELECT promo."tenant_id", promo."id", promo."currency", {values} \
-FROM promo WHERE promo.lockstep_won RETURNING {returning}), \
-counted AS (UPDATE {code} SET "times_used" = {code}."times_used" + 1, "updated_at" = STATEMENT_TIMESTAMP() \
-FROM used WHERE {code}."id" = used."promo_id" RETURNING {code}."times_used", {code}."updated_at") \
-SELECT {promo_columns}, promo.checked_at, promo.customer_uses, counted.times_used AS counted_times_used, \
-counted.updated_at AS counted_updated_at, {used_columns} FROM promo LEFT JOIN used ON true LEFT JOIN counted ON true"""
+FROM promo WHERE promo.lockstep_won RETURNING {returning}) \
+SELECT {promo_columns}, promo.checked_at, promo.customer_uses, promo."times_used" + 1 AS counted_times_used, \
+STATEMENT_TIMESTAMP() AS counted_updated_at, {used_columns} FROM promo LEFT JOIN used ON true"""
 
 
 class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
@@ -271,7 +269,8 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         so that refusal is final, and ROLLBACK follows. Otherwise ONE statement (``redemption``), issued
         after the lock is held so that its snapshot sees every usage committed while we waited, reads
         the database clock and this customer's live usage count, judges the code on them and,
-        if it may be used, inserts the usage and counts it (``times_used + 1``). The row
+        if it may be used, inserts the usage, which counts itself on the code (``times_used + 1``, a
+        trigger: ``UsagesCountThemselves``). The row
         comes back either way and names a refusal. Two round trips (BEGIN goes with the first),
         then COMMIT; one, then ROLLBACK, for a code the locked row refuses.
 
@@ -323,10 +322,11 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         """The statement that judges the locked code and records the use if it may be used.
 
         ``WITH promo AS (<the code, clock_timestamp(), the customer's live uses, the verdict>),
-        used AS (INSERT usage … SELECT …, promo.currency, … FROM promo WHERE verdict RETURNING …),
-        counted AS (UPDATE code SET times_used + 1 FROM used … RETURNING times_used, updated_at)
-        SELECT promo.*, counted.*, used.* FROM promo LEFT JOIN used LEFT JOIN counted``: SQL and
-        parameters (bench/ sends the same). ``promo`` is the code as judged, before the use is counted.
+        used AS (INSERT usage … SELECT …, promo.currency, … FROM promo WHERE verdict RETURNING …)
+        SELECT promo.*, promo.times_used + 1, STATEMENT_TIMESTAMP(), used.* FROM promo LEFT JOIN used``:
+        SQL and parameters (bench/ sends the same). ``promo`` is the code as judged, before the use is
+        counted; the usage's insert counts it (its trigger, at the statement's end, on the row this
+        transaction holds locked: the count is the judged one plus one, stamped at the statement's time).
         """
         connection = connections[self.db]
         quote = connection.ops.quote_name
@@ -340,7 +340,6 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
         written = {"customer": customer, "base_amount": amount, "bonus_amount": bonus, "reference": reference}
         statement = REDEMPTION.format(
             promo=promo_sql,
-            code=quote(self.model._meta.db_table),
             usage=quote(Usage._meta.db_table),
             columns=", ".join(quote(usage_field(name).column) for name in ["tenant", "promo", "currency", *written]),
             values=", ".join(["%s"] * len(written)),
@@ -545,9 +544,10 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
         Locks: the usage row (FOR NO KEY UPDATE in the deciding statement) -> the code row (``times_used - 1``).
 
         One statement (core.decide) locks the usage, judges ``voided_at IS NULL`` on its
-        newest version and stamps it, returning the row either way; the winner then runs
-        ``times_used = times_used - 1`` on the code in the same transaction (lock order:
-        usage row, then code row). A refusal is named from the returned row: UsageNotFound
+        newest version and stamps it, returning the row either way; the stamp gives the use
+        back in the same statement (the usage's trigger, ``UsagesCountThemselves``, runs
+        ``times_used - 1`` on the code: lock order usage row, then code row). The code is then
+        read as the void left it. A refusal is named from the returned row: UsageNotFound
         (also another tenant's) or UsageAlreadyVoided.
         PromoCounterOutOfStep when the counter would go below zero (it had drifted
         from the usages: nothing is written), LockContended.
@@ -557,9 +557,7 @@ class PromoUsageManager(models.Manager.from_queryset(PromoUsageQuerySet)):
             raise errors.UsageNotFound()
         if not won:
             raise errors.UsageAlreadyVoided()
-        codes = _model("PromoCode").objects.using(self.db).filter(pk=usage.promo_id)
-        codes.update(times_used=F("times_used") - 1, updated_at=Now())
-        usage.promo = codes.get()
+        usage.promo = _model("PromoCode").objects.using(self.db).get(pk=usage.promo_id)  # counted down by the void
         return usage
 
     def voiding(self, usage_id, *, tenant):

@@ -12,6 +12,7 @@ from core.integrity import (
     FrozenColumns,
     GuardedModel,
     NeverLater,
+    Refusal,
     SetOnce,
     StateMachine,
     VersionOnlyIncreases,
@@ -123,12 +124,73 @@ class PromoCurrencyFrozen(pgtrigger.Trigger):
         )
 
 
+class UsagesCountThemselves(pgtrigger.Trigger):
+    """Keep each code's ``times_used`` at the count of its live usages, in the database: +1 for a usage
+    born (live, as ``UsageWriteOnce`` requires), -1 for one voided, or deleted while live.
+
+    The counter is what the total limit is judged on (``promo_times_used_within_limit``, and the redeem
+    under the code's row lock): a counter that anything but its usages could move would reopen a used-up
+    code, or close an open one, without a trace in the usages. The usage's own statement moves it, in
+    its transaction, taking the code's row lock after the usage's (the lock order of a void; a redeem
+    already holds the code's). ``promo_times_used_transition`` refuses every other writer of the column.
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Insert | pgtrigger.Update | pgtrigger.Delete
+    declare = [("step", "integer"), ("counted_code", "bigint")]
+
+    def get_func(self, model):
+        codes = model._meta.get_field("promo").related_model._meta.db_table
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'INSERT' THEN
+                step := CASE WHEN NEW."voided_at" IS NULL THEN 1 ELSE 0 END; counted_code := NEW."promo_id";
+            ELSIF TG_OP = 'DELETE' THEN
+                step := CASE WHEN OLD."voided_at" IS NULL THEN -1 ELSE 0 END; counted_code := OLD."promo_id";
+            ELSE
+                step := (NEW."voided_at" IS NULL)::integer - (OLD."voided_at" IS NULL)::integer;
+                counted_code := NEW."promo_id";
+            END IF;
+            IF step <> 0 THEN
+                UPDATE "{codes}" SET "times_used" = "times_used" + step, "updated_at" = statement_timestamp()
+                WHERE "id" = counted_code;
+            END IF;
+            RETURN NULL;
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
+
+class CountedByUsagesOnly(Refusal):
+    """Refuse, in the database, a change of a code's ``times_used`` by anything but its usages' own
+    writes (``UsagesCountThemselves``, which runs one trigger level down: ``pg_trigger_depth()``
+    is 1 when its UPDATE is judged, 0 for a statement a client sent). A raw ``times_used = 0``
+    would reopen a used-up code; a stale full-row save would rewind it. 409 invalid_transition.
+    """
+
+    operation = pgtrigger.Update
+    condition = pgtrigger.Condition('OLD."times_used" IS DISTINCT FROM NEW."times_used" AND pg_trigger_depth() = 0')
+    detail_sql = "'counted->altered'"
+    message_sql = (
+        "format('%s: times_used of code %s is counted by its usages, not written (%s to %s)', "
+        'TG_TABLE_NAME, OLD."id", OLD."times_used", NEW."times_used")'
+    )
+
+
+class BornUnused(Refusal):
+    """Refuse, in the database, a code created with uses: only its usages count them."""
+
+    operation = pgtrigger.Insert
+    condition = pgtrigger.Condition('NEW."times_used" <> 0')
+    detail_sql = "'->counted'"
+    message_sql = "format('%s: a code is created unused, not with %s uses', TG_TABLE_NAME, NEW.\"times_used\")"
+
+
 @tracked()
 class PromoCode(GuardedModel):
     """A shop's promo code. ``times_used`` always equals the count of its non-voided usages.
 
-    Guarded columns change only through ``PromoCode.objects`` (``redeem``/``void`` move
-    ``times_used``; ``set_active``, ``update_code`` the rest, under the row lock); a plain
+    Guarded columns change only through ``PromoCode.objects`` (``times_used`` moves with its usages,
+    in the database: ``UsagesCountThemselves``; ``set_active``, ``update_code`` the rest, under the row lock); a plain
     ``save()`` of an existing row that would write one raises GuardedWriteError. ``version``
     moves whenever a definition field or ``is_active`` changes, whoever the writer (not on
     redeems: a redeem must not make an operator's open form stale).
@@ -209,6 +271,8 @@ class PromoCode(GuardedModel):
             PromoCurrencyFrozen(name="promo_currency_frozen"),
             # A code never moves to another shop: its usages, counter and limits were counted in this one.
             FrozenColumns(name="promo_code_tenant_transition", fields=("tenant",)),
+            CountedByUsagesOnly(name="promo_times_used_transition"),
+            BornUnused(name="promo_born_unused_transition"),
         ]
 
     def __str__(self):
@@ -271,7 +335,7 @@ class PromoUsage(GuardedModel):
                 name="promo_usage_bonus_within_amount",
             ),
         ]
-        triggers = [UsageWriteOnce(name="promo_usage_transition")]
+        triggers = [UsageWriteOnce(name="promo_usage_transition"), UsagesCountThemselves(name="promo_usage_counted")]
 
     def __str__(self):
         return f"{self.promo_id}:{self.customer}#{self.pk}"

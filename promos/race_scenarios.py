@@ -30,6 +30,9 @@ class PromoRedeem(Scenario):
     name = "promo redeem"
     attempts = 40
     expected_winners = 5
+    # The usage counting itself on the code (and refusing any other count) would make the naive insert
+    # meet the limit's CHECK: switched off, the naive body counts as it read, the lost update it shows.
+    backstops = ("promos.PromoUsage:promo_usage_counted", "promos.PromoCode:promo_times_used_transition")
     AMOUNT = Decimal("100.00")
 
     @staticmethod

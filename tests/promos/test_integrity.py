@@ -249,6 +249,48 @@ def test_a_promo_code_never_moves_to_another_shop_whoever_writes(tenant):
     assert assert_invariant(promo) == 1
 
 
+def test_a_codes_counter_is_written_by_its_usages_only_whoever_writes(tenant):
+    """promo_times_used_transition: a raw write of times_used is refused by the database (409 invalid_transition).
+    Let through, ``times_used = 0`` reopened a used-up code: its limit judged on a counter its usages
+    no longer explained, until check_invariants told within the hour."""
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=1)
+    PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
+    rows = PromoCode.objects.filter(pk=promo.pk)
+    for change in [dict(times_used=0), dict(times_used=F("times_used") - 1), dict(times_used=5)]:
+        assert refused_by(lambda change=change: rows.update(**change)) == "promo_times_used_transition", change
+    with pytest.raises(TransitionRefused) as refusal:
+        with database_refusals(), transaction.atomic():
+            rows.update(times_used=0)
+    assert refusal.value.code == "invalid_transition"
+    with pytest.raises(errors.PromoExhausted):  # still used up
+        PromoCode.objects.redeem(promo.code, tenant=tenant, customer="b", amount="10")
+    assert assert_invariant(promo) == 1
+    assert refused_by(lambda: PromoCodeFactory(tenant=tenant, times_used=3)) == "promo_born_unused_transition"
+
+
+def test_every_write_of_a_usage_counts_itself_on_its_code(tenant):
+    """promo_usage_counted: a usage inserted, voided or deleted while live moves its code's counter in
+    the same statement, whoever writes it (a raw ORM write here, not the managers)."""
+    promo = PromoCodeFactory(tenant=tenant, total_usage_limit=2)
+    created = PromoCode.objects.get(pk=promo.pk).updated_at
+
+    def usage(customer):
+        return PromoUsage.objects.create(
+            tenant=tenant, promo=promo, customer=customer, base_amount=Decimal("10"), bonus_amount=Decimal("1")
+        )
+
+    first, second = usage("a"), usage("b")
+    assert assert_invariant(promo) == 2
+    # past the limit: the count the insert makes meets the limit's CHECK, the insert is refused with it
+    assert refused_by(lambda: usage("c")) == "promo_times_used_within_limit"
+    PromoUsage.objects.filter(pk=first.pk).update(voided_at=ClockNow())
+    assert assert_invariant(promo) == 1
+    PromoUsage.objects.filter(pk=second.pk).delete()  # live: given back
+    PromoUsage.objects.filter(pk=first.pk).delete()  # voided: given back already
+    assert assert_invariant(promo) == 0
+    assert PromoCode.objects.get(pk=promo.pk).updated_at > created  # the code's row says it moved
+
+
 # --- usages: voided once, never changed ---------------------------------------------------------
 
 
@@ -356,18 +398,21 @@ def test_update_code_refuses_fields_that_are_not_editable(tenant):
 
 
 def test_the_counter_can_never_go_below_zero(tenant):
-    """promo_times_used_not_negative: a decrement below zero is refused with a domain error, not a 500."""
+    """promo_times_used_not_negative: a decrement below zero is refused with a domain error, not a 500,
+    even by a writer the counter's own guard (promo_times_used_transition) was switched off for."""
     promo = PromoCodeFactory(tenant=tenant)
     with pytest.raises(errors.PromoCounterOutOfStep):
-        with database_refusals(), transaction.atomic():
-            PromoCode.objects.filter(pk=promo.pk).update(times_used=F("times_used") - 1)
+        with pgtrigger.ignore("promos.PromoCode:promo_times_used_transition"):
+            with database_refusals(), transaction.atomic():
+                PromoCode.objects.filter(pk=promo.pk).update(times_used=F("times_used") - 1)
     assert PromoCode.objects.get(pk=promo.pk).times_used == 0
 
 
 def test_a_void_on_a_drifted_counter_is_refused_and_writes_nothing(tenant):
     promo = PromoCodeFactory(tenant=tenant)
     usage = PromoCode.objects.redeem(promo.code, tenant=tenant, customer="a", amount="10")
-    PromoCode.objects.filter(pk=promo.pk).update(times_used=0)  # plant the drift
+    with pgtrigger.ignore("promos.PromoCode:promo_times_used_transition"):  # the database refuses it: planted
+        PromoCode.objects.filter(pk=promo.pk).update(times_used=0)  # plant the drift
     with pytest.raises(errors.PromoCounterOutOfStep):
         PromoUsage.objects.void(usage.pk, tenant=tenant)
     assert PromoUsage.objects.get(pk=usage.pk).voided_at is None  # the usage's void rolled back with it

@@ -5,6 +5,7 @@ import re
 from importlib import import_module
 from pathlib import Path
 
+import pgtrigger
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -108,7 +109,8 @@ def test_check_invariants_names_the_drift_and_exits_1():
     call_command("check_invariants", stdout=out)
     assert "All" in out.getvalue() and "FAIL" not in out.getvalue()
 
-    PromoCode.objects.filter(pk=code.pk).update(times_used=3)  # counter without usages: drift
+    with pgtrigger.ignore("promos.PromoCode:promo_times_used_transition"):  # the database refuses it: planted
+        PromoCode.objects.filter(pk=code.pk).update(times_used=3)  # counter without usages: drift
     out = io.StringIO()
     with pytest.raises(CommandError) as drift:
         call_command("check_invariants", "--tenant", "audit", stdout=out)
