@@ -42,6 +42,44 @@ PROPOSAL_TRANSITIONS = [
 ]
 
 
+class ProposalLinks(pgtrigger.Trigger):
+    """Refuse, in the database, a proposal that points where it may not: made under another tenant than its
+    package's (that shop's staff would list it, and a confirm would hold another shop's date), or linked to
+    a booking that is not the one made for it: another shop's, another package's or date's, or a booking
+    whose ``origin_proposal_id`` names another proposal (it would answer for a booking it never made, and
+    the reopen sweep would judge the wrong booking). Only Python stopped either before.
+
+    An AFTER trigger: a confirm inserts the booking and links the proposal to it in one statement, and only
+    at that statement's end is the booking there to judge. One primary-key probe per proposal inserted, one
+    per link made (a link never moves: ``proposal_booking_unlink_transition``). Raises SQLSTATE 23514 named
+    ``proposal_links_transition`` (409 invalid_transition).
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Insert | pgtrigger.UpdateOf("booking_id")
+
+    def get_func(self, model):
+        packages = model._meta.get_field("package").related_model._meta.db_table
+        bookings = model._meta.get_field("booking").related_model._meta.db_table
+
+        def refuse(old, new, why):
+            message = f"format('%s: proposal %s {why}', TG_TABLE_NAME, NEW.\"id\")"
+            return refusal_sql(self.name, f"'{old}->{new}'", message)
+
+        return self.format_sql(
+            f"""
+            IF TG_OP = 'INSERT' AND NOT EXISTS (
+                SELECT 1 FROM "{packages}" WHERE "id" = NEW."package_id" AND "tenant_id" = NEW."tenant_id"
+            ) THEN {refuse("package", "proposal", "is not in the tenant of its package")} END IF;
+            IF NEW."booking_id" IS NOT NULL AND (TG_OP = 'INSERT' OR OLD."booking_id" IS NULL) AND NOT EXISTS (
+                SELECT 1 FROM "{bookings}" WHERE "id" = NEW."booking_id" AND "tenant_id" = NEW."tenant_id"
+                AND "package_id" = NEW."package_id" AND "date" = NEW."date" AND "origin_proposal_id" = NEW."id"
+            ) THEN {refuse("booking", "proposal", "is linked to a booking not made for it")} END IF;
+            RETURN NULL;
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
+
 class ProposalBookingUnlink(pgtrigger.Trigger):
     """Refuse, in the database, unlinking a proposal from a booking that is live or was paid.
 
@@ -195,6 +233,7 @@ class Proposal(GuardedModel):
         triggers = [
             StateMachine(name="proposal_status_transition", field="status", transitions=PROPOSAL_TRANSITIONS),
             ProposalBookingUnlink(name="proposal_booking_unlink_transition"),
+            ProposalLinks(name="proposal_links_transition"),
             BumpVersion(name="proposal_bump_version", fields=PROPOSAL_VERSIONED),
             VersionOnlyIncreases(name="proposal_version_transition"),
             # what the assistant proposed and to whom: a raw UPDATE moving it would book another date

@@ -47,13 +47,16 @@ def spare_booking(tenant, **changes):
     return booking
 
 
-def columns_for(status, tenant):
-    """Every column a row in ``status`` needs to satisfy the CHECK constraints (so only the machine can refuse)."""
+def columns_for(status, tenant, proposal=None):
+    """Every column a row in ``status`` needs to satisfy the CHECK constraints (so only the machine can refuse);
+    an executed ``proposal``'s booking is made for it (proposal_links_transition judges that)."""
     columns = dict(status=status, booking=None, confirmed_at=None, executed_at=None, failure_code="")
     if status in ("confirmed", "executed", "failed"):
         columns["confirmed_at"] = Now()
     if status == "executed":
-        columns.update(booking=spare_booking(tenant, status="expired"), executed_at=Now())
+        made_for = {} if proposal is None else dict(package=proposal.package, date=proposal.date)
+        booking = spare_booking(tenant, status="expired", origin_proposal_id=getattr(proposal, "pk", None), **made_for)
+        columns.update(booking=booking, executed_at=Now())
     if status == "failed":
         columns["failure_code"] = "date_unavailable"
     return columns
@@ -64,7 +67,7 @@ def proposal_in(status, tenant):
     proposal = make_proposal(tenant)
     if status != "pending":
         with user_triggers_disabled(Proposal):
-            Proposal.objects.filter(pk=proposal.pk).update(**columns_for(status, tenant))
+            Proposal.objects.filter(pk=proposal.pk).update(**columns_for(status, tenant, proposal))
     return proposal
 
 
@@ -75,7 +78,7 @@ def proposal_in(status, tenant):
 def test_every_transition_of_the_machine_is_allowed_or_refused_by_the_database(tenant, old, new):
     (machine,) = state_machines(Proposal)
     proposal = proposal_in(old, tenant)
-    changes = columns_for(new, tenant)
+    changes = columns_for(new, tenant, proposal)
     if old == new == "executed":
         del changes["booking"]  # it keeps its booking: a link never moves to another (a refusal of its own)
     refusal = refused_by(lambda: Proposal.objects.filter(pk=proposal.pk).update(**changes))
@@ -127,6 +130,34 @@ def test_a_new_proposal_cannot_start_in_any_state_but_pending(tenant, status):
 # --- no unlinking a live or paid booking ----------------------------------------------------------
 
 LAPSED = Now() - timedelta(seconds=1)
+
+
+def test_a_proposal_points_only_at_its_own_shop_and_booking_whoever_writes(tenant, recording_provider):
+    """proposal_links_transition: a proposal for another shop's package, or linked to a booking not made
+    for it (another shop's, another date's, one made for no proposal), is refused by the database (409
+    invalid_transition). Only Python stopped either: the tenant gate of propose and of the hold."""
+    from tests.factories import TenantFactory
+
+    elsewhere = PackageFactory(tenant=TenantFactory())
+    proposal = make_proposal(tenant)
+    born = dict(session_id="chat-9", date=proposal.date, customer_name="Ann", customer_email="ann@example.com")
+    insert = lambda: Proposal.objects.create(tenant=tenant, package=elsewhere, expires_at=Now(), **born)  # noqa: E731
+    assert refused_by(insert) == "proposal_links_transition"
+    with pytest.raises(TransitionRefused) as refusal, database_refusals(), transaction.atomic():
+        insert()
+    assert refusal.value.params == {"old": "package", "new": "proposal"}
+    rows = Proposal.objects.filter(pk=proposal.pk)
+    rows.update(status="confirmed", confirmed_at=Now())
+    executed = dict(status="executed", executed_at=Now())
+    for other in (
+        spare_booking(tenant),  # made for no proposal, another package and date
+        spare_booking(TenantFactory()),  # another shop's
+        spare_booking(tenant, package=proposal.package, date=proposal.date),  # its package and date, for nobody
+        spare_booking(tenant, origin_proposal_id=proposal.pk),  # made for it, another package and date
+    ):
+        assert refused_by(lambda other=other: rows.update(booking=other, **executed)) == "proposal_links_transition"
+    made_for_it = spare_booking(tenant, package=proposal.package, date=proposal.date, origin_proposal_id=proposal.pk)
+    assert refused_by(lambda: rows.update(booking=made_for_it, **executed)) is None  # its own: linked
 
 
 @pytest.mark.parametrize(
