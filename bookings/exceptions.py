@@ -54,6 +54,7 @@ class BookingNotRefundPending(Conflict):
 class PaymentProviderUnavailable(DomainError):
     code = "payment_provider_unavailable"
     status_code = 503
+    retry_later = True  # a command that met it exits 3, as for a busy row: run again later
     message = _("The payment provider is unavailable. Nothing was charged and the date was released; try again.")
 
 

@@ -328,6 +328,9 @@ class Checkout(GuardedModel):
     # (exponential backoff, services.refund_backoff).
     refund_requested_at = models.DateTimeField(null=True, blank=True, verbose_name=_("refund requested at"))
     next_retry_at = models.DateTimeField(null=True, blank=True, verbose_name=_("next retry at"))
+    # When reconcile_checkouts last asked the provider how its session ended (None: never). The sweep asks
+    # the least recently asked first, so checkouts it cannot settle never keep the others from their turn.
+    looked_up_at = models.DateTimeField(null=True, blank=True, editable=False, verbose_name=_("looked up at"))
     created_at = models.DateTimeField(db_default=Now(), verbose_name=_("created at"))
     updated_at = models.DateTimeField(
         db_default=Now(), verbose_name=_("updated at")

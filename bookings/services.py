@@ -292,12 +292,15 @@ def reconcile_checkouts(limit=100):
 
     A webhook that never got through (an outage longer than the provider's retries, a wrong signing secret)
     otherwise left the money taken and nothing told: the booking expired, the checkout ``open`` for good.
-    The provider is asked outside any transaction, at most ``limit`` checkouts a run; a session the provider
-    still calls open, or a question it did not answer, is asked again next run. Returns a SweepResult whose
-    ``done`` counts the checkouts settled.
+    The provider is asked outside any transaction, at most ``limit`` checkouts a run, the least recently asked
+    first (each is stamped ``looked_up_at`` as it is asked); a session the provider still calls open, a question
+    it did not answer, or an answer that cannot settle the checkout (a mismatch left for review) is asked again
+    in its turn, after the others. Returns a SweepResult whose ``done`` counts the checkouts settled.
     """
     result = SweepResult()
-    for checkout in Checkout.objects.unheard().select_related("booking").order_by("pk")[:limit]:
+    for checkout in Checkout.objects.unheard().select_related("booking")[:limit]:
+        # stamped before the provider is asked: a question that fails, or a process that dies, still moves it back
+        Checkout.objects.filter(pk=checkout.pk).update(looked_up_at=Now())
         try:
             event = provider_for(checkout.provider).checkout_outcome(checkout)
         except ProviderError as exc:

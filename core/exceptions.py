@@ -15,6 +15,8 @@ class DomainError(Exception):
     code = "domain_error"
     status_code = 400
     message = _("The request was refused.")
+    # Nothing was refused for good: the row was busy, or a service did not answer. A command exits 3 for it.
+    retry_later = False
 
     def __init__(self, message=None, **params):
         if message is not None:
@@ -62,6 +64,7 @@ class LockContended(Conflict):
 
     code = "resource_locked"
     message = _("This resource is being changed by another request. Try again shortly.")
+    retry_later = True
 
     def __init__(self, message=None, *, retry_after=None, **params):
         from django.conf import settings

@@ -5,7 +5,7 @@ import sys
 import pghistory
 from django.core.management.base import BaseCommand
 
-from core.exceptions import DomainError, LockContended
+from core.exceptions import DomainError
 from core.guards import database_refusals
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
@@ -27,4 +27,4 @@ class GuardedCommand(BaseCommand):
                 return super().execute(*args, **options)
         except DomainError as refusal:
             self.stderr.write(f"{refusal.code}: {refusal.render()}")
-            sys.exit(EXIT_LOCKED if isinstance(refusal, LockContended) else EXIT_REFUSED)
+            sys.exit(EXIT_LOCKED if refusal.retry_later else EXIT_REFUSED)

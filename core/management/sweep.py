@@ -1,6 +1,5 @@
 """Commands that run sweeps (``core.guards.sweep``): what each sweep did, and the exit code cron acts on."""
 
-from core.exceptions import LockContended
 from core.management.base import GuardedCommand
 
 
@@ -15,8 +14,9 @@ class SweepCommand(GuardedCommand):
 
     def exit_for(self, *results):
         """Exit 1 for a refusal (a row the database would not let go: look at it), else 3 when rows were
-        only busy past lock_timeout (cron runs it again shortly), else 0: raise the refusal that decides."""
+        only busy past lock_timeout or the payment provider did not answer (``retry_later``: cron runs it again
+        shortly), else 0: raise the refusal that decides."""
         refusals = [refusal for result in results for _pk, refusal in result.skipped]
-        refused = [refusal for refusal in refusals if not isinstance(refusal, LockContended)]
+        refused = [refusal for refusal in refusals if not refusal.retry_later]
         if refusals:
             raise (refused or refusals)[0]

@@ -108,3 +108,40 @@ def test_the_look_up_and_the_late_webhook_racing_settle_the_payment_once(tenant,
     assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged"}, results
     assert recording_provider.refunds == []
     assert_invariants()
+
+
+def test_checkouts_the_provider_cannot_settle_never_keep_the_others_from_their_turn(tenant, monkeypatch):
+    """Regression: the sweep asked the first ``limit`` unheard checkouts by id, every run. A hundred it could not
+    settle (sessions of another Stripe account, a question that always fails) kept every later one, a payment
+    among them, from ever being asked: taken and never placed nor refunded. It asks the least recently asked
+    first now, and a provider that did not answer is "run again later" (exit 3), not a refusal (exit 1)."""
+    from bookings.exceptions import PaymentProviderUnavailable
+    from bookings.payments.base import ProviderError
+
+    package = PackageFactory(tenant=tenant, daily_capacity=5)
+    stuck, also_stuck, paid = (book(package, future(), name=name) for name in ("Ann", "Bea", "Cid"))
+    SandboxProvider.session_ended(checkout_of(paid), COMPLETED, "paid")
+    for booking in (stuck, also_stuck, paid):
+        ended_unheard(booking)
+    asked, outcome = [], SandboxProvider.checkout_outcome
+
+    def unanswerable(self, checkout):
+        asked.append(checkout.booking_id)
+        if checkout.booking_id in (stuck.pk, also_stuck.pk):
+            raise ProviderError("No such checkout.session")
+        return outcome(self, checkout)
+
+    monkeypatch.setattr(SandboxProvider, "checkout_outcome", unanswerable)
+    first, second = reconcile_checkouts(limit=2), reconcile_checkouts(limit=2)
+    assert asked[:2] == [stuck.pk, also_stuck.pk] and asked[2] == paid.pk  # its turn came in the second run
+    assert (first.done, second.done) == (0, 1) and Booking.objects.get(pk=paid.pk).status == "confirmed"
+    assert [(pk, type(refusal)) for pk, refusal in first.skipped] == [
+        (stuck.pk, PaymentProviderUnavailable),
+        (also_stuck.pk, PaymentProviderUnavailable),
+    ]
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exit:
+        call_command("reconcile_checkouts", stdout=io.StringIO(), stderr=err)
+    assert exit.value.code == 3, err.getvalue()  # the provider did not answer: run again later
+    assert "payment_provider_unavailable" in err.getvalue()
+    assert_invariants()
