@@ -323,7 +323,8 @@ SELECT CASE WHEN t.shared THEN pg_advisory_xact_lock_shared(hashtextextended(t.k
  WHERE EXISTS (SELECT 1 FROM "bookings_package" WHERE "id" = :package_id AND "tenant_id" = :tenant) \\;
 SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, (SELECT count(*) FROM bookings_booking b
   WHERE b.package_id = p.id AND b.date = {DAY} AND {ACTIVE_SQL} AND b.id IS DISTINCT FROM NULL),
-  current_date, clock_timestamp(), p.name FROM bookings_package p WHERE p.id = :package_id \\gset
+  (SELECT (clock_timestamp() AT TIME ZONE t.time_zone)::date FROM core_tenant t WHERE t.id = p.tenant_id) AS today,
+  clock_timestamp(), p.name FROM bookings_package p WHERE p.id = :package_id \\gset
 \\if :is_active and :tenant_id = :tenant and :count < :daily_capacity
 \\set exclusive :daily_capacity = 1
 WITH booking AS (INSERT INTO bookings_booking (tenant_id, package_id, date, customer_name, customer_email, status,
@@ -335,9 +336,10 @@ WITH booking AS (INSERT INTO bookings_booking (tenant_id, package_id, date, cust
  RETURNING bookings_booking.id, bookings_booking.created_at),
 checkout AS (INSERT INTO bookings_checkout (booking_id, provider, state, provider_checkout_id, url,
   provider_payment_id, amount, currency, error, refund_state, provider_refund_id, failed_refund_ids,
-  refund_attempts, refund_key_round, refund_error, refund_requested_at, next_retry_at, created_at, updated_at)
+  refund_attempts, refund_key_round, refund_error, refund_requested_at, next_retry_at, looked_up_at, created_at,
+  updated_at)
  VALUES ((SELECT id FROM booking), 'sandbox', 'creating', NULL, '', '', :price, ':currency', '', '', '',
-  '{{}}'::varchar(255)[], 0, 0, '', NULL, NULL, DEFAULT, DEFAULT)
+  '{{}}'::varchar(255)[], 0, 0, '', NULL, NULL, NULL, DEFAULT, DEFAULT)
  RETURNING bookings_checkout.id, bookings_checkout.created_at, bookings_checkout.updated_at){followed}
 SELECT *, (SELECT id FROM booking) AS pgbench_booking_id, (SELECT id FROM checkout) AS pgbench_checkout_id
  FROM booking, checkout{joined} \\gset checkout_

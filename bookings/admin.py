@@ -7,8 +7,7 @@ from urllib.parse import urlencode
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q
-from django.db.models.functions import Now, TruncDate
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import formats
@@ -33,7 +32,7 @@ from core.admin_display import badge
 from core.admin_forms import DeleteAtSeenVersionMixin, GuardedChangeFormMixin
 from core.admin_history import RowPagesMixin
 from core.admin_scope import TenantScopedAdminMixin
-from core.guards import ClockNow, database_clock
+from core.guards import ClockNow, LocalToday, tenant_today
 from core.money import in_currency
 
 
@@ -69,12 +68,8 @@ class PackageAdmin(
     }
 
     def get_queryset(self, request):
-        live = active_q("bookings__")
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(upcoming=Count("bookings", filter=live & Q(bookings__date__gte=TruncDate(Now()))))
-        )
+        upcoming = active_q("bookings__") & Q(bookings__date__gte=LocalToday(F("tenant__time_zone")))  # the shop's day
+        return super().get_queryset(request).annotate(upcoming=Count("bookings", filter=upcoming))
 
     def get_readonly_fields(self, request, obj=None):
         return ["tenant"] if obj is not None else []  # a package never moves to another tenant
@@ -109,7 +104,7 @@ class PackageAdmin(
         package = self.get_object(request, unquote(object_id))  # another tenant's: 404
         if not self.has_view_permission(request, package):
             raise PermissionDenied
-        today = database_clock().date()
+        today = tenant_today(package.tenant)  # the shop's day, in its time zone
         try:
             year, month = (int(part) for part in request.GET.get("month", "").split("-"))
             if not 1 < year < 9999:  # the month before and after, and each day's next day, must be dates too
@@ -201,7 +196,8 @@ class CheckoutInline(ActionsOnlyMixin, TenantScopedAdminMixin, admin.StackedInli
 
 
 class BookingDateFilter(admin.SimpleListFilter):
-    """The dates operators ask for: today, tomorrow, the next 7 days, everything upcoming (database clock)."""
+    """The dates operators ask for: today, tomorrow, the next 7 days, everything upcoming (database clock, each
+    booking's day read in its shop's time zone: an operator of shops in two zones sees each one's today)."""
 
     title = _("when")
     parameter_name = "when"
@@ -216,13 +212,15 @@ class BookingDateFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request, queryset):
-        today = database_clock().date()
+        def today(days=0):
+            return LocalToday(F("tenant__time_zone"), days)
+
         ranges = {
-            "today": {"date": today},
-            "tomorrow": {"date": today + timedelta(days=1)},
-            "next7": {"date__gte": today, "date__lt": today + timedelta(days=7)},
-            "upcoming": {"date__gte": today},
-            "past": {"date__lt": today},
+            "today": {"date": today()},
+            "tomorrow": {"date": today(1)},
+            "next7": {"date__gte": today(), "date__lt": today(7)},
+            "upcoming": {"date__gte": today()},
+            "past": {"date__lt": today()},
         }
         return queryset.filter(**ranges[self.value()]) if self.value() in ranges else queryset
 

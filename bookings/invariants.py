@@ -3,7 +3,7 @@
 from django.db.models import Count, F, Q
 from django.db.models.functions import Round
 
-from bookings.managers import LIVE_STATUSES, CurrentDate, active_q
+from bookings.managers import LIVE_STATUSES, active_q, shop_today
 from bookings.models import Booking, Checkout, Package
 from core import money
 from core.integrity import state_machines
@@ -19,7 +19,7 @@ def capacity_respected(tenant):
     over = (
         # From today on: a capacity edit is judged against the dates still to come (past dates keep the
         # bookings they had under the capacity of their day).
-        _scoped(Booking.objects.filter(active_q(), date__gte=CurrentDate()), tenant)
+        _scoped(Booking.objects.filter(active_q(), date__gte=shop_today()), tenant)
         .values("package_id", "date", "package__daily_capacity")
         .annotate(active=Count("id"))
         .filter(active__gt=F("package__daily_capacity"))
@@ -98,7 +98,7 @@ def states_inside_their_machines(tenant):
 @invariant("a held, payment-pending or confirmed booking from today on is exclusive exactly when capacity is 1")
 def exclusive_follows_capacity(tenant):
     broken = (
-        _scoped(Booking.objects.filter(status__in=LIVE_STATUSES, date__gte=CurrentDate()), tenant)
+        _scoped(Booking.objects.filter(status__in=LIVE_STATUSES, date__gte=shop_today()), tenant)
         .filter(Q(exclusive=True, package__daily_capacity__gt=1) | Q(exclusive=False, package__daily_capacity=1))
         .values_list("pk", "exclusive", "package__daily_capacity")
     )

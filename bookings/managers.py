@@ -48,7 +48,7 @@ from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks_in_order
 from core.decide import Decision
 from core.exceptions import DomainError, LockContended, VersionConflict
-from core.guards import ClockNow, SweepResult, constraint_name, guarded, sweep
+from core.guards import LOCAL_TODAY_SQL, ClockNow, LocalToday, SweepResult, constraint_name, guarded, sweep
 from core.jsonb import jsonb_safe
 from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared, insert_statement, insert_with, saved, update_statement
@@ -217,7 +217,7 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         if (capacity == 1) != (package.daily_capacity == 1):
             from bookings.models import Booking
 
-            Booking.objects.filter(package_id=package.pk, status__in=LIVE_STATUSES, date__gte=CurrentDate()).exclude(
+            Booking.objects.filter(package_id=package.pk, status__in=LIVE_STATUSES, date__gte=shop_today()).exclude(
                 exclusive=capacity == 1
             ).update(exclusive=capacity == 1)
         return self.get(pk=package.pk)
@@ -226,7 +226,7 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         from bookings.models import Booking
 
         crowded = list(
-            Booking.objects.filter(active_q(), package_id=package_id, date__gte=CurrentDate())
+            Booking.objects.filter(active_q(), package_id=package_id, date__gte=shop_today())
             .values("date")
             .annotate(taken=models.Count("pk"))
             .filter(taken__gt=capacity)
@@ -297,14 +297,10 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
                 cursor.execute(f"SET CONSTRAINTS {names} DEFERRED")
 
 
-class CurrentDate(models.Func):
-    """The database's ``current_date`` (the day a capacity check starts from)."""
-
-    template = "current_date"
-    output_field = models.DateField()
-
-    def __init__(self):
-        super().__init__()
+def shop_today():
+    """The date it is now in the shop of the bookings queried (their tenant's time zone): the day a capacity
+    check, and the live bookings it counts, start from."""
+    return LocalToday(F("tenant__time_zone"))
 
 
 # --- bookings ----------------------------------------------------------------------
@@ -363,19 +359,22 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
     def _place_statement(self, package_id, date, exclude_pk=None):
         """The package's terms and the places taken on the date, in one statement: (SQL, parameters).
 
-        Its row is a Place (tenant, is_active, capacity, price, currency, places taken, the
-        database's date and clock, the package's name); none when the package does not exist.
+        Its row is a Place (tenant, is_active, capacity, price, currency, places taken, the date it is
+        now in the package's shop (its tenant's time zone), the database clock, the package's name);
+        none when the package does not exist.
         Issued only after BOOKING_PACKAGE (shared) and BOOKING_DATE are held, so under READ
         COMMITTED its snapshot includes every edit and every booking committed by their
         previous holders; a hold's expiry is judged by ``clock_timestamp()``, the clock now.
         """
         booking, package = self.model._meta.db_table, self.model._meta.get_field("package").related_model
+        tenant = package._meta.get_field("tenant").related_model._meta.db_table
         return (
             f"SELECT p.tenant_id, p.is_active, p.daily_capacity, p.price, p.currency, "  # noqa: S608
             f"(SELECT count(*) FROM {booking} b WHERE b.package_id = p.id AND b.date = %s "
             f"AND {ACTIVE_SQL} "
-            f"AND b.id IS DISTINCT FROM %s), current_date, clock_timestamp(), p.name "
-            f"FROM {package._meta.db_table} p WHERE p.id = %s",
+            f"AND b.id IS DISTINCT FROM %s), "
+            f"(SELECT {LOCAL_TODAY_SQL.format('t.time_zone')} FROM {tenant} t WHERE t.id = p.tenant_id) AS today, "
+            f"clock_timestamp(), p.name FROM {package._meta.db_table} p WHERE p.id = %s",
             [date, exclude_pk, package_id],
         )
 

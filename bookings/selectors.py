@@ -9,7 +9,7 @@ from django.db.models import Count, Q
 from bookings.exceptions import PackageNotFound
 from bookings.managers import PLACED_STATUSES
 from bookings.models import Booking, Package
-from core.guards import database_clock
+from core.guards import tenant_today
 
 
 @dataclass
@@ -55,7 +55,8 @@ def places_left(tenant, start, end, *, package_id=None):
     """Places left on each date from ``start`` to ``end`` over the tenant's active packages (or one).
 
     Counts as the guards count (``active_q``): confirmed bookings and live holds take a place, a
-    hold past its expiry does not, swept or not. A date before the database's today has none
+    hold past its expiry does not, swept or not. A date before the shop's today (the database clock in the
+    tenant's time zone) has none
     left. Raises PackageNotFound when ``package_id`` names no active package of the tenant.
     Returns ``[{"date": day, "remaining": n}, ...]``, one per date.
     """
@@ -72,7 +73,7 @@ def places_left(tenant, start, end, *, package_id=None):
         .annotate(n=Count("pk"))
     )
     taken = {(row["date"], row["package_id"]): row["n"] for row in rows}
-    today = database_clock().date()
+    today = tenant_today(tenant)
 
     def remaining(day):
         if day < today:

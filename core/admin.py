@@ -1,4 +1,5 @@
 import functools
+import zoneinfo
 from datetime import timedelta
 
 from django import forms
@@ -141,6 +142,12 @@ class NewMembershipInline(TenantScopedAdminMixin, admin.TabularInline):
         return super().get_queryset(request).none()
 
 
+@functools.cache
+def time_zones():
+    """The IANA zones this server knows, sorted (the tenant form's list)."""
+    return sorted(zoneinfo.available_timezones())
+
+
 @admin.register(Tenant)
 class TenantAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     """Staff see their tenants; owners rename theirs (only what they changed, at the version they read) and
@@ -148,12 +155,17 @@ class TenantAdmin(GuardedChangeFormMixin, TenantScopedAdminMixin, admin.ModelAdm
 
     tenant_path = ""
     change_roles = MANAGE_MEMBERS
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "time_zone", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
     inlines = [MembershipInline, NewMembershipInline]
     refusal_fields = {"member_exists": None}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "time_zone":  # a list to pick from, not a name to spell (the model validates it too)
+            kwargs["widget"] = forms.Select(choices=[(zone, zone) for zone in time_zones()])
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def guarded_edit(self, request, obj, changes, *, version):
         return Tenant.objects.edit_tenant(obj.pk, version=version, **changes)

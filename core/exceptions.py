@@ -140,5 +140,12 @@ class TransitionRefused(Conflict):
     message = _("This change is not allowed from the current state (%(old)s → %(new)s).")
 
 
+class UnknownTimeZone(InvalidInput):
+    """A tenant's time zone PostgreSQL does not know (``tenant_time_zone_known``)."""
+
+    code = "unknown_time_zone"
+    message = _("Unknown time zone: give an IANA name such as Europe/Paris.")
+
+
 class GuardedWriteError(RuntimeError):
     """A programming error: a plain save() tried to write a column only guarded operations may write."""

@@ -36,7 +36,7 @@ from functools import wraps
 
 import psycopg.errors
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, OperationalError, connections, transaction
-from django.db.models import DateTimeField, Func
+from django.db.models import DateField, DateTimeField, Func
 
 from core.exceptions import LockContended, TransitionRefused
 
@@ -70,6 +70,28 @@ def database_clock(using=DEFAULT_DB_ALIAS):
     """The database clock, now (``clock_timestamp()``, not the transaction start)."""
     with connections[using].cursor() as cursor:
         cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+# A shop's day: the database clock, now, read on the calendar of its time zone (a tenant's ``time_zone``).
+LOCAL_TODAY_SQL = "(clock_timestamp() AT TIME ZONE {})::date"
+
+
+class LocalToday(Func):
+    """The date it is now (``clock_timestamp()``) in ``time_zone`` (an expression: ``F("tenant__time_zone")``),
+    plus ``days``: "today" as the shop whose rows they are counts it, whatever the server's zone."""
+
+    output_field = DateField()
+
+    def __init__(self, time_zone, days=0):
+        super().__init__(time_zone)
+        self.template = "(" + LOCAL_TODAY_SQL.format("%(expressions)s") + f" + {int(days)})"
+
+
+def tenant_today(tenant, using=DEFAULT_DB_ALIAS):
+    """The date it is now for ``tenant``, by the database clock read on its time zone's calendar."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT " + LOCAL_TODAY_SQL.format("%s"), [tenant.time_zone])
         return cursor.fetchone()[0]
 
 

@@ -1,8 +1,10 @@
 import json
+import zoneinfo
 from datetime import timedelta
 
 import pgtrigger
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models
 from django.db.models import F
@@ -11,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from core.db import LockNamespace, lock_key
 from core.db_backend.base import execute_carrying_timeouts
-from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken
+from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken, UnknownTimeZone
 from core.guards import ClockNow, constraint_errors, guarded
 from core.history import tracked
 from core.integrity import BumpVersion, StateMachine, VersionOnlyIncreases, refusal_sql
@@ -48,7 +50,44 @@ class TenantManager(models.Manager):
 
 
 # What an owner edits on their tenant (TenantAdmin, through Tenant.objects.edit_tenant); an edit bumps ``version``.
-TENANT_EDITABLE = ("name", "slug")
+TENANT_EDITABLE = ("name", "slug", "time_zone")
+
+
+def validate_time_zone(name):
+    """An IANA time zone name (Europe/Paris, America/Los_Angeles, UTC); the database judges it again."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            _("Unknown time zone %(name)s: give an IANA name such as Europe/Paris."),
+            code="unknown_time_zone",
+            params={"name": name},
+        ) from None
+
+
+class TimeZoneKnown(pgtrigger.Trigger):
+    """Refuse, in the database, a tenant whose time zone PostgreSQL does not know: every hold, proposal and
+    availability reads the shop's day as ``clock_timestamp() AT TIME ZONE`` it, and an unknown name there
+    would fail each of them (a 500 on every booking of the shop), not the edit that stored it. Raises
+    SQLSTATE 23514 named ``tenant_time_zone_known`` (400 unknown_time_zone)."""
+
+    when = pgtrigger.Before
+    operation = pgtrigger.Insert | pgtrigger.UpdateOf("time_zone")
+
+    def get_func(self, model):
+        refusal = refusal_sql(
+            self.name, 'NEW."time_zone"', "format('%s: unknown time zone %L', TG_TABLE_NAME, NEW.\"time_zone\")"
+        )
+        return self.format_sql(
+            f"""
+            BEGIN
+                PERFORM clock_timestamp() AT TIME ZONE NEW."time_zone";
+            EXCEPTION WHEN invalid_parameter_value THEN
+                {refusal}
+            END;
+            RETURN NEW;
+            """
+        )
 
 
 class Tenant(models.Model):
@@ -56,6 +95,15 @@ class Tenant(models.Model):
 
     name = models.CharField(_("name"), max_length=200)
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
+    # The shop's own day: a date is in the past, today or bookable by this zone's calendar, not the server's.
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        default="UTC",
+        db_default="UTC",
+        validators=[validate_time_zone],
+        help_text=_("The shop's IANA time zone (Europe/Paris): the day its dates begin and end."),
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True, verbose_name=_("members")
     )
@@ -71,6 +119,7 @@ class Tenant(models.Model):
         triggers = [
             BumpVersion(name="tenant_version", fields=TENANT_EDITABLE),
             VersionOnlyIncreases(name="tenant_version_transition"),
+            TimeZoneKnown(name="tenant_time_zone_known"),
         ]
 
     def __str__(self):
@@ -183,7 +232,7 @@ class Membership(models.Model):
 
 
 constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists, "core_tenant_slug_key": TenantSlugTaken})
-constraint_errors({"membership_keeps_an_owner": LastOwner})
+constraint_errors({"membership_keeps_an_owner": LastOwner, "tenant_time_zone_known": UnknownTimeZone})
 
 
 class IdempotencyKey(models.Model):

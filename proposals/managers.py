@@ -27,7 +27,7 @@ from bookings.models import Booking, Checkout, Package
 from core import rows
 from core.decide import NOW, Decision
 from core.exceptions import DomainError
-from core.guards import ClockNow, SweepResult, database_clock, guarded, sweep
+from core.guards import ClockNow, SweepResult, guarded, sweep, tenant_today
 from core.managers import TenantScopedQuerySet, effective_status
 from core.prepared import update_statement
 from core.versioned_edit import edit_at_version, refuse_unknown_fields
@@ -96,12 +96,12 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         foreign key failing at commit).
 
         Raises PackageNotFound (gone, inactive or another tenant's), DateInPast for a date
-        before the database's today (it could never be booked).
+        before the shop's today (the database clock in the tenant's time zone: it could never be booked).
         """
         lock_package_shared(package.pk, using=self.db)
         if not Package.objects.using(self.db).for_tenant(tenant).active().filter(pk=package.pk).exists():
             raise PackageNotFound()
-        if date < database_clock(using=self.db).date():
+        if date < tenant_today(tenant, using=self.db):
             raise DateInPast(date=date.isoformat())
         proposal = self.create(
             tenant=tenant,

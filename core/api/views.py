@@ -10,6 +10,7 @@ from core.models import Membership
 class TenantSerializer(serializers.Serializer):
     slug = serializers.SlugField()
     name = serializers.CharField()
+    time_zone = serializers.CharField(help_text="The shop's IANA time zone: its dates begin and end by it.")
     role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
@@ -19,4 +20,6 @@ class TenantDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=TenantSerializer)
     def get(self, request, tenant):
         tenant = self.tenant
-        return Response({"slug": tenant.slug, "name": tenant.name, "role": self.membership.role})
+        return Response(
+            {"slug": tenant.slug, "name": tenant.name, "time_zone": tenant.time_zone, "role": self.membership.role}
+        )

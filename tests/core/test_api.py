@@ -17,7 +17,7 @@ pytestmark = pytest.mark.urls("tests.core.urls")
 def test_member_sees_its_tenant(api_client, tenant):
     response = api_client.get("/api/t/acme/")
     assert response.status_code == 200
-    assert response.json() == {"slug": "acme", "name": "Acme", "role": "staff"}
+    assert response.json() == {"slug": "acme", "name": "Acme", "time_zone": "UTC", "role": "staff"}
 
 
 def test_non_member_and_unknown_tenant_get_the_same_404(outsider_client, tenant, api_client):

@@ -39,7 +39,7 @@ def test_an_authenticated_tenant_request_resolves_token_user_membership_and_tena
     client = token_client(acme_member)
     response, sql = statements(lambda: client.get("/api/t/acme/"))
     assert response.status_code == 200
-    assert response.json() == {"slug": "acme", "name": "Acme", "role": "staff"}
+    assert response.json() == {"slug": "acme", "name": "Acme", "time_zone": "UTC", "role": "staff"}
     assert len(sql) == 1 + rate_limited, sql
     assert "core_membership" in sql[0] and "authtoken_token" in sql[0] and "core_tenant" in sql[0]
 
