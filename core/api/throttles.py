@@ -138,8 +138,15 @@ class CheckoutAddressThrottle(PostgresRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
+def shop_of(view):
+    """The tenant slug of the request's path (``/api/public/<tenant>/…``, ``/api/t/<tenant>/…``), or ''."""
+    return str(getattr(view, "kwargs", {}).get("tenant", ""))
+
+
 class CheckoutEmailThrottle(PostgresRateThrottle):
-    """Public checkouts per customer e-mail (lower-cased; hashed, so no address is stored)."""
+    """Public checkouts per customer e-mail at one shop (lower-cased; hashed, so no address is stored). Per
+    shop: checkouts sent to another shop's path (or to a slug of no shop) in a customer's name must not use up
+    what that customer may send to this one."""
 
     scope = "checkout_email"
 
@@ -150,18 +157,19 @@ class CheckoutEmailThrottle(PostgresRateThrottle):
         if not isinstance(email, str) or not email.strip():
             return None  # not counted: the view refuses it as invalid input
         digest = hashlib.sha256(email.strip().lower().encode("utf-8", "replace")).hexdigest()
-        return self.cache_format % {"scope": self.scope, "ident": digest}
+        return self.cache_format % {"scope": self.scope, "ident": f"{shop_of(view)}:{digest}"}
 
 
 class TenantApiThrottle(PostgresRateThrottle):
-    """Every request under /api/t/<tenant>/, per authenticated user (per address otherwise)."""
+    """Every request under /api/t/<tenant>/, per authenticated user (per address otherwise) and tenant: one
+    integration serving two shops has each shop's budget, and one shop's load never throttles the other."""
 
     scope = "tenant_api"
 
     def get_cache_key(self, request, view):
         user = getattr(request, "user", None)
         ident = f"user:{user.pk}" if user is not None and user.is_authenticated else self.get_ident(request)
-        return self.cache_format % {"scope": self.scope, "ident": ident}
+        return self.cache_format % {"scope": self.scope, "ident": f"{shop_of(view)}:{ident}"}
 
 
 class AuthFailureThrottle(PostgresRateThrottle):

@@ -95,6 +95,21 @@ def test_checkouts_per_email_refuse_the_n_plus_first_whatever_the_case_or_addres
     assert not ThrottleBucket.objects.filter(key__icontains="example").exists(), "e-mails are stored hashed"
 
 
+def test_checkouts_sent_to_another_shop_in_a_customers_name_leave_this_shops_budget_alone(settings, package):
+    """Regression: the e-mail bucket was the platform's, so ten checkouts to any shop's path, or to a slug of no
+    shop (404), in a customer's name locked that customer out of every shop's checkout for the hour."""
+    only(settings, checkout_email="2/hour")
+    other = PackageFactory(tenant=TenantFactory(slug="other"), daily_capacity=50)
+    body = {"package": other.pk, "date": future().isoformat(), "customer": {"name": "X", "email": "ann@example.com"}}
+    for path in ("/api/public/other/checkouts", "/api/public/no-such-shop/checkouts"):
+        for _ in range(2):
+            APIClient().post(path, body, format="json")
+        assert_throttled(APIClient().post(path, body, format="json"), at_most=1800)
+    assert checkout(package, "ann@example.com").status_code == 201  # at acme, her own budget
+    assert checkout(package, "ann@example.com").status_code == 201
+    assert_throttled(checkout(package, "ann@example.com"), at_most=1800)
+
+
 def test_a_checkout_without_an_email_is_not_counted_per_email(settings, package):
     only(settings, checkout_email="1/hour")
     for body in ({}, {"customer": "nobody"}, {"customer": {"name": "Ann"}}, {"customer": {"email": 7}}):
@@ -155,7 +170,7 @@ def test_gcra_frees_one_cell_per_emission_interval(settings, tenant, member, api
     assert [api_client.get("/api/t/acme/").status_code for _ in range(2)] == [200, 429]
     ThrottleBucket.objects.update(tat=Now() - timedelta(seconds=1))  # long idle: a full bucket again
     assert [api_client.get("/api/t/acme/").status_code for _ in range(5)] == [200, 200, 200, 200, 429]
-    assert ThrottleBucket.objects.get().key == bucket.key == f"throttle_tenant_api_user:{member.pk}"
+    assert ThrottleBucket.objects.get().key == bucket.key == f"throttle_tenant_api_acme:user:{member.pk}"
 
 
 @pytest.mark.parametrize("limit, period", [(7, 1), (3, 1), (6000, 60), (10, 3600), (9, 86400)])
