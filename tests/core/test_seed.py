@@ -4,7 +4,7 @@ import io
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 
 def seed(*args):
@@ -33,3 +33,35 @@ def test_on_your_own_database_no_demo_admin_unless_asked(settings):
     assert "Admin login: none created" in seed()
     assert not get_user_model().objects.filter(username="admin").exists()
     assert "Admin login: admin / lockstep-demo" in seed("--with-admin")
+
+
+@pytest.mark.django_db
+def test_a_real_shop_called_demo_or_a_real_demo_api_account_is_never_seeded_into(settings):
+    """Regression: every ``make run`` seeds, on whatever database it points at. A real shop whose slug is
+    ``demo`` got active codes anyone could redeem, published packages, and an API member whose token the
+    seed printed; a real ``demo-api`` account of another shop became that member."""
+    from core.models import Membership, Tenant
+    from promos.models import PromoCode
+    from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+    settings.EMBEDDED_DATABASE = False
+    shop = TenantFactory(slug="demo", name="A real shop")
+    MembershipFactory(tenant=shop, user=UserFactory(username="owner"), role="owner")
+    with pytest.raises(CommandError) as refused:
+        seed()
+    assert refused.value.returncode == 1 and "real shop" in str(refused.value)
+    assert not PromoCode.objects.filter(tenant=shop).exists()
+    assert list(Membership.objects.filter(tenant=shop).values_list("user__username", flat=True)) == ["owner"]
+
+    Tenant.objects.filter(pk=shop.pk).update(slug="a-real-shop")
+    MembershipFactory(tenant=TenantFactory(), user=UserFactory(username="demo-api"), role="api")
+    with pytest.raises(CommandError) as refused:
+        seed()
+    assert "real account" in str(refused.value) and not Tenant.objects.filter(slug="demo").exists()
+
+
+@pytest.mark.django_db
+def test_the_seeds_own_demo_is_seeded_again(settings):
+    settings.EMBEDDED_DATABASE = True
+    first, again = seed(), seed()
+    assert "Tenant: demo" in first and "Tenant: demo" in again
