@@ -43,7 +43,7 @@ def moved():
 
 
 def test_undo_succeeds_with_exit_0(moved, capsys):
-    operator = UserFactory(username="operator")
+    operator = UserFactory(username="operator", is_superuser=True)  # the platform's: any tenant's entry
     code, out, err = run(
         "undo_audit_entry", moved["entry"].pk, "--reason", "wrong father", "--actor", "operator", capsys=capsys
     )
@@ -104,7 +104,23 @@ def test_bad_usage_message_is_localized(moved, capsys):
     code, _out, err = run("undo_audit_entry", "abc", "--reason", "r", "--language", "ar", capsys=capsys)
     assert code == 2 and err.strip() == "يجب أن يكون معرّف قيد السجل عدداً صحيحاً."
     code, _out, err = run("undo_audit_entry", "1", "--reason", "r", "--actor", "ghost", capsys=capsys)
-    assert code == 2 and err.strip() == "No user named ghost."
+    assert code == 2 and err.strip() == "No user named ghost among the members of the entry's tenant."
+
+
+def test_the_undo_is_credited_only_to_a_member_of_the_entrys_tenant(moved, capsys):
+    """Regression: ``--actor`` took any user of the platform, so an undo of acme's entry could be credited to
+    another shop's user, whose name acme's history API then showed."""
+    from tests.factories import MembershipFactory, UserFactory
+
+    MembershipFactory(tenant=TenantFactory(slug="other"), user=UserFactory(username="stranger"))
+    entry = str(moved["entry"].pk)
+    code, _out, err = run("undo_audit_entry", entry, "--reason", "r", "--actor", "stranger", capsys=capsys)
+    assert code == 2 and "No user named stranger among the members" in err
+    assert ProfileAuditLog.objects.filter(undone_at__isnull=False).count() == 0
+    MembershipFactory(tenant=moved["kid"].tenant, user=UserFactory(username="clerk"))
+    code, _out, err = run("undo_audit_entry", entry, "--reason", "r", "--actor", "clerk", capsys=capsys)
+    assert code == 0, err
+    assert ProfileAuditLog.objects.get(pk=entry).undone_by.username == "clerk"
 
 
 def test_blank_reason_exits_2_with_the_localized_message_even_for_a_real_entry(moved, capsys):

@@ -58,7 +58,7 @@ def people(acme):
         "form": superuser("form"),
         "delete_action": superuser("delete_action"),
         "restore_action": superuser("restore_action"),
-        "command": UserFactory(username="command"),
+        "command": member("command"),  # an undo from the shell is credited to one of the shop's
     }
 
 

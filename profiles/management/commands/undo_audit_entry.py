@@ -1,4 +1,5 @@
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 from django.utils.translation import gettext as _
 
 from core.exceptions import DomainError, LockContended
@@ -45,15 +46,23 @@ class Command(GuardedCommand):
         for option in ("reason", "actor"):
             if options[option] is not None and not is_text(options[option]):
                 fail(self, _("--%(option)s must be UTF-8 text.") % {"option": option}, EXIT_USAGE)
-        actor = None
-        if options["actor"]:
-            actor = get_user_model().objects.filter(username=options["actor"]).first()
-            if actor is None:
-                fail(self, _("No user named %(username)s.") % {"username": options["actor"]}, EXIT_USAGE)
         # The shell operator is trusted across tenants: the entry names its own tenant. An unknown
         # entry gives tenant None, which matches nothing: the manager answers audit_entry_not_found
         # (after its own usage check of the reason).
         tenant_id = ProfileAuditLog.objects.filter(pk=entry_id).values_list("tenant_id", flat=True).first()
+        actor = None
+        if options["actor"]:
+            users = get_user_model().objects.filter(username=options["actor"])
+            if tenant_id is not None:  # credited to one of the entry's shop (or the platform's): its history shows it
+                users = users.filter(Q(memberships__tenant_id=tenant_id) | Q(is_superuser=True)).distinct()
+            actor = users.first()
+            if actor is None:
+                fail(
+                    self,
+                    _("No user named %(username)s among the members of the entry's tenant.")
+                    % {"username": options["actor"]},
+                    EXIT_USAGE,
+                )
         try:
             entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
         except (UndoReasonRequired, UndoReasonTooLong) as exc:  # bad usage, not a refusal by the data
