@@ -9,7 +9,7 @@ never leaked through a transaction-pooling bouncer.
 
 import enum
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from core.guards import require_atomic
 
@@ -179,3 +179,23 @@ def after_local_lock_timeout(statement, milliseconds: int):
     """
     sql, params = statement
     return f"{LOCAL_LOCK_TIMEOUT}; {sql}", [f"{int(milliseconds)}ms", *params]
+
+
+def update_skipping_locked(queryset, *, batch=1000, **changes):
+    """``queryset.update(**changes)``, ``batch`` rows at a time, each batch its own transaction, never waiting
+    for a row another transaction holds: it is skipped, left for the next run. Return how many rows changed.
+
+    For sweeps of rows that read as swept already (an expiry every reader judges by the clock): one UPDATE over
+    the whole backlog waited for any row a confirm or a consume held, and past lock_timeout (or, for a large
+    backlog, statement_timeout) cancelled the run, every run, for as long as the row stayed held. Each batch
+    is ``UPDATE … WHERE pk IN (SELECT pk … ORDER BY pk LIMIT batch FOR NO KEY UPDATE SKIP LOCKED) AND
+    <the queryset's conditions>``: the rows it locked are judged again as the UPDATE writes them.
+    """
+    using, changed = queryset.db, 0
+    while True:
+        with transaction.atomic(using=using):
+            locked = queryset.order_by("pk").select_for_update(skip_locked=True, no_key=True, of=("self",))
+            n = queryset.filter(pk__in=locked.values("pk")[:batch]).update(**changes)
+        changed += n
+        if n < batch:
+            return changed

@@ -26,10 +26,10 @@ from django.db.models import Count, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Lower, Now
 
 from core import money, rows
-from core.db import after_local_lock_timeout, set_local_lock_timeout
+from core.db import after_local_lock_timeout, set_local_lock_timeout, update_skipping_locked
 from core.decide import NOW, Decision, verdict_sql
 from core.exceptions import VersionConflict
-from core.guards import ClockNow, constraint_errors, guarded
+from core.guards import ClockNow, constraint_errors, guarded, sweep
 from core.managers import TenantScopedQuerySet, effective_status
 from core.prepared import Prepared
 from promos import exceptions as errors
@@ -772,22 +772,21 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             raise errors.SessionExpired()
         raise errors.SessionNotCancellable(status=Status(session.status))
 
-    @guarded
+    @sweep
     def expire_due(self, *, tenant=None):
         """Mark every pending/approved session past ``expires_at`` as expired; return how many.
 
-        Locks: each due session row (one UPDATE, every condition on the row itself; a
-        session writer holds only its own row, so no order to keep).
+        Locks: each due session row, a batch at a time (``core.db.update_skipping_locked``; a session
+        writer holds only its own row, so no order to keep; a row another transaction holds is skipped,
+        never waited for: the next run's).
 
-        One UPDATE whose WHERE (status, ``expires_at <= clock_timestamp()``) is
-        evaluated on each row it changes, after any row lock it waited for: a
-        consume, cancel or approve racing it re-checks its own WHERE on the row the
-        sweep wrote (status expired) and matches nothing, and vice versa.
-        LockContended when a row stays locked past the lock timeout (run the sweep
-        again).
+        Each batch's WHERE (status, ``expires_at <= clock_timestamp()``) is evaluated on each row it
+        changes: a consume, cancel or approve racing it re-checks its own WHERE on the row the sweep
+        wrote (status expired) and matches nothing; a row one of them holds is skipped, and judged
+        again by the next run. Every reader already takes a lapsed session for expired meanwhile.
         """
         queryset = self.all() if tenant is None else self.for_tenant(tenant)
-        return queryset.overdue().update(status=self.model.Status.EXPIRED)
+        return update_skipping_locked(queryset.overdue(), status=self.model.Status.EXPIRED)
 
 
 def _lapsed(session):

@@ -25,6 +25,7 @@ from bookings.exceptions import DateInPast, PackageNotFound
 from bookings.managers import lock_package_shared
 from bookings.models import Booking, Checkout, Package
 from core import rows
+from core.db import update_skipping_locked
 from core.decide import NOW, Decision
 from core.exceptions import DomainError
 from core.guards import ClockNow, SweepResult, guarded, sweep, tenant_today
@@ -303,19 +304,18 @@ class ProposalManager(models.Manager.from_queryset(ProposalQuerySet)):
         ):
             raise ProposalNotFound() if not self.filter(pk=proposal_id).exists() else ProposalAlreadyProcessed()
 
-    @guarded
+    @sweep
     def expire_due(self):
         """Sweep: mark pending proposals past their expiry ``expired``; return how many.
 
-        Locks: each matching proposal row (one filtered UPDATE; no other lock, so no
-        order to keep).
+        Locks: each matching proposal row, a batch at a time (``core.db.update_skipping_locked``: no
+        other lock, so no order to keep; a row another transaction holds is skipped, never waited for).
 
-        Both conditions are on the row being changed: a row a confirm
-        holds is re-judged after that confirm commits (no longer pending: left alone), and
-        expiry is judged with the clock at that moment. A row busy past lock_timeout
-        raises LockContended (nothing expired; run again shortly).
+        Both conditions are on the row being changed, judged as it is written, with the clock at that
+        moment. A row a confirm holds is left for the next run, which finds it executed (left alone) or
+        still lapsed; meanwhile every reader already takes it for expired (``effective_status``).
         """
-        return self.lapsed().update(status=self.model.Status.EXPIRED)
+        return update_skipping_locked(self.lapsed(), status=self.model.Status.EXPIRED)
 
     @guarded
     def edit_contact(self, proposal_id, *, version, **changes):

@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 from io import StringIO
 
@@ -48,19 +49,16 @@ def test_seed_demo_adds_codes_and_a_session_idempotently():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_expire_redemption_sessions_reports_a_locked_row():
-    """Regression: a due row locked past lock_timeout ended the command with an OperationalError traceback.
-
-    Another connection holds the row lock a consume/cancel/approve in flight holds; the sweep
-    (with a short lock_timeout) says resource_locked on stderr and exits 3, nothing changed.
-    """
-    due = RedemptionSessionFactory(tenant=TenantFactory(), expires_in=timedelta(seconds=-1))
-    out, err = StringIO(), StringIO()
-    with row_locked(RedemptionSession.objects.filter(pk=due.pk)), lock_timeout(200):
-        with pytest.raises(SystemExit) as exit:
-            call_command("expire_redemption_sessions", stdout=out, stderr=err)
-    assert exit.value.code == 3  # core.management.base.EXIT_LOCKED: run again shortly
-    assert err.getvalue().startswith("resource_locked: ") and "Traceback" not in err.getvalue()
-    assert out.getvalue() == ""
-    assert RedemptionSession.objects.get(pk=due.pk).status == "pending"
-    assert run("expire_redemption_sessions") == "Expired 1 redemption session(s).\n"
+def test_expire_redemption_sessions_skips_a_locked_row_and_expires_the_others():
+    """A due row another transaction holds (a consume, cancel or approve in flight) is skipped, never waited
+    for: the others expire now, that one in the next run. Regression: the one UPDATE waited for it, and past
+    lock_timeout cancelled the whole run (every run, while the row stayed held); before that, a traceback."""
+    tenant = TenantFactory()
+    held, other = (RedemptionSessionFactory(tenant=tenant, expires_in=timedelta(seconds=-1)) for _ in range(2))
+    with row_locked(RedemptionSession.objects.filter(pk=held.pk)), lock_timeout(200):
+        started = time.monotonic()
+        assert run("expire_redemption_sessions") == "Expired 1 redemption session(s).\n"
+        assert time.monotonic() - started < 0.2  # never waited for the held row
+    assert RedemptionSession.objects.get(pk=held.pk).status == "pending"  # still reads as expired (lazily)
+    assert RedemptionSession.objects.get(pk=other.pk).status == "expired"
+    assert run("expire_redemption_sessions") == "Expired 1 redemption session(s).\n"  # the next run's

@@ -408,7 +408,8 @@ def test_redeem_waiting_on_a_delete_is_not_found():
 
 def test_session_operations_on_a_locked_row_answer_resource_locked():
     """Regression: cancel, consume, approve and the sweep let 55P03 escape as OperationalError
-    (a 500 in the admin cancel action, a traceback in the command)."""
+    (a 500 in the admin cancel action, a traceback in the command). The sweep now skips a held row
+    without waiting: nothing to time out."""
     tenant = TenantFactory()
     pending = RedemptionSessionFactory(tenant=tenant)
     approved = RedemptionSessionFactory(tenant=tenant, status="approved")
@@ -418,7 +419,6 @@ def test_session_operations_on_a_locked_row_answer_resource_locked():
         lambda: RedemptionSession.objects.approve(pending.session_id, secret=SECRET),
         lambda: RedemptionSession.objects.reject(pending.session_id, secret=SECRET),
         lambda: RedemptionSession.objects.consume(approved.session_id, tenant=tenant, amount="1"),
-        lambda: RedemptionSession.objects.expire_due(tenant=tenant),
     ]
 
     def attempt(i):
@@ -427,7 +427,9 @@ def test_session_operations_on_a_locked_row_answer_resource_locked():
 
     with row_locked(RedemptionSession.objects.filter(tenant=tenant)):
         outcomes = run_concurrently(attempt, len(attempts))
+        swept = run_concurrently(lambda i: RedemptionSession.objects.expire_due(tenant=tenant), 1)
     assert [o.code for o in outcomes] == ["resource_locked"] * len(attempts), [repr(o.error) for o in outcomes]
+    assert swept[0].ok and swept[0].value == 0  # every due row held: skipped, not waited for
     assert set(RedemptionSession.objects.values_list("status", flat=True)) == {"pending", "approved"}
 
 

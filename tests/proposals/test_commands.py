@@ -100,15 +100,16 @@ def test_a_stranded_proposal_busy_past_lock_timeout_is_left_for_the_next_run_wit
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_lapsed_proposal_busy_past_lock_timeout_leaves_the_expiry_for_the_next_run_after_the_reopens():
-    """The expiry's one UPDATE meets a row a confirm holds: nothing expired, exit 3, and the stranded proposals
-    reopened before it are still reported (not lost to the expiry's refusal)."""
+def test_a_lapsed_proposal_another_transaction_holds_is_left_for_the_next_run_and_the_others_expire():
+    """The expiry skips a row a confirm holds, never waiting for it: the other lapsed proposals expire now, that
+    one in the next run. Regression: the one UPDATE waited for it, and past lock_timeout expired nothing, every
+    run, while the row stayed held."""
     tenant = TenantFactory(slug="acme")
-    lapsed = make_proposal(tenant, session_id="chat-9")
-    Proposal.objects.filter(pk=lapsed.pk).update(expires_at=Now() - timedelta(seconds=1))
+    held, other = make_proposal(tenant, session_id="chat-9"), make_proposal(tenant, session_id="chat-8")
+    Proposal.objects.filter(pk__in=[held.pk, other.pk]).update(expires_at=Now() - timedelta(seconds=1))
     out, err = StringIO(), StringIO()
-    with row_locked(Proposal.objects.filter(pk=lapsed.pk)), pytest.raises(SystemExit) as exited:
+    with row_locked(Proposal.objects.filter(pk=held.pk)):
         call_command("sweep_proposals", stdout=out, stderr=err)
-    assert exited.value.code == 3
-    assert "Reopened stranded proposals: 0" in out.getvalue() and "Expired proposals: 0" in out.getvalue()
-    assert Proposal.objects.get(pk=lapsed.pk).status == "pending"
+    assert "Reopened stranded proposals: 0" in out.getvalue() and "Expired proposals: 1" in out.getvalue()
+    assert Proposal.objects.get(pk=held.pk).status == "pending"  # the next run's (it reads as expired already)
+    assert Proposal.objects.get(pk=other.pk).status == "expired"

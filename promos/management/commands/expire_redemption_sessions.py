@@ -15,7 +15,7 @@ class Command(GuardedCommand):
 
     help = (
         "Mark pending/approved redemption sessions past their expiry (database clock) as expired "
-        "(safe to run any time; exit 3 when a session row stays locked: run again)."
+        "(safe to run any time; a session another transaction holds is left for the next run, never waited for)."
     )
 
     def add_arguments(self, parser):
