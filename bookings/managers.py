@@ -48,7 +48,16 @@ from core import money
 from core.db import LockNamespace, advisory_xact_lock, advisory_xact_lock_shared, advisory_xact_locks_in_order
 from core.decide import Decision
 from core.exceptions import DomainError, LockContended, VersionConflict
-from core.guards import LOCAL_TODAY_SQL, ClockNow, LocalToday, SweepResult, constraint_name, guarded, sweep
+from core.guards import (
+    LOCAL_TODAY_SQL,
+    ClockNow,
+    LocalToday,
+    SweepResult,
+    constraint_name,
+    guarded,
+    sweep,
+    tenant_today,
+)
 from core.jsonb import jsonb_safe
 from core.managers import TenantScopedQuerySet
 from core.prepared import Prepared, insert_statement, insert_with, saved, update_statement
@@ -210,23 +219,24 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         if "price" in changes or "currency" in changes:  # judged against the row read under the lock
             _check_terms(changes.get("price", package.price), changes.get("currency", package.currency))
         capacity = changes.get("daily_capacity", package.daily_capacity)
+        today = tenant_today(package.tenant_id, using=self.db)  # the shop's, read once under the package lock
         if capacity < package.daily_capacity:
-            self._refuse_below_occupancy(package.pk, capacity)
+            self._refuse_below_occupancy(package.pk, capacity, today=today)
         if changes:
             self.filter(pk=package.pk).update(**changes)
         if (capacity == 1) != (package.daily_capacity == 1):
             from bookings.models import Booking
 
-            Booking.objects.filter(package_id=package.pk, status__in=LIVE_STATUSES, date__gte=shop_today()).exclude(
+            Booking.objects.filter(package_id=package.pk, status__in=LIVE_STATUSES, date__gte=today).exclude(
                 exclusive=capacity == 1
             ).update(exclusive=capacity == 1)
         return self.get(pk=package.pk)
 
-    def _refuse_below_occupancy(self, package_id, capacity):
+    def _refuse_below_occupancy(self, package_id, capacity, *, today):
         from bookings.models import Booking
 
         crowded = list(
-            Booking.objects.filter(active_q(), package_id=package_id, date__gte=shop_today())
+            Booking.objects.filter(active_q(), package_id=package_id, date__gte=today)
             .values("date")
             .annotate(taken=models.Count("pk"))
             .filter(taken__gt=capacity)

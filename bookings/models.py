@@ -278,7 +278,7 @@ class Booking(GuardedModel):
         return f"#{self.pk} {self.package} {self.date} ({self.status})"
 
 
-@tracked()
+@tracked(exclude=["looked_up_at"])  # reconcile's hourly stamp is not a change of the payment: no event
 class Checkout(GuardedModel):
     """The payment side of a booking: intent recorded before the provider is called.
 

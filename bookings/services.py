@@ -39,7 +39,7 @@ from bookings.payments.sandbox import (
     build_refund_event,
 )
 from core import metrics
-from core.db import LockNamespace, advisory_xact_lock
+from core.db import LockNamespace, advisory_xact_lock, update_skipping_locked
 from core.exceptions import DomainError
 from core.guards import SweepResult, database_refusals
 from core.money import to_minor_units
@@ -299,8 +299,10 @@ def reconcile_checkouts(limit=100):
     """
     result = SweepResult()
     for checkout in Checkout.objects.unheard().select_related("booking")[:limit]:
-        # stamped before the provider is asked: a question that fails, or a process that dies, still moves it back
-        Checkout.objects.filter(pk=checkout.pk).update(looked_up_at=Now())
+        # stamped before the provider is asked: a question that fails, or a process that dies, still moves it back.
+        # A row another transaction holds (its webhook settling it now) is skipped, never waited for.
+        if not update_skipping_locked(Checkout.objects.filter(pk=checkout.pk), looked_up_at=Now()):
+            continue
         try:
             event = provider_for(checkout.provider).checkout_outcome(checkout)
         except ProviderError as exc:

@@ -182,8 +182,8 @@ def after_local_lock_timeout(statement, milliseconds: int):
 
 
 def update_skipping_locked(queryset, *, batch=1000, **changes):
-    """``queryset.update(**changes)``, ``batch`` rows at a time, each batch its own transaction, never waiting
-    for a row another transaction holds: it is skipped, left for the next run. Return how many rows changed.
+    """Run ``queryset.update(**changes)`` ``batch`` rows at a time, each batch its own transaction, never waiting
+    for a row another transaction holds: skip it, for the next run. Return how many rows changed.
 
     For sweeps of rows that read as swept already (an expiry every reader judges by the clock): one UPDATE over
     the whole backlog waited for any row a confirm or a consume held, and past lock_timeout (or, for a large
@@ -194,7 +194,7 @@ def update_skipping_locked(queryset, *, batch=1000, **changes):
     using, changed = queryset.db, 0
     while True:
         with transaction.atomic(using=using):
-            locked = queryset.order_by("pk").select_for_update(skip_locked=True, no_key=True, of=("self",))
+            locked = queryset.order_by("pk").select_for_update(skip_locked=True, no_key=True)
             n = queryset.filter(pk__in=locked.values("pk")[:batch]).update(**changes)
         changed += n
         if n < batch:

@@ -89,9 +89,13 @@ class LocalToday(Func):
 
 
 def tenant_today(tenant, using=DEFAULT_DB_ALIAS):
-    """The date it is now for ``tenant``, by the database clock read on its time zone's calendar."""
+    """The date it is now for ``tenant`` (a Tenant, or its id: its zone read from the row), by the database
+    clock read on its time zone's calendar."""
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT " + LOCAL_TODAY_SQL.format("%s"), [tenant.time_zone])
+        if hasattr(tenant, "time_zone"):
+            cursor.execute("SELECT " + LOCAL_TODAY_SQL.format("%s"), [tenant.time_zone])
+        else:
+            cursor.execute(f"SELECT {LOCAL_TODAY_SQL.format('time_zone')} FROM core_tenant WHERE id = %s", [tenant])  # noqa: S608 - a constant
         return cursor.fetchone()[0]
 
 

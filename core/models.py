@@ -36,7 +36,7 @@ class TenantManager(models.Manager):
 
     @guarded
     def edit_tenant(self, tenant_id, *, version, **changes):
-        """Write only the changed fields (name, slug) of a tenant, at the version the caller read.
+        """Write only the changed fields (name, slug, time zone) of a tenant, at the version the caller read.
 
         Locks: the tenant row FOR NO KEY UPDATE (waits up to lock_timeout; no other lock).
 
@@ -57,7 +57,7 @@ def validate_time_zone(name):
     """An IANA time zone name (Europe/Paris, America/Los_Angeles, UTC); the database judges it again."""
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a directory
         raise ValidationError(
             _("Unknown time zone %(name)s: give an IANA name such as Europe/Paris."),
             code="unknown_time_zone",

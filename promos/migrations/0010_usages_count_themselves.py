@@ -12,6 +12,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # From now on the usages move the counter by one: it must start from their count. A counter that had
+        # drifted is recounted here, the usages locked against writes meanwhile; one whose live usages are
+        # over its limit is left as it is (the CHECK would refuse it), for check_invariants to name.
+        migrations.RunSQL(
+            sql="""
+                LOCK TABLE promos_promousage IN SHARE MODE;
+                UPDATE promos_promocode c SET times_used = live.n, updated_at = statement_timestamp()
+                FROM (
+                    SELECT p.id, count(u.id) AS n FROM promos_promocode p
+                    LEFT JOIN promos_promousage u ON u.promo_id = p.id AND u.voided_at IS NULL GROUP BY p.id
+                ) live
+                WHERE c.id = live.id AND c.times_used <> live.n
+                AND (c.total_usage_limit IS NULL OR live.n <= c.total_usage_limit);
+            """,
+            reverse_sql=migrations.RunSQL.noop,
+        ),
         pgtrigger.migrations.AddTrigger(
             model_name='promocode',
             trigger=pgtrigger.compiler.Trigger(name='promo_times_used_transition', sql=pgtrigger.compiler.UpsertTriggerSql(condition='WHEN (OLD."times_used" IS DISTINCT FROM NEW."times_used" AND pg_trigger_depth() = 0)', func='RAISE EXCEPTION USING ERRCODE = \'check_violation\', CONSTRAINT = \'promo_times_used_transition\', MESSAGE = format(\'%s: times_used of code %s is counted by its usages, not written (%s to %s)\', TG_TABLE_NAME, OLD."id", OLD."times_used", NEW."times_used"), DETAIL = \'counted->altered\'; RETURN NEW;', hash='0a1de3c6155e0b021d424b0ec0eb033181c920c5', operation='UPDATE', pgid='pgtrigger_promo_times_used_transition_61d59', table='promos_promocode', when='BEFORE')),

@@ -46,15 +46,25 @@ def test_a_real_shop_called_demo_or_a_real_demo_api_account_is_never_seeded_into
 
     settings.EMBEDDED_DATABASE = False
     shop = TenantFactory(slug="demo", name="A real shop")
-    MembershipFactory(tenant=shop, user=UserFactory(username="owner"), role="owner")
-    with pytest.raises(CommandError) as refused:
+    with pytest.raises(CommandError) as refused:  # no member yet, but not the demo's name
         seed()
     assert refused.value.returncode == 1 and "real shop" in str(refused.value)
+    Tenant.objects.filter(pk=shop.pk).update(name="Demo Events Co.")
+    MembershipFactory(tenant=shop, user=UserFactory(username="admin"), role="owner")  # its owner, named admin
+    with pytest.raises(CommandError) as refused:  # the seed makes no admin here: not one of its users
+        seed()
+    assert "real shop" in str(refused.value)
     assert not PromoCode.objects.filter(tenant=shop).exists()
-    assert list(Membership.objects.filter(tenant=shop).values_list("user__username", flat=True)) == ["owner"]
+    assert list(Membership.objects.filter(tenant=shop).values_list("user__username", flat=True)) == ["admin"]
 
     Tenant.objects.filter(pk=shop.pk).update(slug="a-real-shop")
-    MembershipFactory(tenant=TenantFactory(), user=UserFactory(username="demo-api"), role="api")
+    staff = UserFactory(username="demo-api", email="ops@shop.example")  # a real account, in no tenant
+    with pytest.raises(CommandError) as refused:
+        seed()
+    assert "real account" in str(refused.value) and not Tenant.objects.filter(slug="demo").exists()
+    staff.email = "api@example.com"
+    staff.save()
+    MembershipFactory(tenant=TenantFactory(), user=staff, role="api")  # the seed's e-mail, another shop's member
     with pytest.raises(CommandError) as refused:
         seed()
     assert "real account" in str(refused.value) and not Tenant.objects.filter(slug="demo").exists()

@@ -8,9 +8,8 @@ from promos.models import RedemptionSession
 class Command(GuardedCommand):
     """Sweep overdue sessions through ``RedemptionSession.objects.expire_due``.
 
-    A row held past lock_timeout by a consume, cancel or approve in flight is
-    ``resource_locked`` on stderr with exit code 3 (run it again shortly), never a
-    traceback; nothing is changed then.
+    A row a consume, cancel or approve in flight holds is skipped, never waited for:
+    the next run's (every reader takes it for expired meanwhile).
     """
 
     help = (
