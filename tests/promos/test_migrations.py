@@ -3,6 +3,7 @@
 from datetime import timedelta
 from decimal import Decimal
 
+import pgtrigger
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -80,3 +81,29 @@ def test_the_currency_migration_keeps_every_row_in_usd():
     )
     assert PromoUsageSerializer(usage).data["base_amount"] == "33.33"
     assert RedemptionSessionSerializer(session).data["max_amount"] == "80.00"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("back_to_the_latest_schema")
+def test_the_counter_migration_recounts_a_drifted_code_before_the_usages_count_themselves():
+    """0010 installs the triggers that move times_used by one per usage: a counter that had drifted would
+    stay off by as much for good (and no write could repair it), so the migration recounts it first."""
+    try:
+        old = migrate([("promos", "0009_session_expiry_never_later")])
+        Tenant = old.get_model("core", "Tenant")
+        Code, Usage = old.get_model("promos", "PromoCode"), old.get_model("promos", "PromoUsage")
+        tenant = Tenant.objects.create(name="Old", slug="old")
+        drifted = Code.objects.create(tenant=tenant, code="DRIFT", bonus_type="fixed", bonus_value=1, times_used=0)
+        over = Code.objects.create(
+            tenant=tenant, code="OVER", bonus_type="fixed", bonus_value=1, times_used=1, total_usage_limit=1
+        )
+        for code, customer in ((drifted, "a"), (drifted, "b"), (over, "a"), (over, "b")):
+            Usage.objects.create(tenant=tenant, promo=code, customer=customer, base_amount=10, bonus_amount=1)
+    finally:
+        migrate([("promos", "0010_usages_count_themselves")])
+    from promos.models import PromoCode, PromoUsage
+
+    assert PromoCode.objects.get(pk=drifted.pk).times_used == 2  # recounted
+    assert PromoCode.objects.get(pk=over.pk).times_used == 1  # over its limit: left for check_invariants
+    with pgtrigger.ignore("promos.PromoUsage:promo_usage_counted"):  # the planted excess, gone uncounted
+        PromoUsage.objects.filter(promo_id=over.pk, customer="b").delete()
