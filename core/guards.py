@@ -89,13 +89,11 @@ class LocalToday(Func):
 
 
 def tenant_today(tenant, using=DEFAULT_DB_ALIAS):
-    """The date it is now for ``tenant`` (a Tenant, or its id: its zone read from the row), by the database
-    clock read on its time zone's calendar."""
+    """The date it is now for ``tenant`` (a Tenant or its id), by the database clock read on the calendar of
+    the time zone its row holds now."""
+    sql = f"SELECT {LOCAL_TODAY_SQL.format('time_zone')} FROM core_tenant WHERE id = %s"  # noqa: S608 - a constant
     with connections[using].cursor() as cursor:
-        if hasattr(tenant, "time_zone"):
-            cursor.execute("SELECT " + LOCAL_TODAY_SQL.format("%s"), [tenant.time_zone])
-        else:
-            cursor.execute(f"SELECT {LOCAL_TODAY_SQL.format('time_zone')} FROM core_tenant WHERE id = %s", [tenant])  # noqa: S608 - a constant
+        cursor.execute(sql, [getattr(tenant, "pk", tenant)])
         return cursor.fetchone()[0]
 
 

@@ -5,14 +5,12 @@ from rest_framework.authtoken.models import Token
 
 from core.models import Membership, Tenant
 
-API_USERNAME = "demo-api"
+# What the seed makes, and how it knows its own again.
+DEMO_NAME, API_USERNAME, API_EMAIL = "Demo Events Co.", "demo-api", "api@example.com"
 
 
 class NotTheDemos(Exception):
     """Tenant ``demo``, or the user ``demo-api``, exists and is someone's real one: the seed writes nothing."""
-
-
-DEMO_NAME, API_EMAIL = "Demo Events Co.", "api@example.com"
 
 
 def refuse_what_is_not_the_demos(*, admin_username, with_admin):

@@ -383,6 +383,23 @@ def test_a_tenant_page_opened_before_a_colleague_changed_the_slug_is_refused_not
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "America", "../etc/passwd", ""])
+def test_an_owner_sets_the_shops_time_zone_and_an_unknown_one_is_a_form_error(client, django_user_model, zone):
+    """The page offers the zones the server knows; a POST of anything else (a name of none, a directory of the
+    zone files) is a form error on the field, never a 500, and nothing is written."""
+    tenant = TenantFactory(slug="acme", name="Acme")
+    staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
+    client.raise_request_exception = False
+    change = url(Tenant, "change", tenant.pk)
+    refused = client.post(change, {**form_data(client.get(change)), "time_zone": zone})
+    assert refused.status_code == 200 and refused.context["adminform"].form.errors.get("time_zone"), zone
+    assert Tenant.objects.get(pk=tenant.pk).time_zone == "UTC"
+    taken = client.post(change, {**form_data(client.get(change)), "time_zone": "Asia/Tokyo"})
+    assert taken.status_code == 302
+    assert Tenant.objects.get(pk=tenant.pk).time_zone == "Asia/Tokyo"
+
+
+@pytest.mark.django_db
 def test_a_user_already_a_member_is_a_form_error_on_either_page_never_a_500(client, django_user_model):
     tenant = TenantFactory(slug="acme", name="Acme")
     staff_of(tenant, Membership.Role.OWNER, django_user_model, client)
