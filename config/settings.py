@@ -54,7 +54,7 @@ MIDDLEWARE = [
     "core.middleware.LazyMessageMiddleware",  # Django's, its storage built only when a request uses it
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # who and which URL, on the history of every row a write request changes (core/history.py)
-    "pghistory.middleware.HistoryMiddleware",
+    "core.history.HistoryMiddleware",
 ]
 # Reads change nothing: no history context (and no per-statement set_config) for them.
 PGHISTORY_MIDDLEWARE_METHODS = ("POST", "PUT", "PATCH", "DELETE")

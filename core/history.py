@@ -5,7 +5,7 @@ Why django-pghistory (pinned in requirements.txt): its events are written by Pos
 ``.update()``, a sweep, the webhook and the admin are recorded alike — a model-level history
 library (``save()`` signals) misses exactly the filtered UPDATEs our guards are made of. Each
 event row snapshots the row after the change (or before a delete) and points at a context: who
-and through what. ``HistoryMiddleware`` attaches the user (also a DRF token's, set in the view)
+and through what. ``HistoryMiddleware`` (pghistory's, below) attaches the user (also a DRF token's, set in the view)
 and the URL to every write request; commands attach their name (``core.management.base``), the
 payment webhook its provider event (``bookings.services``). The context is passed with
 ``set_config(…, true)`` (transaction-local): safe behind a transaction-mode pooler.
@@ -21,7 +21,9 @@ import json
 from dataclasses import dataclass
 
 import pghistory
+import pghistory.middleware
 import pghistory.runtime
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats
@@ -85,6 +87,22 @@ def set_once_per_transaction(execute, sql, params, many, context):
         connection.on_commit(marker)
         connection.history_context_sent = (marker, (tracker.id, dict(tracker.metadata)))
     return result
+
+
+class HistoryMiddleware(pghistory.middleware.HistoryMiddleware):
+    """pghistory's, without resolving the user of a request that has no session to resolve it from.
+
+    pghistory names the request's user when the context opens: for a request without a session
+    cookie (every API call with a token) that user is anonymous, and finding it out builds the
+    session store and runs the auth middleware's lookup, some 60 calls, for the same ``None``.
+    Such a request's user is named later, when DRF authenticates the token and sets
+    ``request.user`` (pghistory's request class updates the context then).
+    """
+
+    def get_context(self, request):
+        if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+            return {"user": None, "url": request.path}
+        return super().get_context(request)
 
 
 def install_context_injector():

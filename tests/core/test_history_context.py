@@ -7,6 +7,7 @@ import pghistory.runtime
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from bookings.models import Package
 from core.history import set_once_per_transaction
@@ -115,3 +116,32 @@ def test_a_one_statement_guard_outside_a_transaction_carries_the_context(tenant,
     consumed = session.row_history.select_related("pgh_context").order_by("-pgh_id").first()
     assert consumed.status == RedemptionSession.Status.USED
     assert consumed.pgh_context is not None and consumed.pgh_context.metadata == {"command": "consume"}
+
+
+def consumed_through_the_api(client, tenant):
+    """Consume an approved session through the API; the metadata of the context of its ``used`` event."""
+    session = RedemptionSessionFactory(tenant=tenant, status=RedemptionSession.Status.APPROVED)
+    path = f"/api/t/{tenant.slug}/redemption-sessions/{session.session_id}/consume"
+    response = client.post(path, {"amount": "10"}, format="json")
+    assert response.status_code == 200, response.content
+    consumed = session.row_history.select_related("pgh_context").order_by("-pgh_id").first()
+    assert consumed.status == RedemptionSession.Status.USED
+    return consumed.pgh_context.metadata, path
+
+
+def test_a_token_request_names_the_tokens_user_though_it_has_no_session(tenant, api_client, member):
+    """core.history.HistoryMiddleware opens the context without a user for a request with no session
+    cookie; DRF's authentication names the token's user before the write."""
+    metadata, path = consumed_through_the_api(api_client, tenant)
+    assert metadata == {"user": member.pk, "url": path}
+
+
+def test_an_admin_write_names_the_logged_in_user(tenant, admin_client, admin_user):
+    """The admin's user comes from the session when the context opens (no DRF to name it later)."""
+    session = RedemptionSessionFactory(tenant=tenant)
+    url = reverse("admin:promos_redemptionsession_changelist")
+    form = {"action": "cancel_selected", "apply": "1", "_selected_action": [str(session.pk)]}
+    assert admin_client.post(url, form).status_code == 302
+    cancelled = session.row_history.select_related("pgh_context").order_by("-pgh_id").first()
+    assert cancelled.status == RedemptionSession.Status.CANCELLED
+    assert cancelled.pgh_context.metadata == {"user": admin_user.pk, "url": url}
