@@ -94,3 +94,50 @@ def test_a_time_zone_the_database_does_not_know_is_refused_whoever_writes(tenant
     assert refused_by(lambda: Tenant.objects.create(name="B", slug="b", time_zone="")) == "tenant_time_zone_known"
     assert rows.get().time_zone == "UTC"
     rows.update(time_zone="America/Los_Angeles")  # a known one is taken
+
+
+@pytest.fixture
+def two_shops(tenant, other_tenant):
+    """A shop at UTC-12 with a booking on its today; a shop now at UTC+14 with one on its today and one on a
+    day it has left behind (held while it was at UTC-12, UTC+14 being one or two days ahead of UTC-12)."""
+    west, east = PackageFactory(tenant=tenant, daily_capacity=5), PackageFactory(tenant=other_tenant, daily_capacity=5)
+    west_today = in_zone(tenant, "Etc/GMT+12")
+    in_zone(other_tenant, "Etc/GMT+12")
+    east_gone = hold(east, west_today)
+    east_today = in_zone(other_tenant, "Etc/GMT-14")
+    assert east_today > east_gone.date
+    return {"west": hold(west, west_today), "east": hold(east, east_today), "east_gone": east_gone}
+
+
+def listed(admin_client, query):
+    return {b.pk for b in admin_client.get(f"/admin/bookings/booking/?{query}").context["cl"].result_list}
+
+
+def test_the_admins_when_filter_reads_each_booking_in_its_own_shops_today(admin_client, two_shops):
+    """One page, two shops a day or two apart: today is each one's own (a single zone for both, UTC's or
+    either shop's, lists the wrong bookings whatever the hour)."""
+    ids = {name: booking.pk for name, booking in two_shops.items()}
+    assert listed(admin_client, "when=today") == {ids["west"], ids["east"]}
+    assert listed(admin_client, "when=upcoming") == {ids["west"], ids["east"]}
+    assert listed(admin_client, "when=next7") == {ids["west"], ids["east"]}
+    assert listed(admin_client, "when=past") == {ids["east_gone"]}
+
+
+def test_the_package_lists_upcoming_count_starts_at_its_shops_today(admin_client, two_shops):
+    page = admin_client.get("/admin/bookings/package/").context["cl"].result_list
+    upcoming = {package.tenant.time_zone: package.upcoming for package in page}
+    assert upcoming == {"Etc/GMT+12": 1, "Etc/GMT-14": 1}  # the east shop's day left behind is not upcoming
+
+
+def test_the_capacity_invariant_judges_from_the_shops_today(tenant):
+    """Two bookings on one date of a package cut to 1 place behind the guard's back: a breach while that date
+    is the shop's today, history once the shop's today is past it."""
+    from bookings.invariants import capacity_respected
+
+    package = PackageFactory(tenant=tenant, daily_capacity=2)
+    day = in_zone(tenant, "Etc/GMT+12")
+    hold(package, day), hold(package, day)
+    Package.objects.filter(pk=package.pk).update(daily_capacity=1)
+    assert capacity_respected(tenant) == [f"package {package.pk} on {day}: 2 active > capacity 1"]
+    assert in_zone(tenant, "Etc/GMT-14") > day
+    assert capacity_respected(tenant) == []
