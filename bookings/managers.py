@@ -1018,8 +1018,21 @@ class CheckoutManager(models.Manager.from_queryset(CheckoutQuerySet)):
 
         Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
         """
+        return self._expire(checkout_id, provider_checkout_id, [self.model.State.CREATING, self.model.State.OPEN])
+
+    @guarded(joins=True)
+    def abandon(self, checkout_id, *, provider_checkout_id):
+        """The session a provider made for a hold that moved on before the checkout opened: ``creating`` ->
+        ``expired`` with that session's id, never an ``open`` checkout (another call for the same hold opened
+        it, with the same session under the same idempotency key, and e-mailed its link).
+
+        Locks: the checkout row (a filtered UPDATE: the row lock it takes until commit).
+        """
+        return self._expire(checkout_id, provider_checkout_id, [self.model.State.CREATING])
+
+    def _expire(self, checkout_id, provider_checkout_id, states):
         return bool(
-            self.filter(pk=checkout_id, state__in=[self.model.State.CREATING, self.model.State.OPEN]).update(
+            self.filter(pk=checkout_id, state__in=states).update(
                 state=self.model.State.EXPIRED,
                 provider_checkout_id=Coalesce(F("provider_checkout_id"), Value(provider_checkout_id)),
                 updated_at=Now(),

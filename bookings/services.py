@@ -111,8 +111,12 @@ def create_provider_checkout(booking):
     except ProviderError as exc:
         logger.warning("payment provider failed for booking %s: %s", booking.pk, exc)
         with transaction.atomic():  # booking row, then checkout row: the lock order of every path
-            Booking.objects.release_if_held(booking.pk)
-            Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
+            Booking.objects.lock_row(booking.pk)
+            # Only a checkout still creating is this call's to fail, and its hold to release: another call for
+            # the same hold (the original request, still waiting when its retry resumed it) may have opened it,
+            # and that customer is paying through it.
+            if Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__):
+                Booking.objects.release_if_held(booking.pk)
         raise PaymentProviderUnavailable()
     opened = Checkout.objects.open(
         checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id, booking=booking
@@ -124,13 +128,16 @@ def create_provider_checkout(booking):
     # The booking moved on while the provider answered (cancelled, released, its hold lapsed, its proposal
     # reopened): nobody else will close the session this call made, so record it expired (creating ->
     # expired, with its id, so a payment that still arrives is matched and refunded) and close it after
-    # commit. A checkout a payment event settled first is no longer creating: left as it is.
+    # commit. A checkout no longer creating was settled by another path first (a payment event; or the
+    # other call for the same hold, which opened it with this very session and e-mailed its link): left
+    # as it is, and answered as it now reads.
     with transaction.atomic():
-        abandoned = Checkout.objects.mark_expired(checkout.pk, provider_checkout_id=created.id)
+        abandoned = Checkout.objects.abandon(checkout.pk, provider_checkout_id=created.id)
     if abandoned:
         checkout.state = Checkout.State.EXPIRED
         expire_provider_checkout(checkout)
         raise PaymentProviderUnavailable()
+    checkout.refresh_from_db(fields=["state", "url", "provider_checkout_id"])
     return checkout
 
 

@@ -69,7 +69,9 @@ class StripeProvider(PaymentProvider):
     def __init__(self):
         import stripe
 
-        self.client = stripe.StripeClient(settings.STRIPE_API_KEY)
+        # Each try bounded (the library's default is 80 s, up to 3 tries): settings.PAYMENT_PROVIDER_TIMEOUT_SECONDS.
+        timeout = stripe.RequestsClient(timeout=settings.PAYMENT_PROVIDER_TIMEOUT_SECONDS)
+        self.client = stripe.StripeClient(settings.STRIPE_API_KEY, http_client=timeout, max_network_retries=2)
         self.stripe = stripe
 
     def create_checkout(self, booking, checkout) -> ProviderCheckout:

@@ -180,3 +180,29 @@ class SlowerThanTheHoldProvider(RecordingProvider):
 
         Booking.objects.filter(pk=booking.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
         return super().create_checkout(booking, checkout)
+
+
+class SameSessionProvider(RecordingProvider):
+    """Stripe under one idempotency key (``lockstep-checkout-<id>``): every create_checkout for a checkout answers
+    the session the first one made; ``refuse_next`` makes the next call fail as Stripe answers a request that
+    overlaps another one under the same key (409, answered)."""
+
+    name = "same-session"
+    made = {}
+    refuse_next = False
+
+    @classmethod
+    def reset(cls):
+        super().reset()
+        cls.made, cls.refuse_next = {}, False
+
+    def create_checkout(self, booking, checkout):
+        if type(self).refuse_next:
+            type(self).refuse_next = False
+            raise ProviderError("another request with this idempotency key is in progress", answered=True)
+        with self.lock:
+            if checkout.pk in self.made:
+                return self.made[checkout.pk]
+        created = super().create_checkout(booking, checkout)
+        with self.lock:
+            return self.made.setdefault(checkout.pk, created)

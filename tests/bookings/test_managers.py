@@ -160,8 +160,12 @@ def test_provider_failure_locks_the_booking_row_before_the_checkout_row(tenant, 
     settings.PAYMENT_PROVIDER = "tests.bookings.providers.DownProvider"
     with CaptureQueriesContext(connection) as queries, pytest.raises(PaymentProviderUnavailable):
         checkout(tenant, PackageFactory(tenant=tenant))
-    updates = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
-    assert updates == ["bookings_booking", "bookings_checkout"], updates
+    sqls = [q["sql"] for q in queries.captured_queries]
+    first_lock = next(i for i, sql in enumerate(sqls) if "FOR NO KEY UPDATE" in sql or sql.startswith("UPDATE"))
+    assert '"bookings_booking"' in sqls[first_lock] and "FOR NO KEY UPDATE" in sqls[first_lock], sqls[first_lock]
+    updates = [sql.split('"')[1] for sql in sqls if sql.startswith("UPDATE")]
+    # the checkout failed (only while still creating), then its hold released: both under the booking's lock
+    assert updates == ["bookings_checkout", "bookings_booking"], updates
 
 
 def test_confirm_payment_outcomes(tenant):

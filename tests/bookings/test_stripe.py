@@ -213,6 +213,30 @@ def test_a_hold_longer_than_stripe_lets_its_session_last_is_a_configuration_erro
         assert f"BOOKING_HOLD_TTL_MINUTES={minutes}: expected 1 to 1380" in started.stderr
 
 
+def test_each_try_of_a_stripe_call_is_bounded_by_the_providers_timeout(settings):
+    """The library's own default is 80 s a try, 3 tries: a request could still be waiting for Stripe when its
+    Idempotency-Key's claim went stale and a retry took it over (tests/bookings/test_two_phase_resume.py)."""
+    settings.STRIPE_API_KEY, settings.PAYMENT_PROVIDER_TIMEOUT_SECONDS = "sk_test_x", 7
+    requestor = get_provider("stripe").client._requestor
+    assert requestor._client._timeout == 7 and requestor._options.max_network_retries == 2
+
+
+@pytest.mark.parametrize("seconds,claim,starts", [("20", "300", True), ("100", "300", False), ("0", "300", False)])
+def test_provider_calls_that_could_outlast_an_idempotency_claim_are_a_configuration_error(seconds, claim, starts):
+    env = {
+        **os.environ,
+        "PAYMENT_PROVIDER_TIMEOUT_SECONDS": seconds,
+        "IDEMPOTENCY_IN_PROGRESS_TIMEOUT": claim,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (started.returncode == 0) == starts, started.stderr[-500:]
+    if not starts:
+        assert f"PAYMENT_PROVIDER_TIMEOUT_SECONDS={seconds}: expected at least 1" in started.stderr
+
+
 @pytest.mark.parametrize(
     "recorded, expected",
     [(RECORDED_COMPLETED, "checkout.session.completed"), (RECORDED_EXPIRED, "checkout.session.expired"), (None, None)],

@@ -12,9 +12,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db.models import F
 from django.db.models.functions import Now
 
 from bookings import services as booking_services
+from bookings.exceptions import PaymentProviderUnavailable
 from bookings.managers import CheckoutManager
 from bookings.models import Booking, Checkout
 from core.exceptions import LockContended
@@ -22,7 +24,8 @@ from core.managers import IdempotencyKeyManager
 from core.models import IdempotencyKey, Notification
 from proposals import services as proposal_services
 from proposals.models import Proposal
-from tests.bookings.factories import PackageFactory, book, future
+from tests.bookings.factories import PackageFactory, book, future, hold_without_provider_answer
+from tests.bookings.providers import SameSessionProvider
 from tests.proposals.factories import make_proposal
 from tests.refusals import assert_error
 
@@ -263,3 +266,49 @@ def test_ten_retries_racing_after_a_checkout_died_resume_it_once(package, monkey
     assert Booking.objects.get() == held and Checkout.objects.get(booking=held).state == "open"
     assert recording_provider.checkouts == [held.pk]
     assert Notification.objects.filter(kind="booking_held").count() == 1
+
+
+@pytest.fixture
+def same_session_provider(settings):
+    SameSessionProvider.reset()
+    settings.PAYMENT_PROVIDER = "tests.bookings.providers.SameSessionProvider"
+    return SameSessionProvider
+
+
+def as_a_resume_reads_it(booking):
+    """The booking and its checkout as ``resume_checkout`` reads them (the checkout still ``creating``)."""
+    return Booking.objects.select_related("checkout").annotate(package_name=F("package__name")).get(pk=booking.pk)
+
+
+def test_a_retry_resuming_a_hold_whose_request_is_still_alive_never_kills_the_pay_link_it_opened(
+    tenant, same_session_provider
+):
+    """Regression: a request still waiting for the provider past IDEMPOTENCY_IN_PROGRESS_TIMEOUT, its retry
+    resuming the same hold. Both get the one session of their idempotency key; the original opened the
+    checkout first and e-mailed its link, and the retry, finding its own opening refused, recorded the
+    checkout expired and closed the session: the customer held a dead pay link and a hold about to go."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    retry_read = as_a_resume_reads_it(booking)
+    original = booking_services.create_provider_checkout(booking)
+    retried = booking_services.create_provider_checkout(retry_read)
+    checkout = Checkout.objects.get(booking=booking)
+    assert checkout.state == Checkout.State.OPEN and retried.state == Checkout.State.OPEN
+    assert checkout.url == original.url == retried.url
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.HELD
+    assert same_session_provider.expired == []  # the session the customer was sent is still open
+    assert Notification.objects.filter(kind="booking_held").count() == 1
+
+
+def test_a_retry_the_provider_refuses_while_the_request_it_resumes_opened_the_checkout_leaves_the_hold(
+    tenant, same_session_provider
+):
+    """Stripe refuses a request that overlaps another under the same idempotency key (409): that retry's
+    failure is no reason to release the hold the original request's customer is paying for."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    retry_read = as_a_resume_reads_it(booking)
+    booking_services.create_provider_checkout(booking)
+    same_session_provider.refuse_next = True
+    with pytest.raises(PaymentProviderUnavailable):
+        booking_services.create_provider_checkout(retry_read)
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.HELD
+    assert Checkout.objects.get(booking=booking).state == Checkout.State.OPEN
