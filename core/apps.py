@@ -12,3 +12,8 @@ class CoreConfig(AppConfig):
         from core.history import install_context_injector
 
         install_context_injector()
+
+        from core.metrics import read_at_scrape
+        from core.notifications import LEFT_SENDING
+
+        read_at_scrape(LEFT_SENDING)

@@ -199,3 +199,22 @@ def update_skipping_locked(queryset, *, batch=1000, **changes):
         changed += n
         if n < batch:
             return changed
+
+
+def delete_skipping_locked(queryset, *, batch=1000):
+    """Run ``queryset.delete()`` ``batch`` rows at a time, each batch its own transaction, never waiting for a row
+    another transaction holds: skip it, for the next run. Return how many rows went.
+
+    For prunes of rows that no longer count (an expired Idempotency-Key record, a lapsed rate-limit bucket): one
+    DELETE over a backlog large enough ran past statement_timeout and deleted nothing, every run, the backlog
+    only growing. Each batch is ``DELETE … WHERE pk IN (SELECT pk … ORDER BY pk LIMIT batch FOR UPDATE SKIP
+    LOCKED) AND <the queryset's conditions>``: the rows it locked are judged again as it deletes them.
+    """
+    using, deleted = queryset.db, 0
+    while True:
+        with transaction.atomic(using=using):
+            locked = queryset.order_by("pk").select_for_update(skip_locked=True)
+            n, _by_model = queryset.filter(pk__in=locked.values("pk")[:batch]).delete()
+        deleted += n
+        if n < batch:
+            return deleted

@@ -73,6 +73,24 @@ class LockContended(Conflict):
         super().__init__(message, **params)
 
 
+class DatabaseUnavailable(DomainError):
+    """The database did not answer (a connection lost, a server restarting): nothing was refused; retry."""
+
+    code = "database_unavailable"
+    status_code = 503
+    message = _("The database is unavailable. Try again shortly.")
+    retry_later = True
+    retry_after = 5
+
+
+class DatabaseTimeout(DatabaseUnavailable):
+    """A statement ran past statement_timeout and was cancelled, its transaction rolled back; retry."""
+
+    code = "database_timeout"
+    message = _("The database took too long to answer. Try again.")
+    retry_after = 1
+
+
 class TenantNotFound(NotFound):
     code = "not_found"
     message = _("Not found.")

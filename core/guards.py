@@ -35,10 +35,18 @@ from dataclasses import dataclass, field
 from functools import wraps
 
 import psycopg.errors
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    InternalError,
+    OperationalError,
+    connections,
+    transaction,
+)
 from django.db.models import DateField, DateTimeField, Func
 
-from core.exceptions import LockContended, TransitionRefused
+from core.exceptions import DatabaseTimeout, DatabaseUnavailable, LockContended, TransitionRefused
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +138,12 @@ def is_deadlock(exc):
     return cause_of(exc, psycopg.errors.DeadlockDetected) is not None
 
 
+def is_serialization_failure(exc):
+    """True for SQLSTATE 40001: a transaction run SERIALIZABLE or REPEATABLE READ (``OPTIONS["isolation_level"]``)
+    met a concurrent change and was rolled back whole. Under the default READ COMMITTED it does not occur."""
+    return cause_of(exc, psycopg.errors.SerializationFailure) is not None
+
+
 def constraint_name(exc):
     """The name of the constraint (or transition trigger) an IntegrityError violated, if any."""
     diag = getattr(cause_of(exc, psycopg.Error), "diag", None)
@@ -145,6 +159,8 @@ def refusal_for(exc):
         # the one global order (docs/lock-order.md), so a deadlock is a slip to find: said in the log.
         logger.warning("deadlock: PostgreSQL rolled this transaction back (%s)", str(cause_of(exc, psycopg.Error)))
         return LockContended()
+    if isinstance(exc, OperationalError) and is_serialization_failure(exc):
+        return LockContended()  # rolled back whole: the same "try again shortly"
     if isinstance(exc, IntegrityError):
         name = constraint_name(exc)
         if name is not None and name.endswith("_transition"):
@@ -157,19 +173,34 @@ def refusal_for(exc):
     return None
 
 
+def outage_for(exc):
+    """DatabaseTimeout or DatabaseUnavailable for a database error that refuses nothing and may pass on retry
+    (statement_timeout, a connection lost, a server restarting or shutting idle transactions down); None for
+    a refusal (``refusal_for``) or any other error (a bug)."""
+    if not isinstance(exc, OperationalError | InternalError) or refusal_for(exc) is not None:
+        return None
+    if cause_of(exc, psycopg.errors.QueryCanceled) is not None:
+        return DatabaseTimeout()
+    return DatabaseUnavailable()
+
+
 @contextmanager
 def database_refusals():
-    """Translate a database refusal raised by the block into its domain error.
+    """Translate a database refusal raised by the block into its domain error, and a database that did not
+    answer into DatabaseTimeout or DatabaseUnavailable (``retry_later``: a command exits 3, the API answers 503
+    with Retry-After, the admin says so on the page).
 
     Wrap it *around* ``transaction.atomic()``, never inside: the failed block must
     finish rolling back before the error is translated.
     """
     try:
         yield
-    except (OperationalError, IntegrityError) as exc:
-        refusal = refusal_for(exc)
+    except (OperationalError, IntegrityError, InternalError) as exc:
+        refusal = refusal_for(exc) or outage_for(exc)
         if refusal is None:
             raise
+        if isinstance(refusal, DatabaseUnavailable):
+            logger.warning("%s: %s", refusal.code, exc)
         raise refusal from exc
 
 

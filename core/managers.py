@@ -4,9 +4,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
-from core.db import LockNamespace, try_advisory_xact_lock
+from core.db import LockNamespace, delete_skipping_locked, try_advisory_xact_lock
 from core.exceptions import IdempotencyKeyInProgress, IdempotencyKeyReused
-from core.guards import ClockNow, guarded
+from core.guards import ClockNow, guarded, sweep
 
 
 def effective_status(open_statuses, expired):
@@ -129,11 +129,11 @@ class IdempotencyKeyManager(models.Manager):
         """The record while ``record``'s claim holds it: same row, not taken over since (``created_at``)."""
         return self.filter(pk=record.pk, created_at=record.created_at)
 
-    @guarded
-    def prune(self):
+    @sweep
+    def prune(self, *, batch=1000):
         """Delete expired records; return how many went.
 
-        Locks: each expired record's row (one DELETE; nobody else writes an expired record).
+        Locks: each expired record's row, a batch at a time (``core.db.delete_skipping_locked``; a row
+        a request holds, reclaiming its key, is skipped for the next run).
         """
-        deleted, _ = self.filter(expires_at__lte=Now()).delete()
-        return deleted
+        return delete_skipping_locked(self.filter(expires_at__lte=Now()), batch=batch)

@@ -123,7 +123,7 @@ AT_SCRAPE = [
         "Worker jobs by queue and status (procrastinate_jobs, now).",
         ("queue", "status"),
         "SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2",
-    )
+    ),
 ]
 
 

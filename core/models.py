@@ -7,14 +7,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from core.db import LockNamespace, lock_key
+from core.db import LockNamespace, delete_skipping_locked, lock_key
 from core.db_backend.base import execute_carrying_timeouts
 from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken, UnknownTimeZone
-from core.guards import ClockNow, constraint_errors, guarded
+from core.guards import ClockNow, constraint_errors, guarded, sweep
 from core.history import tracked
 from core.integrity import BumpVersion, StateMachine, VersionOnlyIncreases, refusal_sql
 from core.managers import IdempotencyKeyManager
@@ -273,15 +273,14 @@ class IdempotencyKey(models.Model):
 class ThrottleBucketManager(models.Manager):
     """Kept beside its model: a throttle bucket is infrastructure of the API, not a domain aggregate."""
 
-    @guarded
-    def prune(self):
+    @sweep
+    def prune(self, *, batch=1000):
         """Delete buckets whose theoretical arrival time has passed; return how many went.
 
-        Locks: each lapsed bucket's row (one DELETE; an upsert racing it either waits and
-        inserts afresh, or wins and the DELETE skips the row, whose tat is then in the future).
+        Locks: each lapsed bucket's row, a batch at a time (``core.db.delete_skipping_locked``; a
+        bucket an upsert holds is skipped, and its tat is then in the future anyway).
         """
-        deleted, _ = self.filter(tat__lt=Now()).delete()
-        return deleted
+        return delete_skipping_locked(self.filter(tat__lt=Now()), batch=batch)
 
 
 class ThrottleBucket(models.Model):
@@ -522,6 +521,8 @@ class Notification(models.Model):
         verbose_name = _("notification")
         verbose_name_plural = _("notifications")
         constraints = [models.UniqueConstraint(fields=["kind", "subject"], name="notification_once_per_event")]
+        # the few rows being sent: what the left-sending gauge counts at every scrape (core.metrics)
+        indexes = [models.Index(fields=["claimed_at"], condition=Q(status="sending"), name="notification_sending")]
         triggers = [
             StateMachine(name="notification_status_transition", field="status", transitions=NOTIFICATION_TRANSITIONS)
         ]

@@ -14,8 +14,9 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.utils import translation
 
-from core.exceptions import LockContended
-from core.models import Notification
+from core.exceptions import DatabaseUnavailable, LockContended
+from core.metrics import CountsAtScrape
+from core.models import SENDING_LEFT_AFTER, Notification
 
 logger = logging.getLogger("lockstep.worker")
 
@@ -95,9 +96,24 @@ def send(notification_id):
         final = notification.attempts > NOTIFICATION_RETRIES
         try:
             Notification.objects.release(notification_id, error=f"{type(error).__name__}: {error}", final=final)
-        except LockContended:  # the row stays `sending`, as after a worker's death: said, for an operator
-            logger.error("notification %s left sending: refused (%s) while its row was busy", notification_id, error)
+        except (LockContended, DatabaseUnavailable):  # the row stays `sending`, as after a worker's death: said
+            logger.error(
+                "notification %s left sending: refused (%s), its row busy or the database away", notification_id, error
+            )
             raise
         raise MailRefused(f"notification {notification_id}: {type(error).__name__}: {error}", final=final) from error
     Notification.objects.mark_sent(notification_id)
     return True
+
+
+# A worker that died between a notification's claim and the mail server's answer leaves it `sending`, and nothing
+# sends it (the claim is at most once): an operator reads the mail log, then *Send again* (core.metrics.AT_SCRAPE).
+LEFT_SENDING = CountsAtScrape(
+    "lockstep_notifications_left_sending",
+    "Notifications claimed for sending longer ago than SENDING_LEFT_AFTER (core_notification, now): their worker "
+    "died before the mail server answered; check the mail log, then Send again in the admin.",
+    (),
+    f"SELECT count(*) FROM {Notification._meta.db_table} WHERE status = 'sending' "  # noqa: S608 - names from _meta
+    f"AND claimed_at < clock_timestamp() - interval '{int(SENDING_LEFT_AFTER.total_seconds())} seconds'",
+    always=[()],
+)

@@ -27,7 +27,7 @@ from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
 from core import notifications
-from core.exceptions import LockContended
+from core.exceptions import DatabaseUnavailable, LockContended
 from core.management.base import EXIT_LOCKED, EXIT_OK
 
 logger = logging.getLogger("lockstep.worker")
@@ -159,7 +159,7 @@ class NotificationRetry(RetryStrategy):
     def get_retry_decision(self, *, exception, job):
         if isinstance(exception, notifications.MailRefused) and exception.final:
             return None
-        if isinstance(exception, notifications.MailRefused | LockContended | OperationalError):
+        if isinstance(exception, notifications.MailRefused | LockContended | DatabaseUnavailable | OperationalError):
             job = job.evolve(attempts=min(job.attempts, self.max_attempts - 1))  # past the budget: its last wait
         return super().get_retry_decision(exception=exception, job=job)
 

@@ -163,35 +163,46 @@ def wait_until_blocked_or_done(background, timeout=10):
     return state == "blocked"
 
 
-@contextmanager
 def lock_timeout(milliseconds):
-    """This thread's transactions give up waiting for a lock after ``milliseconds`` (tests that wait on purpose).
+    """This thread's transactions give up waiting for a lock after ``milliseconds`` (tests that wait on purpose);
+    see ``shorter_timeout``."""
+    return shorter_timeout("lock_timeout", milliseconds)
+
+
+def statement_timeout(milliseconds):
+    """This thread's statements are cancelled after ``milliseconds`` (57014); see ``shorter_timeout``."""
+    return shorter_timeout("statement_timeout", milliseconds)
+
+
+@contextmanager
+def shorter_timeout(name, milliseconds):
+    """This thread's ``name`` (lock_timeout, statement_timeout) is ``milliseconds``.
 
     No session ``SET`` (behind a pooler it would stay on a server connection another client gets
     next). Inside a transaction: ``SET LOCAL``. Outside: this thread reconnects with the shorter
     timeout among its startup options, or, behind the pooler, each of its transactions sets it
-    (core/db_backend reads the connection's own ``LOCK_TIMEOUT_MS``).
+    (core/db_backend reads the connection's own ``LOCK_TIMEOUT_MS``, ``STATEMENT_TIMEOUT_MS``).
     """
     connection = connections["default"]
     if connection.in_atomic_block:  # inside a transaction (the test's own): SET LOCAL, gone at its end
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
-                [f"{int(milliseconds)}ms"],
+                "SELECT current_setting(%s), set_config(%s, %s, true)",
+                [name, name, f"{int(milliseconds)}ms"],
             )
             (previous, _) = cursor.fetchone()
         try:
             yield
         finally:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+                cursor.execute("SELECT set_config(%s, %s, true)", [name, previous])
         return
     original = connection.settings_dict
     shorter = copy.deepcopy(original)  # this thread's connection only: other threads keep theirs
-    shorter["LOCK_TIMEOUT_MS"] = int(milliseconds)  # read by core/db_backend behind the pooler
+    shorter[f"{name.upper()}_MS"] = int(milliseconds)  # read by core/db_backend behind the pooler
     options = shorter["OPTIONS"].get("options")
     if options:
-        shorter["OPTIONS"]["options"] = re.sub(r"lock_timeout=\d+", f"lock_timeout={int(milliseconds)}", options)
+        shorter["OPTIONS"]["options"] = re.sub(rf"{name}=\d+", f"{name}={int(milliseconds)}", options)
     connection.close()
     connection.settings_dict = shorter
     try:

@@ -8,10 +8,9 @@ parameters adds ``"details"`` (``{"current": 7}`` for version_conflict, ``{"pare
 
 import logging
 
-import psycopg.errors
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError, DataError, IntegrityError, OperationalError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from django.views import defaults
@@ -20,8 +19,8 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from core.exceptions import DomainError, LockContended
-from core.guards import cause_of, refusal_for
+from core.exceptions import DomainError
+from core.guards import outage_for, refusal_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def _detail(value):
 
 def _domain_response(exc: DomainError):
     headers = {}
-    if isinstance(exc, LockContended):
+    if getattr(exc, "retry_after", None):  # a busy row, a database that did not answer
         headers["Retry-After"] = str(exc.retry_after)
     details = {key: _detail(value) for key, value in exc.params.items()}
     body = error_body(exc.code, exc.render(), **({"details": details} if details else {}))
@@ -92,21 +91,10 @@ def exception_handler(exc, context):
         # A value its column cannot hold (an integer past bigint, a string past its length) that no
         # validator caught: its own code, since invalid_input promises "fields" saying where.
         return Response(error_body("value_out_of_range", _("The request is not valid.")), status=400)
-    if isinstance(exc, DatabaseError):
-        if cause_of(exc, psycopg.errors.QueryCanceled):
-            logger.warning("statement timeout: %s", exc)
-            return Response(
-                error_body("database_timeout", _("The database took too long to answer. Try again.")),
-                status=503,
-                headers={"Retry-After": "1"},
-            )
-        if isinstance(exc, OperationalError):
-            logger.warning("database unavailable: %s", exc)
-            return Response(
-                error_body("database_unavailable", _("The database is unavailable. Try again shortly.")),
-                status=503,
-                headers={"Retry-After": "5"},
-            )
+    outage = outage_for(exc) if isinstance(exc, DatabaseError) else None
+    if outage is not None:  # outside any guard (the authentication's read): as database_refusals names it
+        logger.warning("%s: %s", outage.code, exc)
+        return _domain_response(outage)
     return None  # a bug: let Django answer 500 and log it
 
 

@@ -88,6 +88,17 @@ class Buckets:
         return connections[router.db_for_write(ThrottleBucket)].cursor()
 
 
+# A key is the bucket table's primary key, whose btree entry cannot pass about 2.7 kB (SQLSTATE 54000, which
+# answered 503 database_unavailable): a longer key (a path's slug of any length) is stored as its digest.
+LONGEST_KEY = 200
+
+
+def bounded(key):
+    if key is None or len(key) <= LONGEST_KEY:
+        return key
+    return f"{key[:100]}…{hashlib.sha256(key.encode('utf-8', 'replace')).hexdigest()}"
+
+
 class PostgresRateThrottle(SimpleRateThrottle):
     """``SimpleRateThrottle`` with its history in a PostgreSQL GCRA bucket instead of the cache.
 
@@ -118,7 +129,7 @@ class PostgresRateThrottle(SimpleRateThrottle):
     def allow_request(self, request, view):
         if self.rate is None:
             return True
-        self.key = self.get_cache_key(request, view)
+        self.key = bounded(self.get_cache_key(request, view))
         if self.key is None:
             return True
         self._wait = self.buckets.take(self.key, limit=self.num_requests, period=self.duration)

@@ -15,7 +15,8 @@ class GuardedCommand(BaseCommand):
     """A command whose ``handle`` calls guarded operations.
 
     A domain refusal prints ``<code>: <message>`` on stderr and exits 1; a lock held
-    past lock_timeout (resource_locked) exits 3, so cron can tell "run again shortly"
+    past lock_timeout (resource_locked), or a database that did not answer in time or at all
+    (database_timeout, database_unavailable), exits 3, so cron can tell "run again shortly"
     from "refused".
     """
 

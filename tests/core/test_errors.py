@@ -2,12 +2,21 @@
 
 import psycopg.errors
 import pytest
-from django.db import DataError, OperationalError
+from django.db import DataError, InternalError, OperationalError, connection, transaction
 from django.http import Http404
 from rest_framework import exceptions as drf
 
 from core.api.errors import exception_handler
-from core.exceptions import Conflict, InvalidInput, LockContended, NotFound
+from core.exceptions import (
+    Conflict,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    InvalidInput,
+    LockContended,
+    NotFound,
+)
+from core.guards import database_refusals
+from tests.races import statement_timeout
 
 
 def _caused_by(error, cause):
@@ -35,6 +44,8 @@ def _caused_by(error, cause):
         (_caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()), 409, "resource_locked"),
         (_caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()), 503, "database_timeout"),
         (OperationalError("connection refused"), 503, "database_unavailable"),
+        (_caused_by(OperationalError("rolled back"), psycopg.errors.SerializationFailure()), 409, "resource_locked"),
+        (InternalError("terminating connection due to idle-in-transaction timeout"), 503, "database_unavailable"),
     ],
 )
 def test_every_error_kind_renders_in_the_envelope(exc, status, code):
@@ -70,6 +81,8 @@ def test_validation_errors_carry_field_details():
         drf.Throttled(wait=3),
         _caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()),
         OperationalError("connection refused"),
+        _caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()),
+        InternalError("terminating connection due to idle-in-transaction timeout"),
     ],
 )
 def test_retryable_errors_say_when_to_retry(exc):
@@ -128,3 +141,22 @@ def test_each_distinct_400_has_its_own_code_and_its_parameters_as_details(tenant
     response = exception_handler(DataError("integer out of range"), {})
     assert (response.status_code, response.data["error"]["code"]) == (400, "value_out_of_range")
     assert "fields" not in response.data["error"]  # invalid_input is the code that promises "fields"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "sql, refusal",
+    [
+        ("SELECT pg_sleep(1)", DatabaseTimeout),  # past the statement_timeout below
+        ("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'serialization_failure'; END $$", LockContended),
+        ("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'admin_shutdown'; END $$", DatabaseUnavailable),
+    ],
+    ids=["statement timeout", "serialization failure", "server shutting down"],
+)
+def test_every_path_gets_a_database_that_did_not_answer_as_a_domain_error_to_retry(sql, refusal):
+    """``database_refusals`` (around every manager's transaction, the admin's and the commands') names a
+    database that did not answer as it names a busy row: a command exits 3, the admin says so, the API 503s."""
+    with pytest.raises(refusal) as raised, statement_timeout(200), database_refusals(), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+    assert raised.value.retry_later

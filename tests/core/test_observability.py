@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models.functions import Now
 from django.http import JsonResponse
 from django.test.utils import CaptureQueriesContext
 from django.urls import path
@@ -36,7 +37,7 @@ from bookings.services import retry_refund
 from core import metrics
 from core.discovery import PROJECT_ROOT
 from core.observability import JSONFormatter, RequestContextFilter
-from tests.bookings.factories import PackageFactory
+from tests.bookings.factories import PackageFactory, book
 from tests.bookings.test_payments import checkout_of, paid_then_cancelled
 from tests.conftest import token_client
 from tests.core.urls import handler400, handler404, handler500  # noqa: F401 - the JSON handlers
@@ -305,6 +306,21 @@ def test_the_refunds_under_way_are_counted_from_the_rows_whichever_process_moved
         0,
         1,
     )
+
+
+def test_notifications_left_sending_by_a_dead_worker_are_counted_at_the_scrape(client, tenant):
+    """A worker that died between a notification's claim and the mail server's answer left it ``sending``, and
+    nothing told anyone (the claim is at most once: no retry sends it). The gauge counts such rows, a claim in
+    flight (younger than SENDING_LEFT_AFTER) not among them."""
+    from core.models import SENDING_LEFT_AFTER, Notification
+
+    assert "lockstep_notifications_left_sending 0.0" in scrape(client)
+    book(PackageFactory(tenant=tenant, name="Cruise")), book(PackageFactory(tenant=tenant, name="Dhow"))
+    left, in_flight = Notification.objects.filter(kind="booking_held").order_by("pk")
+    for row in (left, in_flight):
+        assert Notification.objects.claim(row.pk) is not None
+    Notification.objects.filter(pk=left.pk).update(claimed_at=Now() - SENDING_LEFT_AFTER)
+    assert value(scrape(client), "lockstep_notifications_left_sending") == 1
 
 
 def test_the_route_label_is_the_url_pattern_never_the_path(client, api_client, tenant):

@@ -1,6 +1,8 @@
 """Rate limits (core/api/throttles.py): per-scope 429s, one statement per request, exact under a storm."""
 
 import io
+import secrets
+import string
 import time
 from datetime import timedelta
 
@@ -28,7 +30,7 @@ from core.api.throttles import (
 from core.models import ThrottleBucket
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
-from tests.races import run_concurrently
+from tests.races import lock_timeout, row_locked, run_concurrently
 from tests.refusals import assert_error
 
 CHECKOUTS = "/api/public/acme/checkouts"
@@ -108,6 +110,19 @@ def test_checkouts_sent_to_another_shop_in_a_customers_name_leave_this_shops_bud
     assert checkout(package, "ann@example.com").status_code == 201  # at acme, her own budget
     assert checkout(package, "ann@example.com").status_code == 201
     assert_throttled(checkout(package, "ann@example.com"), at_most=1800)
+
+
+def test_a_slug_of_any_length_in_a_bucket_key_is_a_404_never_a_503(settings, package):
+    """Regression: the public slug went into the e-mail bucket's key as sent; past about 2.7 kB the primary
+    key's index refused it (54000), answered 503 database_unavailable, logged as an outage, to anyone."""
+    only(settings, checkout_email="2/hour")
+    body = {"package": package.pk, "date": future().isoformat(), "customer": {"name": "X", "email": "a@example.com"}}
+    slug = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(3000))  # incompressible
+    for _ in range(2):
+        assert_error(APIClient().post(f"/api/public/{slug}/checkouts", body, format="json"), 404, "not_found")
+    assert_throttled(APIClient().post(f"/api/public/{slug}/checkouts", body, format="json"), at_most=1800)
+    assert checkout(package, "a@example.com").status_code == 201  # another shop's key: its own bucket
+    assert max(len(key) for key in ThrottleBucket.objects.values_list("key", flat=True)) <= 200 + 70
 
 
 def test_a_checkout_without_an_email_is_not_counted_per_email(settings, package):
@@ -299,6 +314,23 @@ def test_prune_deletes_lapsed_buckets_only(db):
     call_command("prune_idempotency_keys", stdout=out)
     assert list(ThrottleBucket.objects.values_list("key", flat=True)) == ["live"]
     assert "Deleted 1 lapsed rate-limit bucket(s)." in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_goes_a_batch_at_a_time_and_skips_a_bucket_another_transaction_holds():
+    """Regression: one DELETE over the whole backlog ran past statement_timeout once it was large enough, every
+    run (the backlog only growing), and waited for any bucket a request's upsert held."""
+    lapsed = timezone.now() - timedelta(minutes=1)
+    ThrottleBucket.objects.bulk_create(ThrottleBucket(key=f"lapsed-{n}", tat=lapsed) for n in range(5))
+    ThrottleBucket.objects.create(key="held", tat=lapsed)
+    ThrottleBucket.objects.create(key="live", tat=timezone.now() + timedelta(minutes=1))
+    started = time.monotonic()
+    with row_locked(ThrottleBucket.objects.filter(key="held")), lock_timeout(10_000):
+        with CaptureQueriesContext(connection) as queries:
+            assert ThrottleBucket.objects.prune(batch=2) == 5
+    assert time.monotonic() - started < 5  # never waited for the held bucket
+    assert sum("DELETE FROM" in q["sql"] for q in queries.captured_queries) == 3  # 2 + 2 + 1
+    assert sorted(ThrottleBucket.objects.values_list("key", flat=True)) == ["held", "live"]  # held: the next run's
 
 
 # --- the storm ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from bookings.models import Booking
 from bookings.services import start_checkout
 from core import notifications
-from core.exceptions import LockContended
+from core.exceptions import DatabaseUnavailable, LockContended
 from core.health import readiness
 from core.management.base import EXIT_LOCKED, EXIT_OK
 from core.models import Notification
@@ -392,6 +392,7 @@ def test_a_notifications_job_is_retried_until_its_row_is_sent_or_given_up_on():
     runs_and_waits = [(0, 4), (1, 16), (NOTIFICATION_RETRIES - 1, last_step), (NOTIFICATION_RETRIES, last_step)]
     nothing_attempted_or_counted = (
         LockContended(),
+        DatabaseUnavailable(),  # the database away at a guarded step (database_refusals)
         OperationalError("connection refused"),
         notifications.MailRefused("no SMTP", final=False),
     )

@@ -14,7 +14,7 @@ from core.db import LockNamespace
 from profiles.models import Profile, ProfileAuditLog
 from tests.factories import TenantFactory, UserFactory
 from tests.profiles.factories import ProfileFactory, fresh
-from tests.races import advisory_locked, lock_timeout, row_locked
+from tests.races import advisory_locked, lock_timeout, row_locked, statement_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -219,6 +219,18 @@ def test_a_lock_held_elsewhere_exits_3_with_the_message(moved, capsys, held, exp
     assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None and fresh(moved["kid"]).version == 2
     # Released: the same command applies it.
     assert run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)[0] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_cancelled_by_statement_timeout_exits_3_with_the_message_not_a_traceback(moved, capsys):
+    """Regression: only a lock refusal was translated; a statement past statement_timeout (57014) ended the command
+    with a traceback and exit 1, which cron reads as "refused", not "run again shortly". Forced here by a tree lock
+    held elsewhere, waited for longer than the statement may run."""
+    entry = moved["entry"]
+    with _held("tree", moved), lock_timeout(10_000), statement_timeout(300):
+        code, out, err = run("undo_audit_entry", entry.pk, "--reason", "r", capsys=capsys)
+    assert (code, out, err.strip()) == (3, "", "database_timeout: The database took too long to answer. Try again.")
+    assert ProfileAuditLog.objects.get(pk=entry.pk).undone_at is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,7 +14,7 @@ from tests.core.test_admin_scope import confirm_delete
 from tests.factories import TenantFactory
 from tests.promos.factories import PromoCodeFactory, RedemptionSessionFactory
 from tests.promos.helpers import assert_invariant
-from tests.races import lock_timeout, row_locked
+from tests.races import lock_timeout, row_locked, statement_timeout
 
 pytestmark = pytest.mark.django_db
 
@@ -166,6 +166,23 @@ def test_cancel_action_reports_a_locked_row_instead_of_failing(admin_client):
     messages = texts(response)
     assert "Cancelled 1 session." in messages
     assert any(m.startswith(str(locked)) and "resource_locked" in m for m in messages), messages
+    statuses = dict(RedemptionSession.objects.values_list("customer", "status"))
+    assert statuses == {"locked": "pending", "free": "cancelled"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_action_whose_statement_runs_past_statement_timeout_reports_the_row_instead_of_failing(admin_client):
+    """Regression: only a lock refusal was translated; a statement cancelled by statement_timeout (57014) made
+    the action a 500 page, the rows after it not attempted."""
+    tenant = TenantFactory()
+    locked = RedemptionSessionFactory(tenant=tenant, customer="locked")
+    free = RedemptionSessionFactory(tenant=tenant, customer="free")
+    with row_locked(RedemptionSession.objects.filter(pk=locked.pk)), lock_timeout(10_000), statement_timeout(300):
+        response = action(admin_client, "redemptionsession", "cancel_selected", [locked, free])
+    assert response.status_code == 200
+    messages = texts(response)
+    assert "Cancelled 1 session." in messages
+    assert any(m.startswith(str(locked)) and "database_timeout" in m for m in messages), messages
     statuses = dict(RedemptionSession.objects.values_list("customer", "status"))
     assert statuses == {"locked": "pending", "free": "cancelled"}
 

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils.translation import gettext as _
 
-from core.exceptions import DomainError, LockContended
+from core.exceptions import DomainError
 from core.management.base import GuardedCommand
 from profiles.exceptions import UndoReasonRequired, UndoReasonTooLong
 from profiles.management.commands._language import (
@@ -67,10 +67,8 @@ class Command(GuardedCommand):
             entry = ProfileAuditLog.objects.undo(entry_id, tenant=tenant_id, actor=actor, reason=options["reason"])
         except (UndoReasonRequired, UndoReasonTooLong) as exc:  # bad usage, not a refusal by the data
             fail(self, f"{exc.code}: {exc.render()}", EXIT_USAGE)
-        except LockContended as exc:  # NOWAIT refused or lock_timeout expired: nothing was written
-            fail(self, f"{exc.code}: {exc.render()}", EXIT_LOCKED)
-        except DomainError as exc:
-            fail(self, f"{exc.code}: {exc.render()}", EXIT_REFUSED)
+        except DomainError as exc:  # retry_later: a lock held elsewhere, a database that did not answer
+            fail(self, f"{exc.code}: {exc.render()}", EXIT_LOCKED if exc.retry_later else EXIT_REFUSED)
         self.stdout.write(
             _(
                 "Undone entry %(entry)s (%(action)s of profile %(profile)s); "
