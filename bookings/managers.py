@@ -879,12 +879,15 @@ UNHEARD_AFTER = SESSION_OUTLIVES_HOLD + timedelta(minutes=30)
 
 class CheckoutQuerySet(models.QuerySet):
     def unheard(self):
-        """Checkouts still ``open`` UNHEARD_AFTER after their hold ended: the session has ended at the provider
-        (paid, or expired), and the event that should have said so never got through. Never asked first, then
-        the least recently asked (``looked_up_at``): one the provider cannot settle waits its turn again."""
-        return self.filter(state=self.model.State.OPEN, booking__hold_expires_at__lt=Now() - UNHEARD_AFTER).order_by(
-            F("looked_up_at").asc(nulls_first=True), "pk"
-        )
+        """Checkouts whose outcome may have been lost on its way: still ``open`` UNHEARD_AFTER after their hold
+        ended (the session has ended at the provider, paid or expired, and its event never got through), or
+        ``processing`` (a delayed payment, whose own event says when it succeeded or failed, which may never
+        come) for UNHEARD_AFTER. Never asked first, then the least recently asked (``looked_up_at``): one the
+        provider cannot settle yet waits its turn again."""
+        State = self.model.State
+        lapsed = Q(state=State.OPEN, booking__hold_expires_at__lt=Now() - UNHEARD_AFTER)
+        delayed = Q(state=State.PROCESSING, updated_at__lt=Now() - UNHEARD_AFTER)
+        return self.filter(lapsed | delayed).order_by(F("looked_up_at").asc(nulls_first=True), "pk")
 
     def refunds_to_retry(self, *, operator=False):
         """Refunds owed but not in flight: failed and due (its backoff over), or pending and stale (the caller

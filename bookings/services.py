@@ -28,12 +28,16 @@ from bookings.exceptions import BookingNotFound, PaymentProviderUnavailable
 from bookings.managers import REFUND_OWED, REFUND_RECORDED
 from bookings.models import Booking, Checkout, PaymentEvent
 from bookings.payments import ProviderError, ProviderRefund, get_provider, provider_for
-from bookings.payments.base import parse_event, verify_signature
-from bookings.payments.sandbox import (
+from bookings.payments.base import (
     ASYNC_FAILED,
     ASYNC_SUCCEEDED,
     COMPLETED,
     EXPIRED,
+    PAID,
+    parse_event,
+    verify_signature,
+)
+from bookings.payments.sandbox import (
     REFUND_FAILED,
     REFUND_UPDATED,
     build_refund_event,
@@ -68,8 +72,6 @@ DISPUTE_EVENTS = (
     "charge.dispute.funds_withdrawn",
     "charge.dispute.funds_reinstated",
 )
-# payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
-PAID = ("paid", "no_payment_required")
 
 
 def hold_in_transaction(*, tenant, package_id, date, customer_name, customer_email, origin_proposal_id=None, then=None):
@@ -294,8 +296,9 @@ def _record_refund(checkout, refund, *, was):
 
 def reconcile_checkouts(limit=100):
     """Ask the provider how each unheard checkout's session ended (``Checkout.objects.unheard``: still ``open``
-    well after its hold ended) and settle it as its lost event would have (``process_payment_event``): a
-    payment confirms the booking if its date is still free, else is refunded; an expiry closes the checkout.
+    well after its hold ended, or waiting for a delayed payment) and settle it as its lost event would have
+    (``process_payment_event``): a payment confirms the booking if its date is still free, else is refunded; an
+    expiry closes the checkout; a delayed payment that failed releases its place.
 
     A webhook that never got through (an outage longer than the provider's retries, a wrong signing secret)
     otherwise left the money taken and nothing told: the booking expired, the checkout ``open`` for good.
@@ -688,7 +691,7 @@ def sandbox_deliver(checkout, event_type, *, payment_status=None):
     account remembers how the session ended first, as Stripe's does whatever reaches the webhook)."""
     from bookings.payments.sandbox import SandboxProvider, build_event
 
-    if event_type in (COMPLETED, EXPIRED):
+    if event_type in (COMPLETED, EXPIRED, ASYNC_SUCCEEDED, ASYNC_FAILED):
         SandboxProvider.session_ended(checkout, event_type, payment_status)
     payload, signature = build_event(checkout, event_type, payment_status=payment_status)
     return receive_payment_event(payload, signature, provider_name="sandbox")

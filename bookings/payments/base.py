@@ -17,6 +17,16 @@ from bookings.exceptions import InvalidSignature, MalformedEvent
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 
+# The Checkout Session events (Stripe's names, which the sandbox sends too).
+COMPLETED = "checkout.session.completed"
+EXPIRED = "checkout.session.expired"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
+# payment_status values that mean the money is there (Stripe: a card payment, or a 100 % discount).
+PAID = ("paid", "no_payment_required")
+# A delayed payment's PaymentIntent after it failed: back to asking for a method, or cancelled.
+DELAYED_PAYMENT_FAILED = ("requires_payment_method", "canceled")
+
 
 class ProviderError(Exception):
     """The provider refused or could not be reached; nothing was created or refunded.
@@ -124,12 +134,33 @@ class PaymentProvider:
         raise NotImplementedError
 
     def checkout_outcome(self, checkout) -> "ProviderEvent | None":
-        """How the checkout's hosted session ended, as the event that should have told it (a payment
-        ``checkout.session.completed``, or ``checkout.session.expired``), under an id of its own
-        (``lookup_<session>_<type>``: a second look-up is the same event, and the inbox takes it once);
-        None while the session is still open. For ``reconcile_checkouts``: a webhook that never got
-        through (an outage longer than the provider's retries, a wrong signing secret)."""
+        """How the checkout's hosted session ended, as the event that should have told it
+        (``looked_up_type``), under an id of its own (``lookup_<session>_<type>``: a second look-up is the
+        same event, and the inbox takes it once); None while the session is still open, or its delayed
+        payment still settling. For ``reconcile_checkouts``: a webhook that never got through (an outage
+        longer than the provider's retries, a wrong signing secret)."""
         raise NotImplementedError
+
+
+def looked_up_type(session: dict, *, intent_status=None, processing=False):
+    """The event a Stripe-shaped ``checkout.session`` stands for, or None while nothing is settled.
+
+    ``processing``: the checkout is waiting for a delayed payment (its ``completed``/unpaid event came):
+    only that payment's own outcome settles it, ``async_payment_succeeded`` (the session now paid) or
+    ``async_payment_failed`` (its PaymentIntent, ``intent_status``, back to asking for a method or
+    cancelled). Otherwise a complete session is ``completed`` (paid, or unpaid: a delayed payment under
+    way) unless its delayed payment already failed, and an expired one ``expired``.
+    """
+    status, paid = session.get("status"), session.get("payment_status") in PAID
+    if status == "expired" and not processing:
+        return EXPIRED
+    if status != "complete":
+        return None
+    if paid:
+        return ASYNC_SUCCEEDED if processing else COMPLETED
+    if intent_status in DELAYED_PAYMENT_FAILED:
+        return ASYNC_FAILED
+    return None if processing else COMPLETED
 
 
 def looked_up_event(session: dict, event_type: str) -> "ProviderEvent":

@@ -19,22 +19,22 @@ from django.conf import settings
 from django.urls import reverse
 
 from bookings.payments.base import (
+    ASYNC_FAILED,
+    ASYNC_SUCCEEDED,
+    COMPLETED,
+    EXPIRED,
     PaymentProvider,
     ProviderCheckout,
     ProviderError,
     ProviderRefund,
     looked_up_event,
+    looked_up_type,
     sign,
 )
 from core.money import to_minor_units
 
 # What a sandbox checkout id looks like (``create_checkout``): the sandbox page refuses anything else unread.
 CHECKOUT_ID = re.compile(r"cs_sandbox_[0-9a-f]{1,64}")
-
-COMPLETED = "checkout.session.completed"
-EXPIRED = "checkout.session.expired"
-ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
-ASYNC_FAILED = "checkout.session.async_payment_failed"
 
 
 class SandboxProvider(PaymentProvider):
@@ -114,8 +114,9 @@ class SandboxProvider(PaymentProvider):
 
     @classmethod
     def session_ended(cls, checkout, event_type, payment_status=None):
-        """The customer ended the session on the sandbox page (paid, or left it to expire): the account
-        remembers it, whether or not its event reaches the webhook (``payment_status`` as ``build_event``)."""
+        """The customer ended the session on the sandbox page (paid, or left it to expire), or its delayed
+        payment settled (``ASYNC_SUCCEEDED``, ``ASYNC_FAILED``): the account remembers it, whether or not its
+        event reaches the webhook (``payment_status`` as ``build_event``)."""
         with cls._lock:
             cls._sessions[checkout.provider_checkout_id] = (event_type, payment_status)
 
@@ -130,7 +131,10 @@ class SandboxProvider(PaymentProvider):
         if ended is None:
             return None
         payload, _signature = build_event(checkout, ended[0], payment_status=ended[1])
-        return looked_up_event(json.loads(payload)["data"]["object"], ended[0])
+        session = json.loads(payload)["data"]["object"]
+        intent = "requires_payment_method" if ended[0] == ASYNC_FAILED else None  # as Stripe's, once it failed
+        event_type = looked_up_type(session, intent_status=intent, processing=checkout.state == "processing")
+        return None if event_type is None else looked_up_event(session, event_type)
 
     def expire_checkout(self, checkout) -> None:
         """Expire the session like Stripe: an open session sends ``checkout.session.expired``."""

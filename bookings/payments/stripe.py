@@ -10,6 +10,7 @@ from bookings.payments.base import (
     ProviderError,
     ProviderRefund,
     looked_up_event,
+    looked_up_type,
     refund_outcome,
 )
 from core.money import to_minor_units
@@ -122,15 +123,22 @@ class StripeProvider(PaymentProvider):
             raise ProviderError(str(exc)) from exc
 
     def checkout_outcome(self, checkout):
-        try:
-            session = self.client.v1.checkout.sessions.retrieve(checkout.provider_checkout_id)
+        try:  # with its PaymentIntent, whose status tells a delayed payment that failed
+            session = self.client.v1.checkout.sessions.retrieve(
+                checkout.provider_checkout_id, params={"expand": ["payment_intent"]}
+            )
         except self.stripe.StripeError as exc:
             raise ProviderError(str(exc), answered=exc.http_status is not None) from exc
-        status = getattr(session, "status", None)
-        if status not in ("complete", "expired"):
-            return None  # open: the customer may still pay, and its own events will come
-        event_type = "checkout.session.completed" if status == "complete" else "checkout.session.expired"
-        return looked_up_event(session.to_dict(for_json=True), event_type)
+        data = session.to_dict(for_json=True)
+        intent = data.get("payment_intent")
+        if isinstance(intent, dict):  # expanded: the event names it by id, as a delivered one does
+            data["payment_intent"] = intent.get("id")
+        event_type = looked_up_type(
+            data,
+            intent_status=intent.get("status") if isinstance(intent, dict) else None,
+            processing=getattr(checkout, "state", None) == "processing",
+        )
+        return None if event_type is None else looked_up_event(data, event_type)
 
     def expire_checkout(self, checkout) -> None:
         """Expire the open Checkout Session (Stripe then sends checkout.session.expired)."""

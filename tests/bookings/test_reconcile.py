@@ -14,8 +14,8 @@ from django.db.models.functions import Now
 
 from bookings.managers import UNHEARD_AFTER
 from bookings.models import Booking, Checkout, PaymentEvent
-from bookings.payments.sandbox import COMPLETED, SandboxProvider
-from bookings.services import reconcile_checkouts
+from bookings.payments.sandbox import ASYNC_FAILED, ASYNC_SUCCEEDED, COMPLETED, SandboxProvider
+from bookings.services import reconcile_checkouts, sandbox_deliver
 from core.invariants import assert_invariants
 from tests.bookings.factories import PackageFactory, book, future
 
@@ -144,4 +144,75 @@ def test_checkouts_the_provider_cannot_settle_never_keep_the_others_from_their_t
         call_command("reconcile_checkouts", stdout=io.StringIO(), stderr=err)
     assert exit.value.code == 3, err.getvalue()  # the provider did not answer: run again later
     assert "payment_provider_unavailable" in err.getvalue()
+    assert_invariants()
+
+
+def awaiting_delayed_payment(booking, *, for_=UNHEARD_AFTER + timedelta(minutes=1)):
+    """The session completed unpaid (a delayed method, its event delivered): ``payment_pending``, the checkout
+    ``processing``, and nothing heard since ``for_``."""
+    sandbox_deliver(checkout_of(booking), COMPLETED, payment_status="unpaid")
+    assert Booking.objects.get(pk=booking.pk).status == "payment_pending"
+    Checkout.objects.filter(booking_id=booking.pk).update(updated_at=Now() - for_)
+
+
+@pytest.mark.parametrize(
+    "settled, booking_status, checkout_state",
+    [(ASYNC_SUCCEEDED, "confirmed", "completed"), (ASYNC_FAILED, "expired", "payment_failed")],
+)
+def test_a_delayed_payment_whose_outcome_never_came_is_settled_from_the_providers_record(
+    tenant, settled, booking_status, checkout_state
+):
+    """Regression: only ``open`` checkouts were looked up. A delayed payment (a bank debit) whose
+    ``async_payment_succeeded`` or ``_failed`` never got through left its booking ``payment_pending`` for good:
+    paid and never confirmed, or failed with its date held from everyone else."""
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    awaiting_delayed_payment(booking)
+    SandboxProvider.session_ended(checkout_of(booking), settled)  # settled at the provider; the event was lost
+    assert reconcile_checkouts().done == 1
+    assert Booking.objects.get(pk=booking.pk).status == booking_status
+    checkout = checkout_of(booking)
+    assert checkout.state == checkout_state
+    event = PaymentEvent.objects.filter(booking_id=booking.pk).latest("pk")
+    assert event.event_id == f"lookup_{checkout.provider_checkout_id}_{settled}"
+    assert reconcile_checkouts().done == 0  # settled: not asked again
+    assert_invariants()
+
+
+def test_a_delayed_payment_still_settling_is_asked_again_later_and_left_as_it_is(tenant):
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    awaiting_delayed_payment(booking, for_=timedelta(minutes=5))
+    assert reconcile_checkouts().done == 0 and checkout_of(booking).looked_up_at is None  # its event may come yet
+    Checkout.objects.filter(booking_id=booking.pk).update(updated_at=Now() - UNHEARD_AFTER - timedelta(minutes=1))
+    assert reconcile_checkouts().done == 0  # asked: the provider says it is still settling
+    checkout = checkout_of(booking)
+    assert checkout.state == "processing" and checkout.looked_up_at is not None
+    assert Booking.objects.get(pk=booking.pk).status == "payment_pending"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_the_look_up_and_the_late_delayed_payment_event_racing_settle_it_once(tenant, recording_provider, round_):
+    """The sweep's look-up and the real ``async_payment_succeeded`` arriving late, each on its own connection:
+    one confirmation, no refund, the invariants hold."""
+    from bookings.payments.sandbox import build_event
+    from bookings.services import receive_payment_event
+    from tests.races import run_concurrently
+
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    awaiting_delayed_payment(booking)
+    checkout = checkout_of(booking)
+    SandboxProvider.session_ended(checkout, ASYNC_SUCCEEDED)
+    payload, signature = build_event(checkout, ASYNC_SUCCEEDED)
+
+    def attempt(i):
+        if i == 0:
+            return reconcile_checkouts().done
+        return receive_payment_event(payload, signature, provider_name="sandbox").result
+
+    outcomes = run_concurrently(attempt, 2)
+    assert [o.error for o in outcomes] == [None, None]
+    assert Booking.objects.get(pk=booking.pk).status == "confirmed" and checkout_of(booking).state == "completed"
+    results = list(PaymentEvent.objects.filter(booking_id=booking.pk).values_list("result", flat=True))
+    assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged", "payment_pending"}, results
+    assert recording_provider.refunds == []
     assert_invariants()

@@ -271,3 +271,51 @@ def test_a_looked_up_session_maps_to_the_event_its_webhook_would_have_sent(setti
     assert (event.payment_id, event.client_reference_id) == (data["payment_intent"] or "", data["client_reference_id"])
     if expected == "checkout.session.completed":
         assert (event.payment_status, event.amount_total, event.currency) == ("paid", 45000, "usd")
+
+
+def delayed_session(payment_status, intent_status):
+    """RECORDED_COMPLETED's session paid by a delayed method, retrieved with its PaymentIntent expanded."""
+    session = dict(RECORDED_COMPLETED["data"]["object"], payment_status=payment_status)
+    session["payment_intent"] = {
+        "id": "pi_3PkXq1LkdIwHu7ix0abcdEFG",
+        "object": "payment_intent",
+        "status": intent_status,
+    }
+    return session
+
+
+@pytest.mark.parametrize(
+    "payment_status, intent_status, state, expected",
+    [
+        ("paid", "succeeded", "processing", "checkout.session.async_payment_succeeded"),
+        ("unpaid", "requires_payment_method", "processing", "checkout.session.async_payment_failed"),
+        ("unpaid", "canceled", "processing", "checkout.session.async_payment_failed"),
+        ("unpaid", "processing", "processing", None),  # still settling: its own event may come yet
+        ("unpaid", "processing", "open", "checkout.session.completed"),  # its completed/unpaid was lost too
+        ("unpaid", "requires_payment_method", "open", "checkout.session.async_payment_failed"),
+    ],
+)
+def test_a_looked_up_delayed_payment_maps_to_the_event_that_settles_it(
+    settings, payment_status, intent_status, state, expected
+):
+    """A checkout waiting for a delayed payment (``processing``) is settled only by that payment's outcome: the
+    session paid since, or its PaymentIntent failed (asked for with the session, ``expand``)."""
+    import stripe
+
+    settings.STRIPE_API_KEY = "sk_test_x"
+    provider = get_provider("stripe")
+    data = delayed_session(payment_status, intent_status)
+    asked = []
+
+    def retrieve(session_id, *args, params=None, **kwargs):
+        asked.append(params)
+        return stripe.StripeObject.construct_from(data, "sk_test_x")
+
+    provider.client.v1.checkout.sessions.retrieve = retrieve
+    event = provider.checkout_outcome(SimpleNamespace(provider_checkout_id=data["id"], state=state))
+    assert asked == [{"expand": ["payment_intent"]}]
+    if expected is None:
+        assert event is None
+        return
+    assert (event.id, event.type) == (f"lookup_{data['id']}_{expected}", expected)
+    assert event.payment_id == "pi_3PkXq1LkdIwHu7ix0abcdEFG"  # the id, as a delivered event names it
