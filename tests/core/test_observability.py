@@ -344,7 +344,7 @@ def statements(client, url):
 def test_metrics_add_no_database_statement(member, tenant, settings):
     observed = token_client(member)
     assert statements(observed, "/health")[0] == 0
-    assert statements(observed, "/metrics")[0] == 3  # the scrape's own: the jobs, the refunds under way, the e-mails left sending
+    assert statements(observed, "/metrics")[0] == 3  # the scrape's own: jobs, refunds under way, e-mails left sending
     with_middleware, response = statements(observed, "/api/t/acme/promo-codes/NOPE")
     assert response.status_code == 404 and "X-Request-ID" in response
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "core.observability.ObservabilityMiddleware"]
