@@ -112,14 +112,19 @@ def create_provider_checkout(booking):
         created = provider.create_checkout(booking, checkout)
     except ProviderError as exc:
         logger.warning("payment provider failed for booking %s: %s", booking.pk, exc)
+        if exc.in_progress:  # the other call for this hold (its request still alive) decides: left as it is
+            raise PaymentProviderUnavailable() from exc
         with transaction.atomic():  # booking row, then checkout row: the lock order of every path
             Booking.objects.lock_row(booking.pk)
-            # Only a checkout still creating is this call's to fail, and its hold to release: another call for
+            # Only a checkout still creating is this call's to fail, and its hold to release: the other call for
             # the same hold (the original request, still waiting when its retry resumed it) may have opened it,
-            # and that customer is paying through it.
-            if Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__):
+            # and that customer is paying through it: answered as it stands.
+            failed = Checkout.objects.fail(checkout.pk, error=str(exc) or type(exc).__name__)
+            if failed:
                 Booking.objects.release_if_held(booking.pk)
-        raise PaymentProviderUnavailable()
+        if failed or not _answered_as_it_stands(checkout):
+            raise PaymentProviderUnavailable() from exc
+        return checkout
     opened = Checkout.objects.open(
         checkout.pk, provider_checkout_id=created.id, url=created.url, payment_id=created.payment_id, booking=booking
     )
@@ -135,12 +140,21 @@ def create_provider_checkout(booking):
     # as it is, and answered as it now reads.
     with transaction.atomic():
         abandoned = Checkout.objects.abandon(checkout.pk, provider_checkout_id=created.id)
-    if abandoned:
+    if abandoned or not _answered_as_it_stands(checkout):
+        # Ours to close: abandoned here, or failed by the other call (its provider call refused while this one
+        # waited) with the hold released: a session nobody will pay through.
         checkout.state = Checkout.State.EXPIRED
+        checkout.provider_checkout_id = created.id
         expire_provider_checkout(checkout)
         raise PaymentProviderUnavailable()
-    checkout.refresh_from_db(fields=["state", "url", "provider_checkout_id"])
     return checkout
+
+
+def _answered_as_it_stands(checkout):
+    """Reload ``checkout`` (settled by another path meanwhile) and say whether it can be the answer: opened,
+    or already paid. A failed or expired one is no way to pay: the caller answers 503."""
+    checkout.refresh_from_db(fields=["state", "url", "provider_checkout_id"])
+    return checkout.state in (Checkout.State.OPEN, Checkout.State.PROCESSING, Checkout.State.COMPLETED)
 
 
 def start_checkout(*, tenant, package_id, date, customer_name, customer_email, note=None):

@@ -173,15 +173,28 @@ def refusal_for(exc):
     return None
 
 
+# SQLSTATEs of a database that did not answer, and may on retry: connection exceptions (08), insufficient
+# resources (53: too many connections, out of memory or disk), a server shutting down or starting (57P01-57P03),
+# a transaction ended by idle_in_transaction_session_timeout (25P03).
+OUTAGE_CLASSES = ("08", "53")
+OUTAGES = ("57P01", "57P02", "57P03", "25P03")
+
+
 def outage_for(exc):
-    """DatabaseTimeout or DatabaseUnavailable for a database error that refuses nothing and may pass on retry
-    (statement_timeout, a connection lost, a server restarting or shutting idle transactions down); None for
-    a refusal (``refusal_for``) or any other error (a bug)."""
+    """DatabaseTimeout (57014, statement_timeout) or DatabaseUnavailable (``OUTAGE_CLASSES``, ``OUTAGES``, or a
+    connection that failed before the server said anything) for a database error that may pass on retry; None
+    for a refusal (``refusal_for``) or anything else (a bug, a corrupted index, a program limit: retrying it
+    would fail the same way, and it must fail loudly)."""
     if not isinstance(exc, OperationalError | InternalError) or refusal_for(exc) is not None:
         return None
-    if cause_of(exc, psycopg.errors.QueryCanceled) is not None:
+    sqlstate = getattr(cause_of(exc, psycopg.Error), "sqlstate", None)
+    if sqlstate == "57014":
         return DatabaseTimeout()
-    return DatabaseUnavailable()
+    if sqlstate is None and isinstance(exc, OperationalError):
+        return DatabaseUnavailable()
+    if sqlstate is not None and (sqlstate[:2] in OUTAGE_CLASSES or sqlstate in OUTAGES):
+        return DatabaseUnavailable()
+    return None
 
 
 @contextmanager

@@ -37,9 +37,12 @@ class ProviderError(Exception):
     retry with the same key is safe.
     """
 
-    def __init__(self, *args, answered=False):
+    def __init__(self, *args, answered=False, in_progress=False):
         super().__init__(*args)
         self.answered = answered
+        # Another request under the same idempotency key is still being served (Stripe: 409, nothing saved
+        # under the key): that request decides; a later retry with the key gets its answer.
+        self.in_progress = in_progress
 
 
 @dataclass(frozen=True)

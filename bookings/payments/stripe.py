@@ -82,7 +82,9 @@ class StripeProvider(PaymentProvider):
                 options={"idempotency_key": f"lockstep-checkout-{checkout.pk}"},
             )
         except self.stripe.StripeError as exc:
-            raise ProviderError(str(exc)) from exc
+            raise ProviderError(
+                str(exc), answered=exc.http_status is not None, in_progress=exc.http_status == 409
+            ) from exc
         return ProviderCheckout(id=session.id, url=session.url or "")
 
     def refund(self, checkout, *, idempotency_key) -> ProviderRefund:

@@ -184,22 +184,26 @@ class SlowerThanTheHoldProvider(RecordingProvider):
 
 class SameSessionProvider(RecordingProvider):
     """Stripe under one idempotency key (``lockstep-checkout-<id>``): every create_checkout for a checkout answers
-    the session the first one made; ``refuse_next`` makes the next call fail as Stripe answers a request that
-    overlaps another one under the same key (409, answered)."""
+    the session the first one made; ``refuse_next`` (a ProviderError) makes the next call fail with it."""
 
     name = "same-session"
     made = {}
-    refuse_next = False
+    refuse_next = None
+    # what Stripe answers a request overlapping another one under the same key (409, nothing saved under it)
+    IN_PROGRESS = ProviderError(
+        "Keys for idempotent requests can only be used by one request at a time", answered=True, in_progress=True
+    )
+    UNREACHABLE = ProviderError("connection reset")
 
     @classmethod
     def reset(cls):
         super().reset()
-        cls.made, cls.refuse_next = {}, False
+        cls.made, cls.refuse_next = {}, None
 
     def create_checkout(self, booking, checkout):
-        if type(self).refuse_next:
-            type(self).refuse_next = False
-            raise ProviderError("another request with this idempotency key is in progress", answered=True)
+        refusal, type(self).refuse_next = type(self).refuse_next, None
+        if refusal is not None:
+            raise refusal
         with self.lock:
             if checkout.pk in self.made:
                 return self.made[checkout.pk]

@@ -299,16 +299,53 @@ def test_a_retry_resuming_a_hold_whose_request_is_still_alive_never_kills_the_pa
     assert Notification.objects.filter(kind="booking_held").count() == 1
 
 
-def test_a_retry_the_provider_refuses_while_the_request_it_resumes_opened_the_checkout_leaves_the_hold(
+def test_a_retry_whose_provider_call_fails_after_the_request_it_resumes_opened_the_checkout_answers_that_checkout(
     tenant, same_session_provider
 ):
-    """Stripe refuses a request that overlaps another under the same idempotency key (409): that retry's
-    failure is no reason to release the hold the original request's customer is paying for."""
+    """The retry's own call to the provider failed (a connection reset) after the original opened the checkout:
+    no reason to release the hold its customer is paying for, nor to answer 503 over a working pay link (a
+    confirm's 503 reopens its proposal, which the open checkout's booking then refuses, for good)."""
     booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
     retry_read = as_a_resume_reads_it(booking)
-    booking_services.create_provider_checkout(booking)
-    same_session_provider.refuse_next = True
-    with pytest.raises(PaymentProviderUnavailable):
-        booking_services.create_provider_checkout(retry_read)
+    original = booking_services.create_provider_checkout(booking)
+    same_session_provider.refuse_next = SameSessionProvider.UNREACHABLE
+    retried = booking_services.create_provider_checkout(retry_read)
+    assert retried.state == Checkout.State.OPEN and retried.url == original.url
     assert Booking.objects.get(pk=booking.pk).status == Booking.Status.HELD
     assert Checkout.objects.get(booking=booking).state == Checkout.State.OPEN
+
+
+def test_a_retry_refused_for_overlapping_the_request_it_resumes_leaves_that_request_to_open_the_checkout(
+    tenant, same_session_provider
+):
+    """Stripe refuses a request made while another under the same key is still being served (409, nothing saved
+    under the key): that other request decides. The retry answers 503 and leaves the hold and its checkout as
+    they are; the original then opens the checkout with its session."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    original_read = as_a_resume_reads_it(booking)
+    same_session_provider.refuse_next = SameSessionProvider.IN_PROGRESS
+    with pytest.raises(PaymentProviderUnavailable):
+        booking_services.create_provider_checkout(booking)  # the retry, while the original waits
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.HELD
+    assert Checkout.objects.get(booking=booking).state == Checkout.State.CREATING
+    original = booking_services.create_provider_checkout(original_read)
+    assert original.state == Checkout.State.OPEN and Booking.objects.get(pk=booking.pk).status == Booking.Status.HELD
+
+
+def test_a_request_whose_retry_failed_the_checkout_meanwhile_closes_its_session_and_answers_503(
+    tenant, same_session_provider
+):
+    """The retry's call failed (unreachable) while the original still waited: the retry failed the checkout and
+    released the hold. The original's session then comes back to a checkout no longer creating: it closes that
+    session (nobody will pay through it) and answers 503, never a checkout that cannot be paid."""
+    booking = hold_without_provider_answer(PackageFactory(tenant=tenant))
+    original_read = as_a_resume_reads_it(booking)
+    same_session_provider.refuse_next = SameSessionProvider.UNREACHABLE
+    with pytest.raises(PaymentProviderUnavailable):
+        booking_services.create_provider_checkout(booking)  # the retry
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.EXPIRED  # released: the date is free
+    with pytest.raises(PaymentProviderUnavailable):
+        booking_services.create_provider_checkout(original_read)
+    assert Checkout.objects.get(booking=booking).state == Checkout.State.FAILED
+    assert same_session_provider.expired == [booking.pk]  # its session closed
+    assert Notification.objects.filter(kind="booking_held").count() == 0

@@ -45,7 +45,11 @@ def _caused_by(error, cause):
         (_caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()), 503, "database_timeout"),
         (OperationalError("connection refused"), 503, "database_unavailable"),
         (_caused_by(OperationalError("rolled back"), psycopg.errors.SerializationFailure()), 409, "resource_locked"),
-        (InternalError("terminating connection due to idle-in-transaction timeout"), 503, "database_unavailable"),
+        (
+            _caused_by(InternalError("idle-in-transaction timeout"), psycopg.errors.IdleInTransactionSessionTimeout()),
+            503,
+            "database_unavailable",
+        ),
     ],
 )
 def test_every_error_kind_renders_in_the_envelope(exc, status, code):
@@ -82,7 +86,7 @@ def test_validation_errors_carry_field_details():
         _caused_by(OperationalError("lock"), psycopg.errors.LockNotAvailable()),
         OperationalError("connection refused"),
         _caused_by(OperationalError("timeout"), psycopg.errors.QueryCanceled()),
-        InternalError("terminating connection due to idle-in-transaction timeout"),
+        _caused_by(InternalError("idle-in-transaction timeout"), psycopg.errors.IdleInTransactionSessionTimeout()),
     ],
 )
 def test_retryable_errors_say_when_to_retry(exc):
@@ -160,3 +164,13 @@ def test_every_path_gets_a_database_that_did_not_answer_as_a_domain_error_to_ret
         with connection.cursor() as cursor:
             cursor.execute(sql)
     assert raised.value.retry_later
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("errcode", ["data_corrupted", "program_limit_exceeded", "object_not_in_prerequisite_state"])
+def test_an_error_a_retry_would_meet_again_is_never_taken_for_an_outage(errcode):
+    """A corrupted index, a program limit, a bug: named "try again shortly" (exit 3, 503) it would be run again
+    and again in silence; it is left to fail loudly (a traceback, exit 1, a 500 the error log names)."""
+    with pytest.raises((OperationalError, InternalError)), database_refusals(), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '{errcode}'; END $$")
