@@ -105,6 +105,10 @@ def create_provider_checkout(booking):
     e-mailed): it is recorded ``expired``, the provider's session closed, and
     PaymentProviderUnavailable raised too (nothing was charged, the date is free: the
     caller's answer is "try again", never a booking without a way to pay it).
+
+    Two calls for one hold (a request still waiting for the provider, and the retry that resumed it):
+    only a checkout still ``creating`` is failed, abandoned or has its hold released; one the other
+    opened is the answer; a provider refusal for overlapping the other (``in_progress``) leaves all to it.
     """
     checkout = booking.checkout
     provider = get_provider()

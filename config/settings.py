@@ -255,16 +255,19 @@ if not timedelta(minutes=1) <= BOOKING_HOLD_TTL <= timedelta(hours=23):
         "session lasts the hold and 32 minutes more, and the provider takes at most 24 hours)"
     )
 PAYMENT_PROVIDER = env.str("PAYMENT_PROVIDER", default="")  # "" = stripe when STRIPE_API_KEY is set, else sandbox
-# Each try of a provider call (the Stripe library makes up to 3): a request still waiting for the provider when its
-# Idempotency-Key's claim goes stale (IDEMPOTENCY_IN_PROGRESS_TIMEOUT) overlaps the retry that takes the claim over.
+# A provider call's wait to connect, and its wait for each part of the answer (the Stripe library makes up to 3
+# tries): a request still waiting for the provider when its Idempotency-Key's claim goes stale
+# (IDEMPOTENCY_IN_PROGRESS_TIMEOUT) overlaps the retry that takes the claim over. Its 3 tries, each a connect and
+# a read at worst, must end well within that claim.
 PAYMENT_PROVIDER_TIMEOUT_SECONDS = env.int("PAYMENT_PROVIDER_TIMEOUT_SECONDS", default=20)
 if not (
     PAYMENT_PROVIDER_TIMEOUT_SECONDS >= 1
-    and PAYMENT_PROVIDER_TIMEOUT_SECONDS * 3 < IDEMPOTENCY_IN_PROGRESS_TIMEOUT.total_seconds()
+    and PAYMENT_PROVIDER_TIMEOUT_SECONDS * 2 * 3 < IDEMPOTENCY_IN_PROGRESS_TIMEOUT.total_seconds()
 ):
     raise ImproperlyConfigured(
-        f"PAYMENT_PROVIDER_TIMEOUT_SECONDS={PAYMENT_PROVIDER_TIMEOUT_SECONDS}: expected at least 1, and its 3 tries "
-        f"under IDEMPOTENCY_IN_PROGRESS_TIMEOUT ({IDEMPOTENCY_IN_PROGRESS_TIMEOUT.total_seconds():g} s)"
+        f"PAYMENT_PROVIDER_TIMEOUT_SECONDS={PAYMENT_PROVIDER_TIMEOUT_SECONDS}: expected at least 1, and 3 tries of a "
+        "connect and a read within IDEMPOTENCY_IN_PROGRESS_TIMEOUT "
+        f"({IDEMPOTENCY_IN_PROGRESS_TIMEOUT.total_seconds():g} s)"
     )
 DEVELOPMENT_WEBHOOK_SECRET = "whsec_lockstep_sandbox_secret"  # public: refused with DEBUG off (core/checks.py)
 PAYMENT_WEBHOOK_SECRET = env.str("PAYMENT_WEBHOOK_SECRET", default=DEVELOPMENT_WEBHOOK_SECRET)

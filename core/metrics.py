@@ -11,7 +11,7 @@ Labels are bounded: a route is the URL *pattern* (``/api/t/<slug:tenant>/promo-c
 never the path; a code is one of the error catalog's codes. No tenant, user or id is a label.
 Recording costs a few in-memory (or mmap) writes per request and no database statement; a
 scrape costs one statement per gauge read at that moment (``AT_SCRAPE``: the worker's jobs, the
-refunds under way).
+refunds under way, the e-mails left sending).
 """
 
 import hmac
