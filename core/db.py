@@ -191,14 +191,7 @@ def update_skipping_locked(queryset, *, batch=1000, **changes):
     is ``UPDATE … WHERE pk IN (SELECT pk … ORDER BY pk LIMIT batch FOR NO KEY UPDATE SKIP LOCKED) AND
     <the queryset's conditions>``: the rows it locked are judged again as the UPDATE writes them.
     """
-    using, changed = queryset.db, 0
-    while True:
-        with transaction.atomic(using=using):
-            locked = queryset.order_by("pk").select_for_update(skip_locked=True, no_key=True)
-            n = queryset.filter(pk__in=locked.values("pk")[:batch]).update(**changes)
-        changed += n
-        if n < batch:
-            return changed
+    return _in_batches_skipping_locked(queryset, batch, lambda rows: rows.update(**changes), no_key=True)
 
 
 def delete_skipping_locked(queryset, *, batch=1000):
@@ -210,11 +203,17 @@ def delete_skipping_locked(queryset, *, batch=1000):
     only growing. Each batch is ``DELETE … WHERE pk IN (SELECT pk … ORDER BY pk LIMIT batch FOR UPDATE SKIP
     LOCKED) AND <the queryset's conditions>``: the rows it locked are judged again as it deletes them.
     """
-    using, deleted = queryset.db, 0
+    return _in_batches_skipping_locked(queryset, batch, lambda rows: rows.delete()[0], no_key=False)
+
+
+def _in_batches_skipping_locked(queryset, batch, act, *, no_key):
+    """``act(rows)`` on ``batch`` rows of ``queryset`` at a time, the ones no other transaction holds (locked here,
+    FOR NO KEY UPDATE or, for a delete, FOR UPDATE), each batch its own transaction; the total ``act`` returned."""
+    using, done = queryset.db, 0
     while True:
         with transaction.atomic(using=using):
-            locked = queryset.order_by("pk").select_for_update(skip_locked=True)
-            n, _by_model = queryset.filter(pk__in=locked.values("pk")[:batch]).delete()
-        deleted += n
+            locked = queryset.order_by("pk").select_for_update(skip_locked=True, no_key=no_key)
+            n = act(queryset.filter(pk__in=locked.values("pk")[:batch]))
+        done += n
         if n < batch:
-            return deleted
+            return done

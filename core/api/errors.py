@@ -91,7 +91,7 @@ def exception_handler(exc, context):
         # A value its column cannot hold (an integer past bigint, a string past its length) that no
         # validator caught: its own code, since invalid_input promises "fields" saying where.
         return Response(error_body("value_out_of_range", _("The request is not valid.")), status=400)
-    outage = outage_for(exc) if isinstance(exc, DatabaseError) else None
+    outage = outage_for(exc)
     if outage is not None:  # outside any guard (the authentication's read): as database_refusals names it
         logger.warning("%s: %s", outage.code, exc)
         return _domain_response(outage)

@@ -86,15 +86,23 @@ def test_the_look_up_and_the_late_webhook_racing_settle_the_payment_once(tenant,
     """Every writer of the checkout at once: the sweep's look-up and the real event arriving late, each on its own
     connection. Whichever locks the checkout first confirms the booking; the other finds it settled (or the sweep
     no longer finds it open): one confirmation, no refund, the invariants hold."""
+    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
+    SandboxProvider.session_ended(checkout_of(booking), COMPLETED, "paid")
+    ended_unheard(booking)
+    results = look_up_racing_the_late_event(booking, COMPLETED)
+    assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged"}, results
+    assert recording_provider.refunds == []
+    assert_invariants()
+
+
+def look_up_racing_the_late_event(booking, event_type):
+    """The sweep's look-up and the real ``event_type`` event, each on its own connection at once; both end without
+    an error, the booking confirmed and its checkout completed. Returns the results the inbox recorded."""
     from bookings.payments.sandbox import build_event
     from bookings.services import receive_payment_event
     from tests.races import run_concurrently
 
-    booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
-    checkout = checkout_of(booking)
-    SandboxProvider.session_ended(checkout, COMPLETED, "paid")
-    ended_unheard(booking)
-    payload, signature = build_event(checkout, COMPLETED)
+    payload, signature = build_event(checkout_of(booking), event_type)
 
     def attempt(i):
         if i == 0:
@@ -104,10 +112,7 @@ def test_the_look_up_and_the_late_webhook_racing_settle_the_payment_once(tenant,
     outcomes = run_concurrently(attempt, 2)
     assert [o.error for o in outcomes] == [None, None]
     assert Booking.objects.get(pk=booking.pk).status == "confirmed" and checkout_of(booking).state == "completed"
-    results = list(PaymentEvent.objects.filter(booking_id=booking.pk).values_list("result", flat=True))
-    assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged"}, results
-    assert recording_provider.refunds == []
-    assert_invariants()
+    return list(PaymentEvent.objects.filter(booking_id=booking.pk).values_list("result", flat=True))
 
 
 def test_checkouts_the_provider_cannot_settle_never_keep_the_others_from_their_turn(tenant, monkeypatch):
@@ -194,25 +199,10 @@ def test_a_delayed_payment_still_settling_is_asked_again_later_and_left_as_it_is
 def test_the_look_up_and_the_late_delayed_payment_event_racing_settle_it_once(tenant, recording_provider, round_):
     """The sweep's look-up and the real ``async_payment_succeeded`` arriving late, each on its own connection:
     one confirmation, no refund, the invariants hold."""
-    from bookings.payments.sandbox import build_event
-    from bookings.services import receive_payment_event
-    from tests.races import run_concurrently
-
     booking = book(PackageFactory(tenant=tenant, daily_capacity=1))
     awaiting_delayed_payment(booking)
-    checkout = checkout_of(booking)
-    SandboxProvider.session_ended(checkout, ASYNC_SUCCEEDED)
-    payload, signature = build_event(checkout, ASYNC_SUCCEEDED)
-
-    def attempt(i):
-        if i == 0:
-            return reconcile_checkouts().done
-        return receive_payment_event(payload, signature, provider_name="sandbox").result
-
-    outcomes = run_concurrently(attempt, 2)
-    assert [o.error for o in outcomes] == [None, None]
-    assert Booking.objects.get(pk=booking.pk).status == "confirmed" and checkout_of(booking).state == "completed"
-    results = list(PaymentEvent.objects.filter(booking_id=booking.pk).values_list("result", flat=True))
+    SandboxProvider.session_ended(checkout_of(booking), ASYNC_SUCCEEDED)
+    results = look_up_racing_the_late_event(booking, ASYNC_SUCCEEDED)
     assert results.count("confirmed") == 1 and set(results) <= {"confirmed", "unchanged", "payment_pending"}, results
     assert recording_provider.refunds == []
     assert_invariants()
