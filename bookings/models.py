@@ -14,6 +14,7 @@ from core.integrity import (
     BumpVersion,
     FrozenColumns,
     GuardedModel,
+    NeverLater,
     SetOnce,
     StateMachine,
     VersionOnlyIncreases,
@@ -254,6 +255,10 @@ class Booking(GuardedModel):
                 condition=~Q(status=BookingStatus.CONFIRMED) | Q(confirmed_at__isnull=False),
                 name="booking_confirmed_has_time",
             ),
+            models.CheckConstraint(
+                condition=~Q(status=BookingStatus.REFUNDED) | Q(refunded_at__isnull=False),
+                name="booking_refunded_has_time",
+            ),
             models.UniqueConstraint(
                 fields=["package", "date"],
                 condition=Q(status=BookingStatus.CONFIRMED, exclusive=True),
@@ -265,8 +270,15 @@ class Booking(GuardedModel):
             StateMachine(name="booking_status_transition", field="status", transitions=BOOKING_TRANSITIONS),
             BumpVersion(name="booking_version", fields=BOOKING_VERSIONED),
             VersionOnlyIncreases(name="booking_version_transition"),
-            # the place counted under the date's lock and the money charged: moving them skips both guards
-            FrozenColumns(name="booking_terms_transition", fields=("tenant", "package", "date", "amount", "currency")),
+            # the place counted under the date's lock and the money charged: moving them skips both guards; the
+            # proposal it was made for (a payment of a booking its proposal no longer links is refunded, never
+            # placed: proposals.apps), which no write but the hold's INSERT names
+            FrozenColumns(
+                name="booking_terms_transition",
+                fields=("tenant", "package", "date", "amount", "currency", "origin_proposal_id"),
+            ),
+            # a lapsed hold pushed later would take its place again, behind every path that judged it lapsed
+            NeverLater(name="booking_hold_expiry_transition", field="hold_expires_at"),
             # when it was confirmed, when cancelled: written by that transition, never again (a second "confirm"
             # of a confirmed booking leaves its status as it is, which the machine does not see); named to
             # fire after the machine, so a status move is refused as what it is
@@ -422,6 +434,16 @@ class PaymentEvent(models.Model):
         ordering = ["-received_at", "-pk"]
         verbose_name = _("payment event")
         verbose_name_plural = _("payment events")
+        triggers = [
+            # the inbox's key and what the provider said: an event rewritten would be settled as another
+            FrozenColumns(
+                name="payment_event_received_transition",
+                fields=("provider", "event_id", "type", "payload", "received_at"),
+            ),
+            # processed once: a processed_at cleared would have the next redelivery settle it again; reviewed once,
+            # by whom it was (money that was not ours to place)
+            SetOnce(name="payment_event_stamps_set_once_transition", fields=("processed_at", "reviewed_at")),
+        ]
 
     def __str__(self):
         return f"{self.event_id} {self.type}"

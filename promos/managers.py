@@ -103,15 +103,19 @@ def _check_terms(terms):
     """Refuse a code's terms (new or kept, together) that its currency cannot express.
 
     UnknownCurrency for a code outside ISO 4217; TooManyDecimals for a fixed bonus or a
-    ``max_bonus`` finer than the currency's minor unit. A percentage's own places (two)
-    are the database's to judge (``promo_percentage_places``: PromoInvalid).
+    ``max_bonus`` finer than the currency's minor unit; AmountTooLarge for one above the largest
+    amount a redeem in that currency may name (``promos.money.maximum``), where the API's input
+    field, not knowing the currency yet, allows any currency's and the admin's form more. A
+    percentage's own places (two) are the database's to judge (``promo_percentage_places``: PromoInvalid).
     """
     currency = terms.get("currency", DEFAULT_CURRENCY)
     money.currency(currency)
-    if terms.get("bonus_type") == "fixed" and terms.get("bonus_value") is not None:
-        require_places(terms["bonus_value"], currency)
-    if terms.get("max_bonus") is not None:
-        require_places(terms["max_bonus"], currency)
+    amounts = [terms.get("max_bonus")]
+    if terms.get("bonus_type") == "fixed":
+        amounts.append(terms.get("bonus_value"))
+    for amount in filter(None.__ne__, amounts):
+        require_places(amount, currency)
+        money.check_maximum(amount, currency)
 
 
 # What each named constraint means when the database refuses a write (core.guards.database_refusals).

@@ -10,12 +10,13 @@ from django.db.models.functions import Now
 
 from bookings import invariants
 from bookings.exceptions import BookingStateInvalid
-from bookings.models import Booking, Checkout, Package
+from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.services import hold_in_transaction, start_checkout
 from core.exceptions import GuardedWriteError, TransitionRefused
 from core.guards import database_refusals
 from core.integrity import state_machines
 from tests.bookings.factories import PackageFactory, future
+from tests.factories import UserFactory
 from tests.refusals import refused_by
 
 
@@ -65,7 +66,7 @@ def checkout_row(tenant):
     """A booking and its checkout, with every column a state's CHECK asks for already filled (so only the
     machines judge a move; a stamp once set never changes, so no operation that writes it is run on it)."""
     checkout = held_checkout(tenant)
-    Booking.objects.filter(pk=checkout.booking_id).update(confirmed_at=Now())
+    Booking.objects.filter(pk=checkout.booking_id).update(confirmed_at=Now(), refunded_at=Now())
     return checkout
 
 
@@ -198,6 +199,61 @@ def test_when_a_booking_was_confirmed_or_cancelled_never_changes_whoever_writes(
     assert refused_by(lambda: rows.update(cancelled_at=Now())) == "booking_times_set_once_transition"
     stored = rows.get()
     assert stored.confirmed_at == first and stored.cancelled_at is not None
+
+
+def test_a_hold_is_never_pushed_later_whoever_writes(tenant):
+    """booking_hold_expiry_transition: a lapsed hold given a later expiry would take its place again behind the
+    sweep, the checkout's opening and the proposal's unlink, which judged it lapsed; bringing it forward stays."""
+    booking = Booking.objects.get(pk=held_checkout(tenant).booking_id)
+    rows = Booking.objects.filter(pk=booking.pk)
+    rows.update(hold_expires_at=Now() - timedelta(seconds=1))  # lapsed
+    lapsed = rows.get().hold_expires_at
+    later = Now() + timedelta(days=1)
+    assert refused_by(lambda: rows.update(hold_expires_at=later)) == "booking_hold_expiry_transition"
+    assert rows.get().hold_expires_at == lapsed
+    assert refused_by(lambda: rows.update(hold_expires_at=lapsed - timedelta(seconds=1))) is None
+
+
+def test_the_proposal_a_booking_was_made_for_never_changes(tenant):
+    """booking_terms_transition covers origin_proposal_id: a payment of a booking whose proposal no longer links
+    it is refunded, not placed (proposals.apps), so naming or un-naming its proposal later changes where money
+    goes. Only the hold's INSERT names it."""
+    booking = Booking.objects.get(pk=held_checkout(tenant).booking_id)
+    rows = Booking.objects.filter(pk=booking.pk)
+    assert refused_by(lambda: rows.update(origin_proposal_id=12345)) == "booking_terms_transition"
+    assert rows.get().origin_proposal_id is None
+
+
+def test_a_refunded_booking_says_when(tenant):
+    """booking_refunded_has_time: ``refunded`` without ``refunded_at`` (a status written past complete_refund,
+    which stamps both) is refused, as check_invariants would report it."""
+    booking = Booking.objects.get(pk=held_checkout(tenant).booking_id)
+    force_state(Booking, booking.pk, "status", "refund_pending")
+    rows = Booking.objects.filter(pk=booking.pk)
+    assert refused_by(lambda: rows.update(status="refunded")) == "booking_refunded_has_time"
+    assert refused_by(lambda: rows.update(status="refunded", refunded_at=Now())) is None
+
+
+def test_a_payment_event_is_stored_as_received_and_processed_once_whoever_writes(tenant):
+    """payment_event_received_transition and payment_event_stamps_set_once_transition: the inbox's key and what
+    the provider said never change, and an event processed (or reviewed) stays so: a processed_at cleared
+    would have the next redelivery settle the event again."""
+    with transaction.atomic():
+        pk, processed = PaymentEvent.objects.receive(provider="sandbox", event_id="evt_1", type="t", payload={"a": 1})
+        PaymentEvent.objects.mark_processed(pk, result="ignored_type", needs_review=True)
+    assert not processed
+    rows = PaymentEvent.objects.filter(pk=pk)
+    for change in [{"event_id": "evt_2"}, {"type": "x"}, {"payload": {"a": 2}}, {"provider": "stripe"}]:
+        assert refused_by(lambda change=change: rows.update(**change)) == "payment_event_received_transition", change
+    assert refused_by(lambda: rows.update(processed_at=None)) == "payment_event_stamps_set_once_transition"
+    assert refused_by(lambda: rows.update(processed_at=Now())) == "payment_event_stamps_set_once_transition"
+    with transaction.atomic():
+        assert PaymentEvent.objects.receive(provider="sandbox", event_id="evt_1", type="t", payload={})[1]  # processed
+    operator = UserFactory()
+    assert PaymentEvent.objects.mark_reviewed(pk, operator=operator)
+    assert refused_by(lambda: rows.update(reviewed_at=Now())) == "payment_event_stamps_set_once_transition"
+    stored = rows.get()
+    assert (stored.event_id, stored.payload, stored.deliveries, stored.reviewed_by) == ("evt_1", {"a": 1}, 2, operator)
 
 
 def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit(tenant):

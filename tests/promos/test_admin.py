@@ -6,6 +6,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from core.guards import database_clock
+from core.money import AmountTooLarge
 from promos import managers
 from promos.admin import shown_state
 from promos.exceptions import PromoInactive
@@ -329,3 +330,28 @@ def test_a_code_page_lists_its_usages(admin_client, tenant):
     assert page.status_code == 200 and "dana" in page.content.decode()
     listing = admin_client.get(reverse("admin:promos_promousage_changelist"), {"q": "SHOWME"})
     assert listing.context["cl"].result_count == 1
+
+
+def test_a_fixed_bonus_above_what_its_currency_charges_is_a_form_error_as_in_the_api(admin_client, tenant, api_client):
+    """Regression: the admin's form took a fixed bonus up to its column's 9,999,999,999.999, the API's PUT refused
+    above 99,999,999: a code saved in the admin could not be PUT back as read. Both now refuse above what a redeem
+    in the code's currency may name (``amount_too_large``), and the largest such bonus goes round the API."""
+    form = {"tenant": tenant.pk, "code": "BIG", "bonus_type": "fixed", "currency": "JPY"}
+    refused = admin_client.post(reverse("admin:promos_promocode_add"), {**form, "bonus_value": "5000000000"})
+    assert refused.status_code == 200 and "at most 99999999" in str(refused.context["adminform"].form.errors)
+    assert not PromoCode.objects.filter(code="BIG").exists()
+    largest = admin_client.post(reverse("admin:promos_promocode_add"), {**form, "bonus_value": "99999999"})
+    assert largest.status_code == 302, largest.content
+    promo = PromoCode.objects.get(code="BIG")
+    path = f"/api/t/{tenant.slug}/promo-codes/{promo.pk}"
+    read = api_client.get(path).json()
+    written = {key: read[key] for key in ("code", "bonus_type", "bonus_value", "currency", "version")}
+    assert api_client.put(path, written, format="json").status_code == 200
+    with pytest.raises(AmountTooLarge) as too_large:  # a dollar code's ceiling is the dollar's
+        PromoCode.objects.create_code(tenant=tenant, code="USD", bonus_type="fixed", bonus_value=Decimal("1000000"))
+    assert too_large.value.code == "amount_too_large"
+    percentage = PromoCode.objects.create_code(
+        tenant=tenant, code="PCT", bonus_type="percentage", bonus_value=Decimal("10"), max_bonus=Decimal("999999.99")
+    )
+    with pytest.raises(AmountTooLarge):  # the cap of a percentage is an amount too
+        PromoCode.objects.update_code(percentage.pk, tenant=tenant, max_bonus=Decimal("1000000"))
