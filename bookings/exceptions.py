@@ -99,6 +99,8 @@ constraint_errors(
         "package_capacity_positive": PackageInvalid,
         "package_currency_iso": PackageInvalid,
         "booking_one_confirmed_per_exclusive_date": DateUnavailable,
+        "booking_within_capacity": DateUnavailable,
+        "booking_refunded_has_time": BookingStateInvalid,
         "booking_amount_not_negative": BookingStateInvalid,
         "booking_held_has_expiry": BookingStateInvalid,
         "booking_confirmed_has_time": BookingStateInvalid,

@@ -7,8 +7,9 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from bookings.choices import BookingStatus, CheckoutRefundState, CheckoutState
-from bookings.managers import BookingManager, CheckoutManager, PackageManager, PaymentEventManager
+from bookings.managers import ACTIVE_SQL, BookingManager, CheckoutManager, PackageManager, PaymentEventManager
 from core import money
+from core.db import LockNamespace
 from core.history import tracked
 from core.integrity import (
     BumpVersion,
@@ -57,6 +58,55 @@ class BookingOfItsPackage(pgtrigger.Trigger):
                   AND ("daily_capacity" = 1) = NEW."exclusive"
             ) THEN {refuse} END IF;
             RETURN NEW;
+            """  # noqa: S608 - identifiers from model meta, no values
+        )
+
+
+class BookingWithinCapacity(pgtrigger.Trigger):
+    """Refuse, in the database, a booking that takes a place on a date already full: the last guard against a
+    double booking of a date with more than one place (one place has the exclusive index besides).
+
+    Judged when a booking comes to take a place: inserted live (a live hold, a delayed payment, confirmed), or
+    moved into ``payment_pending`` or ``confirmed`` from a state that took none (expired, a lapsed hold). A
+    booking that already had its place (a live hold confirmed) is not counted again. It takes the place's
+    locks as the managers do (``lock_place``: BOOKING_PACKAGE shared, then BOOKING_DATE; re-entrant, so free
+    where the path already holds them), then counts the date's places on a snapshot taken after them (READ
+    COMMITTED), so a writer that skipped the managers queues behind a hold in flight and sees it once it
+    committed. Under REPEATABLE READ the count would read the transaction's first snapshot: no path here
+    writes under it. Raises SQLSTATE 23514 named ``booking_within_capacity`` (409 ``date_unavailable``).
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Insert | pgtrigger.UpdateOf("status")
+    declare = [("v_capacity", "integer"), ("v_taken", "bigint")]
+
+    def get_func(self, model):
+        packages = model._meta.get_field("package").related_model._meta.db_table
+        day = "to_char(NEW.\"date\", 'YYYY-MM-DD')"  # date.isoformat(), whatever the session's DateStyle
+        package_key = f"'{LockNamespace.BOOKING_PACKAGE.value}:' || NEW.\"package_id\""
+        date_key = f"'{LockNamespace.BOOKING_DATE.value}:' || NEW.\"package_id\" || ':' || {day}"
+        message = (
+            "format('%s: package %s has %s places on %s, %s taken', TG_TABLE_NAME, NEW.\"package_id\", "
+            'v_capacity, NEW."date", v_taken)'
+        )
+        return self.format_sql(
+            f"""
+            IF NEW."status" = 'held' AND NOT NEW."hold_expires_at" > clock_timestamp() THEN RETURN NULL; END IF;
+            IF TG_OP = 'UPDATE' AND (OLD."status" IN ('confirmed', 'payment_pending')
+                OR (OLD."status" = 'held' AND OLD."hold_expires_at" > clock_timestamp())) THEN
+                RETURN NULL;
+            END IF;
+            PERFORM pg_advisory_xact_lock_shared(hashtextextended({package_key}, 0));
+            PERFORM pg_advisory_xact_lock(hashtextextended({date_key}, 0));
+            SELECT p."daily_capacity", (
+                SELECT count(*) FROM "{model._meta.db_table}" b
+                WHERE b."package_id" = NEW."package_id" AND b."date" = NEW."date" AND {ACTIVE_SQL}
+            ) INTO v_capacity, v_taken
+            FROM "{packages}" p WHERE p."id" = NEW."package_id";
+            IF v_taken > v_capacity THEN
+                {refusal_sql(self.name, "'full'", message)}
+            END IF;
+            RETURN NULL;
             """  # noqa: S608 - identifiers from model meta, no values
         )
 
@@ -284,6 +334,12 @@ class Booking(GuardedModel):
             # fire after the machine, so a status move is refused as what it is
             SetOnce(name="booking_times_set_once_transition", fields=("confirmed_at", "cancelled_at")),
             BookingOfItsPackage(name="booking_of_its_package_transition"),
+            BookingWithinCapacity(
+                name="booking_within_capacity",
+                condition=pgtrigger.Q(
+                    new__status__in=[BookingStatus.HELD, BookingStatus.PAYMENT_PENDING, BookingStatus.CONFIRMED]
+                ),
+            ),
         ]
 
     def __str__(self):

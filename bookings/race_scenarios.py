@@ -48,6 +48,7 @@ class DateCheckoutHold(Scenario):
     name = "date checkout hold"
     attempts = 30
     expected_winners = 3
+    backstops = ("bookings.Booking:booking_within_capacity",)
 
     def __init__(self, tenant, *, package=None, first_day=None, **kwargs):
         super().__init__(tenant, **kwargs)

@@ -38,6 +38,7 @@ from promos.money import (
     DEFAULT_CURRENCY,
     compute_bonus,
     currencies_coarser_than,
+    maximum,
     parse_amount,
     places_needed,
     require_places,
@@ -103,7 +104,7 @@ def _check_terms(terms):
     """Refuse a code's terms (new or kept, together) that its currency cannot express.
 
     UnknownCurrency for a code outside ISO 4217; TooManyDecimals for a fixed bonus or a
-    ``max_bonus`` finer than the currency's minor unit; AmountTooLarge for one above the largest
+    ``max_bonus`` finer than the currency's minor unit; InvalidAmount for one above the largest
     amount a redeem in that currency may name (``promos.money.maximum``), where the API's input
     field, not knowing the currency yet, allows any currency's and the admin's form more. A
     percentage's own places (two) are the database's to judge (``promo_percentage_places``: PromoInvalid).
@@ -115,7 +116,8 @@ def _check_terms(terms):
         amounts.append(terms.get("bonus_value"))
     for amount in filter(None.__ne__, amounts):
         require_places(amount, currency)
-        money.check_maximum(amount, currency)
+        if amount > maximum(currency):
+            raise errors.InvalidAmount(maximum=written_maximum(currency))
 
 
 # What each named constraint means when the database refuses a write (core.guards.database_refusals).
@@ -144,6 +146,7 @@ constraint_errors(
         # clock_timestamp() is read once for consume's WHERE and again for its SET: when expiry falls
         # between the two reads, the CHECK used_at < expires_at refuses the write. It was too late.
         "redemption_used_before_expiry": errors.SessionExpired,
+        "redemption_approved_before_expiry": errors.SessionExpired,
         # A currency change of a code that has been used (update_code refuses it first).
         "promo_currency_frozen": errors.PromoCurrencyFrozen,
     }

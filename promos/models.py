@@ -436,6 +436,12 @@ class RedemptionSession(GuardedModel):
                 condition=Q(used_at__isnull=True) | Q(used_at__lt=F("expires_at")),
                 name="redemption_used_before_expiry",
             ),
+            # the consent was given before the session lapsed (the answer judges expires_at above its lock and
+            # stamps that clock): an approval written after expiry would read as a consent given in time
+            models.CheckConstraint(
+                condition=Q(approved_at__isnull=True) | Q(approved_at__lt=F("expires_at")),
+                name="redemption_approved_before_expiry",
+            ),
         ]
         triggers = [
             StateMachine(name="redemption_session_status_transition", field="status", transitions=SESSION_TRANSITIONS),

@@ -3,6 +3,7 @@
 from django.utils.translation import gettext_lazy as _
 
 from core.exceptions import Conflict, NotFound
+from core.guards import constraint_errors
 
 
 class ProposalNotFound(NotFound):
@@ -18,3 +19,8 @@ class ProposalExpired(Conflict):
 class ProposalAlreadyProcessed(Conflict):
     code = "proposal_already_processed"
     message = _("This proposal was already processed.")
+
+
+# The proposals' constraints that mean a domain refusal (core.guards.database_refusals); a "_transition" trigger
+# is 409 invalid_transition by its name.
+constraint_errors({"proposal_confirmed_before_expiry": ProposalExpired})

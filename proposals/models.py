@@ -1,6 +1,6 @@
 import pgtrigger
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
@@ -227,6 +227,11 @@ class Proposal(GuardedModel):
                 | Q(status=ProposalStatus.REJECTED)
                 | Q(confirmed_at__isnull=False),
                 name="proposal_decided_has_confirmed_at",
+            ),
+            # confirmed while the offer stood (decide judges expires_at above its lock and stamps that clock)
+            models.CheckConstraint(
+                condition=Q(confirmed_at__isnull=True) | Q(confirmed_at__lt=F("expires_at")),
+                name="proposal_confirmed_before_expiry",
             ),
             within("status", ProposalStatus, name="proposal_status_valid"),
         ]

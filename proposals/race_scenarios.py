@@ -27,6 +27,7 @@ class ProposalConfirm(Scenario):
     backstops = (
         "proposals.Proposal:proposal_status_transition",
         "proposals.Proposal:proposal_booking_unlink_transition",
+        "bookings.Booking:booking_within_capacity",  # the naive hold's count
     )
 
     def create_target(self, package, day):

@@ -4,16 +4,18 @@ import itertools
 from datetime import timedelta
 from decimal import Decimal
 
+import pgtrigger
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 
 from bookings import invariants
-from bookings.exceptions import BookingStateInvalid
+from bookings.exceptions import BookingStateInvalid, DateUnavailable
+from bookings.managers import active_q
 from bookings.models import Booking, Checkout, Package, PaymentEvent
 from bookings.services import hold_in_transaction, start_checkout
 from core.exceptions import GuardedWriteError, TransitionRefused
-from core.guards import database_refusals
+from core.guards import constraint_name, database_refusals
 from core.integrity import state_machines
 from tests.bookings.factories import PackageFactory, future
 from tests.factories import UserFactory
@@ -34,6 +36,7 @@ def all_pairs(model, field):
 
 
 PAIRS = [pair for model, field in MACHINES for pair in all_pairs(model, field)]
+CAPACITY = "bookings.Booking:booking_within_capacity"
 
 
 def sql(statement, params=()):
@@ -256,6 +259,66 @@ def test_a_payment_event_is_stored_as_received_and_processed_once_whoever_writes
     assert (stored.event_id, stored.payload, stored.deliveries, stored.reviewed_by) == ("evt_1", {"a": 1}, 2, operator)
 
 
+def planted_booking(package, day, *, name="Raw"):
+    """A booking written straight to the table, past the managers' lock and count (as a bug or a shell would)."""
+    return Booking.objects.create(
+        tenant=package.tenant,
+        package=package,
+        date=day,
+        customer_name=name,
+        customer_email="raw@example.com",
+        status="held",
+        hold_expires_at=Now() + timedelta(minutes=15),
+        amount=package.price,
+        currency=package.currency,
+        exclusive=package.daily_capacity == 1,
+        created_at=Now(),
+    )
+
+
+def test_the_database_refuses_a_hold_on_a_full_date_whoever_writes(tenant):
+    """booking_within_capacity: a date of a package with two places, both taken by holds the managers made: a
+    third hold written straight to the table is refused (409 date_unavailable through the managers' mapping;
+    a booking is born held, booking_status_transition); another date, and a lapsed hold (which takes no
+    place), let it pass."""
+    package, day = PackageFactory(tenant=tenant, daily_capacity=2), future()
+    for name in "AB":
+        with transaction.atomic():
+            Booking.objects.hold(package, day, customer_name=name, customer_email="a@example.com")
+    assert refused_by(lambda: planted_booking(package, day)) == "booking_within_capacity"
+    with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
+        planted_booking(package, day)
+    assert refused_by(lambda: planted_booking(package, future(2))) is None
+    Booking.objects.filter(package=package, date=day, customer_name="B").update(
+        hold_expires_at=Now() - timedelta(seconds=1)
+    )
+    assert refused_by(lambda: planted_booking(package, day)) is None  # B's place is free again
+    assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() == 2
+
+
+def test_a_booking_that_had_no_place_is_refused_one_on_a_full_date_and_one_that_had_keeps_it(tenant):
+    """booking_within_capacity on a status change: an expired booking (or a lapsed hold) moved into payment_pending
+    or confirmed on a full date is refused, as a late payment's confirm_payment would refuse it; a live hold
+    confirmed keeps the place it had, even on a date its own hold fills."""
+    package, day = PackageFactory(tenant=tenant, daily_capacity=1), future()
+    with transaction.atomic():
+        taken = Booking.objects.hold(package, day, customer_name="A", customer_email="a@example.com")
+    with transaction.atomic():  # a place taken while the earlier booking had none
+        Booking.objects.filter(pk=taken.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+        late = Booking.objects.hold(package, day, customer_name="B", customer_email="b@example.com")
+    rows = Booking.objects.filter(pk=taken.pk)
+    for status in ("confirmed", "payment_pending"):
+        assert (
+            refused_by(lambda status=status: rows.update(status=status, confirmed_at=Now()))
+            == "booking_within_capacity"
+        )
+    force_state(Booking, taken.pk, "status", "expired")
+    assert refused_by(lambda: rows.update(status="confirmed", confirmed_at=Now())) == "booking_within_capacity"
+    assert rows.get().status == "expired"
+    late_rows = Booking.objects.filter(pk=late.pk)
+    assert refused_by(lambda: late_rows.update(status="confirmed", confirmed_at=Now())) is None  # it had its place
+
+
 def test_unguarded_columns_may_be_saved_and_the_version_follows_what_people_edit(tenant):
     booking = Booking.objects.get(pk=held_checkout(tenant).booking_id)
     assert booking.version == 1
@@ -352,30 +415,20 @@ def test_exclusive_invariant_detects_a_flag_that_disagrees_with_the_capacity(che
 
 
 def test_unique_index_backstop_maps_to_a_domain_error(tenant):
+    """The one-confirmed-per-exclusive-date index, met with the capacity trigger (which would refuse first) off."""
     package = PackageFactory(tenant=tenant)
     with transaction.atomic():
         first = hold_in_transaction(
             tenant=tenant, package_id=package.pk, date=future(), customer_name="A", customer_email="a@example.com"
         )
     Booking.objects.filter(pk=first.pk).update(status="confirmed", confirmed_at=Now())
-    second = Booking.objects.create(
-        tenant=tenant,
-        package=package,
-        date=first.date,
-        customer_name="B",
-        customer_email="b@example.com",
-        hold_expires_at=first.hold_expires_at,
-        amount=1,
-        currency="USD",
-        exclusive=True,
-        created_at=Now(),
-    )
-    from bookings.exceptions import DateUnavailable
-
-    with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
-        Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
-    with pytest.raises(IntegrityError), transaction.atomic():  # the raw refusal, without the translator
-        Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
+    with pgtrigger.ignore(CAPACITY):
+        second = planted_booking(package, first.date, name="B")
+        with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
+            Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
+        with pytest.raises(IntegrityError) as raw, transaction.atomic():  # the raw refusal, without the translator
+            Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
+    assert constraint_name(raw.value) == "booking_one_confirmed_per_exclusive_date"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 import threading
 import time
+from contextlib import nullcontext
 
+import pgtrigger
 import pytest
 from django.db import connections, transaction
 from django.db.models.functions import Now
@@ -13,11 +15,14 @@ from bookings.managers import active_q
 from bookings.models import Booking, PaymentEvent
 from bookings.services import hold_in_transaction, start_checkout
 from core.db import LockNamespace
+from core.guards import constraint_name, database_refusals
 from tests.bookings.factories import PackageFactory, book, future
 from tests.bookings.test_webhooks import completed_event, deliver
-from tests.races import run_concurrently, tally
+from tests.races import Background, OpenTransaction, run_concurrently, tally, wait_until_blocked_or_done
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+CAPACITY = "bookings.Booking:booking_within_capacity"
 
 
 def checkout_attempt(package, day):
@@ -43,15 +48,13 @@ def test_30_concurrent_checkouts_fill_exactly_the_capacity(capacity, recording_p
     assert sorted(recording_provider.checkouts) == sorted(o.value for o in outcomes if o.ok)
 
 
-@pytest.mark.control("date checkout hold")
-@pytest.mark.parametrize("capacity", [1, 3])
-def test_without_the_date_lock_holds_overbook(capacity, locks_switched_off):
-    """The real hold with BOOKING_DATE switched off: each counts the places before the others commit."""
-    locks_switched_off(LockNamespace.BOOKING_DATE)
-    package, day = PackageFactory(daily_capacity=capacity), future()
+def unlocked_hold(package, day, *, backstop=True):
+    """The real hold (BOOKING_DATE switched off by the caller) in a longer transaction, held 50 ms; ``backstop``
+    False switches the database's own count off too."""
 
     def attempt(i):
-        with transaction.atomic():  # a caller composing the hold into a longer transaction
+        # as start_checkout composes it: refusals translated outside the transaction
+        with pgtrigger.ignore(CAPACITY) if not backstop else nullcontext(), database_refusals(), transaction.atomic():
             booking = hold_in_transaction(
                 tenant=package.tenant,
                 package_id=package.pk,
@@ -62,9 +65,59 @@ def test_without_the_date_lock_holds_overbook(capacity, locks_switched_off):
             time.sleep(0.05)
         return booking.pk
 
-    outcomes = run_concurrently(attempt, 30)
+    return attempt
+
+
+@pytest.mark.control("date checkout hold")
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_without_the_date_lock_holds_overbook(capacity, locks_switched_off):
+    """The real hold with BOOKING_DATE (and the database's count) switched off: each counts the places before
+    the others commit."""
+    locks_switched_off(LockNamespace.BOOKING_DATE)
+    package, day = PackageFactory(daily_capacity=capacity), future()
+    outcomes = run_concurrently(unlocked_hold(package, day, backstop=False), 30)
     assert tally(outcomes)["ok"] > capacity
     assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() > capacity
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_without_the_date_lock_the_databases_count_alone_fills_exactly_the_capacity(capacity, locks_switched_off):
+    """The same storm with the database's own count on (booking_within_capacity): every hold passes the
+    managers' unlocked read, and the trigger, queued on the date's lock behind each hold in flight, refuses
+    every one past the capacity (409 date_unavailable), rolling its booking back."""
+    locks_switched_off(LockNamespace.BOOKING_DATE)
+    package, day = PackageFactory(daily_capacity=capacity), future()
+    outcomes = run_concurrently(unlocked_hold(package, day), 30)
+    assert tally(outcomes) == {"ok": capacity, "date_unavailable": 30 - capacity}
+    assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() == capacity
+    assert Booking.objects.count() == capacity
+
+
+def test_a_raw_hold_queues_behind_a_hold_in_flight_and_is_refused_once_it_committed(recording_provider):
+    """Forced interleaving: a hold of the date's last place is in flight (its transaction holds BOOKING_DATE);
+    a booking written straight to the table meanwhile waits in its trigger for that lock, then counts on a
+    snapshot that sees the committed hold: refused, never a second booking of the place."""
+    from tests.bookings.test_integrity import planted_booking
+
+    package, day = PackageFactory(daily_capacity=1), future()
+
+    def last_place():
+        return hold_in_transaction(
+            tenant=package.tenant, package_id=package.pk, date=day, customer_name="A", customer_email="a@example.com"
+        ).pk
+
+    with OpenTransaction(last_place) as holder:
+
+        def raw():
+            with transaction.atomic():
+                return planted_booking(package, day).pk
+
+        background = Background(raw)
+        assert wait_until_blocked_or_done(background), "the raw write did not wait for the hold in flight"
+        holder.commit()
+        background.join()
+    assert constraint_name(background.error) == "booking_within_capacity", background.error
+    assert list(Booking.objects.values_list("pk", flat=True)) == [holder.result]
 
 
 def test_no_lock_is_held_during_the_provider_call(settings):

@@ -18,9 +18,9 @@ CROSS_FIELD_CODES = {
     "PUT /api/t/{tenant}/packages/{id}": {"amount_precision", "amount_too_large"},
     "PATCH /api/t/{tenant}/packages/{id}": {"amount_precision", "amount_too_large"},
     # a promo amount's places and ceiling are its code's or session's currency's, which the schema cannot know
-    "POST /api/t/{tenant}/promo-codes": {"amount_precision"},
-    "PUT /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
-    "PATCH /api/t/{tenant}/promo-codes/{id}": {"amount_precision"},
+    "POST /api/t/{tenant}/promo-codes": {"amount_precision", "invalid_amount"},
+    "PUT /api/t/{tenant}/promo-codes/{id}": {"amount_precision", "invalid_amount"},
+    "PATCH /api/t/{tenant}/promo-codes/{id}": {"amount_precision", "invalid_amount"},
     "POST /api/t/{tenant}/promo-codes/validate": {"amount_precision", "invalid_amount", "currency_mismatch"},
     "POST /api/t/{tenant}/promo-codes/redeem": {"amount_precision", "invalid_amount", "currency_mismatch"},
     "POST /api/t/{tenant}/redemption-sessions": {"amount_precision", "invalid_amount"},

@@ -31,7 +31,7 @@ def test_each_mutant_leaves_its_python_file_valid(mutant):
 
 
 MIGRATION_MUTANTS = [m for m in MUTANTS if "/migrations/" in m["file"]]
-TRIGGER_NAME = re.compile(r"name='(\w+)'")
+OBJECT_NAME = re.compile(r"(?<!\w)name='(\w+)'")  # a trigger's or a constraint's, not an operation's model_name
 
 
 @pytest.mark.parametrize("mutant", MIGRATION_MUTANTS, ids=lambda mutant: mutant["name"])
@@ -41,10 +41,13 @@ def test_each_migration_mutant_breaks_the_trigger_the_database_runs(mutant):
     break the newest migration that creates its trigger."""
     path = ROOT / mutant["file"]
     source = path.read_text()
-    (trigger,) = TRIGGER_NAME.findall(source[: source.index(mutant["old"])])[-1:]
+    at = source.index(mutant["old"])
+    end = source.find("migrations.", at)  # the next operation, if any
+    operation = source[source.rfind("migrations.", 0, at) : end if end != -1 else None]
+    (trigger,) = OBJECT_NAME.findall(operation)[:1]  # the operation's trigger or constraint, before or after
     later = [
         other.name
         for other in sorted(path.parent.glob("0*.py"))
-        if other.name > path.name and f"name='{trigger}'" in other.read_text()
+        if other.name > path.name and trigger in OBJECT_NAME.findall(other.read_text())
     ]
     assert later == [], f"{trigger} is created again by {later}: mutate the newest"

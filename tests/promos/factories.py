@@ -2,7 +2,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import factory
-from django.db.models import Value
+from django.db.models import F, Value
+from django.db.models.functions import Least
 
 from core.guards import ClockNow
 from promos.managers import hash_secret
@@ -54,7 +55,9 @@ class RedemptionSessionFactory(factory.django.DjangoModelFactory):
         # Every session is born pending (the state machine refuses any other insert); an
         # approved one is then approved the way the customer would (pending -> approved).
         status = kwargs.pop("status", RedemptionSession.Status.PENDING)
-        approved_at = kwargs.pop("approved_at", ClockNow())
+        # approved now, or, for a session made already lapsed, just before it lapsed (the consent came in time:
+        # redemption_approved_before_expiry)
+        approved_at = kwargs.pop("approved_at", Least(ClockNow(), F("expires_at") - Value(timedelta(microseconds=1))))
         session = super()._create(model_class, *args, **kwargs)
         if status == RedemptionSession.Status.APPROVED:
             model_class.objects.filter(pk=session.pk).update(status=status, approved_at=approved_at)

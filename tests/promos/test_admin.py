@@ -6,10 +6,9 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from core.guards import database_clock
-from core.money import AmountTooLarge
 from promos import managers
 from promos.admin import shown_state
-from promos.exceptions import PromoInactive
+from promos.exceptions import InvalidAmount, PromoInactive
 from promos.models import PromoCode, PromoUsage, RedemptionSession
 from tests.core.test_admin_scope import confirm_delete
 from tests.factories import TenantFactory
@@ -335,10 +334,11 @@ def test_a_code_page_lists_its_usages(admin_client, tenant):
 def test_a_fixed_bonus_above_what_its_currency_charges_is_a_form_error_as_in_the_api(admin_client, tenant, api_client):
     """Regression: the admin's form took a fixed bonus up to its column's 9,999,999,999.999, the API's PUT refused
     above 99,999,999: a code saved in the admin could not be PUT back as read. Both now refuse above what a redeem
-    in the code's currency may name (``amount_too_large``), and the largest such bonus goes round the API."""
+    in the code's currency may name (``invalid_amount``, as a redeem's amount), and the largest such bonus goes
+    round the API."""
     form = {"tenant": tenant.pk, "code": "BIG", "bonus_type": "fixed", "currency": "JPY"}
     refused = admin_client.post(reverse("admin:promos_promocode_add"), {**form, "bonus_value": "5000000000"})
-    assert refused.status_code == 200 and "at most 99999999" in str(refused.context["adminform"].form.errors)
+    assert refused.status_code == 200 and "up to 99999999" in str(refused.context["adminform"].form.errors)
     assert not PromoCode.objects.filter(code="BIG").exists()
     largest = admin_client.post(reverse("admin:promos_promocode_add"), {**form, "bonus_value": "99999999"})
     assert largest.status_code == 302, largest.content
@@ -347,11 +347,11 @@ def test_a_fixed_bonus_above_what_its_currency_charges_is_a_form_error_as_in_the
     read = api_client.get(path).json()
     written = {key: read[key] for key in ("code", "bonus_type", "bonus_value", "currency", "version")}
     assert api_client.put(path, written, format="json").status_code == 200
-    with pytest.raises(AmountTooLarge) as too_large:  # a dollar code's ceiling is the dollar's
+    with pytest.raises(InvalidAmount) as too_large:  # a dollar code's ceiling is the dollar's
         PromoCode.objects.create_code(tenant=tenant, code="USD", bonus_type="fixed", bonus_value=Decimal("1000000"))
-    assert too_large.value.code == "amount_too_large"
+    assert too_large.value.params == {"maximum": "999999.99"}
     percentage = PromoCode.objects.create_code(
         tenant=tenant, code="PCT", bonus_type="percentage", bonus_value=Decimal("10"), max_bonus=Decimal("999999.99")
     )
-    with pytest.raises(AmountTooLarge):  # the cap of a percentage is an amount too
+    with pytest.raises(InvalidAmount):  # the cap of a percentage is an amount too
         PromoCode.objects.update_code(percentage.pk, tenant=tenant, max_bonus=Decimal("1000000"))

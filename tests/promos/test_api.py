@@ -427,7 +427,8 @@ def test_session_lifecycle_over_the_api(api_client, anon_client, tenant):
 def test_a_session_past_its_expiry_reads_expired_before_the_sweep_writes_it(api_client, tenant):
     """Regression: the API answered a session's stored status: past its expiry, before the sweep, it read
     ``approved`` (and was listed under ?status=approved, not ?status=expired), though every consume refused it."""
-    lapsed, live = (RedemptionSessionFactory(tenant=tenant, status="approved") for _ in range(2))
+    earlier = ClockNow() - timedelta(minutes=1)  # approved before it lapsed
+    lapsed, live = (RedemptionSessionFactory(tenant=tenant, status="approved", approved_at=earlier) for _ in "ab")
     RedemptionSession.objects.filter(pk=lapsed.pk).update(expires_at=ClockNow() - timedelta(seconds=1))
     assert api_client.get(f"{BASE}/redemption-sessions/{lapsed.session_id}").json()["status"] == "expired"
     assert api_client.get(f"{BASE}/redemption-sessions/{live.session_id}").json()["status"] == "approved"

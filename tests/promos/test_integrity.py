@@ -196,9 +196,28 @@ def test_a_sessions_expiry_is_never_pushed_back_whoever_writes(tenant):
         rows.update(**later)
     assert refusal.value.params == {"old": "earlier", "new": "later"}
     assert rows.get().expires_at == session.expires_at
-    assert refused_by(lambda: rows.update(expires_at=ClockNow() - timedelta(seconds=1))) is None
+    assert refused_by(lambda: rows.update(expires_at=ClockNow())) is None
     with pytest.raises(errors.SessionExpired):
         RedemptionSession.objects.consume(session.session_id, tenant=tenant, amount="5")
+
+
+def test_a_consent_is_given_before_the_session_lapsed_whoever_writes(tenant):
+    """redemption_approved_before_expiry: a lapsed pending session approved by a raw UPDATE (the answer judges
+    the expiry above its lock, a writer past it does not) is refused (409 session_expired), and so is an
+    approved session's expiry brought back before its approval; the consume's own CHECK (used before expiry)
+    is the one this stands beside."""
+    session = RedemptionSessionFactory(tenant=tenant)
+    rows = RedemptionSession.objects.filter(pk=session.pk)
+    rows.update(expires_at=ClockNow() - timedelta(seconds=1))
+    approve = dict(status="approved", approved_at=ClockNow())
+    assert refused_by(lambda: rows.update(**approve)) == "redemption_approved_before_expiry"
+    with pytest.raises(errors.SessionExpired), database_refusals(), transaction.atomic():
+        rows.update(**approve)
+    assert rows.get().status == "pending"
+    approved = RedemptionSessionFactory(tenant=tenant, status="approved")
+    before = RedemptionSession.objects.filter(pk=approved.pk)
+    earlier = dict(expires_at=F("approved_at") - timedelta(seconds=1))
+    assert refused_by(lambda: before.update(**earlier)) == "redemption_approved_before_expiry"
 
 
 @pytest.mark.parametrize(

@@ -466,7 +466,8 @@ def test_consume_refuses_an_expired_session_by_its_own_where_even_without_the_ba
     from core.guards import ClockNow
     from tests.promos.helpers import bypassing
 
-    session = RedemptionSessionFactory(tenant=tenant, status="approved")
+    approved_earlier = ClockNow() - Value(timedelta(minutes=1))  # approved before it lapsed
+    session = RedemptionSessionFactory(tenant=tenant, status="approved", approved_at=approved_earlier)
     RedemptionSession.objects.filter(pk=session.pk).update(expires_at=ClockNow() - Value(timedelta(seconds=1)))
     with bypassing(RedemptionSession, constraints=["redemption_used_before_expiry"]):
         with pytest.raises(errors.SessionExpired):

@@ -330,6 +330,22 @@ def test_a_proposals_expiry_is_never_pushed_back_whoever_writes(tenant):
     assert refused_by(lambda: rows.update(expires_at=Now())) is None
 
 
+def test_a_proposal_is_confirmed_before_it_lapsed_whoever_writes(tenant):
+    """proposal_confirmed_before_expiry: a lapsed offer confirmed by a raw UPDATE (the decision judges the expiry
+    above its lock, a writer past it does not) is refused (409 proposal_expired); the one confirmed in time
+    passes."""
+    proposal = make_proposal(tenant)
+    rows = Proposal.objects.filter(pk=proposal.pk)
+    rows.update(expires_at=Now() - timedelta(seconds=1))
+    confirm = dict(status="confirmed", confirmed_at=Now())
+    assert refused_by(lambda: rows.update(**confirm)) == "proposal_confirmed_before_expiry"
+    with pytest.raises(ProposalExpired), database_refusals(), transaction.atomic():
+        rows.update(**confirm)
+    assert rows.get().status == "pending"
+    in_time = Proposal.objects.filter(pk=make_proposal(tenant).pk)
+    assert refused_by(lambda: in_time.update(**confirm)) is None
+
+
 def test_every_decision_and_contact_change_bumps_the_version(tenant, recording_provider):
     proposal = make_proposal(tenant)
     assert proposal.version == 1
