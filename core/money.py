@@ -4,18 +4,22 @@ Why py-moneyed (pinned in requirements.txt): it ships the ISO 4217 table with ea
 currency's minor unit (``sub_unit``: 100 for USD, 1 for JPY, 1000 for KWD) and
 nothing else we do not need; Babel's CLDR digits differ from ISO 4217 for several
 currencies (cash rounding), which is not what a card processor charges in.
+
+Which codes a customer can pay in is CLDR's (Babel, pinned, py-moneyed's own dependency): the
+currencies that are legal tender in some territory today. py-moneyed's table keeps every code
+ISO 4217 ever listed (the Deutsche Mark, the Croatian kuna) and the fund codes (BOV, CLF, USN...):
+a price in one of them passed every check and failed at the provider, on every checkout.
 """
 
+import datetime
 import functools
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 import moneyed
+from babel.core import get_global
+from babel.numbers import get_territory_currencies
 
 from core.exceptions import InvalidInput
-
-# ISO 4217 codes that are not money a customer pays in: testing, no currency,
-# precious metals, SDR and bond-market units.
-NOT_PAYABLE = frozenset({"XXX", "XTS", "XAU", "XAG", "XPD", "XPT", "XDR", "XBA", "XBB", "XBC", "XBD", "XSU", "XUA"})
 
 # Stripe: three-decimal currencies are sent in thousandths, and the last digit must be 0.
 STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
@@ -70,17 +74,27 @@ def currency(code):
     """The py-moneyed Currency for an ISO 4217 code a customer can pay in, or UnknownCurrency."""
     if not isinstance(code, str) or len(code) != 3 or not code.isascii() or not code.isupper():
         raise UnknownCurrency(str(code)[:8])
-    if code in NOT_PAYABLE:
+    if code not in _payable():
         raise UnknownCurrency(code)
-    try:
-        return moneyed.get_currency(code)
-    except moneyed.CurrencyDoesNotExist:
-        raise UnknownCurrency(code)
+    return moneyed.get_currency(code)
 
 
 def payable_currencies():
     """Every code ``currency()`` accepts, sorted (the API schema's enum)."""
-    return sorted(code for code in moneyed.CURRENCIES if code not in NOT_PAYABLE and len(code) == 3)
+    return sorted(_payable())
+
+
+@functools.cache
+def _payable():
+    """ISO 4217 codes that are legal tender in some territory today (CLDR) and in py-moneyed's table (for their
+    minor unit): no withdrawn currency, no fund or testing code, no metal. Read once per process."""
+    today = datetime.date.today()
+    tender = {
+        code
+        for territory in get_global("territory_currencies")
+        for code in get_territory_currencies(territory, start_date=today, tender=True)
+    }
+    return frozenset(tender & set(moneyed.CURRENCIES))
 
 
 def exponent(code):

@@ -14,7 +14,7 @@ HUNDRED = Decimal("100")
 # The ceiling of an amount whose currency is not known yet (the code's or session's row will tell): the
 # largest any currency has, a zero-decimal one's (core.money.max_amount); well inside max_digits=13.
 ANY_CURRENCY_MAX = Decimal(money.MAX_MINOR_UNITS)
-# The promo amount columns' decimal_places: every ISO 4217 currency but CLF and UYW (4) fits.
+# The promo amount columns' decimal_places: the most any payable currency has (KWD, BHD...).
 STORED_PLACES = 3
 # A percentage bonus_value is a rate, not money: at most two places (12.50 %), whatever the currency.
 PERCENT_PLACES = 2

@@ -216,6 +216,10 @@ def test_package_bad_input_is_400(api_client, tenant, body):
         ({"name": "X", "price": "10", "currency": "usd"}, "unknown_currency"),
         ({"name": "X", "price": "10", "currency": "ABC"}, "unknown_currency"),
         ({"name": "X", "price": "10", "currency": "XXX"}, "unknown_currency"),  # ISO 4217, but not money
+        # ISO 4217 once, legal tender nowhere today (no provider charges in it): withdrawn, replaced, a fund
+        ({"name": "X", "price": "10", "currency": "DEM"}, "unknown_currency"),
+        ({"name": "X", "price": "10", "currency": "HRK"}, "unknown_currency"),
+        ({"name": "X", "price": "10", "currency": "CLF"}, "unknown_currency"),
         ({"name": "X", "price": "1500.5", "currency": "JPY"}, "amount_precision"),
         ({"name": "X", "price": "1.255", "currency": "KWD"}, "amount_precision"),  # Stripe: last digit 0
         # more than a processor charges at once: eight digits of its unit

@@ -94,7 +94,7 @@ def test_a_percentage_keeps_two_places_whatever_the_currency(tenant):
 
 
 def test_an_unknown_currency_is_refused(tenant):
-    for code in ("ZZZ", "usd", "XXX", "US"):
+    for code in ("ZZZ", "usd", "XXX", "US", "DEM", "UYW"):  # DEM: withdrawn; UYW: a fund's unit
         with pytest.raises(UnknownCurrency):
             PromoCode.objects.create_code(
                 tenant=tenant, code="U", currency=code, bonus_type="fixed", bonus_value=Decimal("1")
