@@ -693,7 +693,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
             decision["when"] &= Q(currency=currency)
         elif too_coarse := currencies_coarser_than(places):
             fine = sorted(set(money.payable_currencies()) - set(too_coarse))
-            # The shorter list: 17 codes without cents for 12.50, 9 with thousandths for 1.255.
+            # The shorter list: 16 codes without cents for 12.50, 7 with thousandths for 1.255.
             decision["when"] &= ~Q(currency__in=too_coarse) if len(too_coarse) <= len(fine) else Q(currency__in=fine)
         return decision
 
