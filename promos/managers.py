@@ -115,8 +115,7 @@ def _check_terms(terms):
     if terms.get("bonus_type") == "fixed":
         amounts.append(terms.get("bonus_value"))
     for amount in filter(None.__ne__, amounts):
-        require_places(amount, currency)
-        if amount > maximum(currency):
+        if require_places(amount, currency) > maximum(currency):
             raise errors.InvalidAmount(maximum=written_maximum(currency))
 
 
