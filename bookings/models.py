@@ -76,7 +76,7 @@ class BookingWithinCapacity(pgtrigger.Trigger):
     writes under it. Raises SQLSTATE 23514 named ``booking_within_capacity`` (409 ``date_unavailable``).
     """
 
-    when = pgtrigger.After
+    when = pgtrigger.Before
     operation = pgtrigger.Insert | pgtrigger.UpdateOf("status")
     declare = [("v_capacity", "integer"), ("v_taken", "bigint")]
 
@@ -91,10 +91,10 @@ class BookingWithinCapacity(pgtrigger.Trigger):
         )
         return self.format_sql(
             f"""
-            IF NEW."status" = 'held' AND NOT NEW."hold_expires_at" > clock_timestamp() THEN RETURN NULL; END IF;
+            IF NEW."status" = 'held' AND NOT NEW."hold_expires_at" > clock_timestamp() THEN RETURN NEW; END IF;
             IF TG_OP = 'UPDATE' AND (OLD."status" IN ('confirmed', 'payment_pending')
                 OR (OLD."status" = 'held' AND OLD."hold_expires_at" > clock_timestamp())) THEN
-                RETURN NULL;
+                RETURN NEW;
             END IF;
             PERFORM pg_advisory_xact_lock_shared(hashtextextended({package_key}, 0));
             PERFORM pg_advisory_xact_lock(hashtextextended({date_key}, 0));
@@ -103,10 +103,10 @@ class BookingWithinCapacity(pgtrigger.Trigger):
                 WHERE b."package_id" = NEW."package_id" AND b."date" = NEW."date" AND {ACTIVE_SQL}
             ) INTO v_capacity, v_taken
             FROM "{packages}" p WHERE p."id" = NEW."package_id";
-            IF v_taken > v_capacity THEN
+            IF v_taken >= v_capacity THEN
                 {refusal_sql(self.name, "'full'", message)}
             END IF;
-            RETURN NULL;
+            RETURN NEW;
             """  # noqa: S608 - identifiers from model meta, no values
         )
 
