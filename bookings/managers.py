@@ -65,6 +65,9 @@ from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
 EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
+# The database's answers that a date is full (its index for one place, its own count for any): should the managers'
+# count ever disagree with them (a bug), a payment is refunded, never a 500 its provider would retry for days.
+DATE_FULL = (EXCLUSIVE_INDEX, "booking_within_capacity")
 # Statuses whose ``exclusive`` flag must follow the package's capacity (they can still be confirmed
 # or are): edit_package recomputes them when the capacity crosses 1, check_invariants checks them.
 LIVE_STATUSES = (BookingStatus.HELD, BookingStatus.PAYMENT_PENDING, BookingStatus.CONFIRMED)
@@ -134,12 +137,14 @@ ACTIVE_SQL = (
 )
 
 
-def _check_terms(price, code):
-    """Refuse a currency that is not a payable ISO 4217 code (UnknownCurrency, 400 ``unknown_currency``),
+def _check_terms(price, code, *, new=True):
+    """Refuse a currency that is not a payable ISO 4217 code (UnknownCurrency, 400 ``unknown_currency``; with
+    ``new`` false, a kept currency, one whose minor unit is known: a package stored in a currency since
+    withdrawn can still be edited, and taken off sale),
     a price with more decimals than it allows, or than the provider takes (TooManyDecimals, 400
     ``amount_precision``: both providers send Stripe's minor units, so a three-decimal price ends in 0),
     or above what the provider charges at once (AmountTooLarge, 400 ``amount_too_large``)."""
-    money.currency(code)
+    (money.payable if new else money.currency)(code)
     money.to_minor_units(price, code)
     money.check_maximum(price, code)
 
@@ -217,7 +222,8 @@ class PackageManager(models.Manager.from_queryset(PackageQuerySet)):
         self._editable(changes)
         package = self._locked_for_edit(package_id, tenant=tenant, version=version)
         if "price" in changes or "currency" in changes:  # judged against the row read under the lock
-            _check_terms(changes.get("price", package.price), changes.get("currency", package.currency))
+            price, code = changes.get("price", package.price), changes.get("currency", package.currency)
+            _check_terms(price, code, new="currency" in changes)
         capacity = changes.get("daily_capacity", package.daily_capacity)
         today = tenant_today(package.tenant_id, using=self.db)  # the shop's, read once under the package lock
         if capacity < package.daily_capacity:
@@ -508,8 +514,8 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
                 with transaction.atomic(using=self.db):
                     scope.update(status=Status.CONFIRMED, confirmed_at=place.now, exclusive=place.capacity == 1)
                 outcome = Status.CONFIRMED
-            except IntegrityError as exc:  # the index's answer is the date's: taken, so refund
-                if constraint_name(exc) != EXCLUSIVE_INDEX:
+            except IntegrityError as exc:  # the database's answer is the date's: taken, so refund
+                if constraint_name(exc) not in DATE_FULL:
                     raise
         if outcome == Status.REFUND_PENDING:
             scope.update(status=Status.REFUND_PENDING)
@@ -608,7 +614,13 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         place = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
         if place.taken >= place.capacity or any(veto(booking) for veto in _placement_vetoes):
             return booking, CheckoutState.PROCESSING
-        self.filter(pk=booking.pk).update(status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1)
+        try:
+            with transaction.atomic(using=self.db):
+                self.filter(pk=booking.pk).update(status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1)
+        except IntegrityError as exc:  # the database counted the date full: no place kept, as above
+            if constraint_name(exc) not in DATE_FULL:
+                raise
+            return booking, CheckoutState.PROCESSING
         booking.status, booking.exclusive = Status.PAYMENT_PENDING, place.capacity == 1
         return booking, Status.PAYMENT_PENDING
 

@@ -80,6 +80,9 @@ class PromoCodeAdminForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         promo = self.instance
+        if promo.pk is not None and promo.currency not in dict(self.fields["currency"].choices):
+            # a code stored in a currency since withdrawn keeps it on the page (it may not be chosen anew)
+            self.fields["currency"].choices = [*self.fields["currency"].choices, (promo.currency, promo.currency)]
         if promo.pk is None or self.is_bound:
             return
         self.initial["bonus_value"] = written_bonus_value(promo)

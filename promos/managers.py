@@ -87,10 +87,11 @@ def _require_amount(amount, *, currency):
         raise errors.InvalidAmount(maximum=written_maximum(currency))
 
 
-def _require_currency(code):
-    """``code`` when it is an ISO 4217 currency a customer pays in (or None: not given); else UnknownCurrency."""
+def _require_currency(code, *, new=False):
+    """``code`` when it is a known ISO 4217 currency (or None: not given), a payable one for ``new`` terms (a
+    session's); else UnknownCurrency."""
     if code is not None:
-        money.currency(code)
+        (money.payable if new else money.currency)(code)
     return code
 
 
@@ -100,7 +101,7 @@ def _refuse_other_currency(given, actual):
         raise errors.CurrencyMismatch(currency=given, expected=actual)
 
 
-def _check_terms(terms):
+def _check_terms(terms, *, new=True):
     """Refuse a code's terms (new or kept, together) that its currency cannot express.
 
     UnknownCurrency for a code outside ISO 4217; TooManyDecimals for a fixed bonus or a
@@ -110,11 +111,9 @@ def _check_terms(terms):
     percentage's own places (two) are the database's to judge (``promo_percentage_places``: PromoInvalid).
     """
     currency = terms.get("currency", DEFAULT_CURRENCY)
-    money.currency(currency)
-    amounts = [terms.get("max_bonus")]
-    if terms.get("bonus_type") == "fixed":
-        amounts.append(terms.get("bonus_value"))
-    for amount in filter(None.__ne__, amounts):
+    (money.payable if new else money.currency)(currency)  # a kept currency may be one since withdrawn
+    amounts = [terms.get("max_bonus"), terms.get("bonus_value") if terms.get("bonus_type") == "fixed" else None]
+    for amount in [amount for amount in amounts if amount is not None]:
         if require_places(amount, currency) > maximum(currency):
             raise errors.InvalidAmount(maximum=written_maximum(currency))
 
@@ -491,7 +490,7 @@ class PromoCodeManager(models.Manager.from_queryset(PromoCodeQuerySet)):
             raise errors.PromoCurrencyFrozen(currency=promo.currency)
         if {"currency", "bonus_type", "bonus_value", "max_bonus"} & set(fields):
             kept = ("currency", "bonus_type", "bonus_value", "max_bonus")
-            _check_terms({**{name: getattr(promo, name) for name in kept}, **fields})
+            _check_terms({**{name: getattr(promo, name) for name in kept}, **fields}, new="currency" in fields)
         limit = fields.get("per_customer_limit")
         if limit is not None and limit < (promo.per_customer_limit or limit + 1) and self._most_uses(promo) > limit:
             raise errors.PromoCustomerLimitBelowUsage()
@@ -608,7 +607,7 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         initial status). ``max_amount`` is in ``currency`` (USD when not given):
         UnknownCurrency, TooManyDecimals, InvalidAmount.
         """
-        currency = _require_currency(currency) or DEFAULT_CURRENCY  # the row's: its places and ceiling judge
+        currency = _require_currency(currency, new=True) or DEFAULT_CURRENCY  # its places and ceiling judge
         max_amount = _require_amount(max_amount, currency=currency)
         ttl = expires_in if expires_in is not None else DEFAULT_SESSION_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_SESSION_TTL:
@@ -691,8 +690,8 @@ class RedemptionSessionManager(models.Manager.from_queryset(RedemptionSessionQue
         if currency is not None:
             decision["when"] &= Q(currency=currency)
         elif too_coarse := currencies_coarser_than(places):
-            fine = sorted(set(money.payable_currencies()) - set(too_coarse))
-            # The shorter list: 16 codes without cents for 12.50, 7 with thousandths for 1.255.
+            fine = sorted(set(money.known_currencies()) - set(too_coarse))
+            # The shorter list: 17 codes without cents for 12.50, 9 with thousandths for 1.255.
             decision["when"] &= ~Q(currency__in=too_coarse) if len(too_coarse) <= len(fine) else Q(currency__in=fine)
         return decision
 

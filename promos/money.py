@@ -14,7 +14,7 @@ HUNDRED = Decimal("100")
 # The ceiling of an amount whose currency is not known yet (the code's or session's row will tell): the
 # largest any currency has, a zero-decimal one's (core.money.max_amount); well inside max_digits=13.
 ANY_CURRENCY_MAX = Decimal(money.MAX_MINOR_UNITS)
-# The promo amount columns' decimal_places: the most any payable currency has (KWD, BHD...).
+# The promo amount columns' decimal_places: every ISO 4217 currency but CLF and UYW (4, not payable) fits.
 STORED_PLACES = 3
 # A percentage bonus_value is a rate, not money: at most two places (12.50 %), whatever the currency.
 PERCENT_PLACES = 2
@@ -43,8 +43,9 @@ def places_needed(amount):
 
 
 def currencies_coarser_than(needed):
-    """The payable currencies in which an amount needing ``needed`` places is too fine (sorted)."""
-    return [code for code in money.payable_currencies() if places(code) < needed]
+    """The known currencies (a stored session's may be one since withdrawn) in which an amount needing ``needed``
+    places is too fine (sorted)."""
+    return [code for code in money.known_currencies() if places(code) < needed]
 
 
 def _decimal(value):

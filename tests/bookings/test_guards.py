@@ -195,12 +195,19 @@ def test_refund_retriers_racing_ask_the_provider_once(tenant, recording_provider
 # --- the unique index backstop, and the sweep as a guarded command -----------------------------
 
 
-def test_a_payment_the_unique_index_refuses_goes_to_refund_not_a_500(package, monkeypatch, client, recording_provider):
-    """Should the count ever disagree with the one-confirmed-per-exclusive-date index (a bug), the
-    refusal is caught in a savepoint and the paid booking goes to refund_pending, refunded once."""
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_payment_the_database_refuses_goes_to_refund_not_a_500(
+    tenant, capacity, monkeypatch, client, recording_provider
+):
+    """Should the managers' count ever disagree with the database's (a bug): its own count
+    (booking_within_capacity), or for one place the one-confirmed-per-exclusive-date index, refuses the
+    confirm; the refusal is caught in a savepoint and the paid booking goes to refund_pending, refunded once."""
     from bookings.managers import BookingManager
 
+    package = PackageFactory(tenant=tenant, daily_capacity=capacity)
     first = book(package)
+    for name in "BC"[: capacity - 1]:  # the other places, taken
+        book(package, first.date, name=name)
     Booking.objects.filter(pk=first.pk).update(hold_expires_at=Now())
     second = book(package, first.date)
     sandbox_deliver(second.checkout, "checkout.session.completed")

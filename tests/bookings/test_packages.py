@@ -403,3 +403,19 @@ def test_a_package_changed_after_the_delete_page_is_not_deleted(admin_client, te
     msgs = [str(m) for m in response.context["messages"]]
     assert Package.objects.filter(pk=package.pk).exists(), msgs
     assert any("version_conflict" in m for m in msgs), msgs
+
+
+def test_a_package_in_a_currency_since_withdrawn_is_edited_and_taken_off_sale_but_never_sold(tenant):
+    """A package stored in lev before Bulgaria's euro: its page still saves (its currency kept, known), nothing
+    new may name the lev, and a checkout of it is refused before any hold (no provider charges in it)."""
+    from core.money import UnknownCurrency
+
+    package = PackageFactory(tenant=tenant)
+    Package.objects.filter(pk=package.pk).update(currency="BGN")  # stored while the lev was payable
+    assert Package.objects.edit_package(package.pk, tenant=tenant, name="Old tour").currency == "BGN"
+    with pytest.raises(UnknownCurrency):
+        Package.objects.edit_package(package.pk, tenant=tenant, currency="DEM")
+    with pytest.raises(UnknownCurrency):
+        book(Package.objects.get(pk=package.pk))
+    assert not Booking.objects.exists()
+    assert Package.objects.edit_package(package.pk, tenant=tenant, is_active=False).is_active is False

@@ -115,6 +115,25 @@ def test_a_success_delivered_before_its_completed_event_confirms_and_stays(clien
     assert status_of(booking) == "confirmed" and checkout_of(booking).state == "completed"
 
 
+def test_a_delayed_payment_the_databases_count_refuses_keeps_no_place_not_a_500(
+    client, package, recording_provider, monkeypatch
+):
+    """Should the managers' count ever miss a place taken (a bug), the database's own count
+    (booking_within_capacity) refuses the payment_pending move; caught in a savepoint, the checkout is
+    processing with no place kept, as when the count sees the date full, and its success is refunded."""
+    from bookings.managers import BookingManager
+
+    late = book(package)
+    Booking.objects.filter(pk=late.pk).update(hold_expires_at=Now() - timedelta(seconds=1))
+    book(package, late.date, name="Bo")
+    real = BookingManager._taken
+    monkeypatch.setattr(BookingManager, "_taken", lambda self, *a, **k: real(self, *a, **k)._replace(taken=0))
+    assert result_of(client, completed_event(session(late), payment_status="unpaid")) == "processing"
+    assert status_of(late) == "held" and checkout_of(late).state == "processing"
+    assert result_of(client, succeeded(session(late))) == "refund_pending"
+    assert status_of(late) == "refunded" and recording_provider.refunds == [late.pk]
+
+
 def test_delayed_payment_for_a_lapsed_hold_whose_date_was_taken_is_refunded_when_it_succeeds(
     client, package, recording_provider
 ):

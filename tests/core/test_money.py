@@ -3,12 +3,15 @@ from decimal import Decimal
 import pytest
 
 from core.money import (
+    NOT_PAYABLE,
+    PAYABLE,
     AmountNotANumber,
     TooManyDecimals,
     UnknownCurrency,
     check_precision,
     exponent,
     from_minor_units,
+    payable,
     to_minor_units,
 )
 
@@ -61,3 +64,33 @@ def test_an_amount_that_is_not_a_finite_number_has_its_own_code(amount):
     with pytest.raises(AmountNotANumber) as refusal:
         check_precision(amount, "USD")
     assert refusal.value.code == "amount_not_a_number"
+
+
+def test_payable_is_cldrs_legal_tender_on_the_day_the_list_was_taken():
+    """``PAYABLE`` is frozen (it changes with a deploy, not with the day a process started): the currencies
+    legal tender in some territory on 2026-12-07 by the pinned Babel's CLDR data, that py-moneyed knows. To
+    regenerate it after a Babel upgrade or a currency's end, run this recipe with the new date."""
+    import datetime
+
+    import moneyed
+    from babel.core import get_global
+    from babel.numbers import get_territory_currencies
+
+    day = datetime.date(2026, 12, 7)
+    tender = {
+        code
+        for territory in get_global("territory_currencies")
+        for code in get_territory_currencies(territory, start_date=day, tender=True)
+    }
+    assert PAYABLE == tender & set(moneyed.CURRENCIES)
+    assert not PAYABLE & NOT_PAYABLE
+
+
+@pytest.mark.parametrize("code", ["DEM", "HRK", "BGN", "CLF", "UYW"])
+def test_a_currency_since_withdrawn_is_not_payable_but_still_known(code):
+    """New terms may not name it (no provider charges in it); a row stored in it is still computed with its
+    minor unit, so its payment, refund or dispute is settled."""
+    with pytest.raises(UnknownCurrency):
+        payable(code)
+    assert exponent(code) in (2, 4)
+    assert to_minor_units(Decimal("12.00"), code) in (1200, 120000)

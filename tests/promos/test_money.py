@@ -143,6 +143,7 @@ def test_parse_amount_refuses_more_places_than_usd_has(value):
         ("1.250", "KWD", "1.250"),
         ("1.25", "KWD", "1.250"),
         ("12.5", "USD", "12.50"),
+        ("7.123", "CLF", "7.123"),  # CLF has 4 places in ISO 4217; the columns keep 3
     ],
 )
 def test_parse_amount_has_the_currency_places(value, currency, expected):
@@ -150,7 +151,7 @@ def test_parse_amount_has_the_currency_places(value, currency, expected):
     assert str(amount) == expected
 
 
-@pytest.mark.parametrize(("value", "currency"), [("1.5", "JPY"), ("0.1", "KRW"), ("1.2345", "KWD")])
+@pytest.mark.parametrize(("value", "currency"), [("1.5", "JPY"), ("0.1", "KRW"), ("1.2345", "KWD"), ("1.0001", "CLF")])
 def test_parse_amount_refuses_finer_than_the_currency(value, currency):
     with pytest.raises(TooManyDecimals):
         parse_amount(value, currency=currency)
