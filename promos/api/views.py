@@ -1,6 +1,6 @@
 """Thin views: parse with an input serializer, call the manager, answer with an output serializer."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -30,7 +30,28 @@ class PromoCodeListView(TenantScopedMixin, ListAPIView):
     def get_queryset(self):
         return PromoCode.objects.for_tenant(self.tenant).order_by("code", "pk")
 
-    @extend_schema(request=s.PromoCodeInputSerializer, responses={201: s.PromoCodeSerializer})
+    @extend_schema(
+        request=s.PromoCodeInputSerializer,
+        responses={201: s.PromoCodeSerializer},
+        examples=[
+            OpenApiExample(
+                "A fixed bonus, 100 uses",
+                value={"code": "SPRING10", "bonus_type": "fixed", "bonus_value": "10.00", "total_usage_limit": 100},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "15 %, at most 20.00, once per customer",
+                value={
+                    "code": "WELCOME15",
+                    "bonus_type": "percentage",
+                    "bonus_value": "15.00",
+                    "max_bonus": "20.00",
+                    "per_customer_limit": 1,
+                },
+                request_only=True,
+            ),
+        ],
+    )
     @idempotent()
     def post(self, request, tenant):
         fields = dict(validated(s.PromoCodeInputSerializer, request.data))
