@@ -65,8 +65,7 @@ from core.versioned_edit import edit_at_version, refuse_unknown_fields
 
 # The partial unique index that backs "one confirmed booking per date of a capacity-1 package".
 EXCLUSIVE_INDEX = "booking_one_confirmed_per_exclusive_date"
-# The database's answers that a date is full (its index for one place, its own count for any): should the managers'
-# count ever disagree with them (a bug), a payment is refunded, never a 500 its provider would retry for days.
+# The database's answers that a date is full: its index for one place, its own count for any (_placed_unless_full).
 DATE_FULL = (EXCLUSIVE_INDEX, "booking_within_capacity")
 # Statuses whose ``exclusive`` flag must follow the package's capacity (they can still be confirmed
 # or are): edit_package recomputes them when the capacity crosses 1, check_invariants checks them.
@@ -510,13 +509,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         outcome = Status.REFUND_PENDING
         vetoed = any(veto(booking) for veto in _placement_vetoes)
         if booking.status != Status.CANCELLED and place.taken < place.capacity and not vetoed:
-            try:
-                with transaction.atomic(using=self.db):
-                    scope.update(status=Status.CONFIRMED, confirmed_at=place.now, exclusive=place.capacity == 1)
+            placed = dict(status=Status.CONFIRMED, confirmed_at=place.now, exclusive=place.capacity == 1)
+            if self._placed_unless_full(scope, **placed):  # else the date is taken after all: refund
                 outcome = Status.CONFIRMED
-            except IntegrityError as exc:  # the database's answer is the date's: taken, so refund
-                if constraint_name(exc) not in DATE_FULL:
-                    raise
         if outcome == Status.REFUND_PENDING:
             scope.update(status=Status.REFUND_PENDING)
             if booking.status != Status.CANCELLED:  # a cancelled booking's customer was told; the refund follows
@@ -526,6 +521,19 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
             notifications.owe_customer_notice(notifications.CONFIRMED, booking.pk)
         booking.status = outcome
         return booking, outcome
+
+    def _placed_unless_full(self, scope, **changes):
+        """Write ``changes`` (a move into a place) in a savepoint; False, nothing written, when the database
+        counts the date full (``DATE_FULL``): should the managers' count ever disagree with it (a bug), a
+        payment is refunded, never a refusal its provider would retry for days."""
+        try:
+            with transaction.atomic(using=self.db):
+                scope.update(**changes)
+        except IntegrityError as exc:
+            if constraint_name(exc) not in DATE_FULL:
+                raise
+            return False
+        return True
 
     def _lock_for_settlement(self, booking_id):
         """BOOKING_PACKAGE(package) shared -> BOOKING_DATE(package, date) -> the booking row FOR NO KEY
@@ -614,13 +622,9 @@ class BookingManager(models.Manager.from_queryset(BookingQuerySet)):
         place = self._taken(booking.package_id, booking.date, exclude_pk=booking.pk)
         if place.taken >= place.capacity or any(veto(booking) for veto in _placement_vetoes):
             return booking, CheckoutState.PROCESSING
-        try:
-            with transaction.atomic(using=self.db):
-                self.filter(pk=booking.pk).update(status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1)
-        except IntegrityError as exc:  # the database counted the date full: no place kept, as above
-            if constraint_name(exc) not in DATE_FULL:
-                raise
-            return booking, CheckoutState.PROCESSING
+        scope = self.filter(pk=booking.pk)
+        if not self._placed_unless_full(scope, status=Status.PAYMENT_PENDING, exclusive=place.capacity == 1):
+            return booking, CheckoutState.PROCESSING  # no place kept, as when the count sees the date full
         booking.status, booking.exclusive = Status.PAYMENT_PENDING, place.capacity == 1
         return booking, Status.PAYMENT_PENDING
 

@@ -259,23 +259,6 @@ def test_a_payment_event_is_stored_as_received_and_processed_once_whoever_writes
     assert (stored.event_id, stored.payload, stored.deliveries, stored.reviewed_by) == ("evt_1", {"a": 1}, 2, operator)
 
 
-def planted_booking(package, day, *, name="Raw"):
-    """A booking written straight to the table, past the managers' lock and count (as a bug or a shell would)."""
-    return Booking.objects.create(
-        tenant=package.tenant,
-        package=package,
-        date=day,
-        customer_name=name,
-        customer_email="raw@example.com",
-        status="held",
-        hold_expires_at=Now() + timedelta(minutes=15),
-        amount=package.price,
-        currency=package.currency,
-        exclusive=package.daily_capacity == 1,
-        created_at=Now(),
-    )
-
-
 def test_the_database_refuses_a_hold_on_a_full_date_whoever_writes(tenant):
     """booking_within_capacity: a date of a package with two places, both taken by holds the managers made: a
     third hold written straight to the table is refused (409 date_unavailable through the managers' mapping;
@@ -285,14 +268,14 @@ def test_the_database_refuses_a_hold_on_a_full_date_whoever_writes(tenant):
     for name in "AB":
         with transaction.atomic():
             Booking.objects.hold(package, day, customer_name=name, customer_email="a@example.com")
-    assert refused_by(lambda: planted_booking(package, day)) == "booking_within_capacity"
+    assert refused_by(lambda: booking_of(package, date=day)) == "booking_within_capacity"
     with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
-        planted_booking(package, day)
-    assert refused_by(lambda: planted_booking(package, future(2))) is None
+        booking_of(package, date=day)
+    assert refused_by(lambda: booking_of(package, date=future(2))) is None
     Booking.objects.filter(package=package, date=day, customer_name="B").update(
         hold_expires_at=Now() - timedelta(seconds=1)
     )
-    assert refused_by(lambda: planted_booking(package, day)) is None  # B's place is free again
+    assert refused_by(lambda: booking_of(package, date=day)) is None  # B's place is free again
     assert Booking.objects.filter(package=package, date=day).filter(active_q()).count() == 2
 
 
@@ -423,7 +406,7 @@ def test_unique_index_backstop_maps_to_a_domain_error(tenant):
         )
     Booking.objects.filter(pk=first.pk).update(status="confirmed", confirmed_at=Now())
     with pgtrigger.ignore(CAPACITY):
-        second = planted_booking(package, first.date, name="B")
+        second = booking_of(package, date=first.date, customer_name="B")
         with pytest.raises(DateUnavailable), database_refusals(), transaction.atomic():
             Booking.objects.filter(pk=second.pk).update(status="confirmed", confirmed_at=Now())
         with pytest.raises(IntegrityError) as raw, transaction.atomic():  # the raw refusal, without the translator
@@ -496,6 +479,8 @@ def test_a_checkouts_provider_session_and_payment_are_written_once(tenant):
 
 
 def booking_of(package, **overrides):
+    """A held booking written straight to the table, past the managers' lock and count (as a bug or a shell
+    would): what the database's own triggers judge."""
     fields = dict(
         tenant=package.tenant,
         package=package,

@@ -97,7 +97,7 @@ def test_a_raw_hold_queues_behind_a_hold_in_flight_and_is_refused_once_it_commit
     """Forced interleaving: a hold of the date's last place is in flight (its transaction holds BOOKING_DATE);
     a booking written straight to the table meanwhile waits in its trigger for that lock, then counts on a
     snapshot that sees the committed hold: refused, never a second booking of the place."""
-    from tests.bookings.test_integrity import planted_booking
+    from tests.bookings.test_integrity import booking_of
 
     package, day = PackageFactory(daily_capacity=1), future()
 
@@ -110,7 +110,7 @@ def test_a_raw_hold_queues_behind_a_hold_in_flight_and_is_refused_once_it_commit
 
         def raw():
             with transaction.atomic():
-                return planted_booking(package, day).pk
+                return booking_of(package, date=day).pk
 
         background = Background(raw)
         assert wait_until_blocked_or_done(background), "the raw write did not wait for the hold in flight"
