@@ -16,7 +16,7 @@ from core.db_backend.base import execute_carrying_timeouts
 from core.exceptions import LastOwner, MemberAlreadyExists, NotFound, TenantSlugTaken, UnknownTimeZone
 from core.guards import ClockNow, constraint_errors, guarded, sweep
 from core.history import tracked
-from core.integrity import BumpVersion, StateMachine, VersionOnlyIncreases, refusal_sql
+from core.integrity import BumpVersion, FrozenColumns, SetOnce, StateMachine, VersionOnlyIncreases, refusal_sql
 from core.managers import IdempotencyKeyManager
 from core.prepared import Prepared
 from core.versioned_edit import delete_at_version, edit_at_version, refuse_unknown_fields
@@ -235,12 +235,26 @@ constraint_errors({"membership_unique_user_per_tenant": MemberAlreadyExists, "co
 constraint_errors({"membership_keeps_an_owner": LastOwner, "tenant_time_zone_known": UnknownTimeZone})
 
 
-class IdempotencyKey(models.Model):
-    """The first answer to a POST sent with an Idempotency-Key, kept for replay."""
+class IdempotencyKeyState(models.TextChoices):
+    IN_PROGRESS = "in_progress", _("in progress")
+    COMPLETED = "completed", _("completed")
 
-    class State(models.TextChoices):
-        IN_PROGRESS = "in_progress", _("in progress")
-        COMPLETED = "completed", _("completed")
+
+IDEMPOTENCY_KEY_TRANSITIONS = [
+    (None, IdempotencyKeyState.IN_PROGRESS),  # claimed by the request that runs the work (claim)
+    (IdempotencyKeyState.IN_PROGRESS, IdempotencyKeyState.COMPLETED),  # its answer kept for replay (complete)
+]
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a POST sent with an Idempotency-Key, kept for replay.
+
+    The database keeps "exactly once" whoever writes the row: a completed key never goes back to in progress
+    (a retry would run the work again), its answer is never rewritten, and the request it was claimed for
+    (principal, key, method, path, body's fingerprint) never changes.
+    """
+
+    State = IdempotencyKeyState
 
     # "user:<id>" or "anonymous:<sha256 of the path>"
     principal = models.CharField(max_length=100, verbose_name=_("principal"))
@@ -264,6 +278,23 @@ class IdempotencyKey(models.Model):
         verbose_name_plural = _("idempotency keys")
         constraints = [
             models.UniqueConstraint(fields=["principal", "key"], name="idempotency_key_unique_per_principal"),
+            # an answer exactly when completed: a replay never meets a completed key without one
+            models.CheckConstraint(
+                condition=Q(state=IdempotencyKeyState.IN_PROGRESS, response_status__isnull=True)
+                | Q(state=IdempotencyKeyState.COMPLETED, response_status__isnull=False),
+                name="idempotency_key_answer_when_completed",
+            ),
+        ]
+        triggers = [
+            StateMachine(
+                name="idempotency_key_state_transition", field="state", transitions=IDEMPOTENCY_KEY_TRANSITIONS
+            ),
+            FrozenColumns(
+                name="idempotency_key_request_transition", fields=("principal", "key", "method", "path", "fingerprint")
+            ),
+            # named to sort after the state machine's: a completed key sent back, its answer cleared, is refused
+            # as the move it is
+            SetOnce(name="idempotency_key_stored_answer_transition", fields=("response_status", "response_body")),
         ]
 
     def __str__(self):

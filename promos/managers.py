@@ -125,6 +125,10 @@ constraint_errors(
         "promo_times_used_within_limit": errors.PromoLimitBelowUsage,
         # A void would take the counter below zero: it was already out of step with the usages.
         "promo_times_used_not_negative": errors.PromoCounterOutOfStep,
+        # A usage written past the redeem's judgment of its code (UsageWriteOnce), by the clock of its insert.
+        "promo_usage_of_an_active_code": errors.PromoInactive,
+        "promo_usage_after_code_start": errors.PromoNotStarted,
+        "promo_usage_before_code_end": errors.PromoExpired,
         # A definition the database refuses: 400, never 500.
         **dict.fromkeys(
             [

@@ -45,15 +45,32 @@ class UsageWriteOnce(pgtrigger.Trigger):
     code's currency (which cannot change once a usage exists: ``PromoCurrencyFrozen``) and in its
     code's shop (another tenant would list and void it, giving a use back to a code not its own).
     Raises SQLSTATE 23514 named ``promo_usage_transition`` (409 invalid_transition).
+
+    And a usage is born only of a code that may be used when it is written, by the database clock then: an
+    active code (``promo_usage_of_an_active_code``, 409 promo_inactive), inside its window
+    (``promo_usage_after_code_start``, 409 promo_not_started; ``promo_usage_before_code_end``, 409
+    promo_expired). The redeem judges the same under the code's row lock, which every writer of those
+    columns takes; this is the backstop for a writer past it, and takes that lock to judge (the lock the
+    usage's count takes anyway, taken first: a deactivation in flight is waited for, and read as committed;
+    a redeem holds it already). The total limit has its own (``promo_times_used_within_limit``); the
+    per-customer one is the redeem's alone.
     """
 
     when = pgtrigger.Before
     operation = pgtrigger.Insert | pgtrigger.Update
+    declare = [("code_active", "boolean"), ("code_starts", "timestamptz"), ("code_ends", "timestamptz")]
 
     def get_func(self, model):
         def refuse(old, new, why):
             return refusal_sql(
                 self.name, f"'{old}->{new}'", f"format('%s: usage %s %s', TG_TABLE_NAME, NEW.\"id\", '{why}')"
+            )
+
+        def unusable(constraint, why):
+            return refusal_sql(
+                constraint,
+                f"'{why}'",
+                f"format('%s: a usage of promo %s, which is {why}', TG_TABLE_NAME, NEW.\"promo_id\")",
             )
 
         frozen = " OR ".join(
@@ -73,12 +90,15 @@ class UsageWriteOnce(pgtrigger.Trigger):
             f"""
             IF TG_OP = 'INSERT' THEN
                 IF NEW."voided_at" IS NOT NULL THEN {refuse("", "voided", "cannot start voided")} END IF;
-                IF NOT EXISTS (
-                    SELECT 1 FROM "{codes}"
-                    WHERE "id" = NEW."promo_id" AND "currency" = NEW."currency" AND "tenant_id" = NEW."tenant_id"
-                ) THEN
-                    {refuse("", "usage", "is not in the currency and shop of its code")}
+                SELECT "is_active", "starts_at", "ends_at" INTO code_active, code_starts, code_ends FROM "{codes}"
+                WHERE "id" = NEW."promo_id" AND "currency" = NEW."currency" AND "tenant_id" = NEW."tenant_id"
+                FOR NO KEY UPDATE;
+                IF NOT FOUND THEN {refuse("", "usage", "is not in the currency and shop of its code")} END IF;
+                IF NOT code_active THEN {unusable("promo_usage_of_an_active_code", "inactive")} END IF;
+                IF code_starts > clock_timestamp() THEN
+                    {unusable("promo_usage_after_code_start", "not started")}
                 END IF;
+                IF code_ends <= clock_timestamp() THEN {unusable("promo_usage_before_code_end", "ended")} END IF;
                 RETURN NEW;
             END IF;
             IF OLD."voided_at" IS NOT NULL AND NEW."voided_at" IS NULL THEN

@@ -1,4 +1,6 @@
+import pgtrigger
 import pytest
+from django.db.models.functions import Now
 from django.utils import translation
 
 from core.exceptions import Conflict, DomainError
@@ -6,7 +8,7 @@ from core.models import IdempotencyKey, Tenant
 from tests.conftest import token_client
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 from tests.races import row_locked, run_concurrently, tally
-from tests.refusals import assert_error
+from tests.refusals import assert_error, refused_by
 
 pytestmark = pytest.mark.urls("tests.core.urls")
 
@@ -93,6 +95,13 @@ def test_real_nowait_conflict_is_409_resource_locked():
 
 
 # --- idempotency -----------------------------------------------------------
+
+
+# What keeps a key's "exactly once" in the database: a test that plants a stale claim sets them aside.
+KEY_ANSWERED_ONCE = (
+    "core.IdempotencyKey:idempotency_key_state_transition",
+    "core.IdempotencyKey:idempotency_key_stored_answer_transition",
+)
 
 
 def bump(client, body=None, key="key-1", path="/api/t/acme/test-bump", **extra):
@@ -236,20 +245,19 @@ def test_a_stale_claim_completed_while_a_retry_takes_it_over_is_replayed_not_run
     waited for that row lock), the retry still took the key over and ran the work a second time."""
     from datetime import timedelta
 
-    from django.db.models.functions import Now
-
     from tests.races import attempted_while_held
 
     tenant = TenantFactory(slug="acme", name="Acme")
     user = MembershipFactory(tenant=tenant).user
     path = "/api/t/acme/test-bump-two-phase"
     answer = bump(token_client(user), key="late", path=path).json()  # the work, once: Acme+
-    IdempotencyKey.objects.filter(key="late").update(  # ... its claim as if still running, an hour on
-        state=IdempotencyKey.State.IN_PROGRESS,
-        response_status=None,
-        response_body=None,
-        created_at=Now() - timedelta(hours=1),
-    )
+    with pgtrigger.ignore(*KEY_ANSWERED_ONCE):  # ... its claim as if still running, an hour on (planted)
+        IdempotencyKey.objects.filter(key="late").update(
+            state=IdempotencyKey.State.IN_PROGRESS,
+            response_status=None,
+            response_body=None,
+            created_at=Now() - timedelta(hours=1),
+        )
     late = IdempotencyKey.objects.get(key="late")
 
     outcome = attempted_while_held(
@@ -273,6 +281,37 @@ def test_record_and_work_commit_together():
     assert response.status_code == 500
     assert not IdempotencyKey.objects.exists()
     assert Tenant.objects.get(pk=tenant.pk).name == "Acme"
+
+
+def test_a_kept_answer_is_never_taken_back_or_rewritten_whoever_writes(api_client, tenant):
+    """The database keeps a key's "exactly once", not only the managers: a completed key sent back to in progress
+    (its retry would run the work again), its answer rewritten (a replay would tell another story), the request
+    it answers changed (another body would be replayed its answer), a key born completed, an answer on a claim
+    still in progress or a completed key without one: each refused."""
+    first = bump(api_client, key="once")
+    rows = IdempotencyKey.objects.filter(key="once")
+    in_progress, completed = IdempotencyKey.State.IN_PROGRESS, IdempotencyKey.State.COMPLETED
+
+    assert refused_by(lambda: rows.update(state=in_progress)) == "idempotency_key_state_transition"
+    taken_back = {"state": in_progress, "response_status": None, "response_body": None}
+    assert refused_by(lambda: rows.update(**taken_back)) == "idempotency_key_state_transition"
+    assert refused_by(lambda: rows.update(response_status=500)) == "idempotency_key_stored_answer_transition"
+    assert refused_by(lambda: rows.update(response_body={"name": "?"})) == "idempotency_key_stored_answer_transition"
+    for change in ({"principal": "user:0"}, {"key": "other"}, {"method": "PUT"}, {"path": "/x"}, {"fingerprint": "0"}):
+        assert refused_by(lambda change=change: rows.update(**change)) == "idempotency_key_request_transition", change
+
+    claim = {"principal": "user:0", "method": "POST", "path": "/x", "fingerprint": "0", "expires_at": Now()}
+    born = {"state": completed, "response_status": 200, "response_body": {}}
+    assert refused_by(lambda: IdempotencyKey.objects.create(key="born", **claim, **born)) == (
+        "idempotency_key_state_transition"
+    )
+    pending = IdempotencyKey.objects.filter(pk=IdempotencyKey.objects.create(key="pending", **claim).pk)
+    assert refused_by(lambda: pending.update(response_status=200)) == "idempotency_key_answer_when_completed"
+    assert refused_by(lambda: pending.update(state=completed)) == "idempotency_key_answer_when_completed"
+
+    replay = bump(api_client, key="once")  # what the managers write still passes, and the answer is the first one
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == first.json()
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme+"
 
 
 def test_domain_error_str_is_readable():

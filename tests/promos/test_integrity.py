@@ -9,6 +9,7 @@ import pytest
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from core.exceptions import GuardedWriteError, TransitionRefused, VersionConflict
 from core.guards import ClockNow, database_refusals
@@ -364,6 +365,62 @@ def test_a_usage_is_born_in_its_codes_shop(tenant, api_client):
     assert not PromoUsage.objects.for_tenant(tenant).exists()
     assert api_client.get("/api/t/acme/promo-usages").json()["results"] == []
     assert assert_invariant(promo) == 1
+
+
+def _usage_of(promo, customer="a"):
+    """A usage written past the redeem, as a shell or a bug would: a raw insert."""
+    return lambda: PromoUsage.objects.create(
+        tenant=promo.tenant, promo=promo, customer=customer, base_amount=Decimal("10"), bonus_amount=Decimal("1")
+    )
+
+
+def test_a_usage_is_born_only_of_a_code_usable_when_it_is_written(tenant):
+    """promo_usage_of_an_active_code, promo_usage_after_code_start, promo_usage_before_code_end: a usage of an
+    inactive code, or of one outside its window by the database's clock at the insert, is refused whoever writes
+    it; each maps to the refusal a redeem of that code answers. Let through, a shell's insert counted a use of a
+    code an operator had switched off, or that had ended."""
+    hour = timedelta(hours=1)
+    codes = {
+        "promo_usage_of_an_active_code": (PromoCodeFactory(tenant=tenant, is_active=False), errors.PromoInactive),
+        "promo_usage_after_code_start": (
+            PromoCodeFactory(tenant=tenant, starts_at=timezone.now() + hour),
+            errors.PromoNotStarted,
+        ),
+        "promo_usage_before_code_end": (
+            PromoCodeFactory(tenant=tenant, starts_at=timezone.now() - 2 * hour, ends_at=timezone.now() - hour),
+            errors.PromoExpired,
+        ),
+    }
+    for constraint, (promo, refusal) in codes.items():
+        assert refused_by(_usage_of(promo)) == constraint
+        with pytest.raises(refusal):
+            with database_refusals(), transaction.atomic():
+                _usage_of(promo)()
+        assert assert_invariant(promo) == 0
+    usable = PromoCodeFactory(tenant=tenant, starts_at=timezone.now() - hour, ends_at=timezone.now() + hour)
+    assert refused_by(_usage_of(usable)) is None
+    assert assert_invariant(usable) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_usage_written_while_its_code_is_switched_off_waits_for_it_and_is_refused():
+    """Forced interleaving: a deactivation holds the code's row lock, uncommitted; a raw usage insert meanwhile
+    waits in its trigger (which takes that lock to judge), and once the deactivation commits reads the code as
+    it was left: inactive, refused. Judged on the row as it read it before the wait, it counted a use of a code
+    switched off under it."""
+    from tests.factories import TenantFactory
+    from tests.races import Background, OpenTransaction, wait_until_blocked
+
+    promo = PromoCodeFactory(tenant=TenantFactory())
+    switching_off = OpenTransaction(lambda: PromoCode.objects.filter(pk=promo.pk).update(is_active=False)).start()
+    try:
+        insert = Background(lambda: refused_by(_usage_of(promo)))
+        wait_until_blocked("promos_promousage")
+    finally:
+        switching_off.commit()
+    assert insert.done.wait(15)
+    assert insert.error is None and insert.result == "promo_usage_of_an_active_code"
+    assert assert_invariant(promo) == 0
 
 
 # --- promo codes: version ----------------------------------------------------------------------
