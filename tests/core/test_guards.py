@@ -11,9 +11,8 @@ from core.db import LockNamespace, advisory_xact_lock
 from core.exceptions import Conflict, LockContended, TransitionRefused
 from core.guards import ClockNow, constraint_errors, database_clock, database_refusals
 from core.management.base import EXIT_LOCKED, EXIT_REFUSED, GuardedCommand
-from core.storm import run_concurrently
 from tests.core.scratch_lock import ScratchLock
-from tests.races import advisory_locked
+from tests.races import advisory_locked, run_concurrently
 
 
 class WidgetRefused(Conflict):
