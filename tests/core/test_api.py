@@ -168,6 +168,47 @@ def test_expired_records_are_pruned_and_free_their_key(api_client, tenant):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_prune_and_a_retry_reclaiming_an_expired_key_never_lose_the_retrys_claim():
+    """Forced interleavings of the two writers of an expired record. The prune deleting it (its row held, not yet
+    committed) while a retry with its key arrives: the retry waits for that row, then claims the key anew and
+    runs the work (the record had expired). A retry reclaiming it (the expired row deleted and its own claim
+    written, not yet committed) while the prune runs: the prune skips the held row at once, never waits, and the
+    retry's claim survives it."""
+    from datetime import timedelta
+
+    from django.db.models.functions import Now
+
+    from tests.races import OpenTransaction, attempted_while_held, lock_timeout
+
+    tenant = TenantFactory(slug="acme", name="Acme")
+    user = MembershipFactory(tenant=tenant).user
+    bump(token_client(user), key="old")  # Acme+
+    expired = IdempotencyKey.objects.filter(key="old")
+    expired.update(expires_at=Now())
+
+    outcome = attempted_while_held(lambda: expired.delete(), lambda i: bump(token_client(user), key="old"))
+    assert outcome.ok and outcome.value.status_code == 201, outcome
+    assert "Idempotent-Replayed" not in outcome.value
+    assert Tenant.objects.get(pk=tenant.pk).name == "Acme++"
+    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["completed"]
+
+    expired.update(expires_at=Now())
+    first = expired.get()
+    claim = dict(principal=f"user:{user.pk}", key="old", method="POST", path=first.path, fingerprint=first.fingerprint)
+    reclaiming = OpenTransaction(lambda: IdempotencyKey.objects.claim(**claim)).start()
+    try:
+        with lock_timeout(2000):  # a prune that waited for the retry's row would fail here, not hang
+            assert IdempotencyKey.objects.prune() == 0
+    finally:
+        record, replay = reclaiming.commit()
+    assert not replay
+    kept = IdempotencyKey.objects.get(key="old")
+    assert kept.pk == record.pk != first.pk and kept.state == "in_progress"
+    assert IdempotencyKey.objects.filter(pk=kept.pk, expires_at__gt=Now() + timedelta(hours=1)).exists()
+    assert IdempotencyKey.objects.prune() == 0
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/api/t/acme/test-bump", "/api/t/acme/test-bump-two-phase"])
 def test_twenty_concurrent_same_key_posts_do_the_work_once(path):
     tenant = TenantFactory(slug="acme", name="Acme")
