@@ -288,21 +288,23 @@ def test_a_codes_counter_is_written_by_its_usages_only_whoever_writes(tenant):
     assert refused_by(lambda: PromoCodeFactory(tenant=tenant, times_used=3)) == "promo_born_unused_transition"
 
 
+def _usage_of(promo, customer="a"):
+    """A usage written past the redeem, as a shell or a bug would: a raw insert."""
+    return lambda: PromoUsage.objects.create(
+        tenant=promo.tenant, promo=promo, customer=customer, base_amount=Decimal("10"), bonus_amount=Decimal("1")
+    )
+
+
 def test_every_write_of_a_usage_counts_itself_on_its_code(tenant):
     """promo_usage_counted: a usage inserted, voided or deleted while live moves its code's counter in
     the same statement, whoever writes it (a raw ORM write here, not the managers)."""
     promo = PromoCodeFactory(tenant=tenant, total_usage_limit=2)
     created = PromoCode.objects.get(pk=promo.pk).updated_at
 
-    def usage(customer):
-        return PromoUsage.objects.create(
-            tenant=tenant, promo=promo, customer=customer, base_amount=Decimal("10"), bonus_amount=Decimal("1")
-        )
-
-    first, second = usage("a"), usage("b")
+    first, second = _usage_of(promo, "a")(), _usage_of(promo, "b")()
     assert assert_invariant(promo) == 2
     # past the limit: the count the insert makes meets the limit's CHECK, the insert is refused with it
-    assert refused_by(lambda: usage("c")) == "promo_times_used_within_limit"
+    assert refused_by(_usage_of(promo, "c")) == "promo_times_used_within_limit"
     PromoUsage.objects.filter(pk=first.pk).update(voided_at=ClockNow())
     assert assert_invariant(promo) == 1
     PromoUsage.objects.filter(pk=second.pk).delete()  # live: given back
@@ -365,13 +367,6 @@ def test_a_usage_is_born_in_its_codes_shop(tenant, api_client):
     assert not PromoUsage.objects.for_tenant(tenant).exists()
     assert api_client.get("/api/t/acme/promo-usages").json()["results"] == []
     assert assert_invariant(promo) == 1
-
-
-def _usage_of(promo, customer="a"):
-    """A usage written past the redeem, as a shell or a bug would: a raw insert."""
-    return lambda: PromoUsage.objects.create(
-        tenant=promo.tenant, promo=promo, customer=customer, base_amount=Decimal("10"), bonus_amount=Decimal("1")
-    )
 
 
 def test_a_usage_is_born_only_of_a_code_usable_when_it_is_written(tenant):
